@@ -1,0 +1,1 @@
+"""The private runtime: planner, Ray actors, channels. Users never import it."""

@@ -1,0 +1,120 @@
+"""Planner: the logical graph of steps becomes a physical graph of chains and subtasks.
+
+A chain is a run of steps that execute inside one actor per subtask: step B joins the
+chain of its input A when the edge is a forward edge (equal parallelism, not keyed),
+A feeds only B, B reads only A, and chaining is on. Every chain has `parallelism`
+subtasks; each subtask is one Ray actor.
+
+Channels: a subtask numbers its input channels 0..n-1, one per (input edge, upstream
+subtask that can send to it). A forward edge connects upstream subtask i to subtask i
+only; hash and rebalance edges connect every upstream subtask to every subtask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raystream.job import KEYED_KINDS, Job, Step
+
+
+@dataclass(frozen=True)
+class Edge:
+    upstream: str  # step id
+    downstream: str  # step id
+    kind: str  # "forward" | "hash" | "rebalance"
+
+
+@dataclass
+class Chain:
+    index: int
+    steps: list[Step]
+    parallelism: int
+    in_edges: list[Edge] = field(default_factory=list)  # edges into the head from other chains
+    out_edges: list[Edge] = field(default_factory=list)  # edges out of the tail to other chains
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.step_id for s in self.steps)
+
+    @property
+    def head(self) -> Step:
+        return self.steps[0]
+
+    @property
+    def tail(self) -> Step:
+        return self.steps[-1]
+
+
+@dataclass
+class PhysicalPlan:
+    chains: list[Chain]
+    chain_of_step: dict[str, int]
+    source_partitions: dict[str, list[str]]  # source step id -> partition keys
+
+    def input_channels(self, chain: Chain, subtask: int) -> list[tuple[Edge, int]]:
+        """(edge, upstream subtask) for each input channel of `subtask`, in channel order."""
+        channels: list[tuple[Edge, int]] = []
+        for edge in chain.in_edges:
+            if edge.kind == "forward":
+                channels.append((edge, subtask))
+            else:
+                up = self.chains[self.chain_of_step[edge.upstream]]
+                channels.extend((edge, u) for u in range(up.parallelism))
+        return channels
+
+    def channel_index(self, chain: Chain, subtask: int, edge: Edge, upstream_subtask: int) -> int:
+        for i, (e, u) in enumerate(self.input_channels(chain, subtask)):
+            if e == edge and u == upstream_subtask:
+                return i
+        raise KeyError((chain.name, subtask, edge, upstream_subtask))
+
+    def partitions_of(self, step_id: str, subtask: int) -> list[str]:
+        """Source partitions are dealt to the source's subtasks round-robin."""
+        chain = self.chains[self.chain_of_step[step_id]]
+        return self.source_partitions[step_id][subtask::chain.parallelism]
+
+
+def _edge_kind(job: Job, up: Step, down: Step) -> str:
+    if down.kind in KEYED_KINDS:
+        return "hash"
+    if parallelism_of(job, up) == parallelism_of(job, down):
+        return "forward"
+    return "rebalance"
+
+
+def parallelism_of(job: Job, step: Step) -> int:
+    return step.parallelism or job.parallelism
+
+
+def build_plan(job: Job, source_partitions: dict[str, list[str]]) -> PhysicalPlan:
+    """Group steps into chains and connect the chains. `job.validate()` must have passed."""
+    steps = job.steps
+    consumers: dict[str, list[str]] = {sid: [] for sid in steps}
+    for step in steps.values():
+        for up in step.inputs:
+            consumers[up].append(step.step_id)
+
+    def chains_to_upstream(step: Step) -> bool:
+        if not job.runtime.chaining or len(step.inputs) != 1:
+            return False
+        up = steps[step.inputs[0]]
+        return len(consumers[up.step_id]) == 1 and _edge_kind(job, up, step) == "forward"
+
+    chains: list[Chain] = []
+    chain_of_step: dict[str, int] = {}
+    for step in steps.values():  # insertion order is a topological order
+        if chains_to_upstream(step):
+            chain = chains[chain_of_step[step.inputs[0]]]
+            chain.steps.append(step)
+        else:
+            chain = Chain(len(chains), [step], parallelism_of(job, step))
+            chains.append(chain)
+        chain_of_step[step.step_id] = chain.index
+
+    for step in steps.values():
+        for up_id in step.inputs:
+            if chain_of_step[up_id] == chain_of_step[step.step_id]:
+                continue
+            edge = Edge(up_id, step.step_id, _edge_kind(job, steps[up_id], step))
+            chains[chain_of_step[step.step_id]].in_edges.append(edge)
+            chains[chain_of_step[up_id]].out_edges.append(edge)
+    return PhysicalPlan(chains, chain_of_step, source_partitions)

@@ -1,0 +1,115 @@
+"""Job settings: the processing guarantee, checkpointing and data-plane tuning.
+
+Each settings object is a small frozen dataclass validated on construction, so a bad
+value fails at `Job(...)` time with a message that says which value to change.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from raystream.errors import ConfigError
+
+
+class Guarantee(str, enum.Enum):
+    """What the job promises about each record's effect on committed output."""
+
+    EXACTLY_ONCE = "exactly_once"
+    AT_LEAST_ONCE = "at_least_once"
+    AT_MOST_ONCE = "at_most_once"
+
+    @classmethod
+    def parse(cls, value: "Guarantee | str") -> "Guarantee":
+        if isinstance(value, Guarantee):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower().replace("-", "_"))
+            except ValueError:
+                pass
+        choices = ", ".join(repr(g.value) for g in cls)
+        raise ConfigError(f"guarantee must be a raystream.Guarantee or one of {choices}; got {value!r}")
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}; got {value!r}")
+
+
+def _positive_int(name: str, value: object, *, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """How often and where checkpoints are taken.
+
+    Args:
+        interval: seconds between the starts of two checkpoints.
+        storage: `file:///dir`, a plain directory path, or `s3://bucket/prefix`; None
+            means `./raystream-checkpoints/<job name>` under the working directory.
+        retain: complete checkpoints kept; older ones are deleted.
+        timeout: seconds a checkpoint may take before it is aborted.
+        min_pause: minimum seconds between the end of one checkpoint and the next start.
+        tolerable_failures: consecutive failed checkpoints tolerated before the job fails.
+    """
+
+    interval: float = 1.0
+    storage: str | None = None
+    retain: int = 3
+    timeout: float = 60.0
+    min_pause: float = 0.0
+    tolerable_failures: int = 3
+
+    def __post_init__(self) -> None:
+        _positive("CheckpointConfig.interval", self.interval)
+        _positive("CheckpointConfig.timeout", self.timeout)
+        _positive("CheckpointConfig.min_pause", self.min_pause, allow_zero=True)
+        _positive_int("CheckpointConfig.retain", self.retain)
+        _positive_int("CheckpointConfig.tolerable_failures", self.tolerable_failures, minimum=0)
+        if self.storage is not None:
+            if not isinstance(self.storage, str) or not self.storage.strip():
+                raise ConfigError(
+                    "CheckpointConfig.storage must be a directory path, file:///dir or "
+                    f"s3://bucket/prefix; got {self.storage!r}"
+                )
+            scheme = self.storage.split("://", 1)[0] if "://" in self.storage else "file"
+            if scheme not in ("file", "s3"):
+                raise ConfigError(
+                    f"CheckpointConfig.storage scheme {scheme!r} is not supported; "
+                    "use a directory path, file:///dir or s3://bucket/prefix"
+                )
+            if scheme == "s3" and not self.storage[len("s3://"):].split("/", 1)[0]:
+                raise ConfigError(f"CheckpointConfig.storage {self.storage!r} names no bucket")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Data-plane tuning. The defaults suit a laptop and a small cluster alike.
+
+    Args:
+        batch_size: records per micro-batch before a channel flushes it.
+        linger: seconds a partly filled micro-batch may wait before it is flushed.
+        max_in_flight: batches a sender keeps in flight per channel (the backpressure bound).
+        max_parallelism: number of key groups; the upper bound of any keyed step's parallelism.
+        chaining: run forward-connected steps of equal parallelism inside one actor.
+        subtask_num_cpus: CPUs each subtask actor requests from Ray (0 packs freely).
+    """
+
+    batch_size: int = 4096
+    linger: float = 0.05
+    max_in_flight: int = 4
+    max_parallelism: int = 128
+    chaining: bool = True
+    subtask_num_cpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive_int("RuntimeConfig.batch_size", self.batch_size)
+        _positive("RuntimeConfig.linger", self.linger, allow_zero=True)
+        _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
+        _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
+        _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)

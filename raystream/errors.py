@@ -1,0 +1,49 @@
+"""The raystream error hierarchy: every error the library raises derives from RaystreamError.
+
+Messages say what went wrong and what to do about it.
+"""
+from __future__ import annotations
+
+
+class RaystreamError(Exception):
+    """Root of every error raised by raystream."""
+
+
+class JobDefinitionError(RaystreamError):
+    """The job graph or one of its arguments is invalid; raised before anything starts."""
+
+
+class ConfigError(JobDefinitionError):
+    """A setting (checkpointing, guarantee, runtime option) has an invalid value."""
+
+
+class SourceError(RaystreamError):
+    """A source could not be opened or read (missing file, malformed line)."""
+
+
+class SinkError(RaystreamError):
+    """A sink could not write or commit its output."""
+
+
+class JobFailedError(RaystreamError):
+    """The job stopped because of an error; `cause` holds the detail when known."""
+
+
+class StepFailedError(JobFailedError):
+    """A user function raised while processing a record.
+
+    Carries the step id, a truncated repr of the record and the original traceback.
+    """
+
+    def __init__(self, step_id: str, record_repr: str, error: str, traceback_text: str):
+        self.step_id = step_id
+        self.record_repr = record_repr
+        self.error = error
+        self.traceback_text = traceback_text
+        super().__init__(
+            f"step {step_id!r} failed on record {record_repr}: {error}\n"
+            f"--- traceback from the subtask ---\n{traceback_text}"
+        )
+
+    def __reduce__(self):  # keep the fields across Ray's process boundary
+        return (StepFailedError, (self.step_id, self.record_repr, self.error, self.traceback_text))

@@ -1,0 +1,266 @@
+"""The job graph: `Job`, `Stream` and `KeyedStream` describe a dataflow and run nothing.
+
+Every step takes a step id first. Step ids name the state a step keeps in checkpoints,
+so they must be unique in the job and stay stable across runs.
+
+    job = rs.Job("wordcount", parallelism=2)
+    lines = job.source("lines", rs.sources.FileSource("book.txt"))
+    words = lines.flat_map("split", str.split)
+    counts = words.map("one", lambda w: 1).key_by(...)  # see jobs/wordcount.py
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from raystream.config import CheckpointConfig, Guarantee, RuntimeConfig
+from raystream.errors import ConfigError, JobDefinitionError
+from raystream.sinks import Sink
+from raystream.sources import Source
+
+if TYPE_CHECKING:
+    from raystream.result import JobHandle, JobResult
+
+_STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+#: Step kinds that take (key, value) records and keep state per key.
+KEYED_KINDS = frozenset({"reduce", "stateful_map"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of the logical graph."""
+
+    step_id: str
+    kind: str
+    inputs: tuple[str, ...]
+    fn: Callable[..., Any] | None = None
+    source: Source | None = None
+    sink: Sink | None = None
+    parallelism: int | None = None
+
+
+def _check_step_id(step_id: object) -> str:
+    if not isinstance(step_id, str) or not _STEP_ID.match(step_id):
+        raise JobDefinitionError(
+            f"step id must be a string of letters, digits, '_', '-' or '.' (at most 100, "
+            f"starting with a letter or digit); got {step_id!r}"
+        )
+    return step_id
+
+
+def _check_fn(step_id: str, what: str, fn: object) -> Callable[..., Any]:
+    if not callable(fn):
+        raise JobDefinitionError(f"step {step_id!r}: {what} must be callable; got {type(fn).__name__} {fn!r}")
+    return fn  # type: ignore[return-value]
+
+
+def _check_parallelism(where: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise JobDefinitionError(f"{where}: parallelism must be an integer >= 1; got {value!r}")
+    return value
+
+
+class Job:
+    """A named dataflow and its settings. Build it with `source(...)` and stream methods."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        parallelism: int = 1,
+        guarantee: Guarantee | str = Guarantee.EXACTLY_ONCE,
+        checkpoint: CheckpointConfig | None = None,
+        runtime: RuntimeConfig | None = None,
+    ):
+        if not isinstance(name, str) or not _STEP_ID.match(name):
+            raise JobDefinitionError(
+                f"job name must be letters, digits, '_', '-' or '.' (it names checkpoint storage); got {name!r}"
+            )
+        self.name = name
+        self.parallelism: int = _check_parallelism(f"job {name!r}", parallelism) or 1
+        self.guarantee = Guarantee.parse(guarantee)
+        if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
+            raise ConfigError(f"checkpoint must be a raystream.CheckpointConfig; got {checkpoint!r}")
+        self.checkpoint = checkpoint or CheckpointConfig()
+        if runtime is not None and not isinstance(runtime, RuntimeConfig):
+            raise ConfigError(f"runtime must be a raystream.RuntimeConfig; got {runtime!r}")
+        self.runtime = runtime or RuntimeConfig()
+        self.steps: dict[str, Step] = {}
+
+    # --- building ---------------------------------------------------------------------
+
+    def source(self, step_id: str, source: Source, *, parallelism: int | None = None) -> "Stream":
+        """Add an input; returns the stream of its records."""
+        step_id = _check_step_id(step_id)
+        if not isinstance(source, Source):
+            raise JobDefinitionError(
+                f"step {step_id!r}: source must be a raystream.sources.Source; got {type(source).__name__}"
+            )
+        self._add(Step(step_id, "source", (), source=source,
+                       parallelism=_check_parallelism(f"step {step_id!r}", parallelism)))
+        return Stream(self, (step_id,))
+
+    def _add(self, step: Step) -> None:
+        if step.step_id in self.steps:
+            raise JobDefinitionError(f"step id {step.step_id!r} is used twice in job {self.name!r}; step ids must be unique")
+        self.steps[step.step_id] = step
+
+    # --- settings ---------------------------------------------------------------------
+
+    def with_options(
+        self,
+        *,
+        parallelism: int | None = None,
+        guarantee: Guarantee | str | None = None,
+        checkpoint: CheckpointConfig | None = None,
+        runtime: RuntimeConfig | None = None,
+    ) -> "Job":
+        """A copy of this job with some settings replaced (the graph is shared)."""
+        job = copy.copy(self)
+        if parallelism is not None:
+            job.parallelism = _check_parallelism(f"job {self.name!r}", parallelism) or 1
+        if guarantee is not None:
+            job.guarantee = Guarantee.parse(guarantee)
+        if checkpoint is not None:
+            job.checkpoint = checkpoint
+        if runtime is not None:
+            job.runtime = runtime
+        return job
+
+    def validate(self) -> None:
+        """Check the whole graph; raises JobDefinitionError naming the step to fix."""
+        if not any(s.kind == "source" for s in self.steps.values()):
+            raise JobDefinitionError(f"job {self.name!r} has no source; add one with job.source(...)")
+        consumed = {i for s in self.steps.values() for i in s.inputs}
+        for step in self.steps.values():
+            if step.kind != "sink" and step.step_id not in consumed:
+                raise JobDefinitionError(
+                    f"step {step.step_id!r} has no sink: its output goes nowhere; end the stream with .sink(...)"
+                )
+            if step.kind in KEYED_KINDS:
+                p = step.parallelism or self.parallelism
+                if p > self.runtime.max_parallelism:
+                    raise JobDefinitionError(
+                        f"step {step.step_id!r}: parallelism {p} exceeds max_parallelism "
+                        f"{self.runtime.max_parallelism}; raise RuntimeConfig.max_parallelism"
+                    )
+
+    # --- running ----------------------------------------------------------------------
+
+    def run(self, **kwargs: Any) -> "JobResult":
+        """Run the job to the end of its sources and return the result.
+
+        Without RAY_ADDRESS a local Ray is started (bound to 127.0.0.1); with it the job
+        runs on that cluster.
+        """
+        return self.start(**kwargs).wait()
+
+    def start(self, *, progress: Callable[[Any], None] | None = None) -> "JobHandle":
+        """Start the job and return a handle with `wait()`, `stop()` and `status()`."""
+        self.validate()
+        from raystream._runtime.driver import start_job
+
+        return start_job(self, progress=progress)
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, parallelism={self.parallelism}, steps={list(self.steps)})"
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The records flowing out of one or more steps. Its methods add steps to the job."""
+
+    job: Job
+    upstream: tuple[str, ...]
+    after_sink: str | None = field(default=None)
+
+    def _then(self, step_id: str, kind: str, fn: Callable[..., Any] | None, what: str,
+              parallelism: int | None) -> Step:
+        step_id = _check_step_id(step_id)
+        if self.after_sink is not None:
+            raise JobDefinitionError(
+                f"step {step_id!r} comes after sink {self.after_sink!r}: a sink ends its stream; "
+                "apply the step to the stream before the sink instead"
+            )
+        if fn is not None or kind != "sink":
+            fn = _check_fn(step_id, what, fn)
+        step = Step(step_id, kind, self.upstream, fn=fn,
+                    parallelism=_check_parallelism(f"step {step_id!r}", parallelism))
+        self.job._add(step)
+        return step
+
+    def map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+        """One output per record: `fn(record)`."""
+        return Stream(self.job, (self._then(step_id, "map", fn, "the map function", parallelism).step_id,))
+
+    def flat_map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+        """Zero or more outputs per record: the items of the iterable `fn(record)`."""
+        return Stream(self.job, (self._then(step_id, "flat_map", fn, "the flat_map function", parallelism).step_id,))
+
+    def filter(self, step_id: str, fn: Callable[[Any], bool], *, parallelism: int | None = None) -> "Stream":
+        """The records for which `fn(record)` is true."""
+        return Stream(self.job, (self._then(step_id, "filter", fn, "the predicate", parallelism).step_id,))
+
+    def map_batches(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+        """Vectorized step: `fn(pyarrow.RecordBatch) -> RecordBatch | Table` on each micro-batch."""
+        return Stream(self.job, (self._then(step_id, "map_batches", fn, "the batch function", parallelism).step_id,))
+
+    def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "KeyedStream":
+        """Records become `(key_fn(record), record)` and are routed by key to keyed steps."""
+        step = self._then(step_id, "key_by", key_fn, "the key function", parallelism)
+        return KeyedStream(self.job, (step.step_id,))
+
+    def union(self, *others: "Stream") -> "Stream":
+        """One stream of the records of this stream and `others`, in no particular order."""
+        if not others:
+            raise JobDefinitionError("union needs at least one other stream")
+        streams = (self, *others)
+        for s in streams:
+            if not isinstance(s, Stream):
+                raise JobDefinitionError(f"union takes streams; got {type(s).__name__}")
+            if s.job is not self.job:
+                raise JobDefinitionError("union can only merge streams of the same job")
+            if s.after_sink is not None:
+                raise JobDefinitionError(f"cannot union the stream ended by sink {s.after_sink!r}")
+        upstream = tuple(u for s in streams for u in s.upstream)
+        if len(set(upstream)) != len(upstream):
+            raise JobDefinitionError(f"union merges the same stream twice ({', '.join(upstream)})")
+        keyed = all(isinstance(s, KeyedStream) for s in streams)
+        return (KeyedStream if keyed else Stream)(self.job, upstream)
+
+    def sink(self, step_id: str, sink: Sink, *, parallelism: int | None = None) -> "Stream":
+        """Write the records to `sink`. The returned stream takes no further steps."""
+        if not isinstance(sink, Sink):
+            raise JobDefinitionError(
+                f"step {step_id!r}: sink must be a raystream.sinks.Sink; got {type(sink).__name__}"
+            )
+        step = self._then(step_id, "sink", None, "", parallelism)
+        self.job.steps[step.step_id] = Step(step.step_id, "sink", step.inputs, sink=sink, parallelism=step.parallelism)
+        return Stream(self.job, (), after_sink=step.step_id)
+
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> "Stream":
+        raise JobDefinitionError(f"step {step_id!r}: reduce needs a keyed stream; call key_by(...) first")
+
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> "Stream":
+        raise JobDefinitionError(f"step {step_id!r}: stateful_map needs a keyed stream; call key_by(...) first")
+
+
+@dataclass(frozen=True)
+class KeyedStream(Stream):
+    """A stream of `(key, value)` records, routed by key to keyed steps."""
+
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
+        """Running reduce per key: `acc = fn(acc, value)`; emits `(key, acc)` on every update."""
+        return Stream(self.job, (self._then(step_id, "reduce", fn, "the reduce function", parallelism).step_id,))
+
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
+        """`fn(state_or_None, value) -> (new_state_or_None, output)` per key; emits `(key, output)`.
+
+        Returning None as the new state deletes the key's state.
+        """
+        return Stream(self.job, (self._then(step_id, "stateful_map", fn, "the function", parallelism).step_id,))
