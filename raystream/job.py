@@ -6,7 +6,7 @@ so they must be unique in the job and stay stable across runs.
     job = rs.Job("wordcount", parallelism=2)
     lines = job.source("lines", rs.sources.FileSource("book.txt"))
     words = lines.flat_map("split", str.split)
-    counts = words.map("one", lambda w: 1).key_by(...)  # see jobs/wordcount.py
+    counts = words.key_by("by_word", lambda w: w, value=lambda w: 1).reduce("count", operator.add)
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class Step:
     source: Source | None = None
     sink: Sink | None = None
     parallelism: int | None = None
+    value_fn: Callable[..., Any] | None = None  # key_by only
 
 
 def _check_step_id(step_id: object) -> str:
@@ -207,12 +208,22 @@ class Stream:
         return Stream(self.job, (self._then(step_id, "filter", fn, "the predicate", parallelism).step_id,))
 
     def map_batches(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
-        """Vectorized step: `fn(pyarrow.RecordBatch) -> RecordBatch | Table` on each micro-batch."""
+        """Vectorized step: `fn(pyarrow.RecordBatch) -> RecordBatch | Table` on each micro-batch.
+
+        Dict records become columns by key; any other records become one column "value".
+        """
         return Stream(self.job, (self._then(step_id, "map_batches", fn, "the batch function", parallelism).step_id,))
 
-    def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "KeyedStream":
-        """Records become `(key_fn(record), record)` and are routed by key to keyed steps."""
+    def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
+               parallelism: int | None = None) -> "KeyedStream":
+        """Records become `(key_fn(record), value(record))` (the record itself without
+        `value`) and are routed by key to keyed steps."""
+        if value is not None:
+            _check_fn(step_id, "the value function", value)
         step = self._then(step_id, "key_by", key_fn, "the key function", parallelism)
+        if value is not None:
+            step = Step(step.step_id, step.kind, step.inputs, fn=step.fn, value_fn=value, parallelism=step.parallelism)
+            self.job.steps[step.step_id] = step
         return KeyedStream(self.job, (step.step_id,))
 
     def union(self, *others: "Stream") -> "Stream":

@@ -28,6 +28,7 @@ class JobStatus:
     elapsed: float
     steps: dict[str, StepMetrics] = field(default_factory=dict)
     subtasks: int = 0
+    pids: dict[str, int] = field(default_factory=dict)  # "chain[i]" -> process id of that subtask
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class Sink(ABC):
         """The writer of subtask `subtask` (0-based) of `parallelism`."""
 
 
-def as_records(batch: list[Any] | pa.RecordBatch) -> list[Any]:
+def as_records(batch: Any) -> list[Any]:
     return batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
 
 
@@ -159,13 +159,20 @@ class _PrintWriter(SinkWriter):
 
 
 class CollectSink(Sink):
-    """Collects every record into the job result: `result.outputs[step_id]`.
+    """Collects records into the job result: `result.outputs[step_id]`.
 
+    keep="all" collects every record; keep="last" takes `(key, value)` records and keeps
+    the latest value per key, as `(key, value)` pairs (a table of the final state).
     Meant for tests and notebooks: the records travel to the driver in memory.
     """
 
+    def __init__(self, *, keep: str = "all"):
+        if keep not in ("all", "last"):
+            raise JobDefinitionError(f"CollectSink keep must be 'all' or 'last'; got {keep!r}")
+        self.keep = keep
+
     def build_writer(self, step_id: str, subtask: int, parallelism: int) -> SinkWriter:
-        return _CollectWriter()
+        return _LatestWriter() if self.keep == "last" else _CollectWriter()
 
 
 class _CollectWriter(SinkWriter):
@@ -177,3 +184,17 @@ class _CollectWriter(SinkWriter):
 
     def close(self) -> list[Any]:
         return self._records
+
+
+class _LatestWriter(SinkWriter):
+    def __init__(self) -> None:
+        self._latest: dict[Any, Any] = {}
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        try:
+            self._latest.update(as_records(batch))
+        except (TypeError, ValueError) as exc:
+            raise SinkError(f"CollectSink(keep='last') takes (key, value) records: {exc}") from None
+
+    def close(self) -> list[tuple[Any, Any]]:
+        return list(self._latest.items())

@@ -20,17 +20,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len
 from raystream._runtime.keys import KeyRouter
 
 BATCH, BARRIER, END = 0, 1, 2
 
 
-def batch_len(batch: Any) -> int:
-    return batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
-
-
 class OutputChannel:
-    """Messages to one input channel of one downstream actor."""
+    """Messages to one input channel of one downstream actor.
+
+    Records wait in `buffer` (or, on a keyed edge, in `keys`/`values`) until a flush.
+    """
 
     def __init__(self, handle: Any, channel: int, max_in_flight: int):
         self.handle = handle
@@ -40,7 +40,12 @@ class OutputChannel:
         self.in_flight: collections.deque[asyncio.Future] = collections.deque()
         self.max_in_flight_seen = 0
         self.buffer: list[Any] = []
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
         self.buffer_since = 0.0
+
+    def buffered(self) -> int:
+        return len(self.buffer) + len(self.keys)
 
     async def send(self, kind: int, payload: Any) -> None:
         in_flight = self.in_flight
@@ -54,9 +59,13 @@ class OutputChannel:
             self.max_in_flight_seen = len(in_flight)
 
     async def flush(self) -> None:
+        self.buffer_since = 0.0
         if self.buffer:
             buffer, self.buffer = self.buffer, []
             await self.send(BATCH, buffer)
+        if self.keys:
+            batch, self.keys, self.values = KeyedBatch(self.keys, self.values), [], []
+            await self.send(BATCH, batch)
 
     async def drain(self) -> None:
         while self.in_flight:
@@ -64,7 +73,11 @@ class OutputChannel:
 
 
 class OutputEdge:
-    """A step's output to all subtasks of one downstream step."""
+    """A step's output to all subtasks of one downstream step.
+
+    forward: to the one subtask of the same index; rebalance: whole batches round-robin;
+    hash: each record to the subtask that owns its key's key group.
+    """
 
     def __init__(self, kind: str, channels: list[OutputChannel], batch_size: int, linger: float,
                  max_parallelism: int):
@@ -78,33 +91,29 @@ class OutputEdge:
     async def emit(self, batch: Any) -> None:
         if not batch_len(batch):
             return
-        channels = self.channels
-        if isinstance(batch, pa.RecordBatch):
-            if self.kind == "hash":
-                batch = batch.to_pylist()
-            else:  # Arrow goes as is, after the records buffered before it
-                ch = channels[self._rotate()]
-                await ch.flush()
-                await ch.send(BATCH, batch)
-                return
-        if self.kind == "hash" and len(channels) > 1:
-            buffers = [ch.buffer for ch in channels]
-            cache_get, target = self._router._cache.get, self._router.target
-            for record in batch:
-                key = record[0]
-                try:
-                    t = cache_get(key)
-                except TypeError:  # unhashable: target() raises a clear error
-                    t = None
-                if t is None:
-                    t = target(key)
-                buffers[t].append(record)
-            for ch in channels:
-                await self._after_append(ch)
+        if self.kind == "hash":
+            await self._emit_keyed(as_keyed(batch))
             return
-        ch = channels[0] if len(channels) == 1 else channels[self._rotate()]
-        ch.buffer.extend(batch)
+        ch = self.channels[0] if len(self.channels) == 1 else self.channels[self._rotate()]
+        if isinstance(batch, pa.RecordBatch):  # Arrow goes as is, after what was buffered before it
+            await ch.flush()
+            await ch.send(BATCH, batch)
+            return
+        ch.buffer.extend(as_records(batch))
         await self._after_append(ch)
+
+    async def _emit_keyed(self, batch: KeyedBatch) -> None:
+        channels = self.channels
+        # Route even to a single channel: a key that cannot be hashed stably must fail
+        # the same way at every parallelism, and interning shrinks the message.
+        routed = self._router.route_all(batch.keys)
+        keys = [ch.keys for ch in channels]
+        values = [ch.values for ch in channels]
+        for (target, key), value in zip(routed, batch.values):
+            keys[target].append(key)
+            values[target].append(value)
+        for ch in channels:
+            await self._after_append(ch)
 
     def _rotate(self) -> int:
         i = self._next % len(self.channels)
@@ -112,27 +121,24 @@ class OutputEdge:
         return i
 
     async def _after_append(self, ch: OutputChannel) -> None:
-        if not ch.buffer:
-            return
-        if len(ch.buffer) >= self.batch_size:
+        n = ch.buffered()
+        if n >= self.batch_size:
             await ch.flush()
-        elif not ch.buffer_since:
+        elif n and not ch.buffer_since:
             ch.buffer_since = time.monotonic()
 
     def next_deadline(self) -> float | None:
         """When the oldest partly filled buffer is due; None when all are empty."""
-        times = [ch.buffer_since for ch in self.channels if ch.buffer]
+        times = [ch.buffer_since for ch in self.channels if ch.buffer_since]
         return min(times) + self.linger if times else None
 
     async def flush_due(self, now: float) -> None:
         for ch in self.channels:
-            if ch.buffer and ch.buffer_since + self.linger <= now:
-                ch.buffer_since = 0.0
+            if ch.buffer_since and ch.buffer_since + self.linger <= now:
                 await ch.flush()
 
     async def flush_all(self) -> None:
         for ch in self.channels:
-            ch.buffer_since = 0.0
             await ch.flush()
 
     async def broadcast(self, kind: int, payload: Any) -> None:

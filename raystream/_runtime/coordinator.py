@@ -28,14 +28,24 @@ from raystream.result import Failure, JobResult, JobStatus, StepMetrics
 logger = logging.getLogger(__name__)
 
 
+#: Which failure explains a job's end best when several arrive together (lower first).
+_SPECIFICITY = {"record": -4, "source": -3, "internal": -2, "crash": -1, "peer": 0}
+
+
+def actor_name(job_name: str, run_id: str, what: str) -> str:
+    """Names make a run's actors findable (ray list actors, tests) and never collide."""
+    return f"raystream:{job_name}:{run_id}:{what}"
+
+
 @dataclass
 class JobOutcome:
     result: JobResult | None
     failure: Failure | None
 
 
-def _sum_steps(reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
-    totals: dict[str, list[int]] = {}
+def _sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
+    """Counters summed over subtasks, in the job's step order."""
+    totals: dict[str, list[int]] = {step_id: [0, 0] for step_id in order}
     for r in reports:
         for step_id, (n_in, n_out) in r.steps.items():
             t = totals.setdefault(step_id, [0, 0])
@@ -46,9 +56,11 @@ def _sum_steps(reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
 
 @ray.remote(num_cpus=0)
 class JobCoordinator:
-    def __init__(self, job: Job, plan: PhysicalPlan):
+    def __init__(self, job: Job, plan: PhysicalPlan, run_id: str):
         self.job = job
         self.plan = plan
+        self.run_id = run_id
+        self.pids: dict[str, int] = {}
         self.actors: dict[tuple[int, int], Any] = {}  # (chain index, subtask) -> actor
         self.state = "starting"
         self.started = time.monotonic()
@@ -83,9 +95,11 @@ class JobCoordinator:
             for chain in self.plan.chains:  # 1. create
                 for i in range(chain.parallelism):
                     self.actors[(chain.index, i)] = SubtaskActor.options(
+                        name=actor_name(self.job.name, self.run_id, f"{chain.name}[{i}]"),
                         num_cpus=rt.subtask_num_cpus, max_restarts=0, max_task_retries=0,
                     ).remote(self._spec(chain, i))
-            await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+            pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+            self.pids = {f"{self.plan.chains[c].name}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
             await asyncio.gather(*(  # 2. connect
                 self.actors[(c.index, i)].connect.remote(self._outputs(c, i))
                 for c in self.plan.chains for i in range(c.parallelism)
@@ -96,23 +110,30 @@ class JobCoordinator:
             pending = set(runs)
             while pending:  # 4. watch
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    chain_index, subtask = runs[fut]
-                    try:
-                        report: SubtaskReport = fut.result()
-                    except ray.exceptions.RayError as exc:
-                        name = self.plan.chains[chain_index].name
-                        return self._fail(Failure("crash", f"subtask {name}[{subtask}]", "",
-                                                  f"{type(exc).__name__}: {exc}", ""))
-                    if report.failure is not None:
-                        return self._fail(report.failure)
-                    reports.append(report)
-                    self.last_reports[(chain_index, subtask)] = report
+                failures = [f for f in (self._collect(fut, runs[fut], reports) for fut in done) if f]
+                if failures:
+                    # Peers of a crashed subtask fail too; give the real cause a moment to arrive.
+                    if pending:
+                        more, _ = await asyncio.wait(pending, timeout=2.0)
+                        failures += [f for f in (self._collect(fut, runs[fut], reports) for fut in more) if f]
+                    return self._fail(min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0)))
             if self.state != "stopped":
                 self.state = "finished"
             return JobOutcome(self._result(reports), None)
         finally:
             self._kill_all()
+
+    def _collect(self, fut: asyncio.Future, key: tuple[int, int], reports: list[SubtaskReport]) -> Failure | None:
+        """Record a finished run; return its failure, if it failed."""
+        try:
+            report: SubtaskReport = fut.result()
+        except ray.exceptions.RayError as exc:
+            name = f"{self.plan.chains[key[0]].name}[{key[1]}]"
+            return Failure("crash", f"subtask {name}", "", f"{type(exc).__name__}: {exc}", "")
+        self.last_reports[key] = report
+        if report.failure is None:
+            reports.append(report)
+        return report.failure
 
     def _fail(self, failure: Failure) -> JobOutcome:
         self.state = "failed"
@@ -135,7 +156,7 @@ class JobCoordinator:
             job_name=self.job.name,
             state=self.state,
             duration=time.monotonic() - self.started,
-            steps=_sum_steps(reports),
+            steps=_sum_steps(list(self.job.steps), reports),
             outputs=outputs,
             max_in_flight_seen=max((r.max_in_flight_seen for r in reports), default=0),
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
@@ -153,8 +174,9 @@ class JobCoordinator:
             job_name=self.job.name,
             state=self.state,
             elapsed=time.monotonic() - self.started,
-            steps=_sum_steps(list(self.last_reports.values())),
+            steps=_sum_steps(list(self.job.steps), list(self.last_reports.values())),
             subtasks=len(self.actors),
+            pids=dict(self.pids),
         )
 
     async def stop(self) -> None:

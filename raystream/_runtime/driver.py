@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from typing import Any, Callable
 
 from raystream._runtime.plan import build_plan
@@ -53,9 +54,12 @@ def start_job(job: Job, progress: Callable[[Any], None] | None = None) -> JobHan
     ensure_ray()
     import ray
 
-    from raystream._runtime.coordinator import JobCoordinator
+    from raystream._runtime.coordinator import JobCoordinator, actor_name
 
-    coordinator = JobCoordinator.options(max_restarts=0).remote(job, plan)
+    run_id = uuid.uuid4().hex[:8]
+    coordinator = JobCoordinator.options(
+        name=actor_name(job.name, run_id, "coordinator"), max_restarts=0,
+    ).remote(job, plan, run_id)
     run_ref = coordinator.run.remote()
 
     def on_exit() -> None:

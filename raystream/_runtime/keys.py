@@ -17,6 +17,10 @@ from raystream.errors import RaystreamError
 class UnsupportedKeyError(RaystreamError, TypeError):
     """A key_by function returned a key that cannot be hashed stably."""
 
+    def __init__(self, message: str, key: Any = None):
+        super().__init__(message)
+        self.key = key
+
 
 def stable_hash(key: Any) -> int:
     """A 32-bit hash of `key` that is equal in every process; equal keys hash equal (1 == 1.0 == True)."""
@@ -28,7 +32,7 @@ def stable_hash(key: Any) -> int:
         if key.is_integer():
             return stable_hash(int(key))
         if math.isnan(key):
-            raise UnsupportedKeyError("NaN cannot be a key: it is not equal to itself")
+            raise UnsupportedKeyError("NaN cannot be a key: it is not equal to itself", key)
         return zlib.crc32(struct.pack("<d", key))
     if isinstance(key, bytes):
         return zlib.crc32(b"b" + key)
@@ -41,8 +45,7 @@ def stable_hash(key: Any) -> int:
         return h
     raise UnsupportedKeyError(
         f"key {key!r} of type {type(key).__name__} cannot be routed; a key_by function must return "
-        "str, bytes, int, float, bool, None or a tuple of those"
-    )
+        "str, bytes, int, float, bool, None or a tuple of those", key)
 
 
 def key_group(key: Any, max_parallelism: int) -> int:
@@ -62,7 +65,11 @@ def groups_of_subtask(subtask: int, parallelism: int, max_parallelism: int) -> r
 
 
 class KeyRouter:
-    """Maps keys to target subtasks, caching per key because keys repeat."""
+    """Maps keys to target subtasks, caching per key because keys repeat.
+
+    The cache also interns keys: equal keys in a batch become one object, which pickle
+    then writes once per message.
+    """
 
     __slots__ = ("_parallelism", "_max_parallelism", "_cache")
 
@@ -71,17 +78,28 @@ class KeyRouter:
     def __init__(self, parallelism: int, max_parallelism: int):
         self._parallelism = parallelism
         self._max_parallelism = max_parallelism
-        self._cache: dict[Any, int] = {}
+        self._cache: dict[Any, tuple[int, Any]] = {}
 
-    def target(self, key: Any) -> int:
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        except TypeError:  # an unhashable key (list, dict): name the type
-            stable_hash(key)
-        t = subtask_of_group(key_group(key, self._max_parallelism), self._parallelism, self._max_parallelism)
+    def _miss(self, key: Any) -> tuple[int, Any]:
+        group = key_group(key, self._max_parallelism)  # raises a clear error for a bad key
+        routed = (subtask_of_group(group, self._parallelism, self._max_parallelism), key)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = t
-        return t
+        self._cache[key] = routed
+        return routed
+
+    def target(self, key: Any) -> int:
+        return self.route_all([key])[0][0]
+
+    def route_all(self, keys: list[Any]) -> list[tuple[int, Any]]:
+        """(target subtask, interned key) for each key."""
+        get, miss = self._cache.get, self._miss
+        try:
+            return [get(k) or miss(k) for k in keys]
+        except TypeError:  # an unhashable key (a list, or a tuple holding one): name it
+            for k in keys:
+                try:
+                    hash(k)
+                except TypeError:
+                    stable_hash(k)  # raises UnsupportedKeyError for k or the bad part of it
+            raise

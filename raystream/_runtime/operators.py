@@ -1,13 +1,10 @@
 """Operators: the runtime logic of each step kind, applied to whole micro-batches.
 
-A micro-batch is a list of Python records or a `pyarrow.RecordBatch`. Python steps see
-records (an Arrow batch is converted with `to_pylist`); `map_batches` sees Arrow (a
-list is converted with `RecordBatch.from_pylist`).
-
-The fast path runs the user function over the batch in one comprehension. When it
-raises, the batch is replayed record by record to name the record that failed; the
-outputs of the failed attempt are discarded, so each record still yields its outputs
-at most once.
+Python steps see records (`as_records`); `map_batches` sees Arrow (`to_arrow`); keyed
+steps see a `KeyedBatch`. The fast path runs the user function over the batch in one
+comprehension. When it raises, the batch is replayed record by record to name the
+record that failed; the outputs of the failed attempt are discarded, so each record
+still yields its outputs at most once.
 """
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len, to_arrow
 from raystream.job import Step
 from raystream.sinks import Sink, SinkWriter
 
@@ -30,7 +28,7 @@ class RecordFailure(Exception):
 
     def __init__(self, step_id: str, record: Any, exc: BaseException):
         self.step_id = step_id
-        self.record_repr = truncated_repr(record)
+        self.record_repr = record if isinstance(record, str) and record.startswith("<") else truncated_repr(record)
         self.error = f"{type(exc).__name__}: {exc}"
         self.traceback_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         super().__init__(step_id, self.record_repr, self.error)
@@ -44,12 +42,8 @@ def truncated_repr(record: Any) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
-def as_records(batch: Any) -> list[Any]:
-    return batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
-
-
 class Operator:
-    """One step inside a chain. Subclasses implement `_apply(records)`."""
+    """One step inside a chain. Record-at-a-time subclasses implement `_apply(records)`."""
 
     def __init__(self, step: Step):
         self.step_id = step.step_id
@@ -65,10 +59,10 @@ class Operator:
         except Exception:
             self._locate_failure(records)
             raise
-        self.records_out += len(out)
+        self.records_out += batch_len(out)
         return out
 
-    def _apply(self, records: list[Any]) -> list[Any]:
+    def _apply(self, records: list[Any]) -> Any:
         raise NotImplementedError
 
     def _locate_failure(self, records: list[Any]) -> None:
@@ -107,9 +101,16 @@ class FilterOp(Operator):
 
 
 class KeyByOp(Operator):
-    def _apply(self, records: list[Any]) -> list[Any]:
-        fn = self.fn
-        return [(fn(r), r) for r in records]
+    """Emits a KeyedBatch: keys and values as columns."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.value_fn = step.value_fn
+
+    def _apply(self, records: list[Any]) -> KeyedBatch:
+        fn, value_fn = self.fn, self.value_fn
+        keys = [fn(r) for r in records]
+        return KeyedBatch(keys, records if value_fn is None else [value_fn(r) for r in records])
 
 
 _MISSING = object()
@@ -122,79 +123,89 @@ class KeyedOp(Operator):
         super().__init__(step)
         self.state: dict[Any, Any] = {}
 
-    def process(self, batch: Any) -> Any:
-        records = as_records(batch)
-        self.records_in += len(records)
-        out = self._apply(records)
+    def process(self, batch: Any) -> KeyedBatch:
+        try:
+            kb = as_keyed(batch)
+        except ValueError as exc:
+            raise RecordFailure(self.step_id, "<batch>", exc) from None
+        self.records_in += len(kb)
+        out = self._apply_keyed(kb.keys, kb.values)
         self.records_out += len(out)
         return out
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+        raise NotImplementedError
 
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
 
 
 class ReduceOp(KeyedOp):
-    def _apply(self, records: list[Any]) -> list[Any]:
-        fn, state, out = self.fn, self.state, []
-        get, append = state.get, out.append
-        for record in records:
-            try:
-                key, value = record
+    """Running reduce: emits `(key, acc)` for every record."""
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+        fn, state = self.fn, self.state
+        get = state.get
+        out: list[Any] = []
+        append = out.append
+        try:
+            for key, value in zip(keys, values):
                 acc = get(key, _MISSING)
-                acc = value if acc is _MISSING else fn(acc, value)
-            except Exception as exc:
-                raise RecordFailure(self.step_id, record, exc) from None
-            state[key] = acc
-            append((key, acc))
-        return out
+                if acc is not _MISSING:
+                    value = fn(acc, value)
+                state[key] = value
+                append(value)
+        except Exception as exc:
+            i = len(out)
+            raise RecordFailure(self.step_id, (keys[i], values[i]), exc) from None
+        return KeyedBatch(keys, out)
 
 
 class StatefulMapOp(KeyedOp):
-    def _apply(self, records: list[Any]) -> list[Any]:
-        fn, state, out = self.fn, self.state, []
-        for record in records:
+    """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+        fn, state = self.fn, self.state
+        out: list[Any] = []
+        for key, value in zip(keys, values):
             try:
-                key, value = record
                 new_state, output = fn(state.get(key), value)
             except Exception as exc:
-                raise RecordFailure(self.step_id, record, exc) from None
+                raise RecordFailure(self.step_id, (key, value), exc) from None
             if new_state is None:
                 state.pop(key, None)
             else:
                 state[key] = new_state
-            out.append((key, output))
-        return out
+            out.append(output)
+        return KeyedBatch(keys, out)
 
 
 class MapBatchesOp(Operator):
     """Vectorized: the function takes and returns Arrow data."""
 
     def process(self, batch: Any) -> Any:
-        if not isinstance(batch, pa.RecordBatch):
-            try:
-                batch = pa.RecordBatch.from_pylist(batch)
-            except Exception as exc:
-                raise RecordFailure(self.step_id, batch[:1], exc) from None
+        try:
+            batch = to_arrow(batch)
+        except Exception as exc:
+            raise RecordFailure(self.step_id, as_records(batch)[:1], exc) from None
         self.records_in += batch.num_rows
+        what = f"<RecordBatch of {batch.num_rows} rows>"
         try:
             out = self.fn(batch)
         except Exception as exc:
-            raise RecordFailure(self.step_id, f"<RecordBatch of {batch.num_rows} rows>", exc) from None
+            raise RecordFailure(self.step_id, what, exc) from None
         if isinstance(out, pa.Table):
             out = out.combine_chunks().to_batches()
             out = out[0] if out else []
         elif not isinstance(out, pa.RecordBatch):
-            raise RecordFailure(
-                self.step_id,
-                f"<RecordBatch of {batch.num_rows} rows>",
-                TypeError(f"map_batches function must return a pyarrow RecordBatch or Table, not {type(out).__name__}"),
-            )
-        self.records_out += len(out)
+            raise RecordFailure(self.step_id, what, TypeError(
+                f"map_batches function must return a pyarrow RecordBatch or Table, not {type(out).__name__}"))
+        self.records_out += batch_len(out)
         return out
 
 
 class SinkOp(Operator):
-    """Hands batches to the sink's writer; emits nothing."""
+    """Hands batches to the sink's writer as records or Arrow; emits nothing."""
 
     def __init__(self, step: Step, subtask: int, parallelism: int):
         super().__init__(step)
@@ -202,9 +213,8 @@ class SinkOp(Operator):
         self.writer: SinkWriter = sink.build_writer(step.step_id, subtask, parallelism)
 
     def process(self, batch: Any) -> Any:
-        n = batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
-        self.records_in += n
-        self.writer.write_batch(batch)
+        self.records_in += batch_len(batch)
+        self.writer.write_batch(batch if isinstance(batch, pa.RecordBatch) else as_records(batch))
         return []
 
     def close(self) -> Any:
@@ -231,7 +241,7 @@ def build_operator(step: Step, subtask: int, parallelism: int) -> Operator:
 def run_chain(ops: list[Operator], batch: Any) -> Any:
     """Push one batch through the chain; returns the tail's output."""
     for op in ops:
-        if not len(batch):
+        if not batch_len(batch):
             return batch
         batch = op.process(batch)
     return batch

@@ -26,7 +26,9 @@ from typing import Any
 
 import ray
 
-from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge, batch_len
+from raystream._runtime.batch import batch_len
+from raystream._runtime.keys import UnsupportedKeyError
+from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
 from raystream._runtime.operators import Operator, RecordFailure, build_operator, run_chain, truncated_repr
 from raystream.config import RuntimeConfig
 from raystream.errors import SourceError
@@ -136,6 +138,9 @@ class SubtaskActor:
         except SourceError as exc:
             step = self.source_step.step_id if self.source_step else self.spec.chain_name
             return self._report(Failure("source", step, "", str(exc), traceback.format_exc()))
+        except ray.exceptions.RayError as exc:  # a peer died; the coordinator knows why
+            logger.info("subtask %s[%d] stopped: %s", self.spec.chain_name, self.spec.subtask, type(exc).__name__)
+            return self._report(Failure("peer", self.spec.chain_name, "", f"{type(exc).__name__}: {exc}", ""))
         except Exception as exc:  # a bug or an infrastructure error: report it, never hang
             logger.exception("subtask %s[%d] failed", self.spec.chain_name, self.spec.subtask)
             return self._report(Failure("internal", self.spec.chain_name, "", f"{type(exc).__name__}: {exc}",
@@ -144,8 +149,11 @@ class SubtaskActor:
     async def _emit(self, batch: Any) -> None:
         out = run_chain(self.ops, batch) if self.ops else batch
         if batch_len(out):
-            for edge in self.outputs:
-                await edge.emit(out)
+            try:
+                for edge in self.outputs:
+                    await edge.emit(out)
+            except UnsupportedKeyError as exc:  # the key function's fault: blame its step
+                raise RecordFailure(self.spec.steps[-1].step_id, exc.key, exc) from None
 
     def _next_deadline(self) -> float | None:
         deadlines = [d for d in (e.next_deadline() for e in self.outputs) if d is not None]

@@ -1,0 +1,70 @@
+"""Micro-batch representations and conversions between them.
+
+A micro-batch is one of:
+- a list of Python records;
+- a `pyarrow.RecordBatch` (vectorized steps, Parquet);
+- a `KeyedBatch`: a list of `(key, value)` pairs stored as two columns. Keyed steps
+  produce and consume it, and keyed exchanges send it, because two flat lists pickle
+  and unpickle much faster than a list of tuples.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+
+class KeyedBatch:
+    """`(key, value)` records as parallel lists."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: list[Any], values: list[Any]):
+        self.keys = keys
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __reduce__(self):
+        return (KeyedBatch, (self.keys, self.values))
+
+    def records(self) -> list[tuple[Any, Any]]:
+        return list(zip(self.keys, self.values))
+
+
+def batch_len(batch: Any) -> int:
+    return batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
+
+
+def as_records(batch: Any) -> list[Any]:
+    """Any micro-batch as a list of Python records."""
+    if isinstance(batch, list):
+        return batch
+    if isinstance(batch, KeyedBatch):
+        return batch.records()
+    return batch.to_pylist()
+
+
+def as_keyed(batch: Any) -> KeyedBatch:
+    """Any micro-batch of `(key, value)` records as a KeyedBatch; raises ValueError otherwise."""
+    if isinstance(batch, KeyedBatch):
+        return batch
+    records = as_records(batch)
+    try:
+        keys = [k for k, _ in records]
+        values = [v for _, v in records]
+    except (TypeError, ValueError):
+        bad = next(r for r in records if not (isinstance(r, (tuple, list)) and len(r) == 2))
+        raise ValueError(f"a keyed step takes (key, value) records; got {bad!r}") from None
+    return KeyedBatch(keys, values)
+
+
+def to_arrow(batch: Any) -> pa.RecordBatch:
+    """Dict records become columns by key; other records one column named "value"."""
+    if isinstance(batch, pa.RecordBatch):
+        return batch
+    records = as_records(batch)
+    if records and isinstance(records[0], dict):
+        return pa.RecordBatch.from_pylist(records)
+    return pa.RecordBatch.from_pydict({"value": records})

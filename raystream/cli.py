@@ -1,0 +1,132 @@
+"""The `raystream` command line.
+
+    raystream run JOBFILE [--parallelism N] [--guarantee G]
+                          [--checkpoint-interval S] [--checkpoint-storage URI]
+
+JOBFILE is a Python file that defines `job` (a raystream.Job). If it also defines
+`report(result)`, that is called with the JobResult after the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import runpy
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from raystream.config import CheckpointConfig, Guarantee
+from raystream.errors import RaystreamError
+from raystream.job import Job
+from raystream.result import JobResult, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+def load_job_file(path: str) -> dict[str, Any]:
+    """Execute a job file and return its globals; its functions pickle by value."""
+    if not os.path.isfile(path):
+        raise click.UsageError(f"job file {path!r} does not exist")
+    namespace = runpy.run_path(path, run_name="__raystream_job__")
+    if not isinstance(namespace.get("job"), Job):
+        raise click.UsageError(f"{path} must define `job = raystream.Job(...)` at module level")
+    return namespace
+
+
+class Progress:
+    """Live per-step rates on a terminal; silent otherwise (the summary still prints)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live: Live | None = None
+        self.last: tuple[float, JobStatus] | None = None
+
+    def __enter__(self) -> "Progress":
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def __call__(self, status: JobStatus) -> None:
+        now = time.monotonic()
+        previous, self.last = self.last, (now, status)
+        if self.live is None:
+            return
+        table = Table(title=f"{status.job_name}: {status.state}, {status.elapsed:.0f}s, {status.subtasks} subtasks")
+        for column in ("step", "in/s", "out/s", "in", "out"):
+            table.add_column(column, justify="left" if column == "step" else "right")
+        for step_id, m in status.steps.items():
+            rate_in = rate_out = 0.0
+            if previous is not None and step_id in previous[1].steps:
+                dt = max(now - previous[0], 1e-6)
+                p = previous[1].steps[step_id]
+                rate_in, rate_out = (m.records_in - p.records_in) / dt, (m.records_out - p.records_out) / dt
+            table.add_row(step_id, f"{rate_in:,.0f}", f"{rate_out:,.0f}", f"{m.records_in:,}", f"{m.records_out:,}")
+        self.live.update(table)
+
+
+def print_summary(console: Console, result: JobResult) -> None:
+    table = Table(title=f"{result.job_name}: {result.state} in {result.duration:.2f}s")
+    for column in ("step", "records in", "records out"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step_id, m in result.steps.items():
+        table.add_row(step_id, f"{m.records_in:,}", f"{m.records_out:,}")
+    console.print(table)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """raystream: exactly-once stream processing on Ray."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("jobfile", type=click.Path(dir_okay=False))
+@click.option("--parallelism", type=click.IntRange(min=1), help="Default parallelism of every step.")
+@click.option("--guarantee", type=click.Choice([g.value for g in Guarantee]), help="Processing guarantee.")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between checkpoints.")
+@click.option("--checkpoint-storage", help="Checkpoint directory, file:///dir or s3://bucket/prefix.")
+def run(jobfile: str, parallelism: int | None, guarantee: str | None,
+        checkpoint_interval: float | None, checkpoint_storage: str | None) -> None:
+    """Run the job defined in JOBFILE until its sources end."""
+    console = Console()
+    try:
+        namespace = load_job_file(jobfile)
+        job: Job = namespace["job"]
+        checkpoint = job.checkpoint
+        if checkpoint_interval is not None:
+            checkpoint = dataclasses.replace(checkpoint, interval=checkpoint_interval)
+        if checkpoint_storage is not None:
+            checkpoint = dataclasses.replace(checkpoint, storage=checkpoint_storage)
+        job = job.with_options(parallelism=parallelism, guarantee=guarantee, checkpoint=checkpoint)
+        with Progress(console) as progress:
+            handle = job.start()
+            try:
+                result = handle.wait(progress=progress, interval=0.5)
+            except KeyboardInterrupt:
+                console.print("stopping: the sources end now and the job drains")
+                handle.stop()
+                result = handle.wait()
+        print_summary(console, result)
+        report = namespace.get("report")
+        if callable(report):
+            report(result)
+    except RaystreamError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""A failing job stops cleanly: a clear error, no hang, no actor left behind."""
+import time
+
+import pytest
+
+import raystream as rs
+from raystream.sinks import CollectSink
+from raystream.sources import FileSource, SequenceSource
+
+from .conftest import live_job_actors
+
+
+def wait_no_live_actors(timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while live := live_job_actors():
+        assert time.monotonic() < deadline, f"actors still alive: {live}"
+        time.sleep(0.1)
+
+
+def explode_on_4242(x):
+    if x == 4242:
+        raise KeyError("no such customer")
+    return x
+
+
+def test_a_raising_user_function_fails_the_job_with_step_record_and_traceback():
+    job = rs.Job("boom", parallelism=2)
+    (job.source("nums", SequenceSource(100_000, partitions=2))
+        .map("lookup", explode_on_4242)
+        .key_by("k", lambda x: x % 10).reduce("sum", lambda a, b: a + b)
+        .sink("out", CollectSink()))
+    with pytest.raises(rs.StepFailedError) as info:
+        job.run()
+    err = info.value
+    assert err.step_id == "lookup"
+    assert err.record_repr == "4242"
+    assert "KeyError: 'no such customer'" in err.error
+    assert "explode_on_4242" in err.traceback_text
+    wait_no_live_actors()
+
+
+def test_a_malformed_jsonl_line_fails_the_job_naming_file_and_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(100)) + '{"id": \n')
+    job = rs.Job("badjson")
+    job.source("events", FileSource(str(path), format="jsonl")).sink("out", CollectSink())
+    with pytest.raises(rs.JobFailedError, match=r"events\.jsonl:101: malformed JSON"):
+        job.run()
+    wait_no_live_actors()
+
+
+def test_a_missing_input_file_fails_before_any_actor_starts(tmp_path, monkeypatch):
+    created = []
+    from raystream._runtime import coordinator
+
+    monkeypatch.setattr(coordinator.JobCoordinator, "options", lambda *a, **k: created.append(k))
+    job = rs.Job("missing")
+    job.source("in", FileSource(str(tmp_path / "absent.txt"))).sink("out", CollectSink())
+    with pytest.raises(rs.SourceError, match="no file matching"):
+        job.run()
+    assert created == []
+
+
+def test_an_unroutable_key_fails_the_job_clearly():
+    job = rs.Job("badkey")
+    (job.source("nums", SequenceSource(10))
+        .key_by("k", lambda x: [x]).reduce("r", lambda a, b: a)
+        .sink("out", CollectSink()))
+    with pytest.raises(rs.JobFailedError, match="key_by function must return str"):
+        job.run()
+    wait_no_live_actors()

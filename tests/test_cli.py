@@ -1,0 +1,36 @@
+"""`raystream run` runs a job file end to end in its own process."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raystream(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raystream.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_run_wordcount_prints_summary_and_top_words():
+    proc = raystream("run", "jobs/wordcount.py", "--parallelism", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wordcount: finished" in proc.stdout
+    assert "186 words, 86 distinct; the top 10:" in proc.stdout
+    assert "    18  the" in proc.stdout
+
+
+def test_a_file_without_job_is_a_usage_error(tmp_path):
+    (tmp_path / "nojob.py").write_text("x = 1\n")
+    proc = raystream("run", str(tmp_path / "nojob.py"))
+    assert proc.returncode == 2
+    assert "must define `job = raystream.Job(...)`" in proc.stderr
+
+
+def test_a_failing_job_exits_1_with_the_error(tmp_path):
+    (tmp_path / "bad.py").write_text(
+        "import raystream as rs\n"
+        "job = rs.Job('bad')\n"
+        "job.source('in', rs.sources.FileSource('/nonexistent/*.txt')).sink('o', rs.sinks.PrintSink())\n")
+    proc = raystream("run", str(tmp_path / "bad.py"))
+    assert proc.returncode == 1
+    assert "no file matching '/nonexistent/*.txt'" in proc.stdout

@@ -1,0 +1,135 @@
+"""The job API rejects bad definitions before anything starts."""
+import operator
+
+import pytest
+
+import raystream as rs
+from raystream.sinks import CollectSink
+from raystream.sources import SequenceSource
+
+
+def seq_job(**kw) -> tuple[rs.Job, rs.Stream]:
+    job = rs.Job("j", **kw)
+    return job, job.source("src", SequenceSource(10))
+
+
+def test_a_valid_job_validates():
+    job, s = seq_job()
+    s.map("m", str).sink("out", CollectSink())
+    job.validate()
+    assert list(job.steps) == ["src", "m", "out"]
+
+
+def test_duplicate_step_ids_are_refused():
+    job, s = seq_job()
+    s.map("m", str)
+    with pytest.raises(rs.JobDefinitionError, match="'m' is used twice"):
+        s.filter("m", bool)
+
+
+def test_a_stream_without_sink_is_refused_by_validate():
+    job, s = seq_job()
+    s.map("dangling", str)
+    with pytest.raises(rs.JobDefinitionError, match="'dangling' has no sink"):
+        job.validate()
+
+
+def test_a_step_after_a_sink_is_refused():
+    job, s = seq_job()
+    done = s.sink("out", CollectSink())
+    with pytest.raises(rs.JobDefinitionError, match="comes after sink 'out'"):
+        done.map("late", str)
+
+
+@pytest.mark.parametrize("bad", [None, "", "has space", "x" * 101, 7, "-lead"])
+def test_bad_step_ids_are_refused(bad):
+    _, s = seq_job()
+    with pytest.raises(rs.JobDefinitionError, match="step id"):
+        s.map(bad, str)
+
+
+def test_wrong_argument_types_are_refused():
+    job, s = seq_job()
+    with pytest.raises(rs.JobDefinitionError, match="must be callable"):
+        s.map("m", 42)
+    with pytest.raises(rs.JobDefinitionError, match="must be a raystream.sources.Source"):
+        job.source("s2", [1, 2, 3])
+    with pytest.raises(rs.JobDefinitionError, match="must be a raystream.sinks.Sink"):
+        s.sink("out", print)
+    with pytest.raises(rs.JobDefinitionError, match="parallelism must be an integer"):
+        s.map("m2", str, parallelism=0)
+    with pytest.raises(rs.JobDefinitionError, match="the value function must be callable"):
+        s.key_by("k", str, value="nope")
+    with pytest.raises(rs.JobDefinitionError, match="parallelism must be an integer"):
+        rs.Job("j", parallelism="2")
+
+
+def test_keyed_steps_need_key_by():
+    _, s = seq_job()
+    with pytest.raises(rs.JobDefinitionError, match="call key_by"):
+        s.reduce("r", operator.add)
+    with pytest.raises(rs.JobDefinitionError, match="call key_by"):
+        s.stateful_map("r", lambda st, v: (st, v))
+
+
+def test_union_rules():
+    job, a = seq_job()
+    b = job.source("src2", SequenceSource(5))
+    u = a.union(b)
+    assert u.upstream == ("src", "src2")
+    with pytest.raises(rs.JobDefinitionError, match="same stream twice"):
+        a.union(a)
+    with pytest.raises(rs.JobDefinitionError, match="at least one"):
+        a.union()
+    other = rs.Job("other").source("x", SequenceSource(1))
+    with pytest.raises(rs.JobDefinitionError, match="same job"):
+        a.union(other)
+    keyed = a.key_by("ka", str).union(b.key_by("kb", str))
+    assert isinstance(keyed, rs.KeyedStream)
+
+
+def test_job_without_source_is_refused():
+    with pytest.raises(rs.JobDefinitionError, match="no source"):
+        rs.Job("empty").validate()
+
+
+def test_keyed_parallelism_cannot_exceed_max_parallelism():
+    job, s = seq_job(runtime=rs.RuntimeConfig(max_parallelism=4))
+    s.key_by("k", str).reduce("r", operator.add, parallelism=5).sink("o", CollectSink())
+    with pytest.raises(rs.JobDefinitionError, match="exceeds max_parallelism 4"):
+        job.validate()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("exactly_once", rs.Guarantee.EXACTLY_ONCE),
+    ("AT-LEAST-ONCE", rs.Guarantee.AT_LEAST_ONCE),
+    (rs.Guarantee.AT_MOST_ONCE, rs.Guarantee.AT_MOST_ONCE),
+])
+def test_guarantee_parsing(value, expected):
+    assert rs.Job("j", guarantee=value).guarantee is expected
+
+
+def test_bad_settings_fail_at_job_time():
+    with pytest.raises(rs.ConfigError, match="guarantee must be"):
+        rs.Job("j", guarantee="twice")
+    with pytest.raises(rs.ConfigError, match="interval"):
+        rs.CheckpointConfig(interval=0)
+    with pytest.raises(rs.ConfigError, match="retain"):
+        rs.CheckpointConfig(retain=0)
+    with pytest.raises(rs.ConfigError, match="scheme 'gs'"):
+        rs.CheckpointConfig(storage="gs://b/p")
+    with pytest.raises(rs.ConfigError, match="names no bucket"):
+        rs.CheckpointConfig(storage="s3:///p")
+    with pytest.raises(rs.ConfigError, match="checkpoint must be"):
+        rs.Job("j", checkpoint={"interval": 1})
+    with pytest.raises(rs.ConfigError, match="batch_size"):
+        rs.RuntimeConfig(batch_size=0)
+
+
+def test_with_options_copies_settings_and_keeps_the_graph():
+    job, s = seq_job()
+    s.sink("out", CollectSink())
+    other = job.with_options(parallelism=4, guarantee="at_most_once")
+    assert (other.parallelism, other.guarantee) == (4, rs.Guarantee.AT_MOST_ONCE)
+    assert (job.parallelism, job.guarantee) == (1, rs.Guarantee.EXACTLY_ONCE)
+    assert other.steps is job.steps

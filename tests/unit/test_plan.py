@@ -1,0 +1,75 @@
+"""The planner groups steps into chains and numbers channels consistently."""
+import operator
+
+import raystream as rs
+from raystream._runtime.plan import build_plan
+from raystream.sinks import CollectSink
+from raystream.sources import SequenceSource
+
+
+def wordcount_like(parallelism=2, chaining=True, reduce_parallelism=None):
+    job = rs.Job("j", parallelism=parallelism, runtime=rs.RuntimeConfig(chaining=chaining))
+    (job.source("src", SequenceSource(10, partitions=4))
+        .map("m", str)
+        .key_by("k", len)
+        .reduce("r", operator.add, parallelism=reduce_parallelism)
+        .sink("out", CollectSink()))
+    job.validate()
+    return job, build_plan(job, {"src": ["0", "1", "2", "3"]})
+
+
+def test_forward_steps_chain_and_keyed_steps_start_a_chain():
+    _, plan = wordcount_like()
+    assert [c.name for c in plan.chains] == ["src+m+k", "r+out"]
+    (edge,) = plan.chains[1].in_edges
+    assert (edge.upstream, edge.downstream, edge.kind) == ("k", "r", "hash")
+
+
+def test_chaining_off_gives_one_actor_per_step():
+    _, plan = wordcount_like(chaining=False)
+    assert [c.name for c in plan.chains] == ["src", "m", "k", "r", "out"]
+    kinds = [e.kind for c in plan.chains for e in c.in_edges]
+    assert kinds == ["forward", "forward", "hash", "forward"]
+
+
+def test_different_parallelism_rebalances():
+    job = rs.Job("j", parallelism=2)
+    job.source("src", SequenceSource(10)).map("m", str, parallelism=3).sink("out", CollectSink(), parallelism=3)
+    plan = build_plan(job, {"src": ["0"]})
+    assert [c.name for c in plan.chains] == ["src", "m+out"]
+    assert plan.chains[1].in_edges[0].kind == "rebalance"
+    # every upstream subtask has a channel into every downstream subtask
+    assert len(plan.input_channels(plan.chains[1], 0)) == 2
+
+
+def test_channels_are_numbered_per_edge_and_upstream_subtask():
+    _, plan = wordcount_like(parallelism=3)
+    r = plan.chains[1]
+    edge = r.in_edges[0]
+    assert [plan.channel_index(r, 1, edge, u) for u in range(3)] == [0, 1, 2]
+
+
+def test_union_has_one_channel_per_input_subtask():
+    job = rs.Job("j", parallelism=2)
+    a = job.source("a", SequenceSource(4))
+    b = job.source("b", SequenceSource(4))
+    a.union(b).map("m", str).sink("out", CollectSink())
+    plan = build_plan(job, {"a": ["0"], "b": ["0"]})
+    m = plan.chains[plan.chain_of_step["m"]]
+    assert m.name == "m+out"
+    assert [(e.upstream, u) for e, u in plan.input_channels(m, 1)] == [("a", 1), ("b", 1)]
+
+
+def test_fan_out_does_not_chain():
+    job = rs.Job("j")
+    s = job.source("src", SequenceSource(4))
+    s.map("a", str).sink("o1", CollectSink())
+    s.map("b", str).sink("o2", CollectSink())
+    plan = build_plan(job, {"src": ["0"]})
+    assert [c.name for c in plan.chains] == ["src", "a+o1", "b+o2"]
+    assert len(plan.chains[0].out_edges) == 2
+
+
+def test_partitions_are_dealt_round_robin():
+    _, plan = wordcount_like(parallelism=3)
+    assert [plan.partitions_of("src", i) for i in range(3)] == [["0", "3"], ["1"], ["2"]]
