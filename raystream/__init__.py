@@ -12,7 +12,7 @@
     job.run()
 """
 from raystream import sinks, sources
-from raystream.config import CheckpointConfig, Guarantee, RuntimeConfig
+from raystream.config import CheckpointConfig, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import (
     ConfigError,
     JobDefinitionError,
@@ -23,12 +23,13 @@ from raystream.errors import (
     StepFailedError,
 )
 from raystream.job import Job, KeyedStream, Stream
-from raystream.result import JobHandle, JobResult, JobStatus, StepMetrics
+from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, StepMetrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointConfig",
+    "CheckpointStats",
     "ConfigError",
     "Guarantee",
     "Job",
@@ -39,6 +40,7 @@ __all__ = [
     "JobStatus",
     "KeyedStream",
     "RaystreamError",
+    "RestartStrategy",
     "RuntimeConfig",
     "SinkError",
     "SourceError",

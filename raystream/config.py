@@ -113,3 +113,44 @@ class RuntimeConfig:
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class RestartStrategy:
+    """How a failed job restarts, and when it gives up.
+
+    `kind` is "fixed_delay", "exponential_backoff" or "none". At most `max_restarts`
+    restarts are allowed within any `window` seconds; one more fails the job with the
+    last failure's message.
+    """
+
+    kind: str = "exponential_backoff"
+    delay: float = 0.2
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    max_restarts: int = 10
+    window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
+            raise ConfigError(
+                f"RestartStrategy kind must be 'fixed_delay', 'exponential_backoff' or 'none'; got {self.kind!r}")
+        _positive("RestartStrategy.delay", self.delay, allow_zero=True)
+        _positive("RestartStrategy.max_delay", self.max_delay, allow_zero=True)
+        _positive("RestartStrategy.window", self.window)
+        _positive_int("RestartStrategy.max_restarts", self.max_restarts, minimum=0)
+        if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
+            raise ConfigError(f"RestartStrategy.multiplier must be >= 1; got {self.multiplier!r}")
+
+    @classmethod
+    def fixed_delay(cls, delay: float = 1.0, *, max_restarts: int = 10, window: float = 300.0) -> "RestartStrategy":
+        return cls("fixed_delay", delay=delay, max_delay=delay, max_restarts=max_restarts, window=window)
+
+    @classmethod
+    def exponential_backoff(cls, initial: float = 0.2, *, max_delay: float = 10.0, multiplier: float = 2.0,
+                            max_restarts: int = 10, window: float = 300.0) -> "RestartStrategy":
+        return cls("exponential_backoff", initial, max_delay, multiplier, max_restarts, window)
+
+    @classmethod
+    def none(cls) -> "RestartStrategy":
+        return cls("none", max_restarts=0)

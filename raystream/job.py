@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from raystream.config import CheckpointConfig, Guarantee, RuntimeConfig
+from raystream.config import CheckpointConfig, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
 from raystream.sinks import Sink
 from raystream.sources import Source
@@ -77,6 +77,7 @@ class Job:
         guarantee: Guarantee | str = Guarantee.EXACTLY_ONCE,
         checkpoint: CheckpointConfig | None = None,
         runtime: RuntimeConfig | None = None,
+        restart: RestartStrategy | None = None,
     ):
         if not isinstance(name, str) or not _STEP_ID.match(name):
             raise JobDefinitionError(
@@ -91,6 +92,9 @@ class Job:
         if runtime is not None and not isinstance(runtime, RuntimeConfig):
             raise ConfigError(f"runtime must be a raystream.RuntimeConfig; got {runtime!r}")
         self.runtime = runtime or RuntimeConfig()
+        if restart is not None and not isinstance(restart, RestartStrategy):
+            raise ConfigError(f"restart must be a raystream.RestartStrategy; got {restart!r}")
+        self.restart = restart or RestartStrategy()
         self.steps: dict[str, Step] = {}
 
     # --- building ---------------------------------------------------------------------
@@ -120,6 +124,7 @@ class Job:
         guarantee: Guarantee | str | None = None,
         checkpoint: CheckpointConfig | None = None,
         runtime: RuntimeConfig | None = None,
+        restart: RestartStrategy | None = None,
     ) -> "Job":
         """A copy of this job with some settings replaced (the graph is shared)."""
         job = copy.copy(self)
@@ -131,6 +136,8 @@ class Job:
             job.checkpoint = checkpoint
         if runtime is not None:
             job.runtime = runtime
+        if restart is not None:
+            job.restart = restart
         return job
 
     def validate(self) -> None:
@@ -153,20 +160,22 @@ class Job:
 
     # --- running ----------------------------------------------------------------------
 
-    def run(self, **kwargs: Any) -> "JobResult":
+    def run(self, *, resume: bool = False) -> "JobResult":
         """Run the job to the end of its sources and return the result.
 
-        Without RAY_ADDRESS a local Ray is started (bound to 127.0.0.1); with it the job
-        runs on that cluster.
+        `resume=True` continues the newest run of this job from its newest complete
+        checkpoint (after the whole program was stopped). Without RAY_ADDRESS a local Ray
+        is started (bound to 127.0.0.1); with it the job runs on that cluster.
         """
-        return self.start(**kwargs).wait()
+        return self.start(resume=resume).wait()
 
-    def start(self, *, progress: Callable[[Any], None] | None = None) -> "JobHandle":
+    def start(self, *, resume: bool = False) -> "JobHandle":
         """Start the job and return a handle with `wait()`, `stop()` and `status()`."""
         self.validate()
         from raystream._runtime.driver import start_job
+        from raystream.result import JobHandle
 
-        return start_job(self, progress=progress)
+        return JobHandle(self.name, start_job(self, resume=resume))
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, parallelism={self.parallelism}, steps={list(self.steps)})"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,8 +19,21 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
+class CheckpointStats:
+    """Checkpoints of a job so far; `last_*` describe the newest completed one."""
+
+    completed: int = 0
+    failed: int = 0
+    last_id: int = 0
+    last_duration: float = 0.0  # seconds from trigger to commit
+    last_alignment: float = 0.0  # longest barrier alignment of any subtask, seconds
+    last_bytes: int = 0  # snapshot bytes of all subtasks
+
+
+@dataclass(frozen=True)
 class JobStatus:
-    """A point-in-time view of a job: `state` is running, finished, failed or stopped."""
+    """A point-in-time view of a job: `state` is starting, running, restarting, finished,
+    failed or stopped."""
 
     job_name: str
     state: str
@@ -29,6 +41,10 @@ class JobStatus:
     steps: dict[str, StepMetrics] = field(default_factory=dict)
     subtasks: int = 0
     pids: dict[str, int] = field(default_factory=dict)  # "chain[i]" -> process id of that subtask
+    checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
+    restarts: int = 0
+    records_replayed: int = 0  # source records read again after restores (estimated from metrics)
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,10 @@ class JobResult:
     outputs: dict[str, Any]
     max_in_flight_seen: int = 0
     max_queued_seen: int = 0
+    checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
+    restarts: int = 0
+    records_replayed: int = 0
+    run_id: str = ""
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out
@@ -58,7 +78,7 @@ class JobResult:
 class Failure:
     """Why a job stopped (plain data sent from the runtime to the driver)."""
 
-    kind: str  # "record" | "source" | "internal" | "crash"
+    kind: str  # "record" | "source" | "internal" | "crash" | "peer" | "checkpoint" | "restore" | "restarts"
     step_id: str
     record_repr: str
     error: str
@@ -77,48 +97,33 @@ class Failure:
 class JobHandle:
     """A started job. `wait()` blocks for the result; `stop()` ends its sources; `status()` polls."""
 
-    def __init__(self, job_name: str, coordinator: Any, run_ref: Any, on_exit: Callable[[], None]):
+    def __init__(self, job_name: str, supervisor: Any):
         self.job_name = job_name
-        self._coordinator = coordinator
-        self._run_ref = run_ref
-        self._on_exit = on_exit
+        self._supervisor = supervisor
         self._result: JobResult | None = None
 
-    def status(self) -> JobStatus:
-        import ray
+    @property
+    def run_id(self) -> str:
+        """The run's id: its checkpoints live under `<checkpoint storage>/<job name>/<run id>`."""
+        return self._supervisor.run_id
 
+    def status(self) -> JobStatus:
         if self._result is not None:
             r = self._result
-            return JobStatus(r.job_name, r.state, r.duration, r.steps)
-        return ray.get(self._coordinator.status.remote())
+            return JobStatus(r.job_name, r.state, r.duration, r.steps, checkpoints=r.checkpoints,
+                             restarts=r.restarts, records_replayed=r.records_replayed)
+        return self._supervisor.status()
 
     def stop(self) -> None:
-        """End the sources now; the records already read are processed and the job finishes."""
-        import ray
-
+        """End the sources now; what was read is processed and committed, then the job finishes."""
         if self._result is None:
-            ray.get(self._coordinator.stop.remote())
+            self._supervisor.stop()
 
     def wait(self, *, progress: Callable[[JobStatus], None] | None = None, interval: float = 1.0) -> JobResult:
         """Block until the job ends. `progress(status)` is called about every `interval` seconds."""
-        import ray
-
-        if self._result is not None:
-            return self._result
-        try:
-            while True:
-                ready, _ = ray.wait([self._run_ref], timeout=interval)
-                if ready:
-                    break
-                if progress is not None:
-                    try:
-                        progress(self.status())
-                    except Exception:  # a progress display must never fail the job
-                        logger.debug("progress callback failed", exc_info=True)
-            outcome = ray.get(self._run_ref)
-        finally:
-            self._on_exit()
-        if outcome.failure is not None:
-            raise outcome.failure.to_error()
-        self._result = outcome.result
+        if self._result is None:
+            outcome = self._supervisor.wait(progress, interval)
+            if outcome.failure is not None:
+                raise outcome.failure.to_error()
+            self._result = outcome.result
         return self._result

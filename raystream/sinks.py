@@ -1,19 +1,34 @@
-"""Sinks: where records go.
+"""Sinks: where records go, exactly once.
 
-A sink builds one writer per subtask of its step. The runtime calls
-`write_batch` with micro-batches (a list of records or a `pyarrow.RecordBatch`) and
-`close` at the end of the stream; whatever `close` returns is collected into the job
-result under the sink's step id.
+A sink builds one writer per subtask of its step, from a `SinkContext`. The runtime
+calls `write_batch` with micro-batches (a list of records or a `pyarrow.RecordBatch`).
 
-To write your own sink, subclass `Sink` and `SinkWriter`.
+Under exactly-once the writer takes part in a two-phase commit with the checkpoints:
+
+1. `pre_commit(checkpoint_id)` at the checkpoint barrier: make everything written since
+   the previous pre-commit durable but invisible, and return a small picklable
+   transaction describing it (None when there is nothing). The transaction goes into
+   the checkpoint.
+2. `commit(txn)` once that checkpoint is complete: make the transaction visible. It may
+   run more than once for the same transaction (after a failure), so it is idempotent.
+3. `recover(txns)` when a subtask is restored: commit `txns` (the restored checkpoint's
+   transactions that may not have been committed) and abort everything else this
+   subtask staged.
+
+Under at-least-once and at-most-once (`context.transactional` is False) writers write
+directly and `pre_commit` is never called. `snapshot()` may return writer state that is
+checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
+the end of the stream goes into the job result under the sink's step id.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +39,17 @@ from raystream.errors import JobDefinitionError, SinkError
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SinkContext:
+    """What a writer is built for: its step, its subtask, and how to behave."""
+
+    step_id: str
+    subtask: int
+    parallelism: int
+    transactional: bool = False
+    resume_state: Any = None
+
+
 class SinkWriter(ABC):
     """Writes the records of one subtask of a sink step."""
 
@@ -31,8 +57,24 @@ class SinkWriter(ABC):
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         """Take a micro-batch of records."""
 
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        """Seal what was written since the last pre-commit; return its transaction or None."""
+        return None
+
+    def commit(self, txn: Any) -> None:
+        """Make a pre-committed transaction visible. Idempotent."""
+
+    def recover(self, txns: list[Any]) -> None:
+        """After a restore: commit `txns`, abort whatever else this subtask had staged."""
+        for txn in txns:
+            self.commit(txn)
+
+    def snapshot(self) -> Any:
+        """Writer state to checkpoint (handed back as `SinkContext.resume_state`)."""
+        return None
+
     def close(self) -> Any:
-        """Flush everything at the end of the stream; the return value goes into the result."""
+        """Flush at the end of the stream; the return value goes into the job result."""
         return None
 
 
@@ -40,8 +82,8 @@ class Sink(ABC):
     """An output of the job."""
 
     @abstractmethod
-    def build_writer(self, step_id: str, subtask: int, parallelism: int) -> SinkWriter:
-        """The writer of subtask `subtask` (0-based) of `parallelism`."""
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        """The writer of one subtask."""
 
 
 def as_records(batch: Any) -> list[Any]:
@@ -53,12 +95,21 @@ def as_records(batch: Any) -> list[Any]:
 _SINK_FORMATS = ("jsonl", "parquet")
 
 
+@dataclass
+class FileTxn:
+    """Staged files of one checkpoint: (staging name, final name) pairs."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+
 class FileSink(Sink):
     """Files of records in a local directory or under an `s3://` prefix.
 
-    Each subtask writes part files `part-<step>-<subtask>-<n>-<token>.<format>`; a file
-    appears whole (atomic rename locally, one PUT on S3). A reader lists the
-    directory and ignores names that start with `_` or `.` (`read_files` does that).
+    Each file appears whole (atomic rename locally, one PUT on S3). Under exactly-once,
+    data of a checkpoint is first written as `_pending-...` files and renamed to
+    `part-...` only when the checkpoint is complete, so a reader that lists the
+    directory and ignores names starting with `_` or `.` (`read_files` does) sees
+    committed output only.
     """
 
     def __init__(self, directory: str, *, format: str = "jsonl", rows_per_file: int = 500_000):
@@ -68,45 +119,129 @@ class FileSink(Sink):
             raise JobDefinitionError(f"FileSink format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
         if not isinstance(rows_per_file, int) or rows_per_file < 1:
             raise JobDefinitionError(f"FileSink rows_per_file must be an integer >= 1; got {rows_per_file!r}")
-        self.directory = directory
+        # Resolved here, in the driver: actors may run in another working directory.
+        self.directory = _files.Location.parse(directory).uri()
         self.format = format
         self.rows_per_file = rows_per_file
 
-    def build_writer(self, step_id: str, subtask: int, parallelism: int) -> SinkWriter:
-        return _FileWriter(self, step_id, subtask)
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _FileWriter(self, context)
 
 
 class _FileWriter(SinkWriter):
-    def __init__(self, sink: FileSink, step_id: str, subtask: int):
+    def __init__(self, sink: FileSink, context: SinkContext):
         self._sink = sink
+        self._ctx = context
         self._dir = _files.Location.parse(sink.directory)
-        self._prefix = f"part-{step_id}-{subtask:04d}"
-        self._token = uuid.uuid4().hex[:8]  # never overwrite the files of an earlier run
+        self._subtask_tag = f"{context.step_id}-{context.subtask:04d}"
+        self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
         self._parts: list[list[Any] | pa.RecordBatch] = []
         self._rows = 0
-        self._files = 0
+        self._seq = 0
+        self._txn = FileTxn()
+        self.files_committed = 0
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         self._parts.append(batch)
         self._rows += batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
         if self._rows >= self._sink.rows_per_file:
-            self._flush()
+            self._write_file()
 
-    def _flush(self) -> None:
+    def _write_file(self) -> None:
         if not self._rows:
             return
-        name = f"{self._prefix}-{self._files:06d}-{self._token}.{self._sink.format}"
+        stem = f"{self._subtask_tag}-{self._token}-{self._seq:06d}.{self._sink.format}"
+        self._seq += 1
         data = encode(self._parts, self._sink.format)
+        self._parts, self._rows = [], 0
+        final = f"part-{stem}"
+        name = f"_pending-{stem}" if self._ctx.transactional else final
+        self._put(name, data)
+        if self._ctx.transactional:
+            self._txn.files.append((name, final))
+        else:
+            self.files_committed += 1
+
+    def _put(self, name: str, data: bytes) -> None:
         try:
             _files.write_bytes(self._dir.join(name), data)
         except Exception as exc:
             raise SinkError(f"FileSink could not write {self._dir.join(name).uri()}: {exc}") from exc
-        self._files += 1
-        self._parts, self._rows = [], 0
+
+    def pre_commit(self, checkpoint_id: int) -> FileTxn | None:
+        self._write_file()
+        txn, self._txn = self._txn, FileTxn()
+        return txn if txn.files else None
+
+    def commit(self, txn: FileTxn) -> None:
+        for pending, final in txn.files:
+            try:
+                _promote(self._dir, pending, final)
+            except SinkError:
+                raise
+            except Exception as exc:
+                raise SinkError(f"FileSink could not commit {self._dir.join(final).uri()}: {exc}") from exc
+        self.files_committed += len(txn.files)
+
+    def recover(self, txns: list[FileTxn]) -> None:
+        for txn in txns:
+            self.commit(txn)
+        keep = {pending for txn in txns for pending, _ in txn.files}
+        stale = [n for n in _list_names(self._dir, f"_pending-{self._subtask_tag}-") if n not in keep]
+        for name in stale:
+            _delete(self._dir.join(name))
+        if stale:
+            logger.info("FileSink %s aborted %d uncommitted files", self._subtask_tag, len(stale))
 
     def close(self) -> dict[str, int]:
-        self._flush()
-        return {"files": self._files}
+        if not self._ctx.transactional:
+            self._write_file()
+        elif self._rows or self._txn.files:
+            raise SinkError(f"FileSink {self._subtask_tag} closed with data that no checkpoint covered")
+        return {"files": self.files_committed}
+
+
+def _promote(directory: _files.Location, pending: str, final: str) -> None:
+    """Make `pending` visible as `final`; done already if only `final` exists."""
+    src, dst = directory.join(pending), directory.join(final)
+    if directory.scheme == "s3":
+        from botocore.exceptions import ClientError
+
+        client = _files.s3_client()
+        try:
+            client.copy_object(Bucket=dst.bucket, Key=dst.path, CopySource={"Bucket": src.bucket, "Key": src.path})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            client.head_object(Bucket=dst.bucket, Key=dst.path)  # raises if neither exists
+            return
+        client.delete_object(Bucket=src.bucket, Key=src.path)
+        return
+    try:
+        os.rename(src.path, dst.path)
+    except FileNotFoundError:
+        if not os.path.exists(dst.path):
+            raise SinkError(f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
+
+
+def _list_names(directory: _files.Location, prefix: str) -> list[str]:
+    if directory.scheme == "s3":
+        base = directory.path.rstrip("/") + "/" if directory.path else ""
+        keys = _files.list_keys(_files.Location("s3", base + prefix, directory.bucket))
+        return [k[len(base):] for k in keys]
+    if not os.path.isdir(directory.path):
+        return []
+    return sorted(n for n in os.listdir(directory.path) if n.startswith(prefix))
+
+
+def _delete(loc: _files.Location) -> None:
+    if loc.scheme == "s3":
+        _files.s3_client().delete_object(Bucket=loc.bucket, Key=loc.path)
+    else:
+        try:
+            os.unlink(loc.path)
+        except FileNotFoundError:
+            pass
 
 
 def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
@@ -118,25 +253,24 @@ def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
     import pyarrow.parquet as pq
 
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
-    table = pa.Table.from_batches(batches)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(pa.Table.from_batches(batches), buf)
     return buf.getvalue()
 
 
 def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
-    """All records a reader of `directory` sees: files whose names start with `_` or `.` are skipped."""
+    """All records a reader of `directory` sees: names starting with `_` or `.` are skipped."""
+    if format not in _SINK_FORMATS:
+        raise JobDefinitionError(f"read_files format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
     records: list[Any] = []
     for uri in _files.expand(directory):
         data = _files.read_bytes(_files.Location.parse(uri))
         if format == "jsonl":
             records.extend(json.loads(line) for line in data.decode("utf-8").splitlines() if line)
-        elif format == "parquet":
+        else:
             import pyarrow.parquet as pq
 
             records.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
-        else:
-            raise JobDefinitionError(f"read_files format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
     return records
 
 
@@ -144,10 +278,13 @@ def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
 
 
 class PrintSink(Sink):
-    """Prints each record on the standard output of its subtask (Ray forwards it to the driver)."""
+    """Prints each record on the standard output of its subtask (Ray forwards it to the driver).
 
-    def build_writer(self, step_id: str, subtask: int, parallelism: int) -> SinkWriter:
-        return _PrintWriter(step_id)
+    Printing cannot be taken back: records replayed after a failure print again.
+    """
+
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _PrintWriter(context.step_id)
 
 
 class _PrintWriter(SinkWriter):
@@ -162,8 +299,9 @@ class CollectSink(Sink):
     """Collects records into the job result: `result.outputs[step_id]`.
 
     keep="all" collects every record; keep="last" takes `(key, value)` records and keeps
-    the latest value per key, as `(key, value)` pairs (a table of the final state).
-    Meant for tests and notebooks: the records travel to the driver in memory.
+    the latest value per key (a table of the final state). The collection is writer
+    state, checkpointed with the job, so it is exactly-once too. Meant for tests and
+    notebooks: everything is held in memory and sent to the driver at the end.
     """
 
     def __init__(self, *, keep: str = "all"):
@@ -171,30 +309,38 @@ class CollectSink(Sink):
             raise JobDefinitionError(f"CollectSink keep must be 'all' or 'last'; got {keep!r}")
         self.keep = keep
 
-    def build_writer(self, step_id: str, subtask: int, parallelism: int) -> SinkWriter:
-        return _LatestWriter() if self.keep == "last" else _CollectWriter()
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        if self.keep == "last":
+            return _LatestWriter(context.resume_state)
+        return _CollectWriter(context.resume_state)
 
 
 class _CollectWriter(SinkWriter):
-    def __init__(self) -> None:
-        self._records: list[Any] = []
+    def __init__(self, resume_state: list[Any] | None):
+        self._records: list[Any] = list(resume_state or [])
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         self._records.extend(as_records(batch))
+
+    def snapshot(self) -> list[Any]:
+        return self._records
 
     def close(self) -> list[Any]:
         return self._records
 
 
 class _LatestWriter(SinkWriter):
-    def __init__(self) -> None:
-        self._latest: dict[Any, Any] = {}
+    def __init__(self, resume_state: dict[Any, Any] | None):
+        self._latest: dict[Any, Any] = dict(resume_state or {})
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         try:
             self._latest.update(as_records(batch))
         except (TypeError, ValueError) as exc:
             raise SinkError(f"CollectSink(keep='last') takes (key, value) records: {exc}") from None
+
+    def snapshot(self) -> dict[Any, Any]:
+        return self._latest
 
     def close(self) -> list[tuple[Any, Any]]:
         return list(self._latest.items())

@@ -149,7 +149,8 @@ class FileSource(Source):
             raise JobDefinitionError(f"FileSource needs a path, glob or s3:// URI; got {path_or_glob!r}")
         if format not in _FORMATS:
             raise JobDefinitionError(f"FileSource format must be one of {', '.join(_FORMATS)}; got {format!r}")
-        self.path = path_or_glob
+        # Resolved here, in the driver: actors may run in another working directory.
+        self.path = path_or_glob if path_or_glob.startswith("s3://") else _files.Location.parse(path_or_glob).uri()
         self.format = format
 
     def list_partitions(self) -> list[str]:

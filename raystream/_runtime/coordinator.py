@@ -1,14 +1,22 @@
-"""The job coordinator: a Ray actor that starts the subtask actors, wires their channels,
-watches them, and collects the result.
+"""The job coordinator: a Ray actor that runs the job's attempts, checkpoints them and
+recovers from failures.
 
-Run:
-  1. Create one SubtaskActor per subtask of every chain and wait until all are up.
-  2. Connect every subtask's output edges to the (actor, input channel) pairs of the
-     downstream subtasks.
-  3. Start `run()` on every subtask. That pending call is also how the coordinator
-     learns of a crash: Ray fails it with ActorDiedError when the process dies.
-  4. Wait for all of them. The first failure (a user function, a source, a dead actor)
-     ends the job; every actor is killed, whatever happened.
+Recovery protocol (DESIGN.md):
+  1. A failure shows up as an ActorDiedError on the pending `run()` call the coordinator
+     keeps per subtask, as a failure report from a subtask, or as checkpoints failing
+     past `tolerable_failures` (a hung subtask never acknowledges).
+  2. The attempt's actors are killed. The restart strategy gives the delay before the
+     next attempt, or ends the job when restarts are exhausted. A user function or a
+     source that fails on its input ends the job at once: a restart would fail the same.
+  3. The next attempt claims a new attempt number in durable storage and creates new
+     actors, each restored from the newest complete manifest: from the object-store
+     copy this coordinator still holds, else from durable storage, checksum first.
+  4. Sources seek to the manifest's offsets (at-most-once: to the offsets they saved
+     before each batch, so nothing is replayed); sinks commit the restored checkpoint's
+     transactions and abort the rest; processing resumes.
+The coordinator keeps nothing that exists only in its memory: if it dies, its subtasks
+die with it (Ray ends actors with their owner) and a new coordinator resumes the run
+from durable storage.
 """
 from __future__ import annotations
 
@@ -20,16 +28,25 @@ from typing import Any
 
 import ray
 
+from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest
+from raystream._runtime.checkpointing import Checkpointer, Key
 from raystream._runtime.plan import Chain, PhysicalPlan
-from raystream._runtime.subtask import OutputSpec, SubtaskActor, SubtaskReport, SubtaskSpec
+from raystream._runtime.recovery import RestartTracker, RestoreError, snapshots_for
+from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
+from raystream._runtime.subtask import SubtaskActor
+from raystream.config import Guarantee
+from raystream.errors import JobFailedError
 from raystream.job import Job
-from raystream.result import Failure, JobResult, JobStatus, StepMetrics
+from raystream.result import CheckpointStats, Failure, JobResult, JobStatus, StepMetrics
 
 logger = logging.getLogger(__name__)
 
-
-#: Which failure explains a job's end best when several arrive together (lower first).
-_SPECIFICITY = {"record": -4, "source": -3, "internal": -2, "crash": -1, "peer": 0}
+#: Which failure explains an attempt's end best when several arrive together (lower first).
+_SPECIFICITY = {"record": -6, "source": -5, "restore": -4, "internal": -3, "checkpoint": -2, "crash": -1, "peer": 0}
+#: Failures that a restart would only repeat.
+_FINAL = ("record", "source")
+_TICK = 0.05
+_METRICS_EVERY = 1.0
 
 
 def actor_name(job_name: str, run_id: str, what: str) -> str:
@@ -43,7 +60,7 @@ class JobOutcome:
     failure: Failure | None
 
 
-def _sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
+def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
     """Counters summed over subtasks, in the job's step order."""
     totals: dict[str, list[int]] = {step_id: [0, 0] for step_id in order}
     for r in reports:
@@ -56,26 +73,111 @@ def _sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, Step
 
 @ray.remote(num_cpus=0)
 class JobCoordinator:
-    def __init__(self, job: Job, plan: PhysicalPlan, run_id: str):
-        self.job = job
-        self.plan = plan
-        self.run_id = run_id
-        self.pids: dict[str, int] = {}
-        self.actors: dict[tuple[int, int], Any] = {}  # (chain index, subtask) -> actor
+    def __init__(self, job: Job, plan: PhysicalPlan, run_id: str, checkpoint_root: str, resume: bool):
+        self.job, self.plan, self.run_id, self.resume = job, plan, run_id, resume
+        self.store = CheckpointStore(checkpoint_root)
+        self.checkpointing = job.guarantee != Guarantee.AT_MOST_ONCE
         self.state = "starting"
         self.started = time.monotonic()
-        self.last_reports: dict[tuple[int, int], SubtaskReport] = {}
+        self.attempt = 0
+        self.restarts = 0
+        self.replayed = 0
+        self.actors: dict[Key, Any] = {}
+        self.pids: dict[str, int] = {}
+        self.reports: dict[Key, SubtaskReport] = {}
+        self.checkpointer: Checkpointer | None = None
+        self.stats = CheckpointStats()
+        self.stopping = False
+        self.source_seen: dict[Key, int] = {}  # records each source subtask emitted, from metrics
+        self.bad_manifests: set[int] = set()  # checkpoints whose snapshots failed verification
+
+    # --- calls from subtasks, the driver and users ---------------------------------------
+
+    async def ack(self, attempt: int, checkpoint_id: int, meta: Any, error: str | None) -> None:
+        if attempt == self.attempt and self.checkpointer is not None:
+            await self.checkpointer.on_ack(checkpoint_id, meta, error)
+
+    def source_finished(self, attempt: int, chain: str, subtask: int) -> None:
+        if attempt == self.attempt and self.checkpointer is not None:
+            self.checkpointer.source_finished((chain, subtask))
+
+    async def stop(self) -> None:
+        """End every source after its current batch; the job drains, checkpoints and finishes."""
+        self.stopping = True
+        await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self._source_keys()),
+                             return_exceptions=True)
+
+    def status(self) -> JobStatus:
+        stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
+        return JobStatus(
+            job_name=self.job.name, state=self.state, elapsed=time.monotonic() - self.started,
+            steps=sum_steps(list(self.job.steps), list(self.reports.values())),
+            subtasks=len(self.actors), pids=dict(self.pids), checkpoints=stats,
+            restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt,
+        )
+
+    # --- the job ----------------------------------------------------------------------------
+
+    async def run(self) -> JobOutcome:
+        """Run attempts until one finishes, or a failure ends the job (recovery steps 1-4)."""
+        loop = asyncio.get_running_loop()
+        tracker = RestartTracker(self.job.restart)
+        manifest = None
+        if self.resume:
+            manifest = await loop.run_in_executor(None, self._newest_manifest)
+            attempts = await loop.run_in_executor(None, self.store.attempts, self.run_id)
+            self.restarts = max(0, attempts - 1)
+            if manifest is not None:
+                self.stats = CheckpointStats(completed=manifest.completed_total, failed=manifest.failed_total,
+                                             last_id=manifest.checkpoint_id)
+        while True:
+            self.attempt = await loop.run_in_executor(None, self.store.claim_attempt, self.run_id)
+            failure = await self._attempt(manifest)
+            if failure is None:
+                return JobOutcome(self._result(), None)
+            if failure.kind in _FINAL:
+                return self._fail(failure)
+            if failure.kind == "restore" and manifest is not None:
+                # A snapshot of this checkpoint did not verify: fall back to the one before it.
+                self.bad_manifests.add(manifest.checkpoint_id)
+            try:  # step 2
+                delay = tracker.next_delay(f"{failure.step_id}: {failure.error}")
+            except JobFailedError as exc:
+                return self._fail(Failure("restarts", self.job.name, "", str(exc), failure.traceback_text))
+            self.restarts += 1
+            self.state = "restarting"
+            logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs",
+                           self.job.name, self.attempt, failure.step_id, failure.error, delay)
+            await asyncio.sleep(delay)
+            if self.checkpointing:
+                manifest = await loop.run_in_executor(None, self._newest_manifest)
+                if manifest is None and self.bad_manifests:
+                    return self._fail(Failure("restore", "restore", "", (
+                        f"no checkpoint of run {self.run_id} verifies (refused: "
+                        f"{sorted(self.bad_manifests)}); starting over would repeat committed output"), ""))
+
+    def _newest_manifest(self) -> Manifest | None:
+        """The newest committed checkpoint of this run that has not failed verification."""
+        for checkpoint_id in reversed(self.store.manifest_ids(self.run_id)):
+            if checkpoint_id not in self.bad_manifests:
+                return self.store.load_manifest(self.run_id, checkpoint_id)
+        return None
+
+    def _fail(self, failure: Failure) -> JobOutcome:
+        self.state = "failed"
+        logger.error("job %s failed: %s: %s", self.job.name, failure.step_id, failure.error)
+        return JobOutcome(None, failure)
+
+    def _source_keys(self) -> list[Key]:
+        return [(c.name, i) for c in self.plan.chains if c.head.kind == "source" for i in range(c.parallelism)]
 
     def _spec(self, chain: Chain, subtask: int) -> SubtaskSpec:
         head = chain.head
         return SubtaskSpec(
-            job_name=self.job.name,
-            chain_name=chain.name,
-            steps=chain.steps,
-            subtask=subtask,
-            parallelism=chain.parallelism,
-            n_inputs=len(self.plan.input_channels(chain, subtask)),
-            runtime=self.job.runtime,
+            job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
+            parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
+            runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
+            run_id=self.run_id, attempt=self.attempt,
             source_partitions=self.plan.partitions_of(head.step_id, subtask) if head.kind == "source" else [],
         )
 
@@ -85,66 +187,118 @@ class JobCoordinator:
             down = self.plan.chains[self.plan.chain_of_step[edge.downstream]]
             targets = [subtask] if edge.kind == "forward" else range(down.parallelism)
             outputs.append(OutputSpec(edge.kind, [
-                (self.actors[(down.index, j)], self.plan.channel_index(down, j, edge, subtask)) for j in targets
+                (self.actors[(down.name, j)], self.plan.channel_index(down, j, edge, subtask)) for j in targets
             ]))
         return outputs
 
-    async def run(self) -> JobOutcome:
+    def _restore_spec(self, manifest: Manifest | None, chain: Chain, subtask: int) -> RestoreSpec | None:
+        if manifest is None:
+            return None
+        held = self.checkpointer.refs.get(manifest.checkpoint_id, {}) if self.checkpointer else {}
+        metas = snapshots_for(manifest, chain, subtask)
+        return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas])
+
+    async def _attempt(self, manifest: Manifest | None) -> Failure | None:
+        """One attempt: create, restore and connect the actors, run them, checkpoint them."""
         rt = self.job.runtime
+        previous = self.checkpointer
+        source_chains = {c.name for c in self.plan.chains if c.head.kind == "source"}
+        restored_sources = sum(m.source_records for m in manifest.snapshots if m.chain in source_chains) \
+            if manifest else 0
+        self.actors, self.reports = {}, {}
         try:
-            for chain in self.plan.chains:  # 1. create
+            for chain in self.plan.chains:  # step 3: new actors
                 for i in range(chain.parallelism):
-                    self.actors[(chain.index, i)] = SubtaskActor.options(
-                        name=actor_name(self.job.name, self.run_id, f"{chain.name}[{i}]"),
+                    self.actors[(chain.name, i)] = SubtaskActor.options(
+                        name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
                         num_cpus=rt.subtask_num_cpus, max_restarts=0, max_task_retries=0,
                     ).remote(self._spec(chain, i))
             pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
-            self.pids = {f"{self.plan.chains[c].name}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
-            await asyncio.gather(*(  # 2. connect
-                self.actors[(c.index, i)].connect.remote(self._outputs(c, i))
-                for c in self.plan.chains for i in range(c.parallelism)
-            ))
+            self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
+            try:
+                specs = {(c.name, i): self._restore_spec(manifest, c, i)
+                         for c in self.plan.chains for i in range(c.parallelism)}
+            except RestoreError as exc:
+                return Failure("source", "restore", "", str(exc), "")
+            me = ray.get_runtime_context().current_actor
+            try:  # steps 3-4: restore, commit restored transactions, connect
+                await asyncio.gather(*(
+                    self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me)
+                    for c in self.plan.chains for i in range(c.parallelism)))
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                kind = "restore" if isinstance(cause, (CorruptCheckpointError, FileNotFoundError)) else "internal"
+                return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
+            if self.source_seen:  # what the sources emitted before the failure is read again
+                self.replayed += max(0, sum(self.source_seen.values()) - restored_sources)
+                self.source_seen = {}
+            self.checkpointer = Checkpointer(
+                job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
+                store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
+                sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
+                next_id=(manifest.checkpoint_id + 1) if manifest else 1, stats=self.stats,
+            ) if self.checkpointing else None
+            if self.checkpointer is not None:
+                if previous is not None:  # keep the object-store copies for another restore
+                    self.checkpointer.refs = previous.refs
+                self.checkpointer.start_snapshot_calls()
             self.state = "running"
-            runs = {asyncio.ensure_future(a.run.remote()): key for key, a in self.actors.items()}  # 3. start
-            reports: list[SubtaskReport] = []
-            pending = set(runs)
-            while pending:  # 4. watch
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                failures = [f for f in (self._collect(fut, runs[fut], reports) for fut in done) if f]
-                if failures:
-                    # Peers of a crashed subtask fail too; give the real cause a moment to arrive.
-                    if pending:
-                        more, _ = await asyncio.wait(pending, timeout=2.0)
-                        failures += [f for f in (self._collect(fut, runs[fut], reports) for fut in more) if f]
-                    return self._fail(min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0)))
-            if self.state != "stopped":
-                self.state = "finished"
-            return JobOutcome(self._result(reports), None)
+            if self.stopping:
+                await self.stop()
+            return await self._watch()
         finally:
-            self._kill_all()
+            if self.checkpointer is not None:
+                self.stats = self.checkpointer.stats
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)
 
-    def _collect(self, fut: asyncio.Future, key: tuple[int, int], reports: list[SubtaskReport]) -> Failure | None:
-        """Record a finished run; return its failure, if it failed."""
+    async def _watch(self) -> Failure | None:
+        """Wait for every subtask's run(); tick the checkpoints; poll metrics."""
+        runs = {asyncio.ensure_future(a.run.remote()): key for key, a in self.actors.items()}
+        pending = set(runs)
+        next_metrics = time.monotonic() + _METRICS_EVERY
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=_TICK, return_when=asyncio.FIRST_COMPLETED)
+            failures = [f for f in (self._collect(fut, runs[fut]) for fut in done) if f]
+            if failures:  # peers of a crashed subtask fail too; give the real cause a moment
+                if pending:
+                    more, _ = await asyncio.wait(pending, timeout=2.0)
+                    failures += [f for f in (self._collect(fut, runs[fut]) for fut in more) if f]
+                return min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0))
+            if self.checkpointer is not None:
+                self.checkpointer.tick()
+                if self.checkpointer.failure is not None:
+                    return Failure("checkpoint", "checkpoint", "", self.checkpointer.failure, "")
+            if time.monotonic() >= next_metrics:
+                next_metrics = time.monotonic() + _METRICS_EVERY
+                await self._poll_metrics(pending, runs)
+        self.state = "stopped" if self.stopping else "finished"
+        return None
+
+    def _collect(self, fut: asyncio.Future, key: Key) -> Failure | None:
         try:
             report: SubtaskReport = fut.result()
         except ray.exceptions.RayError as exc:
-            name = f"{self.plan.chains[key[0]].name}[{key[1]}]"
-            return Failure("crash", f"subtask {name}", "", f"{type(exc).__name__}: {exc}", "")
-        self.last_reports[key] = report
-        if report.failure is None:
-            reports.append(report)
+            return Failure("crash", f"subtask {key[0]}[{key[1]}]", "", f"{type(exc).__name__}: {exc}", "")
+        self._record(key, report)
         return report.failure
 
-    def _fail(self, failure: Failure) -> JobOutcome:
-        self.state = "failed"
-        logger.error("job %s failed: %s %s", self.job.name, failure.step_id, failure.error)
-        return JobOutcome(None, failure)
+    def _record(self, key: Key, report: SubtaskReport) -> None:
+        self.reports[key] = report
+        head = self.plan.chains[self.plan.chain_of_step[report.chain_name.split("+")[0]]].head
+        if head.kind == "source":
+            self.source_seen[key] = report.steps.get(head.step_id, (0, 0))[1]
 
-    def _kill_all(self) -> None:
-        for actor in self.actors.values():
-            ray.kill(actor, no_restart=True)
+    async def _poll_metrics(self, pending: set, runs: dict) -> None:
+        keys = [runs[f] for f in pending]
+        futs = [asyncio.ensure_future(self.actors[k].metrics.remote()) for k in keys]
+        done, _ = await asyncio.wait(futs, timeout=1.0)
+        for key, fut in zip(keys, futs):
+            if fut in done and fut.exception() is None:
+                self._record(key, fut.result())
 
-    def _result(self, reports: list[SubtaskReport]) -> JobResult:
+    def _result(self) -> JobResult:
+        reports = list(self.reports.values())
         outputs: dict[str, Any] = {}
         for report in sorted(reports, key=lambda r: (r.chain_name, r.subtask)):
             for step_id, value in report.sink_results.items():
@@ -153,36 +307,9 @@ class JobCoordinator:
             if all(isinstance(v, list) for v in values):
                 outputs[step_id] = [r for v in values for r in v]
         return JobResult(
-            job_name=self.job.name,
-            state=self.state,
-            duration=time.monotonic() - self.started,
-            steps=_sum_steps(list(self.job.steps), reports),
-            outputs=outputs,
+            job_name=self.job.name, state=self.state, duration=time.monotonic() - self.started,
+            steps=sum_steps(list(self.job.steps), reports), outputs=outputs,
             max_in_flight_seen=max((r.max_in_flight_seen for r in reports), default=0),
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
+            checkpoints=self.stats, restarts=self.restarts, records_replayed=self.replayed, run_id=self.run_id,
         )
-
-    async def status(self) -> JobStatus:
-        if self.state == "running":
-            keys = list(self.actors)
-            refs = [asyncio.ensure_future(self.actors[k].metrics.remote()) for k in keys]
-            done, _ = await asyncio.wait(refs, timeout=2.0)
-            for key, fut in zip(keys, refs):
-                if fut in done and fut.exception() is None:
-                    self.last_reports[key] = fut.result()
-        return JobStatus(
-            job_name=self.job.name,
-            state=self.state,
-            elapsed=time.monotonic() - self.started,
-            steps=_sum_steps(list(self.job.steps), list(self.last_reports.values())),
-            subtasks=len(self.actors),
-            pids=dict(self.pids),
-        )
-
-    async def stop(self) -> None:
-        """End every source after its current batch; the job drains and finishes."""
-        if self.state in ("starting", "running"):
-            self.state = "stopped"
-        sources = [self.actors[(c.index, i)] for c in self.plan.chains if c.head.kind == "source"
-                   for i in range(c.parallelism)]
-        await asyncio.gather(*(a.stop_source.remote() for a in sources), return_exceptions=True)

@@ -1,15 +1,25 @@
-"""Driver side: connect to (or start) Ray, plan the job, hand it to a coordinator actor."""
+"""Driver side: connect to (or start) Ray, plan the job, and supervise its coordinator.
+
+The supervisor keeps the coordinator alive: if its process dies, a new coordinator
+resumes the same run from durable storage (the subtasks died with the old one, since
+Ray ends actors with their owner). Restarts of the coordinator follow the job's
+restart strategy.
+"""
 from __future__ import annotations
 
 import logging
 import os
-import uuid
+import time
 from typing import Any, Callable
 
+from raystream import _files
+from raystream._runtime.checkpoint import CheckpointStore, new_run_id
 from raystream._runtime.plan import build_plan
-from raystream.errors import RaystreamError, SourceError
+from raystream._runtime.recovery import RestartTracker
+from raystream.config import Guarantee
+from raystream.errors import JobFailedError, RaystreamError, SourceError
 from raystream.job import Job
-from raystream.result import JobHandle
+from raystream.result import JobResult, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +48,90 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     )
 
 
-def start_job(job: Job, progress: Callable[[Any], None] | None = None) -> JobHandle:
-    """Plan `job`, list its source partitions (errors stop it here), and start its coordinator."""
+def checkpoint_root(job: Job) -> str:
+    """`<storage>/<job name>`; storage defaults to ./raystream-checkpoints (made absolute here)."""
+    base = job.checkpoint.storage or os.path.join(os.getcwd(), "raystream-checkpoints")
+    return _files.Location.parse(base).join(job.name).uri()
+
+
+def resumable_run(job: Job, store: CheckpointStore) -> str:
+    """The run that `--resume` continues: the newest one with a complete checkpoint
+    (at-most-once: the newest run, whose sources saved their offsets)."""
+    if job.guarantee == Guarantee.AT_MOST_ONCE:
+        runs = store.runs()
+        if runs:
+            return runs[-1]
+    else:
+        manifest = store.newest_complete()
+        if manifest is not None:
+            return manifest.run_id
+    raise JobFailedError(
+        f"nothing to resume: no complete checkpoint of job {job.name!r} under {store.root}; run without resume")
+
+
+class Supervisor:
+    """Starts the coordinator, restarts it if its process dies, and reports the outcome."""
+
+    def __init__(self, job: Job, plan: Any, run_id: str, root: str, resume: bool):
+        self.job, self.plan, self.run_id, self.root = job, plan, run_id, root
+        self.tracker = RestartTracker(job.restart)
+        self.generation = 0
+        self.coordinator: Any = None
+        self.run_ref: Any = None
+        self._launch(resume)
+
+    def _launch(self, resume: bool) -> None:
+        from raystream._runtime.coordinator import JobCoordinator, actor_name
+
+        self.generation += 1
+        self.coordinator = JobCoordinator.options(
+            name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
+        ).remote(self.job, self.plan, self.run_id, self.root, resume)
+        self.run_ref = self.coordinator.run.remote()
+
+    def status(self) -> JobStatus:
+        import ray
+
+        try:
+            return ray.get(self.coordinator.status.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return JobStatus(self.job.name, "restarting", 0.0)
+
+    def stop(self) -> None:
+        import ray
+
+        try:
+            ray.get(self.coordinator.stop.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            pass
+
+    def wait(self, progress: Callable[[JobStatus], None] | None, interval: float) -> Any:
+        """Block until the job ends; returns the coordinator's JobOutcome."""
+        import ray
+
+        try:
+            while True:
+                ready, _ = ray.wait([self.run_ref], timeout=interval)
+                if not ready:
+                    if progress is not None:
+                        try:
+                            progress(self.status())
+                        except Exception:  # a progress display must never fail the job
+                            logger.debug("progress callback failed", exc_info=True)
+                    continue
+                try:
+                    return ray.get(self.run_ref)
+                except ray.exceptions.RayActorError as exc:
+                    delay = self.tracker.next_delay(f"the coordinator died: {exc}")
+                    logger.warning("job %s: the coordinator died; a new one resumes in %.1fs", self.job.name, delay)
+                    time.sleep(delay)
+                    self._launch(resume=True)
+        finally:
+            ray.kill(self.coordinator, no_restart=True)
+
+
+def start_job(job: Job, *, resume: bool = False) -> Supervisor:
+    """Plan `job`, list its source partitions (errors stop it here), and start it."""
     source_partitions: dict[str, list[str]] = {}
     for step in job.steps.values():
         if step.kind == "source":
@@ -50,19 +142,7 @@ def start_job(job: Job, progress: Callable[[Any], None] | None = None) -> JobHan
             except Exception as exc:
                 raise SourceError(f"source {step.step_id!r} could not list its partitions: {exc}") from exc
     plan = build_plan(job, source_partitions)
-
+    root = checkpoint_root(job)
+    run_id = resumable_run(job, CheckpointStore(root)) if resume else new_run_id()
     ensure_ray()
-    import ray
-
-    from raystream._runtime.coordinator import JobCoordinator, actor_name
-
-    run_id = uuid.uuid4().hex[:8]
-    coordinator = JobCoordinator.options(
-        name=actor_name(job.name, run_id, "coordinator"), max_restarts=0,
-    ).remote(job, plan, run_id)
-    run_ref = coordinator.run.remote()
-
-    def on_exit() -> None:
-        ray.kill(coordinator, no_restart=True)
-
-    return JobHandle(job.name, coordinator, run_ref, on_exit)
+    return Supervisor(job, plan, run_id, root, resume)

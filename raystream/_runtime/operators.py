@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len, to_arrow
 from raystream.job import Step
-from raystream.sinks import Sink, SinkWriter
+from raystream.sinks import Sink, SinkContext, SinkWriter
 
 logger = logging.getLogger(__name__)
 
@@ -205,17 +205,34 @@ class MapBatchesOp(Operator):
 
 
 class SinkOp(Operator):
-    """Hands batches to the sink's writer as records or Arrow; emits nothing."""
+    """Hands batches to the sink's writer as records or Arrow; emits nothing.
 
-    def __init__(self, step: Step, subtask: int, parallelism: int):
+    Under exactly-once it keeps the transactions pre-committed at barriers until the
+    checkpoint that covers them is complete (`pending`); they are part of every snapshot
+    taken meanwhile, so a restore can commit them again.
+    """
+
+    def __init__(self, step: Step, context: SinkContext):
         super().__init__(step)
         sink: Sink = step.sink  # type: ignore[assignment]
-        self.writer: SinkWriter = sink.build_writer(step.step_id, subtask, parallelism)
+        self.transactional = context.transactional
+        self.writer: SinkWriter = sink.build_writer(context)
+        self.pending: list[tuple[int, Any]] = []
 
     def process(self, batch: Any) -> Any:
         self.records_in += batch_len(batch)
         self.writer.write_batch(batch if isinstance(batch, pa.RecordBatch) else as_records(batch))
         return []
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        if self.transactional:
+            txn = self.writer.pre_commit(checkpoint_id)
+            if txn is not None:
+                self.pending.append((checkpoint_id, txn))
+
+    def commit_all(self, txns: list[Any]) -> None:
+        for txn in txns:
+            self.writer.commit(txn)
 
     def close(self) -> Any:
         return self.writer.close()
@@ -232,9 +249,10 @@ _KINDS: dict[str, type[Operator]] = {
 }
 
 
-def build_operator(step: Step, subtask: int, parallelism: int) -> Operator:
+def build_operator(step: Step, sink_context: SinkContext | None = None) -> Operator:
     if step.kind == "sink":
-        return SinkOp(step, subtask, parallelism)
+        assert sink_context is not None
+        return SinkOp(step, sink_context)
     return _KINDS[step.kind](step)
 
 

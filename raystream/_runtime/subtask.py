@@ -6,106 +6,189 @@ Run loop of a subtask with inputs:
   2. A batch goes through the chain's operators; the output is partitioned into the
      output edges, which send full buffers downstream and wait when a channel has
      `max_in_flight` messages unacknowledged.
-  3. The message is acknowledged (its push call returns) only after that, so a slow
+  3. A barrier goes to the alignment (alignment.py); when it completes, the subtask
+     checkpoints (see `_checkpoint`).
+  4. The message is acknowledged (its push call returns) only after that, so a slow
      consumer stalls its producers.
-  4. When every input channel has ended: operators close, buffers flush, end-of-stream
-     goes out on every output channel, and the loop waits until it was processed.
+  5. When every input has ended: end-of-stream goes out on every output; with
+     checkpointing, the subtask then waits until the last checkpoint it took part in is
+     committed, so its sinks have made everything visible; then operators close.
 
-A source subtask runs the same chain and outputs but reads its partitions round-robin
-instead of an inbox.
+A source subtask runs the same chain and outputs but reads its partitions round-robin,
+and emits a barrier between two batches when the coordinator asks for one. When its
+partitions are exhausted it tells the coordinator and waits for the final barrier.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
+from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
-from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
-from raystream._runtime.operators import Operator, RecordFailure, build_operator, run_chain, truncated_repr
-from raystream.config import RuntimeConfig
+from raystream._runtime.checkpoint import (
+    CheckpointStore, SinkState, SnapshotMeta, SubtaskState, decode_framed, encode, encode_framed,
+)
+from raystream._runtime.keys import UnsupportedKeyError
+from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
+from raystream._runtime.recovery import RestoredState, merge_states
+from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
+from raystream.config import Guarantee
 from raystream.errors import SourceError
-from raystream.job import Step
 from raystream.result import Failure
+from raystream.sinks import SinkContext
+from raystream.sources import SourcePartition
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class SubtaskSpec:
-    """Everything one subtask actor needs to build itself (no actor handles)."""
-
-    job_name: str
-    chain_name: str
-    steps: list[Step]
-    subtask: int
-    parallelism: int
-    n_inputs: int
-    runtime: RuntimeConfig
-    source_partitions: list[str] = field(default_factory=list)  # for a source chain
-
-
-@dataclass
-class OutputSpec:
-    """One output edge: its partitioning and the (actor, input channel) of each target."""
-
-    kind: str
-    targets: list[tuple[Any, int]]
-
-
-@dataclass
-class SubtaskReport:
-    """What `run()` returns: counters per step, sink results, or the failure."""
-
-    chain_name: str
-    subtask: int
-    steps: dict[str, tuple[int, int]]
-    sink_results: dict[str, Any] = field(default_factory=dict)
-    failure: Failure | None = None
-    max_in_flight_seen: int = 0
-    max_queued_seen: int = 0
+_RESTORE_FETCH_TIMEOUT = 10.0
 
 
 @ray.remote
 class SubtaskActor:
     def __init__(self, spec: SubtaskSpec):
         self.spec = spec
-        self.ops: list[Operator] = [
-            build_operator(s, spec.subtask, spec.parallelism) for s in spec.steps if s.kind != "source"
-        ]
-        self.source_step: Step | None = spec.steps[0] if spec.steps[0].kind == "source" else None
+        self.name = f"{spec.chain_name}[{spec.subtask}]"
+        self.checkpointing = spec.guarantee != Guarantee.AT_MOST_ONCE
+        self.store = CheckpointStore(spec.checkpoint_root)
+        self.source_step = spec.steps[0] if spec.steps[0].kind == "source" else None
+        self.ops: list[Operator] = []
+        self.parts: dict[str, SourcePartition] = {}
         self.source_out = 0
         self.inbox = Inbox(spec.n_inputs) if spec.n_inputs else None
+        self.alignment = Alignment(spec.n_inputs, aligned=spec.guarantee == Guarantee.EXACTLY_ONCE)
         self.outputs: list[OutputEdge] = []
+        self.coordinator: Any = None
         self._stopping = False
+        self._barrier_requests: collections.deque[tuple[int, bool]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._snapshots: asyncio.Queue[bytes] = asyncio.Queue()
+        self._upload_tail: asyncio.Task | None = None
+        self._last_barrier = 0
+        self._committed = 0
+        self._committed_event = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._fatal: BaseException | None = None
+
+    # --- control calls from the coordinator ---------------------------------------------
 
     def pid(self) -> int:
         return os.getpid()
 
-    def connect(self, outputs: list[OutputSpec]) -> None:
-        rt = self.spec.runtime
+    async def setup(self, restore: RestoreSpec | None, outputs: list[OutputSpec], coordinator: Any) -> None:
+        """Build the operators (from restored state, if any) and connect the outputs."""
+        spec, rt = self.spec, self.spec.runtime
+        self.coordinator = coordinator
+        state = await self._restore(restore) if restore is not None else None
+        for step in spec.steps:
+            if step.kind == "source":
+                continue
+            ctx = None
+            if step.kind == "sink":
+                ctx = SinkContext(step.step_id, spec.subtask, spec.parallelism,
+                                  transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
+                                  resume_state=state.sink_states.get(step.step_id) if state else None)
+            op = build_operator(step, ctx)
+            if state is not None:
+                if isinstance(op, KeyedOp):
+                    op.state = state.keyed.get(step.step_id, {})
+                op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
+            self.ops.append(op)
+        if state is not None or spec.attempt > 1:
+            loop = asyncio.get_running_loop()
+            for op in self.ops:  # commit what the restored checkpoint pre-committed; abort the rest
+                if isinstance(op, SinkOp) and op.transactional:
+                    txns = state.sink_txns.get(op.step_id, []) if state else []
+                    await loop.run_in_executor(None, op.writer.recover, txns)
+        if self.source_step is not None:
+            offsets = state.source_offsets if state else {}
+            if spec.guarantee == Guarantee.AT_MOST_ONCE and spec.attempt > 1:
+                offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_progress)
+            if state is not None:
+                self.source_out = state.counters.get(self.source_step.step_id, (0, 0))[1]
+            try:
+                for key in spec.source_partitions:
+                    self.parts[key] = self.source_step.source.build_partition(key, offsets.get(key), rt.batch_size)
+            except SourceError as exc:
+                self._fatal = exc
+            except Exception as exc:
+                self._fatal = SourceError(f"source {self.source_step.step_id!r} could not open a partition: {exc}")
         self.outputs = [
             OutputEdge(o.kind, [OutputChannel(h, c, rt.max_in_flight) for h, c in o.targets],
                        rt.batch_size, rt.linger, rt.max_parallelism)
             for o in outputs
         ]
 
+    async def _restore(self, restore: RestoreSpec) -> RestoredState:
+        """Read each snapshot from the object store if it is still there, else from durable
+        storage; verify its checksum; merge."""
+        loop = asyncio.get_running_loop()
+        states = []
+        for meta, ref in restore.snapshots:
+            data = None
+            if ref is not None:
+                try:
+                    data = await asyncio.wait_for(ref, _RESTORE_FETCH_TIMEOUT)
+                except Exception as exc:  # the object died with its node: durable storage has it
+                    logger.info("%s: object-store copy of %s unavailable (%s)", self.name, meta.key, type(exc).__name__)
+            if data is None:
+                data = await loop.run_in_executor(None, self.store.storage.get, meta.key)
+            states.append(await loop.run_in_executor(None, _decode_snapshot, data, meta, self.store))
+        return merge_states(states, self.spec.subtask, self.spec.parallelism, self.spec.runtime.max_parallelism)
+
+    def _read_progress(self) -> dict[str, Any]:
+        offsets: dict[str, Any] = {}
+        prefix = f"{self.spec.run_id}/progress/{self.spec.chain_name}-"
+        for key in self.store.storage.list(prefix):
+            offsets.update(decode_framed(self.store.storage.get(key), self.store.storage.uri(key)))
+        return offsets
+
     async def push(self, channel: int, seq: int, kind: int, payload: Any) -> None:
         await self.inbox.put(channel, seq, kind, payload)
 
+    def trigger_checkpoint(self, checkpoint_id: int, final: bool = False) -> None:
+        """Source subtasks: emit barrier `checkpoint_id` after the current batch."""
+        self._barrier_requests.append((checkpoint_id, final))
+        self._wake.set()
+
     def stop_source(self) -> None:
-        """Make a source subtask end its stream after the current batch."""
+        """End this source's stream after the current batch."""
         self._stopping = True
+        self._wake.set()
+
+    async def next_snapshot(self) -> bytes:
+        """Answered with the next snapshot's bytes. The coordinator keeps one such call
+        pending, so it owns the returned object and it outlives this process."""
+        return await self._snapshots.get()
+
+    async def notify_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint `checkpoint_id` is committed: sinks commit its transactions (and older ones)."""
+        async with self._commit_lock:
+            loop = asyncio.get_running_loop()
+            for op in self.ops:
+                if isinstance(op, SinkOp) and op.pending:
+                    ready = [p for p in op.pending if p[0] <= checkpoint_id]
+                    try:
+                        await loop.run_in_executor(None, op.commit_all, [txn for _, txn in ready])
+                    except Exception as exc:  # keep them pending: the next restore commits them
+                        self._fatal = exc
+                        self._wake.set()
+                        raise
+                    op.pending = [p for p in op.pending if p not in ready]
+            self._committed = max(self._committed, checkpoint_id)
+            self._committed_event.set()
 
     def metrics(self) -> SubtaskReport:
         return self._report()
+
+    # --- the run loop ---------------------------------------------------------------------
 
     def _report(self, failure: Failure | None = None) -> SubtaskReport:
         steps = {op.step_id: (op.records_in, op.records_out) for op in self.ops}
@@ -121,17 +204,25 @@ class SubtaskActor:
     async def run(self) -> SubtaskReport:
         """Process until the end of every input; returns the report (with the failure, if any)."""
         try:
+            if self._fatal is not None:
+                raise self._fatal
             if self.source_step is not None:
                 await self._run_source()
             else:
                 await self._run_inputs()
-            sink_results = {op.step_id: op.close() for op in self.ops if op.step_id}
             for edge in self.outputs:
                 await edge.broadcast(END, None)
             for edge in self.outputs:
                 await edge.drain()
+            if self.checkpointing:  # step 5: wait until our last checkpoint is committed
+                while self._committed < self._last_barrier:
+                    self._committed_event.clear()
+                    await self._committed_event.wait()
+                    if self._fatal is not None:
+                        raise self._fatal
             report = self._report()
-            report.sink_results = {k: v for k, v in sink_results.items() if v is not None}
+            results = {op.step_id: op.close() for op in self.ops}
+            report.sink_results = {k: v for k, v in results.items() if v is not None}
             return report
         except RecordFailure as exc:
             return self._report(Failure("record", exc.step_id, exc.record_repr, exc.error, exc.traceback_text))
@@ -139,11 +230,11 @@ class SubtaskActor:
             step = self.source_step.step_id if self.source_step else self.spec.chain_name
             return self._report(Failure("source", step, "", str(exc), traceback.format_exc()))
         except ray.exceptions.RayError as exc:  # a peer died; the coordinator knows why
-            logger.info("subtask %s[%d] stopped: %s", self.spec.chain_name, self.spec.subtask, type(exc).__name__)
-            return self._report(Failure("peer", self.spec.chain_name, "", f"{type(exc).__name__}: {exc}", ""))
+            logger.info("%s stopped: %s", self.name, type(exc).__name__)
+            return self._report(Failure("peer", self.name, "", f"{type(exc).__name__}: {exc}", ""))
         except Exception as exc:  # a bug or an infrastructure error: report it, never hang
-            logger.exception("subtask %s[%d] failed", self.spec.chain_name, self.spec.subtask)
-            return self._report(Failure("internal", self.spec.chain_name, "", f"{type(exc).__name__}: {exc}",
+            logger.exception("%s failed", self.name)
+            return self._report(Failure("internal", self.name, "", f"{type(exc).__name__}: {exc}",
                                         traceback.format_exc()))
 
     async def _emit(self, batch: Any) -> None:
@@ -165,9 +256,11 @@ class SubtaskActor:
             await edge.flush_due(now)
 
     async def _run_inputs(self) -> None:
-        inbox = self.inbox
+        inbox, alignment = self.inbox, self.alignment
         ended = 0
         while ended < inbox.n:
+            if self._fatal is not None:
+                raise self._fatal
             deadline = self._next_deadline()
             item = await inbox.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if item is None:
@@ -177,28 +270,48 @@ class SubtaskActor:
             try:
                 if kind == BATCH:
                     await self._emit(payload)
-                elif kind == END:
+                    continue
+                done: Aligned | None
+                if kind == BARRIER:
+                    done = alignment.on_barrier(channel, payload)
+                else:
                     ended += 1
-                elif kind == BARRIER:
-                    pass  # barriers are aligned and snapshotted by the checkpointing runtime
+                    done = alignment.on_end(channel)
+                inbox.blocked = alignment.blocked
+                if done is not None:
+                    await self._checkpoint(done.checkpoint_id, done.waited)
             finally:
                 fut.set_result(None)
-            if deadline is not None and deadline <= time.monotonic():
-                await self._flush_due()
+                if deadline is not None and deadline <= time.monotonic():
+                    await self._flush_due()
         for edge in self.outputs:
             await edge.flush_all()
 
     async def _run_source(self) -> None:
-        step = self.source_step
-        batch_size = self.spec.runtime.batch_size
-        try:
-            parts = [step.source.build_partition(key, None, batch_size) for key in self.spec.source_partitions]
-        except Exception as exc:
-            if isinstance(exc, SourceError):
-                raise
-            raise SourceError(f"source {step.step_id!r} could not open a partition: {exc}") from exc
-        active = list(parts)
-        while active and not self._stopping:
+        active = [p for p in self.parts.values()]
+        told_finished = False
+        amo = self.spec.guarantee == Guarantee.AT_MOST_ONCE
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            while self._barrier_requests:
+                checkpoint_id, final = self._barrier_requests.popleft()
+                await self._checkpoint(checkpoint_id, 0.0)
+                if final:
+                    return
+            if self._stopping:
+                active = []
+            if not active:
+                if not self.checkpointing:
+                    return
+                if not told_finished:  # wait for the final barrier
+                    await self.coordinator.source_finished.remote(self.spec.attempt, self.spec.chain_name,
+                                                                  self.spec.subtask)
+                    told_finished = True
+                self._wake.clear()
+                if not self._barrier_requests:
+                    await self._wake.wait()
+                continue
             progressed = False
             for part in list(active):
                 batch = part.next_batch()
@@ -207,6 +320,8 @@ class SubtaskActor:
                     active.remove(part)
                 elif batch_len(batch):
                     progressed = True
+                    if amo:  # at-most-once: the offset is durable before the batch leaves
+                        await self._save_progress()
                     self.source_out += batch_len(batch)
                     await self._emit(batch)
             await self._flush_due()
@@ -216,10 +331,67 @@ class SubtaskActor:
                 delays = [0.05] + [w - time.time() for w in wake]
                 if deadline is not None:
                     delays.append(deadline - time.monotonic())
-                await asyncio.sleep(max(0.0, min(delays)))
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, min(delays)))
+                except asyncio.TimeoutError:
+                    pass
             else:
-                await asyncio.sleep(0)  # let control calls (stop, metrics, barriers) in
-        for part in active:
-            part.close()
-        for edge in self.outputs:
-            await edge.flush_all()
+                await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in
+
+    async def _save_progress(self) -> None:
+        blob = encode_framed({k: p.snapshot() for k, p in self.parts.items()})
+        key = CheckpointStore.progress_key(self.spec.run_id, self.spec.chain_name, self.spec.subtask)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.storage.put, key, blob)
+
+    # --- checkpointing ----------------------------------------------------------------------
+
+    async def _checkpoint(self, checkpoint_id: int, alignment: float) -> None:
+        """Checkpoint steps on this subtask (DESIGN.md, checkpoint protocol 3-5):
+          a. sinks pre-commit the transaction of this epoch;
+          b. the state is pickled at once: that is the consistent copy;
+          c. the barrier goes out on every output, after the records before it;
+          d. in the background: the bytes answer the coordinator's pending next_snapshot
+             call (object-store tier), are uploaded (durable tier), then acknowledged.
+        """
+        self._last_barrier = checkpoint_id
+        for op in self.ops:  # a
+            if isinstance(op, SinkOp):
+                op.pre_commit(checkpoint_id)
+        state = SubtaskState(
+            checkpoint_id=checkpoint_id, chain=self.spec.chain_name, subtask=self.spec.subtask,
+            parallelism=self.spec.parallelism,
+            source_offsets={k: p.snapshot() for k, p in self.parts.items()},
+            keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
+            sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending))
+                   for op in self.ops if isinstance(op, SinkOp)},
+            counters=self._report().steps,
+        )
+        data, sha = encode(state)  # b
+        for edge in self.outputs:  # c
+            await edge.broadcast(BARRIER, checkpoint_id)
+        key = CheckpointStore.snapshot_key(self.spec.run_id, checkpoint_id, self.spec.attempt,
+                                           self.spec.chain_name, self.spec.subtask)
+        meta = SnapshotMeta(self.spec.chain_name, self.spec.subtask, key, sha, len(data), alignment, self.source_out)
+        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))  # d
+
+    async def _upload(self, previous: asyncio.Task | None, checkpoint_id: int, data: bytes, meta: SnapshotMeta) -> None:
+        if previous is not None:  # acknowledgements go out in checkpoint order
+            await asyncio.shield(previous)
+        self._snapshots.put_nowait(data)
+        error = None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.storage.put, meta.key, data)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("%s: upload of checkpoint %d failed: %s", self.name, checkpoint_id, error)
+        try:
+            await self.coordinator.ack.remote(self.spec.attempt, checkpoint_id, meta, error)
+        except ray.exceptions.RayError:
+            pass  # the coordinator is gone; a new one restores from durable storage
+
+
+def _decode_snapshot(data: bytes, meta: SnapshotMeta, store: CheckpointStore) -> SubtaskState:
+    from raystream._runtime.checkpoint import decode
+
+    return decode(data, meta.sha256, f"snapshot {store.storage.uri(meta.key)}")

@@ -27,3 +27,9 @@ def live_job_actors(job_name: str = "") -> list[str]:
 
     prefix = f"raystream:{job_name}:" if job_name else "raystream:"
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch) -> None:
+    """Default checkpoint storage (./raystream-checkpoints) lands in the test's own directory."""
+    monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ IN_FLIGHT = 2
 
 
 class SlowSink(Sink):
-    def build_writer(self, step_id, subtask, parallelism):
+    def build_writer(self, context):
         return SlowWriter()
 
 

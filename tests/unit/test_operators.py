@@ -8,11 +8,11 @@ import pytest
 from raystream._runtime.batch import KeyedBatch, as_records
 from raystream._runtime.operators import RecordFailure, build_operator, run_chain
 from raystream.job import Step
-from raystream.sinks import CollectSink
+from raystream.sinks import CollectSink, SinkContext
 
 
 def op(kind, fn=None, **kw):
-    return build_operator(Step("s", kind, ("in",), fn=fn, **kw), 0, 1)
+    return build_operator(Step("s", kind, ("in",), fn=fn, **kw))
 
 
 def test_stateless_operators():
@@ -89,6 +89,6 @@ def test_keyed_step_rejects_records_that_are_not_pairs():
 
 def test_chain_runs_steps_in_order_into_a_sink():
     ops = [op("map", lambda x: x + 1), op("filter", lambda x: x % 2),
-           build_operator(Step("out", "sink", ("in",), sink=CollectSink()), 0, 1)]
+           build_operator(Step("out", "sink", ("in",), sink=CollectSink()), SinkContext("out", 0, 1))]
     assert run_chain(ops, [1, 2, 3, 4]) == []
     assert ops[-1].close() == [3, 5]

@@ -3,13 +3,13 @@ import pyarrow as pa
 import pytest
 
 from raystream.errors import JobDefinitionError, SinkError
-from raystream.sinks import CollectSink, FileSink, read_files
+from raystream.sinks import CollectSink, FileSink, SinkContext, read_files
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_file_sink_writes_parts_readers_see(tmp_path, fmt):
     sink = FileSink(str(tmp_path), format=fmt, rows_per_file=3)
-    w = sink.build_writer("out", 0, 1)
+    w = sink.build_writer(SinkContext("out", 0, 1))
     w.write_batch([{"a": 1}, {"a": 2}])
     w.write_batch(pa.RecordBatch.from_pylist([{"a": 3}, {"a": 4}]))
     w.write_batch([{"a": 5}])
@@ -21,14 +21,14 @@ def test_file_sink_writes_parts_readers_see(tmp_path, fmt):
 
 def test_two_runs_into_one_directory_never_overwrite(tmp_path):
     for run in range(2):
-        w = FileSink(str(tmp_path)).build_writer("out", 0, 1)
+        w = FileSink(str(tmp_path)).build_writer(SinkContext("out", 0, 1))
         w.write_batch([run])
         w.close()
     assert sorted(read_files(str(tmp_path))) == [0, 1]
 
 
 def test_collect_sink_keep_last_needs_pairs():
-    w = CollectSink(keep="last").build_writer("o", 0, 1)
+    w = CollectSink(keep="last").build_writer(SinkContext("o", 0, 1))
     w.write_batch([("a", 1), ("b", 1), ("a", 2)])
     assert sorted(w.close()) == [("a", 2), ("b", 1)]
     with pytest.raises(SinkError, match=r"\(key, value\) records"):

@@ -1,0 +1,69 @@
+"""Barrier alignment across the input channels of one subtask.
+
+Exactly-once (aligned):
+  1. Barrier n arrives on channel c: block c, so its later records wait in the inbox.
+  2. When barrier n has arrived on every channel that has not ended, the subtask
+     snapshots, unblocks every channel and forwards barrier n.
+  3. A barrier newer than the one being aligned abandons the older alignment (its
+     checkpoint was aborted); a barrier older than the newest seen is stale and ignored.
+
+At-least-once (unaligned): nothing is blocked. The first arrival of barrier n triggers
+the snapshot at once; records that arrive later on other channels before their own
+barrier n are in the snapshot and will also be replayed after a failure.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Aligned:
+    """Barrier `checkpoint_id` is complete: snapshot now. `waited` is the alignment time."""
+
+    checkpoint_id: int
+    waited: float
+
+
+class Alignment:
+    def __init__(self, n_channels: int, *, aligned: bool):
+        self.n_channels = n_channels
+        self.aligned = aligned
+        self.blocked: set[int] = set()
+        self.ended: set[int] = set()
+        self.current: int | None = None  # barrier being aligned
+        self.last: int = 0  # newest barrier snapshotted (or abandoned)
+        self._arrived: set[int] = set()
+        self._started = 0.0
+
+    def on_barrier(self, channel: int, checkpoint_id: int) -> Aligned | None:
+        if checkpoint_id <= self.last and checkpoint_id != self.current:
+            return None  # stale: an older, finished or abandoned checkpoint
+        if not self.aligned:
+            self.last = checkpoint_id
+            return Aligned(checkpoint_id, 0.0)
+        if self.current is None or checkpoint_id > self.current:
+            if self.current is not None:  # step 3: abandon the older alignment
+                self.last = self.current
+                self.blocked.clear()
+            self.current = checkpoint_id
+            self._arrived = set()
+            self._started = time.monotonic()
+        self._arrived.add(channel)
+        self.blocked.add(channel)  # step 1
+        return self._check()
+
+    def on_end(self, channel: int) -> Aligned | None:
+        """A channel that ended has delivered every barrier it ever will."""
+        self.ended.add(channel)
+        self.blocked.discard(channel)
+        return self._check() if self.current is not None else None
+
+    def _check(self) -> Aligned | None:
+        if len(self._arrived | self.ended) < self.n_channels:
+            return None
+        done = Aligned(self.current, time.monotonic() - self._started)  # step 2
+        self.last = self.current
+        self.current = None
+        self.blocked.clear()
+        return done

@@ -1,0 +1,175 @@
+"""The coordinator's side of the checkpoint protocol, for one attempt of a job.
+
+Checkpoint protocol (DESIGN.md), coordinator steps:
+  1. Every `interval` (and at least `min_pause` after the previous one ended), with no
+     other checkpoint pending, start checkpoint n: tell every source subtask to emit
+     barrier n after its current batch.
+  (2-5 run in the subtasks: align, snapshot, forward, upload, acknowledge.)
+  6. When every subtask has acknowledged n, write the manifest of n (offsets, snapshot
+     keys, checksums) with a conditional put under a key never used before. That write
+     is the commit point.
+  7. Then tell every subtask that n is complete; sinks commit n's transactions.
+  8. Delete checkpoints beyond the retention count, never the newest complete one nor
+     what it references.
+A checkpoint that a subtask declines (its upload failed) or that outlives `timeout` is
+aborted and counted; more than `tolerable_failures` in a row fail the attempt.
+
+The object-store tier: for each subtask one `next_snapshot()` call is kept pending. The
+subtask answers it with the bytes of its next snapshot, so the object is owned here and
+survives the subtask's process. Answers come in checkpoint order, and each
+acknowledgement (even of an aborted checkpoint) moves that subtask's queue by one, so
+the k-th answered call holds the k-th snapshot.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raystream._runtime.checkpoint import CheckpointStore, Manifest, SnapshotMeta, versions
+from raystream.config import CheckpointConfig
+from raystream.result import CheckpointStats
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (chain name, subtask)
+
+
+class CheckpointFailure(Exception):
+    """Too many checkpoints failed in a row, or the final checkpoint failed."""
+
+
+@dataclass
+class Pending:
+    checkpoint_id: int
+    final: bool
+    started: float
+    acks: dict[Key, SnapshotMeta] = field(default_factory=dict)
+
+
+class Checkpointer:
+    def __init__(self, *, job_name: str, guarantee: str, config: CheckpointConfig, store: CheckpointStore,
+                 run_id: str, attempt: int, actors: dict[Key, Any], sources: list[Key],
+                 chains: dict[str, int], next_id: int, stats: CheckpointStats):
+        self.job_name, self.guarantee, self.config = job_name, guarantee, config
+        self.store, self.run_id, self.attempt = store, run_id, attempt
+        self.actors, self.sources, self.chains = actors, sources, chains
+        self.next_id = next_id
+        self.stats = stats
+        self.pending: Pending | None = None
+        self.last_start = self.last_end = time.monotonic()
+        self.consecutive_failures = 0
+        self.finished_sources: set[Key] = set()
+        self.final_committed = False
+        self.failure: str | None = None  # set when the attempt must end
+        self._calls: dict[Key, collections.deque] = {k: collections.deque() for k in actors}
+        self.refs: dict[int, dict[Key, Any]] = {}  # object-store copies of complete checkpoints
+
+    # --- object-store tier ----------------------------------------------------------------
+
+    def start_snapshot_calls(self) -> None:
+        for key, actor in self.actors.items():
+            self._calls[key].append(actor.next_snapshot.remote())
+
+    def _take_ref(self, key: Key) -> Any:
+        ref = self._calls[key].popleft() if self._calls[key] else None
+        self._calls[key].append(self.actors[key].next_snapshot.remote())
+        return ref
+
+    # --- step 1 ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Start a checkpoint if one is due; abort one that timed out."""
+        now = time.monotonic()
+        if self.pending is not None:
+            if now - self.pending.started > self.config.timeout:
+                self._abort(f"checkpoint {self.pending.checkpoint_id} timed out after {self.config.timeout}s")
+            return
+        if self.final_committed:
+            return
+        if len(self.finished_sources) == len(self.sources):
+            self._trigger(final=True)  # every source is exhausted: the last checkpoint
+        elif now - self.last_start >= self.config.interval and now - self.last_end >= self.config.min_pause:
+            self._trigger(final=False)
+
+    def _trigger(self, final: bool) -> None:
+        n = self.next_id
+        self.next_id += 1
+        self.last_start = time.monotonic()
+        self.pending = Pending(n, final, self.last_start)
+        for key in self.sources:
+            self.actors[key].trigger_checkpoint.remote(n, final)
+        logger.debug("checkpoint %d started%s", n, " (final)" if final else "")
+
+    def source_finished(self, key: Key) -> None:
+        self.finished_sources.add(key)
+
+    # --- steps 6 to 8 ---------------------------------------------------------------------
+
+    async def on_ack(self, checkpoint_id: int, meta: SnapshotMeta, error: str | None) -> None:
+        key = (meta.chain, meta.subtask)
+        ref = self._take_ref(key)
+        pending = self.pending
+        if pending is None or pending.checkpoint_id != checkpoint_id:
+            return  # an aborted checkpoint
+        if error is not None:
+            self._abort(f"checkpoint {checkpoint_id} declined by {meta.chain}[{meta.subtask}]: {error}")
+            return
+        pending.acks[key] = meta
+        self.refs.setdefault(checkpoint_id, {})[key] = ref
+        if len(pending.acks) == len(self.actors):
+            await self._complete(pending)
+
+    async def _complete(self, pending: Pending) -> None:
+        n = pending.checkpoint_id
+        manifest = Manifest(
+            job=self.job_name, run_id=self.run_id, checkpoint_id=n, attempt=self.attempt,
+            guarantee=self.guarantee, created=time.time(), chains=dict(self.chains),
+            snapshots=sorted(pending.acks.values(), key=lambda m: (m.chain, m.subtask)),
+            completed_total=self.stats.completed + 1, failed_total=self.stats.failed, versions=versions(),
+        )
+        loop = asyncio.get_running_loop()
+        try:  # step 6: the commit point
+            committed = await loop.run_in_executor(None, self.store.commit, manifest)
+        except Exception as exc:
+            self._abort(f"checkpoint {n}: writing the manifest failed: {type(exc).__name__}: {exc}")
+            return
+        if not committed:
+            self._abort(f"checkpoint {n}: a manifest with this id exists already; another coordinator is running")
+            return
+        self.pending = None
+        self.last_end = time.monotonic()
+        self.consecutive_failures = 0
+        self.stats = CheckpointStats(
+            completed=self.stats.completed + 1, failed=self.stats.failed, last_id=n,
+            last_duration=self.last_end - pending.started,
+            last_alignment=max(m.alignment for m in pending.acks.values()),
+            last_bytes=sum(m.size for m in pending.acks.values()),
+        )
+        for actor in self.actors.values():  # step 7
+            actor.notify_complete.remote(n)
+        if pending.final:
+            self.final_committed = True
+        for old in [i for i in self.refs if i <= n - self.config.retain]:
+            del self.refs[old]
+        try:  # step 8
+            await loop.run_in_executor(None, self.store.retain, self.run_id, self.config.retain)
+        except Exception as exc:  # cleanup can wait for the next checkpoint
+            logger.warning("checkpoint retention failed: %s", exc)
+
+    def _abort(self, reason: str) -> None:
+        pending, self.pending = self.pending, None
+        self.last_end = time.monotonic()
+        self.consecutive_failures += 1
+        self.stats = CheckpointStats(**{**self.stats.__dict__, "failed": self.stats.failed + 1})
+        if pending is not None:
+            self.refs.pop(pending.checkpoint_id, None)
+        logger.warning("%s (%d in a row)", reason, self.consecutive_failures)
+        if pending is not None and pending.final:
+            self.failure = f"the final checkpoint failed: {reason}"
+        elif self.consecutive_failures > self.config.tolerable_failures:
+            self.failure = (f"{self.consecutive_failures} checkpoints failed in a row "
+                            f"(tolerable_failures={self.config.tolerable_failures}); last: {reason}")

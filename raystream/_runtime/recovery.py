@@ -1,0 +1,102 @@
+"""Recovery helpers: which snapshots each new subtask restores from, how their states
+merge, and how often a job may restart.
+
+Restoring at the same parallelism, subtask i reads the snapshot of old subtask i.
+At another parallelism, it reads every snapshot of its chain and keeps the keyed
+state of its own key groups and the offsets of its own source partitions. Sink writer
+state is per subtask and cannot be split, so a chain with a sink restores only at the
+parallelism it was checkpointed with.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raystream._runtime.checkpoint import Manifest, SnapshotMeta, SubtaskState
+from raystream._runtime.keys import groups_of_subtask, key_group
+from raystream._runtime.plan import Chain
+from raystream.config import RestartStrategy
+from raystream.errors import JobFailedError, RaystreamError
+
+
+class RestoreError(RaystreamError):
+    """A checkpoint cannot be restored into this job (the graph or a sink's parallelism changed)."""
+
+
+def snapshots_for(manifest: Manifest, chain: Chain, subtask: int) -> list[SnapshotMeta]:
+    """The snapshots that subtask `subtask` of `chain` restores from."""
+    old = manifest.snapshots_of(chain.name)
+    if not old:
+        stateful = [s.step_id for s in chain.steps if s.kind in ("source", "reduce", "stateful_map", "sink")]
+        if stateful:
+            raise RestoreError(
+                f"checkpoint {manifest.checkpoint_id} has no state for steps {', '.join(stateful)}: the job graph "
+                "changed since it was taken; restore with the same steps, or start without resume")
+        return []
+    if len(old) == chain.parallelism:
+        return [old[subtask]]
+    if any(s.kind == "sink" for s in chain.steps):
+        raise RestoreError(
+            f"chain {chain.name!r} was checkpointed at parallelism {len(old)} and cannot be restored at "
+            f"{chain.parallelism}: a sink's state is per subtask; keep the sink's parallelism")
+    return old
+
+
+@dataclass
+class RestoredState:
+    """The merged state one new subtask starts from."""
+
+    checkpoint_id: int
+    source_offsets: dict[str, Any] = field(default_factory=dict)
+    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    sink_states: dict[str, Any] = field(default_factory=dict)
+    sink_txns: dict[str, list[Any]] = field(default_factory=dict)
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max_parallelism: int) -> RestoredState:
+    """Combine old snapshots into the state of new subtask `subtask` of `parallelism`."""
+    merged = RestoredState(checkpoint_id=max((s.checkpoint_id for s in states), default=0))
+    same_shape = len(states) == 1 and states[0].parallelism == parallelism and states[0].subtask == subtask
+    mine = None if same_shape else set(groups_of_subtask(subtask, parallelism, max_parallelism))
+    for state in states:
+        merged.source_offsets.update(state.source_offsets)
+        for step_id, table in state.keyed.items():
+            target = merged.keyed.setdefault(step_id, {})
+            if mine is None:
+                target.update(table)
+            else:
+                target.update((k, v) for k, v in table.items() if key_group(k, max_parallelism) in mine)
+        if same_shape:
+            for step_id, sink in state.sinks.items():
+                merged.sink_states[step_id] = sink.writer_state
+                merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
+            merged.counters = dict(state.counters)
+    return merged
+
+
+class RestartTracker:
+    """Applies a RestartStrategy: the delay before the next restart, or a final error."""
+
+    def __init__(self, strategy: RestartStrategy):
+        self.strategy = strategy
+        self.times: list[float] = []
+        self.total = 0
+
+    def next_delay(self, failure: str) -> float:
+        """Record a restart; raise JobFailedError if the strategy allows no more."""
+        s = self.strategy
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < s.window]
+        if s.kind == "none" or len(self.times) >= s.max_restarts:
+            raise JobFailedError(
+                f"giving up after {len(self.times)} restarts within {s.window:.0f}s "
+                f"(RestartStrategy max_restarts={s.max_restarts}); last failure: {failure}")
+        if s.kind == "fixed_delay":
+            delay = s.delay
+        else:
+            delay = min(s.max_delay, s.delay * s.multiplier ** len(self.times))
+        self.times.append(now)
+        self.total += 1
+        return delay

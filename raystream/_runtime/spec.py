@@ -1,0 +1,58 @@
+"""Plain data passed between the coordinator and the subtask actors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from raystream._runtime.checkpoint import SnapshotMeta
+from raystream.config import Guarantee, RuntimeConfig
+from raystream.job import Step
+from raystream.result import Failure
+
+
+@dataclass
+class SubtaskSpec:
+    """Everything one subtask actor needs to build itself (no actor handles)."""
+
+    job_name: str
+    chain_name: str
+    steps: list[Step]
+    subtask: int
+    parallelism: int
+    n_inputs: int
+    runtime: RuntimeConfig
+    guarantee: Guarantee
+    checkpoint_root: str
+    run_id: str
+    attempt: int
+    source_partitions: list[str] = field(default_factory=list)  # for a source chain
+
+
+@dataclass
+class OutputSpec:
+    """One output edge: its partitioning and the (actor, input channel) of each target."""
+
+    kind: str
+    targets: list[tuple[Any, int]]
+
+
+@dataclass
+class RestoreSpec:
+    """The snapshots a subtask restores from, with the object-store copy when the
+    coordinator still holds it (None: read the durable copy)."""
+
+    checkpoint_id: int
+    snapshots: list[tuple[SnapshotMeta, Any]]
+
+
+@dataclass
+class SubtaskReport:
+    """What `run()` and `metrics()` return: counters per step, sink results, or the failure."""
+
+    chain_name: str
+    subtask: int
+    steps: dict[str, tuple[int, int]]
+    sink_results: dict[str, Any] = field(default_factory=dict)
+    failure: Failure | None = None
+    max_in_flight_seen: int = 0
+    max_queued_seen: int = 0

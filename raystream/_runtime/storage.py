@@ -1,0 +1,164 @@
+"""Durable storage for checkpoints: a local directory or an S3 prefix.
+
+Five operations: put, get, list, delete, and put_if_absent (the conditional put that
+makes a manifest write the commit point: a key written once is never overwritten).
+
+- Local: put writes a temporary file and renames it over the key (readers never see a
+  partial object); put_if_absent hard-links the finished temporary file to the key,
+  which fails if the key exists.
+- S3: put_if_absent is a PUT with `If-None-Match: *`; S3 answers 412 when the key
+  exists. Endpoint and credentials come from the environment (boto3 reads them).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from abc import ABC, abstractmethod
+
+from raystream import _files
+
+logger = logging.getLogger(__name__)
+
+
+class Storage(ABC):
+    """Objects under one root; keys are relative paths with '/' separators."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `key` only if it does not exist; False if it did (nothing written)."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; raises FileNotFoundError if there is none."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys that start with `prefix`, sorted."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete the keys; missing keys are ignored."""
+
+    @abstractmethod
+    def uri(self, key: str = "") -> str: ...
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _write_temp(self, path: str, data: bytes) -> str:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._write_temp(path, data), path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def get(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        if not os.path.isdir(base):
+            return []
+        keys = []
+        for dirpath, _, names in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in names:
+                if name.endswith(".tmp"):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                pass
+
+    def uri(self, key: str = "") -> str:
+        return self._path(key) if key else self.root
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, prefix: str):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        _files.s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            _files.s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return _files.s3_client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        full = _files.list_keys(_files.Location("s3", self._key(prefix), self.bucket))
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[cut:] for k in full)
+
+    def delete(self, keys: list[str]) -> None:
+        client = _files.s3_client()
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            if chunk:
+                client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_storage(uri: str) -> Storage:
+    """A Storage for `s3://bucket/prefix`, `file:///dir` or a plain directory path."""
+    loc = _files.Location.parse(uri)
+    if loc.scheme == "s3":
+        return S3Storage(loc.bucket, loc.path)
+    return LocalStorage(loc.path)
