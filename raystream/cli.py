@@ -1,18 +1,22 @@
 """The `raystream` command line.
 
-    raystream run JOBFILE [--parallelism N] [--guarantee G]
-                          [--checkpoint-interval S] [--checkpoint-storage URI]
+    raystream run JOBFILE [--parallelism N] [--guarantee G] [--checkpoint-interval S]
+                          [--checkpoint-storage URI] [--resume] [--chaos N] [--seed S]
 
-JOBFILE is a Python file that defines `job` (a raystream.Job). If it also defines
-`report(result)`, that is called with the JobResult after the run.
+JOBFILE is a Python file that defines `job` (a raystream.Job). It may also define
+`setup(resume)`, called before the run, and `report(result)`, called with the JobResult
+after it; a report that returns False makes the command exit with status 1.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import random
 import runpy
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -24,7 +28,7 @@ from rich.table import Table
 from raystream.config import CheckpointConfig, Guarantee
 from raystream.errors import RaystreamError
 from raystream.job import Job
-from raystream.result import JobResult, JobStatus
+from raystream.result import CheckpointStats, JobResult, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,49 @@ def load_job_file(path: str) -> dict[str, Any]:
     if not isinstance(namespace.get("job"), Job):
         raise click.UsageError(f"{path} must define `job = raystream.Job(...)` at module level")
     return namespace
+
+
+class ChaosMonkey(threading.Thread):
+    """Kills random subtask processes of a running job with SIGKILL, one after another:
+    each kill waits until the job has recovered from the previous one and completed a
+    checkpoint since, so every kill hits a running job."""
+
+    def __init__(self, handle: Any, kills: int, seed: int, console: Console):
+        super().__init__(daemon=True, name="raystream-chaos")
+        self.handle, self.kills, self.console = handle, kills, console
+        self.rng = random.Random(seed)
+        self.killed: list[tuple[str, int]] = []
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def _wait_for_checkpoint_after(self, restarts: int, checkpoints: int) -> JobStatus | None:
+        while not self._stop_event.wait(0.2):
+            status = self.handle.status()
+            if status.state in ("finished", "failed", "stopped"):
+                return None
+            if status.state == "running" and status.restarts >= restarts and \
+                    status.checkpoints.completed > checkpoints and status.pids:
+                return status
+        return None
+
+    def run(self) -> None:
+        restarts, checkpoints = 0, 0
+        while len(self.killed) < self.kills:
+            status = self._wait_for_checkpoint_after(restarts, checkpoints)
+            if status is None or self._stop_event.wait(self.rng.uniform(0.0, 1.0)):
+                return
+            name = self.rng.choice(sorted(status.pids))
+            pid = status.pids[name]
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self.killed.append((name, pid))
+            self.console.print(f"chaos: SIGKILL {name} (pid {pid})", highlight=False)
+            restarts, checkpoints = status.restarts + 1, status.checkpoints.completed
 
 
 class Progress:
@@ -62,7 +109,8 @@ class Progress:
         previous, self.last = self.last, (now, status)
         if self.live is None:
             return
-        table = Table(title=f"{status.job_name}: {status.state}, {status.elapsed:.0f}s, {status.subtasks} subtasks")
+        table = Table(title=f"{status.job_name}: {status.state}, {status.elapsed:.0f}s, {status.subtasks} subtasks",
+                      caption=checkpoint_line(status.checkpoints, status.restarts, status.records_replayed))
         for column in ("step", "in/s", "out/s", "in", "out"):
             table.add_column(column, justify="left" if column == "step" else "right")
         for step_id, m in status.steps.items():
@@ -75,7 +123,14 @@ class Progress:
         self.live.update(table)
 
 
+def checkpoint_line(cp: CheckpointStats, restarts: int, replayed: int) -> str:
+    return (f"checkpoints {cp.completed} done, {cp.failed} failed, last #{cp.last_id} "
+            f"({cp.last_duration * 1000:.0f} ms, alignment {cp.last_alignment * 1000:.0f} ms, "
+            f"{cp.last_bytes:,} bytes); restarts {restarts}; replayed {replayed:,}")
+
+
 def print_summary(console: Console, result: JobResult) -> None:
+    console.print(checkpoint_line(result.checkpoints, result.restarts, result.records_replayed), highlight=False)
     table = Table(title=f"{result.job_name}: {result.state} in {result.duration:.2f}s")
     for column in ("step", "records in", "records out"):
         table.add_column(column, justify="left" if column == "step" else "right")
@@ -98,8 +153,12 @@ def main(verbose: int) -> None:
 @click.option("--guarantee", type=click.Choice([g.value for g in Guarantee]), help="Processing guarantee.")
 @click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between checkpoints.")
 @click.option("--checkpoint-storage", help="Checkpoint directory, file:///dir or s3://bucket/prefix.")
-def run(jobfile: str, parallelism: int | None, guarantee: str | None,
-        checkpoint_interval: float | None, checkpoint_storage: str | None) -> None:
+@click.option("--resume", is_flag=True, help="Continue the newest run of the job from its newest checkpoint.")
+@click.option("--chaos", type=click.IntRange(min=0), default=0,
+              help="SIGKILL this many random subtask processes while the job runs (local Ray only).")
+@click.option("--seed", type=int, help="Random seed of --chaos (printed when not given).")
+def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint_interval: float | None,
+        checkpoint_storage: str | None, resume: bool, chaos: int, seed: int | None) -> None:
     """Run the job defined in JOBFILE until its sources end."""
     console = Console()
     try:
@@ -111,18 +170,32 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None,
         if checkpoint_storage is not None:
             checkpoint = dataclasses.replace(checkpoint, storage=checkpoint_storage)
         job = job.with_options(parallelism=parallelism, guarantee=guarantee, checkpoint=checkpoint)
+        if callable(namespace.get("setup")):
+            namespace["setup"](resume)
         with Progress(console) as progress:
-            handle = job.start()
+            handle = job.start(resume=resume)
+            monkey = None
+            if chaos:
+                seed = seed if seed is not None else random.randrange(2**31)
+                console.print(f"chaos: {chaos} kills, seed {seed}")
+                monkey = ChaosMonkey(handle, chaos, seed, console)
+                monkey.start()
             try:
                 result = handle.wait(progress=progress, interval=0.5)
             except KeyboardInterrupt:
-                console.print("stopping: the sources end now and the job drains")
+                console.print("stopping: the sources end now, and the job checkpoints and finishes")
                 handle.stop()
                 result = handle.wait()
+            finally:
+                if monkey is not None:
+                    monkey.stop()
         print_summary(console, result)
+        if monkey is not None:
+            console.print(f"chaos: killed {len(monkey.killed)} subtask processes: "
+                          + ", ".join(f"{name} (pid {pid})" for name, pid in monkey.killed))
         report = namespace.get("report")
-        if callable(report):
-            report(result)
+        if callable(report) and report(result) is False:
+            sys.exit(1)
     except RaystreamError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(1)

@@ -28,6 +28,7 @@ class CheckpointStats:
     last_duration: float = 0.0  # seconds from trigger to commit
     last_alignment: float = 0.0  # longest barrier alignment of any subtask, seconds
     last_bytes: int = 0  # snapshot bytes of all subtasks
+    refused: int = 0  # checkpoints refused at restore because a snapshot failed verification
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class JobStatus:
     restarts: int = 0
     records_replayed: int = 0  # source records read again after restores (estimated from metrics)
     attempt: int = 1
+    coordinator_pid: int = 0
+    aligning: list[str] = field(default_factory=list)  # subtasks waiting for barriers on some inputs
 
 
 @dataclass(frozen=True)

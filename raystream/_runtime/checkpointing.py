@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -143,8 +144,8 @@ class Checkpointer:
         self.pending = None
         self.last_end = time.monotonic()
         self.consecutive_failures = 0
-        self.stats = CheckpointStats(
-            completed=self.stats.completed + 1, failed=self.stats.failed, last_id=n,
+        self.stats = dataclasses.replace(
+            self.stats, completed=self.stats.completed + 1, last_id=n,
             last_duration=self.last_end - pending.started,
             last_alignment=max(m.alignment for m in pending.acks.values()),
             last_bytes=sum(m.size for m in pending.acks.values()),
@@ -164,7 +165,7 @@ class Checkpointer:
         pending, self.pending = self.pending, None
         self.last_end = time.monotonic()
         self.consecutive_failures += 1
-        self.stats = CheckpointStats(**{**self.stats.__dict__, "failed": self.stats.failed + 1})
+        self.stats = dataclasses.replace(self.stats, failed=self.stats.failed + 1)
         if pending is not None:
             self.refs.pop(pending.checkpoint_id, None)
         logger.warning("%s (%d in a row)", reason, self.consecutive_failures)

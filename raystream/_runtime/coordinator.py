@@ -21,7 +21,9 @@ from durable storage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +48,7 @@ _SPECIFICITY = {"record": -6, "source": -5, "restore": -4, "internal": -3, "chec
 #: Failures that a restart would only repeat.
 _FINAL = ("record", "source")
 _TICK = 0.05
-_METRICS_EVERY = 1.0
+_METRICS_EVERY = 0.5
 
 
 def actor_name(job_name: str, run_id: str, what: str) -> str:
@@ -95,6 +97,9 @@ class JobCoordinator:
 
     async def ack(self, attempt: int, checkpoint_id: int, meta: Any, error: str | None) -> None:
         if attempt == self.attempt and self.checkpointer is not None:
+            key = (meta.chain, meta.subtask)
+            if key in self.source_seen or meta.source_records:
+                self.source_seen[key] = max(self.source_seen.get(key, 0), meta.source_records)
             await self.checkpointer.on_ack(checkpoint_id, meta, error)
 
     def source_finished(self, attempt: int, chain: str, subtask: int) -> None:
@@ -114,6 +119,8 @@ class JobCoordinator:
             steps=sum_steps(list(self.job.steps), list(self.reports.values())),
             subtasks=len(self.actors), pids=dict(self.pids), checkpoints=stats,
             restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt,
+            coordinator_pid=os.getpid(),
+            aligning=sorted(f"{c}[{i}]" for (c, i), r in self.reports.items() if r.aligning is not None),
         )
 
     # --- the job ----------------------------------------------------------------------------
@@ -126,7 +133,7 @@ class JobCoordinator:
         if self.resume:
             manifest = await loop.run_in_executor(None, self._newest_manifest)
             attempts = await loop.run_in_executor(None, self.store.attempts, self.run_id)
-            self.restarts = max(0, attempts - 1)
+            self.restarts = attempts  # every earlier attempt of this run ended in a restart
             if manifest is not None:
                 self.stats = CheckpointStats(completed=manifest.completed_total, failed=manifest.failed_total,
                                              last_id=manifest.checkpoint_id)
@@ -140,6 +147,7 @@ class JobCoordinator:
             if failure.kind == "restore" and manifest is not None:
                 # A snapshot of this checkpoint did not verify: fall back to the one before it.
                 self.bad_manifests.add(manifest.checkpoint_id)
+                self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
             try:  # step 2
                 delay = tracker.next_delay(f"{failure.step_id}: {failure.error}")
             except JobFailedError as exc:
@@ -202,10 +210,9 @@ class JobCoordinator:
         """One attempt: create, restore and connect the actors, run them, checkpoint them."""
         rt = self.job.runtime
         previous = self.checkpointer
-        source_chains = {c.name for c in self.plan.chains if c.head.kind == "source"}
-        restored_sources = sum(m.source_records for m in manifest.snapshots if m.chain in source_chains) \
-            if manifest else 0
+        restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
         self.actors, self.reports = {}, {}
+        setup_started = time.monotonic()
         try:
             for chain in self.plan.chains:  # step 3: new actors
                 for i in range(chain.parallelism):
@@ -229,9 +236,9 @@ class JobCoordinator:
                 cause = getattr(exc, "cause", None) or exc
                 kind = "restore" if isinstance(cause, (CorruptCheckpointError, FileNotFoundError)) else "internal"
                 return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
-            if self.source_seen:  # what the sources emitted before the failure is read again
-                self.replayed += max(0, sum(self.source_seen.values()) - restored_sources)
-                self.source_seen = {}
+            # What the sources had emitted past the restored offsets is read again.
+            self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
+            self.source_seen = {}
             self.checkpointer = Checkpointer(
                 job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
                 store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
@@ -243,6 +250,8 @@ class JobCoordinator:
                     self.checkpointer.refs = previous.refs
                 self.checkpointer.start_snapshot_calls()
             self.state = "running"
+            logger.info("job %s attempt %d running after %.2fs of setup", self.job.name, self.attempt,
+                        time.monotonic() - setup_started)
             if self.stopping:
                 await self.stop()
             return await self._watch()
@@ -260,10 +269,13 @@ class JobCoordinator:
         while pending:
             done, pending = await asyncio.wait(pending, timeout=_TICK, return_when=asyncio.FIRST_COMPLETED)
             failures = [f for f in (self._collect(fut, runs[fut]) for fut in done) if f]
-            if failures:  # peers of a crashed subtask fail too; give the real cause a moment
-                if pending:
-                    more, _ = await asyncio.wait(pending, timeout=2.0)
+            if failures:
+                if pending and all(f.kind == "peer" for f in failures):
+                    # Peers of a crashed subtask fail first at times; give the real cause a moment.
+                    more, pending = await asyncio.wait(pending, timeout=2.0)
                     failures += [f for f in (self._collect(fut, runs[fut]) for fut in more) if f]
+                for fut in pending:  # the actors are about to be killed
+                    fut.cancel()
                 return min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0))
             if self.checkpointer is not None:
                 self.checkpointer.tick()
@@ -287,7 +299,7 @@ class JobCoordinator:
         self.reports[key] = report
         head = self.plan.chains[self.plan.chain_of_step[report.chain_name.split("+")[0]]].head
         if head.kind == "source":
-            self.source_seen[key] = report.steps.get(head.step_id, (0, 0))[1]
+            self.source_seen[key] = max(self.source_seen.get(key, 0), report.steps.get(head.step_id, (0, 0))[1])
 
     async def _poll_metrics(self, pending: set, runs: dict) -> None:
         keys = [runs[f] for f in pending]

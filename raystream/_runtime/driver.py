@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -70,31 +71,55 @@ def resumable_run(job: Job, store: CheckpointStore) -> str:
 
 
 class Supervisor:
-    """Starts the coordinator, restarts it if its process dies, and reports the outcome."""
+    """Starts the coordinator and, from a background thread, restarts it if its process
+    dies; `wait()` returns the coordinator's outcome."""
 
     def __init__(self, job: Job, plan: Any, run_id: str, root: str, resume: bool):
         self.job, self.plan, self.run_id, self.root = job, plan, run_id, root
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
         self.coordinator: Any = None
-        self.run_ref: Any = None
-        self._launch(resume)
+        self.outcome: Any = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._first_ref = self._launch(resume)
+        self._thread = threading.Thread(target=self._supervise, name=f"raystream-{job.name}", daemon=True)
+        self._thread.start()
 
-    def _launch(self, resume: bool) -> None:
+    def _launch(self, resume: bool) -> Any:
         from raystream._runtime.coordinator import JobCoordinator, actor_name
 
         self.generation += 1
         self.coordinator = JobCoordinator.options(
             name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
         ).remote(self.job, self.plan, self.run_id, self.root, resume)
-        self.run_ref = self.coordinator.run.remote()
+        return self.coordinator.run.remote()
+
+    def _supervise(self) -> None:
+        import ray
+
+        run_ref = self._first_ref
+        try:
+            while True:
+                try:
+                    self.outcome = ray.get(run_ref)
+                    return
+                except ray.exceptions.RayActorError as exc:
+                    delay = self.tracker.next_delay(f"the coordinator died: {exc}")
+                    logger.warning("job %s: the coordinator died; a new one resumes in %.1fs", self.job.name, delay)
+                    time.sleep(delay)
+                    run_ref = self._launch(resume=True)
+        except BaseException as exc:  # handed to wait()
+            self.error = exc
+        finally:
+            self._done.set()
 
     def status(self) -> JobStatus:
         import ray
 
         try:
             return ray.get(self.coordinator.status.remote(), timeout=10)
-        except ray.exceptions.RayActorError:
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return JobStatus(self.job.name, "restarting", 0.0)
 
     def stop(self) -> None:
@@ -102,7 +127,7 @@ class Supervisor:
 
         try:
             ray.get(self.coordinator.stop.remote(), timeout=10)
-        except ray.exceptions.RayActorError:
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
 
     def wait(self, progress: Callable[[JobStatus], None] | None, interval: float) -> Any:
@@ -110,24 +135,18 @@ class Supervisor:
         import ray
 
         try:
-            while True:
-                ready, _ = ray.wait([self.run_ref], timeout=interval)
-                if not ready:
-                    if progress is not None:
-                        try:
-                            progress(self.status())
-                        except Exception:  # a progress display must never fail the job
-                            logger.debug("progress callback failed", exc_info=True)
-                    continue
-                try:
-                    return ray.get(self.run_ref)
-                except ray.exceptions.RayActorError as exc:
-                    delay = self.tracker.next_delay(f"the coordinator died: {exc}")
-                    logger.warning("job %s: the coordinator died; a new one resumes in %.1fs", self.job.name, delay)
-                    time.sleep(delay)
-                    self._launch(resume=True)
+            while not self._done.wait(interval):
+                if progress is not None:
+                    try:
+                        progress(self.status())
+                    except Exception:  # a progress display must never fail the job
+                        logger.debug("progress callback failed", exc_info=True)
         finally:
-            ray.kill(self.coordinator, no_restart=True)
+            if self._done.is_set():
+                ray.kill(self.coordinator, no_restart=True)
+        if self.error is not None:
+            raise self.error
+        return self.outcome
 
 
 def start_job(job: Job, *, resume: bool = False) -> Supervisor:

@@ -56,3 +56,4 @@ class SubtaskReport:
     failure: Failure | None = None
     max_in_flight_seen: int = 0
     max_queued_seen: int = 0
+    aligning: int | None = None  # the barrier being aligned

@@ -199,31 +199,48 @@ class SubtaskActor:
             self.spec.chain_name, self.spec.subtask, steps, failure=failure,
             max_in_flight_seen=max((ch.max_in_flight_seen for ch in chans), default=0),
             max_queued_seen=self.inbox.max_queued_seen if self.inbox else 0,
+            aligning=self.alignment.current,
         )
 
     async def run(self) -> SubtaskReport:
         """Process until the end of every input; returns the report (with the failure, if any)."""
+        report = await self._run_guarded()
+        if report.failure is not None:
+            self._abandon_in_flight()
+        return report
+
+    async def _run_body(self) -> SubtaskReport:
+        if self._fatal is not None:
+            raise self._fatal
+        if self.source_step is not None:
+            await self._run_source()
+        else:
+            await self._run_inputs()
+        for edge in self.outputs:
+            await edge.broadcast(END, None)
+        for edge in self.outputs:
+            await edge.drain()
+        if self.checkpointing:  # step 5: wait until our last checkpoint is committed
+            while self._committed < self._last_barrier:
+                self._committed_event.clear()
+                await self._committed_event.wait()
+                if self._fatal is not None:
+                    raise self._fatal
+        report = self._report()
+        results = {op.step_id: op.close() for op in self.ops}
+        report.sink_results = {k: v for k, v in results.items() if v is not None}
+        return report
+
+    def _abandon_in_flight(self) -> None:
+        """After a failure nobody waits for the pushes in flight; drop them quietly."""
+        for edge in self.outputs:
+            for ch in edge.channels:
+                for fut in ch.in_flight:
+                    fut.cancel()
+
+    async def _run_guarded(self) -> SubtaskReport:
         try:
-            if self._fatal is not None:
-                raise self._fatal
-            if self.source_step is not None:
-                await self._run_source()
-            else:
-                await self._run_inputs()
-            for edge in self.outputs:
-                await edge.broadcast(END, None)
-            for edge in self.outputs:
-                await edge.drain()
-            if self.checkpointing:  # step 5: wait until our last checkpoint is committed
-                while self._committed < self._last_barrier:
-                    self._committed_event.clear()
-                    await self._committed_event.wait()
-                    if self._fatal is not None:
-                        raise self._fatal
-            report = self._report()
-            results = {op.step_id: op.close() for op in self.ops}
-            report.sink_results = {k: v for k, v in results.items() if v is not None}
-            return report
+            return await self._run_body()
         except RecordFailure as exc:
             return self._report(Failure("record", exc.step_id, exc.record_repr, exc.error, exc.traceback_text))
         except SourceError as exc:

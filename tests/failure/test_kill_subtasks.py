@@ -1,0 +1,67 @@
+"""Exactly-once under SIGKILL: committed output has every event once and totals that are
+the running sums of exactly the input, whatever subtask dies and when."""
+import logging
+import random
+
+import pytest
+
+import raystream as rs
+
+from .harness import kill, load_billing, running, wait_until
+
+logger = logging.getLogger(__name__)
+
+EVENTS = 12_000
+
+
+@pytest.fixture
+def billing(monkeypatch, tmp_path):
+    ns = load_billing(monkeypatch, events=EVENTS, rate=4_000, out=str(tmp_path / "out"))
+    job = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3))
+    return job, ns["verify"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_subtask_killed_at_a_random_time(billing, seed):
+    job, verify = billing
+    rng = random.Random(seed)
+    logger.warning("seed %d", seed)  # a failing seed becomes a fixed regression case
+    handle = job.start()
+    status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    threshold = rng.randint(status.steps["totals"].records_in, EVENTS * 6 // 10)
+    wait_until(lambda: handle.status().steps["totals"].records_in >= threshold, f"{threshold} rows")
+    status = handle.status()
+    victim = rng.choice(sorted(status.pids))
+    kill(status.pids[victim])
+    result = handle.wait()
+    verdict = verify()
+    assert verdict.ok, (seed, victim, verdict)
+    assert result.restarts >= 1 and result.state == "finished"
+
+
+def test_a_burst_of_kills_and_a_kill_during_recovery(billing):
+    job, verify = billing
+    handle = job.start()
+    status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    for pid in list(status.pids.values())[:3]:  # three at once
+        kill(pid)
+    # and one more as soon as the next attempt's actors exist
+    status = wait_until(lambda: running(handle, attempt=status.attempt + 1), "the next attempt")
+    kill(status.pids[sorted(status.pids)[-1]])
+    result = handle.wait()
+    assert verify().ok, verify()
+    assert result.restarts >= 2
+
+
+def test_the_coordinator_killed(billing):
+    job, verify = billing
+    handle = job.start()
+    status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    kill(status.coordinator_pid)
+    # a new coordinator resumes the run from durable storage alone
+    after = wait_until(lambda: running(handle, attempt=status.attempt + 1), "a new coordinator's attempt")
+    assert after.coordinator_pid != status.coordinator_pid
+    assert after.checkpoints.completed >= status.checkpoints.completed
+    result = handle.wait()
+    assert verify().ok, verify()
+    assert result.run_id == handle.run_id and result.restarts >= 1
