@@ -8,7 +8,8 @@ by FileSink. Every output row carries the event id and the customer's total afte
 
 kills 3 random subtask processes while it runs; at the end `report` checks the
 committed output against the generated events and prints the verdict. Sizes can be
-changed with BILLING_EVENTS, BILLING_RATE (events/s) and BILLING_OUT (output directory).
+changed with BILLING_EVENTS, BILLING_RATE (events/s), BILLING_OUT (output directory) and
+BILLING_FILE_ROWS (rows per output file).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import raystream as rs
 EVENTS = int(os.environ.get("BILLING_EVENTS", "200000"))
 RATE = float(os.environ.get("BILLING_RATE", "25000"))
 OUT = os.environ.get("BILLING_OUT", "out/billing")
+FILE_ROWS = int(os.environ.get("BILLING_FILE_ROWS", "50000"))
 CUSTOMERS = 500
 
 
@@ -42,7 +44,7 @@ job = rs.Job("billing", parallelism=2, checkpoint=rs.CheckpointConfig(interval=1
     .key_by("by_customer", lambda e: e["customer"])
     .stateful_map("running_total", add_to_total)
     .map("row", lambda kv: kv[1])
-    .sink("totals", rs.sinks.FileSink(OUT, rows_per_file=50_000))
+    .sink("totals", rs.sinks.FileSink(OUT, rows_per_file=FILE_ROWS))
 )
 
 

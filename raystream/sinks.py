@@ -11,13 +11,19 @@ Under exactly-once the writer takes part in a two-phase commit with the checkpoi
    the checkpoint.
 2. `commit(txn)` once that checkpoint is complete: make the transaction visible. It may
    run more than once for the same transaction (after a failure), so it is idempotent.
-3. `recover(txns)` when a subtask is restored: commit `txns` (the restored checkpoint's
-   transactions that may not have been committed) and abort everything else this
-   subtask staged.
+3. `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
+   `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
+   abort everything else this subtask staged, and retract what this subtask committed
+   for later checkpoints of the same run. That last part matters only when a newer
+   checkpoint was refused (a snapshot failed its checksum) and the job falls back past
+   it: its output is recomputed, so the committed copy must go. A sink that cannot
+   retract output duplicates that range in this one case.
 
-Under at-least-once and at-most-once (`context.transactional` is False) writers write
-directly and `pre_commit` is never called. `snapshot()` may return writer state that is
-checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
+Under at-least-once (`context.transactional` is False) writers write directly, and
+`pre_commit` at each barrier must make everything written so far durable and return
+None: the checkpoint's source offsets are past those records, so a buffer still in
+memory would be lost in a crash. Under at-most-once there are no barriers. `snapshot()`
+may return writer state that is checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
 the end of the stream goes into the job result under the sink's step id.
 """
 from __future__ import annotations
@@ -48,6 +54,7 @@ class SinkContext:
     parallelism: int
     transactional: bool = False
     resume_state: Any = None
+    run_id: str = ""  # the job run this writer belongs to: names its output for retraction
 
 
 class SinkWriter(ABC):
@@ -58,14 +65,16 @@ class SinkWriter(ABC):
         """Take a micro-batch of records."""
 
     def pre_commit(self, checkpoint_id: int) -> Any:
-        """Seal what was written since the last pre-commit; return its transaction or None."""
+        """At a barrier. Transactional: seal what was written since the last pre-commit and
+        return its transaction (or None). Otherwise: flush everything buffered; return None."""
         return None
 
     def commit(self, txn: Any) -> None:
         """Make a pre-committed transaction visible. Idempotent."""
 
-    def recover(self, txns: list[Any]) -> None:
-        """After a restore: commit `txns`, abort whatever else this subtask had staged."""
+    def recover(self, txns: list[Any], checkpoint_id: int) -> None:
+        """After a restore from `checkpoint_id`: commit `txns`, abort whatever else this
+        subtask staged, retract what it committed for later checkpoints of this run."""
         for txn in txns:
             self.commit(txn)
 
@@ -134,6 +143,7 @@ class _FileWriter(SinkWriter):
         self._ctx = context
         self._dir = _files.Location.parse(sink.directory)
         self._subtask_tag = f"{context.step_id}-{context.subtask:04d}"
+        self._run_tag = f"{self._subtask_tag}-{context.run_id or 'run'}"
         self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
         self._parts: list[list[Any] | pa.RecordBatch] = []
         self._rows = 0
@@ -148,18 +158,19 @@ class _FileWriter(SinkWriter):
             self._write_file()
 
     def _write_file(self) -> None:
+        """Write the buffer: staged under `_pending-` (transactional) or final at once."""
         if not self._rows:
             return
-        stem = f"{self._subtask_tag}-{self._token}-{self._seq:06d}.{self._sink.format}"
+        stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
         self._seq += 1
         data = encode(self._parts, self._sink.format)
         self._parts, self._rows = [], 0
-        final = f"part-{stem}"
-        name = f"_pending-{stem}" if self._ctx.transactional else final
-        self._put(name, data)
         if self._ctx.transactional:
-            self._txn.files.append((name, final))
+            name = f"_pending-{self._subtask_tag}-{stem}"
+            self._put(name, data)
+            self._txn.files.append((name, stem))
         else:
+            self._put(f"part-{self._run_tag}-direct-{stem}", data)
             self.files_committed += 1
 
     def _put(self, name: str, data: bytes) -> None:
@@ -170,8 +181,12 @@ class _FileWriter(SinkWriter):
 
     def pre_commit(self, checkpoint_id: int) -> FileTxn | None:
         self._write_file()
-        txn, self._txn = self._txn, FileTxn()
-        return txn if txn.files else None
+        if not self._ctx.transactional:
+            return None
+        # The final names carry run and checkpoint, so a fall-back can retract them.
+        files = [(pending, f"part-{self._run_tag}-{checkpoint_id:012d}-{stem}") for pending, stem in self._txn.files]
+        self._txn = FileTxn()
+        return FileTxn(files) if files else None
 
     def commit(self, txn: FileTxn) -> None:
         for pending, final in txn.files:
@@ -183,15 +198,19 @@ class _FileWriter(SinkWriter):
                 raise SinkError(f"FileSink could not commit {self._dir.join(final).uri()}: {exc}") from exc
         self.files_committed += len(txn.files)
 
-    def recover(self, txns: list[FileTxn]) -> None:
+    def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
         for txn in txns:
             self.commit(txn)
         keep = {pending for txn in txns for pending, _ in txn.files}
         stale = [n for n in _list_names(self._dir, f"_pending-{self._subtask_tag}-") if n not in keep]
-        for name in stale:
+        prefix = f"part-{self._run_tag}-"
+        later = [n for n in _list_names(self._dir, prefix)
+                 if n[len(prefix):len(prefix) + 12].isdigit() and int(n[len(prefix):len(prefix) + 12]) > checkpoint_id]
+        for name in stale + later:
             _delete(self._dir.join(name))
-        if stale:
-            logger.info("FileSink %s aborted %d uncommitted files", self._subtask_tag, len(stale))
+        if stale or later:
+            logger.info("FileSink %s aborted %d staged files and retracted %d files of checkpoints after %d",
+                        self._subtask_tag, len(stale), len(later), checkpoint_id)
 
     def close(self) -> dict[str, int]:
         if not self._ctx.transactional:

@@ -7,9 +7,10 @@ Exactly-once (aligned):
   3. A barrier newer than the one being aligned abandons the older alignment (its
      checkpoint was aborted); a barrier older than the newest seen is stale and ignored.
 
-At-least-once (unaligned): nothing is blocked. The first arrival of barrier n triggers
-the snapshot at once; records that arrive later on other channels before their own
-barrier n are in the snapshot and will also be replayed after a failure.
+At-least-once (unaligned): the same, except that nothing is blocked. The snapshot
+still waits for barrier n on every channel, so every record before a barrier is in
+it; records after the barrier on channels that delivered it early are in it too and
+are replayed after a failure (duplicates, never loss).
 """
 from __future__ import annotations
 
@@ -39,9 +40,6 @@ class Alignment:
     def on_barrier(self, channel: int, checkpoint_id: int) -> Aligned | None:
         if checkpoint_id <= self.last and checkpoint_id != self.current:
             return None  # stale: an older, finished or abandoned checkpoint
-        if not self.aligned:
-            self.last = checkpoint_id
-            return Aligned(checkpoint_id, 0.0)
         if self.current is None or checkpoint_id > self.current:
             if self.current is not None:  # step 3: abandon the older alignment
                 self.last = self.current
@@ -50,7 +48,8 @@ class Alignment:
             self._arrived = set()
             self._started = time.monotonic()
         self._arrived.add(channel)
-        self.blocked.add(channel)  # step 1
+        if self.aligned:
+            self.blocked.add(channel)  # step 1
         return self._check()
 
     def on_end(self, channel: int) -> Aligned | None:

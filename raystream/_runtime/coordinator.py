@@ -239,11 +239,14 @@ class JobCoordinator:
             # What the sources had emitted past the restored offsets is read again.
             self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
             self.source_seen = {}
+            # Ids continue after every manifest of the run, refused ones included: never reused.
+            ids = await asyncio.get_running_loop().run_in_executor(None, self.store.manifest_ids, self.run_id)
+            next_id = max(ids, default=0) + 1
             self.checkpointer = Checkpointer(
                 job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
                 store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
                 sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
-                next_id=(manifest.checkpoint_id + 1) if manifest else 1, stats=self.stats,
+                next_id=next_id, stats=self.stats,
             ) if self.checkpointing else None
             if self.checkpointer is not None:
                 if previous is not None:  # keep the object-store copies for another restore

@@ -225,10 +225,10 @@ class SinkOp(Operator):
         return []
 
     def pre_commit(self, checkpoint_id: int) -> None:
-        if self.transactional:
-            txn = self.writer.pre_commit(checkpoint_id)
-            if txn is not None:
-                self.pending.append((checkpoint_id, txn))
+        """At a barrier: exactly-once seals a transaction; at-least-once flushes."""
+        txn = self.writer.pre_commit(checkpoint_id)
+        if txn is not None and self.transactional:
+            self.pending.append((checkpoint_id, txn))
 
     def commit_all(self, txns: list[Any]) -> None:
         for txn in txns:

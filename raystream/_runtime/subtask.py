@@ -94,7 +94,8 @@ class SubtaskActor:
             if step.kind == "sink":
                 ctx = SinkContext(step.step_id, spec.subtask, spec.parallelism,
                                   transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                                  resume_state=state.sink_states.get(step.step_id) if state else None)
+                                  resume_state=state.sink_states.get(step.step_id) if state else None,
+                                  run_id=spec.run_id)
             op = build_operator(step, ctx)
             if state is not None:
                 if isinstance(op, KeyedOp):
@@ -106,7 +107,8 @@ class SubtaskActor:
             for op in self.ops:  # commit what the restored checkpoint pre-committed; abort the rest
                 if isinstance(op, SinkOp) and op.transactional:
                     txns = state.sink_txns.get(op.step_id, []) if state else []
-                    await loop.run_in_executor(None, op.writer.recover, txns)
+                    restored = state.checkpoint_id if state else 0
+                    await loop.run_in_executor(None, op.writer.recover, txns, restored)
         if self.source_step is not None:
             offsets = state.source_offsets if state else {}
             if spec.guarantee == Guarantee.AT_MOST_ONCE and spec.attempt > 1:

@@ -1,0 +1,72 @@
+"""Checkpoints on S3 (moto server), a damaged snapshot refused by its checksum, and a
+whole program killed and resumed."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import ray
+
+import raystream as rs
+
+from .harness import BILLING, kill, load_billing, running, wait_until
+
+EVENTS = 12_000
+
+
+def test_exactly_once_with_checkpoints_and_output_on_s3(monkeypatch, s3_bucket):
+    ns = load_billing(monkeypatch, events=EVENTS, rate=4_000, out=f"s3://{s3_bucket}/out")
+    job = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3, storage=f"s3://{s3_bucket}/chk"))
+    handle = job.start()
+    status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    kill(status.pids[sorted(status.pids)[0]])
+    result = handle.wait()
+    assert ns["verify"]().ok
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=s3_bucket, Prefix=f"chk/billing/{result.run_id}/manifests/")["Contents"]]
+    ids = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in keys]
+    assert ids == sorted(ids) and len(ids) <= job.checkpoint.retain  # retention kept the newest
+    assert max(ids) == result.checkpoints.last_id
+
+
+def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
+    """Run billing through the CLI in another process on this Ray; SIGKILL that process
+    once `after_manifests` checkpoints are committed. Returns the run's directory."""
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    proc = subprocess.Popen([sys.executable, "-m", "raystream.cli", "run", str(BILLING)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        root = tmp_path / "raystream-checkpoints" / "billing"
+        run_dir = wait_until(lambda: next(iter(root.glob("*/manifests")), None), "the first manifest").parent
+        wait_until(lambda: len(list((run_dir / "manifests").glob("*.json"))) >= after_manifests,
+                   f"{after_manifests} manifests")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    from tests.integration.conftest import live_job_actors
+
+    wait_until(lambda: not live_job_actors("billing"), "the killed program's actors to end")
+    return run_dir
+
+
+def test_resume_after_the_whole_program_was_killed(monkeypatch, tmp_path):
+    ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
+    run_dir = run_then_kill_program(tmp_path, after_manifests=2)
+    result = ns["job"].run(resume=True)
+    assert result.run_id == run_dir.name
+    assert ns["verify"]().ok, ns["verify"]()
+
+
+def test_a_damaged_snapshot_is_refused_and_the_previous_checkpoint_restores(monkeypatch, tmp_path):
+    ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
+    run_dir = run_then_kill_program(tmp_path, after_manifests=3)
+    newest = max((run_dir / "manifests").glob("*.json"))
+    snapshot = next((run_dir / "snapshots" / newest.stem).glob("*.snap"))
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    snapshot.write_bytes(bytes(data))
+    result = ns["job"].run(resume=True)
+    assert result.checkpoints.refused == 1
+    assert ns["verify"]().ok, ns["verify"]()
