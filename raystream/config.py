@@ -121,7 +121,8 @@ class RestartStrategy:
 
     `kind` is "fixed_delay", "exponential_backoff" or "none". At most `max_restarts`
     restarts are allowed within any `window` seconds; one more fails the job with the
-    last failure's message.
+    last failure's message. The backoff returns to `delay` once a restarted attempt has
+    completed a checkpoint, or after `reset_after` seconds without a failure.
     """
 
     kind: str = "exponential_backoff"
@@ -130,6 +131,7 @@ class RestartStrategy:
     multiplier: float = 2.0
     max_restarts: int = 10
     window: float = 300.0
+    reset_after: float = 30.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
@@ -138,6 +140,7 @@ class RestartStrategy:
         _positive("RestartStrategy.delay", self.delay, allow_zero=True)
         _positive("RestartStrategy.max_delay", self.max_delay, allow_zero=True)
         _positive("RestartStrategy.window", self.window)
+        _positive("RestartStrategy.reset_after", self.reset_after)
         _positive_int("RestartStrategy.max_restarts", self.max_restarts, minimum=0)
         if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
             raise ConfigError(f"RestartStrategy.multiplier must be >= 1; got {self.multiplier!r}")
@@ -148,8 +151,9 @@ class RestartStrategy:
 
     @classmethod
     def exponential_backoff(cls, initial: float = 0.2, *, max_delay: float = 10.0, multiplier: float = 2.0,
-                            max_restarts: int = 10, window: float = 300.0) -> "RestartStrategy":
-        return cls("exponential_backoff", initial, max_delay, multiplier, max_restarts, window)
+                            max_restarts: int = 10, window: float = 300.0,
+                            reset_after: float = 30.0) -> "RestartStrategy":
+        return cls("exponential_backoff", initial, max_delay, multiplier, max_restarts, window, reset_after)
 
     @classmethod
     def none(cls) -> "RestartStrategy":

@@ -34,3 +34,16 @@ def test_a_failing_job_exits_1_with_the_error(tmp_path):
     proc = raystream("run", str(tmp_path / "bad.py"))
     assert proc.returncode == 1
     assert "no file matching '/nonexistent/*.txt'" in proc.stdout
+
+
+def test_billing_with_chaos_verifies_exactly_once(tmp_path):
+    import os
+
+    env = dict(os.environ, BILLING_EVENTS="20000", BILLING_RATE="5000", BILLING_OUT=str(tmp_path / "out"))
+    proc = subprocess.run([sys.executable, "-m", "raystream.cli", "run", str(ROOT / "jobs" / "billing.py"),
+                           "--chaos", "2", "--seed", "3", "--checkpoint-interval", "0.5"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "chaos: killed 2 subtask processes" in proc.stdout
+    assert "missing 0, duplicated 0, wrong totals 0" in proc.stdout
+    assert "VERDICT: exactly once" in proc.stdout

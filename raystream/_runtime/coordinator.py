@@ -139,6 +139,7 @@ class JobCoordinator:
                                              last_id=manifest.checkpoint_id)
         while True:
             self.attempt = await loop.run_in_executor(None, self.store.claim_attempt, self.run_id)
+            completed_before = self.stats.completed
             failure = await self._attempt(manifest)
             if failure is None:
                 return JobOutcome(self._result(), None)
@@ -149,7 +150,8 @@ class JobCoordinator:
                 self.bad_manifests.add(manifest.checkpoint_id)
                 self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
             try:  # step 2
-                delay = tracker.next_delay(f"{failure.step_id}: {failure.error}")
+                delay = tracker.next_delay(f"{failure.step_id}: {failure.error}",
+                                           made_progress=self.stats.completed > completed_before)
             except JobFailedError as exc:
                 return self._fail(Failure("restarts", self.job.name, "", str(exc), failure.traceback_text))
             self.restarts += 1

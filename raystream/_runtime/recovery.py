@@ -83,9 +83,13 @@ class RestartTracker:
         self.strategy = strategy
         self.times: list[float] = []
         self.total = 0
+        self.streak = 0  # restarts since the last quiet period of `reset_after` seconds
 
-    def next_delay(self, failure: str) -> float:
-        """Record a restart; raise JobFailedError if the strategy allows no more."""
+    def next_delay(self, failure: str, *, made_progress: bool = False) -> float:
+        """Record a restart; raise JobFailedError if the strategy allows no more.
+
+        `made_progress`: the failed attempt completed a checkpoint, so it was no crash
+        loop and the backoff starts over."""
         s = self.strategy
         now = time.monotonic()
         self.times = [t for t in self.times if now - t < s.window]
@@ -93,10 +97,10 @@ class RestartTracker:
             raise JobFailedError(
                 f"giving up after {len(self.times)} restarts within {s.window:.0f}s "
                 f"(RestartStrategy max_restarts={s.max_restarts}); last failure: {failure}")
-        if s.kind == "fixed_delay":
-            delay = s.delay
-        else:
-            delay = min(s.max_delay, s.delay * s.multiplier ** len(self.times))
+        if made_progress or (self.times and now - self.times[-1] >= s.reset_after):
+            self.streak = 0
+        delay = s.delay if s.kind == "fixed_delay" else min(s.max_delay, s.delay * s.multiplier ** self.streak)
+        self.streak += 1
         self.times.append(now)
         self.total += 1
         return delay

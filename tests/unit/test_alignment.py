@@ -35,3 +35,4 @@ def test_unaligned_blocks_nothing_but_still_waits_for_every_barrier():
     assert a.blocked == set()
     assert a.on_barrier(0, 1).checkpoint_id == 1
     assert a.on_barrier(0, 2) is None and a.on_barrier(1, 2).checkpoint_id == 2
+
