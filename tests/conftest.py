@@ -51,3 +51,25 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_endpoint: str) -> Iterator[None]:
+    """A local Ray with 2 CPUs for one test module, started after the S3 endpoint is in
+    the environment so that its workers inherit it."""
+    import ray
+
+    from raystream._runtime.driver import ensure_ray
+
+    assert not ray.is_initialized()
+    ensure_ray(num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch) -> None:
+    """Default checkpoint storage (./raystream-checkpoints) lands in the test's own directory."""
+    monkeypatch.chdir(tmp_path)

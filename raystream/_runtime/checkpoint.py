@@ -201,8 +201,16 @@ class CheckpointStore:
         return self.storage.put_if_absent(self.manifest_key(manifest.run_id, manifest.checkpoint_id),
                                           manifest.to_json())
 
-    def read_snapshot(self, meta: SnapshotMeta) -> SubtaskState:
-        return decode(self.storage.get(meta.key), meta.sha256, f"snapshot {self.storage.uri(meta.key)}")
+    def verify_snapshot(self, data: bytes, meta: SnapshotMeta) -> SubtaskState:
+        """The snapshot's state, if `data` matches the checksum in the manifest."""
+        return decode(data, meta.sha256, f"snapshot {self.storage.uri(meta.key)}")
+
+    def read_progress(self, run_id: str, chain: str) -> dict[str, Any]:
+        """At-most-once: the offsets the subtasks of `chain` saved before their last batches."""
+        offsets: dict[str, Any] = {}
+        for key in self.storage.list(f"{run_id}/progress/{chain}-"):
+            offsets.update(decode_framed(self.storage.get(key), self.storage.uri(key)))
+        return offsets
 
     def retain(self, run_id: str, keep: int) -> None:
         """Delete all but the newest `keep` manifests of the run, and every snapshot older

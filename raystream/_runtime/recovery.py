@@ -9,15 +9,22 @@ parallelism it was checkpointed with.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from raystream._runtime.checkpoint import Manifest, SnapshotMeta, SubtaskState
+from raystream._runtime.checkpoint import CheckpointStore, Manifest, SnapshotMeta, SubtaskState
 from raystream._runtime.keys import groups_of_subtask, key_group
 from raystream._runtime.plan import Chain
 from raystream.config import RestartStrategy
 from raystream.errors import JobFailedError, RaystreamError
+
+
+logger = logging.getLogger(__name__)
+
+_OBJECT_STORE_TIMEOUT = 10.0
 
 
 class RestoreError(RaystreamError):
@@ -74,6 +81,25 @@ def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max
                 merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
             merged.counters = dict(state.counters)
     return merged
+
+
+async def load_state(restore: Any, store: CheckpointStore, subtask: int, parallelism: int,
+                     max_parallelism: int) -> RestoredState:
+    """Read each snapshot of `restore` (a RestoreSpec) from the object store if the copy is
+    still there, else from durable storage; verify its checksum; merge."""
+    loop = asyncio.get_running_loop()
+    states = []
+    for meta, ref in restore.snapshots:
+        data = None
+        if ref is not None:
+            try:
+                data = await asyncio.wait_for(ref, _OBJECT_STORE_TIMEOUT)
+            except Exception as exc:  # the object died with its node: durable storage has it
+                logger.info("object-store copy of %s unavailable (%s)", meta.key, type(exc).__name__)
+        if data is None:
+            data = await loop.run_in_executor(None, store.storage.get, meta.key)
+        states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
+    return merge_states(states, subtask, parallelism, max_parallelism)
 
 
 class RestartTracker:

@@ -33,12 +33,10 @@ import ray
 from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
-from raystream._runtime.checkpoint import (
-    CheckpointStore, SinkState, SnapshotMeta, SubtaskState, decode_framed, encode, encode_framed,
-)
+from raystream._runtime.checkpoint import CheckpointStore, SinkState, SnapshotMeta, SubtaskState, encode, encode_framed
 from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
-from raystream._runtime.recovery import RestoredState, merge_states
+from raystream._runtime.recovery import load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.config import Guarantee
 from raystream.errors import SourceError
@@ -47,8 +45,6 @@ from raystream.sinks import SinkContext
 from raystream.sources import SourcePartition
 
 logger = logging.getLogger(__name__)
-
-_RESTORE_FETCH_TIMEOUT = 10.0
 
 
 @ray.remote
@@ -86,7 +82,9 @@ class SubtaskActor:
         """Build the operators (from restored state, if any) and connect the outputs."""
         spec, rt = self.spec, self.spec.runtime
         self.coordinator = coordinator
-        state = await self._restore(restore) if restore is not None else None
+        state = None
+        if restore is not None:
+            state = await load_state(restore, self.store, spec.subtask, spec.parallelism, rt.max_parallelism)
         for step in spec.steps:
             if step.kind == "source":
                 continue
@@ -112,7 +110,8 @@ class SubtaskActor:
         if self.source_step is not None:
             offsets = state.source_offsets if state else {}
             if spec.guarantee == Guarantee.AT_MOST_ONCE and spec.attempt > 1:
-                offsets = await asyncio.get_running_loop().run_in_executor(None, self._read_progress)
+                offsets = await asyncio.get_running_loop().run_in_executor(
+                    None, self.store.read_progress, spec.run_id, spec.chain_name)
             if state is not None:
                 self.source_out = state.counters.get(self.source_step.step_id, (0, 0))[1]
             try:
@@ -127,30 +126,6 @@ class SubtaskActor:
                        rt.batch_size, rt.linger, rt.max_parallelism)
             for o in outputs
         ]
-
-    async def _restore(self, restore: RestoreSpec) -> RestoredState:
-        """Read each snapshot from the object store if it is still there, else from durable
-        storage; verify its checksum; merge."""
-        loop = asyncio.get_running_loop()
-        states = []
-        for meta, ref in restore.snapshots:
-            data = None
-            if ref is not None:
-                try:
-                    data = await asyncio.wait_for(ref, _RESTORE_FETCH_TIMEOUT)
-                except Exception as exc:  # the object died with its node: durable storage has it
-                    logger.info("%s: object-store copy of %s unavailable (%s)", self.name, meta.key, type(exc).__name__)
-            if data is None:
-                data = await loop.run_in_executor(None, self.store.storage.get, meta.key)
-            states.append(await loop.run_in_executor(None, _decode_snapshot, data, meta, self.store))
-        return merge_states(states, self.spec.subtask, self.spec.parallelism, self.spec.runtime.max_parallelism)
-
-    def _read_progress(self) -> dict[str, Any]:
-        offsets: dict[str, Any] = {}
-        prefix = f"{self.spec.run_id}/progress/{self.spec.chain_name}-"
-        for key in self.store.storage.list(prefix):
-            offsets.update(decode_framed(self.store.storage.get(key), self.store.storage.uri(key)))
-        return offsets
 
     async def push(self, channel: int, seq: int, kind: int, payload: Any) -> None:
         await self.inbox.put(channel, seq, kind, payload)
@@ -409,8 +384,3 @@ class SubtaskActor:
         except ray.exceptions.RayError:
             pass  # the coordinator is gone; a new one restores from durable storage
 
-
-def _decode_snapshot(data: bytes, meta: SnapshotMeta, store: CheckpointStore) -> SubtaskState:
-    from raystream._runtime.checkpoint import decode
-
-    return decode(data, meta.sha256, f"snapshot {store.storage.uri(meta.key)}")

@@ -5,13 +5,13 @@ import logging
 import os
 import runpy
 import signal
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
 import raystream as rs
+from tests.support import wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -25,16 +25,6 @@ def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: 
     monkeypatch.setenv("BILLING_OUT", out)
     monkeypatch.setenv("BILLING_FILE_ROWS", str(file_rows))
     return runpy.run_path(str(BILLING), run_name="__raystream_job__")
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-    return value
 
 
 def running(handle: rs.JobHandle, *, checkpoints: int = 0, attempt: int = 1) -> rs.JobStatus | None:

@@ -11,7 +11,9 @@ import ray
 
 import raystream as rs
 
-from .harness import BILLING, kill, load_billing, running, wait_until
+from tests.support import live_job_actors, wait_until
+
+from .harness import BILLING, kill, load_billing, running
 
 EVENTS = 12_000
 
@@ -45,8 +47,6 @@ def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    from tests.integration.conftest import live_job_actors
-
     wait_until(lambda: not live_job_actors("billing"), "the killed program's actors to end")
     return run_dir
 

@@ -7,7 +7,9 @@ import raystream as rs
 from raystream.sinks import FileSink, read_files
 from raystream.sources import SequenceSource
 
-from .harness import kill, load_billing, running, wait_until
+from tests.support import wait_until
+
+from .harness import kill, load_billing, running
 
 logger = logging.getLogger(__name__)
 

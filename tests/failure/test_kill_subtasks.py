@@ -7,7 +7,9 @@ import pytest
 
 import raystream as rs
 
-from .harness import kill, kill_all, load_billing, running, wait_until
+from tests.support import wait_until
+
+from .harness import kill, kill_all, load_billing, running
 
 logger = logging.getLogger(__name__)
 

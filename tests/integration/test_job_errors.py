@@ -7,7 +7,7 @@ import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import FileSource, SequenceSource
 
-from .conftest import live_job_actors
+from tests.support import live_job_actors
 
 
 def wait_no_live_actors(timeout: float = 30.0) -> None:

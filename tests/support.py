@@ -1,0 +1,23 @@
+"""Helpers shared by the integration and failure tests."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+    return value
+
+
+def live_job_actors(job_name: str = "") -> list[str]:
+    """Names of the raystream actors (of `job_name`, or any) still alive in this Ray."""
+    import ray
+
+    prefix = f"raystream:{job_name}:" if job_name else "raystream:"
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
