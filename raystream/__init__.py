@@ -11,7 +11,7 @@
         .sink("out", rs.sinks.PrintSink()))
     job.run()
 """
-from raystream import sinks, sources
+from raystream import faults, sinks, sources
 from raystream.config import CheckpointConfig, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import (
     ConfigError,
@@ -47,6 +47,7 @@ __all__ = [
     "StepFailedError",
     "StepMetrics",
     "Stream",
+    "faults",
     "sinks",
     "sources",
 ]

@@ -98,6 +98,7 @@ class RuntimeConfig:
         max_parallelism: number of key groups; the upper bound of any keyed step's parallelism.
         chaining: run forward-connected steps of equal parallelism inside one actor.
         subtask_num_cpus: CPUs each subtask actor requests from Ray (0 packs freely).
+        faults: crash points for fault-injection tests (`raystream.faults.CrashAt`).
     """
 
     batch_size: int = 4096
@@ -106,6 +107,7 @@ class RuntimeConfig:
     max_parallelism: int = 128
     chaining: bool = True
     subtask_num_cpus: float = 0.0
+    faults: tuple = ()
 
     def __post_init__(self) -> None:
         _positive_int("RuntimeConfig.batch_size", self.batch_size)
@@ -113,6 +115,10 @@ class RuntimeConfig:
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)
+        from raystream.faults import CrashAt
+
+        if not isinstance(self.faults, tuple) or not all(isinstance(f, CrashAt) for f in self.faults):
+            raise ConfigError(f"RuntimeConfig.faults must be a tuple of raystream.faults.CrashAt; got {self.faults!r}")
 
 
 @dataclass(frozen=True)

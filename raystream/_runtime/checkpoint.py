@@ -20,7 +20,7 @@ import platform
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -196,10 +196,10 @@ class CheckpointStore:
                 return manifest
         return None
 
-    def commit(self, manifest: Manifest) -> bool:
+    def commit(self, manifest: Manifest, before_publish: Callable[[], None] | None = None) -> bool:
         """Write the manifest under its fresh key; False if that key was already taken."""
         return self.storage.put_if_absent(self.manifest_key(manifest.run_id, manifest.checkpoint_id),
-                                          manifest.to_json())
+                                          manifest.to_json(), before_publish)
 
     def verify_snapshot(self, data: bytes, meta: SnapshotMeta) -> SubtaskState:
         """The snapshot's state, if `data` matches the checksum in the manifest."""

@@ -32,6 +32,7 @@ from typing import Any
 
 from raystream._runtime.checkpoint import CheckpointStore, Manifest, SnapshotMeta, versions
 from raystream.config import CheckpointConfig
+from raystream.faults import Injector
 from raystream.result import CheckpointStats
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,13 @@ class Pending:
 class Checkpointer:
     def __init__(self, *, job_name: str, guarantee: str, config: CheckpointConfig, store: CheckpointStore,
                  run_id: str, attempt: int, actors: dict[Key, Any], sources: list[Key],
-                 chains: dict[str, int], next_id: int, stats: CheckpointStats):
+                 chains: dict[str, int], next_id: int, stats: CheckpointStats, faults: Injector):
         self.job_name, self.guarantee, self.config = job_name, guarantee, config
         self.store, self.run_id, self.attempt = store, run_id, attempt
         self.actors, self.sources, self.chains = actors, sources, chains
         self.next_id = next_id
         self.stats = stats
+        self.faults = faults
         self.pending: Pending | None = None
         self.last_start = self.last_end = time.monotonic()
         self.consecutive_failures = 0
@@ -122,6 +124,8 @@ class Checkpointer:
         pending.acks[key] = meta
         self.refs.setdefault(checkpoint_id, {})[key] = ref
         if len(pending.acks) == len(self.actors):
+            if self.faults:
+                self.faults.hit("acks_complete", checkpoint_id)
             await self._complete(pending)
 
     async def _complete(self, pending: Pending) -> None:
@@ -134,7 +138,8 @@ class Checkpointer:
         )
         loop = asyncio.get_running_loop()
         try:  # step 6: the commit point
-            committed = await loop.run_in_executor(None, self.store.commit, manifest)
+            before_publish = (lambda: self.faults.hit("manifest_writing", n)) if self.faults else None
+            committed = await loop.run_in_executor(None, self.store.commit, manifest, before_publish)
         except Exception as exc:
             self._abort(f"checkpoint {n}: writing the manifest failed: {type(exc).__name__}: {exc}")
             return
@@ -150,6 +155,8 @@ class Checkpointer:
             last_alignment=max(m.alignment for m in pending.acks.values()),
             last_bytes=sum(m.size for m in pending.acks.values()),
         )
+        if self.faults:
+            self.faults.hit("manifest_written", n)
         for actor in self.actors.values():  # step 7
             actor.notify_complete.remote(n)
         if pending.final:

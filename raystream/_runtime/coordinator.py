@@ -38,6 +38,7 @@ from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, Subt
 from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError
+from raystream.faults import Injector
 from raystream.job import Job
 from raystream.result import CheckpointStats, Failure, JobResult, JobStatus, StepMetrics
 
@@ -249,6 +250,7 @@ class JobCoordinator:
                 store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
                 sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
                 next_id=next_id, stats=self.stats,
+                faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),
             ) if self.checkpointing else None
             if self.checkpointer is not None:
                 if previous is not None:  # keep the object-store copies for another restore

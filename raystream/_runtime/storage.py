@@ -15,6 +15,7 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
+from typing import Callable
 
 from raystream import _files
 
@@ -28,8 +29,9 @@ class Storage(ABC):
     def put(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Write `key` only if it does not exist; False if it did (nothing written)."""
+    def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
+        """Write `key` only if it does not exist; False if it did (nothing written).
+        `before_publish` runs when the bytes are written but not yet visible (fault tests)."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:
@@ -67,9 +69,11 @@ class LocalStorage(Storage):
         path = self._path(key)
         os.replace(self._write_temp(path, data), path)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
         path = self._path(key)
         tmp = self._write_temp(path, data)
+        if before_publish is not None:
+            before_publish()
         try:
             os.link(tmp, path)
             return True
@@ -119,9 +123,11 @@ class S3Storage(Storage):
     def put(self, key: str, data: bytes) -> None:
         _files.s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
         from botocore.exceptions import ClientError
 
+        if before_publish is not None:
+            before_publish()
         try:
             _files.s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
             return True

@@ -40,6 +40,7 @@ from raystream._runtime.recovery import load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.config import Guarantee
 from raystream.errors import SourceError
+from raystream.faults import Injector
 from raystream.result import Failure
 from raystream.sinks import SinkContext
 from raystream.sources import SourcePartition
@@ -72,6 +73,8 @@ class SubtaskActor:
         self._committed_event = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._fatal: BaseException | None = None
+        self.faults = Injector(spec.runtime.faults, attempt=spec.attempt, subtask=spec.subtask,
+                               steps=tuple(s.step_id for s in spec.steps))
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -85,6 +88,8 @@ class SubtaskActor:
         state = None
         if restore is not None:
             state = await load_state(restore, self.store, spec.subtask, spec.parallelism, rt.max_parallelism)
+            if self.faults:
+                self.faults.hit("restore", state.checkpoint_id)
         for step in spec.steps:
             if step.kind == "source":
                 continue
@@ -158,6 +163,8 @@ class SubtaskActor:
                         self._fatal = exc
                         self._wake.set()
                         raise
+                    if ready and self.faults:
+                        self.faults.hit("sink_committed", checkpoint_id)
                     op.pending = [p for p in op.pending if p not in ready]
             self._committed = max(self._committed, checkpoint_id)
             self._committed_event.set()
@@ -272,6 +279,8 @@ class SubtaskActor:
                     ended += 1
                     done = alignment.on_end(channel)
                 inbox.blocked = alignment.blocked
+                if self.faults and done is None and alignment.current is not None:
+                    self.faults.hit("mid_alignment", alignment.current)
                 if done is not None:
                     await self._checkpoint(done.checkpoint_id, done.waited)
             finally:
@@ -284,11 +293,15 @@ class SubtaskActor:
     async def _run_source(self) -> None:
         active = [p for p in self.parts.values()]
         told_finished = False
+        emitted_since_barrier = False
         amo = self.spec.guarantee == Guarantee.AT_MOST_ONCE
         while True:
             if self._fatal is not None:
                 raise self._fatal
             while self._barrier_requests:
+                if self.faults and emitted_since_barrier:
+                    self.faults.hit("batch_before_barrier", self._barrier_requests[0][0])
+                emitted_since_barrier = False
                 checkpoint_id, final = self._barrier_requests.popleft()
                 await self._checkpoint(checkpoint_id, 0.0)
                 if final:
@@ -318,6 +331,7 @@ class SubtaskActor:
                         await self._save_progress()
                     self.source_out += batch_len(batch)
                     await self._emit(batch)
+                    emitted_since_barrier = True
             await self._flush_due()
             if not progressed and active:
                 wake = [w for w in (p.next_awake() for p in active) if w is not None]
@@ -352,6 +366,8 @@ class SubtaskActor:
         for op in self.ops:  # a
             if isinstance(op, SinkOp):
                 op.pre_commit(checkpoint_id)
+                if self.faults:
+                    self.faults.hit("sink_pre_committed", checkpoint_id)
         state = SubtaskState(
             checkpoint_id=checkpoint_id, chain=self.spec.chain_name, subtask=self.spec.subtask,
             parallelism=self.spec.parallelism,
@@ -379,6 +395,8 @@ class SubtaskActor:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("%s: upload of checkpoint %d failed: %s", self.name, checkpoint_id, error)
+        if self.faults and error is None:
+            self.faults.hit("snapshot_uploaded", checkpoint_id)
         try:
             await self.coordinator.ack.remote(self.spec.attempt, checkpoint_id, meta, error)
         except ray.exceptions.RayError:

@@ -1,0 +1,37 @@
+"""A crash at every named point of the checkpoint protocol, each followed by a second
+crash while the next attempt restores, and still every event exactly once."""
+import dataclasses
+
+import pytest
+
+import raystream as rs
+from raystream.faults import COORDINATOR_POINTS, SUBTASK_POINTS, CrashAt
+
+from .harness import load_billing
+
+# billing at parallelism 2 has two chains: usage+event+by_customer (the sources) and
+# running_total+row+totals (two inputs each, so it aligns barriers; holds the sink).
+WHERE = {
+    "mid_alignment": ("running_total", 0),
+    "batch_before_barrier": ("usage", 0),
+    "sink_pre_committed": ("totals", 0),
+    "snapshot_uploaded": ("usage", 1),
+    "sink_committed": ("totals", 1),
+}
+
+
+@pytest.mark.parametrize("point", sorted(set(SUBTASK_POINTS) - {"restore"}) + sorted(COORDINATOR_POINTS))
+def test_crash_at_point_then_again_during_recovery(monkeypatch, tmp_path, point):
+    step, subtask = WHERE.get(point, (None, None))
+    faults = (
+        CrashAt(point, step=step, subtask=subtask, checkpoint=2),
+        CrashAt("restore", step="totals", subtask=0, checkpoint=1, attempt=2),  # the second crash
+    )
+    ns = load_billing(monkeypatch, events=10_000, rate=4_000, out=str(tmp_path / "out"))
+    job = ns["job"]
+    job = job.with_options(checkpoint=rs.CheckpointConfig(interval=0.3),
+                           runtime=dataclasses.replace(job.runtime, faults=faults))
+    result = job.run()
+    verdict = ns["verify"]()
+    assert verdict.ok, (point, verdict)
+    assert result.restarts >= 2, f"{point}: expected two crashes, saw {result.restarts} restarts"
