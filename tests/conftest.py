@@ -7,12 +7,21 @@ from collections.abc import Iterator
 import pytest
 
 
+#: Fake secrets, distinctive so that a scan can tell whether they leaked anywhere.
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIARAYSTREAMTESTKEY0",
+    "AWS_SECRET_ACCESS_KEY": "rs-test-secret-7f3a9c-must-not-leak",
+    "RAYSTREAM_CHECKPOINT_KEY": "rs-test-hmac-key-c41d-must-not-leak",
+}
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """An S3 API served by moto on 127.0.0.1 for this test session.
 
-    The endpoint and fake credentials go into the environment before any Ray is
-    started, so every Ray worker inherits them; nothing is passed in actor arguments.
+    The endpoint, fake credentials and a checkpoint signing key go into the environment
+    before any Ray is started, so every Ray worker inherits them (nothing is passed in
+    actor arguments) and every manifest of the session is signed and verified.
     """
     from moto.server import ThreadedMotoServer
 
@@ -21,12 +30,7 @@ def s3_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in _S3_ENV}
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1", **SECRETS})
     try:
         yield endpoint
     finally:
@@ -38,7 +42,7 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[key] = value
 
 
-_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", *SECRETS)
 
 
 @pytest.fixture

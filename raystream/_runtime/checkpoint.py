@@ -9,12 +9,17 @@ Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
 
 Run ids sort by start time, checkpoint ids increase within a run. A snapshot is
 cloudpickle bytes whose SHA-256 is recorded in the manifest; `decode` checks it before
-unpickling, so bytes that were damaged or replaced are never unpickled.
+unpickling, so bytes that were damaged or replaced are never unpickled. When
+RAYSTREAM_CHECKPOINT_KEY is set (in the environment of the Ray processes, never passed
+as an argument), manifests carry an HMAC-SHA256 of their content, and a manifest whose
+signature is missing or wrong is refused, so the checksums it lists can be trusted.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import logging
 import platform
 import time
@@ -30,6 +35,12 @@ from raystream.errors import RaystreamError
 logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
+SIGNING_KEY_ENV = "RAYSTREAM_CHECKPOINT_KEY"
+
+
+def signing_key() -> bytes | None:
+    key = os.environ.get(SIGNING_KEY_ENV)
+    return key.encode("utf-8") if key else None
 
 
 class CorruptCheckpointError(RaystreamError):
@@ -114,23 +125,61 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode("utf-8")
+    def to_json(self, key: bytes | None = None) -> bytes:
+        raw = asdict(self)
+        if key is not None:
+            raw["signature"] = _sign(raw, key)
+        return json.dumps(raw, indent=1, sort_keys=True).encode("utf-8")
 
     @staticmethod
-    def from_json(data: bytes) -> "Manifest":
-        raw = json.loads(data)
-        raw["snapshots"] = [SnapshotMeta(**s) for s in raw["snapshots"]]
-        return Manifest(**raw)
+    def from_json(data: bytes, key: bytes | None = None, what: str = "manifest") -> "Manifest":
+        """Parse a manifest; with a key, refuse it unless its signature matches."""
+        try:
+            raw = json.loads(data)
+            signature = raw.pop("signature", "")
+        except (ValueError, AttributeError) as exc:
+            raise CorruptCheckpointError(f"{what} is not a readable manifest: {exc}") from None
+        if key is not None:
+            if not signature:
+                raise CorruptCheckpointError(
+                    f"{what} is not signed, and {SIGNING_KEY_ENV} is set: unsigned manifests are refused")
+            if not hmac.compare_digest(signature, _sign(raw, key)):
+                raise CorruptCheckpointError(
+                    f"{what} does not match its signature: it was changed, or signed with another key")
+        try:
+            raw["snapshots"] = [SnapshotMeta(**s) for s in raw["snapshots"]]
+            return Manifest(**raw)
+        except (KeyError, TypeError) as exc:
+            raise CorruptCheckpointError(f"{what} is missing fields or has unknown ones: {exc}") from None
 
     def snapshots_of(self, chain: str) -> list[SnapshotMeta]:
         return sorted((s for s in self.snapshots if s.chain == chain), key=lambda s: s.subtask)
+
+
+def _sign(raw: dict[str, Any], key: bytes) -> str:
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def versions() -> dict[str, str]:
     from raystream import __version__
 
     return {"raystream": __version__, "python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
+
+
+def incompatibility(recorded: dict[str, str]) -> str | None:
+    """Why snapshots written with `recorded` versions cannot be read here, or None.
+
+    Pickles need the same Python minor version and cloudpickle major version; state
+    layouts need the same raystream minor version."""
+    here = versions()
+    rules = {"python": 2, "cloudpickle": 1, "raystream": 2}  # leading version parts that must match
+    for name, parts in rules.items():
+        theirs = recorded.get(name, "")
+        if theirs.split(".")[:parts] != here[name].split(".")[:parts]:
+            return (f"it was written by {name} {theirs or 'unknown'} and this is {name} {here[name]}; "
+                    f"restore it with {name} {'.'.join(theirs.split('.')[:parts]) or theirs}, or start without resume")
+    return None
 
 
 def new_run_id() -> str:
@@ -143,6 +192,7 @@ class CheckpointStore:
     def __init__(self, root: str):
         self.root = root
         self.storage: Storage = open_storage(root)
+        self._key = signing_key()  # read in this process; never stored or logged
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -178,7 +228,8 @@ class CheckpointStore:
                 if k.endswith(".json")]
 
     def load_manifest(self, run_id: str, checkpoint_id: int) -> Manifest:
-        return Manifest.from_json(self.storage.get(self.manifest_key(run_id, checkpoint_id)))
+        key = self.manifest_key(run_id, checkpoint_id)
+        return Manifest.from_json(self.storage.get(key), self._key, f"manifest {self.storage.uri(key)}")
 
     def newest_manifest(self, run_id: str) -> Manifest | None:
         ids = self.manifest_ids(run_id)
@@ -188,18 +239,17 @@ class CheckpointStore:
         """Run ids that have any object, oldest first."""
         return sorted({k.split("/", 1)[0] for k in self.storage.list("") if "/" in k})
 
-    def newest_complete(self) -> Manifest | None:
-        """The newest committed checkpoint of any run of this job (for --resume)."""
+    def newest_run_with_checkpoint(self) -> str | None:
+        """The newest run of this job that committed a checkpoint (for --resume)."""
         for run_id in reversed(self.runs()):
-            manifest = self.newest_manifest(run_id)
-            if manifest is not None:
-                return manifest
+            if self.manifest_ids(run_id):
+                return run_id
         return None
 
     def commit(self, manifest: Manifest, before_publish: Callable[[], None] | None = None) -> bool:
         """Write the manifest under its fresh key; False if that key was already taken."""
         return self.storage.put_if_absent(self.manifest_key(manifest.run_id, manifest.checkpoint_id),
-                                          manifest.to_json(), before_publish)
+                                          manifest.to_json(self._key), before_publish)
 
     def verify_snapshot(self, data: bytes, meta: SnapshotMeta) -> SubtaskState:
         """The snapshot's state, if `data` matches the checksum in the manifest."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import ray
 
-from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest
+from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest, incompatibility
 from raystream._runtime.checkpointing import Checkpointer, Key
 from raystream._runtime.plan import Chain, PhysicalPlan
 from raystream._runtime.recovery import RestartTracker, RestoreError, snapshots_for
@@ -132,12 +132,15 @@ class JobCoordinator:
         tracker = RestartTracker(self.job.restart)
         manifest = None
         if self.resume:
-            manifest = await loop.run_in_executor(None, self._newest_manifest)
+            try:
+                manifest = await loop.run_in_executor(None, self._newest_manifest)
+            except RestoreError as exc:
+                return self._fail(Failure("restore", "restore", "", str(exc), ""))
             attempts = await loop.run_in_executor(None, self.store.attempts, self.run_id)
             self.restarts = attempts  # every earlier attempt of this run ended in a restart
-            if manifest is not None:
-                self.stats = CheckpointStats(completed=manifest.completed_total, failed=manifest.failed_total,
-                                             last_id=manifest.checkpoint_id)
+            if manifest is not None:  # the counters continue; refusals just made are kept
+                self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
+                                                 failed=manifest.failed_total, last_id=manifest.checkpoint_id)
         while True:
             self.attempt = await loop.run_in_executor(None, self.store.claim_attempt, self.run_id)
             completed_before = self.stats.completed
@@ -161,17 +164,32 @@ class JobCoordinator:
                            self.job.name, self.attempt, failure.step_id, failure.error, delay)
             await asyncio.sleep(delay)
             if self.checkpointing:
-                manifest = await loop.run_in_executor(None, self._newest_manifest)
+                try:
+                    manifest = await loop.run_in_executor(None, self._newest_manifest)
+                except RestoreError as exc:
+                    return self._fail(Failure("restore", "restore", "", str(exc), ""))
                 if manifest is None and self.bad_manifests:
                     return self._fail(Failure("restore", "restore", "", (
                         f"no checkpoint of run {self.run_id} verifies (refused: "
                         f"{sorted(self.bad_manifests)}); starting over would repeat committed output"), ""))
 
     def _newest_manifest(self) -> Manifest | None:
-        """The newest committed checkpoint of this run that has not failed verification."""
+        """The newest committed checkpoint of this run that verifies (its signature, when a
+        key is set) and was not refused before; refusals are counted."""
         for checkpoint_id in reversed(self.store.manifest_ids(self.run_id)):
-            if checkpoint_id not in self.bad_manifests:
-                return self.store.load_manifest(self.run_id, checkpoint_id)
+            if checkpoint_id in self.bad_manifests:
+                continue
+            try:
+                manifest = self.store.load_manifest(self.run_id, checkpoint_id)
+            except CorruptCheckpointError as exc:
+                logger.error("checkpoint %d refused: %s", checkpoint_id, exc)
+                self.bad_manifests.add(checkpoint_id)
+                self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
+                continue
+            problem = incompatibility(manifest.versions)
+            if problem is not None:
+                raise RestoreError(f"checkpoint {checkpoint_id} of run {self.run_id} cannot be restored: {problem}")
+            return manifest
         return None
 
     def _fail(self, failure: Failure) -> JobOutcome:

@@ -63,9 +63,9 @@ def resumable_run(job: Job, store: CheckpointStore) -> str:
         if runs:
             return runs[-1]
     else:
-        manifest = store.newest_complete()
-        if manifest is not None:
-            return manifest.run_id
+        run_id = store.newest_run_with_checkpoint()
+        if run_id is not None:
+            return run_id
     raise JobFailedError(
         f"nothing to resume: no complete checkpoint of job {job.name!r} under {store.root}; run without resume")
 

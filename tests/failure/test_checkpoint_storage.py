@@ -70,3 +70,18 @@ def test_a_damaged_snapshot_is_refused_and_the_previous_checkpoint_restores(monk
     result = ns["job"].run(resume=True)
     assert result.checkpoints.refused == 1
     assert ns["verify"]().ok, ns["verify"]()
+
+
+def test_a_tampered_manifest_is_refused_by_its_signature(monkeypatch, tmp_path):
+    import json
+
+    assert os.environ.get("RAYSTREAM_CHECKPOINT_KEY"), "the test session signs manifests"
+    ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
+    run_dir = run_then_kill_program(tmp_path, after_manifests=3)
+    newest = max((run_dir / "manifests").glob("*.json"))
+    manifest = json.loads(newest.read_text())
+    manifest["snapshots"][0]["source_records"] += 1  # any change, however small
+    newest.write_text(json.dumps(manifest))
+    result = ns["job"].run(resume=True)
+    assert result.checkpoints.refused == 1
+    assert ns["verify"]().ok, ns["verify"]()

@@ -44,5 +44,36 @@ def test_commit_retention_and_resume_lookup(tmp_path):
     assert store.manifest_ids("r1") == [4, 5]
     assert [k.split("/")[2] for k in store.storage.list("r1/snapshots/")] == ["000000000004", "000000000005"]
     store.storage.put(CheckpointStore.snapshot_key("r0", 1, 1, "c", 0), b"s")
-    assert store.newest_complete().run_id == "r1"
+    assert store.newest_run_with_checkpoint() == "r1"
     assert store.claim_attempt("r1") == 1 and store.claim_attempt("r1") == 2
+
+
+def test_signed_manifests_refuse_tampering_and_a_missing_signature():
+    import json
+
+    m = make_manifest("r", 3)
+    key = b"k" * 32
+    signed = m.to_json(key)
+    assert Manifest.from_json(signed, key) == m
+    tampered = json.loads(signed)
+    tampered["snapshots"][0]["sha256"] = "f" * 64  # point the checksum at other bytes
+    with pytest.raises(CorruptCheckpointError, match="does not match its signature"):
+        Manifest.from_json(json.dumps(tampered).encode(), key)
+    with pytest.raises(CorruptCheckpointError, match="does not match its signature"):
+        Manifest.from_json(signed, b"another key")
+    with pytest.raises(CorruptCheckpointError, match="not signed"):
+        Manifest.from_json(m.to_json(), key)
+    with pytest.raises(CorruptCheckpointError, match="not a readable manifest"):
+        Manifest.from_json(signed[:40], key)
+
+
+def test_snapshots_of_other_versions_are_refused_with_what_to_do():
+    from raystream._runtime.checkpoint import incompatibility, versions
+
+    here = versions()
+    assert incompatibility(here) is None
+    older = dict(here, python="2.7.18")
+    assert "written by python 2.7.18" in incompatibility(older) and "restore it with python 2.7" in incompatibility(older)
+    assert incompatibility(dict(here, cloudpickle="1.0.0")).startswith("it was written by cloudpickle 1.0.0")
+    patch = here["python"].rsplit(".", 1)[0] + ".99"
+    assert incompatibility(dict(here, python=patch)) is None  # a patch release reads the same pickles
