@@ -12,7 +12,7 @@
     job.run()
 """
 from raystream import faults, sinks, sources
-from raystream.config import CheckpointConfig, Guarantee, RestartStrategy, RuntimeConfig
+from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import (
     ConfigError,
     JobDefinitionError,
@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointConfig",
     "CheckpointStats",
     "ConfigError",
+    "ErrorPolicy",
     "Guarantee",
     "Job",
     "JobDefinitionError",

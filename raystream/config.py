@@ -164,3 +164,48 @@ class RestartStrategy:
     @classmethod
     def none(cls) -> "RestartStrategy":
         return cls("none", max_restarts=0)
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What happens to a record on which a user function raises.
+
+    - `fail` (default): the job stops with the step id, the record and the traceback.
+    - `skip`: the record is dropped and counted (`StepMetrics.errors`).
+    - `dead_letter`: the record goes to `sink` as `{"step_id", "error", "record",
+      "record_repr", "source"}` and is committed in the same checkpoints as the main
+      output, so main output plus dead letters account for every input record once.
+      `source` is the partition and offset of the record's source batch when the
+      failing step runs in the source's subtask, else None.
+    """
+
+    mode: str = "fail"
+    sink: object = None
+
+    def __post_init__(self) -> None:
+        from raystream.sinks import Sink
+
+        if self.mode not in ("fail", "skip", "dead_letter"):
+            raise ConfigError(f"ErrorPolicy mode must be 'fail', 'skip' or 'dead_letter'; got {self.mode!r}")
+        if (self.mode == "dead_letter") != isinstance(self.sink, Sink):
+            raise ConfigError("ErrorPolicy.dead_letter needs a raystream.sinks.Sink, and only it takes one")
+
+    @classmethod
+    def fail(cls) -> "ErrorPolicy":
+        return cls("fail")
+
+    @classmethod
+    def skip(cls) -> "ErrorPolicy":
+        return cls("skip")
+
+    @classmethod
+    def dead_letter(cls, sink: object) -> "ErrorPolicy":
+        return cls("dead_letter", sink)
+
+    @classmethod
+    def parse(cls, value: "ErrorPolicy | str") -> "ErrorPolicy":
+        if isinstance(value, ErrorPolicy):
+            return value
+        if value in ("fail", "skip"):
+            return cls(value)
+        raise ConfigError(f"errors must be 'fail', 'skip' or a raystream.ErrorPolicy; got {value!r}")

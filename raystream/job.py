@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from raystream.config import CheckpointConfig, Guarantee, RestartStrategy, RuntimeConfig
+from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
 from raystream.sinks import Sink
 from raystream.sources import Source
@@ -78,6 +78,7 @@ class Job:
         checkpoint: CheckpointConfig | None = None,
         runtime: RuntimeConfig | None = None,
         restart: RestartStrategy | None = None,
+        errors: ErrorPolicy | str = "fail",
     ):
         if not isinstance(name, str) or not _STEP_ID.match(name):
             raise JobDefinitionError(
@@ -95,6 +96,7 @@ class Job:
         if restart is not None and not isinstance(restart, RestartStrategy):
             raise ConfigError(f"restart must be a raystream.RestartStrategy; got {restart!r}")
         self.restart = restart or RestartStrategy()
+        self.errors = ErrorPolicy.parse(errors)
         self.steps: dict[str, Step] = {}
 
     # --- building ---------------------------------------------------------------------
@@ -125,6 +127,7 @@ class Job:
         checkpoint: CheckpointConfig | None = None,
         runtime: RuntimeConfig | None = None,
         restart: RestartStrategy | None = None,
+        errors: ErrorPolicy | str | None = None,
     ) -> "Job":
         """A copy of this job with some settings replaced (the graph is shared)."""
         job = copy.copy(self)
@@ -138,6 +141,8 @@ class Job:
             job.runtime = runtime
         if restart is not None:
             job.restart = restart
+        if errors is not None:
+            job.errors = ErrorPolicy.parse(errors)
         return job
 
     def validate(self) -> None:

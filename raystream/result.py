@@ -16,6 +16,7 @@ class StepMetrics:
 
     records_in: int = 0
     records_out: int = 0
+    errors: int = 0  # records a user function raised on (skipped or dead-lettered)
 
 
 @dataclass(frozen=True)

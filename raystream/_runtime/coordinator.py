@@ -65,12 +65,14 @@ class JobOutcome:
 
 def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
     """Counters summed over subtasks, in the job's step order."""
-    totals: dict[str, list[int]] = {step_id: [0, 0] for step_id in order}
+    totals: dict[str, list[int]] = {step_id: [0, 0, 0] for step_id in order}
     for r in reports:
         for step_id, (n_in, n_out) in r.steps.items():
-            t = totals.setdefault(step_id, [0, 0])
+            t = totals.setdefault(step_id, [0, 0, 0])
             t[0] += n_in
             t[1] += n_out
+        for step_id, n in r.errors.items():
+            totals.setdefault(step_id, [0, 0, 0])[2] += n
     return {k: StepMetrics(*v) for k, v in totals.items()}
 
 
@@ -206,7 +208,7 @@ class JobCoordinator:
             job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
             parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
             runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
-            run_id=self.run_id, attempt=self.attempt,
+            run_id=self.run_id, attempt=self.attempt, errors=self.job.errors,
             source_partitions=self.plan.partitions_of(head.step_id, subtask) if head.kind == "source" else [],
         )
 

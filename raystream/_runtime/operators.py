@@ -2,9 +2,11 @@
 
 Python steps see records (`as_records`); `map_batches` sees Arrow (`to_arrow`); keyed
 steps see a `KeyedBatch`. The fast path runs the user function over the batch in one
-comprehension. When it raises, the batch is replayed record by record to name the
-record that failed; the outputs of the failed attempt are discarded, so each record
-still yields its outputs at most once.
+comprehension. When it raises, the batch is replayed record by record; the outputs of
+the failed attempt are discarded, so each record still yields its outputs once. Under
+the `fail` error policy the first failing record stops the job (RecordFailure);
+otherwise each failing record goes to `on_error(step_id, record, exc)` and the rest of
+the batch goes on.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ def truncated_repr(record: Any) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
+OnError = Callable[[str, Any, BaseException], None]
+
+
 class Operator:
     """One step inside a chain. Record-at-a-time subclasses implement `_apply(records)`."""
 
@@ -50,6 +55,8 @@ class Operator:
         self.fn: Callable[..., Any] = step.fn  # type: ignore[assignment]
         self.records_in = 0
         self.records_out = 0
+        self.errors = 0
+        self.on_error: OnError | None = None  # None: the `fail` policy
 
     def process(self, batch: Any) -> Any:
         records = as_records(batch)
@@ -57,21 +64,31 @@ class Operator:
         try:
             out = self._apply(records)
         except Exception:
-            self._locate_failure(records)
-            raise
+            out = self._one_by_one(records)
         self.records_out += batch_len(out)
         return out
 
     def _apply(self, records: list[Any]) -> Any:
         raise NotImplementedError
 
-    def _locate_failure(self, records: list[Any]) -> None:
-        """Replay one record at a time; raise RecordFailure for the first that fails."""
+    def failed(self, record: Any, exc: BaseException) -> None:
+        """A user function raised on `record`: stop the job, or hand it to the policy."""
+        if self.on_error is None:
+            raise RecordFailure(self.step_id, record, exc) from None
+        self.errors += 1
+        self.on_error(self.step_id, record, exc)
+
+    def _one_by_one(self, records: list[Any]) -> Any:
+        """Replay one record at a time, so a failure names its record and spares the rest."""
+        parts = []
         for record in records:
             try:
-                self._apply([record])
+                parts.append(self._apply([record]))
             except Exception as exc:
-                raise RecordFailure(self.step_id, record, exc) from None
+                self.failed(record, exc)
+        if parts and isinstance(parts[0], KeyedBatch):
+            return KeyedBatch([k for p in parts for k in p.keys], [v for p in parts for v in p.values])
+        return [r for p in parts for r in p]
 
     def snapshot(self) -> Any:
         """The state to checkpoint; None for stateless steps."""
@@ -146,19 +163,29 @@ class ReduceOp(KeyedOp):
     def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
         fn, state = self.fn, self.state
         get = state.get
+        out_keys: list[Any] = []
         out: list[Any] = []
-        append = out.append
-        try:
-            for key, value in zip(keys, values):
-                acc = get(key, _MISSING)
-                if acc is not _MISSING:
-                    value = fn(acc, value)
-                state[key] = value
-                append(value)
-        except Exception as exc:
-            i = len(out)
-            raise RecordFailure(self.step_id, (keys[i], values[i]), exc) from None
-        return KeyedBatch(keys, out)
+        start = 0
+        while True:  # the tight loop; a failing record is handled, then the loop resumes after it
+            append = out.append
+            try:
+                for i in range(start, len(keys)):
+                    value = values[i]
+                    acc = get(keys[i], _MISSING)
+                    if acc is not _MISSING:
+                        value = fn(acc, value)
+                    state[keys[i]] = value
+                    append(value)
+                break
+            except Exception as exc:
+                bad = start + len(out) - len(out_keys)
+                out_keys.extend(keys[start:bad])
+                self.failed((keys[bad], values[bad]), exc)
+                start = bad + 1
+        if start == 0:  # nothing failed: the keys are the input's
+            return KeyedBatch(keys, out)
+        out_keys.extend(keys[start:])
+        return KeyedBatch(out_keys, out)
 
 
 class StatefulMapOp(KeyedOp):
@@ -167,17 +194,20 @@ class StatefulMapOp(KeyedOp):
     def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
         fn, state = self.fn, self.state
         out: list[Any] = []
+        out_keys: list[Any] = []
         for key, value in zip(keys, values):
             try:
                 new_state, output = fn(state.get(key), value)
             except Exception as exc:
-                raise RecordFailure(self.step_id, (key, value), exc) from None
+                self.failed((key, value), exc)
+                continue
             if new_state is None:
                 state.pop(key, None)
             else:
                 state[key] = new_state
+            out_keys.append(key)
             out.append(output)
-        return KeyedBatch(keys, out)
+        return KeyedBatch(out_keys, out)
 
 
 class MapBatchesOp(Operator):
@@ -193,7 +223,11 @@ class MapBatchesOp(Operator):
         try:
             out = self.fn(batch)
         except Exception as exc:
-            raise RecordFailure(self.step_id, what, exc) from None
+            if self.on_error is None:
+                raise RecordFailure(self.step_id, what, exc) from None
+            for record in batch.to_pylist():  # a vectorized step fails its batch as a whole
+                self.failed(record, exc)
+            return []
         if isinstance(out, pa.Table):
             out = out.combine_chunks().to_batches()
             out = out[0] if out else []

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raystream._runtime.checkpoint import SnapshotMeta
-from raystream.config import Guarantee, RuntimeConfig
+from raystream.config import ErrorPolicy, Guarantee, RuntimeConfig
 from raystream.job import Step
 from raystream.result import Failure
 
@@ -25,6 +25,7 @@ class SubtaskSpec:
     checkpoint_root: str
     run_id: str
     attempt: int
+    errors: ErrorPolicy = field(default_factory=ErrorPolicy)
     source_partitions: list[str] = field(default_factory=list)  # for a source chain
 
 
@@ -57,3 +58,4 @@ class SubtaskReport:
     max_in_flight_seen: int = 0
     max_queued_seen: int = 0
     aligning: int | None = None  # the barrier being aligned
+    errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed

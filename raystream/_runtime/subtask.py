@@ -35,12 +35,15 @@ from raystream._runtime.batch import batch_len
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
 from raystream._runtime.checkpoint import CheckpointStore, SinkState, SnapshotMeta, SubtaskState, encode, encode_framed
 from raystream._runtime.keys import UnsupportedKeyError
-from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
-from raystream._runtime.recovery import load_state
+from raystream._runtime.operators import (
+    KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain, truncated_repr,
+)
+from raystream._runtime.recovery import RestoredState, load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.faults import Injector
+from raystream.job import Step
 from raystream.result import Failure
 from raystream.sinks import SinkContext
 from raystream.sources import SourcePartition
@@ -75,6 +78,9 @@ class SubtaskActor:
         self._fatal: BaseException | None = None
         self.faults = Injector(spec.runtime.faults, attempt=spec.attempt, subtask=spec.subtask,
                                steps=tuple(s.step_id for s in spec.steps))
+        self.dead_letters: SinkOp | None = None  # this chain's writer of the dead-letter sink
+        self._dead: list[dict[str, Any]] = []
+        self._source_at: dict[str, Any] | None = None  # partition and offset of the batch in flight
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -105,10 +111,11 @@ class SubtaskActor:
                     op.state = state.keyed.get(step.step_id, {})
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
             self.ops.append(op)
+        self._setup_error_policy(state)
         if state is not None or spec.attempt > 1:
             loop = asyncio.get_running_loop()
-            for op in self.ops:  # commit what the restored checkpoint pre-committed; abort the rest
-                if isinstance(op, SinkOp) and op.transactional:
+            for op in self._sinks():  # commit what the restored checkpoint pre-committed; abort the rest
+                if op.transactional:
                     txns = state.sink_txns.get(op.step_id, []) if state else []
                     restored = state.checkpoint_id if state else 0
                     await loop.run_in_executor(None, op.writer.recover, txns, restored)
@@ -132,6 +139,33 @@ class SubtaskActor:
             for o in outputs
         ]
 
+    def _setup_error_policy(self, state: RestoredState | None) -> None:
+        """Under skip and dead_letter, operators hand failing records to `_on_error`."""
+        policy, spec = self.spec.errors, self.spec
+        if policy.mode == "fail":
+            return
+        for op in self.ops:
+            if not isinstance(op, SinkOp):
+                op.on_error = self._on_error
+        if policy.mode == "dead_letter":
+            step_id = f"dead_letters.{spec.steps[0].step_id}"  # one writer identity per chain
+            ctx = SinkContext(step_id, spec.subtask, spec.parallelism,
+                              transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
+                              resume_state=state.sink_states.get(step_id) if state else None, run_id=spec.run_id)
+            self.dead_letters = SinkOp(Step(step_id, "sink", (), sink=policy.sink), ctx)
+            if state is not None:
+                self.dead_letters.records_in = state.counters.get(step_id, (0, 0))[0]
+
+    def _on_error(self, step_id: str, record: Any, exc: BaseException) -> None:
+        if self.dead_letters is not None:
+            self._dead.append({"step_id": step_id, "error": f"{type(exc).__name__}: {exc}",
+                               "record": record if _is_json(record) else None,
+                               "record_repr": truncated_repr(record), "source": self._source_at})
+
+    def _sinks(self) -> list[SinkOp]:
+        sinks = [op for op in self.ops if isinstance(op, SinkOp)]
+        return sinks + [self.dead_letters] if self.dead_letters is not None else sinks
+
     async def push(self, channel: int, seq: int, kind: int, payload: Any) -> None:
         await self.inbox.put(channel, seq, kind, payload)
 
@@ -154,8 +188,8 @@ class SubtaskActor:
         """Checkpoint `checkpoint_id` is committed: sinks commit its transactions (and older ones)."""
         async with self._commit_lock:
             loop = asyncio.get_running_loop()
-            for op in self.ops:
-                if isinstance(op, SinkOp) and op.pending:
+            for op in self._sinks():
+                if op.pending:
                     ready = [p for p in op.pending if p[0] <= checkpoint_id]
                     try:
                         await loop.run_in_executor(None, op.commit_all, [txn for _, txn in ready])
@@ -176,6 +210,8 @@ class SubtaskActor:
 
     def _report(self, failure: Failure | None = None) -> SubtaskReport:
         steps = {op.step_id: (op.records_in, op.records_out) for op in self.ops}
+        if self.dead_letters is not None:
+            steps[self.dead_letters.step_id] = (self.dead_letters.records_in, 0)
         if self.source_step is not None:
             steps[self.source_step.step_id] = (0, self.source_out)
         chans = [ch for edge in self.outputs for ch in edge.channels]
@@ -184,6 +220,7 @@ class SubtaskActor:
             max_in_flight_seen=max((ch.max_in_flight_seen for ch in chans), default=0),
             max_queued_seen=self.inbox.max_queued_seen if self.inbox else 0,
             aligning=self.alignment.current,
+            errors={op.step_id: op.errors for op in self.ops if op.errors},
         )
 
     async def run(self) -> SubtaskReport:
@@ -211,7 +248,7 @@ class SubtaskActor:
                 if self._fatal is not None:
                     raise self._fatal
         report = self._report()
-        results = {op.step_id: op.close() for op in self.ops}
+        results = {op.step_id: op.close() for op in self.ops + ([self.dead_letters] if self.dead_letters else [])}
         report.sink_results = {k: v for k, v in results.items() if v is not None}
         return report
 
@@ -240,6 +277,9 @@ class SubtaskActor:
 
     async def _emit(self, batch: Any) -> None:
         out = run_chain(self.ops, batch) if self.ops else batch
+        if self._dead:  # dead letters of this batch join the same checkpoint as its output
+            dead, self._dead = self._dead, []
+            self.dead_letters.process(dead)
         if batch_len(out):
             try:
                 for edge in self.outputs:
@@ -291,7 +331,8 @@ class SubtaskActor:
             await edge.flush_all()
 
     async def _run_source(self) -> None:
-        active = [p for p in self.parts.values()]
+        active = list(self.parts.items())
+        track = self.spec.errors.mode == "dead_letter"
         told_finished = False
         emitted_since_barrier = False
         amo = self.spec.guarantee == Guarantee.AT_MOST_ONCE
@@ -320,11 +361,13 @@ class SubtaskActor:
                     await self._wake.wait()
                 continue
             progressed = False
-            for part in list(active):
+            for key, part in list(active):
+                if track:
+                    self._source_at = {"partition": key, "offset": part.snapshot()}
                 batch = part.next_batch()
                 if batch is None:
                     part.close()
-                    active.remove(part)
+                    active.remove((key, part))
                 elif batch_len(batch):
                     progressed = True
                     if amo:  # at-most-once: the offset is durable before the batch leaves
@@ -334,7 +377,7 @@ class SubtaskActor:
                     emitted_since_barrier = True
             await self._flush_due()
             if not progressed and active:
-                wake = [w for w in (p.next_awake() for p in active) if w is not None]
+                wake = [w for w in (p.next_awake() for _, p in active) if w is not None]
                 deadline = self._next_deadline()
                 delays = [0.05] + [w - time.time() for w in wake]
                 if deadline is not None:
@@ -363,18 +406,16 @@ class SubtaskActor:
              call (object-store tier), are uploaded (durable tier), then acknowledged.
         """
         self._last_barrier = checkpoint_id
-        for op in self.ops:  # a
-            if isinstance(op, SinkOp):
-                op.pre_commit(checkpoint_id)
-                if self.faults:
-                    self.faults.hit("sink_pre_committed", checkpoint_id)
+        for op in self._sinks():  # a
+            op.pre_commit(checkpoint_id)
+            if self.faults:
+                self.faults.hit("sink_pre_committed", checkpoint_id)
         state = SubtaskState(
             checkpoint_id=checkpoint_id, chain=self.spec.chain_name, subtask=self.spec.subtask,
             parallelism=self.spec.parallelism,
             source_offsets={k: p.snapshot() for k, p in self.parts.items()},
             keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
-            sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending))
-                   for op in self.ops if isinstance(op, SinkOp)},
+            sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self._sinks()},
             counters=self._report().steps,
         )
         data, sha = encode(state)  # b
@@ -402,3 +443,14 @@ class SubtaskActor:
         except ray.exceptions.RayError:
             pass  # the coordinator is gone; a new one restores from durable storage
 
+
+
+def _is_json(record: Any) -> bool:
+    """Whether a dead letter can carry the record itself (else only its repr)."""
+    import json
+
+    try:
+        json.dumps(record)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -92,3 +92,36 @@ def test_chain_runs_steps_in_order_into_a_sink():
            build_operator(Step("out", "sink", ("in",), sink=CollectSink()), SinkContext("out", 0, 1))]
     assert run_chain(ops, [1, 2, 3, 4]) == []
     assert ops[-1].close() == [3, 5]
+
+
+def test_with_an_error_policy_failing_records_are_handed_over_and_the_rest_go_on():
+    failed = []
+
+    def on_error(step_id, record, exc):
+        failed.append((step_id, record, type(exc).__name__))
+
+    def inverse(x):
+        return 1 / x
+
+    m = op("map", inverse)
+    m.on_error = on_error
+    assert m.process([1, 0, 2, 0]) == [1.0, 0.5]
+    assert failed == [("s", 0, "ZeroDivisionError")] * 2 and m.errors == 2
+
+    failed.clear()
+    r = op("reduce", lambda a, b: a + b)
+    r.on_error = on_error
+    out = r.process([("k", 1), ("k", "x"), ("j", 5), ("k", 2), ("k", None)])
+    assert as_records(out) == [("k", 1), ("j", 5), ("k", 3)]  # state skips the bad values
+    assert [f[1] for f in failed] == [("k", "x"), ("k", None)] and r.snapshot() == {"k": 3, "j": 5}
+
+    failed.clear()
+    sm = op("stateful_map", lambda s, v: ((s or 0) + v, v * 2))
+    sm.on_error = on_error
+    assert as_records(sm.process([("a", 1), ("a", "bad"), ("b", 2)])) == [("a", 2), ("b", 4)]
+    assert failed[0][1] == ("a", "bad")
+
+    failed.clear()
+    mb = op("map_batches", lambda b: 1 / 0)
+    mb.on_error = on_error
+    assert mb.process([{"x": 1}, {"x": 2}]) == [] and [f[1] for f in failed] == [{"x": 1}, {"x": 2}]
