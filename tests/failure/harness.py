@@ -62,3 +62,31 @@ def kill_all(pids: list[int]) -> int:
             pass
     wait_until(lambda: all(_gone(p) for p in pids), f"pids {pids} to exit", timeout=10)
     return killed
+
+
+def verify_stopped(rows: list[dict], usage_event: Any, partitions: int) -> tuple[int, int, int]:
+    """Check the output of a billing job that was stopped early: the sources emitted a
+    prefix of each partition, so the committed event ids of partition p must be exactly
+    p, p+P, p+2P, ... up to the last one, each once, and every customer's totals must be
+    the running sums of exactly its committed events. Returns (events, lost, duplicated)."""
+    ids = [r["event_id"] for r in rows]
+    counts: dict[int, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    duplicated = sum(n - 1 for n in counts.values())
+    lost = 0
+    for p in range(partitions):
+        mine = sorted(i for i in counts if i % partitions == p)
+        if mine:
+            lost += len(range(p, mine[-1] + 1, partitions)) - len(mine)
+    by_customer: dict[str, list[dict]] = {}
+    for r in rows:
+        by_customer.setdefault(r["customer"], []).append(r)
+    for customer_rows in by_customer.values():
+        customer_rows.sort(key=lambda r: r["total"])
+        previous = 0
+        for r in customer_rows:
+            assert r == {**usage_event(r["event_id"]), "total": r["total"]}, r
+            assert r["total"] - previous == r["cents"], f"a total skipped or repeated an event: {r}"
+            previous = r["total"]
+    return len(counts), lost, duplicated
