@@ -17,16 +17,26 @@ from typing import BinaryIO
 logger = logging.getLogger(__name__)
 
 _clients = threading.local()
+_client_hook = None  # fault injection for tests (raystream.faults.S3Faults)
+
+
+def set_client_hook(hook) -> None:
+    """Call `hook(client)` on every S3 client made from now on in this process."""
+    global _client_hook
+    _client_hook = hook
 
 
 def s3_client():
-    """One boto3 S3 client per thread, configured from the environment."""
+    """One boto3 S3 client per thread, configured from the environment; transient errors
+    (throttling, 5xx, dropped connections) are retried with backoff."""
     client = getattr(_clients, "s3", None)
     if client is None:
         import boto3
         from botocore.config import Config
 
         client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+        if _client_hook is not None:
+            _client_hook(client)
         _clients.s3 = client
     return client
 

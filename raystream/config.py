@@ -115,10 +115,11 @@ class RuntimeConfig:
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)
-        from raystream.faults import CrashAt
+        from raystream.faults import CrashAt, S3Faults
 
-        if not isinstance(self.faults, tuple) or not all(isinstance(f, CrashAt) for f in self.faults):
-            raise ConfigError(f"RuntimeConfig.faults must be a tuple of raystream.faults.CrashAt; got {self.faults!r}")
+        if not isinstance(self.faults, tuple) or not all(isinstance(f, (CrashAt, S3Faults)) for f in self.faults):
+            raise ConfigError("RuntimeConfig.faults must be a tuple of raystream.faults.CrashAt and S3Faults; "
+                              f"got {self.faults!r}")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, Subt
 from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError
-from raystream.faults import Injector
+from raystream.faults import Injector, install_s3_faults
 from raystream.job import Job
 from raystream.result import CheckpointStats, Failure, JobResult, JobStatus, StepMetrics
 
@@ -79,6 +79,8 @@ def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepM
 @ray.remote(num_cpus=0)
 class JobCoordinator:
     def __init__(self, job: Job, plan: PhysicalPlan, run_id: str, checkpoint_root: str, resume: bool):
+        if job.runtime.faults:
+            install_s3_faults(job.runtime.faults)
         self.job, self.plan, self.run_id, self.resume = job, plan, run_id, resume
         self.store = CheckpointStore(checkpoint_root)
         self.checkpointing = job.guarantee != Guarantee.AT_MOST_ONCE
@@ -243,7 +245,10 @@ class JobCoordinator:
                         name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
                         num_cpus=rt.subtask_num_cpus, max_restarts=0, max_task_retries=0,
                     ).remote(self._spec(chain, i))
-            pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+            try:
+                pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+            except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
+                return Failure("internal", "subtask start", "", f"{type(exc).__name__}: {exc}", "")
             self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
             try:
                 specs = {(c.name, i): self._restore_spec(manifest, c, i)

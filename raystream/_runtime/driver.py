@@ -104,7 +104,9 @@ class Supervisor:
                 try:
                     self.outcome = ray.get(run_ref)
                     return
-                except ray.exceptions.RayActorError as exc:
+                except ray.exceptions.RayTaskError as exc:  # raised inside run(): a bug, not a crash
+                    raise JobFailedError(f"the coordinator of job {self.job.name!r} failed: {exc}") from exc
+                except ray.exceptions.RayActorError as exc:  # the coordinator's process died
                     delay = self.tracker.next_delay(f"the coordinator died: {exc}")
                     logger.warning("job %s: the coordinator died; a new one resumes in %.1fs", self.job.name, delay)
                     time.sleep(delay)

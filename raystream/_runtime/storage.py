@@ -131,10 +131,22 @@ class S3Storage(Storage):
         try:
             _files.s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
             return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise
+        except Exception as exc:
+            conflict = isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed", "ConditionalRequestConflict")
+            # The outcome is unknown (the response was lost), or the key exists, perhaps
+            # because a retry of our own successful PUT met it: read back and compare.
+            try:
+                existing = self.get(key)
+            except FileNotFoundError:
+                if conflict:
+                    return False
+                raise exc from None
+            if existing == data:
+                logger.info("put of %s succeeded although its response %s", self.uri(key),
+                            "said the key existed" if conflict else "was lost")
+                return True
+            return False
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError

@@ -42,7 +42,7 @@ from raystream._runtime.recovery import RestoredState, load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.config import Guarantee
 from raystream.errors import SourceError
-from raystream.faults import Injector
+from raystream.faults import Injector, install_s3_faults
 from raystream.job import Step
 from raystream.result import Failure
 from raystream.sinks import SinkContext
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 @ray.remote
 class SubtaskActor:
     def __init__(self, spec: SubtaskSpec):
+        if spec.runtime.faults:
+            install_s3_faults(spec.runtime.faults)
         self.spec = spec
         self.name = f"{spec.chain_name}[{spec.subtask}]"
         self.checkpointing = spec.guarantee != Guarantee.AT_MOST_ONCE

@@ -52,6 +52,7 @@ def test_chaos(monkeypatch, tmp_path):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_soak(monkeypatch, tmp_path):
     total = int(os.environ.get("RAYSTREAM_SOAK_KILLS", "200"))
     seed, kills = 1000, 0

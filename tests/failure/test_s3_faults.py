@@ -1,0 +1,73 @@
+"""Checkpoints on a misbehaving S3 (moto server, faults injected with botocore hooks in
+every process): transient errors are retried, slow PUTs still complete, a lost response
+to a manifest PUT is recognised as the success it was, and an outage aborts checkpoints
+while the job carries on and commits again once S3 is back."""
+import dataclasses
+
+import raystream as rs
+from raystream.faults import S3Faults
+from tests.support import wait_until
+
+from .harness import load_billing, running
+
+
+def s3_job(monkeypatch, tmp_path, bucket, faults: S3Faults, events=12_000, **checkpoint):
+    ns = load_billing(monkeypatch, events=events, rate=4_000, out=str(tmp_path / "out"))
+    job = ns["job"]
+    cp = rs.CheckpointConfig(**{"interval": 0.3, "storage": f"s3://{bucket}/chk", **checkpoint})
+    job = job.with_options(checkpoint=cp, runtime=dataclasses.replace(job.runtime, faults=(faults,)))
+    return job, ns["verify"]
+
+
+def injected(log) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        what = line.split(" ", 1)[1]
+        counts[what] = counts.get(what, 0) + 1
+    return counts
+
+
+def test_transient_errors_are_retried(monkeypatch, tmp_path, s3_bucket):
+    log = tmp_path / "faults.log"
+    job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(error_every=4, log=str(log)))
+    result = job.run()
+    assert verify().ok
+    assert sum(v for k, v in injected(log).items() if k.startswith("error")) >= 5
+    assert result.checkpoints.completed >= 3 and result.checkpoints.failed == 0 and result.restarts == 0
+
+
+def test_slow_puts_still_complete_checkpoints(monkeypatch, tmp_path, s3_bucket):
+    log = tmp_path / "faults.log"
+    job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(put_delay=0.2, log=str(log)))
+    result = job.run()
+    assert verify().ok
+    assert injected(log)["slow PUT"] >= 10
+    assert result.checkpoints.completed >= 2 and result.checkpoints.last_duration >= 0.2
+
+
+def test_a_lost_manifest_response_is_recognised_not_failed(monkeypatch, tmp_path, s3_bucket):
+    log = tmp_path / "faults.log"
+    job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(lose_manifest_responses=2, log=str(log)))
+    result = job.run()
+    assert verify().ok
+    assert injected(log)["lost manifest response"] == 2
+    assert result.checkpoints.failed == 0 and result.restarts == 0
+
+
+def test_an_outage_aborts_checkpoints_and_the_job_carries_on(monkeypatch, tmp_path, s3_bucket):
+    flag, log = tmp_path / "s3-down", tmp_path / "faults.log"
+    job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(down_while_exists=str(flag), log=str(log)),
+                         events=40_000, timeout=2.0, tolerable_failures=100)
+    handle = job.start()
+    before = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints").checkpoints
+    flag.touch()  # S3 goes down
+    try:
+        wait_until(lambda: handle.status().checkpoints.failed >= before.failed + 2, "checkpoints to fail")
+    finally:
+        flag.unlink()  # and comes back
+    down = handle.status().checkpoints
+    wait_until(lambda: handle.status().checkpoints.completed > down.completed, "a checkpoint after the outage")
+    result = handle.wait()
+    assert verify().ok
+    assert result.restarts == 0 and result.checkpoints.failed >= 2
+    assert injected(log)["down PUT"] >= 1
