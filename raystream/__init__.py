@@ -12,6 +12,7 @@
     job.run()
 """
 from raystream import faults, sinks, sources
+from raystream.audit import Audit, audit_checkpoints
 from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import (
     ConfigError,
@@ -28,6 +29,7 @@ from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, S
 __version__ = "0.1.0"
 
 __all__ = [
+    "Audit",
     "CheckpointConfig",
     "CheckpointStats",
     "ConfigError",
@@ -48,6 +50,7 @@ __all__ = [
     "StepFailedError",
     "StepMetrics",
     "Stream",
+    "audit_checkpoints",
     "faults",
     "sinks",
     "sources",

@@ -121,7 +121,7 @@ def bench_checkpoints(args: argparse.Namespace) -> None:
             f"word count ({total:,} words)": (lambda cp, g: wordcount(
                 directory, 2, checkpoint=cp, guarantee=g), total, "words/s"),
             f"billing ({args.events:,} events)": (lambda cp, g: billing["job"].with_options(
-                checkpoint=cp, guarantee=g), args.events, "events/s"),
+                checkpoint=cp, guarantee=g, audit=None), args.events, "events/s"),
         }
         for name, (build, records, unit) in pipelines.items():
             print(f"{name}, parallelism 2:")

@@ -201,5 +201,39 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint
         sys.exit(1)
 
 
+@main.group()
+def checkpoints() -> None:
+    """Inspect a job's checkpoints."""
+
+
+@checkpoints.command("audit")
+@click.argument("uri")
+@click.option("--run", "run_id", help="The run to audit (default: the newest with a checkpoint).")
+def audit_command(uri: str, run_id: str | None) -> None:
+    """Compare what sinks committed with what sources emitted, per checkpoint.
+
+    URI is the job's checkpoint root: <checkpoint storage>/<job name>."""
+    from raystream.audit import audit_checkpoints
+
+    console = Console()
+    try:
+        lines = audit_checkpoints(uri, run_id)
+    except RaystreamError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    if not lines:
+        console.print(f"no committed checkpoint under {uri}")
+        sys.exit(1)
+    table = Table(title=f"audit of run {lines[0].run_id}")
+    for column in ("checkpoint", "source records", "sink records", "ids", "verdict"):
+        table.add_column(column, justify="right")
+    for line in lines:
+        ids = "same" if line.source_digest == line.sink_digest else "DIFFERENT"
+        table.add_row(str(line.checkpoint_id), f"{line.source_records:,}", f"{line.sink_records:,}", ids,
+                      "match" if line.matches else "[bold red]MISMATCH[/]")
+    console.print(table)
+    sys.exit(0 if all(line.matches for line in lines) else 1)
+
+
 if __name__ == "__main__":
     main()

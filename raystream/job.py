@@ -79,6 +79,7 @@ class Job:
         runtime: RuntimeConfig | None = None,
         restart: RestartStrategy | None = None,
         errors: ErrorPolicy | str = "fail",
+        audit: Any = None,
     ):
         if not isinstance(name, str) or not _STEP_ID.match(name):
             raise JobDefinitionError(
@@ -97,6 +98,11 @@ class Job:
             raise ConfigError(f"restart must be a raystream.RestartStrategy; got {restart!r}")
         self.restart = restart or RestartStrategy()
         self.errors = ErrorPolicy.parse(errors)
+        from raystream.audit import Audit
+
+        if audit is not None and not isinstance(audit, Audit):
+            raise ConfigError(f"audit must be a raystream.Audit; got {audit!r}")
+        self.audit: Audit | None = audit
         self.steps: dict[str, Step] = {}
 
     # --- building ---------------------------------------------------------------------
@@ -128,6 +134,7 @@ class Job:
         runtime: RuntimeConfig | None = None,
         restart: RestartStrategy | None = None,
         errors: ErrorPolicy | str | None = None,
+        audit: Any = ...,
     ) -> "Job":
         """A copy of this job with some settings replaced (the graph is shared)."""
         job = copy.copy(self)
@@ -143,6 +150,8 @@ class Job:
             job.restart = restart
         if errors is not None:
             job.errors = ErrorPolicy.parse(errors)
+        if audit is not ...:  # None turns the audit off
+            job.audit = audit
         return job
 
     def validate(self) -> None:

@@ -70,6 +70,7 @@ class JobResult:
     restarts: int = 0
     records_replayed: int = 0
     run_id: str = ""
+    checkpoint_root: str = ""  # <storage>/<job name>: where `raystream checkpoints audit` looks
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out

@@ -93,6 +93,7 @@ class SubtaskState:
     keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)  # step id -> {key: state}
     sinks: dict[str, SinkState] = field(default_factory=dict)  # step id -> sink state
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
+    audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class SnapshotMeta:
     size: int
     alignment: float = 0.0
     source_records: int = 0
+    audit: dict[str, list[int]] = field(default_factory=dict)  # see raystream.audit
 
 
 @dataclass

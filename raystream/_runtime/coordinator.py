@@ -210,7 +210,7 @@ class JobCoordinator:
             job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
             parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
             runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
-            run_id=self.run_id, attempt=self.attempt, errors=self.job.errors,
+            run_id=self.run_id, attempt=self.attempt, errors=self.job.errors, audit=self.job.audit,
             source_partitions=self.plan.partitions_of(head.step_id, subtask) if head.kind == "source" else [],
         )
 
@@ -356,4 +356,5 @@ class JobCoordinator:
             max_in_flight_seen=max((r.max_in_flight_seen for r in reports), default=0),
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
             checkpoints=self.stats, restarts=self.restarts, records_replayed=self.replayed, run_id=self.run_id,
+            checkpoint_root=self.store.root,
         )

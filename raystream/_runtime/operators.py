@@ -252,10 +252,14 @@ class SinkOp(Operator):
         self.transactional = context.transactional
         self.writer: SinkWriter = sink.build_writer(context)
         self.pending: list[tuple[int, Any]] = []
+        self.tally: Any = None  # raystream.audit.Tally when the job is audited
 
     def process(self, batch: Any) -> Any:
         self.records_in += batch_len(batch)
-        self.writer.write_batch(batch if isinstance(batch, pa.RecordBatch) else as_records(batch))
+        records = batch if isinstance(batch, pa.RecordBatch) else as_records(batch)
+        if self.tally is not None:
+            self.tally.add(as_records(records))
+        self.writer.write_batch(records)
         return []
 
     def pre_commit(self, checkpoint_id: int) -> None:

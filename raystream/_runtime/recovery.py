@@ -60,6 +60,7 @@ class RestoredState:
     sink_states: dict[str, Any] = field(default_factory=dict)
     sink_txns: dict[str, list[Any]] = field(default_factory=dict)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
+    audit: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max_parallelism: int) -> RestoredState:
@@ -80,6 +81,7 @@ def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max
                 merged.sink_states[step_id] = sink.writer_state
                 merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
             merged.counters = dict(state.counters)
+            merged.audit = dict(state.audit)
     return merged
 
 

@@ -26,6 +26,7 @@ class SubtaskSpec:
     run_id: str
     attempt: int
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
+    audit: Any = None  # raystream.Audit
     source_partitions: list[str] = field(default_factory=list)  # for a source chain
 
 

@@ -28,6 +28,7 @@ import time
 import traceback
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from raystream._runtime.alignment import Aligned, Alignment
@@ -40,6 +41,7 @@ from raystream._runtime.operators import (
 )
 from raystream._runtime.recovery import RestoredState, load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
+from raystream.audit import Tally
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.faults import Injector, install_s3_faults
@@ -81,6 +83,7 @@ class SubtaskActor:
         self.faults = Injector(spec.runtime.faults, attempt=spec.attempt, subtask=spec.subtask,
                                steps=tuple(s.step_id for s in spec.steps))
         self.dead_letters: SinkOp | None = None  # this chain's writer of the dead-letter sink
+        self.source_tally: Tally | None = None  # audit of what this source emitted
         self._dead: list[dict[str, Any]] = []
         self._source_at: dict[str, Any] | None = None  # partition and offset of the batch in flight
 
@@ -114,6 +117,7 @@ class SubtaskActor:
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
             self.ops.append(op)
         self._setup_error_policy(state)
+        self._setup_audit(state)
         if state is not None or spec.attempt > 1:
             loop = asyncio.get_running_loop()
             for op in self._sinks():  # commit what the restored checkpoint pre-committed; abort the rest
@@ -157,6 +161,26 @@ class SubtaskActor:
             self.dead_letters = SinkOp(Step(step_id, "sink", (), sink=policy.sink), ctx)
             if state is not None:
                 self.dead_letters.records_in = state.counters.get(step_id, (0, 0))[0]
+
+    def _setup_audit(self, state: RestoredState | None) -> None:
+        """Tallies of what sources emit and sinks write, continued from the snapshot."""
+        audit = self.spec.audit
+        if audit is None:
+            return
+        restored = state.audit if state else {}
+        if self.source_step is not None:
+            key = f"source:{self.source_step.step_id}"
+            self.source_tally = Tally(audit.source_id, *restored.get(key, (0, 0)))
+        for op in self.ops:
+            if isinstance(op, SinkOp):
+                op.tally = Tally(audit.sink_id, *restored.get(f"sink:{op.step_id}", (0, 0)))
+
+    def _audit_state(self) -> dict[str, tuple[int, int]]:
+        tallies = {f"sink:{op.step_id}": op.tally.state() for op in self.ops
+                   if isinstance(op, SinkOp) and op.tally is not None}
+        if self.source_tally is not None:
+            tallies[f"source:{self.source_step.step_id}"] = self.source_tally.state()
+        return tallies
 
     def _on_error(self, step_id: str, record: Any, exc: BaseException) -> None:
         if self.dead_letters is not None:
@@ -375,6 +399,8 @@ class SubtaskActor:
                     if amo:  # at-most-once: the offset is durable before the batch leaves
                         await self._save_progress()
                     self.source_out += batch_len(batch)
+                    if self.source_tally is not None:
+                        self.source_tally.add(batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch)
                     await self._emit(batch)
                     emitted_since_barrier = True
             await self._flush_due()
@@ -419,13 +445,15 @@ class SubtaskActor:
             keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self._sinks()},
             counters=self._report().steps,
+            audit=self._audit_state(),
         )
         data, sha = encode(state)  # b
         for edge in self.outputs:  # c
             await edge.broadcast(BARRIER, checkpoint_id)
         key = CheckpointStore.snapshot_key(self.spec.run_id, checkpoint_id, self.spec.attempt,
                                            self.spec.chain_name, self.spec.subtask)
-        meta = SnapshotMeta(self.spec.chain_name, self.spec.subtask, key, sha, len(data), alignment, self.source_out)
+        meta = SnapshotMeta(self.spec.chain_name, self.spec.subtask, key, sha, len(data), alignment, self.source_out,
+                            {k: list(v) for k, v in state.audit.items()})
         self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))  # d
 
     async def _upload(self, previous: asyncio.Task | None, checkpoint_id: int, data: bytes, meta: SnapshotMeta) -> None:
