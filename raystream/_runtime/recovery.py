@@ -81,7 +81,7 @@ def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max
                 merged.sink_states[step_id] = sink.writer_state
                 merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
             merged.counters = dict(state.counters)
-            merged.audit = dict(state.audit)
+            merged.audit = dict(getattr(state, "audit", {}))  # absent in snapshots older than the audit
     return merged
 
 
