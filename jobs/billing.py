@@ -9,7 +9,7 @@ by FileSink. Every output row carries the event id and the customer's total afte
 kills 3 random subtask processes while it runs; at the end `report` checks the
 committed output against the generated events and prints the verdict. Sizes can be
 changed with BILLING_EVENTS, BILLING_RATE (events/s), BILLING_OUT (output directory) and
-BILLING_FILE_ROWS (rows per output file).
+BILLING_FILE_ROWS (rows per output file) and BILLING_CUSTOMERS.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ EVENTS = int(os.environ.get("BILLING_EVENTS", "200000"))
 RATE = float(os.environ.get("BILLING_RATE", "25000"))
 OUT = os.environ.get("BILLING_OUT", "out/billing")
 FILE_ROWS = int(os.environ.get("BILLING_FILE_ROWS", "50000"))
-CUSTOMERS = 500
+CUSTOMERS = int(os.environ.get("BILLING_CUSTOMERS", "500"))
 
 
 def usage_event(i: int) -> dict:

@@ -98,6 +98,8 @@ class RuntimeConfig:
         max_parallelism: number of key groups; the upper bound of any keyed step's parallelism.
         chaining: run forward-connected steps of equal parallelism inside one actor.
         subtask_num_cpus: CPUs each subtask actor requests from Ray (0 packs freely).
+        subtask_resources: custom Ray resources each subtask actor requests, to place
+            subtasks on certain nodes or make an autoscaler add them.
         faults: crash points for fault-injection tests (`raystream.faults.CrashAt`).
     """
 
@@ -107,6 +109,7 @@ class RuntimeConfig:
     max_parallelism: int = 128
     chaining: bool = True
     subtask_num_cpus: float = 0.0
+    subtask_resources: dict | None = None
     faults: tuple = ()
 
     def __post_init__(self) -> None:
@@ -115,6 +118,10 @@ class RuntimeConfig:
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)
+        for name, amount in (self.subtask_resources or {}).items():
+            if not isinstance(name, str):
+                raise ConfigError(f"RuntimeConfig.subtask_resources names must be strings; got {name!r}")
+            _positive(f"RuntimeConfig.subtask_resources[{name!r}]", amount)
         from raystream.faults import CrashAt, S3Faults
 
         if not isinstance(self.faults, tuple) or not all(isinstance(f, (CrashAt, S3Faults)) for f in self.faults):

@@ -25,6 +25,10 @@ class SinkError(RaystreamError):
     """A sink could not write or commit its output."""
 
 
+class StaleAttemptError(RaystreamError):
+    """A process of an older attempt tried to commit after a newer attempt took over."""
+
+
 class JobFailedError(RaystreamError):
     """The job stopped because of an error; `cause` holds the detail when known."""
 

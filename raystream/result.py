@@ -48,6 +48,7 @@ class JobStatus:
     records_replayed: int = 0  # source records read again after restores (estimated from metrics)
     attempt: int = 1
     coordinator_pid: int = 0
+    restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
     aligning: list[str] = field(default_factory=list)  # subtasks waiting for barriers on some inputs
 
 
@@ -71,6 +72,7 @@ class JobResult:
     records_replayed: int = 0
     run_id: str = ""
     checkpoint_root: str = ""  # <storage>/<job name>: where `raystream checkpoints audit` looks
+    restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out

@@ -223,6 +223,12 @@ class CheckpointStore:
     def attempts(self, run_id: str) -> int:
         return len(self.storage.list(f"{run_id}/attempts/"))
 
+    def is_current(self, run_id: str, attempt: int) -> bool:
+        """The fence: whether `attempt` is still the newest attempt of the run. A process of
+        an older attempt (one paused while the job recovered) must not commit anything."""
+        taken = [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
+        return max(taken, default=0) <= attempt
+
     # --- snapshots and manifests -------------------------------------------------------
 
     def manifest_ids(self, run_id: str) -> list[int]:

@@ -137,6 +137,15 @@ class Checkpointer:
             completed_total=self.stats.completed + 1, failed_total=self.stats.failed, versions=versions(),
         )
         loop = asyncio.get_running_loop()
+        try:  # fenced: a coordinator of an older attempt publishes nothing
+            current = await loop.run_in_executor(None, self.store.is_current, self.run_id, self.attempt)
+        except Exception as exc:
+            self._abort(f"checkpoint {n}: reading the attempts failed: {type(exc).__name__}: {exc}")
+            return
+        if not current:
+            self.failure = f"attempt {self.attempt} was replaced by a newer attempt; it publishes nothing"
+            self.pending = None
+            return
         try:  # step 6: the commit point
             before_publish = (lambda: self.faults.hit("manifest_writing", n)) if self.faults else None
             committed = await loop.run_in_executor(None, self.store.commit, manifest, before_publish)

@@ -95,6 +95,7 @@ class JobCoordinator:
         self.checkpointer: Checkpointer | None = None
         self.stats = CheckpointStats()
         self.stopping = False
+        self.restores: dict[str, int] = {}  # snapshots restored from "object_store" / "durable"
         self.source_seen: dict[Key, int] = {}  # records each source subtask emitted, from metrics
         self.bad_manifests: set[int] = set()  # checkpoints whose snapshots failed verification
 
@@ -123,7 +124,7 @@ class JobCoordinator:
             job_name=self.job.name, state=self.state, elapsed=time.monotonic() - self.started,
             steps=sum_steps(list(self.job.steps), list(self.reports.values())),
             subtasks=len(self.actors), pids=dict(self.pids), checkpoints=stats,
-            restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt,
+            restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt, restores=dict(self.restores),
             coordinator_pid=os.getpid(),
             aligning=sorted(f"{c}[{i}]" for (c, i), r in self.reports.items() if r.aligning is not None),
         )
@@ -243,7 +244,8 @@ class JobCoordinator:
                 for i in range(chain.parallelism):
                     self.actors[(chain.name, i)] = SubtaskActor.options(
                         name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
-                        num_cpus=rt.subtask_num_cpus, max_restarts=0, max_task_retries=0,
+                        num_cpus=rt.subtask_num_cpus, resources=rt.subtask_resources or None,
+                        max_restarts=0, max_task_retries=0,
                     ).remote(self._spec(chain, i))
             try:
                 pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
@@ -257,13 +259,16 @@ class JobCoordinator:
                 return Failure("source", "restore", "", str(exc), "")
             me = ray.get_runtime_context().current_actor
             try:  # steps 3-4: restore, commit restored transactions, connect
-                await asyncio.gather(*(
+                tiers = await asyncio.gather(*(
                     self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me)
                     for c in self.plan.chains for i in range(c.parallelism)))
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None) or exc
                 kind = "restore" if isinstance(cause, (CorruptCheckpointError, FileNotFoundError)) else "internal"
                 return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
+            for counts in tiers:  # where each restored snapshot was read from
+                for tier, n in counts.items():
+                    self.restores[tier] = self.restores.get(tier, 0) + n
             # What the sources had emitted past the restored offsets is read again.
             self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
             self.source_seen = {}
@@ -356,5 +361,5 @@ class JobCoordinator:
             max_in_flight_seen=max((r.max_in_flight_seen for r in reports), default=0),
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
             checkpoints=self.stats, restarts=self.restarts, records_replayed=self.replayed, run_id=self.run_id,
-            checkpoint_root=self.store.root,
+            checkpoint_root=self.store.root, restores=dict(self.restores),
         )

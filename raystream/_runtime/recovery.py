@@ -61,6 +61,7 @@ class RestoredState:
     sink_txns: dict[str, list[Any]] = field(default_factory=dict)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
 
 
 def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max_parallelism: int) -> RestoredState:
@@ -91,17 +92,22 @@ async def load_state(restore: Any, store: CheckpointStore, subtask: int, paralle
     still there, else from durable storage; verify its checksum; merge."""
     loop = asyncio.get_running_loop()
     states = []
+    tiers = {"object_store": 0, "durable": 0}
     for meta, ref in restore.snapshots:
         data = None
         if ref is not None:
             try:
                 data = await asyncio.wait_for(ref, _OBJECT_STORE_TIMEOUT)
+                tiers["object_store"] += 1
             except Exception as exc:  # the object died with its node: durable storage has it
                 logger.info("object-store copy of %s unavailable (%s)", meta.key, type(exc).__name__)
         if data is None:
             data = await loop.run_in_executor(None, store.storage.get, meta.key)
+            tiers["durable"] += 1
         states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
-    return merge_states(states, subtask, parallelism, max_parallelism)
+    merged = merge_states(states, subtask, parallelism, max_parallelism)
+    merged.tiers = tiers
+    return merged
 
 
 class RestartTracker:

@@ -43,7 +43,7 @@ from raystream._runtime.recovery import RestoredState, load_state
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.audit import Tally
 from raystream.config import Guarantee
-from raystream.errors import SourceError
+from raystream.errors import SourceError, StaleAttemptError
 from raystream.faults import Injector, install_s3_faults
 from raystream.job import Step
 from raystream.result import Failure
@@ -92,8 +92,9 @@ class SubtaskActor:
     def pid(self) -> int:
         return os.getpid()
 
-    async def setup(self, restore: RestoreSpec | None, outputs: list[OutputSpec], coordinator: Any) -> None:
-        """Build the operators (from restored state, if any) and connect the outputs."""
+    async def setup(self, restore: RestoreSpec | None, outputs: list[OutputSpec], coordinator: Any) -> dict[str, int]:
+        """Build the operators (from restored state, if any) and connect the outputs.
+        Returns how many snapshots were read from each storage tier."""
         spec, rt = self.spec, self.spec.runtime
         self.coordinator = coordinator
         state = None
@@ -144,6 +145,7 @@ class SubtaskActor:
                        rt.batch_size, rt.linger, rt.max_parallelism)
             for o in outputs
         ]
+        return state.tiers if state is not None else {}
 
     def _setup_error_policy(self, state: RestoredState | None) -> None:
         """Under skip and dead_letter, operators hand failing records to `_on_error`."""
@@ -217,17 +219,28 @@ class SubtaskActor:
             for op in self._sinks():
                 if op.pending:
                     ready = [p for p in op.pending if p[0] <= checkpoint_id]
+                    if ready and not await loop.run_in_executor(
+                            None, self.store.is_current, self.spec.run_id, self.spec.attempt):
+                        self._fail(StaleAttemptError(
+                            f"{self.name} of attempt {self.spec.attempt} was replaced by a newer attempt; "
+                            "it commits nothing"))
+                        return
                     try:
                         await loop.run_in_executor(None, op.commit_all, [txn for _, txn in ready])
                     except Exception as exc:  # keep them pending: the next restore commits them
-                        self._fatal = exc
-                        self._wake.set()
+                        self._fail(exc)
                         raise
                     if ready and self.faults:
                         self.faults.hit("sink_committed", checkpoint_id)
                     op.pending = [p for p in op.pending if p not in ready]
             self._committed = max(self._committed, checkpoint_id)
             self._committed_event.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""
+        self._fatal = exc
+        self._wake.set()
+        self._committed_event.set()
 
     def metrics(self) -> SubtaskReport:
         return self._report()

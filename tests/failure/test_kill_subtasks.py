@@ -39,6 +39,8 @@ def test_random_subtask_killed_at_a_random_time(billing, seed):
     verdict = verify()
     assert verdict.ok, (seed, victim, verdict)
     assert result.restarts >= 1 and result.state == "finished"
+    # the coordinator held the snapshots: the restore read them from the object store
+    assert result.restores.get("object_store", 0) >= 1 and not result.restores.get("durable"), result.restores
 
 
 def test_a_burst_of_kills_and_a_kill_during_recovery(billing):

@@ -1,0 +1,1 @@
+"""Cluster tests build their own multi-node Ray (ray.cluster_utils.Cluster) per module."""

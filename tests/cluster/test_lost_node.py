@@ -1,0 +1,58 @@
+"""A lost node: several raylets on one machine (ray.cluster_utils.Cluster); removing the
+node that holds subtasks and the object-store copies of their snapshots makes the job
+recover from durable storage, with nothing lost or duplicated."""
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+import raystream as rs
+from tests.failure.harness import load_billing, running
+from tests.support import wait_until
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint: str) -> Iterator[tuple[Cluster, list]]:
+    """A head for the driver and the coordinator, and two worker nodes for the subtasks."""
+    assert not ray.is_initialized()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1, resources={"subtasks": 100}) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    try:
+        yield c, workers
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def node_of(pid: int, nodes: list):
+    """The cluster node whose raylet started the process `pid`."""
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}
+    for parent in psutil.Process(pid).parents():
+        if parent.pid in raylets:
+            return raylets[parent.pid]
+    return None
+
+
+def test_losing_a_node_recovers_from_durable_storage(cluster, monkeypatch, tmp_path):
+    c, workers = cluster
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BILLING_CUSTOMERS", "40000")  # snapshots of ~1 MB live in the object store
+    ns = load_billing(monkeypatch, events=90_000, rate=8_000, out=str(tmp_path / "out"))
+    job = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.5),
+                                 runtime=rs.RuntimeConfig(subtask_resources={"subtasks": 1}))
+    handle = job.start()
+    # Each keyed subtask's snapshot must outgrow Ray's inline limit (100 KB) to live in the
+    # object store of its node.
+    status = wait_until(lambda: (s := running(handle, checkpoints=2)) and s.checkpoints.last_bytes > 400_000 and s,
+                        "snapshots large enough for the object store", timeout=120)
+    victim = next(n for n in (node_of(pid, workers) for pid in status.pids.values()) if n is not None)
+    on_victim = [name for name, pid in status.pids.items() if node_of(pid, workers) is victim]
+    c.remove_node(victim)  # its raylet, its workers and its object store go
+    result = handle.wait()
+    assert on_victim and result.restarts >= 1
+    assert result.restores.get("durable", 0) >= 1, result.restores
+    assert ns["verify"]().ok, ns["verify"]()
