@@ -262,6 +262,8 @@ class JobCoordinator:
                 tiers = await asyncio.gather(*(
                     self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me)
                     for c in self.plan.chains for i in range(c.parallelism)))
+            except ray.exceptions.RayActorError as exc:  # a subtask died while restoring
+                return Failure("crash", "restore", "", f"{type(exc).__name__}: {exc}", "")
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None) or exc
                 kind = "restore" if isinstance(cause, (CorruptCheckpointError, FileNotFoundError)) else "internal"

@@ -219,8 +219,12 @@ class SubtaskActor:
             for op in self._sinks():
                 if op.pending:
                     ready = [p for p in op.pending if p[0] <= checkpoint_id]
-                    if ready and not await loop.run_in_executor(
-                            None, self.store.is_current, self.spec.run_id, self.spec.attempt):
+                    try:
+                        current = not ready or await self._still_current()
+                    except Exception as exc:
+                        self._fail(exc)
+                        return
+                    if not current:
                         self._fail(StaleAttemptError(
                             f"{self.name} of attempt {self.spec.attempt} was replaced by a newer attempt; "
                             "it commits nothing"))
@@ -235,6 +239,23 @@ class SubtaskActor:
                     op.pending = [p for p in op.pending if p not in ready]
             self._committed = max(self._committed, checkpoint_id)
             self._committed_event.set()
+
+    async def _still_current(self) -> bool:
+        """The fence before a commit. Storage that cannot be read is retried for about 30 s
+        (the final commit has no later checkpoint to wait for), then the subtask fails and
+        a restore commits instead."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        for attempt in range(8):
+            try:
+                return await loop.run_in_executor(None, self.store.is_current, self.spec.run_id, self.spec.attempt)
+            except Exception as exc:
+                if attempt == 7:
+                    raise
+                logger.warning("%s: cannot read the attempts (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        return False
 
     def _fail(self, exc: BaseException) -> None:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""

@@ -27,7 +27,7 @@ def test_crash_at_point_then_again_during_recovery(monkeypatch, tmp_path, point)
         CrashAt(point, step=step, subtask=subtask, checkpoint=2),
         CrashAt("restore", step="totals", subtask=0, checkpoint=1, attempt=2),  # the second crash
     )
-    ns = load_billing(monkeypatch, events=10_000, rate=4_000, out=str(tmp_path / "out"))
+    ns = load_billing(monkeypatch, events=8_000, rate=5_000, out=str(tmp_path / "out"))
     job = ns["job"]
     job = job.with_options(checkpoint=rs.CheckpointConfig(interval=0.3),
                            runtime=dataclasses.replace(job.runtime, faults=faults))

@@ -13,12 +13,12 @@ from .harness import kill, kill_all, load_billing, running
 
 logger = logging.getLogger(__name__)
 
-EVENTS = 12_000
+EVENTS = 9_000
 
 
 @pytest.fixture
 def billing(monkeypatch, tmp_path):
-    ns = load_billing(monkeypatch, events=EVENTS, rate=4_000, out=str(tmp_path / "out"))
+    ns = load_billing(monkeypatch, events=EVENTS, rate=4_500, out=str(tmp_path / "out"))
     job = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3))
     return job, ns["verify"]
 
