@@ -94,6 +94,7 @@ class SubtaskState:
     sinks: dict[str, SinkState] = field(default_factory=dict)  # step id -> sink state
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
+    errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class RestoredState:
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)
     tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max_parallelism: int) -> RestoredState:
@@ -83,6 +84,7 @@ def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max
                 merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
             merged.counters = dict(state.counters)
             merged.audit = dict(getattr(state, "audit", {}))  # absent in snapshots older than the audit
+            merged.errors = dict(getattr(state, "errors", {}))
     return merged
 
 

@@ -116,6 +116,7 @@ class SubtaskActor:
                 if isinstance(op, KeyedOp):
                     op.state = state.keyed.get(step.step_id, {})
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
+                op.errors = state.errors.get(step.step_id, 0)
             self.ops.append(op)
         self._setup_error_policy(state)
         self._setup_audit(state)
@@ -480,6 +481,7 @@ class SubtaskActor:
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self._sinks()},
             counters=self._report().steps,
             audit=self._audit_state(),
+            errors={op.step_id: op.errors for op in self.ops if op.errors},
         )
         data, sha = encode(state)  # b
         for edge in self.outputs:  # c
