@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raystream.config import CheckpointConfig, Guarantee
+from raystream.config import Guarantee
 from raystream.errors import RaystreamError
 from raystream.job import Job
 from raystream.result import CheckpointStats, JobResult, JobStatus

@@ -17,7 +17,6 @@ Partitions are assigned to the source step's subtasks round-robin in the order t
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math

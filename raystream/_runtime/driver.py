@@ -20,7 +20,7 @@ from raystream._runtime.recovery import RestartTracker
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
 from raystream.job import Job
-from raystream.result import JobResult, JobStatus
+from raystream.result import JobStatus
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Run loop of a subtask with inputs:
      output edges, which send full buffers downstream and wait when a channel has
      `max_in_flight` messages unacknowledged.
   3. A barrier goes to the alignment (alignment.py); when it completes, the subtask
-     checkpoints (see `_checkpoint`).
+     checkpoints (`Snapshotting._checkpoint`, snapshotting.py).
   4. The message is acknowledged (its push call returns) only after that, so a slow
      consumer stalls its producers.
   5. When every input has ended: end-of-stream goes out on every output; with
@@ -34,18 +34,19 @@ import ray
 from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
-from raystream._runtime.checkpoint import CheckpointStore, SinkState, SnapshotMeta, SubtaskState, encode, encode_framed
+from raystream._runtime.checkpoint import CheckpointStore, encode_framed
 from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.operators import (
-    KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain, truncated_repr,
+    KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain,
 )
-from raystream._runtime.recovery import RestoredState, load_state
+from raystream._runtime.record_policies import RecordPolicies
+from raystream._runtime.recovery import load_state
+from raystream._runtime.snapshotting import Snapshotting
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream.audit import Tally
 from raystream.config import Guarantee
-from raystream.errors import SourceError, StaleAttemptError
+from raystream.errors import SourceError
 from raystream.faults import Injector, install_s3_faults
-from raystream.job import Step
 from raystream.result import Failure
 from raystream.sinks import SinkContext
 from raystream.sources import SourcePartition
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 @ray.remote
-class SubtaskActor:
+class SubtaskActor(Snapshotting, RecordPolicies):
     def __init__(self, spec: SubtaskSpec):
         if spec.runtime.faults:
             install_s3_faults(spec.runtime.faults)
@@ -148,49 +149,6 @@ class SubtaskActor:
         ]
         return state.tiers if state is not None else {}
 
-    def _setup_error_policy(self, state: RestoredState | None) -> None:
-        """Under skip and dead_letter, operators hand failing records to `_on_error`."""
-        policy, spec = self.spec.errors, self.spec
-        if policy.mode == "fail":
-            return
-        for op in self.ops:
-            if not isinstance(op, SinkOp):
-                op.on_error = self._on_error
-        if policy.mode == "dead_letter":
-            step_id = f"dead_letters.{spec.steps[0].step_id}"  # one writer identity per chain
-            ctx = SinkContext(step_id, spec.subtask, spec.parallelism,
-                              transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                              resume_state=state.sink_states.get(step_id) if state else None, run_id=spec.run_id)
-            self.dead_letters = SinkOp(Step(step_id, "sink", (), sink=policy.sink), ctx)
-            if state is not None:
-                self.dead_letters.records_in = state.counters.get(step_id, (0, 0))[0]
-
-    def _setup_audit(self, state: RestoredState | None) -> None:
-        """Tallies of what sources emit and sinks write, continued from the snapshot."""
-        audit = self.spec.audit
-        if audit is None:
-            return
-        restored = state.audit if state else {}
-        if self.source_step is not None:
-            key = f"source:{self.source_step.step_id}"
-            self.source_tally = Tally(audit.source_id, *restored.get(key, (0, 0)))
-        for op in self.ops:
-            if isinstance(op, SinkOp):
-                op.tally = Tally(audit.sink_id, *restored.get(f"sink:{op.step_id}", (0, 0)))
-
-    def _audit_state(self) -> dict[str, tuple[int, int]]:
-        tallies = {f"sink:{op.step_id}": op.tally.state() for op in self.ops
-                   if isinstance(op, SinkOp) and op.tally is not None}
-        if self.source_tally is not None:
-            tallies[f"source:{self.source_step.step_id}"] = self.source_tally.state()
-        return tallies
-
-    def _on_error(self, step_id: str, record: Any, exc: BaseException) -> None:
-        if self.dead_letters is not None:
-            self._dead.append({"step_id": step_id, "error": f"{type(exc).__name__}: {exc}",
-                               "record": record if _is_json(record) else None,
-                               "record_repr": truncated_repr(record), "source": self._source_at})
-
     def _sinks(self) -> list[SinkOp]:
         sinks = [op for op in self.ops if isinstance(op, SinkOp)]
         return sinks + [self.dead_letters] if self.dead_letters is not None else sinks
@@ -207,56 +165,6 @@ class SubtaskActor:
         """End this source's stream after the current batch."""
         self._stopping = True
         self._wake.set()
-
-    async def next_snapshot(self) -> bytes:
-        """Answered with the next snapshot's bytes. The coordinator keeps one such call
-        pending, so it owns the returned object and it outlives this process."""
-        return await self._snapshots.get()
-
-    async def notify_complete(self, checkpoint_id: int) -> None:
-        """Checkpoint `checkpoint_id` is committed: sinks commit its transactions (and older ones)."""
-        async with self._commit_lock:
-            loop = asyncio.get_running_loop()
-            for op in self._sinks():
-                if op.pending:
-                    ready = [p for p in op.pending if p[0] <= checkpoint_id]
-                    try:
-                        current = not ready or await self._still_current()
-                    except Exception as exc:
-                        self._fail(exc)
-                        return
-                    if not current:
-                        self._fail(StaleAttemptError(
-                            f"{self.name} of attempt {self.spec.attempt} was replaced by a newer attempt; "
-                            "it commits nothing"))
-                        return
-                    try:
-                        await loop.run_in_executor(None, op.commit_all, [txn for _, txn in ready])
-                    except Exception as exc:  # keep them pending: the next restore commits them
-                        self._fail(exc)
-                        raise
-                    if ready and self.faults:
-                        self.faults.hit("sink_committed", checkpoint_id)
-                    op.pending = [p for p in op.pending if p not in ready]
-            self._committed = max(self._committed, checkpoint_id)
-            self._committed_event.set()
-
-    async def _still_current(self) -> bool:
-        """The fence before a commit. Storage that cannot be read is retried for about 30 s
-        (the final commit has no later checkpoint to wait for), then the subtask fails and
-        a restore commits instead."""
-        loop = asyncio.get_running_loop()
-        delay = 0.2
-        for attempt in range(8):
-            try:
-                return await loop.run_in_executor(None, self.store.is_current, self.spec.run_id, self.spec.attempt)
-            except Exception as exc:
-                if attempt == 7:
-                    raise
-                logger.warning("%s: cannot read the attempts (%s); retrying", self.name, type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        return False
 
     def _fail(self, exc: BaseException) -> None:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""
@@ -459,64 +367,3 @@ class SubtaskActor:
         await asyncio.get_running_loop().run_in_executor(None, self.store.storage.put, key, blob)
 
     # --- checkpointing ----------------------------------------------------------------------
-
-    async def _checkpoint(self, checkpoint_id: int, alignment: float) -> None:
-        """Checkpoint steps on this subtask (DESIGN.md, checkpoint protocol 3-5):
-          a. sinks pre-commit the transaction of this epoch;
-          b. the state is pickled at once: that is the consistent copy;
-          c. the barrier goes out on every output, after the records before it;
-          d. in the background: the bytes answer the coordinator's pending next_snapshot
-             call (object-store tier), are uploaded (durable tier), then acknowledged.
-        """
-        self._last_barrier = checkpoint_id
-        for op in self._sinks():  # a
-            op.pre_commit(checkpoint_id)
-            if self.faults:
-                self.faults.hit("sink_pre_committed", checkpoint_id)
-        state = SubtaskState(
-            checkpoint_id=checkpoint_id, chain=self.spec.chain_name, subtask=self.spec.subtask,
-            parallelism=self.spec.parallelism,
-            source_offsets={k: p.snapshot() for k, p in self.parts.items()},
-            keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
-            sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self._sinks()},
-            counters=self._report().steps,
-            audit=self._audit_state(),
-            errors={op.step_id: op.errors for op in self.ops if op.errors},
-        )
-        data, sha = encode(state)  # b
-        for edge in self.outputs:  # c
-            await edge.broadcast(BARRIER, checkpoint_id)
-        key = CheckpointStore.snapshot_key(self.spec.run_id, checkpoint_id, self.spec.attempt,
-                                           self.spec.chain_name, self.spec.subtask)
-        meta = SnapshotMeta(self.spec.chain_name, self.spec.subtask, key, sha, len(data), alignment, self.source_out,
-                            {k: list(v) for k, v in state.audit.items()})
-        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))  # d
-
-    async def _upload(self, previous: asyncio.Task | None, checkpoint_id: int, data: bytes, meta: SnapshotMeta) -> None:
-        if previous is not None:  # acknowledgements go out in checkpoint order
-            await asyncio.shield(previous)
-        self._snapshots.put_nowait(data)
-        error = None
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.storage.put, meta.key, data)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            logger.warning("%s: upload of checkpoint %d failed: %s", self.name, checkpoint_id, error)
-        if self.faults and error is None:
-            self.faults.hit("snapshot_uploaded", checkpoint_id)
-        try:
-            await self.coordinator.ack.remote(self.spec.attempt, checkpoint_id, meta, error)
-        except ray.exceptions.RayError:
-            pass  # the coordinator is gone; a new one restores from durable storage
-
-
-
-def _is_json(record: Any) -> bool:
-    """Whether a dead letter can carry the record itself (else only its repr)."""
-    import json
-
-    try:
-        json.dumps(record)
-        return True
-    except (TypeError, ValueError):
-        return False

@@ -60,12 +60,6 @@ def test_a_sink_cannot_be_rescaled_and_a_changed_graph_is_refused():
 
 
 def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_progress():
-    import pytest
-
-    from raystream import RestartStrategy
-    from raystream._runtime.recovery import RestartTracker
-    from raystream.errors import JobFailedError
-
     t = RestartTracker(RestartStrategy.exponential_backoff(0.1, max_delay=1.0, max_restarts=5))
     assert [t.next_delay("x") for _ in range(4)] == [0.1, 0.2, 0.4, 0.8]
     assert t.next_delay("x", made_progress=True) == 0.1  # a checkpoint completed: no crash loop
