@@ -165,8 +165,8 @@ class JobCoordinator:
                 return self._fail(Failure("restarts", self.job.name, "", str(exc), failure.traceback_text))
             self.restarts += 1
             self.state = "restarting"
-            logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs",
-                           self.job.name, self.attempt, failure.step_id, failure.error, delay)
+            logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs", self.job.name,
+                           self.attempt, failure.step_id, failure.error.splitlines()[0], delay)
             await asyncio.sleep(delay)
             if self.checkpointing:
                 try:
