@@ -240,10 +240,6 @@ class CheckpointStore:
         key = self.manifest_key(run_id, checkpoint_id)
         return Manifest.from_json(self.storage.get(key), self._key, f"manifest {self.storage.uri(key)}")
 
-    def newest_manifest(self, run_id: str) -> Manifest | None:
-        ids = self.manifest_ids(run_id)
-        return self.load_manifest(run_id, ids[-1]) if ids else None
-
     def runs(self) -> list[str]:
         """Run ids that have any object, oldest first."""
         return sorted({k.split("/", 1)[0] for k in self.storage.list("") if "/" in k})

@@ -84,4 +84,4 @@ def test_kill_during_barrier_alignment_of_a_union(tmp_path):
     for r in rows:
         final[r["id"] % 7] = max(final.get(r["id"] % 7, 0), r["total"])
     assert final == {k: sum(range(k, fast_n + slow_n, 7)) for k in range(7)}
-    assert result.restarts == 1 and result.checkpoints.last_alignment >= 0
+    assert result.restarts == 1
