@@ -72,12 +72,20 @@ def _has_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+def _visible(name: str) -> bool:
+    """Whether a reader sees a file: names starting with `_` or `.` are staged or temporary
+    (FileSink's `_pending-` files, partial writes) and are never read through a glob or
+    a directory."""
+    return not name.rsplit("/", 1)[-1].startswith(("_", "."))
+
+
 def expand(uri: str) -> list[str]:
-    """The URIs of the files that `uri` (a path, a glob, or a directory) names, sorted."""
+    """The URIs of the files that `uri` (a path, a glob, or a directory) names, sorted.
+    Globs and directories leave out names starting with `_` or `.`."""
     loc = Location.parse(uri)
     if loc.scheme == "file":
         if _has_glob(loc.path):
-            return sorted(p for p in glob.glob(loc.path) if os.path.isfile(p))
+            return sorted(p for p in glob.glob(loc.path) if os.path.isfile(p) and _visible(p))
         if os.path.isdir(loc.path):
             return sorted(
                 os.path.join(loc.path, n)
@@ -93,7 +101,7 @@ def expand(uri: str) -> list[str]:
             break
     keys = list_keys(Location("s3", prefix, loc.bucket))
     if _has_glob(loc.path):
-        keys = [k for k in keys if fnmatch.fnmatchcase(k, loc.path)]
+        keys = [k for k in keys if fnmatch.fnmatchcase(k, loc.path) and _visible(k)]
     elif loc.path in keys:
         keys = [loc.path]
     else:  # a "directory": direct children that a reader should see
@@ -139,7 +147,8 @@ def open_read(uri: str, offset: int = 0, *, seekable: bool = False) -> BinaryIO:
 
 
 def write_bytes(loc: Location, data: bytes) -> None:
-    """Write a whole object so that readers see all of it or nothing."""
+    """Write a whole object so that readers see all of it or nothing; locally, the file
+    and its directory are fsynced before this returns."""
     if loc.scheme == "s3":
         s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data)
         return
@@ -147,7 +156,19 @@ def write_bytes(loc: Location, data: bytes) -> None:
     tmp = os.path.join(os.path.dirname(loc.path), f".{os.path.basename(loc.path)}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, loc.path)
+    fsync_dir(os.path.dirname(loc.path))
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in a directory (a rename, a new link) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_bytes(loc: Location) -> bytes:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
+from raystream.sinks import committed_checkpoint
 
 _VOCAB_SIZE = 20_000
 
@@ -153,7 +154,7 @@ def bench_recovery(args: argparse.Namespace) -> None:
         def newest_committed() -> int:
             """The newest checkpoint id among committed files (their names carry it)."""
             names = os.listdir(out) if os.path.isdir(out) else []
-            return max((int(n.split("-")[-3]) for n in names if n.startswith("part-")), default=0)
+            return max((committed_checkpoint(n) or 0 for n in names), default=0)
 
         def wait_running(after_checkpoints: int) -> rs.JobStatus:
             while True:

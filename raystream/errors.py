@@ -25,6 +25,11 @@ class SinkError(RaystreamError):
     """A sink could not write or commit its output."""
 
 
+class StagedDataMissingError(SinkError):
+    """A committed checkpoint's transaction cannot be committed: its staged data is gone.
+    The job falls back to the checkpoint before it, retracting what it must."""
+
+
 class StaleAttemptError(RaystreamError):
     """A process of an older attempt tried to commit after a newer attempt took over."""
 

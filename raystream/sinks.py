@@ -13,11 +13,16 @@ Under exactly-once the writer takes part in a two-phase commit with the checkpoi
    run more than once for the same transaction (after a failure), so it is idempotent.
 3. `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
    `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
-   abort everything else this subtask staged, and retract what this subtask committed
-   for later checkpoints of the same run. That last part matters only when a newer
+   abort everything else this subtask staged in earlier attempts (`context.attempt`),
+   and retract what earlier attempts of this subtask committed for later checkpoints
+   of the same run. Data of this attempt or a later one is never touched: a recover
+   that lands late (a slow request of a process already replaced) destroys nothing. That last part matters only when a newer
    checkpoint was refused (a snapshot failed its checksum) and the job falls back past
    it: its output is recomputed, so the committed copy must go. A sink that cannot
-   retract output duplicates that range in this one case.
+   retract output duplicates that range in this one case. Touch only this writer's
+   own (step, subtask, run) data. When a transaction in `txns` can no longer be
+   committed because its staged data is gone, raise `StagedDataMissingError`: the job
+   then falls back to the checkpoint before and retracts.
 
 Under at-least-once (`context.transactional` is False) writers write directly, and
 `pre_commit` at each barrier must make everything written so far durable and return
@@ -40,7 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from raystream import _files
-from raystream.errors import JobDefinitionError, SinkError
+from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ class SinkContext:
     transactional: bool = False
     resume_state: Any = None
     run_id: str = ""  # the job run this writer belongs to: names its output for retraction
+    attempt: int = 0  # the attempt of the run this writer belongs to; later attempts recover its data
 
 
 class SinkWriter(ABC):
@@ -137,13 +143,34 @@ class FileSink(Sink):
         return _FileWriter(self, context)
 
 
+#: Separates the fields of FileSink names; step ids and run ids never contain it, so a
+#: prefix of (step, subtask, run) matches that writer's files and no other's.
+_SEP = "@"
+
+
+def committed_checkpoint(name: str) -> int | None:
+    """The checkpoint id in a committed FileSink file name (None for at-least-once files)."""
+    fields = name.split(_SEP)
+    return int(fields[3]) if name.startswith("part-") and len(fields) > 5 and fields[3].isdigit() else None
+
+
+def _written_by(name: str, field_index: int) -> int:
+    fields = name.split(_SEP)
+    return int(fields[field_index]) if len(fields) > field_index and fields[field_index].isdigit() else 0
+
+
 class _FileWriter(SinkWriter):
+    """Names: `_pending-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.<fmt>` while
+    staged, `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>` once
+    committed, and `part-<step>@<subtask>@<run>@direct@...` when written directly
+    (at-least-once). <attempt> is the attempt that wrote the data."""
+
     def __init__(self, sink: FileSink, context: SinkContext):
         self._sink = sink
         self._ctx = context
         self._dir = _files.Location.parse(sink.directory)
-        self._subtask_tag = f"{context.step_id}-{context.subtask:04d}"
-        self._run_tag = f"{self._subtask_tag}-{context.run_id or 'run'}"
+        self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
+        self._attempt = f"{context.attempt:06d}{_SEP}"
         self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
         self._parts: list[list[Any] | pa.RecordBatch] = []
         self._rows = 0
@@ -166,11 +193,11 @@ class _FileWriter(SinkWriter):
         data = encode(self._parts, self._sink.format)
         self._parts, self._rows = [], 0
         if self._ctx.transactional:
-            name = f"_pending-{self._subtask_tag}-{stem}"
+            name = f"_pending-{self._tag}{self._attempt}{stem}"
             self._put(name, data)
             self._txn.files.append((name, stem))
         else:
-            self._put(f"part-{self._run_tag}-direct-{stem}", data)
+            self._put(f"part-{self._tag}direct{_SEP}{stem}", data)
             self.files_committed += 1
 
     def _put(self, name: str, data: bytes) -> None:
@@ -184,7 +211,8 @@ class _FileWriter(SinkWriter):
         if not self._ctx.transactional:
             return None
         # The final names carry run and checkpoint, so a fall-back can retract them.
-        files = [(pending, f"part-{self._run_tag}-{checkpoint_id:012d}-{stem}") for pending, stem in self._txn.files]
+        files = [(pending, f"part-{self._tag}{checkpoint_id:012d}{_SEP}{self._attempt}{stem}")
+                 for pending, stem in self._txn.files]
         self._txn = FileTxn()
         return FileTxn(files) if files else None
 
@@ -196,27 +224,30 @@ class _FileWriter(SinkWriter):
                 raise
             except Exception as exc:
                 raise SinkError(f"FileSink could not commit {self._dir.join(final).uri()}: {exc}") from exc
+        if txn.files and self._dir.scheme == "file":
+            _files.fsync_dir(self._dir.path)  # the renames are durable before the commit counts
         self.files_committed += len(txn.files)
 
     def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
         for txn in txns:
             self.commit(txn)
         keep = {pending for txn in txns for pending, _ in txn.files}
-        stale = [n for n in _list_names(self._dir, f"_pending-{self._subtask_tag}-") if n not in keep]
-        prefix = f"part-{self._run_tag}-"
-        later = [n for n in _list_names(self._dir, prefix)
-                 if n[len(prefix):len(prefix) + 12].isdigit() and int(n[len(prefix):len(prefix) + 12]) > checkpoint_id]
+        mine = self._ctx.attempt
+        stale = [n for n in _list_names(self._dir, f"_pending-{self._tag}")
+                 if n not in keep and _written_by(n, 3) < mine]
+        later = [n for n in _list_names(self._dir, f"part-{self._tag}")
+                 if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine]
         for name in stale + later:
             _delete(self._dir.join(name))
         if stale or later:
             logger.info("FileSink %s aborted %d staged files and retracted %d files of checkpoints after %d",
-                        self._subtask_tag, len(stale), len(later), checkpoint_id)
+                        self._tag, len(stale), len(later), checkpoint_id)
 
     def close(self) -> dict[str, int]:
         if not self._ctx.transactional:
             self._write_file()
         elif self._rows or self._txn.files:
-            raise SinkError(f"FileSink {self._subtask_tag} closed with data that no checkpoint covered")
+            raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
         return {"files": self.files_committed}
 
 
@@ -232,7 +263,11 @@ def _promote(directory: _files.Location, pending: str, final: str) -> None:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
                 raise
-            client.head_object(Bucket=dst.bucket, Key=dst.path)  # raises if neither exists
+            try:
+                client.head_object(Bucket=dst.bucket, Key=dst.path)
+            except ClientError:
+                raise StagedDataMissingError(
+                    f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
             return
         client.delete_object(Bucket=src.bucket, Key=src.path)
         return
@@ -240,7 +275,8 @@ def _promote(directory: _files.Location, pending: str, final: str) -> None:
         os.rename(src.path, dst.path)
     except FileNotFoundError:
         if not os.path.exists(dst.path):
-            raise SinkError(f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
+            raise StagedDataMissingError(
+                f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
 
 
 def _list_names(directory: _files.Location, prefix: str) -> list[str]:

@@ -3,9 +3,18 @@
 Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
 
     <run>/attempts/<attempt>               claimed once per attempt (put_if_absent)
+    <run>/restores/<attempt>               the checkpoint id that attempt restored (0: none)
+    <run>/refused/<id>                     a checkpoint refused at restore (damaged, unsigned)
     <run>/snapshots/<id>/<attempt>-<chain>-<subtask>.snap
-    <run>/progress/<chain>-<subtask>       at-most-once: source offsets before each batch
+    <run>/progress/<step>/<attempt>/<h>    at-most-once: a source partition's offset before
+                                           each batch (signed JSON; <h> hashes the partition)
     <run>/manifests/<id>.json              the commit record of checkpoint <id>
+
+The attempt claims are the single source of truth about which attempt may commit. A
+manifest of attempt a with id n is *void* when a later attempt b > a restored a
+checkpoint older than n: b did not see it when it chose, so b's sinks may have aborted
+the transactions n lists. A void manifest is never restored, so a coordinator of an
+older attempt that publishes late (a slow PUT, a process that woke up) changes nothing.
 
 Run ids sort by start time, checkpoint ids increase within a run. A snapshot is
 cloudpickle bytes whose SHA-256 is recorded in the manifest; `decode` checks it before
@@ -62,17 +71,6 @@ def decode(data: bytes, sha256: str, what: str) -> Any:
     return cloudpickle.loads(data)
 
 
-def encode_framed(obj: Any) -> bytes:
-    """Self-verifying bytes (checksum first) for objects no manifest describes."""
-    data, sha = encode(obj)
-    return sha.encode("ascii") + b"\n" + data
-
-
-def decode_framed(blob: bytes, what: str) -> Any:
-    sha, _, data = blob.partition(b"\n")
-    return decode(data, sha.decode("ascii", "replace"), what)
-
-
 @dataclass
 class SinkState:
     """A sink's part of a snapshot: the writer's own state and its transactions not yet committed."""
@@ -127,6 +125,7 @@ class Manifest:
     failed_total: int = 0
     versions: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    max_parallelism: int = 0  # key groups of the keyed state; 0 in manifests older than this field
 
     def to_json(self, key: bytes | None = None) -> bytes:
         raw = asdict(self)
@@ -140,13 +139,13 @@ class Manifest:
         try:
             raw = json.loads(data)
             signature = raw.pop("signature", "")
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, TypeError) as exc:
             raise CorruptCheckpointError(f"{what} is not a readable manifest: {exc}") from None
         if key is not None:
             if not signature:
                 raise CorruptCheckpointError(
                     f"{what} is not signed, and {SIGNING_KEY_ENV} is set: unsigned manifests are refused")
-            if not hmac.compare_digest(signature, _sign(raw, key)):
+            if not isinstance(signature, str) or not hmac.compare_digest(signature, _sign(raw, key)):
                 raise CorruptCheckpointError(
                     f"{what} does not match its signature: it was changed, or signed with another key")
         try:
@@ -192,9 +191,9 @@ def new_run_id() -> str:
 class CheckpointStore:
     """Reads and writes one job's checkpoints in durable storage."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, storage: Storage | None = None):
         self.root = root
-        self.storage: Storage = open_storage(root)
+        self.storage: Storage = storage if storage is not None else open_storage(root)
         self._key = signing_key()  # read in this process; never stored or logged
 
     # --- keys ---------------------------------------------------------------------------
@@ -208,27 +207,61 @@ class CheckpointStore:
         return f"{run_id}/manifests/{checkpoint_id:012d}.json"
 
     @staticmethod
-    def progress_key(run_id: str, chain: str, subtask: int) -> str:
-        return f"{run_id}/progress/{chain}-{subtask:04d}"
+    def progress_key(run_id: str, step_id: str, attempt: int, partition: str) -> str:
+        digest = hashlib.sha256(partition.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{run_id}/progress/{step_id}/{attempt:06d}/{digest}.json"
 
-    # --- attempts -----------------------------------------------------------------------
+    # --- attempts: the fence ------------------------------------------------------------
 
     def claim_attempt(self, run_id: str) -> int:
         """A number no other attempt of this run has had (a fencing token for later checks)."""
         while True:
-            taken = [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
-            attempt = max(taken, default=0) + 1
+            attempt = max(self._attempt_numbers(run_id), default=0) + 1
             if self.storage.put_if_absent(f"{run_id}/attempts/{attempt:06d}", str(time.time()).encode()):
                 return attempt
 
+    def _attempt_numbers(self, run_id: str) -> list[int]:
+        return [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
+
     def attempts(self, run_id: str) -> int:
-        return len(self.storage.list(f"{run_id}/attempts/"))
+        return len(self._attempt_numbers(run_id))
 
     def is_current(self, run_id: str, attempt: int) -> bool:
-        """The fence: whether `attempt` is still the newest attempt of the run. A process of
-        an older attempt (one paused while the job recovered) must not commit anything."""
-        taken = [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
-        return max(taken, default=0) <= attempt
+        """Whether `attempt` is still the newest attempt of the run. A process of an older
+        attempt checks this before it commits, to narrow the window in which it could; what
+        makes a late commit harmless is that its manifest is void (see the module doc)."""
+        return max(self._attempt_numbers(run_id), default=0) <= attempt
+
+    def record_restore(self, run_id: str, attempt: int, checkpoint_id: int) -> None:
+        """R3 (docs/protocol.md): before any of its subtasks touches a sink,
+        `attempt` records which checkpoint it restores. Every manifest of an older attempt
+        with a larger id is void from now on."""
+        self.storage.put(f"{run_id}/restores/{attempt:06d}", json.dumps({"checkpoint": checkpoint_id}).encode())
+
+    def restore_points(self, run_id: str) -> dict[int, int]:
+        """attempt -> the checkpoint id it restored (0: it started from nothing)."""
+        points = {}
+        for key in self.storage.list(f"{run_id}/restores/"):
+            try:
+                points[int(key.rsplit("/", 1)[1])] = int(json.loads(self.storage.get(key))["checkpoint"])
+            except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+                # An unreadable record voids nothing; the fence still holds for its attempt.
+                logger.warning("restore record %s unreadable: %s", self.storage.uri(key), exc)
+        return points
+
+    @staticmethod
+    def is_void(manifest: Manifest, points: dict[int, int]) -> bool:
+        return any(attempt > manifest.attempt and restored < manifest.checkpoint_id
+                   for attempt, restored in points.items())
+
+    # --- refusals -----------------------------------------------------------------------
+
+    def refuse(self, run_id: str, checkpoint_id: int, reason: str) -> None:
+        """Remember that a checkpoint failed verification, so no later restore tries it."""
+        self.storage.put(f"{run_id}/refused/{checkpoint_id:012d}", reason.encode("utf-8", "replace"))
+
+    def refused(self, run_id: str) -> set[int]:
+        return {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/refused/")}
 
     # --- snapshots and manifests -------------------------------------------------------
 
@@ -237,8 +270,19 @@ class CheckpointStore:
                 if k.endswith(".json")]
 
     def load_manifest(self, run_id: str, checkpoint_id: int) -> Manifest:
+        """The manifest stored as checkpoint `checkpoint_id` of `run_id`. Its own fields must
+        name the same run and id (they are signed), so a manifest copied over another id
+        cannot roll a job back."""
         key = self.manifest_key(run_id, checkpoint_id)
-        return Manifest.from_json(self.storage.get(key), self._key, f"manifest {self.storage.uri(key)}")
+        what = f"manifest {self.storage.uri(key)}"
+        manifest = Manifest.from_json(self.storage.get(key), self._key, what)
+        if manifest.run_id != run_id or manifest.checkpoint_id != checkpoint_id:
+            raise CorruptCheckpointError(
+                f"{what} describes checkpoint {manifest.checkpoint_id} of run {manifest.run_id}: "
+                "it was copied or moved; it is not loaded")
+        if self.root.rstrip("/").rsplit("/", 1)[-1] != manifest.job:
+            raise CorruptCheckpointError(f"{what} belongs to job {manifest.job!r}, not this one; it is not loaded")
+        return manifest
 
     def runs(self) -> list[str]:
         """Run ids that have any object, oldest first."""
@@ -260,17 +304,43 @@ class CheckpointStore:
         """The snapshot's state, if `data` matches the checksum in the manifest."""
         return decode(data, meta.sha256, f"snapshot {self.storage.uri(meta.key)}")
 
-    def read_progress(self, run_id: str, chain: str) -> dict[str, Any]:
-        """At-most-once: the offsets the subtasks of `chain` saved before their last batches."""
-        offsets: dict[str, Any] = {}
-        for key in self.storage.list(f"{run_id}/progress/{chain}-"):
-            offsets.update(decode_framed(self.storage.get(key), self.storage.uri(key)))
-        return offsets
+    # --- at-most-once progress --------------------------------------------------------
+
+    def save_progress(self, run_id: str, step_id: str, attempt: int, partition: str, offset: Any) -> None:
+        """At-most-once: the offset of `partition` before its next batch leaves. Signed JSON,
+        never a pickle: offsets of at-most-once sources must be JSON values."""
+        body = {"run": run_id, "step": step_id, "attempt": attempt, "partition": partition, "offset": offset}
+        self.storage.put(self.progress_key(run_id, step_id, attempt, partition), _signed_json(body, self._key))
+
+    def read_progress(self, run_id: str, step_id: str) -> dict[str, Any]:
+        """partition -> offset saved by the newest attempt that saved one. Offsets only move
+        forward across attempts (each starts from what it read here), and a process of an
+        older attempt can only write under its own attempt's keys, never over newer ones."""
+        newest: dict[str, tuple[int, Any]] = {}
+        for key in self.storage.list(f"{run_id}/progress/{step_id}/"):
+            body = _read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
+            if body.get("run") != run_id or body.get("step") != step_id:
+                raise CorruptCheckpointError(f"progress {self.storage.uri(key)} belongs to another run or step")
+            attempt, partition = int(body["attempt"]), str(body["partition"])
+            if partition not in newest or attempt > newest[partition][0]:
+                newest[partition] = (attempt, body["offset"])
+        return {p: offset for p, (_, offset) in newest.items()}
+
+    def compact_progress(self, run_id: str, step_id: str, attempt: int, offsets: dict[str, Any]) -> None:
+        """Carry `offsets` into `attempt`'s keys, then drop the older attempts' progress:
+        the progress tree holds one object per partition and live attempt."""
+        for partition, offset in offsets.items():
+            self.save_progress(run_id, step_id, attempt, partition, offset)
+        mine = f"{run_id}/progress/{step_id}/{attempt:06d}/"
+        self.storage.delete([k for k in self.storage.list(f"{run_id}/progress/{step_id}/")
+                             if not k.startswith(mine) and int(k.split("/")[3]) < attempt])
+
+    # --- retention ----------------------------------------------------------------------
 
     def retain(self, run_id: str, keep: int) -> None:
         """Delete all but the newest `keep` manifests of the run, and every snapshot older
-        than the oldest kept manifest (complete or aborted). The newest complete checkpoint
-        and what it references are never touched."""
+        than the oldest kept manifest (complete or aborted), with their directories. The
+        caller is the current attempt, whose newest manifest is the newest of all."""
         ids = self.manifest_ids(run_id)
         if len(ids) <= keep:
             return
@@ -280,3 +350,28 @@ class CheckpointStore:
             if int(key.split("/")[2]) < oldest_kept:
                 doomed.append(key)
         self.storage.delete(doomed)
+
+
+def _signed_json(body: dict[str, Any], key: bytes | None) -> bytes:
+    raw = dict(body)
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw["sha256"] = hashlib.sha256(canonical).hexdigest()
+    if key is not None:
+        raw["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    return json.dumps(raw, sort_keys=True).encode("utf-8")
+
+
+def _read_signed_json(data: bytes, key: bytes | None, what: str) -> dict[str, Any]:
+    """The body of `_signed_json` bytes; with a key, only if the signature matches."""
+    try:
+        raw = json.loads(data)
+        sha, signature = raw.pop("sha256", None), raw.pop("signature", None)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CorruptCheckpointError(f"{what} is not readable: {exc}") from None
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if not isinstance(sha, str) or not hmac.compare_digest(sha, hashlib.sha256(canonical).hexdigest()):
+        raise CorruptCheckpointError(f"{what} is damaged: its checksum does not match")
+    if key is not None and (not isinstance(signature, str)
+                            or not hmac.compare_digest(signature, hmac.new(key, canonical, hashlib.sha256).hexdigest())):
+        raise CorruptCheckpointError(f"{what} is unsigned or does not match its signature; it is not used")
+    return raw

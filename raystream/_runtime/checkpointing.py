@@ -1,18 +1,27 @@
 """The coordinator's side of the checkpoint protocol, for one attempt of a job.
 
-Checkpoint protocol (DESIGN.md), coordinator steps:
-  1. Every `interval` (and at least `min_pause` after the previous one ended), with no
-     other checkpoint pending, start checkpoint n: tell every source subtask to emit
-     barrier n after its current batch.
-  (2-5 run in the subtasks: align, snapshot, forward, upload, acknowledge.)
-  6. When every subtask has acknowledged n, write the manifest of n (offsets, snapshot
-     keys, checksums) with a conditional put under a key never used before. That write
-     is the commit point.
-  7. Then tell every subtask that n is complete; sinks commit n's transactions.
-  8. Delete checkpoints beyond the retention count, never the newest complete one nor
-     what it references.
+Checkpoint protocol (docs/protocol.md), the coordinator's steps:
+  C1. Every `interval` (and at least `min_pause` after the previous one ended), with no
+      other checkpoint pending, start checkpoint n: tell every source subtask to emit
+      barrier n after its current batch.
+  (C2-C4 run in the subtasks: align, snapshot, forward, upload, acknowledge.)
+  C5. When every subtask has acknowledged n, check the fence (F3), then write the
+      manifest of n (snapshot keys, checksums) with a conditional put under a key never
+      used before. That write is the commit point.
+  C6. Then tell every subtask that n is complete; sinks commit n's transactions.
+  C7. Delete checkpoints beyond the retention count, never the newest complete one nor
+      what it references.
 A checkpoint that a subtask declines (its upload failed) or that outlives `timeout` is
 aborted and counted; more than `tolerable_failures` in a row fail the attempt.
+
+When the attempt ends, `close()` refuses every later acknowledgement and waits for a
+manifest write in flight, so that everything this attempt published is visible before
+recovery lists the manifests, and nothing it starts afterwards can publish.
+
+The Checkpointer talks to its subtasks only through their handles' `.remote()` calls and
+to storage only through `blocking(fn, *args)`, and reads time from `clock`, so that the
+protocol simulation (tests/simulation) drives this same code with fake handles, a
+simulated store and a virtual clock.
 
 The object-store tier: for each subtask one `next_snapshot()` call is kept pending. The
 subtask answers it with the bytes of its next snapshot, so the object is owned here and
@@ -28,7 +37,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from raystream._runtime.checkpoint import CheckpointStore, Manifest, SnapshotMeta, versions
 from raystream.config import CheckpointConfig
@@ -52,18 +61,32 @@ class Pending:
     acks: dict[Key, SnapshotMeta] = field(default_factory=dict)
 
 
+Blocking = Callable[..., Awaitable[Any]]
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking storage I/O off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
 class Checkpointer:
     def __init__(self, *, job_name: str, guarantee: str, config: CheckpointConfig, store: CheckpointStore,
                  run_id: str, attempt: int, actors: dict[Key, Any], sources: list[Key],
-                 chains: dict[str, int], next_id: int, stats: CheckpointStats, faults: Injector):
+                 chains: dict[str, int], next_id: int, stats: CheckpointStats, faults: Injector,
+                 max_parallelism: int = 0, clock: Callable[[], float] = time.monotonic,
+                 blocking: Blocking = in_thread):
         self.job_name, self.guarantee, self.config = job_name, guarantee, config
         self.store, self.run_id, self.attempt = store, run_id, attempt
         self.actors, self.sources, self.chains = actors, sources, chains
         self.next_id = next_id
         self.stats = stats
         self.faults = faults
+        self.max_parallelism = max_parallelism
+        self.clock, self.blocking = clock, blocking
+        self.closed = False
+        self._publishing: asyncio.Future | None = None
         self.pending: Pending | None = None
-        self.last_start = self.last_end = time.monotonic()
+        self.last_start = self.last_end = clock()
         self.consecutive_failures = 0
         self.finished_sources: set[Key] = set()
         self.final_committed = False
@@ -82,11 +105,13 @@ class Checkpointer:
         self._calls[key].append(self.actors[key].next_snapshot.remote())
         return ref
 
-    # --- step 1 ---------------------------------------------------------------------------
+    # --- C1 -------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Start a checkpoint if one is due; abort one that timed out."""
-        now = time.monotonic()
+        now = self.clock()
+        if self.closed:
+            return
         if self.pending is not None:
             if now - self.pending.started > self.config.timeout:
                 self._abort(f"checkpoint {self.pending.checkpoint_id} timed out after {self.config.timeout}s")
@@ -101,7 +126,7 @@ class Checkpointer:
     def _trigger(self, final: bool) -> None:
         n = self.next_id
         self.next_id += 1
-        self.last_start = time.monotonic()
+        self.last_start = self.clock()
         self.pending = Pending(n, final, self.last_start)
         for key in self.sources:
             self.actors[key].trigger_checkpoint.remote(n, final)
@@ -110,9 +135,11 @@ class Checkpointer:
     def source_finished(self, key: Key) -> None:
         self.finished_sources.add(key)
 
-    # --- steps 6 to 8 ---------------------------------------------------------------------
+    # --- C5 to C7 --------------------------------------------------------------------------
 
     async def on_ack(self, checkpoint_id: int, meta: SnapshotMeta, error: str | None) -> None:
+        if self.closed:  # the attempt is over: nothing it acknowledges can be published
+            return
         key = (meta.chain, meta.subtask)
         ref = self._take_ref(key)
         pending = self.pending
@@ -126,7 +153,15 @@ class Checkpointer:
         if len(pending.acks) == len(self.actors):
             if self.faults:
                 self.faults.hit("acks_complete", checkpoint_id)
-            await self._complete(pending)
+            self._publishing = asyncio.ensure_future(self._complete(pending))
+            await asyncio.shield(self._publishing)
+
+    async def close(self) -> None:
+        """End this attempt's checkpoint work: refuse later acknowledgements and wait until
+        a manifest write in flight has landed or failed."""
+        self.closed = True
+        if self._publishing is not None and not self._publishing.done():
+            await asyncio.wait([self._publishing])
 
     async def _complete(self, pending: Pending) -> None:
         n = pending.checkpoint_id
@@ -135,10 +170,10 @@ class Checkpointer:
             guarantee=self.guarantee, created=time.time(), chains=dict(self.chains),
             snapshots=sorted(pending.acks.values(), key=lambda m: (m.chain, m.subtask)),
             completed_total=self.stats.completed + 1, failed_total=self.stats.failed, versions=versions(),
+            max_parallelism=self.max_parallelism,
         )
-        loop = asyncio.get_running_loop()
-        try:  # fenced: a coordinator of an older attempt publishes nothing
-            current = await loop.run_in_executor(None, self.store.is_current, self.run_id, self.attempt)
+        try:  # F3: a coordinator of an older attempt publishes nothing
+            current = await self.blocking(self.store.is_current, self.run_id, self.attempt)
         except Exception as exc:
             self._abort(f"checkpoint {n}: reading the attempts failed: {type(exc).__name__}: {exc}")
             return
@@ -146,9 +181,9 @@ class Checkpointer:
             self.failure = f"attempt {self.attempt} was replaced by a newer attempt; it publishes nothing"
             self.pending = None
             return
-        try:  # step 6: the commit point
+        try:  # C5: the commit point
             before_publish = (lambda: self.faults.hit("manifest_writing", n)) if self.faults else None
-            committed = await loop.run_in_executor(None, self.store.commit, manifest, before_publish)
+            committed = await self.blocking(self.store.commit, manifest, before_publish)
         except Exception as exc:
             self._abort(f"checkpoint {n}: writing the manifest failed: {type(exc).__name__}: {exc}")
             return
@@ -156,7 +191,7 @@ class Checkpointer:
             self._abort(f"checkpoint {n}: a manifest with this id exists already; another coordinator is running")
             return
         self.pending = None
-        self.last_end = time.monotonic()
+        self.last_end = self.clock()
         self.consecutive_failures = 0
         self.stats = dataclasses.replace(
             self.stats, completed=self.stats.completed + 1, last_id=n,
@@ -166,20 +201,22 @@ class Checkpointer:
         )
         if self.faults:
             self.faults.hit("manifest_written", n)
-        for actor in self.actors.values():  # step 7
+        if self.closed:  # the attempt ended meanwhile: the restore commits n instead
+            return
+        for actor in self.actors.values():  # C6
             actor.notify_complete.remote(n)
         if pending.final:
             self.final_committed = True
         for old in [i for i in self.refs if i <= n - self.config.retain]:
             del self.refs[old]
-        try:  # step 8
-            await loop.run_in_executor(None, self.store.retain, self.run_id, self.config.retain)
+        try:  # C7
+            await self.blocking(self.store.retain, self.run_id, self.config.retain)
         except Exception as exc:  # cleanup can wait for the next checkpoint
             logger.warning("checkpoint retention failed: %s", exc)
 
     def _abort(self, reason: str) -> None:
         pending, self.pending = self.pending, None
-        self.last_end = time.monotonic()
+        self.last_end = self.clock()
         self.consecutive_failures += 1
         self.stats = dataclasses.replace(self.stats, failed=self.stats.failed + 1)
         if pending is not None:

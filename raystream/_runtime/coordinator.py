@@ -1,19 +1,23 @@
 """The job coordinator: a Ray actor that runs the job's attempts, checkpoints them and
 recovers from failures.
 
-Recovery protocol (DESIGN.md):
-  1. A failure shows up as an ActorDiedError on the pending `run()` call the coordinator
+Recovery protocol (docs/protocol.md, R1-R5), as this module runs it:
+  R1. A failure shows up as an ActorDiedError on the pending `run()` call the coordinator
      keeps per subtask, as a failure report from a subtask, or as checkpoints failing
-     past `tolerable_failures` (a hung subtask never acknowledges).
-  2. The attempt's actors are killed. The restart strategy gives the delay before the
-     next attempt, or ends the job when restarts are exhausted. A user function or a
-     source that fails on its input ends the job at once: a restart would fail the same.
-  3. The next attempt claims a new attempt number in durable storage and creates new
-     actors, each restored from the newest complete manifest: from the object-store
-     copy this coordinator still holds, else from durable storage, checksum first.
-  4. Sources seek to the manifest's offsets (at-most-once: to the offsets they saved
-     before each batch, so nothing is replayed); sinks commit the restored checkpoint's
-     transactions and abort the rest; processing resumes.
+     past `tolerable_failures` (a hung subtask never acknowledges). The attempt ends
+     (`_end_attempt`): its checkpoint work is closed, its actors are killed, and Ray
+     reports each of them dead before anything else happens.
+  R2. The restart strategy gives the delay before the next attempt, or ends the job. A
+     user function or a source that fails on its input ends the job at once.
+  R3. The next attempt claims its number in durable storage, then chooses the newest
+     checkpoint that is neither refused nor void, and records that choice
+     (`_begin_attempt`, `recovery.choose_checkpoint`).
+  R4. New actors restore from it: from the object-store copy this coordinator still
+     holds, else from durable storage, checksum first; sinks commit its transactions
+     and abort the rest; sources seek to its offsets (at-most-once: to the offsets they
+     saved before each batch). A checkpoint that cannot be restored is refused for good
+     and the next attempt falls back to the one before it.
+  R5. Processing resumes.
 The coordinator keeps nothing that exists only in its memory: if it dies, its subtasks
 die with it (Ray ends actors with their owner) and a new coordinator resumes the run
 from durable storage.
@@ -30,16 +34,16 @@ from typing import Any
 
 import ray
 
-from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest, incompatibility
-from raystream._runtime.checkpointing import Checkpointer, Key
+from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest
+from raystream._runtime.checkpointing import Checkpointer, Key, in_thread
 from raystream._runtime.plan import Chain, PhysicalPlan
-from raystream._runtime.recovery import RestartTracker, RestoreError, snapshots_for
+from raystream._runtime.recovery import RestartTracker, RestoreError, begin_attempt, snapshots_for
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
-from raystream.errors import JobFailedError
+from raystream.errors import JobFailedError, StagedDataMissingError
 from raystream.faults import Injector, install_s3_faults
-from raystream.job import Job
+from raystream.job import KEYED_KINDS, Job
 from raystream.result import CheckpointStats, Failure, JobResult, JobStatus, StepMetrics
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ _SPECIFICITY = {"record": -6, "source": -5, "restore": -4, "internal": -3, "chec
 _FINAL = ("record", "source")
 _TICK = 0.05
 _METRICS_EVERY = 0.5
+_DEATH_TIMEOUT = 30.0  # seconds to wait for Ray to report a killed attempt's actors dead
 
 
 def actor_name(job_name: str, run_id: str, what: str) -> str:
@@ -83,7 +88,6 @@ class JobCoordinator:
             install_s3_faults(job.runtime.faults)
         self.job, self.plan, self.run_id, self.resume = job, plan, run_id, resume
         self.store = CheckpointStore(checkpoint_root)
-        self.checkpointing = job.guarantee != Guarantee.AT_MOST_ONCE
         self.state = "starting"
         self.started = time.monotonic()
         self.attempt = 0
@@ -97,11 +101,15 @@ class JobCoordinator:
         self.stopping = False
         self.restores: dict[str, int] = {}  # snapshots restored from "object_store" / "durable"
         self.source_seen: dict[Key, int] = {}  # records each source subtask emitted, from metrics
-        self.bad_manifests: set[int] = set()  # checkpoints whose snapshots failed verification
+        self.refused: set[int] = set()  # checkpoints that failed verification (also kept in storage)
+        self.refs: dict[int, dict[Key, Any]] = {}  # object-store copies of complete checkpoints
+        self._runs: dict[asyncio.Future, Key] = {}  # the pending run() call of each subtask
+        self._task: asyncio.Future | None = None
 
     # --- calls from subtasks, the driver and users ---------------------------------------
 
     async def ack(self, attempt: int, checkpoint_id: int, meta: Any, error: str | None) -> None:
+        """From a subtask; an attempt that ended has no checkpointer, so its acks count for nothing."""
         if attempt == self.attempt and self.checkpointer is not None:
             key = (meta.chain, meta.subtask)
             if key in self.source_seen or meta.source_records:
@@ -131,34 +139,38 @@ class JobCoordinator:
 
     # --- the job ----------------------------------------------------------------------------
 
-    async def run(self) -> JobOutcome:
-        """Run attempts until one finishes, or a failure ends the job (recovery steps 1-4)."""
-        loop = asyncio.get_running_loop()
+    async def outcome(self) -> JobOutcome:
+        """The job's outcome once it ends. The first call starts the job; the driver may
+        call again after a lost reply (ActorUnavailableError) and gets the same outcome."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return await asyncio.shield(self._task)
+
+    async def _run(self) -> JobOutcome:
+        """Run attempts until one finishes, or a failure ends the job (R1-R5)."""
         tracker = RestartTracker(self.job.restart)
-        manifest = None
+        restoring = self.resume
         if self.resume:
+            self.restarts = await in_thread(self.store.attempts, self.run_id)  # each earlier attempt ended in a restart
+        while True:
             try:
-                manifest = await loop.run_in_executor(None, self._newest_manifest)
+                manifest, progress = await self._begin_attempt(restoring)
             except RestoreError as exc:
                 return self._fail(Failure("restore", "restore", "", str(exc), ""))
-            attempts = await loop.run_in_executor(None, self.store.attempts, self.run_id)
-            self.restarts = attempts  # every earlier attempt of this run ended in a restart
-            if manifest is not None:  # the counters continue; refusals just made are kept
-                self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
-                                                 failed=manifest.failed_total, last_id=manifest.checkpoint_id)
-        while True:
-            self.attempt = await loop.run_in_executor(None, self.store.claim_attempt, self.run_id)
+            restoring = True
             completed_before = self.stats.completed
-            failure = await self._attempt(manifest)
+            failure = await self._attempt(manifest, progress)
             if failure is None:
                 return JobOutcome(self._result(), None)
             if failure.kind in _FINAL:
                 return self._fail(failure)
             if failure.kind == "restore" and manifest is not None:
-                # A snapshot of this checkpoint did not verify: fall back to the one before it.
-                self.bad_manifests.add(manifest.checkpoint_id)
+                # The checkpoint cannot be restored (a snapshot did not verify, or its staged
+                # output is gone): refuse it for good and fall back to the one before it.
+                await in_thread(self.store.refuse, self.run_id, manifest.checkpoint_id, failure.error)
+                self.refused.add(manifest.checkpoint_id)
                 self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
-            try:  # step 2
+            try:  # R2
                 delay = tracker.next_delay(f"{failure.step_id}: {failure.error}",
                                            made_progress=self.stats.completed > completed_before)
             except JobFailedError as exc:
@@ -168,34 +180,30 @@ class JobCoordinator:
             logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs", self.job.name,
                            self.attempt, failure.step_id, failure.error.splitlines()[0], delay)
             await asyncio.sleep(delay)
-            if self.checkpointing:
-                try:
-                    manifest = await loop.run_in_executor(None, self._newest_manifest)
-                except RestoreError as exc:
-                    return self._fail(Failure("restore", "restore", "", str(exc), ""))
-                if manifest is None and self.bad_manifests:
-                    return self._fail(Failure("restore", "restore", "", (
-                        f"no checkpoint of run {self.run_id} verifies (refused: "
-                        f"{sorted(self.bad_manifests)}); starting over would repeat committed output"), ""))
 
-    def _newest_manifest(self) -> Manifest | None:
-        """The newest committed checkpoint of this run that verifies (its signature, when a
-        key is set) and was not refused before; refusals are counted."""
-        for checkpoint_id in reversed(self.store.manifest_ids(self.run_id)):
-            if checkpoint_id in self.bad_manifests:
-                continue
-            try:
-                manifest = self.store.load_manifest(self.run_id, checkpoint_id)
-            except CorruptCheckpointError as exc:
-                logger.error("checkpoint %d refused: %s", checkpoint_id, exc)
-                self.bad_manifests.add(checkpoint_id)
-                self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
-                continue
-            problem = incompatibility(manifest.versions)
-            if problem is not None:
-                raise RestoreError(f"checkpoint {checkpoint_id} of run {self.run_id} cannot be restored: {problem}")
-            return manifest
-        return None
+    async def _begin_attempt(self, restoring: bool) -> tuple[Manifest | None, dict[str, dict[str, Any]]]:
+        """R3: claim the next attempt (from now on no older attempt can publish
+        a checkpoint that counts), choose the checkpoint to restore, and record the choice
+        before any subtask touches a sink. At-most-once also reads the sources' progress."""
+        keyed = any(s.kind in KEYED_KINDS for s in self.job.steps.values())
+        self.attempt, manifest = await begin_attempt(
+            self.store, self.run_id, self.refused, restoring=restoring,
+            max_parallelism=self.job.runtime.max_parallelism, keyed=keyed, blocking=in_thread)
+        if restoring:
+            refused = len(self.refused & set(await in_thread(self.store.manifest_ids, self.run_id)))
+            self.stats = dataclasses.replace(self.stats, refused=max(self.stats.refused, refused))
+        if manifest is not None and self.stats.completed == 0:  # a new coordinator: the counters continue
+            self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
+                                             failed=manifest.failed_total, last_id=manifest.checkpoint_id)
+        progress: dict[str, dict[str, Any]] = {}
+        if self.job.guarantee == Guarantee.AT_MOST_ONCE and restoring:
+            for chain in self.plan.chains:
+                if chain.head.kind == "source":
+                    offsets = await in_thread(self.store.read_progress, self.run_id, chain.head.step_id)
+                    await in_thread(self.store.compact_progress, self.run_id, chain.head.step_id,
+                                    self.attempt, offsets)
+                    progress[chain.head.step_id] = offsets
+        return manifest, progress
 
     def _fail(self, failure: Failure) -> JobOutcome:
         self.state = "failed"
@@ -207,12 +215,14 @@ class JobCoordinator:
 
     def _spec(self, chain: Chain, subtask: int) -> SubtaskSpec:
         head = chain.head
+        source = head.kind == "source"
         return SubtaskSpec(
             job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
             parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
             runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
             run_id=self.run_id, attempt=self.attempt, errors=self.job.errors, audit=self.job.audit,
-            source_partitions=self.plan.partitions_of(head.step_id, subtask) if head.kind == "source" else [],
+            source_partitions=self.plan.partitions_of(head.step_id, subtask) if source else [],
+            all_partitions=list(self.plan.source_partitions[head.step_id]) if source else [],
         )
 
     def _outputs(self, chain: Chain, subtask: int) -> list[OutputSpec]:
@@ -228,81 +238,121 @@ class JobCoordinator:
     def _restore_spec(self, manifest: Manifest | None, chain: Chain, subtask: int) -> RestoreSpec | None:
         if manifest is None:
             return None
-        held = self.checkpointer.refs.get(manifest.checkpoint_id, {}) if self.checkpointer else {}
-        metas = snapshots_for(manifest, chain, subtask)
+        held = self.refs.get(manifest.checkpoint_id, {})
+        metas = snapshots_for(manifest, chain, subtask, dead_letters=self.job.errors.mode == "dead_letter")
         return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas])
 
-    async def _attempt(self, manifest: Manifest | None) -> Failure | None:
-        """One attempt: create, restore and connect the actors, run them, checkpoint them."""
-        rt = self.job.runtime
-        previous = self.checkpointer
+    async def _attempt(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
+        """One attempt: create, restore and connect the actors, run them, checkpoint them.
+        Whatever happens, it ends with R1: its checkpoint work is closed and
+        its actors are dead before the next attempt begins."""
         restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
-        self.actors, self.reports = {}, {}
+        self.actors, self.reports, self._runs = {}, {}, {}
         setup_started = time.monotonic()
+        failure: Failure | None = Failure("internal", "attempt", "", "the attempt was interrupted", "")
         try:
-            for chain in self.plan.chains:  # step 3: new actors
-                for i in range(chain.parallelism):
-                    self.actors[(chain.name, i)] = SubtaskActor.options(
-                        name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
-                        num_cpus=rt.subtask_num_cpus, resources=rt.subtask_resources or None,
-                        max_restarts=0, max_task_retries=0,
-                    ).remote(self._spec(chain, i))
-            try:
-                pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
-            except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
-                return Failure("internal", "subtask start", "", f"{type(exc).__name__}: {exc}", "")
-            self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
-            try:
-                specs = {(c.name, i): self._restore_spec(manifest, c, i)
-                         for c in self.plan.chains for i in range(c.parallelism)}
-            except RestoreError as exc:
-                return Failure("source", "restore", "", str(exc), "")
-            me = ray.get_runtime_context().current_actor
-            try:  # steps 3-4: restore, commit restored transactions, connect
-                tiers = await asyncio.gather(*(
-                    self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me)
-                    for c in self.plan.chains for i in range(c.parallelism)))
-            except ray.exceptions.RayActorError as exc:  # a subtask died while restoring
-                return Failure("crash", "restore", "", f"{type(exc).__name__}: {exc}", "")
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None) or exc
-                kind = "restore" if isinstance(cause, (CorruptCheckpointError, FileNotFoundError)) else "internal"
-                return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
-            for counts in tiers:  # where each restored snapshot was read from
-                for tier, n in counts.items():
-                    self.restores[tier] = self.restores.get(tier, 0) + n
+            failure = await self._start_actors()
+            if failure is None:
+                failure = await self._restore(manifest, progress)
+            if failure is not None:
+                return failure
             # What the sources had emitted past the restored offsets is read again.
             self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
             self.source_seen = {}
-            # Ids continue after every manifest of the run, refused ones included: never reused.
-            ids = await asyncio.get_running_loop().run_in_executor(None, self.store.manifest_ids, self.run_id)
-            next_id = max(ids, default=0) + 1
-            self.checkpointer = Checkpointer(
-                job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
-                store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
-                sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
-                next_id=next_id, stats=self.stats,
-                faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),
-            ) if self.checkpointing else None
-            if self.checkpointer is not None:
-                if previous is not None:  # keep the object-store copies for another restore
-                    self.checkpointer.refs = previous.refs
-                self.checkpointer.start_snapshot_calls()
+            await self._start_checkpointer()
             self.state = "running"
             logger.info("job %s attempt %d running after %.2fs of setup", self.job.name, self.attempt,
                         time.monotonic() - setup_started)
             if self.stopping:
                 await self.stop()
-            return await self._watch()
+            failure = await self._watch()
+            return failure
         finally:
-            if self.checkpointer is not None:
-                self.stats = self.checkpointer.stats
-            for actor in self.actors.values():
-                ray.kill(actor, no_restart=True)
+            await self._end_attempt(wait=failure is not None)
+
+    async def _start_actors(self) -> Failure | None:
+        """R4, first half: new actors for every subtask."""
+        rt = self.job.runtime
+        for chain in self.plan.chains:
+            for i in range(chain.parallelism):
+                self.actors[(chain.name, i)] = SubtaskActor.options(
+                    name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
+                    num_cpus=rt.subtask_num_cpus, resources=rt.subtask_resources or None,
+                    max_restarts=0, max_task_retries=0,
+                ).remote(self._spec(chain, i))
+        try:
+            pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+        except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
+            return Failure("internal", "subtask start", "", f"{type(exc).__name__}: {exc}", "")
+        self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
+        return None
+
+    async def _restore(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
+        """R4, second half: each subtask restores its state (checksums first), its sinks
+        commit the restored transactions and abort the rest, its sources seek."""
+        try:
+            specs = {(c.name, i): self._restore_spec(manifest, c, i)
+                     for c in self.plan.chains for i in range(c.parallelism)}
+        except RestoreError as exc:
+            return Failure("source", "restore", "", str(exc), "")
+        me = ray.get_runtime_context().current_actor
+        try:
+            tiers = await asyncio.gather(*(
+                self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me,
+                                                      progress.get(c.head.step_id))
+                for c in self.plan.chains for i in range(c.parallelism)))
+        except ray.exceptions.RayActorError as exc:  # a subtask died while restoring
+            return Failure("crash", "restore", "", f"{type(exc).__name__}: {exc}", "")
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None) or exc
+            unrestorable = (CorruptCheckpointError, FileNotFoundError, StagedDataMissingError)
+            kind = "restore" if isinstance(cause, unrestorable) else "internal"
+            return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
+        for counts in tiers:  # where each restored snapshot was read from
+            for tier, n in counts.items():
+                self.restores[tier] = self.restores.get(tier, 0) + n
+        return None
+
+    async def _start_checkpointer(self) -> None:
+        # Ids continue after every manifest of the run, refused and void ones included: never reused.
+        ids = await in_thread(self.store.manifest_ids, self.run_id)
+        self.checkpointer = Checkpointer(
+            job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
+            store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
+            sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
+            next_id=max(ids, default=0) + 1, stats=self.stats, max_parallelism=self.job.runtime.max_parallelism,
+            faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),
+        )
+        self.checkpointer.refs = self.refs  # object-store copies outlive attempts, for the next restore
+        self.checkpointer.start_snapshot_calls()
+
+    async def _end_attempt(self, wait: bool) -> None:
+        """R1: close the attempt's checkpoint work (no later ack counts; a
+        manifest write in flight lands or fails now), kill its actors, and wait until Ray
+        reports each of them dead, so no process of this attempt still writes when the
+        next attempt restores."""
+        checkpointer, self.checkpointer = self.checkpointer, None
+        if checkpointer is not None:
+            await checkpointer.close()
+            self.stats = checkpointer.stats
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        if not wait:  # the job finished: no next attempt to protect
+            return
+        pending = {key: f for f, key in self._runs.items() if not f.done()}
+        runs = [pending.get(k) or asyncio.ensure_future(a.until_killed.remote()) for k, a in self.actors.items()]
+        if runs:
+            _, alive = await asyncio.wait(runs, timeout=_DEATH_TIMEOUT)
+            if alive:
+                logger.warning("job %s attempt %d: %d subtasks not reported dead after %.0fs", self.job.name,
+                               self.attempt, len(alive), _DEATH_TIMEOUT)
+        for fut in [*self._runs, *runs]:  # retrieve every outcome: asyncio warns otherwise
+            if fut.done() and not fut.cancelled():
+                fut.exception()
 
     async def _watch(self) -> Failure | None:
         """Wait for every subtask's run(); tick the checkpoints; poll metrics."""
-        runs = {asyncio.ensure_future(a.run.remote()): key for key, a in self.actors.items()}
+        runs = self._runs = {asyncio.ensure_future(a.run.remote()): key for key, a in self.actors.items()}
         pending = set(runs)
         next_metrics = time.monotonic() + _METRICS_EVERY
         while pending:
@@ -313,14 +363,12 @@ class JobCoordinator:
                     # Peers of a crashed subtask fail first at times; give the real cause a moment.
                     more, pending = await asyncio.wait(pending, timeout=2.0)
                     failures += [f for f in (self._collect(fut, runs[fut]) for fut in more) if f]
-                for fut in pending:  # the actors are about to be killed
-                    fut.cancel()
                 return min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0))
             if self.checkpointer is not None:
                 self.checkpointer.tick()
                 if self.checkpointer.failure is not None:
                     return Failure("checkpoint", "checkpoint", "", self.checkpointer.failure, "")
-            if time.monotonic() >= next_metrics:
+            if pending and time.monotonic() >= next_metrics:
                 next_metrics = time.monotonic() + _METRICS_EVERY
                 await self._poll_metrics(pending, runs)
         self.state = "stopped" if self.stopping else "finished"
@@ -342,6 +390,8 @@ class JobCoordinator:
 
     async def _poll_metrics(self, pending: set, runs: dict) -> None:
         keys = [runs[f] for f in pending]
+        if not keys:  # asyncio.wait refuses an empty set: every subtask has just finished
+            return
         futs = [asyncio.ensure_future(self.actors[k].metrics.remote()) for k in keys]
         done, _ = await asyncio.wait(futs, timeout=1.0)
         for key, fut in zip(keys, futs):

@@ -3,7 +3,9 @@
 The supervisor keeps the coordinator alive: if its process dies, a new coordinator
 resumes the same run from durable storage (the subtasks died with the old one, since
 Ray ends actors with their owner). Restarts of the coordinator follow the job's
-restart strategy.
+restart strategy. Only ActorDiedError means death: a reply that was lost
+(ActorUnavailableError: the call may or may not have run) is asked for again, because
+a second coordinator beside a live first one would be two writers of one run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from raystream.job import Job
 from raystream.result import JobStatus
 
 logger = logging.getLogger(__name__)
+
+_UNAVAILABLE_LIMIT = 120.0  # seconds a coordinator may stay unreachable before the job fails
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -57,7 +61,7 @@ def checkpoint_root(job: Job) -> str:
 
 def resumable_run(job: Job, store: CheckpointStore) -> str:
     """The run that `--resume` continues: the newest one with a complete checkpoint
-    (at-most-once: the newest run, whose sources saved their offsets)."""
+    (at-most-once: the newest run, whose sources saved their progress)."""
     if job.guarantee == Guarantee.AT_MOST_ONCE:
         runs = store.runs()
         if runs:
@@ -93,23 +97,33 @@ class Supervisor:
         self.coordinator = JobCoordinator.options(
             name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
         ).remote(self.job, self.plan, self.run_id, self.root, resume)
-        return self.coordinator.run.remote()
+        return self.coordinator.outcome.remote()
 
     def _supervise(self) -> None:
         import ray
 
         run_ref = self._first_ref
+        unavailable_since: float | None = None
         try:
             while True:
                 try:
                     self.outcome = ray.get(run_ref)
                     return
-                except ray.exceptions.RayTaskError as exc:  # raised inside run(): a bug, not a crash
+                except ray.exceptions.RayTaskError as exc:  # raised inside the coordinator: a bug, not a crash
                     raise JobFailedError(f"the coordinator of job {self.job.name!r} failed: {exc}") from exc
-                except ray.exceptions.RayActorError as exc:  # the coordinator's process died
+                except ray.exceptions.ActorUnavailableError as exc:  # maybe alive: ask again
+                    unavailable_since = unavailable_since or time.monotonic()
+                    if time.monotonic() - unavailable_since > _UNAVAILABLE_LIMIT:
+                        raise JobFailedError(f"the coordinator of job {self.job.name!r} has been unreachable for "
+                                             f"{_UNAVAILABLE_LIMIT:.0f}s: {exc}") from exc
+                    time.sleep(0.5)
+                    run_ref = self.coordinator.outcome.remote()
+                except ray.exceptions.RayActorError as exc:  # ActorDiedError: the process is gone
+                    ray.kill(self.coordinator, no_restart=True)  # never two coordinators of one run
                     delay = self.tracker.next_delay(f"the coordinator died: {exc}")
                     logger.warning("job %s: the coordinator died; a new one resumes in %.1fs", self.job.name, delay)
                     time.sleep(delay)
+                    unavailable_since = None
                     run_ref = self._launch(resume=True)
         except BaseException as exc:  # handed to wait()
             self.error = exc

@@ -32,7 +32,8 @@ class RecordPolicies:
             step_id = f"dead_letters.{spec.steps[0].step_id}"  # one writer identity per chain
             ctx = SinkContext(step_id, spec.subtask, spec.parallelism,
                               transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                              resume_state=state.sink_states.get(step_id) if state else None, run_id=spec.run_id)
+                              resume_state=state.sink_states.get(step_id) if state else None,
+                              run_id=spec.run_id, attempt=spec.attempt)
             self.dead_letters = SinkOp(Step(step_id, "sink", (), sink=policy.sink), ctx)
             if state is not None:
                 self.dead_letters.records_in = state.counters.get(step_id, (0, 0))[0]

@@ -26,7 +26,8 @@ class Snapshotting:
         return await self._snapshots.get()
 
     async def notify_complete(self, checkpoint_id: int) -> None:
-        """Checkpoint `checkpoint_id` is committed: sinks commit its transactions (and older ones)."""
+        """C6: checkpoint `checkpoint_id` is committed; after the fence (F3), sinks commit its
+        transactions and older ones still pending."""
         async with self._commit_lock:
             loop = asyncio.get_running_loop()
             for op in self._sinks():
@@ -71,15 +72,16 @@ class Snapshotting:
         return False
 
     async def _checkpoint(self, checkpoint_id: int, alignment: float) -> None:
-        """Checkpoint steps on this subtask (DESIGN.md, checkpoint protocol 3-5):
-          a. sinks pre-commit the transaction of this epoch;
-          b. the state is pickled at once: that is the consistent copy;
-          c. the barrier goes out on every output, after the records before it;
-          d. in the background: the bytes answer the coordinator's pending next_snapshot
-             call (object-store tier), are uploaded (durable tier), then acknowledged.
+        """Checkpoint steps on this subtask (docs/protocol.md):
+          C3. sinks pre-commit the transaction of this epoch; the state is pickled at
+              once (the consistent copy); the barrier goes out on every output, after
+              the records before it;
+          C4. in the background: the bytes answer the coordinator's pending
+              next_snapshot call (object-store tier), are uploaded (durable tier), then
+              acknowledged, in checkpoint order.
         """
         self._last_barrier = checkpoint_id
-        for op in self._sinks():  # a
+        for op in self._sinks():  # C3
             op.pre_commit(checkpoint_id)
             if self.faults:
                 self.faults.hit("sink_pre_committed", checkpoint_id)
@@ -93,14 +95,14 @@ class Snapshotting:
             audit=self._audit_state(),
             errors={op.step_id: op.errors for op in self.ops if op.errors},
         )
-        data, sha = encode(state)  # b
-        for edge in self.outputs:  # c
+        data, sha = encode(state)  # C3: the consistent copy
+        for edge in self.outputs:  # C3: the barrier goes on
             await edge.broadcast(BARRIER, checkpoint_id)
         key = CheckpointStore.snapshot_key(self.spec.run_id, checkpoint_id, self.spec.attempt,
                                            self.spec.chain_name, self.spec.subtask)
         meta = SnapshotMeta(self.spec.chain_name, self.spec.subtask, key, sha, len(data), alignment, self.source_out,
                             {k: list(v) for k, v in state.audit.items()})
-        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))  # d
+        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))  # C4
 
     async def _upload(self, previous: asyncio.Task | None, checkpoint_id: int, data: bytes, meta: SnapshotMeta) -> None:
         if previous is not None:  # acknowledgements go out in checkpoint order

@@ -27,7 +27,8 @@ class SubtaskSpec:
     attempt: int
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
     audit: Any = None  # raystream.Audit
-    source_partitions: list[str] = field(default_factory=list)  # for a source chain
+    source_partitions: list[str] = field(default_factory=list)  # for a source chain: this subtask's
+    all_partitions: list[str] = field(default_factory=list)  # every partition of the source, now
 
 
 @dataclass
@@ -44,7 +45,7 @@ class RestoreSpec:
     coordinator still holds it (None: read the durable copy)."""
 
     checkpoint_id: int
-    snapshots: list[tuple[SnapshotMeta, Any]]
+    snapshots: list[tuple[SnapshotMeta, Any]]  # this subtask's own snapshot first, when it has one
 
 
 @dataclass

@@ -5,7 +5,9 @@ makes a manifest write the commit point: a key written once is never overwritten
 
 - Local: put writes a temporary file and renames it over the key (readers never see a
   partial object); put_if_absent hard-links the finished temporary file to the key,
-  which fails if the key exists.
+  which fails if the key exists. The file and then its directory are fsynced before a
+  write returns, so a write that returned survives a power loss. Deleting the last key
+  of a directory removes the directory.
 - S3: put_if_absent is a PUT with `If-None-Match: *`; S3 answers 412 when the key
   exists. Endpoint and credentials come from the environment (boto3 reads them).
 """
@@ -68,6 +70,7 @@ class LocalStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._write_temp(path, data), path)
+        _files.fsync_dir(os.path.dirname(path))
 
     def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
         path = self._path(key)
@@ -76,11 +79,12 @@ class LocalStorage(Storage):
             before_publish()
         try:
             os.link(tmp, path)
-            return True
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
+        _files.fsync_dir(os.path.dirname(path))
+        return True
 
     def get(self, key: str) -> bytes:
         with open(self._path(key), "rb") as f:
@@ -102,11 +106,20 @@ class LocalStorage(Storage):
         return sorted(keys)
 
     def delete(self, keys: list[str]) -> None:
+        dirs = set()
         for key in keys:
             try:
                 os.unlink(self._path(key))
             except FileNotFoundError:
                 pass
+            dirs.add(os.path.dirname(self._path(key)))
+        for directory in sorted(dirs, key=len, reverse=True):  # deepest first
+            while directory != self.root and directory.startswith(self.root + os.sep):
+                try:
+                    os.rmdir(directory)
+                except OSError:  # not empty (or already gone): keep the rest
+                    break
+                directory = os.path.dirname(directory)
 
     def uri(self, key: str = "") -> str:
         return self._path(key) if key else self.root

@@ -6,13 +6,13 @@ Run loop of a subtask with inputs:
   2. A batch goes through the chain's operators; the output is partitioned into the
      output edges, which send full buffers downstream and wait when a channel has
      `max_in_flight` messages unacknowledged.
-  3. A barrier goes to the alignment (alignment.py); when it completes, the subtask
-     checkpoints (`Snapshotting._checkpoint`, snapshotting.py).
+  3. A barrier goes to the alignment (alignment.py, protocol step C2); when it
+     completes, the subtask checkpoints (`Snapshotting._checkpoint`, C3-C4).
   4. The message is acknowledged (its push call returns) only after that, so a slow
      consumer stalls its producers.
-  5. When every input has ended: end-of-stream goes out on every output; with
-     checkpointing, the subtask then waits until the last checkpoint it took part in is
-     committed, so its sinks have made everything visible; then operators close.
+  5. When every input has ended: end-of-stream goes out on every output; the subtask
+     then waits until the last checkpoint it took part in is committed, so its sinks
+     have made everything visible; then operators close.
 
 A source subtask runs the same chain and outputs but reads its partitions round-robin,
 and emits a barrier between two batches when the coordinator asks for one. When its
@@ -34,7 +34,7 @@ import ray
 from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
-from raystream._runtime.checkpoint import CheckpointStore, encode_framed
+from raystream._runtime.checkpoint import CheckpointStore
 from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.operators import (
     KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain,
@@ -61,7 +61,6 @@ class SubtaskActor(Snapshotting, RecordPolicies):
             install_s3_faults(spec.runtime.faults)
         self.spec = spec
         self.name = f"{spec.chain_name}[{spec.subtask}]"
-        self.checkpointing = spec.guarantee != Guarantee.AT_MOST_ONCE
         self.store = CheckpointStore(spec.checkpoint_root)
         self.source_step = spec.steps[0] if spec.steps[0].kind == "source" else None
         self.ops: list[Operator] = []
@@ -93,9 +92,16 @@ class SubtaskActor(Snapshotting, RecordPolicies):
     def pid(self) -> int:
         return os.getpid()
 
-    async def setup(self, restore: RestoreSpec | None, outputs: list[OutputSpec], coordinator: Any) -> dict[str, int]:
+    async def until_killed(self) -> None:
+        """Never returns: the coordinator awaits this call after killing the actor, and its
+        ActorDiedError says that the process is gone (R1)."""
+        await asyncio.Event().wait()
+
+    async def setup(self, restore: RestoreSpec | None, outputs: list[OutputSpec], coordinator: Any,
+                    progress: dict[str, Any] | None = None) -> dict[str, int]:
         """Build the operators (from restored state, if any) and connect the outputs.
-        Returns how many snapshots were read from each storage tier."""
+        `progress`: at-most-once, the offsets sources saved before their last batches,
+        which win over the checkpoint's. Returns how many snapshots were read per tier."""
         spec, rt = self.spec, self.spec.runtime
         self.coordinator = coordinator
         state = None
@@ -103,6 +109,29 @@ class SubtaskActor(Snapshotting, RecordPolicies):
             state = await load_state(restore, self.store, spec.subtask, spec.parallelism, rt.max_parallelism)
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
+        self._build_operators(state)
+        self._setup_error_policy(state)
+        self._setup_audit(state)
+        if state is not None or spec.attempt > 1:
+            loop = asyncio.get_running_loop()
+            for op in self._sinks():  # R4: commit what the restored checkpoint pre-committed; abort the rest
+                if op.transactional:
+                    txns = state.sink_txns.get(op.step_id, []) if state else []
+                    restored = state.checkpoint_id if state else 0
+                    await loop.run_in_executor(None, op.writer.recover, txns, restored)
+        if self.source_step is not None:
+            offsets = dict(state.source_offsets) if state else {}
+            offsets.update(progress or {})
+            self._open_partitions(offsets, state)
+        self.outputs = [
+            OutputEdge(o.kind, [OutputChannel(h, c, rt.max_in_flight) for h, c in o.targets],
+                       rt.batch_size, rt.linger, rt.max_parallelism)
+            for o in outputs
+        ]
+        return state.tiers if state is not None else {}
+
+    def _build_operators(self, state: Any) -> None:
+        spec = self.spec
         for step in spec.steps:
             if step.kind == "source":
                 continue
@@ -111,7 +140,7 @@ class SubtaskActor(Snapshotting, RecordPolicies):
                 ctx = SinkContext(step.step_id, spec.subtask, spec.parallelism,
                                   transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
                                   resume_state=state.sink_states.get(step.step_id) if state else None,
-                                  run_id=spec.run_id)
+                                  run_id=spec.run_id, attempt=spec.attempt)
             op = build_operator(step, ctx)
             if state is not None:
                 if isinstance(op, KeyedOp):
@@ -119,35 +148,29 @@ class SubtaskActor(Snapshotting, RecordPolicies):
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
                 op.errors = state.errors.get(step.step_id, 0)
             self.ops.append(op)
-        self._setup_error_policy(state)
-        self._setup_audit(state)
-        if state is not None or spec.attempt > 1:
-            loop = asyncio.get_running_loop()
-            for op in self._sinks():  # commit what the restored checkpoint pre-committed; abort the rest
-                if op.transactional:
-                    txns = state.sink_txns.get(op.step_id, []) if state else []
-                    restored = state.checkpoint_id if state else 0
-                    await loop.run_in_executor(None, op.writer.recover, txns, restored)
-        if self.source_step is not None:
-            offsets = state.source_offsets if state else {}
-            if spec.guarantee == Guarantee.AT_MOST_ONCE and spec.attempt > 1:
-                offsets = await asyncio.get_running_loop().run_in_executor(
-                    None, self.store.read_progress, spec.run_id, spec.chain_name)
-            if state is not None:
-                self.source_out = state.counters.get(self.source_step.step_id, (0, 0))[1]
-            try:
-                for key in spec.source_partitions:
-                    self.parts[key] = self.source_step.source.build_partition(key, offsets.get(key), rt.batch_size)
-            except SourceError as exc:
-                self._fatal = exc
-            except Exception as exc:
-                self._fatal = SourceError(f"source {self.source_step.step_id!r} could not open a partition: {exc}")
-        self.outputs = [
-            OutputEdge(o.kind, [OutputChannel(h, c, rt.max_in_flight) for h, c in o.targets],
-                       rt.batch_size, rt.linger, rt.max_parallelism)
-            for o in outputs
-        ]
-        return state.tiers if state is not None else {}
+
+    def _open_partitions(self, offsets: dict[str, Any], state: Any) -> None:
+        """Each partition assigned to this subtask continues from its offset, wherever it
+        was read before; a partition no checkpoint knows starts at its beginning."""
+        spec, step = self.spec, self.source_step
+        if state is not None:
+            self.source_out = state.counters.get(step.step_id, (0, 0))[1]
+        if spec.subtask == 0 and offsets:
+            new = [p for p in spec.all_partitions if p not in offsets]
+            gone = sorted(set(offsets) - set(spec.all_partitions))
+            if new:
+                logger.info("source %s: %d new partitions start at their beginning: %s", step.step_id, len(new),
+                            ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
+            if gone:
+                logger.warning("source %s: %d partitions of the checkpoint are gone and are not read: %s",
+                               step.step_id, len(gone), ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""))
+        try:
+            for key in spec.source_partitions:
+                self.parts[key] = step.source.build_partition(key, offsets.get(key), spec.runtime.batch_size)
+        except SourceError as exc:
+            self._fatal = exc
+        except Exception as exc:
+            self._fatal = SourceError(f"source {step.step_id!r} could not open a partition: {exc}")
 
     def _sinks(self) -> list[SinkOp]:
         sinks = [op for op in self.ops if isinstance(op, SinkOp)]
@@ -210,12 +233,11 @@ class SubtaskActor(Snapshotting, RecordPolicies):
             await edge.broadcast(END, None)
         for edge in self.outputs:
             await edge.drain()
-        if self.checkpointing:  # step 5: wait until our last checkpoint is committed
-            while self._committed < self._last_barrier:
-                self._committed_event.clear()
-                await self._committed_event.wait()
-                if self._fatal is not None:
-                    raise self._fatal
+        while self._committed < self._last_barrier:  # run step 5: wait until our last checkpoint is committed
+            self._committed_event.clear()
+            await self._committed_event.wait()
+            if self._fatal is not None:
+                raise self._fatal
         report = self._report()
         results = {op.step_id: op.close() for op in self.ops + ([self.dead_letters] if self.dead_letters else [])}
         report.sink_results = {k: v for k, v in results.items() if v is not None}
@@ -319,8 +341,6 @@ class SubtaskActor(Snapshotting, RecordPolicies):
             if self._stopping:
                 active = []
             if not active:
-                if not self.checkpointing:
-                    return
                 if not told_finished:  # wait for the final barrier
                     await self.coordinator.source_finished.remote(self.spec.attempt, self.spec.chain_name,
                                                                   self.spec.subtask)
@@ -340,7 +360,7 @@ class SubtaskActor(Snapshotting, RecordPolicies):
                 elif batch_len(batch):
                     progressed = True
                     if amo:  # at-most-once: the offset is durable before the batch leaves
-                        await self._save_progress()
+                        await self._save_progress(key, part.snapshot())
                     self.source_out += batch_len(batch)
                     if self.source_tally is not None:
                         self.source_tally.add(batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch)
@@ -361,9 +381,9 @@ class SubtaskActor(Snapshotting, RecordPolicies):
             else:
                 await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in
 
-    async def _save_progress(self) -> None:
-        blob = encode_framed({k: p.snapshot() for k, p in self.parts.items()})
-        key = CheckpointStore.progress_key(self.spec.run_id, self.spec.chain_name, self.spec.subtask)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.storage.put, key, blob)
+    async def _save_progress(self, partition: str, offset: Any) -> None:
+        spec = self.spec
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.store.save_progress, spec.run_id, self.source_step.step_id, spec.attempt, partition, offset)
 
     # --- checkpointing ----------------------------------------------------------------------

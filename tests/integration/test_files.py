@@ -73,7 +73,7 @@ def test_s3_round_trip(s3_bucket, fmt, sink_fmt):
     out = round_trip(f"s3://{s3_bucket}/in/*.{fmt}", f"s3://{s3_bucket}/out", fmt, sink_fmt)
     assert sorted(out, key=lambda r: r["id"]) == ROWS
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]]
-    assert len(keys) >= 2 and all(k.split("/")[-1].startswith("part-out-") for k in keys)
+    assert len(keys) >= 2 and all(k.split("/")[-1].startswith("part-out@") for k in keys)
 
 
 def test_missing_s3_input_is_an_error_before_start(s3_bucket):
@@ -81,3 +81,15 @@ def test_missing_s3_input_is_an_error_before_start(s3_bucket):
     job.source("in", FileSource(f"s3://{s3_bucket}/nothing/*.txt")).sink("out", FileSink(f"s3://{s3_bucket}/o"))
     with pytest.raises(rs.SourceError, match="no file matching"):
         job.run()
+
+
+def test_a_reader_of_sink_output_skips_staged_files_on_s3(s3_bucket):
+    """FileSource("out/*") over a FileSink directory reads committed files only."""
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key="out/part-out@0000@r@000000000001@000001@t-000000.jsonl", Body=b'{"id": 1}\n')
+    s3.put_object(Bucket=s3_bucket, Key="out/_pending-out@0000@r@000002@t-000001.jsonl", Body=b'{"id": 2}\n')
+    s3.put_object(Bucket=s3_bucket, Key="out/.part.tmp", Body=b'{"id": 3}\n')
+    source = FileSource(f"s3://{s3_bucket}/out/*", format="jsonl")
+    assert [k.rsplit("/", 1)[1] for k in source.list_partitions()] == [
+        "part-out@0000@r@000000000001@000001@t-000000.jsonl"]
+    assert read_files(f"s3://{s3_bucket}/out") == [{"id": 1}]

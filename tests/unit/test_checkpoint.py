@@ -1,9 +1,11 @@
 """Checkpoint storage: the commit point is exclusive, damaged bytes are refused, retention
 keeps what the newest checkpoint needs."""
+import json
+
 import pytest
 
 from raystream._runtime.checkpoint import (
-    CheckpointStore, CorruptCheckpointError, Manifest, SnapshotMeta, decode, decode_framed, encode, encode_framed,
+    CheckpointStore, CorruptCheckpointError, Manifest, SnapshotMeta, decode, encode,
 )
 from raystream._runtime.storage import LocalStorage
 
@@ -15,10 +17,6 @@ def test_decode_refuses_bytes_that_do_not_match_the_checksum():
     damaged[len(damaged) // 2] ^= 1
     with pytest.raises(CorruptCheckpointError, match="damaged or was replaced"):
         decode(bytes(damaged), sha, "snapshot x")
-    blob = encode_framed({"p": 1})
-    assert decode_framed(blob, "progress") == {"p": 1}
-    with pytest.raises(CorruptCheckpointError):
-        decode_framed(blob[:-1] + b"\x00", "progress")
 
 
 def test_put_if_absent_never_overwrites(tmp_path):
@@ -35,7 +33,7 @@ def make_manifest(run: str, n: int) -> Manifest:
 
 
 def test_commit_retention_and_resume_lookup(tmp_path):
-    store = CheckpointStore(str(tmp_path))
+    store = CheckpointStore(str(tmp_path / "j"))
     for n in range(1, 6):
         store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 0), b"s")
         assert store.commit(make_manifest("r1", n))
@@ -77,3 +75,87 @@ def test_snapshots_of_other_versions_are_refused_with_what_to_do():
     assert incompatibility(dict(here, cloudpickle="1.0.0")).startswith("it was written by cloudpickle 1.0.0")
     patch = here["python"].rsplit(".", 1)[0] + ".99"
     assert incompatibility(dict(here, python=patch)) is None  # a patch release reads the same pickles
+
+
+def test_retention_leaves_no_directory_behind(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    for n in range(1, 201):
+        store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 0), b"s")
+        store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 1), b"s")
+        assert store.commit(make_manifest("r1", n))
+        store.retain("r1", 3)
+    snapshot_dirs = sorted(p.name for p in (tmp_path / "j" / "r1" / "snapshots").iterdir())
+    assert snapshot_dirs == ["000000000198", "000000000199", "000000000200"]
+    assert sum(1 for _ in (tmp_path / "j").rglob("*")) < 20  # bounded, whatever the run's length
+
+
+def test_a_manifest_is_bound_to_its_run_id_and_job(tmp_path):
+    key = b"k" * 32
+    store = CheckpointStore(str(tmp_path / "j"))
+    store._key = key
+    for n in (1, 2):
+        assert store.commit(make_manifest("r1", n))
+    assert store.load_manifest("r1", 2).checkpoint_id == 2
+    # Copy the signed manifest of checkpoint 1 over a newer id: a rollback attempt.
+    store.storage.put(CheckpointStore.manifest_key("r1", 3), store.storage.get(CheckpointStore.manifest_key("r1", 1)))
+    with pytest.raises(CorruptCheckpointError, match="copied or moved"):
+        store.load_manifest("r1", 3)
+    other = CheckpointStore(str(tmp_path / "other"))
+    other._key = key
+    other.storage.put(CheckpointStore.manifest_key("r1", 1), store.storage.get(CheckpointStore.manifest_key("r1", 1)))
+    with pytest.raises(CorruptCheckpointError, match="belongs to job 'j'"):
+        other.load_manifest("r1", 1)
+
+
+def test_a_signature_that_is_not_a_string_is_refused_not_a_crash():
+    import json
+
+    key = b"k" * 32
+    raw = json.loads(make_manifest("r", 1).to_json(key))
+    for bad in (12345, None, ["x"], {"a": 1}):
+        raw["signature"] = bad
+        with pytest.raises(CorruptCheckpointError):
+            Manifest.from_json(json.dumps(raw).encode(), key)
+    for not_a_manifest in (b"17", b"[1, 2]", b"null"):
+        with pytest.raises(CorruptCheckpointError):
+            Manifest.from_json(not_a_manifest, key)
+
+
+def test_progress_is_signed_json_keyed_by_partition_and_fenced_by_attempt(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    store._key = b"k" * 32
+    store.save_progress("r", "src", 1, "s3://b/a.txt", [100, 10])
+    store.save_progress("r", "src", 1, "s3://b/b.txt", [900, 90])
+    store.save_progress("r", "src-b", 1, "s3://b/a.txt", [5, 1])  # another step whose id extends "src"
+    store.save_progress("r", "src", 2, "s3://b/a.txt", [200, 20])
+    store.save_progress("r", "src", 1, "s3://b/a.txt", [150, 15])  # a process of attempt 1 woke up late
+    assert store.read_progress("r", "src") == {"s3://b/a.txt": [200, 20], "s3://b/b.txt": [900, 90]}
+    assert store.read_progress("r", "src-b") == {"s3://b/a.txt": [5, 1]}
+    store.compact_progress("r", "src", 3, store.read_progress("r", "src"))
+    assert len(store.storage.list("r/progress/src/")) == 2
+    assert store.read_progress("r", "src") == {"s3://b/a.txt": [200, 20], "s3://b/b.txt": [900, 90]}
+    # Progress is never unpickled; a forged or unsigned object is refused.
+    key = store.storage.list("r/progress/src/")[0]
+    forged = json.loads(store.storage.get(key))
+    forged["offset"] = [0, 0]
+    store.storage.put(key, json.dumps(forged).encode())
+    with pytest.raises(CorruptCheckpointError):
+        store.read_progress("r", "src")
+
+
+def test_a_late_manifest_of_a_replaced_attempt_is_void(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    assert store.claim_attempt("r") == 1
+    store.record_restore("r", 1, 0)
+    assert store.commit(make_manifest("r", 1))
+    assert store.claim_attempt("r") == 2
+    store.record_restore("r", 2, 1)  # attempt 2 restored checkpoint 1 ...
+    late = make_manifest("r", 2)  # ... then attempt 1's slow PUT of checkpoint 2 landed
+    assert store.commit(late)
+    points = store.restore_points("r")
+    assert points == {1: 0, 2: 1}
+    assert store.is_void(late, points)
+    assert not store.is_void(make_manifest("r", 1), points)
+    mine = make_manifest("r", 3)
+    mine.attempt = 2
+    assert not store.is_void(mine, points)  # attempt 2's own later checkpoints count

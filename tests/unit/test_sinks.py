@@ -40,3 +40,62 @@ def test_sink_argument_checks():
         FileSink("d", format="csv")
     with pytest.raises(JobDefinitionError):
         CollectSink(keep="first")
+
+
+def staged(tmp_path, step_id, subtask, run_id, attempt, checkpoint_id, records):
+    """A transactional writer that staged `records` for `checkpoint_id`; returns (writer, txn)."""
+    w = FileSink(str(tmp_path), rows_per_file=100).build_writer(
+        SinkContext(step_id, subtask, 2, transactional=True, run_id=run_id, attempt=attempt))
+    w.write_batch(records)
+    return w, w.pre_commit(checkpoint_id)
+
+
+def test_recover_touches_only_its_own_step_subtask_and_run(tmp_path):
+    # Step "out" subtask 1 and step "out-0001" subtask 0 once shared the prefix "out-0001-".
+    mine, mine_txn = staged(tmp_path, "out", 1, "run-a", 1, 5, [1])
+    neighbour, neighbour_txn = staged(tmp_path, "out-0001", 0, "run-a", 1, 5, [2])
+    other_run, other_txn = staged(tmp_path, "out", 1, "run-b", 1, 5, [3])
+    neighbour.commit(neighbour_txn)
+    other_run.commit(other_txn)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    restored, _ = staged(tmp_path, "out", 1, "run-a", 2, 4, [])  # attempt 2 restores checkpoint 4
+    restored.recover([], 4)
+    after = sorted(p.name for p in tmp_path.iterdir())
+    assert set(before) - set(after) == {mine_txn.files[0][0]}  # only its own staged file is aborted
+    assert sorted(read_files(str(tmp_path))) == [2, 3]
+
+
+def test_a_late_recover_of_an_older_attempt_destroys_nothing_newer(tmp_path):
+    new, new_txn = staged(tmp_path, "out", 0, "run", 3, 7, [7])  # attempt 3 staged checkpoint 7
+    done, done_txn = staged(tmp_path, "out", 0, "run", 3, 6, [6])
+    done.commit(done_txn)  # ... and committed checkpoint 6
+    old, _ = staged(tmp_path, "out", 0, "run", 1, 1, [])
+    old.recover([], 0)  # attempt 1's restore of checkpoint 0, landing late
+    assert (tmp_path / new_txn.files[0][0]).exists() and read_files(str(tmp_path)) == [6]
+    refallback, _ = staged(tmp_path, "out", 0, "run", 4, 1, [])
+    refallback.recover([], 5)  # attempt 4 falls back to checkpoint 5: checkpoint 6 is retracted
+    assert read_files(str(tmp_path)) == [] and not (tmp_path / new_txn.files[0][0]).exists()
+
+
+def test_commit_of_missing_staged_data_says_so(tmp_path):
+    from raystream.errors import StagedDataMissingError
+
+    w, txn = staged(tmp_path, "out", 0, "run", 1, 1, [1])
+    (tmp_path / txn.files[0][0]).unlink()
+    with pytest.raises(StagedDataMissingError, match="neither it nor its staged file exists"):
+        w.commit(txn)
+
+
+def test_data_and_renames_are_fsynced_before_a_commit_counts(tmp_path, monkeypatch):
+    import os
+
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    w, txn = staged(tmp_path, "out", 0, "run", 1, 1, [1])
+    pending = str(tmp_path / txn.files[0][0])
+    assert any(p.endswith(".tmp") for p in synced) and synced[-1] == str(tmp_path)  # data, then the rename
+    synced.clear()
+    w.commit(txn)
+    assert synced == [str(tmp_path)] and not os.path.exists(pending)  # the commit's renames

@@ -60,10 +60,15 @@ def files(tmp_path):
 def test_text_files_one_partition_each(files):
     src = FileSource(str(files / "*.txt"))
     keys = src.list_partitions()
-    assert [k.rsplit("/", 1)[1] for k in keys] == ["_hidden.txt", "a.txt", "b.txt"]
-    assert drain(src.build_partition(keys[2], None, 100)) == ["no newline at end"]
-    # a directory lists visible files only
+    # A glob, like a directory, lists visible files only: `_pending-...` files of a
+    # FileSink and `.tmp` files are uncommitted output, never input.
+    (files / ".partial.txt.tmp").write_text("half a line")
+    assert [k.rsplit("/", 1)[1] for k in keys] == ["a.txt", "b.txt"]
+    assert [k.rsplit("/", 1)[1] for k in FileSource(str(files / "*")).list_partitions()] == ["a.txt", "b.txt"]
+    assert drain(src.build_partition(keys[1], None, 100)) == ["no newline at end"]
     assert [k.rsplit("/", 1)[1] for k in FileSource(str(files)).list_partitions()] == ["a.txt", "b.txt"]
+    # A file named explicitly is read, whatever its name.
+    assert FileSource(str(files / "_hidden.txt")).list_partitions() == [str(files / "_hidden.txt")]
 
 
 def test_text_resume_from_snapshot_is_exact(files, monkeypatch):

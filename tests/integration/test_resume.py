@@ -1,0 +1,113 @@
+"""Resuming a finished or stopped run after the job changed around it: new input files,
+another source parallelism, another max_parallelism, damaged checkpoints."""
+import collections
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import raystream as rs
+from raystream.errors import JobFailedError
+from raystream.sinks import FileSink, read_files
+from raystream.sources import FileSource, SequenceSource
+
+
+def write_lines(path: Path, ids) -> None:
+    path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def file_job(tmp_path, *, source_parallelism: int, audit: bool = False) -> rs.Job:
+    job = rs.Job("files", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2),
+                 audit=rs.Audit(source_id=int, sink_id=lambda r: r["id"]) if audit else None)
+    (job.source("lines", FileSource(str(tmp_path / "in" / "*.txt")), parallelism=source_parallelism)
+        .map("row", lambda line: {"id": int(line)})
+        .sink("out", FileSink(str(tmp_path / "out"))))
+    return job
+
+
+def ids_committed(tmp_path) -> collections.Counter:
+    return collections.Counter(r["id"] for r in read_files(str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("resume_parallelism", [2, 3])
+def test_resume_after_new_files_reads_each_line_once(tmp_path, resume_parallelism):
+    (tmp_path / "in").mkdir()
+    for n, name in enumerate(["a", "b", "c"]):
+        write_lines(tmp_path / "in" / f"{name}.txt", range(n * 10, n * 10 + 10))
+    first = file_job(tmp_path, source_parallelism=2, audit=True).run()
+    assert ids_committed(tmp_path) == collections.Counter(range(30))
+    # a2.txt sorts between a.txt and b.txt, so every later partition moves to another subtask.
+    write_lines(tmp_path / "in" / "a2.txt", range(100, 110))
+    second = file_job(tmp_path, source_parallelism=resume_parallelism, audit=True).run(resume=True)
+    assert second.run_id == first.run_id
+    assert ids_committed(tmp_path) == collections.Counter([*range(30), *range(100, 110)])  # new file once, old ones never again
+    lines = rs.audit_checkpoints(second.checkpoint_root, second.run_id)
+    assert lines and all(line.matches for line in lines), lines  # tallies are sums, also after a rescale
+    assert lines[-1].source_records == 40
+
+
+def test_a_vanished_partition_is_not_read_and_the_rest_continue(tmp_path):
+    (tmp_path / "in").mkdir()
+    for n, name in enumerate(["a", "b", "c"]):
+        write_lines(tmp_path / "in" / f"{name}.txt", range(n * 10, n * 10 + 10))
+    file_job(tmp_path, source_parallelism=2).run()
+    os.unlink(tmp_path / "in" / "a.txt")
+    write_lines(tmp_path / "in" / "d.txt", range(200, 205))
+    file_job(tmp_path, source_parallelism=2).run(resume=True)
+    assert ids_committed(tmp_path) == collections.Counter([*range(30), *range(200, 205)])
+
+
+def keyed_job(tmp_path, *, max_parallelism=128, errors="fail", parallelism=2, n=3_000) -> rs.Job:
+    job = rs.Job("keyed", parallelism=parallelism, checkpoint=rs.CheckpointConfig(interval=0.2, retain=2),
+                 runtime=rs.RuntimeConfig(max_parallelism=max_parallelism), errors=errors)
+    (job.source("nums", SequenceSource(n, partitions=2, rate=3_000))
+        .key_by("by_mod", lambda x: x % 50)
+        .reduce("sum", lambda a, b: a + b)
+        .map("row", lambda kv: {"key": kv[0], "total": kv[1]})
+        .sink("out", FileSink(str(tmp_path / "out"))))
+    return job
+
+
+def test_resume_with_another_max_parallelism_is_refused(tmp_path):
+    keyed_job(tmp_path).run()
+    with pytest.raises(JobFailedError, match="set max_parallelism=128"):
+        keyed_job(tmp_path, max_parallelism=64).run(resume=True)
+
+
+def test_a_chain_writing_dead_letters_is_not_rescaled(tmp_path):
+    dead = FileSink(str(tmp_path / "dead"))
+    keyed_job(tmp_path, errors=rs.ErrorPolicy.dead_letter(dead)).run()
+    with pytest.raises(JobFailedError, match="dead-letter writer's state is per subtask"):
+        keyed_job(tmp_path, errors=rs.ErrorPolicy.dead_letter(dead), parallelism=3).run(resume=True)
+
+
+def test_resume_refuses_when_no_checkpoint_verifies_and_retracts_nothing(tmp_path):
+    result = keyed_job(tmp_path).run()
+    committed = sorted(p.name for p in (tmp_path / "out").iterdir())
+    run_dir = Path(result.checkpoint_root) / result.run_id
+    kept = sorted(p.stem for p in (run_dir / "manifests").glob("*.json"))
+    assert len(kept) == 2
+    for snap in (run_dir / "snapshots").rglob("*.snap"):  # every retained checkpoint is damaged
+        data = bytearray(snap.read_bytes())
+        data[len(data) // 2] ^= 1
+        snap.write_bytes(bytes(data))
+    refused = sorted(int(k) for k in kept)
+    for _ in range(2):  # the second time, the refusals are known from storage
+        with pytest.raises(JobFailedError, match=rf"can be restored \(refused: \[{refused[0]}, {refused[1]}\]\)"):
+            keyed_job(tmp_path).run(resume=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == committed  # nothing retracted
+    assert sorted(int(p.stem) for p in (run_dir / "refused").iterdir()) == refused
+
+
+def test_a_long_run_leaves_a_bounded_checkpoint_tree(tmp_path):
+    job = rs.Job("tree", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.05, retain=3))
+    (job.source("nums", SequenceSource(12_000, partitions=2, rate=4_000))
+        .key_by("k", lambda x: x % 10).reduce("sum", lambda a, b: a + b)
+        .sink("out", FileSink(str(tmp_path / "out"))))
+    result = job.run()
+    assert result.checkpoints.completed >= 8  # far more than retained
+    run_dir = Path(result.checkpoint_root) / result.run_id
+    snapshot_dirs = list((run_dir / "snapshots").iterdir())
+    assert len(snapshot_dirs) <= 3 + 1, sorted(p.name for p in snapshot_dirs)  # retained, maybe one in flight
+    assert len(list((run_dir / "manifests").iterdir())) == 3
