@@ -86,6 +86,8 @@ class S3Faults:
     - error_every: every n-th request of a process fails with 503 SlowDown (boto3 retries
       it; the retry is the next request, so no request fails twice in a row);
     - put_delay: seconds added to every PUT;
+    - manifest_put_delay: seconds before each manifest PUT is sent, so that it lands late
+      (a slow commit point);
     - lose_manifest_responses: in each process, the first N manifest PUTs reach S3 but
       their responses are lost (the call raises as if the connection dropped);
     - down_while_exists: every request fails while this local file exists.
@@ -94,6 +96,7 @@ class S3Faults:
 
     error_every: int = 0
     put_delay: float = 0.0
+    manifest_put_delay: float = 0.0
     lose_manifest_responses: int = 0
     down_while_exists: str | None = None
     log: str | None = None
@@ -141,6 +144,9 @@ class _S3Hooks:
         if f.put_delay and request.method == "PUT":
             self._note("slow PUT")
             time.sleep(f.put_delay)
+        if f.manifest_put_delay and self.local.manifest_put:
+            self._note("slow manifest PUT")
+            time.sleep(f.manifest_put_delay)
         return None
 
     def after_put(self, **_):

@@ -10,7 +10,7 @@ from tests.support import wait_until
 
 from raystream.sinks import read_files
 
-from .harness import load_billing, running, verify_stopped
+from .harness import kill, load_billing, running, verify_stopped
 
 
 def s3_job(monkeypatch, tmp_path, bucket, faults: S3Faults, events=12_000, ns_out=None, **checkpoint):
@@ -80,3 +80,23 @@ def test_an_outage_aborts_checkpoints_and_the_job_carries_on(monkeypatch, tmp_pa
     assert events > 0 and lost == 0 and duplicated == 0
     assert result.restarts == 0 and result.checkpoints.failed >= 2
     assert injected(log)["down PUT"] >= 1
+
+
+def test_kills_while_a_slow_manifest_put_is_in_flight(monkeypatch, tmp_path, s3_bucket):
+    """A manifest PUT in flight when a subtask dies lands before recovery chooses what to
+    restore (the ended attempt's publish is awaited), so a second crash right after the
+    restart restores a checkpoint whose staged files all exist."""
+    log = tmp_path / "faults.log"
+    job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(manifest_put_delay=1.0, log=str(log)),
+                         events=16_000)
+    handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=1), "a checkpoint")
+    puts = injected(log).get("slow manifest PUT", 0)
+    status = wait_until(lambda: injected(log).get("slow manifest PUT", 0) > puts and running(handle),
+                        "a manifest PUT in flight")
+    kill(status.pids[sorted(status.pids)[-1]])
+    status = wait_until(lambda: running(handle, attempt=2), "the restart")
+    kill(status.pids[sorted(status.pids)[0]])  # before attempt 2 completes any checkpoint
+    result = handle.wait()
+    assert verify().ok
+    assert result.restarts == 2 and result.checkpoints.refused == 0

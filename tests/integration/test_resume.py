@@ -17,8 +17,8 @@ def write_lines(path: Path, ids) -> None:
     path.write_text("".join(f"{i}\n" for i in ids))
 
 
-def file_job(tmp_path, *, source_parallelism: int, audit: bool = False) -> rs.Job:
-    job = rs.Job("files", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2),
+def file_job(tmp_path, *, source_parallelism: int, audit: bool = False, guarantee="exactly_once") -> rs.Job:
+    job = rs.Job("files", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2), guarantee=guarantee,
                  audit=rs.Audit(source_id=int, sink_id=lambda r: r["id"]) if audit else None)
     (job.source("lines", FileSource(str(tmp_path / "in" / "*.txt")), parallelism=source_parallelism)
         .map("row", lambda line: {"id": int(line)})
@@ -30,16 +30,18 @@ def ids_committed(tmp_path) -> collections.Counter:
     return collections.Counter(r["id"] for r in read_files(str(tmp_path / "out")))
 
 
-@pytest.mark.parametrize("resume_parallelism", [2, 3])
-def test_resume_after_new_files_reads_each_line_once(tmp_path, resume_parallelism):
+@pytest.mark.parametrize("resume_parallelism, guarantee", [(2, "exactly_once"), (3, "exactly_once"),
+                                                         (3, "at_most_once")])
+def test_resume_after_new_files_reads_each_line_once(tmp_path, resume_parallelism, guarantee):
     (tmp_path / "in").mkdir()
     for n, name in enumerate(["a", "b", "c"]):
         write_lines(tmp_path / "in" / f"{name}.txt", range(n * 10, n * 10 + 10))
-    first = file_job(tmp_path, source_parallelism=2, audit=True).run()
+    first = file_job(tmp_path, source_parallelism=2, audit=True, guarantee=guarantee).run()
     assert ids_committed(tmp_path) == collections.Counter(range(30))
     # a2.txt sorts between a.txt and b.txt, so every later partition moves to another subtask.
     write_lines(tmp_path / "in" / "a2.txt", range(100, 110))
-    second = file_job(tmp_path, source_parallelism=resume_parallelism, audit=True).run(resume=True)
+    second = file_job(tmp_path, source_parallelism=resume_parallelism, audit=True,
+                      guarantee=guarantee).run(resume=True)
     assert second.run_id == first.run_id
     assert ids_committed(tmp_path) == collections.Counter([*range(30), *range(100, 110)])  # new file once, old ones never again
     lines = rs.audit_checkpoints(second.checkpoint_root, second.run_id)
