@@ -128,7 +128,7 @@ class SimStorage(Storage):
         self.world = world
         self.objects: dict[str, bytes] = {}
         self.on_manifest: Callable[[str], None] = lambda key: None
-        self.published: dict[str, bytes] = {}  # every manifest that ever landed
+        self.published: list[bytes] = []  # every manifest that ever landed (retention can free an id)
 
     def put(self, key: str, data: bytes) -> None:
         self.objects[key] = data
@@ -139,7 +139,7 @@ class SimStorage(Storage):
         self.objects[key] = data
         if "/manifests/" in key:
             self.world.log.append(f"{self.world.now:.3f} manifest lands: {key}")
-            self.published[key] = data
+            self.published.append(data)
             self.on_manifest(key)
             if self.world.rng.random() < 0.1:
                 raise TimeoutError(f"the response to the PUT of {key} was lost (it landed)")
@@ -529,15 +529,13 @@ class SimJob:
         if self.trace.missing_staged:
             raise SimFailure(f"a restored checkpoint's staged files were gone: {self.trace.missing_staged[0]}")
         points = self.store.restore_points(RUN)
-        manifests = {}
-        for key, data in self.storage.published.items():
-            m = checkpoint_mod.Manifest.from_json(data)
-            manifests[m.checkpoint_id] = m
+        published = [checkpoint_mod.Manifest.from_json(data) for data in self.storage.published]
         refused = self.store.refused(RUN)
         for attempt, checkpoint_id in self.trace.commits:
-            m = manifests.get(checkpoint_id)
+            # A sink commits for checkpoint n when its own attempt's coordinator published n.
+            m = next((m for m in published if (m.checkpoint_id, m.attempt) == (checkpoint_id, attempt)), None)
             if m is None:
-                raise SimFailure(f"attempt {attempt} committed checkpoint {checkpoint_id}, which has no manifest")
+                raise SimFailure(f"attempt {attempt} committed for checkpoint {checkpoint_id}, which it never published")
             # A refused checkpoint was committed while it was valid, then retracted by the fall-back.
             if CheckpointStore.is_void(m, points) and checkpoint_id not in refused:
                 raise SimFailure(f"attempt {attempt} committed checkpoint {checkpoint_id}, whose manifest is void")
