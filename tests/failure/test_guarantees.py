@@ -96,7 +96,9 @@ def count_per_key(state, x):
 
 def test_at_most_once_keeps_keyed_state_across_a_kill(tmp_path):
     """At-most-once snapshots state without rewinding sources: after a kill, each key's
-    count continues from the last snapshot instead of starting over, and no id repeats."""
+    count continues from the last complete checkpoint instead of starting over, and no
+    id repeats. (Rows a sink flushed after that checkpoint stay written while their state
+    updates are lost, so some counts repeat; that is the documented at-most-once loss.)"""
     n = 12_000
     job = rs.Job("amo_state", parallelism=1, guarantee="at_most_once", checkpoint=rs.CheckpointConfig(interval=0.2))
     (job.source("nums", SequenceSource(n, rate=4_000))
@@ -115,5 +117,5 @@ def test_at_most_once_keeps_keyed_state_across_a_kill(tmp_path):
     assert max(ids.values()) == 1  # nothing duplicated
     for key in range(3):
         counts = [r["count"] for r in rows if r["key"] == key]
-        assert len(counts) == len(set(counts)), f"key {key}: its count started over after the restart"
+        assert counts.count(1) == 1, f"key {key}: its count started over after the restart"
     assert len(ids) > n // 3  # what came after the kill was processed too
