@@ -30,8 +30,7 @@ def ids_committed(tmp_path) -> collections.Counter:
     return collections.Counter(r["id"] for r in read_files(str(tmp_path / "out")))
 
 
-@pytest.mark.parametrize("resume_parallelism, guarantee", [(2, "exactly_once"), (3, "exactly_once"),
-                                                         (3, "at_most_once")])
+@pytest.mark.parametrize("resume_parallelism, guarantee", [(3, "exactly_once"), (3, "at_most_once")])
 def test_resume_after_new_files_reads_each_line_once(tmp_path, resume_parallelism, guarantee):
     (tmp_path / "in").mkdir()
     for n, name in enumerate(["a", "b", "c"]):
