@@ -158,9 +158,12 @@ class Manifest:
         return sorted((s for s in self.snapshots if s.chain == chain), key=lambda s: s.subtask)
 
 
+def _canonical(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
 def _sign(raw: dict[str, Any], key: bytes) -> str:
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    return hmac.new(key, _canonical(raw), hashlib.sha256).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -354,10 +357,9 @@ class CheckpointStore:
 
 def _signed_json(body: dict[str, Any], key: bytes | None) -> bytes:
     raw = dict(body)
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    raw["sha256"] = hashlib.sha256(canonical).hexdigest()
+    raw["sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
     if key is not None:
-        raw["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
+        raw["signature"] = _sign(body, key)
     return json.dumps(raw, sort_keys=True).encode("utf-8")
 
 
@@ -368,10 +370,8 @@ def _read_signed_json(data: bytes, key: bytes | None, what: str) -> dict[str, An
         sha, signature = raw.pop("sha256", None), raw.pop("signature", None)
     except (ValueError, AttributeError, TypeError) as exc:
         raise CorruptCheckpointError(f"{what} is not readable: {exc}") from None
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    if not isinstance(sha, str) or not hmac.compare_digest(sha, hashlib.sha256(canonical).hexdigest()):
+    if not isinstance(sha, str) or not hmac.compare_digest(sha, hashlib.sha256(_canonical(raw)).hexdigest()):
         raise CorruptCheckpointError(f"{what} is damaged: its checksum does not match")
-    if key is not None and (not isinstance(signature, str)
-                            or not hmac.compare_digest(signature, hmac.new(key, canonical, hashlib.sha256).hexdigest())):
+    if key is not None and (not isinstance(signature, str) or not hmac.compare_digest(signature, _sign(raw, key))):
         raise CorruptCheckpointError(f"{what} is unsigned or does not match its signature; it is not used")
     return raw

@@ -1,0 +1,150 @@
+"""The simulated world of tests/simulation: a virtual clock with an event heap, processes
+that die, an in-memory Storage, storage calls that land and answer after delays, and
+fake actor methods whose calls arrive after a message delay. sim.py runs the protocol on it.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from typing import Any, Callable
+
+from raystream._runtime.storage import Storage
+
+
+class SimFailure(AssertionError):
+    """An invariant did not hold, or the job did not finish."""
+
+
+# --- the world: clock, events, processes -------------------------------------------------
+
+
+class Proc:
+    """A simulated process. Once dead it resumes no coroutine and receives no message."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.alive = True
+
+
+class World:
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.log: list[str] = []
+
+    def at(self, delay: float, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + max(0.0, delay), self._seq, fn))
+
+    def sleep(self, delay: float, owner: Proc | None = None) -> asyncio.Future:
+        """A future resolved `delay` virtual seconds from now; never, if `owner` dies first."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not fut.done() and (owner is None or owner.alive):
+                fut.set_result(None)
+
+        self.at(delay, wake)
+        return fut
+
+    def delay(self) -> float:
+        """Network and storage latency: mostly short, sometimes very long."""
+        r = self.rng.random()
+        if r < 0.06:
+            return self.rng.uniform(0.5, 4.0)
+        return self.rng.uniform(0.0005, 0.03)
+
+    def send(self, to: Proc, fn: Callable[..., Any], *args: Any) -> None:
+        """A one-way message: delivered after a delay if `to` is still alive."""
+        self.at(self.delay(), lambda: to.alive and fn(*args))
+
+    async def run(self, done: Callable[[], bool], limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for _ in range(100_000):  # let every runnable coroutine run until it waits
+                await asyncio.sleep(0)
+                if not loop._ready:  # noqa: SLF001 - the loop is idle: only our own wake-up was queued
+                    break
+            if done():
+                return
+            if not self._heap:
+                raise SimFailure("no event left and the job has not finished (a deadlock)")
+            when, _, fn = heapq.heappop(self._heap)
+            self.now = max(self.now, when)
+            if self.now > limit:
+                raise SimFailure(f"the job did not finish within {limit} virtual seconds")
+            fn()
+
+
+class SimStorage(Storage):
+    """Objects in memory. Latency and lost responses come from `World.blocking`."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.objects: dict[str, bytes] = {}
+        self.on_manifest: Callable[[str], None] = lambda key: None
+        self.published: list[bytes] = []  # every manifest that ever landed (retention can free an id)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+
+    def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
+        if key in self.objects:
+            return False
+        self.objects[key] = data
+        if "/manifests/" in key:
+            self.world.log.append(f"{self.world.now:.3f} manifest lands: {key}")
+            self.published.append(data)
+            self.on_manifest(key)
+            if self.world.rng.random() < 0.1:
+                raise TimeoutError(f"the response to the PUT of {key} was lost (it landed)")
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+    def uri(self, key: str = "") -> str:
+        return f"sim://{key}"
+
+
+def blocking_for(world: World, owner: Proc) -> Callable[..., Any]:
+    """Storage I/O of `owner`: the call lands after one delay and answers after another.
+    A write of a process that died meanwhile still lands; its answer goes nowhere."""
+
+    async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
+        await world.sleep(world.delay())
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            result, error = None, exc
+        await world.sleep(world.delay(), owner)
+        if error is not None:
+            raise error
+        return result
+
+    return blocking
+
+
+class Remote:
+    """A fake actor method: `.remote(*args)` delivers the call after a message delay."""
+
+    def __init__(self, world: World, proc: Proc, fn: Callable[..., Any]):
+        self.world, self.proc, self.fn = world, proc, fn
+
+    def remote(self, *args: Any) -> asyncio.Future:
+        self.world.send(self.proc, self.fn, *args)
+        fut = asyncio.get_running_loop().create_future()  # the object-store copy: unused here
+        return fut
