@@ -12,27 +12,32 @@
     job.run()
 """
 from raystream import faults, sinks, sources
+from raystream._version import __version__
 from raystream.audit import Audit, audit_checkpoints
-from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
+from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartKind, RestartStrategy, RuntimeConfig
 from raystream.errors import (
     ConfigError,
+    CorruptCheckpointError,
     JobDefinitionError,
     JobFailedError,
     RaystreamError,
+    RestoreError,
     SinkError,
     SourceError,
+    StagedDataMissingError,
+    StaleAttemptError,
     StepFailedError,
 )
+from raystream.graph import StepKind
 from raystream.job import Job, KeyedStream, Stream
 from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, StepMetrics
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Audit",
     "CheckpointConfig",
     "CheckpointStats",
     "ConfigError",
+    "CorruptCheckpointError",
     "ErrorPolicy",
     "Guarantee",
     "Job",
@@ -43,13 +48,19 @@ __all__ = [
     "JobStatus",
     "KeyedStream",
     "RaystreamError",
+    "RestartKind",
     "RestartStrategy",
+    "RestoreError",
     "RuntimeConfig",
     "SinkError",
     "SourceError",
+    "StagedDataMissingError",
+    "StaleAttemptError",
     "StepFailedError",
+    "StepKind",
     "StepMetrics",
     "Stream",
+    "__version__",
     "audit_checkpoints",
     "faults",
     "sinks",

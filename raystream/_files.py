@@ -146,31 +146,6 @@ def open_read(uri: str, offset: int = 0, *, seekable: bool = False) -> BinaryIO:
     return client.get_object(Bucket=loc.bucket, Key=loc.path, Range=f"bytes={offset}-")["Body"]
 
 
-def write_bytes(loc: Location, data: bytes) -> None:
-    """Write a whole object so that readers see all of it or nothing; locally, the file
-    and its directory are fsynced before this returns."""
-    if loc.scheme == "s3":
-        s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data)
-        return
-    os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(loc.path), f".{os.path.basename(loc.path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, loc.path)
-    fsync_dir(os.path.dirname(loc.path))
-
-
-def fsync_dir(path: str) -> None:
-    """Make the names in a directory (a rename, a new link) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_bytes(loc: Location) -> bytes:
     if loc.scheme == "s3":
         return s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read()

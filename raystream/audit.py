@@ -15,11 +15,8 @@ compared. Dead letters are not counted.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
-
-_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -29,34 +26,6 @@ class Audit:
 
     source_id: Callable[[Any], Any] | None = None
     sink_id: Callable[[Any], Any] | None = None
-
-
-def id_digest(ids: list[Any]) -> int:
-    """The order-independent digest of a batch of ids (sum of 64-bit BLAKE2 hashes)."""
-    total = 0
-    for i in ids:
-        total += int.from_bytes(hashlib.blake2b(repr(i).encode(), digest_size=8).digest(), "little")
-    return total & _MASK
-
-
-class Tally:
-    """A running count and digest of one step's records in one subtask."""
-
-    __slots__ = ("count", "digest", "_id")
-
-    def __init__(self, id_fn: Callable[[Any], Any] | None, count: int = 0, digest: int = 0):
-        self._id = id_fn
-        self.count = count
-        self.digest = digest
-
-    def add(self, records: list[Any]) -> None:
-        self.count += len(records)
-        if self._id is not None:
-            fn = self._id
-            self.digest = (self.digest + id_digest([fn(r) for r in records])) & _MASK
-
-    def state(self) -> tuple[int, int]:
-        return (self.count, self.digest)
 
 
 @dataclass(frozen=True)
@@ -78,7 +47,9 @@ class AuditLine:
 def audit_checkpoints(uri: str, run_id: str | None = None) -> list[AuditLine]:
     """Audit every committed checkpoint of one run (default: the newest run) of the job
     whose checkpoint root is `uri` (`<storage>/<job name>`)."""
-    from raystream._runtime.checkpoint import CheckpointStore
+    # Imported here so that `import raystream` does not load the runtime.
+    from raystream._runtime.checkpoint_store import CheckpointStore
+    from raystream._runtime.tally import checkpoint_totals
 
     store = CheckpointStore(uri)
     run_id = run_id or store.newest_run_with_checkpoint()
@@ -87,11 +58,6 @@ def audit_checkpoints(uri: str, run_id: str | None = None) -> list[AuditLine]:
     lines = []
     for checkpoint_id in store.manifest_ids(run_id):
         manifest = store.load_manifest(run_id, checkpoint_id)
-        totals = {"source": [0, 0], "sink": [0, 0]}
-        for snap in manifest.snapshots:
-            for side, (count, digest) in snap.audit.items():
-                kind = side.split(":", 1)[0]
-                totals[kind][0] += count
-                totals[kind][1] = (totals[kind][1] + digest) & _MASK
+        totals = checkpoint_totals([snap.audit for snap in manifest.snapshots])
         lines.append(AuditLine(run_id, checkpoint_id, *totals["source"], *totals["sink"]))
     return lines

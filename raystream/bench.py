@@ -11,6 +11,9 @@ import operator
 import os
 import platform
 import random
+import runpy
+import signal
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -19,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
+from raystream._runtime.driver import ensure_ray
 from raystream.sinks import committed_checkpoint
 
 _VOCAB_SIZE = 20_000
@@ -104,8 +108,6 @@ _MODES = {  # label -> (guarantee, checkpoint interval)
 
 
 def _load_billing(path: str, events: int, out: str, rate: float = 1e12) -> dict[str, Any]:
-    import runpy
-
     if not os.path.isfile(path):
         raise SystemExit(f"{path} not found: run from the repository root or pass --billing-job")
     os.environ.update(BILLING_EVENTS=str(events), BILLING_RATE=str(rate), BILLING_OUT=out)
@@ -138,10 +140,6 @@ def bench_checkpoints(args: argparse.Namespace) -> None:
 
 def bench_recovery(args: argparse.Namespace) -> None:
     """Seconds from SIGKILL of a random subtask to the first output committed after recovery."""
-    import random
-    import signal
-    import statistics
-
     print(f"machine: {machine()}")
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as directory:
@@ -200,8 +198,6 @@ def main(argv: list[str] | None = None) -> None:
     rc.add_argument("--rate", type=float, default=50_000, help="events/s of the billing source")
     rc.add_argument("--billing-job", default="jobs/billing.py")
     args = parser.parse_args(argv)
-    from raystream._runtime.driver import ensure_ray
-
     ensure_ray()
     {"wordcount": bench_wordcount, "checkpoints": bench_checkpoints, "recovery": bench_recovery}[args.bench](args)
 

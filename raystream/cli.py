@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from raystream.audit import audit_checkpoints
 from raystream.config import Guarantee
 from raystream.errors import RaystreamError
 from raystream.job import Job
@@ -213,7 +214,6 @@ def audit_command(uri: str, run_id: str | None) -> None:
     """Compare what sinks committed with what sources emitted, per checkpoint.
 
     URI is the job's checkpoint root: <checkpoint storage>/<job name>."""
-    from raystream.audit import audit_checkpoints
 
     console = Console()
     try:

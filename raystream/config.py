@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 
 from raystream.errors import ConfigError
+from raystream.faults import CrashAt, S3Faults
+from raystream.sinks import Sink
 
 
 class Guarantee(str, enum.Enum):
@@ -122,24 +124,31 @@ class RuntimeConfig:
             if not isinstance(name, str):
                 raise ConfigError(f"RuntimeConfig.subtask_resources names must be strings; got {name!r}")
             _positive(f"RuntimeConfig.subtask_resources[{name!r}]", amount)
-        from raystream.faults import CrashAt, S3Faults
-
         if not isinstance(self.faults, tuple) or not all(isinstance(f, (CrashAt, S3Faults)) for f in self.faults):
             raise ConfigError("RuntimeConfig.faults must be a tuple of raystream.faults.CrashAt and S3Faults; "
                               f"got {self.faults!r}")
+
+
+class RestartKind(str, enum.Enum):
+    """How the delay between restarts grows."""
+
+    FIXED_DELAY = "fixed_delay"
+    EXPONENTIAL_BACKOFF = "exponential_backoff"
+    NONE = "none"  # the first failure ends the job
 
 
 @dataclass(frozen=True)
 class RestartStrategy:
     """How a failed job restarts, and when it gives up.
 
-    `kind` is "fixed_delay", "exponential_backoff" or "none". At most `max_restarts`
+    `kind` is a RestartKind (or its value: "fixed_delay", "exponential_backoff",
+    "none"). At most `max_restarts`
     restarts are allowed within any `window` seconds; one more fails the job with the
     last failure's message. The backoff returns to `delay` once a restarted attempt has
     completed a checkpoint, or after `reset_after` seconds without a failure.
     """
 
-    kind: str = "exponential_backoff"
+    kind: RestartKind = RestartKind.EXPONENTIAL_BACKOFF
     delay: float = 0.2
     max_delay: float = 10.0
     multiplier: float = 2.0
@@ -148,9 +157,12 @@ class RestartStrategy:
     reset_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed_delay", "exponential_backoff", "none"):
+        try:
+            object.__setattr__(self, "kind", RestartKind(self.kind))
+        except ValueError:
             raise ConfigError(
-                f"RestartStrategy kind must be 'fixed_delay', 'exponential_backoff' or 'none'; got {self.kind!r}")
+                f"RestartStrategy kind must be 'fixed_delay', 'exponential_backoff' or 'none'; got {self.kind!r}"
+            ) from None
         _positive("RestartStrategy.delay", self.delay, allow_zero=True)
         _positive("RestartStrategy.max_delay", self.max_delay, allow_zero=True)
         _positive("RestartStrategy.window", self.window)
@@ -161,17 +173,17 @@ class RestartStrategy:
 
     @classmethod
     def fixed_delay(cls, delay: float = 1.0, *, max_restarts: int = 10, window: float = 300.0) -> "RestartStrategy":
-        return cls("fixed_delay", delay=delay, max_delay=delay, max_restarts=max_restarts, window=window)
+        return cls(RestartKind.FIXED_DELAY, delay=delay, max_delay=delay, max_restarts=max_restarts, window=window)
 
     @classmethod
     def exponential_backoff(cls, initial: float = 0.2, *, max_delay: float = 10.0, multiplier: float = 2.0,
                             max_restarts: int = 10, window: float = 300.0,
                             reset_after: float = 30.0) -> "RestartStrategy":
-        return cls("exponential_backoff", initial, max_delay, multiplier, max_restarts, window, reset_after)
+        return cls(RestartKind.EXPONENTIAL_BACKOFF, initial, max_delay, multiplier, max_restarts, window, reset_after)
 
     @classmethod
     def none(cls) -> "RestartStrategy":
-        return cls("none", max_restarts=0)
+        return cls(RestartKind.NONE, max_restarts=0)
 
 
 @dataclass(frozen=True)
@@ -191,8 +203,6 @@ class ErrorPolicy:
     sink: object = None
 
     def __post_init__(self) -> None:
-        from raystream.sinks import Sink
-
         if self.mode not in ("fail", "skip", "dead_letter"):
             raise ConfigError(f"ErrorPolicy mode must be 'fail', 'skip' or 'dead_letter'; got {self.mode!r}")
         if (self.mode == "dead_letter") != isinstance(self.sink, Sink):

@@ -30,6 +30,17 @@ class StagedDataMissingError(SinkError):
     The job falls back to the checkpoint before it, retracting what it must."""
 
 
+class CorruptCheckpointError(RaystreamError):
+    """A checkpoint object does not match the checksum (or signature) its manifest recorded;
+    it is never unpickled. Raised by `audit_checkpoints` and handled by recovery, which
+    refuses the checkpoint and falls back to the one before it."""
+
+
+class RestoreError(RaystreamError):
+    """A checkpoint cannot be restored into this job: the graph, a sink's parallelism,
+    `max_parallelism` or the library versions changed, or no checkpoint of the run verifies."""
+
+
 class StaleAttemptError(RaystreamError):
     """A process of an older attempt tried to commit after a newer attempt took over."""
 

@@ -12,13 +12,9 @@ the next attempt are new, and so is its attempt number.
 """
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 
 from raystream.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 #: Subtask points.
 SUBTASK_POINTS = {
@@ -58,27 +54,6 @@ class CrashAt:
             raise ConfigError(f"unknown crash point {self.point!r}; known points: {known}")
 
 
-class Injector:
-    """The crash points that apply to one process of one attempt."""
-
-    def __init__(self, plan: tuple[CrashAt, ...], *, attempt: int, steps: tuple[str, ...] = (),
-                 subtask: int | None = None, coordinator: bool = False):
-        points = COORDINATOR_POINTS if coordinator else SUBTASK_POINTS
-        self._plan = [c for c in plan if isinstance(c, CrashAt) and c.point in points and c.attempt == attempt
-                      and (coordinator or ((c.step is None or c.step in steps)
-                                           and (c.subtask is None or c.subtask == subtask)))]
-        self._where = "coordinator" if coordinator else f"{'+'.join(steps)}[{subtask}]"
-
-    def __bool__(self) -> bool:
-        return bool(self._plan)
-
-    def hit(self, point: str, checkpoint: int) -> None:
-        for c in self._plan:
-            if c.point == point and checkpoint >= c.checkpoint:
-                logger.warning("fault injection: %s exits at %s (checkpoint %d)", self._where, point, checkpoint)
-                os._exit(EXIT_CODE)
-
-
 @dataclass(frozen=True)
 class S3Faults:
     """S3 misbehaving, injected into every raystream process's boto3 client.
@@ -100,71 +75,3 @@ class S3Faults:
     lose_manifest_responses: int = 0
     down_while_exists: str | None = None
     log: str | None = None
-
-
-def install_s3_faults(plan: tuple) -> None:
-    """Make this process's S3 clients misbehave as the plan's S3Faults says (if any)."""
-    from raystream import _files
-
-    faults = next((f for f in plan if isinstance(f, S3Faults)), None)
-    if faults is not None:
-        _files.set_client_hook(_S3Hooks(faults).register)
-
-
-class _S3Hooks:
-    def __init__(self, faults: S3Faults):
-        import threading
-
-        self.f = faults
-        self.requests = 0
-        self.lost = 0
-        self.local = threading.local()
-
-    def register(self, client) -> None:
-        client.meta.events.register("before-send.s3.*", self.before_send)
-        client.meta.events.register("after-call.s3.PutObject", self.after_put)
-
-    def _note(self, what: str) -> None:
-        if self.f.log:
-            with open(self.f.log, "a") as out:
-                out.write(f"{os.getpid()} {what}\n")
-
-    def before_send(self, request, **_):
-        import time
-
-        f = self.f
-        self.local.manifest_put = request.method == "PUT" and "/manifests/" in request.url
-        if f.down_while_exists and os.path.exists(f.down_while_exists):
-            self._note(f"down {request.method}")
-            return _error_response(request.url, 503, "ServiceUnavailable")
-        self.requests += 1
-        if f.error_every and self.requests % f.error_every == 0:
-            self._note(f"error {request.method}")
-            return _error_response(request.url, 503, "SlowDown")
-        if f.put_delay and request.method == "PUT":
-            self._note("slow PUT")
-            time.sleep(f.put_delay)
-        if f.manifest_put_delay and self.local.manifest_put:
-            self._note("slow manifest PUT")
-            time.sleep(f.manifest_put_delay)
-        return None
-
-    def after_put(self, **_):
-        if getattr(self.local, "manifest_put", False) and self.lost < self.f.lose_manifest_responses:
-            self.lost += 1
-            self._note("lost manifest response")
-            from botocore.exceptions import ConnectionClosedError
-
-            raise ConnectionClosedError(endpoint_url="injected: the response to a manifest PUT was lost")
-
-
-def _error_response(url: str, status: int, code: str):
-    from botocore.awsrequest import AWSResponse
-
-    body = f"<Error><Code>{code}</Code><Message>injected by raystream.faults</Message></Error>".encode()
-
-    class _Raw:
-        def stream(self, **_):
-            yield body
-
-    return AWSResponse(url, status, {}, _Raw())

@@ -13,34 +13,19 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from raystream.audit import Audit
 from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
+from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind
+from raystream.result import JobHandle, JobResult
 from raystream.sinks import Sink
 from raystream.sources import Source
 
-if TYPE_CHECKING:
-    from raystream.result import JobHandle, JobResult
+__all__ = ["KEYED_KINDS", "Job", "KeyedStream", "Step", "Stream"]
 
 _STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-
-#: Step kinds that take (key, value) records and keep state per key.
-KEYED_KINDS = frozenset({"reduce", "stateful_map"})
-
-
-@dataclass(frozen=True)
-class Step:
-    """One node of the logical graph."""
-
-    step_id: str
-    kind: str
-    inputs: tuple[str, ...]
-    fn: Callable[..., Any] | None = None
-    source: Source | None = None
-    sink: Sink | None = None
-    parallelism: int | None = None
-    value_fn: Callable[..., Any] | None = None  # key_by only
 
 
 def _check_step_id(step_id: object) -> str:
@@ -98,8 +83,6 @@ class Job:
             raise ConfigError(f"restart must be a raystream.RestartStrategy; got {restart!r}")
         self.restart = restart or RestartStrategy()
         self.errors = ErrorPolicy.parse(errors)
-        from raystream.audit import Audit
-
         if audit is not None and not isinstance(audit, Audit):
             raise ConfigError(f"audit must be a raystream.Audit; got {audit!r}")
         self.audit: Audit | None = audit
@@ -114,7 +97,7 @@ class Job:
             raise JobDefinitionError(
                 f"step {step_id!r}: source must be a raystream.sources.Source; got {type(source).__name__}"
             )
-        self._add(Step(step_id, "source", (), source=source,
+        self._add(Step(step_id, StepKind.SOURCE, (), source=source,
                        parallelism=_check_parallelism(f"step {step_id!r}", parallelism)))
         return Stream(self, (step_id,))
 
@@ -156,15 +139,15 @@ class Job:
 
     def validate(self) -> None:
         """Check the whole graph; raises JobDefinitionError naming the step to fix."""
-        if not any(s.kind == "source" for s in self.steps.values()):
+        if not any(s.kind is StepKind.SOURCE for s in self.steps.values()):
             raise JobDefinitionError(f"job {self.name!r} has no source; add one with job.source(...)")
         consumed = {i for s in self.steps.values() for i in s.inputs}
         for step in self.steps.values():
-            if step.kind != "sink" and step.step_id not in consumed:
+            if step.kind is not StepKind.SINK and step.step_id not in consumed:
                 raise JobDefinitionError(
                     f"step {step.step_id!r} has no sink: its output goes nowhere; end the stream with .sink(...)"
                 )
-            if step.kind in KEYED_KINDS:
+            if step.kind.keyed:
                 p = step.parallelism or self.parallelism
                 if p > self.runtime.max_parallelism:
                     raise JobDefinitionError(
@@ -174,7 +157,7 @@ class Job:
 
     # --- running ----------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False) -> "JobResult":
+    def run(self, *, resume: bool = False) -> JobResult:
         """Run the job to the end of its sources and return the result.
 
         `resume=True` continues the newest run of this job from its newest complete
@@ -183,13 +166,20 @@ class Job:
         """
         return self.start(resume=resume).wait()
 
-    def start(self, *, resume: bool = False) -> "JobHandle":
+    def start(self, *, resume: bool = False) -> JobHandle:
         """Start the job and return a handle with `wait()`, `stop()` and `status()`."""
-        self.validate()
+        graph = self.freeze()
+        # The one import of the runtime from the public API, here so that
+        # `import raystream` (a notebook, a CLI --help) does not load Ray.
         from raystream._runtime.driver import start_job
-        from raystream.result import JobHandle
 
-        return JobHandle(self.name, start_job(self, resume=resume))
+        return JobHandle(self.name, start_job(graph, resume=resume))
+
+    def freeze(self) -> JobGraph:
+        """Validate the job and return its frozen description, which is what runs."""
+        self.validate()
+        return JobGraph(self.name, tuple(self.steps.values()), self.parallelism, self.guarantee, self.checkpoint,
+                        self.runtime, self.restart, self.errors, self.audit)
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, parallelism={self.parallelism}, steps={list(self.steps)})"
@@ -203,7 +193,7 @@ class Stream:
     upstream: tuple[str, ...]
     after_sink: str | None = field(default=None)
 
-    def _then(self, step_id: str, kind: str, fn: Callable[..., Any] | None, what: str,
+    def _then(self, step_id: str, kind: StepKind, fn: Callable[..., Any] | None, what: str,
               parallelism: int | None) -> Step:
         step_id = _check_step_id(step_id)
         if self.after_sink is not None:
@@ -211,7 +201,7 @@ class Stream:
                 f"step {step_id!r} comes after sink {self.after_sink!r}: a sink ends its stream; "
                 "apply the step to the stream before the sink instead"
             )
-        if fn is not None or kind != "sink":
+        if fn is not None or kind is not StepKind.SINK:
             fn = _check_fn(step_id, what, fn)
         step = Step(step_id, kind, self.upstream, fn=fn,
                     parallelism=_check_parallelism(f"step {step_id!r}", parallelism))
@@ -220,22 +210,22 @@ class Stream:
 
     def map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
         """One output per record: `fn(record)`."""
-        return Stream(self.job, (self._then(step_id, "map", fn, "the map function", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.MAP, fn, "the map function", parallelism).step_id,))
 
     def flat_map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
         """Zero or more outputs per record: the items of the iterable `fn(record)`."""
-        return Stream(self.job, (self._then(step_id, "flat_map", fn, "the flat_map function", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.FLAT_MAP, fn, "the flat_map function", parallelism).step_id,))
 
     def filter(self, step_id: str, fn: Callable[[Any], bool], *, parallelism: int | None = None) -> "Stream":
         """The records for which `fn(record)` is true."""
-        return Stream(self.job, (self._then(step_id, "filter", fn, "the predicate", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.FILTER, fn, "the predicate", parallelism).step_id,))
 
     def map_batches(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
         """Vectorized step: `fn(pyarrow.RecordBatch) -> RecordBatch | Table` on each micro-batch.
 
         Dict records become columns by key; any other records become one column "value".
         """
-        return Stream(self.job, (self._then(step_id, "map_batches", fn, "the batch function", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.MAP_BATCHES, fn, "the batch function", parallelism).step_id,))
 
     def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
                parallelism: int | None = None) -> "KeyedStream":
@@ -243,7 +233,7 @@ class Stream:
         `value`) and are routed by key to keyed steps."""
         if value is not None:
             _check_fn(step_id, "the value function", value)
-        step = self._then(step_id, "key_by", key_fn, "the key function", parallelism)
+        step = self._then(step_id, StepKind.KEY_BY, key_fn, "the key function", parallelism)
         if value is not None:
             step = Step(step.step_id, step.kind, step.inputs, fn=step.fn, value_fn=value, parallelism=step.parallelism)
             self.job.steps[step.step_id] = step
@@ -273,8 +263,8 @@ class Stream:
             raise JobDefinitionError(
                 f"step {step_id!r}: sink must be a raystream.sinks.Sink; got {type(sink).__name__}"
             )
-        step = self._then(step_id, "sink", None, "", parallelism)
-        self.job.steps[step.step_id] = Step(step.step_id, "sink", step.inputs, sink=sink, parallelism=step.parallelism)
+        step = self._then(step_id, StepKind.SINK, None, "", parallelism)
+        self.job.steps[step.step_id] = Step(step.step_id, StepKind.SINK, step.inputs, sink=sink, parallelism=step.parallelism)
         return Stream(self.job, (), after_sink=step.step_id)
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> "Stream":
@@ -290,11 +280,11 @@ class KeyedStream(Stream):
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
         """Running reduce per key: `acc = fn(acc, value)`; emits `(key, acc)` on every update."""
-        return Stream(self.job, (self._then(step_id, "reduce", fn, "the reduce function", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.REDUCE, fn, "the reduce function", parallelism).step_id,))
 
     def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
         """`fn(state_or_None, value) -> (new_state_or_None, output)` per key; emits `(key, output)`.
 
         Returning None as the new state deletes the key's state.
         """
-        return Stream(self.job, (self._then(step_id, "stateful_map", fn, "the function", parallelism).step_id,))
+        return Stream(self.job, (self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism).step_id,))

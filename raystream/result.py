@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from raystream.errors import JobFailedError, SourceError, StepFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -81,26 +80,6 @@ class JobResult:
         return self.steps[step_id].records_in
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a job stopped (plain data sent from the runtime to the driver)."""
-
-    kind: str  # "record" | "source" | "internal" | "crash" | "peer" | "checkpoint" | "restore" | "restarts"
-    step_id: str
-    record_repr: str
-    error: str
-    traceback_text: str
-
-    def to_error(self) -> JobFailedError:
-        if self.kind == "record":
-            return StepFailedError(self.step_id, self.record_repr, self.error, self.traceback_text)
-        if self.kind == "source":
-            err = JobFailedError(f"source {self.step_id!r} failed: {self.error}")
-            err.__cause__ = SourceError(self.error)
-            return err
-        return JobFailedError(f"{self.step_id} failed: {self.error}\n{self.traceback_text}")
-
-
 class JobHandle:
     """A started job. `wait()` blocks for the result; `stop()` ends its sources; `status()` polls."""
 
@@ -129,8 +108,5 @@ class JobHandle:
     def wait(self, *, progress: Callable[[JobStatus], None] | None = None, interval: float = 1.0) -> JobResult:
         """Block until the job ends. `progress(status)` is called about every `interval` seconds."""
         if self._result is None:
-            outcome = self._supervisor.wait(progress, interval)
-            if outcome.failure is not None:
-                raise outcome.failure.to_error()
-            self._result = outcome.result
+            self._result = self._supervisor.wait(progress, interval)  # raises the job's error
         return self._result

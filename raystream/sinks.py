@@ -36,15 +36,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raystream import _files
+from raystream._storage import Storage, open_storage
 from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class _FileWriter(SinkWriter):
     def __init__(self, sink: FileSink, context: SinkContext):
         self._sink = sink
         self._ctx = context
-        self._dir = _files.Location.parse(sink.directory)
+        self._store: Storage = open_storage(sink.directory)
         self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
         self._attempt = f"{context.attempt:06d}{_SEP}"
         self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
@@ -202,9 +203,9 @@ class _FileWriter(SinkWriter):
 
     def _put(self, name: str, data: bytes) -> None:
         try:
-            _files.write_bytes(self._dir.join(name), data)
+            self._store.put(name, data)
         except Exception as exc:
-            raise SinkError(f"FileSink could not write {self._dir.join(name).uri()}: {exc}") from exc
+            raise SinkError(f"FileSink could not write {self._store.uri(name)}: {exc}") from exc
 
     def pre_commit(self, checkpoint_id: int) -> FileTxn | None:
         self._write_file()
@@ -217,15 +218,13 @@ class _FileWriter(SinkWriter):
         return FileTxn(files) if files else None
 
     def commit(self, txn: FileTxn) -> None:
-        for pending, final in txn.files:
-            try:
-                _promote(self._dir, pending, final)
-            except SinkError:
-                raise
-            except Exception as exc:
-                raise SinkError(f"FileSink could not commit {self._dir.join(final).uri()}: {exc}") from exc
-        if txn.files and self._dir.scheme == "file":
-            _files.fsync_dir(self._dir.path)  # the renames are durable before the commit counts
+        try:
+            self._store.promote(txn.files)  # durable before the commit counts
+        except FileNotFoundError as exc:
+            raise StagedDataMissingError(
+                f"FileSink cannot commit {exc.filename}: neither it nor its staged file exists") from None
+        except Exception as exc:
+            raise SinkError(f"FileSink could not commit into {self._store.uri()}: {exc}") from exc
         self.files_committed += len(txn.files)
 
     def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
@@ -233,12 +232,11 @@ class _FileWriter(SinkWriter):
             self.commit(txn)
         keep = {pending for txn in txns for pending, _ in txn.files}
         mine = self._ctx.attempt
-        stale = [n for n in _list_names(self._dir, f"_pending-{self._tag}")
+        stale = [n for n in self._store.list(f"_pending-{self._tag}")
                  if n not in keep and _written_by(n, 3) < mine]
-        later = [n for n in _list_names(self._dir, f"part-{self._tag}")
+        later = [n for n in self._store.list(f"part-{self._tag}")
                  if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine]
-        for name in stale + later:
-            _delete(self._dir.join(name))
+        self._store.delete(stale + later)
         if stale or later:
             logger.info("FileSink %s aborted %d staged files and retracted %d files of checkpoints after %d",
                         self._tag, len(stale), len(later), checkpoint_id)
@@ -251,62 +249,12 @@ class _FileWriter(SinkWriter):
         return {"files": self.files_committed}
 
 
-def _promote(directory: _files.Location, pending: str, final: str) -> None:
-    """Make `pending` visible as `final`; done already if only `final` exists."""
-    src, dst = directory.join(pending), directory.join(final)
-    if directory.scheme == "s3":
-        from botocore.exceptions import ClientError
-
-        client = _files.s3_client()
-        try:
-            client.copy_object(Bucket=dst.bucket, Key=dst.path, CopySource={"Bucket": src.bucket, "Key": src.path})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                raise
-            try:
-                client.head_object(Bucket=dst.bucket, Key=dst.path)
-            except ClientError:
-                raise StagedDataMissingError(
-                    f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
-            return
-        client.delete_object(Bucket=src.bucket, Key=src.path)
-        return
-    try:
-        os.rename(src.path, dst.path)
-    except FileNotFoundError:
-        if not os.path.exists(dst.path):
-            raise StagedDataMissingError(
-                f"FileSink cannot commit {dst.uri()}: neither it nor its staged file exists") from None
-
-
-def _list_names(directory: _files.Location, prefix: str) -> list[str]:
-    if directory.scheme == "s3":
-        base = directory.path.rstrip("/") + "/" if directory.path else ""
-        keys = _files.list_keys(_files.Location("s3", base + prefix, directory.bucket))
-        return [k[len(base):] for k in keys]
-    if not os.path.isdir(directory.path):
-        return []
-    return sorted(n for n in os.listdir(directory.path) if n.startswith(prefix))
-
-
-def _delete(loc: _files.Location) -> None:
-    if loc.scheme == "s3":
-        _files.s3_client().delete_object(Bucket=loc.bucket, Key=loc.path)
-    else:
-        try:
-            os.unlink(loc.path)
-        except FileNotFoundError:
-            pass
-
-
 def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
     """Serialize micro-batches as one JSON-lines or Parquet file."""
     if fmt == "jsonl":
         dumps = json.dumps
         lines = [dumps(r, separators=(",", ":")) for part in parts for r in as_records(part)]
         return ("\n".join(lines) + "\n").encode("utf-8")
-    import pyarrow.parquet as pq
-
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_batches(batches), buf)
@@ -323,8 +271,6 @@ def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
         if format == "jsonl":
             records.extend(json.loads(line) for line in data.decode("utf-8").splitlines() if line)
         else:
-            import pyarrow.parquet as pq
-
             records.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
     return records
 

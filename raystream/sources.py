@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raystream import _files
 from raystream.errors import JobDefinitionError, SourceError
@@ -262,8 +263,6 @@ class _ParquetPartition(SourcePartition):
     """Arrow record batches of a Parquet file; the offset is the number of rows emitted."""
 
     def __init__(self, uri: str, rows: int, batch_size: int):
-        import pyarrow.parquet as pq
-
         self._uri, self._rows = uri, rows
         try:
             self._file = pq.ParquetFile(_files.open_read(uri, seekable=True))

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len
 from raystream._runtime.keys import KeyRouter
+from raystream._runtime.plan import EdgeKind
 
 BATCH, BARRIER, END = 0, 1, 2
 
@@ -79,9 +80,9 @@ class OutputEdge:
     hash: each record to the subtask that owns its key's key group.
     """
 
-    def __init__(self, kind: str, channels: list[OutputChannel], batch_size: int, linger: float,
+    def __init__(self, kind: EdgeKind, channels: list[OutputChannel], batch_size: int, linger: float,
                  max_parallelism: int):
-        self.kind = kind
+        self.kind = EdgeKind(kind)
         self.channels = channels
         self.batch_size = batch_size
         self.linger = linger
@@ -91,7 +92,7 @@ class OutputEdge:
     async def emit(self, batch: Any) -> None:
         if not batch_len(batch):
             return
-        if self.kind == "hash":
+        if self.kind is EdgeKind.HASH:
             await self._emit_keyed(as_keyed(batch))
             return
         ch = self.channels[0] if len(self.channels) == 1 else self.channels[self._rotate()]

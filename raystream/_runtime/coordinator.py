@@ -29,29 +29,28 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from raystream._runtime.checkpoint import CheckpointStore, CorruptCheckpointError, Manifest
-from raystream._runtime.checkpointing import Checkpointer, Key, in_thread
-from raystream._runtime.plan import Chain, PhysicalPlan
-from raystream._runtime.recovery import RestartTracker, RestoreError, begin_attempt, snapshots_for
+from raystream._runtime.blocking import in_thread
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.checkpointer import Checkpointer, Key
+from raystream._runtime.failure import Failure, FailureKind, most_specific
+from raystream._runtime.injector import Injector, install_s3_faults
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.plan import Chain, EdgeKind, PhysicalPlan
+from raystream._runtime.recovery import RestartTracker, begin_attempt, snapshots_for
+from raystream._runtime.reports import JobOutcome, sink_outputs, sum_steps
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
-from raystream.errors import JobFailedError, StagedDataMissingError
-from raystream.faults import Injector, install_s3_faults
-from raystream.job import KEYED_KINDS, Job
-from raystream.result import CheckpointStats, Failure, JobResult, JobStatus, StepMetrics
+from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError
+from raystream.graph import JobGraph, StepKind
+from raystream.result import CheckpointStats, JobResult, JobStatus
 
 logger = logging.getLogger(__name__)
 
-#: Which failure explains an attempt's end best when several arrive together (lower first).
-_SPECIFICITY = {"record": -6, "source": -5, "restore": -4, "internal": -3, "checkpoint": -2, "crash": -1, "peer": 0}
-#: Failures that a restart would only repeat.
-_FINAL = ("record", "source")
 _TICK = 0.05
 _METRICS_EVERY = 0.5
 _DEATH_TIMEOUT = 30.0  # seconds to wait for Ray to report a killed attempt's actors dead
@@ -62,28 +61,9 @@ def actor_name(job_name: str, run_id: str, what: str) -> str:
     return f"raystream:{job_name}:{run_id}:{what}"
 
 
-@dataclass
-class JobOutcome:
-    result: JobResult | None
-    failure: Failure | None
-
-
-def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
-    """Counters summed over subtasks, in the job's step order."""
-    totals: dict[str, list[int]] = {step_id: [0, 0, 0] for step_id in order}
-    for r in reports:
-        for step_id, (n_in, n_out) in r.steps.items():
-            t = totals.setdefault(step_id, [0, 0, 0])
-            t[0] += n_in
-            t[1] += n_out
-        for step_id, n in r.errors.items():
-            totals.setdefault(step_id, [0, 0, 0])[2] += n
-    return {k: StepMetrics(*v) for k, v in totals.items()}
-
-
 @ray.remote(num_cpus=0)
 class JobCoordinator:
-    def __init__(self, job: Job, plan: PhysicalPlan, run_id: str, checkpoint_root: str, resume: bool):
+    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, checkpoint_root: str, resume: bool):
         if job.runtime.faults:
             install_s3_faults(job.runtime.faults)
         self.job, self.plan, self.run_id, self.resume = job, plan, run_id, resume
@@ -130,7 +110,7 @@ class JobCoordinator:
         stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
         return JobStatus(
             job_name=self.job.name, state=self.state, elapsed=time.monotonic() - self.started,
-            steps=sum_steps(list(self.job.steps), list(self.reports.values())),
+            steps=sum_steps(self.job.step_ids, list(self.reports.values())),
             subtasks=len(self.actors), pids=dict(self.pids), checkpoints=stats,
             restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt, restores=dict(self.restores),
             coordinator_pid=os.getpid(),
@@ -156,15 +136,15 @@ class JobCoordinator:
             try:
                 manifest, progress = await self._begin_attempt(restoring)
             except RestoreError as exc:
-                return self._fail(Failure("restore", "restore", "", str(exc), ""))
+                return self._fail(Failure(FailureKind.INCOMPATIBLE, "restore", str(exc)))
             restoring = True
             completed_before = self.stats.completed
             failure = await self._attempt(manifest, progress)
             if failure is None:
                 return JobOutcome(self._result(), None)
-            if failure.kind in _FINAL:
+            if failure.kind.final:
                 return self._fail(failure)
-            if failure.kind == "restore" and manifest is not None:
+            if failure.kind is FailureKind.RESTORE and manifest is not None:
                 # The checkpoint cannot be restored (a snapshot did not verify, or its staged
                 # output is gone): refuse it for good and fall back to the one before it.
                 await in_thread(self.store.refuse, self.run_id, manifest.checkpoint_id, failure.error)
@@ -174,7 +154,8 @@ class JobCoordinator:
                 delay = tracker.next_delay(f"{failure.step_id}: {failure.error}",
                                            made_progress=self.stats.completed > completed_before)
             except JobFailedError as exc:
-                return self._fail(Failure("restarts", self.job.name, "", str(exc), failure.traceback_text))
+                return self._fail(Failure(FailureKind.RESTARTS, self.job.name, str(exc),
+                                          traceback_text=failure.traceback_text))
             self.restarts += 1
             self.state = "restarting"
             logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs", self.job.name,
@@ -185,20 +166,17 @@ class JobCoordinator:
         """R3: claim the next attempt (from now on no older attempt can publish
         a checkpoint that counts), choose the checkpoint to restore, and record the choice
         before any subtask touches a sink. At-most-once also reads the sources' progress."""
-        keyed = any(s.kind in KEYED_KINDS for s in self.job.steps.values())
         self.attempt, manifest = await begin_attempt(
             self.store, self.run_id, self.refused, restoring=restoring,
-            max_parallelism=self.job.runtime.max_parallelism, keyed=keyed, blocking=in_thread)
-        if restoring:
-            refused = len(self.refused & set(await in_thread(self.store.manifest_ids, self.run_id)))
-            self.stats = dataclasses.replace(self.stats, refused=max(self.stats.refused, refused))
+            max_parallelism=self.job.runtime.max_parallelism, keyed=self.job.keyed, blocking=in_thread)
+        self.stats = dataclasses.replace(self.stats, refused=max(self.stats.refused, len(self.refused)))
         if manifest is not None and self.stats.completed == 0:  # a new coordinator: the counters continue
             self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
                                              failed=manifest.failed_total, last_id=manifest.checkpoint_id)
         progress: dict[str, dict[str, Any]] = {}
         if self.job.guarantee == Guarantee.AT_MOST_ONCE and restoring:
             for chain in self.plan.chains:
-                if chain.head.kind == "source":
+                if chain.head.kind is StepKind.SOURCE:
                     offsets = await in_thread(self.store.read_progress, self.run_id, chain.head.step_id)
                     await in_thread(self.store.compact_progress, self.run_id, chain.head.step_id,
                                     self.attempt, offsets)
@@ -211,11 +189,11 @@ class JobCoordinator:
         return JobOutcome(None, failure)
 
     def _source_keys(self) -> list[Key]:
-        return [(c.name, i) for c in self.plan.chains if c.head.kind == "source" for i in range(c.parallelism)]
+        return [(c.name, i) for c in self.plan.chains if c.head.kind is StepKind.SOURCE for i in range(c.parallelism)]
 
     def _spec(self, chain: Chain, subtask: int) -> SubtaskSpec:
         head = chain.head
-        source = head.kind == "source"
+        source = head.kind is StepKind.SOURCE
         return SubtaskSpec(
             job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
             parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
@@ -229,7 +207,7 @@ class JobCoordinator:
         outputs = []
         for edge in chain.out_edges:
             down = self.plan.chains[self.plan.chain_of_step[edge.downstream]]
-            targets = [subtask] if edge.kind == "forward" else range(down.parallelism)
+            targets = [subtask] if edge.kind is EdgeKind.FORWARD else range(down.parallelism)
             outputs.append(OutputSpec(edge.kind, [
                 (self.actors[(down.name, j)], self.plan.channel_index(down, j, edge, subtask)) for j in targets
             ]))
@@ -249,7 +227,7 @@ class JobCoordinator:
         restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
         self.actors, self.reports, self._runs = {}, {}, {}
         setup_started = time.monotonic()
-        failure: Failure | None = Failure("internal", "attempt", "", "the attempt was interrupted", "")
+        failure: Failure | None = Failure(FailureKind.INTERNAL, "attempt", "the attempt was interrupted")
         try:
             failure = await self._start_actors()
             if failure is None:
@@ -283,7 +261,7 @@ class JobCoordinator:
         try:
             pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
         except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
-            return Failure("internal", "subtask start", "", f"{type(exc).__name__}: {exc}", "")
+            return Failure(FailureKind.INTERNAL, "subtask start", f"{type(exc).__name__}: {exc}")
         self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
         return None
 
@@ -293,8 +271,8 @@ class JobCoordinator:
         try:
             specs = {(c.name, i): self._restore_spec(manifest, c, i)
                      for c in self.plan.chains for i in range(c.parallelism)}
-        except RestoreError as exc:
-            return Failure("source", "restore", "", str(exc), "")
+        except RestoreError as exc:  # the job graph changed since the checkpoint
+            return Failure(FailureKind.INCOMPATIBLE, "restore", str(exc))
         me = ray.get_runtime_context().current_actor
         try:
             tiers = await asyncio.gather(*(
@@ -302,12 +280,12 @@ class JobCoordinator:
                                                       progress.get(c.head.step_id))
                 for c in self.plan.chains for i in range(c.parallelism)))
         except ray.exceptions.RayActorError as exc:  # a subtask died while restoring
-            return Failure("crash", "restore", "", f"{type(exc).__name__}: {exc}", "")
+            return Failure(FailureKind.CRASH, "restore", f"{type(exc).__name__}: {exc}")
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
             unrestorable = (CorruptCheckpointError, FileNotFoundError, StagedDataMissingError)
-            kind = "restore" if isinstance(cause, unrestorable) else "internal"
-            return Failure(kind, "restore", "", f"{type(cause).__name__}: {cause}", "")
+            kind = FailureKind.RESTORE if isinstance(cause, unrestorable) else FailureKind.INTERNAL
+            return Failure(kind, "restore", f"{type(cause).__name__}: {cause}")
         for counts in tiers:  # where each restored snapshot was read from
             for tier, n in counts.items():
                 self.restores[tier] = self.restores.get(tier, 0) + n
@@ -359,15 +337,15 @@ class JobCoordinator:
             done, pending = await asyncio.wait(pending, timeout=_TICK, return_when=asyncio.FIRST_COMPLETED)
             failures = [f for f in (self._collect(fut, runs[fut]) for fut in done) if f]
             if failures:
-                if pending and all(f.kind == "peer" for f in failures):
+                if pending and all(f.kind is FailureKind.PEER for f in failures):
                     # Peers of a crashed subtask fail first at times; give the real cause a moment.
                     more, pending = await asyncio.wait(pending, timeout=2.0)
                     failures += [f for f in (self._collect(fut, runs[fut]) for fut in more) if f]
-                return min(failures, key=lambda f: _SPECIFICITY.get(f.kind, 0))
+                return most_specific(failures)
             if self.checkpointer is not None:
                 self.checkpointer.tick()
                 if self.checkpointer.failure is not None:
-                    return Failure("checkpoint", "checkpoint", "", self.checkpointer.failure, "")
+                    return Failure(FailureKind.CHECKPOINT, "checkpoint", self.checkpointer.failure)
             if pending and time.monotonic() >= next_metrics:
                 next_metrics = time.monotonic() + _METRICS_EVERY
                 await self._poll_metrics(pending, runs)
@@ -378,14 +356,14 @@ class JobCoordinator:
         try:
             report: SubtaskReport = fut.result()
         except ray.exceptions.RayError as exc:
-            return Failure("crash", f"subtask {key[0]}[{key[1]}]", "", f"{type(exc).__name__}: {exc}", "")
+            return Failure(FailureKind.CRASH, f"subtask {key[0]}[{key[1]}]", f"{type(exc).__name__}: {exc}")
         self._record(key, report)
         return report.failure
 
     def _record(self, key: Key, report: SubtaskReport) -> None:
         self.reports[key] = report
         head = self.plan.chains[self.plan.chain_of_step[report.chain_name.split("+")[0]]].head
-        if head.kind == "source":
+        if head.kind is StepKind.SOURCE:
             self.source_seen[key] = max(self.source_seen.get(key, 0), report.steps.get(head.step_id, (0, 0))[1])
 
     async def _poll_metrics(self, pending: set, runs: dict) -> None:
@@ -400,16 +378,9 @@ class JobCoordinator:
 
     def _result(self) -> JobResult:
         reports = list(self.reports.values())
-        outputs: dict[str, Any] = {}
-        for report in sorted(reports, key=lambda r: (r.chain_name, r.subtask)):
-            for step_id, value in report.sink_results.items():
-                outputs.setdefault(step_id, []).append(value)
-        for step_id, values in outputs.items():
-            if all(isinstance(v, list) for v in values):
-                outputs[step_id] = [r for v in values for r in v]
         return JobResult(
             job_name=self.job.name, state=self.state, duration=time.monotonic() - self.started,
-            steps=sum_steps(list(self.job.steps), reports), outputs=outputs,
+            steps=sum_steps(self.job.step_ids, reports), outputs=sink_outputs(reports),
             max_in_flight_seen=max((r.max_in_flight_seen for r in reports), default=0),
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
             checkpoints=self.stats, restarts=self.restarts, records_replayed=self.replayed, run_id=self.run_id,

@@ -15,14 +15,17 @@ import threading
 import time
 from typing import Any, Callable
 
+import ray
+
 from raystream import _files
-from raystream._runtime.checkpoint import CheckpointStore, new_run_id
-from raystream._runtime.plan import build_plan
+from raystream._runtime.checkpoint_store import CheckpointStore, new_run_id
+from raystream._runtime.coordinator import JobCoordinator, actor_name
+from raystream._runtime.plan import PhysicalPlan, build_plan
 from raystream._runtime.recovery import RestartTracker
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
-from raystream.job import Job
-from raystream.result import JobStatus
+from raystream.graph import JobGraph
+from raystream.result import JobResult, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     A local Ray started here binds its node address to 127.0.0.1 and runs no dashboard.
     """
-    import ray
-
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -53,13 +54,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     )
 
 
-def checkpoint_root(job: Job) -> str:
+def checkpoint_root(job: JobGraph) -> str:
     """`<storage>/<job name>`; storage defaults to ./raystream-checkpoints (made absolute here)."""
     base = job.checkpoint.storage or os.path.join(os.getcwd(), "raystream-checkpoints")
     return _files.Location.parse(base).join(job.name).uri()
 
 
-def resumable_run(job: Job, store: CheckpointStore) -> str:
+def resumable_run(job: JobGraph, store: CheckpointStore) -> str:
     """The run that `--resume` continues: the newest one with a complete checkpoint
     (at-most-once: the newest run, whose sources saved their progress)."""
     if job.guarantee == Guarantee.AT_MOST_ONCE:
@@ -78,7 +79,7 @@ class Supervisor:
     """Starts the coordinator and, from a background thread, restarts it if its process
     dies; `wait()` returns the coordinator's outcome."""
 
-    def __init__(self, job: Job, plan: Any, run_id: str, root: str, resume: bool):
+    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, root: str, resume: bool):
         self.job, self.plan, self.run_id, self.root = job, plan, run_id, root
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
@@ -91,8 +92,6 @@ class Supervisor:
         self._thread.start()
 
     def _launch(self, resume: bool) -> Any:
-        from raystream._runtime.coordinator import JobCoordinator, actor_name
-
         self.generation += 1
         self.coordinator = JobCoordinator.options(
             name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
@@ -100,8 +99,6 @@ class Supervisor:
         return self.coordinator.outcome.remote()
 
     def _supervise(self) -> None:
-        import ray
-
         run_ref = self._first_ref
         unavailable_since: float | None = None
         try:
@@ -131,25 +128,19 @@ class Supervisor:
             self._done.set()
 
     def status(self) -> JobStatus:
-        import ray
-
         try:
             return ray.get(self.coordinator.status.remote(), timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return JobStatus(self.job.name, "restarting", 0.0)
 
     def stop(self) -> None:
-        import ray
-
         try:
             ray.get(self.coordinator.stop.remote(), timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
 
-    def wait(self, progress: Callable[[JobStatus], None] | None, interval: float) -> Any:
-        """Block until the job ends; returns the coordinator's JobOutcome."""
-        import ray
-
+    def wait(self, progress: Callable[[JobStatus], None] | None, interval: float) -> JobResult:
+        """Block until the job ends; returns its result or raises its error."""
         try:
             while not self._done.wait(interval):
                 if progress is not None:
@@ -162,20 +153,21 @@ class Supervisor:
                 ray.kill(self.coordinator, no_restart=True)
         if self.error is not None:
             raise self.error
-        return self.outcome
+        if self.outcome.failure is not None:
+            raise self.outcome.failure.to_error()
+        return self.outcome.result
 
 
-def start_job(job: Job, *, resume: bool = False) -> Supervisor:
+def start_job(job: JobGraph, *, resume: bool = False) -> Supervisor:
     """Plan `job`, list its source partitions (errors stop it here), and start it."""
     source_partitions: dict[str, list[str]] = {}
-    for step in job.steps.values():
-        if step.kind == "source":
-            try:
-                source_partitions[step.step_id] = list(step.source.list_partitions())
-            except RaystreamError:
-                raise
-            except Exception as exc:
-                raise SourceError(f"source {step.step_id!r} could not list its partitions: {exc}") from exc
+    for step in job.sources:
+        try:
+            source_partitions[step.step_id] = list(step.source.list_partitions())
+        except RaystreamError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"source {step.step_id!r} could not list its partitions: {exc}") from exc
     plan = build_plan(job, source_partitions)
     root = checkpoint_root(job)
     run_id = resumable_run(job, CheckpointStore(root)) if resume else new_run_id()

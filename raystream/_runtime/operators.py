@@ -17,7 +17,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len, to_arrow
-from raystream.job import Step
+from raystream._runtime.tally import Tally
+from raystream.graph import Step, StepKind
 from raystream.sinks import Sink, SinkContext, SinkWriter
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class SinkOp(Operator):
         self.transactional = context.transactional
         self.writer: SinkWriter = sink.build_writer(context)
         self.pending: list[tuple[int, Any]] = []
-        self.tally: Any = None  # raystream.audit.Tally when the job is audited
+        self.tally: Tally | None = None  # when the job is audited
 
     def process(self, batch: Any) -> Any:
         self.records_in += batch_len(batch)
@@ -276,22 +277,22 @@ class SinkOp(Operator):
         return self.writer.close()
 
 
-_KINDS: dict[str, type[Operator]] = {
-    "map": MapOp,
-    "flat_map": FlatMapOp,
-    "filter": FilterOp,
-    "key_by": KeyByOp,
-    "reduce": ReduceOp,
-    "stateful_map": StatefulMapOp,
-    "map_batches": MapBatchesOp,
+_OPERATORS: dict[StepKind, type[Operator]] = {
+    StepKind.MAP: MapOp,
+    StepKind.FLAT_MAP: FlatMapOp,
+    StepKind.FILTER: FilterOp,
+    StepKind.KEY_BY: KeyByOp,
+    StepKind.REDUCE: ReduceOp,
+    StepKind.STATEFUL_MAP: StatefulMapOp,
+    StepKind.MAP_BATCHES: MapBatchesOp,
 }
 
 
 def build_operator(step: Step, sink_context: SinkContext | None = None) -> Operator:
-    if step.kind == "sink":
+    if step.kind is StepKind.SINK:
         assert sink_context is not None
         return SinkOp(step, sink_context)
-    return _KINDS[step.kind](step)
+    return _OPERATORS[step.kind](step)
 
 
 def run_chain(ops: list[Operator], batch: Any) -> Any:

@@ -11,16 +11,25 @@ only; hash and rebalance edges connect every upstream subtask to every subtask.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from raystream.job import KEYED_KINDS, Job, Step
+from raystream.graph import JobGraph, Step
+
+
+class EdgeKind(str, enum.Enum):
+    """How records cross an edge between two chains."""
+
+    FORWARD = "forward"  # upstream subtask i to downstream subtask i (equal parallelism)
+    HASH = "hash"  # by key group, into a keyed step
+    REBALANCE = "rebalance"  # round-robin over every downstream subtask
 
 
 @dataclass(frozen=True)
 class Edge:
     upstream: str  # step id
     downstream: str  # step id
-    kind: str  # "forward" | "hash" | "rebalance"
+    kind: EdgeKind
 
 
 @dataclass
@@ -54,7 +63,7 @@ class PhysicalPlan:
         """(edge, upstream subtask) for each input channel of `subtask`, in channel order."""
         channels: list[tuple[Edge, int]] = []
         for edge in chain.in_edges:
-            if edge.kind == "forward":
+            if edge.kind is EdgeKind.FORWARD:
                 channels.append((edge, subtask))
             else:
                 up = self.chains[self.chain_of_step[edge.upstream]]
@@ -73,31 +82,27 @@ class PhysicalPlan:
         return self.source_partitions[step_id][subtask::chain.parallelism]
 
 
-def _edge_kind(job: Job, up: Step, down: Step) -> str:
-    if down.kind in KEYED_KINDS:
-        return "hash"
-    if parallelism_of(job, up) == parallelism_of(job, down):
-        return "forward"
-    return "rebalance"
+def _edge_kind(graph: JobGraph, up: Step, down: Step) -> EdgeKind:
+    if down.kind.keyed:
+        return EdgeKind.HASH
+    if graph.parallelism_of(up) == graph.parallelism_of(down):
+        return EdgeKind.FORWARD
+    return EdgeKind.REBALANCE
 
 
-def parallelism_of(job: Job, step: Step) -> int:
-    return step.parallelism or job.parallelism
-
-
-def build_plan(job: Job, source_partitions: dict[str, list[str]]) -> PhysicalPlan:
-    """Group steps into chains and connect the chains. `job.validate()` must have passed."""
-    steps = job.steps
+def build_plan(graph: JobGraph, source_partitions: dict[str, list[str]]) -> PhysicalPlan:
+    """Group steps into chains and connect the chains."""
+    steps = {s.step_id: s for s in graph.steps}
     consumers: dict[str, list[str]] = {sid: [] for sid in steps}
     for step in steps.values():
         for up in step.inputs:
             consumers[up].append(step.step_id)
 
     def chains_to_upstream(step: Step) -> bool:
-        if not job.runtime.chaining or len(step.inputs) != 1:
+        if not graph.runtime.chaining or len(step.inputs) != 1:
             return False
         up = steps[step.inputs[0]]
-        return len(consumers[up.step_id]) == 1 and _edge_kind(job, up, step) == "forward"
+        return len(consumers[up.step_id]) == 1 and _edge_kind(graph, up, step) is EdgeKind.FORWARD
 
     chains: list[Chain] = []
     chain_of_step: dict[str, int] = {}
@@ -106,7 +111,7 @@ def build_plan(job: Job, source_partitions: dict[str, list[str]]) -> PhysicalPla
             chain = chains[chain_of_step[step.inputs[0]]]
             chain.steps.append(step)
         else:
-            chain = Chain(len(chains), [step], parallelism_of(job, step))
+            chain = Chain(len(chains), [step], graph.parallelism_of(step))
             chains.append(chain)
         chain_of_step[step.step_id] = chain.index
 
@@ -114,7 +119,7 @@ def build_plan(job: Job, source_partitions: dict[str, list[str]]) -> PhysicalPla
         for up_id in step.inputs:
             if chain_of_step[up_id] == chain_of_step[step.step_id]:
                 continue
-            edge = Edge(up_id, step.step_id, _edge_kind(job, steps[up_id], step))
+            edge = Edge(up_id, step.step_id, _edge_kind(graph, steps[up_id], step))
             chains[chain_of_step[step.step_id]].in_edges.append(edge)
             chains[chain_of_step[up_id]].out_edges.append(edge)
     return PhysicalPlan(chains, chain_of_step, source_partitions)

@@ -23,22 +23,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from raystream._runtime.checkpoint import (
-    CheckpointStore, CorruptCheckpointError, Manifest, SnapshotMeta, SubtaskState, incompatibility,
-)
+from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.keys import groups_of_subtask, key_group
+from raystream._runtime.manifest import Manifest, incompatibility
 from raystream._runtime.plan import Chain
-from raystream.config import RestartStrategy
-from raystream.errors import JobFailedError, RaystreamError
+from raystream._runtime.snapshot import SnapshotMeta, SubtaskState
+from raystream._runtime.tally import add_digests
+from raystream.config import RestartKind, RestartStrategy
+from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError
+from raystream.graph import StepKind
 
 
 logger = logging.getLogger(__name__)
 
 _OBJECT_STORE_TIMEOUT = 10.0
-
-
-class RestoreError(RaystreamError):
-    """A checkpoint cannot be restored into this job (the graph or a sink's parallelism changed)."""
 
 
 def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
@@ -108,18 +106,19 @@ def snapshots_for(manifest: Manifest, chain: Chain, subtask: int, *, dead_letter
     chain holds a dead-letter writer, which is per subtask like a sink's."""
     old = manifest.snapshots_of(chain.name)
     if not old:
-        stateful = [s.step_id for s in chain.steps if s.kind in ("source", "reduce", "stateful_map", "sink")]
+        stateful = [s.step_id for s in chain.steps if s.kind.stateful]
         if stateful:
             raise RestoreError(
                 f"checkpoint {manifest.checkpoint_id} has no state for steps {', '.join(stateful)}: the job graph "
                 "changed since it was taken; restore with the same steps, or start without resume")
         return []
     if len(old) == chain.parallelism:
-        if chain.head.kind == "source":  # offsets of partitions that other subtasks read before
+        if chain.head.kind is StepKind.SOURCE:  # offsets of partitions that other subtasks read before
             return [old[subtask]] + [m for m in old if m.subtask != subtask]
         return [old[subtask]]
-    if any(s.kind == "sink" for s in chain.steps) or dead_letters:
-        what = "a sink's" if any(s.kind == "sink" for s in chain.steps) else "a dead-letter writer's"
+    has_sink = any(s.kind is StepKind.SINK for s in chain.steps)
+    if has_sink or dead_letters:
+        what = "a sink's" if has_sink else "a dead-letter writer's"
         raise RestoreError(
             f"chain {chain.name!r} was checkpointed at parallelism {len(old)} and cannot be restored at "
             f"{chain.parallelism}: {what} state is per subtask; keep the parallelism of {chain.name!r}")
@@ -171,7 +170,7 @@ def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max
                 merged.counters[step_id] = (c_in + n_in, c_out + n_out)
             for name, (count, digest) in getattr(state, "audit", {}).items():
                 c, d = merged.audit.get(name, (0, 0))
-                merged.audit[name] = (c + count, (d + digest) % (1 << 64))
+                merged.audit[name] = (c + count, add_digests(d, digest))
             for step_id, n in getattr(state, "errors", {}).items():
                 merged.errors[step_id] = merged.errors.get(step_id, 0) + n
     return merged
@@ -218,13 +217,13 @@ class RestartTracker:
         s = self.strategy
         now = time.monotonic()
         self.times = [t for t in self.times if now - t < s.window]
-        if s.kind == "none" or len(self.times) >= s.max_restarts:
+        if s.kind is RestartKind.NONE or len(self.times) >= s.max_restarts:
             raise JobFailedError(
                 f"giving up after {len(self.times)} restarts within {s.window:.0f}s "
                 f"(RestartStrategy max_restarts={s.max_restarts}); last failure: {failure}")
         if made_progress or (self.times and now - self.times[-1] >= s.reset_after):
             self.streak = 0
-        delay = s.delay if s.kind == "fixed_delay" else min(s.max_delay, s.delay * s.multiplier ** self.streak)
+        delay = s.delay if s.kind is RestartKind.FIXED_DELAY else min(s.max_delay, s.delay * s.multiplier ** self.streak)
         self.streak += 1
         self.times.append(now)
         self.total += 1

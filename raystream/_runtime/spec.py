@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from raystream._runtime.checkpoint import SnapshotMeta
+from raystream._runtime.failure import Failure
+from raystream._runtime.plan import EdgeKind
+from raystream._runtime.snapshot import SnapshotMeta
+from raystream.audit import Audit
 from raystream.config import ErrorPolicy, Guarantee, RuntimeConfig
-from raystream.job import Step
-from raystream.result import Failure
+from raystream.graph import Step
 
 
 @dataclass
@@ -26,7 +28,7 @@ class SubtaskSpec:
     run_id: str
     attempt: int
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
-    audit: Any = None  # raystream.Audit
+    audit: Audit | None = None
     source_partitions: list[str] = field(default_factory=list)  # for a source chain: this subtask's
     all_partitions: list[str] = field(default_factory=list)  # every partition of the source, now
 
@@ -35,7 +37,7 @@ class SubtaskSpec:
 class OutputSpec:
     """One output edge: its partitioning and the (actor, input channel) of each target."""
 
-    kind: str
+    kind: EdgeKind
     targets: list[tuple[Any, int]]
 
 

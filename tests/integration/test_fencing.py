@@ -5,10 +5,10 @@ import os
 import ray
 
 import raystream as rs
-from raystream._runtime.checkpoint import CheckpointStore
+from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.subtask import SubtaskActor
-from raystream.job import Step
+from raystream.graph import Step
 from raystream.sinks import FileSink
 from raystream.sources import SequenceSource
 from tests.support import wait_until

@@ -33,15 +33,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from raystream._runtime import checkpoint as checkpoint_mod
-from raystream._runtime.checkpoint import (
-    CheckpointStore, CorruptCheckpointError, SinkState, SnapshotMeta, SubtaskState, encode,
-)
-from raystream._runtime.checkpointing import Checkpointer
-from raystream._runtime.recovery import RestoreError, begin_attempt
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.checkpointer import Checkpointer
+from raystream._runtime.injector import Injector
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.recovery import begin_attempt
+from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState, encode
 from raystream.config import CheckpointConfig
-from raystream.errors import StagedDataMissingError
-from raystream.faults import Injector
+from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
 from raystream.result import CheckpointStats
 from raystream.sinks import FileSink, SinkContext, read_files
 
@@ -390,7 +389,7 @@ class SimJob:
         if self.trace.missing_staged:
             raise SimFailure(f"a restored checkpoint's staged files were gone: {self.trace.missing_staged[0]}")
         points = self.store.restore_points(RUN)
-        published = [checkpoint_mod.Manifest.from_json(data) for data in self.storage.published]
+        published = [Manifest.from_json(data) for data in self.storage.published]
         refused = self.store.refused(RUN)
         for attempt, checkpoint_id in self.trace.commits:
             # A sink commits for checkpoint n when its own attempt's coordinator published n.
@@ -401,7 +400,7 @@ class SimJob:
             if CheckpointStore.is_void(m, points) and checkpoint_id not in refused:
                 raise SimFailure(f"attempt {attempt} committed checkpoint {checkpoint_id}, whose manifest is void")
         for key in self.storage.list(f"{RUN}/manifests/"):  # what a restore could still choose
-            m = checkpoint_mod.Manifest.from_json(self.storage.objects[key])
+            m = Manifest.from_json(self.storage.objects[key])
             if CheckpointStore.is_void(m, points) or m.checkpoint_id in refused:
                 continue
             for meta in m.snapshots:

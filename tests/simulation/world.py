@@ -9,7 +9,7 @@ import heapq
 import random
 from typing import Any, Callable
 
-from raystream._runtime.storage import Storage
+from raystream._storage import Storage
 
 
 class SimFailure(AssertionError):
@@ -115,6 +115,9 @@ class SimStorage(Storage):
     def delete(self, keys: list[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)
+
+    def promote(self, moves: list[tuple[str, str]]) -> None:
+        raise NotImplementedError("checkpoint storage never promotes; FileSink writes real files")
 
     def uri(self, key: str = "") -> str:
         return f"sim://{key}"

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from raystream._runtime.checkpoint import (
-    CheckpointStore, CorruptCheckpointError, Manifest, SnapshotMeta, decode, encode,
-)
-from raystream._runtime.storage import LocalStorage
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.snapshot import SnapshotMeta, decode, encode
+from raystream._storage import LocalStorage
+from raystream.errors import CorruptCheckpointError
 
 
 def test_decode_refuses_bytes_that_do_not_match_the_checksum():
@@ -66,7 +67,7 @@ def test_signed_manifests_refuse_tampering_and_a_missing_signature():
 
 
 def test_snapshots_of_other_versions_are_refused_with_what_to_do():
-    from raystream._runtime.checkpoint import incompatibility, versions
+    from raystream._runtime.manifest import incompatibility, versions
 
     here = versions()
     assert incompatibility(here) is None

@@ -7,7 +7,7 @@ import pytest
 
 from raystream._runtime.batch import KeyedBatch, as_records
 from raystream._runtime.operators import RecordFailure, build_operator, run_chain
-from raystream.job import Step
+from raystream.graph import Step
 from raystream.sinks import CollectSink, SinkContext
 
 

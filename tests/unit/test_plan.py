@@ -15,7 +15,7 @@ def wordcount_like(parallelism=2, chaining=True, reduce_parallelism=None):
         .reduce("r", operator.add, parallelism=reduce_parallelism)
         .sink("out", CollectSink()))
     job.validate()
-    return job, build_plan(job, {"src": ["0", "1", "2", "3"]})
+    return job, build_plan(job.freeze(), {"src": ["0", "1", "2", "3"]})
 
 
 def test_forward_steps_chain_and_keyed_steps_start_a_chain():
@@ -35,7 +35,7 @@ def test_chaining_off_gives_one_actor_per_step():
 def test_different_parallelism_rebalances():
     job = rs.Job("j", parallelism=2)
     job.source("src", SequenceSource(10)).map("m", str, parallelism=3).sink("out", CollectSink(), parallelism=3)
-    plan = build_plan(job, {"src": ["0"]})
+    plan = build_plan(job.freeze(), {"src": ["0"]})
     assert [c.name for c in plan.chains] == ["src", "m+out"]
     assert plan.chains[1].in_edges[0].kind == "rebalance"
     # every upstream subtask has a channel into every downstream subtask
@@ -54,7 +54,7 @@ def test_union_has_one_channel_per_input_subtask():
     a = job.source("a", SequenceSource(4))
     b = job.source("b", SequenceSource(4))
     a.union(b).map("m", str).sink("out", CollectSink())
-    plan = build_plan(job, {"a": ["0"], "b": ["0"]})
+    plan = build_plan(job.freeze(), {"a": ["0"], "b": ["0"]})
     m = plan.chains[plan.chain_of_step["m"]]
     assert m.name == "m+out"
     assert [(e.upstream, u) for e, u in plan.input_channels(m, 1)] == [("a", 1), ("b", 1)]
@@ -65,7 +65,7 @@ def test_fan_out_does_not_chain():
     s = job.source("src", SequenceSource(4))
     s.map("a", str).sink("o1", CollectSink())
     s.map("b", str).sink("o2", CollectSink())
-    plan = build_plan(job, {"src": ["0"]})
+    plan = build_plan(job.freeze(), {"src": ["0"]})
     assert [c.name for c in plan.chains] == ["src", "a+o1", "b+o2"]
     assert len(plan.chains[0].out_edges) == 2
 

@@ -2,12 +2,14 @@
 import pytest
 
 from raystream import RestartStrategy
-from raystream._runtime.checkpoint import Manifest, SinkState, SnapshotMeta, SubtaskState
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.keys import groups_of_subtask, key_group
 from raystream._runtime.plan import Chain
-from raystream._runtime.recovery import RestartTracker, RestoreError, merge_states, snapshots_for
+from raystream._runtime.recovery import RestartTracker, merge_states, snapshots_for
+from raystream.errors import RestoreError
 from raystream.errors import JobFailedError
-from raystream.job import Step
+from raystream.graph import Step
 
 
 def old_states(parallelism=2):
@@ -98,14 +100,14 @@ def test_counters_and_audit_tallies_are_summed_once_after_a_rescale():
 
 
 def stored(tmp_path, ids, *, max_parallelism=128):
-    from raystream._runtime.checkpoint import CheckpointStore
+    from raystream._runtime.checkpoint_store import CheckpointStore
 
     store = CheckpointStore(str(tmp_path / "j"))
     store.claim_attempt("run")
     for n in ids:
         m = manifest("r", 1)
         m.checkpoint_id, m.max_parallelism = n, max_parallelism
-        from raystream._runtime.checkpoint import versions
+        from raystream._runtime.manifest import versions
         m.versions = versions()
         assert store.commit(m)
     return store

@@ -4,7 +4,8 @@ import asyncio
 import ray
 
 from raystream._runtime import driver
-from raystream._runtime.coordinator import JobCoordinator, JobOutcome
+from raystream._runtime.coordinator import JobCoordinator
+from raystream._runtime.reports import JobOutcome
 
 
 def test_metrics_are_not_polled_once_every_subtask_has_finished():

@@ -1,18 +1,25 @@
-"""Durable storage for checkpoints: a local directory or an S3 prefix.
+"""Durable storage: objects under a local directory or an S3 prefix. Checkpoints
+(`_runtime/checkpoint_store.py`) and FileSink (`sinks.py`) both write through it, so
+atomicity and fsync live in this one place.
 
-Five operations: put, get, list, delete, and put_if_absent (the conditional put that
-makes a manifest write the commit point: a key written once is never overwritten).
+Operations: put, get, list, delete; put_if_absent (the conditional put that makes a
+manifest write the commit point: a key written once is never overwritten); and
+promote, which makes staged objects visible under their final keys (FileSink's
+two-phase commit: a staged write is a put under a name readers skip, `_pending-...`).
 
-- Local: put writes a temporary file and renames it over the key (readers never see a
-  partial object); put_if_absent hard-links the finished temporary file to the key,
-  which fails if the key exists. The file and then its directory are fsynced before a
-  write returns, so a write that returned survives a power loss. Deleting the last key
-  of a directory removes the directory.
+- Local: put writes a hidden temporary file (`.<name>.<uuid>.tmp`) and renames it over
+  the key, so readers never see a partial object; put_if_absent hard-links the
+  finished temporary file to the key, which fails if the key exists; promote renames.
+  Files and then their directories are fsynced before a write or a promote returns, so
+  what returned survives a power loss. Deleting the last key of a directory removes
+  the directory.
 - S3: put_if_absent is a PUT with `If-None-Match: *`; S3 answers 412 when the key
-  exists. Endpoint and credentials come from the environment (boto3 reads them).
+  exists. Promote is a copy and a delete. Endpoint and credentials come from the
+  environment (boto3 reads them).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import uuid
@@ -48,6 +55,12 @@ class Storage(ABC):
         """Delete the keys; missing keys are ignored."""
 
     @abstractmethod
+    def promote(self, moves: list[tuple[str, str]]) -> None:
+        """Make each staged key visible under its final key, durably; a move found done
+        already (only the final key exists) is skipped. Raises FileNotFoundError when
+        neither key of a move exists; its `filename` is the final key's URI."""
+
+    @abstractmethod
     def uri(self, key: str = "") -> str: ...
 
 
@@ -60,7 +73,7 @@ class LocalStorage(Storage):
 
     def _write_temp(self, path: str, data: bytes) -> str:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -70,7 +83,7 @@ class LocalStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._write_temp(path, data), path)
-        _files.fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
         path = self._path(key)
@@ -83,7 +96,7 @@ class LocalStorage(Storage):
             return False
         finally:
             os.unlink(tmp)
-        _files.fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return True
 
     def get(self, key: str) -> bytes:
@@ -120,6 +133,19 @@ class LocalStorage(Storage):
                 except OSError:  # not empty (or already gone): keep the rest
                     break
                 directory = os.path.dirname(directory)
+
+    def promote(self, moves: list[tuple[str, str]]) -> None:
+        dirs = set()
+        for staged, final in moves:
+            src, dst = self._path(staged), self._path(final)
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:
+                if not os.path.exists(dst):
+                    raise FileNotFoundError(errno.ENOENT, "neither it nor its staged object exists", dst) from None
+            dirs.add(os.path.dirname(dst))
+        for directory in dirs:  # the renames are durable before this returns
+            fsync_dir(directory)
 
     def uri(self, key: str = "") -> str:
         return self._path(key) if key else self.root
@@ -183,6 +209,25 @@ class S3Storage(Storage):
             if chunk:
                 client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
 
+    def promote(self, moves: list[tuple[str, str]]) -> None:
+        from botocore.exceptions import ClientError
+
+        client = _files.s3_client()
+        for staged, final in moves:
+            try:
+                client.copy_object(Bucket=self.bucket, Key=self._key(final),
+                                   CopySource={"Bucket": self.bucket, "Key": self._key(staged)})
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+                try:
+                    client.head_object(Bucket=self.bucket, Key=self._key(final))
+                except ClientError:
+                    raise FileNotFoundError(errno.ENOENT, "neither it nor its staged object exists",
+                                            self.uri(final)) from None
+                continue  # promoted before
+            client.delete_object(Bucket=self.bucket, Key=self._key(staged))
+
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
@@ -193,3 +238,12 @@ def open_storage(uri: str) -> Storage:
     if loc.scheme == "s3":
         return S3Storage(loc.bucket, loc.path)
     return LocalStorage(loc.path)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in a directory (a rename, a new link) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,4 +1,5 @@
-"""Checkpoint data: what a subtask snapshots, what a manifest commits, and where it lives.
+"""The checkpoint store: where one job's checkpoints live in durable storage, and the
+attempt claims, restore records and refusals that fence them (docs/protocol.md).
 
 Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
 
@@ -16,175 +17,23 @@ checkpoint older than n: b did not see it when it chose, so b's sinks may have a
 the transactions n lists. A void manifest is never restored, so a coordinator of an
 older attempt that publishes late (a slow PUT, a process that woke up) changes nothing.
 
-Run ids sort by start time, checkpoint ids increase within a run. A snapshot is
-cloudpickle bytes whose SHA-256 is recorded in the manifest; `decode` checks it before
-unpickling, so bytes that were damaged or replaced are never unpickled. When
-RAYSTREAM_CHECKPOINT_KEY is set (in the environment of the Ray processes, never passed
-as an argument), manifests carry an HMAC-SHA256 of their content, and a manifest whose
-signature is missing or wrong is refused, so the checksums it lists can be trusted.
+Run ids sort by start time, checkpoint ids increase within a run.
 """
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import logging
-import platform
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-import cloudpickle
-
-from raystream._runtime.storage import Storage, open_storage
-from raystream.errors import RaystreamError
+from raystream._storage import Storage, open_storage
+from raystream._runtime.manifest import Manifest, read_signed_json, signed_json, signing_key
+from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode
+from raystream.errors import CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_FORMAT = 1
-SIGNING_KEY_ENV = "RAYSTREAM_CHECKPOINT_KEY"
-
-
-def signing_key() -> bytes | None:
-    key = os.environ.get(SIGNING_KEY_ENV)
-    return key.encode("utf-8") if key else None
-
-
-class CorruptCheckpointError(RaystreamError):
-    """A checkpoint object does not match the checksum its manifest recorded."""
-
-
-def encode(obj: Any) -> tuple[bytes, str]:
-    data = cloudpickle.dumps(obj)
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def decode(data: bytes, sha256: str, what: str) -> Any:
-    """Unpickle `data` only if its SHA-256 is `sha256`."""
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise CorruptCheckpointError(
-            f"{what} is damaged or was replaced: SHA-256 {actual[:16]}... where the manifest recorded "
-            f"{sha256[:16]}...; it is not loaded")
-    return cloudpickle.loads(data)
-
-
-@dataclass
-class SinkState:
-    """A sink's part of a snapshot: the writer's own state and its transactions not yet committed."""
-
-    writer_state: Any = None
-    pending: list[tuple[int, Any]] = field(default_factory=list)  # (checkpoint id, transaction)
-
-
-@dataclass
-class SubtaskState:
-    """Everything one subtask needs to resume exactly where checkpoint `checkpoint_id` left it."""
-
-    checkpoint_id: int
-    chain: str
-    subtask: int
-    parallelism: int
-    source_offsets: dict[str, Any] = field(default_factory=dict)  # partition key -> offset
-    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)  # step id -> {key: state}
-    sinks: dict[str, SinkState] = field(default_factory=dict)  # step id -> sink state
-    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
-    audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
-    errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
-
-
-@dataclass(frozen=True)
-class SnapshotMeta:
-    """One subtask's acknowledgement of a checkpoint; the manifest lists one per subtask."""
-
-    chain: str
-    subtask: int
-    key: str
-    sha256: str
-    size: int
-    alignment: float = 0.0
-    source_records: int = 0
-    audit: dict[str, list[int]] = field(default_factory=dict)  # see raystream.audit
-
-
-@dataclass
-class Manifest:
-    """The commit record of one checkpoint."""
-
-    job: str
-    run_id: str
-    checkpoint_id: int
-    attempt: int
-    guarantee: str
-    created: float
-    chains: dict[str, int]  # chain name -> parallelism
-    snapshots: list[SnapshotMeta]
-    completed_total: int = 0
-    failed_total: int = 0
-    versions: dict[str, str] = field(default_factory=dict)
-    format: int = MANIFEST_FORMAT
-    max_parallelism: int = 0  # key groups of the keyed state; 0 in manifests older than this field
-
-    def to_json(self, key: bytes | None = None) -> bytes:
-        raw = asdict(self)
-        if key is not None:
-            raw["signature"] = _sign(raw, key)
-        return json.dumps(raw, indent=1, sort_keys=True).encode("utf-8")
-
-    @staticmethod
-    def from_json(data: bytes, key: bytes | None = None, what: str = "manifest") -> "Manifest":
-        """Parse a manifest; with a key, refuse it unless its signature matches."""
-        try:
-            raw = json.loads(data)
-            signature = raw.pop("signature", "")
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise CorruptCheckpointError(f"{what} is not a readable manifest: {exc}") from None
-        if key is not None:
-            if not signature:
-                raise CorruptCheckpointError(
-                    f"{what} is not signed, and {SIGNING_KEY_ENV} is set: unsigned manifests are refused")
-            if not isinstance(signature, str) or not hmac.compare_digest(signature, _sign(raw, key)):
-                raise CorruptCheckpointError(
-                    f"{what} does not match its signature: it was changed, or signed with another key")
-        try:
-            raw["snapshots"] = [SnapshotMeta(**s) for s in raw["snapshots"]]
-            return Manifest(**raw)
-        except (KeyError, TypeError) as exc:
-            raise CorruptCheckpointError(f"{what} is missing fields or has unknown ones: {exc}") from None
-
-    def snapshots_of(self, chain: str) -> list[SnapshotMeta]:
-        return sorted((s for s in self.snapshots if s.chain == chain), key=lambda s: s.subtask)
-
-
-def _canonical(raw: dict[str, Any]) -> bytes:
-    return json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _sign(raw: dict[str, Any], key: bytes) -> str:
-    return hmac.new(key, _canonical(raw), hashlib.sha256).hexdigest()
-
-
-def versions() -> dict[str, str]:
-    from raystream import __version__
-
-    return {"raystream": __version__, "python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
-
-
-def incompatibility(recorded: dict[str, str]) -> str | None:
-    """Why snapshots written with `recorded` versions cannot be read here, or None.
-
-    Pickles need the same Python minor version and cloudpickle major version; state
-    layouts need the same raystream minor version."""
-    here = versions()
-    rules = {"python": 2, "cloudpickle": 1, "raystream": 2}  # leading version parts that must match
-    for name, parts in rules.items():
-        theirs = recorded.get(name, "")
-        if theirs.split(".")[:parts] != here[name].split(".")[:parts]:
-            return (f"it was written by {name} {theirs or 'unknown'} and this is {name} {here[name]}; "
-                    f"restore it with {name} {'.'.join(theirs.split('.')[:parts]) or theirs}, or start without resume")
-    return None
 
 
 def new_run_id() -> str:
@@ -313,7 +162,7 @@ class CheckpointStore:
         """At-most-once: the offset of `partition` before its next batch leaves. Signed JSON,
         never a pickle: offsets of at-most-once sources must be JSON values."""
         body = {"run": run_id, "step": step_id, "attempt": attempt, "partition": partition, "offset": offset}
-        self.storage.put(self.progress_key(run_id, step_id, attempt, partition), _signed_json(body, self._key))
+        self.storage.put(self.progress_key(run_id, step_id, attempt, partition), signed_json(body, self._key))
 
     def read_progress(self, run_id: str, step_id: str) -> dict[str, Any]:
         """partition -> offset saved by the newest attempt that saved one. Offsets only move
@@ -321,7 +170,7 @@ class CheckpointStore:
         older attempt can only write under its own attempt's keys, never over newer ones."""
         newest: dict[str, tuple[int, Any]] = {}
         for key in self.storage.list(f"{run_id}/progress/{step_id}/"):
-            body = _read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
+            body = read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
             if body.get("run") != run_id or body.get("step") != step_id:
                 raise CorruptCheckpointError(f"progress {self.storage.uri(key)} belongs to another run or step")
             attempt, partition = int(body["attempt"]), str(body["partition"])
@@ -353,25 +202,3 @@ class CheckpointStore:
             if int(key.split("/")[2]) < oldest_kept:
                 doomed.append(key)
         self.storage.delete(doomed)
-
-
-def _signed_json(body: dict[str, Any], key: bytes | None) -> bytes:
-    raw = dict(body)
-    raw["sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
-    if key is not None:
-        raw["signature"] = _sign(body, key)
-    return json.dumps(raw, sort_keys=True).encode("utf-8")
-
-
-def _read_signed_json(data: bytes, key: bytes | None, what: str) -> dict[str, Any]:
-    """The body of `_signed_json` bytes; with a key, only if the signature matches."""
-    try:
-        raw = json.loads(data)
-        sha, signature = raw.pop("sha256", None), raw.pop("signature", None)
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CorruptCheckpointError(f"{what} is not readable: {exc}") from None
-    if not isinstance(sha, str) or not hmac.compare_digest(sha, hashlib.sha256(_canonical(raw)).hexdigest()):
-        raise CorruptCheckpointError(f"{what} is damaged: its checksum does not match")
-    if key is not None and (not isinstance(signature, str) or not hmac.compare_digest(signature, _sign(raw, key))):
-        raise CorruptCheckpointError(f"{what} is unsigned or does not match its signature; it is not used")
-    return raw

@@ -39,18 +39,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from raystream._runtime.checkpoint import CheckpointStore, Manifest, SnapshotMeta, versions
+from raystream._runtime.blocking import Blocking, in_thread
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.injector import Injector
+from raystream._runtime.manifest import Manifest, versions
+from raystream._runtime.snapshot import SnapshotMeta
 from raystream.config import CheckpointConfig
-from raystream.faults import Injector
 from raystream.result import CheckpointStats
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (chain name, subtask)
-
-
-class CheckpointFailure(Exception):
-    """Too many checkpoints failed in a row, or the final checkpoint failed."""
 
 
 @dataclass
@@ -61,12 +60,6 @@ class Pending:
     acks: dict[Key, SnapshotMeta] = field(default_factory=dict)
 
 
-Blocking = Callable[..., Awaitable[Any]]
-
-
-async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking storage I/O off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 class Checkpointer:

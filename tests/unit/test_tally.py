@@ -2,7 +2,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raystream.audit import AuditLine, Tally, id_digest
+from raystream._runtime.tally import Tally, id_digest
+from raystream.audit import AuditLine
 
 
 @given(st.lists(st.integers(), max_size=50), st.randoms())

@@ -1,0 +1,68 @@
+"""What a subtask snapshots (`SubtaskState`), how it acknowledges a snapshot
+(`SnapshotMeta`), and how snapshot bytes are made and checked.
+
+A snapshot is cloudpickle bytes whose SHA-256 is recorded in the manifest; `decode`
+checks it before unpickling, so bytes that were damaged or replaced are never unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from raystream.errors import CorruptCheckpointError
+
+
+def encode(obj: Any) -> tuple[bytes, str]:
+    data = cloudpickle.dumps(obj)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes, sha256: str, what: str) -> Any:
+    """Unpickle `data` only if its SHA-256 is `sha256`."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise CorruptCheckpointError(
+            f"{what} is damaged or was replaced: SHA-256 {actual[:16]}... where the manifest recorded "
+            f"{sha256[:16]}...; it is not loaded")
+    return cloudpickle.loads(data)
+
+
+@dataclass
+class SinkState:
+    """A sink's part of a snapshot: the writer's own state and its transactions not yet committed."""
+
+    writer_state: Any = None
+    pending: list[tuple[int, Any]] = field(default_factory=list)  # (checkpoint id, transaction)
+
+
+@dataclass
+class SubtaskState:
+    """Everything one subtask needs to resume exactly where checkpoint `checkpoint_id` left it."""
+
+    checkpoint_id: int
+    chain: str
+    subtask: int
+    parallelism: int
+    source_offsets: dict[str, Any] = field(default_factory=dict)  # partition key -> offset
+    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)  # step id -> {key: state}
+    sinks: dict[str, SinkState] = field(default_factory=dict)  # step id -> sink state
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
+    audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
+    errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """One subtask's acknowledgement of a checkpoint; the manifest lists one per subtask."""
+
+    chain: str
+    subtask: int
+    key: str
+    sha256: str
+    size: int
+    alignment: float = 0.0
+    source_records: int = 0
+    audit: dict[str, list[int]] = field(default_factory=dict)  # see raystream.audit

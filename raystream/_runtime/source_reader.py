@@ -1,0 +1,95 @@
+"""The partitions one source subtask reads. `SourceReader` is a part of SubtaskActor;
+it holds no Ray handle.
+
+Offsets belong to partitions, not to subtasks (docs/protocol.md, S3): each partition
+assigned to this subtask continues from its offset in the restored checkpoint, wherever
+it was read before; a partition no checkpoint knows starts at its beginning.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from raystream._runtime.batch import batch_len
+from raystream.errors import SourceError
+from raystream.graph import Step
+from raystream.sources import SourcePartition
+
+logger = logging.getLogger(__name__)
+
+#: emit(partition key, offset before the batch, offset after it, batch)
+Emit = Callable[[str, Any, Any, Any], Awaitable[None]]
+
+_IDLE_POLL = 0.05  # seconds between polls of partitions that have no data yet
+
+
+class SourceReader:
+    def __init__(self, step: Step, assigned: list[str], batch_size: int):
+        self.step = step
+        self.assigned = assigned
+        self.batch_size = batch_size
+        self.parts: dict[str, SourcePartition] = {}  # every opened partition: their offsets are checkpointed
+        self.active: list[tuple[str, SourcePartition]] = []  # those not exhausted
+        self.emitted = 0  # records emitted since the run began (restored from the checkpoint)
+
+    def open(self, offsets: dict[str, Any], emitted: int = 0, *, all_partitions: list[str] | None = None) -> None:
+        """Open the assigned partitions at their offsets. `all_partitions`: every
+        partition of the source now (given to one subtask only), to log what changed."""
+        self.emitted = emitted
+        if all_partitions is not None and offsets:
+            self._log_changes(offsets, all_partitions)
+        try:
+            for key in self.assigned:
+                self.parts[key] = self.step.source.build_partition(key, offsets.get(key), self.batch_size)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"source {self.step.step_id!r} could not open a partition: {exc}") from exc
+        finally:
+            self.active = list(self.parts.items())
+
+    def _log_changes(self, offsets: dict[str, Any], all_partitions: list[str]) -> None:
+        new = [p for p in all_partitions if p not in offsets]
+        gone = sorted(set(offsets) - set(all_partitions))
+        if new:
+            logger.info("source %s: %d new partitions start at their beginning: %s", self.step.step_id, len(new),
+                        _first(new))
+        if gone:
+            logger.warning("source %s: %d partitions of the checkpoint are gone and are not read: %s",
+                           self.step.step_id, len(gone), _first(gone))
+
+    def offsets(self) -> dict[str, Any]:
+        return {key: part.snapshot() for key, part in self.parts.items()}
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.active
+
+    def stop(self) -> None:
+        """Read nothing more (the job is being stopped)."""
+        self.active = []
+
+    async def read_round(self, emit: Emit) -> bool:
+        """One batch from each active partition in turn; False when none had data."""
+        progressed = False
+        for key, part in list(self.active):
+            before = part.snapshot()
+            batch = part.next_batch()
+            if batch is None:
+                part.close()
+                self.active.remove((key, part))
+            elif batch_len(batch):
+                progressed = True
+                self.emitted += batch_len(batch)
+                await emit(key, before, part.snapshot(), batch)
+        return progressed
+
+    def idle_timeout(self) -> float:
+        """Seconds until a partition without data may have some."""
+        wake = [w for w in (p.next_awake() for _, p in self.active) if w is not None]
+        return min([_IDLE_POLL] + [w - time.time() for w in wake])
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")

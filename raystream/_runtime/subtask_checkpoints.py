@@ -1,0 +1,154 @@
+"""The subtask's side of the checkpoint protocol (docs/protocol.md, C3, C4, C6 and F3).
+
+`SubtaskCheckpoints` is a part that each SubtaskActor owns: the queue of snapshot bytes
+that answers the coordinator's pending `next_snapshot()` call, the chain of uploads
+that acknowledges checkpoints in order, the committed-checkpoint counter with its lock,
+and the fence before a commit. It holds no Ray handle: acknowledgements go out through
+the `ack` callable the actor attaches, blocking storage I/O through `blocking`, so unit
+tests drive it with fakes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from raystream._runtime.blocking import Blocking, in_thread
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.injector import Injector
+from raystream._runtime.operators import SinkOp
+from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, encode
+from raystream.errors import StaleAttemptError
+
+logger = logging.getLogger(__name__)
+
+Ack = Callable[[int, SnapshotMeta, "str | None"], Awaitable[None]]
+
+_FENCE_TRIES = 8  # about 30 s of retries with backoff: the final commit has no later checkpoint
+
+
+class SubtaskCheckpoints:
+    def __init__(self, *, name: str, store: CheckpointStore, run_id: str, attempt: int, chain: str, subtask: int,
+                 faults: Injector, on_fatal: Callable[[BaseException], None], blocking: Blocking = in_thread):
+        self.name, self.store = name, store
+        self.run_id, self.attempt, self.chain, self.subtask = run_id, attempt, chain, subtask
+        self.faults = faults
+        self.on_fatal = on_fatal  # stops the subtask
+        self.blocking = blocking
+        self.sinks: list[SinkOp] = []
+        self.ack: Ack | None = None
+        self.last_barrier = 0  # the newest checkpoint this subtask snapshotted
+        self.committed = 0  # the newest checkpoint this subtask was told is complete
+        self._snapshots: asyncio.Queue[bytes] = asyncio.Queue()
+        self._upload_tail: asyncio.Future | None = None
+        self._committed_event = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+
+    def attach(self, sinks: list[SinkOp], ack: Ack) -> None:
+        """Once the actor is set up: the sink writers that take part, and where acks go."""
+        self.sinks, self.ack = sinks, ack
+
+    # --- C3, C4 ---------------------------------------------------------------------------
+
+    async def take(self, checkpoint_id: int, alignment: float, capture: Callable[[], SubtaskState],
+                   forward: Callable[[int], Awaitable[None]], source_records: int = 0) -> None:
+        """Checkpoint `checkpoint_id` on this subtask:
+          C3. sinks pre-commit the transaction of this epoch; `capture()` gives the state,
+              pickled at once (the consistent copy); `forward` sends the barrier on every
+              output, after the records before it;
+          C4. in the background: the bytes answer the coordinator's pending next_snapshot
+              call (object-store tier), are uploaded (durable tier), then acknowledged,
+              in checkpoint order.
+        """
+        self.last_barrier = checkpoint_id
+        for op in self.sinks:
+            op.pre_commit(checkpoint_id)
+            if self.faults:
+                self.faults.hit("sink_pre_committed", checkpoint_id)
+        state = capture()
+        data, sha = encode(state)
+        await forward(checkpoint_id)
+        key = CheckpointStore.snapshot_key(self.run_id, checkpoint_id, self.attempt, self.chain, self.subtask)
+        meta = SnapshotMeta(self.chain, self.subtask, key, sha, len(data), alignment, source_records,
+                            {k: list(v) for k, v in state.audit.items()})
+        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))
+
+    async def next_snapshot(self) -> bytes:
+        """The next snapshot's bytes. The coordinator keeps one such call pending, so it
+        owns the returned object and it outlives this process."""
+        return await self._snapshots.get()
+
+    async def _upload(self, previous: asyncio.Future | None, checkpoint_id: int, data: bytes,
+                      meta: SnapshotMeta) -> None:
+        if previous is not None:  # acknowledgements go out in checkpoint order
+            await asyncio.shield(previous)
+        self._snapshots.put_nowait(data)
+        error = None
+        try:
+            await self.blocking(self.store.storage.put, meta.key, data)
+        except Exception as exc:  # declined: the coordinator aborts the checkpoint
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("%s: upload of checkpoint %d failed: %s", self.name, checkpoint_id, error)
+        if self.faults and error is None:
+            self.faults.hit("snapshot_uploaded", checkpoint_id)
+        if self.ack is not None:
+            await self.ack(checkpoint_id, meta, error)
+
+    # --- C6 -------------------------------------------------------------------------------
+
+    async def commit(self, checkpoint_id: int) -> None:
+        """C6: checkpoint `checkpoint_id` is complete; after the fence (F3), sinks commit its
+        transactions and older ones still pending (of checkpoints that were aborted)."""
+        async with self._commit_lock:
+            for op in self.sinks:
+                ready = [p for p in op.pending if p[0] <= checkpoint_id]
+                if not ready:
+                    continue
+                try:
+                    current = await self._still_current()
+                except Exception as exc:
+                    self.on_fatal(exc)
+                    return
+                if not current:
+                    self.on_fatal(StaleAttemptError(
+                        f"{self.name} of attempt {self.attempt} was replaced by a newer attempt; it commits nothing"))
+                    return
+                try:
+                    await self.blocking(op.commit_all, [txn for _, txn in ready])
+                except Exception as exc:  # keep them pending: the next restore commits them
+                    self.on_fatal(exc)
+                    raise
+                if self.faults:
+                    self.faults.hit("sink_committed", checkpoint_id)
+                op.pending = [p for p in op.pending if p not in ready]
+            self.committed = max(self.committed, checkpoint_id)
+            self._committed_event.set()
+
+    async def _still_current(self) -> bool:
+        """F3, the fence before a commit. Storage that cannot be read is retried for about
+        30 s, then the subtask fails and a restore commits instead."""
+        delay = 0.2
+        for attempt in range(_FENCE_TRIES):
+            try:
+                return await self.blocking(self.store.is_current, self.run_id, self.attempt)
+            except Exception as exc:
+                if attempt == _FENCE_TRIES - 1:
+                    raise
+                logger.warning("%s: cannot read the attempts (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        return False
+
+    async def wait_committed(self, fatal: Callable[[], BaseException | None]) -> None:
+        """At the end of the stream: wait until the last checkpoint this subtask took part
+        in is committed, so its sinks have made everything visible. Raises `fatal()` when
+        the subtask fails meanwhile (`interrupt` wakes this)."""
+        while self.committed < self.last_barrier:
+            self._committed_event.clear()
+            await self._committed_event.wait()
+            error = fatal()
+            if error is not None:
+                raise error
+
+    def interrupt(self) -> None:
+        self._committed_event.set()

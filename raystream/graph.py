@@ -1,0 +1,98 @@
+"""The job graph as plain data: step kinds, steps, and `JobGraph`, the frozen description
+of a job that the runtime runs.
+
+This module is a leaf: it imports nothing of raystream at run time, so that both the
+public API (`job.py`, which builds graphs) and the runtime (which runs them) can depend
+on it without depending on each other.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from raystream.audit import Audit
+    from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
+    from raystream.sinks import Sink
+    from raystream.sources import Source
+
+
+class StepKind(str, enum.Enum):
+    """What a step does. A str enum, so `StepKind.MAP == "map"`."""
+
+    SOURCE = "source"
+    MAP = "map"
+    FLAT_MAP = "flat_map"
+    FILTER = "filter"
+    MAP_BATCHES = "map_batches"
+    KEY_BY = "key_by"
+    REDUCE = "reduce"
+    STATEFUL_MAP = "stateful_map"
+    SINK = "sink"
+
+    @property
+    def keyed(self) -> bool:
+        """Takes (key, value) records routed by key, and keeps state per key."""
+        return self in (StepKind.REDUCE, StepKind.STATEFUL_MAP)
+
+    @property
+    def stateful(self) -> bool:
+        """Keeps state in checkpoints (offsets, keyed state, sink transactions)."""
+        return self.keyed or self in (StepKind.SOURCE, StepKind.SINK)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Step kinds that take (key, value) records and keep state per key.
+KEYED_KINDS = frozenset(k for k in StepKind if k.keyed)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of the logical graph."""
+
+    step_id: str
+    kind: StepKind
+    inputs: tuple[str, ...]
+    fn: Callable[..., Any] | None = None
+    source: Source | None = None
+    sink: Sink | None = None
+    parallelism: int | None = None
+    value_fn: Callable[..., Any] | None = None  # key_by only
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", StepKind(self.kind))
+
+
+@dataclass(frozen=True)
+class JobGraph:
+    """A job frozen for running: its steps in topological order and its settings. The
+    runtime receives this, never a `Job`, so a running job cannot be changed from outside."""
+
+    name: str
+    steps: tuple[Step, ...]
+    parallelism: int
+    guarantee: Guarantee
+    checkpoint: CheckpointConfig
+    runtime: RuntimeConfig
+    restart: RestartStrategy
+    errors: ErrorPolicy
+    audit: Audit | None = None
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.step_id for s in self.steps]
+
+    def parallelism_of(self, step: Step) -> int:
+        return step.parallelism or self.parallelism
+
+    @property
+    def keyed(self) -> bool:
+        """Whether any step keeps keyed state."""
+        return any(s.kind.keyed for s in self.steps)
+
+    @property
+    def sources(self) -> list[Step]:
+        return [s for s in self.steps if s.kind is StepKind.SOURCE]
