@@ -3,32 +3,35 @@
 A sink builds one writer per subtask of its step, from a `SinkContext`. The runtime
 calls `write_batch` with micro-batches (a list of records or a `pyarrow.RecordBatch`).
 
-Under exactly-once the writer takes part in a two-phase commit with the checkpoints:
+Under exactly-once the writer takes part in a two-phase commit with the checkpoints
+(docs/protocol.md, T1-T4):
 
-1. `pre_commit(checkpoint_id)` at the checkpoint barrier: make everything written since
-   the previous pre-commit durable but invisible, and return a small picklable
-   transaction describing it (None when there is nothing). The transaction goes into
-   the checkpoint.
-2. `commit(txn)` once that checkpoint is complete: make the transaction visible. It may
-   run more than once for the same transaction (after a failure), so it is idempotent.
-3. `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
-   `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
-   abort everything else this subtask staged in earlier attempts (`context.attempt`),
-   and retract what earlier attempts of this subtask committed for later checkpoints
-   of the same run. Data of this attempt or a later one is never touched: a recover
-   that lands late (a slow request of a process already replaced) destroys nothing. That last part matters only when a newer
-   checkpoint was refused (a snapshot failed its checksum) and the job falls back past
-   it: its output is recomputed, so the committed copy must go. A sink that cannot
-   retract output duplicates that range in this one case. Touch only this writer's
-   own (step, subtask, run) data. When a transaction in `txns` can no longer be
-   committed because its staged data is gone, raise `StagedDataMissingError`: the job
-   then falls back to the checkpoint before and retracts.
+- T1 `pre_commit(checkpoint_id)` at the checkpoint barrier: make everything written
+  since the previous pre-commit durable but invisible, and return a small picklable
+  transaction describing it (None when there is nothing). The transaction goes into
+  the checkpoint.
+- T3 `commit(txn)` once that checkpoint is complete: make the transaction visible. It
+  may run more than once for the same transaction (after a failure), so it is
+  idempotent.
+- T4 `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
+  `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
+  abort everything else this subtask staged in earlier attempts (`context.attempt`),
+  and retract what earlier attempts of this subtask committed for later checkpoints of
+  the same run. Data of this attempt or a later one is never touched: a recover that
+  lands late (a slow request of a process already replaced) destroys nothing.
+  Retraction matters only when a newer checkpoint was refused (a snapshot failed its
+  checksum) and the job falls back past it: its output is recomputed, so the committed
+  copy must go. A sink that cannot retract output duplicates that range in this one
+  case. Touch only this writer's own (step, subtask, run) data. When a transaction in
+  `txns` can no longer be committed because its staged data is gone, raise
+  `StagedDataMissingError`: the job then falls back to the checkpoint before and
+  retracts.
 
 Under at-least-once (`context.transactional` is False) writers write directly, and
 `pre_commit` at each barrier must make everything written so far durable and return
 None: the checkpoint's source offsets are past those records, so a buffer still in
-memory would be lost in a crash. Under at-most-once there are no barriers. `snapshot()`
-may return writer state that is checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
+memory would be lost in a crash. `snapshot()` may return writer state that is
+checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
 the end of the stream goes into the job result under the sink's step id.
 """
 from __future__ import annotations

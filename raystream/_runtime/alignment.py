@@ -1,11 +1,12 @@
-"""Barrier alignment across the input channels of one subtask.
+"""Barrier alignment across the input channels of one subtask: step C2 of the
+checkpoint protocol (docs/protocol.md). A small state machine with no Ray in it.
 
 Exactly-once (aligned):
-  1. Barrier n arrives on channel c: block c, so its later records wait in the inbox.
-  2. When barrier n has arrived on every channel that has not ended, the subtask
-     snapshots, unblocks every channel and forwards barrier n.
-  3. A barrier newer than the one being aligned abandons the older alignment (its
-     checkpoint was aborted); a barrier older than the newest seen is stale and ignored.
+- barrier n arrives on channel c: c is blocked, so its later records wait in the inbox;
+- when barrier n has arrived on every channel that has not ended, the subtask
+  snapshots (C3), every channel is unblocked and barrier n goes on;
+- a barrier newer than the one being aligned abandons the older alignment (its
+  checkpoint was aborted); a barrier older than the newest seen is stale and ignored.
 
 At-least-once (unaligned): the same, except that nothing is blocked. The snapshot
 still waits for barrier n on every channel, so every record before a barrier is in
@@ -41,7 +42,7 @@ class Alignment:
         if checkpoint_id <= self.last and checkpoint_id != self.current:
             return None  # stale: an older, finished or abandoned checkpoint
         if self.current is None or checkpoint_id > self.current:
-            if self.current is not None:  # step 3: abandon the older alignment
+            if self.current is not None:  # abandon the older alignment
                 self.last = self.current
                 self.blocked.clear()
             self.current = checkpoint_id
@@ -49,7 +50,7 @@ class Alignment:
             self._started = time.monotonic()
         self._arrived.add(channel)
         if self.aligned:
-            self.blocked.add(channel)  # step 1
+            self.blocked.add(channel)
         return self._check()
 
     def on_end(self, channel: int) -> Aligned | None:
@@ -61,7 +62,7 @@ class Alignment:
     def _check(self) -> Aligned | None:
         if len(self._arrived | self.ended) < self.n_channels:
             return None
-        done = Aligned(self.current, time.monotonic() - self._started)  # step 2
+        done = Aligned(self.current, time.monotonic() - self._started)
         self.last = self.current
         self.current = None
         self.blocked.clear()

@@ -85,6 +85,7 @@ class JobCoordinator:
         self.refs: dict[int, dict[Key, Any]] = {}  # object-store copies of complete checkpoints
         self._runs: dict[asyncio.Future, Key] = {}  # the pending run() call of each subtask
         self._task: asyncio.Future | None = None
+        self._attempt_started = 0.0
 
     # --- calls from subtasks, the driver and users ---------------------------------------
 
@@ -221,32 +222,35 @@ class JobCoordinator:
         return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas])
 
     async def _attempt(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
-        """One attempt: create, restore and connect the actors, run them, checkpoint them.
-        Whatever happens, it ends with R1: its checkpoint work is closed and
-        its actors are dead before the next attempt begins."""
-        restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
+        """One attempt, in phases: start the actors, restore them (R4), start checkpointing,
+        run and watch them (R5). Whatever happens, it ends with R1: its checkpoint work is
+        closed and its actors are dead before the next attempt begins."""
         self.actors, self.reports, self._runs = {}, {}, {}
-        setup_started = time.monotonic()
+        self._attempt_started = time.monotonic()
         failure: Failure | None = Failure(FailureKind.INTERNAL, "attempt", "the attempt was interrupted")
         try:
-            failure = await self._start_actors()
+            failure = await self._start_actors() or await self._restore(manifest, progress)
             if failure is None:
-                failure = await self._restore(manifest, progress)
-            if failure is not None:
-                return failure
-            # What the sources had emitted past the restored offsets is read again.
-            self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
-            self.source_seen = {}
-            await self._start_checkpointer()
-            self.state = "running"
-            logger.info("job %s attempt %d running after %.2fs of setup", self.job.name, self.attempt,
-                        time.monotonic() - setup_started)
-            if self.stopping:
-                await self.stop()
-            failure = await self._watch()
+                self._count_replayed(manifest)
+                await self._start_checkpointer()
+                await self._go_live()
+                failure = await self._watch()
             return failure
         finally:
             await self._end_attempt(wait=failure is not None)
+
+    def _count_replayed(self, manifest: Manifest | None) -> None:
+        """What the sources had emitted past the restored offsets is read again."""
+        restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
+        self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
+        self.source_seen = {}
+
+    async def _go_live(self) -> None:
+        self.state = "running"
+        logger.info("job %s attempt %d running after %.2fs of setup", self.job.name, self.attempt,
+                    time.monotonic() - self._attempt_started)
+        if self.stopping:  # stop() was called while the attempt started: pass it on
+            await self.stop()
 
     async def _start_actors(self) -> Failure | None:
         """R4, first half: new actors for every subtask."""

@@ -22,6 +22,7 @@ from raystream._runtime.checkpoint_store import CheckpointStore, new_run_id
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
 from raystream._runtime.recovery import RestartTracker
+from raystream._runtime.reports import JobOutcome
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
 from raystream.graph import JobGraph
@@ -77,14 +78,14 @@ def resumable_run(job: JobGraph, store: CheckpointStore) -> str:
 
 class Supervisor:
     """Starts the coordinator and, from a background thread, restarts it if its process
-    dies; `wait()` returns the coordinator's outcome."""
+    dies; `wait()` returns the job's result or raises its error."""
 
     def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, root: str, resume: bool):
         self.job, self.plan, self.run_id, self.root = job, plan, run_id, root
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
         self.coordinator: Any = None
-        self.outcome: Any = None
+        self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._first_ref = self._launch(resume)

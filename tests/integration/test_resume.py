@@ -79,8 +79,10 @@ def test_resume_with_another_max_parallelism_is_refused(tmp_path):
 def test_a_chain_writing_dead_letters_is_not_rescaled(tmp_path):
     dead = FileSink(str(tmp_path / "dead"))
     keyed_job(tmp_path, errors=rs.ErrorPolicy.dead_letter(dead)).run()
-    with pytest.raises(JobFailedError, match="dead-letter writer's state is per subtask"):
+    with pytest.raises(JobFailedError, match="^the checkpoint cannot be restored into this job: .*dead-letter "
+                                             "writer's state is per subtask") as info:
         keyed_job(tmp_path, errors=rs.ErrorPolicy.dead_letter(dead), parallelism=3).run(resume=True)
+    assert isinstance(info.value.__cause__, rs.RestoreError)  # not "source 'restore' failed"
 
 
 def test_resume_refuses_when_no_checkpoint_verifies_and_retracts_nothing(tmp_path):

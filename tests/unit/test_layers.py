@@ -1,0 +1,116 @@
+"""The package's layers: the public API does not load the runtime, the runtime depends
+only downward on the public definitions (never on `Job`), and no module imports form a
+cycle. Checked on the source with `ast`, and on a real `import raystream`."""
+import ast
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import raystream
+from raystream import errors
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "raystream"
+#: Function-level imports allowed outside the runtime, and why.
+LAZY = {
+    "raystream._runtime": "the public API loads the runtime only when a job starts or an audit runs",
+    "boto3": "boto3 loads only when S3 is used",
+    "botocore": "boto3 loads only when S3 is used",
+}
+
+
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        found[name] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def imports(tree: ast.Module, *, top_level: bool) -> list[tuple[str, ast.stmt]]:
+    """(imported module, node) of the module's top-level imports, or of the others."""
+    found = []
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or (id(node) in top) != top_level:
+            continue
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, node) for alias in node.names)
+        elif node.module:
+            found.append((node.module, node))
+            found.extend((f"{node.module}.{alias.name}", node) for alias in node.names)
+    return found
+
+
+def in_type_checking(tree: ast.Module) -> set[int]:
+    return {id(n) for block in tree.body if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for n in ast.walk(block)}
+
+
+def test_the_runtime_never_imports_the_job_builder_or_the_package_root():
+    for name, tree in modules().items():
+        if not name.startswith("raystream._runtime"):
+            continue
+        for target, node in imports(tree, top_level=True) + imports(tree, top_level=False):
+            assert target != "raystream.job" and not target.startswith("raystream.job."), f"{name} imports {target}"
+            if isinstance(node, ast.ImportFrom) and node.module == "raystream":
+                assert all((PACKAGE / f"{a.name}.py").exists() for a in node.names), \
+                    f"{name} imports names from the package root"
+
+
+def test_function_level_imports_only_defer_the_runtime_or_boto3():
+    for name, tree in modules().items():
+        for target, node in imports(tree, top_level=False):
+            if id(node) in in_type_checking(tree) or (isinstance(node, ast.ImportFrom) and target != node.module):
+                continue
+            assert not name.startswith("raystream._runtime"), f"{name}:{node.lineno} imports {target} in a function"
+            assert any(target == p or target.startswith(p + ".") for p in LAZY), \
+                f"{name}:{node.lineno} imports {target} in a function; import it at the top"
+
+
+def test_module_imports_form_no_cycle():
+    trees = modules()
+    graph = {name: {t for t, node in imports(tree, top_level=True)
+                    if t in trees and t != name and id(node) not in in_type_checking(tree)}
+             for name, tree in trees.items()}
+    for name in graph:  # a package's __init__ importing its own modules is no cycle
+        if name == "raystream":
+            graph[name] = set()
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in graph[name]:
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[name] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_import_raystream_does_not_load_the_runtime_or_ray():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import raystream"],
+                         capture_output=True, text=True, check=True)
+    loaded = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+    assert "raystream.job" in loaded
+    assert not [m for m in loaded if m.startswith("raystream._runtime") or m == "ray" or m.startswith("ray.")]
+
+
+def test_every_error_is_importable_from_raystream_and_rooted_in_raystream_error():
+    declared = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(declared) >= 10
+    for cls in declared:
+        assert issubclass(cls, raystream.RaystreamError)
+        assert getattr(raystream, cls.__name__) is cls and cls.__name__ in raystream.__all__
+    for name, tree in modules().items():  # and no module declares an error of its own
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and name != "raystream.errors":
+                bases = {ast.unparse(b) for b in node.bases}
+                assert not bases & {"RaystreamError", "Exception"} or name.startswith("raystream._runtime"), \
+                    f"{name} declares the error {node.name}; errors users meet live in raystream/errors.py"
