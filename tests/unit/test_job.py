@@ -1,4 +1,5 @@
 """The job API rejects bad definitions before anything starts."""
+import dataclasses
 import operator
 
 import pytest
@@ -133,3 +134,30 @@ def test_with_options_copies_settings_and_keeps_the_graph():
     assert (other.parallelism, other.guarantee) == (4, rs.Guarantee.AT_MOST_ONCE)
     assert (job.parallelism, job.guarantee) == (1, rs.Guarantee.EXACTLY_ONCE)
     assert other.steps is job.steps
+
+
+def test_freeze_gives_the_runtime_an_immutable_description_that_later_changes_do_not_reach():
+    job, s = seq_job(parallelism=3)
+    s.key_by("k", lambda x: x % 2).reduce("sum", operator.add).sink("out", CollectSink())
+    graph = job.freeze()
+    assert graph.step_ids == ["src", "k", "sum", "out"] and graph.keyed
+    assert [s.kind for s in graph.steps] == [rs.StepKind.SOURCE, rs.StepKind.KEY_BY, rs.StepKind.REDUCE,
+                                             rs.StepKind.SINK]
+    s.map("late", str).sink("late_out", CollectSink())  # the job changes after it was frozen
+    assert graph.step_ids == ["src", "k", "sum", "out"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        graph.parallelism = 1
+
+
+def test_freeze_validates_first():
+    job, s = seq_job()
+    s.map("m", str)
+    with pytest.raises(rs.JobDefinitionError, match="has no sink"):
+        job.freeze()
+
+
+def test_restart_kinds_are_an_enum_and_their_names_still_parse():
+    assert rs.RestartStrategy("fixed_delay").kind is rs.RestartKind.FIXED_DELAY
+    assert rs.RestartStrategy.none().kind is rs.RestartKind.NONE
+    with pytest.raises(rs.ConfigError, match="RestartStrategy kind must be"):
+        rs.RestartStrategy("linear")
