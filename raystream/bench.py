@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
-from raystream._runtime.driver import ensure_ray
+from raystream._runtime.connect import ensure_ray
 from raystream.sinks import committed_checkpoint
 
 _VOCAB_SIZE = 20_000

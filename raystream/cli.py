@@ -2,6 +2,9 @@
 
     raystream run JOBFILE [--parallelism N] [--guarantee G] [--checkpoint-interval S]
                           [--checkpoint-storage URI] [--resume] [--chaos N] [--seed S]
+    raystream submit JOBFILE --address http://HEAD:8265 [run options] [--no-follow]
+    raystream jobs list|status|logs|stop [ID] --address http://HEAD:8265
+    raystream checkpoints audit URI
 
 JOBFILE is a Python file that defines `job` (a raystream.Job). It may also define
 `setup(resume)`, called before the run, and `report(result)`, called with the JobResult
@@ -9,6 +12,7 @@ after it; a report that returns False makes the command exit with status 1.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -148,13 +152,40 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+_RUN_OPTIONS = [
+    click.option("--parallelism", type=click.IntRange(min=1), help="Default parallelism of every step."),
+    click.option("--guarantee", type=click.Choice([g.value for g in Guarantee]), help="Processing guarantee."),
+    click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds between checkpoints."),
+    click.option("--checkpoint-storage", help="Checkpoint directory, file:///dir or s3://bucket/prefix."),
+    click.option("--resume", is_flag=True, help="Continue the newest run of the job from its newest checkpoint."),
+]
+
+
+def run_options(command: Any) -> Any:
+    """The options of `run`, which `submit` passes on to the run on the cluster."""
+    for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def run_args(parallelism: int | None, guarantee: str | None, checkpoint_interval: float | None,
+             checkpoint_storage: str | None, resume: bool) -> list[str]:
+    args = []
+    for flag, value in (("--parallelism", parallelism), ("--guarantee", guarantee),
+                        ("--checkpoint-interval", checkpoint_interval), ("--checkpoint-storage", checkpoint_storage)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + (["--resume"] if resume else [])
+
+
 @main.command()
 @click.argument("jobfile", type=click.Path(dir_okay=False))
-@click.option("--parallelism", type=click.IntRange(min=1), help="Default parallelism of every step.")
-@click.option("--guarantee", type=click.Choice([g.value for g in Guarantee]), help="Processing guarantee.")
-@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between checkpoints.")
-@click.option("--checkpoint-storage", help="Checkpoint directory, file:///dir or s3://bucket/prefix.")
-@click.option("--resume", is_flag=True, help="Continue the newest run of the job from its newest checkpoint.")
+@run_options
 @click.option("--chaos", type=click.IntRange(min=0), default=0,
               help="SIGKILL this many random subtask processes while the job runs (local Ray only).")
 @click.option("--seed", type=int, help="Random seed of --chaos (printed when not given).")
@@ -175,6 +206,9 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint
             namespace["setup"](resume)
         with Progress(console) as progress:
             handle = job.start(resume=resume)
+            # SIGTERM (a Ray Jobs stop, a container shutdown) stops the job as Ctrl-C does;
+            # set after Ray started, whose own handler would otherwise end the process.
+            signal.signal(signal.SIGTERM, _interrupt)
             monkey = None
             if chaos:
                 seed = seed if seed is not None else random.randrange(2**31)
@@ -233,6 +267,111 @@ def audit_command(uri: str, run_id: str | None) -> None:
                       "match" if line.matches else "[bold red]MISMATCH[/]")
     console.print(table)
     sys.exit(0 if all(line.matches for line in lines) else 1)
+
+
+# --- jobs on a Ray cluster (the Jobs API) ---------------------------------------------------
+
+_ADDRESS = click.option("--address", envvar="RAY_API_SERVER_ADDRESS", metavar="URL",
+                        help="The cluster's Jobs API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS).")
+
+
+def _cluster(address: str | None) -> Any:
+    # Imported here so that `raystream --help` and `raystream run` on a laptop do not load the Jobs API client.
+    from raystream._runtime.submission import Cluster
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # the Jobs API client chats at INFO; -v shows it
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("ray.dashboard"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+    return Cluster(address or "")
+
+
+def _fail(console: Console, exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("jobfile", type=click.Path(dir_okay=False))
+@_ADDRESS
+@run_options
+@click.option("--no-follow", is_flag=True, help="Print the submission id and return; do not follow the logs.")
+def submit(jobfile: str, address: str | None, no_follow: bool, **options: Any) -> None:
+    """Run JOBFILE on a Ray cluster: prints the submission id, then follows the job's logs
+    until it ends (exit status 0 when it succeeded). JOBFILE's folder is shipped along."""
+    from raystream._runtime.submission import follow_until_done
+
+    console = Console()
+    try:
+        cluster = _cluster(address)
+        submission_id = cluster.submit(jobfile, run_args(**options))
+    except Exception as exc:  # RaystreamError, or the Jobs API's own (RuntimeError, HTTP errors)
+        _fail(console, exc)
+    console.print(f"submitted {submission_id}", highlight=False)
+    if no_follow:
+        return
+    status = asyncio.run(follow_until_done(cluster, submission_id, lambda text: console.out(text, end="")))
+    console.print(f"{submission_id}: {status}", highlight=False)
+    sys.exit(0 if status == "SUCCEEDED" else 1)
+
+
+@main.group()
+def jobs() -> None:
+    """Act on jobs submitted to a Ray cluster."""
+
+
+@jobs.command("list")
+@_ADDRESS
+def jobs_list(address: str | None) -> None:
+    """The cluster's submitted jobs, newest last."""
+    console = Console()
+    try:
+        submitted = _cluster(address).list()
+    except Exception as exc:
+        _fail(console, exc)
+    for job in submitted:  # one plain line each, so ids can be copied and lines grepped
+        click.echo(f"{job.submission_id}  {job.status:9s}  {job.entrypoint}")
+
+
+@jobs.command("status")
+@click.argument("submission_id")
+@_ADDRESS
+def jobs_status(submission_id: str, address: str | None) -> None:
+    """The status of one submitted job: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    try:
+        click.echo(_cluster(address).status(submission_id))
+    except Exception as exc:
+        _fail(Console(), exc)
+
+
+@jobs.command("logs")
+@click.argument("submission_id")
+@_ADDRESS
+@click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
+def jobs_logs(submission_id: str, address: str | None, follow: bool) -> None:
+    """The logs of one submitted job."""
+    from raystream._runtime.submission import follow_until_done
+
+    try:
+        cluster = _cluster(address)
+        if follow:
+            asyncio.run(follow_until_done(cluster, submission_id, lambda text: click.echo(text, nl=False)))
+        else:
+            click.echo(cluster.logs(submission_id), nl=False)
+    except Exception as exc:
+        _fail(Console(), exc)
+
+
+@jobs.command("stop")
+@click.argument("submission_id")
+@_ADDRESS
+def jobs_stop(submission_id: str, address: str | None) -> None:
+    """Stop a submitted job."""
+    try:
+        stopped = _cluster(address).stop(submission_id)
+    except Exception as exc:
+        _fail(Console(), exc)
+    click.echo(f"{submission_id}: {'stopping' if stopped else 'already ended'}")
 
 
 if __name__ == "__main__":

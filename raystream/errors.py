@@ -17,6 +17,10 @@ class ConfigError(JobDefinitionError):
     """A setting (checkpointing, guarantee, runtime option) has an invalid value."""
 
 
+class ClusterConnectionError(RaystreamError):
+    """The Ray cluster (or its Jobs API) cannot be reached, or it refused this client."""
+
+
 class SourceError(RaystreamError):
     """A source could not be opened or read (missing file, malformed line)."""
 

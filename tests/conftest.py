@@ -63,7 +63,7 @@ def ray_local(s3_endpoint: str) -> Iterator[None]:
     the environment so that its workers inherit it."""
     import ray
 
-    from raystream._runtime.driver import ensure_ray
+    from raystream._runtime.connect import ensure_ray
 
     assert not ray.is_initialized()
     ensure_ray(num_cpus=2)

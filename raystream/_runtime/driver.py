@@ -19,6 +19,7 @@ import ray
 
 from raystream import _files
 from raystream._runtime.checkpoint_store import CheckpointStore, new_run_id
+from raystream._runtime.connect import ensure_ray
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
 from raystream._runtime.recovery import RestartTracker
@@ -33,31 +34,11 @@ logger = logging.getLogger(__name__)
 _UNAVAILABLE_LIMIT = 120.0  # seconds a coordinator may stay unreachable before the job fails
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Use the Ray this process is connected to; else RAY_ADDRESS; else start a local Ray.
-
-    A local Ray started here binds its node address to 127.0.0.1 and runs no dashboard.
-    """
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        logger.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        configure_logging=True,
-    )
-
-
 def checkpoint_root(job: JobGraph) -> str:
-    """`<storage>/<job name>`; storage defaults to ./raystream-checkpoints (made absolute here)."""
-    base = job.checkpoint.storage or os.path.join(os.getcwd(), "raystream-checkpoints")
+    """`<storage>/<job name>`. Storage defaults to RAYSTREAM_CHECKPOINT_STORAGE (a cluster
+    sets it on its head, cluster.yaml), else ./raystream-checkpoints (made absolute here)."""
+    base = (job.checkpoint.storage or os.environ.get("RAYSTREAM_CHECKPOINT_STORAGE")
+            or os.path.join(os.getcwd(), "raystream-checkpoints"))
     return _files.Location.parse(base).join(job.name).uri()
 
 

@@ -1,0 +1,88 @@
+"""Submitting job files to a Ray cluster through the Ray Jobs API, and acting on the jobs
+submitted. A submitted job runs `raystream run FILE ...` as its entrypoint on the
+cluster; the job file's folder travels as the runtime environment's working_dir, so
+the file and whatever it reads beside it are there. Credentials never travel: nodes
+read S3 through their instance profile and the token from their own ~/.ray.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from ray.exceptions import RayError
+from ray.job_submission import JobStatus as RayJobStatus
+from ray.job_submission import JobSubmissionClient
+
+from raystream._runtime.connect import connection_error, use_cluster_token
+from raystream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FINISHED = {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED, RayJobStatus.STOPPED}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One submitted job, as `raystream jobs list` shows it."""
+
+    submission_id: str
+    status: str
+    entrypoint: str
+    message: str
+
+
+class Cluster:
+    """The Jobs API of one cluster (`http://HEAD:8265`)."""
+
+    def __init__(self, address: str):
+        if not address:
+            raise ConfigError("no cluster address: pass --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS")
+        self.address = address
+        has_token = use_cluster_token()
+        try:
+            self.client = JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError, ValueError, RayError) as exc:  # RayError: AuthenticationError
+            raise connection_error(address, exc, has_token=has_token) from None
+
+    def submit(self, jobfile: str, run_args: list[str]) -> str:
+        """Start `raystream run JOBFILE RUN_ARGS` on the cluster; returns the submission id."""
+        if not os.path.isfile(jobfile):
+            raise ConfigError(f"job file {jobfile!r} does not exist")
+        module = os.path.splitext(os.path.basename(jobfile))[0]
+        if module in sys.stdlib_module_names:  # its folder is the working dir, first on sys.path there
+            raise ConfigError(f"job file {jobfile!r} has the name of Python's module {module!r}, which it would hide "
+                              "on the cluster (pyarrow, for one, would not import): rename the file")
+        folder = os.path.dirname(os.path.abspath(jobfile))
+        entrypoint = shlex.join(["raystream", "run", os.path.basename(jobfile), *run_args])
+        return self.client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": folder},
+                                      metadata={"raystream_job_file": os.path.basename(jobfile)})
+
+    def list(self) -> list[Submitted]:
+        return [Submitted(j.submission_id or j.job_id or "", str(j.status.value), j.entrypoint, j.message or "")
+                for j in self.client.list_jobs() if j.submission_id]
+
+    def status(self, submission_id: str) -> str:
+        return str(self.client.get_job_status(submission_id).value)
+
+    def logs(self, submission_id: str) -> str:
+        return self.client.get_job_logs(submission_id)
+
+    def follow(self, submission_id: str) -> AsyncIterator[str]:
+        return self.client.tail_job_logs(submission_id)
+
+    def stop(self, submission_id: str) -> bool:
+        return self.client.stop_job(submission_id)
+
+    def finished(self, submission_id: str) -> bool:
+        return self.client.get_job_status(submission_id) in FINISHED
+
+
+async def follow_until_done(cluster: Cluster, submission_id: str, write: Callable[[str], None]) -> str:
+    """Write the job's logs as they come until it ends; returns its final status."""
+    async for lines in cluster.follow(submission_id):
+        write(lines)
+    return cluster.status(submission_id)

@@ -1,0 +1,39 @@
+"""cluster.yaml is a valid Ray autoscaler configuration, checked with Ray's own schema
+after Ray fills in its defaults, as `ray up` does."""
+import copy
+import pathlib
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = pathlib.Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_passes_rays_validator(config):
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_it_keeps_the_dashboard_on_loopback_s3_on_an_instance_profile_and_installs_this_checkout(config):
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
+    assert "RAYSTREAM_CHECKPOINT_STORAGE=s3://" in head_start
+    for node_type in config["available_node_types"].values():
+        assert "IamInstanceProfile" in node_type["node_config"]
+    text = CLUSTER_YAML.read_text()
+    assert "aws_access_key" not in text.lower() and "AWS_SECRET" not in text
+    assert config["file_mounts"]["~/raystream"] == "." and "~/raystream" in " ".join(config["setup_commands"])
+    worker = config["available_node_types"]["worker"]
+    assert worker["max_workers"] > worker["min_workers"]  # room for the autoscaler
+
+
+def test_a_malformed_config_is_refused(config):
+    config["available_node_types"]["worker"]["min_workers"] = "two"
+    with pytest.raises(jsonschema.ValidationError, match="'two' is not of type 'integer'"):
+        validate_config(prepare_config(config))

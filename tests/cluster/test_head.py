@@ -1,0 +1,164 @@
+"""A real Ray head started with `ray start --head` (token authentication on, as Ray 2.60
+does by default; dashboard and Jobs API on 127.0.0.1, free ports), used the way a user
+would: `RAY_ADDRESS=... raystream run`, `raystream submit` and `raystream jobs ...` in
+subprocesses. The head is stopped by the id of the process this module started (never
+`ray stop`, which stops every Ray on the machine)."""
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from raystream.sinks import read_files
+from tests.support import wait_until
+
+RAYSTREAM = [sys.executable, "-m", "raystream.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Head:
+    gcs: str  # HOST:PORT, for RAY_ADDRESS
+    jobs_api: str  # http://HOST:PORT
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: nothing of this test process's own Ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYSTREAM_CHECKPOINT_KEY"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    gcs, dashboard = free_port(), free_port()
+    ports = {f"--{name}": free_port() for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    temp_dir = tempfile.mkdtemp(prefix="rshead")  # short: Ray's socket paths live under it
+    # Ray Jobs sends SIGTERM on stop and SIGKILL this long after: room for a clean stop.
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={temp_dir}", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
+         *(f"{k}={v}" for k, v in ports.items())],
+        stdout=log, stderr=subprocess.STDOUT, env=user_env(RAY_JOB_STOP_WAIT_TIME_S="20"),
+        start_new_session=True)
+    try:
+        wait_until(lambda: subprocess.run([*RAYSTREAM, "jobs", "list", "--address", f"http://127.0.0.1:{dashboard}"],
+                                          env=user_env(), capture_output=True).returncode == 0,
+                   "the head's Jobs API", timeout=90)
+        yield Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}")
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this module started, and nothing else
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def job_file(tmp_path, *, n: int | None, rate: float) -> str:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "count_job.py").write_text(textwrap.dedent(f"""
+        import raystream as rs
+        from raystream.sinks import FileSink
+        from raystream.sources import SequenceSource
+
+        job = rs.Job("numbers", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3,
+                     storage={str(tmp_path / "chk")!r}))
+        (job.source("nums", SequenceSource({n}, partitions=2, rate={rate}))
+            .map("row", lambda i: {{"id": i}})
+            .sink("out", FileSink({str(tmp_path / "out")!r})))
+    """))
+    return str(folder / "count_job.py")
+
+
+def committed(tmp_path) -> collections.Counter:
+    return collections.Counter(r["id"] for r in read_files(str(tmp_path / "out")))
+
+
+def raystream(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*RAYSTREAM, *args], env=env or user_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_with_ray_address_uses_the_clusters_token(head, tmp_path):
+    out = raystream("run", job_file(tmp_path, n=3_000, rate=1e9), env=user_env(RAY_ADDRESS=head.gcs))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert committed(tmp_path) == collections.Counter(range(3_000))
+
+
+def test_without_the_token_connecting_fails_in_one_line_that_says_what_to_set(head, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()  # no ~/.ray/auth_token; fewer connection retries keep the test short
+    out = raystream("run", job_file(tmp_path, n=10, rate=1e9),
+                    env=user_env(RAY_ADDRESS=head.gcs, HOME=str(home), RAY_NUM_REDIS_GET_RETRIES="2"))
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 1
+    assert f"error: cannot connect to the Ray cluster at {head.gcs}: the cluster wants a token and none is set; " \
+           "set RAY_AUTH_TOKEN" in text
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+
+
+def test_submit_follows_the_job_to_its_end_and_jobs_commands_find_it(head, tmp_path):
+    out = raystream("submit", job_file(tmp_path, n=2_000, rate=1e9), "--address", head.jobs_api,
+                    "--guarantee", "exactly_once")
+    assert out.returncode == 0, out.stdout + out.stderr
+    submission_id = out.stdout.split("submitted ", 1)[1].split()[0]
+    assert f"{submission_id}: SUCCEEDED" in out.stdout
+    assert "numbers: finished" in out.stdout  # the job's own summary, followed from the cluster
+    assert committed(tmp_path) == collections.Counter(range(2_000))
+    listed = raystream("jobs", "list", "--address", head.jobs_api).stdout
+    assert any(line.split()[:2] == [submission_id, "SUCCEEDED"] for line in listed.splitlines())
+    assert raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip() == "SUCCEEDED"
+    assert "raystream run count_job.py --guarantee exactly_once" in \
+        raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
+
+
+def test_jobs_stop_ends_an_unbounded_job_cleanly_with_what_it_read_committed_once(head, tmp_path):
+    out = raystream("submit", job_file(tmp_path, n=None, rate=400), "--address", head.jobs_api, "--no-follow")
+    assert out.returncode == 0, out.stdout + out.stderr
+    submission_id = out.stdout.split("submitted ", 1)[1].split()[0]
+    wait_until(lambda: committed(tmp_path) if (tmp_path / "out").exists() else None, "committed output", 60)
+    stopped = raystream("jobs", "stop", submission_id, "--address", head.jobs_api)
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    wait_until(lambda: raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip()
+               in ("STOPPED", "SUCCEEDED", "FAILED"), "the job to end", 60)
+    logs = raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
+    assert "numbers: stopped" in logs, logs[-2000:]  # SIGTERM stopped the sources; the job finished
+    ids = committed(tmp_path)
+    assert max(ids.values()) == 1  # nothing twice
+    for p in (0, 1):  # and each partition's records up to where it stopped, without a gap
+        mine = sorted(i for i in ids if i % 2 == p)
+        assert mine == list(range(p, p + 2 * len(mine), 2))
+
+
+def test_an_unreachable_jobs_api_is_one_line(tmp_path):
+    out = raystream("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert "nothing answered there; check the address" in " ".join(out.stdout.split())
+
+
+def test_a_job_file_that_would_hide_a_standard_module_is_refused_before_submitting(head, tmp_path):
+    path = tmp_path / "numbers.py"
+    path.write_text("job = None\n")
+    out = raystream("submit", str(path), "--address", head.jobs_api)
+    assert out.returncode == 1
+    assert "has the name of Python's module 'numbers'" in " ".join(out.stdout.split())
