@@ -16,6 +16,7 @@ from raystream._version import __version__
 from raystream.audit import Audit, audit_checkpoints
 from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartKind, RestartStrategy, RuntimeConfig
 from raystream.errors import (
+    ClusterConnectionError,
     ConfigError,
     CorruptCheckpointError,
     JobDefinitionError,
@@ -36,6 +37,7 @@ __all__ = [
     "Audit",
     "CheckpointConfig",
     "CheckpointStats",
+    "ClusterConnectionError",
     "ConfigError",
     "CorruptCheckpointError",
     "ErrorPolicy",
