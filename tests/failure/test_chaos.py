@@ -1,6 +1,7 @@
 """Chaos: many SIGKILLs of random subtasks at random times, in one job after another.
-CI runs `test_chaos` (30 kills in all); `pytest -m soak` runs the long one (set
-RAYSTREAM_SOAK_KILLS, default 200)."""
+CI runs `test_chaos` (20 kills in all, about 80 s: the default suite must stay under 15
+minutes on 2 cores); `pytest -m soak` runs the long one (set RAYSTREAM_SOAK_KILLS,
+default 200)."""
 import logging
 import os
 import random
@@ -47,8 +48,8 @@ def chaos_run(monkeypatch, tmp_path, seed: int, kills: int) -> int:
 
 
 def test_chaos(monkeypatch, tmp_path):
-    kills = sum(chaos_run(monkeypatch, tmp_path, seed, kills=10) for seed in (101, 202, 303))
-    assert kills >= 30
+    kills = sum(chaos_run(monkeypatch, tmp_path, seed, kills=10) for seed in (101, 202))
+    assert kills >= 20
 
 
 @pytest.mark.soak
