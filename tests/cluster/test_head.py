@@ -117,37 +117,33 @@ def test_without_the_token_connecting_fails_in_one_line_that_says_what_to_set(he
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
-def test_submit_follows_the_job_to_its_end_and_jobs_commands_find_it(head, tmp_path):
-    out = raystream("submit", job_file(tmp_path, n=2_000, rate=1e9), "--address", head.jobs_api,
-                    "--guarantee", "exactly_once")
-    assert out.returncode == 0, out.stdout + out.stderr
-    submission_id = out.stdout.split("submitted ", 1)[1].split()[0]
-    assert f"{submission_id}: SUCCEEDED" in out.stdout
-    assert "numbers: finished" in out.stdout  # the job's own summary, followed from the cluster
-    assert committed(tmp_path) == collections.Counter(range(2_000))
-    listed = raystream("jobs", "list", "--address", head.jobs_api).stdout
-    assert any(line.split()[:2] == [submission_id, "SUCCEEDED"] for line in listed.splitlines())
-    assert raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip() == "SUCCEEDED"
-    assert "raystream run count_job.py --guarantee exactly_once" in \
-        raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
-
-
-def test_jobs_stop_ends_an_unbounded_job_cleanly_with_what_it_read_committed_once(head, tmp_path):
-    out = raystream("submit", job_file(tmp_path, n=None, rate=400), "--address", head.jobs_api, "--no-follow")
-    assert out.returncode == 0, out.stdout + out.stderr
-    submission_id = out.stdout.split("submitted ", 1)[1].split()[0]
-    wait_until(lambda: committed(tmp_path) if (tmp_path / "out").exists() else None, "committed output", 60)
-    stopped = raystream("jobs", "stop", submission_id, "--address", head.jobs_api)
-    assert stopped.returncode == 0 and "stopping" in stopped.stdout
-    wait_until(lambda: raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip()
-               in ("STOPPED", "SUCCEEDED", "FAILED"), "the job to end", 60)
-    logs = raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
-    assert "numbers: stopped" in logs, logs[-2000:]  # SIGTERM stopped the sources; the job finished
+def test_submit_follows_the_logs_jobs_commands_find_the_job_and_stop_ends_it_cleanly(head, tmp_path):
+    """One unbounded job: submitted and followed, found by `jobs list|status|logs`, then
+    stopped; what it read is committed exactly once."""
+    submit = subprocess.Popen([*RAYSTREAM, "submit", job_file(tmp_path, n=None, rate=400), "--address",
+                               head.jobs_api, "--guarantee", "exactly_once"],
+                              env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: committed(tmp_path) if (tmp_path / "out").exists() else None, "committed output", 90)
+        listed = raystream("jobs", "list", "--address", head.jobs_api).stdout
+        (submission_id,) = [line.split()[0] for line in listed.splitlines() if "RUNNING" in line.split()[1:2]]
+        assert raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip() == "RUNNING"
+        assert "raystream run count_job.py --guarantee exactly_once" in \
+            raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
+        stopped = raystream("jobs", "stop", submission_id, "--address", head.jobs_api)
+        assert stopped.returncode == 0 and "stopping" in stopped.stdout
+        followed, _ = submit.communicate(timeout=90)
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+    assert f"submitted {submission_id}" in followed
+    assert "numbers: stopped" in followed, followed[-2000:]  # SIGTERM stopped the sources; the job finished
+    assert f"{submission_id}: STOPPED" in followed and submit.returncode == 1
     ids = committed(tmp_path)
     assert max(ids.values()) == 1  # nothing twice
     for p in (0, 1):  # and each partition's records up to where it stopped, without a gap
         mine = sorted(i for i in ids if i % 2 == p)
-        assert mine == list(range(p, p + 2 * len(mine), 2))
+        assert mine and mine == list(range(p, p + 2 * len(mine), 2))
 
 
 def test_an_unreachable_jobs_api_is_one_line(tmp_path):
