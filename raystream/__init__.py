@@ -14,7 +14,15 @@
 from raystream import faults, sinks, sources
 from raystream._version import __version__
 from raystream.audit import Audit, audit_checkpoints
-from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartKind, RestartStrategy, RuntimeConfig
+from raystream.config import (
+    CheckpointConfig,
+    ErrorPolicy,
+    Guarantee,
+    Resources,
+    RestartKind,
+    RestartStrategy,
+    RuntimeConfig,
+)
 from raystream.errors import (
     ClusterConnectionError,
     ConfigError,
@@ -50,6 +58,7 @@ __all__ = [
     "JobStatus",
     "KeyedStream",
     "RaystreamError",
+    "Resources",
     "RestartKind",
     "RestartStrategy",
     "RestoreError",

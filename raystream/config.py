@@ -90,6 +90,49 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What each subtask of a step asks Ray for, so that Ray places it on a node that has
+    it, and an autoscaler adds such nodes when none has room.
+
+    Args:
+        num_cpus: CPUs per subtask (default: RuntimeConfig.subtask_num_cpus, 0).
+        memory: bytes of memory per subtask, reserved by Ray's scheduler.
+        custom: custom Ray resources per subtask, such as {"highmem": 1}.
+
+    Steps chained into one actor share it: the actor asks for the largest amount of
+    each resource any of its steps asks for.
+    """
+
+    num_cpus: float | None = None
+    memory: int | None = None
+    custom: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None:
+            _positive("Resources.num_cpus", self.num_cpus, allow_zero=True)
+        if self.memory is not None:
+            _positive_int("Resources.memory", self.memory)
+        for name, amount in (self.custom or {}).items():
+            if not isinstance(name, str) or name in ("CPU", "GPU", "memory"):
+                raise ConfigError(f"Resources.custom names must be custom resource names (not CPU, GPU or memory); "
+                                  f"got {name!r}: use num_cpus and memory for those")
+            _positive(f"Resources.custom[{name!r}]", amount)
+
+    @staticmethod
+    def combine(resources: "list[Resources]") -> "Resources | None":
+        """What one actor running steps with these resources asks for."""
+        if not resources:
+            return None
+        cpus = [r.num_cpus for r in resources if r.num_cpus is not None]
+        memory = [r.memory for r in resources if r.memory is not None]
+        custom: dict[str, float] = {}
+        for r in resources:
+            for name, amount in (r.custom or {}).items():
+                custom[name] = max(custom.get(name, 0), amount)
+        return Resources(max(cpus) if cpus else None, max(memory) if memory else None, custom or None)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Data-plane tuning. The defaults suit a laptop and a small cluster alike.
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from raystream.audit import Audit
-    from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
+    from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
     from raystream.sinks import Sink
     from raystream.sources import Source
 
@@ -61,6 +61,7 @@ class Step:
     sink: Sink | None = None
     parallelism: int | None = None
     value_fn: Callable[..., Any] | None = None  # key_by only
+    resources: Resources | None = None  # what each subtask asks Ray for; None: RuntimeConfig's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

@@ -11,12 +11,13 @@ so they must be unique in the job and stay stable across runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raystream.audit import Audit
-from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RestartStrategy, RuntimeConfig
+from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
 from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind
 from raystream.result import JobHandle, JobResult
@@ -41,6 +42,12 @@ def _check_fn(step_id: str, what: str, fn: object) -> Callable[..., Any]:
     if not callable(fn):
         raise JobDefinitionError(f"step {step_id!r}: {what} must be callable; got {type(fn).__name__} {fn!r}")
     return fn  # type: ignore[return-value]
+
+
+def _check_resources(step_id: str, resources: object) -> Resources | None:
+    if resources is not None and not isinstance(resources, Resources):
+        raise JobDefinitionError(f"step {step_id!r}: resources must be a raystream.Resources; got {resources!r}")
+    return resources
 
 
 def _check_parallelism(where: str, value: object) -> int | None:
@@ -90,7 +97,8 @@ class Job:
 
     # --- building ---------------------------------------------------------------------
 
-    def source(self, step_id: str, source: Source, *, parallelism: int | None = None) -> "Stream":
+    def source(self, step_id: str, source: Source, *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """Add an input; returns the stream of its records."""
         step_id = _check_step_id(step_id)
         if not isinstance(source, Source):
@@ -98,7 +106,8 @@ class Job:
                 f"step {step_id!r}: source must be a raystream.sources.Source; got {type(source).__name__}"
             )
         self._add(Step(step_id, StepKind.SOURCE, (), source=source,
-                       parallelism=_check_parallelism(f"step {step_id!r}", parallelism)))
+                       parallelism=_check_parallelism(f"step {step_id!r}", parallelism),
+                       resources=_check_resources(step_id, resources)))
         return Stream(self, (step_id,))
 
     def _add(self, step: Step) -> None:
@@ -194,7 +203,7 @@ class Stream:
     after_sink: str | None = field(default=None)
 
     def _then(self, step_id: str, kind: StepKind, fn: Callable[..., Any] | None, what: str,
-              parallelism: int | None) -> Step:
+              parallelism: int | None, resources: Resources | None = None) -> Step:
         step_id = _check_step_id(step_id)
         if self.after_sink is not None:
             raise JobDefinitionError(
@@ -204,38 +213,46 @@ class Stream:
         if fn is not None or kind is not StepKind.SINK:
             fn = _check_fn(step_id, what, fn)
         step = Step(step_id, kind, self.upstream, fn=fn,
-                    parallelism=_check_parallelism(f"step {step_id!r}", parallelism))
+                    parallelism=_check_parallelism(f"step {step_id!r}", parallelism),
+                    resources=_check_resources(step_id, resources))
         self.job._add(step)
         return step
 
-    def map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+    def _stream(self, step: Step) -> "Stream":
+        return Stream(self.job, (step.step_id,))
+
+    def map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """One output per record: `fn(record)`."""
-        return Stream(self.job, (self._then(step_id, StepKind.MAP, fn, "the map function", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.MAP, fn, "the map function", parallelism, resources))
 
-    def flat_map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+    def flat_map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """Zero or more outputs per record: the items of the iterable `fn(record)`."""
-        return Stream(self.job, (self._then(step_id, StepKind.FLAT_MAP, fn, "the flat_map function", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.FLAT_MAP, fn, "the flat_map function", parallelism, resources))
 
-    def filter(self, step_id: str, fn: Callable[[Any], bool], *, parallelism: int | None = None) -> "Stream":
+    def filter(self, step_id: str, fn: Callable[[Any], bool], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """The records for which `fn(record)` is true."""
-        return Stream(self.job, (self._then(step_id, StepKind.FILTER, fn, "the predicate", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.FILTER, fn, "the predicate", parallelism, resources))
 
-    def map_batches(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> "Stream":
+    def map_batches(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """Vectorized step: `fn(pyarrow.RecordBatch) -> RecordBatch | Table` on each micro-batch.
 
         Dict records become columns by key; any other records become one column "value".
         """
-        return Stream(self.job, (self._then(step_id, StepKind.MAP_BATCHES, fn, "the batch function", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.MAP_BATCHES, fn, "the batch function", parallelism, resources))
 
     def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
-               parallelism: int | None = None) -> "KeyedStream":
+               parallelism: int | None = None, resources: Resources | None = None) -> "KeyedStream":
         """Records become `(key_fn(record), value(record))` (the record itself without
         `value`) and are routed by key to keyed steps."""
         if value is not None:
             _check_fn(step_id, "the value function", value)
-        step = self._then(step_id, StepKind.KEY_BY, key_fn, "the key function", parallelism)
+        step = self._then(step_id, StepKind.KEY_BY, key_fn, "the key function", parallelism, resources)
         if value is not None:
-            step = Step(step.step_id, step.kind, step.inputs, fn=step.fn, value_fn=value, parallelism=step.parallelism)
+            step = dataclasses.replace(step, value_fn=value)
             self.job.steps[step.step_id] = step
         return KeyedStream(self.job, (step.step_id,))
 
@@ -257,20 +274,23 @@ class Stream:
         keyed = all(isinstance(s, KeyedStream) for s in streams)
         return (KeyedStream if keyed else Stream)(self.job, upstream)
 
-    def sink(self, step_id: str, sink: Sink, *, parallelism: int | None = None) -> "Stream":
+    def sink(self, step_id: str, sink: Sink, *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         """Write the records to `sink`. The returned stream takes no further steps."""
         if not isinstance(sink, Sink):
             raise JobDefinitionError(
                 f"step {step_id!r}: sink must be a raystream.sinks.Sink; got {type(sink).__name__}"
             )
-        step = self._then(step_id, StepKind.SINK, None, "", parallelism)
-        self.job.steps[step.step_id] = Step(step.step_id, StepKind.SINK, step.inputs, sink=sink, parallelism=step.parallelism)
+        step = self._then(step_id, StepKind.SINK, None, "", parallelism, resources)
+        self.job.steps[step.step_id] = dataclasses.replace(step, sink=sink)
         return Stream(self.job, (), after_sink=step.step_id)
 
-    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> "Stream":
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: reduce needs a keyed stream; call key_by(...) first")
 
-    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> "Stream":
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: stateful_map needs a keyed stream; call key_by(...) first")
 
 
@@ -278,13 +298,15 @@ class Stream:
 class KeyedStream(Stream):
     """A stream of `(key, value)` records, routed by key to keyed steps."""
 
-    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> Stream:
         """Running reduce per key: `acc = fn(acc, value)`; emits `(key, acc)` on every update."""
-        return Stream(self.job, (self._then(step_id, StepKind.REDUCE, fn, "the reduce function", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.REDUCE, fn, "the reduce function", parallelism, resources))
 
-    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None) -> Stream:
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
+            resources: Resources | None = None) -> Stream:
         """`fn(state_or_None, value) -> (new_state_or_None, output)` per key; emits `(key, output)`.
 
         Returning None as the new state deletes the key's state.
         """
-        return Stream(self.job, (self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism).step_id,))
+        return self._stream(self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism, resources))

@@ -254,13 +254,12 @@ class JobCoordinator:
 
     async def _start_actors(self) -> Failure | None:
         """R4, first half: new actors for every subtask."""
-        rt = self.job.runtime
         for chain in self.plan.chains:
+            options = chain.actor_resources(self.job.runtime)
             for i in range(chain.parallelism):
                 self.actors[(chain.name, i)] = SubtaskActor.options(
                     name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
-                    num_cpus=rt.subtask_num_cpus, resources=rt.subtask_resources or None,
-                    max_restarts=0, max_task_retries=0,
+                    max_restarts=0, max_task_retries=0, **options,
                 ).remote(self._spec(chain, i))
         try:
             pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))

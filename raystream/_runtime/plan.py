@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
+from raystream.config import Resources, RuntimeConfig
 from raystream.graph import JobGraph, Step
 
 
@@ -51,6 +53,24 @@ class Chain:
     @property
     def tail(self) -> Step:
         return self.steps[-1]
+
+    @property
+    def resources(self) -> Resources | None:
+        """What each subtask actor of the chain asks Ray for (None: the job's defaults)."""
+        return Resources.combine([s.resources for s in self.steps if s.resources is not None])
+
+    def actor_resources(self, runtime: RuntimeConfig) -> dict[str, Any]:
+        """Ray options of the chain's actors: its steps' Resources over the job's defaults.
+        An actor that asks for more than any node has waits until an autoscaler adds one."""
+        own = self.resources
+        custom = {**(runtime.subtask_resources or {}), **((own.custom if own else None) or {})}
+        options: dict[str, Any] = {
+            "num_cpus": own.num_cpus if own is not None and own.num_cpus is not None else runtime.subtask_num_cpus,
+            "resources": custom or None,
+        }
+        if own is not None and own.memory is not None:
+            options["memory"] = own.memory
+        return options
 
 
 @dataclass

@@ -9,6 +9,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 import raystream as rs
+from raystream.sinks import CollectSink
+from raystream.sources import SequenceSource
 from tests.failure.harness import load_billing, running
 from tests.support import wait_until
 
@@ -56,3 +58,26 @@ def test_losing_a_node_recovers_from_durable_storage(cluster, monkeypatch, tmp_p
     assert on_victim and result.restarts >= 1
     assert result.restores.get("durable", 0) >= 1, result.restores
     assert ns["verify"]().ok, ns["verify"]()
+
+
+def test_a_step_that_asks_for_a_resource_runs_on_a_node_that_has_it(cluster, tmp_path):
+    """Per-step Resources: the `heavy` step's subtask (chained with the sink) lands on the
+    one node with the custom resource it asks for."""
+    c, _ = cluster
+    highmem = c.add_node(num_cpus=1, resources={"highmem": 1})
+    c.wait_for_nodes()
+    try:
+        out = CollectSink()
+        job = rs.Job("placed", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.2,
+                                                                             storage=str(tmp_path / "chk")))
+        (job.source("nums", SequenceSource(5_000, partitions=2, rate=20_000))
+            .map("heavy", lambda i: i * 2, parallelism=1, resources=rs.Resources(num_cpus=1, custom={"highmem": 1}))
+            .sink("out", out, parallelism=1))
+        handle = job.start()
+        status = wait_until(lambda: (s := running(handle, checkpoints=1)) and s, "the job running", timeout=60)
+        placed = {name: node_of(pid, [highmem]) for name, pid in status.pids.items()}
+        result = handle.wait()
+        assert placed["heavy+out[0]"] is highmem
+        assert sorted(result.outputs["out"]) == [i * 2 for i in range(5_000)]
+    finally:
+        c.remove_node(highmem)

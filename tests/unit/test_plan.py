@@ -1,6 +1,8 @@
 """The planner groups steps into chains and numbers channels consistently."""
 import operator
 
+import pytest
+
 import raystream as rs
 from raystream._runtime.plan import build_plan
 from raystream.sinks import CollectSink
@@ -73,3 +75,28 @@ def test_fan_out_does_not_chain():
 def test_partitions_are_dealt_round_robin():
     _, plan = wordcount_like(parallelism=3)
     assert [plan.partitions_of("src", i) for i in range(3)] == [["0", "3"], ["1"], ["2"]]
+
+
+def test_a_chain_asks_ray_for_the_largest_resources_of_its_steps_over_the_job_defaults():
+    job = rs.Job("res", parallelism=2, runtime=rs.RuntimeConfig(subtask_num_cpus=0.5, subtask_resources={"pool": 1}))
+    (job.source("src", SequenceSource(10), resources=rs.Resources(num_cpus=1))
+        .map("heavy", str, resources=rs.Resources(num_cpus=2, memory=2**30, custom={"highmem": 1}))
+        .key_by("k", len)
+        .reduce("count", lambda a, b: a, resources=rs.Resources(custom={"pool": 3}))
+        .sink("out", CollectSink()))
+    plan = build_plan(job.freeze(), {"src": ["0"]})
+    first, keyed = plan.chains
+    assert first.name == "src+heavy+k" and keyed.name == "count+out"
+    assert first.actor_resources(job.runtime) == {"num_cpus": 2, "memory": 2**30,
+                                                  "resources": {"pool": 1, "highmem": 1}}
+    assert keyed.actor_resources(job.runtime) == {"num_cpus": 0.5, "resources": {"pool": 3}}
+
+
+def test_resources_are_checked_when_the_step_is_defined():
+    job = rs.Job("res")
+    with pytest.raises(rs.ConfigError, match="Resources.num_cpus must be a finite number >= 0"):
+        rs.Resources(num_cpus=-1)
+    with pytest.raises(rs.ConfigError, match="use num_cpus and memory for those"):
+        rs.Resources(custom={"CPU": 2})
+    with pytest.raises(rs.JobDefinitionError, match="resources must be a raystream.Resources"):
+        job.source("src", SequenceSource(1), resources={"num_cpus": 1})
