@@ -4,6 +4,8 @@ public definitions (graph.py, config.py, sources.py, sinks.py, errors.py), never
 raystream.job.
 
     driver.py               start_job, Supervisor (restarts a dead coordinator)
+    connect.py              connecting to Ray: RAY_ADDRESS with the cluster's token, or a new local Ray
+    submission.py           submitting job files through the Ray Jobs API
     coordinator.py          JobCoordinator actor: attempts and recovery (R1-R5)
     checkpointer.py         the coordinator's side of a checkpoint (C1, C5-C7)
     recovery.py             choosing and merging what to restore (R3, R4), restart strategy

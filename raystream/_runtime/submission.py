@@ -14,16 +14,12 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from ray.exceptions import RayError
-from ray.job_submission import JobStatus as RayJobStatus
 from ray.job_submission import JobSubmissionClient
 
 from raystream._runtime.connect import connection_error, use_cluster_token
 from raystream.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-FINISHED = {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED, RayJobStatus.STOPPED}
-
 
 @dataclass(frozen=True)
 class Submitted:
@@ -32,7 +28,6 @@ class Submitted:
     submission_id: str
     status: str
     entrypoint: str
-    message: str
 
 
 class Cluster:
@@ -62,7 +57,7 @@ class Cluster:
                                       metadata={"raystream_job_file": os.path.basename(jobfile)})
 
     def list(self) -> list[Submitted]:
-        return [Submitted(j.submission_id or j.job_id or "", str(j.status.value), j.entrypoint, j.message or "")
+        return [Submitted(j.submission_id, str(j.status.value), j.entrypoint)
                 for j in self.client.list_jobs() if j.submission_id]
 
     def status(self, submission_id: str) -> str:
@@ -76,9 +71,6 @@ class Cluster:
 
     def stop(self, submission_id: str) -> bool:
         return self.client.stop_job(submission_id)
-
-    def finished(self, submission_id: str) -> bool:
-        return self.client.get_job_status(submission_id) in FINISHED
 
 
 async def follow_until_done(cluster: Cluster, submission_id: str, write: Callable[[str], None]) -> str:

@@ -36,6 +36,7 @@ import ray
 
 from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
+from raystream._runtime.blocking import in_thread
 from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.failure import Failure, FailureKind
@@ -47,7 +48,7 @@ from raystream._runtime.recovery import RestoredState, load_state
 from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
-from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints, in_thread
+from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.graph import StepKind
