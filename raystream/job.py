@@ -166,23 +166,31 @@ class Job:
 
     # --- running ----------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False) -> JobResult:
+    def run(self, *, resume: bool = False, from_checkpoint: str | None = None,
+            allow_non_restored_state: bool = False) -> JobResult:
         """Run the job to the end of its sources and return the result.
 
         `resume=True` continues the newest run of this job from its newest complete
-        checkpoint (after the whole program was stopped). Without RAY_ADDRESS a local Ray
-        is started (bound to 127.0.0.1); with it the job runs on that cluster.
+        checkpoint (after the whole program was stopped). `from_checkpoint=URI` starts a
+        new run from a savepoint or any retained checkpoint (of this job or another, of
+        this graph or a changed one: state belongs to step ids), refusing one with state
+        for steps this job lacks unless `allow_non_restored_state`. Without RAY_ADDRESS
+        a local Ray is started (bound to 127.0.0.1); with it the job runs on that cluster.
         """
-        return self.start(resume=resume).wait()
+        return self.start(resume=resume, from_checkpoint=from_checkpoint,
+                          allow_non_restored_state=allow_non_restored_state).wait()
 
-    def start(self, *, resume: bool = False) -> JobHandle:
-        """Start the job and return a handle with `wait()`, `stop()` and `status()`."""
+    def start(self, *, resume: bool = False, from_checkpoint: str | None = None,
+              allow_non_restored_state: bool = False) -> JobHandle:
+        """Start the job and return a handle with `wait()`, `stop()`, `rescale()` and
+        `status()`; it returns at once, so a notebook cell does not block."""
         graph = self.freeze()
         # The one import of the runtime from the public API, here so that
         # `import raystream` (a notebook, a CLI --help) does not load Ray.
         from raystream._runtime.driver import start_job
 
-        return JobHandle(self.name, start_job(graph, resume=resume))
+        return JobHandle(self.name, start_job(graph, resume=resume, from_checkpoint=from_checkpoint,
+                                              allow_non_restored_state=allow_non_restored_state))
 
     def freeze(self) -> JobGraph:
         """Validate the job and return its frozen description, which is what runs."""

@@ -1,9 +1,13 @@
 """What a running or finished job reports: `JobHandle`, `JobStatus`, `JobResult`."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from raystream.errors import ConfigError, JobFailedError
 
 
 logger = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class JobResult:
     run_id: str = ""
     checkpoint_root: str = ""  # <storage>/<job name>: where `raystream checkpoints audit` looks
     restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
+    savepoint: str = ""  # stopped with a final checkpoint: its URI, to start from with from_checkpoint
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out
@@ -80,8 +85,21 @@ class JobResult:
         return self.steps[step_id].records_in
 
 
+@dataclass(frozen=True)
+class Rescale:
+    """What `JobHandle.rescale` did: the savepoint it went through and the pause it caused
+    (from the stop to the new run processing again)."""
+
+    from_parallelism: int
+    to_parallelism: int
+    savepoint: str
+    pause: float
+    run_id: str  # the new run
+
+
 class JobHandle:
-    """A started job. `wait()` blocks for the result; `stop()` ends its sources; `status()` polls."""
+    """A started job. `wait()` blocks for the result; `stop()` ends its sources;
+    `rescale(n)` restarts it at another parallelism; `status()` polls."""
 
     def __init__(self, job_name: str, supervisor: Any):
         self.job_name = job_name
@@ -100,10 +118,47 @@ class JobHandle:
                              restarts=r.restarts, records_replayed=r.records_replayed)
         return self._supervisor.status()
 
-    def stop(self) -> None:
-        """End the sources now; what was read is processed and committed, then the job finishes."""
+    def stop(self, *, savepoint: bool = False) -> str | None:
+        """End the sources now; what was read is processed and committed, then the job
+        finishes. `savepoint=True` waits for that and returns the URI of the final
+        checkpoint, to start from with `job.run(from_checkpoint=URI)` or `--from URI`."""
         if self._result is None:
             self._supervisor.stop()
+        if not savepoint:
+            return None
+        result = self.wait()
+        if not result.savepoint:
+            raise JobFailedError(f"job {self.job_name!r} {result.state} without a final checkpoint, so there is "
+                                 "no savepoint: it had ended before the stop")
+        return result.savepoint
+
+    def rescale(self, parallelism: int, *, timeout: float = 120.0) -> Rescale:
+        """Stop with a savepoint, and start a new run from it with `parallelism` as the
+        default parallelism (steps given their own keep it). Exactly-once holds across
+        the change; the handle follows the new run. Returns what it did, with the pause."""
+        graph = self._supervisor.job
+        if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+            raise ConfigError(f"rescale: parallelism must be an integer >= 1; got {parallelism!r}")
+        for step in graph.steps:
+            if step.kind.keyed and (step.parallelism or parallelism) > graph.runtime.max_parallelism:
+                raise ConfigError(f"rescale: step {step.step_id!r} cannot run at parallelism {parallelism}, above "
+                                  f"max_parallelism {graph.runtime.max_parallelism} (its key groups)")
+        started = time.monotonic()
+        savepoint = self.stop(savepoint=True)
+        assert savepoint is not None
+        self._supervisor = self._supervisor.start_from(dataclasses.replace(graph, parallelism=parallelism),
+                                                       savepoint)
+        self._result = None
+        deadline = time.monotonic() + timeout
+        while self._supervisor.status().state not in ("running", "finished", "failed", "stopped"):
+            if time.monotonic() > deadline:
+                raise JobFailedError(f"rescale: the new run of {self.job_name!r} was not running after {timeout:.0f}s")
+            time.sleep(0.05)
+        report = Rescale(graph.parallelism, parallelism, savepoint, time.monotonic() - started,
+                         self._supervisor.run_id)
+        logger.info("job %s rescaled from %d to %d: paused %.2fs", self.job_name, graph.parallelism, parallelism,
+                    report.pause)
+        return report
 
     def wait(self, *, progress: Callable[[JobStatus], None] | None = None, interval: float = 1.0) -> JobResult:
         """Block until the job ends. `progress(status)` is called about every `interval` seconds."""

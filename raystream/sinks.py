@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from raystream import _files
 from raystream._storage import Storage, open_storage
-from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
+from raystream.errors import JobDefinitionError, RestoreError, SinkError, StagedDataMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,18 @@ class Sink(ABC):
     @abstractmethod
     def build_writer(self, context: SinkContext) -> SinkWriter:
         """The writer of one subtask."""
+
+    def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
+        """The resume state of one writer that takes over several old subtasks' writers
+        (after the sink's parallelism changed). A sink whose writers keep state overrides
+        this; the default accepts at most one state that is not None."""
+        present = [s for s in states if s is not None]
+        if len(present) > 1:
+            raise RestoreError(
+                f"sink {step_id!r} ({type(self).__name__}) keeps writer state per subtask and does not combine "
+                f"{len(present)} of them: restore it at the parallelism it was checkpointed with, or implement "
+                f"{type(self).__name__}.combine_writer_states")
+        return present[0] if present else None
 
 
 def as_records(batch: Any) -> list[Any]:
@@ -312,6 +324,11 @@ class CollectSink(Sink):
         if keep not in ("all", "last"):
             raise JobDefinitionError(f"CollectSink keep must be 'all' or 'last'; got {keep!r}")
         self.keep = keep
+
+    def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
+        if self.keep == "last":  # key groups never overlap, so no key is in two states
+            return {k: v for state in states if state for k, v in state.items()}
+        return [r for state in states if state for r in state]
 
     def build_writer(self, context: SinkContext) -> SinkWriter:
         if self.keep == "last":

@@ -10,6 +10,8 @@ Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
     <run>/progress/<step>/<attempt>/<h>    at-most-once: a source partition's offset before
                                            each batch (signed JSON; <h> hashes the partition)
     <run>/manifests/<id>.json              the commit record of checkpoint <id>
+    <run>/base.json                        a run started from another run's checkpoint:
+                                           which one (signed JSON)
 
 The attempt claims are the single source of truth about which attempt may commit. A
 manifest of attempt a with id n is *void* when a later attempt b > a restored a
@@ -26,18 +28,69 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from raystream import _files
 from raystream._storage import Storage, open_storage
 from raystream._runtime.manifest import Manifest, read_signed_json, signed_json, signing_key
 from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode
-from raystream.errors import CorruptCheckpointError
+from raystream.errors import CorruptCheckpointError, RestoreError
 
 logger = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One complete checkpoint: the job's checkpoint root, the run and the id."""
+
+    root: str
+    run_id: str
+    checkpoint_id: int
+
+    @property
+    def uri(self) -> str:
+        return _files.Location.parse(self.root).join(CheckpointStore.manifest_key(self.run_id, self.checkpoint_id)).uri()
+
+
+def locate(uri: str) -> CheckpointRef:
+    """The checkpoint a user names: a manifest (`<root>/<run>/manifests/<id>.json`, which
+    is what a savepoint's URI is), a run (`<root>/<run>`: its newest checkpoint) or a
+    job's checkpoint root (`<root>`: the newest checkpoint of its newest run). Raises
+    RestoreError naming what is missing."""
+    loc = _files.Location.parse(uri.rstrip("/"))
+    parts = loc.path.rstrip("/").split("/")
+    if len(parts) >= 3 and parts[-2] == "manifests" and parts[-1].endswith(".json"):
+        root = _files.Location(loc.scheme, "/".join(parts[:-3]), loc.bucket).uri()
+        run_id, stem = parts[-3], parts[-1][:-len(".json")]
+        if not stem.isdigit():
+            raise RestoreError(f"{uri} is not a checkpoint manifest (<run>/manifests/<id>.json)")
+        store = CheckpointStore(root)
+        if int(stem) not in store.manifest_ids(run_id):
+            if store.storage.list(f"{run_id}/snapshots/{int(stem):012d}/"):
+                raise RestoreError(f"checkpoint {int(stem)} at {uri} is incomplete: its snapshots exist but it was "
+                                   f"never committed; pick a complete one with `raystream checkpoints ls {root}`")
+            raise RestoreError(f"no checkpoint at {uri}: the manifest does not exist; list the complete ones with "
+                               f"`raystream checkpoints ls {root}`")
+        return CheckpointRef(root, run_id, int(stem))
+    store = CheckpointStore(loc.uri())
+    if store.storage.list("manifests/"):  # a run directory
+        root = _files.Location(loc.scheme, "/".join(parts[:-1]), loc.bucket).uri()
+        run_id = parts[-1]
+        ids = CheckpointStore(root).manifest_ids(run_id)
+        return CheckpointRef(root, run_id, ids[-1])
+    run_id = store.newest_run_with_checkpoint()
+    if run_id is not None and store.manifest_ids(run_id):
+        return CheckpointRef(loc.uri(), run_id, store.manifest_ids(run_id)[-1])
+    if store.storage.list("snapshots/"):
+        raise RestoreError(f"{uri} holds snapshots but no complete checkpoint (no manifest was written): it is "
+                           "incomplete and cannot be restored")
+    raise RestoreError(f"no checkpoint at {uri}: nothing is stored there; give a savepoint URI, a run directory "
+                       "or a job's checkpoint root (see `raystream checkpoints ls`)")
 
 
 class CheckpointStore:
@@ -141,11 +194,34 @@ class CheckpointStore:
         return sorted({k.split("/", 1)[0] for k in self.storage.list("") if "/" in k})
 
     def newest_run_with_checkpoint(self) -> str | None:
-        """The newest run of this job that committed a checkpoint (for --resume)."""
+        """The newest run of this job that committed a checkpoint or started from one (for --resume)."""
         for run_id in reversed(self.runs()):
-            if self.manifest_ids(run_id):
+            if self.manifest_ids(run_id) or self.storage.list(f"{run_id}/base.json"):
                 return run_id
         return None
+
+    # --- a run's base: the checkpoint of another run it started from ---------------------
+
+    def record_base(self, run_id: str, base: CheckpointRef) -> None:
+        body = {"run": run_id, "root": base.root, "base_run": base.run_id, "checkpoint": base.checkpoint_id}
+        self.storage.put(f"{run_id}/base.json", signed_json(body, self._key))
+
+    def base_ref(self, run_id: str) -> CheckpointRef | None:
+        key = f"{run_id}/base.json"
+        if not self.storage.list(key):
+            return None
+        body = read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
+        if body.get("run") != run_id:
+            raise CorruptCheckpointError(f"{self.storage.uri(key)} belongs to run {body.get('run')}, not {run_id}")
+        return CheckpointRef(str(body["root"]), str(body["base_run"]), int(body["checkpoint"]))
+
+    def base(self, run_id: str) -> Manifest | None:
+        """The manifest of the checkpoint `run_id` started from, or None."""
+        ref = self.base_ref(run_id)
+        if ref is None:
+            return None
+        store = self if ref.root == self.root else CheckpointStore(ref.root)
+        return store.load_manifest(ref.run_id, ref.checkpoint_id)
 
     def commit(self, manifest: Manifest, before_publish: Callable[[], None] | None = None) -> bool:
         """Write the manifest under its fresh key; False if that key was already taken."""

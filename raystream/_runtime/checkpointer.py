@@ -66,7 +66,7 @@ class Checkpointer:
     def __init__(self, *, job_name: str, guarantee: str, config: CheckpointConfig, store: CheckpointStore,
                  run_id: str, attempt: int, actors: dict[Key, Any], sources: list[Key],
                  chains: dict[str, int], next_id: int, stats: CheckpointStats, faults: Injector,
-                 max_parallelism: int = 0, clock: Callable[[], float] = time.monotonic,
+                 max_parallelism: int = 0, state_steps: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
                  blocking: Blocking = in_thread):
         self.job_name, self.guarantee, self.config = job_name, guarantee, config
         self.store, self.run_id, self.attempt = store, run_id, attempt
@@ -75,6 +75,7 @@ class Checkpointer:
         self.stats = stats
         self.faults = faults
         self.max_parallelism = max_parallelism
+        self.state_steps = list(state_steps or [])
         self.clock, self.blocking = clock, blocking
         self.closed = False
         self._publishing: asyncio.Future | None = None
@@ -163,7 +164,7 @@ class Checkpointer:
             guarantee=self.guarantee, created=time.time(), chains=dict(self.chains),
             snapshots=sorted(pending.acks.values(), key=lambda m: (m.chain, m.subtask)),
             completed_total=self.stats.completed + 1, failed_total=self.stats.failed, versions=versions(),
-            max_parallelism=self.max_parallelism,
+            max_parallelism=self.max_parallelism, state_steps=self.state_steps, final=pending.final,
         )
         try:  # F3: a coordinator of an older attempt publishes nothing
             current = await self.blocking(self.store.is_current, self.run_id, self.attempt)

@@ -34,15 +34,16 @@ from typing import Any
 import ray
 
 from raystream._runtime.blocking import in_thread
-from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.checkpoint_store import CheckpointRef, CheckpointStore
 from raystream._runtime.checkpointer import Checkpointer, Key
 from raystream._runtime.failure import Failure, FailureKind, most_specific
 from raystream._runtime.injector import Injector, install_s3_faults
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.plan import Chain, EdgeKind, PhysicalPlan
-from raystream._runtime.recovery import RestartTracker, begin_attempt, snapshots_for
+from raystream._runtime.recovery import RestartTracker, begin_attempt
+from raystream._runtime.rescale import check_matches, snapshots_for
 from raystream._runtime.reports import JobOutcome, sink_outputs, sum_steps
-from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
+from raystream._runtime.spec import OutputSpec, RestoreSpec, RunOptions, SubtaskReport, SubtaskSpec
 from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError
@@ -63,10 +64,11 @@ def actor_name(job_name: str, run_id: str, what: str) -> str:
 
 @ray.remote(num_cpus=0)
 class JobCoordinator:
-    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, checkpoint_root: str, resume: bool):
+    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, checkpoint_root: str, options: RunOptions):
         if job.runtime.faults:
             install_s3_faults(job.runtime.faults)
-        self.job, self.plan, self.run_id, self.resume = job, plan, run_id, resume
+        self.job, self.plan, self.run_id, self.options = job, plan, run_id, options
+        self.resume = options.resume
         self.store = CheckpointStore(checkpoint_root)
         self.state = "starting"
         self.started = time.monotonic()
@@ -86,6 +88,8 @@ class JobCoordinator:
         self._runs: dict[asyncio.Future, Key] = {}  # the pending run() call of each subtask
         self._task: asyncio.Future | None = None
         self._attempt_started = 0.0
+        self.base_id = 0  # the newest checkpoint restored: this run's ids continue after it
+        self.final_id = 0  # the final checkpoint, once committed: a savepoint when the job was stopped
 
     # --- calls from subtasks, the driver and users ---------------------------------------
 
@@ -171,6 +175,9 @@ class JobCoordinator:
             self.store, self.run_id, self.refused, restoring=restoring,
             max_parallelism=self.job.runtime.max_parallelism, keyed=self.job.keyed, blocking=in_thread)
         self.stats = dataclasses.replace(self.stats, refused=max(self.stats.refused, len(self.refused)))
+        if manifest is not None:
+            check_matches(manifest, self.job.step_ids, self.options.allow_non_restored_state)
+            self.base_id = max(self.base_id, manifest.checkpoint_id)
         if manifest is not None and self.stats.completed == 0:  # a new coordinator: the counters continue
             self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
                                              failed=manifest.failed_total, last_id=manifest.checkpoint_id)
@@ -217,9 +224,18 @@ class JobCoordinator:
     def _restore_spec(self, manifest: Manifest | None, chain: Chain, subtask: int) -> RestoreSpec | None:
         if manifest is None:
             return None
-        held = self.refs.get(manifest.checkpoint_id, {})
-        metas = snapshots_for(manifest, chain, subtask, dead_letters=self.job.errors.mode == "dead_letter")
-        return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas])
+        held = self.refs.get(manifest.checkpoint_id, {}) if manifest.run_id == self.run_id else {}
+        metas = snapshots_for(manifest, chain, subtask)
+        return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas],
+                           root=self._snapshot_root(manifest))
+
+    def _snapshot_root(self, manifest: Manifest) -> str:
+        """Where the snapshots of `manifest` live: this run's storage, or its base's."""
+        if manifest.run_id == self.run_id:
+            return self.store.root
+        base = self.store.base_ref(self.run_id)
+        assert base is not None and base.run_id == manifest.run_id, "a manifest of another run is the run's base"
+        return base.root
 
     async def _attempt(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
         """One attempt, in phases: start the actors, restore them (R4), start checkpointing,
@@ -297,11 +313,13 @@ class JobCoordinator:
     async def _start_checkpointer(self) -> None:
         # Ids continue after every manifest of the run, refused and void ones included: never reused.
         ids = await in_thread(self.store.manifest_ids, self.run_id)
+        ids.append(self.base_id)  # a run started from a checkpoint numbers on after it
         self.checkpointer = Checkpointer(
             job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
             store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
             sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
-            next_id=max(ids, default=0) + 1, stats=self.stats, max_parallelism=self.job.runtime.max_parallelism,
+            next_id=max(ids) + 1, stats=self.stats, max_parallelism=self.job.runtime.max_parallelism,
+            state_steps=[s.step_id for s in self.job.steps if s.kind.stateful],
             faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),
         )
         self.checkpointer.refs = self.refs  # object-store copies outlive attempts, for the next restore
@@ -316,6 +334,8 @@ class JobCoordinator:
         if checkpointer is not None:
             await checkpointer.close()
             self.stats = checkpointer.stats
+            if checkpointer.final_committed:
+                self.final_id = self.stats.last_id
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         if not wait:  # the job finished: no next attempt to protect
@@ -388,4 +408,6 @@ class JobCoordinator:
             max_queued_seen=max((r.max_queued_seen for r in reports), default=0),
             checkpoints=self.stats, restarts=self.restarts, records_replayed=self.replayed, run_id=self.run_id,
             checkpoint_root=self.store.root, restores=dict(self.restores),
+            savepoint=CheckpointRef(self.store.root, self.run_id, self.final_id).uri
+            if self.stopping and self.final_id else "",
         )

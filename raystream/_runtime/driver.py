@@ -9,6 +9,7 @@ a second coordinator beside a live first one would be two writers of one run.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -18,12 +19,14 @@ from typing import Any, Callable
 import ray
 
 from raystream import _files
-from raystream._runtime.checkpoint_store import CheckpointStore, new_run_id
+from raystream._runtime.checkpoint_store import CheckpointStore, locate, new_run_id
 from raystream._runtime.connect import ensure_ray
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
-from raystream._runtime.recovery import RestartTracker
+from raystream._runtime.recovery import RestartTracker, check_restorable
+from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome
+from raystream._runtime.spec import RunOptions
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
 from raystream.graph import JobGraph
@@ -61,15 +64,15 @@ class Supervisor:
     """Starts the coordinator and, from a background thread, restarts it if its process
     dies; `wait()` returns the job's result or raises its error."""
 
-    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, root: str, resume: bool):
-        self.job, self.plan, self.run_id, self.root = job, plan, run_id, root
+    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, root: str, options: RunOptions):
+        self.job, self.plan, self.run_id, self.root, self.options = job, plan, run_id, root, options
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
         self.coordinator: Any = None
         self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
-        self._first_ref = self._launch(resume)
+        self._first_ref = self._launch(options.resume)
         self._thread = threading.Thread(target=self._supervise, name=f"raystream-{job.name}", daemon=True)
         self._thread.start()
 
@@ -77,7 +80,7 @@ class Supervisor:
         self.generation += 1
         self.coordinator = JobCoordinator.options(
             name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
-        ).remote(self.job, self.plan, self.run_id, self.root, resume)
+        ).remote(self.job, self.plan, self.run_id, self.root, dataclasses.replace(self.options, resume=resume))
         return self.coordinator.outcome.remote()
 
     def _supervise(self) -> None:
@@ -115,6 +118,10 @@ class Supervisor:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return JobStatus(self.job.name, "restarting", 0.0)
 
+    def start_from(self, job: JobGraph, savepoint: str) -> "Supervisor":
+        """A new run of `job` (changed settings or graph) from `savepoint`."""
+        return start_job(job, from_checkpoint=savepoint)
+
     def stop(self) -> None:
         try:
             ray.get(self.coordinator.stop.remote(), timeout=10)
@@ -140,8 +147,14 @@ class Supervisor:
         return self.outcome.result
 
 
-def start_job(job: JobGraph, *, resume: bool = False) -> Supervisor:
-    """Plan `job`, list its source partitions (errors stop it here), and start it."""
+def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | None = None,
+              allow_non_restored_state: bool = False) -> Supervisor:
+    """Plan `job`, list its source partitions (errors stop it here), and start it:
+    a new run, the newest run again (`resume`), or a new run from a savepoint or any
+    retained checkpoint (`from_checkpoint`, checked here before anything starts)."""
+    if resume and from_checkpoint:
+        raise JobFailedError("resume and from_checkpoint exclude each other: resume continues this job's newest "
+                             "run, from_checkpoint starts a new run from the checkpoint it names")
     source_partitions: dict[str, list[str]] = {}
     for step in job.sources:
         try:
@@ -152,6 +165,16 @@ def start_job(job: JobGraph, *, resume: bool = False) -> Supervisor:
             raise SourceError(f"source {step.step_id!r} could not list its partitions: {exc}") from exc
     plan = build_plan(job, source_partitions)
     root = checkpoint_root(job)
-    run_id = resumable_run(job, CheckpointStore(root)) if resume else new_run_id()
+    store = CheckpointStore(root)
+    run_id = resumable_run(job, store) if resume else new_run_id()
+    if from_checkpoint:
+        base = locate(from_checkpoint)
+        manifest = (store if base.root == root else CheckpointStore(base.root)).load_manifest(
+            base.run_id, base.checkpoint_id)
+        check_restorable(manifest, max_parallelism=job.runtime.max_parallelism, keyed=job.keyed)
+        check_matches(manifest, job.step_ids, allow_non_restored_state)
+        store.record_base(run_id, base)
+        logger.info("job %s: run %s starts from %s", job.name, run_id, base.uri)
     ensure_ray()
-    return Supervisor(job, plan, run_id, root, resume)
+    options = RunOptions(resume=resume or bool(from_checkpoint), allow_non_restored_state=allow_non_restored_state)
+    return Supervisor(job, plan, run_id, root, options)

@@ -48,6 +48,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
     max_parallelism: int = 0  # key groups of the keyed state; 0 in manifests older than this field
+    state_steps: list[str] = field(default_factory=list)  # steps that keep state (sources, keyed steps, sinks)
+    final: bool = False  # taken when every source had ended or was stopped: a savepoint when stopped
 
     def to_json(self, key: bytes | None = None) -> bytes:
         raw = asdict(self)

@@ -9,7 +9,7 @@ from typing import Any
 
 from raystream._runtime.batch import as_records
 from raystream._runtime.operators import Operator, SinkOp, truncated_repr
-from raystream._runtime.recovery import RestoredState
+from raystream._runtime.rescale import DEAD_LETTERS, RestoredState, combine_writer_states
 from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.tally import Tally
 from raystream.config import Guarantee
@@ -43,10 +43,11 @@ class RecordPolicies:
             if not isinstance(op, SinkOp):
                 op.on_error = self.on_error
         if policy.mode == "dead_letter":
-            step_id = f"dead_letters.{spec.steps[0].step_id}"  # one writer identity per chain
+            step_id = DEAD_LETTERS + spec.steps[0].step_id  # one writer identity per chain
             ctx = SinkContext(step_id, spec.subtask, spec.parallelism,
                               transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                              resume_state=state.sink_states.get(step_id) if state else None,
+                              resume_state=combine_writer_states(policy.sink, step_id, state.sink_states.get(step_id, []))
+                              if state else None,
                               run_id=spec.run_id, attempt=spec.attempt)
             self.dead_letters = SinkOp(Step(step_id, StepKind.SINK, (), sink=policy.sink), ctx)
             if state is not None:

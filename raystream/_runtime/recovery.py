@@ -1,42 +1,42 @@
-"""Recovery helpers: which snapshots each new subtask restores from, how their states
-merge, and how often a job may restart.
+"""Recovery helpers: which checkpoint an attempt restores, reading and merging its
+snapshots (rescale.py says which snapshots a subtask reads and how they merge), and how
+often a job may restart.
 
-Restoring at the same parallelism, subtask i reads the snapshot of old subtask i.
-At another parallelism, it reads every snapshot of its chain and keeps the keyed
-state of its own key groups. Sink writer state is per subtask and cannot be split, so
-a chain with a sink (or a dead-letter writer) restores only at the parallelism it was
-checkpointed with.
-
-Source offsets belong to partitions, not to subtasks: a source subtask reads every
-snapshot of its chain and continues each partition it is assigned now from the offset
-found in any of them, wherever that partition was read before. A partition no
-snapshot mentions is new and starts at its beginning.
-
-Counters and audit tallies are sums: after a rescale, subtask 0 carries the sums of
-all old subtasks and the others start at zero, so totals stay right.
+A run started from a savepoint or a retained checkpoint of another run (`--from`)
+records that checkpoint as its base; until the run completes a checkpoint of its own,
+every attempt restores the base.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.keys import groups_of_subtask, key_group
 from raystream._runtime.manifest import Manifest, incompatibility
-from raystream._runtime.plan import Chain
-from raystream._runtime.snapshot import SnapshotMeta, SubtaskState
-from raystream._runtime.tally import add_digests
+from raystream._runtime.rescale import RestoredState, merge_states
 from raystream.config import RestartKind, RestartStrategy
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError
-from raystream.graph import StepKind
+from raystream.graph import Step
 
 
 logger = logging.getLogger(__name__)
 
 _OBJECT_STORE_TIMEOUT = 10.0
+
+
+def check_restorable(manifest: Manifest, *, max_parallelism: int, keyed: bool) -> None:
+    """Raise RestoreError if `manifest` was taken with other versions or key groups."""
+    where = f"checkpoint {manifest.checkpoint_id} of run {manifest.run_id}"
+    problem = incompatibility(manifest.versions)
+    if problem is not None:
+        raise RestoreError(f"{where} cannot be restored: {problem}")
+    if keyed and manifest.max_parallelism and manifest.max_parallelism != max_parallelism:
+        raise RestoreError(
+            f"{where} keeps keyed state in {manifest.max_parallelism} key groups, and this job has "
+            f"RuntimeConfig(max_parallelism={max_parallelism}); keyed state cannot move between key-group "
+            f"counts: set max_parallelism={manifest.max_parallelism}, or start without it")
 
 
 def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
@@ -46,10 +46,11 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
     Called only after this attempt's claim, so every manifest an older attempt could
     still publish is void from here on (CheckpointStore). A manifest that is void, or
     that was refused before, is skipped; one that fails to verify is refused, durably,
-    and skipped. Returns None when the run has no checkpoint; raises RestoreError when
-    it has some but none can be restored (starting over would repeat committed output),
-    or when the newest one was taken with other versions or another max_parallelism.
-    `refused` is updated with what is refused now."""
+    and skipped. When none of the run's own is left, the run's base (the checkpoint it
+    was started from) is chosen. Returns None when there is nothing to restore; raises
+    RestoreError when there are checkpoints but none can be restored (starting over
+    would repeat committed output), or when the chosen one was taken with other
+    versions or another max_parallelism. `refused` is updated with what is refused now."""
     ids = store.manifest_ids(run_id)
     points = store.restore_points(run_id)
     refused.update(store.refused(run_id))
@@ -67,16 +68,16 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
             logger.info("checkpoint %d of attempt %d is void: a later attempt restored an older one",
                         checkpoint_id, manifest.attempt)
             continue
-        problem = incompatibility(manifest.versions)
-        if problem is not None:
-            raise RestoreError(f"checkpoint {checkpoint_id} of run {run_id} cannot be restored: {problem}")
-        if keyed and manifest.max_parallelism and manifest.max_parallelism != max_parallelism:
-            raise RestoreError(
-                f"checkpoint {checkpoint_id} of run {run_id} keeps keyed state in {manifest.max_parallelism} key "
-                f"groups, and this job has RuntimeConfig(max_parallelism={max_parallelism}); keyed state cannot "
-                f"move between key-group counts: set max_parallelism={manifest.max_parallelism}, or start "
-                "without resume")
+        check_restorable(manifest, max_parallelism=max_parallelism, keyed=keyed)
         return manifest
+    base = store.base(run_id)
+    if base is not None:
+        if base.checkpoint_id in refused:
+            raise RestoreError(
+                f"checkpoint {base.checkpoint_id} of run {base.run_id}, which run {run_id} started from, was "
+                "refused; start from another checkpoint")
+        check_restorable(base, max_parallelism=max_parallelism, keyed=keyed)
+        return base
     if refused & set(ids):
         raise RestoreError(
             f"no checkpoint of run {run_id} can be restored (refused: {sorted(refused & set(ids))}); starting "
@@ -101,86 +102,14 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
     return attempt, manifest
 
 
-def snapshots_for(manifest: Manifest, chain: Chain, subtask: int, *, dead_letters: bool = False) -> list[SnapshotMeta]:
-    """The snapshots that subtask `subtask` of `chain` restores from. `dead_letters`: the
-    chain holds a dead-letter writer, which is per subtask like a sink's."""
-    old = manifest.snapshots_of(chain.name)
-    if not old:
-        stateful = [s.step_id for s in chain.steps if s.kind.stateful]
-        if stateful:
-            raise RestoreError(
-                f"checkpoint {manifest.checkpoint_id} has no state for steps {', '.join(stateful)}: the job graph "
-                "changed since it was taken; restore with the same steps, or start without resume")
-        return []
-    if len(old) == chain.parallelism:
-        if chain.head.kind is StepKind.SOURCE:  # offsets of partitions that other subtasks read before
-            return [old[subtask]] + [m for m in old if m.subtask != subtask]
-        return [old[subtask]]
-    has_sink = any(s.kind is StepKind.SINK for s in chain.steps)
-    if has_sink or dead_letters:
-        what = "a sink's" if has_sink else "a dead-letter writer's"
-        raise RestoreError(
-            f"chain {chain.name!r} was checkpointed at parallelism {len(old)} and cannot be restored at "
-            f"{chain.parallelism}: {what} state is per subtask; keep the parallelism of {chain.name!r}")
-    return old
-
-
-@dataclass
-class RestoredState:
-    """The merged state one new subtask starts from."""
-
-    checkpoint_id: int
-    source_offsets: dict[str, Any] = field(default_factory=dict)
-    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
-    sink_states: dict[str, Any] = field(default_factory=dict)
-    sink_txns: dict[str, list[Any]] = field(default_factory=dict)
-    counters: dict[str, tuple[int, int]] = field(default_factory=dict)
-    audit: dict[str, tuple[int, int]] = field(default_factory=dict)
-    tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
-    errors: dict[str, int] = field(default_factory=dict)
-
-
-def merge_states(states: list[SubtaskState], subtask: int, parallelism: int, max_parallelism: int) -> RestoredState:
-    """Combine old snapshots into the state of new subtask `subtask` of `parallelism`.
-
-    `states` holds this subtask's own old snapshot first when the parallelism is
-    unchanged (the others then only lend source offsets), or every old snapshot of the
-    chain after a rescale."""
-    merged = RestoredState(checkpoint_id=max((s.checkpoint_id for s in states), default=0))
-    own = states[0] if states and states[0].parallelism == parallelism and states[0].subtask == subtask else None
-    for state in states:
-        merged.source_offsets.update(state.source_offsets)
-    if own is not None:  # the same shape: this subtask's state, whole
-        merged.keyed = {step_id: dict(table) for step_id, table in own.keyed.items()}
-        for step_id, sink in own.sinks.items():
-            merged.sink_states[step_id] = sink.writer_state
-            merged.sink_txns[step_id] = [txn for _, txn in sink.pending]
-        merged.counters = dict(own.counters)
-        merged.audit = dict(getattr(own, "audit", {}))  # absent in snapshots older than the audit
-        merged.errors = dict(getattr(own, "errors", {}))
-        return merged
-    mine = set(groups_of_subtask(subtask, parallelism, max_parallelism))
-    for state in states:
-        for step_id, table in state.keyed.items():
-            target = merged.keyed.setdefault(step_id, {})
-            target.update((k, v) for k, v in table.items() if key_group(k, max_parallelism) in mine)
-        if subtask == 0:  # sums of every old subtask, carried once
-            for step_id, (n_in, n_out) in state.counters.items():
-                c_in, c_out = merged.counters.get(step_id, (0, 0))
-                merged.counters[step_id] = (c_in + n_in, c_out + n_out)
-            for name, (count, digest) in getattr(state, "audit", {}).items():
-                c, d = merged.audit.get(name, (0, 0))
-                merged.audit[name] = (c + count, add_digests(d, digest))
-            for step_id, n in getattr(state, "errors", {}).items():
-                merged.errors[step_id] = merged.errors.get(step_id, 0) + n
-    return merged
-
-
-async def load_state(restore: Any, store: CheckpointStore, subtask: int, parallelism: int,
+async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], subtask: int, parallelism: int,
                      max_parallelism: int) -> RestoredState:
     """Read each snapshot of `restore` (a RestoreSpec) from the object store if the copy is
-    still there, else from durable storage; verify its checksum; merge."""
+    still there, else from durable storage (the run's, or the storage of the checkpoint a
+    new run started from); verify its checksum; merge (rescale.merge_states)."""
     loop = asyncio.get_running_loop()
+    if restore.root != store.root:
+        store = CheckpointStore(restore.root)
     states = []
     tiers = {"object_store": 0, "durable": 0}
     for meta, ref in restore.snapshots:
@@ -195,7 +124,7 @@ async def load_state(restore: Any, store: CheckpointStore, subtask: int, paralle
             data = await loop.run_in_executor(None, store.storage.get, meta.key)
             tiers["durable"] += 1
         states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
-    merged = merge_states(states, subtask, parallelism, max_parallelism)
+    merged = merge_states(states, steps, subtask, parallelism, max_parallelism)
     merged.tiers = tiers
     return merged
 

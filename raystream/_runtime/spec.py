@@ -47,7 +47,18 @@ class RestoreSpec:
     coordinator still holds it (None: read the durable copy)."""
 
     checkpoint_id: int
-    snapshots: list[tuple[SnapshotMeta, Any]]  # this subtask's own snapshot first, when it has one
+    snapshots: list[tuple[SnapshotMeta, Any]]
+    root: str  # the checkpoint root the snapshot keys are relative to
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run starts: `resume` continues its own checkpoints (or its base's, when it
+    was started from another run's checkpoint); `allow_non_restored_state` drops the
+    state of steps the job no longer has instead of refusing the checkpoint."""
+
+    resume: bool = False
+    allow_non_restored_state: bool = False
 
 
 @dataclass

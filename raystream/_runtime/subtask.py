@@ -44,7 +44,8 @@ from raystream._runtime.injector import Injector, install_s3_faults
 from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
 from raystream._runtime.record_policies import RecordPolicies
-from raystream._runtime.recovery import RestoredState, load_state
+from raystream._runtime.recovery import load_state
+from raystream._runtime.rescale import RestoredState, combine_writer_states
 from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
@@ -107,7 +108,8 @@ class SubtaskActor:
         self.coordinator = coordinator
         state = None
         if restore is not None:
-            state = await load_state(restore, self.store, spec.subtask, spec.parallelism, rt.max_parallelism)
+            state = await load_state(restore, self.store, spec.steps, spec.subtask, spec.parallelism,
+                                     rt.max_parallelism)
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
         self._build_operators(state)
@@ -135,7 +137,9 @@ class SubtaskActor:
             if step.kind is StepKind.SINK:
                 ctx = SinkContext(step.step_id, spec.subtask, spec.parallelism,
                                   transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                                  resume_state=state.sink_states.get(step.step_id) if state else None,
+                                  resume_state=combine_writer_states(step.sink, step.step_id,
+                                                                     state.sink_states.get(step.step_id, []))
+                                  if state else None,
                                   run_id=spec.run_id, attempt=spec.attempt)
             op = build_operator(step, ctx)
             if state is not None:

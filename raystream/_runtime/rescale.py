@@ -1,0 +1,148 @@
+"""Restoring state by step id: which old snapshots a new subtask reads, and how their
+states merge into the state it starts from.
+
+State belongs to steps, not to chains or subtask indexes, so a checkpoint restores into
+a job whose chaining changed, whose steps run at other parallelisms, or that gained
+stateless steps (docs/savepoints.md). For new subtask i of a chain at parallelism p:
+
+- keyed state of a step: from old subtask i when the step ran at p before (the same
+  key groups), else from every old subtask, keeping the keys of i's key groups;
+- source offsets: every old subtask of the source step lends its partitions' offsets
+  (a partition continues wherever it is assigned now; see SourceReader);
+- sink transactions and writer state, counters, audit tallies and error counts: those
+  of every old subtask j with j % p == i, so each is carried exactly once and sums
+  stay right. Pending transactions are committed by their new owner (T4); writer
+  states of several old subtasks are combined by `Sink.combine_writer_states`.
+
+A step of the checkpoint that kept state and is missing from the job is refused by
+name, unless the run allows non-restored state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from raystream._runtime.keys import groups_of_subtask, key_group
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.plan import Chain
+from raystream._runtime.snapshot import SnapshotMeta, SubtaskState
+from raystream._runtime.tally import add_digests
+from raystream.errors import RestoreError
+from raystream.graph import Step, StepKind
+
+DEAD_LETTERS = "dead_letters."  # prefix of a chain's dead-letter writer id: dead_letters.<head step>
+
+
+def chain_steps(chain_name: str) -> list[str]:
+    """Step ids of a chain, from its name (step ids never contain '+')."""
+    return chain_name.split("+")
+
+
+def unmatched_steps(manifest: Manifest, step_ids: list[str]) -> list[str]:
+    """Steps that kept state in `manifest` and that the job no longer has."""
+    return sorted(set(manifest.state_steps) - set(step_ids))
+
+
+def check_matches(manifest: Manifest, step_ids: list[str], allow_non_restored_state: bool) -> None:
+    """Refuse a checkpoint with state no step of the job takes, naming those steps."""
+    unmatched = unmatched_steps(manifest, step_ids)
+    if unmatched and not allow_non_restored_state:
+        raise RestoreError(
+            f"checkpoint {manifest.checkpoint_id} of run {manifest.run_id} has state for steps "
+            f"{', '.join(unmatched)} that this job does not have; keep those step ids, or start with "
+            "allow_non_restored_state=True (--allow-non-restored-state) to drop their state")
+
+
+def snapshots_for(manifest: Manifest, chain: Chain, subtask: int) -> list[SnapshotMeta]:
+    """The old snapshots that subtask `subtask` of `chain` restores from."""
+    mine = {s.step_id for s in chain.steps}
+    source = chain.head.step_id if chain.head.kind is StepKind.SOURCE else None
+    metas: list[SnapshotMeta] = []
+    for name in manifest.chains:
+        old_steps = set(chain_steps(name))
+        if not old_steps & mine:
+            continue
+        old = manifest.snapshots_of(name)
+        if len(old) == chain.parallelism and source not in old_steps:
+            metas.append(old[subtask])  # the same key groups and the same sink writer
+        else:
+            metas.extend(old)
+    return metas
+
+
+def _owner(step_id: str) -> str:
+    return step_id[len(DEAD_LETTERS):] if step_id.startswith(DEAD_LETTERS) else step_id
+
+
+def _audit_step(name: str) -> str:
+    return name.split(":", 1)[1]  # "source:<step>" / "sink:<step>"
+
+
+@dataclass
+class RestoredState:
+    """The merged state one new subtask starts from."""
+
+    checkpoint_id: int
+    source_offsets: dict[str, Any] = field(default_factory=dict)
+    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    sink_states: dict[str, list[Any]] = field(default_factory=dict)  # writer states of the old subtasks taken over
+    sink_txns: dict[str, list[Any]] = field(default_factory=dict)
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)
+    audit: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtask: int, parallelism: int,
+                 max_parallelism: int) -> RestoredState:
+    """Combine old snapshots into the state of new subtask `subtask` of the chain made of
+    `chain_steps_now`, running at `parallelism`."""
+    head = chain_steps_now[0].step_id
+    steps = {s.step_id for s in chain_steps_now}
+    dead_letters = DEAD_LETTERS + head
+    p = parallelism
+    merged = RestoredState(checkpoint_id=max((s.checkpoint_id for s in states), default=0))
+    groups: set[int] | None = None
+    for state in states:
+        if head in chain_steps(state.chain):
+            merged.source_offsets.update(state.source_offsets)
+        same = state.parallelism == p
+        for step_id, table in state.keyed.items():
+            if step_id not in steps:
+                continue
+            target = merged.keyed.setdefault(step_id, {})
+            if same:
+                if state.subtask == subtask:
+                    target.update(table)
+            else:
+                if groups is None:
+                    groups = set(groups_of_subtask(subtask, p, max_parallelism))
+                target.update((k, v) for k, v in table.items() if key_group(k, max_parallelism) in groups)
+        if state.subtask % p != subtask:
+            continue
+        for step_id, sink in state.sinks.items():
+            if _owner(step_id) not in steps:
+                continue
+            new_id = dead_letters if step_id.startswith(DEAD_LETTERS) else step_id
+            merged.sink_states.setdefault(new_id, []).append(sink.writer_state)
+            merged.sink_txns.setdefault(new_id, []).extend(txn for _, txn in sink.pending)
+        for step_id, (n_in, n_out) in state.counters.items():
+            if _owner(step_id) in steps:
+                new_id = dead_letters if step_id.startswith(DEAD_LETTERS) else step_id
+                c_in, c_out = merged.counters.get(new_id, (0, 0))
+                merged.counters[new_id] = (c_in + n_in, c_out + n_out)
+        for name, (count, digest) in getattr(state, "audit", {}).items():  # absent in older snapshots
+            if _audit_step(name) in steps:
+                c, d = merged.audit.get(name, (0, 0))
+                merged.audit[name] = (c + count, add_digests(d, digest))
+        for step_id, n in getattr(state, "errors", {}).items():
+            if step_id in steps:
+                merged.errors[step_id] = merged.errors.get(step_id, 0) + n
+    return merged
+
+
+def combine_writer_states(sink: Any, step_id: str, states: list[Any]) -> Any:
+    """The resume state of a sink writer restored from `states` (one per old subtask it took over)."""
+    if len(states) <= 1:
+        return states[0] if states else None
+    return sink.combine_writer_states(step_id, states)

@@ -1,0 +1,102 @@
+"""Savepoints, starting from a checkpoint, and rescaling a running job: state belongs to
+step ids, so a new run restores it into another parallelism or chaining, exactly once."""
+import collections
+import operator
+
+import pytest
+
+import raystream as rs
+from raystream.errors import ConfigError, RestoreError
+from raystream.sinks import CollectSink, FileSink, read_files
+from raystream.sources import SequenceSource
+from tests.support import wait_until
+
+PARTITIONS, KEYS = 4, 13
+
+
+def counting_job(tmp_path, *, parallelism=2, chaining=True, sum_id="sum", extra_step=False, rate=3000.0) -> rs.Job:
+    """Numbers from an unbounded source: every id to a FileSink, and a keyed running sum."""
+    job = rs.Job("counting", parallelism=parallelism, checkpoint=rs.CheckpointConfig(interval=0.3),
+                 runtime=rs.RuntimeConfig(chaining=chaining, linger=0.01))
+    numbers = job.source("numbers", SequenceSource(None, partitions=PARTITIONS, rate=rate))
+    rows = numbers.map("row", lambda i: {"id": i})
+    if extra_step:
+        rows = rows.filter("keep_all", lambda row: True)
+    rows.sink("ids", FileSink(str(tmp_path / "ids")))
+    (numbers.key_by("key", lambda i: i % KEYS).reduce(sum_id, operator.add)
+        .sink("sums", CollectSink(keep="last")))
+    return job
+
+
+def committed_ids(tmp_path) -> list[int]:
+    return [r["id"] for r in read_files(str(tmp_path / "ids"))]
+
+
+def check_exactly_once(ids: list[int], sums: list[tuple[int, int]]) -> None:
+    """Every id once, each partition a gap-free prefix, and the keyed sums of exactly those ids."""
+    counts = collections.Counter(ids)
+    assert not [i for i, n in counts.items() if n > 1], "duplicates"
+    for p in range(PARTITIONS):
+        mine = sorted(i for i in counts if i % PARTITIONS == p)
+        assert mine == list(range(p, p + PARTITIONS * len(mine), PARTITIONS)), f"partition {p} has gaps"
+    expected = collections.Counter()
+    for i in counts:
+        expected[i % KEYS] += i
+    assert dict(sums) == {k: v for k, v in expected.items()}
+
+
+def output_grows(tmp_path, beyond: int) -> int:
+    return wait_until(lambda: len(committed_ids(tmp_path)) > beyond and len(committed_ids(tmp_path)),
+                      "committed output to grow", timeout=60)
+
+
+def test_rescale_a_running_job_2_to_4_to_1_exactly_once(tmp_path):
+    handle = counting_job(tmp_path).start()
+    seen = output_grows(tmp_path, 500)
+    up = handle.rescale(4)
+    assert (up.from_parallelism, up.to_parallelism) == (2, 4) and up.pause > 0 and up.savepoint.endswith(".json")
+    # four chains (numbers, row+ids, key, sum+sums), each now at parallelism 4
+    assert handle.status().subtasks == 16
+    seen = output_grows(tmp_path, seen + 500)
+    down = handle.rescale(1)
+    assert (down.from_parallelism, down.to_parallelism) == (4, 1) and down.run_id != up.run_id
+    output_grows(tmp_path, seen + 500)
+    handle.stop()
+    result = handle.wait()
+    ids = committed_ids(tmp_path)
+    check_exactly_once(ids, result.outputs["sums"])
+    assert result.records_out("numbers") == len(ids)  # counters continue across the runs
+
+
+def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step(tmp_path):
+    first = counting_job(tmp_path).start()
+    output_grows(tmp_path, 300)
+    savepoint = first.stop(savepoint=True)
+    assert savepoint == first.wait().savepoint
+    changed = counting_job(tmp_path, parallelism=3, chaining=False, extra_step=True)
+    handle = changed.start(from_checkpoint=savepoint)
+    output_grows(tmp_path, len(committed_ids(tmp_path)) + 300)
+    handle.stop()
+    result = handle.wait()
+    check_exactly_once(committed_ids(tmp_path), result.outputs["sums"])
+    assert result.run_id != first.run_id
+
+
+def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowed(tmp_path):
+    handle = counting_job(tmp_path, rate=500.0).start()
+    wait_until(lambda: handle.status().checkpoints.completed >= 1, "a checkpoint")
+    with pytest.raises(ConfigError, match="above max_parallelism 128"):
+        handle.rescale(129)  # refused before the job is touched
+    savepoint = handle.stop(savepoint=True)
+    renamed = counting_job(tmp_path, sum_id="total")
+    with pytest.raises(RestoreError, match="has state for steps sum that this job does not have"):
+        renamed.start(from_checkpoint=savepoint)
+    with pytest.raises(RestoreError, match="no checkpoint at .*nothing is stored there"):
+        renamed.start(from_checkpoint=str(tmp_path / "no-such-savepoint"))
+    allowed = renamed.start(from_checkpoint=savepoint, allow_non_restored_state=True)
+    wait_until(lambda: allowed.status().state == "running", "the run without the dropped state")
+    allowed.stop()
+    result = allowed.wait()
+    ids = committed_ids(tmp_path)
+    assert not [i for i, n in collections.Counter(ids).items() if n > 1]  # ids continue; the sums start over
+    assert result.records_out("numbers") == len(ids)

@@ -1,0 +1,105 @@
+"""Restoring by step id: which old snapshots a new subtask reads and how their states merge,
+across changes of parallelism and of chaining."""
+import pytest
+
+from raystream._runtime.keys import groups_of_subtask, key_group
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.plan import Chain
+from raystream._runtime.rescale import check_matches, combine_writer_states, merge_states, snapshots_for
+from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
+from raystream.errors import RestoreError
+from raystream.graph import Step
+from raystream.sinks import CollectSink, FileSink
+
+REDUCE, SINK = Step("r", "reduce", ("k",)), Step("out", "sink", ("r",))
+
+
+def old_states(parallelism=2, chain="r+out"):
+    """Snapshots of a keyed step chained to a sink; keys split by key group."""
+    states = []
+    for i in range(parallelism):
+        groups = set(groups_of_subtask(i, parallelism, 128))
+        table = {k: k * 10 for k in range(100) if key_group(k, 128) in groups}
+        states.append(SubtaskState(7, chain, i, parallelism, keyed={"r": table},
+                                   sinks={"out": SinkState([f"w{i}"], [(7, f"t{i}")])},
+                                   counters={"r": (len(table), len(table)), "out": (len(table), 0)},
+                                   audit={"sink:out": (len(table), i)}))
+    return states
+
+
+def manifest(chains: dict[str, int], state_steps=()) -> Manifest:
+    metas = [SnapshotMeta(c, i, f"{c}{i}", "0" * 64, 1) for c, p in chains.items() for i in range(p)]
+    return Manifest("j", "run", 7, 1, "exactly_once", 0.0, dict(chains), metas, state_steps=list(state_steps))
+
+
+def test_same_parallelism_restores_its_own_snapshot_whole():
+    states = old_states()
+    merged = merge_states([states[1]], [REDUCE, SINK], 1, 2, 128)
+    assert merged.keyed == states[1].keyed and merged.checkpoint_id == 7
+    assert merged.sink_txns == {"out": ["t1"]} and merged.sink_states == {"out": [["w1"]]}
+    assert merged.counters == states[1].counters
+
+
+@pytest.mark.parametrize("new", [1, 3, 4])
+def test_rescaling_carries_each_key_transaction_and_count_exactly_once(new):
+    states = old_states(2)
+    merged = [merge_states(states, [REDUCE, SINK], i, new, 128) for i in range(new)]
+    assert sorted(k for m in merged for k in m.keyed["r"]) == list(range(100))
+    for i, m in enumerate(merged):
+        assert all(key_group(k, 128) in groups_of_subtask(i, new, 128) for k in m.keyed["r"])
+    assert sorted(t for m in merged for t in m.sink_txns.get("out", [])) == ["t0", "t1"]  # each committed once
+    assert sum(m.counters.get("r", (0, 0))[0] for m in merged) == 100
+    assert sum(m.audit.get("sink:out", (0, 0))[0] for m in merged) == 100
+
+
+def test_state_follows_step_ids_when_chaining_changes():
+    # before: source and map chained, reduce chained to its sink; now every step alone
+    old = manifest({"src+m": 2, "r+out": 2}, ["src", "r", "out"])
+    src_chain = Chain(0, [Step("src", "source", ())], 2)
+    reduce_chain = Chain(1, [REDUCE], 2)
+    sink_chain = Chain(2, [SINK], 3)
+    assert {(m.chain, m.subtask) for m in snapshots_for(old, src_chain, 1)} == {("src+m", 0), ("src+m", 1)}
+    assert [(m.chain, m.subtask) for m in snapshots_for(old, reduce_chain, 1)] == [("r+out", 1)]
+    assert len(snapshots_for(old, sink_chain, 0)) == 2  # another parallelism: every old subtask
+    assert snapshots_for(old, Chain(3, [Step("new", "map", ("r",))], 2), 0) == []
+
+    states = old_states(2)
+    reduce_only = merge_states([states[1]], [REDUCE], 1, 2, 128)
+    assert reduce_only.keyed == states[1].keyed and not reduce_only.sink_txns and "out" not in reduce_only.counters
+    sink_only = [merge_states(states, [SINK], i, 3, 128) for i in range(3)]
+    assert [m.sink_txns.get("out") for m in sink_only] == [["t0"], ["t1"], None] and not sink_only[0].keyed
+
+
+def test_source_offsets_come_from_every_old_subtask_of_the_source():
+    states = [SubtaskState(7, "src+m", i, 3, source_offsets={f"f{i}": i * 10}, counters={"src": (0, 10 + i)})
+              for i in range(3)]
+    src = Step("src", "source", ())
+    merged = merge_states(states, [src], 1, 3, 128)
+    assert merged.source_offsets == {"f0": 0, "f1": 10, "f2": 20}  # partitions continue wherever they go
+    assert merged.counters == {"src": (0, 11)}  # its own counters only
+    other = merge_states(states, [Step("other", "source", ())], 0, 3, 128)
+    assert other.source_offsets == {}  # never another source's partitions
+
+
+def test_dead_letters_move_to_the_chain_that_now_holds_their_step():
+    states = [SubtaskState(7, "a+b", 0, 1, sinks={"dead_letters.a": SinkState(None, [(7, "dl")])},
+                           counters={"dead_letters.a": (3, 0)})]
+    merged = merge_states(states, [Step("x", "source", ()), Step("a", "map", ("x",))], 0, 1, 128)
+    assert merged.sink_txns == {"dead_letters.x": ["dl"]} and merged.counters == {"dead_letters.x": (3, 0)}
+
+
+def test_state_of_a_removed_step_is_refused_by_name_unless_allowed():
+    old = manifest({"src": 1, "r+out": 1}, ["src", "r", "out"])
+    check_matches(old, ["src", "k", "r", "out", "extra_map"], False)  # an added stateless step is fine
+    with pytest.raises(RestoreError, match=r"state for steps out, r that this job does not have.*allow_non"):
+        check_matches(old, ["src", "k", "r2", "out2"], False)
+    check_matches(old, ["src", "k", "r2", "out2"], True)
+
+
+def test_writer_states_combine_only_where_the_sink_knows_how():
+    assert combine_writer_states(FileSink("/x"), "out", [None, None]) is None
+    assert combine_writer_states(FileSink("/x"), "out", ["only"]) == "only"
+    with pytest.raises(RestoreError, match="sink 'out' .*does not combine 2 of them"):
+        combine_writer_states(FileSink("/x"), "out", ["a", "b"])
+    assert combine_writer_states(CollectSink(), "out", [[1, 2], None, [3]]) == [1, 2, 3]
+    assert combine_writer_states(CollectSink(keep="last"), "out", [{"a": 1}, {"b": 2}]) == {"a": 1, "b": 2}
