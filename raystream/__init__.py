@@ -11,7 +11,7 @@
         .sink("out", rs.sinks.PrintSink()))
     job.run()
 """
-from raystream import faults, sinks, sources
+from raystream import checkpoints, faults, sinks, sources
 from raystream._version import __version__
 from raystream.audit import Audit, audit_checkpoints
 from raystream.config import (
@@ -39,7 +39,7 @@ from raystream.errors import (
 )
 from raystream.graph import StepKind
 from raystream.job import Job, KeyedStream, Stream
-from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, StepMetrics
+from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, Rescale, StepMetrics
 
 __all__ = [
     "Audit",
@@ -58,6 +58,7 @@ __all__ = [
     "JobStatus",
     "KeyedStream",
     "RaystreamError",
+    "Rescale",
     "Resources",
     "RestartKind",
     "RestartStrategy",
@@ -73,6 +74,7 @@ __all__ = [
     "Stream",
     "__version__",
     "audit_checkpoints",
+    "checkpoints",
     "faults",
     "sinks",
     "sources",

@@ -81,16 +81,22 @@ def locate(uri: str) -> CheckpointRef:
     if store.storage.list("manifests/"):  # a run directory
         root = _files.Location(loc.scheme, "/".join(parts[:-1]), loc.bucket).uri()
         run_id = parts[-1]
-        ids = CheckpointStore(root).manifest_ids(run_id)
-        return CheckpointRef(root, run_id, ids[-1])
+        return _newest(CheckpointStore(root), run_id, uri)
     run_id = store.newest_run_with_checkpoint()
     if run_id is not None and store.manifest_ids(run_id):
-        return CheckpointRef(loc.uri(), run_id, store.manifest_ids(run_id)[-1])
+        return _newest(store, run_id, uri)
     if store.storage.list("snapshots/"):
         raise RestoreError(f"{uri} holds snapshots but no complete checkpoint (no manifest was written): it is "
                            "incomplete and cannot be restored")
     raise RestoreError(f"no checkpoint at {uri}: nothing is stored there; give a savepoint URI, a run directory "
                        "or a job's checkpoint root (see `raystream checkpoints ls`)")
+
+
+def _newest(store: "CheckpointStore", run_id: str, uri: str) -> CheckpointRef:
+    usable = sorted(set(store.manifest_ids(run_id)) - store.refused(run_id))
+    if not usable:
+        raise RestoreError(f"every checkpoint of run {run_id} under {uri} was refused; see `raystream checkpoints ls`")
+    return CheckpointRef(store.root, run_id, usable[-1])
 
 
 class CheckpointStore:

@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from raystream._runtime.blocking import Blocking, in_thread
 from raystream._runtime.checkpoint_store import CheckpointStore
@@ -165,6 +165,7 @@ class Checkpointer:
             snapshots=sorted(pending.acks.values(), key=lambda m: (m.chain, m.subtask)),
             completed_total=self.stats.completed + 1, failed_total=self.stats.failed, versions=versions(),
             max_parallelism=self.max_parallelism, state_steps=self.state_steps, final=pending.final,
+            duration=self.clock() - pending.started,
         )
         try:  # F3: a coordinator of an older attempt publishes nothing
             current = await self.blocking(self.store.is_current, self.run_id, self.attempt)

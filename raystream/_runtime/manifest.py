@@ -49,6 +49,7 @@ class Manifest:
     format: int = MANIFEST_FORMAT
     max_parallelism: int = 0  # key groups of the keyed state; 0 in manifests older than this field
     state_steps: list[str] = field(default_factory=list)  # steps that keep state (sources, keyed steps, sinks)
+    duration: float = 0.0  # seconds from the trigger to this manifest
     final: bool = False  # taken when every source had ended or was stopped: a savepoint when stopped
 
     def to_json(self, key: bytes | None = None) -> bytes:

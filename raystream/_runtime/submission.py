@@ -72,6 +72,24 @@ class Cluster:
     def stop(self, submission_id: str) -> bool:
         return self.client.stop_job(submission_id)
 
+    def resubmit(self, submission_id: str, run_args: list[str], drop: tuple[str, ...]) -> str:
+        """Submit the job `submission_id` ran again, with the same job file and folder, its
+        run options except the flags in `drop` (and their values), plus `run_args`."""
+        details = self.client.get_job_info(submission_id)
+        argv = shlex.split(details.entrypoint)
+        if argv[:2] != ["raystream", "run"] or len(argv) < 3:
+            raise ConfigError(f"{submission_id} was not submitted by raystream submit ({details.entrypoint!r})")
+        kept, skip = argv[:3], False
+        for arg in argv[3:]:
+            if skip:
+                skip = False
+            elif arg in drop:
+                skip = arg not in ("--resume", "--allow-non-restored-state")  # flags without a value
+            else:
+                kept.append(arg)
+        return self.client.submit_job(entrypoint=shlex.join([*kept, *run_args]), runtime_env=details.runtime_env,
+                                      metadata=details.metadata)
+
 
 async def follow_until_done(cluster: Cluster, submission_id: str, write: Callable[[str], None]) -> str:
     """Write the job's logs as they come until it ends; returns its final status."""

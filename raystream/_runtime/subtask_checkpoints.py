@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from raystream._runtime.blocking import Blocking, in_thread
 from raystream._runtime.checkpoint_store import CheckpointStore

@@ -2,6 +2,9 @@
 step ids, so a new run restores it into another parallelism or chaining, exactly once."""
 import collections
 import operator
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,11 @@ from raystream.errors import ConfigError, RestoreError
 from raystream.sinks import CollectSink, FileSink, read_files
 from raystream.sources import SequenceSource
 from tests.support import wait_until
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raystream.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300"}, timeout=120)
 
 PARTITIONS, KEYS = 4, 13
 
@@ -88,6 +96,16 @@ def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowe
     with pytest.raises(ConfigError, match="above max_parallelism 128"):
         handle.rescale(129)  # refused before the job is touched
     savepoint = handle.stop(savepoint=True)
+    state = rs.checkpoints.read_state(savepoint, "sum").to_pylist()  # the state the sums were committed from
+    expected = collections.Counter()
+    for i in committed_ids(tmp_path):
+        expected[i % KEYS] += i
+    assert {row["key"]: row["value"] for row in state} == dict(expected)
+    root = handle.wait().checkpoint_root
+    listed = cli("checkpoints", "ls", root)
+    assert listed.returncode == 0 and "final" in listed.stdout and savepoint in listed.stdout.replace("\n", "")
+    shown = cli("checkpoints", "inspect", savepoint, "--step", "sum")
+    assert shown.returncode == 0 and f"sum: {KEYS} keys" in shown.stdout
     renamed = counting_job(tmp_path, sum_id="total")
     with pytest.raises(RestoreError, match="has state for steps sum that this job does not have"):
         renamed.start(from_checkpoint=savepoint)

@@ -15,7 +15,7 @@ from raystream import errors
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "raystream"
 #: Function-level imports allowed outside the runtime, and why.
 LAZY = {
-    "raystream._runtime": "the public API loads the runtime only when a job starts or an audit runs",
+    "raystream._runtime": "the public API loads the runtime only when a job starts or checkpoints are read",
     "boto3": "boto3 loads only when S3 is used",
     "botocore": "boto3 loads only when S3 is used",
 }

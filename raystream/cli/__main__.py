@@ -1,0 +1,3 @@
+from raystream.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""`raystream checkpoints`: list a job's checkpoints, show a step's keyed state, audit
+committed output against the sources."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from raystream.audit import audit_checkpoints
+from raystream.checkpoints import list_checkpoints, read_state
+from raystream.cli.common import fail
+from raystream.errors import RaystreamError
+
+
+@click.group()
+def checkpoints() -> None:
+    """Inspect a job's checkpoints."""
+
+
+@checkpoints.command("audit")
+@click.argument("uri")
+@click.option("--run", "run_id", help="The run to audit (default: the newest with a checkpoint).")
+def audit_command(uri: str, run_id: str | None) -> None:
+    """Compare what sinks committed with what sources emitted, per checkpoint.
+
+    URI is the job's checkpoint root: <checkpoint storage>/<job name>."""
+
+    console = Console()
+    try:
+        lines = audit_checkpoints(uri, run_id)
+    except RaystreamError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    if not lines:
+        console.print(f"no committed checkpoint under {uri}")
+        sys.exit(1)
+    table = Table(title=f"audit of run {lines[0].run_id}")
+    for column in ("checkpoint", "source records", "sink records", "ids", "verdict"):
+        table.add_column(column, justify="right")
+    for line in lines:
+        ids = "same" if line.source_digest == line.sink_digest else "DIFFERENT"
+        table.add_row(str(line.checkpoint_id), f"{line.source_records:,}", f"{line.sink_records:,}", ids,
+                      "match" if line.matches else "[bold red]MISMATCH[/]")
+    console.print(table)
+    sys.exit(0 if all(line.matches for line in lines) else 1)
+
+
+@checkpoints.command("ls")
+@click.argument("uri")
+def ls_command(uri: str) -> None:
+    """The checkpoints of one run: id, time, size, duration and status (complete, final,
+    refused, incomplete). URI is a job's checkpoint root (its newest run) or a run."""
+    console = Console()
+    try:
+        infos = list_checkpoints(uri)
+    except RaystreamError as exc:
+        fail(console, exc)
+    table = Table(title=f"run {infos[0].run_id}" if infos else uri)
+    for column in ("id", "time (UTC)", "size", "duration", "status"):
+        table.add_column(column, justify="right" if column in ("id", "size", "duration") else "left")
+    for info in infos:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created)) if info.created else ""
+        status = info.status if not info.reason else f"{info.status}: {info.reason}"
+        table.add_row(str(info.checkpoint_id), when, f"{info.size:,} B" if info.size else "",
+                      f"{info.duration * 1000:.0f} ms" if info.duration else "", status)
+    console.print(table)
+    final = [i for i in infos if i.status in ("complete", "final")]
+    if final:  # what to pass to --from
+        click.echo(f"newest complete: {final[-1].uri}")
+
+
+@checkpoints.command("inspect")
+@click.argument("uri")
+@click.option("--step", "step_id", required=True, help="A reduce or stateful_map step.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Rows to show.")
+def inspect_command(uri: str, step_id: str, limit: int) -> None:
+    """The keyed state of one step in a checkpoint, as a table (key, value, subtask). URI
+    is a checkpoint (a savepoint's URI), a run or a job root (the newest checkpoint)."""
+    console = Console()
+    try:
+        table = read_state(uri, step_id)
+    except RaystreamError as exc:
+        fail(console, exc)
+    out = Table(title=f"{step_id}: {table.num_rows:,} keys" + (f", first {limit}" if table.num_rows > limit else ""))
+    for column in table.column_names:
+        out.add_column(column)
+    for row in table.slice(0, limit).to_pylist():
+        out.add_row(*(str(row[c]) for c in table.column_names))
+    console.print(out)

@@ -1,0 +1,156 @@
+"""`raystream submit` and `raystream jobs`: jobs on a Ray cluster, through its Jobs API."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+
+from raystream.cli.common import SAVEPOINT_PREFIX, fail, run_args, run_options
+from raystream.errors import JobFailedError
+
+
+_ADDRESS = click.option("--address", envvar="RAY_API_SERVER_ADDRESS", metavar="URL",
+                        help="The cluster's Jobs API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS).")
+
+
+def _cluster(address: str | None) -> Any:
+    # Imported here so that `raystream --help` and `raystream run` on a laptop do not load the Jobs API client.
+    from raystream._runtime.submission import Cluster
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # the Jobs API client chats at INFO; -v shows it
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("ray.dashboard"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+    return Cluster(address or "")
+
+
+@click.command()
+@click.argument("jobfile", type=click.Path(dir_okay=False))
+@_ADDRESS
+@run_options
+@click.option("--no-follow", is_flag=True, help="Print the submission id and return; do not follow the logs.")
+def submit(jobfile: str, address: str | None, no_follow: bool, **options: Any) -> None:
+    """Run JOBFILE on a Ray cluster: prints the submission id, then follows the job's logs
+    until it ends (exit status 0 when it succeeded). JOBFILE's folder is shipped along."""
+    from raystream._runtime.submission import follow_until_done
+
+    console = Console()
+    try:
+        cluster = _cluster(address)
+        submission_id = cluster.submit(jobfile, run_args(**options))
+    except Exception as exc:  # RaystreamError, or the Jobs API's own (RuntimeError, HTTP errors)
+        fail(console, exc)
+    console.print(f"submitted {submission_id}", highlight=False)
+    if no_follow:
+        return
+    status = asyncio.run(follow_until_done(cluster, submission_id, lambda text: console.out(text, end="")))
+    console.print(f"{submission_id}: {status}", highlight=False)
+    sys.exit(0 if status == "SUCCEEDED" else 1)
+
+
+@click.group()
+def jobs() -> None:
+    """Act on jobs submitted to a Ray cluster."""
+
+
+@jobs.command("list")
+@_ADDRESS
+def jobs_list(address: str | None) -> None:
+    """The cluster's submitted jobs, newest last."""
+    console = Console()
+    try:
+        submitted = _cluster(address).list()
+    except Exception as exc:
+        fail(console, exc)
+    for job in submitted:  # one plain line each, so ids can be copied and lines grepped
+        click.echo(f"{job.submission_id}  {job.status:9s}  {job.entrypoint}")
+
+
+@jobs.command("status")
+@click.argument("submission_id")
+@_ADDRESS
+def jobs_status(submission_id: str, address: str | None) -> None:
+    """The status of one submitted job: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    try:
+        click.echo(_cluster(address).status(submission_id))
+    except Exception as exc:
+        fail(Console(), exc)
+
+
+@jobs.command("logs")
+@click.argument("submission_id")
+@_ADDRESS
+@click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
+def jobs_logs(submission_id: str, address: str | None, follow: bool) -> None:
+    """The logs of one submitted job."""
+    from raystream._runtime.submission import follow_until_done
+
+    try:
+        cluster = _cluster(address)
+        if follow:
+            asyncio.run(follow_until_done(cluster, submission_id, lambda text: click.echo(text, nl=False)))
+        else:
+            click.echo(cluster.logs(submission_id), nl=False)
+    except Exception as exc:
+        fail(Console(), exc)
+
+
+@jobs.command("stop")
+@click.argument("submission_id")
+@_ADDRESS
+@click.option("--savepoint", is_flag=True,
+              help="Wait until the job has taken its final checkpoint and ended; print that savepoint's URI.")
+def jobs_stop(submission_id: str, address: str | None, savepoint: bool) -> None:
+    """Stop a submitted job: its sources end, what they read is committed, it finishes."""
+    try:
+        cluster = _cluster(address)
+        if not savepoint:
+            stopped = cluster.stop(submission_id)
+            click.echo(f"{submission_id}: {'stopping' if stopped else 'already ended'}")
+            return
+        click.echo(SAVEPOINT_PREFIX + _stop_with_savepoint(cluster, submission_id))
+    except Exception as exc:
+        fail(Console(), exc)
+
+
+def _stop_with_savepoint(cluster: Any, submission_id: str) -> str:
+    """Stop the job, wait for it to end, and return the savepoint its run printed."""
+    from raystream._runtime.submission import follow_until_done
+
+    if not cluster.stop(submission_id):
+        raise JobFailedError(f"{submission_id} had already ended ({cluster.status(submission_id)}): no savepoint")
+    status = asyncio.run(follow_until_done(cluster, submission_id, lambda text: None))
+    found = [line[len(SAVEPOINT_PREFIX):].strip() for line in cluster.logs(submission_id).splitlines()
+             if line.startswith(SAVEPOINT_PREFIX)]
+    if not found:
+        raise JobFailedError(f"{submission_id} ended {status} without a savepoint; see raystream jobs logs "
+                              f"{submission_id}")
+    return found[-1]
+
+
+@jobs.command("rescale")
+@click.argument("submission_id")
+@click.argument("parallelism", type=click.IntRange(min=1))
+@_ADDRESS
+def jobs_rescale(submission_id: str, parallelism: int, address: str | None) -> None:
+    """Stop a submitted job with a savepoint and submit it again from there at PARALLELISM:
+    exactly once across the change. Prints the savepoint, the new submission id and the pause."""
+    started = time.monotonic()
+    try:
+        cluster = _cluster(address)
+        savepoint = _stop_with_savepoint(cluster, submission_id)
+        click.echo(SAVEPOINT_PREFIX + savepoint)
+        new_id = cluster.resubmit(submission_id, run_args(parallelism=parallelism, from_uri=savepoint),
+                                  drop=("--parallelism", "--from", "--resume", "--allow-non-restored-state"))
+        click.echo(f"submitted {new_id}")
+        while cluster.status(new_id) == "PENDING":
+            time.sleep(0.5)
+    except Exception as exc:
+        fail(Console(), exc)
+    click.echo(f"rescaled {submission_id} -> {new_id} at parallelism {parallelism}; "
+               f"{time.monotonic() - started:.1f}s from the stop to the new job running")
