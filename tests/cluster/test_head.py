@@ -117,9 +117,10 @@ def test_without_the_token_connecting_fails_in_one_line_that_says_what_to_set(he
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
-def test_submit_follows_the_logs_jobs_commands_find_the_job_and_stop_ends_it_cleanly(head, tmp_path):
-    """One unbounded job: submitted and followed, found by `jobs list|status|logs`, then
-    stopped; what it read is committed exactly once."""
+def test_submit_follow_jobs_commands_rescale_and_stop_exactly_once(head, tmp_path):
+    """One unbounded job: submitted and followed, found by `jobs list|status|logs`,
+    rescaled from 2 to 3 through a savepoint (a new submission), then stopped; what it
+    read is committed exactly once across both submissions."""
     submit = subprocess.Popen([*RAYSTREAM, "submit", job_file(tmp_path, n=None, rate=400), "--address",
                                head.jobs_api, "--guarantee", "exactly_once"],
                               env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,8 +131,8 @@ def test_submit_follows_the_logs_jobs_commands_find_the_job_and_stop_ends_it_cle
         assert raystream("jobs", "status", submission_id, "--address", head.jobs_api).stdout.strip() == "RUNNING"
         assert "raystream run count_job.py --guarantee exactly_once" in \
             raystream("jobs", "logs", submission_id, "--address", head.jobs_api).stdout
-        stopped = raystream("jobs", "stop", submission_id, "--address", head.jobs_api)
-        assert stopped.returncode == 0 and "stopping" in stopped.stdout
+        rescaled = raystream("jobs", "rescale", submission_id, "3", "--address", head.jobs_api)
+        assert rescaled.returncode == 0, rescaled.stdout + rescaled.stderr
         followed, _ = submit.communicate(timeout=90)
     finally:
         if submit.poll() is None:
@@ -139,6 +140,17 @@ def test_submit_follows_the_logs_jobs_commands_find_the_job_and_stop_ends_it_cle
     assert f"submitted {submission_id}" in followed
     assert "numbers: stopped" in followed, followed[-2000:]  # SIGTERM stopped the sources; the job finished
     assert f"{submission_id}: STOPPED" in followed and submit.returncode == 1
+    (savepoint,) = [line.split(" ", 1)[1] for line in rescaled.stdout.splitlines() if line.startswith("savepoint: ")]
+    (new_id,) = [line.split()[1] for line in rescaled.stdout.splitlines() if line.startswith("submitted ")]
+    before = sum(committed(tmp_path).values())
+    wait_until(lambda: sum(committed(tmp_path).values()) > before + 200, "the rescaled job's output", 90)
+    logs = raystream("jobs", "logs", new_id, "--address", head.jobs_api).stdout
+    assert f"--parallelism 3 --from {savepoint}" in logs
+    stopped = raystream("jobs", "stop", new_id, "--address", head.jobs_api)
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    wait_until(lambda: raystream("jobs", "status", new_id, "--address", head.jobs_api).stdout.strip() == "STOPPED",
+               "the rescaled job to stop", 90)
+    assert "savepoint: " in raystream("jobs", "logs", new_id, "--address", head.jobs_api).stdout
     ids = committed(tmp_path)
     assert max(ids.values()) == 1  # nothing twice
     for p in (0, 1):  # and each partition's records up to where it stopped, without a gap
