@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from raystream.errors import ConfigError, JobFailedError
 
 
@@ -36,6 +38,21 @@ class CheckpointStats:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """One recovery from a failure: what failed, and how long until the job ran again."""
+
+    attempt: int  # the attempt that took over
+    failed: str  # what failed: a subtask ("chain[i]"), "checkpoint", "restore", ...
+    error: str  # the first line of the error
+    seconds: float  # from the failure being noticed to the new attempt running
+    replayed: int  # source records read again
+
+    def line(self, job_name: str) -> str:
+        return (f"job {job_name} recovered in {self.seconds:.1f}s: {self.failed} failed ({self.error}); "
+                f"{self.replayed:,} records replayed")
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """A point-in-time view of a job: `state` is starting, running, restarting, finished,
     failed or stopped."""
@@ -53,6 +70,7 @@ class JobStatus:
     coordinator_pid: int = 0
     restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
     aligning: list[str] = field(default_factory=list)  # subtasks waiting for barriers on some inputs
+    recoveries: list[Recovery] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,12 +95,22 @@ class JobResult:
     checkpoint_root: str = ""  # <storage>/<job name>: where `raystream checkpoints audit` looks
     restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
     savepoint: str = ""  # stopped with a final checkpoint: its URI, to start from with from_checkpoint
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # the last rows of handle.metrics()
+    recoveries: list[Recovery] = field(default_factory=list)
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out
 
     def records_in(self, step_id: str) -> int:
         return self.steps[step_id].records_in
+
+
+METRICS_SCHEMA = pa.schema([
+    ("step", pa.string()), ("subtask", pa.int32()), ("chain", pa.string()),
+    ("records_in", pa.int64()), ("records_out", pa.int64()), ("in_per_s", pa.float64()),
+    ("out_per_s", pa.float64()), ("backpressure_s", pa.float64()), ("state_keys", pa.int64()),
+    ("snapshot_bytes", pa.int64()), ("alignment_s", pa.float64()),
+])
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,14 @@ class JobHandle:
         logger.info("job %s rescaled from %d to %d: paused %.2fs", self.job_name, graph.parallelism, parallelism,
                     report.pause)
         return report
+
+    def metrics(self) -> pa.Table:
+        """One row per step and subtask: records in and out, their rates per second over the
+        last half second, seconds blocked on backpressure, keys of keyed state, the newest
+        snapshot's bytes and alignment. Job-wide figures are in `status()`. The same series
+        go to Ray's metrics (the dashboard, Prometheus) as raystream_*."""
+        rows = self._result.metrics if self._result is not None else self._supervisor.metrics()
+        return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
 
     def wait(self, *, progress: Callable[[JobStatus], None] | None = None, interval: float = 1.0) -> JobResult:
         """Block until the job ends. `progress(status)` is called about every `interval` seconds."""

@@ -47,3 +47,8 @@ def test_billing_with_chaos_verifies_exactly_once(tmp_path):
     assert "chaos: killed 2 subtask processes" in proc.stdout
     assert "missing 0, duplicated 0, wrong totals 0" in proc.stdout
     assert "VERDICT: exactly once" in proc.stdout
+    # A quiet terminal: one line per recovery, none of Ray's notices about what raystream handles
+    output = proc.stdout + proc.stderr
+    assert output.count("job billing recovered in ") == 2, output[-3000:]
+    for noise in ("A worker died or was killed", "Token authentication is enabled", "(raylet)"):
+        assert noise not in output, noise

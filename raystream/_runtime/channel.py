@@ -40,6 +40,7 @@ class OutputChannel:
         self.seq = 0
         self.in_flight: collections.deque[asyncio.Future] = collections.deque()
         self.max_in_flight_seen = 0
+        self.blocked = 0.0  # seconds spent waiting for the receiver (backpressure)
         self.buffer: list[Any] = []
         self.keys: list[Any] = []
         self.values: list[Any] = []
@@ -52,8 +53,11 @@ class OutputChannel:
         in_flight = self.in_flight
         while in_flight and in_flight[0].done():
             in_flight.popleft().result()  # re-raises if the receiver died
-        while len(in_flight) >= self.max_in_flight:
-            await in_flight.popleft()
+        if len(in_flight) >= self.max_in_flight:
+            started = time.perf_counter()
+            while len(in_flight) >= self.max_in_flight:
+                await in_flight.popleft()
+            self.blocked += time.perf_counter() - started
         in_flight.append(asyncio.ensure_future(self.handle.push.remote(self.channel, self.seq, kind, payload)))
         self.seq += 1
         if len(in_flight) > self.max_in_flight_seen:

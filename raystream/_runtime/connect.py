@@ -15,6 +15,7 @@ import os
 import ray
 from ray._raylet import AuthenticationTokenLoader, Config
 
+from raystream._runtime import quiet
 from raystream.errors import ClusterConnectionError
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     It is always a new one ("local"): Ray would otherwise join the last cluster that
     `ray start` ran on this machine, even one that is gone.
     """
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        quiet.before_ray_starts()
+        _init(num_cpus)
+    quiet.after_ray_started()  # also when the user started Ray
+
+
+def _init(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("connecting to the Ray cluster at %s", address)

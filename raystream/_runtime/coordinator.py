@@ -39,6 +39,7 @@ from raystream._runtime.checkpointer import Checkpointer, Key
 from raystream._runtime.failure import Failure, FailureKind, most_specific
 from raystream._runtime.injector import Injector, install_s3_faults
 from raystream._runtime.manifest import Manifest
+from raystream._runtime.metrics import JobExporter, MetricsTable
 from raystream._runtime.plan import Chain, EdgeKind, PhysicalPlan
 from raystream._runtime.recovery import RestartTracker, begin_attempt
 from raystream._runtime.rescale import check_matches, snapshots_for
@@ -48,7 +49,7 @@ from raystream._runtime.subtask import SubtaskActor
 from raystream.config import Guarantee
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError
 from raystream.graph import JobGraph, StepKind
-from raystream.result import CheckpointStats, JobResult, JobStatus
+from raystream.result import CheckpointStats, JobResult, JobStatus, Recovery
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ class JobCoordinator:
         self._runs: dict[asyncio.Future, Key] = {}  # the pending run() call of each subtask
         self._task: asyncio.Future | None = None
         self._attempt_started = 0.0
+        self._ended_at = 0.0
         self.base_id = 0  # the newest checkpoint restored: this run's ids continue after it
+        self.recoveries: list[Recovery] = []
+        self._failed: tuple[float, Failure, int] | None = None  # (noticed at, failure, replayed before)
+        self.table = MetricsTable()  # for handle.metrics()
+        self.exporter = JobExporter(job.name)
         self.final_id = 0  # the final checkpoint, once committed: a savepoint when the job was stopped
 
     # --- calls from subtasks, the driver and users ---------------------------------------
@@ -111,6 +117,10 @@ class JobCoordinator:
         await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self._source_keys()),
                              return_exceptions=True)
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """One row per step and subtask (handle.metrics())."""
+        return self.table.rows()
+
     def status(self) -> JobStatus:
         stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
         return JobStatus(
@@ -120,6 +130,7 @@ class JobCoordinator:
             restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt, restores=dict(self.restores),
             coordinator_pid=os.getpid(),
             aligning=sorted(f"{c}[{i}]" for (c, i), r in self.reports.items() if r.aligning is not None),
+            recoveries=list(self.recoveries),
         )
 
     # --- the job ----------------------------------------------------------------------------
@@ -163,8 +174,10 @@ class JobCoordinator:
                                           traceback_text=failure.traceback_text))
             self.restarts += 1
             self.state = "restarting"
-            logger.warning("job %s attempt %d failed (%s: %s); restarting in %.1fs", self.job.name,
-                           self.attempt, failure.step_id, failure.error.splitlines()[0], delay)
+            self._failed = (self._ended_at, failure, self.replayed)
+            # INFO: the driver prints one line per recovery, once the job runs again (Recovery.line)
+            logger.info("job %s attempt %d failed (%s: %s); restarting in %.1fs", self.job.name,
+                        self.attempt, failure.step_id, failure.error.splitlines()[0], delay)
             await asyncio.sleep(delay)
 
     async def _begin_attempt(self, restoring: bool) -> tuple[Manifest | None, dict[str, dict[str, Any]]]:
@@ -242,6 +255,7 @@ class JobCoordinator:
         run and watch them (R5). Whatever happens, it ends with R1: its checkpoint work is
         closed and its actors are dead before the next attempt begins."""
         self.actors, self.reports, self._runs = {}, {}, {}
+        self.table.forget()
         self._attempt_started = time.monotonic()
         failure: Failure | None = Failure(FailureKind.INTERNAL, "attempt", "the attempt was interrupted")
         try:
@@ -253,6 +267,7 @@ class JobCoordinator:
                 failure = await self._watch()
             return failure
         finally:
+            self._ended_at = time.monotonic()  # a recovery's time counts from here
             await self._end_attempt(wait=failure is not None)
 
     def _count_replayed(self, manifest: Manifest | None) -> None:
@@ -263,6 +278,12 @@ class JobCoordinator:
 
     async def _go_live(self) -> None:
         self.state = "running"
+        if self._failed is not None:
+            failed_at, failure, replayed = self._failed
+            self._failed = None
+            self.recoveries.append(Recovery(
+                self.attempt, failure.step_id, (failure.error.splitlines() or [""])[0][:200],
+                time.monotonic() - failed_at, self.replayed - replayed))
         logger.info("job %s attempt %d running after %.2fs of setup", self.job.name, self.attempt,
                     time.monotonic() - self._attempt_started)
         if self.stopping:  # stop() was called while the attempt started: pass it on
@@ -372,6 +393,8 @@ class JobCoordinator:
             if pending and time.monotonic() >= next_metrics:
                 next_metrics = time.monotonic() + _METRICS_EVERY
                 await self._poll_metrics(pending, runs)
+                stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
+                self.exporter.export(stats, self.restarts, self.replayed)
         self.state = "stopped" if self.stopping else "finished"
         return None
 
@@ -385,6 +408,7 @@ class JobCoordinator:
 
     def _record(self, key: Key, report: SubtaskReport) -> None:
         self.reports[key] = report
+        self.table.update(report)
         head = self.plan.chains[self.plan.chain_of_step[report.chain_name.split("+")[0]]].head
         if head.kind is StepKind.SOURCE:
             self.source_seen[key] = max(self.source_seen.get(key, 0), report.steps.get(head.step_id, (0, 0))[1])
@@ -410,4 +434,5 @@ class JobCoordinator:
             checkpoint_root=self.store.root, restores=dict(self.restores),
             savepoint=CheckpointRef(self.store.root, self.run_id, self.final_id).uri
             if self.stopping and self.final_id else "",
+            metrics=self.table.rows(), recoveries=list(self.recoveries),
         )

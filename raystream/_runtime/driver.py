@@ -30,11 +30,12 @@ from raystream._runtime.spec import RunOptions
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
 from raystream.graph import JobGraph
-from raystream.result import JobResult, JobStatus
+from raystream.result import JobResult, JobStatus, Recovery
 
 logger = logging.getLogger(__name__)
 
 _UNAVAILABLE_LIMIT = 120.0  # seconds a coordinator may stay unreachable before the job fails
+_POLL = 1.0  # seconds between the supervisor's looks at the coordinator (for recoveries)
 
 
 def checkpoint_root(job: JobGraph) -> str:
@@ -68,6 +69,7 @@ class Supervisor:
         self.job, self.plan, self.run_id, self.root, self.options = job, plan, run_id, root, options
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
+        self._reported = 0  # recoveries logged so far
         self.coordinator: Any = None
         self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
@@ -89,7 +91,12 @@ class Supervisor:
         try:
             while True:
                 try:
+                    if not ray.wait([run_ref], timeout=_POLL)[0]:
+                        self._report_recoveries()
+                        continue
                     self.outcome = ray.get(run_ref)
+                    if self.outcome.result is not None:
+                        self._report_recoveries(self.outcome.result.recoveries)
                     return
                 except ray.exceptions.RayTaskError as exc:  # raised inside the coordinator: a bug, not a crash
                     raise JobFailedError(f"the coordinator of job {self.job.name!r} failed: {exc}") from exc
@@ -107,10 +114,28 @@ class Supervisor:
                     time.sleep(delay)
                     unavailable_since = None
                     run_ref = self._launch(resume=True)
+                    self._reported = 0  # the new coordinator counts its own recoveries
         except BaseException as exc:  # handed to wait()
             self.error = exc
         finally:
             self._done.set()
+
+    def _report_recoveries(self, recoveries: list[Recovery] | None = None) -> None:
+        """One line per recovery, in the driver's log (the terminal, the notebook)."""
+        if recoveries is None:
+            try:
+                recoveries = ray.get(self.coordinator.status.remote(), timeout=_POLL).recoveries
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                return  # the coordinator is busy or gone: the next poll, or its outcome, tells
+        for recovery in recoveries[self._reported:]:
+            logger.warning("%s", recovery.line(self.job.name))
+        self._reported = max(self._reported, len(recoveries))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        try:
+            return ray.get(self.coordinator.metrics.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return []  # restarting: no subtask to report
 
     def status(self) -> JobStatus:
         try:

@@ -74,3 +74,7 @@ class SubtaskReport:
     max_queued_seen: int = 0
     aligning: int | None = None  # the barrier being aligned
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
+    backpressure: float = 0.0  # seconds blocked sending to slower receivers
+    state_keys: dict[str, int] = field(default_factory=dict)  # keyed step id -> keys held
+    snapshot_bytes: int = 0  # the newest snapshot's size
+    alignment: float = 0.0  # seconds the newest barrier alignment took

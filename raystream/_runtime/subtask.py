@@ -42,6 +42,7 @@ from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.failure import Failure, FailureKind
 from raystream._runtime.injector import Injector, install_s3_faults
 from raystream._runtime.keys import UnsupportedKeyError
+from raystream._runtime.metrics import SubtaskExporter
 from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
 from raystream._runtime.record_policies import RecordPolicies
 from raystream._runtime.recovery import load_state
@@ -87,6 +88,7 @@ class SubtaskActor:
         self._emitted_since_barrier = False
         self._told_finished = False  # a source subtask told the coordinator it is exhausted
         self._wake = asyncio.Event()
+        self.exporter = SubtaskExporter(spec.job_name, spec.chain_name, spec.subtask)
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -186,7 +188,13 @@ class SubtaskActor:
         self._wake.set()
 
     def metrics(self) -> SubtaskReport:
-        return self._report()
+        """Counters for the coordinator, exported through ray.util.metrics on the way."""
+        report = self._report()
+        self.exporter.export(report)
+        return report
+
+    def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
+        return f"{self.spec.job_name}:{self.name}"
 
     def _fail(self, exc: BaseException) -> None:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""
@@ -220,6 +228,9 @@ class SubtaskActor:
             max_queued_seen=self.inbox.max_queued_seen if self.inbox else 0,
             aligning=self.alignment.current,
             errors={op.step_id: op.errors for op in self.ops if op.errors},
+            backpressure=sum(ch.blocked for ch in chans),
+            state_keys={op.step_id: len(op.state) for op in self.ops if isinstance(op, KeyedOp)},
+            snapshot_bytes=self.checkpoints.last_size, alignment=self.checkpoints.last_alignment,
         )
 
     async def run(self) -> SubtaskReport:
@@ -258,6 +269,7 @@ class SubtaskActor:
         report = self._report()
         results = {op.step_id: op.close() for op in self.ops + [op for op in self.sinks if op not in self.ops]}
         report.sink_results = {k: v for k, v in results.items() if v is not None}
+        self.exporter.export(report)
         return report
 
     async def _emit(self, batch: Any) -> None:

@@ -39,6 +39,8 @@ class SubtaskCheckpoints:
         self.ack: Ack | None = None
         self.last_barrier = 0  # the newest checkpoint this subtask snapshotted
         self.committed = 0  # the newest checkpoint this subtask was told is complete
+        self.last_size = 0  # bytes of the newest snapshot (metrics)
+        self.last_alignment = 0.0  # seconds its barrier alignment took
         self._snapshots: asyncio.Queue[bytes] = asyncio.Queue()
         self._upload_tail: asyncio.Future | None = None
         self._committed_event = asyncio.Event()
@@ -71,6 +73,7 @@ class SubtaskCheckpoints:
         key = CheckpointStore.snapshot_key(self.run_id, checkpoint_id, self.attempt, self.chain, self.subtask)
         meta = SnapshotMeta(self.chain, self.subtask, key, sha, len(data), alignment, source_records,
                             {k: list(v) for k, v in state.audit.items()})
+        self.last_size, self.last_alignment = len(data), alignment
         self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))
 
     async def next_snapshot(self) -> bytes:

@@ -26,7 +26,9 @@ from raystream.cli.run import run
 def main(verbose: int) -> None:
     """raystream: exactly-once stream processing on Ray."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Plain lines by default (one per recovery, say); -v adds where each came from.
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
+                        else "%(message)s")
 
 
 for command in (run, submit, jobs, checkpoints):

@@ -44,11 +44,12 @@ def supervise(monkeypatch, first, launched):
         return ref
 
     monkeypatch.setattr(ray, "get", fake_get)
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout=None: (refs, []))  # every outcome is ready at once
     monkeypatch.setattr(driver.time, "sleep", lambda seconds: None)  # the supervisor's backoff
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: launched.append(("killed", actor)))
     sup = object.__new__(driver.Supervisor)
     sup.job = type("J", (), {"name": "j"})()
-    sup.tracker, sup.generation, sup.error, sup.outcome = FakeTracker(), 1, None, None
+    sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported = FakeTracker(), 1, None, None, 0
     sup.coordinator = first
     sup._first_ref = first.outcome.remote()
     sup._done = __import__("threading").Event()
