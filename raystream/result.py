@@ -71,6 +71,7 @@ class JobStatus:
     restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
     aligning: list[str] = field(default_factory=list)  # subtasks waiting for barriers on some inputs
     recoveries: list[Recovery] = field(default_factory=list)
+    waiting: str = ""  # subtasks that wait for resources (a cluster that must grow), in words
 
 
 @dataclass(frozen=True)

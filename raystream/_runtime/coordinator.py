@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.05
 _METRICS_EVERY = 0.5
+_WAITING_NOTICE = 5.0  # seconds before subtasks that have not started are reported as waiting
 _DEATH_TIMEOUT = 30.0  # seconds to wait for Ray to report a killed attempt's actors dead
 
 
@@ -92,6 +93,7 @@ class JobCoordinator:
         self._ended_at = 0.0
         self.base_id = 0  # the newest checkpoint restored: this run's ids continue after it
         self.recoveries: list[Recovery] = []
+        self.waiting = ""  # subtasks waiting for resources, said in one line
         self._failed: tuple[float, Failure, int] | None = None  # (noticed at, failure, replayed before)
         self.table = MetricsTable()  # for handle.metrics()
         self.exporter = JobExporter(job.name)
@@ -130,7 +132,7 @@ class JobCoordinator:
             restarts=self.restarts, records_replayed=self.replayed, attempt=self.attempt, restores=dict(self.restores),
             coordinator_pid=os.getpid(),
             aligning=sorted(f"{c}[{i}]" for (c, i), r in self.reports.items() if r.aligning is not None),
-            recoveries=list(self.recoveries),
+            recoveries=list(self.recoveries), waiting=self.waiting,
         )
 
     # --- the job ----------------------------------------------------------------------------
@@ -298,12 +300,29 @@ class JobCoordinator:
                     name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
                     max_restarts=0, max_task_retries=0, **options,
                 ).remote(self._spec(chain, i))
+        started = [asyncio.ensure_future(a.pid.remote()) for a in self.actors.values()]
+        _, waiting = await asyncio.wait(started, timeout=_WAITING_NOTICE)
+        if waiting:  # no node has room for them: an autoscaler adds one, or they wait for one
+            keys = [k for k, f in zip(self.actors, started) if f in waiting]
+            needs = sorted({f"{c}: {self._needs(c)}" for c, _ in keys})
+            self.waiting = (f"{len(keys)} of {len(started)} subtasks wait for resources ({'; '.join(needs)}); "
+                            "an autoscaler adds nodes for them, else they start when resources are free")
+            await asyncio.wait(waiting)
+            self.waiting = ""
         try:
-            pids = await asyncio.gather(*(a.pid.remote() for a in self.actors.values()))
+            pids = [f.result() for f in started]
         except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
             return Failure(FailureKind.INTERNAL, "subtask start", f"{type(exc).__name__}: {exc}")
         self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
         return None
+
+    def _needs(self, chain_name: str) -> str:
+        options = self.plan.chains[self.plan.chain_of_step[chain_name.split("+")[0]]].actor_resources(
+            self.job.runtime)
+        needs = {"CPU": options["num_cpus"], **(options.get("resources") or {})}
+        if options.get("memory"):
+            needs["memory"] = options["memory"]
+        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in needs.items() if v)
 
     async def _restore(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
         """R4, second half: each subtask restores its state (checksums first), its sinks

@@ -70,6 +70,7 @@ class Supervisor:
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
         self._reported = 0  # recoveries logged so far
+        self._waiting = ""  # the wait for resources logged last
         self.coordinator: Any = None
         self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
@@ -121,12 +122,17 @@ class Supervisor:
             self._done.set()
 
     def _report_recoveries(self, recoveries: list[Recovery] | None = None) -> None:
-        """One line per recovery, in the driver's log (the terminal, the notebook)."""
+        """One line per recovery, and one when subtasks wait for resources, in the driver's
+        log (the terminal, the notebook)."""
         if recoveries is None:
             try:
-                recoveries = ray.get(self.coordinator.status.remote(), timeout=_POLL).recoveries
+                status = ray.get(self.coordinator.status.remote(), timeout=_POLL)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
                 return  # the coordinator is busy or gone: the next poll, or its outcome, tells
+            recoveries = status.recoveries
+            if status.waiting and status.waiting != self._waiting:
+                logger.warning("job %s: %s", self.job.name, status.waiting)
+            self._waiting = status.waiting
         for recovery in recoveries[self._reported:]:
             logger.warning("%s", recovery.line(self.job.name))
         self._reported = max(self._reported, len(recoveries))

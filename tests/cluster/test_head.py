@@ -4,73 +4,24 @@ would: `RAY_ADDRESS=... raystream run`, `raystream submit` and `raystream jobs .
 subprocesses. The head is stopped by the id of the process this module started (never
 `ray stop`, which stops every Ray on the machine)."""
 import collections
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from raystream.sinks import read_files
+from tests.cluster.heads import RAYSTREAM, Head, free_port, ray_head, user_env
 from tests.support import wait_until
 
-RAYSTREAM = [sys.executable, "-m", "raystream.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Head:
-    gcs: str  # HOST:PORT, for RAY_ADDRESS
-    jobs_api: str  # http://HOST:PORT
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """The environment of a user's shell: nothing of this test process's own Ray."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYSTREAM_CHECKPOINT_KEY"))}
-    env.update(extra)
-    return env
-
+pytestmark = pytest.mark.extended
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    gcs, dashboard = free_port(), free_port()
-    ports = {f"--{name}": free_port() for name in (
-        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
-    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
-    temp_dir = tempfile.mkdtemp(prefix="rshead")  # short: Ray's socket paths live under it
     # Ray Jobs sends SIGTERM on stop and SIGKILL this long after: room for a clean stop.
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp_dir}", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-         *(f"{k}={v}" for k, v in ports.items())],
-        stdout=log, stderr=subprocess.STDOUT, env=user_env(RAY_JOB_STOP_WAIT_TIME_S="20"),
-        start_new_session=True)
-    try:
-        wait_until(lambda: subprocess.run([*RAYSTREAM, "jobs", "list", "--address", f"http://127.0.0.1:{dashboard}"],
-                                          env=user_env(), capture_output=True).returncode == 0,
-                   "the head's Jobs API", timeout=90)
-        yield Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}")
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the session this module started, and nothing else
-            proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(tmp_path_factory.mktemp("head"), "--num-cpus=2",
+                  env=user_env(RAY_JOB_STOP_WAIT_TIME_S="20")) as started:
+        yield started
 
 
 def job_file(tmp_path, *, n: int | None, rate: float) -> str:

@@ -49,7 +49,7 @@ def supervise(monkeypatch, first, launched):
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: launched.append(("killed", actor)))
     sup = object.__new__(driver.Supervisor)
     sup.job = type("J", (), {"name": "j"})()
-    sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported = FakeTracker(), 1, None, None, 0
+    sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported, sup._waiting = FakeTracker(), 1, None, None, 0, ""
     sup.coordinator = first
     sup._first_ref = first.outcome.remote()
     sup._done = __import__("threading").Event()
