@@ -99,6 +99,9 @@ class JobCoordinator:
         self.exporter = JobExporter(job.name)
         self.final_id = 0  # the final checkpoint, once committed: a savepoint when the job was stopped
 
+    def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
+        return f"{self.job.name}:coordinator"
+
     # --- calls from subtasks, the driver and users ---------------------------------------
 
     async def ack(self, attempt: int, checkpoint_id: int, meta: Any, error: str | None) -> None:

@@ -6,6 +6,7 @@ read S3 through their instance profile and the token from their own ~/.ray.
 """
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import shlex
@@ -51,6 +52,9 @@ class Cluster:
         if module in sys.stdlib_module_names:  # its folder is the working dir, first on sys.path there
             raise ConfigError(f"job file {jobfile!r} has the name of Python's module {module!r}, which it would hide "
                               "on the cluster (pyarrow, for one, would not import): rename the file")
+        if not defines_job(jobfile):
+            raise ConfigError(f"{jobfile} defines no `job`: a job file assigns `job = raystream.Job(...)` at module "
+                              "level (see jobs/billing.py)")
         folder = os.path.dirname(os.path.abspath(jobfile))
         entrypoint = shlex.join(["raystream", "run", os.path.basename(jobfile), *run_args])
         return self.client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": folder},
@@ -89,6 +93,22 @@ class Cluster:
                 kept.append(arg)
         return self.client.submit_job(entrypoint=shlex.join([*kept, *run_args]), runtime_env=details.runtime_env,
                                       metadata=details.metadata)
+
+
+def defines_job(jobfile: str) -> bool:
+    """Whether the file assigns `job` at module level: checked on its syntax, without running
+    it here (it may import what only the cluster has)."""
+    try:
+        with open(jobfile, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), jobfile)
+    except SyntaxError as exc:
+        raise ConfigError(f"{jobfile} is not valid Python: {exc}") from None
+    for node in tree.body:
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        if any(isinstance(t, ast.Name) and t.id == "job" for t in targets):
+            return True
+    return False
 
 
 async def follow_until_done(cluster: Cluster, submission_id: str, write: Callable[[str], None]) -> str:

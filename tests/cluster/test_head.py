@@ -121,3 +121,8 @@ def test_a_job_file_that_would_hide_a_standard_module_is_refused_before_submitti
     out = raystream("submit", str(path), "--address", head.jobs_api)
     assert out.returncode == 1
     assert "has the name of Python's module 'numbers'" in " ".join(out.stdout.split())
+    nojob = tmp_path / "nojob.py"
+    nojob.write_text("import raystream as rs\npipeline = rs.Job('x')\n")
+    out = raystream("submit", str(nojob), "--address", head.jobs_api)
+    assert out.returncode == 1 and "defines no `job`" in " ".join(out.stdout.split())
+    assert "nojob" not in raystream("jobs", "list", "--address", head.jobs_api).stdout  # nothing was submitted
