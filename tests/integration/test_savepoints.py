@@ -3,8 +3,11 @@ step ids, so a new run restores it into another parallelism or chaining, exactly
 import collections
 import operator
 import os
+import signal
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +25,10 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 PARTITIONS, KEYS = 4, 13
 
 
-def counting_job(tmp_path, *, parallelism=2, chaining=True, sum_id="sum", extra_step=False, rate=3000.0) -> rs.Job:
+def counting_job(tmp_path, *, parallelism=2, chaining=True, sum_id="sum", extra_step=False, rate=3000.0,
+                 interval=0.3) -> rs.Job:
     """Numbers from an unbounded source: every id to a FileSink, and a keyed running sum."""
-    job = rs.Job("counting", parallelism=parallelism, checkpoint=rs.CheckpointConfig(interval=0.3),
+    job = rs.Job("counting", parallelism=parallelism, checkpoint=rs.CheckpointConfig(interval=interval),
                  runtime=rs.RuntimeConfig(chaining=chaining, linger=0.01))
     numbers = job.source("numbers", SequenceSource(None, partitions=PARTITIONS, rate=rate))
     rows = numbers.map("row", lambda i: {"id": i})
@@ -76,18 +80,26 @@ def test_rescale_a_running_job_2_to_4_to_1_exactly_once(tmp_path):
     assert result.records_out("numbers") == len(ids)  # counters continue across the runs
 
 
-def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step(tmp_path):
+def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step_through_a_crash(tmp_path):
     first = counting_job(tmp_path).start()
     output_grows(tmp_path, 300)
     savepoint = first.stop(savepoint=True)
     assert savepoint == first.wait().savepoint
-    changed = counting_job(tmp_path, parallelism=3, chaining=False, extra_step=True)
+    committed_before = len(committed_ids(tmp_path))
+    # No periodic checkpoint in the new run: a crash must restore the savepoint, its base
+    changed = counting_job(tmp_path, parallelism=1, chaining=False, extra_step=True, interval=120.0)
     handle = changed.start(from_checkpoint=savepoint)
-    output_grows(tmp_path, len(committed_ids(tmp_path)) + 300)
+    status = wait_until(lambda: (s := handle.status()).state == "running" and
+                        s.steps["numbers"].records_out > 2 * committed_before and s, "the new run reading")
+    victim = sorted(name for name in status.pids if name.startswith("sum"))[0]
+    os.kill(status.pids[victim], signal.SIGKILL)
+    wait_until(lambda: handle.status().restarts == 1 and handle.status().state == "running", "the recovery")
+    assert handle.status().checkpoints.last_id == int(Path(savepoint).stem)  # none of its own yet
     handle.stop()
     result = handle.wait()
     check_exactly_once(committed_ids(tmp_path), result.outputs["sums"])
-    assert result.run_id != first.run_id
+    assert result.run_id != first.run_id and result.restarts == 1
+    assert [r.failed for r in result.recoveries] == [f"subtask {victim}"]
 
 
 def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowed(tmp_path):
