@@ -7,8 +7,10 @@ raystream.job.
     connect.py              connecting to Ray: RAY_ADDRESS with the cluster's token, or a new local Ray
     submission.py           submitting job files through the Ray Jobs API
     coordinator.py          JobCoordinator actor: attempts and recovery (R1-R5)
+    wiring.py               each subtask's spec, outputs and restore spec for an attempt
     checkpointer.py         the coordinator's side of a checkpoint (C1, C5-C7)
-    recovery.py             choosing and merging what to restore (R3, R4), restart strategy
+    recovery.py             choosing and reading what to restore (R3, R4), restart strategy
+    rescale.py              restoring by step id: which snapshots a subtask reads, how they merge (S4)
     subtask.py              SubtaskActor: the run loop of one subtask of a chain
     subtask_checkpoints.py  the subtask's side of a checkpoint (C3, C4, C6)
     source_reader.py        the partitions one source subtask reads (S3)
@@ -21,6 +23,8 @@ raystream.job.
     snapshot.py             snapshot state and checksums
     manifest.py             the signed commit record of a checkpoint
     spec.py                 plain data between the coordinator and its subtasks
+    metrics.py              metrics per step and subtask: ray.util.metrics and handle.metrics()
+    quiet.py                keeping Ray's notices about what raystream handles out of the terminal
     failure.py              why an attempt or a job stopped (FailureKind)
     reports.py              metrics summed over subtasks; the job's outcome
     batch.py, keys.py       micro-batch shapes; key groups and routing

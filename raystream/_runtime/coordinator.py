@@ -40,12 +40,13 @@ from raystream._runtime.failure import Failure, FailureKind, most_specific
 from raystream._runtime.injector import Injector, install_s3_faults
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.metrics import JobExporter, MetricsTable
-from raystream._runtime.plan import Chain, EdgeKind, PhysicalPlan
-from raystream._runtime.recovery import RestartTracker, begin_attempt
-from raystream._runtime.rescale import check_matches, snapshots_for
+from raystream._runtime.plan import PhysicalPlan
+from raystream._runtime.recovery import RestartTracker, begin_attempt, read_progress
+from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome, sink_outputs, sum_steps
-from raystream._runtime.spec import OutputSpec, RestoreSpec, RunOptions, SubtaskReport, SubtaskSpec
+from raystream._runtime.spec import RunOptions, SubtaskReport
 from raystream._runtime.subtask import SubtaskActor
+from raystream._runtime.wiring import Wiring
 from raystream.config import Guarantee
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError
 from raystream.graph import JobGraph, StepKind
@@ -72,6 +73,7 @@ class JobCoordinator:
         self.job, self.plan, self.run_id, self.options = job, plan, run_id, options
         self.resume = options.resume
         self.store = CheckpointStore(checkpoint_root)
+        self.wiring = Wiring(job, plan, run_id, self.store)
         self.state = "starting"
         self.started = time.monotonic()
         self.attempt = 0
@@ -119,7 +121,7 @@ class JobCoordinator:
     async def stop(self) -> None:
         """End every source after its current batch; the job drains, checkpoints and finishes."""
         self.stopping = True
-        await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self._source_keys()),
+        await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self.wiring.source_keys()),
                              return_exceptions=True)
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -199,61 +201,16 @@ class JobCoordinator:
         if manifest is not None and self.stats.completed == 0:  # a new coordinator: the counters continue
             self.stats = dataclasses.replace(self.stats, completed=manifest.completed_total,
                                              failed=manifest.failed_total, last_id=manifest.checkpoint_id)
-        progress: dict[str, dict[str, Any]] = {}
+        progress = {}
         if self.job.guarantee == Guarantee.AT_MOST_ONCE and restoring:
-            for chain in self.plan.chains:
-                if chain.head.kind is StepKind.SOURCE:
-                    offsets = await in_thread(self.store.read_progress, self.run_id, chain.head.step_id)
-                    await in_thread(self.store.compact_progress, self.run_id, chain.head.step_id,
-                                    self.attempt, offsets)
-                    progress[chain.head.step_id] = offsets
+            sources = [s.step_id for s in self.job.sources]
+            progress = await in_thread(read_progress, self.store, self.run_id, sources, self.attempt)
         return manifest, progress
 
     def _fail(self, failure: Failure) -> JobOutcome:
         self.state = "failed"
         logger.error("job %s failed: %s: %s", self.job.name, failure.step_id, failure.error)
         return JobOutcome(None, failure)
-
-    def _source_keys(self) -> list[Key]:
-        return [(c.name, i) for c in self.plan.chains if c.head.kind is StepKind.SOURCE for i in range(c.parallelism)]
-
-    def _spec(self, chain: Chain, subtask: int) -> SubtaskSpec:
-        head = chain.head
-        source = head.kind is StepKind.SOURCE
-        return SubtaskSpec(
-            job_name=self.job.name, chain_name=chain.name, steps=chain.steps, subtask=subtask,
-            parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
-            runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
-            run_id=self.run_id, attempt=self.attempt, errors=self.job.errors, audit=self.job.audit,
-            source_partitions=self.plan.partitions_of(head.step_id, subtask) if source else [],
-            all_partitions=list(self.plan.source_partitions[head.step_id]) if source else [],
-        )
-
-    def _outputs(self, chain: Chain, subtask: int) -> list[OutputSpec]:
-        outputs = []
-        for edge in chain.out_edges:
-            down = self.plan.chains[self.plan.chain_of_step[edge.downstream]]
-            targets = [subtask] if edge.kind is EdgeKind.FORWARD else range(down.parallelism)
-            outputs.append(OutputSpec(edge.kind, [
-                (self.actors[(down.name, j)], self.plan.channel_index(down, j, edge, subtask)) for j in targets
-            ]))
-        return outputs
-
-    def _restore_spec(self, manifest: Manifest | None, chain: Chain, subtask: int) -> RestoreSpec | None:
-        if manifest is None:
-            return None
-        held = self.refs.get(manifest.checkpoint_id, {}) if manifest.run_id == self.run_id else {}
-        metas = snapshots_for(manifest, chain, subtask)
-        return RestoreSpec(manifest.checkpoint_id, [(m, held.get((m.chain, m.subtask))) for m in metas],
-                           root=self._snapshot_root(manifest))
-
-    def _snapshot_root(self, manifest: Manifest) -> str:
-        """Where the snapshots of `manifest` live: this run's storage, or its base's."""
-        if manifest.run_id == self.run_id:
-            return self.store.root
-        base = self.store.base_ref(self.run_id)
-        assert base is not None and base.run_id == manifest.run_id, "a manifest of another run is the run's base"
-        return base.root
 
     async def _attempt(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
         """One attempt, in phases: start the actors, restore them (R4), start checkpointing,
@@ -302,12 +259,12 @@ class JobCoordinator:
                 self.actors[(chain.name, i)] = SubtaskActor.options(
                     name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
                     max_restarts=0, max_task_retries=0, **options,
-                ).remote(self._spec(chain, i))
+                ).remote(self.wiring.spec(chain, i, self.attempt))
         started = [asyncio.ensure_future(a.pid.remote()) for a in self.actors.values()]
         _, waiting = await asyncio.wait(started, timeout=_WAITING_NOTICE)
         if waiting:  # no node has room for them: an autoscaler adds one, or they wait for one
             keys = [k for k, f in zip(self.actors, started) if f in waiting]
-            needs = sorted({f"{c}: {self._needs(c)}" for c, _ in keys})
+            needs = sorted({f"{c}: {self.wiring.needs(c)}" for c, _ in keys})
             self.waiting = (f"{len(keys)} of {len(started)} subtasks wait for resources ({'; '.join(needs)}); "
                             "an autoscaler adds nodes for them, else they start when resources are free")
             await asyncio.wait(waiting)
@@ -319,32 +276,24 @@ class JobCoordinator:
         self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
         return None
 
-    def _needs(self, chain_name: str) -> str:
-        options = self.plan.chains[self.plan.chain_of_step[chain_name.split("+")[0]]].actor_resources(
-            self.job.runtime)
-        needs = {"CPU": options["num_cpus"], **(options.get("resources") or {})}
-        if options.get("memory"):
-            needs["memory"] = options["memory"]
-        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in needs.items() if v)
-
     async def _restore(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
         """R4, second half: each subtask restores its state (checksums first), its sinks
         commit the restored transactions and abort the rest, its sources seek."""
-        try:
-            specs = {(c.name, i): self._restore_spec(manifest, c, i)
-                     for c in self.plan.chains for i in range(c.parallelism)}
-        except RestoreError as exc:  # the job graph changed since the checkpoint
-            return Failure(FailureKind.INCOMPATIBLE, "restore", str(exc))
+        held = self.refs.get(manifest.checkpoint_id, {}) if manifest and manifest.run_id == self.run_id else {}
+        specs = {(c.name, i): self.wiring.restore_spec(manifest, c, i, held)
+                 for c in self.plan.chains for i in range(c.parallelism)}
         me = ray.get_runtime_context().current_actor
         try:
             tiers = await asyncio.gather(*(
-                self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self._outputs(c, i), me,
+                self.actors[(c.name, i)].setup.remote(specs[(c.name, i)], self.wiring.outputs(c, i, self.actors), me,
                                                       progress.get(c.head.step_id))
                 for c in self.plan.chains for i in range(c.parallelism)))
         except ray.exceptions.RayActorError as exc:  # a subtask died while restoring
             return Failure(FailureKind.CRASH, "restore", f"{type(exc).__name__}: {exc}")
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, RestoreError):  # the state does not fit this job (a sink's writer state)
+                return Failure(FailureKind.INCOMPATIBLE, "restore", str(cause))
             unrestorable = (CorruptCheckpointError, FileNotFoundError, StagedDataMissingError)
             kind = FailureKind.RESTORE if isinstance(cause, unrestorable) else FailureKind.INTERNAL
             return Failure(kind, "restore", f"{type(cause).__name__}: {cause}")
@@ -360,7 +309,7 @@ class JobCoordinator:
         self.checkpointer = Checkpointer(
             job_name=self.job.name, guarantee=self.job.guarantee.value, config=self.job.checkpoint,
             store=self.store, run_id=self.run_id, attempt=self.attempt, actors=self.actors,
-            sources=self._source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
+            sources=self.wiring.source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
             next_id=max(ids) + 1, stats=self.stats, max_parallelism=self.job.runtime.max_parallelism,
             state_steps=[s.step_id for s in self.job.steps if s.kind.stateful],
             faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),

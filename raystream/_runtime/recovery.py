@@ -102,6 +102,17 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
     return attempt, manifest
 
 
+def read_progress(store: CheckpointStore, run_id: str, source_steps: list[str], attempt: int) -> dict[str, dict[str, Any]]:
+    """At-most-once: the offsets each source saved before its last batches (they win over
+    the checkpoint's), carried into `attempt`'s keys. source step id -> partition -> offset."""
+    progress = {}
+    for step_id in source_steps:
+        offsets = store.read_progress(run_id, step_id)
+        store.compact_progress(run_id, step_id, attempt, offsets)
+        progress[step_id] = offsets
+    return progress
+
+
 async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], subtask: int, parallelism: int,
                      max_parallelism: int) -> RestoredState:
     """Read each snapshot of `restore` (a RestoreSpec) from the object store if the copy is
