@@ -64,7 +64,7 @@ DRIVER = textwrap.dedent("""
     from raystream.sinks import FileSink
     from raystream.sources import SequenceSource
 
-    out, storage = sys.argv[1], sys.argv[2]
+    out, storage, report = sys.argv[1], sys.argv[2], sys.argv[3]
     job = rs.Job("scaled", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.5, storage=storage))
     (job.source("nums", SequenceSource(None, partitions=4, rate=400), resources=rs.Resources(num_cpus=1))
         .map("row", lambda i: {"id": i})
@@ -87,17 +87,19 @@ DRIVER = textwrap.dedent("""
     nodes.append(alive_nodes())
     handle.stop()
     result = handle.wait()
-    print(json.dumps({"nodes": nodes, "pause": change.pause, "emitted": result.records_out("nums")}))
+    with open(report, "w") as f:  # not stdout: Ray prints the autoscaler's events there too
+        json.dump({"nodes": nodes, "pause": change.pause, "emitted": result.records_out("nums")}, f)
 """)
 
 
 def test_a_job_bigger_than_the_head_waits_for_nodes_and_rescaling_up_adds_one(autoscaling_head, tmp_path):
     (tmp_path / "driver.py").write_text(DRIVER)
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "out"),
-                           str(tmp_path / "chk")], env=user_env(RAY_ADDRESS=autoscaling_head.gcs),
+                           str(tmp_path / "chk"), str(tmp_path / "report.json")],
+                          env=user_env(RAY_ADDRESS=autoscaling_head.gcs),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "report.json").read_text())
     # the head alone, then a worker node for 2 CPUs, then another for 4
     assert report["nodes"][0] >= 2 and report["nodes"][1] > report["nodes"][0], report
     # the driver said, in one line, what was waiting and why

@@ -14,6 +14,8 @@ from raystream.sources import SequenceSource
 from tests.failure.harness import load_billing, running
 from tests.support import wait_until
 
+pytestmark = pytest.mark.extended  # a cluster of its own: the second CI run
+
 
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint: str) -> Iterator[tuple[Cluster, list]]:
