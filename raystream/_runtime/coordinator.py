@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.05
 _METRICS_EVERY = 0.5
-_WAITING_NOTICE = 5.0  # seconds before subtasks that have not started are reported as waiting
+_WAITING_CHECK = 1.0  # seconds between checks whether subtasks that have not started lack resources
 _DEATH_TIMEOUT = 30.0  # seconds to wait for Ray to report a killed attempt's actors dead
 
 
@@ -261,14 +261,16 @@ class JobCoordinator:
                     max_restarts=0, max_task_retries=0, **options,
                 ).remote(self.wiring.spec(chain, i, self.attempt))
         started = [asyncio.ensure_future(a.pid.remote()) for a in self.actors.values()]
-        _, waiting = await asyncio.wait(started, timeout=_WAITING_NOTICE)
-        if waiting:  # no node has room for them: an autoscaler adds one, or they wait for one
+        waiting = set(started)
+        while waiting:
+            _, waiting = await asyncio.wait(waiting, timeout=_WAITING_CHECK)
             keys = [k for k, f in zip(self.actors, started) if f in waiting]
-            needs = sorted({f"{c}: {self.wiring.needs(c)}" for c, _ in keys})
-            self.waiting = (f"{len(keys)} of {len(started)} subtasks wait for resources ({'; '.join(needs)}); "
-                            "an autoscaler adds nodes for them, else they start when resources are free")
-            await asyncio.wait(waiting)
-            self.waiting = ""
+            if keys and not self.waiting and self.wiring.short_of(keys, await in_thread(ray.available_resources)):
+                # No node has room for them (not merely slow to start): say so once.
+                needs = sorted({f"{c}: {self.wiring.needs(c)}" for c, _ in keys})
+                self.waiting = (f"{len(keys)} of {len(started)} subtasks wait for resources ({'; '.join(needs)}); "
+                                "an autoscaler adds nodes for them, else they start when resources are free")
+        self.waiting = ""
         try:
             pids = [f.result() for f in started]
         except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)

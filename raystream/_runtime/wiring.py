@@ -63,11 +63,23 @@ class Wiring:
         assert base is not None and base.run_id == manifest.run_id, "a manifest of another run is the run's base"
         return base.root
 
-    def needs(self, chain_name: str) -> str:
-        """What each subtask of the chain asks Ray for, as "CPU 1, memory 4294967296"."""
+    def short_of(self, keys: list[Key], available: dict[str, float]) -> bool:
+        """Whether the subtasks `keys` together ask for more of some resource than the
+        cluster has free: they wait for resources, not for their processes to start."""
+        total: dict[str, float] = {}
+        for chain_name, _ in keys:
+            for name, amount in self._demand(chain_name).items():
+                total[name] = total.get(name, 0.0) + amount
+        return any(amount > available.get(name, 0.0) + 1e-9 for name, amount in total.items())
+
+    def _demand(self, chain_name: str) -> dict[str, float]:
         chain = self.plan.chains[self.plan.chain_of_step[chain_name.split("+")[0]]]
         options = chain.actor_resources(self.job.runtime)
-        needs = {"CPU": options["num_cpus"], **(options.get("resources") or {})}
+        demand = {"CPU": float(options["num_cpus"] or 0), **(options.get("resources") or {})}
         if options.get("memory"):
-            needs["memory"] = options["memory"]
-        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in needs.items() if v)
+            demand["memory"] = float(options["memory"])
+        return {k: float(v) for k, v in demand.items() if v}
+
+    def needs(self, chain_name: str) -> str:
+        """What each subtask of the chain asks Ray for, as "CPU 1, memory 4294967296"."""
+        return ", ".join(f"{k} {v:g}" for k, v in self._demand(chain_name).items())

@@ -100,3 +100,19 @@ def test_resources_are_checked_when_the_step_is_defined():
         rs.Resources(custom={"CPU": 2})
     with pytest.raises(rs.JobDefinitionError, match="resources must be a raystream.Resources"):
         job.source("src", SequenceSource(1), resources={"num_cpus": 1})
+
+
+def test_subtasks_are_short_of_resources_only_when_the_cluster_has_less_free_than_they_ask_for(tmp_path):
+    from raystream._runtime.checkpoint_store import CheckpointStore
+    from raystream._runtime.wiring import Wiring
+
+    job = rs.Job("w", parallelism=2)
+    (job.source("src", SequenceSource(10), resources=rs.Resources(num_cpus=1, custom={"gpu_node": 0.5}))
+        .sink("out", CollectSink()))
+    graph = job.freeze()
+    wiring = Wiring(graph, build_plan(graph, {"src": ["0"]}), "run", CheckpointStore(str(tmp_path)))
+    keys = [("src+out", 0), ("src+out", 1)]
+    assert wiring.needs("src+out") == "CPU 1, gpu_node 0.5"
+    assert not wiring.short_of(keys, {"CPU": 2.0, "gpu_node": 1.0})  # room for both: merely slow to start
+    assert wiring.short_of(keys, {"CPU": 1.0, "gpu_node": 1.0})
+    assert wiring.short_of(keys[:1], {"CPU": 4.0})  # no node has the custom resource
