@@ -10,14 +10,18 @@ Recovery protocol (docs/protocol.md, R1-R5), as this module runs it:
   R2. The restart strategy gives the delay before the next attempt, or ends the job. A
      user function or a source that fails on its input ends the job at once.
   R3. The next attempt claims its number in durable storage, then chooses the newest
-     checkpoint that is neither refused nor void, and records that choice
-     (`_begin_attempt`, `recovery.choose_checkpoint`).
-  R4. New actors restore from it: from the object-store copy this coordinator still
-     holds, else from durable storage, checksum first; sinks commit its transactions
-     and abort the rest; sources seek to its offsets (at-most-once: to the offsets they
-     saved before each batch). A checkpoint that cannot be restored is refused for good
-     and the next attempt falls back to the one before it.
-  R5. Processing resumes.
+     checkpoint that is neither refused nor void (the run's base, the checkpoint it was
+     started from, when it has none of its own), checks that the job has a step for all
+     of its state, and records that choice (`_begin_attempt`, `recovery.choose_checkpoint`,
+     `rescale.check_matches`).
+  R4. New actors restore from it, by step id (`wiring.restore_spec`, `rescale`): from the
+     object-store copy this coordinator still holds, else from durable storage, checksum
+     first; sinks commit its transactions and abort the rest; sources seek to its
+     offsets (at-most-once: to the offsets they saved before each batch). A checkpoint
+     that cannot be restored is refused for good and the next attempt falls back to the
+     one before it.
+  R5. Processing resumes (`_go_live`); a recovery is recorded with its duration, and the
+     driver prints it in one line.
 The coordinator keeps nothing that exists only in its memory: if it dies, its subtasks
 die with it (Ray ends actors with their owner) and a new coordinator resumes the run
 from durable storage.
