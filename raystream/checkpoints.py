@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream import _files
 from raystream.errors import CorruptCheckpointError, RestoreError
 
 
@@ -45,7 +44,11 @@ def _runtime() -> Any:
 def list_checkpoints(uri: str) -> list[CheckpointInfo]:
     """Every checkpoint of the run `uri` names (a job root: its newest run), oldest first."""
     store_mod = _runtime()
-    store, run_id = _run_of(store_mod, uri)
+    found = store_mod.locate_run(uri)
+    if found is None:
+        raise RestoreError(f"no checkpoints under {uri}: give a job's checkpoint root (<storage>/<job name>) "
+                           "or one of its runs")
+    store, run_id = found
     refused = {int(k.rsplit("/", 1)[1]): k for k in store.storage.list(f"{run_id}/refused/")}
     snapshot_ids = {int(key.split("/")[2]) for key in store.storage.list(f"{run_id}/snapshots/")}
     infos = []
@@ -67,21 +70,6 @@ def list_checkpoints(uri: str) -> list[CheckpointInfo]:
         infos.append(CheckpointInfo(run_id, checkpoint_id, "incomplete",
                                     reason="snapshots without a manifest: aborted, or in progress"))
     return sorted(infos, key=lambda i: i.checkpoint_id)
-
-
-def _run_of(store_mod: Any, uri: str) -> tuple[Any, str]:
-    """(the store of the job, the run) that `uri` names: a run directory, or a job root
-    (its newest run with a checkpoint, else its newest run)."""
-    loc = _files.Location.parse(uri.rstrip("/"))
-    here = store_mod.CheckpointStore(loc.uri())
-    if any(here.storage.list(d) for d in ("attempts/", "manifests/", "snapshots/")):  # a run directory
-        root, _, run_id = loc.path.rstrip("/").rpartition("/")
-        return store_mod.CheckpointStore(_files.Location(loc.scheme, root, loc.bucket).uri()), run_id
-    run_id = here.newest_run_with_checkpoint() or (here.runs() or [None])[-1]
-    if run_id is None:
-        raise RestoreError(f"no checkpoints under {uri}: give a job's checkpoint root (<storage>/<job name>) "
-                           "or one of its runs")
-    return here, run_id
 
 
 def read_state(uri: str, step_id: str) -> pa.Table:

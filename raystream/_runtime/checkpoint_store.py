@@ -77,19 +77,29 @@ def locate(uri: str) -> CheckpointRef:
             raise RestoreError(f"no checkpoint at {uri}: the manifest does not exist; list the complete ones with "
                                f"`raystream checkpoints ls {root}`")
         return CheckpointRef(root, run_id, int(stem))
-    store = CheckpointStore(loc.uri())
-    if store.storage.list("manifests/"):  # a run directory
-        root = _files.Location(loc.scheme, "/".join(parts[:-1]), loc.bucket).uri()
-        run_id = parts[-1]
-        return _newest(CheckpointStore(root), run_id, uri)
-    run_id = store.newest_run_with_checkpoint()
-    if run_id is not None and store.manifest_ids(run_id):
-        return _newest(store, run_id, uri)
-    if store.storage.list("snapshots/"):
-        raise RestoreError(f"{uri} holds snapshots but no complete checkpoint (no manifest was written): it is "
-                           "incomplete and cannot be restored")
+    found = locate_run(uri)
+    if found is not None:
+        store, run_id = found
+        if store.manifest_ids(run_id):
+            return _newest(store, run_id, uri)
+        if store.storage.list(f"{run_id}/snapshots/"):
+            raise RestoreError(f"{uri} holds snapshots but no complete checkpoint (no manifest was written): it is "
+                               "incomplete and cannot be restored")
     raise RestoreError(f"no checkpoint at {uri}: nothing is stored there; give a savepoint URI, a run directory "
                        "or a job's checkpoint root (see `raystream checkpoints ls`)")
+
+
+def locate_run(uri: str) -> tuple["CheckpointStore", str] | None:
+    """(the job's store, the run) that `uri` names: a run directory (`<root>/<run>`), or a
+    job's checkpoint root (its newest run with a checkpoint, else its newest run); None
+    when nothing is stored there."""
+    loc = _files.Location.parse(uri.rstrip("/"))
+    here = CheckpointStore(loc.uri())
+    if any(here.storage.list(d) for d in ("attempts/", "manifests/", "snapshots/")):  # a run directory
+        root, _, run_id = loc.path.rstrip("/").rpartition("/")
+        return CheckpointStore(_files.Location(loc.scheme, root, loc.bucket).uri()), run_id
+    run_id = here.newest_run_with_checkpoint() or (here.runs() or [None])[-1]
+    return (here, run_id) if run_id is not None else None
 
 
 def _newest(store: "CheckpointStore", run_id: str, uri: str) -> CheckpointRef:

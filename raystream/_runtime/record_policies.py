@@ -9,12 +9,10 @@ from typing import Any
 
 from raystream._runtime.batch import as_records
 from raystream._runtime.operators import Operator, SinkOp, truncated_repr
-from raystream._runtime.rescale import DEAD_LETTERS, RestoredState, combine_writer_states
+from raystream._runtime.rescale import DEAD_LETTERS, RestoredState, writer_context
 from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.tally import Tally
-from raystream.config import Guarantee
 from raystream.graph import Step, StepKind
-from raystream.sinks import SinkContext
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +42,8 @@ class RecordPolicies:
                 op.on_error = self.on_error
         if policy.mode == "dead_letter":
             step_id = DEAD_LETTERS + spec.steps[0].step_id  # one writer identity per chain
-            ctx = SinkContext(step_id, spec.subtask, spec.parallelism,
-                              transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                              resume_state=combine_writer_states(policy.sink, step_id, state.sink_states.get(step_id, []))
-                              if state else None,
-                              run_id=spec.run_id, attempt=spec.attempt)
-            self.dead_letters = SinkOp(Step(step_id, StepKind.SINK, (), sink=policy.sink), ctx)
+            self.dead_letters = SinkOp(Step(step_id, StepKind.SINK, (), sink=policy.sink),
+                                       writer_context(spec, step_id, policy.sink, state))
             if state is not None:
                 self.dead_letters.records_in = state.counters.get(step_id, (0, 0))[0]
 

@@ -26,9 +26,12 @@ from raystream._runtime.keys import groups_of_subtask, key_group
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.plan import Chain
 from raystream._runtime.snapshot import SnapshotMeta, SubtaskState
+from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.tally import add_digests
+from raystream.config import Guarantee
 from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind
+from raystream.sinks import SinkContext
 
 DEAD_LETTERS = "dead_letters."  # prefix of a chain's dead-letter writer id: dead_letters.<head step>
 
@@ -146,3 +149,13 @@ def combine_writer_states(sink: Any, step_id: str, states: list[Any]) -> Any:
     if len(states) <= 1:
         return states[0] if states else None
     return sink.combine_writer_states(step_id, states)
+
+
+def writer_context(spec: SubtaskSpec, step_id: str, sink: Any, state: RestoredState | None) -> SinkContext:
+    """The context of a sink writer (a sink step's, or the chain's dead-letter writer) of
+    this subtask, with the writer state it resumes from."""
+    return SinkContext(step_id, spec.subtask, spec.parallelism,
+                       transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
+                       resume_state=combine_writer_states(sink, step_id, state.sink_states.get(step_id, []))
+                       if state else None,
+                       run_id=spec.run_id, attempt=spec.attempt)

@@ -46,7 +46,7 @@ from raystream._runtime.metrics import SubtaskExporter
 from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
 from raystream._runtime.record_policies import RecordPolicies
 from raystream._runtime.recovery import load_state
-from raystream._runtime.rescale import RestoredState, combine_writer_states
+from raystream._runtime.rescale import RestoredState, writer_context
 from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
@@ -54,7 +54,6 @@ from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.graph import StepKind
-from raystream.sinks import SinkContext
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +136,7 @@ class SubtaskActor:
                 continue
             ctx = None
             if step.kind is StepKind.SINK:
-                ctx = SinkContext(step.step_id, spec.subtask, spec.parallelism,
-                                  transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
-                                  resume_state=combine_writer_states(step.sink, step.step_id,
-                                                                     state.sink_states.get(step.step_id, []))
-                                  if state else None,
-                                  run_id=spec.run_id, attempt=spec.attempt)
+                ctx = writer_context(spec, step.step_id, step.sink, state)
             op = build_operator(step, ctx)
             if state is not None:
                 if isinstance(op, KeyedOp):

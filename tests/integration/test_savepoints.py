@@ -58,8 +58,8 @@ def check_exactly_once(ids: list[int], sums: list[tuple[int, int]]) -> None:
 
 
 def output_grows(tmp_path, beyond: int) -> int:
-    return wait_until(lambda: len(committed_ids(tmp_path)) > beyond and len(committed_ids(tmp_path)),
-                      "committed output to grow", timeout=60)
+    return wait_until(lambda: (n := len(committed_ids(tmp_path))) > beyond and n, "committed output to grow",
+                      timeout=60)
 
 
 def test_rescale_a_running_job_2_to_4_to_1_exactly_once(tmp_path):
