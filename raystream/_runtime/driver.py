@@ -75,6 +75,7 @@ class Supervisor:
         self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
+        self._node_id = ray.get_runtime_context().get_node_id()  # the Ray session this driver uses
         self._first_ref = self._launch(options.resume)
         self._thread = threading.Thread(target=self._supervise, name=f"raystream-{job.name}", daemon=True)
         self._thread.start()
@@ -92,6 +93,7 @@ class Supervisor:
         try:
             while True:
                 try:
+                    self._check_ray()
                     if not ray.wait([run_ref], timeout=_POLL)[0]:
                         self._report_recoveries()
                         continue
@@ -120,6 +122,12 @@ class Supervisor:
             self.error = exc
         finally:
             self._done.set()
+
+    def _check_ray(self) -> None:
+        """End supervision when the Ray this job runs on was shut down (or replaced by
+        another ray.init in this process): its references mean nothing there."""
+        if not ray.is_initialized() or ray.get_runtime_context().get_node_id() != self._node_id:
+            raise JobFailedError(f"Ray was shut down while job {self.job.name!r} was running")
 
     def _report_recoveries(self, recoveries: list[Recovery] | None = None) -> None:
         """One line per recovery, and one when subtasks wait for resources, in the driver's

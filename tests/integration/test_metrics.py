@@ -43,14 +43,17 @@ def test_metrics_table_while_running_and_after_and_in_rays_prometheus_export():
     assert all(r["backpressure_s"] >= 0 and r["alignment_s"] >= 0 for r in rows)
     assert handle.metrics().schema.names[:5] == ["step", "subtask", "chain", "records_in", "records_out"]
 
-    # Ray reports metrics every few seconds: wait for the series to reach Prometheus's endpoint
-    text = wait_until(lambda: (t := prometheus()) and series(t, "ray_raystream_records_in_total", job="metered",
-                                                               step="sum") > 0 and t, "raystream series in Ray")
-    assert series(text, "ray_raystream_records_out_total", job="metered", step="numbers", subtask="0") > 0
-    assert series(text, "ray_raystream_state_keys", job="metered", step="sum") > 0
-    wait_until(lambda: series(prometheus(), "ray_raystream_checkpoints_completed", job="metered") > 0,
-               "the job's checkpoint count in Ray")
-    assert series(text, "ray_raystream_snapshot_bytes", job="metered", chain="sum+out") > 0
+    # Each process reports its series to Ray on its own cycle (every few seconds): wait for all of them
+    def exported():
+        text = prometheus()
+        found = [series(text, "ray_raystream_records_in_total", job="metered", step="sum"),
+                 series(text, "ray_raystream_records_out_total", job="metered", step="numbers", subtask="0"),
+                 series(text, "ray_raystream_state_keys", job="metered", step="sum"),
+                 series(text, "ray_raystream_snapshot_bytes", job="metered", chain="sum+out"),
+                 series(text, "ray_raystream_checkpoints_completed", job="metered")]
+        return all(v > 0 for v in found)
+
+    wait_until(exported, "every raystream series in Ray's Prometheus export")
 
     handle.stop()
     result = handle.wait()

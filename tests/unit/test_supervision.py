@@ -1,11 +1,13 @@
 """The coordinator's watch loop and the driver's supervisor, without Ray processes."""
 import asyncio
 
+import pytest
 import ray
 
 from raystream._runtime import driver
 from raystream._runtime.coordinator import JobCoordinator
 from raystream._runtime.reports import JobOutcome
+from raystream.errors import JobFailedError
 
 
 def test_metrics_are_not_polled_once_every_subtask_has_finished():
@@ -50,6 +52,7 @@ def supervise(monkeypatch, first, launched):
     sup = object.__new__(driver.Supervisor)
     sup.job = type("J", (), {"name": "j"})()
     sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported, sup._waiting = FakeTracker(), 1, None, None, 0, ""
+    sup._check_ray = lambda: None  # the fake Ray is always up
     sup.coordinator = first
     sup._first_ref = first.outcome.remote()
     sup._done = __import__("threading").Event()
@@ -81,3 +84,20 @@ def test_a_dead_coordinator_is_killed_before_a_new_one_resumes(monkeypatch):
     assert sup.error is None
     assert launched == [("killed", first), ("launched", True)]
 
+
+
+def test_supervision_ends_when_ray_was_shut_down_under_the_job(monkeypatch):
+    """A job left running when its Ray is shut down (a notebook's ray.shutdown(), a test
+    module's teardown) must not poll the next Ray this process starts with references of
+    the old one: the supervisor ends with an error instead."""
+    sup = object.__new__(driver.Supervisor)
+    sup.job = type("J", (), {"name": "j"})()
+    sup._node_id = "node-of-the-first-ray"
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(JobFailedError, match="Ray was shut down while job 'j' was running"):
+        sup._check_ray()
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: type("C", (), {"get_node_id": lambda self: "node-of-another-ray"})())
+    with pytest.raises(JobFailedError):
+        sup._check_ray()
