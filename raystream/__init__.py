@@ -11,7 +11,7 @@
         .sink("out", rs.sinks.PrintSink()))
     job.run()
 """
-from raystream import checkpoints, faults, sinks, sources
+from raystream import checkpoints, faults, sinks, sources, windows
 from raystream._version import __version__
 from raystream.audit import Audit, audit_checkpoints
 from raystream.config import (
@@ -37,8 +37,10 @@ from raystream.errors import (
     StaleAttemptError,
     StepFailedError,
 )
+from raystream.event_time import EventTime
 from raystream.graph import StepKind
-from raystream.job import Job, KeyedStream, Stream
+from raystream.job import Job, KeyedStream, Stream, WindowedStream, WindowOutput
+from raystream.process import ProcessContext
 from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, Rescale, StepMetrics
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "ErrorPolicy",
+    "EventTime",
     "Guarantee",
     "Job",
     "JobDefinitionError",
@@ -56,6 +59,7 @@ __all__ = [
     "JobHandle",
     "JobResult",
     "JobStatus",
+    "ProcessContext",
     "KeyedStream",
     "RaystreamError",
     "Rescale",
@@ -72,10 +76,13 @@ __all__ = [
     "StepKind",
     "StepMetrics",
     "Stream",
+    "WindowOutput",
+    "WindowedStream",
     "__version__",
     "audit_checkpoints",
     "checkpoints",
     "faults",
     "sinks",
     "sources",
+    "windows",
 ]

@@ -139,6 +139,8 @@ class RuntimeConfig:
     Args:
         batch_size: records per micro-batch before a channel flushes it.
         linger: seconds a partly filled micro-batch may wait before it is flushed.
+        watermark_interval: at most how often (seconds) an event-time source or step sends
+            its watermark downstream.
         max_in_flight: batches a sender keeps in flight per channel (the backpressure bound).
         max_parallelism: number of key groups; the upper bound of any keyed step's parallelism.
         chaining: run forward-connected steps of equal parallelism inside one actor.
@@ -150,6 +152,7 @@ class RuntimeConfig:
 
     batch_size: int = 4096
     linger: float = 0.05
+    watermark_interval: float = 0.2
     max_in_flight: int = 4
     max_parallelism: int = 128
     chaining: bool = True
@@ -160,6 +163,7 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         _positive_int("RuntimeConfig.batch_size", self.batch_size)
         _positive("RuntimeConfig.linger", self.linger, allow_zero=True)
+        _positive("RuntimeConfig.watermark_interval", self.watermark_interval, allow_zero=True)
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)

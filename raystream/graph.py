@@ -29,12 +29,22 @@ class StepKind(str, enum.Enum):
     KEY_BY = "key_by"
     REDUCE = "reduce"
     STATEFUL_MAP = "stateful_map"
+    EVENT_TIME = "event_time"  # assigns event times and makes watermarks
+    WINDOW = "window"
+    PROCESS = "process"  # keyed, with timers
+    JOIN = "join"  # a window join of two keyed inputs
+    LATE = "late"  # the records a window step found too late
     SINK = "sink"
 
     @property
     def keyed(self) -> bool:
         """Takes (key, value) records routed by key, and keeps state per key."""
-        return self in (StepKind.REDUCE, StepKind.STATEFUL_MAP)
+        return self in (StepKind.REDUCE, StepKind.STATEFUL_MAP, StepKind.WINDOW, StepKind.PROCESS, StepKind.JOIN)
+
+    @property
+    def windowed(self) -> bool:
+        """Keeps windows, fired by timers, and has a late output."""
+        return self in (StepKind.WINDOW, StepKind.JOIN)
 
     @property
     def stateful(self) -> bool:
@@ -50,6 +60,17 @@ KEYED_KINDS = frozenset(k for k in StepKind if k.keyed)
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """What a window step groups (`assigner`, from raystream.windows), how long a fired
+    window takes late records, and what it computes: "reduce", "aggregate", "apply" or
+    "join" (with the step's `fn`)."""
+
+    assigner: Any
+    allowed_lateness_ms: int = 0
+    how: str = "reduce"
+
+
+@dataclass(frozen=True)
 class Step:
     """One node of the logical graph."""
 
@@ -62,6 +83,10 @@ class Step:
     parallelism: int | None = None
     value_fn: Callable[..., Any] | None = None  # key_by only
     resources: Resources | None = None  # what each subtask asks Ray for; None: RuntimeConfig's
+    event_time: Any = None  # an EventTime: of a source, or of an event-time step
+    window: WindowSpec | None = None  # window and join steps
+    on_timer: Callable[..., Any] | None = None  # process steps
+    sides: tuple[int, ...] | None = None  # join steps: 0 (left) or 1 (right) per input
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

@@ -19,12 +19,14 @@ from typing import Any, Callable
 from raystream.audit import Audit
 from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
-from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind
+from raystream.event_time import EventTime, duration_ms
+from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind, WindowSpec
 from raystream.result import JobHandle, JobResult
 from raystream.sinks import Sink
 from raystream.sources import Source
+from raystream.windows import Aggregator, Assigner
 
-__all__ = ["KEYED_KINDS", "Job", "KeyedStream", "Step", "Stream"]
+__all__ = ["KEYED_KINDS", "Job", "KeyedStream", "Step", "Stream", "WindowOutput", "WindowedStream"]
 
 _STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
@@ -48,6 +50,39 @@ def _check_resources(step_id: str, resources: object) -> Resources | None:
     if resources is not None and not isinstance(resources, Resources):
         raise JobDefinitionError(f"step {step_id!r}: resources must be a raystream.Resources; got {resources!r}")
     return resources
+
+
+def _check_event_time(step_id: str, event_time: object, *, allow_none: bool = False) -> None:
+    if event_time is None and allow_none:
+        return
+    if not isinstance(event_time, EventTime):
+        raise JobDefinitionError(f"step {step_id!r}: event_time must be a raystream.EventTime; got {event_time!r}")
+
+
+def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
+    """Whether each step's output carries event times."""
+    timed: dict[str, bool] = {}
+    for step in steps.values():  # insertion order is a topological order
+        inputs = [timed[i] for i in step.inputs]
+        if step.kind in (StepKind.SOURCE, StepKind.EVENT_TIME):
+            timed[step.step_id] = step.event_time is not None
+        elif step.kind.windowed and step.window.assigner.clock == "event":
+            timed[step.step_id] = True
+        else:
+            timed[step.step_id] = bool(inputs) and all(inputs)
+        if inputs and any(inputs) != all(inputs) and step.kind is not StepKind.EVENT_TIME:
+            raise JobDefinitionError(
+                f"step {step.step_id!r} takes streams with and without event time ({', '.join(step.inputs)}); "
+                "give every input event time (EventTime on its source, or a with_event_time step) or none")
+        if step.kind.windowed and step.window.assigner.clock == "event" and not all(inputs):
+            raise JobDefinitionError(
+                f"step {step.step_id!r} windows by event time, but its input has none; give the source "
+                "event_time=rs.EventTime(...), or add .with_event_time(...) before the key_by")
+    return timed
+
+
+def _check_event_times(steps: dict[str, Step]) -> None:
+    timed_steps(steps)
 
 
 def _check_parallelism(where: str, value: object) -> int | None:
@@ -97,15 +132,17 @@ class Job:
 
     # --- building ---------------------------------------------------------------------
 
-    def source(self, step_id: str, source: Source, *, parallelism: int | None = None,
-            resources: Resources | None = None) -> "Stream":
-        """Add an input; returns the stream of its records."""
+    def source(self, step_id: str, source: Source, *, event_time: EventTime | None = None,
+               parallelism: int | None = None, resources: Resources | None = None) -> "Stream":
+        """Add an input; returns the stream of its records. With `event_time` its records
+        carry event times, and watermarks are made per source partition."""
         step_id = _check_step_id(step_id)
         if not isinstance(source, Source):
             raise JobDefinitionError(
                 f"step {step_id!r}: source must be a raystream.sources.Source; got {type(source).__name__}"
             )
-        self._add(Step(step_id, StepKind.SOURCE, (), source=source,
+        _check_event_time(step_id, event_time, allow_none=True)
+        self._add(Step(step_id, StepKind.SOURCE, (), source=source, event_time=event_time,
                        parallelism=_check_parallelism(f"step {step_id!r}", parallelism),
                        resources=_check_resources(step_id, resources)))
         return Stream(self, (step_id,))
@@ -150,6 +187,7 @@ class Job:
         """Check the whole graph; raises JobDefinitionError naming the step to fix."""
         if not any(s.kind is StepKind.SOURCE for s in self.steps.values()):
             raise JobDefinitionError(f"job {self.name!r} has no source; add one with job.source(...)")
+        _check_event_times(self.steps)
         consumed = {i for s in self.steps.values() for i in s.inputs}
         for step in self.steps.values():
             if step.kind is not StepKind.SINK and step.step_id not in consumed:
@@ -252,6 +290,16 @@ class Stream:
         """
         return self._stream(self._then(step_id, StepKind.MAP_BATCHES, fn, "the batch function", parallelism, resources))
 
+    def with_event_time(self, step_id: str, event_time: EventTime, *, parallelism: int | None = None,
+                        resources: Resources | None = None) -> "Stream":
+        """Records get the event time `event_time.timestamp_fn(record)`, and the watermark
+        follows them from here on (replacing any watermark from upstream)."""
+        _check_event_time(step_id, event_time)
+        step = self._then(step_id, StepKind.EVENT_TIME, event_time.timestamp_fn, "the timestamp function",
+                          parallelism, resources)
+        self.job.steps[step.step_id] = dataclasses.replace(step, event_time=event_time)
+        return Stream(self.job, (step.step_id,))
+
     def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
                parallelism: int | None = None, resources: Resources | None = None) -> "KeyedStream":
         """Records become `(key_fn(record), value(record))` (the record itself without
@@ -301,6 +349,9 @@ class Stream:
             resources: Resources | None = None) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: stateful_map needs a keyed stream; call key_by(...) first")
 
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
+        raise JobDefinitionError("window needs a keyed stream; call key_by(...) first")
+
 
 @dataclass(frozen=True)
 class KeyedStream(Stream):
@@ -318,3 +369,104 @@ class KeyedStream(Stream):
         Returning None as the new state deletes the key's state.
         """
         return self._stream(self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism, resources))
+
+    def process(self, step_id: str, on_record: Callable[[Any, Any], None], *,
+                on_timer: Callable[[Any, Any], None] | None = None, parallelism: int | None = None,
+                resources: Resources | None = None) -> Stream:
+        """`on_record(ctx, value)` per record, `on_timer(ctx, when)` per timer that comes
+        due; both emit with `ctx.emit(output)`, which becomes `(key, output)`. `ctx` is a
+        `raystream.ProcessContext`: the key's state, its event- and processing-time
+        timers, the record's time and the watermark."""
+        step = self._then(step_id, StepKind.PROCESS, on_record, "on_record", parallelism, resources)
+        if on_timer is not None:
+            _check_fn(step_id, "on_timer", on_timer)
+            self.job.steps[step.step_id] = dataclasses.replace(step, on_timer=on_timer)
+        return self._stream(step)
+
+    def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
+        """Group each key's records into the windows of `assigner` (raystream.windows);
+        finish with `.reduce`, `.aggregate` or `.apply`, which name the step."""
+        if not isinstance(assigner, Assigner):
+            raise JobDefinitionError(
+                f"window takes a raystream.windows assigner (Tumbling, Sliding, Session); got {assigner!r}")
+        return WindowedStream(self, assigner, allowed_lateness)
+
+    def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any], *,
+             parallelism: int | None = None, resources: Resources | None = None) -> "WindowOutput":
+        """Window join: for each key and window of `window` (Tumbling or Sliding, event
+        time), `fn(left, right)` for every pair of a record of this stream and one of
+        `other`, emitted as `(key, fn(left, right))` when the window fires. Records too late
+        for their window go to `.late`."""
+        if not isinstance(other, KeyedStream) or other.job is not self.job:
+            raise JobDefinitionError(f"step {step_id!r}: join takes a keyed stream of the same job")
+        if not isinstance(window, Assigner) or window.merging or window.clock != "event":
+            raise JobDefinitionError(
+                f"step {step_id!r}: a join takes a Tumbling or Sliding event-time window; got {window!r}")
+        if set(self.upstream) & set(other.upstream):
+            raise JobDefinitionError(f"step {step_id!r}: a stream cannot be joined with itself")
+        window.check(step_id)
+        step = self._then(step_id, StepKind.JOIN, fn, "the join function", parallelism, resources)
+        step = dataclasses.replace(step, inputs=self.upstream + other.upstream,
+                                   sides=(0,) * len(self.upstream) + (1,) * len(other.upstream),
+                                   window=WindowSpec(window, 0, "join"))
+        self.job.steps[step.step_id] = step
+        return WindowOutput(self.job, (step.step_id,))
+
+
+@dataclass(frozen=True)
+class WindowedStream:
+    """A keyed stream grouped into windows; `.reduce`, `.aggregate` or `.apply` make the step."""
+
+    keyed: KeyedStream
+    assigner: Any
+    allowed_lateness: Any = 0
+
+    def _window_step(self, step_id: str, how: str, fn: Any, what: str, parallelism: int | None,
+                     resources: Resources | None) -> "WindowOutput":
+        step_id = _check_step_id(step_id)
+        self.assigner.check(step_id)
+        lateness = duration_ms(self.allowed_lateness, f"step {step_id!r}: allowed_lateness")
+        if lateness and self.assigner.clock == "processing":
+            raise JobDefinitionError(f"step {step_id!r}: processing-time windows take no allowed lateness")
+        step = self.keyed._then(step_id, StepKind.WINDOW, fn, what, parallelism, resources)
+        self.keyed.job.steps[step_id] = dataclasses.replace(step, window=WindowSpec(self.assigner, lateness, how))
+        return WindowOutput(self.keyed.job, (step_id,))
+
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
+               resources: Resources | None = None) -> "WindowOutput":
+        """`fn(acc, value) -> acc` over each window's values; emits `(key, WindowResult)`."""
+        return self._window_step(step_id, "reduce", fn, "the reduce function", parallelism, resources)
+
+    def aggregate(self, step_id: str, aggregator: Any, *, parallelism: int | None = None,
+                  resources: Resources | None = None) -> "WindowOutput":
+        """A `raystream.windows.Aggregator` (create, add, merge, result) per window."""
+        if not isinstance(aggregator, Aggregator):
+            raise JobDefinitionError(f"step {step_id!r}: aggregate takes a raystream.windows.Aggregator; "
+                                     f"got {aggregator!r}")
+        return self._window_step(step_id, "aggregate", aggregator.add, "the aggregator", parallelism,
+                                 resources)._with_fn(aggregator)
+
+    def apply(self, step_id: str, fn: Callable[[Any, Any, list[Any]], Any], *, parallelism: int | None = None,
+              resources: Resources | None = None) -> "WindowOutput":
+        """`fn(key, window, values) -> result` once per window with all of its values."""
+        return self._window_step(step_id, "apply", fn, "the window function", parallelism, resources)
+
+
+@dataclass(frozen=True)
+class WindowOutput(Stream):
+    """The results of a window step; `.late` is the stream of records that came too late."""
+
+    def _with_fn(self, fn: Any) -> "WindowOutput":
+        step_id = self.upstream[0]
+        self.job.steps[step_id] = dataclasses.replace(self.job.steps[step_id], fn=fn)
+        return self
+
+    @property
+    def late(self) -> KeyedStream:
+        """`(key, value)` records too late for every window they belong to (beyond the
+        allowed lateness). Its step id is "<window step>.late"."""
+        window_id = self.upstream[0]
+        step_id = f"{window_id}.late"
+        if step_id not in self.job.steps:
+            self.job._add(Step(step_id, StepKind.LATE, (window_id,), parallelism=self.job.steps[window_id].parallelism))
+        return KeyedStream(self.job, (step_id,))

@@ -80,8 +80,7 @@ class SequenceSource(Source):
             raise JobDefinitionError(f"SequenceSource n must be None or an integer >= 0; got {n!r}")
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise JobDefinitionError(f"SequenceSource partitions must be an integer >= 1; got {partitions!r}")
-        if rate is not None and (not isinstance(rate, (int, float)) or not rate > 0 or math.isinf(rate)):
-            raise JobDefinitionError(f"SequenceSource rate must be None or a positive number; got {rate!r}")
+        _check_rate("SequenceSource", rate)
         self.n = n
         self.partitions = partitions
         self.rate = rate
@@ -94,24 +93,45 @@ class SequenceSource(Source):
         return _SequencePartition(int(key), self.partitions, self.n, rate, resume_state or 0, batch_size)
 
 
+class _Pacer:
+    """Limits a partition to `rate` records per second (None: no limit) from where it resumed."""
+
+    def __init__(self, rate: float | None, emitted: int):
+        self.rate = rate
+        self.started = time.monotonic()
+        self.emitted_at_start = emitted
+
+    def allowed(self, emitted: int, want: int) -> int:
+        if self.rate is None:
+            return want
+        return min(want, int((time.monotonic() - self.started) * self.rate) - (emitted - self.emitted_at_start))
+
+    def next_awake(self, emitted: int) -> float | None:
+        if self.rate is None:
+            return None
+        due = self.started + (emitted - self.emitted_at_start + 1) / self.rate
+        return time.time() + max(0.0, due - time.monotonic())
+
+
+def _check_rate(what: str, rate: Any) -> None:
+    if rate is not None and (not isinstance(rate, (int, float)) or not rate > 0 or math.isinf(rate)):
+        raise JobDefinitionError(f"{what} rate must be None or a positive number; got {rate!r}")
+
+
 class _SequencePartition(SourcePartition):
     def __init__(self, first: int, step: int, n: int | None, rate: float | None, emitted: int, batch_size: int):
-        self._first, self._step, self._n, self._rate = first, step, n, rate
+        self._first, self._step, self._n = first, step, n
         self._emitted = emitted  # records of this partition emitted so far: the offset
         self._batch_size = batch_size
-        self._started = time.monotonic()
-        self._emitted_at_start = emitted
+        self._pacer = _Pacer(rate, emitted)
 
     def next_batch(self) -> list[int] | None:
         start = self._first + self._emitted * self._step
         if self._n is not None and start >= self._n:
             return None
-        count = self._batch_size
-        if self._rate is not None:
-            allowed = int((time.monotonic() - self._started) * self._rate) - (self._emitted - self._emitted_at_start)
-            count = min(count, allowed)
-            if count <= 0:
-                return []
+        count = self._pacer.allowed(self._emitted, self._batch_size)
+        if count <= 0:
+            return []
         stop = start + count * self._step
         if self._n is not None:
             stop = min(stop, self._n)
@@ -123,10 +143,53 @@ class _SequencePartition(SourcePartition):
         return self._emitted
 
     def next_awake(self) -> float | None:
-        if self._rate is None:
+        return self._pacer.next_awake(self._emitted)
+
+
+# --- ListSource --------------------------------------------------------------------------
+
+
+class ListSource(Source):
+    """Records held in memory, in partitions: `ListSource([r1, r2, ...])` is one partition,
+    `ListSource(partitions=[[...], [...]])` several, each read in its order. `rate` limits
+    each partition's records per second. For tests, notebooks and examples: the records
+    travel to the source's actors with the job."""
+
+    def __init__(self, records: list[Any] | None = None, *, partitions: list[list[Any]] | None = None,
+                 rate: float | None = None):
+        if (records is None) == (partitions is None):
+            raise JobDefinitionError("ListSource takes records or partitions=[...], one of them")
+        self.partitions = [list(records)] if records is not None else [list(p) for p in partitions]
+        _check_rate("ListSource", rate)
+        self.rate = rate
+
+    def list_partitions(self) -> list[str]:
+        return [str(p) for p in range(len(self.partitions))]
+
+    def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
+        return _ListPartition(self.partitions[int(key)], resume_state or 0, batch_size, self.rate)
+
+
+class _ListPartition(SourcePartition):
+    def __init__(self, records: list[Any], offset: int, batch_size: int, rate: float | None):
+        self._records, self._offset, self._batch_size = records, offset, batch_size
+        self._pacer = _Pacer(rate, offset)
+
+    def next_batch(self) -> list[Any] | None:
+        if self._offset >= len(self._records):
             return None
-        due = self._started + (self._emitted - self._emitted_at_start + 1) / self._rate
-        return time.time() + max(0.0, due - time.monotonic())
+        count = self._pacer.allowed(self._offset, self._batch_size)
+        if count <= 0:
+            return []
+        batch = self._records[self._offset:self._offset + count]
+        self._offset += len(batch)
+        return batch
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def next_awake(self) -> float | None:
+        return self._pacer.next_awake(self._offset)
 
 
 # --- FileSource --------------------------------------------------------------------------

@@ -5,7 +5,11 @@ A micro-batch is one of:
 - a `pyarrow.RecordBatch` (vectorized steps, Parquet);
 - a `KeyedBatch`: a list of `(key, value)` pairs stored as two columns. Keyed steps
   produce and consume it, and keyed exchanges send it, because two flat lists pickle
-  and unpickle much faster than a list of tuples.
+  and unpickle much faster than a list of tuples;
+- a `Timed` batch: one of the above with the event time of each record (milliseconds
+  since the epoch) in a parallel list. Records of a stream with event time
+  (docs/event_time.md) travel this way, and each step keeps the time of the record an
+  output came from.
 """
 from __future__ import annotations
 
@@ -33,6 +37,34 @@ class KeyedBatch:
         return list(zip(self.keys, self.values))
 
 
+class Timed:
+    """A batch whose records carry event times: `times[i]` is record i's, in milliseconds."""
+
+    __slots__ = ("batch", "times")
+
+    def __init__(self, batch: Any, times: list[int]):
+        self.batch = batch
+        self.times = times
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def __reduce__(self):
+        return (Timed, (self.batch, self.times))
+
+
+def timed(batch: Any, times: list[int] | None) -> Any:
+    """`batch` with `times`, or `batch` itself when there are none."""
+    return batch if times is None else Timed(batch, times)
+
+
+def untimed(batch: Any) -> tuple[Any, list[int] | None]:
+    """The batch without its times, and the times (None when it has none)."""
+    if isinstance(batch, Timed):
+        return batch.batch, batch.times
+    return batch, None
+
+
 def batch_len(batch: Any) -> int:
     return batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
 
@@ -41,6 +73,8 @@ def as_records(batch: Any) -> list[Any]:
     """Any micro-batch as a list of Python records."""
     if isinstance(batch, list):
         return batch
+    if isinstance(batch, Timed):
+        return as_records(batch.batch)
     if isinstance(batch, KeyedBatch):
         return batch.records()
     return batch.to_pylist()
@@ -50,6 +84,8 @@ def as_keyed(batch: Any) -> KeyedBatch:
     """Any micro-batch of `(key, value)` records as a KeyedBatch; raises ValueError otherwise."""
     if isinstance(batch, KeyedBatch):
         return batch
+    if isinstance(batch, Timed):
+        return as_keyed(batch.batch)
     records = as_records(batch)
     try:
         keys = [k for k, _ in records]
@@ -64,6 +100,8 @@ def to_arrow(batch: Any) -> pa.RecordBatch:
     """Dict records become columns by key; other records one column named "value"."""
     if isinstance(batch, pa.RecordBatch):
         return batch
+    if isinstance(batch, Timed):
+        return to_arrow(batch.batch)
     records = as_records(batch)
     if records and isinstance(records[0], dict):
         return pa.RecordBatch.from_pylist(records)

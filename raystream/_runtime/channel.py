@@ -20,17 +20,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len
+from raystream._runtime.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, untimed
 from raystream._runtime.keys import KeyRouter
 from raystream._runtime.plan import EdgeKind
 
-BATCH, BARRIER, END = 0, 1, 2
+BATCH, BARRIER, END, WATERMARK = 0, 1, 2, 3
 
 
 class OutputChannel:
     """Messages to one input channel of one downstream actor.
 
-    Records wait in `buffer` (or, on a keyed edge, in `keys`/`values`) until a flush.
+    Records wait in `buffer` (or, on a keyed edge, in `keys`/`values`) until a flush;
+    on a stream with event time their times wait in `times`.
     """
 
     def __init__(self, handle: Any, channel: int, max_in_flight: int):
@@ -44,6 +45,7 @@ class OutputChannel:
         self.buffer: list[Any] = []
         self.keys: list[Any] = []
         self.values: list[Any] = []
+        self.times: list[int] = []
         self.buffer_since = 0.0
 
     def buffered(self) -> int:
@@ -65,12 +67,16 @@ class OutputChannel:
 
     async def flush(self) -> None:
         self.buffer_since = 0.0
+        batch: Any = None
         if self.buffer:
-            buffer, self.buffer = self.buffer, []
-            await self.send(BATCH, buffer)
-        if self.keys:
+            batch, self.buffer = self.buffer, []
+        elif self.keys:
             batch, self.keys, self.values = KeyedBatch(self.keys, self.values), [], []
-            await self.send(BATCH, batch)
+        if batch is None:
+            return
+        if self.times:
+            batch, self.times = Timed(batch, self.times), []
+        await self.send(BATCH, batch)
 
     async def drain(self) -> None:
         while self.in_flight:
@@ -85,8 +91,9 @@ class OutputEdge:
     """
 
     def __init__(self, kind: EdgeKind, channels: list[OutputChannel], batch_size: int, linger: float,
-                 max_parallelism: int):
+                 max_parallelism: int, late: bool = False):
         self.kind = EdgeKind(kind)
+        self.late = late  # carries late records of a window step instead of its results
         self.channels = channels
         self.batch_size = batch_size
         self.linger = linger
@@ -96,27 +103,37 @@ class OutputEdge:
     async def emit(self, batch: Any) -> None:
         if not batch_len(batch):
             return
+        inner, times = untimed(batch)
         if self.kind is EdgeKind.HASH:
-            await self._emit_keyed(as_keyed(batch))
+            await self._emit_keyed(as_keyed(inner), times)
             return
         ch = self.channels[0] if len(self.channels) == 1 else self.channels[self._rotate()]
-        if isinstance(batch, pa.RecordBatch):  # Arrow goes as is, after what was buffered before it
+        if isinstance(inner, pa.RecordBatch):  # Arrow goes as is, after what was buffered before it
             await ch.flush()
             await ch.send(BATCH, batch)
             return
-        ch.buffer.extend(as_records(batch))
+        ch.buffer.extend(as_records(inner))
+        if times is not None:
+            ch.times.extend(times)
         await self._after_append(ch)
 
-    async def _emit_keyed(self, batch: KeyedBatch) -> None:
+    async def _emit_keyed(self, batch: KeyedBatch, times: list[int] | None) -> None:
         channels = self.channels
         # Route even to a single channel: a key that cannot be hashed stably must fail
         # the same way at every parallelism, and interning shrinks the message.
         routed = self._router.route_all(batch.keys)
         keys = [ch.keys for ch in channels]
         values = [ch.values for ch in channels]
-        for (target, key), value in zip(routed, batch.values):
-            keys[target].append(key)
-            values[target].append(value)
+        if times is None:
+            for (target, key), value in zip(routed, batch.values):
+                keys[target].append(key)
+                values[target].append(value)
+        else:
+            stamps = [ch.times for ch in channels]
+            for (target, key), value, t in zip(routed, batch.values, times):
+                keys[target].append(key)
+                values[target].append(value)
+                stamps[target].append(t)
         for ch in channels:
             await self._after_append(ch)
 

@@ -7,6 +7,11 @@ the failed attempt are discarded, so each record still yields its outputs once. 
 the `fail` error policy the first failing record stops the job (RecordFailure);
 otherwise each failing record goes to `on_error(step_id, record, exc)` and the rest of
 the batch goes on.
+
+On a stream with event time a batch is `Timed`: every output keeps the time of the
+record it came from. Operators that keep time themselves (windows, timers; see
+`windowing.py`) also react to watermarks (`on_watermark`) and to the clock
+(`on_time`).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from raystream._runtime.batch import KeyedBatch, as_keyed, as_records, batch_len, to_arrow
+from raystream._runtime.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, timed, to_arrow, untimed
 from raystream._runtime.tally import Tally
 from raystream.graph import Step, StepKind
 from raystream.sinks import Sink, SinkContext, SinkWriter
@@ -60,8 +65,16 @@ class Operator:
         self.on_error: OnError | None = None  # None: the `fail` policy
 
     def process(self, batch: Any) -> Any:
+        batch, times = untimed(batch)
         records = as_records(batch)
         self.records_in += len(records)
+        if times is not None:
+            try:
+                out, out_times = self._apply_timed(records, times)
+            except Exception:
+                out, out_times = self._one_by_one_timed(records, times)
+            self.records_out += len(out_times)
+            return Timed(out, out_times)
         try:
             out = self._apply(records)
         except Exception:
@@ -71,6 +84,22 @@ class Operator:
 
     def _apply(self, records: list[Any]) -> Any:
         raise NotImplementedError
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        """Outputs and their times; by default one record at a time."""
+        return self._one_by_one_timed(records, times)
+
+    def on_watermark(self, watermark: int) -> Any:
+        """The event-time clock reached `watermark`: what fires now (a batch, maybe empty)."""
+        return []
+
+    def on_time(self, now: int) -> Any:
+        """The processing-time clock (milliseconds) reached `now`: what fires now."""
+        return []
+
+    def next_timer(self) -> int | None:
+        """When (processing time, milliseconds) `on_time` has something to fire; None: never."""
+        return None
 
     def failed(self, record: Any, exc: BaseException) -> None:
         """A user function raised on `record`: stop the job, or hand it to the policy."""
@@ -87,9 +116,19 @@ class Operator:
                 parts.append(self._apply([record]))
             except Exception as exc:
                 self.failed(record, exc)
-        if parts and isinstance(parts[0], KeyedBatch):
-            return KeyedBatch([k for p in parts for k in p.keys], [v for p in parts for v in p.values])
-        return [r for p in parts for r in p]
+        return _concat(parts)
+
+    def _one_by_one_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        parts, out_times = [], []
+        for record, t in zip(records, times):
+            try:
+                part = self._apply([record])
+            except Exception as exc:
+                self.failed(record, exc)
+                continue
+            parts.append(part)
+            out_times.extend([t] * len(part))
+        return _concat(parts), out_times
 
     def snapshot(self) -> Any:
         """The state to checkpoint; None for stateless steps."""
@@ -100,10 +139,19 @@ class Operator:
         return None
 
 
+def _concat(parts: list[Any]) -> Any:
+    if parts and isinstance(parts[0], KeyedBatch):
+        return KeyedBatch([k for p in parts for k in p.keys], [v for p in parts for v in p.values])
+    return [r for p in parts for r in p]
+
+
 class MapOp(Operator):
     def _apply(self, records: list[Any]) -> list[Any]:
         fn = self.fn
         return [fn(r) for r in records]
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        return self._apply(records), times
 
 
 class FlatMapOp(Operator):
@@ -111,11 +159,31 @@ class FlatMapOp(Operator):
         fn = self.fn
         return [o for r in records for o in fn(r)]
 
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        fn = self.fn
+        outs = [list(fn(r)) for r in records]
+        return [o for out in outs for o in out], [t for out, t in zip(outs, times) for _ in out]
+
 
 class FilterOp(Operator):
     def _apply(self, records: list[Any]) -> list[Any]:
         fn = self.fn
         return [r for r in records if fn(r)]
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        fn = self.fn
+        keep = [bool(fn(r)) for r in records]
+        return [r for r, k in zip(records, keep) if k], [t for t, k in zip(times, keep) if k]
+
+
+class PassOp(Operator):
+    """Records as they come: the step that takes a window step's late records."""
+
+    def process(self, batch: Any) -> Any:
+        n = batch_len(batch)
+        self.records_in += n
+        self.records_out += n
+        return batch
 
 
 class KeyByOp(Operator):
@@ -130,6 +198,9 @@ class KeyByOp(Operator):
         keys = [fn(r) for r in records]
         return KeyedBatch(keys, records if value_fn is None else [value_fn(r) for r in records])
 
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        return self._apply(records), times
+
 
 _MISSING = object()
 
@@ -137,22 +208,40 @@ _MISSING = object()
 class KeyedOp(Operator):
     """A step with one state per key; state lives in a dict and is checkpointed per key group."""
 
+    watermark: int | None = None  # the event-time clock of steps that keep time (ms)
+    late_records = 0  # records found too late (window steps)
+
     def __init__(self, step: Step):
         super().__init__(step)
         self.state: dict[Any, Any] = {}
+        self._bad: list[int] = []  # indexes of the records of the current batch that failed
 
-    def process(self, batch: Any) -> KeyedBatch:
+    def process(self, batch: Any) -> Any:
+        batch, times = untimed(batch)
         try:
             kb = as_keyed(batch)
         except ValueError as exc:
             raise RecordFailure(self.step_id, "<batch>", exc) from None
         self.records_in += len(kb)
-        out = self._apply_keyed(kb.keys, kb.values)
+        self._bad = []
+        out = self._apply_keyed(kb.keys, kb.values, times)
         self.records_out += len(out)
         return out
 
-    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        """The outputs; when `times` is given, a Timed batch."""
         raise NotImplementedError
+
+    def _kept_times(self, times: list[int] | None) -> list[int] | None:
+        """The times of the records that did not fail (outputs are one per record)."""
+        if times is None or not self._bad:
+            return times
+        bad = set(self._bad)
+        return [t for i, t in enumerate(times) if i not in bad]
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        """Start from restored keyed state (and, for event-time steps, the watermark)."""
+        self.state = state
 
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
@@ -161,7 +250,7 @@ class KeyedOp(Operator):
 class ReduceOp(KeyedOp):
     """Running reduce: emits `(key, acc)` for every record."""
 
-    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         fn, state = self.fn, self.state
         get = state.get
         out_keys: list[Any] = []
@@ -181,25 +270,27 @@ class ReduceOp(KeyedOp):
             except Exception as exc:
                 bad = start + len(out) - len(out_keys)
                 out_keys.extend(keys[start:bad])
+                self._bad.append(bad)
                 self.failed((keys[bad], values[bad]), exc)
                 start = bad + 1
         if start == 0:  # nothing failed: the keys are the input's
-            return KeyedBatch(keys, out)
+            return timed(KeyedBatch(keys, out), times)
         out_keys.extend(keys[start:])
-        return KeyedBatch(out_keys, out)
+        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
 
 
 class StatefulMapOp(KeyedOp):
     """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
 
-    def _apply_keyed(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         fn, state = self.fn, self.state
         out: list[Any] = []
         out_keys: list[Any] = []
-        for key, value in zip(keys, values):
+        for i, (key, value) in enumerate(zip(keys, values)):
             try:
                 new_state, output = fn(state.get(key), value)
             except Exception as exc:
+                self._bad.append(i)
                 self.failed((key, value), exc)
                 continue
             if new_state is None:
@@ -208,13 +299,14 @@ class StatefulMapOp(KeyedOp):
                 state[key] = new_state
             out_keys.append(key)
             out.append(output)
-        return KeyedBatch(out_keys, out)
+        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
 
 
 class MapBatchesOp(Operator):
     """Vectorized: the function takes and returns Arrow data."""
 
     def process(self, batch: Any) -> Any:
+        batch, times = untimed(batch)
         try:
             batch = to_arrow(batch)
         except Exception as exc:
@@ -235,8 +327,13 @@ class MapBatchesOp(Operator):
         elif not isinstance(out, pa.RecordBatch):
             raise RecordFailure(self.step_id, what, TypeError(
                 f"map_batches function must return a pyarrow RecordBatch or Table, not {type(out).__name__}"))
+        if times is not None and batch_len(out) != batch.num_rows:
+            raise RecordFailure(self.step_id, what, ValueError(
+                f"on a stream with event time, map_batches must return one row per input row (it returned "
+                f"{batch_len(out)} for {batch.num_rows}), so that each row keeps its time; filter or explode "
+                "in a plain step, or assign event time after this step"))
         self.records_out += batch_len(out)
-        return out
+        return timed(out, times)
 
 
 class SinkOp(Operator):
@@ -256,6 +353,7 @@ class SinkOp(Operator):
         self.tally: Tally | None = None  # when the job is audited
 
     def process(self, batch: Any) -> Any:
+        batch, _ = untimed(batch)  # a sink writes records; their times stay behind
         self.records_in += batch_len(batch)
         records = batch if isinstance(batch, pa.RecordBatch) else as_records(batch)
         if self.tally is not None:
@@ -285,6 +383,7 @@ _OPERATORS: dict[StepKind, type[Operator]] = {
     StepKind.REDUCE: ReduceOp,
     StepKind.STATEFUL_MAP: StatefulMapOp,
     StepKind.MAP_BATCHES: MapBatchesOp,
+    StepKind.LATE: PassOp,
 }
 
 

@@ -8,6 +8,9 @@ subtasks; each subtask is one Ray actor.
 Channels: a subtask numbers its input channels 0..n-1, one per (input edge, upstream
 subtask that can send to it). A forward edge connects upstream subtask i to subtask i
 only; hash and rebalance edges connect every upstream subtask to every subtask.
+
+A window step's late records go to its `<id>.late` step on an edge of their own (a
+`late` edge), never chained, so its results and its late records are separate streams.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raystream.config import Resources, RuntimeConfig
-from raystream.graph import JobGraph, Step
+from raystream.graph import JobGraph, Step, StepKind
 
 
 class EdgeKind(str, enum.Enum):
@@ -32,6 +35,7 @@ class Edge:
     upstream: str  # step id
     downstream: str  # step id
     kind: EdgeKind
+    late: bool = False  # carries the upstream window step's late records, not its results
 
 
 @dataclass
@@ -119,7 +123,7 @@ def build_plan(graph: JobGraph, source_partitions: dict[str, list[str]]) -> Phys
             consumers[up].append(step.step_id)
 
     def chains_to_upstream(step: Step) -> bool:
-        if not graph.runtime.chaining or len(step.inputs) != 1:
+        if not graph.runtime.chaining or len(step.inputs) != 1 or step.kind is StepKind.LATE:
             return False
         up = steps[step.inputs[0]]
         return len(consumers[up.step_id]) == 1 and _edge_kind(graph, up, step) is EdgeKind.FORWARD
@@ -139,7 +143,7 @@ def build_plan(graph: JobGraph, source_partitions: dict[str, list[str]]) -> Phys
         for up_id in step.inputs:
             if chain_of_step[up_id] == chain_of_step[step.step_id]:
                 continue
-            edge = Edge(up_id, step.step_id, _edge_kind(graph, steps[up_id], step))
+            edge = Edge(up_id, step.step_id, _edge_kind(graph, steps[up_id], step), late=step.kind is StepKind.LATE)
             chains[chain_of_step[step.step_id]].in_edges.append(edge)
             chains[chain_of_step[up_id]].out_edges.append(edge)
     return PhysicalPlan(chains, chain_of_step, source_partitions)

@@ -6,7 +6,10 @@ a job whose chaining changed, whose steps run at other parallelisms, or that gai
 stateless steps (docs/savepoints.md). For new subtask i of a chain at parallelism p:
 
 - keyed state of a step: from old subtask i when the step ran at p before (the same
-  key groups), else from every old subtask, keeping the keys of i's key groups;
+  key groups), else from every old subtask, keeping the keys of i's key groups. Window
+  contents and timers are keyed state, so they move with their keys; a timed step's
+  watermark is the oldest of the old subtasks it takes keys from, so no record on time
+  for its window before is late after;
 - source offsets: every old subtask of the source step lends its partitions' offsets
   (a partition continues wherever it is assigned now; see SourceReader);
 - sink transactions and writer state, counters, audit tallies and error counts: those
@@ -94,6 +97,7 @@ class RestoredState:
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)
     tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
     errors: dict[str, int] = field(default_factory=dict)
+    watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
 
 
 def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtask: int, parallelism: int,
@@ -110,6 +114,9 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         if head in chain_steps(state.chain):
             merged.source_offsets.update(state.source_offsets)
         same = state.parallelism == p
+        for step_id, mark in getattr(state, "watermarks", {}).items():  # absent in older snapshots
+            if step_id in steps and (same is False or state.subtask == subtask):
+                merged.watermarks[step_id] = min(mark, merged.watermarks.get(step_id, mark))
         for step_id, table in state.keyed.items():
             if step_id not in steps:
                 continue

@@ -52,6 +52,7 @@ class SubtaskState:
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
+    watermarks: dict[str, int] = field(default_factory=dict)  # step id -> the event-time clock of a timed step
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class SourceReader:
         self.batch_size = batch_size
         self.parts: dict[str, SourcePartition] = {}  # every opened partition: their offsets are checkpointed
         self.active: list[tuple[str, SourcePartition]] = []  # those not exhausted
+        self.ended: list[str] = []  # partitions read to their end
         self.emitted = 0  # records emitted since the run began (restored from the checkpoint)
 
     def open(self, offsets: dict[str, Any], emitted: int = 0, *, all_partitions: list[str] | None = None) -> None:
@@ -79,6 +80,7 @@ class SourceReader:
             if batch is None:
                 part.close()
                 self.active.remove((key, part))
+                self.ended.append(key)
             elif batch_len(batch):
                 progressed = True
                 self.emitted += batch_len(batch)

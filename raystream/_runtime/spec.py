@@ -31,6 +31,7 @@ class SubtaskSpec:
     audit: Audit | None = None
     source_partitions: list[str] = field(default_factory=list)  # for a source chain: this subtask's
     all_partitions: list[str] = field(default_factory=list)  # every partition of the source, now
+    input_sides: list[int] = field(default_factory=list)  # a join: the side (0, 1) of each input channel
 
 
 @dataclass
@@ -39,6 +40,7 @@ class OutputSpec:
 
     kind: EdgeKind
     targets: list[tuple[Any, int]]
+    late: bool = False  # carries the late records of the chain's window step
 
 
 @dataclass
@@ -78,3 +80,5 @@ class SubtaskReport:
     state_keys: dict[str, int] = field(default_factory=dict)  # keyed step id -> keys held
     snapshot_bytes: int = 0  # the newest snapshot's size
     alignment: float = 0.0  # seconds the newest barrier alignment took
+    late: dict[str, int] = field(default_factory=dict)  # window step id -> records too late for it
+    watermark: int | None = None  # the subtask's event-time clock (ms), when it has one

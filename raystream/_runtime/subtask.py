@@ -37,7 +37,8 @@ import ray
 from raystream._runtime.alignment import Aligned, Alignment
 from raystream._runtime.batch import batch_len
 from raystream._runtime.blocking import in_thread
-from raystream._runtime.channel import BARRIER, BATCH, END, Inbox, OutputChannel, OutputEdge
+from raystream._runtime.channel import BARRIER, BATCH, END, WATERMARK, Inbox, OutputChannel, OutputEdge
+from raystream._runtime.clock import ChainClock, Message
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.failure import Failure, FailureKind
 from raystream._runtime.injector import Injector, install_s3_faults
@@ -51,6 +52,8 @@ from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
+from raystream._runtime.watermarks import AssignTimeOp, WatermarkGenerator
+from raystream._runtime.windowing import TIMED_OPERATORS, JoinOp, WindowOp
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.graph import StepKind
@@ -88,6 +91,10 @@ class SubtaskActor:
         self._told_finished = False  # a source subtask told the coordinator it is exhausted
         self._wake = asyncio.Event()
         self.exporter = SubtaskExporter(spec.job_name, spec.chain_name, spec.subtask)
+        self.clock: ChainClock | None = None
+        self.assign_at_source: AssignTimeOp | None = None
+        self._late_dropped = 0
+        self.window_ops: list[WindowOp] = []
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -114,6 +121,7 @@ class SubtaskActor:
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
         self._build_operators(state)
+        self._build_clock()
         self.policies = RecordPolicies(spec, self.ops, state)
         dead_letters = [self.policies.dead_letters] if self.policies.dead_letters is not None else []
         self.sinks = [op for op in self.ops if isinstance(op, SinkOp)] + dead_letters
@@ -124,7 +132,7 @@ class SubtaskActor:
             self._open_source(state, progress)
         self.outputs = [
             OutputEdge(o.kind, [OutputChannel(h, c, rt.max_in_flight) for h, c in o.targets],
-                       rt.batch_size, rt.linger, rt.max_parallelism)
+                       rt.batch_size, rt.linger, rt.max_parallelism, late=o.late)
             for o in outputs
         ]
         return state.tiers if state is not None else {}
@@ -133,17 +141,35 @@ class SubtaskActor:
         spec = self.spec
         for step in spec.steps:
             if step.kind is StepKind.SOURCE:
-                continue
-            ctx = None
-            if step.kind is StepKind.SINK:
-                ctx = writer_context(spec, step.step_id, step.sink, state)
-            op = build_operator(step, ctx)
+                if step.event_time is None:
+                    continue
+                # the source's records get their times before the chain sees them
+                op = self.assign_at_source = AssignTimeOp(
+                    step, step.event_time, WatermarkGenerator(step.event_time, spec.source_partitions))
+            elif step.kind is StepKind.EVENT_TIME:
+                op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
+            elif step.kind in TIMED_OPERATORS:
+                op = TIMED_OPERATORS[step.kind](step)
+            else:
+                ctx = writer_context(spec, step.step_id, step.sink, state) if step.kind is StepKind.SINK else None
+                op = build_operator(step, ctx)
             if state is not None:
                 if isinstance(op, KeyedOp):
-                    op.state = state.keyed.get(step.step_id, {})
-                op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
+                    op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
+                if step.kind is not StepKind.SOURCE:
+                    op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
                 op.errors = state.errors.get(step.step_id, 0)
             self.ops.append(op)
+
+    def _build_clock(self) -> None:
+        """The chain's event-time and processing-time clock; the last generator in the chain
+        makes the watermark of the steps after it."""
+        gens = [i for i, op in enumerate(self.ops) if isinstance(op, AssignTimeOp)]
+        gen_index = gens[-1] if gens else None
+        generator = self.ops[gen_index].generator if gen_index is not None else None
+        self.clock = ChainClock(self.ops, self.spec.n_inputs, generator, gen_index,
+                                self.spec.runtime.watermark_interval)
+        self.window_ops = [op for op in self.ops if isinstance(op, WindowOp)]
 
     async def _recover_sinks(self, state: RestoredState | None) -> None:
         """R4: commit what the restored checkpoint pre-committed; abort the rest (F4)."""
@@ -225,6 +251,8 @@ class SubtaskActor:
             backpressure=sum(ch.blocked for ch in chans),
             state_keys={op.step_id: len(op.state) for op in self.ops if isinstance(op, KeyedOp)},
             snapshot_bytes=self.checkpoints.last_size, alignment=self.checkpoints.last_alignment,
+            late={op.step_id: op.late_records for op in self.ops if isinstance(op, KeyedOp) and op.late_records},
+            watermark=self.clock.watermark if self.clock is not None else None,
         )
 
     async def run(self) -> SubtaskReport:
@@ -266,21 +294,64 @@ class SubtaskActor:
         self.exporter.export(report)
         return report
 
-    async def _emit(self, batch: Any) -> None:
-        out = run_chain(self.ops, batch) if self.ops else batch
+    async def _emit(self, batch: Any, channel: int | None = None) -> None:
+        if self.spec.input_sides:  # a join at the head: its input's side comes with the batch
+            head = self.ops[0]
+            assert isinstance(head, JoinOp)
+            out = run_chain(self.ops[1:], head.process_side(batch, self.spec.input_sides[channel]))
+        else:
+            out = run_chain(self.ops, batch) if self.ops else batch
         self.policies.flush_dead_letters()
-        if batch_len(out):
-            try:
+        await self._send(out)
+        await self._deliver(self.clock.tick())
+
+    async def _send(self, out: Any) -> None:
+        """Results to the output edges, and late records to the late edge (if any)."""
+        late = self._take_late()
+        if not batch_len(out) and late is None:
+            return
+        try:
+            for edge in self.outputs:
+                batch = late if edge.late else out
+                if batch is not None and batch_len(batch):
+                    await edge.emit(batch)
+        except UnsupportedKeyError as exc:  # the key function's fault: blame its step
+            raise RecordFailure(self.spec.steps[-1].step_id, exc.key, exc) from None
+
+    def _take_late(self) -> Any:
+        late = None
+        for op in self.window_ops:
+            batch = op.take_late()
+            if not batch_len(batch):
+                continue
+            if op is self.ops[-1] and any(e.late for e in self.outputs):
+                late = batch
+                continue
+            if self._late_dropped == 0:  # counted in the metrics; said once per subtask
+                logger.warning("%s: records too late for their window in step %s are counted and dropped; "
+                               "sink the step's .late stream to keep them", self.name, op.step_id)
+            self._late_dropped += batch_len(batch)
+        return late
+
+    async def _deliver(self, messages: list[Message]) -> None:
+        """What the clock fired, then the watermark, downstream in that order."""
+        for kind, payload in messages:
+            if kind == BATCH:
+                await self._send(payload)
+            else:
                 for edge in self.outputs:
-                    await edge.emit(out)
-            except UnsupportedKeyError as exc:  # the key function's fault: blame its step
-                raise RecordFailure(self.spec.steps[-1].step_id, exc.key, exc) from None
+                    await edge.broadcast(WATERMARK, payload)
 
     def _next_deadline(self) -> float | None:
         deadlines = [d for d in (e.next_deadline() for e in self.outputs) if d is not None]
+        clock = self.clock.next_deadline()
+        if clock is not None:
+            deadlines.append(clock)
         return min(deadlines) if deadlines else None
 
     async def _flush_due(self) -> None:
+        """Flush buffers whose linger is over; fire what the clocks say is due."""
+        await self._deliver(self.clock.on_time() + self.clock.tick())
         now = time.monotonic()
         for edge in self.outputs:
             await edge.flush_due(now)
@@ -296,6 +367,8 @@ class SubtaskActor:
             checkpoint_id=checkpoint_id, chain=spec.chain_name, subtask=spec.subtask, parallelism=spec.parallelism,
             source_offsets=self.source.offsets() if self.source else {},
             keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
+            watermarks={op.step_id: op.watermark for op in self.ops
+                        if isinstance(op, KeyedOp) and op.watermark is not None},
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self.sinks},
             counters=self._report().steps,
             audit=self.policies.audit_state(),
@@ -321,13 +394,17 @@ class SubtaskActor:
             channel, kind, payload, fut = item
             try:
                 if kind == BATCH:
-                    await self._emit(payload)
+                    await self._emit(payload, channel)
+                    continue
+                if kind == WATERMARK:
+                    await self._deliver(self.clock.on_input(channel, payload))
                     continue
                 done: Aligned | None
                 if kind == BARRIER:
                     done = alignment.on_barrier(channel, payload)
                 else:
                     ended += 1
+                    self.clock.on_input_end(channel)
                     done = alignment.on_end(channel)
                 inbox.blocked = alignment.blocked
                 if self.faults and done is None and alignment.current is not None:
@@ -353,9 +430,14 @@ class SubtaskActor:
             if self._stopping:
                 self.source.stop()
             if self.source.exhausted:
+                if not self._stopping:  # a bounded input ended: the end of time (a stop is not one)
+                    await self._deliver(self.clock.end_of_input())
                 await self._await_final_barrier()
                 continue
             progressed = await self.source.read_round(self._emit_source_batch)
+            if self.assign_at_source is not None:
+                for key in self.source.ended:
+                    self.assign_at_source.generator.end(key)
             await self._flush_due()
             if progressed:
                 await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in
@@ -390,12 +472,16 @@ class SubtaskActor:
         if spec.errors.mode == "dead_letter":
             self.policies.source_at = {"partition": partition, "offset": before}
         self.policies.count_source(batch)
+        if self.assign_at_source is not None:
+            self.assign_at_source.partition = partition
         await self._emit(batch)
         self._emitted_since_barrier = True
 
     async def _idle(self) -> None:
         """No partition had data: wait until one may, a linger deadline, or a control call."""
         delays = [self.source.idle_timeout()]
+        if self.assign_at_source is not None:
+            delays.append(self.spec.runtime.watermark_interval)  # idle partitions and held-back watermarks
         deadline = self._next_deadline()
         if deadline is not None:
             delays.append(deadline - time.monotonic())

@@ -34,6 +34,8 @@ class Wiring:
             run_id=self.run_id, attempt=attempt, errors=self.job.errors, audit=self.job.audit,
             source_partitions=self.plan.partitions_of(head.step_id, subtask) if source else [],
             all_partitions=list(self.plan.source_partitions[head.step_id]) if source else [],
+            input_sides=[head.sides[head.inputs.index(edge.upstream)]
+                         for edge, _ in self.plan.input_channels(chain, subtask)] if head.sides else [],
         )
 
     def outputs(self, chain: Chain, subtask: int, actors: dict[Key, Any]) -> list[OutputSpec]:
@@ -43,7 +45,7 @@ class Wiring:
             targets = [subtask] if edge.kind is EdgeKind.FORWARD else range(down.parallelism)
             outputs.append(OutputSpec(edge.kind, [
                 (actors[(down.name, j)], self.plan.channel_index(down, j, edge, subtask)) for j in targets
-            ]))
+            ], late=edge.late))
         return outputs
 
     def restore_spec(self, manifest: Manifest | None, chain: Chain, subtask: int,

@@ -1,0 +1,154 @@
+"""Watermarks: how a subtask's event-time clock is made and combined (docs/event_time.md).
+
+- `WatermarkGenerator`: where event times are assigned (a source with `event_time`, or
+  an event-time step), bounded out-of-orderness per partition: a partition's watermark
+  is the newest time it has seen minus `max_delay`; the generator's is the minimum over
+  partitions that are neither idle nor ended. A partition with no records for
+  `idle_after` is idle. All partitions ended: the end of time.
+- `InputWatermarks`: a subtask with inputs keeps the newest watermark of each input
+  channel; its own is the minimum over the channels that are active (an idle channel
+  does not count; an ended one counts as the end of time). It never goes back.
+- `AssignTimeOp`: the operator that stamps each record with `timestamp_fn(record)`.
+
+A watermark travels as a WATERMARK message on every output channel, after the records
+it follows; an IDLE payload (None) says that the sender is idle.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from raystream._runtime.batch import Timed, as_records, untimed
+from raystream._runtime.operators import Operator
+from raystream.event_time import EventTime, to_millis
+from raystream.graph import Step
+
+MIN_TIME = -(2**63)
+MAX_TIME = 2**63 - 1
+IDLE = None  # the payload of a WATERMARK message from an idle sender
+
+
+class WatermarkGenerator:
+    """Bounded out-of-orderness with idleness, over the partitions of one subtask."""
+
+    def __init__(self, event_time: EventTime, partitions: list[str]):
+        self.max_delay = event_time.max_delay_ms
+        idle = event_time.idle_after_ms
+        self.idle_after = None if idle is None else idle / 1000
+        now = time.monotonic()
+        self.newest: dict[str, int] = {p: MIN_TIME for p in partitions}
+        self.seen_at: dict[str, float] = {p: now for p in partitions}
+        self.ended: set[str] = set()
+
+    def observe(self, partition: str, times: list[int]) -> None:
+        if not times:
+            return
+        newest = max(times)
+        if newest > self.newest.get(partition, MIN_TIME):
+            self.newest[partition] = newest
+        self.seen_at[partition] = time.monotonic()
+
+    def end(self, partition: str) -> None:
+        self.ended.add(partition)
+
+    def end_all(self) -> None:
+        self.ended.update(self.newest)
+
+    def watermark(self, now: float | None = None) -> int | None:
+        """The current watermark, or IDLE when every partition not ended is idle."""
+        now = time.monotonic() if now is None else now
+        marks = []
+        idle = False
+        for p, newest in self.newest.items():
+            if p in self.ended:
+                continue
+            if self.idle_after is not None and now - self.seen_at[p] >= self.idle_after:
+                idle = True
+                continue
+            marks.append(newest - self.max_delay if newest > MIN_TIME + self.max_delay else MIN_TIME)
+        if marks:
+            return min(marks)
+        return IDLE if idle else MAX_TIME
+
+    def idle_deadline(self) -> float | None:
+        """When (monotonic) the next active partition becomes idle; None: none will."""
+        if self.idle_after is None:
+            return None
+        times = [t for p, t in self.seen_at.items() if p not in self.ended]
+        return min(times) + self.idle_after if times else None
+
+
+class InputWatermarks:
+    """The watermark of a subtask's inputs: the minimum over active channels."""
+
+    def __init__(self, n_channels: int):
+        self.marks = [MIN_TIME] * n_channels
+        self.idle: set[int] = set()
+        self.current = MIN_TIME
+        self.is_idle = False
+
+    def on_watermark(self, channel: int, mark: int | None) -> int | None | bool:
+        """A channel's watermark (or IDLE). Returns the new watermark when it advanced,
+        IDLE when the subtask became idle, False when nothing changed."""
+        if mark is IDLE:
+            self.idle.add(channel)
+        else:
+            self.idle.discard(channel)
+            if mark > self.marks[channel]:
+                self.marks[channel] = mark
+        return self._combine()
+
+    def on_end(self, channel: int) -> int | None | bool:
+        self.idle.discard(channel)
+        self.marks[channel] = MAX_TIME
+        return self._combine()
+
+    def _combine(self) -> int | None | bool:
+        active = [m for c, m in enumerate(self.marks) if c not in self.idle]
+        if not active:
+            if self.is_idle:
+                return False
+            self.is_idle = True
+            return IDLE
+        self.is_idle = False
+        mark = min(active)
+        if mark > self.current:
+            self.current = mark
+            return mark
+        return False
+
+
+class AssignTimeOp(Operator):
+    """Stamps records with their event time and feeds the generator. At a source it runs
+    before the chain (with `partition` set per batch); as a step it is part of the chain."""
+
+    def __init__(self, step: Step, event_time: EventTime, generator: WatermarkGenerator):
+        super().__init__(step)
+        self.fn = event_time.timestamp_fn
+        self.generator = generator
+        self.partition = "" if step.source is None else "?"
+
+    def process(self, batch: Any) -> Any:
+        batch, _ = untimed(batch)  # new times replace any the records had
+        records = as_records(batch)
+        self.records_in += len(records)
+        fn = self.fn
+        try:
+            times = [to_millis(fn(r)) for r in records]
+        except Exception:
+            records, times = self._stamp_one_by_one(records)
+        self.generator.observe(self.partition, times)
+        self.records_out += len(records)
+        return Timed(records, times)
+
+    def _stamp_one_by_one(self, records: list[Any]) -> tuple[list[Any], list[int]]:
+        kept, times = [], []
+        for record in records:
+            try:
+                t = to_millis(self.fn(record))
+            except Exception as exc:
+                self.failed(record, exc)
+                continue
+            kept.append(record)
+            times.append(t)
+        return kept, times
