@@ -35,7 +35,7 @@ def to_millis(value: Any) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise TypeError(f"the timestamp {value!r} is not a finite number of seconds")
-        return math.floor(value * 1000)
+        return round(value * 1000)
     raise TypeError(f"a timestamp must be a timezone-aware datetime or seconds since the epoch; "
                     f"got {type(value).__name__} {value!r}")
 

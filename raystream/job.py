@@ -395,8 +395,8 @@ class KeyedStream(Stream):
              parallelism: int | None = None, resources: Resources | None = None) -> "WindowOutput":
         """Window join: for each key and window of `window` (Tumbling or Sliding, event
         time), `fn(left, right)` for every pair of a record of this stream and one of
-        `other`, emitted as `(key, fn(left, right))` when the window fires. Records too late
-        for their window go to `.late`."""
+        `other`, emitted as `(key, WindowResult(start, end, fn(left, right)))` when the
+        window fires. Records too late for their window go to `.late`."""
         if not isinstance(other, KeyedStream) or other.job is not self.job:
             raise JobDefinitionError(f"step {step_id!r}: join takes a keyed stream of the same job")
         if not isinstance(window, Assigner) or window.merging or window.clock != "event":

@@ -2,7 +2,9 @@
 
 - `WatermarkGenerator`: where event times are assigned (a source with `event_time`, or
   an event-time step), bounded out-of-orderness per partition: a partition's watermark
-  is the newest time it has seen minus `max_delay`; the generator's is the minimum over
+  is the newest time it has seen minus `max_delay`, minus 1 ms (a watermark W says that
+  every record at W or before has arrived, and more records may come at the newest
+  time itself); the generator's is the minimum over
   partitions that are neither idle nor ended. A partition with no records for
   `idle_after` is idle. All partitions ended: the end of time.
 - `InputWatermarks`: a subtask with inputs keeps the newest watermark of each input
@@ -65,7 +67,7 @@ class WatermarkGenerator:
             if self.idle_after is not None and now - self.seen_at[p] >= self.idle_after:
                 idle = True
                 continue
-            marks.append(newest - self.max_delay if newest > MIN_TIME + self.max_delay else MIN_TIME)
+            marks.append(newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME)
         if marks:
             return min(marks)
         return IDLE if idle else MAX_TIME
@@ -104,14 +106,14 @@ class InputWatermarks:
         return self._combine()
 
     def _combine(self) -> int | None | bool:
-        active = [m for c, m in enumerate(self.marks) if c not in self.idle]
-        if not active:
+        live = [m for c, m in enumerate(self.marks) if c not in self.idle and m != MAX_TIME]
+        if not live and self.idle:  # every channel not ended is idle: so is this subtask
             if self.is_idle:
                 return False
             self.is_idle = True
             return IDLE
         self.is_idle = False
-        mark = min(active)
+        mark = min(live) if live else MAX_TIME
         if mark > self.current:
             self.current = mark
             return mark

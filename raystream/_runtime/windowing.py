@@ -179,11 +179,9 @@ class WindowOp(KeyedOp):
 
     def _emit(self, key: Any, w: tuple[int, int], entry: list, out: Collector) -> None:
         result = self.functions.result(key, w, entry[0])
-        if self.functions.how == "join":
-            for value in result:
-                out.add(key, value, w[1] - 1)
-        else:
-            out.add(key, WindowResult(from_millis(w[0]), from_millis(w[1]), result, entry[1]), w[1] - 1)
+        start, end = from_millis(w[0]), from_millis(w[1])
+        for value in result if self.functions.how == "join" else (result,):
+            out.add(key, WindowResult(start, end, value, entry[1]), w[1] - 1)
         entry[1] = True
 
     # --- time -------------------------------------------------------------------------
@@ -229,7 +227,8 @@ class WindowOp(KeyedOp):
 
 class JoinOp(WindowOp):
     """A window join of two keyed inputs: per key and window, `fn(left, right)` for every
-    pair of a left and a right record, emitted when the window fires."""
+    pair of a left and a right record, emitted as `(key, WindowResult(start, end,
+    fn(left, right)))` when the window fires."""
 
     def process(self, batch: Any) -> Any:
         raise AssertionError("a join takes batches with their side (process_side)")

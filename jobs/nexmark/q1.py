@@ -1,0 +1,30 @@
+"""Nexmark q1, currency conversion: each bid's price in euros (0.908 per dollar)."""
+from __future__ import annotations
+
+import os
+
+import raystream as rs
+from raystream import nexmark as nx
+
+
+def to_euros(bid: nx.Bid) -> tuple:
+    return bid.auction, bid.bidder, 0.908 * bid.price, bid.date_time
+
+
+def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
+    job = rs.Job("nexmark_q1", parallelism=config.partitions)
+    events = job.source("events", nx.NexmarkSource(config))
+    events.filter("bids", lambda e: isinstance(e, nx.Bid)).map("q1", to_euros).sink("out", sink)
+    return job
+
+
+def reference(events) -> list:
+    return sorted(to_euros(e) for e in events if isinstance(e, nx.Bid))
+
+
+def normalize(records: list) -> list:
+    return sorted(tuple(r) for r in records)
+
+
+job = build(nx.NexmarkConfig.from_env(event_rate=1_000),
+            rs.sinks.FileSink(os.environ.get("NEXMARK_OUT", "out/nexmark/q1")))
