@@ -36,6 +36,9 @@ the end of the stream goes into the job result under the sink's step id.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -264,11 +267,22 @@ class _FileWriter(SinkWriter):
         return {"files": self.files_committed}
 
 
+def _json_default(value: Any) -> Any:
+    """JSON for what json does not know: dataclasses (a WindowResult) as objects, datetimes
+    in ISO 8601."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON; map records to dicts, lists, "
+                    "strings and numbers before the sink")
+
+
 def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
     """Serialize micro-batches as one JSON-lines or Parquet file."""
     if fmt == "jsonl":
-        dumps = json.dumps
-        lines = [dumps(r, separators=(",", ":")) for part in parts for r in as_records(part)]
+        dumps = functools.partial(json.dumps, separators=(",", ":"), default=_json_default)
+        lines = [dumps(r) for part in parts for r in as_records(part)]
         return ("\n".join(lines) + "\n").encode("utf-8")
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
     buf = io.BytesIO()
