@@ -22,6 +22,7 @@ class StepMetrics:
     records_in: int = 0
     records_out: int = 0
     errors: int = 0  # records a user function raised on (skipped or dead-lettered)
+    late: int = 0  # records too late for their window (window steps; see the step's .late stream)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ METRICS_SCHEMA = pa.schema([
     ("step", pa.string()), ("subtask", pa.int32()), ("chain", pa.string()),
     ("records_in", pa.int64()), ("records_out", pa.int64()), ("in_per_s", pa.float64()),
     ("out_per_s", pa.float64()), ("backpressure_s", pa.float64()), ("state_keys", pa.int64()),
-    ("snapshot_bytes", pa.int64()), ("alignment_s", pa.float64()),
+    ("snapshot_bytes", pa.int64()), ("alignment_s", pa.float64()), ("late_records", pa.int64()),
+    ("watermark", pa.timestamp("ms", tz="UTC")),
 ])
 
 

@@ -9,6 +9,7 @@ exports the job's figures. Series (Prometheus shows them with Ray's `ray_` prefi
     raystream_records_in, raystream_records_out       counters   job, step, subtask
     raystream_backpressure_seconds                    counter    job, chain, subtask
     raystream_state_keys                              gauge      job, step, subtask
+    raystream_late_records                            counter     job, step, subtask
     raystream_snapshot_bytes, raystream_alignment_seconds
                                                       gauges     job, chain, subtask
     raystream_checkpoint_duration_seconds, raystream_checkpoints_completed,
@@ -32,6 +33,7 @@ from raystream.result import CheckpointStats
 logger = logging.getLogger(__name__)
 
 _STEP_TAGS = ("job", "step", "subtask")
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999  # datetimes of years 1 to 9999: a watermark
 _CHAIN_TAGS = ("job", "chain", "subtask")
 
 
@@ -43,6 +45,7 @@ class SubtaskExporter:
         self._series: dict[str, Any] | None = None
         self._sent: dict[str, tuple[int, int]] = {}
         self._blocked = 0.0
+        self._late: dict[str, int] = {}
 
     def _make(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,8 @@ class SubtaskExporter:
             "bytes": ray_metrics.Gauge("raystream_snapshot_bytes", "Size of the newest snapshot.", _CHAIN_TAGS),
             "alignment": ray_metrics.Gauge("raystream_alignment_seconds",
                                            "Barrier alignment of the newest checkpoint.", _CHAIN_TAGS),
+            "late": ray_metrics.Counter("raystream_late_records", "Records too late for their window.",
+                                        _STEP_TAGS),
         }
 
     def export(self, report: SubtaskReport) -> None:
@@ -70,6 +75,12 @@ class SubtaskExporter:
                 if n_out > sent_out:
                     s["out"].inc(n_out - sent_out, tags)
                 self._sent[step_id] = (max(n_in, sent_in), max(n_out, sent_out))
+            for step_id, n in report.late.items():
+                tags = {"job": self.job, "step": step_id, "subtask": self.subtask}
+                sent = self._late.get(step_id, 0)
+                if n > sent:
+                    s["late"].inc(n - sent, tags)
+                    self._late[step_id] = n
             for step_id, keys in report.state_keys.items():
                 s["keys"].set(keys, {"job": self.job, "step": step_id, "subtask": self.subtask})
             if report.backpressure > self._blocked:
@@ -153,5 +164,8 @@ class MetricsTable:
                     "in_per_s": seen.in_per_s if seen else 0.0, "out_per_s": seen.out_per_s if seen else 0.0,
                     "backpressure_s": report.backpressure, "state_keys": report.state_keys.get(step_id, 0),
                     "snapshot_bytes": report.snapshot_bytes, "alignment_s": report.alignment,
+                    "late_records": report.late.get(step_id, 0),
+                    "watermark": report.watermark if report.watermark is not None and
+                    _MIN_MS <= report.watermark <= _MAX_MS else None,
                 })
         return rows

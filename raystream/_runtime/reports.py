@@ -18,14 +18,16 @@ class JobOutcome:
 
 def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:
     """Counters summed over subtasks, in the job's step order."""
-    totals: dict[str, list[int]] = {step_id: [0, 0, 0] for step_id in order}
+    totals: dict[str, list[int]] = {step_id: [0, 0, 0, 0] for step_id in order}
     for r in reports:
         for step_id, (n_in, n_out) in r.steps.items():
-            t = totals.setdefault(step_id, [0, 0, 0])
+            t = totals.setdefault(step_id, [0, 0, 0, 0])
             t[0] += n_in
             t[1] += n_out
         for step_id, n in r.errors.items():
-            totals.setdefault(step_id, [0, 0, 0])[2] += n
+            totals.setdefault(step_id, [0, 0, 0, 0])[2] += n
+        for step_id, n in r.late.items():
+            totals.setdefault(step_id, [0, 0, 0, 0])[3] += n
     return {k: StepMetrics(*v) for k, v in totals.items()}
 
 

@@ -98,6 +98,7 @@ class RestoredState:
     tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
     errors: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
+    late: dict[str, int] = field(default_factory=dict)
 
 
 def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtask: int, parallelism: int,
@@ -148,6 +149,9 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         for step_id, n in getattr(state, "errors", {}).items():
             if step_id in steps:
                 merged.errors[step_id] = merged.errors.get(step_id, 0) + n
+        for step_id, n in getattr(state, "late", {}).items():
+            if step_id in steps:
+                merged.late[step_id] = merged.late.get(step_id, 0) + n
     return merged
 
 

@@ -53,6 +53,7 @@ class SubtaskState:
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
     watermarks: dict[str, int] = field(default_factory=dict)  # step id -> the event-time clock of a timed step
+    late: dict[str, int] = field(default_factory=dict)  # window step id -> records too late for it
 
 
 @dataclass(frozen=True)

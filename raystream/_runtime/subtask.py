@@ -158,6 +158,8 @@ class SubtaskActor:
                     op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
                 if step.kind is not StepKind.SOURCE:
                     op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
+                if isinstance(op, WindowOp):
+                    op.late_records = state.late.get(step.step_id, 0)
                 op.errors = state.errors.get(step.step_id, 0)
             self.ops.append(op)
 
@@ -373,6 +375,7 @@ class SubtaskActor:
             counters=self._report().steps,
             audit=self.policies.audit_state(),
             errors={op.step_id: op.errors for op in self.ops if op.errors},
+            late={op.step_id: op.late_records for op in self.window_ops if op.late_records},
         )
 
     async def _forward_barrier(self, checkpoint_id: int) -> None:

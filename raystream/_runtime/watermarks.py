@@ -86,6 +86,7 @@ class InputWatermarks:
     def __init__(self, n_channels: int):
         self.marks = [MIN_TIME] * n_channels
         self.idle: set[int] = set()
+        self.ended: set[int] = set()
         self.current = MIN_TIME
         self.is_idle = False
 
@@ -102,18 +103,19 @@ class InputWatermarks:
 
     def on_end(self, channel: int) -> int | None | bool:
         self.idle.discard(channel)
+        self.ended.add(channel)
         self.marks[channel] = MAX_TIME
         return self._combine()
 
     def _combine(self) -> int | None | bool:
-        live = [m for c, m in enumerate(self.marks) if c not in self.idle and m != MAX_TIME]
-        if not live and self.idle:  # every channel not ended is idle: so is this subtask
+        active = [m for c, m in enumerate(self.marks) if c not in self.idle]
+        if self.idle and len(self.ended) == len(active):  # every channel not ended is idle: so is this subtask
             if self.is_idle:
                 return False
             self.is_idle = True
             return IDLE
         self.is_idle = False
-        mark = min(live) if live else MAX_TIME
+        mark = min(active)
         if mark > self.current:
             self.current = mark
             return mark
