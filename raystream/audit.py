@@ -22,10 +22,13 @@ from typing import Any, Callable
 @dataclass(frozen=True)
 class Audit:
     """Id functions for the audit: `source_id(record)` for what sources emit,
-    `sink_id(record)` for what sinks receive. None: count records only."""
+    `sink_id(record)` for what sinks receive. None: count records only. `sinks`: the sink
+    step ids audited (None: all), for a job whose other sinks write something else
+    (billing's invoices are per customer and hour, not per event)."""
 
     source_id: Callable[[Any], Any] | None = None
     sink_id: Callable[[Any], Any] | None = None
+    sinks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def test_billing_with_chaos_verifies_exactly_once(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "chaos: killed 2 subtask processes" in proc.stdout
     assert "missing 0, duplicated 0, wrong totals 0" in proc.stdout
+    assert "late reports in corrections; wrong 0, duplicated 0, misplaced 0" in proc.stdout
     assert "VERDICT: exactly once" in proc.stdout
     # A quiet terminal: one line per recovery, none of Ray's notices about what raystream handles
     output = proc.stdout + proc.stderr

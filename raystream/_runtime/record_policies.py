@@ -56,7 +56,7 @@ class RecordPolicies:
         if self.source_step is not None:
             self.source_tally = Tally(audit.source_id, *restored.get(f"source:{self.source_step.step_id}", (0, 0)))
         for op in self.ops:
-            if isinstance(op, SinkOp):
+            if isinstance(op, SinkOp) and (audit.sinks is None or op.step_id in audit.sinks):
                 op.tally = Tally(audit.sink_id, *restored.get(f"sink:{op.step_id}", (0, 0)))
 
     def on_error(self, step_id: str, record: Any, exc: BaseException) -> None:

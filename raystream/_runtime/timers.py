@@ -133,6 +133,7 @@ class ProcessOp(KeyedOp):
             ctx.close()
             if ks.empty():
                 self.state.pop(key, None)
+        self.records_out += len(out.keys)
         return out.batch(self.timed)
 
     def on_watermark(self, watermark: int) -> Any:

@@ -203,6 +203,7 @@ class WindowOp(KeyedOp):
             del windows[w]
             if not windows:
                 del self.state[key]
+        self.records_out += len(out.keys)
         return out.batch(self.timed)
 
     def on_watermark(self, watermark: int) -> Any:

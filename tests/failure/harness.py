@@ -18,8 +18,11 @@ logger = logging.getLogger(__name__)
 BILLING = Path(__file__).resolve().parents[2] / "jobs" / "billing.py"
 
 
-def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: int = 50_000) -> dict[str, Any]:
-    """jobs/billing.py at test size: its `job`, `verify` and `setup`."""
+def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: int = 50_000,
+                 invoices: bool = False) -> dict[str, Any]:
+    """jobs/billing.py at test size: its `job`, `verify` and `setup`. Without `invoices`
+    only the running totals (two chains); the invoices have tests of their own."""
+    monkeypatch.setenv("BILLING_INVOICES", "1" if invoices else "0")
     monkeypatch.setenv("BILLING_EVENTS", str(events))
     monkeypatch.setenv("BILLING_RATE", str(rate))
     monkeypatch.setenv("BILLING_OUT", out)

@@ -18,7 +18,7 @@ from raystream import nexmark as nx
 from raystream.windows import Session, Sliding, Tumbling
 from tests.support import wait_until
 
-from .harness import kill, running
+from .harness import kill, load_billing, running
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +173,17 @@ def test_windows_and_timers_rescaled_while_open(tmp_path):
     assert (rescale.from_parallelism, rescale.to_parallelism) == (2, 3)
     handle.wait()
     _check_outputs(tmp_path)
+
+
+def test_billing_invoices_with_the_window_subtask_killed(monkeypatch, tmp_path):
+    """Hourly invoices and corrections of jobs/billing.py: every usage event in exactly one
+    invoice or correction, every invoice fired once with the sum of its hour."""
+    ns = load_billing(monkeypatch, events=16_000, rate=4_000, out=str(tmp_path / "out"), invoices=True)
+    handle = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3)).start()
+    _kill_one_of(handle, ("invoice",), random.Random(2))
+    result = handle.wait()
+    assert result.restarts >= 1
+    assert ns["verify"]().ok
+    invoices = ns["verify_invoices"]()
+    assert invoices.ok, invoices
+    assert invoices.invoices > 1_000 and invoices.corrections > 0, invoices
