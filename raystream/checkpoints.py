@@ -90,7 +90,7 @@ def read_state(uri: str, step_id: str) -> pa.Table:
     for meta in manifest.snapshots_of(chains[0]):
         state = store.verify_snapshot(store.storage.get(meta.key), meta)  # checksum before unpickling
         if step_id not in state.keyed:
-            raise RestoreError(f"step {step_id!r} keeps no keyed state (only reduce and stateful_map steps do)")
+            raise RestoreError(f"step {step_id!r} keeps no keyed state (only keyed steps do: reduce, stateful_map, windows, process and joins)")
         for key, value in state.keyed[step_id].items():
             keys.append(key)
             values.append(value)

@@ -1,8 +1,9 @@
 """The subtask actor: one parallel instance of a chain of steps.
 
-It owns three parts that hold no Ray handle and are tested alone: `SourceReader` (the
-partitions a source subtask reads), `RecordPolicies` (dead letters and audit tallies)
-and `SubtaskCheckpoints` (its side of the checkpoint protocol). The actor itself runs
+It owns parts that hold no Ray handle and are tested alone: `SourceReader` (the
+partitions a source subtask reads), `RecordPolicies` (dead letters and audit tallies),
+`SubtaskCheckpoints` (its side of the checkpoint protocol), `ChainClock` (watermarks
+and timers; docs/event_time.md) and `Emitter` (what leaves it). The actor itself runs
 the loop and talks to its peers and the coordinator.
 
 The path of a batch through a subtask with inputs:
@@ -13,6 +14,8 @@ The path of a batch through a subtask with inputs:
   `max_in_flight` messages unacknowledged;
 - a barrier goes to the alignment (docs/protocol.md C2); when it completes, the subtask
   checkpoints (C3-C4);
+- a watermark goes to the clock, which fires the windows and timers it passes, sends
+  what they emit and then the watermark downstream;
 - the message is acknowledged (its push call returns) only after that, so a slow
   consumer stalls its producers;
 - when every input has ended, end-of-stream goes out on every output; the subtask waits
@@ -20,7 +23,8 @@ The path of a batch through a subtask with inputs:
 
 A source subtask runs the same chain and outputs but reads its partitions round-robin
 and emits a barrier between two batches when the coordinator asks for one (C1). When
-its partitions are exhausted it tells the coordinator and waits for the final barrier.
+its partitions are exhausted it sends the end of time as its watermark (a bounded input;
+not when the job is being stopped), tells the coordinator and waits for the final barrier.
 """
 from __future__ import annotations
 
@@ -35,25 +39,25 @@ from typing import Any
 import ray
 
 from raystream._runtime.alignment import Aligned, Alignment
-from raystream._runtime.batch import batch_len
+from raystream._runtime.assembly import build_clock, build_operators
 from raystream._runtime.blocking import in_thread
 from raystream._runtime.channel import BARRIER, BATCH, END, WATERMARK, Inbox, OutputChannel, OutputEdge
-from raystream._runtime.clock import ChainClock, Message
 from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.clock import ChainClock
+from raystream._runtime.emitter import Emitter
 from raystream._runtime.failure import Failure, FailureKind
 from raystream._runtime.injector import Injector, install_s3_faults
-from raystream._runtime.keys import UnsupportedKeyError
 from raystream._runtime.metrics import SubtaskExporter
-from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, build_operator, run_chain
+from raystream._runtime.operators import KeyedOp, Operator, RecordFailure, SinkOp, run_chain
 from raystream._runtime.record_policies import RecordPolicies
 from raystream._runtime.recovery import load_state
-from raystream._runtime.rescale import RestoredState, writer_context
+from raystream._runtime.rescale import RestoredState
 from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
-from raystream._runtime.watermarks import AssignTimeOp, WatermarkGenerator
-from raystream._runtime.windowing import TIMED_OPERATORS, JoinOp, WindowOp
+from raystream._runtime.watermarks import AssignTimeOp
+from raystream._runtime.windowing import JoinOp
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.graph import StepKind
@@ -79,7 +83,7 @@ class SubtaskActor:
         self.policies: RecordPolicies | None = None
         self.inbox = Inbox(spec.n_inputs) if spec.n_inputs else None
         self.alignment = Alignment(spec.n_inputs, aligned=spec.guarantee == Guarantee.EXACTLY_ONCE)
-        self.outputs: list[OutputEdge] = []
+        self.out: Emitter | None = None  # what leaves the subtask, from setup on
         self.coordinator: Any = None
         self.checkpoints = SubtaskCheckpoints(
             name=self.name, store=self.store, run_id=spec.run_id, attempt=spec.attempt, chain=spec.chain_name,
@@ -93,8 +97,6 @@ class SubtaskActor:
         self.exporter = SubtaskExporter(spec.job_name, spec.chain_name, spec.subtask)
         self.clock: ChainClock | None = None
         self.assign_at_source: AssignTimeOp | None = None
-        self._late_dropped = 0
-        self.window_ops: list[WindowOp] = []
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -120,8 +122,10 @@ class SubtaskActor:
                                      rt.max_parallelism)
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
-        self._build_operators(state)
-        self._build_clock()
+        self.ops = build_operators(spec, state)
+        if self.source is not None and self.ops and isinstance(self.ops[0], AssignTimeOp):
+            self.assign_at_source = self.ops[0]
+        self.clock = build_clock(self.ops, spec)
         self.policies = RecordPolicies(spec, self.ops, state)
         dead_letters = [self.policies.dead_letters] if self.policies.dead_letters is not None else []
         self.sinks = [op for op in self.ops if isinstance(op, SinkOp)] + dead_letters
@@ -130,48 +134,13 @@ class SubtaskActor:
             await self._recover_sinks(state)
         if self.source is not None:
             self._open_source(state, progress)
-        self.outputs = [
+        edges = [
             OutputEdge(o.kind, [OutputChannel(h, c, rt.max_in_flight) for h, c in o.targets],
                        rt.batch_size, rt.linger, rt.max_parallelism, late=o.late)
             for o in outputs
         ]
+        self.out = Emitter(self.name, edges, self.ops, self.clock, spec.steps[-1].step_id)
         return state.tiers if state is not None else {}
-
-    def _build_operators(self, state: RestoredState | None) -> None:
-        spec = self.spec
-        for step in spec.steps:
-            if step.kind is StepKind.SOURCE:
-                if step.event_time is None:
-                    continue
-                # the source's records get their times before the chain sees them
-                op = self.assign_at_source = AssignTimeOp(
-                    step, step.event_time, WatermarkGenerator(step.event_time, spec.source_partitions))
-            elif step.kind is StepKind.EVENT_TIME:
-                op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
-            elif step.kind in TIMED_OPERATORS:
-                op = TIMED_OPERATORS[step.kind](step)
-            else:
-                ctx = writer_context(spec, step.step_id, step.sink, state) if step.kind is StepKind.SINK else None
-                op = build_operator(step, ctx)
-            if state is not None:
-                if isinstance(op, KeyedOp):
-                    op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
-                if step.kind is not StepKind.SOURCE:
-                    op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
-                if isinstance(op, WindowOp):
-                    op.late_records = state.late.get(step.step_id, 0)
-                op.errors = state.errors.get(step.step_id, 0)
-            self.ops.append(op)
-
-    def _build_clock(self) -> None:
-        """The chain's event-time and processing-time clock; the last generator in the chain
-        makes the watermark of the steps after it."""
-        gens = [i for i, op in enumerate(self.ops) if isinstance(op, AssignTimeOp)]
-        gen_index = gens[-1] if gens else None
-        generator = self.ops[gen_index].generator if gen_index is not None else None
-        self.clock = ChainClock(self.ops, self.spec.n_inputs, generator, gen_index,
-                                self.spec.runtime.watermark_interval)
-        self.window_ops = [op for op in self.ops if isinstance(op, WindowOp)]
 
     async def _recover_sinks(self, state: RestoredState | None) -> None:
         """R4: commit what the restored checkpoint pre-committed; abort the rest (F4)."""
@@ -243,7 +212,7 @@ class SubtaskActor:
             steps[dead_letters.step_id] = (dead_letters.records_in, 0)
         if self.source is not None:
             steps[self.source.step.step_id] = (0, self.source.emitted)
-        chans = [ch for edge in self.outputs for ch in edge.channels]
+        chans = self.out.channels if self.out is not None else []
         return SubtaskReport(
             self.spec.chain_name, self.spec.subtask, steps, failure=failure,
             max_in_flight_seen=max((ch.max_in_flight_seen for ch in chans), default=0),
@@ -273,10 +242,8 @@ class SubtaskActor:
             logger.exception("%s failed", self.name)
             failure = Failure(FailureKind.INTERNAL, self.name, f"{type(exc).__name__}: {exc}",
                               traceback_text=traceback.format_exc())
-        for edge in self.outputs:  # nobody waits for the pushes in flight now
-            for ch in edge.channels:
-                for fut in ch.in_flight:
-                    fut.cancel()
+        if self.out is not None:
+            self.out.cancel_in_flight()
         return self._report(failure)
 
     async def _run_body(self) -> SubtaskReport:
@@ -285,10 +252,8 @@ class SubtaskActor:
             await self._run_source()
         else:
             await self._run_inputs()
-        for edge in self.outputs:
-            await edge.broadcast(END, None)
-        for edge in self.outputs:
-            await edge.drain()
+        await self.out.broadcast(END, None)
+        await self.out.drain()
         await self.checkpoints.wait_committed(lambda: self._fatal)
         report = self._report()
         results = {op.step_id: op.close() for op in self.ops + [op for op in self.sinks if op not in self.ops]}
@@ -304,59 +269,8 @@ class SubtaskActor:
         else:
             out = run_chain(self.ops, batch) if self.ops else batch
         self.policies.flush_dead_letters()
-        await self._send(out)
-        await self._deliver(self.clock.tick())
-
-    async def _send(self, out: Any) -> None:
-        """Results to the output edges, and late records to the late edge (if any)."""
-        late = self._take_late()
-        if not batch_len(out) and late is None:
-            return
-        try:
-            for edge in self.outputs:
-                batch = late if edge.late else out
-                if batch is not None and batch_len(batch):
-                    await edge.emit(batch)
-        except UnsupportedKeyError as exc:  # the key function's fault: blame its step
-            raise RecordFailure(self.spec.steps[-1].step_id, exc.key, exc) from None
-
-    def _take_late(self) -> Any:
-        late = None
-        for op in self.window_ops:
-            batch = op.take_late()
-            if not batch_len(batch):
-                continue
-            if op is self.ops[-1] and any(e.late for e in self.outputs):
-                late = batch
-                continue
-            if self._late_dropped == 0:  # counted in the metrics; said once per subtask
-                logger.warning("%s: records too late for their window in step %s are counted and dropped; "
-                               "sink the step's .late stream to keep them", self.name, op.step_id)
-            self._late_dropped += batch_len(batch)
-        return late
-
-    async def _deliver(self, messages: list[Message]) -> None:
-        """What the clock fired, then the watermark, downstream in that order."""
-        for kind, payload in messages:
-            if kind == BATCH:
-                await self._send(payload)
-            else:
-                for edge in self.outputs:
-                    await edge.broadcast(WATERMARK, payload)
-
-    def _next_deadline(self) -> float | None:
-        deadlines = [d for d in (e.next_deadline() for e in self.outputs) if d is not None]
-        clock = self.clock.next_deadline()
-        if clock is not None:
-            deadlines.append(clock)
-        return min(deadlines) if deadlines else None
-
-    async def _flush_due(self) -> None:
-        """Flush buffers whose linger is over; fire what the clocks say is due."""
-        await self._deliver(self.clock.on_time() + self.clock.tick())
-        now = time.monotonic()
-        for edge in self.outputs:
-            await edge.flush_due(now)
+        await self.out.send(out)
+        await self.out.deliver(self.clock.tick())
 
     async def _checkpoint(self, checkpoint_id: int, alignment: float) -> None:
         """C3-C4 (SubtaskCheckpoints.take) with this subtask's state and outputs."""
@@ -375,12 +289,11 @@ class SubtaskActor:
             counters=self._report().steps,
             audit=self.policies.audit_state(),
             errors={op.step_id: op.errors for op in self.ops if op.errors},
-            late={op.step_id: op.late_records for op in self.window_ops if op.late_records},
+            late={op.step_id: op.late_records for op in self.out.window_ops if op.late_records},
         )
 
     async def _forward_barrier(self, checkpoint_id: int) -> None:
-        for edge in self.outputs:
-            await edge.broadcast(BARRIER, checkpoint_id)
+        await self.out.broadcast(BARRIER, checkpoint_id)
 
     # --- a subtask with inputs ------------------------------------------------------------
 
@@ -389,10 +302,10 @@ class SubtaskActor:
         ended = 0
         while ended < inbox.n:
             self._raise_if_failed()
-            deadline = self._next_deadline()
+            deadline = self.out.next_deadline()
             item = await inbox.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if item is None:
-                await self._flush_due()
+                await self.out.flush_due()
                 continue
             channel, kind, payload, fut = item
             try:
@@ -400,7 +313,7 @@ class SubtaskActor:
                     await self._emit(payload, channel)
                     continue
                 if kind == WATERMARK:
-                    await self._deliver(self.clock.on_input(channel, payload))
+                    await self.out.deliver(self.clock.on_input(channel, payload))
                     continue
                 done: Aligned | None
                 if kind == BARRIER:
@@ -417,9 +330,8 @@ class SubtaskActor:
             finally:
                 fut.set_result(None)  # the acknowledgement: the sender may send more
                 if deadline is not None and deadline <= time.monotonic():
-                    await self._flush_due()
-        for edge in self.outputs:
-            await edge.flush_all()
+                    await self.out.flush_due()
+        await self.out.flush_all()
 
     # --- a source subtask -------------------------------------------------------------------
 
@@ -434,14 +346,14 @@ class SubtaskActor:
                 self.source.stop()
             if self.source.exhausted:
                 if not self._stopping:  # a bounded input ended: the end of time (a stop is not one)
-                    await self._deliver(self.clock.end_of_input())
+                    await self.out.deliver(self.clock.end_of_input())
                 await self._await_final_barrier()
                 continue
             progressed = await self.source.read_round(self._emit_source_batch)
             if self.assign_at_source is not None:
                 for key in self.source.ended:
                     self.assign_at_source.generator.end(key)
-            await self._flush_due()
+            await self.out.flush_due()
             if progressed:
                 await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in
             else:
@@ -485,7 +397,7 @@ class SubtaskActor:
         delays = [self.source.idle_timeout()]
         if self.assign_at_source is not None:
             delays.append(self.spec.runtime.watermark_interval)  # idle partitions and held-back watermarks
-        deadline = self._next_deadline()
+        deadline = self.out.next_deadline()
         if deadline is not None:
             delays.append(deadline - time.monotonic())
         self._wake.clear()

@@ -17,7 +17,7 @@ from raystream._runtime.batch import KeyedBatch, timed
 from raystream._runtime.operators import KeyedOp
 from raystream._runtime.watermarks import MIN_TIME
 from raystream.graph import Step
-from raystream.process import KeyState, ProcessContext
+from raystream.process import ProcessContext
 
 
 def now_ms() -> int:

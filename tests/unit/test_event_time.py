@@ -11,11 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raystream as rs
-from raystream._runtime import watermarks
 from raystream._runtime.batch import KeyedBatch, Timed, untimed
 from raystream._runtime.channel import BATCH, WATERMARK
 from raystream._runtime.clock import ChainClock
-from raystream._runtime.operators import KeyByOp, RecordFailure, build_operator
+from raystream._runtime.operators import RecordFailure, build_operator
 from raystream._runtime.timers import ProcessOp
 from raystream._runtime.watermarks import IDLE, MAX_TIME, MIN_TIME, AssignTimeOp, InputWatermarks, WatermarkGenerator
 from raystream._runtime.windowing import WindowOp
