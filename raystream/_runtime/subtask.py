@@ -123,7 +123,7 @@ class SubtaskActor:
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
         self.ops = build_operators(spec, state)
-        if self.source is not None and self.ops and isinstance(self.ops[0], AssignTimeOp):
+        if self.ops and isinstance(self.ops[0], AssignTimeOp) and self.ops[0].at_source:
             self.assign_at_source = self.ops[0]
         self.clock = build_clock(self.ops, spec)
         self.policies = RecordPolicies(spec, self.ops, state)

@@ -23,7 +23,7 @@ from typing import Any
 from raystream._runtime.batch import Timed, as_records, untimed
 from raystream._runtime.operators import Operator
 from raystream.event_time import EventTime, to_millis
-from raystream.graph import Step
+from raystream.graph import Step, StepKind
 
 MIN_TIME = -(2**63)
 MAX_TIME = 2**63 - 1
@@ -130,7 +130,8 @@ class AssignTimeOp(Operator):
         super().__init__(step)
         self.fn = event_time.timestamp_fn
         self.generator = generator
-        self.partition = "" if step.source is None else "?"
+        self.at_source = step.kind is StepKind.SOURCE
+        self.partition = ""  # at a source: the partition of the batch being stamped
 
     def process(self, batch: Any) -> Any:
         batch, _ = untimed(batch)  # new times replace any the records had

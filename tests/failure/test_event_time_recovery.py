@@ -38,11 +38,14 @@ def _kill_one_of(handle: rs.JobHandle, steps: tuple[str, ...], rng: random.Rando
 
 
 @pytest.mark.parametrize("query, steps", [
-    ("q8", ("q8", "once")),  # a window join, then a tumbling window
+    pytest.param("q8", ("q8", "once"), marks=pytest.mark.extended),  # a window join, then a tumbling window
     pytest.param("q4", ("winners",), marks=pytest.mark.extended),
     pytest.param("q5", ("bids_per_auction", "q5"), marks=pytest.mark.extended),  # sliding, then tumbling
     pytest.param("q7", ("q7",), marks=pytest.mark.extended),
     pytest.param("q3", ("q3",), marks=pytest.mark.extended),  # an incremental join in keyed state
+    pytest.param("q0", ("q0",), marks=pytest.mark.extended),  # stateless: the source chain
+    pytest.param("q1", ("q1",), marks=pytest.mark.extended),
+    pytest.param("q2", ("q2",), marks=pytest.mark.extended),
 ])
 def test_nexmark_query_with_a_window_subtask_killed(query, steps, tmp_path):
     q = runpy.run_path(str(NEXMARK / f"{query}.py"), run_name="__raystream_job__")
@@ -175,6 +178,7 @@ def test_windows_and_timers_rescaled_while_open(tmp_path):
     _check_outputs(tmp_path)
 
 
+@pytest.mark.extended  # the default run's CLI chaos test checks the invoices too
 def test_billing_invoices_with_the_window_subtask_killed(monkeypatch, tmp_path):
     """Hourly invoices and corrections of jobs/billing.py: every usage event in exactly one
     invoice or correction, every invoice fired once with the sum of its hour."""

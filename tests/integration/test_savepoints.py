@@ -62,6 +62,7 @@ def output_grows(tmp_path, beyond: int) -> int:
                       timeout=60)
 
 
+@pytest.mark.extended  # the default run keeps the 15-minute budget; rescaling is also in test_resume
 def test_rescale_a_running_job_2_to_4_to_1_exactly_once(tmp_path):
     handle = counting_job(tmp_path).start()
     seen = output_grows(tmp_path, 500)

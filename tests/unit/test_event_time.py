@@ -21,7 +21,7 @@ from raystream._runtime.windowing import WindowOp
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, to_millis
 from raystream.graph import Step, StepKind, WindowSpec
-from raystream.windows import Tumbling
+from raystream.windows import Sliding, Tumbling
 
 
 def test_timestamps_are_aware_datetimes_or_epoch_seconds():
@@ -177,13 +177,15 @@ def disordered_partitions(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(parts=disordered_partitions(), size=st.sampled_from([1_000, 5_000, 30_000]), seed=st.integers(0, 10**6))
-def test_windowed_sums_equal_direct_sums_whatever_the_interleaving(parts, size, seed):
+@given(parts=disordered_partitions(), size=st.sampled_from([1_000, 5_000, 30_000]), sliding=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_windowed_sums_equal_direct_sums_whatever_the_interleaving(parts, size, sliding, seed):
     """Each partition feeds its own channel with its own watermark (delay 3 s >= disorder),
     interleaved at random; nothing is late, and every window fires once with its sum."""
     rng = random.Random(seed)
-    window = WindowOp(Step("w", StepKind.WINDOW, ("k",), fn=operator.add,
-                           window=WindowSpec(_checked(Tumbling(size / 1000)))))
+    slide = size // 2 if sliding else size
+    assigner = Sliding(size / 1000, slide / 1000) if sliding else Tumbling(size / 1000)
+    window = WindowOp(Step("w", StepKind.WINDOW, ("k",), fn=operator.add, window=WindowSpec(_checked(assigner))))
     clock = ChainClock([window], len(parts), None, None, 0.0)
     gens = [WatermarkGenerator(EventTime(float, max_delay=3), [""]) for _ in parts]
     cursors = [0] * len(parts)
@@ -207,7 +209,10 @@ def test_windowed_sums_equal_direct_sums_whatever_the_interleaving(parts, size, 
     expected = Counter()
     for part in parts:
         for key, amount, t in part:
-            expected[(key, t - t % size)] += amount
+            start = t - t % slide
+            while start > t - size:
+                expected[(key, start)] += amount
+                start -= slide
     got = Counter()
     for key, result in fired:
         got[(key, to_millis(result.start))] += result.value

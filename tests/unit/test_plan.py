@@ -116,3 +116,26 @@ def test_subtasks_are_short_of_resources_only_when_the_cluster_has_less_free_tha
     assert not wiring.short_of(keys, {"CPU": 2.0, "gpu_node": 1.0})  # room for both: merely slow to start
     assert wiring.short_of(keys, {"CPU": 1.0, "gpu_node": 1.0})
     assert wiring.short_of(keys[:1], {"CPU": 4.0})  # no node has the custom resource
+
+
+def test_a_window_step_sends_late_records_on_an_edge_of_their_own_and_a_join_knows_each_channels_side(tmp_path):
+    from raystream._runtime.checkpoint_store import CheckpointStore
+    from raystream._runtime.wiring import Wiring
+    from raystream.windows import Tumbling
+
+    job = rs.Job("w", parallelism=2)
+    a = job.source("a", SequenceSource(10), event_time=rs.EventTime(float)).key_by("ka", str)
+    b = job.source("b", SequenceSource(10, partitions=3), event_time=rs.EventTime(float),
+                   parallelism=3).key_by("kb", str, parallelism=3)
+    joined = a.join("j", b, Tumbling(5), lambda x, y: (x, y))
+    joined.sink("out", CollectSink())
+    joined.late.sink("late_out", CollectSink())
+    graph = job.freeze()
+    plan = build_plan(graph, {"a": ["0"], "b": ["0", "1", "2"]})
+    assert [c.name for c in plan.chains] == ["a+ka", "b+kb", "j", "out", "j.late+late_out"]
+    late = plan.chains[plan.chain_of_step["j.late"]].in_edges[0]
+    assert late.late and late.kind == "forward"
+    assert not plan.chains[plan.chain_of_step["out"]].in_edges[0].late
+    wiring = Wiring(graph, plan, "run", CheckpointStore(str(tmp_path)))
+    spec = wiring.spec(plan.chains[plan.chain_of_step["j"]], 1, attempt=1)
+    assert spec.input_sides == [0, 0, 1, 1, 1]  # two subtasks of a, then three of b

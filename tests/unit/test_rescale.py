@@ -103,3 +103,13 @@ def test_writer_states_combine_only_where_the_sink_knows_how():
         combine_writer_states(FileSink("/x"), "out", ["a", "b"])
     assert combine_writer_states(CollectSink(), "out", [[1, 2], None, [3]]) == [1, 2, 3]
     assert combine_writer_states(CollectSink(keep="last"), "out", [{"a": 1}, {"b": 2}]) == {"a": 1, "b": 2}
+
+
+def test_a_timed_step_restores_the_oldest_watermark_of_the_subtasks_it_takes_keys_from():
+    states = old_states(2)
+    states[0].watermarks, states[1].watermarks = {"r": 5_000}, {"r": 9_000}
+    states[0].late, states[1].late = {"r": 2}, {"r": 3}
+    same = merge_states([states[1]], [REDUCE, SINK], 1, 2, 128)
+    assert same.watermarks == {"r": 9_000} and same.late == {"r": 3}
+    merged = merge_states(states, [REDUCE, SINK], 0, 1, 128)
+    assert merged.watermarks == {"r": 5_000} and merged.late == {"r": 5}
