@@ -217,6 +217,13 @@ class KeyedOp(Operator):
         self._bad: list[int] = []  # indexes of the records of the current batch that failed
 
     def process(self, batch: Any) -> Any:
+        kb, times = self._keyed_input(batch)
+        out = self._apply_keyed(kb.keys, kb.values, times)
+        self.records_out += len(out)
+        return out
+
+    def _keyed_input(self, batch: Any) -> tuple[KeyedBatch, list[int] | None]:
+        """The batch as keys and values (and times), counted in."""
         batch, times = untimed(batch)
         try:
             kb = as_keyed(batch)
@@ -224,9 +231,7 @@ class KeyedOp(Operator):
             raise RecordFailure(self.step_id, "<batch>", exc) from None
         self.records_in += len(kb)
         self._bad = []
-        out = self._apply_keyed(kb.keys, kb.values, times)
-        self.records_out += len(out)
-        return out
+        return kb, times
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         """The outputs; when `times` is given, a Timed batch."""

@@ -72,12 +72,14 @@ class WatermarkGenerator:
             return min(marks)
         return IDLE if idle else MAX_TIME
 
-    def idle_deadline(self) -> float | None:
-        """When (monotonic) the next active partition becomes idle; None: none will."""
+    def idle_deadline(self, now: float | None = None) -> float | None:
+        """When (monotonic) the next active partition becomes idle; None: none will (those
+        idle already are not waited for, or the subtask would spin)."""
         if self.idle_after is None:
             return None
-        times = [t for p, t in self.seen_at.items() if p not in self.ended]
-        return min(times) + self.idle_after if times else None
+        now = time.monotonic() if now is None else now
+        due = [t + self.idle_after for p, t in self.seen_at.items() if p not in self.ended and t + self.idle_after > now]
+        return min(due) if due else None
 
 
 class InputWatermarks:

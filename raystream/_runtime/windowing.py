@@ -24,7 +24,7 @@ import enum
 import logging
 from typing import Any, Callable
 
-from raystream._runtime.batch import KeyedBatch, timed, untimed, as_keyed
+from raystream._runtime.batch import KeyedBatch, timed, untimed
 from raystream._runtime.operators import KeyedOp, RecordFailure
 from raystream._runtime.timers import Collector, ProcessOp, TimerQueue, now_ms
 from raystream._runtime.watermarks import MIN_TIME
@@ -235,13 +235,7 @@ class JoinOp(WindowOp):
         raise AssertionError("a join takes batches with their side (process_side)")
 
     def process_side(self, batch: Any, side: int) -> Any:
-        batch, times = untimed(batch)
-        try:
-            kb = as_keyed(batch)
-        except ValueError as exc:
-            raise RecordFailure(self.step_id, "<batch>", exc) from None
-        self.records_in += len(kb)
-        self._bad = []
+        kb, times = self._keyed_input(batch)
         out = self._apply_keyed(kb.keys, [(side, v) for v in kb.values], times)
         self.records_out += len(out)
         return out

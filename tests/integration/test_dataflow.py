@@ -32,7 +32,8 @@ def expected_counts(directory: Path) -> collections.Counter:
 
 
 @pytest.mark.parametrize("parallelism, chaining", [
-    (1, True), (3, True),
+    (1, True),
+    pytest.param(3, True, marks=pytest.mark.extended),
     pytest.param(3, False, marks=pytest.mark.extended),  # 15 actors: slow to start on 2 cores
 ])
 def test_word_count_equals_counter(corpus, parallelism, chaining):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import operator
 
+import pytest
+
 import raystream as rs
 from raystream.sources import Source, SourcePartition
 from raystream.windows import Tumbling
@@ -100,3 +102,15 @@ def test_processing_time_windows_count_every_record_once():
     for key in (0, 1):
         starts = [r.start for k, r in windows if k == key]
         assert len(starts) == len(set(starts)), "one result per key and window"
+
+
+def test_a_timestamp_function_returning_a_non_time_fails_the_job_naming_its_step():
+    job = rs.Job("bad_time")
+    (job.source("events", rs.sources.ListSource([{"t": 1.0}, {"t": "noon"}]))
+        .with_event_time("stamp", rs.EventTime(lambda r: r["t"]))
+        .key_by("k", lambda r: 0).window(Tumbling(10)).reduce("count", lambda a, b: a)
+        .sink("out", rs.sinks.CollectSink()))
+    with pytest.raises(rs.StepFailedError) as err:
+        job.run()
+    assert err.value.step_id == "stamp"
+    assert "a timestamp must be a timezone-aware datetime or seconds since the epoch; got str 'noon'" in str(err.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -51,10 +52,12 @@ def test_generator_trails_the_newest_time_by_the_delay_per_partition_and_skips_i
     gen.observe("p0", [5_000, 9_000])
     gen.observe("p1", [4_000])
     assert gen.watermark() == 1_999  # min(9 - 2, 4 - 2) s, less 1 ms: more may come at 4 s
+    assert 9 < gen.idle_deadline() - time.monotonic() <= 10
     gen.seen_at["p1"] -= 11  # p1 has been silent for 11 s: idle
     assert gen.watermark() == 6_999
+    assert gen.idle_deadline() == gen.seen_at["p0"] + 10  # only p0 can still become idle
     gen.seen_at["p0"] -= 11
-    assert gen.watermark() is IDLE
+    assert gen.watermark() is IDLE and gen.idle_deadline() is None  # nothing to wake up for
     gen.end_all()
     assert gen.watermark() == MAX_TIME
 
