@@ -14,8 +14,8 @@ For each record (event time t, or the time it arrives for `clock="processing"`):
 3. otherwise it is added; if the window already fired (within the lateness) its result
    is emitted again at once, with update=True.
 
-When the watermark (or, for processing time, the clock) reaches end - 1, the window
-fires `(key, WindowResult(start, end, result, update))`, timed end - 1. It is dropped
+When the watermark reaches end - 1 (for processing time: when the clock reaches end),
+the window fires `(key, WindowResult(start, end, result, update))`, timed end - 1. It is dropped
 then, or after the allowed lateness.
 """
 from __future__ import annotations
@@ -103,8 +103,11 @@ class WindowOp(KeyedOp):
                 self._schedule(key, w)
 
     def _schedule(self, key: Any, w: tuple[int, int]) -> None:
+        if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
+            self.timers.push(w[1], key, (w, FIRE))
+            return
         fire_at = w[1] - 1
-        if fire_at > self.watermark or self.processing:
+        if fire_at > self.watermark:
             self.timers.push(fire_at, key, (w, FIRE))
         else:
             self.timers.push(fire_at + self.lateness, key, (w, CLEANUP))

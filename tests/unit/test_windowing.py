@@ -107,7 +107,7 @@ def test_processing_time_windows_fire_by_the_clock(monkeypatch):
     monkeypatch.setattr(windowing, "now_ms", lambda: now[0])
     op = window_op(Tumbling(10, clock="processing"))
     assert op.process(KeyedBatch(["a", "a"], [1, 2])) == []
-    assert op.next_timer() == 109_999
+    assert op.next_timer() == 110_000  # a record at 109,999 ms is still in [100, 110)
     assert op.on_watermark(MAX_TIME - 1) == []  # event time does not fire it
     now[0] = 110_000
     op.process(KeyedBatch(["a"], [5]))
