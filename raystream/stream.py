@@ -137,6 +137,13 @@ class Stream:
     def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
         raise JobDefinitionError("window needs a keyed stream; call key_by(...) first")
 
+    def process(self, step_id: str, on_record: Callable[[Any, Any], None], **_: Any) -> "Stream":
+        raise JobDefinitionError(f"step {step_id!r}: process needs a keyed stream; call key_by(...) first")
+
+    def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any],
+             **_: Any) -> "WindowOutput":
+        raise JobDefinitionError(f"step {step_id!r}: join needs two keyed streams; call key_by(...) on both first")
+
 
 @dataclass(frozen=True)
 class KeyedStream(Stream):

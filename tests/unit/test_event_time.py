@@ -221,3 +221,13 @@ def test_windowed_sums_equal_direct_sums_whatever_the_interleaving(parts, size, 
         got[(key, to_millis(result.start))] += result.value
     assert window.late_records == 0
     assert got == expected and len(fired) == len(expected)
+
+
+def test_keyed_steps_on_a_stream_that_is_not_keyed_say_to_key_it_first():
+    stream = rs.Job("unkeyed").source("s", rs.sources.SequenceSource(3))
+    with pytest.raises(JobDefinitionError, match="step 'p': process needs a keyed stream"):
+        stream.process("p", print)
+    with pytest.raises(JobDefinitionError, match="window needs a keyed stream"):
+        stream.window(Tumbling(1))
+    with pytest.raises(JobDefinitionError, match="step 'j': join needs two keyed streams"):
+        stream.join("j", stream, Tumbling(1), print)
