@@ -49,10 +49,6 @@ def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
     return timed
 
 
-def _check_event_times(steps: dict[str, Step]) -> None:
-    timed_steps(steps)
-
-
 
 
 class Job:
@@ -149,7 +145,7 @@ class Job:
         """Check the whole graph; raises JobDefinitionError naming the step to fix."""
         if not any(s.kind is StepKind.SOURCE for s in self.steps.values()):
             raise JobDefinitionError(f"job {self.name!r} has no source; add one with job.source(...)")
-        _check_event_times(self.steps)
+        timed_steps(self.steps)  # raises on a step whose inputs' event time does not fit it
         consumed = {i for s in self.steps.values() for i in s.inputs}
         for step in self.steps.values():
             if step.kind is not StepKind.SINK and step.step_id not in consumed:
