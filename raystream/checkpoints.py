@@ -41,6 +41,12 @@ def _runtime() -> Any:
     return checkpoint_store
 
 
+def _changelog() -> Any:
+    from raystream._runtime import changelog
+
+    return changelog
+
+
 def list_checkpoints(uri: str) -> list[CheckpointInfo]:
     """Every checkpoint of the run `uri` names (a job root: its newest run), oldest first."""
     store_mod = _runtime()
@@ -89,6 +95,7 @@ def read_state(uri: str, step_id: str) -> pa.Table:
     subtasks: list[int] = []
     for meta in manifest.snapshots_of(chains[0]):
         state = store.verify_snapshot(store.storage.get(meta.key), meta)  # checksum before unpickling
+        state = _changelog().materialize(store.storage, state)  # parts are checked the same way
         if step_id not in state.keyed:
             raise RestoreError(f"step {step_id!r} keeps no keyed state (only keyed steps do: reduce, stateful_map, windows, process and joins)")
         for key, value in state.keyed[step_id].items():

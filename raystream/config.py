@@ -58,6 +58,11 @@ class CheckpointConfig:
         timeout: seconds a checkpoint may take before it is aborted.
         min_pause: minimum seconds between the end of one checkpoint and the next start.
         tolerable_failures: consecutive failed checkpoints tolerated before the job fails.
+        incremental: snapshots write only the keys changed since the last checkpoint (a
+            changelog over a base), not all keyed state (docs/protocol.md, "Incremental state").
+        base_every: a changelog chain longer than this many parts becomes a new base.
+        compact_above: chains of at least this many bytes are merged into a new base by a
+            background Ray task; smaller ones are rewritten by the next snapshot.
     """
 
     interval: float = 1.0
@@ -66,6 +71,9 @@ class CheckpointConfig:
     timeout: float = 60.0
     min_pause: float = 0.0
     tolerable_failures: int = 3
+    incremental: bool = True
+    base_every: int = 10
+    compact_above: int = 8 << 20
 
     def __post_init__(self) -> None:
         _positive("CheckpointConfig.interval", self.interval)
@@ -73,6 +81,8 @@ class CheckpointConfig:
         _positive("CheckpointConfig.min_pause", self.min_pause, allow_zero=True)
         _positive_int("CheckpointConfig.retain", self.retain)
         _positive_int("CheckpointConfig.tolerable_failures", self.tolerable_failures, minimum=0)
+        _positive_int("CheckpointConfig.base_every", self.base_every)
+        _positive_int("CheckpointConfig.compact_above", self.compact_above, minimum=0)
         if self.storage is not None:
             if not isinstance(self.storage, str) or not self.storage.strip():
                 raise ConfigError(

@@ -37,7 +37,7 @@ def auction_closed(ctx: rs.ProcessContext, when) -> None:
         ctx.state = None
     elif to_millis(when) == auction.expires:
         if best is not None:
-            ctx.emit((auction.category, best))
+            ctx.emit((auction, best))  # q6 reuses this step: it keys the winners by seller
         ctx.state = None
 
 
@@ -53,7 +53,7 @@ def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
     (events.filter("auctions_and_bids", lambda e: not isinstance(e, nx.Person))
         .key_by("by_auction", lambda e: e.auction if isinstance(e, nx.Bid) else e.id)
         .process("winners", winning_bid, on_timer=auction_closed)
-        .key_by("by_category", lambda kv: kv[1][0], value=lambda kv: kv[1][1])
+        .key_by("by_category", lambda kv: kv[1][0].category, value=lambda kv: kv[1][1])
         .stateful_map("q4", running_mean)
         .sink("out", sink))
     return job

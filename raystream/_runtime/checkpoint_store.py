@@ -7,6 +7,9 @@ Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
     <run>/restores/<attempt>               the checkpoint id that attempt restored (0: none)
     <run>/refused/<id>                     a checkpoint refused at restore (damaged, unsigned)
     <run>/snapshots/<id>/<attempt>-<chain>-<subtask>.snap
+    <run>/state/<chain>-<subtask>/<id>-<attempt>.base
+                                           keyed state compacted from a chain of snapshots
+                                           (changelog.py)
     <run>/progress/<step>/<attempt>/<h>    at-most-once: a source partition's offset before
                                            each batch (signed JSON; <h> hashes the partition)
     <run>/manifests/<id>.json              the commit record of checkpoint <id>
@@ -33,6 +36,7 @@ from typing import Any, Callable
 
 from raystream import _files
 from raystream._storage import Storage, open_storage
+from raystream._runtime.changelog import part_checkpoint
 from raystream._runtime.manifest import Manifest, read_signed_json, signed_json, signing_key
 from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode
 from raystream.errors import CorruptCheckpointError, RestoreError
@@ -282,15 +286,23 @@ class CheckpointStore:
     # --- retention ----------------------------------------------------------------------
 
     def retain(self, run_id: str, keep: int) -> None:
-        """Delete all but the newest `keep` manifests of the run, and every snapshot older
-        than the oldest kept manifest (complete or aborted), with their directories. The
-        caller is the current attempt, whose newest manifest is the newest of all."""
+        """Delete all but the newest `keep` manifests of the run, and every snapshot and
+        compacted base older than the oldest kept manifest (complete or aborted) that no
+        kept snapshot builds on (changelog.py, I6). The caller is the current attempt,
+        whose newest manifest is the newest of all."""
         ids = self.manifest_ids(run_id)
         if len(ids) <= keep:
             return
-        oldest_kept = ids[-keep]
+        needed: set[str] = set()
+        for checkpoint_id in ids[-keep:]:
+            try:
+                needed.update(p for s in self.load_manifest(run_id, checkpoint_id).snapshots for p in s.parts)
+            except (CorruptCheckpointError, FileNotFoundError) as exc:
+                logger.warning("retention skipped: manifest %d unreadable (%s)", checkpoint_id, exc)
+                return  # cannot tell which parts it needs: delete nothing
+        floor = min([ids[-keep]] + [part_checkpoint(k) for k in needed])
         doomed = [self.manifest_key(run_id, i) for i in ids[:-keep]]
-        for key in self.storage.list(f"{run_id}/snapshots/"):
-            if int(key.split("/")[2]) < oldest_kept:
+        for key in self.storage.list(f"{run_id}/snapshots/") + self.storage.list(f"{run_id}/state/"):
+            if part_checkpoint(key) < floor and key not in needed:
                 doomed.append(key)
         self.storage.delete(doomed)

@@ -214,6 +214,7 @@ class KeyedOp(Operator):
     def __init__(self, step: Step):
         super().__init__(step)
         self.state: dict[Any, Any] = {}
+        self.changed: set[Any] = set()  # keys touched since the last snapshot (changelog.py, I1)
         self._bad: list[int] = []  # indexes of the records of the current batch that failed
 
     def process(self, batch: Any) -> Any:
@@ -231,6 +232,7 @@ class KeyedOp(Operator):
             raise RecordFailure(self.step_id, "<batch>", exc) from None
         self.records_in += len(kb)
         self._bad = []
+        self.changed.update(kb.keys)  # I1: a record may change its key's state
         return kb, times
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
@@ -247,6 +249,7 @@ class KeyedOp(Operator):
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         """Start from restored keyed state (and, for event-time steps, the watermark)."""
         self.state = state
+        self.changed = set()
 
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)

@@ -13,9 +13,11 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from raystream._runtime.changelog import materialize
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.manifest import Manifest, incompatibility
 from raystream._runtime.rescale import RestoredState, merge_states
+from raystream._runtime.snapshot import PartRef
 from raystream.config import RestartKind, RestartStrategy
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError
 from raystream.graph import Step
@@ -119,7 +121,8 @@ async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], su
     still there, else from durable storage (the run's, or the storage of the checkpoint a
     new run started from); verify its checksum; merge (rescale.merge_states)."""
     loop = asyncio.get_running_loop()
-    if restore.root != store.root:
+    same_root = restore.root == store.root
+    if not same_root:
         store = CheckpointStore(restore.root)
     states = []
     tiers = {"object_store": 0, "durable": 0}
@@ -135,8 +138,16 @@ async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], su
             data = await loop.run_in_executor(None, store.storage.get, meta.key)
             tiers["durable"] += 1
         states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
+    chain = None
+    if len(states) == 1 and same_root:
+        only, meta = states[0], restore.snapshots[0][0]
+        if (only.subtask, only.parallelism, only.chain) == (subtask, parallelism, "+".join(s.step_id for s in steps)):
+            chain = only.parts + [PartRef(meta.key, meta.sha256, meta.size, only.checkpoint_id, not only.changelog)]
+    for state in states:  # changes over a chain: read its parts (changelog.py, I5)
+        await loop.run_in_executor(None, materialize, store.storage, state)
     merged = merge_states(states, steps, subtask, parallelism, max_parallelism)
     merged.tiers = tiers
+    merged.chain = chain
     return merged
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from raystream._runtime.keys import groups_of_subtask, key_group
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.plan import Chain
-from raystream._runtime.snapshot import SnapshotMeta, SubtaskState
+from raystream._runtime.snapshot import PartRef, SnapshotMeta, SubtaskState
 from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.tally import add_digests
 from raystream.config import Guarantee
@@ -99,6 +99,7 @@ class RestoredState:
     errors: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
     late: dict[str, int] = field(default_factory=dict)
+    chain: list[PartRef] | None = None  # the keyed-state chain this subtask continues (changelog.py, I5)
 
 
 def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtask: int, parallelism: int,

@@ -38,6 +38,18 @@ class SinkState:
     pending: list[tuple[int, Any]] = field(default_factory=list)  # (checkpoint id, transaction)
 
 
+@dataclass(frozen=True)
+class PartRef:
+    """One part of a keyed-state chain (changelog.py): a snapshot or a compacted base,
+    and its checksum."""
+
+    key: str
+    sha256: str
+    size: int
+    checkpoint_id: int
+    full: bool  # a base: replaces the tables; else changes applied over them
+
+
 @dataclass
 class SubtaskState:
     """Everything one subtask needs to resume exactly where checkpoint `checkpoint_id` left it."""
@@ -54,6 +66,10 @@ class SubtaskState:
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
     watermarks: dict[str, int] = field(default_factory=dict)  # step id -> the event-time clock of a timed step
     late: dict[str, int] = field(default_factory=dict)  # window step id -> records too late for it
+    # Incremental state (changelog.py): with `changelog`, `keyed` holds this epoch's changes
+    # per step, (new values, deleted keys), over the tables of `parts`, oldest first.
+    changelog: bool = False
+    parts: list[PartRef] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -68,3 +84,7 @@ class SnapshotMeta:
     alignment: float = 0.0
     source_records: int = 0
     audit: dict[str, list[int]] = field(default_factory=dict)  # see raystream.audit
+    parts: tuple[str, ...] = ()  # keys of the earlier parts its keyed state builds on (retention)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))  # a list when read from JSON

@@ -8,7 +8,7 @@ from raystream._runtime.failure import Failure
 from raystream._runtime.plan import EdgeKind
 from raystream._runtime.snapshot import SnapshotMeta
 from raystream.audit import Audit
-from raystream.config import ErrorPolicy, Guarantee, RuntimeConfig
+from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, RuntimeConfig
 from raystream.graph import Step
 
 
@@ -32,6 +32,7 @@ class SubtaskSpec:
     source_partitions: list[str] = field(default_factory=list)  # for a source chain: this subtask's
     all_partitions: list[str] = field(default_factory=list)  # every partition of the source, now
     input_sides: list[int] = field(default_factory=list)  # a join: the side (0, 1) of each input channel
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 @dataclass

@@ -87,7 +87,7 @@ class SubtaskActor:
         self.coordinator: Any = None
         self.checkpoints = SubtaskCheckpoints(
             name=self.name, store=self.store, run_id=spec.run_id, attempt=spec.attempt, chain=spec.chain_name,
-            subtask=spec.subtask, faults=self.faults, on_fatal=self._fail)
+            subtask=spec.subtask, faults=self.faults, on_fatal=self._fail, config=spec.checkpoint)
         self._fatal: BaseException | None = None
         self._stopping = False
         self._barrier_requests: collections.deque[tuple[int, bool]] = collections.deque()
@@ -120,6 +120,8 @@ class SubtaskActor:
         if restore is not None:
             state = await load_state(restore, self.store, spec.steps, spec.subtask, spec.parallelism,
                                      rt.max_parallelism)
+            own = state.chain is not None and state.chain[-1].key.startswith(f"{spec.run_id}/")
+            self.checkpoints.changelog.restored(state.chain if own else None)  # I5
             if self.faults:
                 self.faults.hit("restore", state.checkpoint_id)
         self.ops = build_operators(spec, state)
@@ -279,10 +281,11 @@ class SubtaskActor:
 
     def _capture(self, checkpoint_id: int) -> SubtaskState:
         spec = self.spec
+        keyed, changelog, parts = self.checkpoints.changelog.capture(op for op in self.ops if isinstance(op, KeyedOp))
         return SubtaskState(
             checkpoint_id=checkpoint_id, chain=spec.chain_name, subtask=spec.subtask, parallelism=spec.parallelism,
             source_offsets=self.source.offsets() if self.source else {},
-            keyed={op.step_id: op.state for op in self.ops if isinstance(op, KeyedOp)},
+            keyed=keyed, changelog=changelog, parts=parts,
             watermarks={op.step_id: op.watermark for op in self.ops
                         if isinstance(op, KeyedOp) and op.watermark is not None},
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self.sinks},

@@ -14,22 +14,30 @@ import logging
 from typing import Awaitable, Callable
 
 from raystream._runtime.blocking import Blocking, in_thread
+from raystream._runtime.changelog import StateChangelog, base_key, compact
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.injector import Injector
 from raystream._runtime.operators import SinkOp
-from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, encode
+from raystream._runtime.snapshot import PartRef, SnapshotMeta, SubtaskState, encode
+from raystream.config import CheckpointConfig
 from raystream.errors import StaleAttemptError
 
 logger = logging.getLogger(__name__)
 
 Ack = Callable[[int, SnapshotMeta, "str | None"], Awaitable[None]]
+Compactor = Callable[[str, list[PartRef], str], Awaitable[PartRef]]  # (root, chain, key) -> the new base
+
+
+async def compact_in_ray(root: str, chain: list[PartRef], key: str) -> PartRef:
+    return await compact.remote(root, chain, key)
 
 _FENCE_TRIES = 8  # about 30 s of retries with backoff: the final commit has no later checkpoint
 
 
 class SubtaskCheckpoints:
     def __init__(self, *, name: str, store: CheckpointStore, run_id: str, attempt: int, chain: str, subtask: int,
-                 faults: Injector, on_fatal: Callable[[BaseException], None], blocking: Blocking = in_thread):
+                 faults: Injector, on_fatal: Callable[[BaseException], None], blocking: Blocking = in_thread,
+                 config: CheckpointConfig | None = None, compactor: Compactor = compact_in_ray):
         self.name, self.store = name, store
         self.run_id, self.attempt, self.chain, self.subtask = run_id, attempt, chain, subtask
         self.faults = faults
@@ -41,6 +49,10 @@ class SubtaskCheckpoints:
         self.committed = 0  # the newest checkpoint this subtask was told is complete
         self.last_size = 0  # bytes of the newest snapshot (metrics)
         self.last_alignment = 0.0  # seconds its barrier alignment took
+        config = config or CheckpointConfig()
+        self.changelog = StateChangelog(incremental=config.incremental, base_every=config.base_every,
+                                        compact_above=config.compact_above)
+        self.compactor = compactor
         self._snapshots: asyncio.Queue[bytes] = asyncio.Queue()
         self._upload_tail: asyncio.Future | None = None
         self._committed_event = asyncio.Event()
@@ -67,14 +79,16 @@ class SubtaskCheckpoints:
             op.pre_commit(checkpoint_id)
             if self.faults:
                 self.faults.hit("sink_pre_committed", checkpoint_id)
-        state = capture()
+        state = capture()  # keyed state as changes over a chain when incremental (changelog.py, I2)
         data, sha = encode(state)
         await forward(checkpoint_id)
         key = CheckpointStore.snapshot_key(self.run_id, checkpoint_id, self.attempt, self.chain, self.subtask)
         meta = SnapshotMeta(self.chain, self.subtask, key, sha, len(data), alignment, source_records,
-                            {k: list(v) for k, v in state.audit.items()})
+                            {k: list(v) for k, v in state.audit.items()}, tuple(p.key for p in state.parts))
+        part = PartRef(key, sha, len(data), checkpoint_id, not state.changelog)
+        self.changelog.added(part)
         self.last_size, self.last_alignment = len(data), alignment
-        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta))
+        self._upload_tail = asyncio.ensure_future(self._upload(self._upload_tail, checkpoint_id, data, meta, part))
 
     async def next_snapshot(self) -> bytes:
         """The next snapshot's bytes. The coordinator keeps one such call pending, so it
@@ -82,20 +96,43 @@ class SubtaskCheckpoints:
         return await self._snapshots.get()
 
     async def _upload(self, previous: asyncio.Future | None, checkpoint_id: int, data: bytes,
-                      meta: SnapshotMeta) -> None:
+                      meta: SnapshotMeta, part: PartRef) -> None:
         if previous is not None:  # acknowledgements go out in checkpoint order
             await asyncio.shield(previous)
         self._snapshots.put_nowait(data)
-        error = None
-        try:
-            await self.blocking(self.store.storage.put, meta.key, data)
-        except Exception as exc:  # declined: the coordinator aborts the checkpoint
-            error = f"{type(exc).__name__}: {exc}"
-            logger.warning("%s: upload of checkpoint %d failed: %s", self.name, checkpoint_id, error)
+        error = self.changelog.declined(meta.parts)  # I3
+        if error is None:
+            try:
+                await self.blocking(self.store.storage.put, meta.key, data)
+            except Exception as exc:  # declined: the coordinator aborts the checkpoint
+                error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            self.changelog.upload_failed(part)
+            logger.warning("%s: snapshot of checkpoint %d declined: %s", self.name, checkpoint_id, error)
         if self.faults and error is None:
             self.faults.hit("snapshot_uploaded", checkpoint_id)
+        if error is None:
+            chain = self.changelog.due(part)
+            if chain is not None:
+                self.changelog.compacting = True
+                asyncio.ensure_future(self._compact(chain))
         if self.ack is not None:
             await self.ack(checkpoint_id, meta, error)
+
+    async def _compact(self, chain: list[PartRef]) -> None:
+        """I4: merge `chain` into a new base in another process; the data path goes on."""
+        upto = chain[-1]
+        key = base_key(self.run_id, self.chain, self.subtask, upto.checkpoint_id, self.attempt)
+        try:
+            base = await self.compactor(self.store.root, chain, key)
+            self.changelog.compacted(upto, base)
+            logger.info("%s: %d state parts (%d bytes) compacted into a base of %d bytes at checkpoint %d",
+                        self.name, len(chain), sum(p.size for p in chain), base.size, upto.checkpoint_id)
+        except Exception as exc:  # the chain keeps growing; the next due part tries again
+            logger.warning("%s: compacting state at checkpoint %d failed: %s: %s", self.name,
+                           upto.checkpoint_id, type(exc).__name__, exc)
+        finally:
+            self.changelog.compacting = False
 
     # --- C6 -------------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class ProcessOp(KeyedOp):
         self.processing_timers = TimerQueue()
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        self.state = state
+        super().restore(state, watermark)
         self.watermark = MIN_TIME if watermark is None else watermark
         for key, ks in state.items():
             for t in ks.event_timers:
@@ -117,6 +117,7 @@ class ProcessOp(KeyedOp):
     def _fire(self, queue: TimerQueue, now: int, clock: str) -> Any:
         out = Collector()
         for t, key, _ in queue.pop_due(now):
+            self.changed.add(key)  # I1: a timer changes its key's state
             ks = self.state.get(key)
             timers = None if ks is None else (ks.event_timers if clock == EVENT else ks.processing_timers)
             if not timers or t not in timers:

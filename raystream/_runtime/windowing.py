@@ -96,7 +96,7 @@ class WindowOp(KeyedOp):
     # --- state ------------------------------------------------------------------------
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        self.state = state
+        super().restore(state, watermark)
         self.watermark = MIN_TIME if watermark is None else watermark
         for key, windows in state.items():
             for w in windows:
@@ -192,6 +192,7 @@ class WindowOp(KeyedOp):
     def _fire(self, now: int) -> Any:
         out = Collector()
         for t, key, (w, kind) in self.timers.pop_due(now):
+            self.changed.add(key)  # I1: firing and cleanup change the key's windows
             windows = self.state.get(key)
             entry = windows.get(w) if windows else None
             if entry is None:

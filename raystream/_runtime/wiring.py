@@ -32,6 +32,7 @@ class Wiring:
             parallelism=chain.parallelism, n_inputs=len(self.plan.input_channels(chain, subtask)),
             runtime=self.job.runtime, guarantee=self.job.guarantee, checkpoint_root=self.store.root,
             run_id=self.run_id, attempt=attempt, errors=self.job.errors, audit=self.job.audit,
+            checkpoint=self.job.checkpoint,
             source_partitions=self.plan.partitions_of(head.step_id, subtask) if source else [],
             all_partitions=list(self.plan.source_partitions[head.step_id]) if source else [],
             input_sides=[head.sides[head.inputs.index(edge.upstream)]

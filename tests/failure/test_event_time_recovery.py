@@ -40,6 +40,7 @@ def _kill_one_of(handle: rs.JobHandle, steps: tuple[str, ...], rng: random.Rando
 @pytest.mark.parametrize("query, steps", [
     pytest.param("q8", ("q8", "once"), marks=pytest.mark.extended),  # a window join, then a tumbling window
     pytest.param("q4", ("winners",), marks=pytest.mark.extended),
+    pytest.param("q6", ("winners", "q6"), marks=pytest.mark.extended),
     pytest.param("q5", ("bids_per_auction", "q5"), marks=pytest.mark.extended),  # sliding, then tumbling
     pytest.param("q7", ("q7",), marks=pytest.mark.extended),
     pytest.param("q3", ("q3",), marks=pytest.mark.extended),  # an incremental join in keyed state
@@ -49,13 +50,13 @@ def _kill_one_of(handle: rs.JobHandle, steps: tuple[str, ...], rng: random.Rando
 ])
 def test_nexmark_query_with_a_window_subtask_killed(query, steps, tmp_path):
     q = runpy.run_path(str(NEXMARK / f"{query}.py"), run_name="__raystream_job__")
-    sink = rs.sinks.CollectSink(keep="last") if query == "q4" else rs.sinks.FileSink(str(tmp_path / "out"))
+    sink = rs.sinks.CollectSink(keep="last") if query in ("q4", "q6") else rs.sinks.FileSink(str(tmp_path / "out"))
     job = q["build"](CONFIG, sink).with_options(checkpoint=rs.CheckpointConfig(interval=0.3))
     handle = job.start()
     victim = _kill_one_of(handle, steps, random.Random(query))
     result = handle.wait()
     assert result.restarts >= 1, victim
-    records = result.outputs["out"] if query == "q4" else rs.sinks.read_files(str(tmp_path / "out"))
+    records = result.outputs["out"] if query in ("q4", "q6") else rs.sinks.read_files(str(tmp_path / "out"))
     assert q["normalize"](records) == q["reference"](nx.events(CONFIG)), victim
 
 

@@ -13,8 +13,8 @@ from raystream import nexmark as nx
 
 NEXMARK = Path(__file__).resolve().parents[2] / "jobs" / "nexmark"
 # the default run takes those with state and time; the stateless ones, and q3 and q7
-# (like q4 and q5 in what they use), run with `pytest -m extended`
-QUERIES = [pytest.param(q, marks=pytest.mark.extended) for q in ("q0", "q1", "q2", "q3", "q7")] + ["q4", "q5", "q8"]
+# (like q4 and q5 in what they use) and q6 (q4's winners by seller), run with `pytest -m extended`
+QUERIES = [pytest.param(q, marks=pytest.mark.extended) for q in ("q0", "q1", "q2", "q3", "q6", "q7")] + ["q4", "q5", "q8"]
 # 30 s of event time: three q7/q8 windows, fifteen of q5; auctions close throughout (q4)
 CONFIG = nx.NexmarkConfig(events=30_000, partitions=2, event_rate=1_000)
 
@@ -29,7 +29,7 @@ def events() -> list:
 
 
 def collect(query: str) -> rs.sinks.CollectSink:
-    return rs.sinks.CollectSink(keep="last" if query == "q4" else "all")
+    return rs.sinks.CollectSink(keep="last" if query in ("q4", "q6") else "all")
 
 
 @pytest.mark.parametrize("query", QUERIES)

@@ -107,8 +107,10 @@ def test_resume_refuses_when_no_checkpoint_verifies_and_retracts_nothing(tmp_pat
     assert sorted(int(p.stem) for p in (run_dir / "refused").iterdir()) == refused
 
 
-def test_a_long_run_leaves_a_bounded_checkpoint_tree(tmp_path):
-    job = rs.Job("tree", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.05, retain=3))
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_long_run_leaves_a_bounded_checkpoint_tree(tmp_path, incremental):
+    job = rs.Job("tree", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.05, retain=3,
+                                                                       incremental=incremental, base_every=3))
     (job.source("nums", SequenceSource(12_000, partitions=2, rate=4_000))
         .key_by("k", lambda x: x % 10).reduce("sum", lambda a, b: a + b)
         .sink("out", FileSink(str(tmp_path / "out"))))
@@ -116,5 +118,7 @@ def test_a_long_run_leaves_a_bounded_checkpoint_tree(tmp_path):
     assert result.checkpoints.completed >= 8  # far more than retained
     run_dir = Path(result.checkpoint_root) / result.run_id
     snapshot_dirs = list((run_dir / "snapshots").iterdir())
-    assert len(snapshot_dirs) <= 3 + 1, sorted(p.name for p in snapshot_dirs)  # retained, maybe one in flight
+    # retained, maybe one in flight; incremental snapshots also keep the chain the oldest
+    # retained one builds on: a base and up to base_every changelogs
+    assert len(snapshot_dirs) <= 3 + 1 + (3 + 1 if incremental else 0), sorted(p.name for p in snapshot_dirs)
     assert len(list((run_dir / "manifests").iterdir())) == 3

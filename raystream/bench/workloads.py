@@ -1,0 +1,327 @@
+"""The benchmark workloads, built with the public API only, and their single-process
+baselines (the same computation as a plain Python loop, or pyarrow for the Arrow one).
+
+A `Workload` builds its job for a mode (guarantee and checkpoint interval), says how
+many events it reads, counts them from a status, and times its baseline.
+"""
+from __future__ import annotations
+
+import importlib.util
+import operator
+import os
+import random
+import runpy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import raystream as rs
+from raystream import nexmark as nx
+from raystream.sinks import SinkContext, SinkWriter
+from raystream.sources import Source, SourcePartition
+
+VOCAB = 10_000
+WORDS_PER_LINE = 10
+JOBS = Path(__file__).resolve().parents[2] / "jobs"  # a source checkout; the jobs are not installed
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str  # "none" | "exactly_once" | "at_least_once" | "at_most_once"
+    guarantee: str
+    interval: float
+
+
+MODES = {
+    "none": Mode("none", "exactly_once", 1e9),  # only the final checkpoint at the end of input
+    "exactly_once": Mode("exactly_once", "exactly_once", 1.0),
+    "at_least_once": Mode("at_least_once", "at_least_once", 1.0),
+    "at_most_once": Mode("at_most_once", "at_most_once", 1.0),
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    events: int
+    build: Callable[[Mode, str], rs.Job]  # (mode, checkpoint storage) -> job
+    count: Callable[[rs.JobStatus], int]  # events read so far
+    baseline: Callable[[], float]  # seconds of the single-process loop
+    latency: bool = False  # its sink sees creation times
+
+
+# --- sources and sinks of the benchmark -------------------------------------------------
+
+class KeyLoad(Source):
+    """`events` records over `partitions`: `(key, created)` with keys spread uniformly over
+    `keys` (a multiplicative hash of the record number), `created` the wall-clock time
+    the batch was made."""
+
+    def __init__(self, events: int, keys: int, partitions: int = 2):
+        self.events, self.keys, self.partitions = events, keys, partitions
+
+    def list_partitions(self) -> list[str]:
+        return [str(p) for p in range(self.partitions)]
+
+    def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
+        return _KeyLoadPartition(self, int(key), resume_state or 0, batch_size)
+
+
+def load_key(n: int, keys: int) -> int:
+    return (n * 2_654_435_761) % (1 << 32) % keys
+
+
+class _KeyLoadPartition(SourcePartition):
+    def __init__(self, source: KeyLoad, index: int, emitted: int, batch_size: int):
+        self.source, self.index, self.emitted, self.batch_size = source, index, emitted, batch_size
+        self.total = len(range(index, source.events, source.partitions))
+
+    def next_batch(self) -> list[Any] | None:
+        if self.emitted >= self.total:
+            return None
+        s = self.source
+        first = self.index + self.emitted * s.partitions
+        n = min(self.batch_size, self.total - self.emitted)
+        self.emitted += n
+        created = time.time()
+        keys, mult = s.keys, 2_654_435_761
+        return [((i * mult) % 4_294_967_296 % keys, created) for i in range(first, first + n * s.partitions,
+                                                                            s.partitions)]
+
+    def snapshot(self) -> int:
+        return self.emitted
+
+
+class MeasureSink(rs.sinks.Sink):
+    """Counts records and, given `created_of`, the seconds from each batch's first record's
+    creation to the moment it became visible: committed (transactional) or written."""
+
+    def __init__(self, created_of: Callable[[Any], float] | None = None):
+        self.created_of = created_of
+
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _MeasureWriter(context.transactional, self.created_of)
+
+
+class _MeasureWriter(SinkWriter):
+    def __init__(self, transactional: bool, created_of: Callable[[Any], float] | None):
+        self.transactional, self.created_of = transactional, created_of
+        self.count = 0
+        self.pending: list[float] = []
+        self.latencies: list[float] = []
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        self.count += len(batch)
+        if self.created_of is None or not len(batch):
+            return
+        created = self.created_of(batch[0])
+        if self.transactional:
+            self.pending.append(created)
+        else:
+            self.latencies.append(time.time() - created)
+
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        txn, self.pending = self.pending, []
+        return txn if self.transactional else None
+
+    def commit(self, txn: Any) -> None:
+        now = time.time()
+        self.latencies.extend(now - c for c in txn or ())
+
+    def close(self) -> dict[str, Any]:
+        return {"count": self.count, "latencies": self.latencies}
+
+
+# --- word count -------------------------------------------------------------------------
+
+def make_text(directory: str, words: int, files: int = 4, seed: int = 7) -> int:
+    """Text files of `words` words over a Zipf-like vocabulary of VOCAB words."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(VOCAB)]
+    weights = [1.0 / (i + 1) for i in range(VOCAB)]
+    per_file = words // files // WORDS_PER_LINE * WORDS_PER_LINE
+    for f in range(files):
+        sample = rng.choices(vocab, weights, k=per_file)
+        lines = [" ".join(sample[i:i + WORDS_PER_LINE]) for i in range(0, per_file, WORDS_PER_LINE)]
+        with open(os.path.join(directory, f"part{f}.txt"), "w") as out:
+            out.write("\n".join(lines) + "\n")
+    return per_file * files
+
+
+def count_words(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Per-batch word counts with Arrow compute: the vectorized half of the pipeline."""
+    words = pc.list_flatten(pc.utf8_split_whitespace(batch.column(0)))
+    counts = pc.value_counts(words)
+    return pa.RecordBatch.from_arrays([counts.field(0), counts.field(1)], names=["word", "n"])
+
+
+def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool) -> rs.Job:
+    job = rs.Job("bench-wordcount", parallelism=2, guarantee=mode.guarantee,
+                 checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
+    lines = job.source("lines", rs.sources.FileSource(os.path.join(directory, "*.txt")))
+    if vectorized:
+        keyed = lines.map_batches("count_batch", count_words).key_by("by_word", lambda r: r["word"],
+                                                                     value=lambda r: r["n"])
+    else:
+        keyed = lines.flat_map("split", str.split).key_by("by_word", lambda w: w, value=lambda w: 1)
+    keyed.reduce("count", operator.add).sink("out", MeasureSink())
+    return job
+
+
+def wordcount_baseline(directory: str) -> float:
+    t0 = time.perf_counter()
+    counts: dict[str, int] = {}
+    get = counts.get
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".txt"):
+            with open(os.path.join(directory, name)) as f:
+                for line in f:
+                    for w in line.split():
+                        counts[w] = get(w, 0) + 1
+    return time.perf_counter() - t0
+
+
+def wordcount_arrow_baseline(directory: str) -> float:
+    t0 = time.perf_counter()
+    counts: dict[str, int] = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".txt"):
+            with open(os.path.join(directory, name)) as f:
+                lines = f.read().splitlines()
+            for i in range(0, len(lines), 1024):
+                out = count_words(pa.RecordBatch.from_arrays([pa.array(lines[i:i + 1024])], names=["line"]))
+                for w, n in zip(out.column(0).to_pylist(), out.column(1).to_pylist()):
+                    counts[w] = counts.get(w, 0) + n
+    return time.perf_counter() - t0
+
+
+# --- keyed state ------------------------------------------------------------------------
+
+def count_update(state: int | None, created: float) -> tuple[int, float]:
+    return (state or 0) + 1, created
+
+
+def state_job(events: int, keys: int, mode: Mode, storage: str) -> rs.Job:
+    job = rs.Job(f"bench-state-{keys}", parallelism=2, guarantee=mode.guarantee,
+                 checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
+    (job.source("load", KeyLoad(events, keys))
+        .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(1))
+        .stateful_map("count", count_update)
+        .sink("out", MeasureSink(created_of=operator.itemgetter(1))))
+    return job
+
+
+def state_baseline(events: int, keys: int) -> float:
+    t0 = time.perf_counter()
+    counts: dict[int, int] = {}
+    get = counts.get
+    for n in range(events):
+        k = load_key(n, keys)
+        counts[k] = get(k, 0) + 1
+    return time.perf_counter() - t0
+
+
+# --- billing and Nexmark: the jobs in jobs/ --------------------------------------------
+
+def _job_file(relative: str) -> str:
+    path = JOBS / relative
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: the billing and Nexmark workloads run from a source checkout")
+    return str(path)
+
+
+def billing_job(events: int, mode: Mode, storage: str, out: str) -> rs.Job:
+    os.environ.update(BILLING_EVENTS=str(events), BILLING_RATE="1e12", BILLING_OUT=out)
+    ns = runpy.run_path(_job_file("billing.py"), run_name="__raystream_job__")
+    return ns["job"].with_options(guarantee=mode.guarantee, audit=None, checkpoint=rs.CheckpointConfig(
+        interval=mode.interval, storage=storage, retain=1000))
+
+
+def billing_baseline(events: int) -> float:
+    ns = runpy.run_path(_job_file("billing.py"), run_name="__raystream_bench__")
+    usage_event = ns["usage_event"]
+    t0 = time.perf_counter()
+    totals: dict[str, int] = {}
+    for i in range(events):
+        e = usage_event(i)
+        totals[e["customer"]] = totals.get(e["customer"], 0) + e["cents"]
+    return time.perf_counter() - t0
+
+
+def nexmark_module(query: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"nexmark_{query}", _job_file(f"nexmark/{query}.py"))
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    os.environ.setdefault("NEXMARK_OUT", os.path.join(os.environ.get("TMPDIR", "/tmp"), "raystream-bench-nexmark"))
+    spec.loader.exec_module(module)
+    return module
+
+
+def nexmark_config(events: int) -> nx.NexmarkConfig:
+    return nx.NexmarkConfig(events=events, partitions=2, event_rate=10_000)
+
+
+def nexmark_job(query: str, events: int, mode: Mode, storage: str) -> rs.Job:
+    job = nexmark_module(query).build(nexmark_config(events), MeasureSink())
+    return job.with_options(guarantee=mode.guarantee, checkpoint=rs.CheckpointConfig(
+        interval=mode.interval, storage=storage, retain=1000))
+
+
+def nexmark_baseline(query: str, events: int) -> float:
+    module = nexmark_module(query)
+    t0 = time.perf_counter()
+    module.reference(nx.events(nexmark_config(events)))
+    return time.perf_counter() - t0
+
+
+NEXMARK = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8")
+
+
+def _records_in(step: str, per: int = 1) -> Callable[[rs.JobStatus], int]:
+    return lambda s: s.steps[step].records_in * per if step in s.steps else 0
+
+
+def _records_out(step: str, per: int = 1) -> Callable[[rs.JobStatus], int]:
+    return lambda s: s.steps[step].records_out * per if step in s.steps else 0
+
+
+def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
+    """Every workload, sized by `scale` (1.0: the suite runs in under 20 minutes)."""
+    def n(x: float) -> int:
+        return max(1_000, int(x * scale))
+
+    text = os.path.join(directory, "text")
+    words = n(4_000_000)
+    os.makedirs(text, exist_ok=True)
+    made: dict[str, int] = {}
+
+    def text_ready() -> str:  # written the first time a word-count workload runs
+        if "words" not in made:
+            made["words"] = make_text(text, words)
+        return text
+
+    out = os.path.join(directory, "billing-out")
+    found: dict[str, Workload] = {
+        "wordcount": Workload("wordcount", words, lambda m, s: wordcount_job(text_ready(), m, s, vectorized=False),
+                              _records_in("by_word"), lambda: wordcount_baseline(text_ready())),
+        "wordcount_arrow": Workload("wordcount_arrow", words,
+                                    lambda m, s: wordcount_job(text_ready(), m, s, vectorized=True),
+                                    _records_out("lines", WORDS_PER_LINE), lambda: wordcount_arrow_baseline(text_ready())),
+        "billing": Workload("billing", n(600_000), lambda m, s: billing_job(n(600_000), m, s, out),
+                            _records_out("usage"), lambda: billing_baseline(n(600_000))),
+    }
+    for name, keys, events in (("state_1k", 1_000, 3_000_000), ("state_1m", 1_000_000, 3_000_000),
+                               ("state_5m", 5_000_000, 8_000_000)):
+        k, e = max(10, int(keys * min(scale, 1.0))), n(events)
+        found[name] = Workload(name, e, lambda m, s, e=e, k=k: state_job(e, k, m, s), _records_out("load"),
+                               lambda e=e, k=k: state_baseline(e, k), latency=True)
+    for q in NEXMARK:
+        if (JOBS / "nexmark" / f"{q}.py").is_file():
+            e = n(600_000)
+            found[f"nexmark_{q}"] = Workload(f"nexmark_{q}", e, lambda m, s, q=q, e=e: nexmark_job(q, e, m, s),
+                                             _records_out("events"), lambda q=q, e=e: nexmark_baseline(q, e))
+    return found
