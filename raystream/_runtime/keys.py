@@ -93,9 +93,13 @@ class KeyRouter:
 
     def route_all(self, keys: list[Any]) -> list[tuple[int, Any]]:
         """(target subtask, interned key) for each key."""
-        get, miss = self._cache.get, self._miss
         try:
-            return [get(k) or miss(k) for k in keys]
+            get = self._cache.get
+            routed = list(map(get, keys))  # a loop in C: keys repeat, so most are cached
+            if None in routed:  # get again: a key missed twice in this batch is cached by the first miss
+                miss = self._miss
+                routed = [r or get(k) or miss(k) for r, k in zip(routed, keys)]
+            return routed
         except TypeError:  # an unhashable key (a list, or a tuple holding one): name it
             for k in keys:
                 try:

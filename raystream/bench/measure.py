@@ -13,12 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psutil  # the bench extra: pip install 'raystream[bench]'
 import ray
-
-try:
-    import psutil
-except ImportError:  # pragma: no cover - said once, at start
-    raise SystemExit("the benchmark suite needs psutil: pip install 'raystream[bench]'") from None
 
 import raystream as rs
 from raystream.bench.workloads import MODES, Mode, Workload

@@ -113,11 +113,13 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
 def plot(run: RecoveryRun, path: str, title: str) -> None:
     """Throughput and checkpoint duration over time, the kill marked (needs matplotlib:
     pip install 'raystream[bench]')."""
-    import matplotlib  # optional: only the picture needs it
+    try:  # optional: only the picture needs it
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'raystream[bench]'") from None
     points = [(run.timeline[i][0], r) for i in range(len(run.timeline)) if (r := rate_at(run.timeline, i)) is not None]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
     top.plot([t for t, _ in points], [r / 1e3 for _, r in points])

@@ -18,6 +18,7 @@ LAZY = {
     "raystream._runtime": "the public API loads the runtime only when a job starts or checkpoints are read",
     "boto3": "boto3 loads only when S3 is used",
     "botocore": "boto3 loads only when S3 is used",
+    "matplotlib": "an optional extra (raystream[bench]): only the benchmark's --plot needs it",
 }
 
 
