@@ -59,7 +59,8 @@ def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
     return job
 
 
-def reference(events) -> dict:
+def winners(events) -> tuple[dict, dict]:
+    """(auction id -> auction, auction id -> its winning price) in plain Python."""
     auctions, bids = {}, []
     for e in events:
         if isinstance(e, nx.Auction):
@@ -71,6 +72,11 @@ def reference(events) -> dict:
         a = auctions.get(b.auction)
         if a is not None and a.date_time <= b.date_time <= a.expires:
             best[a.id] = max(best.get(a.id, 0), b.price)
+    return auctions, best
+
+
+def reference(events) -> dict:
+    auctions, best = winners(events)
     per_category: dict[int, list[int]] = {}
     for auction_id, price in best.items():
         per_category.setdefault(auctions[auction_id].category, []).append(price)

@@ -39,22 +39,12 @@ def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
 
 
 def reference(events) -> dict:
-    auctions, bids = {}, []
-    for e in events:
-        if isinstance(e, nx.Auction):
-            auctions[e.id] = e
-        elif isinstance(e, nx.Bid):
-            bids.append(e)
-    best: dict[int, int] = {}
-    for b in bids:
-        a = auctions.get(b.auction)
-        if a is not None and a.date_time <= b.date_time <= a.expires:
-            best[a.id] = max(best.get(a.id, 0), b.price)
+    auctions, best = _q4["winners"](events)
     per_seller: dict[int, list[tuple[int, int, int]]] = {}
     for auction_id, price in best.items():
         a = auctions[auction_id]
         per_seller.setdefault(a.seller, []).append((a.expires, a.id, price))
-    return {s: sum(p for _, _, p in sorted(c)[-LAST:]) / len(sorted(c)[-LAST:]) for s, c in per_seller.items()}
+    return {seller: last_ten_average(closed[:-1], closed[-1])[1] for seller, closed in per_seller.items()}
 
 
 def normalize(records: list) -> dict:

@@ -37,12 +37,25 @@ from raystream._storage import open_storage
 logger = logging.getLogger(__name__)
 
 
+class _Deleted:
+    """Marks a key deleted in `ChangeTracking.written`."""
+
+    def __repr__(self) -> str:
+        return "DELETED"
+
+
+DELETED = _Deleted()
+
+
 class ChangeTracking(Protocol):
-    """What `capture` needs of a keyed operator."""
+    """What `capture` needs of a keyed operator: the keys it touched (`changed`), or,
+    when it keeps them, their new values (`written`, DELETED for a deleted key)."""
 
     step_id: str
     state: dict[Any, Any]
     changed: set[Any]
+    written: dict[Any, Any] | None
+    deletes: int  # DELETED entries in `written` (0: no need to look for them)
 
 
 Changes = tuple[dict[Any, Any], list[Any]]  # (new values of changed keys, keys deleted)
@@ -130,13 +143,22 @@ class StateChangelog:
                                       and len(self.parts) > self.base_every)
         keyed: dict[str, Any] = {}
         for op in ops:
+            written = getattr(op, "written", None)
             if full:
                 keyed[op.step_id] = op.state
+            elif written is not None:  # the new values are at hand: no lookup in the table
+                deleted = [k for k, v in written.items() if v is DELETED] if getattr(op, "deletes", 1) else []
+                for k in deleted:
+                    del written[k]
+                op.deletes = 0
+                keyed[op.step_id] = (written, deleted)
             else:
                 state, changed = op.state, op.changed
                 keyed[op.step_id] = ({k: state[k] for k in changed if k in state},
                                      [k for k in changed if k not in state])
             op.changed = set()
+            if written is not None:
+                op.written = {}
         if full:
             return keyed, False, []
         return keyed, True, list(self.parts or ())

@@ -23,6 +23,7 @@ import pyarrow as pa
 from raystream._runtime.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, untimed
 from raystream._runtime.keys import KeyRouter
 from raystream._runtime.plan import EdgeKind
+from raystream._runtime.wire import pack
 
 BATCH, BARRIER, END, WATERMARK = 0, 1, 2, 3
 
@@ -76,7 +77,7 @@ class OutputChannel:
             return
         if self.times:
             batch, self.times = Timed(batch, self.times), []
-        await self.send(BATCH, batch)
+        await self.send(BATCH, pack(batch))
 
     async def drain(self) -> None:
         while self.in_flight:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from raystream._runtime.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, timed, to_arrow, untimed
+from raystream._runtime.changelog import DELETED
 from raystream._runtime.tally import Tally
 from raystream.graph import Step, StepKind
 from raystream.sinks import Sink, SinkContext, SinkWriter
@@ -214,7 +215,12 @@ class KeyedOp(Operator):
     def __init__(self, step: Step):
         super().__init__(step)
         self.state: dict[Any, Any] = {}
-        self.changed: set[Any] = set()  # keys touched since the last snapshot (changelog.py, I1)
+        # I1 (changelog.py): the keys touched since the last snapshot; steps whose state is
+        # one value per key keep the new values instead (`written`, DELETED for a delete),
+        # so the snapshot does not look each key up again in a large table
+        self.changed: set[Any] = set()
+        self.written: dict[Any, Any] | None = None
+        self.deletes = 0  # DELETED entries written since the last snapshot
         self._bad: list[int] = []  # indexes of the records of the current batch that failed
 
     def process(self, batch: Any) -> Any:
@@ -232,7 +238,8 @@ class KeyedOp(Operator):
             raise RecordFailure(self.step_id, "<batch>", exc) from None
         self.records_in += len(kb)
         self._bad = []
-        self.changed.update(kb.keys)  # I1: a record may change its key's state
+        if self.written is None:
+            self.changed.update(kb.keys)  # I1: a record may change its key's state
         return kb, times
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
@@ -250,6 +257,8 @@ class KeyedOp(Operator):
         """Start from restored keyed state (and, for event-time steps, the watermark)."""
         self.state = state
         self.changed = set()
+        if self.written is not None:
+            self.written, self.deletes = {}, 0
 
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
@@ -258,8 +267,12 @@ class KeyedOp(Operator):
 class ReduceOp(KeyedOp):
     """Running reduce: emits `(key, acc)` for every record."""
 
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.written = {}
+
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
-        fn, state = self.fn, self.state
+        fn, state, written = self.fn, self.state, self.written
         get = state.get
         out_keys: list[Any] = []
         out: list[Any] = []
@@ -272,7 +285,7 @@ class ReduceOp(KeyedOp):
                     acc = get(keys[i], _MISSING)
                     if acc is not _MISSING:
                         value = fn(acc, value)
-                    state[keys[i]] = value
+                    state[keys[i]] = written[keys[i]] = value
                     append(value)
                 break
             except Exception as exc:
@@ -290,8 +303,12 @@ class ReduceOp(KeyedOp):
 class StatefulMapOp(KeyedOp):
     """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
 
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.written = {}
+
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
-        fn, state = self.fn, self.state
+        fn, state, written = self.fn, self.state, self.written
         out: list[Any] = []
         out_keys: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
@@ -303,8 +320,10 @@ class StatefulMapOp(KeyedOp):
                 continue
             if new_state is None:
                 state.pop(key, None)
+                written[key] = DELETED
+                self.deletes += 1
             else:
-                state[key] = new_state
+                state[key] = written[key] = new_state
             out_keys.append(key)
             out.append(output)
         return timed(KeyedBatch(out_keys, out), self._kept_times(times))

@@ -58,6 +58,7 @@ from raystream._runtime.spec import OutputSpec, RestoreSpec, SubtaskReport, Subt
 from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
 from raystream._runtime.watermarks import AssignTimeOp
 from raystream._runtime.windowing import JoinOp
+from raystream._runtime.wire import unpack
 from raystream.config import Guarantee
 from raystream.errors import SourceError
 from raystream.graph import StepKind
@@ -162,7 +163,7 @@ class SubtaskActor:
             self._fatal = exc
 
     async def push(self, channel: int, seq: int, kind: int, payload: Any) -> None:
-        await self.inbox.put(channel, seq, kind, payload)
+        await self.inbox.put(channel, seq, kind, unpack(payload) if kind == BATCH else payload)
 
     def trigger_checkpoint(self, checkpoint_id: int, final: bool = False) -> None:
         """C1, source subtasks: emit barrier `checkpoint_id` after the current batch."""

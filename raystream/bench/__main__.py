@@ -27,7 +27,7 @@ COLUMNS = (("workload", "workload", "{}"), ("mode", "mode", "{}"), ("ev/s", "eve
            ("start s", "startup_s", "{:.2f}"), ("cpu s/M", "cpu_s_per_m_events", "{:.1f}"),
            ("lat p50", "latency_p50_s", "{:.2f}"), ("lat p99", "latency_p99_s", "{:.2f}"),
            ("ckpt p50", "checkpoint_p50_s", "{:.3f}"), ("ckpt p99", "checkpoint_p99_s", "{:.3f}"),
-           ("align", "alignment_share", "{:.0%}"), ("MB/ckpt", "bytes_per_checkpoint", "{:.2f}"),
+           ("align", "alignment_share", "{:.0%}"), ("KB/ckpt", "bytes_per_checkpoint", "{:,.0f}"),
            ("RSS MB", "peak_rss_mb", "{:,.0f}"), ("1-proc ev/s", "baseline_events_per_s", "{:,.0f}"),
            ("vs 1-proc", "distribution_ratio", "{:.2f}"))
 
@@ -37,7 +37,7 @@ def cell(row: dict[str, Any], key: str, fmt: str) -> str:
     if value is None:
         return "-"
     if key == "bytes_per_checkpoint":
-        value = value / 2**20
+        value = value / 2**10
     return fmt.format(value)
 
 

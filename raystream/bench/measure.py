@@ -147,7 +147,7 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
         checkpoints=len(periodic),
         checkpoint_p50_s=percentile(durations, 0.5), checkpoint_p99_s=percentile(durations, 0.99),
         alignment_share=(sum(a for _, a, _ in periodic) / sum(durations)) if periodic and sum(durations) else None,
-        bytes_per_checkpoint=((sum(b for _, b, _ in checkpoints.values()) + state_bytes(storage)) / n_ckpt)
+        bytes_per_checkpoint=((sum(b for _, _, b in checkpoints.values()) + state_bytes(storage)) / n_ckpt)
         if n_ckpt else None,
         peak_rss_mb=watch.peak_rss / 2**20,
         timeline=[(s.t, s.events) for s in samples],

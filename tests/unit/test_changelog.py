@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raystream as rs
-from raystream._runtime.changelog import StateChangelog, compact_chain, materialize
+from raystream._runtime.changelog import DELETED, StateChangelog, compact_chain, materialize
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.injector import Injector
 from raystream._runtime.manifest import Manifest
@@ -24,17 +24,28 @@ RUN = "run"
 
 @dataclass
 class FakeOp:
+    """A keyed step that reports the keys it touched, or (`written`) their new values."""
+
     step_id: str
     state: dict[Any, Any] = field(default_factory=dict)
     changed: set[Any] = field(default_factory=set)
+    written: dict[Any, Any] | None = None
+    deletes: int = 0
 
     def put(self, key: Any, value: Any) -> None:
         self.state[key] = value
-        self.changed.add(key)
+        if self.written is None:
+            self.changed.add(key)
+        else:
+            self.written[key] = value
 
     def delete(self, key: Any) -> None:
         self.state.pop(key, None)
-        self.changed.add(key)
+        if self.written is None:
+            self.changed.add(key)
+        else:
+            self.written[key] = DELETED
+            self.deletes += 1
 
 
 async def inline(fn, *args):
@@ -124,7 +135,7 @@ def test_every_checkpoint_restores_exactly_the_state_it_captured(tmp_path_factor
     the tables it captured, and the newest still does after older ones are deleted."""
     h = Harness(tmp_path_factory.mktemp("c"), rs.CheckpointConfig(base_every=base_every,
                                                                     compact_above=compact_above), fail)
-    a, b = FakeOp("a"), FakeOp("b")
+    a, b = FakeOp("a"), FakeOp("b", written={})  # both ways of reporting changes
     expected = {}
 
     async def run():
