@@ -49,6 +49,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The results as a Markdown table (the README's)."""
+    rows = report["results"]
+    lines = ["| " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r, k, f) for _, k, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and sys.argv[1:] == ["--cold-probe"]:
         cold_probe()
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                              "nexmark_q8 (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown to FILE")
     parser.add_argument("--plot", metavar="FILE", help="PNG of throughput and checkpoints around the kill")
     parser.add_argument("--scale", type=float, default=1.0, help="input sizes times this (smoke runs: 0.01)")
     parser.add_argument("--no-recovery", action="store_true", help="skip the run with a kill")
@@ -119,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1)
             print(f"json: {args.json}")
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(markdown(report))
 
 
 if __name__ == "__main__":
