@@ -13,6 +13,9 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from raystream._runtime.blocking import Blocking, in_thread
 from raystream._runtime.changelog import StateChangelog, base_key, compact
 from raystream._runtime.checkpoint_store import CheckpointStore
@@ -29,7 +32,9 @@ Compactor = Callable[[str, list[PartRef], str], Awaitable[PartRef]]  # (root, ch
 
 
 async def compact_in_ray(root: str, chain: list[PartRef], key: str) -> PartRef:
-    return await compact.remote(root, chain, key)
+    # on this subtask's node (soft): a local checkpoint directory is on this node's disk
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return await compact.options(scheduling_strategy=here).remote(root, chain, key)
 
 _FENCE_TRIES = 8  # about 30 s of retries with backoff: the final commit has no later checkpoint
 
