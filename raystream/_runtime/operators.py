@@ -211,6 +211,7 @@ class KeyedOp(Operator):
 
     watermark: int | None = None  # the event-time clock of steps that keep time (ms)
     late_records = 0  # records found too late (window steps)
+    keeps_values = False  # one value per key: snapshots take `written` (changelog.py, I1)
 
     def __init__(self, step: Step):
         super().__init__(step)
@@ -219,7 +220,7 @@ class KeyedOp(Operator):
         # one value per key keep the new values instead (`written`, DELETED for a delete),
         # so the snapshot does not look each key up again in a large table
         self.changed: set[Any] = set()
-        self.written: dict[Any, Any] | None = None
+        self.written: dict[Any, Any] | None = {} if self.keeps_values else None
         self.deletes = 0  # DELETED entries written since the last snapshot
         self._bad: list[int] = []  # indexes of the records of the current batch that failed
 
@@ -267,9 +268,7 @@ class KeyedOp(Operator):
 class ReduceOp(KeyedOp):
     """Running reduce: emits `(key, acc)` for every record."""
 
-    def __init__(self, step: Step):
-        super().__init__(step)
-        self.written = {}
+    keeps_values = True
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         fn, state, written = self.fn, self.state, self.written
@@ -303,9 +302,7 @@ class ReduceOp(KeyedOp):
 class StatefulMapOp(KeyedOp):
     """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
 
-    def __init__(self, step: Step):
-        super().__init__(step)
-        self.written = {}
+    keeps_values = True
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         fn, state, written = self.fn, self.state, self.written
