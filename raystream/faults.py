@@ -7,8 +7,10 @@ at a named point of the checkpoint and recovery protocols.
     )))
 
 Without a plan the points cost one attribute check each, per protocol step, never per
-record. Each CrashAt fires on one attempt only (`attempt`, default 1): the processes of
-the next attempt are new, and so is its attempt number.
+record. Each CrashAt fires once per run, on attempt `attempt` (default 1) or a later one:
+the process that reaches it first claims it in the run's storage (`<run>/faults/<n>`), then
+exits. So a plan's crashes all happen even when something else (a lost node, a worker that
+dies on its own) restarts the job before they are reached.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ EXIT_CODE = 97
 
 @dataclass(frozen=True)
 class CrashAt:
-    """Crash at `point` on attempt `attempt`, at checkpoint `checkpoint` or later.
+    """Crash once at `point`: on attempt `attempt` or later, at checkpoint `checkpoint`
+    or later, in the first process of the run to reach it.
 
     Subtask points take `step` (a step id in the subtask's chain; None: any) and
     `subtask` (None: any).

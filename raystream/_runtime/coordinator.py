@@ -318,7 +318,8 @@ class JobCoordinator:
             sources=self.wiring.source_keys(), chains={c.name: c.parallelism for c in self.plan.chains},
             next_id=max(ids) + 1, stats=self.stats, max_parallelism=self.job.runtime.max_parallelism,
             state_steps=[s.step_id for s in self.job.steps if s.kind.stateful],
-            faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True),
+            faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True,
+                            claims=self.store.storage, run_id=self.run_id),
         )
         self.checkpointer.refs = self.refs  # object-store copies outlive attempts, for the next restore
         self.checkpointer.start_snapshot_calls()

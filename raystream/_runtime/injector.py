@@ -12,30 +12,45 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError
 
 from raystream import _files
+from raystream._storage import Storage
 from raystream.faults import COORDINATOR_POINTS, EXIT_CODE, SUBTASK_POINTS, CrashAt, S3Faults
 
 logger = logging.getLogger(__name__)
 
 
 class Injector:
-    """The crash points that apply to one process of one attempt."""
+    """The crash points that apply to one process of one attempt.
+
+    A crash is claimed before the process exits, with a marker written only if absent
+    under `<run>/faults/`, so each CrashAt of the plan fires once per run (`claims`: the
+    run's storage; None, as in unit tests, fires without claiming).
+    """
 
     def __init__(self, plan: tuple[CrashAt, ...], *, attempt: int, steps: tuple[str, ...] = (),
-                 subtask: int | None = None, coordinator: bool = False):
+                 subtask: int | None = None, coordinator: bool = False,
+                 claims: Storage | None = None, run_id: str = ""):
         points = COORDINATOR_POINTS if coordinator else SUBTASK_POINTS
-        self._plan = [c for c in plan if isinstance(c, CrashAt) and c.point in points and c.attempt == attempt
+        crashes = [(n, c) for n, c in enumerate(plan) if isinstance(c, CrashAt)]
+        self._plan = [(n, c) for n, c in crashes if c.point in points and c.attempt <= attempt
                       and (coordinator or ((c.step is None or c.step in steps)
                                            and (c.subtask is None or c.subtask == subtask)))]
         self._where = "coordinator" if coordinator else f"{'+'.join(steps)}[{subtask}]"
+        self._claims = claims
+        self._run_id = run_id
 
     def __bool__(self) -> bool:
         return bool(self._plan)
 
     def hit(self, point: str, checkpoint: int) -> None:
-        for c in self._plan:
-            if c.point == point and checkpoint >= c.checkpoint:
-                logger.warning("fault injection: %s exits at %s (checkpoint %d)", self._where, point, checkpoint)
-                os._exit(EXIT_CODE)
+        for n, c in list(self._plan):
+            if c.point != point or checkpoint < c.checkpoint:
+                continue
+            if self._claims is not None and not self._claims.put_if_absent(
+                    f"{self._run_id}/faults/{n:04d}", f"{self._where} {point} {checkpoint}".encode()):
+                self._plan.remove((n, c))  # fired already, in this or an earlier attempt
+                continue
+            logger.warning("fault injection: %s exits at %s (checkpoint %d)", self._where, point, checkpoint)
+            os._exit(EXIT_CODE)
 
 
 def install_s3_faults(plan: tuple) -> None:

@@ -75,7 +75,8 @@ class SubtaskActor:
         self.name = f"{spec.chain_name}[{spec.subtask}]"
         self.store = CheckpointStore(spec.checkpoint_root)
         self.faults = Injector(spec.runtime.faults, attempt=spec.attempt, subtask=spec.subtask,
-                               steps=tuple(s.step_id for s in spec.steps))
+                               steps=tuple(s.step_id for s in spec.steps),
+                               claims=self.store.storage, run_id=spec.run_id)
         head = spec.steps[0]
         self.source = (SourceReader(head, spec.source_partitions, spec.runtime.batch_size)
                        if head.kind is StepKind.SOURCE else None)

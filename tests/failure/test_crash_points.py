@@ -33,7 +33,8 @@ def test_crash_at_point_then_again_during_recovery(monkeypatch, tmp_path, point)
     step, subtask = WHERE.get(point, (None, None))
     faults = (
         CrashAt(point, step=step, subtask=subtask, checkpoint=2),
-        CrashAt("restore", step="totals", subtask=0, checkpoint=1, attempt=2),  # the second crash
+        # The second crash: the first restore after the first crash, whichever attempt that is.
+        CrashAt("restore", step="totals", subtask=0, checkpoint=1, attempt=2),
     )
     ns = load_billing(monkeypatch, events=8_000, rate=5_000, out=str(tmp_path / "out"))
     job = ns["job"]
