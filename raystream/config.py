@@ -157,6 +157,14 @@ class RuntimeConfig:
         subtask_num_cpus: CPUs each subtask actor requests from Ray (0 packs freely).
         subtask_resources: custom Ray resources each subtask actor requests, to place
             subtasks on certain nodes or make an autoscaler add them.
+        spare_actors: when a job ends, the driver starts a blank coordinator with up to
+            this many blank subtask actors for its next job, so that it need not wait for
+            new processes (about a second each). Only subtasks that ask for no resources
+            use them. 0 turns this off.
+        recovery_spares: a coordinator also keeps a blank actor per subtask (up to
+            `spare_actors`) once its job has a checkpoint, so that a recovery need not
+            wait for new processes either; each costs an idle process, and starting it
+            about a CPU-second while the job runs.
         faults: crash points for fault-injection tests (`raystream.faults.CrashAt`).
     """
 
@@ -168,6 +176,8 @@ class RuntimeConfig:
     chaining: bool = True
     subtask_num_cpus: float = 0.0
     subtask_resources: dict | None = None
+    spare_actors: int = 8
+    recovery_spares: bool = False
     faults: tuple = ()
 
     def __post_init__(self) -> None:
@@ -177,6 +187,7 @@ class RuntimeConfig:
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)
         _positive_int("RuntimeConfig.max_parallelism", self.max_parallelism)
         _positive("RuntimeConfig.subtask_num_cpus", self.subtask_num_cpus, allow_zero=True)
+        _positive_int("RuntimeConfig.spare_actors", self.spare_actors, minimum=0)
         for name, amount in (self.subtask_resources or {}).items():
             if not isinstance(name, str):
                 raise ConfigError(f"RuntimeConfig.subtask_resources names must be strings; got {name!r}")

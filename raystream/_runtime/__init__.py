@@ -7,6 +7,7 @@ raystream.job.
     connect.py              connecting to Ray: RAY_ADDRESS with the cluster's token, or a new local Ray
     submission.py           submitting job files through the Ray Jobs API
     coordinator.py          JobCoordinator actor: attempts and recovery (R1-R5)
+    actors.py               starting and killing an attempt's subtask actors; spare actors
     wiring.py               each subtask's spec, outputs and restore spec for an attempt
     checkpointer.py         the coordinator's side of a checkpoint (C1, C5-C7)
     recovery.py             choosing and reading what to restore (R3, R4), restart strategy

@@ -49,7 +49,7 @@ from raystream._runtime.recovery import RestartTracker, begin_attempt, read_prog
 from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome, sink_outputs, sum_steps
 from raystream._runtime.spec import RunOptions, SubtaskReport
-from raystream._runtime.subtask import SubtaskActor
+from raystream._runtime.actors import SubtaskSpares, kill_subtasks, spare_count, start_subtasks
 from raystream._runtime.wiring import Wiring
 from raystream.config import Guarantee
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError
@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.05
 _METRICS_EVERY = 0.5
-_WAITING_CHECK = 1.0  # seconds between checks whether subtasks that have not started lack resources
-_DEATH_TIMEOUT = 30.0  # seconds to wait for Ray to report a killed attempt's actors dead
 
 
 def actor_name(job_name: str, run_id: str, what: str) -> str:
@@ -71,13 +69,27 @@ def actor_name(job_name: str, run_id: str, what: str) -> str:
 
 @ray.remote(num_cpus=0)
 class JobCoordinator:
-    def __init__(self, job: JobGraph, plan: PhysicalPlan, run_id: str, checkpoint_root: str, options: RunOptions):
+    def __init__(self, *configure_args: Any, spares: int = 0):
+        """Configured at once with `configure_args`, or blank with `spares` blank subtask
+        actors (a spare coordinator, kept by the driver for its next job) until `configure`."""
+        self.job: JobGraph | None = None
+        self.spares = SubtaskSpares(spares)
+        self.spares.fill()
+        if configure_args:
+            self.configure(*configure_args)
+
+    def configure(self, job: JobGraph, plan: PhysicalPlan, run_id: str, checkpoint_root: str,
+                  options: RunOptions) -> None:
+        """Take on one run of `job` (once); `outcome()` then starts it."""
+        if self.job is not None:
+            raise RuntimeError(f"this coordinator runs job {self.job.name!r} already")
         if job.runtime.faults:
             install_s3_faults(job.runtime.faults)
         self.job, self.plan, self.run_id, self.options = job, plan, run_id, options
         self.resume = options.resume
         self.store = CheckpointStore(checkpoint_root)
         self.wiring = Wiring(job, plan, run_id, self.store)
+        self.spares.count = spare_count(job.runtime, plan) if job.runtime.recovery_spares else 0
         self.state = "starting"
         self.started = time.monotonic()
         self.attempt = 0
@@ -106,7 +118,7 @@ class JobCoordinator:
         self.final_id = 0  # the final checkpoint, once committed: a savepoint when the job was stopped
 
     def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
-        return f"{self.job.name}:coordinator"
+        return f"{self.job.name}:coordinator" if self.job is not None else "raystream:spare-coordinator"
 
     # --- calls from subtasks, the driver and users ---------------------------------------
 
@@ -127,6 +139,10 @@ class JobCoordinator:
         self.stopping = True
         await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self.wiring.source_keys()),
                              return_exceptions=True)
+
+    async def spare_pids(self) -> list[int]:
+        """Process ids of the idle spare subtask actors, once each has started."""
+        return list(await asyncio.gather(*(a.pid.remote() for a in self.spares.idle)))
 
     def metrics(self) -> list[dict[str, Any]]:
         """One row per step and subtask (handle.metrics())."""
@@ -256,30 +272,16 @@ class JobCoordinator:
             await self.stop()
 
     async def _start_actors(self) -> Failure | None:
-        """R4, first half: new actors for every subtask."""
-        for chain in self.plan.chains:
-            options = chain.actor_resources(self.job.runtime)
-            for i in range(chain.parallelism):
-                self.actors[(chain.name, i)] = SubtaskActor.options(
-                    name=actor_name(self.job.name, self.run_id, f"a{self.attempt}:{chain.name}[{i}]"),
-                    max_restarts=0, max_task_retries=0, **options,
-                ).remote(self.wiring.spec(chain, i, self.attempt))
-        started = [asyncio.ensure_future(a.pid.remote()) for a in self.actors.values()]
-        waiting = set(started)
-        while waiting:
-            _, waiting = await asyncio.wait(waiting, timeout=_WAITING_CHECK)
-            keys = [k for k, f in zip(self.actors, started) if f in waiting]
-            if keys and not self.waiting and self.wiring.short_of(keys, await in_thread(ray.available_resources)):
-                # No node has room for them (not merely slow to start): say so once.
-                needs = sorted({f"{c}: {self.wiring.needs(c)}" for c, _ in keys})
-                self.waiting = (f"{len(keys)} of {len(started)} subtasks wait for resources ({'; '.join(needs)}); "
-                                "an autoscaler adds nodes for them, else they start when resources are free")
-        self.waiting = ""
-        try:
-            pids = [f.result() for f in started]
-        except ray.exceptions.RayError as exc:  # an actor could not start (or died at once)
-            return Failure(FailureKind.INTERNAL, "subtask start", f"{type(exc).__name__}: {exc}")
-        self.pids = {f"{c}[{i}]": pid for (c, i), pid in zip(self.actors, pids)}
+        """R4, first half: an actor for every subtask (`actors.start_subtasks`)."""
+        def waiting(text: str) -> None:
+            self.waiting = text
+
+        started = await start_subtasks(self.plan, self.job.runtime, self.wiring, self.spares, self.attempt,
+                                       lambda key: actor_name(self.job.name, self.run_id,
+                                                              f"a{self.attempt}:{key[0]}[{key[1]}]"), waiting)
+        if isinstance(started, str):  # an actor could not start (or died at once)
+            return Failure(FailureKind.INTERNAL, "subtask start", started)
+        self.actors, self.pids = started
         return None
 
     async def _restore(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
@@ -335,20 +337,8 @@ class JobCoordinator:
             self.stats = checkpointer.stats
             if checkpointer.final_committed:
                 self.final_id = self.stats.last_id
-        for actor in self.actors.values():
-            ray.kill(actor, no_restart=True)
-        if not wait:  # the job finished: no next attempt to protect
-            return
-        pending = {key: f for f, key in self._runs.items() if not f.done()}
-        runs = [pending.get(k) or asyncio.ensure_future(a.until_killed.remote()) for k, a in self.actors.items()]
-        if runs:
-            _, alive = await asyncio.wait(runs, timeout=_DEATH_TIMEOUT)
-            if alive:
-                logger.warning("job %s attempt %d: %d subtasks not reported dead after %.0fs", self.job.name,
-                               self.attempt, len(alive), _DEATH_TIMEOUT)
-        for fut in [*self._runs, *runs]:  # retrieve every outcome: asyncio warns otherwise
-            if fut.done() and not fut.cancelled():
-                fut.exception()
+        await kill_subtasks(self.actors, {key: f for f, key in self._runs.items()}, wait=wait,
+                            what=f"job {self.job.name} attempt {self.attempt}")
 
     async def _watch(self) -> Failure | None:
         """Wait for every subtask's run(); tick the checkpoints; poll metrics."""
@@ -373,6 +363,8 @@ class JobCoordinator:
                 await self._poll_metrics(pending, runs)
                 stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
                 self.exporter.export(stats, self.restarts, self.replayed)
+                if stats.completed and len(self.spares.idle) != self.spares.count:
+                    self.spares.fill()  # for a recovery, now that there is a checkpoint to recover to
         self.state = "stopped" if self.stopping else "finished"
         return None
 

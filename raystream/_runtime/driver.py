@@ -24,6 +24,7 @@ from raystream._runtime.connect import ensure_ray
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
 from raystream._runtime.recovery import RestartTracker, check_restorable
+from raystream._runtime.actors import spare_count
 from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome
 from raystream._runtime.spec import RunOptions
@@ -82,9 +83,10 @@ class Supervisor:
 
     def _launch(self, resume: bool) -> Any:
         self.generation += 1
-        self.coordinator = JobCoordinator.options(
+        args = (self.job, self.plan, self.run_id, self.root, dataclasses.replace(self.options, resume=resume))
+        self.coordinator = _spare.take(*args) or JobCoordinator.options(
             name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
-        ).remote(self.job, self.plan, self.run_id, self.root, dataclasses.replace(self.options, resume=resume))
+        ).remote(*args)
         return self.coordinator.outcome.remote()
 
     def _supervise(self) -> None:
@@ -179,11 +181,49 @@ class Supervisor:
         finally:
             if self._done.is_set():
                 ray.kill(self.coordinator, no_restart=True)
+                _spare.prepare(spare_count(self.job.runtime, self.plan), self.job.runtime.spare_actors > 0)
         if self.error is not None:
             raise self.error
         if self.outcome.failure is not None:
             raise self.outcome.failure.to_error()
         return self.outcome.result
+
+
+class CoordinatorSpare:
+    """The blank coordinator this driver keeps for its next job (`_runtime/actors.py`),
+    prepared when a job ends, with as many blank subtask actors as that job had
+    subtasks: a notebook's second run starts on processes that are up already."""
+
+    _WAIT = 30.0  # seconds a spare may take to answer before a new coordinator is started instead
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handle: Any = None
+        self._node_id = ""  # the Ray session the spare belongs to
+
+    def prepare(self, subtasks: int, wanted: bool) -> None:
+        with self._lock:
+            if self._handle is not None or not wanted or not ray.is_initialized():
+                return
+            self._node_id = ray.get_runtime_context().get_node_id()
+            self._handle = JobCoordinator.options(max_restarts=0).remote(spares=subtasks)
+
+    def take(self, *configure_args: Any) -> Any:
+        """The spare, configured with `configure_args`; None if there is none that answers."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None or ray.get_runtime_context().get_node_id() != self._node_id:
+                return None  # none, or one of a Ray session that has ended
+        try:
+            ray.get(handle.configure.remote(*configure_args), timeout=self._WAIT)
+            return handle
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            logger.info("the spare coordinator did not answer (%s); starting a new one", type(exc).__name__)
+            ray.kill(handle, no_restart=True)
+            return None
+
+
+_spare = CoordinatorSpare()
 
 
 def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | None = None,

@@ -68,7 +68,16 @@ logger = logging.getLogger(__name__)
 
 @ray.remote
 class SubtaskActor:
-    def __init__(self, spec: SubtaskSpec):
+    """Started blank (a spare, `_runtime/actors.py`), then `configure`d once for one
+    subtask of one attempt; never reused after that."""
+
+    def __init__(self) -> None:
+        self.spec: SubtaskSpec | None = None
+
+    def configure(self, spec: SubtaskSpec) -> int:
+        """Become subtask `spec`; returns this process's id."""
+        if self.spec is not None:
+            raise RuntimeError(f"{self.name} is configured already; a subtask actor serves one attempt")
         if spec.runtime.faults:
             install_s3_faults(spec.runtime.faults)
         self.spec = spec
@@ -99,6 +108,7 @@ class SubtaskActor:
         self.exporter = SubtaskExporter(spec.job_name, spec.chain_name, spec.subtask)
         self.clock: ChainClock | None = None
         self.assign_at_source: AssignTimeOp | None = None
+        return os.getpid()
 
     # --- control calls from the coordinator ---------------------------------------------
 
@@ -189,7 +199,7 @@ class SubtaskActor:
         return report
 
     def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
-        return f"{self.spec.job_name}:{self.name}"
+        return f"{self.spec.job_name}:{self.name}" if self.spec is not None else "raystream:spare"
 
     def _fail(self, exc: BaseException) -> None:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""

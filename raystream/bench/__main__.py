@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from raystream._runtime.connect import ensure_ray
-from raystream.bench.measure import as_json, cold_probe, cold_startup, machine, run_workload, warm_startup
+from raystream.bench.measure import (as_json, changed_state, cold_probe, cold_startup, machine, run_workload,
+                                     warm_startup)
 from raystream.bench.recovery import measure_recovery, plot
 from raystream.bench.workloads import MODES, workloads
 
@@ -28,7 +29,7 @@ COLUMNS = (("workload", "workload", "{}"), ("mode", "mode", "{}"), ("ev/s", "eve
            ("lat p50", "latency_p50_s", "{:.2f}"), ("lat p99", "latency_p99_s", "{:.2f}"),
            ("ckpt p50", "checkpoint_p50_s", "{:.3f}"), ("ckpt p99", "checkpoint_p99_s", "{:.3f}"),
            ("align", "alignment_share", "{:.0%}"), ("KB/ckpt", "bytes_per_checkpoint", "{:,.0f}"),
-           ("RSS MB", "peak_rss_mb", "{:,.0f}"), ("1-proc ev/s", "baseline_events_per_s", "{:,.0f}"),
+           ("RSS MB", "peak_rss_mb", "{:,.0f}"), ("RSS growth MB", "rss_growth_mb", "{:+,.0f}"), ("1-proc ev/s", "baseline_events_per_s", "{:,.0f}"),
            ("vs 1-proc", "distribution_ratio", "{:.2f}"))
 
 
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raystream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help="wordcount, wordcount_arrow, billing, state_1k, state_1m, state_5m, nexmark_q0 .. "
-                             "nexmark_q8 (default: all)")
+                        help="wordcount, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
+                             "nexmark_q0 .. nexmark_q8 (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown to FILE")
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="input sizes times this (smoke runs: 0.01)")
     parser.add_argument("--no-recovery", action="store_true", help="skip the run with a kill")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
+    parser.add_argument("--no-changed-state", action="store_true",
+                        help="skip weighing incremental checkpoints against the state that changed")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [n for n in names if n not in found]
         if unknown:
             parser.error(f"unknown workload {', '.join(unknown)}; workloads: {', '.join(found)}")
-        report: dict[str, Any] = {"machine": machine(), "results": [], "startup": {}, "recovery": None}
+        report: dict[str, Any] = {"machine": machine(), "results": [], "startup": {}, "recovery": None,
+                                  "changed_state": None}
         startup = {}
         if not args.no_startup:  # cold first: this process has no Ray yet, so it competes with nothing
             startup["cold_s"] = cold_startup()
@@ -112,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
             report["results"].extend(rows)
             print_table(rows)
         print(f"workloads took {time.perf_counter() - t_suite:.0f}s")
+        if not args.no_changed_state:
+            keys, events = max(1_000, int(1_000_000 * min(args.scale, 1.0))), max(10_000, int(3_000_000 * args.scale))
+            report["changed_state"] = ch = changed_state(keys, events, os.path.join(directory, "chk-changed"))
+            print(f"incremental checkpoints ({keys:,} keys): {ch['written_kb_p50'] or 0:,.0f} KB written per "
+                  f"checkpoint for {ch['changed_kb_p50'] or 0:,.0f} KB of changed state (median ratio "
+                  f"{ch['ratio_p50'] or 0:.2f}, max {ch['ratio_max'] or 0:.2f}; {ch['ratio_run']:.2f} over the run, "
+                  "bases included)")
         if not args.no_recovery:
             rec = measure_recovery(directory)
             report["recovery"] = rec.as_json()

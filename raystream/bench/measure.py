@@ -17,7 +17,7 @@ import psutil  # the bench extra: pip install 'raystream[bench]'
 import ray
 
 import raystream as rs
-from raystream.bench.workloads import MODES, Mode, Workload
+from raystream.bench.workloads import MODES, Mode, Workload, changed_state_job
 
 POLL = 0.1
 
@@ -27,6 +27,7 @@ class Sample:
     t: float  # seconds since the job started
     events: int
     attempt: int
+    rss: int = 0  # resident bytes of the job's processes
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Run:
     alignment_share: float | None  # of checkpoint time, spent aligning barriers
     bytes_per_checkpoint: float | None  # snapshots plus compacted bases, per checkpoint
     peak_rss_mb: float
+    rss_growth_mb: float | None  # peak RSS between 50% and 90% of the input, less that between 10% and 50%
     ratio_to_none: float | None = None
     baseline_events_per_s: float | None = None  # the same computation in one Python process
     distribution_ratio: float | None = None  # events_per_s / baseline_events_per_s
@@ -62,7 +64,8 @@ class ProcessWatch:
         self.procs: dict[int, psutil.Process] = {}
         self.peak_rss = 0
 
-    def sample(self, pids: list[int]) -> None:
+    def sample(self, pids: list[int]) -> int:
+        """Sample the processes; returns their summed resident bytes."""
         rss = 0
         for pid in pids:
             try:
@@ -73,6 +76,7 @@ class ProcessWatch:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         self.peak_rss = max(self.peak_rss, rss)
+        return rss
 
     @property
     def cpu_seconds(self) -> float:
@@ -97,6 +101,15 @@ def steady_rate(samples: list[Sample], total: int, running_at: float) -> float:
     return (hi.events - lo.events) / (hi.t - lo.t)
 
 
+def rss_growth(samples: list[Sample], total: int) -> float | None:
+    """MB by which the job's memory grew from the first to the second half of the steady
+    state (near 0: flat; a queue that grows with the backlog shows here)."""
+    def peak(lo: float, hi: float) -> int:
+        return max((s.rss for s in samples if lo * total <= s.events <= hi * total), default=0)
+    first, second = peak(0.1, 0.5), peak(0.5, 0.9)
+    return (second - first) / 2**20 if first and second else None
+
+
 def state_bytes(storage: str) -> int:
     """Bytes of compacted bases a run wrote (they are outside the checkpoints' snapshots)."""
     total = 0
@@ -119,11 +132,11 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
         now = time.perf_counter() - t0
         if running_at is None and status.state != "starting":
             running_at = now
-        samples.append(Sample(now, workload.count(status), status.attempt))
         c = status.checkpoints
         if c.last_id and c.last_id not in checkpoints:
             checkpoints[c.last_id] = (c.last_duration, c.last_alignment, c.last_bytes)
-        watch.sample(list(status.pids.values()) + [status.coordinator_pid])
+        rss = watch.sample(list(status.pids.values()) + [status.coordinator_pid])
+        samples.append(Sample(now, workload.count(status), status.attempt, rss))
         if status.state in ("finished", "failed", "stopped"):
             break
         time.sleep(POLL)
@@ -149,9 +162,35 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
         alignment_share=(sum(a for _, a, _ in periodic) / sum(durations)) if periodic and sum(durations) else None,
         bytes_per_checkpoint=((sum(b for _, _, b in checkpoints.values()) + state_bytes(storage)) / n_ckpt)
         if n_ckpt else None,
-        peak_rss_mb=watch.peak_rss / 2**20,
+        peak_rss_mb=watch.peak_rss / 2**20, rss_growth_mb=rss_growth(samples, workload.events),
         timeline=[(s.t, s.events) for s in samples],
     )
+
+
+def changed_state(keys: int, events: int, storage: str) -> dict[str, Any]:
+    """Bytes written per exactly-once checkpoint against the pickled size of the keyed
+    state that changed in its epoch (`ChangedStateSink`): per incremental checkpoint
+    (median and max), and over the run (compacted bases and the first, full snapshot
+    included)."""
+    handle = changed_state_job(events, keys, storage).start()
+    written: dict[int, int] = {}
+    while (status := handle.status()).state not in ("finished", "failed", "stopped"):
+        c = status.checkpoints
+        if c.last_id:
+            written.setdefault(c.last_id, c.last_bytes)
+        time.sleep(POLL)
+    result = handle.wait()
+    changed: dict[int, int] = {}
+    for out in result.outputs["out"]:
+        for n, size in out["changed"].items():
+            changed[n] = changed.get(n, 0) + size
+    ids = sorted(n for n in written if n in changed and changed[n] and n != min(written))
+    ratios = [written[n] / changed[n] for n in ids]
+    return {"keys": keys, "events": events, "checkpoints": len(ids),
+            "changed_kb_p50": statistics.median(changed[n] for n in ids) / 2**10 if ids else None,
+            "written_kb_p50": statistics.median(written[n] for n in ids) / 2**10 if ids else None,
+            "ratio_p50": statistics.median(ratios) if ratios else None, "ratio_max": max(ratios, default=None),
+            "ratio_run": (sum(written.values()) + state_bytes(storage)) / max(1, sum(changed.values()))}
 
 
 def tiny_job() -> rs.Job:
@@ -162,10 +201,18 @@ def tiny_job() -> rs.Job:
     return job
 
 
+#: Seconds between two warm runs: a notebook's next run comes seconds after the last, and
+#: the driver's spare actors (`RuntimeConfig.spare_actors`) start in that time.
+THINK_TIME = 3.0
+
+
 def warm_startup(repeat: int = 3) -> float:
-    """Seconds to run a ten-record job end to end with Ray already up (median of `repeat`)."""
+    """Seconds to run a ten-record job end to end with Ray already up and a job run just
+    before (median of `repeat`, each `THINK_TIME` after the one before)."""
+    tiny_job().run()
     times = []
     for _ in range(repeat):
+        time.sleep(THINK_TIME)
         t0 = time.perf_counter()
         tiny_job().run()
         times.append(time.perf_counter() - t0)
@@ -200,4 +247,4 @@ def as_json(run: Run) -> dict[str, Any]:
     return raw
 
 
-__all__ = ["MODES", "Run", "run_workload", "warm_startup", "cold_startup", "machine"]
+__all__ = ["MODES", "Run", "run_workload", "warm_startup", "cold_startup", "changed_state", "machine"]

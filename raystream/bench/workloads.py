@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import operator
 import os
+import pickle
 import random
 import runpy
 import time
@@ -98,24 +99,27 @@ class _KeyLoadPartition(SourcePartition):
 
 class MeasureSink(rs.sinks.Sink):
     """Counts records and, given `created_of`, the seconds from each batch's first record's
-    creation to the moment it became visible: committed (transactional) or written."""
+    creation to the moment it became visible: committed (transactional) or written. With
+    `rate`, each subtask's writes take as long as writing `rate` records/s would."""
 
-    def __init__(self, created_of: Callable[[Any], float] | None = None):
-        self.created_of = created_of
+    def __init__(self, created_of: Callable[[Any], float] | None = None, rate: float | None = None):
+        self.created_of, self.rate = created_of, rate
 
     def build_writer(self, context: SinkContext) -> SinkWriter:
-        return _MeasureWriter(context.transactional, self.created_of)
+        return _MeasureWriter(context.transactional, self.created_of, self.rate)
 
 
 class _MeasureWriter(SinkWriter):
-    def __init__(self, transactional: bool, created_of: Callable[[Any], float] | None):
-        self.transactional, self.created_of = transactional, created_of
+    def __init__(self, transactional: bool, created_of: Callable[[Any], float] | None, rate: float | None):
+        self.transactional, self.created_of, self.rate = transactional, created_of, rate
         self.count = 0
         self.pending: list[float] = []
         self.latencies: list[float] = []
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         self.count += len(batch)
+        if self.rate:  # a slow sink: a write takes this long, as a remote store's would
+            time.sleep(len(batch) / self.rate)
         if self.created_of is None or not len(batch):
             return
         created = self.created_of(batch[0])
@@ -134,6 +138,51 @@ class _MeasureWriter(SinkWriter):
 
     def close(self) -> dict[str, Any]:
         return {"count": self.count, "latencies": self.latencies}
+
+
+class ChangedStateSink(rs.sinks.Sink):
+    """For records `(key, state)` of a keyed step chained before it: the pickled size of
+    the state each checkpoint epoch changed (the latest state of each key seen since the
+    last pre-commit), by checkpoint id. Incremental snapshots are held to that."""
+
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _ChangedStateWriter()
+
+
+class _ChangedStateWriter(SinkWriter):
+    def __init__(self) -> None:
+        self.epoch: dict[Any, Any] = {}
+        self.changed: dict[int, int] = {}
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        self.epoch.update(batch)
+
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        self.changed[checkpoint_id] = len(pickle.dumps(self.epoch, protocol=5))
+        self.epoch = {}
+        return None
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def close(self) -> dict[str, Any]:
+        return {"changed": self.changed}
+
+
+def count_state(state: int | None, value: Any) -> tuple[int, tuple[int, int]]:
+    count = (state or 0) + 1
+    return count, (value, count)
+
+
+def changed_state_job(events: int, keys: int, storage: str) -> rs.Job:
+    """state_* with exactly-once and 1 s checkpoints, its sink weighing each epoch's changes."""
+    job = rs.Job(f"bench-changed-{keys}", parallelism=2,
+                 checkpoint=rs.CheckpointConfig(interval=1.0, storage=storage, retain=1000))
+    (job.source("load", KeyLoad(events, keys))
+        .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(0))
+        .stateful_map("count", count_state)
+        .sink("out", ChangedStateSink()))
+    return job
 
 
 # --- word count -------------------------------------------------------------------------
@@ -205,14 +254,18 @@ def count_update(state: int | None, created: float) -> tuple[int, float]:
     return (state or 0) + 1, created
 
 
-def state_job(events: int, keys: int, mode: Mode, storage: str) -> rs.Job:
+def state_job(events: int, keys: int, mode: Mode, storage: str, sink_rate: float | None = None) -> rs.Job:
     job = rs.Job(f"bench-state-{keys}", parallelism=2, guarantee=mode.guarantee,
                  checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
     (job.source("load", KeyLoad(events, keys))
         .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(1))
         .stateful_map("count", count_update)
-        .sink("out", MeasureSink(created_of=operator.itemgetter(1))))
+        .sink("out", MeasureSink(created_of=operator.itemgetter(1), rate=sink_rate)))
     return job
+
+
+#: The slow sink's rate per subtask: a tenth of what state_1k's source reaches without it.
+SLOW_SINK_RATE = 40_000
 
 
 def state_baseline(events: int, keys: int) -> float:
@@ -319,6 +372,9 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
         k, e = max(10, int(keys * min(scale, 1.0))), n(events)
         found[name] = Workload(name, e, lambda m, s, e=e, k=k: state_job(e, k, m, s), _records_out("load"),
                                lambda e=e, k=k: state_baseline(e, k), latency=True)
+    e = n(1_200_000)  # the slow sink: memory must stay flat while the source is held back
+    found["slow_sink"] = Workload("slow_sink", e, lambda m, s: state_job(e, 1_000, m, s, sink_rate=SLOW_SINK_RATE),
+                                  _records_out("load"), lambda: e / (2 * SLOW_SINK_RATE), latency=True)
     for q in NEXMARK:
         if (JOBS / "nexmark" / f"{q}.py").is_file():
             e = n(600_000)

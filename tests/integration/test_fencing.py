@@ -41,7 +41,8 @@ def start_subtask(tmp_path, attempt: int, run_id: str = "run1"):
     store = CheckpointStore(root)
     while store.claim_attempt(run_id) < attempt:
         pass
-    actor, coordinator = SubtaskActor.remote(spec), StandInCoordinator.remote()
+    actor, coordinator = SubtaskActor.remote(), StandInCoordinator.remote()
+    ray.get(actor.configure.remote(spec))
     ray.get(actor.setup.remote(None, [], coordinator))
     run = actor.run.remote()
     actor.trigger_checkpoint.remote(1, True)  # the final checkpoint: barrier, pre-commit, ack
