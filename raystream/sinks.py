@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import io
 import json
 import logging
@@ -47,6 +46,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -198,7 +198,8 @@ class _FileWriter(SinkWriter):
         self.files_committed = 0
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
-        self._parts.append(batch)
+        # JSON lines are encoded batch by batch, so a pre-commit only joins and writes them
+        self._parts.append(json_lines(batch) if self._sink.format == "jsonl" else batch)
         self._rows += batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
         if self._rows >= self._sink.rows_per_file:
             self._write_file()
@@ -209,7 +210,7 @@ class _FileWriter(SinkWriter):
             return
         stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
         self._seq += 1
-        data = encode(self._parts, self._sink.format)
+        data = b"".join(self._parts) if self._sink.format == "jsonl" else encode(self._parts, self._sink.format)
         self._parts, self._rows = [], 0
         if self._ctx.transactional:
             name = f"_pending-{self._tag}{self._attempt}{stem}"
@@ -269,7 +270,7 @@ class _FileWriter(SinkWriter):
 
 def _json_default(value: Any) -> Any:
     """JSON for what json does not know: dataclasses (a WindowResult) as objects, datetimes
-    in ISO 8601."""
+    in ISO 8601 (orjson writes both itself)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, (dt.datetime, dt.date)):
@@ -278,12 +279,25 @@ def _json_default(value: Any) -> Any:
                     "strings and numbers before the sink")
 
 
+_ORJSON = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+def _json_line(record: Any) -> bytes:
+    try:
+        return orjson.dumps(record, default=_json_default, option=_ORJSON)
+    except TypeError:  # what orjson cannot write (an int past 64 bits): the standard library can, or says why not
+        return json.dumps(record, separators=(",", ":"), default=_json_default).encode("utf-8") + b"\n"
+
+
+def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
+    """A micro-batch as JSON lines, in UTF-8."""
+    return b"".join(map(_json_line, as_records(batch)))
+
+
 def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
     """Serialize micro-batches as one JSON-lines or Parquet file."""
     if fmt == "jsonl":
-        dumps = functools.partial(json.dumps, separators=(",", ":"), default=_json_default)
-        lines = [dumps(r) for part in parts for r in as_records(part)]
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        return b"".join(map(json_lines, parts))
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_batches(batches), buf)

@@ -5,6 +5,7 @@ seconds until throughput is back to 95% of what it was before, and the records r
 again. `plot` draws throughput and checkpoint durations over time."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -49,11 +50,14 @@ def rate_at(timeline: list[tuple[float, int, int]], i: int) -> float | None:
     return None
 
 
-def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, warmup: float = 6.0) -> RecoveryRun:
-    out = os.path.join(directory, "recovery-out")
+def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, warmup: float = 6.0,
+                     spares: bool = False) -> RecoveryRun:
+    """With `spares`, the job keeps recovery spares (`RuntimeConfig.recovery_spares`)."""
+    out = os.path.join(directory, f"recovery-out{'-spares' if spares else ''}")
     os.environ["BILLING_INVOICES"] = "0"
     job = billing_job(events, MODES["exactly_once"], os.path.join(directory, "recovery-chk"), out)
     os.environ.pop("BILLING_INVOICES")
+    job = job.with_options(runtime=dataclasses.replace(job.runtime, recovery_spares=spares))
     handle = job.start()
     t0 = time.perf_counter()
     timeline: list[tuple[float, int, int]] = []
