@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
             print_table(rows)
         print(f"workloads took {time.perf_counter() - t_suite:.0f}s")
         if not args.no_changed_state:
-            keys, events = max(1_000, int(1_000_000 * min(args.scale, 1.0))), max(10_000, int(3_000_000 * args.scale))
+            # a few seconds at least, so that some checkpoints are incremental ones
+            keys, events = max(1_000, int(1_000_000 * min(args.scale, 1.0))), max(2_000_000, int(3_000_000 * args.scale))
             report["changed_state"] = ch = changed_state(keys, events, os.path.join(directory, "chk-changed"))
             print(f"incremental checkpoints ({keys:,} keys): {ch['written_kb_p50'] or 0:,.0f} KB written per "
                   f"checkpoint for {ch['changed_kb_p50'] or 0:,.0f} KB of changed state (median ratio "

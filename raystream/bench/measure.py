@@ -174,10 +174,12 @@ def changed_state(keys: int, events: int, storage: str) -> dict[str, Any]:
     included)."""
     handle = changed_state_job(events, keys, storage).start()
     written: dict[int, int] = {}
-    while (status := handle.status()).state not in ("finished", "failed", "stopped"):
-        c = status.checkpoints
-        if c.last_id:
-            written.setdefault(c.last_id, c.last_bytes)
+    while True:
+        status = handle.status()
+        if status.checkpoints.last_id:
+            written.setdefault(status.checkpoints.last_id, status.checkpoints.last_bytes)
+        if status.state in ("finished", "failed", "stopped"):
+            break
         time.sleep(POLL)
     result = handle.wait()
     changed: dict[int, int] = {}

@@ -169,9 +169,9 @@ class _ChangedStateWriter(SinkWriter):
         return {"changed": self.changed}
 
 
-def count_state(state: int | None, value: Any) -> tuple[int, tuple[int, int]]:
+def count_state(state: int | None, value: Any) -> tuple[int, int]:
     count = (state or 0) + 1
-    return count, (value, count)
+    return count, count  # stateful_map emits (key, count): the key's new state
 
 
 def changed_state_job(events: int, keys: int, storage: str) -> rs.Job:
@@ -179,7 +179,7 @@ def changed_state_job(events: int, keys: int, storage: str) -> rs.Job:
     job = rs.Job(f"bench-changed-{keys}", parallelism=2,
                  checkpoint=rs.CheckpointConfig(interval=1.0, storage=storage, retain=1000))
     (job.source("load", KeyLoad(events, keys))
-        .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(0))
+        .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(1))
         .stateful_map("count", count_state)
         .sink("out", ChangedStateSink()))
     return job
