@@ -19,12 +19,12 @@ from typing import Any, Callable
 import ray
 
 from raystream import _files
+from raystream._runtime.actors import spare_count
 from raystream._runtime.checkpoint_store import CheckpointStore, locate, new_run_id
 from raystream._runtime.connect import ensure_ray
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
 from raystream._runtime.recovery import RestartTracker, check_restorable
-from raystream._runtime.actors import spare_count
 from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome
 from raystream._runtime.spec import RunOptions
