@@ -191,7 +191,7 @@ class _FileWriter(SinkWriter):
         self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
         self._attempt = f"{context.attempt:06d}{_SEP}"
         self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
-        self._parts: list[list[Any] | pa.RecordBatch] = []
+        self._parts: list[bytes | list[Any] | pa.RecordBatch] = []  # JSON lines already encoded
         self._rows = 0
         self._seq = 0
         self._txn = FileTxn()
@@ -210,7 +210,7 @@ class _FileWriter(SinkWriter):
             return
         stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
         self._seq += 1
-        data = b"".join(self._parts) if self._sink.format == "jsonl" else encode(self._parts, self._sink.format)
+        data = b"".join(self._parts) if self._sink.format == "jsonl" else parquet_bytes(self._parts)
         self._parts, self._rows = [], 0
         if self._ctx.transactional:
             name = f"_pending-{self._tag}{self._attempt}{stem}"
@@ -294,10 +294,8 @@ def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
     return b"".join(map(_json_line, as_records(batch)))
 
 
-def encode(parts: list[list[Any] | pa.RecordBatch], fmt: str) -> bytes:
-    """Serialize micro-batches as one JSON-lines or Parquet file."""
-    if fmt == "jsonl":
-        return b"".join(map(json_lines, parts))
+def parquet_bytes(parts: list[list[Any] | pa.RecordBatch]) -> bytes:
+    """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`)."""
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_batches(batches), buf)

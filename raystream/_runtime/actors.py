@@ -87,11 +87,12 @@ async def start_subtasks(plan: PhysicalPlan, runtime: RuntimeConfig, wiring: Wir
     actors: dict[Key, Any] = {}
     from_spares = set()
     for chain in plan.chains:
+        options = chain.actor_resources(runtime)
         for i in range(chain.parallelism):
             key = (chain.name, i)
-            actors[key] = spares.take(chain.actor_resources(runtime))
+            actors[key] = spares.take(options)
             if actors[key] is None:
-                actors[key] = new_subtask_actor(name(key), **chain.actor_resources(runtime))
+                actors[key] = new_subtask_actor(name(key), **options)
             else:
                 from_spares.add(key)
 

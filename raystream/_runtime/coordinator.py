@@ -37,6 +37,7 @@ from typing import Any
 
 import ray
 
+from raystream._runtime.actors import SubtaskSpares, kill_subtasks, spare_count, start_subtasks
 from raystream._runtime.blocking import in_thread
 from raystream._runtime.checkpoint_store import CheckpointRef, CheckpointStore
 from raystream._runtime.checkpointer import Checkpointer, Key
@@ -49,7 +50,6 @@ from raystream._runtime.recovery import RestartTracker, begin_attempt, read_prog
 from raystream._runtime.rescale import check_matches
 from raystream._runtime.reports import JobOutcome, sink_outputs, sum_steps
 from raystream._runtime.spec import RunOptions, SubtaskReport
-from raystream._runtime.actors import SubtaskSpares, kill_subtasks, spare_count, start_subtasks
 from raystream._runtime.wiring import Wiring
 from raystream.config import Guarantee
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError, StagedDataMissingError

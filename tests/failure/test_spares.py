@@ -42,8 +42,12 @@ def test_a_recovery_restarts_every_subtask_on_a_spare(monkeypatch, tmp_path):
     status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
     coordinator = handle._supervisor.coordinator
     # Spares start once a checkpoint exists, one per subtask (billing has four).
-    ready = wait_until(lambda: set(ray.get(coordinator.spare_pids.remote())) if len(
-        ray.get(coordinator.spare_pids.remote())) == len(status.pids) else None, "a spare per subtask")
+
+    def all_spares() -> set[int] | None:
+        pids = set(ray.get(coordinator.spare_pids.remote()))
+        return pids if len(pids) == len(status.pids) else None
+
+    ready = wait_until(all_spares, "a spare per subtask")
     kill(status.pids[sorted(status.pids)[0]])
     after = wait_until(lambda: running(handle, attempt=status.attempt + 1), "the next attempt")
     assert set(after.pids.values()) == ready
