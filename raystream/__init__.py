@@ -38,6 +38,7 @@ from raystream.errors import (
     StepFailedError,
 )
 from raystream.event_time import EventTime
+from raystream.retry import Retry
 from raystream.graph import StepKind
 from raystream.job import Job, KeyedStream, Stream, WindowedStream, WindowOutput
 from raystream.process import ProcessContext
@@ -52,6 +53,7 @@ __all__ = [
     "CorruptCheckpointError",
     "ErrorPolicy",
     "EventTime",
+    "Retry",
     "Guarantee",
     "Job",
     "JobDefinitionError",

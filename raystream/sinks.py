@@ -68,6 +68,7 @@ class SinkContext:
     resume_state: Any = None
     run_id: str = ""  # the job run this writer belongs to: names its output for retraction
     attempt: int = 0  # the attempt of the run this writer belongs to; later attempts recover its data
+    job_name: str = ""  # names the writer's transactions in an external system (PostgresSink's gids)
 
 
 class SinkWriter(ABC):
@@ -107,6 +108,10 @@ class Sink(ABC):
     def build_writer(self, context: SinkContext) -> SinkWriter:
         """The writer of one subtask."""
 
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
+        """Called in the driver before the job starts: raise SinkError saying what to fix
+        when the sink cannot work (an unreachable server, a missing table)."""
+
     def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
         """The resume state of one writer that takes over several old subtasks' writers
         (after the sink's parallelism changed). A sink whose writers keep state overrides
@@ -122,6 +127,14 @@ class Sink(ABC):
 
 def as_records(batch: Any) -> list[Any]:
     return batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
+
+
+def __getattr__(name: str) -> Any:
+    """Sinks whose libraries are optional load on first use: `rs.sinks.PostgresSink`."""
+    if name == "PostgresSink":
+        from raystream.postgres import PostgresSink
+        return PostgresSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- FileSink ----------------------------------------------------------------------------

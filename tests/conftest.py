@@ -77,3 +77,67 @@ def ray_local(s3_endpoint: str) -> Iterator[None]:
 def in_tmp_dir(tmp_path, monkeypatch) -> None:
     """Default checkpoint storage (./raystream-checkpoints) lands in the test's own directory."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The DSN of a PostgreSQL 15 server on 127.0.0.1: the one `.ci/run` started (named in
+    RAYSTREAM_TEST_PG_DSN), or a throwaway cluster for this session."""
+    from tests.servers import PG_ENV, PostgresServer
+
+    if os.environ.get(PG_ENV):
+        yield os.environ[PG_ENV]
+        return
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="raystream-pg-"))
+    server = PostgresServer(directory)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: str) -> Iterator[str]:
+    """A new database for one test; at the end, no prepared transaction may be left in it."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    dsn = postgres_server.replace("dbname=postgres", f"dbname={name}")
+    yield dsn
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        left = admin.execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (name,)).fetchall()
+        for (gid,) in left:
+            admin.execute("ROLLBACK PREPARED %s" % psycopg.sql.quote(gid))  # so the database can go
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    assert not left, f"prepared transactions left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """bootstrap.servers of a Kafka-protocol broker on 127.0.0.1 (Tansu, in memory): the one
+    `.ci/run` started (RAYSTREAM_TEST_KAFKA), or one for this session."""
+    from tests.servers import KAFKA_ENV, KafkaBroker
+
+    if os.environ.get(KAFKA_ENV):
+        yield os.environ[KAFKA_ENV]
+        return
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="raystream-kafka-"))
+    broker = KafkaBroker(directory)
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -30,7 +30,7 @@ from raystream._runtime.reports import JobOutcome
 from raystream._runtime.spec import RunOptions
 from raystream.config import Guarantee
 from raystream.errors import JobFailedError, RaystreamError, SourceError
-from raystream.graph import JobGraph
+from raystream.graph import JobGraph, StepKind
 from raystream.result import JobResult, JobStatus, Recovery
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,10 @@ def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | Non
         except Exception as exc:
             raise SourceError(f"source {step.step_id!r} could not list its partitions: {exc}") from exc
     plan = build_plan(job, source_partitions)
+    for step in job.steps:  # a sink that cannot work says why before anything starts
+        if step.kind is StepKind.SINK:
+            step.sink.check(job_name=job.name, step_id=step.step_id, parallelism=job.parallelism_of(step),
+                            exactly_once=job.guarantee is Guarantee.EXACTLY_ONCE)
     root = checkpoint_root(job)
     store = CheckpointStore(root)
     run_id = resumable_run(job, store) if resume else new_run_id()

@@ -170,4 +170,4 @@ def writer_context(spec: SubtaskSpec, step_id: str, sink: Any, state: RestoredSt
                        transactional=spec.guarantee == Guarantee.EXACTLY_ONCE,
                        resume_state=combine_writer_states(sink, step_id, state.sink_states.get(step_id, []))
                        if state else None,
-                       run_id=spec.run_id, attempt=spec.attempt)
+                       run_id=spec.run_id, attempt=spec.attempt, job_name=spec.job_name)

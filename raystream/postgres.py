@@ -1,0 +1,107 @@
+"""PostgresSink: rows into a PostgreSQL table, exactly once, with two-phase commit.
+
+Each sink subtask keeps one open transaction for the records since its last barrier and
+writes them as they come (COPY in append mode, `INSERT ... ON CONFLICT` in upsert mode).
+The sink protocol (docs/protocol.md, T1-T4) runs as:
+
+1. T1 at a barrier: `PREPARE TRANSACTION '<gid>'`. The gid names job, step, subtask, run,
+   attempt and checkpoint. The prepared transaction survives crashes of the subtask and
+   of the server, and stays invisible. Its gid and transaction id go into the checkpoint.
+2. T3 once the checkpoint is complete: `COMMIT PREPARED '<gid>'`. When no transaction
+   has that gid any more, `pg_xact_status` of its transaction id tells whether it was
+   committed (done already) or rolled back (`StagedDataMissingError`).
+3. T4 on restore: commit the restored checkpoint's transactions as in 2; then roll back
+   every other prepared transaction of this job and step that this subtask owns (found in
+   `pg_prepared_xacts`), except those of this attempt or a later one of the run.
+
+Under at-least-once the transaction commits at each barrier; upsert mode makes the
+replayed rows idempotent. What the sink cannot do is retract committed rows: see
+`SinkWriter.recover` for the one case (a refused newer checkpoint) where that matters.
+
+Credentials: the DSN names host, port, database and user; the password comes from
+PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass), never from the DSN, because the
+sink travels to every subtask in actor arguments. Logs and errors name host, port and
+database only.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from raystream.errors import JobDefinitionError
+from raystream.retry import Retry
+from raystream.sinks import Sink, SinkContext, SinkWriter
+
+try:  # optional: pip install "raystream[postgres]"
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from raystream import _postgres_writer
+except ImportError:  # reported when a PostgresSink is made
+    psycopg = None  # type: ignore[assignment]
+
+_MODES = ("append", "upsert")
+
+
+class PostgresSink(Sink):
+    """Rows into PostgreSQL table `table`, exactly once (two-phase commit).
+
+    - `dsn`: a libpq connection string or URI without a password (PGPASSWORD or a
+      password file gives it); unset parts come from the PG* environment variables.
+    - `mode`: "append" inserts every record (COPY); "upsert" inserts or updates by `key`
+      (a column or tuple of columns with a unique index on exactly them).
+    - Records are dicts (keys are columns), tuples or lists (named by `columns`), or
+      Arrow record batches (column names). `columns` also picks and orders dict fields.
+    - `create_table`: create a missing table from the first batch's types (with a
+      primary key on `key` in upsert mode).
+    - `retry`: how connecting and committing retry a transient failure.
+
+    The server needs `max_prepared_transactions` of at least twice the sink's
+    parallelism under exactly-once; the job says so before it starts.
+    """
+
+    def __init__(self, dsn: str, table: str, *, mode: str = "append", key: str | Iterable[str] | None = None,
+                 columns: Iterable[str] | None = None, create_table: bool = False, retry: Retry = Retry()):
+        if psycopg is None:
+            raise JobDefinitionError('PostgresSink needs psycopg 3: pip install "raystream[postgres]"')
+        if not isinstance(dsn, str):
+            raise JobDefinitionError(f"PostgresSink dsn must be a connection string or URI; got {type(dsn).__name__}")
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise JobDefinitionError(f"PostgresSink dsn is not a valid connection string: {exc}") from None
+        if params.get("password"):
+            raise JobDefinitionError(
+                "PostgresSink dsn contains a password: the sink travels to every subtask in actor arguments, "
+                "so give the password in PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass) instead")
+        if not isinstance(table, str) or not table or len(table.split(".")) > 2:
+            raise JobDefinitionError(f"PostgresSink table must be 'name' or 'schema.name'; got {table!r}")
+        if mode not in _MODES:
+            raise JobDefinitionError(f"PostgresSink mode must be one of {', '.join(_MODES)}; got {mode!r}")
+        keys = (key,) if isinstance(key, str) else tuple(key or ())
+        if mode == "upsert" and not keys:
+            raise JobDefinitionError("PostgresSink mode='upsert' needs key=: the column(s) of a unique index")
+        if mode == "append" and keys:
+            raise JobDefinitionError("PostgresSink key= is for mode='upsert'; append mode inserts every record")
+        cols = tuple(columns) if columns is not None else None
+        if cols is not None and (not cols or not all(isinstance(c, str) and c for c in cols)):
+            raise JobDefinitionError(f"PostgresSink columns must be non-empty column names; got {columns!r}")
+        if cols is not None and not set(keys) <= set(cols):
+            raise JobDefinitionError(f"PostgresSink key {list(keys)} must be among columns {list(cols)}")
+        if not isinstance(retry, Retry):
+            raise JobDefinitionError(f"PostgresSink retry must be a raystream.Retry; got {retry!r}")
+        self.dsn = dsn
+        self.table = table
+        self.mode = mode
+        self.key = keys
+        self.columns = cols
+        self.create_table = bool(create_table)
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"PostgresSink({_postgres_writer.address(self.dsn)!r}, {self.table!r}, mode={self.mode!r})"
+
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _postgres_writer.PostgresWriter(self, context)
+
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
+        _postgres_writer.check_server(self, step_id=step_id, parallelism=parallelism, exactly_once=exactly_once)
