@@ -49,6 +49,11 @@ class SourcePartition(ABC):
         """When (time.time()) to ask again after `next_batch` returned `[]`; None means soon."""
         return None
 
+    def checkpoint_complete(self, offset: Any) -> None:
+        """A checkpoint holding `offset` of this partition is complete (e.g. to report it
+        to the system read from). Nothing may depend on it: it is not called again after
+        a failure."""
+
     def close(self) -> None:
         """Release files or connections."""
 
@@ -63,6 +68,14 @@ class Source(ABC):
     @abstractmethod
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
         """Open partition `key` at `resume_state` (None: from the beginning)."""
+
+
+def __getattr__(name: str) -> Any:
+    """Sources whose libraries are optional load on first use: `rs.sources.KafkaSource`."""
+    if name in ("KafkaSource", "KafkaRecord"):
+        from raystream import kafka
+        return getattr(kafka, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- SequenceSource ----------------------------------------------------------------------

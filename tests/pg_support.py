@@ -1,6 +1,7 @@
 """A job that writes to PostgreSQL, and the invariants its committed tables must hold."""
 from __future__ import annotations
 
+import json
 import operator
 from collections import Counter
 
@@ -15,14 +16,23 @@ def order(i: int) -> dict:
     return {"id": i, "customer": i % CUSTOMERS, "amount": i % 100}
 
 
+def parse(message: rs.sources.KafkaRecord) -> dict:
+    return json.loads(message.value)
+
+
 def orders_job(dsn: str, n: int, *, rate: float | None = None, guarantee: str = "exactly_once",
-               faults: tuple = (), interval: float = 0.3, parallelism: int = 2) -> rs.Job:
-    """`n` orders, each appended to table `orders`; per-customer totals upserted into `totals`."""
+               faults: tuple = (), interval: float = 0.3, parallelism: int = 2,
+               kafka: rs.sources.Source | None = None) -> rs.Job:
+    """`n` orders (from `kafka`, or made up), each appended to table `orders`; per-customer
+    totals upserted into `totals`."""
     job = rs.Job("pg_orders", parallelism=parallelism, guarantee=guarantee,
                  checkpoint=rs.CheckpointConfig(interval=interval),
                  restart=rs.RestartStrategy(delay=0.1, max_restarts=20),
                  runtime=rs.RuntimeConfig(faults=faults))
-    orders = job.source("source", rs.sources.SequenceSource(n, partitions=2, rate=rate)).map("order", order)
+    if kafka is not None:
+        orders = job.source("source", kafka).map("order", parse)
+    else:
+        orders = job.source("source", rs.sources.SequenceSource(n, partitions=2, rate=rate)).map("order", order)
     orders.sink("rows", rs.sinks.PostgresSink(dsn, "orders", create_table=True))
     (orders.key_by("by_customer", operator.itemgetter("customer"), value=operator.itemgetter("amount"))
      .reduce("total", operator.add)

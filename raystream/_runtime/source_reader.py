@@ -63,6 +63,12 @@ class SourceReader:
     def offsets(self) -> dict[str, Any]:
         return {key: part.snapshot() for key, part in self.parts.items()}
 
+    def checkpoint_complete(self, offsets: dict[str, Any]) -> None:
+        """Tell each open partition the offset a completed checkpoint holds for it."""
+        for key, part in self.parts.items():
+            if key in offsets:
+                part.checkpoint_complete(offsets[key])
+
     @property
     def exhausted(self) -> bool:
         return not self.active

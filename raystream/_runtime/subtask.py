@@ -102,6 +102,7 @@ class SubtaskActor:
         self._fatal: BaseException | None = None
         self._stopping = False
         self._barrier_requests: collections.deque[tuple[int, bool]] = collections.deque()
+        self._offsets_at: dict[int, dict[str, Any]] = {}  # source offsets of checkpoints not yet complete
         self._emitted_since_barrier = False
         self._told_finished = False  # a source subtask told the coordinator it is exhausted
         self._wake = asyncio.Event()
@@ -186,6 +187,11 @@ class SubtaskActor:
 
     async def notify_complete(self, checkpoint_id: int) -> None:
         await self.checkpoints.commit(checkpoint_id)
+        if self.source is not None and self._offsets_at:  # tell the partitions (Kafka reports its lag)
+            done = [c for c in self._offsets_at if c <= checkpoint_id]
+            self.source.checkpoint_complete(self._offsets_at[max(done)] if done else {})
+            for c in done:
+                del self._offsets_at[c]
 
     def stop_source(self) -> None:
         """End this source's stream after the current batch."""
@@ -296,7 +302,7 @@ class SubtaskActor:
         keyed, changelog, parts = self.checkpoints.changelog.capture(op for op in self.ops if isinstance(op, KeyedOp))
         return SubtaskState(
             checkpoint_id=checkpoint_id, chain=spec.chain_name, subtask=spec.subtask, parallelism=spec.parallelism,
-            source_offsets=self.source.offsets() if self.source else {},
+            source_offsets=self._source_offsets(checkpoint_id),
             keyed=keyed, changelog=changelog, parts=parts,
             watermarks={op.step_id: op.watermark for op in self.ops
                         if isinstance(op, KeyedOp) and op.watermark is not None},
@@ -306,6 +312,12 @@ class SubtaskActor:
             errors={op.step_id: op.errors for op in self.ops if op.errors},
             late={op.step_id: op.late_records for op in self.out.window_ops if op.late_records},
         )
+
+    def _source_offsets(self, checkpoint_id: int) -> dict[str, Any]:
+        if self.source is None:
+            return {}
+        self._offsets_at[checkpoint_id] = offsets = self.source.offsets()
+        return offsets
 
     async def _forward_barrier(self, checkpoint_id: int) -> None:
         await self.out.broadcast(BARRIER, checkpoint_id)

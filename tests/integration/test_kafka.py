@@ -1,0 +1,86 @@
+"""KafkaSource against a real Kafka-protocol broker (Tansu, in memory) on a local Ray:
+offsets in checkpoints and committed back, event time from message timestamps with an
+idle partition, and clear errors for a missing topic or an unreachable broker."""
+from __future__ import annotations
+
+import datetime as dt
+import operator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+import raystream as rs
+from tests.kafka_support import T0_MS, new_topic, produce_orders
+from tests.pg_support import check_exactly_once, orders_job, parse
+from tests.servers import free_port
+from tests.support import wait_until
+
+
+def test_partitions_offsets_and_the_end_are_fixed_when_the_job_starts(kafka_bootstrap):
+    topic = new_topic(kafka_bootstrap, 3)
+    produce_orders(kafka_bootstrap, topic, range(300), 3)
+    source = rs.sources.KafkaSource(kafka_bootstrap, topic, start={(topic, 1): 40}, until="latest")
+    assert source.list_partitions() == [f"{topic}:0", f"{topic}:1", f"{topic}:2"]
+    assert source.start_offsets == {f"{topic}:0": 0, f"{topic}:1": 40, f"{topic}:2": 0}
+    assert source.end_offsets == {f"{topic}:0": 100, f"{topic}:1": 100, f"{topic}:2": 100}
+    part = source.build_partition(f"{topic}:1", 95, 1000)  # a restore seeks to the checkpoint's offset
+    records = []
+    while (batch := part.next_batch()) is not None:
+        records += batch
+    part.close()
+    assert [r.offset for r in records] == [95, 96, 97, 98, 99]
+    assert [parse(r)["id"] for r in records] == [286, 289, 292, 295, 298]
+    assert records[0].timestamp == (T0_MS + 286) / 1000 and records[0].partition == 1
+
+
+def test_a_missing_topic_and_an_unreachable_broker_are_clear_errors(kafka_bootstrap):
+    with pytest.raises(rs.SourceError, match=f"topic 'no-such-topic' does not exist at {kafka_bootstrap}"):
+        rs.sources.KafkaSource(kafka_bootstrap, "no-such-topic").list_partitions()
+    port = free_port()
+    with pytest.raises(rs.SourceError, match=f"could not reach Kafka at 127.0.0.1:{port}"):
+        rs.sources.KafkaSource(f"127.0.0.1:{port}", "t", timeout=1, retry=rs.Retry(attempts=2, backoff=0.01)).list_partitions()
+    with pytest.raises(rs.JobDefinitionError, match="must not hold credentials"):
+        rs.sources.KafkaSource(kafka_bootstrap, "t", config={"sasl.password": "x"})
+
+
+def test_kafka_to_postgres_exactly_once_and_offsets_committed_back(ray_local, in_tmp_dir, kafka_bootstrap, pg_dsn):
+    topic = new_topic(kafka_bootstrap, 3)
+    produce_orders(kafka_bootstrap, topic, range(6_000), 3)
+    source = rs.sources.KafkaSource(kafka_bootstrap, topic, until="latest", group_id=f"g-{topic}")
+    result = orders_job(pg_dsn, 6_000, kafka=source).run()
+    assert result.steps["source"].records_out == 6_000
+    check_exactly_once(pg_dsn, 6_000)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{topic}"})
+    committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+    consumer.close()
+    assert [tp.offset for tp in committed] == [2_000, 2_000, 2_000]  # the final checkpoint's offsets
+
+
+def test_an_idle_partition_does_not_hold_windows_back(ray_local, in_tmp_dir, kafka_bootstrap, tmp_path):
+    """Partition 2 never gets a message; with idle_after its watermark steps aside, so
+    windows fire while the (unbounded) job still runs."""
+    topic = new_topic(kafka_bootstrap, 3)
+    ids = [i for i in range(4_000) if i % 3 != 2]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in ids:
+        producer.produce(topic, value=b"{}", partition=i % 3, timestamp=T0_MS + i)
+    assert producer.flush(30) == 0
+    out = str(tmp_path / "windows")
+    job = rs.Job("kafka_windows", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3))
+    (job.source("source", rs.sources.KafkaSource(kafka_bootstrap, topic),
+                event_time=rs.sources.KafkaSource.event_time(idle_after=0.5))
+     .key_by("by_partition", operator.attrgetter("partition"), value=lambda m: 1)
+     .window(rs.windows.Tumbling(dt.timedelta(seconds=1)))
+     .reduce("count", operator.add)
+     .map("row", lambda kv: {"partition": kv[0], "start": kv[1].start.isoformat(), "count": kv[1].value})
+     .sink("out", rs.sinks.FileSink(out)))
+    handle = job.start()
+    try:
+        # Windows [0, 1 s), [1 s, 2 s), [2 s, 3 s) of both busy partitions are complete before the job ends.
+        rows = wait_until(lambda: (r := rs.sinks.read_files(out)) and len(r) >= 6 and r, "three windows to fire")
+    finally:
+        handle.stop()
+        handle.wait()
+    counts = {(r["partition"], r["start"][11:19]): r["count"] for r in rs.sinks.read_files(out)}
+    assert counts[(0, "00:00:00")] == 334 and counts[(1, "00:00:00")] == 333
+    assert not any(p == 2 for p, _ in counts)
