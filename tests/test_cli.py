@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,3 +55,20 @@ def test_billing_with_chaos_verifies_exactly_once(tmp_path):
     assert output.count("job billing recovered in ") == 2, output[-3000:]
     for noise in ("A worker died or was killed", "Token authentication is enabled", "(raylet)"):
         assert noise not in output, noise
+
+
+@pytest.mark.extended
+def test_orders_to_postgres_with_chaos_is_exactly_once(tmp_path, kafka_bootstrap, pg_dsn):
+    import os
+    import re
+    import uuid
+
+    env = dict(os.environ, ORDERS_KAFKA=kafka_bootstrap, ORDERS_PG_DSN=pg_dsn, ORDERS_COUNT="300000",
+               ORDERS_TOPIC=f"orders-{uuid.uuid4().hex[:8]}")
+    proc = subprocess.run([sys.executable, "-m", "raystream.cli", "run", str(ROOT / "jobs" / "orders_to_postgres.py"),
+                           "--chaos", "2", "--seed", "1", "--checkpoint-interval", "0.3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    killed = re.search(r"chaos: killed (\d+) subtask processes", proc.stdout)
+    assert killed and int(killed.group(1)) >= 1, proc.stdout[-3000:]
+    assert "300,000 orders of 300,000; 0 customers wrong; 0 prepared transactions left. EXACTLY ONCE" in proc.stdout
