@@ -35,7 +35,7 @@ try:  # optional: pip install "raystream[postgres]"
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
-    from raystream import _postgres_writer
+    from raystream._postgres_writer import PostgresWriter, address, check_server
 except ImportError:  # reported when a PostgresSink is made
     psycopg = None  # type: ignore[assignment]
 
@@ -98,10 +98,10 @@ class PostgresSink(Sink):
         self.retry = retry
 
     def __repr__(self) -> str:
-        return f"PostgresSink({_postgres_writer.address(self.dsn)!r}, {self.table!r}, mode={self.mode!r})"
+        return f"PostgresSink({address(self.dsn)!r}, {self.table!r}, mode={self.mode!r})"
 
     def build_writer(self, context: SinkContext) -> SinkWriter:
-        return _postgres_writer.PostgresWriter(self, context)
+        return PostgresWriter(self, context)
 
     def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
-        _postgres_writer.check_server(self, step_id=step_id, parallelism=parallelism, exactly_once=exactly_once)
+        check_server(self, step_id=step_id, parallelism=parallelism, exactly_once=exactly_once)

@@ -19,6 +19,11 @@ LAZY = {
     "boto3": "boto3 loads only when S3 is used",
     "botocore": "boto3 loads only when S3 is used",
     "matplotlib": "an optional extra (raystream[bench]): only the benchmark's --plot needs it",
+    "psycopg": "an optional extra (raystream[postgres]): only PostgresSink needs it",
+    "confluent_kafka": "an optional extra (raystream[kafka]): only KafkaSource needs it",
+    "raystream.postgres": "rs.sinks.PostgresSink loads on first use, with its optional library",
+    "raystream._postgres_writer": "loads with raystream.postgres, when psycopg is installed",
+    "raystream.kafka": "rs.sources.KafkaSource loads on first use, with its optional library",
 }
 
 
