@@ -73,8 +73,8 @@ class Source(ABC):
 def __getattr__(name: str) -> Any:
     """Sources whose libraries are optional load on first use: `rs.sources.KafkaSource`."""
     if name in ("KafkaSource", "KafkaRecord"):
-        from raystream import kafka
-        return getattr(kafka, name)
+        import raystream.kafka
+        return getattr(raystream.kafka, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
