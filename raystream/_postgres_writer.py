@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from raystream.errors import SinkError, StagedDataMissingError
-from raystream.sinks import SinkContext, SinkWriter
+from raystream.sink_api import SinkContext, SinkWriter
 
 logger = logging.getLogger(__name__)
 

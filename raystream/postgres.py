@@ -29,7 +29,7 @@ from typing import Iterable
 
 from raystream.errors import JobDefinitionError
 from raystream.retry import Retry
-from raystream.sinks import Sink, SinkContext, SinkWriter
+from raystream.sink_api import Sink, SinkContext, SinkWriter
 
 try:  # optional: pip install "raystream[postgres]"
     import psycopg

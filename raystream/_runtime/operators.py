@@ -25,7 +25,7 @@ from raystream._runtime.batch import KeyedBatch, Timed, as_keyed, as_records, ba
 from raystream._runtime.changelog import DELETED
 from raystream._runtime.tally import Tally
 from raystream.graph import Step, StepKind
-from raystream.sinks import Sink, SinkContext, SinkWriter
+from raystream.sink_api import Sink, SinkContext, SinkWriter
 
 logger = logging.getLogger(__name__)
 

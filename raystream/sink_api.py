@@ -1,0 +1,117 @@
+"""The sink interface: what a sink implements to write records exactly once.
+
+A sink builds one writer per subtask of its step, from a `SinkContext`. The runtime
+calls `write_batch` with micro-batches (a list of records or a `pyarrow.RecordBatch`).
+
+Under exactly-once the writer takes part in a two-phase commit with the checkpoints
+(docs/protocol.md, T1-T4):
+
+- T1 `pre_commit(checkpoint_id)` at the checkpoint barrier: make everything written
+  since the previous pre-commit durable but invisible, and return a small picklable
+  transaction describing it (None when there is nothing). The transaction goes into
+  the checkpoint.
+- T3 `commit(txn)` once that checkpoint is complete: make the transaction visible. It
+  may run more than once for the same transaction (after a failure), so it is
+  idempotent.
+- T4 `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
+  `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
+  abort everything else this subtask staged in earlier attempts (`context.attempt`),
+  and retract what earlier attempts of this subtask committed for later checkpoints of
+  the same run. Data of this attempt or a later one is never touched: a recover that
+  lands late (a slow request of a process already replaced) destroys nothing.
+  Retraction matters only when a newer checkpoint was refused (a snapshot failed its
+  checksum) and the job falls back past it: its output is recomputed, so the committed
+  copy must go. A sink that cannot retract output duplicates that range in this one
+  case. Touch only this writer's own (step, subtask, run) data. When a transaction in
+  `txns` can no longer be committed because its staged data is gone, raise
+  `StagedDataMissingError`: the job then falls back to the checkpoint before and
+  retracts.
+
+Under at-least-once (`context.transactional` is False) writers write directly, and
+`pre_commit` at each barrier must make everything written so far durable and return
+None: the checkpoint's source offsets are past those records, so a buffer still in
+memory would be lost in a crash. `snapshot()` may return writer state that is
+checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
+the end of the stream goes into the job result under the sink's step id.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from raystream.errors import RestoreError
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a writer is built for: its step, its subtask, and how to behave."""
+
+    step_id: str
+    subtask: int
+    parallelism: int
+    transactional: bool = False
+    resume_state: Any = None
+    run_id: str = ""  # the job run this writer belongs to: names its output for retraction
+    attempt: int = 0  # the attempt of the run this writer belongs to; later attempts recover its data
+    job_name: str = ""  # names the writer's transactions in an external system (PostgresSink's gids)
+
+
+class SinkWriter(ABC):
+    """Writes the records of one subtask of a sink step."""
+
+    @abstractmethod
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        """Take a micro-batch of records."""
+
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        """At a barrier. Transactional: seal what was written since the last pre-commit and
+        return its transaction (or None). Otherwise: flush everything buffered; return None."""
+        return None
+
+    def commit(self, txn: Any) -> None:
+        """Make a pre-committed transaction visible. Idempotent."""
+
+    def recover(self, txns: list[Any], checkpoint_id: int) -> None:
+        """After a restore from `checkpoint_id`: commit `txns`, abort whatever else this
+        subtask staged, retract what it committed for later checkpoints of this run."""
+        for txn in txns:
+            self.commit(txn)
+
+    def snapshot(self) -> Any:
+        """Writer state to checkpoint (handed back as `SinkContext.resume_state`)."""
+        return None
+
+    def close(self) -> Any:
+        """Flush at the end of the stream; the return value goes into the job result."""
+        return None
+
+
+class Sink(ABC):
+    """An output of the job."""
+
+    @abstractmethod
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        """The writer of one subtask."""
+
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
+        """Called in the driver before the job starts: raise SinkError saying what to fix
+        when the sink cannot work (an unreachable server, a missing table)."""
+
+    def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
+        """The resume state of one writer that takes over several old subtasks' writers
+        (after the sink's parallelism changed). A sink whose writers keep state overrides
+        this; the default accepts at most one state that is not None."""
+        present = [s for s in states if s is not None]
+        if len(present) > 1:
+            raise RestoreError(
+                f"sink {step_id!r} ({type(self).__name__}) keeps writer state per subtask and does not combine "
+                f"{len(present)} of them: restore it at the parallelism it was checkpointed with, or implement "
+                f"{type(self).__name__}.combine_writer_states")
+        return present[0] if present else None
+
+
+def as_records(batch: Any) -> list[Any]:
+    return batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
