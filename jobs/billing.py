@@ -13,7 +13,8 @@ kills 3 random subtask processes while it runs; at the end `report` checks the
 committed output against the generated events and prints the verdict. Sizes can be
 changed with BILLING_EVENTS, BILLING_RATE (events/s), BILLING_OUT (output directory) and
 BILLING_FILE_ROWS (rows per output file) and BILLING_CUSTOMERS; BILLING_INVOICES=0
-leaves the invoices out.
+leaves the invoices out; BILLING_ROLL_SIZE (bytes) and BILLING_ROLL_INTERVAL (seconds)
+give the totals' FileSink a rolling policy.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ OUT = os.environ.get("BILLING_OUT", "out/billing")
 FILE_ROWS = int(os.environ.get("BILLING_FILE_ROWS", "50000"))
 CUSTOMERS = int(os.environ.get("BILLING_CUSTOMERS", "500"))
 INVOICES = os.environ.get("BILLING_INVOICES", "1") != "0"
+# A rolling policy for the totals' files (bytes, seconds); unset: one file per subtask and checkpoint.
+ROLL_SIZE = int(os.environ["BILLING_ROLL_SIZE"]) if os.environ.get("BILLING_ROLL_SIZE") else None
+ROLL_INTERVAL = float(os.environ["BILLING_ROLL_INTERVAL"]) if os.environ.get("BILLING_ROLL_INTERVAL") else None
 START = 1_767_225_600  # 2026-01-01T00:00:00Z
 SECONDS_PER_EVENT = 0.5  # of event time: 200,000 events span 28 hours
 LATE_EVERY, LATE_BY = 1000, 6 * 3600  # one event in 1,000 is reported 6 hours late
@@ -77,7 +81,7 @@ by_customer = usage.map("event", usage_event).key_by("by_customer", lambda e: e[
 (
     by_customer.stateful_map("running_total", add_to_total)
     .map("row", lambda kv: kv[1])
-    .sink("totals", rs.sinks.FileSink(OUT, rows_per_file=FILE_ROWS))
+    .sink("totals", rs.sinks.FileSink(OUT, rows_per_file=FILE_ROWS, roll_size=ROLL_SIZE, roll_interval=ROLL_INTERVAL))
 )
 if INVOICES:
     hourly = by_customer.window(Tumbling(dt.timedelta(hours=1)), allowed_lateness=LATENESS).aggregate(

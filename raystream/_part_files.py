@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from raystream import _files
 from raystream._storage import LocalStorage, S3Storage, Storage, fsync_dir
@@ -157,25 +158,26 @@ def _complete(storage: S3Storage, part: S3Part) -> None:
     from botocore.exceptions import ClientError
 
     client, key = _files.s3_client(), storage._key(part.final)
-    parts = list(part.parts)
-    try:
-        if part.tail is not None:
-            data = storage.get(part.tail)
-            etag = client.upload_part(Bucket=storage.bucket, Key=key, UploadId=part.upload_id,
-                                      PartNumber=len(parts) + 1, Body=data)["ETag"]
-            parts.append((len(parts) + 1, etag))
-        client.complete_multipart_upload(
-            Bucket=storage.bucket, Key=key, UploadId=part.upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
-    except (ClientError, FileNotFoundError) as exc:
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else "NoSuchKey"
-        if code not in ("NoSuchUpload", "NoSuchKey", "404"):
-            raise
-        try:  # completed before (its tail deleted since): done
+    if not _upload_exists(client, storage.bucket, key, part.upload_id):
+        try:  # completed before (its tails deleted since): done
             client.head_object(Bucket=storage.bucket, Key=key)
         except ClientError:
             raise FileNotFoundError(2, "neither its upload nor the object exists", storage.uri(part.final)) from None
+        storage.delete(storage.list(f"_tail-{part.final}-"))
+        return
+    parts = list(part.parts)
+    if part.tail is not None:
+        etag = client.upload_part(Bucket=storage.bucket, Key=key, UploadId=part.upload_id,
+                                  PartNumber=len(parts) + 1, Body=storage.get(part.tail))["ETag"]
+        parts.append((len(parts) + 1, etag))
+    client.complete_multipart_upload(Bucket=storage.bucket, Key=key, UploadId=part.upload_id,
+                                     MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
     storage.delete(storage.list(f"_tail-{part.final}-"))
+
+
+def _upload_exists(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+    pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
+    return any(u["UploadId"] == upload_id and u["Key"] == key for page in pages for u in page.get("Uploads", []))
 
 
 def delete_tails(storage: Storage, final: str, before: int) -> None:
@@ -184,15 +186,15 @@ def delete_tails(storage: Storage, final: str, before: int) -> None:
     storage.delete(old)
 
 
-def abort_uploads(storage: Storage, prefix: str, keep: set[str], stale: "callable") -> int:  # type: ignore[valid-type]
+def abort_uploads(storage: Storage, prefix: str, keep: set[str], stale: Callable[[str], bool]) -> int:
     """S3: abort the multipart uploads of keys under `prefix` that are not in `keep` and
     for which `stale(key)` holds; returns how many. Nothing to do locally."""
     if not isinstance(storage, S3Storage):
         return 0
     client, aborted = _files.s3_client(), 0
-    full = storage._key(prefix)
     cut = len(storage.prefix) + 1 if storage.prefix else 0
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=storage.bucket, Prefix=full):
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=storage.bucket,
+                                                                        Prefix=storage._key(prefix)):
         for upload in page.get("Uploads", []):
             key = upload["Key"][cut:]
             if key not in keep and stale(key):

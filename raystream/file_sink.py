@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystream import _files
-from raystream._storage import Storage, open_storage
+from raystream._part_files import Part, PartWriter, abort_uploads, commit_part, delete_tails, open_part
+from raystream._storage import S3Storage, Storage, open_storage
 from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
@@ -35,14 +37,22 @@ class FileTxn:
 class FileSink(Sink):
     """Files of records in a local directory or under an `s3://` prefix.
 
-    Each file appears whole (atomic rename locally, one PUT on S3). Under exactly-once,
-    data of a checkpoint is first written as `_pending-...` files and renamed to
-    `part-...` only when the checkpoint is complete, so a reader that lists the
-    directory and ignores names starting with `_` or `.` (`read_files` does) sees
-    committed output only.
+    Each file appears whole (atomic rename locally, one PUT or a completed multipart
+    upload on S3). Under exactly-once, data of a checkpoint is first written as
+    `_pending-...` files and renamed to `part-...` only when the checkpoint is complete,
+    so a reader that lists the directory and ignores names starting with `_` or `.`
+    (`read_files` does) sees committed output only.
+
+    By default every sink subtask commits its own files at every checkpoint. A rolling
+    policy (JSON lines only) keeps one part file open across checkpoints instead and
+    commits it once it reaches `roll_size` bytes or has been open `roll_interval`
+    seconds: fewer, larger files, visible later (up to `roll_interval` plus one
+    checkpoint interval after their first record). See `raystream._part_files` for how
+    the open file survives a crash.
     """
 
-    def __init__(self, directory: str, *, format: str = "jsonl", rows_per_file: int = 500_000):
+    def __init__(self, directory: str, *, format: str = "jsonl", rows_per_file: int = 500_000,
+                 roll_size: int | None = None, roll_interval: float | None = None):
         if not isinstance(directory, str) or not directory:
             raise JobDefinitionError(f"FileSink needs a directory path or s3:// URI; got {directory!r}")
         if format not in _SINK_FORMATS:
@@ -53,9 +63,27 @@ class FileSink(Sink):
         self.directory = _files.Location.parse(directory).uri()
         self.format = format
         self.rows_per_file = rows_per_file
+        if roll_size is not None and (not isinstance(roll_size, int) or isinstance(roll_size, bool) or roll_size < 1):
+            raise JobDefinitionError(f"FileSink roll_size must be a number of bytes >= 1; got {roll_size!r}")
+        if roll_interval is not None and (not isinstance(roll_interval, (int, float)) or not roll_interval > 0):
+            raise JobDefinitionError(f"FileSink roll_interval must be a number of seconds > 0; got {roll_interval!r}")
+        if (roll_size or roll_interval) and format != "jsonl":
+            raise JobDefinitionError(
+                "FileSink rolls JSON lines only: a Parquet file must be closed at every checkpoint. For large "
+                "Parquet files, compact the committed small ones (raystream.sinks.compact_files)")
+        self.roll_size = roll_size
+        self.roll_interval = roll_interval
+
+    @property
+    def rolling(self) -> bool:
+        return bool(self.roll_size or self.roll_interval)
 
     def build_writer(self, context: SinkContext) -> SinkWriter:
-        return _FileWriter(self, context)
+        return _RollingWriter(self, context) if self.rolling else _FileWriter(self, context)
+
+    def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
+        """A rescaled rolling writer takes over the open part files of every old subtask."""
+        return {"in_progress": [p for state in states if state for p in state["in_progress"]]}
 
 
 #: Separates the fields of FileSink names; step ids and run ids never contain it, so a
@@ -210,3 +238,126 @@ def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
         else:
             records.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
     return records
+
+
+@dataclass
+class RolledTxn:
+    """Part files rolled (closed) since the previous barrier, committed with its checkpoint."""
+
+    parts: list[Part]
+
+
+class _RollingWriter(SinkWriter):
+    """FileSink with a rolling policy: one open part file at a time (raystream._part_files).
+
+    Names: the open file is `_inprogress-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.jsonl`
+    locally; it becomes `part-<step>@<subtask>@<run>@<epoch>@<attempt>@<token>-<seq>.jsonl`
+    where <epoch> is the first checkpoint its data belongs to, so a fall-back to an older
+    checkpoint retracts exactly the files whose every record is replayed.
+
+    Exactly-once: rolled files are committed with the next checkpoint; the open file is in
+    every snapshot as persisted at the barrier, and a restore commits it cut back to that
+    length (T4). At-least-once: a rolled file is committed at once, and the open file of
+    the checkpoint restored is committed when the writer starts.
+    """
+
+    def __init__(self, sink: FileSink, context: SinkContext):
+        self._sink = sink
+        self._ctx = context
+        self._store: Storage = open_storage(sink.directory)
+        self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
+        self._attempt = f"{context.attempt:06d}{_SEP}"
+        self._token = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self._open: PartWriter | None = None
+        self._rolled: list[Part] = []
+        self._persisted: Part | None = None  # the open file as of the last barrier
+        self._epoch = 1  # the checkpoint that the records written now belong to
+        self._restored: list[Part] = list((context.resume_state or {}).get("in_progress", []))
+        self.files_committed = 0
+        if not context.transactional:
+            for part in self._restored:
+                self._commit(part)
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        data = json_lines(batch)
+        if self._open is None:
+            stem = f"{self._token}-{self._seq:06d}.jsonl"
+            self._seq += 1
+            epoch = f"{self._epoch:012d}{_SEP}{self._attempt}" if self._ctx.transactional else f"direct{_SEP}"
+            self._open = self._guard(lambda: open_part(self._store, f"_inprogress-{self._tag}{self._attempt}{stem}",
+                                                       f"part-{self._tag}{epoch}{stem}", time.monotonic()))
+        self._guard(lambda: self._open.write(data))
+        if self._sink.roll_size and self._open.size >= self._sink.roll_size:
+            self._roll()
+
+    def _roll(self) -> None:
+        part = self._guard(self._open.close)
+        self._open = self._persisted = None
+        if self._ctx.transactional:
+            self._rolled.append(part)
+        else:
+            self._commit(part)
+
+    def pre_commit(self, checkpoint_id: int) -> RolledTxn | None:
+        if self._open is not None and self._sink.roll_interval and \
+                time.monotonic() - self._open.opened_at >= self._sink.roll_interval:
+            self._roll()
+        if self._open is not None:
+            self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
+            if isinstance(self._store, S3Storage):  # a restore needs the newest tail, a fall-back the one before
+                delete_tails(self._store, self._open.final, before=checkpoint_id - 1)
+        self._epoch = checkpoint_id + 1
+        rolled, self._rolled = self._rolled, []
+        return RolledTxn(rolled) if rolled and self._ctx.transactional else None
+
+    def snapshot(self) -> dict[str, list[Part]] | None:
+        return {"in_progress": [self._persisted]} if self._persisted is not None else None
+
+    def commit(self, txn: RolledTxn) -> None:
+        for part in txn.parts:
+            self._commit(part)
+
+    def _commit(self, part: Part) -> None:
+        try:
+            commit_part(self._store, part)
+        except FileNotFoundError as exc:
+            raise StagedDataMissingError(
+                f"FileSink cannot commit {exc.filename}: neither it nor its staged data exists") from None
+        except Exception as exc:
+            raise SinkError(f"FileSink could not commit {self._store.uri(part.final)}: {exc}") from exc
+        self.files_committed += 1
+
+    def _guard(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            raise SinkError(f"FileSink could not write under {self._store.uri()}: {exc}") from exc
+
+    def recover(self, txns: list[RolledTxn], checkpoint_id: int) -> None:
+        for txn in txns:
+            self.commit(txn)
+        for part in self._restored:  # open at the restored checkpoint: committed as it was then
+            self._commit(part)
+        self._epoch = checkpoint_id + 1
+        keep = {p.final for p in self._restored} | {p.final for t in txns for p in t.parts}
+        mine = self._ctx.attempt
+        stale = [n for n in self._store.list(f"_inprogress-{self._tag}") if _written_by(n, 3) < mine]
+        later = [n for n in self._store.list(f"part-{self._tag}")
+                 if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine and n not in keep]
+        self._store.delete(stale + later + [n for n in self._store.list(f"_tail-part-{self._tag}")
+                                            if _written_by(n, 4) < mine])
+        aborted = abort_uploads(self._store, f"part-{self._tag}", keep, lambda n: _written_by(n, 4) < mine)
+        if stale or later or aborted:
+            logger.info("FileSink %s aborted %d open files and %d uploads, retracted %d files of checkpoints after %d",
+                        self._tag, len(stale), aborted, len(later), checkpoint_id)
+
+    def close(self) -> dict[str, int]:
+        if self._ctx.transactional and (self._rolled or (
+                self._open is not None and (self._persisted is None or self._persisted.length != self._open.size))):
+            raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
+        if self._open is not None:  # covered by the last checkpoint, which is complete
+            part = self._guard(self._open.close)
+            self._open = None
+            self._commit(part)
+        return {"files": self.files_committed}

@@ -19,14 +19,18 @@ BILLING = Path(__file__).resolve().parents[2] / "jobs" / "billing.py"
 
 
 def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: int = 50_000,
-                 invoices: bool = False) -> dict[str, Any]:
+                 invoices: bool = False, roll_size: int | None = None,
+                 roll_interval: float | None = None) -> dict[str, Any]:
     """jobs/billing.py at test size: its `job`, `verify` and `setup`. Without `invoices`
-    only the running totals (two chains); the invoices have tests of their own."""
+    only the running totals (two chains); the invoices have tests of their own. With
+    `roll_size` or `roll_interval` the totals' FileSink rolls its files."""
     monkeypatch.setenv("BILLING_INVOICES", "1" if invoices else "0")
     monkeypatch.setenv("BILLING_EVENTS", str(events))
     monkeypatch.setenv("BILLING_RATE", str(rate))
     monkeypatch.setenv("BILLING_OUT", out)
     monkeypatch.setenv("BILLING_FILE_ROWS", str(file_rows))
+    monkeypatch.setenv("BILLING_ROLL_SIZE", str(roll_size or ""))
+    monkeypatch.setenv("BILLING_ROLL_INTERVAL", str(roll_interval or ""))
     return runpy.run_path(str(BILLING), run_name="__raystream_job__")
 
 
