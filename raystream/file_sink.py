@@ -18,6 +18,10 @@ import pyarrow.parquet as pq
 from raystream import _files
 from raystream._part_files import Part, PartWriter, abort_uploads, commit_part, delete_tails, open_part
 from raystream._storage import S3Storage, Storage, open_storage
+from raystream._file_names import SEP as _SEP
+from raystream._file_names import committed_checkpoint
+from raystream._file_names import written_by as _written_by
+from raystream.compaction import visible_files
 from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
@@ -84,22 +88,6 @@ class FileSink(Sink):
     def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
         """A rescaled rolling writer takes over the open part files of every old subtask."""
         return {"in_progress": [p for state in states if state for p in state["in_progress"]]}
-
-
-#: Separates the fields of FileSink names; step ids and run ids never contain it, so a
-#: prefix of (step, subtask, run) matches that writer's files and no other's.
-_SEP = "@"
-
-
-def committed_checkpoint(name: str) -> int | None:
-    """The checkpoint id in a committed FileSink file name (None for at-least-once files)."""
-    fields = name.split(_SEP)
-    return int(fields[3]) if name.startswith("part-") and len(fields) > 5 and fields[3].isdigit() else None
-
-
-def _written_by(name: str, field_index: int) -> int:
-    fields = name.split(_SEP)
-    return int(fields[field_index]) if len(fields) > field_index and fields[field_index].isdigit() else 0
 
 
 class _FileWriter(SinkWriter):
@@ -227,12 +215,17 @@ def parquet_bytes(parts: list[list[Any] | pa.RecordBatch]) -> bytes:
 
 
 def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
-    """All records a reader of `directory` sees: names starting with `_` or `.` are skipped."""
+    """All records a reader of `directory` (or a glob) sees: names starting with `_` or `.`
+    are skipped, and so are files that a published compaction replaced."""
     if format not in _SINK_FORMATS:
         raise JobDefinitionError(f"read_files format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
     records: list[Any] = []
-    for uri in _files.expand(directory):
-        data = _files.read_bytes(_files.Location.parse(uri))
+    if any(ch in directory for ch in "*?["):
+        contents = (_files.read_bytes(_files.Location.parse(uri)) for uri in _files.expand(directory))
+    else:  # a directory: its committed files, switching atomically to compacted ones
+        storage = open_storage(directory)
+        contents = (storage.get(key) for key in visible_files(directory))
+    for data in contents:
         if format == "jsonl":
             records.extend(json.loads(line) for line in data.decode("utf-8").splitlines() if line)
         else:

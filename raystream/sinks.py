@@ -11,12 +11,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream.compaction import Compaction, compact_files
 from raystream.errors import JobDefinitionError, SinkError
 from raystream.file_sink import FileSink, FileTxn, committed_checkpoint, json_lines, parquet_bytes, read_files
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 __all__ = ["Sink", "SinkContext", "SinkWriter", "as_records", "FileSink", "FileTxn", "committed_checkpoint",
-           "json_lines", "parquet_bytes", "read_files", "PrintSink", "CollectSink"]  # and PostgresSink, lazily
+           "json_lines", "parquet_bytes", "read_files", "compact_files", "Compaction", "PrintSink", "CollectSink"]  # and PostgresSink, lazily
 
 logger = logging.getLogger(__name__)
 

@@ -59,3 +59,29 @@ def test_a_subtask_killed_while_files_roll_by_time(monkeypatch, tmp_path, where,
     assert result.restarts >= 1
     files = committed_files(out)
     assert len(files) < 2 * result.checkpoints.completed, (len(files), result.checkpoints.completed)
+
+
+def row(i: int) -> dict:
+    return {"id": i}
+
+
+def test_parquet_compacted_while_the_job_writes_and_a_subtask_is_killed(tmp_path):
+    out, n = str(tmp_path / "out"), 24_000
+    job = rs.Job("parquet_ids", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.2),
+                 restart=rs.RestartStrategy(delay=0.1))
+    (job.source("ids", rs.sources.SequenceSource(n, partitions=2, rate=3_000)).map("row", row)
+     .sink("out", rs.sinks.FileSink(out, format="parquet")))
+    handle = job.start()
+    status = wait_until(lambda: running(handle, checkpoints=8), "eight checkpoints")
+    first = rs.sinks.compact_files(out, target_size=1 << 20)  # while the job commits more
+    kill(status.pids[sorted(status.pids)[-1]])
+    wait_until(lambda: running(handle, attempt=status.attempt + 1, checkpoints=status.checkpoints.completed + 2)
+               or handle.status().state == "finished", "two checkpoints after the restore")
+    second = rs.sinks.compact_files(out, target_size=1 << 20)
+    result = handle.wait()
+    assert first.files_in >= 4 and second.files_in >= 2 and result.restarts >= 1
+    ids = sorted(r["id"] for r in rs.sinks.read_files(out, format="parquet"))
+    assert ids == list(range(n)), f"{len(ids)} rows, {len(set(ids))} distinct ids; expected {n} once each"
+    rs.sinks.compact_files(out, target_size=1 << 20, keep_checkpoints=1)  # the job has ended
+    assert len(committed_files(out)) <= 3  # one merged file, and each subtask's newest file
+    assert sorted(r["id"] for r in rs.sinks.read_files(out, format="parquet")) == list(range(n))

@@ -1,0 +1,22 @@
+"""FileSink's file names and the fields they carry, shared by the sink and compaction.
+
+`part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>` is a file
+committed with a checkpoint, `part-<step>@<subtask>@<run>@direct@...` one written
+directly (at-least-once); hidden (`_`) names stage data before it is committed.
+"""
+from __future__ import annotations
+
+#: Separates the fields of FileSink names; step ids and run ids never contain it, so a
+#: prefix of (step, subtask, run) matches that writer's files and no other's.
+SEP = "@"
+
+
+def committed_checkpoint(name: str) -> int | None:
+    """The checkpoint id in a committed FileSink file name (None for at-least-once files)."""
+    fields = name.split(SEP)
+    return int(fields[3]) if name.startswith("part-") and len(fields) > 5 and fields[3].isdigit() else None
+
+
+def written_by(name: str, field_index: int) -> int:
+    fields = name.split(SEP)
+    return int(fields[field_index]) if len(fields) > field_index and fields[field_index].isdigit() else 0
