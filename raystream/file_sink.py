@@ -87,7 +87,8 @@ class FileSink(Sink):
 
     def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
         """A rescaled rolling writer takes over the open part files of every old subtask."""
-        return {"in_progress": [p for state in states if state for p in state["in_progress"]]}
+        parts = [p for state in states if state for p in state["in_progress"]]
+        return {"in_progress": parts} if parts else None
 
 
 class _FileWriter(SinkWriter):
