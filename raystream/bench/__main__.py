@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from raystream._runtime.connect import ensure_ray
+from raystream.bench.connectors import connector_workloads
 from raystream.bench.measure import (as_json, changed_state, cold_probe, cold_startup, machine, run_workload,
                                      warm_startup)
 from raystream.bench.recovery import measure_recovery, plot
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help="wordcount, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
-                             "nexmark_q0 .. nexmark_q8 (default: all)")
+                             "nexmark_q0 .. nexmark_q8, and with a server postgres_append, postgres_upsert, "
+                             "kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown to FILE")
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="input sizes times this (smoke runs: 0.01)")
     parser.add_argument("--no-recovery", action="store_true", help="skip the run with a kill")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
+    parser.add_argument("--postgres", metavar="DSN", help="add the PostgresSink workloads, writing to this server")
+    parser.add_argument("--kafka", metavar="HOST:PORT", help="add the KafkaSource workload, reading from this broker")
     parser.add_argument("--no-changed-state", action="store_true",
                         help="skip weighing incremental checkpoints against the state that changed")
     args = parser.parse_args(argv)
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="raystream-bench-") as directory:
         found = workloads(directory, args.scale)
+        found.update(connector_workloads(lambda x: max(1_000, int(x * args.scale)), args.postgres, args.kafka))
         names = args.workloads or list(found)
         unknown = [n for n in names if n not in found]
         if unknown:
