@@ -38,6 +38,7 @@ def test_a_failing_job_exits_1_with_the_error(tmp_path):
     assert "no file matching '/nonexistent/*.txt'" in proc.stdout
 
 
+@pytest.mark.extended  # the Quickstart's first command, at a smaller size
 def test_billing_with_chaos_verifies_exactly_once(tmp_path):
     import os
 

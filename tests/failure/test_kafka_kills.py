@@ -13,7 +13,7 @@ from tests.support import wait_until
 
 from .harness import kill, running
 
-ORDERS = 300_000  # about 5 s of reading here: time to kill mid-stream
+ORDERS = 200_000  # about 3 s of reading here: time to kill mid-stream
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ def committed_files(out: str) -> list[str]:
     return [n for n in names if n.startswith("part-")]
 
 
+@pytest.mark.extended
 def test_crash_after_pre_commit_and_again_during_restore(monkeypatch, tmp_path):
     out = str(tmp_path / "out")
     ns = load_billing(monkeypatch, events=EVENTS, rate=4_500, out=out, roll_size=300_000)
@@ -65,6 +66,7 @@ def row(i: int) -> dict:
     return {"id": i}
 
 
+@pytest.mark.extended
 def test_parquet_compacted_while_the_job_writes_and_a_subtask_is_killed(tmp_path):
     out, n = str(tmp_path / "out"), 24_000
     job = rs.Job("parquet_ids", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.2),

@@ -84,3 +84,23 @@ def test_an_idle_partition_does_not_hold_windows_back(ray_local, in_tmp_dir, kaf
     counts = {(r["partition"], r["start"][11:19]): r["count"] for r in rs.sinks.read_files(out)}
     assert counts[(0, "00:00:00")] == 334 and counts[(1, "00:00:00")] == 333
     assert not any(p == 2 for p, _ in counts)
+
+
+def test_a_resumed_job_continues_from_its_offsets_and_reads_new_partitions_from_the_start(
+        ray_local, in_tmp_dir, kafka_bootstrap, tmp_path):
+    first, second = new_topic(kafka_bootstrap, 2), new_topic(kafka_bootstrap, 1)
+    produce_orders(kafka_bootstrap, first, range(100), 2)
+    out = str(tmp_path / "orders")
+
+    def job(topics: list[str]) -> rs.Job:
+        j = rs.Job("kafka_resume", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3))
+        (j.source("source", rs.sources.KafkaSource(kafka_bootstrap, topics, until="latest"))
+         .map("order", parse).sink("out", rs.sinks.FileSink(out)))
+        return j
+
+    job([first]).run()
+    produce_orders(kafka_bootstrap, first, range(100, 150), 2)  # more on the old partitions
+    produce_orders(kafka_bootstrap, second, range(150, 180), 1)  # and a partition the checkpoint does not know
+    job([first, second]).run(resume=True)
+    ids = sorted(r["id"] for r in rs.sinks.read_files(out))
+    assert ids == list(range(180)), f"{len(ids)} rows, {len(set(ids))} distinct"

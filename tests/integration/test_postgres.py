@@ -113,6 +113,7 @@ def test_an_unreachable_server_is_retried_then_named(unused_port):
         sink.check(job_name="j", step_id="out", parallelism=1, exactly_once=True)
 
 
+@pytest.mark.extended  # the default run writes to PostgreSQL from jobs in tests/failure
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_a_job_writes_every_order_once_and_the_totals(ray_local, in_tmp_dir, pg_dsn, guarantee):
     result = orders_job(pg_dsn, 6_000, rate=20_000, guarantee=guarantee).run()
