@@ -20,3 +20,8 @@ def committed_checkpoint(name: str) -> int | None:
 def written_by(name: str, field_index: int) -> int:
     fields = name.split(SEP)
     return int(fields[field_index]) if len(fields) > field_index and fields[field_index].isdigit() else 0
+
+
+def writer_fields(step_id: str, subtask: int, run_id: str, attempt: int) -> tuple[str, str]:
+    """A writer's name prefix `<step>@<subtask>@<run>@` and attempt field `<attempt>@`."""
+    return SEP.join((step_id, f"{subtask:04d}", run_id or "run")) + SEP, f"{attempt:06d}{SEP}"

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from raystream.errors import SinkError, StagedDataMissingError
+from raystream.retry import first_line
 from raystream.sink_api import SinkContext, SinkWriter
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def connect(sink: Any, purpose: str) -> psycopg.Connection:
     try:
         return sink.retry.call(f"connecting to PostgreSQL at {where}", attempt, TRANSIENT)
     except psycopg.Error as exc:
-        raise SinkError(f"PostgresSink could not connect to PostgreSQL at {where}: {_first_line(exc)}; "
+        raise SinkError(f"PostgresSink could not connect to PostgreSQL at {where}: {first_line(exc)}; "
                         "check that the server runs there and the DSN, PGUSER and PGPASSWORD are right") from None
 
 
@@ -308,9 +309,9 @@ class PostgresWriter(SinkWriter):
     def _write_error(self, exc: psycopg.Error) -> SinkError:
         if isinstance(exc, TRANSIENT):
             return SinkError(f"PostgresSink {self._name} lost its connection to {self._where} while writing "
-                             f"({_first_line(exc)}); the job recovers from its last checkpoint")
+                             f"({first_line(exc)}); the job recovers from its last checkpoint")
         return SinkError(f"PostgresSink {self._name} could not write to {self._sink.table} at {self._where}: "
-                         f"{_first_line(exc)}")
+                         f"{first_line(exc)}")
 
     def _prepare_statement(self, names: tuple[str, ...], rows: list[tuple]) -> None:
         """Check the table (creating it when asked) and build the write statement."""
@@ -415,7 +416,7 @@ class PostgresWriter(SinkWriter):
         try:
             return self._sink.retry.call(f"PostgresSink {self._name} {what} at {self._where}", attempt, TRANSIENT)
         except psycopg.Error as exc:
-            raise SinkError(f"PostgresSink {self._name} failed {what} at {self._where}: {_first_line(exc)}") from None
+            raise SinkError(f"PostgresSink {self._name} failed {what} at {self._where}: {first_line(exc)}") from None
 
     def _control_conn(self) -> psycopg.Connection:
         if self._control is None or self._control.closed:
@@ -435,7 +436,3 @@ class PostgresWriter(SinkWriter):
         self._drop_control()
         return {"rows": self.rows_committed}
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from raystream._part_files import Part, PartWriter, abort_uploads, commit_part, 
 from raystream._storage import S3Storage, Storage, open_storage
 from raystream._file_names import SEP as _SEP
 from raystream._file_names import committed_checkpoint
+from raystream._file_names import writer_fields
 from raystream._file_names import written_by as _written_by
 from raystream.compaction import visible_files
 from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
@@ -101,8 +102,7 @@ class _FileWriter(SinkWriter):
         self._sink = sink
         self._ctx = context
         self._store: Storage = open_storage(sink.directory)
-        self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
-        self._attempt = f"{context.attempt:06d}{_SEP}"
+        self._tag, self._attempt = writer_fields(context.step_id, context.subtask, context.run_id, context.attempt)
         self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
         self._parts: list[bytes | list[Any] | pa.RecordBatch] = []  # JSON lines already encoded
         self._rows = 0
@@ -259,8 +259,7 @@ class _RollingWriter(SinkWriter):
         self._sink = sink
         self._ctx = context
         self._store: Storage = open_storage(sink.directory)
-        self._tag = _SEP.join((context.step_id, f"{context.subtask:04d}", context.run_id or "run")) + _SEP
-        self._attempt = f"{context.attempt:06d}{_SEP}"
+        self._tag, self._attempt = writer_fields(context.step_id, context.subtask, context.run_id, context.attempt)
         self._token = uuid.uuid4().hex[:8]
         self._seq = 0
         self._open: PartWriter | None = None

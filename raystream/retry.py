@@ -41,12 +41,13 @@ class Retry:
                 if attempt == self.attempts:
                     raise
                 logger.warning("%s failed (try %d of %d), retrying in %.1f s: %s",
-                               what, attempt, self.attempts, delay, _first_line(exc))
+                               what, attempt, self.attempts, delay, first_line(exc))
             time.sleep(delay)  # a backoff between tries, not a wait for a condition
             delay = min(delay * 2, self.max_backoff)
         raise AssertionError("unreachable")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's message, first line only (psycopg and librdkafka add detail lines)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -79,26 +79,31 @@ def in_tmp_dir(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """The DSN of a PostgreSQL 15 server on 127.0.0.1: the one `.ci/run` started (named in
-    RAYSTREAM_TEST_PG_DSN), or a throwaway cluster for this session."""
-    from tests.servers import PG_ENV, PostgresServer
-
-    if os.environ.get(PG_ENV):
-        yield os.environ[PG_ENV]
+def _throwaway(server_class: str, env: str, prefix: str) -> Iterator[str]:
+    """The server named in `env` (started by `.ci/run`), or one of `tests.servers.<server_class>`
+    started under a temporary directory for this session and stopped at its end."""
+    if os.environ.get(env):
+        yield os.environ[env]
         return
     import shutil
     import tempfile
     from pathlib import Path
 
-    directory = Path(tempfile.mkdtemp(prefix="raystream-pg-"))
-    server = PostgresServer(directory)
+    from tests import servers
+
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    server = getattr(servers, server_class)(directory)
     try:
         yield server.start()
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The DSN of a PostgreSQL 15 server on 127.0.0.1 (RAYSTREAM_TEST_PG_DSN, or a throwaway cluster)."""
+    yield from _throwaway("PostgresServer", "RAYSTREAM_TEST_PG_DSN", "raystream-pg-")
 
 
 @pytest.fixture
@@ -122,21 +127,6 @@ def pg_dsn(postgres_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """bootstrap.servers of a Kafka-protocol broker on 127.0.0.1 (Tansu, in memory): the one
-    `.ci/run` started (RAYSTREAM_TEST_KAFKA), or one for this session."""
-    from tests.servers import KAFKA_ENV, KafkaBroker
-
-    if os.environ.get(KAFKA_ENV):
-        yield os.environ[KAFKA_ENV]
-        return
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    directory = Path(tempfile.mkdtemp(prefix="raystream-kafka-"))
-    broker = KafkaBroker(directory)
-    try:
-        yield broker.start()
-    finally:
-        broker.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    """bootstrap.servers of a Kafka-protocol broker on 127.0.0.1 (Tansu, in memory):
+    RAYSTREAM_TEST_KAFKA, or one for this session."""
+    yield from _throwaway("KafkaBroker", "RAYSTREAM_TEST_KAFKA", "raystream-kafka-")
