@@ -43,6 +43,7 @@ def test_a_missing_topic_and_an_unreachable_broker_are_clear_errors(kafka_bootst
         rs.sources.KafkaSource(kafka_bootstrap, "t", config={"sasl.password": "x"})
 
 
+@pytest.mark.extended  # the default run has Kafka to PostgreSQL under SIGKILL (test_kafka_kills.py)
 def test_kafka_to_postgres_exactly_once_and_offsets_committed_back(ray_local, in_tmp_dir, kafka_bootstrap, pg_dsn):
     topic = new_topic(kafka_bootstrap, 3)
     produce_orders(kafka_bootstrap, topic, range(6_000), 3)
@@ -86,6 +87,7 @@ def test_an_idle_partition_does_not_hold_windows_back(ray_local, in_tmp_dir, kaf
     assert not any(p == 2 for p, _ in counts)
 
 
+@pytest.mark.extended
 def test_a_resumed_job_continues_from_its_offsets_and_reads_new_partitions_from_the_start(
         ray_local, in_tmp_dir, kafka_bootstrap, tmp_path):
     first, second = new_topic(kafka_bootstrap, 2), new_topic(kafka_bootstrap, 1)
