@@ -35,7 +35,8 @@ try:  # optional: pip install "raystream[postgres]"
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
-    from raystream._postgres_writer import PostgresWriter, address, check_server
+    from raystream._postgres_tables import address, check_server
+    from raystream._postgres_writer import PostgresWriter
 except ImportError:  # reported when a PostgresSink is made
     psycopg = None  # type: ignore[assignment]
 

@@ -3,7 +3,8 @@ import pyarrow as pa
 import pytest
 
 import raystream as rs
-from raystream._postgres_writer import Gid, address, as_rows, column_types, gid_owner
+from raystream._postgres_tables import address, as_rows, column_types
+from raystream._postgres_writer import Gid, gid_owner
 
 
 def test_postgres_definition_errors_say_what_to_do():
