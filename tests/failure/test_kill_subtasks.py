@@ -23,7 +23,7 @@ def billing(monkeypatch, tmp_path):
     return job, ns["verify"]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2] + [pytest.param(s, marks=pytest.mark.extended) for s in (3, 4, 5)])
+@pytest.mark.parametrize("seed", [0, 1] + [pytest.param(s, marks=pytest.mark.extended) for s in (2, 3, 4, 5)])
 def test_random_subtask_killed_at_a_random_time(billing, seed):
     job, verify = billing
     rng = random.Random(seed)
@@ -44,6 +44,7 @@ def test_random_subtask_killed_at_a_random_time(billing, seed):
     assert result.restores.get("object_store", 0) >= 1 and not result.restores.get("durable"), result.restores
 
 
+@pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_a_burst_of_kills_and_a_kill_during_recovery(billing):
     job, verify = billing
     handle = job.start()

@@ -4,11 +4,12 @@ to a manifest PUT is recognised as the success it was, and an outage aborts chec
 while the job carries on and commits again once S3 is back."""
 import dataclasses
 
+import pytest
+
 import raystream as rs
 from raystream.faults import S3Faults
-from tests.support import wait_until
-
 from raystream.sinks import read_files
+from tests.support import wait_until
 
 from .harness import kill, load_billing, running, verify_stopped
 
@@ -31,6 +32,7 @@ def injected(log) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_transient_errors_are_retried(monkeypatch, tmp_path, s3_bucket):
     log = tmp_path / "faults.log"
     job, verify = s3_job(monkeypatch, tmp_path, s3_bucket, S3Faults(error_every=4, log=str(log)))

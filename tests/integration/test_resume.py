@@ -75,6 +75,7 @@ def test_resume_with_another_max_parallelism_is_refused(tmp_path):
         keyed_job(tmp_path, max_parallelism=64).run(resume=True)
 
 
+@pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_a_chain_writing_dead_letters_is_rescaled_like_any_other(tmp_path):
     """Dead-letter writers are per subtask like sinks; their state moves with the chain."""
     dead = FileSink(str(tmp_path / "dead"))
