@@ -21,14 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support import free_port
+
 PG_ENV = "RAYSTREAM_TEST_PG_DSN"
 KAFKA_ENV = "RAYSTREAM_TEST_KAFKA"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str:

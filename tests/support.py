@@ -1,8 +1,16 @@
 """Helpers shared by the integration and failure tests."""
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Callable
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,15 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 RAYSTREAM = [sys.executable, "-m", "raystream.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -12,8 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 import raystream as rs
 from tests.kafka_support import T0_MS, new_topic, produce_orders
 from tests.pg_support import check_exactly_once, orders_job, parse
-from tests.servers import free_port
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 
 def test_partitions_offsets_and_the_end_are_fixed_when_the_job_starts(kafka_bootstrap):

@@ -9,7 +9,7 @@ import raystream as rs
 from raystream._postgres_writer import PgTxn
 from raystream.sinks import SinkContext
 from tests.pg_support import check_exactly_once, orders_job
-from tests.servers import free_port
+from tests.support import free_port
 
 
 @pytest.fixture
