@@ -25,3 +25,12 @@ def written_by(name: str, field_index: int) -> int:
 def writer_fields(step_id: str, subtask: int, run_id: str, attempt: int) -> tuple[str, str]:
     """A writer's name prefix `<step>@<subtask>@<run>@` and attempt field `<attempt>@`."""
     return SEP.join((step_id, f"{subtask:04d}", run_id or "run")) + SEP, f"{attempt:06d}{SEP}"
+
+
+def taken_over(name: str, run_id: str, subtask: int, parallelism: int) -> bool:
+    """Whether the writer of FileSink file `name` (staged or committed) belongs to run
+    `run_id` and to an old subtask j that subtask `subtask` of `parallelism` takes over
+    (j % parallelism == subtask, as sink transactions move on a rescale: docs/protocol.md S4)."""
+    fields = name.split(SEP)
+    return len(fields) > 3 and fields[2] == (run_id or "run") and fields[1].isdigit() \
+        and int(fields[1]) % parallelism == subtask

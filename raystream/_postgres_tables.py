@@ -129,19 +129,21 @@ def check_columns(sink: Any, table: Table, names: tuple[str, ...], where: str) -
             f"({', '.join(sink.key)}); add one (e.g. a primary key) so rows can be updated by key")
 
 
-def check_server(sink: Any, *, step_id: str, parallelism: int, exactly_once: bool) -> None:
-    """In the driver, before the job starts: the server answers, can hold the prepared
-    transactions, and the table fits (when it exists or cannot be created)."""
+def check_server(sink: Any, *, step_id: str, need: int) -> None:
+    """In the driver, before the job starts: the server answers, can hold the `need`
+    prepared transactions the job may hold at once (0: not exactly-once), and the table
+    fits (when it exists or cannot be created)."""
     where = address(sink.dsn)
     with connect(sink, f"check {step_id}") as conn:
-        if exactly_once:
+        if need:
             have = int(conn.execute("SHOW max_prepared_transactions").fetchone()[0])
-            need = 2 * parallelism
             if have < need:
                 raise SinkError(
-                    f"PostgresSink {step_id!r}: the server at {where} has max_prepared_transactions = {have}; "
-                    f"exactly-once needs at least {need} (2 per sink subtask). Set max_prepared_transactions "
-                    f"= {max(need, 64)} in postgresql.conf and restart the server")
+                    f"PostgresSink {step_id!r}: the server at {where} has max_prepared_transactions = {have}; this "
+                    f"job can hold {need} prepared transactions at once there under exactly-once (tolerable_failures "
+                    "+ 2 per subtask of each PostgresSink on this server). Set max_prepared_transactions = "
+                    f"{max(need, 64)} or more in postgresql.conf and restart the server, or lower the sinks' "
+                    "parallelism or CheckpointConfig.tolerable_failures")
         table = read_table(conn, sink.table)
         if table is None:
             if not sink.create_table:

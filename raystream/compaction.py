@@ -17,6 +17,14 @@ is not published (ignored by readers; the next compaction removes it), or a publ
 one whose inputs are still listed (readers skip them; the next compaction finishes the
 job). Readers that list the directory themselves and skip only `_` and `.` names see the
 merged file and its inputs together between steps 3 and 4.
+
+Files committed with a checkpoint (an exactly-once FileSink's) are merged only when no
+retained checkpoint of their run may still need them, as the run's manifests say
+(`_keep_from`): a restore of checkpoint n commits again every transaction its snapshots
+list, those of earlier aborted checkpoints included (`SnapshotMeta.sink_from`), and a
+fall-back past a refused checkpoint retracts the files committed after the one it
+restores. So the files of every run's checkpoints from the oldest that a retained
+manifest names on are left as they are.
 """
 from __future__ import annotations
 
@@ -25,17 +33,19 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystream._file_names import SEP, committed_checkpoint
 from raystream._storage import Storage, open_storage
-from raystream.errors import JobDefinitionError
+from raystream.errors import CorruptCheckpointError, JobDefinitionError
 
 logger = logging.getLogger(__name__)
 
 _MANIFEST = "_compaction-"
+_ALL = 2**62  # a run's files from this checkpoint on are kept: none
 
 
 @dataclass(frozen=True)
@@ -68,23 +78,32 @@ def visible_files(directory: str) -> list[str]:
     return sorted(visible - replaced)
 
 
-def compact_files(directory: str, *, target_size: int = 128 * 1024 * 1024, min_files: int = 2,
-                  keep_checkpoints: int = 3) -> Compaction:
+def compact_files(directory: str, *, checkpoints: str | None = None, target_size: int = 128 * 1024 * 1024,
+                  min_files: int = 2) -> Compaction:
     """Merge the committed Parquet files of `directory` into files of about `target_size`
     bytes (groups of fewer than `min_files` stay as they are).
 
     Safe to run while a job writes there, one compaction at a time: it takes only files
-    committed when it starts, and leaves the files of each sink subtask's newest
-    `keep_checkpoints` checkpoints as they are, because a restore commits the restored
-    checkpoint's files again (and a fall-back past a refused checkpoint, the one before)."""
+    committed when it starts. `checkpoints` is the checkpoint root of the job that writes
+    here (`<checkpoint storage>/<job name>`), needed when the directory holds files an
+    exactly-once FileSink committed with a checkpoint: the files that a retained
+    checkpoint may commit again on a restore, or retract on a fall-back, stay as they are
+    (read from its manifests)."""
     if not isinstance(target_size, int) or target_size < 1:
         raise JobDefinitionError(f"compact_files target_size must be a number of bytes >= 1; got {target_size!r}")
-    if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
-        raise JobDefinitionError(f"compact_files keep_checkpoints must be an integer >= 1; got {keep_checkpoints!r}")
     storage = open_storage(directory)
     keys = [k for k in storage.list("") if "/" not in k]
     _finish_earlier(storage, keys)
-    candidates = _compactable([k for k in visible_files(directory) if k.endswith(".parquet")], keep_checkpoints)
+    visible = [k for k in visible_files(directory) if k.endswith(".parquet")]
+    runs = {_run(k) for k in visible if committed_checkpoint(k) is not None}
+    if runs and checkpoints is None:
+        raise JobDefinitionError(
+            f"{directory} holds files committed with checkpoints (by an exactly-once FileSink): pass "
+            "checkpoints=<the job's checkpoint root, <checkpoint storage>/<job name>>, so that compaction leaves "
+            "the files a restore may need")
+    keep_from = _keep_from(checkpoints, runs) if runs else {}
+    candidates = [k for k in visible if committed_checkpoint(k) is None
+                  or committed_checkpoint(k) < keep_from.get(_run(k), 0)]
     groups: list[list[tuple[str, bytes]]] = [[]]
     size = 0
     for key in candidates:
@@ -103,19 +122,71 @@ def compact_files(directory: str, *, target_size: int = 128 * 1024 * 1024, min_f
     return done
 
 
-def _compactable(names: list[str], keep: int) -> list[str]:
-    """`names` without the files of each writer's newest `keep` checkpoints."""
-    newest: dict[str, list[int]] = {}
-    for name in names:
-        checkpoint = committed_checkpoint(name)
-        if checkpoint is not None:
-            newest.setdefault(_writer(name), []).append(checkpoint)
-    kept = {w: set(sorted(set(c))[-keep:]) for w, c in newest.items()}
-    return [n for n in names if committed_checkpoint(n) not in kept.get(_writer(n), ())]
+def _run(name: str) -> str:
+    return name.split(SEP)[2]  # part-<step>@<subtask>@<run>@<checkpoint>@...
 
 
-def _writer(name: str) -> str:
-    return SEP.join(name.split(SEP)[:3])  # part-<step>@<subtask>@<run>
+def _keep_from(root: str, runs: set[str]) -> dict[str, int]:
+    """Run id -> the oldest checkpoint whose files a retained checkpoint of the run (or of
+    a run started from it) may still commit again or retract; files of that checkpoint
+    and later are kept. 0 keeps every file of the run: it is going and has no manifest
+    yet, or a manifest cannot be read. A run the root has no trace of can restore
+    nothing: its files are all merged."""
+    from raystream._runtime.checkpoint_store import CheckpointStore  # not loaded by `import raystream`
+
+    store = _checkpoint_store(root)
+    known = set(store.runs())
+    if not runs & known:
+        raise JobDefinitionError(
+            f"no run that wrote these files ({', '.join(sorted(runs)[:3])}) has checkpoints under {root}: give the "
+            "checkpoint root of the job that writes to this directory (<checkpoint storage>/<job name>)")
+    keep: dict[str, int] = {run: _ALL for run in runs - known}
+    for run in sorted(runs & known):
+        keep[run] = min(keep.get(run, _ALL), _oldest_needed(store, run))
+    for run in sorted(known):  # a run started from another run's checkpoint may restore it (its base)
+        try:
+            base = store.base_ref(run)
+        except CorruptCheckpointError:
+            base = None
+        if base is not None and base.run_id in keep and not store.manifest_ids(run):
+            base_store = store if base.root == store.root else CheckpointStore(base.root)
+            needs = _needs(base_store, base.run_id, base.checkpoint_id)
+            keep[base.run_id] = min(keep[base.run_id], 0 if needs is None else needs)
+    for run, floor in keep.items():
+        if floor >= _ALL and run not in known:
+            logger.warning("compacting every file of run %s: %s holds no checkpoint of it", run, root)
+    return keep
+
+
+def _checkpoint_store(root: str) -> Any:
+    from raystream._runtime.checkpoint_store import CheckpointStore  # not loaded by `import raystream`
+
+    return CheckpointStore(root)
+
+
+def _oldest_needed(store, run: str) -> int:
+    for _ in range(5):  # retention may delete a listed manifest meanwhile: list again
+        ids = store.manifest_ids(run)
+        if not ids:
+            return 0  # going, before its first checkpoint: keep everything
+        needs = [_needs(store, run, n) for n in ids]
+        if None not in needs:
+            return min(needs)
+    return 0  # retention keeps outrunning the reads: keep everything this time
+
+
+def _needs(store, run: str, checkpoint_id: int) -> int | None:
+    """The oldest checkpoint whose files restoring `checkpoint_id` commits again (0: unknown;
+    None: its manifest is gone, deleted by retention after newer ones were written)."""
+    try:
+        manifest = store.load_manifest(run, checkpoint_id)
+    except FileNotFoundError:
+        return None
+    except CorruptCheckpointError as exc:
+        logger.warning("compaction keeps every file of run %s: manifest %d cannot be read (%s)", run,
+                       checkpoint_id, exc)
+        return 0
+    return min([checkpoint_id] + [s.sink_from for s in manifest.snapshots if s.sink_from])
 
 
 def _merge(storage: Storage, group: list[tuple[str, bytes]]) -> int:

@@ -32,6 +32,7 @@ COORDINATOR_POINTS = {
     "acks_complete": "every acknowledgement is in; the manifest is not written",
     "manifest_writing": "the manifest bytes are written; not yet published under their key",
     "manifest_written": "the manifest is committed; no subtask has been told",
+    "stopping": "a stop reached the coordinator; the sources have not been told",
 }
 EXIT_CODE = 97
 

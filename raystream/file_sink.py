@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -16,14 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystream import _files
-from raystream._part_files import Part, PartWriter, abort_uploads, commit_part, delete_tails, open_part
-from raystream._storage import S3Storage, Storage, open_storage
+from raystream._part_files import Part, PartWriter, abort_uploads, adopt_part, commit_part, open_part, storage_of
+from raystream._storage import Storage, open_storage
 from raystream._file_names import SEP as _SEP
-from raystream._file_names import committed_checkpoint
-from raystream._file_names import writer_fields
+from raystream._file_names import committed_checkpoint, taken_over, writer_fields
 from raystream._file_names import written_by as _written_by
 from raystream.compaction import visible_files
-from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
+from raystream.errors import JobDefinitionError, RestoreError, SinkError, StagedDataMissingError
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ _SINK_FORMATS = ("jsonl", "parquet")
 
 @dataclass
 class FileTxn:
-    """Staged files of one checkpoint: (staging name, final name) pairs."""
+    """Staged files of one checkpoint: (staging name, final name) pairs, in `directory`
+    ("" for the writer's: a run from a savepoint may write elsewhere, and commits the
+    savepoint's files where they are)."""
 
     files: list[tuple[str, str]] = field(default_factory=list)
+    directory: str = ""
 
 
 class FileSink(Sink):
@@ -147,26 +150,28 @@ class _FileWriter(SinkWriter):
         files = [(pending, f"part-{self._tag}{checkpoint_id:012d}{_SEP}{self._attempt}{stem}")
                  for pending, stem in self._txn.files]
         self._txn = FileTxn()
-        return FileTxn(files) if files else None
+        return FileTxn(files, self._sink.directory) if files else None
 
     def commit(self, txn: FileTxn) -> None:
+        store = self._store if txn.directory in ("", self._sink.directory) else open_storage(txn.directory)
         try:
-            self._store.promote(txn.files)  # durable before the commit counts
+            store.promote(txn.files)  # durable before the commit counts
         except FileNotFoundError as exc:
             raise StagedDataMissingError(
                 f"FileSink cannot commit {exc.filename}: neither it nor its staged file exists") from None
         except Exception as exc:
-            raise SinkError(f"FileSink could not commit into {self._store.uri()}: {exc}") from exc
+            raise SinkError(f"FileSink could not commit into {store.uri()}: {exc}") from exc
         self.files_committed += len(txn.files)
 
     def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
         for txn in txns:
             self.commit(txn)
         keep = {pending for txn in txns for pending, _ in txn.files}
         mine = self._ctx.attempt
-        stale = [n for n in self._store.list(f"_pending-{self._tag}")
+        stale = [n for n in _names(self._store, "_pending-", self._ctx)
                  if n not in keep and _written_by(n, 3) < mine]
-        later = [n for n in self._store.list(f"part-{self._tag}")
+        later = [n for n in _names(self._store, "part-", self._ctx)
                  if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine]
         self._store.delete(stale + later)
         if stale or later:
@@ -179,6 +184,13 @@ class _FileWriter(SinkWriter):
         elif self._rows or self._txn.files:
             raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
         return {"files": self.files_committed}
+
+
+def _names(store: Storage, kind: str, ctx: SinkContext) -> list[str]:
+    """Names of kind `kind` (`part-`, `_pending-`, `_inprogress-`) written in this run by
+    this subtask or the old subtasks it takes over."""
+    return [n for n in store.list(f"{kind}{ctx.step_id}{_SEP}")
+            if taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism)]
 
 
 def _json_default(value: Any) -> Any:
@@ -210,8 +222,12 @@ def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
 def parquet_bytes(parts: list[list[Any] | pa.RecordBatch]) -> bytes:
     """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`)."""
     batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
+    if all(b.schema == batches[0].schema for b in batches):
+        table = pa.Table.from_batches(batches)
+    else:  # dicts whose keys come in another order, or a column that is new: by column name
+        table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_batches(batches), buf)
+    pq.write_table(table, buf)
     return buf.getvalue()
 
 
@@ -270,9 +286,11 @@ class _RollingWriter(SinkWriter):
         self.files_committed = 0
         if not context.transactional:
             for part in self._restored:
-                self._commit(part)
+                self._restore_part(part, 0)
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        if not len(batch):
+            return  # no empty part file is ever opened
         data = json_lines(batch)
         if self._open is None:
             stem = f"{self._token}-{self._seq:06d}.jsonl"
@@ -296,10 +314,8 @@ class _RollingWriter(SinkWriter):
         if self._open is not None and self._sink.roll_interval and \
                 time.monotonic() - self._open.opened_at >= self._sink.roll_interval:
             self._roll()
-        if self._open is not None:
+        if self._open is not None:  # on S3 its tail travels in the snapshot (_part_files.py, 2)
             self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
-            if isinstance(self._store, S3Storage):  # a restore needs the newest tail, a fall-back the one before
-                delete_tails(self._store, self._open.final, before=checkpoint_id - 1)
         self._epoch = checkpoint_id + 1
         rolled, self._rolled = self._rolled, []
         return RolledTxn(rolled) if rolled and self._ctx.transactional else None
@@ -312,14 +328,34 @@ class _RollingWriter(SinkWriter):
             self._commit(part)
 
     def _commit(self, part: Part) -> None:
+        self._guard_missing(part, lambda: commit_part(storage_of(part, self._store), part))
+        self.files_committed += 1
+
+    def _restore_part(self, part: Part, checkpoint_id: int) -> None:
+        """A part open at the restored checkpoint: committed as it was then if this run
+        wrote it; another run's (a start from its checkpoint) is never touched, its
+        recorded bytes copied into a file of this run if it is not committed."""
+        if part.final.split(_SEP)[2] == (self._ctx.run_id or "run"):
+            self._commit(part)
+            return
+        name = self._copy_name(part, checkpoint_id)
+        self._guard_missing(part, lambda: adopt_part(storage_of(part, self._store), part, self._store, name))
+
+    def _guard_missing(self, part: Part, fn: Any) -> None:
         try:
-            commit_part(self._store, part)
+            fn()
         except FileNotFoundError as exc:
             raise StagedDataMissingError(
-                f"FileSink cannot commit {exc.filename}: neither it nor its staged data exists") from None
+                f"FileSink cannot commit {storage_of(part, self._store).uri(part.final)}: {exc.strerror or exc}") from None
+        except RestoreError:
+            raise
         except Exception as exc:
-            raise SinkError(f"FileSink could not commit {self._store.uri(part.final)}: {exc}") from exc
-        self.files_committed += 1
+            raise SinkError(f"FileSink could not commit {storage_of(part, self._store).uri(part.final)}: {exc}") from exc
+
+    def _copy_name(self, part: Part, checkpoint_id: int) -> str:
+        """This run's file for the recorded bytes of another run's open part (_part_files, 5)."""
+        digest = hashlib.sha256(part.final.encode()).hexdigest()[:12]
+        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}.jsonl"
 
     def _guard(self, fn: Any) -> Any:
         try:
@@ -328,19 +364,21 @@ class _RollingWriter(SinkWriter):
             raise SinkError(f"FileSink could not write under {self._store.uri()}: {exc}") from exc
 
     def recover(self, txns: list[RolledTxn], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
         for txn in txns:
             self.commit(txn)
         for part in self._restored:  # open at the restored checkpoint: committed as it was then
-            self._commit(part)
+            self._restore_part(part, checkpoint_id)
         self._epoch = checkpoint_id + 1
         keep = {p.final for p in self._restored} | {p.final for t in txns for p in t.parts}
         mine = self._ctx.attempt
-        stale = [n for n in self._store.list(f"_inprogress-{self._tag}") if _written_by(n, 3) < mine]
-        later = [n for n in self._store.list(f"part-{self._tag}")
+        stale = [n for n in _names(self._store, "_inprogress-", self._ctx) if _written_by(n, 3) < mine]
+        later = [n for n in _names(self._store, "part-", self._ctx)
                  if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine and n not in keep]
-        self._store.delete(stale + later + [n for n in self._store.list(f"_tail-part-{self._tag}")
-                                            if _written_by(n, 4) < mine])
-        aborted = abort_uploads(self._store, f"part-{self._tag}", keep, lambda n: _written_by(n, 4) < mine)
+        self._store.delete(stale + later)
+        ctx = self._ctx
+        aborted = abort_uploads(self._store, f"part-{ctx.step_id}{_SEP}", keep, lambda n: _written_by(n, 4) < mine
+                                and taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism))
         if stale or later or aborted:
             logger.info("FileSink %s aborted %d open files and %d uploads, retracted %d files of checkpoints after %d",
                         self._tag, len(stale), aborted, len(later), checkpoint_id)

@@ -2,17 +2,21 @@
 
 - Each partition of the topics is one source partition, key "<topic>:<partition>", assigned
   to the source's subtasks by raystream (no consumer-group rebalancing inside a job).
-- Where each partition starts is fixed once, when the job starts (`list_partitions`, in
-  the driver): "earliest", "latest", or given offsets. A restore seeks to the offsets in
-  the checkpoint instead; a partition no checkpoint knows (new since) starts at its
-  beginning.
+- Where each partition starts is fixed once, when the job first starts (`list_partitions`,
+  in the driver): "earliest", "latest", or given offsets. A restore seeks to the offsets in
+  the checkpoint instead; a partition the checkpoint does not know (new since the job
+  first started) starts at its beginning, whatever `start` says.
 - After a checkpoint completes, its offsets are committed to Kafka under `group_id`, for
   monitoring (consumer lag) only: raystream restores from its own checkpoints.
 - Records are `KafkaRecord`s. `KafkaSource.event_time(...)` takes event time from the
   message timestamps; each partition has its own watermark, and a partition without
   records for `idle_after` stops holding the watermark back.
 - `until="latest"` makes the source bounded: each partition ends at the offset that was
-  its end when the job started.
+  its end when the job first started. That end is part of the partition's offset in
+  checkpoints, so a run resumed, rescaled or started from a savepoint ends there too (a
+  partition new since then ends where it ended when that run started). The end is
+  reached when the consumer's position passes it, so a transaction marker or a
+  compaction gap at the end does not keep the partition open.
 """
 from __future__ import annotations
 
@@ -56,9 +60,10 @@ class KafkaSource(Source):
     """Messages of Kafka `topics` (a name or a list of names).
 
     - `start`: "earliest", "latest", or `{(topic, partition): offset}` (partitions not in
-      it start at their beginning).
+      it start at their beginning). It applies when the job first starts; a partition
+      that appears later (a topic added, on resume) starts at its beginning.
     - `until`: None (unbounded: stop the job to end it) or "latest" (end at the offsets
-      that were the partitions' ends when the job started).
+      that were the partitions' ends when the job first started, kept in checkpoints).
     - `group_id`: where completed checkpoints' offsets are committed, for monitoring.
     - `timeout`: seconds each try waits for the brokers when the job starts; `retry`:
       how often it tries.
@@ -170,8 +175,22 @@ class KafkaSource(Source):
             probe.close()
 
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
-        offset = resume_state if resume_state is not None else self.start_offsets.get(key, ck.OFFSET_BEGINNING)
-        return _KafkaPartition(self, key, offset, self.end_offsets.get(key), batch_size)
+        """`resume_state`: the next offset, or (next offset, end) for a bounded source, so
+        the end fixed when the job first started outlives the driver that fixed it."""
+        end = self.end_offsets.get(key)
+        if resume_state is None:
+            offset = self.start_offsets.get(key, ck.OFFSET_BEGINNING)
+        elif isinstance(resume_state, (tuple, list)):  # (next, end); a list once it went through JSON
+            offset = int(resume_state[0])
+            if self.until is not None and resume_state[1] is not None:
+                end = int(resume_state[1])
+        else:
+            offset = int(resume_state)
+        return _KafkaPartition(self, key, offset, end, batch_size)
+
+    def build_new_partition(self, key: str, batch_size: int) -> SourcePartition:
+        """A partition new since the job first started: from its beginning, whatever `start` says."""
+        return _KafkaPartition(self, key, ck.OFFSET_BEGINNING, self.end_offsets.get(key), batch_size)
 
 
 def _split(key: str) -> tuple[str, int]:
@@ -180,7 +199,8 @@ def _split(key: str) -> tuple[str, int]:
 
 
 class _KafkaPartition(SourcePartition):
-    """One partition read by its own consumer; the offset is the next one to read."""
+    """One partition read by its own consumer; the offset is the next one to read (and,
+    when bounded, the end)."""
 
     def __init__(self, source: KafkaSource, key: str, offset: int, end: int | None, batch_size: int):
         self._source = source
@@ -188,7 +208,10 @@ class _KafkaPartition(SourcePartition):
         self._next = offset
         self._end = end
         self._batch_size = batch_size
-        self._consumer = ck.Consumer(source._client_config())
+        # Bounded: the end-of-partition event carries the fetch position, which moves past
+        # transaction markers and compaction gaps that no message is returned for.
+        config = {**source._client_config(), "enable.partition.eof": end is not None}
+        self._consumer = ck.Consumer(config)
         self._closed = False
         self._consumer.assign([ck.TopicPartition(self._topic, self._partition, offset)])
 
@@ -200,7 +223,11 @@ class _KafkaPartition(SourcePartition):
         for m in messages:
             error = m.error()
             if error is not None:
-                if error.retriable() or error.code() == ck.KafkaError._PARTITION_EOF:
+                if error.code() == ck.KafkaError._PARTITION_EOF:
+                    if m.offset() is not None and m.offset() > self._next:  # only markers or gaps were left
+                        self._next = m.offset()
+                    continue
+                if error.retriable():
                     logger.warning("KafkaSource %s:%d: %s", self._topic, self._partition, error.str())
                     continue
                 raise SourceError(f"KafkaSource could not read {self._topic}:{self._partition} from "
@@ -213,14 +240,16 @@ class _KafkaPartition(SourcePartition):
             self._next = offset + 1
         return out
 
-    def snapshot(self) -> int:
-        return self._next
+    def snapshot(self) -> int | tuple[int, int]:
+        return self._next if self._end is None else (self._next, self._end)
 
     def next_awake(self) -> float | None:
         return time.time() + 0.05
 
     def checkpoint_complete(self, offset: Any) -> None:
         """For monitoring: the group's committed offset follows completed checkpoints."""
+        if isinstance(offset, (tuple, list)):
+            offset = offset[0]
         if not isinstance(offset, int) or offset < 0:
             return
         offsets = [ck.TopicPartition(self._topic, self._partition, offset)]

@@ -10,9 +10,13 @@ The sink protocol (docs/protocol.md, T1-T4) runs as:
 2. T3 once the checkpoint is complete: `COMMIT PREPARED '<gid>'`. When no transaction
    has that gid any more, `pg_xact_status` of its transaction id tells whether it was
    committed (done already) or rolled back (`StagedDataMissingError`).
-3. T4 on restore: commit the restored checkpoint's transactions as in 2; then roll back
-   every other prepared transaction of this job and step that this subtask owns (found in
-   `pg_prepared_xacts`), except those of this attempt or a later one of the run.
+3. C6a, upsert: a transaction of an aborted checkpoint is rolled back before the next
+   barrier, and its rows go into the open transaction (`abort`); no write ever waits for
+   a row lock of the subtask's own (see PostgresWriter).
+4. T4 on restore: commit the restored checkpoint's transactions as in 2; then roll back
+   every other prepared transaction of this job, step and run that this subtask owns
+   (found in `pg_prepared_xacts`), except those of this attempt or a later one. Another
+   run's prepared transactions are never touched.
 
 Under at-least-once the transaction commits at each barrier; upsert mode makes the
 replayed rows idempotent. What the sink cannot do is retract committed rows: see
@@ -25,8 +29,9 @@ database only.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
+from raystream.config import CheckpointConfig
 from raystream.errors import JobDefinitionError
 from raystream.retry import Retry
 from raystream.sink_api import Sink, SinkContext, SinkWriter
@@ -56,8 +61,11 @@ class PostgresSink(Sink):
       primary key on `key` in upsert mode).
     - `retry`: how connecting and committing retry a transient failure.
 
-    The server needs `max_prepared_transactions` of at least twice the sink's
-    parallelism under exactly-once; the job says so before it starts.
+    Under exactly-once each sink subtask holds up to `tolerable_failures` + 2 prepared
+    transactions at once (those of aborted checkpoints, committed with the next complete
+    one; the one in flight; the previous one until its commit arrives). The server's
+    `max_prepared_transactions` must cover that for every PostgresSink of the job on it;
+    the job says so before it starts.
     """
 
     def __init__(self, dsn: str, table: str, *, mode: str = "append", key: str | Iterable[str] | None = None,
@@ -104,5 +112,27 @@ class PostgresSink(Sink):
     def build_writer(self, context: SinkContext) -> SinkWriter:
         return PostgresWriter(self, context)
 
-    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
-        check_server(self, step_id=step_id, parallelism=parallelism, exactly_once=exactly_once)
+
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool, job: Any = None) -> None:
+        check_server(self, step_id=step_id, need=prepared_at_once(self, parallelism, job) if exactly_once else 0)
+
+
+def prepared_at_once(sink: PostgresSink, parallelism: int, job: Any) -> int:
+    """How many prepared transactions the job can hold at once on `sink`'s server: for
+    every exactly-once PostgresSink of the job there, tolerable_failures + 2 per writer
+    (`sink` alone, at `parallelism`, when the job is not known). A sink step has a
+    writer per subtask; a dead-letter sink has one per subtask of every chain."""
+    tolerable = (job.checkpoint if job is not None else CheckpointConfig()).tolerable_failures
+    if job is None:
+        return parallelism * (tolerable + 2)
+    server = address(sink.dsn).split("/", 1)[0]
+
+    def here(other: Any) -> bool:
+        return isinstance(other, PostgresSink) and address(other.dsn).split("/", 1)[0] == server
+
+    writers = sum(job.parallelism_of(step) for step in job.steps if here(step.sink))
+    if job.errors.mode == "dead_letter" and here(job.errors.sink):
+        from raystream._runtime.plan import build_plan  # the chains: loaded when a job starts
+
+        writers += sum(chain.parallelism for chain in build_plan(job, {}).chains)
+    return writers * (tolerable + 2)

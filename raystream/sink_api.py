@@ -12,7 +12,8 @@ Under exactly-once the writer takes part in a two-phase commit with the checkpoi
   the checkpoint.
 - T3 `commit(txn)` once that checkpoint is complete: make the transaction visible. It
   may run more than once for the same transaction (after a failure), so it is
-  idempotent.
+  idempotent. Every earlier transaction of the writer is committed, or its checkpoint
+  known aborted (`abort`), before the next `pre_commit`.
 - T4 `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
   `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
   abort everything else this subtask staged in earlier attempts (`context.attempt`),
@@ -74,6 +75,14 @@ class SinkWriter(ABC):
     def commit(self, txn: Any) -> None:
         """Make a pre-committed transaction visible. Idempotent."""
 
+    def abort(self, txn: Any) -> bool:
+        """The checkpoint of `txn` was aborted: its manifest will never exist (C6a). Return
+        True after taking the transaction back into the open epoch (its data then goes
+        into the next pre-commit, and the transaction must never be committed), or False
+        to keep it pending: it is committed with the next complete checkpoint, whose
+        snapshots list it again (the default). Called before the next `pre_commit`."""
+        return False
+
     def recover(self, txns: list[Any], checkpoint_id: int) -> None:
         """After a restore from `checkpoint_id`: commit `txns`, abort whatever else this
         subtask staged, retract what it committed for later checkpoints of this run."""
@@ -96,9 +105,10 @@ class Sink(ABC):
     def build_writer(self, context: SinkContext) -> SinkWriter:
         """The writer of one subtask."""
 
-    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool) -> None:
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool, job: Any = None) -> None:
         """Called in the driver before the job starts: raise SinkError saying what to fix
-        when the sink cannot work (an unreachable server, a missing table)."""
+        when the sink cannot work (an unreachable server, a missing table). `job` is the
+        whole job (a `raystream.graph.JobGraph`), for limits its sinks share."""
 
     def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
         """The resume state of one writer that takes over several old subtasks' writers

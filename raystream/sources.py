@@ -67,7 +67,15 @@ class Source(ABC):
 
     @abstractmethod
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
-        """Open partition `key` at `resume_state` (None: from the beginning)."""
+        """Open partition `key` at `resume_state` (None: where the source starts, which is
+        its beginning unless the source is told to start elsewhere)."""
+
+    def build_new_partition(self, key: str, batch_size: int) -> SourcePartition:
+        """Open partition `key`, which appeared after the job first started (the checkpoint
+        a run restores has no offset for it), at its beginning: nothing of it was read. A
+        source whose `build_partition(key, None, ...)` may start elsewhere (Kafka's
+        `start="latest"`) overrides this."""
+        return self.build_partition(key, None, batch_size)
 
 
 def __getattr__(name: str) -> Any:

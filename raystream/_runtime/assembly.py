@@ -30,6 +30,12 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
             ctx = writer_context(spec, step.step_id, step.sink, state) if step.kind is StepKind.SINK else None
             op = build_operator(step, ctx)
         if state is not None:
+            if isinstance(op, AssignTimeOp):  # the watermark continues where it was
+                times = state.event_times.get(step.step_id, {})
+                op.generator.restore(times)
+                if step.kind is StepKind.SOURCE and spec.subtask == 0:
+                    present = set(spec.all_partitions)
+                    op.carried = {p: t for p, t in times.items() if p not in present}
             if isinstance(op, KeyedOp):
                 op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
             if step.kind is not StepKind.SOURCE:  # a source's counter is its reader's

@@ -80,6 +80,7 @@ def locate(uri: str) -> CheckpointRef:
                                    f"never committed; pick a complete one with `raystream checkpoints ls {root}`")
             raise RestoreError(f"no checkpoint at {uri}: the manifest does not exist; list the complete ones with "
                                f"`raystream checkpoints ls {root}`")
+        _restorable(store, run_id, int(stem), uri)
         return CheckpointRef(root, run_id, int(stem))
     found = locate_run(uri)
     if found is not None:
@@ -106,11 +107,36 @@ def locate_run(uri: str) -> tuple["CheckpointStore", str] | None:
     return (here, run_id) if run_id is not None else None
 
 
+def _restorable(store: "CheckpointStore", run_id: str, checkpoint_id: int, uri: str) -> None:
+    """RestoreError unless the checkpoint may be restored: not refused, not void (F2)."""
+    if checkpoint_id in store.refused(run_id):
+        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} was refused ({store.refusal(run_id, checkpoint_id)}); "
+                           "pick another with `raystream checkpoints ls`")
+    try:
+        manifest = store.load_manifest(run_id, checkpoint_id)
+    except CorruptCheckpointError as exc:
+        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} cannot be used: {exc}") from None
+    if store.is_void(manifest, store.restore_points(run_id)):
+        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} is void: a later attempt of its run restored an older "
+                           "checkpoint, so its output may have been aborted; pick another with "
+                           "`raystream checkpoints ls`")
+
+
 def _newest(store: "CheckpointStore", run_id: str, uri: str) -> CheckpointRef:
-    usable = sorted(set(store.manifest_ids(run_id)) - store.refused(run_id))
-    if not usable:
-        raise RestoreError(f"every checkpoint of run {run_id} under {uri} was refused; see `raystream checkpoints ls`")
-    return CheckpointRef(store.root, run_id, usable[-1])
+    """The newest checkpoint of the run that is neither refused nor void (F2)."""
+    points = store.restore_points(run_id)
+    refused = store.refused(run_id)
+    for checkpoint_id in reversed(store.manifest_ids(run_id)):
+        if checkpoint_id in refused:
+            continue
+        try:
+            manifest = store.load_manifest(run_id, checkpoint_id)
+        except CorruptCheckpointError:
+            continue
+        if not store.is_void(manifest, points):
+            return CheckpointRef(store.root, run_id, checkpoint_id)
+    raise RestoreError(f"no checkpoint of run {run_id} under {uri} can be restored: each was refused or is void; "
+                       "see `raystream checkpoints ls`")
 
 
 class CheckpointStore:
@@ -188,6 +214,13 @@ class CheckpointStore:
     def refused(self, run_id: str) -> set[int]:
         return {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/refused/")}
 
+    def refusal(self, run_id: str, checkpoint_id: int) -> str:
+        """Why a checkpoint was refused, as recorded ("" when it was not)."""
+        try:
+            return self.storage.get(f"{run_id}/refused/{checkpoint_id:012d}").decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
     # --- snapshots and manifests -------------------------------------------------------
 
     def manifest_ids(self, run_id: str) -> list[int]:
@@ -236,12 +269,21 @@ class CheckpointStore:
         return CheckpointRef(str(body["root"]), str(body["base_run"]), int(body["checkpoint"]))
 
     def base(self, run_id: str) -> Manifest | None:
-        """The manifest of the checkpoint `run_id` started from, or None."""
+        """The manifest of the checkpoint `run_id` started from, or None. RestoreError when
+        it is gone: a retained checkpoint of a run that is still going is deleted by that
+        run's retention (a savepoint, the final checkpoint of a stopped run, stays)."""
         ref = self.base_ref(run_id)
         if ref is None:
             return None
         store = self if ref.root == self.root else CheckpointStore(ref.root)
-        return store.load_manifest(ref.run_id, ref.checkpoint_id)
+        try:
+            return store.load_manifest(ref.run_id, ref.checkpoint_id)
+        except FileNotFoundError:
+            raise RestoreError(
+                f"checkpoint {ref.checkpoint_id} of run {ref.run_id}, which run {run_id} started from, is gone "
+                f"({ref.uri}): the run it belongs to deleted it, as its retention deletes all but its newest "
+                f"checkpoints. Run {run_id} has no checkpoint of its own yet, so it cannot recover; start from a "
+                "savepoint (the final checkpoint of a stopped run), which stays") from None
 
     def commit(self, manifest: Manifest, before_publish: Callable[[], None] | None = None) -> bool:
         """Write the manifest under its fresh key; False if that key was already taken."""

@@ -9,6 +9,8 @@ Checkpoint protocol (docs/protocol.md), the coordinator's steps:
       manifest of n (snapshot keys, checksums) with a conditional put under a key never
       used before. That write is the commit point.
   C6. Then tell every subtask that n is complete; sinks commit n's transactions.
+  C6a. A checkpoint that is aborted: tell every subtask so, before the next one starts.
+      A manifest write whose outcome is unknown aborts nothing: the attempt ends.
   C7. Delete checkpoints beyond the retention count, never the newest complete one nor
       what it references.
 A checkpoint that a subtask declines (its upload failed) or that outlives `timeout` is
@@ -79,6 +81,7 @@ class Checkpointer:
         self.clock, self.blocking = clock, blocking
         self.closed = False
         self._publishing: asyncio.Future | None = None
+        self._writing: int | None = None  # the checkpoint whose manifest write (C5) is in flight
         self.pending: Pending | None = None
         self.last_start = self.last_end = clock()
         self.consecutive_failures = 0
@@ -104,10 +107,12 @@ class Checkpointer:
     def tick(self) -> None:
         """Start a checkpoint if one is due; abort one that timed out."""
         now = self.clock()
-        if self.closed:
+        if self.closed or self.failure is not None:  # an attempt that must end starts nothing more
             return
         if self.pending is not None:
-            if now - self.pending.started > self.config.timeout:
+            # A manifest write in flight is never aborted: it lands (complete) or fails (aborted).
+            writing = self._writing == self.pending.checkpoint_id
+            if now - self.pending.started > self.config.timeout and not writing:
                 self._abort(f"checkpoint {self.pending.checkpoint_id} timed out after {self.config.timeout}s")
             return
         if self.final_committed:
@@ -170,20 +175,27 @@ class Checkpointer:
         try:  # F3: a coordinator of an older attempt publishes nothing
             current = await self.blocking(self.store.is_current, self.run_id, self.attempt)
         except Exception as exc:
-            self._abort(f"checkpoint {n}: reading the attempts failed: {type(exc).__name__}: {exc}")
+            if self.pending is pending:
+                self._abort(f"checkpoint {n}: reading the attempts failed: {type(exc).__name__}: {exc}")
             return
+        if self.pending is not pending or self.closed:
+            return  # aborted by its timeout meanwhile, or the attempt ended: it is never published
         if not current:
             self.failure = f"attempt {self.attempt} was replaced by a newer attempt; it publishes nothing"
             self.pending = None
             return
         try:  # C5: the commit point
             before_publish = (lambda: self.faults.hit("manifest_writing", n)) if self.faults else None
+            self._writing = n
             committed = await self.blocking(self.store.commit, manifest, before_publish)
-        except Exception as exc:
-            self._abort(f"checkpoint {n}: writing the manifest failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # it may have landed (storage reads a lost answer back, but that can fail too)
+            self._undecided(f"checkpoint {n}: writing the manifest failed, and whether it landed is unknown: "
+                            f"{type(exc).__name__}: {exc}")
             return
+        finally:
+            self._writing = None
         if not committed:
-            self._abort(f"checkpoint {n}: a manifest with this id exists already; another coordinator is running")
+            self._undecided(f"checkpoint {n}: a manifest with this id exists already; another coordinator is running")
             return
         self.pending = None
         self.last_end = self.clock()
@@ -209,6 +221,15 @@ class Checkpointer:
         except Exception as exc:  # cleanup can wait for the next checkpoint
             logger.warning("checkpoint retention failed: %s", exc)
 
+    def _undecided(self, reason: str) -> None:
+        """The commit point's outcome is unknown: no subtask may be told that the checkpoint
+        is aborted (it may be complete), nor start the next one on top of it. The attempt
+        ends; the restore (R3) finds out from storage whether the manifest exists."""
+        self.pending = None
+        self.stats = dataclasses.replace(self.stats, failed=self.stats.failed + 1)
+        self.failure = reason
+        logger.warning("%s; the attempt ends", reason)
+
     def _abort(self, reason: str) -> None:
         pending, self.pending = self.pending, None
         self.last_end = self.clock()
@@ -216,6 +237,9 @@ class Checkpointer:
         self.stats = dataclasses.replace(self.stats, failed=self.stats.failed + 1)
         if pending is not None:
             self.refs.pop(pending.checkpoint_id, None)
+            if not self.closed:  # C6a: its fate is decided before the next one starts (C1)
+                for actor in self.actors.values():
+                    actor.notify_aborted.remote(pending.checkpoint_id)
         logger.warning("%s (%d in a row)", reason, self.consecutive_failures)
         if pending is not None and pending.final:
             self.failure = f"the final checkpoint failed: {reason}"

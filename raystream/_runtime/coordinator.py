@@ -88,6 +88,8 @@ class JobCoordinator:
         self.job, self.plan, self.run_id, self.options = job, plan, run_id, options
         self.resume = options.resume
         self.store = CheckpointStore(checkpoint_root)
+        self.faults = Injector(job.runtime.faults, attempt=self.store.attempts(run_id) + 1, coordinator=True,
+                               claims=self.store.storage, run_id=run_id)
         self.wiring = Wiring(job, plan, run_id, self.store)
         self.spares.count = spare_count(job.runtime, plan) if job.runtime.recovery_spares else 0
         self.state = "starting"
@@ -100,7 +102,7 @@ class JobCoordinator:
         self.reports: dict[Key, SubtaskReport] = {}
         self.checkpointer: Checkpointer | None = None
         self.stats = CheckpointStats()
-        self.stopping = False
+        self.stopping = options.stop  # a stop that reached the coordinator before this one is not lost
         self.restores: dict[str, int] = {}  # snapshots restored from "object_store" / "durable"
         self.source_seen: dict[Key, int] = {}  # records each source subtask emitted, from metrics
         self.refused: set[int] = set()  # checkpoints that failed verification (also kept in storage)
@@ -137,6 +139,7 @@ class JobCoordinator:
     async def stop(self) -> None:
         """End every source after its current batch; the job drains, checkpoints and finishes."""
         self.stopping = True
+        self.faults.hit("stopping", (self.checkpointer.stats if self.checkpointer is not None else self.stats).last_id)
         await asyncio.gather(*(a.stop_source.remote() for k, a in self.actors.items() if k in self.wiring.source_keys()),
                              return_exceptions=True)
 

@@ -5,11 +5,14 @@ resumes the same run from durable storage (the subtasks died with the old one, s
 Ray ends actors with their owner). Restarts of the coordinator follow the job's
 restart strategy. Only ActorDiedError means death: a reply that was lost
 (ActorUnavailableError: the call may or may not have run) is asked for again, because
-a second coordinator beside a live first one would be two writers of one run.
+a second coordinator beside a live first one would be two writers of one run. A stop
+(with or without a savepoint, and so a rescale) is remembered here and handed to every
+coordinator started after it, so a coordinator that dies while stopping loses nothing.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import threading
@@ -70,6 +73,8 @@ class Supervisor:
         self.job, self.plan, self.run_id, self.root, self.options = job, plan, run_id, root, options
         self.tracker = RestartTracker(job.restart)
         self.generation = 0
+        self._lock = threading.Lock()  # the stop request and the coordinator it went to
+        self._stop_requested = False
         self._reported = 0  # recoveries logged so far
         self._waiting = ""  # the wait for resources logged last
         self.coordinator: Any = None
@@ -82,12 +87,14 @@ class Supervisor:
         self._thread.start()
 
     def _launch(self, resume: bool) -> Any:
-        self.generation += 1
-        args = (self.job, self.plan, self.run_id, self.root, dataclasses.replace(self.options, resume=resume))
-        self.coordinator = _spare.take(*args) or JobCoordinator.options(
-            name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
-        ).remote(*args)
-        return self.coordinator.outcome.remote()
+        with self._lock:  # a stop asked for from now on goes to the new coordinator, or with its options
+            self.generation += 1
+            options = dataclasses.replace(self.options, resume=resume, stop=self._stop_requested)
+            args = (self.job, self.plan, self.run_id, self.root, options)
+            self.coordinator = _spare.take(*args) or JobCoordinator.options(
+                name=actor_name(self.job.name, self.run_id, f"coordinator{self.generation}"), max_restarts=0,
+            ).remote(*args)
+            return self.coordinator.outcome.remote()
 
     def _supervise(self) -> None:
         run_ref = self._first_ref
@@ -164,10 +171,15 @@ class Supervisor:
         return start_job(job, from_checkpoint=savepoint)
 
     def stop(self) -> None:
+        """End the sources. When the coordinator dies before it passed the stop on, the
+        next one is started stopping (`_launch`)."""
+        with self._lock:
+            self._stop_requested = True
+            coordinator = self.coordinator
         try:
-            ray.get(self.coordinator.stop.remote(), timeout=10)
+            ray.get(coordinator.stop.remote(), timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
+            pass  # dead (its successor is told at its start) or busy (the call is queued)
 
     def wait(self, progress: Callable[[JobStatus], None] | None, interval: float) -> JobResult:
         """Block until the job ends; returns its result or raises its error."""
@@ -226,6 +238,16 @@ class CoordinatorSpare:
 _spare = CoordinatorSpare()
 
 
+def _check_sink(sink: Any, job: JobGraph, step_id: str, parallelism: int) -> None:
+    """Sink.check, with `job` for sinks whose check takes it (one written before it existed does not)."""
+    kwargs: dict[str, Any] = {"job_name": job.name, "step_id": step_id, "parallelism": parallelism,
+                              "exactly_once": job.guarantee is Guarantee.EXACTLY_ONCE}
+    params = inspect.signature(sink.check).parameters
+    if "job" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs["job"] = job
+    sink.check(**kwargs)
+
+
 def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | None = None,
               allow_non_restored_state: bool = False) -> Supervisor:
     """Plan `job`, list its source partitions (errors stop it here), and start it:
@@ -245,8 +267,9 @@ def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | Non
     plan = build_plan(job, source_partitions)
     for step in job.steps:  # a sink that cannot work says why before anything starts
         if step.kind is StepKind.SINK:
-            step.sink.check(job_name=job.name, step_id=step.step_id, parallelism=job.parallelism_of(step),
-                            exactly_once=job.guarantee is Guarantee.EXACTLY_ONCE)
+            _check_sink(step.sink, job, step.step_id, job.parallelism_of(step))
+    if job.errors.mode == "dead_letter":  # a writer per subtask of every chain
+        _check_sink(job.errors.sink, job, "dead letters", sum(c.parallelism for c in plan.chains))
     root = checkpoint_root(job)
     store = CheckpointStore(root)
     run_id = resumable_run(job, store) if resume else new_run_id()

@@ -395,6 +395,11 @@ class SinkOp(Operator):
         for txn in txns:
             self.writer.commit(txn)
 
+    def abort_pending(self, aborted: set[int]) -> None:
+        """C6a: offer the transactions of aborted checkpoints to the writer, which may roll
+        them back into its open epoch (`SinkWriter.abort`) or keep them pending."""
+        self.pending = [(c, txn) for c, txn in self.pending if c not in aborted or not self.writer.abort(txn)]
+
     def close(self) -> Any:
         return self.writer.close()
 

@@ -4,7 +4,7 @@ often a job may restart.
 
 A run started from a savepoint or a retained checkpoint of another run (`--from`)
 records that checkpoint as its base; until the run completes a checkpoint of its own,
-every attempt restores the base.
+every attempt restores the base, and from then on never again (R5).
 """
 from __future__ import annotations
 
@@ -48,16 +48,20 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
     Called only after this attempt's claim, so every manifest an older attempt could
     still publish is void from here on (CheckpointStore). A manifest that is void, or
     that was refused before, is skipped; one that fails to verify is refused, durably,
-    and skipped. When none of the run's own is left, the run's base (the checkpoint it
-    was started from) is chosen. Returns None when there is nothing to restore; raises
-    RestoreError when there are checkpoints but none can be restored (starting over
-    would repeat committed output), or when the chosen one was taken with other
-    versions or another max_parallelism. `refused` is updated with what is refused now."""
+    and skipped. The run's base (the checkpoint it was started from) is chosen only
+    while the run has no checkpoint of its own that counts (void ones never did).
+    Returns None when there is nothing to restore; raises RestoreError when the run has
+    checkpoints but none can be restored (R5: starting over, or rewinding to the base,
+    would repeat committed output), when the base is gone or refused, or when the chosen
+    one was taken with other versions or another max_parallelism. `refused` is updated
+    with what is refused now."""
     ids = store.manifest_ids(run_id)
     points = store.restore_points(run_id)
     refused.update(store.refused(run_id))
+    own = []  # the run's checkpoints that count: not void (refused ones counted: their output was committed)
     for checkpoint_id in reversed(ids):
         if checkpoint_id in refused:
+            own.append(checkpoint_id)
             continue
         try:
             manifest = store.load_manifest(run_id, checkpoint_id)
@@ -65,6 +69,7 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
             logger.error("checkpoint %d refused: %s", checkpoint_id, exc)
             store.refuse(run_id, checkpoint_id, str(exc))
             refused.add(checkpoint_id)
+            own.append(checkpoint_id)
             continue
         if store.is_void(manifest, points):
             logger.info("checkpoint %d of attempt %d is void: a later attempt restored an older one",
@@ -72,19 +77,19 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
             continue
         check_restorable(manifest, max_parallelism=max_parallelism, keyed=keyed)
         return manifest
+    if own:
+        raise RestoreError(
+            f"no checkpoint of run {run_id} can be restored (refused: {sorted(own)}); starting over, or from the "
+            "checkpoint the run started from, would repeat output that is already committed. See why with "
+            f"`raystream checkpoints ls`, or start a new run without resume")
     base = store.base(run_id)
     if base is not None:
         if base.checkpoint_id in refused:
             raise RestoreError(
                 f"checkpoint {base.checkpoint_id} of run {base.run_id}, which run {run_id} started from, was "
-                "refused; start from another checkpoint")
+                f"refused ({store.refusal(run_id, base.checkpoint_id)}); start from another checkpoint")
         check_restorable(base, max_parallelism=max_parallelism, keyed=keyed)
         return base
-    if refused & set(ids):
-        raise RestoreError(
-            f"no checkpoint of run {run_id} can be restored (refused: {sorted(refused & set(ids))}); starting "
-            "over would repeat output that is already committed. Inspect the checkpoint storage, or start a "
-            "new run without resume")
     return None
 
 

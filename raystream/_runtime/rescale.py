@@ -9,9 +9,13 @@ stateless steps (docs/savepoints.md). For new subtask i of a chain at parallelis
   key groups), else from every old subtask, keeping the keys of i's key groups. Window
   contents and timers are keyed state, so they move with their keys; a timed step's
   watermark is the oldest of the old subtasks it takes keys from, so no record on time
-  for its window before is late after;
-- source offsets: every old subtask of the source step lends its partitions' offsets
-  (a partition continues wherever it is assigned now; see SourceReader);
+  for its window before is late after; a watermark generator's newest times go with
+  their source partitions, and an event-time step's own time is the oldest of all its
+  old subtasks (which inputs a subtask reads may change: partitions come and go), or
+  none when one of them had seen no record;
+- source offsets: every old subtask of the source step lends its partitions' offsets,
+  those it carried for partitions gone at the time included (a partition continues
+  wherever it is assigned now; see SourceReader);
 - sink transactions and writer state, counters, audit tallies and error counts: those
   of every old subtask j with j % p == i, so each is carried exactly once and sums
   stay right. Pending transactions are committed by their new owner (T4); writer
@@ -63,13 +67,14 @@ def snapshots_for(manifest: Manifest, chain: Chain, subtask: int) -> list[Snapsh
     """The old snapshots that subtask `subtask` of `chain` restores from."""
     mine = {s.step_id for s in chain.steps}
     source = chain.head.step_id if chain.head.kind is StepKind.SOURCE else None
+    timed = {s.step_id for s in chain.steps if s.kind is StepKind.EVENT_TIME}  # need every old subtask's time
     metas: list[SnapshotMeta] = []
     for name in manifest.chains:
         old_steps = set(chain_steps(name))
         if not old_steps & mine:
             continue
         old = manifest.snapshots_of(name)
-        if len(old) == chain.parallelism and source not in old_steps:
+        if len(old) == chain.parallelism and source not in old_steps and not timed & old_steps:
             metas.append(old[subtask])  # the same key groups and the same sink writer
         else:
             metas.extend(old)
@@ -90,6 +95,7 @@ class RestoredState:
 
     checkpoint_id: int
     source_offsets: dict[str, Any] = field(default_factory=dict)
+    source_restored: bool = False  # the checkpoint holds this chain's source: a partition it lacks is new
     keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
     sink_states: dict[str, list[Any]] = field(default_factory=dict)  # writer states of the old subtasks taken over
     sink_txns: dict[str, list[Any]] = field(default_factory=dict)
@@ -98,6 +104,7 @@ class RestoredState:
     tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
     errors: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
+    event_times: dict[str, dict[str, int]] = field(default_factory=dict)  # watermark generators' newest times
     late: dict[str, int] = field(default_factory=dict)
     chain: list[PartRef] | None = None  # the keyed-state chain this subtask continues (changelog.py, I5)
 
@@ -115,10 +122,17 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
     for state in states:
         if head in chain_steps(state.chain):
             merged.source_offsets.update(state.source_offsets)
+            merged.source_restored = True
         same = state.parallelism == p
         for step_id, mark in getattr(state, "watermarks", {}).items():  # absent in older snapshots
             if step_id in steps and (same is False or state.subtask == subtask):
                 merged.watermarks[step_id] = min(mark, merged.watermarks.get(step_id, mark))
+        for step_id, times in getattr(state, "event_times", {}).items():
+            if step_id in steps:  # a source's, by partition (the copies of one are equal)
+                for partition, t in times.items():
+                    if partition:
+                        target = merged.event_times.setdefault(step_id, {})
+                        target[partition] = max(t, target.get(partition, t))
         for step_id, table in state.keyed.items():
             if step_id not in steps:
                 continue
@@ -153,6 +167,12 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         for step_id, n in getattr(state, "late", {}).items():
             if step_id in steps:
                 merged.late[step_id] = merged.late.get(step_id, 0) + n
+    for step in chain_steps_now:  # an event-time step's own time: the oldest of all its old subtasks
+        if step.kind is StepKind.EVENT_TIME:
+            times = [getattr(st, "event_times", {}).get(step.step_id, {}).get("") for st in states
+                     if step.step_id in chain_steps(st.chain)]
+            if times and None not in times:  # one that saw no record held the watermark at the minimum
+                merged.event_times.setdefault(step.step_id, {})[""] = min(times)
     return merged
 
 

@@ -65,6 +65,9 @@ class SubtaskState:
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
     watermarks: dict[str, int] = field(default_factory=dict)  # step id -> the event-time clock of a timed step
+    # step id -> the newest event time (ms) its watermark generator saw per source partition
+    # ("" for an event-time step's own): the watermark after a restore is the one before
+    event_times: dict[str, dict[str, int]] = field(default_factory=dict)
     late: dict[str, int] = field(default_factory=dict)  # window step id -> records too late for it
     # Incremental state (changelog.py): with `changelog`, `keyed` holds this epoch's changes
     # per step, (new values, deleted keys), over the tables of `parts`, oldest first.
@@ -85,6 +88,9 @@ class SnapshotMeta:
     source_records: int = 0
     audit: dict[str, list[int]] = field(default_factory=dict)  # see raystream.audit
     parts: tuple[str, ...] = ()  # keys of the earlier parts its keyed state builds on (retention)
+    # The oldest checkpoint among the sink transactions it lists (0: none): a restore commits
+    # them again, aborted checkpoints' included, so their output must stay (compaction.py).
+    sink_from: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parts", tuple(self.parts))  # a list when read from JSON

@@ -3,7 +3,10 @@ it holds no Ray handle.
 
 Offsets belong to partitions, not to subtasks (docs/protocol.md, S3): each partition
 assigned to this subtask continues from its offset in the restored checkpoint, wherever
-it was read before; a partition no checkpoint knows starts at its beginning.
+it was read before; a partition the restored checkpoint does not know appeared since the
+job first started and is read from its beginning (`Source.build_new_partition`); the
+offsets of partitions that are gone now are carried in every checkpoint, by subtask 0, so
+a partition that returns continues where it was.
 """
 from __future__ import annotations
 
@@ -33,16 +36,26 @@ class SourceReader:
         self.active: list[tuple[str, SourcePartition]] = []  # those not exhausted
         self.ended: list[str] = []  # partitions read to their end
         self.emitted = 0  # records emitted since the run began (restored from the checkpoint)
+        self.carried: dict[str, Any] = {}  # offsets of partitions that are gone now (S3)
 
-    def open(self, offsets: dict[str, Any], emitted: int = 0, *, all_partitions: list[str] | None = None) -> None:
-        """Open the assigned partitions at their offsets. `all_partitions`: every
-        partition of the source now (given to one subtask only), to log what changed."""
+    def open(self, offsets: dict[str, Any], emitted: int = 0, *, restored: bool = False,
+             all_partitions: list[str] | None = None) -> None:
+        """Open the assigned partitions at their offsets. `restored`: the offsets are a
+        checkpoint's for this source, so a partition without one is new since the job
+        first started. `all_partitions`: every partition of the source now, given to
+        subtask 0 only, which logs what changed and carries the offsets of those gone."""
         self.emitted = emitted
         if all_partitions is not None and offsets:
             self._log_changes(offsets, all_partitions)
+            present = set(all_partitions)
+            self.carried = {k: v for k, v in offsets.items() if k not in present}
+        source = self.step.source
         try:
             for key in self.assigned:
-                self.parts[key] = self.step.source.build_partition(key, offsets.get(key), self.batch_size)
+                if key in offsets or not restored:
+                    self.parts[key] = source.build_partition(key, offsets.get(key), self.batch_size)
+                else:
+                    self.parts[key] = source.build_new_partition(key, self.batch_size)
         except SourceError:
             raise
         except Exception as exc:
@@ -57,11 +70,12 @@ class SourceReader:
             logger.info("source %s: %d new partitions start at their beginning: %s", self.step.step_id, len(new),
                         _first(new))
         if gone:
-            logger.warning("source %s: %d partitions of the checkpoint are gone and are not read: %s",
-                           self.step.step_id, len(gone), _first(gone))
+            logger.warning("source %s: %d partitions of the checkpoint are gone and are not read; their offsets are "
+                           "kept for when they return: %s", self.step.step_id, len(gone), _first(gone))
 
     def offsets(self) -> dict[str, Any]:
-        return {key: part.snapshot() for key, part in self.parts.items()}
+        """Every partition's offset for a checkpoint: those read here, and those carried."""
+        return {**self.carried, **{key: part.snapshot() for key, part in self.parts.items()}}
 
     def checkpoint_complete(self, offsets: dict[str, Any]) -> None:
         """Tell each open partition the offset a completed checkpoint holds for it."""

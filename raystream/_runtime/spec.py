@@ -58,10 +58,13 @@ class RestoreSpec:
 class RunOptions:
     """How a run starts: `resume` continues its own checkpoints (or its base's, when it
     was started from another run's checkpoint); `allow_non_restored_state` drops the
-    state of steps the job no longer has instead of refusing the checkpoint."""
+    state of steps the job no longer has instead of refusing the checkpoint; `stop`: a
+    stop was asked for before this coordinator took over (its predecessor died while
+    stopping), so it stops the sources as soon as they run."""
 
     resume: bool = False
     allow_non_restored_state: bool = False
+    stop: bool = False
 
 
 @dataclass

@@ -170,7 +170,8 @@ class SubtaskActor:
         offsets.update(progress or {})
         emitted = state.counters.get(step.step_id, (0, 0))[1] if state else 0
         try:
-            self.source.open(offsets, emitted, all_partitions=spec.all_partitions if spec.subtask == 0 else None)
+            self.source.open(offsets, emitted, restored=state is not None and state.source_restored,
+                             all_partitions=spec.all_partitions if spec.subtask == 0 else None)
         except SourceError as exc:  # reported when the run starts
             self._fatal = exc
 
@@ -184,6 +185,10 @@ class SubtaskActor:
 
     async def next_snapshot(self) -> bytes:
         return await self.checkpoints.next_snapshot()
+
+    def notify_aborted(self, checkpoint_id: int) -> None:
+        """C6a: checkpoint `checkpoint_id` was aborted; its manifest will never exist."""
+        self.checkpoints.abort(checkpoint_id)
 
     async def notify_complete(self, checkpoint_id: int) -> None:
         await self.checkpoints.commit(checkpoint_id)
@@ -211,7 +216,7 @@ class SubtaskActor:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""
         self._fatal = exc
         self._wake.set()
-        self.checkpoints.interrupt()
+        self.checkpoints.interrupt(exc)
 
     def _raise_if_failed(self) -> None:
         if self._fatal is not None:
@@ -306,6 +311,7 @@ class SubtaskActor:
             keyed=keyed, changelog=changelog, parts=parts,
             watermarks={op.step_id: op.watermark for op in self.ops
                         if isinstance(op, KeyedOp) and op.watermark is not None},
+            event_times={op.step_id: op.event_times() for op in self.ops if isinstance(op, AssignTimeOp)},
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self.sinks},
             counters=self._report().steps,
             audit=self.policies.audit_state(),

@@ -62,6 +62,9 @@ class SubtaskCheckpoints:
         self._upload_tail: asyncio.Future | None = None
         self._committed_event = asyncio.Event()
         self._commit_lock = asyncio.Lock()
+        self._aborted: set[int] = set()  # checkpoints the coordinator aborted (C6a)
+        self._settled = asyncio.Event()  # a checkpoint was committed or aborted, or the subtask failed
+        self._interrupted: BaseException | None = None
 
     def attach(self, sinks: list[SinkOp], ack: Ack) -> None:
         """Once the actor is set up: the sink writers that take part, and where acks go."""
@@ -79,6 +82,7 @@ class SubtaskCheckpoints:
               call (object-store tier), are uploaded (durable tier), then acknowledged,
               in checkpoint order.
         """
+        await self._settle(checkpoint_id)
         self.last_barrier = checkpoint_id
         for op in self.sinks:
             op.pre_commit(checkpoint_id)
@@ -86,10 +90,12 @@ class SubtaskCheckpoints:
                 self.faults.hit("sink_pre_committed", checkpoint_id)
         state = capture()  # keyed state as changes over a chain when incremental (changelog.py, I2)
         data, sha = encode(state)
+        pending = [c for sink in state.sinks.values() for c, _ in sink.pending]  # as captured: C6 may run next
         await forward(checkpoint_id)
         key = CheckpointStore.snapshot_key(self.run_id, checkpoint_id, self.attempt, self.chain, self.subtask)
         meta = SnapshotMeta(self.chain, self.subtask, key, sha, len(data), alignment, source_records,
-                            {k: list(v) for k, v in state.audit.items()}, tuple(p.key for p in state.parts))
+                            {k: list(v) for k, v in state.audit.items()}, tuple(p.key for p in state.parts),
+                            min(pending, default=0))
         part = PartRef(key, sha, len(data), checkpoint_id, not state.changelog)
         self.changelog.added(part)
         self.last_size, self.last_alignment = len(data), alignment
@@ -139,6 +145,35 @@ class SubtaskCheckpoints:
         finally:
             self.changelog.compacting = False
 
+    # --- C6a: before a pre-commit, the earlier checkpoints are settled ------------------
+
+    def abort(self, checkpoint_id: int) -> None:
+        """C6a: the coordinator aborted `checkpoint_id`."""
+        self._aborted.add(checkpoint_id)
+        self._settled.set()
+
+    async def _settle(self, checkpoint_id: int) -> None:
+        """C6a: before pre-committing `checkpoint_id`, wait until every earlier checkpoint
+        whose transactions a sink of this subtask holds is committed here or known
+        aborted. Its fate was decided before `checkpoint_id` started (C1); only the
+        notification may still be on its way, behind the barrier. Then offer the aborted
+        ones' transactions to their writers. So a sink never pre-commits on top of an
+        undecided transaction of its own, and holds few prepared at a time."""
+        while True:
+            if self._interrupted is not None:
+                raise self._interrupted
+            waiting = [c for op in self.sinks for c, _ in op.pending if c < checkpoint_id and c not in self._aborted]
+            if not waiting:
+                break
+            self._settled.clear()
+            await self._settled.wait()
+        aborted = {c for c in self._aborted if c < checkpoint_id}
+        if aborted:
+            for op in self.sinks:
+                op.abort_pending(aborted)
+        self._aborted -= {c for c in self._aborted if c < checkpoint_id and
+                          not any(p == c for op in self.sinks for p, _ in op.pending)}
+
     # --- C6 -------------------------------------------------------------------------------
 
     async def commit(self, checkpoint_id: int) -> None:
@@ -168,6 +203,7 @@ class SubtaskCheckpoints:
                 op.pending = [p for p in op.pending if p not in ready]
             self.committed = max(self.committed, checkpoint_id)
             self._committed_event.set()
+            self._settled.set()
 
     async def _still_current(self) -> bool:
         """F3, the fence before a commit. Storage that cannot be read is retried for about
@@ -195,5 +231,9 @@ class SubtaskCheckpoints:
             if error is not None:
                 raise error
 
-    def interrupt(self) -> None:
+    def interrupt(self, error: BaseException | None = None) -> None:
+        """The subtask failed with `error`: waits here end (wait_committed checks the
+        subtask's own failure; a wait to settle raises `error`)."""
+        self._interrupted = error or RuntimeError("the subtask stopped")
         self._committed_event.set()
+        self._settled.set()

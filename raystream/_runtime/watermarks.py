@@ -42,6 +42,16 @@ class WatermarkGenerator:
         self.seen_at: dict[str, float] = {p: now for p in partitions}
         self.ended: set[str] = set()
 
+    def restore(self, newest: dict[str, int]) -> None:
+        """The newest times a checkpoint recorded for this generator's partitions."""
+        for p, t in newest.items():
+            if p in self.newest:
+                self.newest[p] = t
+
+    def snapshot(self) -> dict[str, int]:
+        """The newest time of each partition that has seen one (for the checkpoint)."""
+        return {p: t for p, t in self.newest.items() if t > MIN_TIME}
+
     def observe(self, partition: str, times: list[int]) -> None:
         if not times:
             return
@@ -126,7 +136,9 @@ class InputWatermarks:
 
 class AssignTimeOp(Operator):
     """Stamps records with their event time and feeds the generator. At a source it runs
-    before the chain (with `partition` set per batch); as a step it is part of the chain."""
+    before the chain (with `partition` set per batch); as a step it is part of the chain.
+    Its generator's newest times go into checkpoints with the source offsets; `carried`
+    holds those of partitions that are gone now, kept for when they return."""
 
     def __init__(self, step: Step, event_time: EventTime, generator: WatermarkGenerator):
         super().__init__(step)
@@ -134,6 +146,10 @@ class AssignTimeOp(Operator):
         self.generator = generator
         self.at_source = step.kind is StepKind.SOURCE
         self.partition = ""  # at a source: the partition of the batch being stamped
+        self.carried: dict[str, int] = {}
+
+    def event_times(self) -> dict[str, int]:
+        return {**self.carried, **self.generator.snapshot()}
 
     def process(self, batch: Any) -> Any:
         batch, _ = untimed(batch)  # new times replace any the records had

@@ -192,3 +192,78 @@ def test_billing_invoices_with_the_window_subtask_killed(monkeypatch, tmp_path):
     invoices = ns["verify_invoices"]()
     assert invoices.ok, invoices
     assert invoices.invoices > 1_000 and invoices.corrections > 0, invoices
+
+
+# --- a partition that goes quiet keeps its event time across a restore ---------------------
+
+
+class _QuietAfter(rs.sources.Source):
+    """Partition "steady": record i at START + i/50 s, 100 records a second, unbounded.
+    Partition "quiet": 200 records at START .. START + 9.95 s in its first batch, then
+    nothing more and no end, like a Kafka partition nobody writes to."""
+
+    def list_partitions(self) -> list[str]:
+        return ["steady", "quiet"]
+
+    def build_partition(self, key, resume_state, batch_size):
+        if key == "quiet":
+            return _Quiet(resume_state or 0)
+        return _Steady(resume_state or 0)
+
+
+class _Quiet(rs.sources.SourcePartition):
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def next_batch(self):
+        batch = [("quiet", START + i * 0.05) for i in range(self.offset, 200)]
+        self.offset = 200
+        return batch  # [] from then on: no end
+
+    def snapshot(self):
+        return self.offset
+
+
+class _Steady(rs.sources.SourcePartition):
+    def __init__(self, emitted: int):
+        self.emitted = emitted
+        self.pacer = rs.sources.SequenceSource(None, rate=100).build_partition("0", emitted, 1000)
+
+    def next_batch(self):
+        batch = self.pacer.next_batch()
+        self.emitted = self.pacer.snapshot()
+        return [("steady", START + i / 50) for i in batch]
+
+    def snapshot(self):
+        return self.emitted
+
+    def next_awake(self):
+        return self.pacer.next_awake()
+
+
+def test_a_quiet_partition_keeps_holding_the_watermark_where_it_was_after_a_restore(tmp_path):
+    """The watermark is min(steady, quiet): steady's time until it passes quiet's newest,
+    9.95 s (about 5 s after the start). A subtask is killed before that, after a
+    checkpoint holds all of quiet's records: the restored watermark generator must know
+    quiet's newest time, or quiet holds the watermark at the minimum and no window fires
+    after the restore (idle_after=None: quiet is never idle)."""
+    out = str(tmp_path / "windows")
+    job = rs.Job("quiet", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.3))
+    (job.source("events", _QuietAfter(), event_time=rs.EventTime(lambda e: e[1]))
+     .key_by("all", lambda e: 0, value=lambda e: 1)
+     .window(Tumbling(1)).reduce("count", operator.add)
+     .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
+     .sink("out", rs.sinks.FileSink(out)))
+    handle = job.start()
+    try:
+        status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+        assert status.steps["events"].records_out >= 200 and len(rs.sinks.read_files(out)) < 9
+        kill(status.pids[sorted(status.pids)[0]])
+        wait_until(lambda: len(rs.sinks.read_files(out)) >= 9, "windows [0, 9 s) to fire after the restore",
+                   timeout=40)
+    finally:
+        handle.stop()
+        result = handle.wait()
+    assert result.restarts >= 1
+    counts = sorted((r["start"], r["count"]) for r in rs.sinks.read_files(out))
+    assert counts[:9] == [(float(s), 70) for s in range(9)]  # 50 of steady and 20 of quiet per second

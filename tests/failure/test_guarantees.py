@@ -53,15 +53,17 @@ def test_at_most_once_duplicates_nothing(monkeypatch, tmp_path):
 def slow_path(x: int) -> int:
     import time
 
-    time.sleep(0.0005)  # the slow input: its barriers arrive late, so alignment takes a while
+    # The slow input: a full batch of 256 takes about 0.5 s, and a barrier waits behind the
+    # batch in progress, so the union aligns for a good part of every checkpoint.
+    time.sleep(0.002)
     return x
 
 
 @pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_kill_during_barrier_alignment_of_a_union(tmp_path):
-    # Both inputs last about 4 s, so the union aligns barriers for seconds, not for a
-    # moment a loaded machine could miss.
-    fast_n, slow_n = 12_000, 6_000
+    # Both inputs last about 6 s and each slow batch holds the union's alignment for up
+    # to 0.5 s, longer than the metrics poll, so a loaded machine cannot miss it.
+    fast_n, slow_n = 18_000, 3_000
     job = rs.Job("union", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2),
                  runtime=rs.RuntimeConfig(batch_size=256))
     fast = job.source("fast", SequenceSource(fast_n, rate=3_000))

@@ -76,3 +76,105 @@ def test_a_compaction_that_died_after_publishing_is_finished_by_the_next(directo
     compact_files(directory, min_files=10)  # nothing to merge: only the earlier one is finished
     assert storage.list("") == ["part-compacted-dead.parquet", "part-small-002.parquet", "part-small-003.parquet"]
     assert sorted(r["id"] for r in read_files(directory, format="parquet")) == list(range(40))
+
+
+def test_files_a_retained_checkpoint_commits_again_are_never_merged(directory, tmp_path):
+    """Checkpoint 10 completes; 11, 12 and 13 are aborted (their files stay pending in the
+    subtask, listed again by every snapshot); 14 completes and commits them all. Retention
+    keeps 9, 10 and 14. A restore of 14 commits 11-14 again, and a fall-back to 10 (14
+    refused) retracts them: their files must stay as they are, whatever ids they carry."""
+    from raystream._runtime.checkpoint_store import CheckpointStore
+    from raystream._runtime.manifest import Manifest, versions
+    from raystream._runtime.snapshot import SnapshotMeta
+    from raystream.sinks import FileSink, SinkContext
+
+    sink = FileSink(directory, format="parquet")
+    store = CheckpointStore(str(tmp_path / "checkpoints" / "j"))
+    store.claim_attempt("r1")
+
+    def writer(attempt):
+        return sink.build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1", attempt=attempt))
+
+    w, pending, listed = writer(1), [], {}
+    for n in range(1, 15):
+        w.write_batch([{"id": n}])
+        pending.append((n, w.pre_commit(n)))
+        listed[n] = list(pending)  # what the snapshot of n lists
+        if n <= 10 or n == 14:  # complete: the coordinator writes the manifest, the sink commits
+            meta = SnapshotMeta("out", 0, f"r1/snapshots/{n}", "0" * 64, 1, sink_from=pending[0][0])
+            assert store.commit(Manifest("j", "r1", n, 1, "exactly_once", 0.0, {"out": 1}, [meta],
+                                         versions=versions()))
+            for _, txn in pending:
+                w.commit(txn)
+            pending = []
+    store.retain("r1", 3)
+    assert store.manifest_ids("r1") == [9, 10, 14]
+    done = compact_files(directory, checkpoints=store.root, target_size=1 << 20)
+    assert done.files_in == 8 and done.rows == 8  # checkpoints 1-8: no retained checkpoint needs them
+    writer(2).recover([txn for _, txn in listed[14]], 14)  # a restore of 14
+    assert sorted(r["id"] for r in read_files(directory, format="parquet")) == list(range(1, 15))
+    writer(3).recover([txn for _, txn in listed[10]], 10)  # 14 refused: the fall-back retracts 11-14
+    assert sorted(r["id"] for r in read_files(directory, format="parquet")) == list(range(1, 11))
+
+
+def test_files_committed_with_checkpoints_need_the_checkpoint_root(directory, tmp_path):
+    from raystream.errors import JobDefinitionError
+    from raystream.sinks import FileSink, SinkContext
+
+    w = FileSink(directory, format="parquet").build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1",
+                                                                        attempt=1))
+    for n in (1, 2):
+        w.write_batch([{"id": n}])
+        w.commit(w.pre_commit(n))
+    with pytest.raises(JobDefinitionError, match="pass checkpoints=<the job's checkpoint root"):
+        compact_files(directory)
+    with pytest.raises(JobDefinitionError, match="no run that wrote these files .r1. has checkpoints under"):
+        compact_files(directory, checkpoints=str(tmp_path / "elsewhere"))
+
+
+def test_a_manifest_deleted_by_retention_while_compaction_reads_is_read_again(directory, tmp_path):
+    """Compaction lists manifest 7 (retain=1); before it reads it, checkpoint 8 completes
+    and retention deletes 7. What 8 needs (its snapshots list transactions from
+    checkpoint 5 on) must stay: a manifest gone meanwhile means "list again", never
+    "nothing is needed"."""
+    from raystream import compaction
+    from raystream._file_names import committed_checkpoint
+    from raystream._runtime.checkpoint_store import CheckpointStore
+    from raystream._runtime.manifest import Manifest, versions
+    from raystream._runtime.snapshot import SnapshotMeta
+    from raystream.sinks import FileSink, SinkContext
+
+    store = CheckpointStore(str(tmp_path / "checkpoints" / "j"))
+    store.claim_attempt("r1")
+    w = FileSink(directory, format="parquet").build_writer(
+        SinkContext("out", 0, 1, transactional=True, run_id="r1", attempt=1))
+
+    def publish(n, sink_from):
+        meta = SnapshotMeta("out", 0, f"r1/snapshots/{n}", "0" * 64, 1, sink_from=sink_from)
+        assert store.commit(Manifest("j", "r1", n, 1, "exactly_once", 0.0, {"out": 1}, [meta], versions=versions()))
+        store.retain("r1", 1)
+
+    for n in range(1, 8):
+        w.write_batch([{"id": n}])
+        w.commit(w.pre_commit(n))
+    publish(7, 7)
+    raced = []
+
+    class Racing(CheckpointStore):
+        def load_manifest(self, run_id, checkpoint_id):
+            if not raced:  # meanwhile: checkpoint 8 completes and retention deletes 7
+                raced.append(checkpoint_id)
+                publish(8, 5)
+            return super().load_manifest(run_id, checkpoint_id)
+
+    real = compaction._checkpoint_store
+    compaction._checkpoint_store = lambda root: Racing(root)
+    try:
+        done = compact_files(directory, checkpoints=store.root)
+    finally:
+        compaction._checkpoint_store = real
+    assert raced == [7] and store.manifest_ids("r1") == [8]
+    assert done.files_in == 4  # checkpoints 1-4
+    left = sorted(committed_checkpoint(k) or 0 for k in compaction.visible_files(directory))
+    assert left == [0, 5, 6, 7]  # the merged file, and what 8 may commit again
+    assert sorted(r["id"] for r in read_files(directory, format="parquet")) == list(range(1, 8))

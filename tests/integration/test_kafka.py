@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -30,6 +31,51 @@ def test_partitions_offsets_and_the_end_are_fixed_when_the_job_starts(kafka_boot
     assert [r.offset for r in records] == [95, 96, 97, 98, 99]
     assert [parse(r)["id"] for r in records] == [286, 289, 292, 295, 298]
     assert records[0].timestamp == (T0_MS + 286) / 1000 and records[0].partition == 1
+
+
+def read_all(part, timeout: float = 20.0) -> list:
+    records, deadline = [], time.monotonic() + timeout
+    while (batch := part.next_batch()) is not None:
+        records += batch
+        assert time.monotonic() < deadline, f"the partition did not end within {timeout:g} s ({len(records)} read)"
+    part.close()
+    return records
+
+
+def test_a_bounded_partition_ending_in_a_transaction_marker_ends(kafka_bootstrap):
+    """The last offset before the end is a commit marker, which no message is returned for."""
+    topic = new_topic(kafka_bootstrap, 1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, value=b"{}", partition=0)
+    producer.commit_transaction(10)
+    source = rs.sources.KafkaSource(kafka_bootstrap, topic, until="latest")
+    source.list_partitions()
+    assert source.end_offsets == {f"{topic}:0": 6}  # five messages and the marker
+    part = source.build_partition(f"{topic}:0", None, 1000)
+    assert [r.offset for r in read_all(part)] == [0, 1, 2, 3, 4]
+    assert part.snapshot() == (6, 6)
+
+
+def test_start_and_end_fixed_at_the_first_start_are_restored_with_the_checkpoint(kafka_bootstrap):
+    """A resumed (or rescaled, or --from) bounded job ends where it would have ended when
+    it first started; a partition that appeared since is read from its beginning, also
+    with start="latest"."""
+    topic, added = new_topic(kafka_bootstrap, 1), new_topic(kafka_bootstrap, 1)
+    produce_orders(kafka_bootstrap, topic, range(50), 1)
+    first = rs.sources.KafkaSource(kafka_bootstrap, topic, start="latest", until="latest")
+    assert first.list_partitions() == [f"{topic}:0"] and first.start_offsets == {f"{topic}:0": 50}
+    part = first.build_partition(f"{topic}:0", 20, 1000)  # restored at offset 20 of the first run
+    assert [r.offset for r in read_all(part)] == list(range(20, 50))
+    checkpointed = part.snapshot()
+    produce_orders(kafka_bootstrap, topic, range(50, 80), 1)  # more after the job first started
+    produce_orders(kafka_bootstrap, added, range(80, 90), 1)  # and a new topic, before the resume
+    resumed = rs.sources.KafkaSource(kafka_bootstrap, [topic, added], start="latest", until="latest")
+    assert resumed.list_partitions() == [f"{topic}:0", f"{added}:0"]  # the driver lists them again
+    assert read_all(resumed.build_partition(f"{topic}:0", checkpointed, 1000)) == []  # the first start's end
+    assert [parse(r)["id"] for r in read_all(resumed.build_new_partition(f"{added}:0", 1000))] == list(range(80, 90))
 
 
 def test_a_missing_topic_and_an_unreachable_broker_are_clear_errors(kafka_bootstrap):
@@ -89,6 +135,8 @@ def test_an_idle_partition_does_not_hold_windows_back(ray_local, in_tmp_dir, kaf
 @pytest.mark.extended
 def test_a_resumed_job_continues_from_its_offsets_and_reads_new_partitions_from_the_start(
         ray_local, in_tmp_dir, kafka_bootstrap, tmp_path):
+    """The resumed bounded job ends where the job ended when it first started (the ends
+    are in its checkpoint); the partition it did not know is read from its start."""
     first, second = new_topic(kafka_bootstrap, 2), new_topic(kafka_bootstrap, 1)
     produce_orders(kafka_bootstrap, first, range(100), 2)
     out = str(tmp_path / "orders")
@@ -100,8 +148,8 @@ def test_a_resumed_job_continues_from_its_offsets_and_reads_new_partitions_from_
         return j
 
     job([first]).run()
-    produce_orders(kafka_bootstrap, first, range(100, 150), 2)  # more on the old partitions
+    produce_orders(kafka_bootstrap, first, range(100, 150), 2)  # more on the old partitions: past their end
     produce_orders(kafka_bootstrap, second, range(150, 180), 1)  # and a partition the checkpoint does not know
     job([first, second]).run(resume=True)
     ids = sorted(r["id"] for r in rs.sinks.read_files(out))
-    assert ids == list(range(180)), f"{len(ids)} rows, {len(set(ids))} distinct"
+    assert ids == [*range(100), *range(150, 180)], f"{len(ids)} rows, {len(set(ids))} distinct"

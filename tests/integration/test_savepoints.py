@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 from pathlib import Path
 
@@ -26,10 +27,10 @@ PARTITIONS, KEYS = 4, 13
 
 
 def counting_job(tmp_path, *, parallelism=2, chaining=True, sum_id="sum", extra_step=False, rate=3000.0,
-                 interval=0.3) -> rs.Job:
+                 interval=0.3, faults=()) -> rs.Job:
     """Numbers from an unbounded source: every id to a FileSink, and a keyed running sum."""
     job = rs.Job("counting", parallelism=parallelism, checkpoint=rs.CheckpointConfig(interval=interval),
-                 runtime=rs.RuntimeConfig(chaining=chaining, linger=0.01))
+                 runtime=rs.RuntimeConfig(chaining=chaining, linger=0.01, faults=faults))
     numbers = job.source("numbers", SequenceSource(None, partitions=PARTITIONS, rate=rate))
     rows = numbers.map("row", lambda i: {"id": i})
     if extra_step:
@@ -101,6 +102,25 @@ def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step_thro
     check_exactly_once(committed_ids(tmp_path), result.outputs["sums"])
     assert result.run_id != first.run_id and result.restarts == 1
     assert [r.failed for r in result.recoveries] == [f"subtask {victim}"]
+
+
+def test_a_stop_with_a_savepoint_survives_the_coordinator_dying_while_it_stops(tmp_path):
+    """The coordinator exits (os._exit) as the stop reaches it, before it tells the sources;
+    the new coordinator must stop the job too, or the unbounded job runs on and
+    stop(savepoint=True) never returns."""
+    handle = counting_job(tmp_path, faults=(rs.faults.CrashAt("stopping", checkpoint=1),)).start()
+    output_grows(tmp_path, 300)
+    stopped: list[str] = []
+    stopper = threading.Thread(target=lambda: stopped.append(handle.stop(savepoint=True)), daemon=True)
+    stopper.start()
+    try:
+        wait_until(lambda: stopped, "stop(savepoint=True) to return", timeout=60)
+    finally:
+        if not stopped:  # leave no job running
+            handle.stop()
+    result = handle.wait()
+    assert result.savepoint == stopped[0] and result.state == "stopped"
+    check_exactly_once(committed_ids(tmp_path), result.outputs["sums"])
 
 
 def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowed(tmp_path):

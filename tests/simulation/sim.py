@@ -1,435 +1,356 @@
-"""A deterministic, seeded simulation of the checkpoint and recovery protocols.
+"""A deterministic, seeded simulation of the checkpoint, recovery and commit protocols.
 
-The code under test is the real protocol code: the coordinator's `Checkpointer`
-(trigger, acks, manifest commit, notify, retention, close), `recovery.begin_attempt`
-and `choose_checkpoint` (claim, choose, record), `CheckpointStore` (attempts, restore
-records, void manifests, refusals), snapshot encoding and verification, and FileSink's
-writer (`pre_commit`, `commit`, `recover`) writing real files in a temporary directory.
+The code under test is the real protocol code: the coordinator's `Checkpointer`,
+`recovery.begin_attempt` and `choose_checkpoint`, `CheckpointStore` (attempts, restore
+records, void manifests, refusals, retention, bases), snapshot encoding and
+verification, the restore merge by step id (`rescale.merge_states`), `SourceReader`, and
+the sink writers with their recover: FileSink (plain, rolling locally and on S3, Parquet
+with `compact_files` running beside the job) and PostgresSink (append and upsert).
 
-Only the edges are simulated (world.py), all decided by one seed:
-- time: a virtual clock; every wait is an event in a heap;
-- storage: an in-memory `Storage` whose calls take a delay to land and another to
-  answer, sometimes seconds (a slow PUT that lands after recovery began), and whose
-  manifest PUT sometimes loses its response after landing;
-- messages between processes (barrier requests, acks, notifications): delays;
-- processes: a subtask or the coordinator dies at a random time, or right after a
-  manifest lands. A dead process runs nothing more, but writes it had in flight still
-  land. Subtasks die with their coordinator, and a new coordinator resumes the run
-  from storage alone;
-- damage: a snapshot of the newest checkpoint gets a flipped bit.
+Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
+time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
+process deaths (often right after a manifest lands or while stopping), a storage outage
+that aborts checkpoints in a row, a damaged snapshot (sometimes every retained one), S3,
+and a PostgreSQL server with prepared transactions, row locks, a prepared-transaction
+limit and a commit log it truncates. faults.py decides when; a calm schedule holds every
+fault back until the checkpoint after a long outage has committed, then compacts and
+restores it.
 
-The job: P source partitions of integers; each record is keyed by (partition, id % K)
-and a running sum per key goes to FileSink as {"id", "key", "total"}. After a run the
-invariants are checked (`check`): every id committed exactly once, every total the
-running sum of its key's ids, no checkpoint's staged data went missing, no transaction
-committed for a void manifest.
+Each schedule plays one story of runs (`Scenario.STORIES`):
+- single: one run to its end;
+- savepoint: a run stopped with a savepoint, and a new run from it at another
+  parallelism;
+- two_runs: a run stopped with a savepoint, and two runs from it at once;
+- fork: a run started from a retained (not final) checkpoint of a run that goes on, and is
+  stopped later;
+- resume: a run whose program goes away, resumed at another parallelism with a source
+  partition missing, and resumed again with it back.
+
+The invariants (`check`): in every sink, each line of runs (a run and the runs it
+continues) committed every record id at most once, every one when its last run
+finished, and a prefix of each partition when it stopped; every total is the running sum
+of its partition; no restored transaction's staged data went missing; no sink committed
+for a void manifest; no run went back to its base past a checkpoint of its own (R5); no
+write waited for a row lock; the job never held more prepared transactions than the
+driver's check asks the server for; a run asked to stop ends.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
-from dataclasses import dataclass, field
+import random
+import types
+import uuid
 from typing import Any
 
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.checkpointer import Checkpointer
-from raystream._runtime.injector import Injector
-from raystream._runtime.manifest import Manifest
-from raystream._runtime.recovery import begin_attempt
-from raystream._runtime.snapshot import SinkState, SnapshotMeta, SubtaskState, encode
-from raystream.config import CheckpointConfig
-from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
-from raystream.result import CheckpointStats
-from raystream.sinks import FileSink, SinkContext, read_files
+import pyarrow  # noqa: F401 - loaded before the clock starts
 
-from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for
+from raystream import _files, _part_files, compaction
+from raystream._runtime import recovery
+from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.spec import RunOptions
+from raystream.config import CheckpointConfig
+from raystream.errors import CorruptCheckpointError
+from raystream.postgres import PostgresSink, prepared_at_once
+from raystream.sinks import FileSink
+
+from .control import SimRun, watch_restore_choices
+from .fake_pg import SimPgServer
+from .fake_s3 import FakeS3Client
+from .faults import Faults
+from .invariants import Invariants
+from .job import JOB, Outputs, SimPostgresSink, SimSource, Trace
+from .world import SimFailure, SimStorage, World
 
 logger = logging.getLogger(__name__)
 
-RUN = "run"
-CHAIN = "src+sum+out"
+ROOT = "sim-checkpoints/sim"
+BUCKET = "sim-bucket"
 
 
-# --- the job ------------------------------------------------------------------------------
+class Scenario(Faults):
+    STORIES = ("single", "single", "savepoint", "two_runs", "resume", "fork")
+    protect_stop = True  # a stop survives the coordinator it was sent to (tests/simulation/protections.py)
 
-
-@dataclass
-class Params:
-    partitions: int = 2
-    records: int = 40  # per partition
-    keys: int = 3
-    retain: int = 2
-
-
-@dataclass
-class Trace:
-    commits: list[tuple[int, int]] = field(default_factory=list)  # (attempt, complete checkpoint) a sink committed for
-    missing_staged: list[str] = field(default_factory=list)
-    refused: list[int] = field(default_factory=list)
-    coordinators: int = 0
-    attempts: int = 0
-    crashes: int = 0
-
-
-class SimSubtask:
-    """One source partition chained with a keyed running sum and a FileSink writer."""
-
-    def __init__(self, job: "SimJob", coord: "SimCoordinator", index: int, attempt: int, state: SubtaskState | None,
-                 writer: Any):
-        self.job, self.coord, self.index, self.attempt = job, coord, index, attempt
-        self.world = job.world
-        self.proc = Proc(f"subtask{index}@a{attempt}")
-        self.blocking = blocking_for(self.world, self.proc)
-        self.offset = state.source_offsets.get(str(index), 0) if state else 0
-        self.sums: dict[Any, int] = dict(state.keyed.get("sum", {})) if state else {}
-        self.pending: list[tuple[int, Any]] = []
-        self.writer = writer
-        self.barriers: collections.deque[tuple[int, bool]] = collections.deque()
-        self.last_barrier = 0
-        self.committed = 0
-        self.final_taken = False
-        self.told_finished = False
-        self.finished = False
-        self.failed = False
-        self._uploads: asyncio.Future | None = None
-        self._commit_lock = asyncio.Lock()
-        self.trigger_checkpoint = Remote(self.world, self.proc, self._on_trigger)
-        self.next_snapshot = Remote(self.world, self.proc, lambda: None)
-        self.notify_complete = Remote(self.world, self.proc, self._on_notify)
-
-    def start(self) -> None:
-        self.world.at(self.world.rng.uniform(0.001, 0.02), self._step)
-
-    def _on_trigger(self, checkpoint_id: int, final: bool) -> None:
-        self.barriers.append((checkpoint_id, final))
-
-    def _step(self) -> None:
-        if not self.proc.alive or self.final_taken:
-            return
-        if self.barriers:
-            checkpoint_id, final = self.barriers.popleft()
-            self._checkpoint(checkpoint_id)
-            if final:
-                self.final_taken = True
-                return
-        elif self.offset < self.job.params.records:
-            self._emit(self.world.rng.randint(1, 4))
-        elif not self.told_finished:
-            self.told_finished = True
-            self.world.send(self.coord.proc, self.coord.source_finished, self.attempt, self.index)
-        self.world.at(self.world.rng.uniform(0.002, 0.03), self._step)
-
-    def _emit(self, n: int) -> None:
-        p, parts = self.index, self.job.params.partitions
-        rows = []
-        for _ in range(min(n, self.job.params.records - self.offset)):
-            record = p + self.offset * parts
-            key = (p, record % self.job.params.keys)
-            self.sums[key] = self.sums.get(key, 0) + record
-            rows.append({"id": record, "key": list(key), "total": self.sums[key]})
-            self.offset += 1
-        self.writer.write_batch(rows)
-
-    def _checkpoint(self, checkpoint_id: int) -> None:
-        """Subtask checkpoint steps: pre-commit, snapshot at once, upload and ack in order."""
-        self.last_barrier = checkpoint_id
-        txn = self.writer.pre_commit(checkpoint_id)
-        if txn is not None:
-            self.pending.append((checkpoint_id, txn))
-        state = SubtaskState(checkpoint_id, CHAIN, self.index, self.job.params.partitions,
-                             source_offsets={str(self.index): self.offset}, keyed={"sum": dict(self.sums)},
-                             sinks={"out": SinkState(None, list(self.pending))})
-        data, sha = encode(state)
-        key = CheckpointStore.snapshot_key(RUN, checkpoint_id, self.attempt, CHAIN, self.index)
-        meta = SnapshotMeta(CHAIN, self.index, key, sha, len(data))
-        self._uploads = asyncio.ensure_future(self._upload(self._uploads, key, data, meta, checkpoint_id))
-
-    async def _upload(self, previous: asyncio.Future | None, key: str, data: bytes, meta: SnapshotMeta,
-                      checkpoint_id: int) -> None:
-        if previous is not None:
-            await previous
-        error = None
-        try:
-            await self.blocking(self.job.store.storage.put, key, data)
-        except Exception as exc:  # noqa: BLE001
-            error = f"{type(exc).__name__}: {exc}"
-        self.world.send(self.coord.proc, self.coord.ack, self.attempt, checkpoint_id, meta, error)
-
-    def _on_notify(self, checkpoint_id: int) -> None:
-        asyncio.ensure_future(self._commit(checkpoint_id))
-
-    async def _commit(self, checkpoint_id: int) -> None:
-        """Like the real subtask: the fence first, then the sink commits."""
-        async with self._commit_lock:
-            ready = [p for p in self.pending if p[0] <= checkpoint_id]
-            if ready:
-                if not await self.blocking(self.job.store.is_current, RUN, self.attempt):
-                    self.failed = True  # a stale attempt: commits nothing
-                    return
-                for _, txn in ready:  # committed because checkpoint_id is complete
-                    await self.blocking(self._commit_txn, checkpoint_id, txn)
-                self.pending = [p for p in self.pending if p not in ready]
-            self.committed = max(self.committed, checkpoint_id)
-            if self.final_taken and self.committed >= self.last_barrier:
-                self.finished = True
-
-    def _commit_txn(self, checkpoint_id: int, txn: Any) -> None:
-        self.job.world.log.append(f"{self.world.now:.3f} {self.proc.name} commits {checkpoint_id}"
-                                  f"{'' if self.proc.alive else ' (dead, in flight)'}")
-        self.writer.commit(txn)
-        self.job.trace.commits.append((self.attempt, checkpoint_id))
-
-
-class SimCoordinator:
-    """Runs attempts like JobCoordinator: begin (claim, choose, record), restore, checkpoint,
-    watch, end (close the checkpointer, kill the subtasks)."""
-
-    def __init__(self, job: "SimJob", resume: bool):
-        self.job, self.world, self.resume = job, job.world, resume
-        self.proc = Proc(f"coordinator{job.trace.coordinators}")
-        self.blocking = blocking_for(self.world, self.proc)
-        self.attempt = 0
-        self.subtasks: list[SimSubtask] = []
-        self.checkpointer: Checkpointer | None = None
-        self.refused: set[int] = set()
-        self.stats = CheckpointStats()
-        self.finished = False
-
-    # messages from subtasks
-    def ack(self, attempt: int, checkpoint_id: int, meta: SnapshotMeta, error: str | None) -> None:
-        if attempt == self.attempt and self.checkpointer is not None:
-            asyncio.ensure_future(self.checkpointer.on_ack(checkpoint_id, meta, error))
-
-    def source_finished(self, attempt: int, index: int) -> None:
-        if attempt == self.attempt and self.checkpointer is not None:
-            self.checkpointer.source_finished((CHAIN, index))
-
-    def kill(self) -> None:
-        self.proc.alive = False
-        for s in self.subtasks:  # Ray ends actors with their owner
-            s.proc.alive = False
-
-    async def run(self) -> None:
-        restoring = self.resume
-        while True:
-            try:
-                self.attempt, manifest = await begin_attempt(
-                    self.job.store, RUN, self.refused, restoring=restoring, max_parallelism=128, keyed=True,
-                    blocking=self.blocking)
-            except RestoreError as exc:
-                raise SimFailure(f"restore refused: {exc}") from None
-            restoring = True
-            self.job.trace.attempts += 1
-            self.world.log.append(f"{self.world.now:.3f} {self.proc.name} attempt {self.attempt} restores "
-                                  f"{manifest.checkpoint_id if manifest else 0}")
-            try:
-                self.subtasks = await self._restore(manifest)
-            except (CorruptCheckpointError, StagedDataMissingError) as exc:
-                if isinstance(exc, StagedDataMissingError):
-                    self.job.trace.missing_staged.append(str(exc))
-                self.job.trace.refused.append(manifest.checkpoint_id)
-                await self.blocking(self.job.store.refuse, RUN, manifest.checkpoint_id, str(exc))
-                self.refused.add(manifest.checkpoint_id)
-                await self.world.sleep(0.1, self.proc)
-                continue
-            ids = await self.blocking(self.job.store.manifest_ids, RUN)
-            self.checkpointer = Checkpointer(
-                job_name="sim", guarantee="exactly_once", config=self.job.config, store=self.job.store, run_id=RUN,
-                attempt=self.attempt, actors={(CHAIN, s.index): s for s in self.subtasks},
-                sources=[(CHAIN, s.index) for s in self.subtasks], chains={CHAIN: self.job.params.partitions},
-                next_id=max(ids, default=0) + 1, stats=self.stats, faults=Injector((), attempt=self.attempt,
-                                                                                   coordinator=True),
-                max_parallelism=128, clock=lambda: self.world.now, blocking=self.blocking)
-            self.checkpointer.start_snapshot_calls()
-            for s in self.subtasks:
-                s.start()
-            outcome = await self._watch()
-            checkpointer, self.checkpointer = self.checkpointer, None
-            await checkpointer.close()  # recovery step 1
-            self.stats = checkpointer.stats
-            for s in self.subtasks:
-                s.proc.alive = False
-            if outcome == "finished":
-                self.finished = True
-                return
-            await self.world.sleep(self.world.rng.uniform(0.05, 0.5), self.proc)
-
-    async def _restore(self, manifest: Any) -> list[SimSubtask]:
-        """Recovery step 4: verify each snapshot before unpickling it; sinks recover."""
-        store, subtasks = self.job.store, []
-        for index in range(self.job.params.partitions):
-            state = None
-            if manifest is not None:
-                meta = manifest.snapshots_of(CHAIN)[index]
-                data = await self.blocking(store.storage.get, meta.key)
-                state = store.verify_snapshot(data, meta)
-            ctx = SinkContext("out", index, self.job.params.partitions, transactional=True, run_id=RUN,
-                              attempt=self.attempt)
-            writer = self.job.sink.build_writer(ctx)
-            txns = [txn for _, txn in state.sinks["out"].pending] if state else []
-            subtask = SimSubtask(self.job, self, index, self.attempt, state, writer)
-            await subtask.blocking(self._recover, subtask, writer, txns, manifest.checkpoint_id if manifest else 0)
-            subtask.pending = []  # recover committed the restored transactions
-            subtasks.append(subtask)
-        return subtasks
-
-    def _recover(self, subtask: SimSubtask, writer: Any, txns: list[Any], checkpoint_id: int) -> None:
-        self.world.log.append(f"{self.world.now:.3f} {subtask.proc.name} recovers {checkpoint_id}"
-                              f"{'' if subtask.proc.alive and self.proc.alive else ' (dead, in flight)'}")
-        writer.recover(txns, checkpoint_id)
-
-    async def _watch(self) -> str:
-        while True:
-            await self.world.sleep(0.02, self.proc)
-            if any(not s.proc.alive or s.failed for s in self.subtasks):
-                return "failed"
-            self.checkpointer.tick()
-            if self.checkpointer.failure is not None:
-                return "failed"
-            if all(s.finished for s in self.subtasks):
-                return "finished"
-
-
-class SimJob:
-    def __init__(self, seed: int, out_dir: str, params: Params | None = None):
+    def __init__(self, seed: int, out_dir: str):
         self.seed = seed
         self.world = World(seed)
-        self.params = params or Params()
-        self.storage = SimStorage(self.world)
-        self.store = CheckpointStore("sim/sim", self.storage)
-        self.sink = FileSink(out_dir, rows_per_file=3)
+        rng = self.world.rng
         self.out_dir = out_dir
-        rng = self.world.rng
-        self.config = CheckpointConfig(interval=rng.choice([0.05, 0.1, 0.3]), retain=self.params.retain,
-                                       timeout=rng.choice([1.0, 5.0]), tolerable_failures=rng.choice([0, 3]))
+        self.storage = SimStorage(self.world)
+        self.store = CheckpointStore(ROOT, self.storage)
         self.trace = Trace()
-        self.coordinator: SimCoordinator | None = None
-        self._task: asyncio.Future | None = None
+        self.s3 = FakeS3Client()
+        self.story = rng.choice(self.STORIES)
+        self.partitions = rng.randint(2, 4)
+        self.records = rng.randint(20, 40) if self.story == "single" else rng.randint(30, 60)
+        # A calm schedule: nothing dies until a long storage outage (several checkpoints
+        # aborted in a row, tolerated) is over and the next checkpoint commits what they
+        # staged; then compaction and a restore of that checkpoint.
+        self.calm = self.world.quick = self.story != "resume" and rng.random() < 0.2
+        tolerable = 100 if self.calm else rng.choice([0, 3])
+        interval = rng.choice([0.05, 0.1, 0.3])
+        self.config = CheckpointConfig(interval=interval, retain=2,
+                                       timeout=rng.choice([1.0, 5.0]), tolerable_failures=tolerable)
+        self.kinds = ["files"] + [k for k in ("rolled", "s3_rolled", "parquet", "pg_rows", "pg_totals")
+                                  if rng.random() < 0.4 or (self.calm and k == "parquet")]
+        self.pg = SimPgServer() if any(k.startswith("pg_") for k in self.kinds) else None
+        self.roll_size = rng.choice([100, 500, 3000])  # a row is about 50 bytes: files span checkpoints
+        self.runs: list[SimRun] = []
+        self.procs: dict = {}  # (run, subtask, attempt) -> its process, for the PostgreSQL sessions
+        self.lines: list[list[SimRun]] = []  # each line of runs whose outputs continue each other
         self.crash_after_manifest = rng.random() < 0.3
+        self.crash_while_stopping = rng.random() < 0.5
         self.storage.on_manifest = self._maybe_crash_after_manifest
+        self.storage.fail_rate = 0.0 if self.calm else rng.choice([0.0, 0.0, 0.05])
+        # Checkpoints aborted in a row (up to tolerable_failures, or more), starting a while
+        # after the first checkpoint completed, so that sinks have committed before it.
+        self.outage = (rng.uniform(0.0, 0.5), rng.uniform(0.2, 2.0)) if rng.random() < 0.5 else None
+        if self.calm:
+            self.outage = (rng.uniform(0.0, 0.2), rng.uniform(0.5, 2.0))
+        self._outage_landed = False
+        self._after_outage: tuple[str, int] | None = None  # the first checkpoint to land after it
+        self._calm_over = False  # a calm schedule's compaction and restore after the outage began
+        self.damaged: set[tuple[str, int]] = set()
+        self.listings: dict[str, list[list[int]]] = {}  # run -> its manifest ids, as listed after each landed
+        self.bases: dict[str, dict[int, int]] = {}  # fork: the run from a checkpoint of r1 -> its offsets
+        self._read: dict[tuple[str, str], list[dict]] = {}  # committed rows per sink and place, read once
 
-    # --- faults ---------------------------------------------------------------------------
+    # --- the outputs ------------------------------------------------------------------------
 
-    def _maybe_crash_after_manifest(self, key: str) -> None:
-        """Bias toward the rare schedules: a crash right after a durable manifest write."""
-        if self.crash_after_manifest and self.trace.crashes < 4 and self.world.rng.random() < 0.25:
-            self.world.at(self.world.rng.uniform(0.0, 0.01), self._crash)
+    def directory(self, kind: str, place: str = "") -> str:
+        """Where sink `kind` writes: the shared place, or a branch's own (`place`)."""
+        if kind == "s3_rolled":
+            return f"s3://{BUCKET}/rolled{place}"
+        return os.path.join(self.out_dir, kind + place)
 
-    def _crash(self) -> None:
-        coord = self.coordinator
-        if coord is None or coord.finished or not coord.proc.alive:
-            return
-        self.trace.crashes += 1
-        live = [s for s in coord.subtasks if s.proc.alive]
-        if live and self.world.rng.random() < 0.7:
-            victim = self.world.rng.choice(live)
-            victim.proc.alive = False
-            self.world.log.append(f"{self.world.now:.3f} kill {victim.proc.name}")
-        else:
-            coord.kill()
-            self.world.log.append(f"{self.world.now:.3f} kill {coord.proc.name}")
-            self.world.at(self.world.rng.uniform(0.05, 0.5), lambda: self._launch(resume=True))
+    def outputs(self, upsert_table: str = "totals", place: str = "") -> Outputs:
+        """The sinks; `place`: a branch that writes into directories of its own."""
+        sinks: dict[str, Any] = {}
+        for kind in self.kinds:
+            if kind == "files":
+                sinks[kind] = FileSink(self.directory(kind, place), rows_per_file=8)
+            elif kind in ("rolled", "s3_rolled"):
+                sinks[kind] = FileSink(self.directory(kind, place), roll_size=self.roll_size)
+            elif kind == "parquet":
+                sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4)
+            elif kind == "pg_rows":
+                sinks[kind] = SimPostgresSink(self.pg, self.procs, "host=sim dbname=sim", "rows", create_table=True)
+            elif kind == "pg_totals":
+                sinks[kind] = SimPostgresSink(self.pg, self.procs, "host=sim dbname=sim", upsert_table, mode="upsert",
+                                              key="p", create_table=True)
+        return Outputs(sinks, self.pg, place)
 
-    def _damage(self) -> None:
-        """Flip a bit in a snapshot of the newest manifest; the restore must refuse it."""
-        manifests = self.storage.list(f"{RUN}/manifests/")
-        if len(manifests) < 2:
-            return
-        snaps = self.storage.list(f"{RUN}/snapshots/{manifests[-1].rsplit('/', 1)[1].split('.')[0]}/")
-        if snaps:
-            key = self.world.rng.choice(snaps)
-            data = bytearray(self.storage.objects[key])
-            data[len(data) // 2] ^= 1
-            self.storage.objects[key] = bytes(data)
-            self.world.log.append(f"{self.world.now:.3f} damage {key}")
-            self.world.at(0.0, self._crash)
+    def new_run(self, run_id: str, *, parallelism: int, present: list[int], options: RunOptions,
+                outputs: Outputs | None = None, label: str = "") -> SimRun:
+        run = SimRun(self, run_id, parallelism=parallelism,
+                     source=SimSource(self.partitions, self.records, present), outputs=outputs or self.outputs(),
+                     options=options, config=self.config, label=label or run_id)
+        self.runs.append(run)
+        if self.pg is not None:  # what the driver's check asks of the server, for every run at once
+            need = sum(prepared_at_once(sink, r.parallelism, _OneSinkJob(self.config, sink, r.parallelism))
+                       for r in self.runs for sink in r.outputs.sinks.values() if isinstance(sink, PostgresSink))
+            self.pg.max_prepared = max(self.pg.max_prepared if len(self.runs) > 1 else 0, need)
+        return run
 
-    def _launch(self, resume: bool) -> None:
-        self.trace.coordinators += 1
-        self.coordinator = SimCoordinator(self, resume)
-        self._task = asyncio.ensure_future(self.coordinator.run())
+    # --- the stories ------------------------------------------------------------------------
 
-    # --- running ----------------------------------------------------------------------------
-
-    async def run(self) -> None:
+    async def play(self) -> None:
         rng = self.world.rng
+        parallelism = rng.randint(1, 3)
+        everything = list(range(self.partitions))
         for _ in range(rng.randint(0, 3)):
-            self.world.at(rng.uniform(0.0, 3.0), self._crash)
-        if rng.random() < 0.15:
-            self.world.at(rng.uniform(0.5, 3.0), self._damage)
-        self._launch(resume=False)
+            self.world.at(rng.uniform(0.0, 3.0), self.crash)
+        if "parquet" in self.kinds:
+            for _ in range(rng.randint(1, 8)):
+                self.world.at(rng.uniform(0.1, 4.0), self.compact)
+        if self.story == "single":
+            a = self.new_run("r1", parallelism=parallelism, present=everything, options=RunOptions())
+            self.lines.append([a])
+            if rng.random() < 0.3:
+                self.world.at(rng.uniform(0.5, 3.0), lambda: self.damage(a, every=rng.random() < 0.3))
+            a.start()
+            await self.until(lambda: a.outcome)
+            return
+        a = self.new_run("r1", parallelism=parallelism, present=everything, options=RunOptions())
+        if self.story != "resume":  # stopped, never ended by its input: a stop that is lost never ends
+            a.source = SimSource(self.partitions, 10**9, everything)
+        a.start()
+        if self.story == "resume":
+            await self.until(lambda: a.outcome or self.storage.list("r1/manifests/"), limit=60.0)
+            pause = self.world.sleep(rng.uniform(0.0, 0.3))
+            await self.until(pause.done)
+            if not a.outcome:
+                self.abandon(a)  # the program went away: its processes are gone
+            gone = rng.choice(everything)
+            b = self.new_run("r1", parallelism=rng.randint(1, 3), present=[p for p in everything if p != gone],
+                             options=RunOptions(resume=True), label="r1-resumed")
+            b.start()
+            await self.until(lambda: b.outcome)
+            c = self.new_run("r1", parallelism=rng.randint(1, 3), present=everything,
+                             options=RunOptions(resume=True), label="r1-back")
+            self.lines.append([a, b, c])
+            c.start()
+            await self.until(lambda: c.outcome)
+            return
+        if self.story == "fork":
+            await self.fork(a)
+            return
+        stop_at = rng.uniform(0.05, 0.6)
+        self.world.at(stop_at, lambda: self.stop(a, stop_at + 10.0))
+        await self.until(lambda: a.outcome, limit=stop_at + 120.0)
+        savepoint = self._savepoint(a)
+        if savepoint is None:  # it ended before the stop, or failed: no savepoint
+            self.lines.append([a])
+            return
+        if rng.random() < 0.5 and self.pg is not None:
+            self.pg.truncate_log()  # started long after: the savepoint's transactions are forgotten
+        place = "-r2" if rng.random() < 0.5 else ""  # a new run may write elsewhere
+        b = self.new_run("r2", parallelism=rng.randint(1, 3), present=everything, options=RunOptions(resume=True),
+                         outputs=self.outputs(place=place))
+        self.store.record_base("r2", savepoint)
+        self.lines.append([a, b])
+        branches = [b]
+        if self.story == "two_runs":
+            c = self.new_run("r3", parallelism=rng.randint(1, 3), present=everything, options=RunOptions(resume=True),
+                             outputs=self.outputs(upsert_table="totals_r3", place="-r3" if rng.random() < 0.5 else ""))
+            self.store.record_base("r3", savepoint)
+            self.lines.append([a, c])
+            branches.append(c)
+        for run in branches:
+            if rng.random() < 0.35:
+                self.world.at(rng.uniform(0.3, 2.0), lambda r=run: self.damage(r, every=rng.random() < 0.5))
+            run.start()
+        await self.until(lambda: all(r.outcome for r in branches))
 
-        def done() -> bool:
-            task = self._task
-            if task is not None and task.done() and task.exception() is not None:
-                raise task.exception()
-            return self.coordinator is not None and self.coordinator.finished
+    async def fork(self, a: SimRun) -> None:
+        """Run B starts `--from` A's newest checkpoint while A goes on; A stops later. B
+        must leave A's output alone (A's line stays exactly once), and B's line is A's
+        output up to that checkpoint plus B's."""
+        from raystream._runtime.checkpoint_store import _newest
+        from raystream.errors import RestoreError
 
-        await self.world.run(done, limit=600.0)
+        rng = self.world.rng
+        await self.until(lambda: a.outcome or self.storage.list("r1/manifests/"), limit=60.0)
+        pause = self.world.sleep(rng.uniform(0.0, 0.5))
+        await self.until(pause.done)
+        self.lines.append([a])
+        if a.outcome:
+            return
+        try:
+            base = _newest(self.store, "r1", f"{ROOT}/r1")  # what `--from <run dir>` picks: the newest that counts
+        except RestoreError:
+            return
+        b = self.new_run("r2", parallelism=rng.randint(1, 3), present=list(range(self.partitions)),
+                         options=RunOptions(resume=True), outputs=self.outputs(upsert_table="totals_r2"))
+        try:
+            offsets = self._offsets_at("r1", base.checkpoint_id)  # before A's retention deletes it
+        except (CorruptCheckpointError, KeyError):
+            return  # damaged (B would refuse it) or deleted meanwhile: no fork
+        self.store.record_base("r2", base)
+        self.bases["r2"] = offsets
+        self.lines.append([a, b])
+        b.start()
+        stop_at = self.world.now + rng.uniform(0.1, 1.0)
+        self.world.at(stop_at - self.world.now, lambda: self.stop(a, stop_at + 10.0))
+        await self.until(lambda: a.outcome, limit=stop_at + 120.0)  # a stop that is lost never ends
+        await self.until(lambda: b.outcome)
+
+    def _offsets_at(self, run_id: str, checkpoint_id: int) -> dict[int, int]:
+        """Records of each partition read before checkpoint `checkpoint_id` of `run_id`."""
+        m = self.store.load_manifest(run_id, checkpoint_id)
+        offsets: dict[int, int] = {}
+        for meta in m.snapshots:
+            state = self.store.verify_snapshot(self.storage.objects[meta.key], meta)
+            offsets.update({int(p): o for p, o in state.source_offsets.items()})
+        return offsets
+
+    def abandon(self, run: SimRun) -> None:
+        run.abandoned = True
+        if run.coordinator is not None:
+            run.coordinator.kill()
+        run.outcome = "abandoned"
+        run.log("the program went away")
+
+    def _savepoint(self, run: SimRun) -> Any:
+        from raystream._runtime.checkpoint_store import CheckpointRef
+
+        if run.outcome != "stopped":
+            return None
+        ids = self.store.manifest_ids(run.run_id)
+        final = self.store.load_manifest(run.run_id, ids[-1])
+        assert final.final, f"run {run.run_id} stopped without a final checkpoint"
+        return CheckpointRef(ROOT, run.run_id, final.checkpoint_id)
+
+    async def until(self, done: Any, limit: float = 600.0) -> None:
+        def check() -> bool:
+            for run in self.runs:
+                run.check_task()
+            return bool(done())
+
+        await self.world.run(check, limit=limit)
 
     def check(self) -> None:
-        """The invariants on committed output and on the checkpoint store."""
-        p = self.params
-        rows = read_files(self.out_dir)
-        counts = collections.Counter(r["id"] for r in rows)
-        expected = set(range(p.partitions * p.records))
-        lost = sorted(expected - set(counts))
-        duplicated = sorted(i for i, n in counts.items() if n > 1)
-        if lost or duplicated or set(counts) - expected:
-            raise SimFailure(f"committed output: lost {lost[:10]}, duplicated {duplicated[:10]}")
-        sums: dict[tuple, int] = {}
-        for i in sorted(expected):
-            key = (i % p.partitions, i % p.keys)
-            sums[key] = sums.get(key, 0) + i
-            row = next(r for r in rows if r["id"] == i)
-            if row["total"] != sums[key] or tuple(row["key"]) != key:
-                raise SimFailure(f"id {i}: total {row['total']} where the running sum of key {key} is {sums[key]}")
-        if self.trace.missing_staged:
-            raise SimFailure(f"a restored checkpoint's staged files were gone: {self.trace.missing_staged[0]}")
-        points = self.store.restore_points(RUN)
-        published = [Manifest.from_json(data) for data in self.storage.published]
-        refused = self.store.refused(RUN)
-        for attempt, checkpoint_id in self.trace.commits:
-            # A sink commits for checkpoint n when its own attempt's coordinator published n.
-            m = next((m for m in published if (m.checkpoint_id, m.attempt) == (checkpoint_id, attempt)), None)
-            if m is None:
-                raise SimFailure(f"attempt {attempt} committed for checkpoint {checkpoint_id}, which it never published")
-            # A refused checkpoint was committed while it was valid, then retracted by the fall-back.
-            if CheckpointStore.is_void(m, points) and checkpoint_id not in refused:
-                raise SimFailure(f"attempt {attempt} committed checkpoint {checkpoint_id}, whose manifest is void")
-        for key in self.storage.list(f"{RUN}/manifests/"):  # what a restore could still choose
-            m = Manifest.from_json(self.storage.objects[key])
-            if CheckpointStore.is_void(m, points) or m.checkpoint_id in refused:
-                continue
-            for meta in m.snapshots:
-                try:
-                    state = self.store.verify_snapshot(self.storage.objects[meta.key], meta)
-                except (KeyError, CorruptCheckpointError):
-                    continue  # damaged on purpose, or deleted by retention along with older manifests
-                for _, txn in state.sinks["out"].pending:
-                    for pending, final in txn.files:
-                        if not os.path.exists(os.path.join(self.out_dir, pending)) and \
-                                not os.path.exists(os.path.join(self.out_dir, final)):
-                            raise SimFailure(f"manifest {m.checkpoint_id} lists {pending}, which is gone and "
-                                             "was never committed")
+        Invariants(self).check()
 
 
-def run_schedule(seed: int, out_dir: str, params: Params | None = None) -> Trace:
+class _OneSinkJob:
+    """What `prepared_at_once` reads of a job: one sink step at `parallelism`, under `config`."""
+
+    def __init__(self, config: CheckpointConfig, sink: Any, parallelism: int):
+        self.checkpoint, self.parallelism = config, parallelism
+        self.steps = [types.SimpleNamespace(sink=sink)]
+        self.errors = types.SimpleNamespace(mode="fail")
+
+    def parallelism_of(self, step: Any) -> int:
+        return self.parallelism
+
+
+class _StaleListing(CheckpointStore):
+    """The checkpoint store as compaction sees it: its first listing of a run's manifests
+    may be one from a while ago (retention has deleted some since), later ones are fresh."""
+
+    def __init__(self, scenario: Scenario):
+        super().__init__(ROOT, scenario.storage)
+        self._scenario = scenario
+        self._listed: set[str] = set()
+
+    def manifest_ids(self, run_id: str) -> list[int]:
+        old = self._scenario.listings.get(run_id, [])
+        if run_id not in self._listed and old:
+            self._listed.add(run_id)
+            return self._scenario.world.rng.choice(old[-4:])
+        return super().manifest_ids(run_id)
+
+
+def run_schedule(seed: int, out_dir: str) -> Trace:
     """Run one seeded schedule and check its invariants; raises SimFailure naming the seed."""
-    job = SimJob(seed, out_dir, params)
+    scenario = Scenario(seed, out_dir)
     loop = asyncio.new_event_loop()
+    saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
+             compaction._checkpoint_store, uuid.uuid4)
+    recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
+    names = random.Random(seed)  # file tokens from the seed too: a schedule replays exactly
+    uuid.uuid4 = lambda: uuid.UUID(int=names.getrandbits(128))
+    _part_files.PART_SIZE = 40  # tiny S3 parts: uploads of several parts, and tails
+    _files._clients.s3 = scenario.s3
+    compaction._checkpoint_store = lambda root: _StaleListing(scenario)
     try:
-        loop.run_until_complete(job.run())
-        job.check()
+        loop.run_until_complete(scenario.play())
+        scenario.check()
     except SimFailure as exc:
-        raise SimFailure(f"seed {seed}: {exc}\nreplay: RAYSTREAM_SIM_SEED={seed} pytest tests/simulation\n"
-                         + "\n".join(job.world.log[-60:])) from None
+        raise SimFailure(f"seed {seed} ({scenario.story}, sinks {scenario.kinds}): {exc}\n"
+                         f"replay: RAYSTREAM_SIM_SEED={seed} pytest tests/simulation\n"
+                         + "\n".join(scenario.world.log[-80:])) from None
     finally:
+        (recovery.choose_checkpoint, _part_files.PART_SIZE, _files._clients.s3, compaction._checkpoint_store,
+         uuid.uuid4) = saved
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
-    return job.trace
+    return scenario.trace
 
+
+__all__ = ["run_schedule", "Scenario", "SimFailure", "JOB"]

@@ -1,11 +1,15 @@
-"""The checkpoint and recovery protocols under thousands of seeded schedules.
+"""The checkpoint, recovery and commit protocols under thousands of seeded schedules.
 
-Each schedule runs the real protocol code (tests/simulation/sim.py) with random delays,
-lost responses, slow writes that land late, process deaths and a damaged snapshot, and
-then checks the invariants on committed output. A failure prints its seed; replay it
+Each schedule runs the real protocol code (tests/simulation/sim.py) through one story of
+runs (one run; a savepoint and a new run from it; two runs from one savepoint; a run
+resumed with a partition gone, then back) with random delays, lost responses, failed
+uploads, slow writes that land late, process deaths, damaged snapshots, and sinks that
+write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows;
+then it checks the invariants on committed output. A failure prints its seed; replay it
 with RAYSTREAM_SIM_SEED=<seed>. `pytest -m simulation_deep` runs many more schedules
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
+import collections
 import os
 
 import pytest
@@ -22,15 +26,12 @@ def _no_fsync(monkeypatch):
 
 
 def run_many(seeds, tmp_path) -> dict[str, int]:
-    totals = {"attempts": 0, "crashes": 0, "coordinators": 0, "refused": 0, "commits": 0}
+    totals: collections.Counter = collections.Counter()
     for seed in seeds:
         trace = run_schedule(seed, str(tmp_path / f"out-{seed}"))
-        totals["attempts"] += trace.attempts
-        totals["crashes"] += trace.crashes
-        totals["coordinators"] += trace.coordinators
-        totals["refused"] += len(trace.refused)
-        totals["commits"] += len(trace.commits)
-    return totals
+        totals.update(attempts=trace.attempts, crashes=trace.crashes, coordinators=trace.coordinators,
+                      refused=len(trace.refused), commits=len(trace.commits), compactions=trace.compactions)
+    return dict(totals)
 
 
 def test_seeded_schedules_keep_every_invariant(tmp_path):
@@ -42,7 +43,7 @@ def test_seeded_schedules_keep_every_invariant(tmp_path):
     print(f"{len(seeds)} schedules: {totals}")
     if len(seeds) == CI_SCHEDULES:  # the schedules really exercise recovery
         assert totals["crashes"] > len(seeds) // 2 and totals["coordinators"] > len(seeds) * 1.1
-        assert totals["attempts"] > len(seeds) * 1.5 and totals["refused"] > 0
+        assert totals["attempts"] > len(seeds) * 1.5 and totals["refused"] > 0 and totals["compactions"] > 0
 
 
 @pytest.mark.simulation_deep

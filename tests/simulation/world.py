@@ -25,6 +25,7 @@ class Proc:
     def __init__(self, name: str):
         self.name = name
         self.alive = True
+        self.fifo_after = 0.0  # when the newest in-order message to it is delivered
 
 
 class World:
@@ -34,6 +35,8 @@ class World:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self.log: list[str] = []
+        self._hung: list[asyncio.Future] = []
+        self.quick = False  # no long delays (while a calm schedule waits for its moment)
 
     def at(self, delay: float, fn: Callable[[], None]) -> None:
         self._seq += 1
@@ -44,7 +47,12 @@ class World:
         fut = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
-            if not fut.done() and (owner is None or owner.alive):
+            if owner is not None and not owner.alive:
+                # Held, never resolved: what waits on it stays suspended for the rest of the
+                # schedule. Collected instead, its `finally` blocks would run at the garbage
+                # collector's whim (releasing locks, waking waiters): not reproducible.
+                self._hung.append(fut)
+            elif not fut.done():
                 fut.set_result(None)
 
         self.at(delay, wake)
@@ -53,21 +61,25 @@ class World:
     def delay(self) -> float:
         """Network and storage latency: mostly short, sometimes very long."""
         r = self.rng.random()
-        if r < 0.06:
+        if r < 0.06 and not self.quick:
             return self.rng.uniform(0.5, 4.0)
         return self.rng.uniform(0.0005, 0.03)
 
-    def send(self, to: Proc, fn: Callable[..., Any], *args: Any) -> None:
-        """A one-way message: delivered after a delay if `to` is still alive."""
-        self.at(self.delay(), lambda: to.alive and fn(*args))
+    def send(self, to: Proc, fn: Callable[..., Any], *args: Any, fifo: bool = False) -> None:
+        """A one-way message: delivered after a delay if `to` is still alive. `fifo`: after
+        every earlier fifo message to `to`, as Ray delivers one caller's calls to an actor
+        in order (a subtask's calls all come from its coordinator)."""
+        delay = self.delay()
+        if fifo:
+            delay = max(delay, to.fifo_after - self.now)
+            to.fifo_after = self.now + delay
+        self.at(delay, lambda: to.alive and fn(*args))
 
     async def run(self, done: Callable[[], bool], limit: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            for _ in range(100_000):  # let every runnable coroutine run until it waits
+            while loop._ready:  # noqa: SLF001 - let every runnable coroutine run until it waits
                 await asyncio.sleep(0)
-                if not loop._ready:  # noqa: SLF001 - the loop is idle: only our own wake-up was queued
-                    break
             if done():
                 return
             if not self._heap:
@@ -87,8 +99,13 @@ class SimStorage(Storage):
         self.objects: dict[str, bytes] = {}
         self.on_manifest: Callable[[str], None] = lambda key: None
         self.published: list[bytes] = []  # every manifest that ever landed (retention can free an id)
+        self.fail_rate = 0.0  # how often a snapshot upload fails (the subtask declines the checkpoint)
+        self.outage = (0.0, 0.0)  # while the clock is in it, every snapshot upload fails
 
     def put(self, key: str, data: bytes) -> None:
+        if "/snapshots/" in key and (self.outage[0] <= self.world.now < self.outage[1]
+                                     or self.fail_rate and self.world.rng.random() < self.fail_rate):
+            raise OSError(f"injected: the upload of {key} failed")
         self.objects[key] = data
 
     def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
@@ -99,7 +116,7 @@ class SimStorage(Storage):
             self.world.log.append(f"{self.world.now:.3f} manifest lands: {key}")
             self.published.append(data)
             self.on_manifest(key)
-            if self.world.rng.random() < 0.1:
+            if self.world.rng.random() < 0.03:  # the storage layer reads a lost answer back; that failed too
                 raise TimeoutError(f"the response to the PUT of {key} was lost (it landed)")
         return True
 
@@ -148,6 +165,6 @@ class Remote:
         self.world, self.proc, self.fn = world, proc, fn
 
     def remote(self, *args: Any) -> asyncio.Future:
-        self.world.send(self.proc, self.fn, *args)
+        self.world.send(self.proc, self.fn, *args, fifo=True)
         fut = asyncio.get_running_loop().create_future()  # the object-store copy: unused here
         return fut

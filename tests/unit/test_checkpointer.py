@@ -26,7 +26,7 @@ class Method:
 
 class FakeActor:
     def __init__(self, log, key):
-        for name in ("trigger_checkpoint", "next_snapshot", "notify_complete"):
+        for name in ("trigger_checkpoint", "next_snapshot", "notify_complete", "notify_aborted"):
             setattr(self, name, Method(log, name, key))
 
 
@@ -103,6 +103,7 @@ def test_a_checkpoint_that_outlives_its_timeout_is_aborted_and_its_late_acks_cou
     ack_all(cp, 1)
     assert store.manifest_ids(RUN) == []
     assert calls(log, "notify_complete") == []
+    assert sorted(k for k, args in calls(log, "notify_aborted") if args == (1,)) == sorted(KEYS)  # C6a
 
 
 def test_a_declined_checkpoint_is_aborted_and_the_next_one_gets_a_new_id(world):
@@ -188,3 +189,86 @@ def test_retention_keeps_the_newest_manifests(world):
         ack_all(cp, n)
     assert store.manifest_ids(RUN) == [3, 4]
     assert sorted(cp.refs) == [3, 4]
+
+
+def test_the_timeout_spares_a_manifest_write_in_flight_and_nothing_else(tmp_path):
+    """A checkpoint whose manifest is being written is not aborted (it would be complete and
+    aborted at once); the previous checkpoint's retention (C7) does not hold the next
+    checkpoint's timeout off."""
+    store = CheckpointStore(str(tmp_path / "job"))
+    store.claim_attempt(RUN)
+    gates = {"commit": asyncio.Event(), "retain": asyncio.Event()}
+    clock, log = Clock(), []
+
+    async def blocking(fn, *args):
+        gate = gates.get(getattr(fn, "__name__", ""))
+        if gate is not None:
+            await gate.wait()
+        return fn(*args)
+
+    async def scenario():
+        cp = Checkpointer(job_name="job", guarantee="exactly_once", config=CheckpointConfig(interval=1, timeout=5),
+                          store=store, run_id=RUN, attempt=1, actors={k: FakeActor(log, k) for k in KEYS},
+                          sources=KEYS[:2], chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(),
+                          faults=Injector((), attempt=1), clock=clock, blocking=blocking)
+        cp.start_snapshot_calls()
+
+        async def ack(n):
+            for key in KEYS:
+                await cp.on_ack(n, SnapshotMeta(key[0], key[1], f"{RUN}/s/{n}/{key}", "0" * 64, 10), None)
+
+        clock.now = 1.0
+        cp.tick()
+        acks = asyncio.ensure_future(ack(1))
+        await asyncio.sleep(0.01)
+        clock.now = 100.0  # far past the timeout, with the manifest write held
+        cp.tick()
+        assert cp.pending.checkpoint_id == 1 and cp.stats.failed == 0
+        gates["commit"].set()
+        await asyncio.sleep(0.01)
+        assert store.manifest_ids(RUN) == [1] and cp.stats.completed == 1 and cp.stats.failed == 0
+        clock.now = 200.0  # checkpoint 2 starts while 1's retention is held
+        cp.tick()
+        clock.now = 300.0
+        cp.tick()
+        assert cp.pending is None and cp.stats.failed == 1  # 2 timed out
+        gates["retain"].set()
+        await acks
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_aborted_while_its_fence_is_read_is_never_published(tmp_path):
+    """The timeout aborts checkpoint 1 while F3 reads the attempts, and checkpoint 2 starts:
+    1's manifest must not be written afterwards, nor 2's pending state taken for 1's."""
+    store = CheckpointStore(str(tmp_path / "job"))
+    store.claim_attempt(RUN)
+    gate, clock, log = asyncio.Event(), Clock(), []
+
+    async def blocking(fn, *args):
+        if getattr(fn, "__name__", "") == "is_current" and not gate.is_set():
+            await gate.wait()
+        return fn(*args)
+
+    async def scenario():
+        cp = Checkpointer(job_name="job", guarantee="exactly_once", config=CheckpointConfig(interval=1, timeout=5),
+                          store=store, run_id=RUN, attempt=1, actors={k: FakeActor(log, k) for k in KEYS},
+                          sources=KEYS[:2], chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(),
+                          faults=Injector((), attempt=1), clock=clock, blocking=blocking)
+        cp.start_snapshot_calls()
+        clock.now = 1.0
+        cp.tick()
+        acks = asyncio.ensure_future(asyncio.gather(*(
+            cp.on_ack(1, SnapshotMeta(k[0], k[1], f"{RUN}/s/1/{k}", "0" * 64, 10), None) for k in KEYS)))
+        await asyncio.sleep(0.01)
+        clock.now = 10.0
+        cp.tick()  # 1 times out
+        clock.now = 11.0
+        cp.tick()  # 2 starts
+        assert cp.pending.checkpoint_id == 2
+        gate.set()
+        await acks
+        assert store.manifest_ids(RUN) == [] and cp.pending.checkpoint_id == 2 and cp.stats.completed == 0
+        assert calls(log, "notify_complete") == []
+
+    asyncio.run(scenario())

@@ -24,6 +24,7 @@ LAZY = {
     "raystream.postgres": "rs.sinks.PostgresSink loads on first use, with its optional library",
     "raystream._postgres_writer": "loads with raystream.postgres, when psycopg is installed",
     "raystream._postgres_tables": "loads with raystream.postgres, when psycopg is installed",
+    "raystream._postgres_session": "loads with raystream.postgres, when psycopg is installed",
     "raystream.kafka": "rs.sources.KafkaSource loads on first use, with its optional library",
 }
 

@@ -74,8 +74,11 @@ def test_a_run_started_from_a_checkpoint_restores_its_base_until_it_has_its_own(
     assert store.commit(own)
     chosen = choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)
     assert (chosen.run_id, chosen.checkpoint_id) == ("new", 6)
-    with pytest.raises(RestoreError, match="which run new started from, was refused"):
-        choose_checkpoint(store, "new", {5, 6}, max_parallelism=128, keyed=True)
+    store.claim_attempt("other")
+    store.record_base("other", CheckpointRef(store.root, "run", 5))
+    store.refuse("other", 5, "a snapshot did not verify")
+    with pytest.raises(RestoreError, match=r"which run other started from, was refused \(a snapshot did not"):
+        choose_checkpoint(store, "other", set(), max_parallelism=128, keyed=True)
 
 
 def test_locate_finds_a_savepoint_a_run_or_a_job_root_and_names_what_is_missing(tmp_path):
@@ -94,3 +97,75 @@ def test_locate_finds_a_savepoint_a_run_or_a_job_root_and_names_what_is_missing(
         locate(store.storage.uri(store.manifest_key("run", 3)))
     with pytest.raises(RestoreError, match="nothing is stored there"):
         locate(str(tmp_path / "nowhere"))
+
+
+def own_checkpoint(store: CheckpointStore, run_id: str, n: int, attempt: int = 1) -> None:
+    own = manifest("r", 1)
+    own.run_id, own.checkpoint_id, own.attempt, own.versions = run_id, n, attempt, versions()
+    assert store.commit(own)
+
+
+def test_a_run_whose_own_checkpoints_are_all_refused_fails_instead_of_rewinding_to_its_base(tmp_path):
+    """R5: once a run has a checkpoint of its own, its base is no restore point: falling
+    back to it would retract (FileSink) or write again (PostgresSink) all the run committed."""
+    from raystream._runtime.checkpoint_store import CheckpointRef
+    from raystream._runtime.recovery import choose_checkpoint
+
+    store = stored(tmp_path, [5])
+    store.claim_attempt("new")
+    store.record_base("new", CheckpointRef(store.root, "run", 5))
+    own_checkpoint(store, "new", 6)
+    own_checkpoint(store, "new", 7)
+    store.refuse("new", 7, "a snapshot did not verify")
+    assert choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True).checkpoint_id == 6
+    store.refuse("new", 6, "staged data gone")
+    with pytest.raises(RestoreError, match=r"no checkpoint of run new can be restored \(refused: \[6, 7\]\)"):
+        choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)
+
+
+def test_a_run_whose_own_checkpoints_are_all_void_restores_its_base(tmp_path):
+    """A void manifest never counted (F2): the run still has none of its own."""
+    from raystream._runtime.checkpoint_store import CheckpointRef
+    from raystream._runtime.recovery import choose_checkpoint
+
+    store = stored(tmp_path, [5])
+    store.claim_attempt("new")
+    store.record_base("new", CheckpointRef(store.root, "run", 5))
+    store.claim_attempt("new")
+    store.record_restore("new", 2, 5)  # attempt 2 restored the base before attempt 1's manifest 6 landed
+    own_checkpoint(store, "new", 6, attempt=1)
+    chosen = choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)
+    assert (chosen.run_id, chosen.checkpoint_id) == ("run", 5)
+
+
+def test_locate_never_picks_a_void_checkpoint(tmp_path):
+    from raystream._runtime.checkpoint_store import locate
+
+    store = stored(tmp_path, [1, 2])
+    store.claim_attempt("run")
+    store.record_restore("run", 2, 2)  # attempt 2 restored 2: a manifest 3 of attempt 1 landing late is void
+    own_checkpoint(store, "run", 3, attempt=1)
+    assert locate(str(tmp_path / "j" / "run")).checkpoint_id == 2
+    assert locate(str(tmp_path / "j")).checkpoint_id == 2
+    with pytest.raises(RestoreError, match="checkpoint 3 at .* is void"):  # named by its own URI, too
+        locate(store.storage.uri(store.manifest_key("run", 3)))
+    store.refuse("run", 1, "a snapshot did not verify")
+    with pytest.raises(RestoreError, match=r"checkpoint 1 at .* was refused \(a snapshot did not verify\)"):
+        locate(store.storage.uri(store.manifest_key("run", 1)))
+    with pytest.raises(RestoreError, match="checkpoint 3 at .* is void"):  # named by its own URI, too
+        locate(store.storage.uri(store.manifest_key("run", 3)))
+    store.refuse("run", 1, "a snapshot did not verify")
+    with pytest.raises(RestoreError, match=r"checkpoint 1 at .* was refused \(a snapshot did not verify\)"):
+        locate(store.storage.uri(store.manifest_key("run", 1)))
+
+
+def test_a_base_deleted_by_its_runs_retention_is_named_not_a_raw_file_error(tmp_path):
+    from raystream._runtime.checkpoint_store import CheckpointRef
+    from raystream._runtime.recovery import choose_checkpoint
+
+    store = stored(tmp_path, [5])
+    store.claim_attempt("new")
+    store.record_base("new", CheckpointRef(store.root, "run", 5))
+    store.storage.delete([store.manifest_key("run", 5)])  # the running job's retention took it
+    with pytest.raises(RestoreError, match=r"checkpoint 5 of run run, which run new started from, is gone"):
+        choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)

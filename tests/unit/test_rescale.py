@@ -117,3 +117,26 @@ def test_a_timed_step_restores_the_oldest_watermark_of_the_subtasks_it_takes_key
     assert same.watermarks == {"r": 9_000} and same.late == {"r": 3}
     merged = merge_states(states, [REDUCE, SINK], 0, 1, 128)
     assert merged.watermarks == {"r": 5_000} and merged.late == {"r": 5}
+
+
+def test_an_event_time_step_restores_the_oldest_time_of_every_old_subtask():
+    """Its own newest time ("") belongs to whichever inputs the subtask had, which may go to
+    another subtask when partitions come or go (round-robin) or the parallelism changes: a
+    newer time restored to a subtask that now reads older records would make them late.
+    So every new subtask restores the oldest time of all old subtasks of the step, and
+    none when an old subtask had seen no record (it held the watermark at the minimum)."""
+    src, et = Step("src", "source", ()), Step("et", "event_time", ("src",))
+    chain = Chain(0, [src, et], 2)
+    m = manifest({"src+et": 2})
+    old = [SubtaskState(7, "src+et", 0, 2, source_offsets={"a": 5, "c": 5}, event_times={"et": {"": 100_000}}),
+           SubtaskState(7, "src+et", 1, 2, source_offsets={"b": 5}, event_times={"et": {"": 1_000}})]
+    for i in range(2):
+        metas = snapshots_for(m, chain, i)
+        assert {meta.subtask for meta in metas} == {0, 1}
+        assert merge_states([old[meta.subtask] for meta in metas], [src, et], i, 2, 128).event_times == \
+            {"et": {"": 1_000}}
+    old[1].event_times = {"et": {}}  # it had seen no record
+    assert merge_states(old, [src, et], 0, 1, 128).event_times == {}
+    after = Chain(1, [et], 2)  # unchained, after a shuffle: the same
+    metas = snapshots_for(manifest({"et": 2}), after, 0)
+    assert {meta.subtask for meta in metas} == {0, 1}

@@ -19,6 +19,17 @@ def test_file_sink_writes_parts_readers_see(tmp_path, fmt):
     assert sorted(r["a"] for r in read_files(str(tmp_path), format=fmt)) == [1, 2, 3, 4, 5]
 
 
+def test_parquet_takes_batches_whose_columns_come_in_another_order(tmp_path):
+    """Dict records name their fields in any order: one file holds them by column name."""
+    w = FileSink(str(tmp_path), format="parquet").build_writer(SinkContext("out", 0, 1))
+    w.write_batch([{"a": 1, "b": "x"}])
+    w.write_batch([{"b": "y", "a": 2}])
+    w.write_batch([{"a": 3, "b": "z", "c": 1.5}])
+    w.close()
+    assert read_files(str(tmp_path), format="parquet") == [{"a": 1, "b": "x", "c": None}, {"a": 2, "b": "y", "c": None},
+                                                            {"a": 3, "b": "z", "c": 1.5}]
+
+
 def test_two_runs_into_one_directory_never_overwrite(tmp_path):
     for run in range(2):
         w = FileSink(str(tmp_path)).build_writer(SinkContext("out", 0, 1))
@@ -99,3 +110,54 @@ def test_data_and_renames_are_fsynced_before_a_commit_counts(tmp_path, monkeypat
     synced.clear()
     w.commit(txn)
     assert synced == [str(tmp_path)] and not os.path.exists(pending)  # the commit's renames
+
+
+def test_a_fall_back_after_fewer_subtasks_retracts_what_the_old_subtasks_it_took_over_committed(tmp_path):
+    """Resumed at parallelism 2 from 3, falling back from checkpoint 5 (refused) to 4: new
+    subtask i takes over old subtasks j with j % 2 == i, so old subtask 2's files of
+    checkpoint 5 are retracted by new subtask 0, and its staged ones aborted."""
+    sink = FileSink(str(tmp_path), rows_per_file=100)
+
+    def writer(subtask, parallelism, attempt):
+        return sink.build_writer(SinkContext("out", subtask, parallelism, transactional=True, run_id="r",
+                                             attempt=attempt))
+
+    restored = {}
+    for j in range(3):
+        w = writer(j, 3, attempt=1)
+        w.write_batch([{"id": j, "checkpoint": 4}])
+        restored[j] = w.pre_commit(4)
+        w.commit(restored[j])
+        w.write_batch([{"id": j, "checkpoint": 5}])
+        w.commit(w.pre_commit(5))
+        w.write_batch([{"id": j, "checkpoint": 6}])
+        w.pre_commit(6)  # staged, never committed
+    for i in range(2):
+        writer(i, 2, attempt=2).recover([restored[j] for j in range(3) if j % 2 == i], 4)
+    assert sorted((r["id"], r["checkpoint"]) for r in read_files(str(tmp_path))) == [(0, 4), (1, 4), (2, 4)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("_")] == []
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_a_run_from_a_savepoint_may_write_to_another_directory(tmp_path, rolling):
+    """The savepoint's transactions and open file are committed (or found committed) where
+    they were written; the new run's output goes to its own directory."""
+    kwargs = {"roll_size": 1 << 20} if rolling else {}
+    a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
+    a = FileSink(a_dir, **kwargs).build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1", attempt=1))
+    a.write_batch([{"id": i} for i in range(5)])
+    txn = a.pre_commit(7)  # the final checkpoint: the savepoint
+    savepoint_state, pending = a.snapshot(), [txn] if txn is not None else []
+    for t in pending:
+        a.commit(t)
+    a.close()
+    b = FileSink(b_dir, **kwargs).build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r2", attempt=1,
+                                                           resume_state=savepoint_state))
+    b.recover(pending, 7)
+    b.write_batch([{"id": 5}])
+    final = b.pre_commit(8)
+    if final is not None:
+        b.commit(final)
+    b.close()
+    assert sorted(r["id"] for r in read_files(a_dir)) == [0, 1, 2, 3, 4]
+    assert sorted(r["id"] for r in read_files(b_dir)) == [5]

@@ -1,6 +1,7 @@
 """The parts a subtask is made of, without Ray: its side of the checkpoint protocol
 (SubtaskCheckpoints), its record policies and its source reader."""
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -9,7 +10,7 @@ from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.injector import Injector
 from raystream._runtime.operators import SinkOp, build_operator, run_chain
 from raystream._runtime.record_policies import RecordPolicies
-from raystream._runtime.snapshot import SubtaskState, decode
+from raystream._runtime.snapshot import SinkState, SubtaskState, decode
 from raystream._runtime.source_reader import SourceReader
 from raystream._runtime.spec import SubtaskSpec
 from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
@@ -64,6 +65,7 @@ def test_take_pre_commits_then_captures_then_forwards_and_acks_in_checkpoint_ord
         sink.process([{"id": 1}])
         forward = lambda n: asyncio.sleep(0, order.append(("forward", n)))  # noqa: E731
         await checkpoints.take(1, 0.0, lambda: order.append(("capture", list(sink.pending))) or state(1), forward)
+        checkpoints.abort(1)  # C6a: decided before 2 starts; FileSink keeps its transaction pending
         await checkpoints.take(2, 0.5, lambda: state(2), forward, source_records=7)
         await checkpoints._upload_tail
         snapshots = [await checkpoints.next_snapshot(), await checkpoints.next_snapshot()]
@@ -77,6 +79,30 @@ def test_take_pre_commits_then_captures_then_forwards_and_acks_in_checkpoint_ord
     for (n, meta, _), data in zip(acks, snapshots):
         assert decode(data, meta.sha256, "x").checkpoint_id == n  # the object-store copy is the same snapshot
         assert store.storage.get(meta.key) == data  # and so is the durable one
+
+
+def test_a_pre_commit_waits_until_the_earlier_checkpoints_are_settled(tmp_path):
+    """C6a: barrier 2 may arrive before the notification of 1 (committed or aborted).
+    The sinks pre-commit 2 only once 1 is settled, and a writer may take back the
+    transaction of an aborted checkpoint (SinkWriter.abort)."""
+    checkpoints, _, sink, acks, _ = part(tmp_path)
+    taken_back = []
+    sink.writer.abort = lambda txn: taken_back.append(txn) or True
+
+    async def go():
+        sink.process([{"id": 1}])
+        await checkpoints.take(1, 0.0, lambda: state(1), lambda n: asyncio.sleep(0))
+        sink.process([{"id": 2}])
+        captured = lambda: dataclasses.replace(state(2), sinks={"out": SinkState(None, list(sink.pending))})  # noqa: E731
+        second = asyncio.ensure_future(checkpoints.take(2, 0.0, captured, lambda n: asyncio.sleep(0)))
+        await asyncio.sleep(0.05)
+        assert not second.done() and [c for c, _ in sink.pending] == [1]  # 2 is not pre-committed yet
+        checkpoints.abort(1)
+        await second
+        return [c for c, _ in sink.pending]
+
+    assert asyncio.run(go()) == [2] and len(taken_back) == 1  # 1's transaction went back to the writer
+    assert acks[1][1].sink_from == 2
 
 
 def test_a_failed_upload_declines_the_checkpoint(tmp_path):
@@ -100,9 +126,11 @@ def test_commit_makes_the_transactions_of_complete_checkpoints_visible_and_wakes
         sink.process([{"id": 1}])
         await checkpoints.take(1, 0.0, lambda: state(1), lambda n: asyncio.sleep(0))
         sink.process([{"id": 2}])
-        await checkpoints.take(2, 0.0, lambda: state(2), lambda n: asyncio.sleep(0))
+        second = asyncio.ensure_future(checkpoints.take(2, 0.0, lambda: state(2), lambda n: asyncio.sleep(0)))
+        await checkpoints.commit(1)  # C6 of 1 settles it: 2's pre-commit goes on (C6a)
+        await second
         waiting = asyncio.ensure_future(checkpoints.wait_committed(lambda: None))
-        await checkpoints.commit(1)
+        await asyncio.sleep(0)
         assert read_files(str(tmp_path / "out")) == [{"id": 1}]
         assert not waiting.done()
         await checkpoints.commit(2)

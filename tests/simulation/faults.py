@@ -1,0 +1,138 @@
+"""The faults and maintenance a schedule of tests/simulation injects, and when: process
+deaths (at random, right after a manifest lands, while a coordinator stops), a storage
+outage that aborts checkpoints in a row, damaged snapshots, compaction beside the job,
+and stops.
+
+A calm schedule (`Scenario.calm`) holds every death and stop back until its moment: the
+checkpoint that lands after a long outage commits what the aborted ones staged; then
+compaction runs and the run restores that checkpoint, which commits those files again.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from raystream import compaction
+
+from .control import SimRun
+
+
+class Faults:
+    """Fault injection for `sim.Scenario`, which holds the world, storage, runs and sinks,
+    and decides up front (from the seed) which of these faults a schedule gets."""
+
+    calm: bool
+    outage: tuple[float, float] | None  # (after the first manifest, how long): uploads fail
+    crash_after_manifest: bool
+    crash_while_stopping: bool
+    _outage_landed: bool  # a manifest landed after the outage
+    _after_outage: tuple[str, int] | None  # that manifest's run and checkpoint id, until compacted
+    _calm_over: bool
+
+    def _maybe_crash_after_manifest(self, key: str) -> None:
+        """Bias toward the rare schedules: a crash right after a durable manifest write.
+        Also keep what a listing of the run's manifests showed then (compaction reads
+        an older listing, as a slow reader would, while retention deletes)."""
+        run_id = key.split("/", 1)[0]
+        if self.outage is not None and not self.storage.outage[1]:
+            start = self.world.now + self.outage[0]
+            self.storage.outage = (start, start + self.outage[1])
+            self.world.log.append(f"{self.world.now:.3f} snapshot uploads fail from {start:.3f} to "
+                                  f"{start + self.outage[1]:.3f}")
+        self.listings.setdefault(run_id, []).append(self.store.manifest_ids(run_id))
+        rng = self.world.rng
+        if self._first_after_outage():
+            self._after_outage = (run_id, int(key.rsplit("/", 1)[1].split(".")[0]))
+            self.world.at(3.0, self._end_calm)  # if its moment does not come (no Parquet file pending)
+        if "parquet" in self.kinds and rng.random() < 0.3:  # compaction while checkpoints commit
+            self.world.at(rng.uniform(0.02, 0.4), self.compact)
+        rolls = {"rolled", "s3_rolled", "parquet"} & set(self.kinds)
+        run = next((r for r in self.runs if r.run_id == run_id and not r.outcome), None)
+        if rolls and run is not None and len(self.damaged) < 2 and rng.random() < 0.08:
+            # a fall-back past this checkpoint once its commits are done: files it rolled or compacted
+            self.world.at(rng.uniform(0.05, 0.5), lambda: self.damage(run, every=False))
+        if self.crash_after_manifest and self.trace.crashes < 4 and self.world.rng.random() < 0.25:
+            self.world.at(self.world.rng.uniform(0.0, 0.01), self.crash)
+
+    def _first_after_outage(self) -> bool:
+        """Whether this is the first manifest to land since the storage outage ended."""
+        end = self.storage.outage[1]
+        if end and self.world.now >= end and not self._outage_landed:
+            self._outage_landed = True
+            return True
+        return False
+
+    def on_committed(self, run: SimRun, checkpoint_id: int) -> None:
+        """A sink subtask of `run` committed for `checkpoint_id`. If that checkpoint is the
+        one that committed what the outage's aborted checkpoints staged: compaction, then a
+        restore of it, which commits those files again."""
+        if self._after_outage == (run.run_id, checkpoint_id) and "parquet" in self.kinds:
+            self._after_outage = None
+            self.world.at(self.world.rng.uniform(0.0, 0.01), lambda: self.compact(restore=True))
+
+    def _end_calm(self) -> None:
+        self._calm_over, self.world.quick = True, False
+
+    def maybe_crash_while_stopping(self, coord: Any) -> None:
+        """The coordinator dies as the stop reaches it, before it told the sources."""
+        if self.crash_while_stopping and self.trace.crashes < 4 and self.world.rng.random() < 0.5:
+            self.trace.crashes += 1
+            coord.run.log(f"kill {coord.proc.name} while it stops")
+            coord.kill()
+            coord.run.coordinator_died()
+
+    def crash(self, run: SimRun | None = None) -> None:
+        if self.calm and not self._calm_over:
+            return
+        live = [r for r in self.runs if not r.outcome and not r.abandoned and r.coordinator is not None
+                and r.coordinator.proc.alive]
+        if run is None:
+            if not live:
+                return
+            run = self.world.rng.choice(live)
+        elif run not in live:
+            return
+        coord = run.coordinator
+        self.trace.crashes += 1
+        subtasks = [s for s in coord.subtasks if s.proc.alive]
+        if subtasks and self.world.rng.random() < 0.7:
+            victim = self.world.rng.choice(subtasks)
+            victim.kill()
+            run.log(f"kill {victim.proc.name}")
+        else:
+            coord.kill()
+            run.log(f"kill {coord.proc.name}")
+            run.coordinator_died()
+
+    def stop(self, run: SimRun, calm_until: float) -> None:
+        """Ask `run` to stop; a calm schedule first has its moment (or waits until `calm_until`)."""
+        if self.calm and not self._calm_over and self.world.now < calm_until:
+            self.world.at(0.1, lambda: self.stop(run, calm_until))
+        else:
+            run.request_stop()
+
+    def damage(self, run: SimRun, every: bool) -> None:
+        """Flip a bit in a snapshot of the newest manifest of `run` (or of each retained
+        one): the restore must refuse it, then fall back, or fail (R5)."""
+        manifests = self.storage.list(f"{run.run_id}/manifests/")
+        for key in (manifests if every else manifests[-1:]):
+            checkpoint_id = int(key.rsplit("/", 1)[1].split(".")[0])
+            snaps = self.storage.list(f"{run.run_id}/snapshots/{checkpoint_id:012d}/")
+            if not snaps:
+                continue
+            snap = self.world.rng.choice(snaps)
+            data = bytearray(self.storage.objects[snap])
+            data[len(data) // 2] ^= 1
+            self.storage.objects[snap] = bytes(data)
+            self.damaged.add((run.run_id, checkpoint_id))
+            run.log(f"damage {snap}")
+        self.world.at(0.0, lambda: self.crash(run))
+
+    def compact(self, restore: bool = False) -> None:
+        """compact_files on the Parquet output, as a user's cron would, while runs write."""
+        if "parquet" in self.kinds:
+            self.trace.compactions += 1
+            compaction.compact_files(self.directory("parquet"), checkpoints=self.store.root, target_size=1 << 20)
+            if restore:
+                self._end_calm()
+            if restore or self.world.rng.random() < 0.5:  # bias: a restore soon after, which needs what it left
+                self.world.at(self.world.rng.uniform(0.0, 0.02 if restore else 0.3), self.crash)

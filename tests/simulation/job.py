@@ -1,0 +1,311 @@
+"""The simulated job: P source partitions of integers, a running sum per partition, and
+the sinks a schedule picks, in one chain run by N subtasks.
+
+Partition p is read by the subtask that owns key p's key group at N (`owner`), which is
+also where its keyed sum lives, so no shuffle is needed and a rescale moves a partition's
+offset and its sum together (the real `rescale.merge_states` moves both). Each record is
+written to every sink as {"id", "p", "total", "run"}: its id, its partition, the running
+sum of its partition so far, and the run that wrote it.
+
+The real code in a subtask: `SourceReader` (offsets, partitions new or gone),
+`SubtaskCheckpoints` (C3, C4, C6, C6a: pre-commit, capture, upload, acknowledge, settle,
+fence and commit), `SinkOp` with the sink writers (`FileSink` plain, rolling locally and
+on S3, Parquet; `PostgresWriter` appending and upserting), snapshot encoding, and the
+restore merge. Only time, storage and the servers are simulated.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+from raystream._postgres_writer import PostgresWriter
+from raystream._runtime.injector import Injector
+from raystream._runtime.keys import key_group, subtask_of_group
+from raystream._runtime.operators import SinkOp
+from raystream._runtime.rescale import RestoredState, combine_writer_states
+from raystream._runtime.snapshot import SinkState, SubtaskState
+from raystream._runtime.source_reader import SourceReader
+from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
+from raystream.config import CheckpointConfig
+from raystream.graph import Step
+from raystream.postgres import PostgresSink
+from raystream.sinks import SinkContext
+from raystream.sources import Source, SourcePartition
+
+from .fake_pg import SimPgServer, SimPgSession
+from .world import Proc, Remote, World, blocking_for
+
+MAX_PARALLELISM = 128
+JOB = "sim"
+
+
+def owner(partition: int, parallelism: int) -> int:
+    return subtask_of_group(key_group(partition, MAX_PARALLELISM), parallelism, MAX_PARALLELISM)
+
+
+def record_ids(partition: int, partitions: int, records: int) -> list[int]:
+    return [partition + k * partitions for k in range(records)]
+
+
+class SimSource(Source):
+    """Partitions "0".."P-1" of record ids; `present` is what `list_partitions` finds now
+    (a partition may be gone for a run and come back)."""
+
+    def __init__(self, partitions: int, records: int, present: list[int]):
+        self.partitions, self.records, self.present = partitions, records, present
+
+    def list_partitions(self) -> list[str]:
+        return [str(p) for p in self.present]
+
+    def build_partition(self, key: str, resume_state: Any, batch_size: int) -> SourcePartition:
+        return _Ids(int(key), self.partitions, self.records, resume_state or 0, batch_size)
+
+
+class _Ids(SourcePartition):
+    """Record ids p, p + P, p + 2P, ...; the offset is how many were read."""
+
+    def __init__(self, p: int, partitions: int, records: int, offset: int, batch_size: int):
+        self.p, self.partitions, self.records, self.offset, self.batch_size = p, partitions, records, offset, batch_size
+
+    def next_batch(self) -> list[int] | None:
+        if self.offset >= self.records:
+            return None
+        end = min(self.records, self.offset + self.batch_size)
+        batch = [self.p + k * self.partitions for k in range(self.offset, end)]
+        self.offset = end
+        return batch
+
+    def snapshot(self) -> int:
+        return self.offset
+
+
+class SimPostgresSink(PostgresSink):
+    """PostgresSink whose writers talk to the simulated server, each through the process
+    of the subtask that builds it (`procs`)."""
+
+    def __init__(self, server: SimPgServer, procs: dict, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.server, self.procs = server, procs
+
+    def build_writer(self, context: SinkContext) -> PostgresWriter:
+        proc = self.procs[(context.run_id, context.subtask, context.attempt)]
+        return PostgresWriter(self, context, session=lambda sink, name: SimPgSession(self.server, sink, name, proc))
+
+
+@dataclass
+class Outputs:
+    """The sinks of one line of runs (a run and the runs continuing it), by step id."""
+
+    sinks: dict[str, Any]
+    pg: SimPgServer | None = None
+    place: str = ""  # "" for the shared directories, else this line's own
+
+    def steps(self) -> list[Step]:
+        return [Step("src", "source", ()), Step("sum", "reduce", ("src",))] + [
+            Step(step_id, "sink", ("sum",), sink=sink) for step_id, sink in self.sinks.items()]
+
+    def chain(self) -> str:
+        return "+".join(s.step_id for s in self.steps())
+
+
+@dataclass
+class Trace:
+    """What happened, for the invariants and for the replay log."""
+
+    commits: list[tuple[str, int, int]] = field(default_factory=list)  # (run, attempt, checkpoint) committed for
+    missing_staged: list[str] = field(default_factory=list)
+    sink_errors: list[str] = field(default_factory=list)
+    refused: list[tuple[str, int]] = field(default_factory=list)
+    rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's base past its own
+    coordinators: int = 0
+    attempts: int = 0
+    crashes: int = 0
+    compactions: int = 0
+
+
+class SimSubtask:
+    """One subtask of the chain: reads its partitions, sums, writes every sink, and takes
+    part in the checkpoint protocol through the real SubtaskCheckpoints, as SubtaskActor
+    does (C3, C4, C6, C6a)."""
+
+    def __init__(self, run: Any, coord: Any, index: int, parallelism: int, attempt: int,
+                 state: RestoredState | None):
+        self.run, self.coord, self.index, self.parallelism, self.attempt = run, coord, index, parallelism, attempt
+        self.world: World = run.world
+        self.proc = Proc(f"{run.run_id}:subtask{index}@a{attempt}")
+        self.blocking = blocking_for(self.world, self.proc)
+        present = run.source.present
+        mine = [str(p) for p in present if owner(p, parallelism) == index]
+        self.reader = SourceReader(Step("src", "source", (), source=run.source), mine, batch_size=4)
+        self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
+                         all_partitions=[str(p) for p in present] if index == 0 else None)
+        self.sums: dict[int, int] = dict(state.keyed.get("sum", {})) if state else {}
+        self.ops: dict[str, SinkOp] = {}
+        self.restored_txns: dict[str, list[Any]] = {}
+        run.scenario.procs[(run.run_id, index, attempt)] = self.proc
+        for step in run.outputs.steps()[2:]:
+            resume = combine_writer_states(step.sink, step.step_id, state.sink_states.get(step.step_id, [])) \
+                if state else None
+            ctx = SinkContext(step.step_id, index, parallelism, transactional=True, resume_state=resume,
+                              run_id=run.run_id, attempt=attempt, job_name=JOB)
+            self.ops[step.step_id] = op = SinkOp(step, ctx)
+            op.commit_all = functools.partial(self._landed, op.commit_all)  # type: ignore[method-assign]
+            self.restored_txns[step.step_id] = state.sink_txns.get(step.step_id, []) if state else []
+        self.checkpoints = SubtaskCheckpoints(
+            name=self.proc.name, store=run.store, run_id=run.run_id, attempt=attempt, chain=run.outputs.chain(),
+            subtask=index, faults=Injector((), attempt=attempt), on_fatal=self._fatal, blocking=self.blocking,
+            config=CheckpointConfig(incremental=False))
+        self.checkpoints.attach(list(self.ops.values()), self._ack)
+        self.barriers: collections.deque[tuple[int, bool]] = collections.deque()
+        self._commit_order = asyncio.Lock()
+        self._committing = 0  # the checkpoint whose commit runs now
+        self._landed_for: set[int] = set()
+        self.busy: asyncio.Future | None = None  # a checkpoint being taken: nothing else happens meanwhile
+        self.stopping = False
+        self.final_taken = self.told_finished = self.finished = self.failed = False
+        self.trigger_checkpoint = Remote(self.world, self.proc, self._on_trigger)
+        self.next_snapshot = Remote(self.world, self.proc, lambda: None)
+        self.notify_complete = Remote(self.world, self.proc, self._on_notify)
+        self.notify_aborted = Remote(self.world, self.proc, self.checkpoints.abort)
+        self.stop_source = Remote(self.world, self.proc, self._on_stop)
+
+    def kill(self) -> None:
+        """The process dies: the database rolls back its open transactions."""
+        self.proc.alive = False
+        for op in self.ops.values():
+            if isinstance(op.writer, PostgresWriter):
+                op.writer._db.close()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """SubtaskActor._fail: the subtask stops; what waits in SubtaskCheckpoints ends."""
+        self.run.note_sink_error(self, exc)
+        self.failed = True
+        self.checkpoints.interrupt(exc)
+
+    async def _ack(self, checkpoint_id: int, meta: Any, error: str | None) -> None:
+        self.world.send(self.coord.proc, self.coord.ack, self.attempt, checkpoint_id, meta, error)
+
+    # --- R4: recover the sinks ------------------------------------------------------------
+
+    def recover(self, checkpoint_id: int) -> None:
+        """T4 for every sink writer (run through `blocking`: it lands even if the process dies)."""
+        self.run.log(f"{self.proc.name} recovers {checkpoint_id}{'' if self.proc.alive else ' (dead, in flight)'}")
+        for step_id, op in self.ops.items():
+            op.writer.recover(self.restored_txns[step_id], checkpoint_id)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.world.at(self.world.rng.uniform(0.001, 0.02), self._step)
+
+    def _on_trigger(self, checkpoint_id: int, final: bool) -> None:
+        self.barriers.append((checkpoint_id, final))
+
+    def _on_stop(self) -> None:
+        self.stopping = True
+
+    def _step(self) -> None:
+        if not self.proc.alive or self.final_taken or self.failed:
+            return
+        if self.busy is not None and not self.busy.done():
+            self.world.at(self.world.rng.uniform(0.004, 0.04), self._step)
+            return
+        try:
+            if self.barriers:
+                checkpoint_id, final = self.barriers.popleft()
+                self.busy = asyncio.ensure_future(self._checkpoint(checkpoint_id))
+                if final:
+                    self.final_taken = True
+                    return
+            elif self.stopping:
+                self.reader.stop()
+                self._tell_finished()
+            elif not self.reader.exhausted:
+                self._read()
+            else:
+                self._tell_finished()
+        except Exception as exc:  # noqa: BLE001 - a sink failed: the subtask fails, the job restarts
+            self._fatal(exc)
+            return
+        self.world.at(self.world.rng.uniform(0.004, 0.04), self._step)
+
+    def _tell_finished(self) -> None:
+        if not self.told_finished:
+            self.told_finished = True
+            self.world.send(self.coord.proc, self.coord.source_finished, self.attempt, self.index)
+
+    def _read(self) -> None:
+        key, part = self.reader.active[self.world.rng.randrange(len(self.reader.active))]
+        batch = part.next_batch()
+        if batch is None:
+            part.close()
+            self.reader.active.remove((key, part))
+            return
+        p, rows = int(key), []
+        swap = self.world.rng.random() < 0.2  # another column order now and then: another statement
+        for record in batch:
+            self.sums[p] = self.sums.get(p, 0) + record
+            row = {"id": record, "p": p, "total": self.sums[p], "run": self.run.run_id}
+            rows.append(dict(reversed(row.items())) if swap else row)
+        # An upsert sets the columns a record names: now and then one names fewer.
+        partial = [{k: v for k, v in r.items() if k != "id"} for r in rows] \
+            if self.world.rng.random() < 0.3 and batch[0] != p else rows  # a partition's first names every column
+        for step_id, op in self.ops.items():
+            op.process(partial if step_id == "pg_totals" else rows)
+
+    # --- C3, C4 (SubtaskCheckpoints.take) ---------------------------------------------------
+
+    async def _checkpoint(self, checkpoint_id: int) -> None:
+        try:
+            await self.checkpoints.take(checkpoint_id, 0.0, lambda: self._capture(checkpoint_id),
+                                        lambda n: asyncio.sleep(0))
+        except Exception as exc:  # noqa: BLE001 - a pre-commit failed, or the wait to settle ended
+            if not self.failed:
+                self._fatal(exc)
+
+    def _capture(self, checkpoint_id: int) -> SubtaskState:
+        return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
+                            source_offsets=self.reader.offsets(), keyed={"sum": dict(self.sums)},
+                            sinks={s: SinkState(op.writer.snapshot(), list(op.pending)) for s, op in self.ops.items()})
+
+    # --- C6 ----------------------------------------------------------------------------------
+
+    def _on_notify(self, checkpoint_id: int) -> None:
+        asyncio.ensure_future(self._commit(checkpoint_id))
+
+    async def _commit(self, checkpoint_id: int) -> None:
+        """SubtaskCheckpoints.commit: the fence, then each sink commits checkpoints up to n.
+        Commits run one at a time there; this lock (also first come, first served) only
+        names the one running, for `_landed`."""
+        async with self._commit_order:
+            self._committing = checkpoint_id
+            try:
+                await self.checkpoints.commit(checkpoint_id)
+            except Exception:  # noqa: BLE001 - on_fatal has the error
+                return
+        if self.final_taken and self.checkpoints.committed >= self.checkpoints.last_barrier and not self.finished \
+                and not self.failed and self.busy is not None and self.busy.done():
+            self._close()
+
+    def _landed(self, commit_all: Any, txns: list[Any]) -> None:
+        """A sink's commit lands (in storage time: also when its process died meanwhile)."""
+        commit_all(txns)
+        checkpoint_id = self._committing
+        if checkpoint_id not in self._landed_for:
+            self._landed_for.add(checkpoint_id)
+            self.run.log(f"{self.proc.name} committed for {checkpoint_id}{'' if self.proc.alive else ' (dead)'}")
+            self.run.trace.commits.append((self.run.run_id, self.attempt, checkpoint_id))
+            self.run.scenario.on_committed(self.run, checkpoint_id)
+
+    def _close(self) -> None:
+        """The end of the stream, once the last checkpoint is committed: writers close."""
+        try:
+            for op in self.ops.values():
+                op.close()
+        except Exception as exc:  # noqa: BLE001
+            self._fatal(exc)
+            return
+        self.finished = True

@@ -1,0 +1,361 @@
+"""The simulation against the defects it exists to find: each protection of the protocols,
+removed one at a time (a mutant that puts the defect back), must make seeded schedules
+fail. `python -m tests.simulation.protections [SEEDS]` prints, per protection, the seeds
+that fail without it; tests/simulation/test_protections.py checks that every mutant is
+caught within the default run's schedules.
+
+Each mutant is the code as it was before the protection (or the smallest change that
+removes it), patched in for the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+from raystream import _part_files, compaction
+from raystream._file_names import SEP, committed_checkpoint
+from raystream._runtime import recovery
+from raystream._runtime.source_reader import SourceReader
+from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
+
+from . import sim
+
+
+@contextlib.contextmanager
+def patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    saved = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, saved)
+
+
+# --- R5: a run with checkpoints of its own never goes back to its base ----------------------
+
+
+def _choose_base_first(store, run_id, refused, *, max_parallelism, keyed):
+    """The restore choice that fell back to the run's base once its own were all refused."""
+    ids = store.manifest_ids(run_id)
+    points = store.restore_points(run_id)
+    refused.update(store.refused(run_id))
+    for checkpoint_id in reversed(ids):
+        if checkpoint_id in refused:
+            continue
+        try:
+            manifest = store.load_manifest(run_id, checkpoint_id)
+        except CorruptCheckpointError as exc:
+            store.refuse(run_id, checkpoint_id, str(exc))
+            refused.add(checkpoint_id)
+            continue
+        if store.is_void(manifest, points):
+            continue
+        return manifest
+    base = store.base(run_id)
+    if base is not None:
+        return base
+    if refused & set(ids):
+        raise RestoreError(f"no checkpoint of run {run_id} can be restored (refused: {sorted(refused & set(ids))})")
+    return None
+
+
+@contextlib.contextmanager
+def base_after_refusals() -> Iterator[None]:
+    with patched(recovery, "choose_checkpoint", _choose_base_first):
+        yield
+
+
+# --- PostgresSink ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def recover_touches_other_runs() -> Iterator[None]:
+    """recover rolls back every stale prepared transaction of the step and subtask, of any run."""
+    from raystream import _postgres_writer as w
+
+    def recover(self, txns, checkpoint_id):
+        for txn in txns:
+            self.commit(txn)
+        keep = {t.gid for t in txns}
+        for gid in self._db.prepared(self._owner + "|"):
+            parsed = w.Gid.parse(gid)
+            if gid in keep or parsed is None or parsed.subtask % self._ctx.parallelism != self._ctx.subtask:
+                continue
+            if parsed.run_id == self._ctx.run_id and parsed.attempt >= self._ctx.attempt:
+                continue
+            self._db.rollback_prepared(gid)
+
+    with patched(w.PostgresWriter, "recover", recover):
+        yield
+
+
+@contextlib.contextmanager
+def upsert_writes_held_keys() -> Iterator[None]:
+    """Upsert writes every buffered key, whatever a prepared transaction of its own holds."""
+    from raystream import _postgres_writer as w
+
+    def flush(self):
+        names = self._db.names
+        rows = {k: (names, r) for k, r in self._latest.items()}
+        self._latest = {}
+        for key, row in self._carried.items():
+            rows.setdefault(key, row)
+        self._carried = {}
+        self._write_rows(list(rows.values()))
+        self._open.update(rows)
+
+    with patched(w.PostgresWriter, "_flush", flush):
+        yield
+
+
+@contextlib.contextmanager
+def upsert_rows_replaced_not_merged() -> Iterator[None]:
+    """A later upsert row of a key replaces an earlier one, whatever columns each names."""
+    from raystream import _postgres_writer as w
+
+    with patched(w, "_merged", lambda older, newer: newer):
+        yield
+
+
+@contextlib.contextmanager
+def pre_commit_without_settling() -> Iterator[None]:
+    """A pre-commit does not wait for the earlier checkpoints' fate (C6a)."""
+    from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
+
+    async def settle(self, checkpoint_id):
+        aborted = {c for c in self._aborted if c < checkpoint_id}
+        for op in self.sinks:
+            op.abort_pending(aborted)
+
+    with patched(SubtaskCheckpoints, "_settle", settle):
+        yield
+
+
+@contextlib.contextmanager
+def unknown_manifest_write_aborts() -> Iterator[None]:
+    """A manifest write that failed is reported as an aborted checkpoint, though it may have landed."""
+    from raystream._runtime.checkpointer import Checkpointer
+
+    with patched(Checkpointer, "_undecided", Checkpointer._abort):
+        yield
+
+
+@contextlib.contextmanager
+def forgotten_commits_are_missing() -> Iterator[None]:
+    """A restored transaction whose status the server no longer knows is taken as lost."""
+    from raystream import _postgres_writer as w
+
+    def commit(self, txn):
+        if not self._db.commit_prepared(txn.gid) and self._db.status(txn.xid) != "committed":
+            raise StagedDataMissingError(f"{txn.gid} is gone and was not committed")
+        with self._held_lock:
+            self._held.pop(txn.gid, None)
+
+    with patched(w.PostgresWriter, "commit", commit):
+        yield
+
+
+@contextlib.contextmanager
+def two_prepared_per_subtask() -> Iterator[None]:
+    """The check asks the server for 2 prepared transactions per sink subtask."""
+    with patched(sim, "prepared_at_once", lambda sink, parallelism, job: 2 * parallelism):
+        yield
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gone_partitions_lose_offsets() -> Iterator[None]:
+    with patched(SourceReader, "offsets", lambda self: {k: p.snapshot() for k, p in self.parts.items()}):
+        yield
+
+
+# --- FileSink ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def committed_parts_not_cut_back() -> Iterator[None]:
+    real = _part_files.commit_part
+
+    def commit_part(storage, part):
+        if isinstance(part, _part_files.LocalPart):
+            import os as _os
+            if not _os.path.exists(storage._path(part.staged)) and _os.path.exists(storage._path(part.final)):
+                return  # committed before: done, however long it grew since
+        elif not _part_files._upload_exists(_part_files._files.s3_client(), storage.bucket,
+                                            storage._key(part.final), part.upload_id):
+            try:
+                _part_files._files.s3_client().head_object(Bucket=storage.bucket, Key=storage._key(part.final))
+                return
+            except Exception:  # noqa: BLE001
+                pass
+        real(storage, part)
+
+    with patched(_part_files, "commit_part", commit_part), \
+            patched(sys.modules["raystream.file_sink"], "commit_part", commit_part):
+        yield
+
+
+@contextlib.contextmanager
+def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
+    """A run from a savepoint commits the savepoint's files in its own directory."""
+    file_sink = sys.modules["raystream.file_sink"]
+    real = file_sink._FileWriter.commit
+
+    def commit(self, txn):
+        real(self, file_sink.FileTxn(txn.files))
+
+    with patched(file_sink._FileWriter, "commit", commit), \
+            patched(file_sink, "storage_of", lambda part, default: default):
+        yield
+
+
+@contextlib.contextmanager
+def other_runs_parts_committed() -> Iterator[None]:
+    """A run from another run's checkpoint commits (and cuts) that run's open part files."""
+    file_sink = sys.modules["raystream.file_sink"]
+
+    def restore_part(self, part, checkpoint_id):
+        self._commit(part)
+
+    with patched(file_sink._RollingWriter, "_restore_part", restore_part):
+        yield
+
+
+@contextlib.contextmanager
+def tails_deleted_by_the_newest_pre_commit() -> Iterator[None]:
+    """S3 tails as objects, deleted relative to the newest pre-committed checkpoint."""
+    def persist(self, checkpoint_id):
+        tail = None
+        if self._buffer:
+            tail = f"_tail-{self.final}-{checkpoint_id:012d}"
+            self._storage.put(tail, bytes(self._buffer))
+            old = [k for k in self._storage.list(f"_tail-{self.final}-") if int(k.rsplit("-", 1)[1]) < checkpoint_id - 1]
+            self._storage.delete(old)
+        return _part_files.S3Part(self.final, self._upload, tuple(self._parts), tail, self.size)
+
+    real_complete = _part_files._complete
+
+    def complete(storage, part):
+        if isinstance(part.tail, str):
+            part = _part_files.S3Part(part.final, part.upload_id, part.parts, storage.get(part.tail), part.length)
+        real_complete(storage, part)
+
+    with patched(_part_files.S3PartWriter, "persist", persist), patched(_part_files, "_complete", complete):
+        yield
+
+
+@contextlib.contextmanager
+def compaction_by_file_names() -> Iterator[None]:
+    """Compaction keeps each writer's newest 3 checkpoints by the ids in file names."""
+    def compact_files(directory, *, checkpoints=None, target_size=128 << 20, min_files=2):
+        storage = compaction.open_storage(directory)
+        names = [k for k in compaction.visible_files(directory) if k.endswith(".parquet")]
+        newest: dict[str, list[int]] = {}
+        for name in names:
+            if committed_checkpoint(name) is not None:
+                newest.setdefault(SEP.join(name.split(SEP)[:3]), []).append(committed_checkpoint(name))
+        kept = {w: set(sorted(set(c))[-3:]) for w, c in newest.items()}
+        candidates = [n for n in names if committed_checkpoint(n) not in kept.get(SEP.join(n.split(SEP)[:3]), ())]
+        if len(candidates) >= min_files:
+            compaction._merge(storage, [(k, storage.get(k)) for k in candidates])
+        return compaction.Compaction(len(candidates), 1, 0)
+
+    with patched(compaction, "compact_files", compact_files):
+        yield
+
+
+@contextlib.contextmanager
+def compaction_takes_a_gone_manifest_as_needing_nothing() -> Iterator[None]:
+    real = compaction._needs
+
+    def needs(store, run, checkpoint_id):
+        found = real(store, run, checkpoint_id)
+        return compaction._ALL if found is None else found
+
+    with patched(compaction, "_needs", needs):
+        yield
+
+
+# --- stop -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_lost_with_its_coordinator() -> Iterator[None]:
+    with patched(sim.Scenario, "protect_stop", False):
+        yield
+
+
+MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "base_after_refusals": ("defect 1: a run rewinds to its base when its own checkpoints are refused",
+                            base_after_refusals),
+    "upsert_writes_held_keys": ("defect 2: upsert waits for its own prepared transactions' locks",
+                                upsert_writes_held_keys),
+    "upsert_rows_replaced_not_merged": ("review: upsert rows of one key naming other columns replace each other",
+                                        upsert_rows_replaced_not_merged),
+    "pre_commit_without_settling": ("defect 2's fix (C6a): a pre-commit on top of an undecided transaction",
+                                    pre_commit_without_settling),
+    "unknown_manifest_write_aborts": ("C6a: a manifest write of unknown outcome reported as aborted",
+                                      unknown_manifest_write_aborts),
+    "recover_touches_other_runs": ("defect 3: recover rolls back other runs' prepared transactions",
+                                   recover_touches_other_runs),
+    "gone_partitions_lose_offsets": ("defect 5: a partition gone for a run loses its offset",
+                                     gone_partitions_lose_offsets),
+    "committed_parts_not_cut_back": ("defect 6: a fall-back leaves a rolled, committed file as it grew",
+                                     committed_parts_not_cut_back),
+    "savepoint_files_committed_in_the_new_directory": (
+        "review: a run from a savepoint into another directory commits the savepoint's files there",
+        savepoint_files_committed_in_the_new_directory),
+    "other_runs_parts_committed": ("review: a run from another run's checkpoint commits that run's open file",
+                                   other_runs_parts_committed),
+    "tails_deleted_by_the_newest_pre_commit": ("defect 7: S3 tails deleted by the newest pre-commit",
+                                               tails_deleted_by_the_newest_pre_commit),
+    "compaction_by_file_names": ("defect 8: compaction keeps the newest 3 checkpoints by file names",
+                                 compaction_by_file_names),
+    "compaction_takes_a_gone_manifest_as_needing_nothing": (
+        "review: compaction takes a manifest retention deleted meanwhile as needing nothing",
+        compaction_takes_a_gone_manifest_as_needing_nothing),
+    "stop_lost_with_its_coordinator": ("defect 10: a stop is lost when the coordinator dies",
+                                       stop_lost_with_its_coordinator),
+    "two_prepared_per_subtask": ("defect 11: the check counts 2 prepared transactions per subtask",
+                                 two_prepared_per_subtask),
+    "forgotten_commits_are_missing": ("an old savepoint's forgotten commits taken as lost",
+                                      forgotten_commits_are_missing),
+}
+
+
+def failing_seeds(mutant: str, seeds: range, out: str, stop_after: int | None = None) -> list[int]:
+    """Seeds whose schedules fail with `mutant` patched in."""
+    failed = []
+    with MUTANTS[mutant][1]():
+        for seed in seeds:
+            try:
+                sim.run_schedule(seed, os.path.join(out, f"{mutant}-{seed}"))
+            except Exception:  # noqa: BLE001 - any failure counts: an invariant, a crash, a hang
+                failed.append(seed)
+                if stop_after is not None and len(failed) >= stop_after:
+                    break
+    return failed
+
+
+def main(argv: list[str]) -> None:
+    logging.disable(logging.CRITICAL)
+    os.fsync = lambda fd: None  # power loss is not simulated
+    n = int(argv[0]) if argv else 1000
+    names = argv[1:] or list(MUTANTS)
+    with tempfile.TemporaryDirectory() as out:
+        for name in names:
+            started = time.monotonic()
+            failed = failing_seeds(name, range(n), out)
+            print(f"{name}: {len(failed)} of {n} seeds fail ({time.monotonic() - started:.0f} s); first: "
+                  f"{failed[:8]}  -- {MUTANTS[name][0]}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
