@@ -11,7 +11,8 @@ server is down or the connection dropped: a later try may work), `LockTimeout`,
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -22,6 +23,7 @@ from raystream.errors import SinkError
 from raystream.retry import first_line
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long a write waits for a row lock before it gives up with a clear error.
 LOCK_TIMEOUT = "30s"
@@ -141,17 +143,14 @@ class PgSession:
         return self._resolve("ROLLBACK PREPARED {}", gid)
 
     def _resolve(self, statement: str, gid: str) -> bool:
-        try:
-            self._control_conn().execute(sql.SQL(statement).format(sql.Literal(gid)))
-            return True
-        except psycopg.errors.UndefinedObject:
-            return False
-        except TRANSIENT as exc:
-            self._drop_control()
-            raise Transient(first_line(exc)) from None
-        except psycopg.Error as exc:
-            raise SinkError(f"PostgresSink {self._name}: {statement.format(gid)} failed at {self.where}: "
-                            f"{first_line(exc)}") from None
+        def run(conn: psycopg.Connection) -> bool:
+            try:
+                conn.execute(sql.SQL(statement).format(sql.Literal(gid)))
+                return True
+            except psycopg.errors.UndefinedObject:
+                return False
+
+        return self._on_control(statement.format(gid), run)
 
     def prepared(self, prefix: str) -> list[str]:
         """Gids of this database's prepared transactions that start with `prefix`."""
@@ -165,14 +164,19 @@ class PgSession:
         return self._control_query("SELECT pg_xact_status(%s::xid8)", (xid,))[0][0]
 
     def _control_query(self, query: str, params: tuple) -> list[tuple]:
+        return self._on_control("reading prepared transactions",
+                                lambda conn: conn.execute(query, params).fetchall())
+
+    def _on_control(self, what: str, fn: Callable[[psycopg.Connection], T]) -> T:
+        """`fn` on the control connection; a dropped connection is Transient (and reopened
+        next time), any other server error a SinkError saying `what` failed."""
         try:
-            return self._control_conn().execute(query, params).fetchall()
+            return fn(self._control_conn())
         except TRANSIENT as exc:
             self._drop_control()
             raise Transient(first_line(exc)) from None
         except psycopg.Error as exc:
-            raise SinkError(f"PostgresSink {self._name}: reading prepared transactions failed at {self.where}: "
-                            f"{first_line(exc)}") from None
+            raise SinkError(f"PostgresSink {self._name}: {what} failed at {self.where}: {first_line(exc)}") from None
 
     def _control_conn(self) -> psycopg.Connection:
         if self._control is None or self._control.closed:

@@ -49,12 +49,12 @@ def world(tmp_path):
     log: list = []
     clock = Clock()
 
-    def make(**config):
+    def make(blocking=inline, **config):
         cp = Checkpointer(
             job_name="job", guarantee="exactly_once", config=CheckpointConfig(**config), store=store, run_id=RUN,
             attempt=1, actors={k: FakeActor(log, k) for k in KEYS}, sources=KEYS[:2],
             chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(), faults=Injector((), attempt=1),
-            clock=clock, blocking=inline)
+            clock=clock, blocking=blocking)
         cp.start_snapshot_calls()
         return cp
 
@@ -191,14 +191,12 @@ def test_retention_keeps_the_newest_manifests(world):
     assert sorted(cp.refs) == [3, 4]
 
 
-def test_the_timeout_spares_a_manifest_write_in_flight_and_nothing_else(tmp_path):
+def test_the_timeout_spares_a_manifest_write_in_flight_and_nothing_else(world):
     """A checkpoint whose manifest is being written is not aborted (it would be complete and
     aborted at once); the previous checkpoint's retention (C7) does not hold the next
     checkpoint's timeout off."""
-    store = CheckpointStore(str(tmp_path / "job"))
-    store.claim_attempt(RUN)
+    make, store, log, clock = world
     gates = {"commit": asyncio.Event(), "retain": asyncio.Event()}
-    clock, log = Clock(), []
 
     async def blocking(fn, *args):
         gate = gates.get(getattr(fn, "__name__", ""))
@@ -207,11 +205,7 @@ def test_the_timeout_spares_a_manifest_write_in_flight_and_nothing_else(tmp_path
         return fn(*args)
 
     async def scenario():
-        cp = Checkpointer(job_name="job", guarantee="exactly_once", config=CheckpointConfig(interval=1, timeout=5),
-                          store=store, run_id=RUN, attempt=1, actors={k: FakeActor(log, k) for k in KEYS},
-                          sources=KEYS[:2], chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(),
-                          faults=Injector((), attempt=1), clock=clock, blocking=blocking)
-        cp.start_snapshot_calls()
+        cp = make(blocking=blocking, interval=1, timeout=5)
 
         async def ack(n):
             for key in KEYS:
@@ -238,12 +232,11 @@ def test_the_timeout_spares_a_manifest_write_in_flight_and_nothing_else(tmp_path
     asyncio.run(scenario())
 
 
-def test_a_checkpoint_aborted_while_its_fence_is_read_is_never_published(tmp_path):
+def test_a_checkpoint_aborted_while_its_fence_is_read_is_never_published(world):
     """The timeout aborts checkpoint 1 while F3 reads the attempts, and checkpoint 2 starts:
     1's manifest must not be written afterwards, nor 2's pending state taken for 1's."""
-    store = CheckpointStore(str(tmp_path / "job"))
-    store.claim_attempt(RUN)
-    gate, clock, log = asyncio.Event(), Clock(), []
+    make, store, log, clock = world
+    gate = asyncio.Event()
 
     async def blocking(fn, *args):
         if getattr(fn, "__name__", "") == "is_current" and not gate.is_set():
@@ -251,11 +244,7 @@ def test_a_checkpoint_aborted_while_its_fence_is_read_is_never_published(tmp_pat
         return fn(*args)
 
     async def scenario():
-        cp = Checkpointer(job_name="job", guarantee="exactly_once", config=CheckpointConfig(interval=1, timeout=5),
-                          store=store, run_id=RUN, attempt=1, actors={k: FakeActor(log, k) for k in KEYS},
-                          sources=KEYS[:2], chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(),
-                          faults=Injector((), attempt=1), clock=clock, blocking=blocking)
-        cp.start_snapshot_calls()
+        cp = make(blocking=blocking, interval=1, timeout=5)
         clock.now = 1.0
         cp.tick()
         acks = asyncio.ensure_future(asyncio.gather(*(
