@@ -24,6 +24,7 @@ from raystream.config import (
     RuntimeConfig,
 )
 from raystream.errors import (
+    CheckpointKeyError,
     ClusterConnectionError,
     ConfigError,
     CorruptCheckpointError,
@@ -36,6 +37,7 @@ from raystream.errors import (
     StagedDataMissingError,
     StaleAttemptError,
     StepFailedError,
+    StorageKeyError,
 )
 from raystream.event_time import EventTime
 from raystream.retry import Retry
@@ -47,6 +49,7 @@ from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, R
 __all__ = [
     "Audit",
     "CheckpointConfig",
+    "CheckpointKeyError",
     "CheckpointStats",
     "ClusterConnectionError",
     "ConfigError",
@@ -75,6 +78,7 @@ __all__ = [
     "StagedDataMissingError",
     "StaleAttemptError",
     "StepFailedError",
+    "StorageKeyError",
     "StepKind",
     "StepMetrics",
     "Stream",

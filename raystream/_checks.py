@@ -9,11 +9,13 @@ from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime
 
-STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+#: Step ids and job names (they name checkpoint folders and files): use `fullmatch`, since
+#: `$` with `match` also accepts a trailing newline ("billing\n").
+STEP_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
 
 
 def check_step_id(step_id: object) -> str:
-    if not isinstance(step_id, str) or not STEP_ID.match(step_id):
+    if not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id):
         raise JobDefinitionError(
             f"step id must be a string of letters, digits, '_', '-' or '.' (at most 100, "
             f"starting with a letter or digit); got {step_id!r}"

@@ -7,7 +7,9 @@ manifest write the commit point: a key written once is never overwritten); and
 promote, which makes staged objects visible under their final keys (FileSink's
 two-phase commit: a staged write is a put under a name readers skip, `_pending-...`).
 
-- Local: put writes a hidden temporary file (`.<name>.<uuid>.tmp`) and renames it over
+- Local: every key stays inside the root (StorageKeyError otherwise: `..`, absolute
+  paths). With `private` (checkpoints), files are created owner-only (0600) and
+  directories 0700; otherwise as the umask says. put writes a hidden temporary file (`.<name>.<uuid>.tmp`) and renames it over
   the key, so readers never see a partial object; put_if_absent hard-links the
   finished temporary file to the key, which fails if the key exists; promote renames.
   Files and then their directories are fsynced before a write or a promote returns, so
@@ -22,11 +24,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from typing import Callable
 
 from raystream import _files
+from raystream.errors import StorageKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +47,10 @@ class Storage(ABC):
         `before_publish` runs when the bytes are written but not yet visible (fault tests)."""
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """The object's bytes; raises FileNotFoundError if there is none."""
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The object's bytes; raises FileNotFoundError if there is none. With `limit`, at
+        most `limit` + 1 bytes: a caller tells an object larger than it expects without
+        reading it whole."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
@@ -65,16 +71,36 @@ class Storage(ABC):
 
 
 class LocalStorage(Storage):
-    def __init__(self, root: str):
+    def __init__(self, root: str, private: bool = False):
         self.root = os.path.abspath(root)
+        self.file_mode, self.dir_mode = (0o600, 0o700) if private else (0o666, 0o777)  # the umask applies
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        """The key's path, if it stays under the root, symbolic links resolved: a link
+        planted in the storage does not lead a delete or a write elsewhere."""
+        path = os.path.normpath(os.path.join(self.root, *key.split("/")))
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if "\0" in key or not (path == self.root or path.startswith(self.root + os.sep)) or not (
+                real == root or real.startswith(root + os.sep)):
+            raise StorageKeyError(f"storage key {key[:200]!r} names a file outside {self.root}; it is refused")
+        return path
+
+    def _makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent != path:
+            self._makedirs(parent)
+        try:
+            os.mkdir(path, self.dir_mode)
+        except FileExistsError:
+            pass
 
     def _write_temp(self, path: str, data: bytes) -> str:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._makedirs(os.path.dirname(path))
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -99,19 +125,26 @@ class LocalStorage(Storage):
         fsync_dir(os.path.dirname(path))
         return True
 
-    def get(self, key: str) -> bytes:
-        with open(self._path(key), "rb") as f:
-            return f.read()
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)  # a planted FIFO does not hang the reader
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageKeyError(f"{self.uri(key)} is not a regular file; it is not read")
+            return f.read() if limit is None else f.read(limit + 1)
 
     def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        try:
+            base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        except StorageKeyError as exc:  # a folder that leads outside: nothing of the storage is there
+            logger.warning("%s", exc)
+            return []
         if not os.path.isdir(base):
             return []
         keys = []
         for dirpath, _, names in os.walk(base):
             rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for name in names:
-                if name.endswith(".tmp"):
+                if name.endswith(".tmp") or os.path.islink(os.path.join(dirpath, name)):  # raystream writes no links
                     continue
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix):
@@ -121,11 +154,12 @@ class LocalStorage(Storage):
     def delete(self, keys: list[str]) -> None:
         dirs = set()
         for key in keys:
+            path = self._path(key)
             try:
-                os.unlink(self._path(key))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
-            dirs.add(os.path.dirname(self._path(key)))
+            dirs.add(os.path.dirname(path))
         for directory in sorted(dirs, key=len, reverse=True):  # deepest first
             while directory != self.root and directory.startswith(self.root + os.sep):
                 try:
@@ -187,14 +221,18 @@ class S3Storage(Storage):
                 return True
             return False
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int | None = None) -> bytes:
         from botocore.exceptions import ClientError
 
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            return _files.s3_client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return _files.s3_client().get_object(Bucket=self.bucket, Key=self._key(key), **ranged)["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self.uri(key)) from None
+            if code == "InvalidRange":  # a range of an empty object
+                return b""
             raise
 
     def list(self, prefix: str) -> list[str]:
@@ -232,12 +270,13 @@ class S3Storage(Storage):
         return f"s3://{self.bucket}/{self._key(key)}"
 
 
-def open_storage(uri: str) -> Storage:
-    """A Storage for `s3://bucket/prefix`, `file:///dir` or a plain directory path."""
+def open_storage(uri: str, private: bool = False) -> Storage:
+    """A Storage for `s3://bucket/prefix`, `file:///dir` or a plain directory path.
+    `private`: local files owner-only (a bucket's access is its policy's: docs/security.md)."""
     loc = _files.Location.parse(uri)
     if loc.scheme == "s3":
         return S3Storage(loc.bucket, loc.path)
-    return LocalStorage(loc.path)
+    return LocalStorage(loc.path, private)
 
 
 def fsync_dir(path: str) -> None:

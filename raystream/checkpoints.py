@@ -7,11 +7,13 @@ step as a table, from a stopped job or a running one (the newest complete checkp
 
 A URI names a job's checkpoint root (`<storage>/<job name>`: its newest run), a run
 (`<root>/<run>`) or one checkpoint (`<root>/<run>/manifests/<id>.json`, a savepoint's
-URI). Manifests are verified (and, with RAYSTREAM_CHECKPOINT_KEY, their signatures), and
-every snapshot's checksum is checked before it is unpickled.
+URI). Manifests are verified (their shape and signature: docs/security.md), and every
+snapshot's size and checksum are checked before it is unpickled.
 """
 from __future__ import annotations
 
+import re
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +38,11 @@ class CheckpointInfo:
 
 def _runtime() -> Any:
     # Imported here so that `import raystream` does not load the runtime.
-    from raystream._runtime import checkpoint_store
+    from raystream._runtime import checkpoint_store, locate
 
-    return checkpoint_store
+    return types.SimpleNamespace(CheckpointStore=checkpoint_store.CheckpointStore,
+                                 CheckpointRef=checkpoint_store.CheckpointRef, locate=locate.locate,
+                                 locate_run=locate.locate_run)
 
 
 def _changelog() -> Any:
@@ -55,13 +59,14 @@ def list_checkpoints(uri: str) -> list[CheckpointInfo]:
         raise RestoreError(f"no checkpoints under {uri}: give a job's checkpoint root (<storage>/<job name>) "
                            "or one of its runs")
     store, run_id = found
-    refused = {int(k.rsplit("/", 1)[1]): k for k in store.storage.list(f"{run_id}/refused/")}
-    snapshot_ids = {int(key.split("/")[2]) for key in store.storage.list(f"{run_id}/snapshots/")}
+    refused = store.refused(run_id)
+    snapshot_ids = {int(key.split("/")[2]) for key in store.storage.list(f"{run_id}/snapshots/")
+                    if re.fullmatch("[0-9]{12}", key.split("/")[2])}
     infos = []
     for checkpoint_id in store.manifest_ids(run_id):
         ref = store_mod.CheckpointRef(store.root, run_id, checkpoint_id)
         if checkpoint_id in refused:
-            reason = store.storage.get(refused[checkpoint_id]).decode("utf-8", "replace")
+            reason = store.refusal(run_id, checkpoint_id)
             infos.append(CheckpointInfo(run_id, checkpoint_id, "refused", uri=ref.uri, reason=reason))
             continue
         try:
@@ -94,7 +99,7 @@ def read_state(uri: str, step_id: str) -> pa.Table:
     values: list[Any] = []
     subtasks: list[int] = []
     for meta in manifest.snapshots_of(chains[0]):
-        state = store.verify_snapshot(store.storage.get(meta.key), meta)  # checksum before unpickling
+        state = store.verify_snapshot(store.read_snapshot(meta), meta)  # size and checksum before unpickling
         state = _changelog().materialize(store.storage, state)  # parts are checked the same way
         if step_id not in state.keyed:
             raise RestoreError(f"step {step_id!r} keeps no keyed state (only keyed steps do: reduce, stateful_map, windows, process and joins)")

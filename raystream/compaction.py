@@ -25,11 +25,19 @@ list, those of earlier aborted checkpoints included (`SnapshotMeta.sink_from`), 
 fall-back past a refused checkpoint retracts the files committed after the one it
 restores. So the files of every run's checkpoints from the oldest that a retained
 manifest names on are left as they are.
+
+A compaction manifest is a file in the sink's directory, which others may be able to
+write, so it is never simply believed: it is read only if it is a regular file of at
+most 1 MiB, its `output` must be the `part-compacted-<id>.parquet` of its own name and
+its inputs plain names of committed files in the same directory (what compaction
+merges: `part-...parquet`), and it must carry a valid signature
+(the checkpoint key: docs/security.md). One that fails is ignored with a warning: it
+deletes nothing and hides nothing from readers (`_compaction_manifests.py`), an unsigned
+one of a raystream before signing included.
 """
 from __future__ import annotations
 
 import io
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -38,14 +46,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raystream._compaction_manifests import (  # noqa: F401 (MAX_MANIFEST_BYTES: part of this module's API)
+    _INPUT, _MANIFEST, _NO_KEY, MAX_MANIFEST_BYTES, _is_manifest, _key_once, _manifests, _signing_key,
+)
 from raystream._file_names import SEP, committed_checkpoint
 from raystream._storage import Storage, open_storage
-from raystream.errors import CorruptCheckpointError, JobDefinitionError
+from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST = "_compaction-"
 _ALL = 2**62  # a run's files from this checkpoint on are kept: none
+_MAX_INPUTS = 3000  # so that a manifest stays under MAX_MANIFEST_BYTES (names are < 256 characters)
 
 
 @dataclass(frozen=True)
@@ -57,24 +68,18 @@ class Compaction:
     rows: int
 
 
-def _manifests(storage: Storage, keys: list[str]) -> list[dict]:
-    found = []
-    for key in keys:
-        if key.startswith(_MANIFEST) and key.endswith(".json"):
-            try:
-                found.append(json.loads(storage.get(key)))
-            except FileNotFoundError:
-                continue  # finished meanwhile
-    return found
-
-
 def visible_files(directory: str) -> list[str]:
     """The keys a reader of `directory` reads: its committed files (names not starting with
     `_` or `.`), minus those replaced by a published compaction."""
     storage = open_storage(directory)
     keys = [k for k in storage.list("") if "/" not in k]
     visible = {k for k in keys if not k.startswith(("_", "."))}
-    replaced = {name for m in _manifests(storage, keys) if m["output"] in visible for name in m["inputs"]}
+    replaced: set[str] = set()
+    for manifest in _manifests(storage, keys, _key_once()):
+        present = [name for name in manifest.inputs if name in visible]
+        if manifest.output not in visible or not present:
+            continue
+        replaced.update(present)
     return sorted(visible - replaced)
 
 
@@ -91,10 +96,12 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     (read from its manifests)."""
     if not isinstance(target_size, int) or target_size < 1:
         raise JobDefinitionError(f"compact_files target_size must be a number of bytes >= 1; got {target_size!r}")
+    signer = _signing_key()  # before anything changes: its manifests are signed (CheckpointKeyError without a key)
     storage = open_storage(directory)
     keys = [k for k in storage.list("") if "/" not in k]
-    _finish_earlier(storage, keys)
-    visible = [k for k in visible_files(directory) if k.endswith(".parquet")]
+    _finish_earlier(storage, keys, signer)
+    # Only what a compaction manifest may name (part-...parquet) is merged.
+    visible = [k for k in visible_files(directory) if _INPUT.fullmatch(k)]
     runs = {_run(k) for k in visible if committed_checkpoint(k) is not None}
     if runs and checkpoints is None:
         raise JobDefinitionError(
@@ -108,7 +115,7 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     size = 0
     for key in candidates:
         data = storage.get(key)
-        if size >= target_size:
+        if size >= target_size or len(groups[-1]) >= _MAX_INPUTS:
             groups.append([])
             size = 0
         groups[-1].append((key, data))
@@ -116,7 +123,7 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     done = Compaction(0, 0, 0)
     for group in groups:
         if len(group) >= min_files:
-            rows = _merge(storage, group)
+            rows = _merge(storage, group, signer)
             done = Compaction(done.files_in + len(group), done.files_out + 1, done.rows + rows)
     logger.info("compacted %d files of %s into %d (%d rows)", done.files_in, directory, done.files_out, done.rows)
     return done
@@ -182,41 +189,44 @@ def _needs(store, run: str, checkpoint_id: int) -> int | None:
         manifest = store.load_manifest(run, checkpoint_id)
     except FileNotFoundError:
         return None
-    except CorruptCheckpointError as exc:
+    except (CorruptCheckpointError, RestoreError) as exc:  # RestoreError: unsigned, or another key
         logger.warning("compaction keeps every file of run %s: manifest %d cannot be read (%s)", run,
                        checkpoint_id, exc)
         return 0
     return min([checkpoint_id] + [s.sink_from for s in manifest.snapshots if s.sink_from])
 
 
-def _merge(storage: Storage, group: list[tuple[str, bytes]]) -> int:
+def _merge(storage: Storage, group: list[tuple[str, bytes]], key: Any = _NO_KEY) -> int:
+    from raystream._runtime.manifest import signed_json  # not loaded by `import raystream`
+
+    if key is _NO_KEY:
+        key = _signing_key()
     name = uuid.uuid4().hex[:12]
     table = pa.concat_tables([pq.read_table(pa.BufferReader(data)) for _, data in group], promote_options="default")
     buf = io.BytesIO()
     pq.write_table(table, buf)
     staged, output, manifest = f"_compacting-{name}.parquet", f"part-compacted-{name}.parquet", f"{_MANIFEST}{name}.json"
     storage.put(staged, buf.getvalue())  # 1
-    storage.put(manifest, json.dumps({"output": output, "inputs": [k for k, _ in group]}).encode())  # 2
+    body = {"type": "compaction", "key": manifest, "output": output, "inputs": [k for k, _ in group]}
+    storage.put(manifest, signed_json(body, key))  # 2
     storage.promote([(staged, output)])  # 3
     storage.delete([k for k, _ in group])  # 4
     storage.delete([manifest])
     return table.num_rows
 
 
-def _finish_earlier(storage: Storage, keys: list[str]) -> None:
-    """Complete or undo compactions that died part way (see the module's steps)."""
+def _finish_earlier(storage: Storage, keys: list[str], key: Any) -> None:
+    """Complete or undo compactions that died part way (see the module's steps). Only
+    manifests that pass the checks (`_read_manifest`) are followed; every name deleted is
+    one listed in this directory."""
     visible = {k for k in keys if not k.startswith(("_", "."))}
-    for key in [k for k in keys if k.startswith(_MANIFEST)]:
-        try:
-            manifest = json.loads(storage.get(key))
-        except FileNotFoundError:
-            continue
-        if manifest["output"] in visible:  # published: the inputs go
-            storage.delete(manifest["inputs"])
+    for manifest in _manifests(storage, keys, lambda: key):
+        if manifest.output in visible:  # published: the inputs go
+            storage.delete([name for name in manifest.inputs if name in visible])
         else:  # never published: the merged file goes
-            storage.delete([manifest["output"].replace("part-compacted-", "_compacting-", 1)])
-        storage.delete([key])
+            storage.delete([manifest.staged])
+        storage.delete([manifest.key])
     # A merged file written but with no manifest yet (died between steps 1 and 2).
-    manifests = {k[len(_MANIFEST):-len(".json")] for k in keys if k.startswith(_MANIFEST)}
-    storage.delete([k for k in keys if k.startswith("_compacting-")
+    manifests = {k[len(_MANIFEST):-len(".json")] for k in keys if _is_manifest(k)}
+    storage.delete([k for k in keys if k.startswith("_compacting-") and k.endswith(".parquet")
                     and k[len("_compacting-"):-len(".parquet")] not in manifests])

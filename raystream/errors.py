@@ -71,3 +71,14 @@ class StepFailedError(JobFailedError):
 
     def __reduce__(self):  # keep the fields across Ray's process boundary
         return (StepFailedError, (self.step_id, self.record_repr, self.error, self.traceback_text))
+
+
+class CheckpointKeyError(RestoreError):
+    """A checkpoint is unsigned, or signed with another key than this process's, or this
+    process has no checkpoint key: a matter of configuration, not damage, so the
+    checkpoint is not refused; give the process the right key (docs/security.md)."""
+
+
+class StorageKeyError(RaystreamError, ValueError):
+    """A storage key that would name something outside its storage's root (`..`, an
+    absolute path): refused, whoever wrote it."""

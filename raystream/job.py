@@ -51,6 +51,14 @@ def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
 
 
 
+def _check_job_name(name: object) -> str:
+    if not isinstance(name, str) or not STEP_ID.fullmatch(name):
+        raise JobDefinitionError(
+            f"job name must be letters, digits, '_', '-' or '.' (it names checkpoint storage); got {name!r}"
+        )
+    return name
+
+
 class Job:
     """A named dataflow and its settings. Build it with `source(...)` and stream methods."""
 
@@ -66,11 +74,7 @@ class Job:
         errors: ErrorPolicy | str = "fail",
         audit: Any = None,
     ):
-        if not isinstance(name, str) or not STEP_ID.match(name):
-            raise JobDefinitionError(
-                f"job name must be letters, digits, '_', '-' or '.' (it names checkpoint storage); got {name!r}"
-            )
-        self.name = name
+        self.name = _check_job_name(name)
         self.parallelism: int = check_parallelism(f"job {name!r}", parallelism) or 1
         self.guarantee = Guarantee.parse(guarantee)
         if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
@@ -143,6 +147,7 @@ class Job:
 
     def validate(self) -> None:
         """Check the whole graph; raises JobDefinitionError naming the step to fix."""
+        _check_job_name(self.name)  # again: it names checkpoint storage, and `name` may have been set since
         if not any(s.kind is StepKind.SOURCE for s in self.steps.values()):
             raise JobDefinitionError(f"job {self.name!r} has no source; add one with job.source(...)")
         timed_steps(self.steps)  # raises on a step whose inputs' event time does not fit it

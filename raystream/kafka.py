@@ -23,9 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import operator
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from raystream.errors import JobDefinitionError, SourceError
 from raystream.event_time import EventTime
@@ -41,6 +43,88 @@ logger = logging.getLogger(__name__)
 
 _librdkafka_log = logging.getLogger(__name__ + ".librdkafka")  # its messages, through logging
 _STARTS = ("earliest", "latest")
+
+# The librdkafka consumer settings (CONFIGURATION.md) a KafkaSource's `config` may hold:
+# only those known to carry no secret. Files are named by their path on the nodes.
+# Everything else (sasl.password, ssl.key.password, ssl.key.pem, ssl.keystore.password,
+# sasl.oauthbearer.config / client.secret / extensions / assertion.private.key.pem and
+# .passphrase, sasl.kerberos.kinit.cmd, callbacks...) comes from the environment.
+CONFIG_SETTINGS = frozenset({
+    # client, metadata, logging
+    "client.id", "client.rack", "client.dns.lookup", "debug", "log_level", "log.connection.close",
+    "log.thread.name", "enable.metrics.push", "statistics.interval.ms", "allow.auto.create.topics",
+    "message.max.bytes", "receive.message.max.bytes", "max.in.flight.requests.per.connection", "max.in.flight",
+    "metadata.max.age.ms", "metadata.recovery.strategy", "metadata.recovery.rebootstrap.trigger.ms",
+    "topic.metadata.refresh.interval.ms", "topic.metadata.refresh.fast.interval.ms",
+    "topic.metadata.refresh.sparse", "topic.metadata.propagation.max.ms",
+    "api.version.request", "api.version.request.timeout.ms", "api.version.fallback.ms", "broker.version.fallback",
+    # connections
+    "socket.timeout.ms", "socket.send.buffer.bytes", "socket.receive.buffer.bytes", "socket.keepalive.enable",
+    "socket.nagle.disable", "socket.max.fails", "socket.connection.setup.timeout.ms", "broker.address.ttl",
+    "broker.address.family", "connections.max.idle.ms", "reconnect.backoff.ms", "reconnect.backoff.max.ms",
+    "retry.backoff.ms", "retry.backoff.max.ms",
+    # consumer, fetching
+    "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "coordinator.query.interval.ms",
+    "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms", "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes", "max.partition.fetch.bytes", "fetch.max.bytes", "fetch.min.bytes",
+    "fetch.error.backoff.ms", "isolation.level", "check.crcs",
+    # TLS: paths of files on the nodes, public certificates, algorithms
+    "security.protocol", "ssl.cipher.suites", "ssl.curves.list", "ssl.sigalgs.list", "ssl.providers",
+    "ssl.key.location", "ssl.certificate.location", "ssl.certificate.pem", "ssl.ca.location", "ssl.ca.pem",
+    "ssl.ca.certificate.stores", "ssl.crl.location", "ssl.keystore.location",
+    "enable.ssl.certificate.verification", "ssl.endpoint.identification.algorithm",
+    "https.ca.location", "https.ca.pem",
+    # SASL: mechanism, names (a user name, like PostgresSink's `user`, is no secret), paths
+    "sasl.mechanisms", "sasl.mechanism", "sasl.username", "sasl.kerberos.service.name",
+    "sasl.kerberos.principal", "sasl.kerberos.keytab", "sasl.kerberos.min.time.before.relogin",
+    "enable.sasl.oauthbearer.unsecure.jwt", "sasl.oauthbearer.method", "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.credentials.client.id", "sasl.oauthbearer.scope",
+    "sasl.oauthbearer.token.endpoint.url", "sasl.oauthbearer.grant.type", "sasl.oauthbearer.assertion.algorithm",
+    "sasl.oauthbearer.assertion.private.key.file", "sasl.oauthbearer.assertion.file",
+    "sasl.oauthbearer.assertion.jwt.template.file", "sasl.oauthbearer.assertion.claim.aud",
+    "sasl.oauthbearer.assertion.claim.exp.seconds", "sasl.oauthbearer.assertion.claim.iss",
+    "sasl.oauthbearer.assertion.claim.jti.include", "sasl.oauthbearer.assertion.claim.nbf.seconds",
+    "sasl.oauthbearer.assertion.claim.sub", "sasl.oauthbearer.metadata.authentication.type",
+})
+# Set by KafkaSource itself, from its arguments or because reading depends on them.
+CONSUMER_OWN = frozenset({"bootstrap.servers", "metadata.broker.list", "group.id", "logger", "enable.auto.commit",
+                          "auto.offset.reset", "enable.partition.eof"})
+ENV_PREFIX = "RAYSTREAM_KAFKA_"
+_PEM_SETTINGS = ("ssl.certificate.pem", "ssl.ca.pem", "https.ca.pem")  # certificates: public, unless a key is in
+
+
+def environment_settings(environ: Any = None) -> dict[str, str]:
+    """The consumer settings this process's environment gives: `RAYSTREAM_KAFKA_SASL_PASSWORD`
+    is `sasl.password` (lower case, underscores as dots)."""
+    environ = os.environ if environ is None else environ
+    return {name[len(ENV_PREFIX):].lower().replace("_", "."): value
+            for name, value in environ.items() if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX)}
+
+
+def _check_config(config: Any) -> None:
+    """Refuses a `config` with settings not known to carry no secret, naming them (never their values)."""
+    if config is None:
+        return
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise JobDefinitionError("KafkaSource config must be a dict of librdkafka settings by name")
+    own = sorted(k for k in config if k in CONSUMER_OWN)
+    if own:
+        raise JobDefinitionError(f"KafkaSource sets {', '.join(own)} itself: give bootstrap_servers= and group_id= "
+                                 "as arguments")
+    refused = sorted(k for k in config if k not in CONFIG_SETTINGS)
+    why = "not among the settings known to carry no secret (raystream.kafka.CONFIG_SETTINGS; check the spelling)"
+    if not refused:
+        refused = [k for k in _PEM_SETTINGS if "PRIVATE KEY" in str(config.get(k, ""))]
+        url = urlsplit(str(config.get("sasl.oauthbearer.token.endpoint.url", "")))
+        if "@" in url.netloc or url.query:  # user:password@ or ?client_secret=
+            refused.append("sasl.oauthbearer.token.endpoint.url")
+        why = "holding a private key, or a URL with user:password@ or a query"
+    if refused:
+        raise JobDefinitionError(
+            f"KafkaSource config must not hold credentials ({', '.join(refused)}: {why}): the source travels to "
+            "every subtask in actor arguments. Give them in the environment of the driver and of every node's Ray "
+            f"workers as {ENV_PREFIX}<SETTING> (e.g. {ENV_PREFIX}SASL_PASSWORD for sasl.password), private keys as "
+            "files on the nodes (ssl.key.location)")
 
 
 @dataclass(frozen=True)
@@ -67,8 +151,21 @@ class KafkaSource(Source):
     - `group_id`: where completed checkpoints' offsets are committed, for monitoring.
     - `timeout`: seconds each try waits for the brokers when the job starts; `retry`:
       how often it tries.
-    - `config`: more librdkafka settings (security, fetch sizes), never credentials
-      (they would travel in actor arguments): give those in the brokers' environment.
+    - `config`: more librdkafka consumer settings, only those known to carry no secret
+      (`CONFIG_SETTINGS`: security protocol, SASL mechanism and user name, paths of
+      certificate and key files, timeouts, fetch sizes...): the source travels to every
+      subtask in actor arguments, readable by anyone who can read the cluster's tasks.
+      Anything else is refused, so is a broker list with `user:password@`.
+
+    Secrets (and any other setting) come from the environment of each process that
+    makes a consumer: the driver (which lists the partitions) and the Ray workers of
+    every node (set them where `ray start` runs; not in a runtime_env, which travels
+    with the job too). `RAYSTREAM_KAFKA_<SETTING>` gives `<setting>`, upper case with
+    dots as underscores: `RAYSTREAM_KAFKA_SASL_PASSWORD` is `sasl.password`,
+    `RAYSTREAM_KAFKA_SSL_KEY_PASSWORD` is `ssl.key.password`. `config` takes precedence
+    over the environment; the settings KafkaSource makes itself (`CONSUMER_OWN`) over
+    both. A private key stays in a file on the nodes (`ssl.key.location`, readable by
+    its owner only), never its text (`ssl.key.pem`).
     """
 
     def __init__(self, bootstrap_servers: str, topics: str | list[str], *, start: Any = "earliest",
@@ -86,10 +183,11 @@ class KafkaSource(Source):
                                      f"offset}}; got {start!r}")
         if until not in (None, "latest"):
             raise JobDefinitionError(f"KafkaSource until must be None or 'latest'; got {until!r}")
-        secret = sorted(k for k in (config or {}) if "password" in k or "secret" in k or k.endswith(".key"))
-        if secret:
-            raise JobDefinitionError(f"KafkaSource config must not hold credentials ({', '.join(secret)}): "
-                                     "it travels to every subtask in actor arguments")
+        if "@" in bootstrap_servers:  # librdkafka takes no user:password@ there: it would be a host name
+            raise JobDefinitionError("KafkaSource bootstrap_servers must be 'host:port[,...]' without user:password@: "
+                                     f"give credentials as {ENV_PREFIX}SASL_USERNAME / {ENV_PREFIX}SASL_PASSWORD "
+                                     "in the environment of the driver and of the nodes")
+        _check_config(config)
         self.bootstrap_servers = bootstrap_servers
         self.topics = names
         self.start = start
@@ -109,9 +207,12 @@ class KafkaSource(Source):
         return EventTime(operator.attrgetter("timestamp"), max_delay=max_delay, idle_after=idle_after)
 
     def _client_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id, "logger": _librdkafka_log,
-                "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
-                **self.config}
+        """The settings of a consumer made in this process: this node's environment (the
+        secrets), then `config`, then KafkaSource's own. Never kept on the source, which
+        is pickled."""
+        return {**environment_settings(), **self.config, "bootstrap.servers": self.bootstrap_servers,
+                "group.id": self.group_id, "logger": _librdkafka_log, "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "enable.partition.eof": False}
 
     def list_partitions(self) -> list[str]:
         """Every partition of the topics; fixes where each starts (and ends, if bounded)."""

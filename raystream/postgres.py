@@ -22,13 +22,17 @@ Under at-least-once the transaction commits at each barrier; upsert mode makes t
 replayed rows idempotent. What the sink cannot do is retract committed rows: see
 `SinkWriter.recover` for the one case (a refused newer checkpoint) where that matters.
 
-Credentials: the DSN names host, port, database and user; the password comes from
-PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass), never from the DSN, because the
-sink travels to every subtask in actor arguments. Logs and errors name host, port and
-database only.
+Credentials: the DSN names host, port, database, user and TLS files, only parameters
+known to carry no secret (`DSN_PARAMETERS`), because the sink travels to every subtask
+in actor arguments. The password comes from PGPASSWORD or a password file (PGPASSFILE,
+~/.pgpass) on the nodes; a client key's passphrase (sslpassword, which libpq reads from
+no environment variable) from a service file on the nodes (PGSERVICEFILE, service=), or
+the key file is left unencrypted and readable by its owner only. Logs and errors name
+host, port and database only.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from raystream.config import CheckpointConfig
@@ -46,13 +50,59 @@ except ImportError:  # reported when a PostgresSink is made
     psycopg = None  # type: ignore[assignment]
 
 _MODES = ("append", "upsert")
+# The libpq connection parameters a PostgresSink's DSN may hold: those known to carry no
+# secret (files by their path on the nodes). Refused: password, sslpassword,
+# oauth_client_secret, scram_client_key, scram_server_key, and what the sink has no use
+# for (replication, sslkeylogfile: TLS session secrets written to a file).
+DSN_PARAMETERS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "service", "passfile", "connect_timeout", "client_encoding",
+    "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "target_session_attrs", "load_balance_hosts",
+    "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslcertmode", "sslrootcert", "sslcrl",
+    "sslcrldir", "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+    "max_protocol_version", "requirepeer", "require_auth", "channel_binding", "gssencmode", "krbsrvname", "gsslib",
+    "gssdelegation", "oauth_issuer", "oauth_client_id", "oauth_scope",
+})
+_SECRETS = ("password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key")
+
+
+def _parse_error(exc: Exception) -> str:
+    """libpq's message on a DSN it cannot parse, with the parts of the DSN it quotes
+    hidden (`invalid percent-encoded token: "<a password>"`) unless they name a parameter."""
+    message = str(exc).strip()
+    if message.startswith(("invalid connection option", "invalid URI query parameter")):
+        return message  # quotes what stands before "=": a name, not a value
+
+    def keep(quoted: re.Match) -> str:
+        return quoted.group(0) if quoted.group(1) in DSN_PARAMETERS or quoted.group(1) in _SECRETS + ("=",) else '"…"'
+    return re.sub(r'"([^"]*)"', keep, message)
+
+
+def _check_dsn(params: dict[str, Any]) -> None:
+    """Refuses parameters not known to carry no secret, naming them (never their values)."""
+    secret = sorted(k for k in params if k in _SECRETS and params[k])  # empty: libpq looks elsewhere
+    if secret:
+        raise JobDefinitionError(
+            f"PostgresSink dsn must not hold secrets ({', '.join(secret)}): the sink travels to every subtask in actor "
+            "arguments. Give the password in PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass) on the nodes; "
+            "libpq reads sslpassword from no environment variable: leave the key file (sslkey) unencrypted and "
+            "readable by its owner only, or put the secrets in a service file on the nodes (PGSERVICEFILE, "
+            "~/.pg_service.conf) and name it with service=")
+    unknown = sorted(k for k in params if k not in DSN_PARAMETERS and k not in _SECRETS)
+    if unknown:
+        raise JobDefinitionError(
+            f"PostgresSink dsn has parameters not known to be free of secrets ({', '.join(unknown)}): it takes only "
+            "those in raystream.postgres.DSN_PARAMETERS (host, port, dbname, user, sslmode, sslcert, sslkey, "
+            "service, ...); give the others in a service file on the nodes (PGSERVICEFILE, service=)")
 
 
 class PostgresSink(Sink):
     """Rows into PostgreSQL table `table`, exactly once (two-phase commit).
 
-    - `dsn`: a libpq connection string or URI without a password (PGPASSWORD or a
-      password file gives it); unset parts come from the PG* environment variables.
+    - `dsn`: a libpq connection string or URI with parameters that carry no secret
+      (`DSN_PARAMETERS`): no password (PGPASSWORD or a password file gives it), no
+      sslpassword (a service file gives it); unset parts come from the PG* environment
+      variables of the node.
     - `mode`: "append" inserts every record (COPY); "upsert" inserts or updates by `key`
       (a column or tuple of columns with a unique index on exactly them).
     - Records are dicts (keys are columns), tuples or lists (named by `columns`), or
@@ -77,11 +127,9 @@ class PostgresSink(Sink):
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise JobDefinitionError(f"PostgresSink dsn is not a valid connection string: {exc}") from None
-        if params.get("password"):
             raise JobDefinitionError(
-                "PostgresSink dsn contains a password: the sink travels to every subtask in actor arguments, "
-                "so give the password in PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass) instead")
+                f"PostgresSink dsn is not a valid connection string: {_parse_error(exc)}") from None
+        _check_dsn(params)
         if not isinstance(table, str) or not table or len(table.split(".")) > 2:
             raise JobDefinitionError(f"PostgresSink table must be 'name' or 'schema.name'; got {table!r}")
         if mode not in _MODES:

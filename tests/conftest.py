@@ -1,11 +1,24 @@
 """Fixtures shared by every test package."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
+from raystream._runtime import signing as _signing
+
+
+# Tests that do not set RAYSTREAM_CHECKPOINT_KEY (the s3_endpoint fixture does) run in the
+# default configuration: a key file made on first use. This one, never the user's own.
+_KEY_DIR = tempfile.mkdtemp(prefix="raystream-key-")
+os.environ["RAYSTREAM_CHECKPOINT_KEY_FILE"] = os.path.join(_KEY_DIR, "checkpoint_key")
+os.environ.pop("RAYSTREAM_UNSIGNED_CHECKPOINTS", None)
+atexit.register(shutil.rmtree, _KEY_DIR, ignore_errors=True)
+_signing.current(create=True)  # as `raystream run` would; tests open checkpoint stores directly
 
 #: Fake secrets, distinctive so that a scan can tell whether they leaked anywhere.
 SECRETS = {

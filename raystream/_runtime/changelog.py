@@ -31,7 +31,7 @@ from typing import Any, Iterable, Protocol
 
 import ray
 
-from raystream._runtime.snapshot import PartRef, SubtaskState, decode, encode
+from raystream._runtime.snapshot import PartRef, SubtaskState, decode, encode, read_exact
 from raystream._storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def apply_part(tables: dict[str, dict[Any, Any]], keyed: dict[str, Any], full: b
 
 def read_part(storage: Any, part: PartRef) -> tuple[dict[str, Any], bool]:
     """(tables or changes, full) of a stored part, after checking its checksum."""
-    obj = decode(storage.get(part.key), part.sha256, f"state part {storage.uri(part.key)}")
+    obj = decode(read_exact(storage, part.key, part.size), part.sha256, f"state part {storage.uri(part.key)}",
+                 (SubtaskState, dict))
     if isinstance(obj, SubtaskState):
         return obj.keyed, not obj.changelog
     return obj, True
@@ -109,7 +110,7 @@ def materialize(storage: Any, state: SubtaskState) -> SubtaskState:
 @ray.remote(num_cpus=0, max_retries=2)
 def compact(root: str, chain: list[PartRef], key: str) -> PartRef:
     """I4, in a process of its own: the chain's tables merged into one base at `key`."""
-    return compact_chain(open_storage(root), chain, key)
+    return compact_chain(open_storage(root, private=True), chain, key)
 
 
 def compact_chain(storage: Any, chain: list[PartRef], key: str) -> PartRef:

@@ -4,8 +4,10 @@ attempt claims, restore records and refusals that fence them (docs/protocol.md).
 Layout under the job's checkpoint root (`<storage>/<job name>`), per run:
 
     <run>/attempts/<attempt>               claimed once per attempt (put_if_absent)
-    <run>/restores/<attempt>               the checkpoint id that attempt restored (0: none)
-    <run>/refused/<id>                     a checkpoint refused at restore (damaged, unsigned)
+    <run>/restores/<attempt>               the checkpoint id that attempt restored (0: none;
+                                           signed JSON)
+    <run>/refused/<id>                     a checkpoint refused at restore, and why (damaged;
+                                           signed JSON)
     <run>/snapshots/<id>/<attempt>-<chain>-<subtask>.snap
     <run>/state/<chain>-<subtask>/<id>-<attempt>.base
                                            keyed state compacted from a chain of snapshots
@@ -23,12 +25,18 @@ the transactions n lists. A void manifest is never restored, so a coordinator of
 older attempt that publishes late (a slow PUT, a process that woke up) changes nothing.
 
 Run ids sort by start time, checkpoint ids increase within a run.
+
+Everything read back is checked before it is used (docs/security.md): manifests and
+records are signed (signing.py) and their size is bounded before they are read;
+snapshots are read only up to the size their manifest recorded; a name in a listing
+that this module did not write is skipped. A fencing record that does not verify fences
+nothing: a planted `restores/` or `refused/` record cannot rewind or stop a job.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,11 +45,20 @@ from typing import Any, Callable
 from raystream import _files
 from raystream._storage import Storage, open_storage
 from raystream._runtime.changelog import part_checkpoint
-from raystream._runtime.manifest import Manifest, read_signed_json, signed_json, signing_key
-from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode
-from raystream.errors import CorruptCheckpointError, RestoreError
+from raystream._runtime import signing
+from raystream._runtime.manifest import Manifest
+from raystream._runtime.signing import MAX_MANIFEST_BYTES, MAX_RECORD_BYTES, read_signed_json, signed_json
+from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode, read_exact
+from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError
 
 logger = logging.getLogger(__name__)
+
+_NUMBERED = re.compile(r"[0-9]{6,12}")  # attempts/<attempt>, restores/<attempt>, refused/<id>
+_MANIFEST_NAME = re.compile(r"([0-9]{12})\.json")
+#: Numbers raystream never reaches (a checkpoint a second for 3,000 years; 100,000
+#: restarts): a larger one was planted, and would push the next one past its name's width.
+MAX_CHECKPOINT_ID = 10**11
+MAX_ATTEMPT = 100_000
 
 
 def new_run_id() -> str:
@@ -61,91 +78,13 @@ class CheckpointRef:
         return _files.Location.parse(self.root).join(CheckpointStore.manifest_key(self.run_id, self.checkpoint_id)).uri()
 
 
-def locate(uri: str) -> CheckpointRef:
-    """The checkpoint a user names: a manifest (`<root>/<run>/manifests/<id>.json`, which
-    is what a savepoint's URI is), a run (`<root>/<run>`: its newest checkpoint) or a
-    job's checkpoint root (`<root>`: the newest checkpoint of its newest run). Raises
-    RestoreError naming what is missing."""
-    loc = _files.Location.parse(uri.rstrip("/"))
-    parts = loc.path.rstrip("/").split("/")
-    if len(parts) >= 3 and parts[-2] == "manifests" and parts[-1].endswith(".json"):
-        root = _files.Location(loc.scheme, "/".join(parts[:-3]), loc.bucket).uri()
-        run_id, stem = parts[-3], parts[-1][:-len(".json")]
-        if not stem.isdigit():
-            raise RestoreError(f"{uri} is not a checkpoint manifest (<run>/manifests/<id>.json)")
-        store = CheckpointStore(root)
-        if int(stem) not in store.manifest_ids(run_id):
-            if store.storage.list(f"{run_id}/snapshots/{int(stem):012d}/"):
-                raise RestoreError(f"checkpoint {int(stem)} at {uri} is incomplete: its snapshots exist but it was "
-                                   f"never committed; pick a complete one with `raystream checkpoints ls {root}`")
-            raise RestoreError(f"no checkpoint at {uri}: the manifest does not exist; list the complete ones with "
-                               f"`raystream checkpoints ls {root}`")
-        _restorable(store, run_id, int(stem), uri)
-        return CheckpointRef(root, run_id, int(stem))
-    found = locate_run(uri)
-    if found is not None:
-        store, run_id = found
-        if store.manifest_ids(run_id):
-            return _newest(store, run_id, uri)
-        if store.storage.list(f"{run_id}/snapshots/"):
-            raise RestoreError(f"{uri} holds snapshots but no complete checkpoint (no manifest was written): it is "
-                               "incomplete and cannot be restored")
-    raise RestoreError(f"no checkpoint at {uri}: nothing is stored there; give a savepoint URI, a run directory "
-                       "or a job's checkpoint root (see `raystream checkpoints ls`)")
-
-
-def locate_run(uri: str) -> tuple["CheckpointStore", str] | None:
-    """(the job's store, the run) that `uri` names: a run directory (`<root>/<run>`), or a
-    job's checkpoint root (its newest run with a checkpoint, else its newest run); None
-    when nothing is stored there."""
-    loc = _files.Location.parse(uri.rstrip("/"))
-    here = CheckpointStore(loc.uri())
-    if any(here.storage.list(d) for d in ("attempts/", "manifests/", "snapshots/")):  # a run directory
-        root, _, run_id = loc.path.rstrip("/").rpartition("/")
-        return CheckpointStore(_files.Location(loc.scheme, root, loc.bucket).uri()), run_id
-    run_id = here.newest_run_with_checkpoint() or (here.runs() or [None])[-1]
-    return (here, run_id) if run_id is not None else None
-
-
-def _restorable(store: "CheckpointStore", run_id: str, checkpoint_id: int, uri: str) -> None:
-    """RestoreError unless the checkpoint may be restored: not refused, not void (F2)."""
-    if checkpoint_id in store.refused(run_id):
-        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} was refused ({store.refusal(run_id, checkpoint_id)}); "
-                           "pick another with `raystream checkpoints ls`")
-    try:
-        manifest = store.load_manifest(run_id, checkpoint_id)
-    except CorruptCheckpointError as exc:
-        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} cannot be used: {exc}") from None
-    if store.is_void(manifest, store.restore_points(run_id)):
-        raise RestoreError(f"checkpoint {checkpoint_id} at {uri} is void: a later attempt of its run restored an older "
-                           "checkpoint, so its output may have been aborted; pick another with "
-                           "`raystream checkpoints ls`")
-
-
-def _newest(store: "CheckpointStore", run_id: str, uri: str) -> CheckpointRef:
-    """The newest checkpoint of the run that is neither refused nor void (F2)."""
-    points = store.restore_points(run_id)
-    refused = store.refused(run_id)
-    for checkpoint_id in reversed(store.manifest_ids(run_id)):
-        if checkpoint_id in refused:
-            continue
-        try:
-            manifest = store.load_manifest(run_id, checkpoint_id)
-        except CorruptCheckpointError:
-            continue
-        if not store.is_void(manifest, points):
-            return CheckpointRef(store.root, run_id, checkpoint_id)
-    raise RestoreError(f"no checkpoint of run {run_id} under {uri} can be restored: each was refused or is void; "
-                       "see `raystream checkpoints ls`")
-
-
 class CheckpointStore:
     """Reads and writes one job's checkpoints in durable storage."""
 
     def __init__(self, root: str, storage: Storage | None = None):
         self.root = root
-        self.storage: Storage = storage if storage is not None else open_storage(root)
-        self._key = signing_key()  # read in this process; never stored or logged
+        self.storage: Storage = storage if storage is not None else open_storage(root, private=True)
+        self._key = signing.current()  # read in this process; never stored or logged
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -165,40 +104,113 @@ class CheckpointStore:
     # --- attempts: the fence ------------------------------------------------------------
 
     def claim_attempt(self, run_id: str) -> int:
-        """A number no other attempt of this run has had (a fencing token for later checks)."""
-        while True:
-            attempt = max(self._attempt_numbers(run_id), default=0) + 1
-            if self.storage.put_if_absent(f"{run_id}/attempts/{attempt:06d}", str(time.time()).encode()):
+        """A number no other attempt of this run has had (a fencing token for later checks).
+        A claim is a signed record: one planted without the key only uses up a number."""
+        for _ in range(1000):
+            attempt = max(self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT), default=0) + 1
+            if attempt >= MAX_ATTEMPT:
+                break
+            key = f"{run_id}/attempts/{attempt:06d}"
+            body = {"type": "attempt", "key": key, "run": run_id, "attempt": attempt, "time": time.time()}
+            if self.storage.put_if_absent(key, signed_json(body, self._key)):
                 return attempt
+        raise RestoreError(f"run {run_id} under {self.root} has used up its attempt numbers; start a new run "
+                           "(from a savepoint or retained checkpoint, --from)")
 
-    def _attempt_numbers(self, run_id: str) -> list[int]:
-        return [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
+    def _claimed(self, run_id: str, above: int = 0) -> list[int]:
+        """The attempts above `above` whose claims verify (this process's key)."""
+        return [n for n in self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT) if n > above
+                and self._record(f"{run_id}/attempts/{n:06d}", "attempt", {"run": run_id, "attempt": n},
+                                 legacy=lambda data: data) is not None]
+
+    def _numbered(self, prefix: str, below: int) -> list[int]:
+        """The numbers (below `below`) that the keys directly under `prefix` name; any
+        other name is skipped: raystream did not write it."""
+        numbers = []
+        for key in self.storage.list(prefix):
+            name = key[len(prefix):]
+            if _NUMBERED.fullmatch(name) and int(name) < below:
+                numbers.append(int(name))
+            else:
+                logger.warning("skipped %s: not a name raystream writes there", self.storage.uri(key))
+        return numbers
+
+    def _read(self, key: str, limit: int) -> bytes:
+        """An object no larger than `limit` (CorruptCheckpointError if it is)."""
+        data = self.storage.get(key, limit=limit)
+        if len(data) > limit:
+            raise CorruptCheckpointError(f"{self.storage.uri(key)} is larger than {limit} bytes, more than raystream "
+                                         "ever writes there; it is not read")
+        return data
 
     def attempts(self, run_id: str) -> int:
-        return len(self._attempt_numbers(run_id))
+        return len(self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT))
 
     def is_current(self, run_id: str, attempt: int) -> bool:
         """Whether `attempt` is still the newest attempt of the run. A process of an older
         attempt checks this before it commits, to narrow the window in which it could; what
         makes a late commit harmless is that its manifest is void (see the module doc)."""
-        return max(self._attempt_numbers(run_id), default=0) <= attempt
+        return not self._claimed(run_id, above=attempt)
 
     def record_restore(self, run_id: str, attempt: int, checkpoint_id: int) -> None:
         """R3 (docs/protocol.md): before any of its subtasks touches a sink,
         `attempt` records which checkpoint it restores. Every manifest of an older attempt
         with a larger id is void from now on."""
-        self.storage.put(f"{run_id}/restores/{attempt:06d}", json.dumps({"checkpoint": checkpoint_id}).encode())
+        key = f"{run_id}/restores/{attempt:06d}"
+        body = {"type": "restore", "key": key, "run": run_id, "attempt": attempt, "checkpoint": checkpoint_id}
+        self.storage.put(key, signed_json(body, self._key))
 
     def restore_points(self, run_id: str) -> dict[int, int]:
-        """attempt -> the checkpoint id it restored (0: it started from nothing)."""
+        """attempt -> the checkpoint id it restored (0: it started from nothing). A record
+        of no verified claim voids nothing. The record of a verified claim that does not
+        verify stops the restore (RestoreError), since a void manifest must never count;
+        except the newest claim's, which is the attempt choosing now, or one that died
+        before it recorded its choice (a record planted ahead of it voids nothing)."""
         points = {}
-        for key in self.storage.list(f"{run_id}/restores/"):
-            try:
-                points[int(key.rsplit("/", 1)[1])] = int(json.loads(self.storage.get(key))["checkpoint"])
-            except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
-                # An unreadable record voids nothing; the fence still holds for its attempt.
-                logger.warning("restore record %s unreadable: %s", self.storage.uri(key), exc)
+        claimed = set(self._claimed(run_id))
+        for attempt in self._numbered(f"{run_id}/restores/", MAX_ATTEMPT):
+            key = f"{run_id}/restores/{attempt:06d}"
+            if attempt not in claimed:
+                logger.warning("%s ignored: no attempt %d of run %s was claimed", self.storage.uri(key), attempt,
+                               run_id)
+                continue
+            body = self._record(key, "restore", {"run": run_id, "attempt": attempt}, legacy=_legacy_restore)
+            if body is None or not _is_count(body.get("checkpoint")):
+                if attempt < max(claimed) and self.storage.list(key):
+                    raise RestoreError(
+                        f"the restore record of attempt {attempt} of run {run_id} ({self.storage.uri(key)}) does not "
+                        "verify: without it, checkpoints it voided could be restored. It was changed, or written by a "
+                        f"raystream before signing (then resume once with {signing.UNSIGNED_ENV}=1)")
+                continue
+            points[attempt] = body["checkpoint"]
         return points
+
+    def _record(self, key: str, kind: str, expected: dict[str, Any],
+                legacy: Callable[[bytes], Any] | None = None) -> dict[str, Any] | None:
+        """A signed record's body if it verifies as a `kind` record of `key` with the
+        `expected` fields; else None, with a warning. With the opt-out, `legacy` reads
+        what a raystream before signing wrote there."""
+        what = f"record {self.storage.uri(key)}"
+        try:
+            data = self._read(key, MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            return None
+        except CorruptCheckpointError as exc:
+            logger.warning("%s ignored: %s", what, exc)
+            return None
+        try:
+            body = read_signed_json(data, self._key, what, kind, key)
+        except (CorruptCheckpointError, CheckpointKeyError) as exc:
+            old = legacy(data) if legacy is not None and signing.unsigned() else None
+            if old is not None:
+                return old if isinstance(old, dict) else dict(expected)
+            logger.warning("%s ignored: %s", what, exc)
+            return None
+        if any(body.get(name) != value for name, value in expected.items()):
+            logger.warning("%s ignored: it belongs to %s, not %s", what,
+                           {name: body.get(name) for name in expected}, expected)
+            return None
+        return body
 
     @staticmethod
     def is_void(manifest: Manifest, points: dict[int, int]) -> bool:
@@ -209,23 +221,34 @@ class CheckpointStore:
 
     def refuse(self, run_id: str, checkpoint_id: int, reason: str) -> None:
         """Remember that a checkpoint failed verification, so no later restore tries it."""
-        self.storage.put(f"{run_id}/refused/{checkpoint_id:012d}", reason.encode("utf-8", "replace"))
+        key = f"{run_id}/refused/{checkpoint_id:012d}"
+        body = {"type": "refusal", "key": key, "run": run_id, "checkpoint": checkpoint_id, "reason": reason[:4000]}
+        self.storage.put(key, signed_json(body, self._key))
 
     def refused(self, run_id: str) -> set[int]:
-        return {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/refused/")}
+        """The checkpoints of the run refused before; a record that does not verify refuses
+        nothing (the checkpoint is verified again when it is chosen)."""
+        return {n for n in self._numbered(f"{run_id}/refused/", MAX_CHECKPOINT_ID) if self.refusal(run_id, n)}
 
     def refusal(self, run_id: str, checkpoint_id: int) -> str:
         """Why a checkpoint was refused, as recorded ("" when it was not)."""
-        try:
-            return self.storage.get(f"{run_id}/refused/{checkpoint_id:012d}").decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        body = self._record(f"{run_id}/refused/{checkpoint_id:012d}", "refusal",
+                            {"run": run_id, "checkpoint": checkpoint_id},
+                            legacy=lambda data: {"reason": data.decode("utf-8", "replace")})
+        return str(body.get("reason") or "refused") if body is not None else ""
 
     # --- snapshots and manifests -------------------------------------------------------
 
     def manifest_ids(self, run_id: str) -> list[int]:
-        return [int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.storage.list(f"{run_id}/manifests/")
-                if k.endswith(".json")]
+        prefix = f"{run_id}/manifests/"
+        ids = []
+        for key in self.storage.list(prefix):
+            found = _MANIFEST_NAME.fullmatch(key[len(prefix):])
+            if found and int(found.group(1)) < MAX_CHECKPOINT_ID:
+                ids.append(int(found.group(1)))
+            else:
+                logger.warning("skipped %s: not a manifest name", self.storage.uri(key))
+        return ids
 
     def load_manifest(self, run_id: str, checkpoint_id: int) -> Manifest:
         """The manifest stored as checkpoint `checkpoint_id` of `run_id`. Its own fields must
@@ -233,7 +256,7 @@ class CheckpointStore:
         cannot roll a job back."""
         key = self.manifest_key(run_id, checkpoint_id)
         what = f"manifest {self.storage.uri(key)}"
-        manifest = Manifest.from_json(self.storage.get(key), self._key, what)
+        manifest = Manifest.from_json(self._read(key, MAX_MANIFEST_BYTES), self._key, what)
         if manifest.run_id != run_id or manifest.checkpoint_id != checkpoint_id:
             raise CorruptCheckpointError(
                 f"{what} describes checkpoint {manifest.checkpoint_id} of run {manifest.run_id}: "
@@ -247,26 +270,37 @@ class CheckpointStore:
         return sorted({k.split("/", 1)[0] for k in self.storage.list("") if "/" in k})
 
     def newest_run_with_checkpoint(self) -> str | None:
-        """The newest run of this job that committed a checkpoint or started from one (for --resume)."""
+        """The newest run of this job that committed a checkpoint or started from one (for
+        --resume). Only a run with a verified attempt claim counts: a folder planted in
+        the storage is not a run to resume."""
         for run_id in reversed(self.runs()):
-            if self.manifest_ids(run_id) or self.storage.list(f"{run_id}/base.json"):
+            if (self.manifest_ids(run_id) or self.storage.list(f"{run_id}/base.json")) and self._claimed(run_id):
                 return run_id
         return None
+
+    def newest_run(self) -> str | None:
+        """The newest run with a verified attempt claim (at-most-once --resume)."""
+        return next((run_id for run_id in reversed(self.runs()) if self._claimed(run_id)), None)
 
     # --- a run's base: the checkpoint of another run it started from ---------------------
 
     def record_base(self, run_id: str, base: CheckpointRef) -> None:
-        body = {"run": run_id, "root": base.root, "base_run": base.run_id, "checkpoint": base.checkpoint_id}
-        self.storage.put(f"{run_id}/base.json", signed_json(body, self._key))
+        key = f"{run_id}/base.json"
+        body = {"type": "base", "key": key, "run": run_id, "root": base.root, "base_run": base.run_id,
+                "checkpoint": base.checkpoint_id}
+        self.storage.put(key, signed_json(body, self._key))
 
     def base_ref(self, run_id: str) -> CheckpointRef | None:
         key = f"{run_id}/base.json"
         if not self.storage.list(key):
             return None
-        body = read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
+        body = read_signed_json(self._read(key, MAX_RECORD_BYTES), self._key, self.storage.uri(key), "base", key)
         if body.get("run") != run_id:
             raise CorruptCheckpointError(f"{self.storage.uri(key)} belongs to run {body.get('run')}, not {run_id}")
-        return CheckpointRef(str(body["root"]), str(body["base_run"]), int(body["checkpoint"]))
+        if not (isinstance(body.get("root"), str) and isinstance(body.get("base_run"), str)
+                and _is_count(body.get("checkpoint"))):
+            raise CorruptCheckpointError(f"{self.storage.uri(key)} is malformed")
+        return CheckpointRef(body["root"], body["base_run"], body["checkpoint"])
 
     def base(self, run_id: str) -> Manifest | None:
         """The manifest of the checkpoint `run_id` started from, or None. RestoreError when
@@ -290,17 +324,24 @@ class CheckpointStore:
         return self.storage.put_if_absent(self.manifest_key(manifest.run_id, manifest.checkpoint_id),
                                           manifest.to_json(self._key), before_publish)
 
+    def read_snapshot(self, meta: SnapshotMeta) -> bytes:
+        """A snapshot's bytes from durable storage, never more than its manifest recorded."""
+        return read_exact(self.storage, meta.key, meta.size)
+
     def verify_snapshot(self, data: bytes, meta: SnapshotMeta) -> SubtaskState:
-        """The snapshot's state, if `data` matches the checksum in the manifest."""
-        return decode(data, meta.sha256, f"snapshot {self.storage.uri(meta.key)}")
+        """The snapshot's state, if `data` matches the checksum in the manifest and decodes
+        to one (else CorruptCheckpointError: refused, never retried as a crash)."""
+        return decode(data, meta.sha256, f"snapshot {self.storage.uri(meta.key)}", SubtaskState)
 
     # --- at-most-once progress --------------------------------------------------------
 
     def save_progress(self, run_id: str, step_id: str, attempt: int, partition: str, offset: Any) -> None:
         """At-most-once: the offset of `partition` before its next batch leaves. Signed JSON,
         never a pickle: offsets of at-most-once sources must be JSON values."""
-        body = {"run": run_id, "step": step_id, "attempt": attempt, "partition": partition, "offset": offset}
-        self.storage.put(self.progress_key(run_id, step_id, attempt, partition), signed_json(body, self._key))
+        key = self.progress_key(run_id, step_id, attempt, partition)
+        body = {"type": "progress", "key": key, "run": run_id, "step": step_id, "attempt": attempt,
+                "partition": partition, "offset": offset}
+        self.storage.put(key, signed_json(body, self._key))
 
     def read_progress(self, run_id: str, step_id: str) -> dict[str, Any]:
         """partition -> offset saved by the newest attempt that saved one. Offsets only move
@@ -308,10 +349,13 @@ class CheckpointStore:
         older attempt can only write under its own attempt's keys, never over newer ones."""
         newest: dict[str, tuple[int, Any]] = {}
         for key in self.storage.list(f"{run_id}/progress/{step_id}/"):
-            body = read_signed_json(self.storage.get(key), self._key, self.storage.uri(key))
+            body = read_signed_json(self._read(key, MAX_RECORD_BYTES), self._key, self.storage.uri(key), "progress",
+                                    key)
             if body.get("run") != run_id or body.get("step") != step_id:
                 raise CorruptCheckpointError(f"progress {self.storage.uri(key)} belongs to another run or step")
-            attempt, partition = int(body["attempt"]), str(body["partition"])
+            if not (_is_count(body.get("attempt")) and isinstance(body.get("partition"), str)):
+                raise CorruptCheckpointError(f"progress {self.storage.uri(key)} is malformed")
+            attempt, partition = body["attempt"], body["partition"]
             if partition not in newest or attempt > newest[partition][0]:
                 newest[partition] = (attempt, body["offset"])
         return {p: offset for p, (_, offset) in newest.items()}
@@ -323,7 +367,8 @@ class CheckpointStore:
             self.save_progress(run_id, step_id, attempt, partition, offset)
         mine = f"{run_id}/progress/{step_id}/{attempt:06d}/"
         self.storage.delete([k for k in self.storage.list(f"{run_id}/progress/{step_id}/")
-                             if not k.startswith(mine) and int(k.split("/")[3]) < attempt])
+                             if not k.startswith(mine) and _NUMBERED.fullmatch(k.split("/")[3])
+                             and int(k.split("/")[3]) < attempt])
 
     # --- retention ----------------------------------------------------------------------
 
@@ -345,6 +390,23 @@ class CheckpointStore:
         floor = min([ids[-keep]] + [part_checkpoint(k) for k in needed])
         doomed = [self.manifest_key(run_id, i) for i in ids[:-keep]]
         for key in self.storage.list(f"{run_id}/snapshots/") + self.storage.list(f"{run_id}/state/"):
-            if part_checkpoint(key) < floor and key not in needed:
+            try:
+                old = part_checkpoint(key) < floor and key not in needed
+            except (ValueError, IndexError):  # not a name raystream writes: not ours to delete
+                continue
+            if old:
                 doomed.append(key)
         self.storage.delete(doomed)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _legacy_restore(data: bytes) -> dict[str, Any] | None:
+    """A restore record as a raystream before signing wrote it: {"checkpoint": n}."""
+    try:
+        body = signing.parse_json(data, "restore record")
+    except CorruptCheckpointError:
+        return None
+    return {"checkpoint": body["checkpoint"]} if set(body) == {"checkpoint"} and _is_count(body["checkpoint"]) else None

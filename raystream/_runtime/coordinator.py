@@ -181,7 +181,7 @@ class JobCoordinator:
         while True:
             try:
                 manifest, progress = await self._begin_attempt(restoring)
-            except RestoreError as exc:
+            except (RestoreError, CorruptCheckpointError) as exc:  # a base or progress record that does not verify
                 return self._fail(Failure(FailureKind.INCOMPATIBLE, "restore", str(exc)))
             restoring = True
             completed_before = self.stats.completed

@@ -23,7 +23,9 @@ import ray
 
 from raystream import _files
 from raystream._runtime.actors import spare_count
-from raystream._runtime.checkpoint_store import CheckpointStore, locate, new_run_id
+from raystream._runtime import signing
+from raystream._runtime.checkpoint_store import CheckpointStore, new_run_id
+from raystream._runtime.locate import locate
 from raystream._runtime.connect import ensure_ray
 from raystream._runtime.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan import PhysicalPlan, build_plan
@@ -54,9 +56,9 @@ def resumable_run(job: JobGraph, store: CheckpointStore) -> str:
     """The run that `--resume` continues: the newest one with a complete checkpoint
     (at-most-once: the newest run, whose sources saved their progress)."""
     if job.guarantee == Guarantee.AT_MOST_ONCE:
-        runs = store.runs()
-        if runs:
-            return runs[-1]
+        run_id = store.newest_run()
+        if run_id is not None:
+            return run_id
     else:
         run_id = store.newest_run_with_checkpoint()
         if run_id is not None:
@@ -271,6 +273,7 @@ def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | Non
     if job.errors.mode == "dead_letter":  # a writer per subtask of every chain
         _check_sink(job.errors.sink, job, "dead letters", sum(c.parallelism for c in plan.chains))
     root = checkpoint_root(job)
+    signing.current(create=True)  # the process that starts a job makes the key if there is none
     store = CheckpointStore(root)
     run_id = resumable_run(job, store) if resume else new_run_id()
     if from_checkpoint:

@@ -140,7 +140,7 @@ async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], su
             except Exception as exc:  # the object died with its node: durable storage has it
                 logger.info("object-store copy of %s unavailable (%s)", meta.key, type(exc).__name__)
         if data is None:
-            data = await loop.run_in_executor(None, store.storage.get, meta.key)
+            data = await loop.run_in_executor(None, store.read_snapshot, meta)
             tiers["durable"] += 1
         states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
     chain = None

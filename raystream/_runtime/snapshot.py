@@ -1,8 +1,11 @@
 """What a subtask snapshots (`SubtaskState`), how it acknowledges a snapshot
 (`SnapshotMeta`), and how snapshot bytes are made and checked.
 
-A snapshot is cloudpickle bytes whose SHA-256 is recorded in the manifest; `decode`
-checks it before unpickling, so bytes that were damaged or replaced are never unpickled.
+A snapshot is cloudpickle bytes whose SHA-256 is recorded in the signed manifest;
+`decode` checks it before unpickling, so bytes that were damaged or replaced are never
+unpickled. A snapshot that unpickles to something else than a snapshot is refused like a
+damaged one; one that the job's code cannot unpickle stops the restore (RestoreError):
+neither is retried as a crash.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-from raystream.errors import CorruptCheckpointError
+from raystream.errors import CorruptCheckpointError, RestoreError
 
 
 def encode(obj: Any) -> tuple[bytes, str]:
@@ -20,14 +23,34 @@ def encode(obj: Any) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def decode(data: bytes, sha256: str, what: str) -> Any:
-    """Unpickle `data` only if its SHA-256 is `sha256`."""
+def decode(data: bytes, sha256: str, what: str, expected: type | tuple[type, ...] = object) -> Any:
+    """Unpickle `data` only if its SHA-256 is `sha256`. CorruptCheckpointError if it is
+    not an `expected`; RestoreError if this code cannot unpickle it."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise CorruptCheckpointError(
             f"{what} is damaged or was replaced: SHA-256 {actual[:16]}... where the manifest recorded "
             f"{sha256[:16]}...; it is not loaded")
-    return cloudpickle.loads(data)
+    try:
+        obj = cloudpickle.loads(data)
+    except MemoryError:
+        raise
+    except Exception as exc:  # the bytes are what the job wrote: its code changed, nothing is damaged
+        raise RestoreError(f"{what} does not decode with this job's code ({type(exc).__name__}: {str(exc)[:200]}); "
+                           "restore it with the code that wrote it, or start without resume") from None
+    if not isinstance(obj, expected):
+        raise CorruptCheckpointError(f"{what} holds a {type(obj).__name__}, not a snapshot; it is not used")
+    return obj
+
+
+def read_exact(storage: Any, key: str, size: int) -> bytes:
+    """The object `key` if it is `size` bytes, as recorded; a larger one is not read whole."""
+    data = storage.get(key, limit=size)
+    if len(data) != size:
+        raise CorruptCheckpointError(f"{storage.uri(key)} is {'larger' if len(data) > size else len(data)} "
+                                     f"{'than' if len(data) > size else 'bytes, not'} {size} bytes, as recorded; "
+                                     "it is not loaded")
+    return data
 
 
 @dataclass

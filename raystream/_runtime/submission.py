@@ -1,8 +1,9 @@
 """Submitting job files to a Ray cluster through the Ray Jobs API, and acting on the jobs
 submitted. A submitted job runs `raystream run FILE ...` as its entrypoint on the
 cluster; the job file's folder travels as the runtime environment's working_dir, so
-the file and whatever it reads beside it are there. Credentials never travel: nodes
-read S3 through their instance profile and the token from their own ~/.ray.
+the file and whatever it reads beside it are there, less what upload.py leaves out
+(secret-looking files, what .gitignore ignores). Credentials never travel: nodes read
+S3 through their instance profile and the token from their own ~/.ray.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ray.exceptions import RayError
 from ray.job_submission import JobSubmissionClient
 
 from raystream._runtime.connect import connection_error, use_cluster_token
+from raystream._runtime.upload import Upload, plan_upload
 from raystream.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,20 +46,16 @@ class Cluster:
         except (ConnectionError, RuntimeError, ValueError, RayError) as exc:  # RayError: AuthenticationError
             raise connection_error(address, exc, has_token=has_token) from None
 
-    def submit(self, jobfile: str, run_args: list[str]) -> str:
-        """Start `raystream run JOBFILE RUN_ARGS` on the cluster; returns the submission id."""
-        if not os.path.isfile(jobfile):
-            raise ConfigError(f"job file {jobfile!r} does not exist")
-        module = os.path.splitext(os.path.basename(jobfile))[0]
-        if module in sys.stdlib_module_names:  # its folder is the working dir, first on sys.path there
-            raise ConfigError(f"job file {jobfile!r} has the name of Python's module {module!r}, which it would hide "
-                              "on the cluster (pyarrow, for one, would not import): rename the file")
-        if not defines_job(jobfile):
-            raise ConfigError(f"{jobfile} defines no `job`: a job file assigns `job = raystream.Job(...)` at module "
-                              "level (see jobs/billing.py)")
-        folder = os.path.dirname(os.path.abspath(jobfile))
+    def submit(self, jobfile: str, run_args: list[str], upload: Upload | None = None) -> str:
+        """Start `raystream run JOBFILE RUN_ARGS` on the cluster; returns the submission id.
+        `upload` is prepare(jobfile), when the caller has made it already (to show it)."""
+        if upload is None:
+            upload = prepare(jobfile)
+            logger.info("%s", upload.summary())
+            if warning := upload.size_warning():
+                logger.warning("%s", warning)
         entrypoint = shlex.join(["raystream", "run", os.path.basename(jobfile), *run_args])
-        return self.client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": folder},
+        return self.client.submit_job(entrypoint=entrypoint, runtime_env=upload.runtime_env(),
                                       metadata={"raystream_job_file": os.path.basename(jobfile)})
 
     def list(self) -> list[Submitted]:
@@ -93,6 +91,20 @@ class Cluster:
                 kept.append(arg)
         return self.client.submit_job(entrypoint=shlex.join([*kept, *run_args]), runtime_env=details.runtime_env,
                                       metadata=details.metadata)
+
+
+def prepare(jobfile: str) -> Upload:
+    """Check the job file as far as can be done here, and list what its submission uploads."""
+    if not os.path.isfile(jobfile):
+        raise ConfigError(f"job file {jobfile!r} does not exist")
+    module = os.path.splitext(os.path.basename(jobfile))[0]
+    if module in sys.stdlib_module_names:  # its folder is the working dir, first on sys.path there
+        raise ConfigError(f"job file {jobfile!r} has the name of Python's module {module!r}, which it would hide "
+                          "on the cluster (pyarrow, for one, would not import): rename the file")
+    if not defines_job(jobfile):
+        raise ConfigError(f"{jobfile} defines no `job`: a job file assigns `job = raystream.Job(...)` at module "
+                          "level (see jobs/billing.py)")
+    return plan_upload(jobfile)
 
 
 def defines_job(jobfile: str) -> bool:

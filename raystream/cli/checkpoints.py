@@ -90,3 +90,21 @@ def inspect_command(uri: str, step_id: str, limit: int) -> None:
     for row in table.slice(0, limit).to_pylist():
         out.add_row(*(str(row[c]) for c in table.column_names))
     console.print(out)
+
+
+@checkpoints.command("key")
+def key_command() -> None:
+    """Show this machine's checkpoint key: its id and where it is (made if there is none).
+
+    Checkpoints are signed with it (docs/security.md); every process that writes or reads
+    a job's checkpoints needs the same key. The key itself is never printed."""
+    from raystream._runtime import signing
+
+    try:
+        key = signing.current(create=True)
+    except RaystreamError as exc:
+        fail(Console(stderr=True), exc)
+    if key is None:
+        click.echo(f"no checkpoint key: {signing.UNSIGNED_ENV} is set, so checkpoints are neither signed nor verified")
+        return
+    click.echo(f"checkpoint key {key.key_id} from {key.source}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from raystream.cli.common import SAVEPOINT_PREFIX, fail, run_args, run_options
 from raystream.errors import JobFailedError
@@ -34,15 +35,29 @@ def _cluster(address: str | None) -> Any:
 @_ADDRESS
 @run_options
 @click.option("--no-follow", is_flag=True, help="Print the submission id and return; do not follow the logs.")
-def submit(jobfile: str, address: str | None, no_follow: bool, **options: Any) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Print the files that would be uploaded (and those left out) and submit nothing.")
+def submit(jobfile: str, address: str | None, no_follow: bool, dry_run: bool, **options: Any) -> None:
     """Run JOBFILE on a Ray cluster: prints the submission id, then follows the job's logs
-    until it ends (exit status 0 when it succeeded). JOBFILE's folder is shipped along."""
-    from raystream._runtime.submission import follow_until_done
+    until it ends (exit status 0 when it succeeded). JOBFILE's folder is shipped along, less
+    secret-looking files and what .gitignore ignores (--dry-run lists it)."""
+    from raystream._runtime.submission import follow_until_done, prepare
 
     console = Console()
     try:
+        upload = prepare(jobfile)  # before connecting: a dry run needs no cluster
+    except Exception as exc:  # RaystreamError
+        fail(console, exc)
+    if dry_run:
+        for line in upload.dry_run_lines():
+            click.echo(line)
+        return
+    click.echo(upload.summary())  # one plain line, unwrapped
+    if warning := upload.size_warning():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    try:
         cluster = _cluster(address)
-        submission_id = cluster.submit(jobfile, run_args(**options))
+        submission_id = cluster.submit(jobfile, run_args(**options), upload=upload)
     except Exception as exc:  # RaystreamError, or the Jobs API's own (RuntimeError, HTTP errors)
         fail(console, exc)
     console.print(f"submitted {submission_id}", highlight=False)

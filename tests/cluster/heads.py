@@ -33,7 +33,8 @@ class Head:
 
 def user_env(**extra: str) -> dict[str, str]:
     """The environment of a user's shell: nothing of this test process's own Ray."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYSTREAM_CHECKPOINT_KEY"))}
+    # The session's key file stays (RAYSTREAM_CHECKPOINT_KEY_FILE): a user's shell has one in ~/.raystream.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "RAYSTREAM_CHECKPOINT_KEY"}
     env.update(extra)
     return env
 

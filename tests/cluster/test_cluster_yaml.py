@@ -37,3 +37,16 @@ def test_a_malformed_config_is_refused(config):
     config["available_node_types"]["worker"]["min_workers"] = "two"
     with pytest.raises(jsonschema.ValidationError, match="'two' is not of type 'integer'"):
         validate_config(prepare_config(config))
+
+
+def test_every_node_is_in_the_clusters_own_security_group_and_gets_both_keys(config):
+    """Issue 22: inbound traffic only from the cluster's own nodes (a group the operator
+    makes, not the one `ray up` would open to SSH from anywhere), and the Ray token and
+    the checkpoint key shipped to every node, owner-only."""
+    for node_type in config["available_node_types"].values():
+        assert node_type["node_config"]["SecurityGroupIds"], "every node type names the cluster's group"
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert config["file_mounts"]["~/.raystream/checkpoint_key"] == "~/.raystream/checkpoint_key"
+    assert "chmod 600 ~/.ray/auth_token ~/.raystream/checkpoint_key" in config["setup_commands"]
+    assert "0.0.0.0/0" not in "".join(line for line in CLUSTER_YAML.read_text().splitlines()
+                                      if not line.lstrip().startswith("#"))

@@ -85,3 +85,32 @@ def test_a_tampered_manifest_is_refused_by_its_signature(monkeypatch, tmp_path):
     result = ns["job"].run(resume=True)
     assert result.checkpoints.refused == 1
     assert ns["verify"]().ok, ns["verify"]()
+
+
+def test_a_snapshot_that_does_not_decode_is_refused_not_retried_as_a_crash(monkeypatch, tmp_path):
+    """A snapshot whose checksum and signature hold but whose pickle is not a snapshot (a
+    pickle that ran code returns whatever it likes) is refused like a damaged one: the
+    checkpoint before it restores at once, instead of a crash loop decoding it again."""
+    import hashlib
+    import json
+
+    import cloudpickle
+
+    from raystream._runtime import signing
+
+    ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
+    run_dir = run_then_kill_program(tmp_path, after_manifests=3)
+    newest = max((run_dir / "manifests").glob("*.json"))
+    raw = json.loads(newest.read_text())
+    data = cloudpickle.dumps({"not": "a snapshot"})
+    snapshot = raw["snapshots"][0]
+    (run_dir.parent / snapshot["key"]).write_bytes(data)
+    snapshot["sha256"], snapshot["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    key = signing.current()  # signed with the job's own key: only the decoding can tell
+    raw.pop("signature")
+    raw["signature"] = signing.sign(raw, key)
+    newest.write_text(json.dumps(raw))
+    result = ns["job"].run(resume=True)
+    assert result.checkpoints.refused == 1
+    assert result.restarts <= 2, "no crash loop: the attempt that met it, then the checkpoint before it"
+    assert ns["verify"]().ok, ns["verify"]()

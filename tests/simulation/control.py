@@ -202,7 +202,7 @@ class SimCoordinator:
         if manifest is not None:
             store = run.store if manifest.run_id == run.run_id else CheckpointStore(run.store.root, run.store.storage)
             for meta in manifest.snapshots:
-                data = await self.blocking(store.storage.get, meta.key)
+                data = await self.blocking(store.read_snapshot, meta)
                 states.append(store.verify_snapshot(data, meta))
         for index in range(run.parallelism):
             merged = merge_states(states, run.outputs.steps(), index, run.parallelism, MAX_PARALLELISM) \

@@ -45,7 +45,8 @@ class FakeS3Client:
     def get_object(self, *, Bucket: str, Key: str, Range: str | None = None) -> dict:
         data = self._get(Bucket, Key, "GetObject")
         if Range is not None:
-            data = data[int(Range.split("=")[1].split("-")[0]):]
+            first, _, last = Range.split("=")[1].partition("-")
+            data = data[int(first):int(last) + 1 if last else None]
         return {"Body": io.BytesIO(data), "ContentLength": len(data)}
 
     def head_object(self, *, Bucket: str, Key: str) -> dict:

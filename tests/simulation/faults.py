@@ -21,6 +21,7 @@ class Faults:
     and decides up front (from the seed) which of these faults a schedule gets."""
 
     calm: bool
+    intruder: bool  # plants an unsigned restore record that would void every checkpoint
     outage: tuple[float, float] | None  # (after the first manifest, how long): uploads fail
     crash_after_manifest: bool
     crash_while_stopping: bool
@@ -39,6 +40,8 @@ class Faults:
             self.world.log.append(f"{self.world.now:.3f} snapshot uploads fail from {start:.3f} to "
                                   f"{start + self.outage[1]:.3f}")
         self.listings.setdefault(run_id, []).append(self.store.manifest_ids(run_id))
+        if self.intruder:
+            self._plant(run_id)
         rng = self.world.rng
         if self._first_after_outage():
             self._after_outage = (run_id, int(key.rsplit("/", 1)[1].split(".")[0]))
@@ -52,6 +55,14 @@ class Faults:
             self.world.at(rng.uniform(0.05, 0.5), lambda: self.damage(run, every=False))
         if self.crash_after_manifest and self.trace.crashes < 4 and self.world.rng.random() < 0.25:
             self.world.at(self.world.rng.uniform(0.0, 0.01), self.crash)
+
+    def _plant(self, run_id: str) -> None:
+        """What a writer of the storage without the key would write to make the run start
+        over (R3): restore records of attempts far ahead, each saying it restored nothing.
+        Signed records ignore them. (Overwriting a genuine record deletes it, which no
+        signature prevents: docs/security.md.)"""
+        for attempt in (99_999, 999_999):
+            self.storage.objects.setdefault(f"{run_id}/restores/{attempt:06d}", b'{"checkpoint": 0}')
 
     def _first_after_outage(self) -> bool:
         """Whether this is the first manifest to land since the storage outage ended."""

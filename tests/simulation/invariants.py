@@ -162,7 +162,7 @@ class Invariants:
     def _check_commits(self) -> None:
         """A sink commits for checkpoint n only when its own attempt's coordinator published
         n, and never for a manifest that is void."""
-        published = [Manifest.from_json(data) for data in self.s.storage.published]
+        published = [Manifest.from_json(data, self.s.store._key) for data in self.s.storage.published]
         for run_id, attempt, checkpoint_id in self.s.trace.commits:
             m = next((m for m in published if (m.run_id, m.checkpoint_id, m.attempt) == (run_id, checkpoint_id,
                                                                                            attempt)), None)
@@ -182,7 +182,7 @@ class Invariants:
         for run_id in {r.run_id for r in self.s.runs}:
             points, refused = self.s.store.restore_points(run_id), self.s.store.refused(run_id)
             for key in self.s.storage.list(f"{run_id}/manifests/"):
-                m = Manifest.from_json(self.s.storage.objects[key])
+                m = Manifest.from_json(self.s.storage.objects[key], self.s.store._key)
                 if CheckpointStore.is_void(m, points) or m.checkpoint_id in refused:
                     continue
                 for meta in m.snapshots:

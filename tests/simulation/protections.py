@@ -10,6 +10,7 @@ removes it), patched in for the run.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 from raystream import _part_files, compaction
 from raystream._file_names import SEP, committed_checkpoint
 from raystream._runtime import recovery
+from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.source_reader import SourceReader
 from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
 
@@ -283,6 +285,26 @@ def compaction_takes_a_gone_manifest_as_needing_nothing() -> Iterator[None]:
         yield
 
 
+# --- signed records ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def unsigned_restore_records_trusted() -> Iterator[None]:
+    """Restore records are read as plain JSON, whoever wrote them (issue 22, finding 3)."""
+    def restore_points(self, run_id):
+        points = {}
+        for key in self.storage.list(f"{run_id}/restores/"):
+            try:
+                body = json.loads(self.storage.get(key))
+                points[int(key.rsplit("/", 1)[1])] = int(body["checkpoint"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        return points
+
+    with patched(CheckpointStore, "restore_points", restore_points):
+        yield
+
+
 # --- stop -------------------------------------------------------------------------------------
 
 
@@ -327,6 +349,8 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                  two_prepared_per_subtask),
     "forgotten_commits_are_missing": ("an old savepoint's forgotten commits taken as lost",
                                       forgotten_commits_are_missing),
+    "unsigned_restore_records_trusted": ("issue 22: a planted restore record rewinds a run to the beginning",
+                                         unsigned_restore_records_trusted),
 }
 
 
@@ -358,4 +382,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("RAYSTREAM_CHECKPOINT_KEY", "the simulation's key")  # tests/conftest.py does this for pytest
     main(sys.argv[1:])

@@ -101,6 +101,9 @@ class Scenario(Faults):
         self.procs: dict = {}  # (run, subtask, attempt) -> its process, for the PostgreSQL sessions
         self.lines: list[list[SimRun]] = []  # each line of runs whose outputs continue each other
         self.crash_after_manifest = rng.random() < 0.3
+        # Someone who can write the storage plants fencing records (docs/security.md). Its
+        # own generator: the other faults of a seed's schedule stay what they were.
+        self.intruder = random.Random(seed ^ 0x5EC).random() < 0.3
         self.crash_while_stopping = rng.random() < 0.5
         self.storage.on_manifest = self._maybe_crash_after_manifest
         self.storage.fail_rate = 0.0 if self.calm else rng.choice([0.0, 0.0, 0.05])
@@ -228,7 +231,7 @@ class Scenario(Faults):
         """Run B starts `--from` A's newest checkpoint while A goes on; A stops later. B
         must leave A's output alone (A's line stays exactly once), and B's line is A's
         output up to that checkpoint plus B's."""
-        from raystream._runtime.checkpoint_store import _newest
+        from raystream._runtime.locate import _newest
         from raystream.errors import RestoreError
 
         rng = self.world.rng

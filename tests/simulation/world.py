@@ -120,9 +120,9 @@ class SimStorage(Storage):
                 raise TimeoutError(f"the response to the PUT of {key} was lost (it landed)")
         return True
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int | None = None) -> bytes:
         try:
-            return self.objects[key]
+            return self.objects[key] if limit is None else self.objects[key][:limit + 1]
         except KeyError:
             raise FileNotFoundError(key) from None
 

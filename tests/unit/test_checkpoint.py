@@ -1,5 +1,6 @@
 """Checkpoint storage: the commit point is exclusive, damaged bytes are refused, retention
 keeps what the newest checkpoint needs."""
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,8 @@ from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.snapshot import SnapshotMeta, decode, encode
 from raystream._storage import LocalStorage
-from raystream.errors import CorruptCheckpointError
+from raystream._runtime.signing import Key
+from raystream.errors import CheckpointKeyError, CorruptCheckpointError
 
 
 def test_decode_refuses_bytes_that_do_not_match_the_checksum():
@@ -43,26 +45,28 @@ def test_commit_retention_and_resume_lookup(tmp_path):
     assert store.manifest_ids("r1") == [4, 5]
     assert [k.split("/")[2] for k in store.storage.list("r1/snapshots/")] == ["000000000004", "000000000005"]
     store.storage.put(CheckpointStore.snapshot_key("r0", 1, 1, "c", 0), b"s")
-    assert store.newest_run_with_checkpoint() == "r1"
+    assert store.newest_run_with_checkpoint() is None  # no attempt of r1 claimed: not a run to resume
     assert store.claim_attempt("r1") == 1 and store.claim_attempt("r1") == 2
+    assert store.newest_run_with_checkpoint() == "r1"
 
 
 def test_signed_manifests_refuse_tampering_and_a_missing_signature():
     import json
 
     m = make_manifest("r", 3)
-    key = b"k" * 32
+    key = Key(b"k" * 32, "test")
     signed = m.to_json(key)
-    assert Manifest.from_json(signed, key) == m
+    assert Manifest.from_json(signed, key) == dataclasses.replace(m, key_id=key.key_id)
     tampered = json.loads(signed)
     tampered["snapshots"][0]["sha256"] = "f" * 64  # point the checksum at other bytes
     with pytest.raises(CorruptCheckpointError, match="does not match its signature"):
         Manifest.from_json(json.dumps(tampered).encode(), key)
-    with pytest.raises(CorruptCheckpointError, match="does not match its signature"):
-        Manifest.from_json(signed, b"another key")
-    with pytest.raises(CorruptCheckpointError, match="not signed"):
+    # Another key, or none: the reader is told, and nothing is refused for good.
+    with pytest.raises(CheckpointKeyError, match=f"signed with checkpoint key {key.key_id}.*this process has key"):
+        Manifest.from_json(signed, Key(b"another key", "test"))
+    with pytest.raises(CheckpointKeyError, match="not signed"):
         Manifest.from_json(m.to_json(), key)
-    with pytest.raises(CorruptCheckpointError, match="not a readable manifest"):
+    with pytest.raises(CorruptCheckpointError, match="not readable JSON"):
         Manifest.from_json(signed[:40], key)
 
 
@@ -91,7 +95,7 @@ def test_retention_leaves_no_directory_behind(tmp_path):
 
 
 def test_a_manifest_is_bound_to_its_run_id_and_job(tmp_path):
-    key = b"k" * 32
+    key = Key(b"k" * 32, "test")
     store = CheckpointStore(str(tmp_path / "j"))
     store._key = key
     for n in (1, 2):
@@ -111,11 +115,11 @@ def test_a_manifest_is_bound_to_its_run_id_and_job(tmp_path):
 def test_a_signature_that_is_not_a_string_is_refused_not_a_crash():
     import json
 
-    key = b"k" * 32
+    key = Key(b"k" * 32, "test")
     raw = json.loads(make_manifest("r", 1).to_json(key))
     for bad in (12345, None, ["x"], {"a": 1}):
         raw["signature"] = bad
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises((CorruptCheckpointError, CheckpointKeyError)):
             Manifest.from_json(json.dumps(raw).encode(), key)
     for not_a_manifest in (b"17", b"[1, 2]", b"null"):
         with pytest.raises(CorruptCheckpointError):
@@ -124,7 +128,7 @@ def test_a_signature_that_is_not_a_string_is_refused_not_a_crash():
 
 def test_progress_is_signed_json_keyed_by_partition_and_fenced_by_attempt(tmp_path):
     store = CheckpointStore(str(tmp_path / "j"))
-    store._key = b"k" * 32
+    store._key = Key(b"k" * 32, "test")
     store.save_progress("r", "src", 1, "s3://b/a.txt", [100, 10])
     store.save_progress("r", "src", 1, "s3://b/b.txt", [900, 90])
     store.save_progress("r", "src-b", 1, "s3://b/a.txt", [5, 1])  # another step whose id extends "src"

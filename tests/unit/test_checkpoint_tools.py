@@ -58,6 +58,10 @@ def test_read_state_returns_a_table_of_the_newest_complete_checkpoint(store):
 
 def test_read_state_never_unpickles_a_snapshot_that_fails_its_checksum(store):
     key = store.snapshot_key("run", 2, 1, "sum+out", 0)
-    store.storage.put(key, store.storage.get(key) + b"tampered")
+    original = store.storage.get(key)
+    store.storage.put(key, original + b"tampered")
+    with pytest.raises(CorruptCheckpointError, match="larger than .* bytes, as recorded"):
+        rs.checkpoints.read_state(f"{store.root}/run/manifests/000000000002.json", "sum")
+    store.storage.put(key, original[:-8] + b"tampered")  # the same size
     with pytest.raises(CorruptCheckpointError, match="damaged or was replaced"):
         rs.checkpoints.read_state(f"{store.root}/run/manifests/000000000002.json", "sum")

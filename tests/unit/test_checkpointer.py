@@ -68,7 +68,7 @@ def calls(log, name):
 def ack_all(cp, checkpoint_id, error_from=None):
     async def go():
         for key in KEYS:
-            meta = SnapshotMeta(key[0], key[1], f"{RUN}/snapshots/{checkpoint_id}/{key}", "0" * 64, 10)
+            meta = SnapshotMeta(key[0], key[1], CheckpointStore.snapshot_key(RUN, checkpoint_id, 1, key[0], key[1]), "0" * 64, 10)
             await cp.on_ack(checkpoint_id, meta, "upload failed" if key == error_from else None)
     asyncio.run(go())
 

@@ -50,6 +50,32 @@ def test_bad_step_ids_are_refused(bad):
         s.map(bad, str)
 
 
+@pytest.mark.parametrize("bad", ["src\n", "m\n", "x" * 100 + "\n"])
+def test_step_ids_with_a_trailing_newline_are_refused(bad):
+    """`$` alone would let "m\n" through: it names checkpoint files."""
+    _, s = seq_job()
+    with pytest.raises(rs.JobDefinitionError, match="step id"):
+        s.map(bad, str)
+    with pytest.raises(rs.JobDefinitionError, match="step id"):
+        rs.Job("j").source(bad, SequenceSource(10))
+
+
+@pytest.mark.parametrize("bad", ["billing\n", "b.1-x_y\n", "x" * 100 + "\n"])
+def test_job_names_with_a_trailing_newline_are_refused(bad):
+    """`$` alone would let "billing\n" through: it names the job's checkpoint folder."""
+    with pytest.raises(rs.JobDefinitionError, match="job name"):
+        rs.Job(bad)
+
+
+def test_a_job_name_set_after_construction_is_checked_before_the_job_runs():
+    job, s = seq_job()
+    s.sink("out", CollectSink())
+    job.name = "billing\n"  # it names the job's checkpoint folder
+    for check in (job.validate, job.freeze):
+        with pytest.raises(rs.JobDefinitionError, match="job name"):
+            check()
+
+
 def test_wrong_argument_types_are_refused():
     job, s = seq_job()
     with pytest.raises(rs.JobDefinitionError, match="must be callable"):

@@ -9,9 +9,10 @@ from raystream._runtime.recovery import RestartTracker
 from raystream.errors import JobFailedError, RestoreError
 
 
-def manifest(chain: str, parallelism: int) -> Manifest:
-    metas = [SnapshotMeta(chain, i, f"k{i}", "0" * 64, 1) for i in range(parallelism)]
-    return Manifest("j", "run", 7, 1, "exactly_once", 0.0, {chain: parallelism}, metas)
+def manifest(chain: str, parallelism: int, run_id: str = "run") -> Manifest:
+    metas = [SnapshotMeta(chain, i, CheckpointStore.snapshot_key(run_id, 7, 1, chain, i), "0" * 64, 1)
+             for i in range(parallelism)]
+    return Manifest("j", run_id, 7, 1, "exactly_once", 0.0, {chain: parallelism}, metas)
 
 
 def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_progress():
@@ -69,8 +70,8 @@ def test_a_run_started_from_a_checkpoint_restores_its_base_until_it_has_its_own(
     store.claim_attempt("new")
     store.record_base("new", CheckpointRef(store.root, "run", 5))
     assert choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True).run_id == "run"
-    own = manifest("r", 1)
-    own.run_id, own.checkpoint_id, own.versions = "new", 6, versions()
+    own = manifest("r", 1, "new")
+    own.checkpoint_id, own.versions = 6, versions()
     assert store.commit(own)
     chosen = choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)
     assert (chosen.run_id, chosen.checkpoint_id) == ("new", 6)
@@ -82,7 +83,7 @@ def test_a_run_started_from_a_checkpoint_restores_its_base_until_it_has_its_own(
 
 
 def test_locate_finds_a_savepoint_a_run_or_a_job_root_and_names_what_is_missing(tmp_path):
-    from raystream._runtime.checkpoint_store import locate
+    from raystream._runtime.locate import locate
 
     store = stored(tmp_path, [1, 2])
     ref = locate(store.storage.uri(store.manifest_key("run", 1)))
@@ -100,8 +101,8 @@ def test_locate_finds_a_savepoint_a_run_or_a_job_root_and_names_what_is_missing(
 
 
 def own_checkpoint(store: CheckpointStore, run_id: str, n: int, attempt: int = 1) -> None:
-    own = manifest("r", 1)
-    own.run_id, own.checkpoint_id, own.attempt, own.versions = run_id, n, attempt, versions()
+    own = manifest("r", 1, run_id)
+    own.checkpoint_id, own.attempt, own.versions = n, attempt, versions()
     assert store.commit(own)
 
 
@@ -139,7 +140,7 @@ def test_a_run_whose_own_checkpoints_are_all_void_restores_its_base(tmp_path):
 
 
 def test_locate_never_picks_a_void_checkpoint(tmp_path):
-    from raystream._runtime.checkpoint_store import locate
+    from raystream._runtime.locate import locate
 
     store = stored(tmp_path, [1, 2])
     store.claim_attempt("run")
