@@ -73,11 +73,31 @@ class Storage(ABC):
 class LocalStorage(Storage):
     def __init__(self, root: str, private: bool = False):
         self.root = os.path.abspath(root)
+        self.private = private
         self.file_mode, self.dir_mode = (0o600, 0o700) if private else (0o666, 0o777)  # the umask applies
+        self._root_checked = False
+
+    def _check_private_root(self) -> None:
+        if self._root_checked:
+            return
+        try:
+            st = os.lstat(self.root)
+        except FileNotFoundError:
+            return  # made by the first write, 0700
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StorageKeyError(
+                f"{self.root} is {'a link' if stat.S_ISLNK(st.st_mode) else 'not yours' if st.st_uid != os.geteuid() else 'writable by others'}: "
+                "checkpoints are kept only in a folder of your own that no one else can write "
+                f"(chmod go-w {self.root}, or use another folder)")
+        self._root_checked = True
 
     def _path(self, key: str) -> str:
         """The key's path, if it stays under the root, symbolic links resolved: a link
-        planted in the storage does not lead a delete or a write elsewhere."""
+        planted in the storage does not lead a delete or a write elsewhere. A private root
+        must be this user's own and writable by no one else, so that nobody else can
+        plant anything in it (nor swap a folder for a link between a check and a use)."""
+        if self.private:
+            self._check_private_root()
         path = os.path.normpath(os.path.join(self.root, *key.split("/")))
         root = os.path.realpath(self.root)
         real = os.path.realpath(path)
@@ -133,6 +153,8 @@ class LocalStorage(Storage):
             return f.read() if limit is None else f.read(limit + 1)
 
     def list(self, prefix: str) -> list[str]:
+        if self.private:
+            self._check_private_root()  # raises: a root of someone else's is not an empty one
         try:
             base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         except StorageKeyError as exc:  # a folder that leads outside: nothing of the storage is there
@@ -210,7 +232,7 @@ class S3Storage(Storage):
             # The outcome is unknown (the response was lost), or the key exists, perhaps
             # because a retry of our own successful PUT met it: read back and compare.
             try:
-                existing = self.get(key)
+                existing = self.get(key, limit=len(data))  # a planted huge object is not read whole
             except FileNotFoundError:
                 if conflict:
                     return False
@@ -226,7 +248,8 @@ class S3Storage(Storage):
 
         ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            return _files.s3_client().get_object(Bucket=self.bucket, Key=self._key(key), **ranged)["Body"].read()
+            body = _files.s3_client().get_object(Bucket=self.bucket, Key=self._key(key), **ranged)["Body"]
+            return body.read() if limit is None else body.read(limit + 1)  # a server may ignore the range
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("NoSuchKey", "404"):

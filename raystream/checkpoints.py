@@ -28,7 +28,7 @@ class CheckpointInfo:
 
     run_id: str
     checkpoint_id: int
-    status: str  # "complete", "final" (a savepoint when the job was stopped), "refused", "incomplete"
+    status: str  # "complete", "final" (a savepoint when the job was stopped), "refused", "void", "incomplete"
     created: float = 0.0  # Unix time the manifest was written (0 when there is none)
     size: int = 0  # bytes of its snapshots
     duration: float = 0.0  # seconds from its trigger to its manifest
@@ -60,6 +60,7 @@ def list_checkpoints(uri: str) -> list[CheckpointInfo]:
                            "or one of its runs")
     store, run_id = found
     refused = store.refused(run_id)
+    points = store.restore_points(run_id)
     snapshot_ids = {int(key.split("/")[2]) for key in store.storage.list(f"{run_id}/snapshots/")
                     if re.fullmatch("[0-9]{12}", key.split("/")[2])}
     infos = []
@@ -73,6 +74,10 @@ def list_checkpoints(uri: str) -> list[CheckpointInfo]:
             m = store.load_manifest(run_id, checkpoint_id)
         except CorruptCheckpointError as exc:
             infos.append(CheckpointInfo(run_id, checkpoint_id, "refused", uri=ref.uri, reason=str(exc)))
+            continue
+        if store.is_void(m, points):
+            infos.append(CheckpointInfo(run_id, checkpoint_id, "void", m.created, uri=ref.uri,
+                                        reason="a later attempt restored an older checkpoint"))
             continue
         infos.append(CheckpointInfo(run_id, checkpoint_id, "final" if m.final else "complete", m.created,
                                     sum(s.size for s in m.snapshots), m.duration, ref.uri))

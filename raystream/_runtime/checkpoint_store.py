@@ -49,15 +49,14 @@ from raystream._runtime import signing
 from raystream._runtime.manifest import Manifest
 from raystream._runtime.signing import MAX_MANIFEST_BYTES, MAX_RECORD_BYTES, read_signed_json, signed_json
 from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, decode, read_exact
-from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError
+from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError, StorageKeyError
 
 logger = logging.getLogger(__name__)
 
-_NUMBERED = re.compile(r"[0-9]{6,12}")  # attempts/<attempt>, restores/<attempt>, refused/<id>
-_MANIFEST_NAME = re.compile(r"([0-9]{12})\.json")
-#: Numbers raystream never reaches (a checkpoint a second for 3,000 years; 100,000
-#: restarts): a larger one was planted, and would push the next one past its name's width.
-MAX_CHECKPOINT_ID = 10**11
+_MANIFEST_NAME = re.compile(r"([0-9]{12})\.json", re.ASCII)
+#: Past these, the next number would not fit its name's width: a manifest or claim near
+#: them was planted (a checkpoint a second for 30,000 years; 100,000 restarts).
+MAX_CHECKPOINT_ID = 10**12 - 1
 MAX_ATTEMPT = 100_000
 
 
@@ -85,6 +84,8 @@ class CheckpointStore:
         self.root = root
         self.storage: Storage = storage if storage is not None else open_storage(root, private=True)
         self._key = signing.current()  # read in this process; never stored or logged
+        self.job = root.rstrip("/").rsplit("/", 1)[-1]  # every record names it: no record moves between jobs
+        self._claims: dict[str, bool] = {}
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -106,34 +107,57 @@ class CheckpointStore:
     def claim_attempt(self, run_id: str) -> int:
         """A number no other attempt of this run has had (a fencing token for later checks).
         A claim is a signed record: one planted without the key only uses up a number."""
+        tried = 0
         for _ in range(1000):
-            attempt = max(self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT), default=0) + 1
+            attempt = max(self._numbered(f"{run_id}/attempts/", 6), default=0) + 1
+            attempt = max(attempt, tried + 1)  # a key taken by something no listing shows is not tried twice
             if attempt >= MAX_ATTEMPT:
                 break
             key = f"{run_id}/attempts/{attempt:06d}"
-            body = {"type": "attempt", "key": key, "run": run_id, "attempt": attempt, "time": time.time()}
-            if self.storage.put_if_absent(key, signed_json(body, self._key)):
-                return attempt
+            body = {"type": "attempt", "key": key, "job": self.job, "run": run_id, "attempt": attempt,
+                    "time": time.time()}
+            try:
+                if self.storage.put_if_absent(key, signed_json(body, self._key)):
+                    self._claims[key] = True
+                    return attempt
+            except StorageKeyError as exc:  # a link planted there
+                logger.warning("attempt %d of run %s skipped: %s", attempt, run_id, exc)
+            tried = attempt
         raise RestoreError(f"run {run_id} under {self.root} has used up its attempt numbers; start a new run "
                            "(from a savepoint or retained checkpoint, --from)")
 
-    def _claimed(self, run_id: str, above: int = 0) -> list[int]:
-        """The attempts above `above` whose claims verify (this process's key)."""
-        return [n for n in self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT) if n > above
-                and self._record(f"{run_id}/attempts/{n:06d}", "attempt", {"run": run_id, "attempt": n},
-                                 legacy=lambda data: data) is not None]
+    def _claimed(self, run_id: str, above: int = 0, first: bool = False) -> list[int]:
+        """The attempts above `above` whose claims verify (this process's key), newest
+        first; `first`: only the newest. A claim is never rewritten, so what one read
+        showed is kept (the fence reads no claim twice)."""
+        found = []
+        for n in sorted(self._numbered(f"{run_id}/attempts/", 6), reverse=True):
+            if n <= above:
+                break
+            key = f"{run_id}/attempts/{n:06d}"
+            if key not in self._claims:
+                self._claims[key] = self._record(key, "attempt", {"run": run_id, "attempt": n},
+                                                 legacy=lambda data: data) is not None
+            if self._claims[key]:
+                found.append(n)
+                if first:
+                    break
+        return found
 
-    def _numbered(self, prefix: str, below: int) -> list[int]:
-        """The numbers (below `below`) that the keys directly under `prefix` name; any
-        other name is skipped: raystream did not write it."""
+    def _numbered(self, prefix: str, width: int) -> list[int]:
+        """The numbers that the keys directly under `prefix` name, `width` digits as
+        raystream writes them there; any other name is skipped: raystream did not write it."""
         numbers = []
         for key in self.storage.list(prefix):
             name = key[len(prefix):]
-            if _NUMBERED.fullmatch(name) and int(name) < below:
+            if len(name) == width and name.isascii() and name.isdigit():
                 numbers.append(int(name))
             else:
                 logger.warning("skipped %s: not a name raystream writes there", self.storage.uri(key))
         return numbers
+
+    def _exists(self, key: str) -> bool:
+        return key in self.storage.list(key)
 
     def _read(self, key: str, limit: int) -> bytes:
         """An object no larger than `limit` (CorruptCheckpointError if it is)."""
@@ -144,20 +168,21 @@ class CheckpointStore:
         return data
 
     def attempts(self, run_id: str) -> int:
-        return len(self._numbered(f"{run_id}/attempts/", MAX_ATTEMPT))
+        return len(self._numbered(f"{run_id}/attempts/", 6))
 
     def is_current(self, run_id: str, attempt: int) -> bool:
         """Whether `attempt` is still the newest attempt of the run. A process of an older
         attempt checks this before it commits, to narrow the window in which it could; what
         makes a late commit harmless is that its manifest is void (see the module doc)."""
-        return not self._claimed(run_id, above=attempt)
+        return not self._claimed(run_id, above=attempt, first=True)
 
     def record_restore(self, run_id: str, attempt: int, checkpoint_id: int) -> None:
         """R3 (docs/protocol.md): before any of its subtasks touches a sink,
         `attempt` records which checkpoint it restores. Every manifest of an older attempt
         with a larger id is void from now on."""
         key = f"{run_id}/restores/{attempt:06d}"
-        body = {"type": "restore", "key": key, "run": run_id, "attempt": attempt, "checkpoint": checkpoint_id}
+        body = {"type": "restore", "key": key, "job": self.job, "run": run_id, "attempt": attempt,
+                "checkpoint": checkpoint_id}
         self.storage.put(key, signed_json(body, self._key))
 
     def restore_points(self, run_id: str) -> dict[int, int]:
@@ -168,7 +193,7 @@ class CheckpointStore:
         before it recorded its choice (a record planted ahead of it voids nothing)."""
         points = {}
         claimed = set(self._claimed(run_id))
-        for attempt in self._numbered(f"{run_id}/restores/", MAX_ATTEMPT):
+        for attempt in self._numbered(f"{run_id}/restores/", 6):
             key = f"{run_id}/restores/{attempt:06d}"
             if attempt not in claimed:
                 logger.warning("%s ignored: no attempt %d of run %s was claimed", self.storage.uri(key), attempt,
@@ -176,7 +201,7 @@ class CheckpointStore:
                 continue
             body = self._record(key, "restore", {"run": run_id, "attempt": attempt}, legacy=_legacy_restore)
             if body is None or not _is_count(body.get("checkpoint")):
-                if attempt < max(claimed) and self.storage.list(key):
+                if attempt < max(claimed) and self._exists(key):
                     raise RestoreError(
                         f"the restore record of attempt {attempt} of run {run_id} ({self.storage.uri(key)}) does not "
                         "verify: without it, checkpoints it voided could be restored. It was changed, or written by a "
@@ -191,11 +216,12 @@ class CheckpointStore:
         `expected` fields; else None, with a warning. With the opt-out, `legacy` reads
         what a raystream before signing wrote there."""
         what = f"record {self.storage.uri(key)}"
+        expected = {**expected, "job": self.job}
         try:
             data = self._read(key, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return None
-        except CorruptCheckpointError as exc:
+        except (CorruptCheckpointError, StorageKeyError) as exc:
             logger.warning("%s ignored: %s", what, exc)
             return None
         try:
@@ -203,9 +229,10 @@ class CheckpointStore:
         except (CorruptCheckpointError, CheckpointKeyError) as exc:
             old = legacy(data) if legacy is not None and signing.unsigned() else None
             if old is not None:
-                return old if isinstance(old, dict) else dict(expected)
+                return {**expected, **old} if isinstance(old, dict) else dict(expected)
             logger.warning("%s ignored: %s", what, exc)
             return None
+        body.setdefault("job", self.job)  # a record of the opt-out's legacy formats
         if any(body.get(name) != value for name, value in expected.items()):
             logger.warning("%s ignored: it belongs to %s, not %s", what,
                            {name: body.get(name) for name in expected}, expected)
@@ -222,13 +249,14 @@ class CheckpointStore:
     def refuse(self, run_id: str, checkpoint_id: int, reason: str) -> None:
         """Remember that a checkpoint failed verification, so no later restore tries it."""
         key = f"{run_id}/refused/{checkpoint_id:012d}"
-        body = {"type": "refusal", "key": key, "run": run_id, "checkpoint": checkpoint_id, "reason": reason[:4000]}
+        body = {"type": "refusal", "key": key, "job": self.job, "run": run_id, "checkpoint": checkpoint_id,
+                "reason": reason[:4000]}
         self.storage.put(key, signed_json(body, self._key))
 
     def refused(self, run_id: str) -> set[int]:
         """The checkpoints of the run refused before; a record that does not verify refuses
         nothing (the checkpoint is verified again when it is chosen)."""
-        return {n for n in self._numbered(f"{run_id}/refused/", MAX_CHECKPOINT_ID) if self.refusal(run_id, n)}
+        return {n for n in self._numbered(f"{run_id}/refused/", 12) if self.refusal(run_id, n)}
 
     def refusal(self, run_id: str, checkpoint_id: int) -> str:
         """Why a checkpoint was refused, as recorded ("" when it was not)."""
@@ -244,7 +272,7 @@ class CheckpointStore:
         ids = []
         for key in self.storage.list(prefix):
             found = _MANIFEST_NAME.fullmatch(key[len(prefix):])
-            if found and int(found.group(1)) < MAX_CHECKPOINT_ID:
+            if found:
                 ids.append(int(found.group(1)))
             else:
                 logger.warning("skipped %s: not a manifest name", self.storage.uri(key))
@@ -274,29 +302,30 @@ class CheckpointStore:
         --resume). Only a run with a verified attempt claim counts: a folder planted in
         the storage is not a run to resume."""
         for run_id in reversed(self.runs()):
-            if (self.manifest_ids(run_id) or self.storage.list(f"{run_id}/base.json")) and self._claimed(run_id):
+            if (self.manifest_ids(run_id) or self._exists(f"{run_id}/base.json")) and self._claimed(run_id, first=True):
                 return run_id
         return None
 
     def newest_run(self) -> str | None:
         """The newest run with a verified attempt claim (at-most-once --resume)."""
-        return next((run_id for run_id in reversed(self.runs()) if self._claimed(run_id)), None)
+        return next((run_id for run_id in reversed(self.runs()) if self._claimed(run_id, first=True)), None)
 
     # --- a run's base: the checkpoint of another run it started from ---------------------
 
     def record_base(self, run_id: str, base: CheckpointRef) -> None:
         key = f"{run_id}/base.json"
-        body = {"type": "base", "key": key, "run": run_id, "root": base.root, "base_run": base.run_id,
+        body = {"type": "base", "key": key, "job": self.job, "run": run_id, "root": base.root, "base_run": base.run_id,
                 "checkpoint": base.checkpoint_id}
         self.storage.put(key, signed_json(body, self._key))
 
     def base_ref(self, run_id: str) -> CheckpointRef | None:
         key = f"{run_id}/base.json"
-        if not self.storage.list(key):
+        if not self._exists(key):
             return None
         body = read_signed_json(self._read(key, MAX_RECORD_BYTES), self._key, self.storage.uri(key), "base", key)
-        if body.get("run") != run_id:
-            raise CorruptCheckpointError(f"{self.storage.uri(key)} belongs to run {body.get('run')}, not {run_id}")
+        if body.get("run") != run_id or body.get("job", self.job) != self.job:
+            raise CorruptCheckpointError(f"{self.storage.uri(key)} belongs to run {body.get('run')} of job "
+                                         f"{body.get('job')}, not {run_id} of {self.job}")
         if not (isinstance(body.get("root"), str) and isinstance(body.get("base_run"), str)
                 and _is_count(body.get("checkpoint"))):
             raise CorruptCheckpointError(f"{self.storage.uri(key)} is malformed")
@@ -339,7 +368,7 @@ class CheckpointStore:
         """At-most-once: the offset of `partition` before its next batch leaves. Signed JSON,
         never a pickle: offsets of at-most-once sources must be JSON values."""
         key = self.progress_key(run_id, step_id, attempt, partition)
-        body = {"type": "progress", "key": key, "run": run_id, "step": step_id, "attempt": attempt,
+        body = {"type": "progress", "key": key, "job": self.job, "run": run_id, "step": step_id, "attempt": attempt,
                 "partition": partition, "offset": offset}
         self.storage.put(key, signed_json(body, self._key))
 
@@ -351,7 +380,7 @@ class CheckpointStore:
         for key in self.storage.list(f"{run_id}/progress/{step_id}/"):
             body = read_signed_json(self._read(key, MAX_RECORD_BYTES), self._key, self.storage.uri(key), "progress",
                                     key)
-            if body.get("run") != run_id or body.get("step") != step_id:
+            if body.get("run") != run_id or body.get("step") != step_id or body.get("job", self.job) != self.job:
                 raise CorruptCheckpointError(f"progress {self.storage.uri(key)} belongs to another run or step")
             if not (_is_count(body.get("attempt")) and isinstance(body.get("partition"), str)):
                 raise CorruptCheckpointError(f"progress {self.storage.uri(key)} is malformed")
@@ -367,7 +396,7 @@ class CheckpointStore:
             self.save_progress(run_id, step_id, attempt, partition, offset)
         mine = f"{run_id}/progress/{step_id}/{attempt:06d}/"
         self.storage.delete([k for k in self.storage.list(f"{run_id}/progress/{step_id}/")
-                             if not k.startswith(mine) and _NUMBERED.fullmatch(k.split("/")[3])
+                             if not k.startswith(mine) and re.fullmatch("[0-9]{6}", k.split("/")[3], re.ASCII)
                              and int(k.split("/")[3]) < attempt])
 
     # --- retention ----------------------------------------------------------------------
@@ -381,10 +410,13 @@ class CheckpointStore:
         if len(ids) <= keep:
             return
         needed: set[str] = set()
+        refused = self.refused(run_id)
         for checkpoint_id in ids[-keep:]:
+            if checkpoint_id in refused:  # never restored: it needs nothing (a planted one must not stop retention)
+                continue
             try:
                 needed.update(p for s in self.load_manifest(run_id, checkpoint_id).snapshots for p in s.parts)
-            except (CorruptCheckpointError, FileNotFoundError) as exc:
+            except (CorruptCheckpointError, CheckpointKeyError, FileNotFoundError) as exc:
                 logger.warning("retention skipped: manifest %d unreadable (%s)", checkpoint_id, exc)
                 return  # cannot tell which parts it needs: delete nothing
         floor = min([ids[-keep]] + [part_checkpoint(k) for k in needed])

@@ -14,7 +14,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from raystream._runtime.changelog import materialize
-from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.checkpoint_store import MAX_CHECKPOINT_ID, CheckpointStore
 from raystream._runtime.manifest import Manifest, incompatibility
 from raystream._runtime.rescale import RestoredState, merge_states
 from raystream._runtime.snapshot import PartRef
@@ -101,6 +101,10 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
     (`restoring`: after a failure or on resume), and record the choice durably before
     any subtask of the attempt touches a sink. Returns (attempt, manifest or None)."""
     attempt = await blocking(store.claim_attempt, run_id)
+    ids = await blocking(store.manifest_ids, run_id)
+    if ids and max(ids) >= MAX_CHECKPOINT_ID:  # the next checkpoint id would not fit its name
+        raise RestoreError(f"run {run_id} under {store.root} holds manifest {max(ids)}, an id raystream never "
+                           "reaches: someone who can write the storage put it there. Remove it, then resume")
     manifest = None
     if restoring:
         manifest = await blocking(lambda: choose_checkpoint(store, run_id, refused, max_parallelism=max_parallelism,

@@ -92,6 +92,9 @@ def current(create: bool = False) -> Key | None:
     if not text:
         raise CheckpointKeyError(f"the checkpoint key file {path} is empty: delete it to have a new one made, or "
                                  "copy the key of the processes that wrote the checkpoints into it")
+    if st.st_uid != os.geteuid():
+        raise CheckpointKeyError(f"the checkpoint key file {path} belongs to another user, who could know the key: "
+                                 "use a key file of your own")
     if st.st_mode & 0o077:
         logger.warning("the checkpoint key file %s can be read by other users (mode %o): chmod 600 %s",
                        path, st.st_mode & 0o777, path)
@@ -137,8 +140,8 @@ def verify(body: dict[str, Any], signature: Any, key: Key | None, what: str) -> 
     matter, never a reason to refuse the checkpoint for good. Signed with this key but
     changed since: CorruptCheckpointError."""
     signer = body.get("key_id")
-    if unsigned() and (not signature or key is None or (signer and signer != key.key_id)):
-        return  # the opt-out: accepted unverified
+    if unsigned() and (not signature or key is None or signer != key.key_id):
+        return  # the opt-out: accepted unverified (unsigned, or signed with another or an unknown key)
     if key is None:
         raise CheckpointKeyError(f"{what} cannot be verified: this process has no checkpoint key")
     if not signature:
@@ -146,7 +149,13 @@ def verify(body: dict[str, Any], signature: Any, key: Key | None, what: str) -> 
             f"{what} is not signed, and this process verifies signatures: it was written with "
             f"{UNSIGNED_ENV}=1 or by a raystream before signing, or planted by someone who can write the storage. "
             f"If you trust everyone who can write there, read it with {UNSIGNED_ENV}=1")
-    if isinstance(signer, str) and signer and signer != key.key_id:
+    if not isinstance(signer, str) or not signer:  # signed before key ids: this key, or another?
+        if isinstance(signature, str) and hmac.compare_digest(signature, sign(body, key)):
+            return
+        raise CheckpointKeyError(
+            f"{what} was signed by a raystream before key ids, not with this process's key {key.key_id} (from "
+            f"{key.source}), or changed since: give this process the key of the job that wrote it")
+    if signer != key.key_id:
         raise CheckpointKeyError(
             f"{what} was signed with checkpoint key {signer}, and this process has key {key.key_id} (from "
             f"{key.source}): give this process the key of the job that wrote it ({KEY_ENV} or {key_file()})")
@@ -177,8 +186,9 @@ def read_signed_json(data: bytes, key: Key | None, what: str, kind: str | None =
     if not isinstance(sha, str) or not hmac.compare_digest(sha, hashlib.sha256(canonical(raw)).hexdigest()):
         raise CorruptCheckpointError(f"{what} is damaged: its checksum does not match")
     verify(raw, signature, key, what)
+    legacy = unsigned() and "type" not in raw  # written by a raystream before records had kinds
     for name, value in (("type", kind), ("key", where)):
-        if value is not None and raw.get(name) != value:
+        if value is not None and not legacy and raw.get(name) != value:
             raise CorruptCheckpointError(f"{what} is a {raw.get('type')!r} record written as {raw.get('key')!r}, "
                                          f"not a {kind!r} record of this key: it was copied")
     raw.pop("key_id", None)

@@ -52,7 +52,7 @@ def audit_command(uri: str, run_id: str | None) -> None:
 @click.argument("uri")
 def ls_command(uri: str) -> None:
     """The checkpoints of one run: id, time, size, duration and status (complete, final,
-    refused, incomplete). URI is a job's checkpoint root (its newest run) or a run."""
+    refused, void, incomplete). URI is a job's checkpoint root (its newest run) or a run."""
     console = Console()
     try:
         infos = list_checkpoints(uri)
@@ -104,7 +104,6 @@ def key_command() -> None:
         key = signing.current(create=True)
     except RaystreamError as exc:
         fail(Console(stderr=True), exc)
-    if key is None:
-        click.echo(f"no checkpoint key: {signing.UNSIGNED_ENV} is set, so checkpoints are neither signed nor verified")
-        return
     click.echo(f"checkpoint key {key.key_id} from {key.source}")
+    if signing.unsigned():
+        click.echo(f"{signing.UNSIGNED_ENV} is set: unsigned checkpoints are accepted unverified")

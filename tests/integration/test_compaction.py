@@ -66,8 +66,11 @@ def test_readers_see_every_record_once_at_every_step(directory, monkeypatch):
 def test_a_compaction_that_died_after_publishing_is_finished_by_the_next(directory):
     write_small_files(directory, files=4, rows=10)
     storage = open_storage(directory)
-    storage.put("_compaction-dead.json", b'{"output": "part-compacted-dead.parquet", '
-                                         b'"inputs": ["part-small-000.parquet", "part-small-001.parquet"]}')
+    from raystream._runtime import signing
+
+    body = {"type": "compaction", "key": "_compaction-dead.json", "output": "part-compacted-dead.parquet",
+            "inputs": ["part-small-000.parquet", "part-small-001.parquet"]}
+    storage.put("_compaction-dead.json", signing.signed_json(body, signing.current()))  # as _merge writes it
     table = pa.concat_tables([pq.read_table(pa.BufferReader(storage.get(f"part-small-00{i}.parquet")))
                               for i in (0, 1)])
     storage.put("part-compacted-dead.parquet", parquet_bytes([table.to_batches()[0], table.to_batches()[1]]))

@@ -164,3 +164,19 @@ def test_a_late_manifest_of_a_replaced_attempt_is_void(tmp_path):
     mine = make_manifest("r", 3)
     mine.attempt = 2
     assert not store.is_void(mine, points)  # attempt 2's own later checkpoints count
+
+
+def test_s3_reads_a_conflicting_object_back_no_further_than_what_it_wrote(s3_bucket, monkeypatch):
+    """Review of issue 22: a put_if_absent that meets an object at its key reads it back to
+    compare; a huge object planted at the next manifest's key is not read whole."""
+    from raystream import _files
+    from raystream._storage import S3Storage
+
+    storage = S3Storage(s3_bucket, "chk/j")
+    _files.s3_client().put_object(Bucket=s3_bucket, Key="chk/j/run/manifests/000000000001.json", Body=b"x" * 200_000)
+    read = []
+    real_get = S3Storage.get
+    monkeypatch.setattr(S3Storage, "get", lambda self, key, limit=None: read.append(limit) or real_get(self, key, limit))
+    assert not storage.put_if_absent("run/manifests/000000000001.json", b"a manifest")
+    assert read == [len(b"a manifest")]
+    assert len(real_get(storage, "run/manifests/000000000001.json", limit=10)) == 11

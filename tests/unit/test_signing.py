@@ -5,6 +5,7 @@ Every test here runs without a key in the environment and with its own home dire
 as a user's first `raystream run` on a fresh machine does."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ import raystream as rs
 from raystream._runtime import signing
 from raystream._runtime.checkpoint_store import CheckpointStore
 from raystream._runtime.manifest import Manifest, versions
-from raystream._runtime.recovery import choose_checkpoint
+from raystream._runtime.recovery import begin_attempt, choose_checkpoint
 from raystream._runtime.snapshot import SnapshotMeta, SubtaskState, encode
 from raystream._storage import LocalStorage
 from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError, StorageKeyError
@@ -316,15 +317,25 @@ def test_checkpoints_of_an_earlier_version_resume_once_with_the_opt_out_and_then
 
 # --- review of issue 22: what a writer of the storage could still do --------------------------
 
-def test_a_planted_manifest_id_at_the_end_of_the_range_is_not_a_checkpoint(store):
-    store.storage.put("run/manifests/999999999999.json", b"{}")
-    assert store.manifest_ids("run") == [1, 2, 3]  # the next id stays 4, within the names' width
-    assert _choose(store).checkpoint_id == 3
+def test_a_planted_manifest_id_neither_hides_the_next_checkpoints_nor_lets_ids_overflow(store):
+    store.storage.put("run/manifests/099999999999.json", b"{}")
+    assert _choose(store).checkpoint_id == 3 and 99_999_999_999 in store.refused("run")
+    write_checkpoint(store, 10**11, {"a": 5})  # the id the job takes next: listed, restorable
+    assert store.manifest_ids("run")[-1] == 10**11 and _choose(store).checkpoint_id == 10**11
+    store.storage.put("run/manifests/999999999999.json", b"{}")  # the next id would not fit its name
+
+    async def blocking(fn, *args):
+        return fn(*args)
+
+    with pytest.raises(RestoreError, match="an id raystream never reaches"):
+        asyncio.run(begin_attempt(store, "run", set(), restoring=True, max_parallelism=128, keyed=True,
+                                  blocking=blocking))
 
 
 def test_planted_attempt_claims_neither_stop_the_running_attempt_nor_the_next_claim(store):
     store.storage.put("run/attempts/000050", b"1700000000.0")
     store.storage.put("run/attempts/999999999999", b"1700000000.0")
+    store.storage.put("run/attempts/0000002", b"1700000000.0")  # not the width raystream writes
     assert store.is_current("run", 1)
     assert store.claim_attempt("run") == 51  # a number used up, nothing more
     assert not store.is_current("run", 1) and store.is_current("run", 51)
@@ -354,3 +365,81 @@ def test_at_most_once_resume_is_not_redirected_by_a_planted_run(store):
     store.storage.put("zzzz/x", b"x")
     store.storage.put("zzzz/attempts/000001", b"1700000000.0")
     assert store.newest_run() == "run" and store.newest_run_with_checkpoint() == "run"
+
+
+# --- second review of issue 22 ------------------------------------------------------------------
+
+def test_records_copied_from_another_job_under_the_same_key_are_not_this_jobs(store, tmp_path):
+    other = CheckpointStore(str(tmp_path / "ckpt" / "other"))
+    other.claim_attempt("zrun")
+    other.record_restore("zrun", 1, 0)
+    write_checkpoint(other, 7, {"b": 7}, run="zrun")
+    for key in other.storage.list("zrun/"):
+        store.storage.put(key, other.storage.get(key))
+    assert store.newest_run_with_checkpoint() == "run" and store.newest_run() == "run"
+    assert store.restore_points("zrun") == {}
+
+
+def test_a_local_checkpoint_root_that_is_a_link_or_writable_by_others_is_refused(home, tmp_path):
+    signing.current(create=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ckpt").mkdir()
+    os.symlink(elsewhere, tmp_path / "ckpt" / "j")
+    with pytest.raises(StorageKeyError, match="is a link"):
+        CheckpointStore(str(tmp_path / "ckpt" / "j")).claim_attempt("run")
+    assert list(elsewhere.iterdir()) == []
+    shared = tmp_path / "ckpt" / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    with pytest.raises(StorageKeyError, match="writable by others"):
+        CheckpointStore(str(shared)).claim_attempt("run")
+
+
+def test_a_link_or_a_junk_file_at_the_next_claim_does_not_stop_the_next_attempt(store, tmp_path):
+    os.symlink(tmp_path / "nowhere", Path(store.storage.uri("run/attempts")) / "000002")
+    assert store.claim_attempt("run") == 3
+
+
+def test_an_existence_check_is_exact_not_a_prefix(store):
+    store.storage.put("run/base.json.old", b"{}")
+    assert store.base_ref("run") is None
+    assert _choose(store).checkpoint_id == 3
+
+
+def test_legacy_base_and_progress_records_are_read_with_the_opt_out(store, monkeypatch):
+    store.storage.put("run/base.json", json.dumps({"run": "run", "root": store.root, "base_run": "run",
+                                                   "checkpoint": 1, "sha256": hashlib.sha256(signing.canonical(
+                                                       {"run": "run", "root": store.root, "base_run": "run",
+                                                        "checkpoint": 1})).hexdigest()}).encode())
+    with pytest.raises(CheckpointKeyError):
+        store.base_ref("run")
+    monkeypatch.setenv(signing.UNSIGNED_ENV, "1")
+    assert store.base_ref("run").checkpoint_id == 1
+
+
+def test_a_manifest_signed_before_key_ids_with_another_key_is_not_refused_for_good(store, monkeypatch):
+    raw = json.loads(store.storage.get(store.manifest_key("run", 3)))
+    raw.pop("signature"), raw.pop("key_id")
+    raw["signature"] = signing.sign(raw, signing.Key(b"the key an earlier version had", "test"))
+    store.storage.put(store.manifest_key("run", 3), json.dumps(raw).encode())
+    with pytest.raises(CheckpointKeyError, match="signed by a raystream before key ids"):
+        _choose(store)
+    assert store.refused("run") == set()
+    monkeypatch.setenv(signing.UNSIGNED_ENV, "1")
+    assert _choose(store).checkpoint_id == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_key_file_of_another_user_is_refused(home):
+    key = signing.current(create=True)
+    os.chown(key.source, 12345, -1)
+    with pytest.raises(CheckpointKeyError, match="belongs to another user"):
+        signing.current()
+
+
+def test_void_checkpoints_are_listed_as_void(store):
+    store.claim_attempt("run")
+    store.record_restore("run", 2, 1)  # attempt 2 restored 1: 2 and 3 of attempt 1 are void
+    assert [(i.checkpoint_id, i.status) for i in rs.checkpoints.list_checkpoints(store.root)] == [
+        (1, "complete"), (2, "void"), (3, "void")]
