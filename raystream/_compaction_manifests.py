@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from raystream import _files
-from raystream._storage import LocalStorage, S3Storage, Storage
-from raystream.errors import CorruptCheckpointError, RestoreError
+from raystream._storage import Storage
+from raystream.errors import CorruptCheckpointError, RestoreError, StorageKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -146,40 +143,13 @@ def _read_manifest(storage: Storage, name: str, key: Callable[[], Any]) -> _Mani
 
 
 def _read_small(storage: Storage, name: str) -> bytes | _Refused:
-    """The bytes of `name`; refused when larger than MAX_MANIFEST_BYTES or,
-    locally, when not a regular file (a link is not followed, a FIFO not waited on)."""
-    limit = MAX_MANIFEST_BYTES
-    if isinstance(storage, LocalStorage):
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(storage.uri(name), flags)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:  # ELOOP: a symbolic link
-            return _Refused(f"it cannot be opened as a regular file ({exc.strerror})")
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return _Refused("it is not a regular file")
-            if st.st_size > limit:
-                return _Refused(f"it is {st.st_size} bytes, more than the {limit} a compaction manifest may have")
-            data = f.read(limit + 1)
-    elif isinstance(storage, S3Storage):
-        from botocore.exceptions import ClientError
-
-        try:
-            body = _files.s3_client().get_object(Bucket=storage.bucket, Key=storage._key(name),
-                                                 Range=f"bytes=0-{limit}")["Body"]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404"):
-                raise FileNotFoundError(storage.uri(name)) from None
-            if code == "InvalidRange":  # an empty object
-                return _Refused("it is empty")
-            raise
-        data = body.read(limit + 1)
-    else:
-        data = storage.get(name)
-    if len(data) > limit:
-        return _Refused(f"it is more than the {limit} bytes a compaction manifest may have")
+    """The bytes of `name`; refused when larger than MAX_MANIFEST_BYTES or not a regular
+    file (Storage.get reads at most the limit, and local storage neither follows a link
+    out of its folder nor waits on a FIFO)."""
+    try:
+        data = storage.get(name, limit=MAX_MANIFEST_BYTES)
+    except StorageKeyError as exc:
+        return _Refused(str(exc))
+    if len(data) > MAX_MANIFEST_BYTES:
+        return _Refused(f"it is more than the {MAX_MANIFEST_BYTES} bytes a compaction manifest may have")
     return data
