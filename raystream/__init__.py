@@ -11,10 +11,14 @@
         .sink("out", rs.sinks.PrintSink()))
     job.run()
 """
-from raystream import checkpoints, faults, sinks, sources, windows
+import sys as _sys
+
+from raystream import checkpoints, sinks, sources, windows
+from raystream._moved_modules import MovedModules as _MovedModules
 from raystream._version import __version__
-from raystream.audit import Audit, audit_checkpoints
+from raystream.audit import audit_checkpoints
 from raystream.config import (
+    Audit,
     CheckpointConfig,
     ErrorPolicy,
     Guarantee,
@@ -44,6 +48,7 @@ from raystream.retry import Retry
 from raystream.graph import StepKind
 from raystream.job import Job, KeyedStream, Stream, WindowedStream, WindowOutput
 from raystream.process import ProcessContext
+from raystream.testing import faults
 from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, Rescale, StepMetrics
 
 __all__ = [
@@ -92,3 +97,7 @@ __all__ = [
     "sources",
     "windows",
 ]
+
+# Module paths of 0.1.0 (raystream.nexmark, raystream.faults, ...) stay importable.
+if not any(isinstance(finder, _MovedModules) for finder in _sys.meta_path):
+    _sys.meta_path.append(_MovedModules())

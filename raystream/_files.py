@@ -17,7 +17,7 @@ from typing import BinaryIO
 logger = logging.getLogger(__name__)
 
 _clients = threading.local()
-_client_hook = None  # fault injection for tests (raystream.faults.S3Faults)
+_client_hook = None  # fault injection for tests (raystream.testing.faults.S3Faults)
 
 
 def set_client_hook(hook) -> None:

@@ -1,5 +1,5 @@
 """Durable storage: objects under a local directory or an S3 prefix. Checkpoints
-(`_runtime/checkpoint_store.py`) and FileSink (`sinks.py`) both write through it, so
+(`_runtime/state/store.py`) and FileSink (`connectors/files/sink.py`) both write through it, so
 atomicity and fsync live in this one place.
 
 Operations: put, get, list, delete; put_if_absent (the conditional put that makes a

@@ -16,19 +16,8 @@ compared. Dead letters are not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
 
-
-@dataclass(frozen=True)
-class Audit:
-    """Id functions for the audit: `source_id(record)` for what sources emit,
-    `sink_id(record)` for what sinks receive. None: count records only. `sinks`: the sink
-    step ids audited (None: all), for a job whose other sinks write something else
-    (billing's invoices are per customer and hour, not per event)."""
-
-    source_id: Callable[[Any], Any] | None = None
-    sink_id: Callable[[Any], Any] | None = None
-    sinks: tuple[str, ...] | None = None
+from raystream.config import Audit  # noqa: F401 (a job setting; re-exported with the audit)
 
 
 @dataclass(frozen=True)
@@ -51,8 +40,8 @@ def audit_checkpoints(uri: str, run_id: str | None = None) -> list[AuditLine]:
     """Audit every committed checkpoint of one run (default: the newest run) of the job
     whose checkpoint root is `uri` (`<storage>/<job name>`)."""
     # Imported here so that `import raystream` does not load the runtime.
-    from raystream._runtime.checkpoint_store import CheckpointStore
-    from raystream._runtime.tally import checkpoint_totals
+    from raystream._runtime.state.store import CheckpointStore
+    from raystream._runtime.state.tally import checkpoint_totals
 
     store = CheckpointStore(uri)
     run_id = run_id or store.newest_run_with_checkpoint()

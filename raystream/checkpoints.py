@@ -38,7 +38,8 @@ class CheckpointInfo:
 
 def _runtime() -> Any:
     # Imported here so that `import raystream` does not load the runtime.
-    from raystream._runtime import checkpoint_store, locate
+    from raystream._runtime.state import store as checkpoint_store
+    from raystream._runtime.checkpointing import locate
 
     return types.SimpleNamespace(CheckpointStore=checkpoint_store.CheckpointStore,
                                  CheckpointRef=checkpoint_store.CheckpointRef, locate=locate.locate,
@@ -46,7 +47,7 @@ def _runtime() -> Any:
 
 
 def _changelog() -> Any:
-    from raystream._runtime import changelog
+    from raystream._runtime.state import changelog
 
     return changelog
 

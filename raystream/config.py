@@ -1,4 +1,4 @@
-"""Job settings: the processing guarantee, checkpointing and data-plane tuning.
+"""Job settings: the processing guarantee, checkpointing, data-plane tuning and the audit.
 
 Each settings object is a small frozen dataclass validated on construction, so a bad
 value fails at `Job(...)` time with a message that says which value to change.
@@ -8,10 +8,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from raystream.errors import ConfigError
-from raystream.faults import CrashAt, S3Faults
-from raystream.sinks import Sink
+from raystream.testing.faults import CrashAt, S3Faults
+from raystream.sink_api import Sink
 
 
 class Guarantee(str, enum.Enum):
@@ -60,9 +61,10 @@ class CheckpointConfig:
         tolerable_failures: consecutive failed checkpoints tolerated before the job fails.
         incremental: snapshots write only the keys changed since the last checkpoint (a
             changelog over a base), not all keyed state (docs/protocol.md, "Incremental state").
-        base_every: a changelog chain longer than this many parts becomes a new base.
-        compact_above: chains of at least this many bytes are merged into a new base by a
-            background Ray task; smaller ones are rewritten by the next snapshot.
+        base_every: more than this many changelog parts are merged into a new base.
+        compact_above: parts of at least this many bytes in all are merged into a new base
+            by a background Ray task; smaller ones are rewritten by the next snapshot. (The
+            name is kept from 0.1.0; in the code and docs this is "merging" the parts.)
     """
 
     interval: float = 1.0
@@ -165,7 +167,7 @@ class RuntimeConfig:
             `spare_actors`) once its job has a checkpoint, so that a recovery need not
             wait for new processes either; each costs an idle process, and starting it
             about a CPU-second while the job runs.
-        faults: crash points for fault-injection tests (`raystream.faults.CrashAt`).
+        faults: crash points for fault-injection tests (`raystream.testing.faults.CrashAt`).
     """
 
     batch_size: int = 4096
@@ -193,7 +195,7 @@ class RuntimeConfig:
                 raise ConfigError(f"RuntimeConfig.subtask_resources names must be strings; got {name!r}")
             _positive(f"RuntimeConfig.subtask_resources[{name!r}]", amount)
         if not isinstance(self.faults, tuple) or not all(isinstance(f, (CrashAt, S3Faults)) for f in self.faults):
-            raise ConfigError("RuntimeConfig.faults must be a tuple of raystream.faults.CrashAt and S3Faults; "
+            raise ConfigError("RuntimeConfig.faults must be a tuple of raystream.testing.faults.CrashAt and S3Faults; "
                               f"got {self.faults!r}")
 
 
@@ -295,3 +297,15 @@ class ErrorPolicy:
         if value in ("fail", "skip"):
             return cls(value)
         raise ConfigError(f"errors must be 'fail', 'skip' or a raystream.ErrorPolicy; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Id functions for the audit: `source_id(record)` for what sources emit,
+    `sink_id(record)` for what sinks receive. None: count records only. `sinks`: the sink
+    step ids audited (None: all), for a job whose other sinks write something else
+    (billing's invoices are per customer and hour, not per event)."""
+
+    source_id: Callable[[Any], Any] | None = None
+    sink_id: Callable[[Any], Any] | None = None
+    sinks: tuple[str, ...] | None = None

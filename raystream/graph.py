@@ -11,11 +11,13 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from raystream.errors import JobDefinitionError
+
 if TYPE_CHECKING:
-    from raystream.audit import Audit
-    from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
-    from raystream.sinks import Sink
-    from raystream.sources import Source
+    from raystream.config import (Audit, CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy,
+                                  RuntimeConfig)
+    from raystream.sink_api import Sink
+    from raystream.source_api import Source
 
 
 class StepKind(str, enum.Enum):
@@ -122,3 +124,14 @@ class JobGraph:
     @property
     def sources(self) -> list[Step]:
         return [s for s in self.steps if s.kind is StepKind.SOURCE]
+
+
+class StepTable(dict):
+    """The steps of a job being defined, by id, in the order they were added (a
+    topological order): what a Job and its streams add to, so a stream needs only this
+    table, not the Job."""
+
+    def add(self, step: Step) -> None:
+        if step.step_id in self:
+            raise JobDefinitionError(f"step id {step.step_id!r} is used twice in this job; step ids must be unique")
+        self[step.step_id] = step

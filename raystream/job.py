@@ -15,13 +15,13 @@ import copy
 from typing import Any
 
 from raystream._checks import STEP_ID, check_event_time, check_parallelism, check_resources, check_step_id
-from raystream.audit import Audit
+from raystream.config import Audit
 from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
 from raystream.event_time import EventTime
-from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind
+from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind, StepTable
 from raystream.result import JobHandle, JobResult
-from raystream.sources import Source
+from raystream.source_api import Source
 from raystream.stream import KeyedStream, Stream, WindowedStream, WindowOutput
 
 __all__ = ["KEYED_KINDS", "Job", "KeyedStream", "Step", "Stream", "WindowOutput", "WindowedStream"]
@@ -47,8 +47,6 @@ def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
                 f"step {step.step_id!r} windows by event time, but its input has none; give the source "
                 "event_time=rs.EventTime(...), or add .with_event_time(...) before the key_by")
     return timed
-
-
 
 
 def _check_job_name(name: object) -> str:
@@ -90,7 +88,7 @@ class Job:
         if audit is not None and not isinstance(audit, Audit):
             raise ConfigError(f"audit must be a raystream.Audit; got {audit!r}")
         self.audit: Audit | None = audit
-        self.steps: dict[str, Step] = {}
+        self.steps = StepTable()
 
     # --- building ---------------------------------------------------------------------
 
@@ -107,12 +105,10 @@ class Job:
         self._add(Step(step_id, StepKind.SOURCE, (), source=source, event_time=event_time,
                        parallelism=check_parallelism(f"step {step_id!r}", parallelism),
                        resources=check_resources(step_id, resources)))
-        return Stream(self, (step_id,))
+        return Stream(self.steps, (step_id,))
 
     def _add(self, step: Step) -> None:
-        if step.step_id in self.steps:
-            raise JobDefinitionError(f"step id {step.step_id!r} is used twice in job {self.name!r}; step ids must be unique")
-        self.steps[step.step_id] = step
+        self.steps.add(step)
 
     # --- settings ---------------------------------------------------------------------
 
@@ -186,9 +182,9 @@ class Job:
         """Start the job and return a handle with `wait()`, `stop()`, `rescale()` and
         `status()`; it returns at once, so a notebook cell does not block."""
         graph = self.freeze()
-        # The one import of the runtime from the public API, here so that
-        # `import raystream` (a notebook, a CLI --help) does not load Ray.
-        from raystream._runtime.driver import start_job
+        # Imported here so that `import raystream` (a notebook, a CLI --help) does not load
+        # Ray: the public API loads the runtime only when a job starts or checkpoints are read.
+        from raystream._runtime.control.driver import start_job
 
         return JobHandle(self.name, start_job(graph, resume=resume, from_checkpoint=from_checkpoint,
                                               allow_non_restored_state=allow_non_restored_state))

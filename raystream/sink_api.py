@@ -1,39 +1,9 @@
-"""The sink interface: what a sink implements to write records exactly once.
-
-A sink builds one writer per subtask of its step, from a `SinkContext`. The runtime
-calls `write_batch` with micro-batches (a list of records or a `pyarrow.RecordBatch`).
-
-Under exactly-once the writer takes part in a two-phase commit with the checkpoints
-(docs/protocol.md, T1-T4):
-
-- T1 `pre_commit(checkpoint_id)` at the checkpoint barrier: make everything written
-  since the previous pre-commit durable but invisible, and return a small picklable
-  transaction describing it (None when there is nothing). The transaction goes into
-  the checkpoint.
-- T3 `commit(txn)` once that checkpoint is complete: make the transaction visible. It
-  may run more than once for the same transaction (after a failure), so it is
-  idempotent. Every earlier transaction of the writer is committed, or its checkpoint
-  known aborted (`abort`), before the next `pre_commit`.
-- T4 `recover(txns, checkpoint_id)` when a subtask is restored from checkpoint
-  `checkpoint_id`: commit `txns` (its transactions that may not have been committed),
-  abort everything else this subtask staged in earlier attempts (`context.attempt`),
-  and retract what earlier attempts of this subtask committed for later checkpoints of
-  the same run. Data of this attempt or a later one is never touched: a recover that
-  lands late (a slow request of a process already replaced) destroys nothing.
-  Retraction matters only when a newer checkpoint was refused (a snapshot failed its
-  checksum) and the job falls back past it: its output is recomputed, so the committed
-  copy must go. A sink that cannot retract output duplicates that range in this one
-  case. Touch only this writer's own (step, subtask, run) data. When a transaction in
-  `txns` can no longer be committed because its staged data is gone, raise
-  `StagedDataMissingError`: the job then falls back to the checkpoint before and
-  retracts.
-
-Under at-least-once (`context.transactional` is False) writers write directly, and
-`pre_commit` at each barrier must make everything written so far durable and return
-None: the checkpoint's source offsets are past those records, so a buffer still in
-memory would be lost in a crash. `snapshot()` may return writer state that is
-checkpointed and handed back as `context.resume_state`. Whatever `close()` returns at
-the end of the stream goes into the job result under the sink's step id.
+"""The sink interface: a sink builds one `SinkWriter` per subtask of its step, from a
+`SinkContext`, and the runtime calls `write_batch` with micro-batches (a list of records
+or a `pyarrow.RecordBatch`). Under exactly-once the writer takes part in the two-phase
+commit of docs/protocol.md (T1-T4, with what each built-in sink does at each step);
+under at-least-once (`context.transactional` is False) it writes directly. The methods
+below say what each step asks of a writer.
 """
 from __future__ import annotations
 
@@ -68,12 +38,19 @@ class SinkWriter(ABC):
         """Take a micro-batch of records."""
 
     def pre_commit(self, checkpoint_id: int) -> Any:
-        """At a barrier. Transactional: seal what was written since the last pre-commit and
-        return its transaction (or None). Otherwise: flush everything buffered; return None."""
+        """T1, at the barrier of `checkpoint_id`. Transactional: make everything written
+        since the previous pre-commit durable but invisible, and return a small picklable
+        transaction describing it (None when there is nothing); it goes into the
+        checkpoint. Otherwise: make everything written so far durable and return None (the
+        checkpoint's source offsets are past those records: a buffer still in memory
+        would be lost in a crash)."""
         return None
 
     def commit(self, txn: Any) -> None:
-        """Make a pre-committed transaction visible. Idempotent."""
+        """T3, once the transaction's checkpoint is complete: make it visible. It may run
+        more than once for one transaction (after a failure), so it is idempotent. Every
+        earlier transaction of the writer is committed, or its checkpoint known aborted
+        (`abort`), before the next `pre_commit`."""
 
     def abort(self, txn: Any) -> bool:
         """The checkpoint of `txn` was aborted: its manifest will never exist (C6a). Return
@@ -84,8 +61,19 @@ class SinkWriter(ABC):
         return False
 
     def recover(self, txns: list[Any], checkpoint_id: int) -> None:
-        """After a restore from `checkpoint_id`: commit `txns`, abort whatever else this
-        subtask staged, retract what it committed for later checkpoints of this run."""
+        """T4, when the subtask is restored from `checkpoint_id`: commit `txns` (its
+        transactions that may not have been committed), abort everything else this
+        subtask staged in earlier attempts (`context.attempt`), and retract what earlier
+        attempts of this subtask committed for later checkpoints of the same run.
+
+        Data of this attempt or a later one is never touched: a recover that lands late
+        (a slow request of a process already replaced) destroys nothing. Retraction
+        matters only when a newer checkpoint was refused and the job falls back past it:
+        its output is recomputed, so the committed copy must go (a sink that cannot
+        retract duplicates that range in this one case). Touch only this writer's own
+        (step, subtask, run) data. When a transaction in `txns` can no longer be
+        committed because its staged data is gone, raise `StagedDataMissingError`: the
+        job then falls back to the checkpoint before and retracts."""
         for txn in txns:
             self.commit(txn)
 

@@ -1,8 +1,8 @@
 """Sinks: where records go, exactly once.
 
 The interface a sink implements (`Sink`, `SinkWriter`, `SinkContext`) and its two-phase
-commit protocol are in `raystream.sink_api`; `FileSink` is in `raystream.file_sink`, and
-`PostgresSink` (loaded on first use, with psycopg) in `raystream.postgres`.
+commit protocol are in `raystream.sink_api`; `FileSink` is in `raystream.connectors.files.sink`, and
+`PostgresSink` (loaded on first use, with psycopg) in `raystream.connectors.postgres.sink`.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream.compaction import Compaction, compact_files
+from raystream.connectors.files.compaction import Compaction, compact_files
 from raystream.errors import JobDefinitionError, SinkError
-from raystream.file_sink import FileSink, FileTxn, committed_checkpoint, json_lines, parquet_bytes, read_files
+from raystream.connectors.files.sink import FileSink, FileTxn, committed_checkpoint, json_lines, parquet_bytes, read_files
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 __all__ = ["Sink", "SinkContext", "SinkWriter", "as_records", "FileSink", "FileTxn", "committed_checkpoint",
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def __getattr__(name: str) -> Any:
     """Sinks whose libraries are optional load on first use: `rs.sinks.PostgresSink`."""
     if name == "PostgresSink":
-        from raystream.postgres import PostgresSink
+        from raystream.connectors.postgres.sink import PostgresSink
         return PostgresSink
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

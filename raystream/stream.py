@@ -3,24 +3,22 @@
 `Stream` (any records), `KeyedStream` (`(key, value)` records, routed by key to keyed
 steps), `WindowedStream` (a keyed stream grouped into windows, waiting for the step
 that aggregates them) and `WindowOutput` (window results, with the `late` stream).
-Each method adds one step to the stream's `Job`; nothing runs until the job does.
+Each method adds one step to the job's steps (a StepTable); nothing runs until the job does.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from raystream._checks import check_event_time, check_fn, check_parallelism, check_resources, check_step_id
 from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, duration_ms
-from raystream.graph import Step, StepKind, WindowSpec
+from raystream.graph import Step, StepKind, StepTable, WindowSpec
 from raystream.sinks import Sink
 from raystream.windows import Aggregator, Assigner
 
-if TYPE_CHECKING:
-    from raystream.job import Job
 
 __all__ = ["KeyedStream", "Stream", "WindowOutput", "WindowedStream"]
 
@@ -29,7 +27,7 @@ __all__ = ["KeyedStream", "Stream", "WindowOutput", "WindowedStream"]
 class Stream:
     """The records flowing out of one or more steps. Its methods add steps to the job."""
 
-    job: Job
+    steps: StepTable  # the job's steps, which its methods add to
     upstream: tuple[str, ...]
     after_sink: str | None = field(default=None)
 
@@ -46,11 +44,11 @@ class Stream:
         step = Step(step_id, kind, self.upstream, fn=fn,
                     parallelism=check_parallelism(f"step {step_id!r}", parallelism),
                     resources=check_resources(step_id, resources))
-        self.job._add(step)
+        self.steps.add(step)
         return step
 
     def _stream(self, step: Step) -> "Stream":
-        return Stream(self.job, (step.step_id,))
+        return Stream(self.steps, (step.step_id,))
 
     def map(self, step_id: str, fn: Callable[[Any], Any], *, parallelism: int | None = None,
             resources: Resources | None = None) -> "Stream":
@@ -82,8 +80,8 @@ class Stream:
         check_event_time(step_id, event_time)
         step = self._then(step_id, StepKind.EVENT_TIME, event_time.timestamp_fn, "the timestamp function",
                           parallelism, resources)
-        self.job.steps[step.step_id] = dataclasses.replace(step, event_time=event_time)
-        return Stream(self.job, (step.step_id,))
+        self.steps[step.step_id] = dataclasses.replace(step, event_time=event_time)
+        return Stream(self.steps, (step.step_id,))
 
     def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
                parallelism: int | None = None, resources: Resources | None = None) -> "KeyedStream":
@@ -94,8 +92,8 @@ class Stream:
         step = self._then(step_id, StepKind.KEY_BY, key_fn, "the key function", parallelism, resources)
         if value is not None:
             step = dataclasses.replace(step, value_fn=value)
-            self.job.steps[step.step_id] = step
-        return KeyedStream(self.job, (step.step_id,))
+            self.steps[step.step_id] = step
+        return KeyedStream(self.steps, (step.step_id,))
 
     def union(self, *others: "Stream") -> "Stream":
         """One stream of the records of this stream and `others`, in no particular order."""
@@ -105,7 +103,7 @@ class Stream:
         for s in streams:
             if not isinstance(s, Stream):
                 raise JobDefinitionError(f"union takes streams; got {type(s).__name__}")
-            if s.job is not self.job:
+            if s.steps is not self.steps:
                 raise JobDefinitionError("union can only merge streams of the same job")
             if s.after_sink is not None:
                 raise JobDefinitionError(f"cannot union the stream ended by sink {s.after_sink!r}")
@@ -113,7 +111,7 @@ class Stream:
         if len(set(upstream)) != len(upstream):
             raise JobDefinitionError(f"union merges the same stream twice ({', '.join(upstream)})")
         keyed = all(isinstance(s, KeyedStream) for s in streams)
-        return (KeyedStream if keyed else Stream)(self.job, upstream)
+        return (KeyedStream if keyed else Stream)(self.steps, upstream)
 
     def sink(self, step_id: str, sink: Sink, *, parallelism: int | None = None,
             resources: Resources | None = None) -> "Stream":
@@ -123,8 +121,8 @@ class Stream:
                 f"step {step_id!r}: sink must be a raystream.sinks.Sink; got {type(sink).__name__}"
             )
         step = self._then(step_id, StepKind.SINK, None, "", parallelism, resources)
-        self.job.steps[step.step_id] = dataclasses.replace(step, sink=sink)
-        return Stream(self.job, (), after_sink=step.step_id)
+        self.steps[step.step_id] = dataclasses.replace(step, sink=sink)
+        return Stream(self.steps, (), after_sink=step.step_id)
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
             resources: Resources | None = None) -> "Stream":
@@ -172,7 +170,7 @@ class KeyedStream(Stream):
         step = self._then(step_id, StepKind.PROCESS, on_record, "on_record", parallelism, resources)
         if on_timer is not None:
             check_fn(step_id, "on_timer", on_timer)
-            self.job.steps[step.step_id] = dataclasses.replace(step, on_timer=on_timer)
+            self.steps[step.step_id] = dataclasses.replace(step, on_timer=on_timer)
         return self._stream(step)
 
     def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
@@ -189,7 +187,7 @@ class KeyedStream(Stream):
         time), `fn(left, right)` for every pair of a record of this stream and one of
         `other`, emitted as `(key, WindowResult(start, end, fn(left, right)))` when the
         window fires. Records too late for their window go to `.late`."""
-        if not isinstance(other, KeyedStream) or other.job is not self.job:
+        if not isinstance(other, KeyedStream) or other.steps is not self.steps:
             raise JobDefinitionError(f"step {step_id!r}: join takes a keyed stream of the same job")
         if not isinstance(window, Assigner) or window.merging or window.clock != "event":
             raise JobDefinitionError(
@@ -201,8 +199,8 @@ class KeyedStream(Stream):
         step = dataclasses.replace(step, inputs=self.upstream + other.upstream,
                                    sides=(0,) * len(self.upstream) + (1,) * len(other.upstream),
                                    window=WindowSpec(window, 0, "join"))
-        self.job.steps[step.step_id] = step
-        return WindowOutput(self.job, (step.step_id,))
+        self.steps[step.step_id] = step
+        return WindowOutput(self.steps, (step.step_id,))
 
 
 @dataclass(frozen=True)
@@ -221,8 +219,8 @@ class WindowedStream:
         if lateness and self.assigner.clock == "processing":
             raise JobDefinitionError(f"step {step_id!r}: processing-time windows take no allowed lateness")
         step = self.keyed._then(step_id, StepKind.WINDOW, fn, what, parallelism, resources)
-        self.keyed.job.steps[step_id] = dataclasses.replace(step, window=WindowSpec(self.assigner, lateness, how))
-        return WindowOutput(self.keyed.job, (step_id,))
+        self.keyed.steps[step_id] = dataclasses.replace(step, window=WindowSpec(self.assigner, lateness, how))
+        return WindowOutput(self.keyed.steps, (step_id,))
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
                resources: Resources | None = None) -> "WindowOutput":
@@ -250,7 +248,7 @@ class WindowOutput(Stream):
 
     def _with_fn(self, fn: Any) -> "WindowOutput":
         step_id = self.upstream[0]
-        self.job.steps[step_id] = dataclasses.replace(self.job.steps[step_id], fn=fn)
+        self.steps[step_id] = dataclasses.replace(self.steps[step_id], fn=fn)
         return self
 
     @property
@@ -259,6 +257,6 @@ class WindowOutput(Stream):
         allowed lateness). Its step id is "<window step>.late"."""
         window_id = self.upstream[0]
         step_id = f"{window_id}.late"
-        if step_id not in self.job.steps:
-            self.job._add(Step(step_id, StepKind.LATE, (window_id,), parallelism=self.job.steps[window_id].parallelism))
-        return KeyedStream(self.job, (step_id,))
+        if step_id not in self.steps:
+            self.steps.add(Step(step_id, StepKind.LATE, (window_id,), parallelism=self.steps[window_id].parallelism))
+        return KeyedStream(self.steps, (step_id,))

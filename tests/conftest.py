@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from raystream._runtime import signing as _signing
+from raystream._runtime.state import signing as _signing
 
 
 # Tests that do not set RAYSTREAM_CHECKPOINT_KEY (the s3_endpoint fixture does) run in the
@@ -76,7 +76,7 @@ def ray_local(s3_endpoint: str) -> Iterator[None]:
     the environment so that its workers inherit it."""
     import ray
 
-    from raystream._runtime.connect import ensure_ray
+    from raystream._runtime.control.connect import ensure_ray
 
     assert not ray.is_initialized()
     ensure_ray(num_cpus=2)
@@ -93,7 +93,7 @@ def in_tmp_dir(tmp_path, monkeypatch) -> None:
 
 
 def _throwaway(server_class: str, env: str, prefix: str) -> Iterator[str]:
-    """The server named in `env` (started by `.ci/run`), or one of `tests.servers.<server_class>`
+    """The server named in `env` (started by `.ci/run`), or one of `tests.helpers.servers.<server_class>`
     started under a temporary directory for this session and stopped at its end."""
     if os.environ.get(env):
         yield os.environ[env]

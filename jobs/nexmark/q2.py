@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 
 
 def selected(e) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.event_time import to_millis
 
 EARLY_BID_WAIT = 60.0  # seconds a bid waits for an auction that has not arrived

@@ -10,7 +10,7 @@ import os
 from datetime import timedelta
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.event_time import to_millis
 from raystream.windows import Aggregator, Sliding, Tumbling
 

@@ -12,7 +12,7 @@ import os
 import runpy
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 
 _q4 = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "q4.py"), run_name="nexmark_q4")
 winning_bid, auction_closed = _q4["winning_bid"], _q4["auction_closed"]

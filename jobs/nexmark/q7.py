@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.windows import Aggregator, Tumbling
 
 SIZE = 10

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.event_time import to_millis
 from raystream.windows import Tumbling
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Any
 
-from raystream._runtime.connect import ensure_ray
+from raystream._runtime.control.connect import ensure_ray
 from raystream.bench.connectors import connector_workloads
 from raystream.bench.measure import (as_json, changed_state, cold_probe, cold_startup, machine, run_workload,
                                      warm_startup)

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.sinks import SinkContext, SinkWriter
-from raystream.sources import Source, SourcePartition
+from raystream.source_api import Source, SourcePartition
 
 VOCAB = 10_000
 WORDS_PER_LINE = 10

@@ -98,7 +98,7 @@ def key_command() -> None:
 
     Checkpoints are signed with it (docs/security.md); every process that writes or reads
     a job's checkpoints needs the same key. The key itself is never printed."""
-    from raystream._runtime import signing
+    from raystream._runtime.state import signing
 
     try:
         key = signing.current(create=True)

@@ -21,7 +21,7 @@ _ADDRESS = click.option("--address", envvar="RAY_API_SERVER_ADDRESS", metavar="U
 
 def _cluster(address: str | None) -> Any:
     # Imported here so that `raystream --help` and `raystream run` on a laptop do not load the Jobs API client.
-    from raystream._runtime.submission import Cluster
+    from raystream._runtime.control.submission import Cluster
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # the Jobs API client chats at INFO; -v shows it
         for name in list(logging.root.manager.loggerDict):
@@ -41,7 +41,7 @@ def submit(jobfile: str, address: str | None, no_follow: bool, dry_run: bool, **
     """Run JOBFILE on a Ray cluster: prints the submission id, then follows the job's logs
     until it ends (exit status 0 when it succeeded). JOBFILE's folder is shipped along, less
     secret-looking files and what .gitignore ignores (--dry-run lists it)."""
-    from raystream._runtime.submission import follow_until_done, prepare
+    from raystream._runtime.control.submission import follow_until_done, prepare
 
     console = Console()
     try:
@@ -103,7 +103,7 @@ def jobs_status(submission_id: str, address: str | None) -> None:
 @click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
 def jobs_logs(submission_id: str, address: str | None, follow: bool) -> None:
     """The logs of one submitted job."""
-    from raystream._runtime.submission import follow_until_done
+    from raystream._runtime.control.submission import follow_until_done
 
     try:
         cluster = _cluster(address)
@@ -135,7 +135,7 @@ def jobs_stop(submission_id: str, address: str | None, savepoint: bool) -> None:
 
 def _stop_with_savepoint(cluster: Any, submission_id: str) -> str:
     """Stop the job, wait for it to end, and return the savepoint its run printed."""
-    from raystream._runtime.submission import follow_until_done
+    from raystream._runtime.control.submission import follow_until_done
 
     if not cluster.stop(submission_id):
         raise JobFailedError(f"{submission_id} had already ended ({cluster.status(submission_id)}): no savepoint")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.support import free_port, wait_until
+from tests.helpers.support import free_port, wait_until
 
 RAYSTREAM = [sys.executable, "-m", "raystream.cli"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from raystream.sinks import read_files
 from tests.cluster.heads import RAYSTREAM, Head, free_port, ray_head, user_env
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 pytestmark = pytest.mark.extended
 

@@ -12,7 +12,7 @@ import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import SequenceSource
 from tests.failure.harness import load_billing, running
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 pytestmark = pytest.mark.extended  # a cluster of its own: the second CI run
 

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 import raystream as rs
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 logger = logging.getLogger(__name__)
 

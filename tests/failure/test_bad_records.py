@@ -6,7 +6,7 @@ import collections
 import raystream as rs
 from raystream.sinks import CollectSink, FileSink, read_files
 from raystream.sources import SequenceSource
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, running
 

@@ -10,7 +10,7 @@ import pytest
 
 import raystream as rs
 from raystream.sinks import read_files
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running, verify_stopped
 

@@ -11,7 +11,7 @@ import ray
 
 import raystream as rs
 
-from tests.support import live_job_actors, wait_until
+from tests.helpers.support import live_job_actors, wait_until
 
 from .harness import BILLING, kill, load_billing, running
 
@@ -96,7 +96,7 @@ def test_a_snapshot_that_does_not_decode_is_refused_not_retried_as_a_crash(monke
 
     import cloudpickle
 
-    from raystream._runtime import signing
+    from raystream._runtime.state import signing
 
     ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
     run_dir = run_then_kill_program(tmp_path, after_manifests=3)

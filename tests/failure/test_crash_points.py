@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 import raystream as rs
-from raystream.faults import COORDINATOR_POINTS, SUBTASK_POINTS, CrashAt
+from raystream.testing.faults import COORDINATOR_POINTS, SUBTASK_POINTS, CrashAt
 
 from .harness import load_billing
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 from raystream.windows import Session, Sliding, Tumbling
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running
 

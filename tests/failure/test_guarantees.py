@@ -9,7 +9,7 @@ import raystream as rs
 from raystream.sinks import FileSink, read_files
 from raystream.sources import SequenceSource
 
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running
 

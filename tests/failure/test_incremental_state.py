@@ -5,11 +5,11 @@ import collections
 import os
 
 import raystream as rs
-from raystream._runtime.checkpoint_store import CheckpointStore
+from raystream._runtime.state.store import CheckpointStore
 from raystream.sinks import FileSink, read_files
 from raystream.sources import SequenceSource
 
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, running
 

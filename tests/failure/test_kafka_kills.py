@@ -7,9 +7,9 @@ import psycopg
 import pytest
 
 import raystream as rs
-from tests.kafka_support import new_topic, produce_orders
-from tests.pg_support import expected_totals, parse
-from tests.support import wait_until
+from tests.helpers.kafka import new_topic, produce_orders
+from tests.helpers.postgres import expected_totals, parse
+from tests.helpers.support import wait_until
 
 from .harness import kill, running
 

@@ -7,7 +7,7 @@ import pytest
 
 import raystream as rs
 
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, kill_all, load_billing, running
 

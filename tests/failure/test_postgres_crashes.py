@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from raystream.faults import CrashAt
-from tests.pg_support import check_exactly_once, orders_job
-from tests.support import wait_until
+from raystream.testing.faults import CrashAt
+from tests.helpers.postgres import check_exactly_once, orders_job
+from tests.helpers.support import wait_until
 
 from .harness import kill, running
 

@@ -9,7 +9,7 @@ import pytest
 import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import SequenceSource
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import load_billing, running
 

@@ -9,8 +9,8 @@ import boto3
 import pytest
 
 import raystream as rs
-from raystream.faults import CrashAt
-from tests.support import wait_until
+from raystream.testing.faults import CrashAt
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running
 

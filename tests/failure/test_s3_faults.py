@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 import raystream as rs
-from raystream.faults import S3Faults
+from raystream.testing.faults import S3Faults
 from raystream.sinks import read_files
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running, verify_stopped
 

@@ -6,7 +6,7 @@ import ray
 
 import raystream as rs
 from tests.conftest import SECRETS
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running
 

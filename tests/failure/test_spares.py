@@ -6,11 +6,11 @@ import dataclasses
 import ray
 
 import raystream as rs
-from raystream._runtime import driver
+from raystream._runtime.control import driver
 from raystream.sinks import CollectSink
 from raystream.sources import SequenceSource
 
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 from .harness import kill, load_billing, running
 

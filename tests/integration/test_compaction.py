@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raystream import compaction
+from raystream.connectors.files import compaction
 from raystream._storage import open_storage
 from raystream.sinks import compact_files, parquet_bytes, read_files
 
@@ -66,7 +66,7 @@ def test_readers_see_every_record_once_at_every_step(directory, monkeypatch):
 def test_a_compaction_that_died_after_publishing_is_finished_by_the_next(directory):
     write_small_files(directory, files=4, rows=10)
     storage = open_storage(directory)
-    from raystream._runtime import signing
+    from raystream._runtime.state import signing
 
     body = {"type": "compaction", "key": "_compaction-dead.json", "output": "part-compacted-dead.parquet",
             "inputs": ["part-small-000.parquet", "part-small-001.parquet"]}
@@ -86,9 +86,9 @@ def test_files_a_retained_checkpoint_commits_again_are_never_merged(directory, t
     subtask, listed again by every snapshot); 14 completes and commits them all. Retention
     keeps 9, 10 and 14. A restore of 14 commits 11-14 again, and a fall-back to 10 (14
     refused) retracts them: their files must stay as they are, whatever ids they carry."""
-    from raystream._runtime.checkpoint_store import CheckpointStore
-    from raystream._runtime.manifest import Manifest, versions
-    from raystream._runtime.snapshot import SnapshotMeta
+    from raystream._runtime.state.store import CheckpointStore
+    from raystream._runtime.state.manifest import Manifest, versions
+    from raystream._runtime.state.snapshot import SnapshotMeta
     from raystream.sinks import FileSink, SinkContext
 
     sink = FileSink(directory, format="parquet")
@@ -140,11 +140,11 @@ def test_a_manifest_deleted_by_retention_while_compaction_reads_is_read_again(di
     and retention deletes 7. What 8 needs (its snapshots list transactions from
     checkpoint 5 on) must stay: a manifest gone meanwhile means "list again", never
     "nothing is needed"."""
-    from raystream import compaction
-    from raystream._file_names import committed_checkpoint
-    from raystream._runtime.checkpoint_store import CheckpointStore
-    from raystream._runtime.manifest import Manifest, versions
-    from raystream._runtime.snapshot import SnapshotMeta
+    from raystream.connectors.files import compaction
+    from raystream.connectors.files.names import committed_checkpoint
+    from raystream._runtime.state.store import CheckpointStore
+    from raystream._runtime.state.manifest import Manifest, versions
+    from raystream._runtime.state.snapshot import SnapshotMeta
     from raystream.sinks import FileSink, SinkContext
 
     store = CheckpointStore(str(tmp_path / "checkpoints" / "j"))

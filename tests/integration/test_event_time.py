@@ -10,7 +10,7 @@ import pytest
 import raystream as rs
 from raystream.sources import Source, SourcePartition
 from raystream.windows import Tumbling
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 
 def _late_job(records: list[tuple[str, float, int]], lateness: float) -> rs.Job:

@@ -5,13 +5,13 @@ import os
 import ray
 
 import raystream as rs
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.spec import SubtaskSpec
-from raystream._runtime.subtask import SubtaskActor
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.plan.specs import SubtaskSpec
+from raystream._runtime.subtask.actor import SubtaskActor
 from raystream.graph import Step
 from raystream.sinks import FileSink
 from raystream.sources import SequenceSource
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 
 @ray.remote(num_cpus=0)

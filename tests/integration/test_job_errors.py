@@ -7,7 +7,7 @@ import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import FileSource, SequenceSource
 
-from tests.support import live_job_actors
+from tests.helpers.support import live_job_actors
 
 
 def wait_no_live_actors(timeout: float = 30.0) -> None:
@@ -51,7 +51,7 @@ def test_a_malformed_jsonl_line_fails_the_job_naming_file_and_line(tmp_path):
 
 def test_a_missing_input_file_fails_before_any_actor_starts(tmp_path, monkeypatch):
     created = []
-    from raystream._runtime import coordinator
+    from raystream._runtime.control import coordinator
 
     monkeypatch.setattr(coordinator.JobCoordinator, "options", lambda *a, **k: created.append(k))
     job = rs.Job("missing")

@@ -11,9 +11,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import raystream as rs
-from tests.kafka_support import T0_MS, new_topic, produce_orders
-from tests.pg_support import check_exactly_once, orders_job, parse
-from tests.support import free_port, wait_until
+from tests.helpers.kafka import T0_MS, new_topic, produce_orders
+from tests.helpers.postgres import check_exactly_once, orders_job, parse
+from tests.helpers.support import free_port, wait_until
 
 
 def test_partitions_offsets_and_the_end_are_fixed_when_the_job_starts(kafka_bootstrap):

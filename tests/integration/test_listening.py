@@ -27,15 +27,15 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from raystream._runtime import connect
-from tests.support import wait_until
+from raystream._runtime.control import connect
+from tests.helpers.support import wait_until
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 DRIVER = """
 import json, sys
 import ray
-from raystream._runtime.connect import ensure_ray
+from raystream._runtime.control.connect import ensure_ray
 
 ensure_ray(num_cpus=1)
 

@@ -8,7 +8,7 @@ import ray
 import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import SequenceSource
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 
 def prometheus() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import raystream as rs
-from raystream import nexmark as nx
+from raystream.connectors import nexmark as nx
 
 NEXMARK = Path(__file__).resolve().parents[2] / "jobs" / "nexmark"
 # the default run takes those with state and time; the stateless ones, and q3 and q7

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from raystream._part_files import PART_SIZE, LocalPart, S3Part, commit_part, open_part
+from raystream.connectors.files.parts import PART_SIZE, LocalPart, S3Part, commit_part, open_part
 from raystream._storage import open_storage
 
 

@@ -6,10 +6,10 @@ import psycopg
 import pytest
 
 import raystream as rs
-from raystream._postgres_writer import PgTxn
+from raystream.connectors.postgres.writer import PgTxn
 from raystream.sinks import SinkContext
-from tests.pg_support import check_exactly_once, orders_job
-from tests.support import free_port
+from tests.helpers.postgres import check_exactly_once, orders_job
+from tests.helpers.support import free_port
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_upsert_never_waits_for_its_own_prepared_transactions(pg_dsn, monkeypatc
     before barrier 2: the writer rolls 1 back and writes its rows (those not written
     again since) in 2. Later a flush comes before checkpoint 2's commit does: a waits
     again, until the commit releases it."""
-    from raystream import _postgres_writer
+    from raystream.connectors.postgres import writer as _postgres_writer
 
     monkeypatch.setattr(_postgres_writer, "_UPSERT_BUFFER", 2)
     sink = rs.sinks.PostgresSink(pg_dsn, "totals", mode="upsert", key="k", columns=("k", "v"), create_table=True)
@@ -157,7 +157,7 @@ def test_upsert_records_naming_other_columns_leave_what_each_set(pg_dsn, story):
 def test_a_pre_commit_on_top_of_an_unsettled_transaction_is_refused(pg_dsn, monkeypatch):
     """C6a guarantees that the previous checkpoint is settled before the next pre-commit;
     a writer driven without it says so instead of waiting for its own lock."""
-    from raystream import _postgres_writer
+    from raystream.connectors.postgres import writer as _postgres_writer
 
     monkeypatch.setattr(_postgres_writer, "_UPSERT_BUFFER", 1)
     sink = rs.sinks.PostgresSink(pg_dsn, "totals", mode="upsert", key="k", columns=("k", "v"), create_table=True)

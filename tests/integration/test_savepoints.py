@@ -16,7 +16,7 @@ import raystream as rs
 from raystream.errors import ConfigError, RestoreError
 from raystream.sinks import CollectSink, FileSink, read_files
 from raystream.sources import SequenceSource
-from tests.support import wait_until
+from tests.helpers.support import wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step_thro
     savepoint = first.stop(savepoint=True)
     assert savepoint == first.wait().savepoint
     committed_before = len(committed_ids(tmp_path))
-    # No periodic checkpoint in the new run: a crash must restore the savepoint, its base
+    # No periodic checkpoint in the new run: a crash must restore the savepoint, its origin
     changed = counting_job(tmp_path, parallelism=1, chaining=False, extra_step=True, interval=120.0)
     handle = changed.start(from_checkpoint=savepoint)
     status = wait_until(lambda: (s := handle.status()).state == "running" and
@@ -151,3 +151,26 @@ def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowe
     ids = committed_ids(tmp_path)
     assert not [i for i, n in collections.Counter(ids).items() if n > 1]  # ids continue; the sums start over
     assert result.records_out("numbers") == len(ids)
+
+
+def test_a_checkpoint_of_raystream_0_1_0_resumes_with_its_state(tmp_path, monkeypatch):
+    """The checkpoint under tests/data/checkpoint-0.1.0 was written before the package was
+    arranged in folders (its pickles name the old modules): a new run continues from it,
+    and every keyed sum is that of all the numbers, each counted once."""
+    from tests.unit._runtime.state.test_moved import EARLIER, EARLIER_KEY, KEYS, expected_sums
+
+    monkeypatch.setenv("RAYSTREAM_CHECKPOINT_KEY", EARLIER_KEY)
+    job = rs.Job("earlier", parallelism=2, checkpoint=rs.CheckpointConfig(storage=str(tmp_path)),
+                 runtime=rs.RuntimeConfig(linger=0.01))
+    numbers = job.source("numbers", SequenceSource(840, partitions=2),
+                         event_time=rs.EventTime(lambda i: i * 10, max_delay=0))
+    keyed = numbers.key_by("key", lambda i: i % KEYS)
+    keyed.reduce("sum", operator.add).sink("sums", CollectSink(keep="last"))
+    keyed.process("timers", lambda ctx, value: None).sink("counted", CollectSink())
+    keyed.window(rs.windows.Tumbling(1)).reduce("per_second", operator.add).sink("windows", CollectSink())
+    result = job.run(from_checkpoint=str(EARLIER))
+    assert dict(result.outputs["sums"]) == expected_sums(840)
+    # The windows' output restored; the 0.1.0 run had ended, so its watermark is the end of
+    # time and every new number is late for the window step (as with any finished run).
+    assert sorted(w.value for _, w in result.outputs["windows"]) == list(range(420))
+    assert result.steps["per_second"].late == 420

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from raystream._runtime import recovery
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.checkpointer import Checkpointer
-from raystream._runtime.injector import Injector
-from raystream._runtime.rescale import merge_states
-from raystream._runtime.spec import RunOptions
+from raystream._runtime.checkpointing import recovery
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.checkpointing.coordinator_side import Checkpointer
+from raystream.testing.injector import Injector
+from raystream._runtime.checkpointing.rescale import merge_states
+from raystream._runtime.plan.specs import RunOptions
 from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
 from raystream.result import CheckpointStats
@@ -237,7 +237,7 @@ class SimCoordinator:
 
 def watch_restore_choices(trace: Trace) -> Any:
     """Wrap recovery.choose_checkpoint to record, at the instant of each choice, whether a
-    run chose its base while it had a checkpoint of its own that counted (R5)."""
+    run chose its origin while it had a checkpoint of its own that counted (R5)."""
     real = recovery.choose_checkpoint
 
     def choose(store: CheckpointStore, run_id: str, refused: set[int], **kwargs: Any) -> Any:
@@ -253,7 +253,7 @@ def watch_restore_choices(trace: Trace) -> Any:
                 own.append(checkpoint_id)
         chosen = real(store, run_id, refused, **kwargs)
         if chosen is not None and chosen.run_id != run_id and own:
-            trace.rewinds.append(f"run {run_id} restored its base {chosen.run_id}/{chosen.checkpoint_id} "
+            trace.rewinds.append(f"run {run_id} restored its origin {chosen.run_id}/{chosen.checkpoint_id} "
                                  f"although it has checkpoints of its own that count: {own}")
         return chosen
 

@@ -24,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from raystream._postgres_session import LockTimeout, PreparedLimit
+from raystream.connectors.postgres.session import LockTimeout, PreparedLimit
 from raystream.errors import SinkError
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raystream import compaction
+from raystream.connectors.files import compaction
 
 from .control import SimRun
 

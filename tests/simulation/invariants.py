@@ -7,7 +7,7 @@
   partition; an upsert table holds each partition's final sum, and no column a record
   set was lost;
 - no restored transaction's staged data went missing, no sink failed in a live process,
-  no run went back to its base past a checkpoint of its own (R5), no write waited for a
+  no run went back to its origin past a checkpoint of its own (R5), no write waited for a
   row lock, the job never held more prepared transactions than the driver's check asks
   for, and a run that ended left none prepared;
 - a sink committed for checkpoint n only when its own attempt published n, never for a
@@ -24,10 +24,10 @@ import json
 import os
 from typing import Any
 
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.manifest import Manifest
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.state.manifest import Manifest
 from raystream._storage import open_storage
-from raystream.compaction import visible_files
+from raystream.connectors.files.compaction import visible_files
 from raystream.errors import CorruptCheckpointError
 from raystream.sinks import read_files
 
@@ -45,7 +45,7 @@ class Invariants:
         t = self.s.trace
         for what, found in (("a restored transaction's staged data was gone", t.missing_staged),
                             ("a sink failed", t.sink_errors),
-                            ("a run went back to its base", t.rewinds),
+                            ("a run went back to its origin", t.rewinds),
                             ("a write waited for a row lock", self.s.pg.lock_waits if self.s.pg else []),
                             ("the job held more prepared transactions than the check asks the server for",
                              self.s.pg.limit_hits if self.s.pg else [])):
@@ -68,21 +68,21 @@ class Invariants:
     def _failure_expected(self, run: SimRun) -> bool:
         """R5: a run fails when every checkpoint of its own that counts is refused, which
         only damage does here. A run from a checkpoint with another run's S3 part file
-        open is refused (_part_files.py, 5)."""
+        open is refused (connectors/files/parts.py, 5)."""
         if bool(self.s.damaged) and "can be restored" in run.outcome:
             return True
         if "started from, was refused" in run.outcome and any(r == "r1" for r, _ in self.s.damaged):
             return True  # the checkpoint it started from was damaged
-        if run.run_id in self.s.bases and "is gone" in run.outcome:
-            return True  # its base was a checkpoint of a run that goes on, whose retention deleted it
-        return run.run_id in self.s.bases and "s3_rolled" in self.s.kinds and "start from a savepoint" in run.outcome
+        if run.run_id in self.s.origins and "is gone" in run.outcome:
+            return True  # its origin was a checkpoint of a run that goes on, whose retention deleted it
+        return run.run_id in self.s.origins and "s3_rolled" in self.s.kinds and "start from a savepoint" in run.outcome
 
     def _check_line(self, line: list[SimRun]) -> None:
         last = line[-1]
         ids = {r.run_id for r in line}
         refused = any(run_id in ids for run_id, _ in self.s.damaged)
         expect = "all" if last.outcome == "finished" else "prefix"
-        upto = self.s.bases.get(last.run_id) if len(line) == 2 else None
+        upto = self.s.origins.get(last.run_id) if len(line) == 2 else None
         forked = upto is not None
         if forked and last.outcome.startswith("failed"):
             return

@@ -21,17 +21,17 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from raystream._postgres_writer import PostgresWriter
-from raystream._runtime.injector import Injector
-from raystream._runtime.keys import key_group, subtask_of_group
-from raystream._runtime.operators import SinkOp
-from raystream._runtime.rescale import RestoredState, combine_writer_states
-from raystream._runtime.snapshot import SinkState, SubtaskState
-from raystream._runtime.source_reader import SourceReader
-from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
+from raystream.connectors.postgres.writer import PostgresWriter
+from raystream.testing.injector import Injector
+from raystream._runtime.transport.keys import key_group, subtask_of_group
+from raystream._runtime.operators.plain import SinkOp
+from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
+from raystream._runtime.state.snapshot import SinkState, SubtaskState
+from raystream._runtime.subtask.source_reader import SourceReader
+from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream.config import CheckpointConfig
 from raystream.graph import Step
-from raystream.postgres import PostgresSink
+from raystream.connectors.postgres.sink import PostgresSink
 from raystream.sinks import SinkContext
 from raystream.sources import Source, SourcePartition
 
@@ -119,7 +119,7 @@ class Trace:
     missing_staged: list[str] = field(default_factory=list)
     sink_errors: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
-    rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's base past its own
+    rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's origin past its own
     coordinators: int = 0
     attempts: int = 0
     crashes: int = 0

@@ -18,11 +18,11 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator
 
-from raystream import _part_files, compaction
-from raystream._file_names import SEP, committed_checkpoint
-from raystream._runtime import recovery
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.source_reader import SourceReader
+from raystream.connectors.files import parts as _part_files, compaction
+from raystream.connectors.files.names import SEP, committed_checkpoint
+from raystream._runtime.checkpointing import recovery
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.subtask.source_reader import SourceReader
 from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
 
 from . import sim
@@ -38,11 +38,11 @@ def patched(target: Any, name: str, value: Any) -> Iterator[None]:
         setattr(target, name, saved)
 
 
-# --- R5: a run with checkpoints of its own never goes back to its base ----------------------
+# --- R5: a run with checkpoints of its own never goes back to its origin ----------------------
 
 
-def _choose_base_first(store, run_id, refused, *, max_parallelism, keyed):
-    """The restore choice that fell back to the run's base once its own were all refused."""
+def _choose_origin_first(store, run_id, refused, *, max_parallelism, keyed):
+    """The restore choice that fell back to the run's origin once its own were all refused."""
     ids = store.manifest_ids(run_id)
     points = store.restore_points(run_id)
     refused.update(store.refused(run_id))
@@ -58,17 +58,17 @@ def _choose_base_first(store, run_id, refused, *, max_parallelism, keyed):
         if store.is_void(manifest, points):
             continue
         return manifest
-    base = store.base(run_id)
-    if base is not None:
-        return base
+    origin = store.origin(run_id)
+    if origin is not None:
+        return origin
     if refused & set(ids):
         raise RestoreError(f"no checkpoint of run {run_id} can be restored (refused: {sorted(refused & set(ids))})")
     return None
 
 
 @contextlib.contextmanager
-def base_after_refusals() -> Iterator[None]:
-    with patched(recovery, "choose_checkpoint", _choose_base_first):
+def origin_after_refusals() -> Iterator[None]:
+    with patched(recovery, "choose_checkpoint", _choose_origin_first):
         yield
 
 
@@ -78,7 +78,7 @@ def base_after_refusals() -> Iterator[None]:
 @contextlib.contextmanager
 def recover_touches_other_runs() -> Iterator[None]:
     """recover rolls back every stale prepared transaction of the step and subtask, of any run."""
-    from raystream import _postgres_writer as w
+    from raystream.connectors.postgres import writer as w
 
     def recover(self, txns, checkpoint_id):
         for txn in txns:
@@ -99,7 +99,7 @@ def recover_touches_other_runs() -> Iterator[None]:
 @contextlib.contextmanager
 def upsert_writes_held_keys() -> Iterator[None]:
     """Upsert writes every buffered key, whatever a prepared transaction of its own holds."""
-    from raystream import _postgres_writer as w
+    from raystream.connectors.postgres import writer as w
 
     def flush(self):
         names = self._db.names
@@ -118,7 +118,7 @@ def upsert_writes_held_keys() -> Iterator[None]:
 @contextlib.contextmanager
 def upsert_rows_replaced_not_merged() -> Iterator[None]:
     """A later upsert row of a key replaces an earlier one, whatever columns each names."""
-    from raystream import _postgres_writer as w
+    from raystream.connectors.postgres import writer as w
 
     with patched(w, "_merged", lambda older, newer: newer):
         yield
@@ -127,7 +127,7 @@ def upsert_rows_replaced_not_merged() -> Iterator[None]:
 @contextlib.contextmanager
 def pre_commit_without_settling() -> Iterator[None]:
     """A pre-commit does not wait for the earlier checkpoints' fate (C6a)."""
-    from raystream._runtime.subtask_checkpoints import SubtaskCheckpoints
+    from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 
     async def settle(self, checkpoint_id):
         aborted = {c for c in self._aborted if c < checkpoint_id}
@@ -141,7 +141,7 @@ def pre_commit_without_settling() -> Iterator[None]:
 @contextlib.contextmanager
 def unknown_manifest_write_aborts() -> Iterator[None]:
     """A manifest write that failed is reported as an aborted checkpoint, though it may have landed."""
-    from raystream._runtime.checkpointer import Checkpointer
+    from raystream._runtime.checkpointing.coordinator_side import Checkpointer
 
     with patched(Checkpointer, "_undecided", Checkpointer._abort):
         yield
@@ -150,7 +150,7 @@ def unknown_manifest_write_aborts() -> Iterator[None]:
 @contextlib.contextmanager
 def forgotten_commits_are_missing() -> Iterator[None]:
     """A restored transaction whose status the server no longer knows is taken as lost."""
-    from raystream import _postgres_writer as w
+    from raystream.connectors.postgres import writer as w
 
     def commit(self, txn):
         if not self._db.commit_prepared(txn.gid) and self._db.status(txn.xid) != "committed":
@@ -200,14 +200,14 @@ def committed_parts_not_cut_back() -> Iterator[None]:
         real(storage, part)
 
     with patched(_part_files, "commit_part", commit_part), \
-            patched(sys.modules["raystream.file_sink"], "commit_part", commit_part):
+            patched(sys.modules["raystream.connectors.files.sink"], "commit_part", commit_part):
         yield
 
 
 @contextlib.contextmanager
 def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
     """A run from a savepoint commits the savepoint's files in its own directory."""
-    file_sink = sys.modules["raystream.file_sink"]
+    file_sink = sys.modules["raystream.connectors.files.sink"]
     real = file_sink._FileWriter.commit
 
     def commit(self, txn):
@@ -221,7 +221,7 @@ def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
 @contextlib.contextmanager
 def other_runs_parts_committed() -> Iterator[None]:
     """A run from another run's checkpoint commits (and cuts) that run's open part files."""
-    file_sink = sys.modules["raystream.file_sink"]
+    file_sink = sys.modules["raystream.connectors.files.sink"]
 
     def restore_part(self, part, checkpoint_id):
         self._commit(part)
@@ -315,8 +315,8 @@ def stop_lost_with_its_coordinator() -> Iterator[None]:
 
 
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
-    "base_after_refusals": ("defect 1: a run rewinds to its base when its own checkpoints are refused",
-                            base_after_refusals),
+    "origin_after_refusals": ("defect 1: a run rewinds to its origin when its own checkpoints are refused",
+                            origin_after_refusals),
     "upsert_writes_held_keys": ("defect 2: upsert waits for its own prepared transactions' locks",
                                 upsert_writes_held_keys),
     "upsert_rows_replaced_not_merged": ("review: upsert rows of one key naming other columns replace each other",

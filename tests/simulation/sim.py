@@ -2,7 +2,7 @@
 
 The code under test is the real protocol code: the coordinator's `Checkpointer`,
 `recovery.begin_attempt` and `choose_checkpoint`, `CheckpointStore` (attempts, restore
-records, void manifests, refusals, retention, bases), snapshot encoding and
+records, void manifests, refusals, retention, origins), snapshot encoding and
 verification, the restore merge by step id (`rescale.merge_states`), `SourceReader`, and
 the sink writers with their recover: FileSink (plain, rolling locally and on S3, Parquet
 with `compact_files` running beside the job) and PostgresSink (append and upsert).
@@ -30,7 +30,7 @@ The invariants (`check`): in every sink, each line of runs (a run and the runs i
 continues) committed every record id at most once, every one when its last run
 finished, and a prefix of each partition when it stopped; every total is the running sum
 of its partition; no restored transaction's staged data went missing; no sink committed
-for a void manifest; no run went back to its base past a checkpoint of its own (R5); no
+for a void manifest; no run went back to its origin past a checkpoint of its own (R5); no
 write waited for a row lock; the job never held more prepared transactions than the
 driver's check asks the server for; a run asked to stop ends.
 """
@@ -46,13 +46,14 @@ from typing import Any
 
 import pyarrow  # noqa: F401 - loaded before the clock starts
 
-from raystream import _files, _part_files, compaction
-from raystream._runtime import recovery
-from raystream._runtime.checkpoint_store import CheckpointStore
-from raystream._runtime.spec import RunOptions
+from raystream import _files
+from raystream.connectors.files import parts as _part_files, compaction
+from raystream._runtime.checkpointing import recovery
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.plan.specs import RunOptions
 from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError
-from raystream.postgres import PostgresSink, prepared_at_once
+from raystream.connectors.postgres.sink import PostgresSink, prepared_at_once
 from raystream.sinks import FileSink
 
 from .control import SimRun, watch_restore_choices
@@ -117,7 +118,7 @@ class Scenario(Faults):
         self._calm_over = False  # a calm schedule's compaction and restore after the outage began
         self.damaged: set[tuple[str, int]] = set()
         self.listings: dict[str, list[list[int]]] = {}  # run -> its manifest ids, as listed after each landed
-        self.bases: dict[str, dict[int, int]] = {}  # fork: the run from a checkpoint of r1 -> its offsets
+        self.origins: dict[str, dict[int, int]] = {}  # fork: the run from a checkpoint of r1 -> its offsets
         self._read: dict[tuple[str, str], list[dict]] = {}  # committed rows per sink and place, read once
 
     # --- the outputs ------------------------------------------------------------------------
@@ -212,13 +213,13 @@ class Scenario(Faults):
         place = "-r2" if rng.random() < 0.5 else ""  # a new run may write elsewhere
         b = self.new_run("r2", parallelism=rng.randint(1, 3), present=everything, options=RunOptions(resume=True),
                          outputs=self.outputs(place=place))
-        self.store.record_base("r2", savepoint)
+        self.store.record_origin("r2", savepoint)
         self.lines.append([a, b])
         branches = [b]
         if self.story == "two_runs":
             c = self.new_run("r3", parallelism=rng.randint(1, 3), present=everything, options=RunOptions(resume=True),
                              outputs=self.outputs(upsert_table="totals_r3", place="-r3" if rng.random() < 0.5 else ""))
-            self.store.record_base("r3", savepoint)
+            self.store.record_origin("r3", savepoint)
             self.lines.append([a, c])
             branches.append(c)
         for run in branches:
@@ -231,7 +232,7 @@ class Scenario(Faults):
         """Run B starts `--from` A's newest checkpoint while A goes on; A stops later. B
         must leave A's output alone (A's line stays exactly once), and B's line is A's
         output up to that checkpoint plus B's."""
-        from raystream._runtime.locate import _newest
+        from raystream._runtime.checkpointing.locate import _newest
         from raystream.errors import RestoreError
 
         rng = self.world.rng
@@ -242,17 +243,17 @@ class Scenario(Faults):
         if a.outcome:
             return
         try:
-            base = _newest(self.store, "r1", f"{ROOT}/r1")  # what `--from <run dir>` picks: the newest that counts
+            origin = _newest(self.store, "r1", f"{ROOT}/r1")  # what `--from <run dir>` picks: the newest that counts
         except RestoreError:
             return
         b = self.new_run("r2", parallelism=rng.randint(1, 3), present=list(range(self.partitions)),
                          options=RunOptions(resume=True), outputs=self.outputs(upsert_table="totals_r2"))
         try:
-            offsets = self._offsets_at("r1", base.checkpoint_id)  # before A's retention deletes it
+            offsets = self._offsets_at("r1", origin.checkpoint_id)  # before A's retention deletes it
         except (CorruptCheckpointError, KeyError):
             return  # damaged (B would refuse it) or deleted meanwhile: no fork
-        self.store.record_base("r2", base)
-        self.bases["r2"] = offsets
+        self.store.record_origin("r2", origin)
+        self.origins["r2"] = offsets
         self.lines.append([a, b])
         b.start()
         stop_at = self.world.now + rng.uniform(0.1, 1.0)
@@ -277,7 +278,7 @@ class Scenario(Faults):
         run.log("the program went away")
 
     def _savepoint(self, run: SimRun) -> Any:
-        from raystream._runtime.checkpoint_store import CheckpointRef
+        from raystream._runtime.state.store import CheckpointRef
 
         if run.outcome != "stopped":
             return None

@@ -1,9 +1,10 @@
-"""The package's layers: the public API does not load the runtime, the runtime depends
-only downward on the public definitions (never on `Job`), and no module imports form a
-cycle. Checked on the source with `ast`, and on a real `import raystream`."""
+"""The package's layers: every folder and top-level module imports only those below it
+(LAYERS), the public API does not load the runtime, and no module imports form a cycle.
+Checked on the source with `ast`, and on a real `import raystream`."""
 import ast
 import inspect
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,19 +22,71 @@ LAZY = {
     "matplotlib": "an optional extra (raystream[bench]): only the benchmark's --plot needs it",
     "psycopg": "an optional extra (raystream[postgres]): only PostgresSink needs it",
     "confluent_kafka": "an optional extra (raystream[kafka]): only KafkaSource needs it",
-    "raystream.postgres": "rs.sinks.PostgresSink loads on first use, with its optional library",
-    "raystream._postgres_writer": "loads with raystream.postgres, when psycopg is installed",
-    "raystream._postgres_tables": "loads with raystream.postgres, when psycopg is installed",
-    "raystream._postgres_session": "loads with raystream.postgres, when psycopg is installed",
-    "raystream.kafka": "rs.sources.KafkaSource loads on first use, with its optional library",
+    "raystream.connectors.postgres.sink": "rs.sinks.PostgresSink loads on first use, with its optional library",
+    "raystream.connectors.postgres.writer": "loads with raystream.connectors.postgres.sink, when psycopg is installed",
+    "raystream.connectors.postgres.tables": "loads with raystream.connectors.postgres.sink, when psycopg is installed",
+    "raystream.connectors.postgres.session": "loads with raystream.connectors.postgres.sink, when psycopg is installed",
+    "raystream.connectors.kafka": "rs.sources.KafkaSource loads on first use, with its optional library",
 }
 
 
-def modules() -> dict[str, ast.Module]:
+#: The package from the top down, one row per layer: a module may import its own room
+#: (its folder, or itself) and the rooms of the rows below, never those of its row or above.
+#: A room is a top-level module, a folder of the package, or a folder of the runtime.
+LAYERS: list[tuple[str, ...]] = [
+    ("bench", "cli"),                          # entry points
+    ("raystream",),                            # the package's face: rs.*
+    ("job",),                                  # the job builder
+    ("stream",),
+    ("sinks", "sources"),                      # where users reach every sink and source
+    ("checkpoints", "audit"),                  # reading checkpoints (loads the runtime lazily)
+    ("connectors",),                           # files, PostgreSQL, Kafka, Nexmark
+    ("_runtime",),                             # the runtime, its folders from the top down:
+    ("_runtime.control",),
+    ("_runtime.subtask",),
+    ("_runtime.checkpointing",),
+    ("_runtime.operators",),
+    ("_runtime.time",),
+    ("_runtime.transport",),
+    ("_runtime.plan",),
+    ("_runtime.state",),
+    ("_checks", "graph"),                      # the definitions everything shares:
+    ("config", "process", "windows", "result", "retry"),
+    ("testing", "sink_api", "source_api", "event_time"),
+    ("_storage",),
+    ("_files", "errors", "_version", "_moved_modules"),
+]
+
+
+def modules(package: pathlib.Path = PACKAGE) -> dict[str, ast.Module]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
         found[name] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def room(module: str) -> str:
+    """raystream.X.Y -> X; raystream._runtime.X.Y -> _runtime.X; raystream -> raystream."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return "raystream"
+    return ".".join(parts[:2]) if parts[0] == "_runtime" and len(parts) > 1 else parts[0]
+
+
+def upward_imports(package: pathlib.Path = PACKAGE) -> list[str]:
+    """Every import, at any level, that runs to its own row or above, as "module:line -> target"."""
+    rank = {r: i for i, row in enumerate(LAYERS) for r in row}
+    trees = modules(package)
+    found = []
+    for name, tree in trees.items():
+        assert room(name) in rank, f"{name}: its room {room(name)!r} has no row in LAYERS; place it"
+        for target, node in imports(tree, top_level=True) + imports(tree, top_level=False):
+            if target not in trees or target == "raystream" and name != "raystream":
+                continue  # outside the package, or `from raystream import <module>` (counted by its module)
+            here, there = room(name), room(target)
+            if here != there and rank[there] <= rank[here] and not any(f.startswith(f"{name}:{node.lineno} ") for f in found):
+                found.append(f"{name}:{node.lineno} -> {target} ({there} is not below {here})")
     return found
 
 
@@ -55,6 +108,21 @@ def imports(tree: ast.Module, *, top_level: bool) -> list[tuple[str, ast.stmt]]:
 def in_type_checking(tree: ast.Module) -> set[int]:
     return {id(n) for block in tree.body if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
             for n in ast.walk(block)}
+
+
+def test_every_import_runs_down_the_layers():
+    assert upward_imports() == []
+
+
+def test_the_layering_check_finds_a_planted_upward_import(tmp_path):
+    planted = shutil.copytree(PACKAGE, tmp_path / "raystream", ignore=shutil.ignore_patterns("__pycache__"))
+    store = planted / "_runtime" / "state" / "store.py"
+    store.write_text(store.read_text() + "\nfrom raystream._runtime.control import driver  # planted\n")
+    sources = planted / "sources.py"
+    sources.write_text(sources.read_text() + "\n\ndef planted():\n    import raystream.job\n")
+    found = upward_imports(planted)
+    assert len(found) == 2, found
+    assert "raystream._runtime.state.store" in found[0] + found[1] and "raystream.sources" in found[0] + found[1]
 
 
 def test_the_runtime_never_imports_the_job_builder_or_the_package_root():

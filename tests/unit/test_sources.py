@@ -72,7 +72,7 @@ def test_text_files_one_partition_each(files):
 
 
 def test_text_resume_from_snapshot_is_exact(files, monkeypatch):
-    monkeypatch.setattr("raystream.sources._CHUNK", 1000)
+    monkeypatch.setattr("raystream.connectors.files.source._CHUNK", 1000)
     uri = str(files / "a.txt")
     src = FileSource(uri)
     part = src.build_partition(uri, None, 100)
@@ -101,7 +101,7 @@ def test_jsonl_records_and_malformed_line_names_file_and_line(tmp_path):
 
 
 def test_csv_rows_become_dicts_and_resume_skips_the_header(tmp_path, monkeypatch):
-    monkeypatch.setattr("raystream.sources._CHUNK", 16)
+    monkeypatch.setattr("raystream.connectors.files.source._CHUNK", 16)
     path = tmp_path / "t.csv"
     path.write_text("id,name\n" + "".join(f'{i},"n, {i}"\n' for i in range(50)))
     src = FileSource(str(path), format="csv")

@@ -1,0 +1,239 @@
+"""The plain step kinds (map, flat_map, filter, key_by, reduce, stateful_map,
+map_batches) and the sink step, over whole micro-batches (operators/base.py), and
+`build_operator`, which makes the operator of a step."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+
+from raystream._runtime.operators.base import KeyedOp, Operator
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.transport.batch import KeyedBatch, as_records, batch_len, timed, to_arrow, untimed
+from raystream._runtime.state.changelog import DELETED
+from raystream._runtime.state.tally import Tally
+from raystream.graph import Step, StepKind
+from raystream.sink_api import Sink, SinkContext, SinkWriter
+
+logger = logging.getLogger(__name__)
+
+
+class MapOp(Operator):
+    def _apply(self, records: list[Any]) -> list[Any]:
+        fn = self.fn
+        return [fn(r) for r in records]
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        return self._apply(records), times
+
+
+class FlatMapOp(Operator):
+    def _apply(self, records: list[Any]) -> list[Any]:
+        fn = self.fn
+        return [o for r in records for o in fn(r)]
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        fn = self.fn
+        outs = [list(fn(r)) for r in records]
+        return [o for out in outs for o in out], [t for out, t in zip(outs, times) for _ in out]
+
+
+class FilterOp(Operator):
+    def _apply(self, records: list[Any]) -> list[Any]:
+        fn = self.fn
+        return [r for r in records if fn(r)]
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        fn = self.fn
+        keep = [bool(fn(r)) for r in records]
+        return [r for r, k in zip(records, keep) if k], [t for t, k in zip(times, keep) if k]
+
+
+class PassOp(Operator):
+    """Records as they come: the step that takes a window step's late records."""
+
+    def process(self, batch: Any) -> Any:
+        n = batch_len(batch)
+        self.records_in += n
+        self.records_out += n
+        return batch
+
+
+class KeyByOp(Operator):
+    """Emits a KeyedBatch: keys and values as columns."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.value_fn = step.value_fn
+
+    def _apply(self, records: list[Any]) -> KeyedBatch:
+        fn, value_fn = self.fn, self.value_fn
+        keys = [fn(r) for r in records]
+        return KeyedBatch(keys, records if value_fn is None else [value_fn(r) for r in records])
+
+    def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
+        return self._apply(records), times
+
+
+_MISSING = object()
+
+
+class ReduceOp(KeyedOp):
+    """Running reduce: emits `(key, acc)` for every record."""
+
+    keeps_values = True
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        fn, state, written = self.fn, self.state, self.written
+        get = state.get
+        out_keys: list[Any] = []
+        out: list[Any] = []
+        start = 0
+        while True:  # the tight loop; a failing record is handled, then the loop resumes after it
+            append = out.append
+            try:
+                for i in range(start, len(keys)):
+                    value = values[i]
+                    acc = get(keys[i], _MISSING)
+                    if acc is not _MISSING:
+                        value = fn(acc, value)
+                    state[keys[i]] = written[keys[i]] = value
+                    append(value)
+                break
+            except Exception as exc:
+                bad = start + len(out) - len(out_keys)
+                out_keys.extend(keys[start:bad])
+                self._bad.append(bad)
+                self.failed((keys[bad], values[bad]), exc)
+                start = bad + 1
+        if start == 0:  # nothing failed: the keys are the input's
+            return timed(KeyedBatch(keys, out), times)
+        out_keys.extend(keys[start:])
+        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
+
+
+class StatefulMapOp(KeyedOp):
+    """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
+
+    keeps_values = True
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        fn, state, written = self.fn, self.state, self.written
+        out: list[Any] = []
+        out_keys: list[Any] = []
+        for i, (key, value) in enumerate(zip(keys, values)):
+            try:
+                new_state, output = fn(state.get(key), value)
+            except Exception as exc:
+                self._bad.append(i)
+                self.failed((key, value), exc)
+                continue
+            if new_state is None:
+                state.pop(key, None)
+                written[key] = DELETED
+                self.deletes += 1
+            else:
+                state[key] = written[key] = new_state
+            out_keys.append(key)
+            out.append(output)
+        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
+
+
+class MapBatchesOp(Operator):
+    """Vectorized: the function takes and returns Arrow data."""
+
+    def process(self, batch: Any) -> Any:
+        batch, times = untimed(batch)
+        try:
+            batch = to_arrow(batch)
+        except Exception as exc:
+            raise RecordFailure(self.step_id, as_records(batch)[:1], exc) from None
+        self.records_in += batch.num_rows
+        what = f"<RecordBatch of {batch.num_rows} rows>"
+        try:
+            out = self.fn(batch)
+        except Exception as exc:
+            if self.on_error is None:
+                raise RecordFailure(self.step_id, what, exc) from None
+            for record in batch.to_pylist():  # a vectorized step fails its batch as a whole
+                self.failed(record, exc)
+            return []
+        if isinstance(out, pa.Table):
+            out = out.combine_chunks().to_batches()
+            out = out[0] if out else []
+        elif not isinstance(out, pa.RecordBatch):
+            raise RecordFailure(self.step_id, what, TypeError(
+                f"map_batches function must return a pyarrow RecordBatch or Table, not {type(out).__name__}"))
+        if times is not None and batch_len(out) != batch.num_rows:
+            raise RecordFailure(self.step_id, what, ValueError(
+                f"on a stream with event time, map_batches must return one row per input row (it returned "
+                f"{batch_len(out)} for {batch.num_rows}), so that each row keeps its time; filter or explode "
+                "in a plain step, or assign event time after this step"))
+        self.records_out += batch_len(out)
+        return timed(out, times)
+
+
+class SinkOp(Operator):
+    """Hands batches to the sink's writer as records or Arrow; emits nothing.
+
+    Under exactly-once it keeps the transactions pre-committed at barriers until the
+    checkpoint that covers them is complete (`pending`); they are part of every snapshot
+    taken meanwhile, so a restore can commit them again.
+    """
+
+    def __init__(self, step: Step, context: SinkContext):
+        super().__init__(step)
+        sink: Sink = step.sink  # type: ignore[assignment]
+        self.transactional = context.transactional
+        self.writer: SinkWriter = sink.build_writer(context)
+        self.pending: list[tuple[int, Any]] = []
+        self.tally: Tally | None = None  # when the job is audited
+
+    def process(self, batch: Any) -> Any:
+        batch, _ = untimed(batch)  # a sink writes records; their times stay behind
+        self.records_in += batch_len(batch)
+        records = batch if isinstance(batch, pa.RecordBatch) else as_records(batch)
+        if self.tally is not None:
+            self.tally.add(as_records(records))
+        self.writer.write_batch(records)
+        return []
+
+    def pre_commit(self, checkpoint_id: int) -> None:
+        """At a barrier: exactly-once seals a transaction; at-least-once flushes."""
+        txn = self.writer.pre_commit(checkpoint_id)
+        if txn is not None and self.transactional:
+            self.pending.append((checkpoint_id, txn))
+
+    def commit_all(self, txns: list[Any]) -> None:
+        for txn in txns:
+            self.writer.commit(txn)
+
+    def abort_pending(self, aborted: set[int]) -> None:
+        """C6a: offer the transactions of aborted checkpoints to the writer, which may roll
+        them back into its open epoch (`SinkWriter.abort`) or keep them pending."""
+        self.pending = [(c, txn) for c, txn in self.pending if c not in aborted or not self.writer.abort(txn)]
+
+    def close(self) -> Any:
+        return self.writer.close()
+
+
+_OPERATORS: dict[StepKind, type[Operator]] = {
+    StepKind.MAP: MapOp,
+    StepKind.FLAT_MAP: FlatMapOp,
+    StepKind.FILTER: FilterOp,
+    StepKind.KEY_BY: KeyByOp,
+    StepKind.REDUCE: ReduceOp,
+    StepKind.STATEFUL_MAP: StatefulMapOp,
+    StepKind.MAP_BATCHES: MapBatchesOp,
+    StepKind.LATE: PassOp,
+}
+
+
+def build_operator(step: Step, sink_context: SinkContext | None = None) -> Operator:
+    if step.kind is StepKind.SINK:
+        assert sink_context is not None
+        return SinkOp(step, sink_context)
+    return _OPERATORS[step.kind](step)
+
+

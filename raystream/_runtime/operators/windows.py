@@ -1,0 +1,262 @@
+"""Window steps: keyed state per window, fired by timers (docs/event_time.md).
+
+State per key is `{(start, end): [accumulator, emitted]}`, in milliseconds; it lives in
+the keyed state, so windows are in every snapshot and move with their key group. The
+timers are not stored: `restore` derives them from the windows (a window that has not
+reached the watermark fires at end - 1; one that has is cleaned up at end - 1 +
+allowed lateness).
+
+For each record (event time t, or the time it arrives for `clock="processing"`):
+1. the assigner gives its windows; a session window merges with the key's windows it
+   touches, merging their accumulators;
+2. a window with end - 1 + allowed_lateness <= watermark is late for the record; a
+   record late for all its windows goes to the late output;
+3. otherwise it is added; if the window already fired (within the lateness) its result
+   is emitted again at once, with update=True.
+
+When the watermark reaches end - 1 (for processing time: when the clock reaches end),
+the window fires `(key, WindowResult(start, end, result, update))`, timed end - 1. It is dropped
+then, or after the allowed lateness.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any, Callable
+
+from raystream._runtime.transport.batch import KeyedBatch, timed, untimed
+from raystream._runtime.operators.base import KeyedOp
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.operators.process import Collector, ProcessOp
+from raystream._runtime.time.timers import TimerQueue, now_ms
+from raystream._runtime.time.watermarks import MIN_TIME
+from raystream.event_time import from_millis
+from raystream.graph import Step, StepKind
+from raystream.windows import WindowResult, window_of
+
+logger = logging.getLogger(__name__)
+
+FIRE, CLEANUP = 0, 1
+
+
+class _Mark(enum.Enum):
+    EMPTY = 0  # a reduce accumulator before its first value (an enum pickles by name)
+
+
+class WindowFunctions:
+    """create/add/merge/result of one window step, whatever the user gave."""
+
+    def __init__(self, how: str, fn: Any):
+        self.how = how
+        if how == "reduce":
+            self.create: Callable[[], Any] = lambda: _Mark.EMPTY
+            self.add = lambda acc, v: v if acc is _Mark.EMPTY else fn(acc, v)
+            self.merge = lambda a, b: a if b is _Mark.EMPTY else b if a is _Mark.EMPTY else fn(a, b)
+            self.result = lambda key, w, acc: acc
+        elif how == "aggregate":
+            self.create, self.add, self.merge = fn.create, fn.add, fn.merge
+            self.result = lambda key, w, acc: fn.result(acc)
+        elif how == "apply":
+            self.create = list
+            self.add = _append
+            self.merge = lambda a, b: a + b
+            self.result = lambda key, w, acc: fn(key, window_of(w), list(acc))
+        elif how == "join":
+            self.create = lambda: ([], [])
+            self.add = _add_side
+            self.merge = lambda a, b: (a[0] + b[0], a[1] + b[1])
+            self.result = lambda key, w, acc: [fn(left, right) for left in acc[0] for right in acc[1]]
+        else:
+            raise ValueError(f"unknown window function kind {how!r}")
+
+
+def _append(acc: list, value: Any) -> list:
+    acc.append(value)
+    return acc
+
+
+def _add_side(acc: tuple[list, list], side_value: tuple[int, Any]) -> tuple[list, list]:
+    acc[side_value[0]].append(side_value[1])
+    return acc
+
+
+class WindowOp(KeyedOp):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        spec = step.window
+        self.assigner = spec.assigner
+        self.lateness = spec.allowed_lateness_ms
+        self.functions = WindowFunctions(spec.how, step.fn)
+        self.processing = self.assigner.clock == "processing"
+        self.merging = self.assigner.merging
+        self.watermark = MIN_TIME
+        self.timers = TimerQueue()
+        self.late = Collector()
+        self.late_records = 0
+        self.timed = True
+
+    # --- state ------------------------------------------------------------------------
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        super().restore(state, watermark)
+        self.watermark = MIN_TIME if watermark is None else watermark
+        for key, windows in state.items():
+            for w in windows:
+                self._schedule(key, w)
+
+    def _schedule(self, key: Any, w: tuple[int, int]) -> None:
+        if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
+            self.timers.push(w[1], key, (w, FIRE))
+            return
+        fire_at = w[1] - 1
+        if fire_at > self.watermark:
+            self.timers.push(fire_at, key, (w, FIRE))
+        else:
+            self.timers.push(fire_at + self.lateness, key, (w, CLEANUP))
+
+    # --- records ----------------------------------------------------------------------
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        self.timed = times is not None
+        if self.processing:
+            times = [now_ms()] * len(keys)
+        elif times is None:
+            raise RecordFailure(self.step_id, "<batch>", ValueError(
+                "an event-time window needs records with event time; give the source event_time=rs.EventTime(...) "
+                "or add an event-time step before the window"))
+        out = Collector()
+        add = self._merge_add if self.merging else self._add
+        for i, (key, value, t) in enumerate(zip(keys, values, times)):
+            try:
+                if not add(key, value, t, out):
+                    self.late.add(key, value, t)
+                    self.late_records += 1
+            except Exception as exc:
+                self._bad.append(i)
+                self.failed((key, value), exc)
+        return out.batch(self.timed)
+
+    def _late(self, w: tuple[int, int]) -> bool:
+        return not self.processing and w[1] - 1 + self.lateness <= self.watermark
+
+    def _add(self, key: Any, value: Any, t: int, out: Collector) -> bool:
+        """Add to every window of `t` that is not late; False if all are."""
+        fns = self.functions
+        added = False
+        windows = self.state.get(key)
+        for w in self.assigner.assign(t):
+            if self._late(w):
+                continue
+            if windows is None:
+                windows = self.state[key] = {}
+            entry = windows.get(w)
+            if entry is None:
+                entry = windows[w] = [fns.add(fns.create(), value), False]
+                self._schedule(key, w)
+            else:
+                entry[0] = fns.add(entry[0], value)
+            added = True
+            if not self.processing and w[1] - 1 <= self.watermark:  # fired before: emit the update now
+                self._emit(key, w, entry, out)
+        return added
+
+    def _merge_add(self, key: Any, value: Any, t: int, out: Collector) -> bool:
+        """Session windows: the new window and every window of the key it touches become one."""
+        fns = self.functions
+        (start, end), = self.assigner.assign(t)
+        windows = self.state.get(key) or {}
+        touching = [w for w in windows if w[0] <= end and w[1] >= start]
+        merged = (min([start] + [w[0] for w in touching]), max([end] + [w[1] for w in touching]))
+        if self._late(merged):
+            return False
+        acc, emitted = fns.add(fns.create(), value), False
+        for w in touching:
+            old = windows.pop(w)
+            acc, emitted = fns.merge(old[0], acc), emitted or old[1]
+        entry = [acc, emitted]
+        windows[merged] = entry
+        self.state[key] = windows
+        if merged not in touching:
+            self._schedule(key, merged)  # timers of the windows merged away find nothing and are skipped
+        if not self.processing and merged[1] - 1 <= self.watermark:
+            self._emit(key, merged, entry, out)
+        return True
+
+    def _emit(self, key: Any, w: tuple[int, int], entry: list, out: Collector) -> None:
+        result = self.functions.result(key, w, entry[0])
+        start, end = from_millis(w[0]), from_millis(w[1])
+        for value in result if self.functions.how == "join" else (result,):
+            out.add(key, WindowResult(start, end, value, entry[1]), w[1] - 1)
+        entry[1] = True
+
+    # --- time -------------------------------------------------------------------------
+
+    def _fire(self, now: int) -> Any:
+        out = Collector()
+        for t, key, (w, kind) in self.timers.pop_due(now):
+            self.changed.add(key)  # I1: firing and cleanup change the key's windows
+            windows = self.state.get(key)
+            entry = windows.get(w) if windows else None
+            if entry is None:
+                continue  # merged away, or cleaned up
+            if kind == FIRE:
+                if entry[1] and w[1] - 1 < t:
+                    continue
+                self._emit(key, w, entry, out)
+                if self.lateness and not self.processing:
+                    self.timers.push(t + self.lateness, key, (w, CLEANUP))
+                    continue
+            del windows[w]
+            if not windows:
+                del self.state[key]
+        self.records_out += len(out.keys)
+        return out.batch(self.timed)
+
+    def on_watermark(self, watermark: int) -> Any:
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        return [] if self.processing else self._fire(watermark)
+
+    def on_time(self, now: int) -> Any:
+        return self._fire(now) if self.processing else []
+
+    def next_timer(self) -> int | None:
+        return self.timers.next_time() if self.processing else None
+
+    def take_late(self) -> Any:
+        """The records found late since the last call, as a batch for the late output."""
+        if not self.late.keys:
+            return []
+        late, self.late = self.late, Collector()
+        return late.batch(True)
+
+
+class JoinOp(WindowOp):
+    """A window join of two keyed inputs: per key and window, `fn(left, right)` for every
+    pair of a left and a right record, emitted as `(key, WindowResult(start, end,
+    fn(left, right)))` when the window fires."""
+
+    def process(self, batch: Any) -> Any:
+        raise AssertionError("a join takes batches with their side (process_side)")
+
+    def process_side(self, batch: Any, side: int) -> Any:
+        kb, times = self._keyed_input(batch)
+        out = self._apply_keyed(kb.keys, [(side, v) for v in kb.values], times)
+        self.records_out += len(out)
+        return out
+
+    def take_late(self) -> Any:
+        batch = super().take_late()
+        if not batch:
+            return batch
+        inner, times = untimed(batch)
+        return timed(KeyedBatch(inner.keys, [v for _, v in inner.values]), times)
+
+
+#: The keyed steps that keep time, by kind.
+TIMED_OPERATORS: dict[StepKind, type[KeyedOp]] = {
+    StepKind.WINDOW: WindowOp,
+    StepKind.JOIN: JoinOp,
+    StepKind.PROCESS: ProcessOp,
+}

@@ -1,0 +1,1 @@
+"""Event time: watermarks and their generators (watermarks), timer queues (timers)."""

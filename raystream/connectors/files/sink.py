@@ -1,0 +1,394 @@
+"""FileSink: files of records in a local directory or under an S3 prefix, exactly once."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raystream import _files
+from raystream.connectors.files.parts import Part, PartWriter, abort_uploads, adopt_part, commit_part, open_part, storage_of
+from raystream._storage import Storage, open_storage
+from raystream.connectors.files.names import SEP as _SEP
+from raystream.connectors.files.names import committed_checkpoint, taken_over, writer_fields
+from raystream.connectors.files.names import written_by as _written_by
+from raystream.connectors.files.compaction import visible_files
+from raystream.errors import JobDefinitionError, RestoreError, SinkError, StagedDataMissingError
+from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
+
+logger = logging.getLogger(__name__)
+
+
+_SINK_FORMATS = ("jsonl", "parquet")
+
+
+@dataclass
+class FileTxn:
+    """Staged files of one checkpoint: (staging name, final name) pairs, in `directory`
+    ("" for the writer's: a run from a savepoint may write elsewhere, and commits the
+    savepoint's files where they are)."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+    directory: str = ""
+
+
+class FileSink(Sink):
+    """Files of records in a local directory or under an `s3://` prefix.
+
+    Each file appears whole (atomic rename locally, one PUT or a completed multipart
+    upload on S3). Under exactly-once, data of a checkpoint is first written as
+    `_pending-...` files and renamed to `part-...` only when the checkpoint is complete,
+    so a reader that lists the directory and ignores names starting with `_` or `.`
+    (`read_files` does) sees committed output only.
+
+    By default every sink subtask commits its own files at every checkpoint. A rolling
+    policy (JSON lines only) keeps one part file open across checkpoints instead and
+    commits it once it reaches `roll_size` bytes or has been open `roll_interval`
+    seconds: fewer, larger files, visible later (up to `roll_interval` plus one
+    checkpoint interval after their first record). See `raystream.connectors.files.parts` for how
+    the open file survives a crash.
+    """
+
+    def __init__(self, directory: str, *, format: str = "jsonl", rows_per_file: int = 500_000,
+                 roll_size: int | None = None, roll_interval: float | None = None):
+        if not isinstance(directory, str) or not directory:
+            raise JobDefinitionError(f"FileSink needs a directory path or s3:// URI; got {directory!r}")
+        if format not in _SINK_FORMATS:
+            raise JobDefinitionError(f"FileSink format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
+        if not isinstance(rows_per_file, int) or rows_per_file < 1:
+            raise JobDefinitionError(f"FileSink rows_per_file must be an integer >= 1; got {rows_per_file!r}")
+        # Resolved here, in the driver: actors may run in another working directory.
+        self.directory = _files.Location.parse(directory).uri()
+        self.format = format
+        self.rows_per_file = rows_per_file
+        if roll_size is not None and (not isinstance(roll_size, int) or isinstance(roll_size, bool) or roll_size < 1):
+            raise JobDefinitionError(f"FileSink roll_size must be a number of bytes >= 1; got {roll_size!r}")
+        if roll_interval is not None and (not isinstance(roll_interval, (int, float)) or not roll_interval > 0):
+            raise JobDefinitionError(f"FileSink roll_interval must be a number of seconds > 0; got {roll_interval!r}")
+        if (roll_size or roll_interval) and format != "jsonl":
+            raise JobDefinitionError(
+                "FileSink rolls JSON lines only: a Parquet file must be closed at every checkpoint. For large "
+                "Parquet files, compact the committed small ones (raystream.sinks.compact_files)")
+        self.roll_size = roll_size
+        self.roll_interval = roll_interval
+
+    @property
+    def rolling(self) -> bool:
+        return bool(self.roll_size or self.roll_interval)
+
+    def build_writer(self, context: SinkContext) -> SinkWriter:
+        return _RollingWriter(self, context) if self.rolling else _FileWriter(self, context)
+
+    def combine_writer_states(self, step_id: str, states: list[Any]) -> Any:
+        """A rescaled rolling writer takes over the open part files of every old subtask."""
+        parts = [p for state in states if state for p in state["in_progress"]]
+        return {"in_progress": parts} if parts else None
+
+
+class _FileWriter(SinkWriter):
+    """Names: `_pending-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.<fmt>` while
+    staged, `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>` once
+    committed, and `part-<step>@<subtask>@<run>@direct@...` when written directly
+    (at-least-once). <attempt> is the attempt that wrote the data."""
+
+    def __init__(self, sink: FileSink, context: SinkContext):
+        self._sink = sink
+        self._ctx = context
+        self._store: Storage = open_storage(sink.directory)
+        self._tag, self._attempt = writer_fields(context.step_id, context.subtask, context.run_id, context.attempt)
+        self._token = uuid.uuid4().hex[:8]  # this writer's files never collide with another's
+        self._parts: list[bytes | list[Any] | pa.RecordBatch] = []  # JSON lines already encoded
+        self._rows = 0
+        self._seq = 0
+        self._txn = FileTxn()
+        self.files_committed = 0
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        # JSON lines are encoded batch by batch, so a pre-commit only joins and writes them
+        self._parts.append(json_lines(batch) if self._sink.format == "jsonl" else batch)
+        self._rows += batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
+        if self._rows >= self._sink.rows_per_file:
+            self._write_file()
+
+    def _write_file(self) -> None:
+        """Write the buffer: staged under `_pending-` (transactional) or final at once."""
+        if not self._rows:
+            return
+        stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
+        self._seq += 1
+        data = b"".join(self._parts) if self._sink.format == "jsonl" else parquet_bytes(self._parts)
+        self._parts, self._rows = [], 0
+        if self._ctx.transactional:
+            name = f"_pending-{self._tag}{self._attempt}{stem}"
+            self._put(name, data)
+            self._txn.files.append((name, stem))
+        else:
+            self._put(f"part-{self._tag}direct{_SEP}{stem}", data)
+            self.files_committed += 1
+
+    def _put(self, name: str, data: bytes) -> None:
+        try:
+            self._store.put(name, data)
+        except Exception as exc:
+            raise SinkError(f"FileSink could not write {self._store.uri(name)}: {exc}") from exc
+
+    def pre_commit(self, checkpoint_id: int) -> FileTxn | None:
+        self._write_file()
+        if not self._ctx.transactional:
+            return None
+        # The final names carry run and checkpoint, so a fall-back can retract them.
+        files = [(pending, f"part-{self._tag}{checkpoint_id:012d}{_SEP}{self._attempt}{stem}")
+                 for pending, stem in self._txn.files]
+        self._txn = FileTxn()
+        return FileTxn(files, self._sink.directory) if files else None
+
+    def commit(self, txn: FileTxn) -> None:
+        store = self._store if txn.directory in ("", self._sink.directory) else open_storage(txn.directory)
+        try:
+            store.promote(txn.files)  # durable before the commit counts
+        except FileNotFoundError as exc:
+            raise StagedDataMissingError(
+                f"FileSink cannot commit {exc.filename}: neither it nor its staged file exists") from None
+        except Exception as exc:
+            raise SinkError(f"FileSink could not commit into {store.uri()}: {exc}") from exc
+        self.files_committed += len(txn.files)
+
+    def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
+        for txn in txns:
+            self.commit(txn)
+        keep = {pending for txn in txns for pending, _ in txn.files}
+        mine = self._ctx.attempt
+        stale = [n for n in _names(self._store, "_pending-", self._ctx)
+                 if n not in keep and _written_by(n, 3) < mine]
+        later = [n for n in _names(self._store, "part-", self._ctx)
+                 if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine]
+        self._store.delete(stale + later)
+        if stale or later:
+            logger.info("FileSink %s aborted %d staged files and retracted %d files of checkpoints after %d",
+                        self._tag, len(stale), len(later), checkpoint_id)
+
+    def close(self) -> dict[str, int]:
+        if not self._ctx.transactional:
+            self._write_file()
+        elif self._rows or self._txn.files:
+            raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
+        return {"files": self.files_committed}
+
+
+def _names(store: Storage, kind: str, ctx: SinkContext) -> list[str]:
+    """Names of kind `kind` (`part-`, `_pending-`, `_inprogress-`) written in this run by
+    this subtask or the old subtasks it takes over."""
+    return [n for n in store.list(f"{kind}{ctx.step_id}{_SEP}")
+            if taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism)]
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what json does not know: dataclasses (a WindowResult) as objects, datetimes
+    in ISO 8601 (orjson writes both itself)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON; map records to dicts, lists, "
+                    "strings and numbers before the sink")
+
+
+_ORJSON = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+def _json_line(record: Any) -> bytes:
+    try:
+        return orjson.dumps(record, default=_json_default, option=_ORJSON)
+    except TypeError:  # what orjson cannot write (an int past 64 bits): the standard library can, or says why not
+        return json.dumps(record, separators=(",", ":"), default=_json_default).encode("utf-8") + b"\n"
+
+
+def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
+    """A micro-batch as JSON lines, in UTF-8."""
+    return b"".join(map(_json_line, as_records(batch)))
+
+
+def parquet_bytes(parts: list[list[Any] | pa.RecordBatch]) -> bytes:
+    """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`)."""
+    batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
+    if all(b.schema == batches[0].schema for b in batches):
+        table = pa.Table.from_batches(batches)
+    else:  # dicts whose keys come in another order, or a column that is new: by column name
+        table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
+    """All records a reader of `directory` (or a glob) sees: names starting with `_` or `.`
+    are skipped, and so are files that a published compaction replaced."""
+    if format not in _SINK_FORMATS:
+        raise JobDefinitionError(f"read_files format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
+    records: list[Any] = []
+    if any(ch in directory for ch in "*?["):
+        contents = (_files.read_bytes(_files.Location.parse(uri)) for uri in _files.expand(directory))
+    else:  # a directory: its committed files, switching atomically to compacted ones
+        storage = open_storage(directory)
+        contents = (storage.get(key) for key in visible_files(directory))
+    for data in contents:
+        if format == "jsonl":
+            records.extend(json.loads(line) for line in data.decode("utf-8").splitlines() if line)
+        else:
+            records.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
+    return records
+
+
+@dataclass
+class RolledTxn:
+    """Part files rolled (closed) since the previous barrier, committed with its checkpoint."""
+
+    parts: list[Part]
+
+
+class _RollingWriter(SinkWriter):
+    """FileSink with a rolling policy: one open part file at a time (raystream.connectors.files.parts).
+
+    Names: the open file is `_inprogress-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.jsonl`
+    locally; it becomes `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.jsonl`
+    where <checkpoint> is the first checkpoint its data belongs to, so a fall-back to an older
+    checkpoint retracts exactly the files whose every record is replayed.
+
+    Exactly-once: rolled files are committed with the next checkpoint; the open file is in
+    every snapshot as persisted at the barrier, and a restore commits it cut back to that
+    length (T4). At-least-once: a rolled file is committed at once, and the open file of
+    the checkpoint restored is committed when the writer starts.
+    """
+
+    def __init__(self, sink: FileSink, context: SinkContext):
+        self._sink = sink
+        self._ctx = context
+        self._store: Storage = open_storage(sink.directory)
+        self._tag, self._attempt = writer_fields(context.step_id, context.subtask, context.run_id, context.attempt)
+        self._token = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self._open: PartWriter | None = None
+        self._rolled: list[Part] = []
+        self._persisted: Part | None = None  # the open file as of the last barrier
+        self._checkpoint = 1  # the checkpoint that the records written now belong to
+        self._restored: list[Part] = list((context.resume_state or {}).get("in_progress", []))
+        self.files_committed = 0
+        if not context.transactional:
+            for part in self._restored:
+                self._restore_part(part, 0)
+
+    def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        if not len(batch):
+            return  # no empty part file is ever opened
+        data = json_lines(batch)
+        if self._open is None:
+            stem = f"{self._token}-{self._seq:06d}.jsonl"
+            self._seq += 1
+            stamp = f"{self._checkpoint:012d}{_SEP}{self._attempt}" if self._ctx.transactional else f"direct{_SEP}"
+            self._open = self._guard(lambda: open_part(self._store, f"_inprogress-{self._tag}{self._attempt}{stem}",
+                                                       f"part-{self._tag}{stamp}{stem}", time.monotonic()))
+        self._guard(lambda: self._open.write(data))
+        if self._sink.roll_size and self._open.size >= self._sink.roll_size:
+            self._roll()
+
+    def _roll(self) -> None:
+        part = self._guard(self._open.close)
+        self._open = self._persisted = None
+        if self._ctx.transactional:
+            self._rolled.append(part)
+        else:
+            self._commit(part)
+
+    def pre_commit(self, checkpoint_id: int) -> RolledTxn | None:
+        if self._open is not None and self._sink.roll_interval and \
+                time.monotonic() - self._open.opened_at >= self._sink.roll_interval:
+            self._roll()
+        if self._open is not None:  # on S3 its tail travels in the snapshot (connectors/files/parts.py, 2)
+            self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
+        self._checkpoint = checkpoint_id + 1
+        rolled, self._rolled = self._rolled, []
+        return RolledTxn(rolled) if rolled and self._ctx.transactional else None
+
+    def snapshot(self) -> dict[str, list[Part]] | None:
+        return {"in_progress": [self._persisted]} if self._persisted is not None else None
+
+    def commit(self, txn: RolledTxn) -> None:
+        for part in txn.parts:
+            self._commit(part)
+
+    def _commit(self, part: Part) -> None:
+        self._guard_missing(part, lambda: commit_part(storage_of(part, self._store), part))
+        self.files_committed += 1
+
+    def _restore_part(self, part: Part, checkpoint_id: int) -> None:
+        """A part open at the restored checkpoint: committed as it was then if this run
+        wrote it; another run's (a start from its checkpoint) is never touched, its
+        recorded bytes copied into a file of this run if it is not committed."""
+        if part.final.split(_SEP)[2] == (self._ctx.run_id or "run"):
+            self._commit(part)
+            return
+        name = self._copy_name(part, checkpoint_id)
+        self._guard_missing(part, lambda: adopt_part(storage_of(part, self._store), part, self._store, name))
+
+    def _guard_missing(self, part: Part, fn: Any) -> None:
+        try:
+            fn()
+        except FileNotFoundError as exc:
+            raise StagedDataMissingError(
+                f"FileSink cannot commit {storage_of(part, self._store).uri(part.final)}: {exc.strerror or exc}") from None
+        except RestoreError:
+            raise
+        except Exception as exc:
+            raise SinkError(f"FileSink could not commit {storage_of(part, self._store).uri(part.final)}: {exc}") from exc
+
+    def _copy_name(self, part: Part, checkpoint_id: int) -> str:
+        """This run's file for the recorded bytes of another run's open part (_part_files, 5)."""
+        digest = hashlib.sha256(part.final.encode()).hexdigest()[:12]
+        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}.jsonl"
+
+    def _guard(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            raise SinkError(f"FileSink could not write under {self._store.uri()}: {exc}") from exc
+
+    def recover(self, txns: list[RolledTxn], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
+        for txn in txns:
+            self.commit(txn)
+        for part in self._restored:  # open at the restored checkpoint: committed as it was then
+            self._restore_part(part, checkpoint_id)
+        self._checkpoint = checkpoint_id + 1
+        keep = {p.final for p in self._restored} | {p.final for t in txns for p in t.parts}
+        mine = self._ctx.attempt
+        stale = [n for n in _names(self._store, "_inprogress-", self._ctx) if _written_by(n, 3) < mine]
+        later = [n for n in _names(self._store, "part-", self._ctx)
+                 if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine and n not in keep]
+        self._store.delete(stale + later)
+        ctx = self._ctx
+        aborted = abort_uploads(self._store, f"part-{ctx.step_id}{_SEP}", keep, lambda n: _written_by(n, 4) < mine
+                                and taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism))
+        if stale or later or aborted:
+            logger.info("FileSink %s aborted %d open files and %d uploads, retracted %d files of checkpoints after %d",
+                        self._tag, len(stale), aborted, len(later), checkpoint_id)
+
+    def close(self) -> dict[str, int]:
+        if self._ctx.transactional and (self._rolled or (
+                self._open is not None and (self._persisted is None or self._persisted.length != self._open.size))):
+            raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
+        if self._open is not None:  # covered by the last checkpoint, which is complete
+            part = self._guard(self._open.close)
+            self._open = None
+            self._commit(part)
+        return {"files": self.files_committed}

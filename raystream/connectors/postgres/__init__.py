@@ -1,0 +1,1 @@
+"""PostgreSQL: PostgresSink (sink), its session (session), tables (tables) and writer (writer)."""

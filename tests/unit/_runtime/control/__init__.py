@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/control/, one file per module."""

@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/operators/, one file per module."""

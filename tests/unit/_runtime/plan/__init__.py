@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/plan/, one file per module."""

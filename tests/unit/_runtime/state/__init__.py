@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/state/, one file per module."""

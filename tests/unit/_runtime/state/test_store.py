@@ -1,0 +1,182 @@
+"""Checkpoint storage: the commit point is exclusive, damaged bytes are refused, retention
+keeps what the newest checkpoint needs."""
+import dataclasses
+import json
+
+import pytest
+
+from raystream._runtime.state.store import CheckpointStore
+from raystream._runtime.state.manifest import Manifest
+from raystream._runtime.state.snapshot import SnapshotMeta, decode, encode
+from raystream._storage import LocalStorage
+from raystream._runtime.state.signing import Key
+from raystream.errors import CheckpointKeyError, CorruptCheckpointError
+
+
+def test_decode_refuses_bytes_that_do_not_match_the_checksum():
+    data, sha = encode({"state": [1, 2, 3]})
+    assert decode(data, sha, "x") == {"state": [1, 2, 3]}
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 1
+    with pytest.raises(CorruptCheckpointError, match="damaged or was replaced"):
+        decode(bytes(damaged), sha, "snapshot x")
+
+
+def test_put_if_absent_never_overwrites(tmp_path):
+    storage = LocalStorage(str(tmp_path))
+    assert storage.put_if_absent("m/1.json", b"first")
+    assert not storage.put_if_absent("m/1.json", b"second")
+    assert storage.get("m/1.json") == b"first"
+    assert storage.list("m/") == ["m/1.json"]  # no temporary files left behind
+
+
+def make_manifest(run: str, n: int) -> Manifest:
+    key = CheckpointStore.snapshot_key(run, n, 1, "c", 0)
+    return Manifest("j", run, n, 1, "exactly_once", 0.0, {"c": 1}, [SnapshotMeta("c", 0, key, "0" * 64, 1)])
+
+
+def test_commit_retention_and_resume_lookup(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    for n in range(1, 6):
+        store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 0), b"s")
+        assert store.commit(make_manifest("r1", n))
+        store.retain("r1", 2)
+    assert not store.commit(make_manifest("r1", 5))  # a manifest key is used once
+    assert store.manifest_ids("r1") == [4, 5]
+    assert [k.split("/")[2] for k in store.storage.list("r1/snapshots/")] == ["000000000004", "000000000005"]
+    store.storage.put(CheckpointStore.snapshot_key("r0", 1, 1, "c", 0), b"s")
+    assert store.newest_run_with_checkpoint() is None  # no attempt of r1 claimed: not a run to resume
+    assert store.claim_attempt("r1") == 1 and store.claim_attempt("r1") == 2
+    assert store.newest_run_with_checkpoint() == "r1"
+
+
+def test_signed_manifests_refuse_tampering_and_a_missing_signature():
+    import json
+
+    m = make_manifest("r", 3)
+    key = Key(b"k" * 32, "test")
+    signed = m.to_json(key)
+    assert Manifest.from_json(signed, key) == dataclasses.replace(m, key_id=key.key_id)
+    tampered = json.loads(signed)
+    tampered["snapshots"][0]["sha256"] = "f" * 64  # point the checksum at other bytes
+    with pytest.raises(CorruptCheckpointError, match="does not match its signature"):
+        Manifest.from_json(json.dumps(tampered).encode(), key)
+    # Another key, or none: the reader is told, and nothing is refused for good.
+    with pytest.raises(CheckpointKeyError, match=f"signed with checkpoint key {key.key_id}.*this process has key"):
+        Manifest.from_json(signed, Key(b"another key", "test"))
+    with pytest.raises(CheckpointKeyError, match="not signed"):
+        Manifest.from_json(m.to_json(), key)
+    with pytest.raises(CorruptCheckpointError, match="not readable JSON"):
+        Manifest.from_json(signed[:40], key)
+
+
+def test_snapshots_of_other_versions_are_refused_with_what_to_do():
+    from raystream._runtime.state.manifest import incompatibility, versions
+
+    here = versions()
+    assert incompatibility(here) is None
+    older = dict(here, python="2.7.18")
+    assert "written by python 2.7.18" in incompatibility(older) and "restore it with python 2.7" in incompatibility(older)
+    assert incompatibility(dict(here, cloudpickle="1.0.0")).startswith("it was written by cloudpickle 1.0.0")
+    patch = here["python"].rsplit(".", 1)[0] + ".99"
+    assert incompatibility(dict(here, python=patch)) is None  # a patch release reads the same pickles
+
+
+def test_retention_leaves_no_directory_behind(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    for n in range(1, 201):
+        store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 0), b"s")
+        store.storage.put(CheckpointStore.snapshot_key("r1", n, 1, "c", 1), b"s")
+        assert store.commit(make_manifest("r1", n))
+        store.retain("r1", 3)
+    snapshot_dirs = sorted(p.name for p in (tmp_path / "j" / "r1" / "snapshots").iterdir())
+    assert snapshot_dirs == ["000000000198", "000000000199", "000000000200"]
+    assert sum(1 for _ in (tmp_path / "j").rglob("*")) < 20  # bounded, whatever the run's length
+
+
+def test_a_manifest_is_bound_to_its_run_id_and_job(tmp_path):
+    key = Key(b"k" * 32, "test")
+    store = CheckpointStore(str(tmp_path / "j"))
+    store._key = key
+    for n in (1, 2):
+        assert store.commit(make_manifest("r1", n))
+    assert store.load_manifest("r1", 2).checkpoint_id == 2
+    # Copy the signed manifest of checkpoint 1 over a newer id: a rollback attempt.
+    store.storage.put(CheckpointStore.manifest_key("r1", 3), store.storage.get(CheckpointStore.manifest_key("r1", 1)))
+    with pytest.raises(CorruptCheckpointError, match="copied or moved"):
+        store.load_manifest("r1", 3)
+    other = CheckpointStore(str(tmp_path / "other"))
+    other._key = key
+    other.storage.put(CheckpointStore.manifest_key("r1", 1), store.storage.get(CheckpointStore.manifest_key("r1", 1)))
+    with pytest.raises(CorruptCheckpointError, match="belongs to job 'j'"):
+        other.load_manifest("r1", 1)
+
+
+def test_a_signature_that_is_not_a_string_is_refused_not_a_crash():
+    import json
+
+    key = Key(b"k" * 32, "test")
+    raw = json.loads(make_manifest("r", 1).to_json(key))
+    for bad in (12345, None, ["x"], {"a": 1}):
+        raw["signature"] = bad
+        with pytest.raises((CorruptCheckpointError, CheckpointKeyError)):
+            Manifest.from_json(json.dumps(raw).encode(), key)
+    for not_a_manifest in (b"17", b"[1, 2]", b"null"):
+        with pytest.raises(CorruptCheckpointError):
+            Manifest.from_json(not_a_manifest, key)
+
+
+def test_progress_is_signed_json_keyed_by_partition_and_fenced_by_attempt(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    store._key = Key(b"k" * 32, "test")
+    store.progress.save("r", "src", 1, "s3://b/a.txt", [100, 10])
+    store.progress.save("r", "src", 1, "s3://b/b.txt", [900, 90])
+    store.progress.save("r", "src-b", 1, "s3://b/a.txt", [5, 1])  # another step whose id extends "src"
+    store.progress.save("r", "src", 2, "s3://b/a.txt", [200, 20])
+    store.progress.save("r", "src", 1, "s3://b/a.txt", [150, 15])  # a process of attempt 1 woke up late
+    assert store.progress.read("r", "src") == {"s3://b/a.txt": [200, 20], "s3://b/b.txt": [900, 90]}
+    assert store.progress.read("r", "src-b") == {"s3://b/a.txt": [5, 1]}
+    store.progress.carry("r", "src", 3, store.progress.read("r", "src"))
+    assert len(store.storage.list("r/progress/src/")) == 2
+    assert store.progress.read("r", "src") == {"s3://b/a.txt": [200, 20], "s3://b/b.txt": [900, 90]}
+    # Progress is never unpickled; a forged or unsigned object is refused.
+    key = store.storage.list("r/progress/src/")[0]
+    forged = json.loads(store.storage.get(key))
+    forged["offset"] = [0, 0]
+    store.storage.put(key, json.dumps(forged).encode())
+    with pytest.raises(CorruptCheckpointError):
+        store.progress.read("r", "src")
+
+
+def test_a_late_manifest_of_a_replaced_attempt_is_void(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    assert store.claim_attempt("r") == 1
+    store.record_restore("r", 1, 0)
+    assert store.commit(make_manifest("r", 1))
+    assert store.claim_attempt("r") == 2
+    store.record_restore("r", 2, 1)  # attempt 2 restored checkpoint 1 ...
+    late = make_manifest("r", 2)  # ... then attempt 1's slow PUT of checkpoint 2 landed
+    assert store.commit(late)
+    points = store.restore_points("r")
+    assert points == {1: 0, 2: 1}
+    assert store.is_void(late, points)
+    assert not store.is_void(make_manifest("r", 1), points)
+    mine = make_manifest("r", 3)
+    mine.attempt = 2
+    assert not store.is_void(mine, points)  # attempt 2's own later checkpoints count
+
+
+def test_s3_reads_a_conflicting_object_back_no_further_than_what_it_wrote(s3_bucket, monkeypatch):
+    """Review of issue 22: a put_if_absent that meets an object at its key reads it back to
+    compare; a huge object planted at the next manifest's key is not read whole."""
+    from raystream import _files
+    from raystream._storage import S3Storage
+
+    storage = S3Storage(s3_bucket, "chk/j")
+    _files.s3_client().put_object(Bucket=s3_bucket, Key="chk/j/run/manifests/000000000001.json", Body=b"x" * 200_000)
+    read = []
+    real_get = S3Storage.get
+    monkeypatch.setattr(S3Storage, "get", lambda self, key, limit=None: read.append(limit) or real_get(self, key, limit))
+    assert not storage.put_if_absent("run/manifests/000000000001.json", b"a manifest")
+    assert read == [len(b"a manifest")]
+    assert len(real_get(storage, "run/manifests/000000000001.json", limit=10)) == 11

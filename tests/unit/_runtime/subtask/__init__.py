@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/subtask/, one file per module."""

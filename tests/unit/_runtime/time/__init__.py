@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/time/, one file per module."""

@@ -1,0 +1,1 @@
+"""Unit tests of raystream/_runtime/transport/, one file per module."""

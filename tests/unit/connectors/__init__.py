@@ -1,0 +1,1 @@
+"""Unit tests of raystream/connectors/, one file per module."""

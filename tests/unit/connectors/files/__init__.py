@@ -1,0 +1,1 @@
+"""Unit tests of raystream/connectors/files/, one file per module."""

@@ -1,0 +1,48 @@
+"""What users import keeps working across the package's rearrangement: every public name
+of raystream 0.1.0 (tests/data/public-api-0.1.0.txt, listed from that version) resolves,
+and a module path that moved into a folder (raystream.nexmark, raystream.faults, ...)
+imports the module itself, with a DeprecationWarning that names its new path."""
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import raystream as rs
+from raystream._moved_modules import MOVED
+
+NAMES = (pathlib.Path(__file__).resolve().parents[1] / "data" / "public-api-0.1.0.txt").read_text().split()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", NAMES)
+def test_every_public_name_of_0_1_0_resolves(name):
+    module, attribute = name.split(":")
+    assert hasattr(importlib.import_module(module), attribute), name
+
+
+def test_the_paths_users_write_today():
+    assert rs.sinks.FileSink.__module__ == "raystream.connectors.files.sink"
+    assert rs.sinks.PostgresSink.__module__ == "raystream.connectors.postgres.sink"
+    assert rs.sources.KafkaSource.__module__ == "raystream.connectors.kafka"
+    assert rs.sources.FileSource.__module__ == "raystream.connectors.files.source"
+    assert rs.faults.CrashAt.__module__ == "raystream.testing.faults"
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_a_moved_module_path_imports_the_module_itself_and_says_where_it_lives(old):
+    code = (f"import warnings; warnings.simplefilter('always')\n"
+            f"import {old} as old, {MOVED[old]} as new\n"
+            f"assert old is new and new.__name__ == {MOVED[old]!r}, (old, new)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"DeprecationWarning: {old} moved to {MOVED[old]}; import it from there" in out.stderr
+
+
+def test_import_raystream_loads_no_connector_library():
+    out = subprocess.run([sys.executable, "-c", "import sys, raystream; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                          "('psycopg', 'confluent_kafka', 'boto3')))"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,1 @@
+"""Unit tests of raystream/testing/, one file per module."""
