@@ -129,9 +129,21 @@ class JobGraph:
 class StepTable(dict):
     """The steps of a job being defined, by id, in the order they were added (a
     topological order): what a Job and its streams add to, so a stream needs only this
-    table, not the Job."""
+    table, not the Job's class. A table is its job's: equal only to itself, and hashable,
+    as the Job is."""
+
+    def __init__(self, job: Any = None, job_name: str = ""):
+        super().__init__()
+        self.job = job  # the Job whose steps these are (`stream.job`)
+        self.job_name = job_name
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     def add(self, step: Step) -> None:
         if step.step_id in self:
-            raise JobDefinitionError(f"step id {step.step_id!r} is used twice in this job; step ids must be unique")
+            raise JobDefinitionError(
+                f"step id {step.step_id!r} is used twice in job {self.job_name!r}; step ids must be unique")
         self[step.step_id] = step

@@ -88,7 +88,7 @@ class Job:
         if audit is not None and not isinstance(audit, Audit):
             raise ConfigError(f"audit must be a raystream.Audit; got {audit!r}")
         self.audit: Audit | None = audit
-        self.steps = StepTable()
+        self.steps = StepTable(self, self.name)
 
     # --- building ---------------------------------------------------------------------
 

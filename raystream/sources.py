@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from raystream.errors import JobDefinitionError
+from raystream.errors import JobDefinitionError, SourceError  # noqa: F401 (SourceError: what a source raises)
 from raystream.connectors.files.source import FileSource  # noqa: F401 (users name it rs.sources.FileSource)
 from raystream.source_api import Pacer, Source, SourcePartition, check_rate  # noqa: F401 (the interface, for users)
 

@@ -31,6 +31,11 @@ class Stream:
     upstream: tuple[str, ...]
     after_sink: str | None = field(default=None)
 
+    @property
+    def job(self) -> Any:
+        """The Job this stream's steps belong to."""
+        return self.steps.job
+
     def _then(self, step_id: str, kind: StepKind, fn: Callable[..., Any] | None, what: str,
               parallelism: int | None, resources: Resources | None = None) -> Step:
         step_id = check_step_id(step_id)

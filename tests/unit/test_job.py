@@ -24,8 +24,16 @@ def test_a_valid_job_validates():
 def test_duplicate_step_ids_are_refused():
     job, s = seq_job()
     s.map("m", str)
-    with pytest.raises(rs.JobDefinitionError, match="'m' is used twice"):
+    with pytest.raises(rs.JobDefinitionError, match="'m' is used twice in job 'j'"):
         s.filter("m", bool)
+
+
+def test_a_stream_knows_its_job_and_is_hashable_by_identity():
+    job, s = seq_job()
+    mapped = s.map("m", str)
+    assert mapped.job is job and s.job is job
+    assert {s: 1, mapped: 2}[mapped] == 2 and len({s, mapped, s}) == 2
+    assert s == type(s)(s.steps, s.upstream) and s != type(s)(seq_job()[1].steps, s.upstream)
 
 
 @pytest.mark.parametrize("check", [rs.Job.validate, rs.Job.freeze])

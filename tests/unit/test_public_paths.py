@@ -32,8 +32,11 @@ def test_the_paths_users_write_today():
 
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_a_moved_module_path_imports_the_module_itself_and_says_where_it_lives(old):
+    package, _, name = old.rpartition(".")
     code = (f"import warnings; warnings.simplefilter('always')\n"
             f"import {old} as old, {MOVED[old]} as new\n"
+            f"from {package} import {name} as attribute\n"
+            f"assert attribute is new\n"
             f"assert old is new and new.__name__ == {MOVED[old]!r}, (old, new)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

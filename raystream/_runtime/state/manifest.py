@@ -80,6 +80,11 @@ def json_dumps(raw: dict[str, Any]) -> bytes:
     return json.dumps(raw, indent=1, sort_keys=True).encode("utf-8")
 
 
+#: Earlier raystream minor versions whose checkpoints this one restores: 0.1 wrote the same
+#: state, named by the modules before the package had folders (state/moved.py maps them).
+READS = ("0.1",)
+
+
 def versions() -> dict[str, str]:
     return {"raystream": __version__, "python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
 
@@ -88,11 +93,13 @@ def incompatibility(recorded: dict[str, str]) -> str | None:
     """Why snapshots written with `recorded` versions cannot be read here, or None.
 
     Pickles need the same Python minor version and cloudpickle major version; state
-    layouts need the same raystream minor version."""
+    layouts need this raystream minor version or one it reads (READS)."""
     here = versions()
     rules = {"python": 2, "cloudpickle": 1, "raystream": 2}  # leading version parts that must match
     for name, parts in rules.items():
         theirs = recorded.get(name, "")
+        if name == "raystream" and ".".join(theirs.split(".")[:2]) in READS:
+            continue
         if theirs.split(".")[:parts] != here[name].split(".")[:parts]:
             return (f"it was written by {name} {theirs or 'unknown'} and this is {name} {here[name]}; "
                     f"restore it with {name} {'.'.join(theirs.split('.')[:parts]) or theirs}, or start without resume")

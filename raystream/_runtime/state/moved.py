@@ -16,6 +16,7 @@ MODULES: dict[str, str] = {
     "raystream._runtime.alignment": "raystream._runtime.checkpointing.alignment",
     "raystream._runtime.assembly": "raystream._runtime.subtask.assembly",
     "raystream._runtime.batch": "raystream._runtime.transport.batch",
+    "raystream._runtime.blocking": "raystream._runtime.transport.blocking",
     "raystream._runtime.changelog": "raystream._runtime.state.changelog",
     "raystream._runtime.channel": "raystream._runtime.transport.channel",
     "raystream._runtime.checkpoint_store": "raystream._runtime.state.store",
@@ -62,6 +63,7 @@ MODULES: dict[str, str] = {
 
 #: What moved elsewhere than the rest of its module: "old.module:Name" -> "new.module[:NewName]".
 NAMES: dict[str, str] = {
+    "raystream._runtime.subtask_checkpoints:compact_in_ray": "raystream._runtime.checkpointing.subtask_side:merge_in_ray",
     "raystream._runtime.changelog:compact": "raystream._runtime.state.changelog:merge",
     "raystream._runtime.changelog:compact_chain": "raystream._runtime.state.changelog:merge_parts",
     "raystream._runtime.metrics:SubtaskExporter": "raystream._runtime.subtask.metrics",
@@ -86,9 +88,11 @@ NAMES: dict[str, str] = {
 
 
 def now(module: str, name: str) -> tuple[str, str]:
-    """Where `module.name` of an earlier snapshot lives now (itself when it did not move)."""
-    found = NAMES.get(f"{module}:{name}")
+    """Where `module.name` of an earlier snapshot lives now (itself when it did not move).
+    `name` may be dotted (a method, `AssignTimeOp.process`): its first part moved."""
+    first, dot, rest = name.partition(".")
+    found = NAMES.get(f"{module}:{first}")
     if found is not None:
-        new_module, _, new_name = found.partition(":")
-        return new_module, new_name or name
+        new_module, _, new_first = found.partition(":")
+        return new_module, (new_first or first) + dot + rest
     return MODULES.get(module, module), name

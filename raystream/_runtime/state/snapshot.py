@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,9 @@ def decode(data: bytes, sha256: str, what: str, expected: type | tuple[type, ...
             f"{what} is damaged or was replaced: SHA-256 {actual[:16]}... where the manifest recorded "
             f"{sha256[:16]}...; it is not loaded")
     try:
-        obj = _Unpickler(io.BytesIO(data)).load()  # what cloudpickle.loads does, with moved names
+        with warnings.catch_warnings():  # code pickled by value may name a module path of 0.1.0
+            warnings.filterwarnings("ignore", r"raystream\.\w+ moved to ", DeprecationWarning)
+            obj = _Unpickler(io.BytesIO(data)).load()  # what cloudpickle.loads does, with moved names
     except MemoryError:
         raise
     except Exception as exc:  # the bytes are what the job wrote: its code changed, nothing is damaged

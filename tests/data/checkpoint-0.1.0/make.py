@@ -7,8 +7,28 @@ import operator
 import sys
 
 import raystream as rs
+from raystream import nexmark as nx
 from raystream.sinks import CollectSink
 from raystream.sources import SequenceSource
+
+
+class Seen:
+    """Keyed state of a class defined in the job file: pickled by value, with the module
+    its method uses (raystream.nexmark, a path that moved in 0.2)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.kind = ""
+
+    def add(self, value: int) -> "Seen":
+        self.n += 1
+        self.kind = nx.Bid.__name__
+        return self
+
+
+def seen(state, value):
+    state = (state or Seen()).add(value)
+    return state, state.n
 
 
 def count(ctx, value):
@@ -24,5 +44,6 @@ numbers = job.source("numbers", SequenceSource(420, partitions=2),
 keyed = numbers.key_by("key", lambda i: i % 7)
 keyed.reduce("sum", operator.add).sink("sums", CollectSink(keep="last"))
 keyed.process("timers", count).sink("counted", CollectSink())
+keyed.stateful_map("seen", seen).sink("seen_out", CollectSink(keep="last"))
 keyed.window(rs.windows.Tumbling(1)).reduce("per_second", operator.add).sink("windows", CollectSink())
 job.run()
