@@ -11,9 +11,12 @@
         .sink("out", rs.sinks.PrintSink()))
     job.run()
 """
+import importlib as _importlib
 import sys as _sys
+from typing import Any
 
 from raystream import checkpoints, sinks, sources, windows
+from raystream._moved_modules import MOVED as _MOVED
 from raystream._moved_modules import MovedModules as _MovedModules
 from raystream._version import __version__
 from raystream.audit import audit_checkpoints
@@ -98,6 +101,13 @@ __all__ = [
     "windows",
 ]
 
-# Module paths of 0.1.0 (raystream.nexmark, raystream.faults, ...) stay importable.
+# Module paths of 0.1.0 (raystream.nexmark, raystream.faults, ...) stay importable, and
+# attributes of the package as 0.1.0 had them after `import raystream`.
 if not any(isinstance(finder, _MovedModules) for finder in _sys.meta_path):
     _sys.meta_path.append(_MovedModules())
+
+
+def __getattr__(name: str) -> Any:
+    if f"{__name__}.{name}" in _MOVED:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

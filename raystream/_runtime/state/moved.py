@@ -61,9 +61,18 @@ MODULES: dict[str, str] = {
     "raystream.postgres": "raystream.connectors.postgres.sink",
 }
 
-#: What moved elsewhere than the rest of its module: "old.module:Name" -> "new.module[:NewName]".
+#: What moved elsewhere than the rest of its module, or was renamed:
+#: "old.module:Name[.member]" -> "new.module[:NewName[.member]]". (CheckpointStore's
+#: save_progress, read_progress and compact_progress became methods of ProgressRecords, and
+#: SubtaskActor._source_offsets SourceReader.snapshot, with another `self`: nothing maps them.)
 NAMES: dict[str, str] = {
     "raystream._runtime.subtask_checkpoints:compact_in_ray": "raystream._runtime.checkpointing.subtask_side:merge_in_ray",
+    "raystream._runtime.changelog:StateChangelog.compacted": "raystream._runtime.state.changelog:StateChangelog.merged",
+    "raystream._runtime.checkpoint_store:CheckpointStore.base": "raystream._runtime.state.store:CheckpointStore.origin",
+    "raystream._runtime.checkpoint_store:CheckpointStore.base_ref": "raystream._runtime.state.store:CheckpointStore.origin_ref",
+    "raystream._runtime.checkpoint_store:CheckpointStore.progress_key": "raystream._runtime.state.progress:progress_key",
+    "raystream._runtime.checkpoint_store:CheckpointStore.record_base": "raystream._runtime.state.store:CheckpointStore.record_origin",
+    "raystream._runtime.subtask_checkpoints:SubtaskCheckpoints._compact": "raystream._runtime.checkpointing.subtask_side:SubtaskCheckpoints._merge",
     "raystream._runtime.changelog:compact": "raystream._runtime.state.changelog:merge",
     "raystream._runtime.changelog:compact_chain": "raystream._runtime.state.changelog:merge_parts",
     "raystream._runtime.metrics:SubtaskExporter": "raystream._runtime.subtask.metrics",
@@ -90,6 +99,10 @@ NAMES: dict[str, str] = {
 def now(module: str, name: str) -> tuple[str, str]:
     """Where `module.name` of an earlier snapshot lives now (itself when it did not move).
     `name` may be dotted (a method, `AssignTimeOp.process`): its first part moved."""
+    found = NAMES.get(f"{module}:{name}")
+    if found is not None:
+        new_module, _, new_name = found.partition(":")
+        return new_module, new_name or name
     first, dot, rest = name.partition(".")
     found = NAMES.get(f"{module}:{first}")
     if found is not None:

@@ -44,7 +44,7 @@ def decode(data: bytes, sha256: str, what: str, expected: type | tuple[type, ...
             f"{sha256[:16]}...; it is not loaded")
     try:
         with warnings.catch_warnings():  # code pickled by value may name a module path of 0.1.0
-            warnings.filterwarnings("ignore", r"raystream\.\w+ moved to ", DeprecationWarning)
+            warnings.filterwarnings("ignore", r"raystream\.\w+ moved to ", FutureWarning)
             obj = _Unpickler(io.BytesIO(data)).load()  # what cloudpickle.loads does, with moved names
     except MemoryError:
         raise

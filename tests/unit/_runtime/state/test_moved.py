@@ -31,11 +31,37 @@ def expected_sums(n: int) -> dict[int, int]:
     return dict(sums)
 
 
+#: Names of 0.1.0 that nothing maps, and why: methods that moved to another class, with
+#: another `self` (no snapshot refers to a CheckpointStore's methods).
+UNMAPPED = {f"raystream._runtime.checkpoint_store:CheckpointStore.{m}"
+            for m in ("save_progress", "read_progress", "compact_progress")} | {
+    "raystream._runtime.subtask:SubtaskActor._source_offsets"}  # now SourceReader.snapshot
+
+
+def test_every_class_function_and_method_of_0_1_0_is_found_where_it_lives_now():
+    """tests/data/names-0.1.0.txt lists them all (module:qualified name), from 0.1.0's source:
+    what a pickle of 0.1.0 can name, looked up as `find_class` does."""
+    names = (pathlib.Path(__file__).resolve().parents[3] / "data" / "names-0.1.0.txt").read_text().split()
+    assert len(names) > 1000
+    unresolved = []
+    for old in names:
+        module, qualname = moved.now(*old.split(":"))
+        try:
+            obj = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            unresolved.append(old)
+    assert set(unresolved) == UNMAPPED, sorted(set(unresolved) ^ UNMAPPED)
+
+
 @pytest.mark.parametrize("old", sorted(moved.MODULES) + sorted(moved.NAMES))
 def test_every_moved_name_resolves_to_what_lives_there_now(old):
     if ":" in old:
         module, name = moved.now(*old.split(":"))
-        assert hasattr(importlib.import_module(module), name), old
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
     else:
         importlib.import_module(moved.MODULES[old])
 
