@@ -203,3 +203,9 @@ def report(result: rs.JobResult) -> bool:
     ok = v.ok and not bad and invoices_ok
     print("VERDICT: exactly once" if ok else "VERDICT: FAILED")
     return ok
+
+
+if __name__ == "__main__":  # python this_file.py [options]: as `raystream run this_file.py [options]`
+    from raystream.cli import run_file
+
+    run_file(__file__)

@@ -98,3 +98,9 @@ def report(result: rs.JobResult) -> bool:
     print(f"{TABLE}: {len(rows):,} customers, {orders:,} orders of {COUNT:,}; {wrong} customers wrong; "
           f"{prepared} prepared transactions left. {'EXACTLY ONCE' if ok else 'WRONG'}")
     return ok
+
+
+if __name__ == "__main__":  # python this_file.py [options]: as `raystream run this_file.py [options]`
+    from raystream.cli import run_file
+
+    run_file(__file__)

@@ -26,3 +26,9 @@ def report(result: rs.JobResult) -> None:
     print(f"{sum(n for _, n in counts)} words, {len(counts)} distinct; the top 10:")
     for word, n in counts[:10]:
         print(f"{n:6d}  {word}")
+
+
+if __name__ == "__main__":  # python this_file.py [options]: as `raystream run this_file.py [options]`
+    from raystream.cli import run_file
+
+    run_file(__file__)

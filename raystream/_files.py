@@ -151,3 +151,19 @@ def read_bytes(loc: Location) -> bytes:
         return s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read()
     with open(loc.path, "rb") as f:
         return f.read()
+
+
+def unwritable(uri: str) -> str | None:
+    """Why files cannot be written under the local directory `uri` (made if missing), or
+    None; None for S3, whose permissions only a write shows."""
+    loc = Location.parse(uri)
+    if loc.scheme != "file":
+        return None
+    path = loc.path
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a directory; give a directory path"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable by this user; give a directory it can write"
+    return None

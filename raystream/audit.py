@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raystream.config import Audit  # noqa: F401 (a job setting; re-exported with the audit)
+from raystream.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,13 @@ def audit_checkpoints(uri: str, run_id: str | None = None) -> list[AuditLine]:
     run_id = run_id or store.newest_run_with_checkpoint()
     if run_id is None:
         return []
-    lines = []
+    lines, audited = [], False
     for checkpoint_id in store.manifest_ids(run_id):
         manifest = store.load_manifest(run_id, checkpoint_id)
+        audited = audited or any(snap.audit for snap in manifest.snapshots)
         totals = checkpoint_totals([snap.audit for snap in manifest.snapshots])
         lines.append(AuditLine(run_id, checkpoint_id, *totals["source"], *totals["sink"]))
+    if lines and not audited:
+        raise ConfigError(f"run {run_id} under {uri} was not audited: its job has no rs.Audit, so nothing was "
+                          "counted; give the job audit=rs.Audit(...) and run it again")
     return lines

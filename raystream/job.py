@@ -11,12 +11,12 @@ so they must be unique in the job and stay stable across runs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 from raystream._checks import STEP_ID, check_event_time, check_parallelism, check_resources, check_step_id
-from raystream.config import Audit
-from raystream.config import CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
+from raystream.config import Audit, CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
 from raystream.event_time import EventTime
 from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind, StepTable
@@ -25,6 +25,28 @@ from raystream.source_api import Source
 from raystream.stream import KeyedStream, Stream, WindowedStream, WindowOutput
 
 __all__ = ["KEYED_KINDS", "Job", "KeyedStream", "Step", "Stream", "WindowOutput", "WindowedStream"]
+
+
+#: The job file the `raystream` command is importing, if any: a job file defines `job` and
+#: runs nothing when imported (the command runs it). Process-wide, not a context variable:
+#: a thread the file starts while it is imported must be refused too.
+_importing: str | None = None
+
+
+@contextlib.contextmanager
+def loading_job_file(path: str) -> Iterator[None]:
+    """While `path` is imported, starting a job is refused: the command runs `job` itself."""
+    global _importing
+    before, _importing = _importing, path
+    try:
+        yield
+    finally:
+        _importing = before
+
+
+def importing_job_file() -> str | None:
+    """The job file being imported by the `raystream` command, if any."""
+    return _importing
 
 
 def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
@@ -181,6 +203,10 @@ class Job:
               allow_non_restored_state: bool = False) -> JobHandle:
         """Start the job and return a handle with `wait()`, `stop()`, `rescale()` and
         `status()`; it returns at once, so a notebook cell does not block."""
+        if _importing is not None:
+            raise JobDefinitionError(
+                f"{_importing} starts a job when it is imported; `raystream run` runs `job` itself, so "
+                f"put job.run() under `if __name__ == \"__main__\":`")
         graph = self.freeze()
         # Imported here so that `import raystream` (a notebook, a CLI --help) does not load
         # Ray: the public API loads the runtime only when a job starts or checkpoints are read.

@@ -67,12 +67,12 @@ class ProcessContext:
 
     @property
     def timestamp(self) -> dt.datetime | None:
-        """The record's event time (in on_timer: the timer's time); None without event time."""
+        """The record's event time, or in on_timer the timer's time; None without event time."""
         return None if self._t is None else from_millis(self._t)
 
     @property
     def watermark(self) -> dt.datetime | None:
-        """The step's event-time clock: every record older than this has arrived (or is late)."""
+        """The step's event-time clock. Every record older than this has arrived (or is late)."""
         w = self._op.watermark
         return None if w < -(2**62) else from_millis(w)
 

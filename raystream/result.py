@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import time
 from dataclasses import dataclass, field
@@ -75,12 +76,13 @@ class JobStatus:
     waiting: str = ""  # subtasks that wait for resources (a cluster that must grow), in words
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class JobResult:
     """The outcome of a finished job.
 
     `outputs[step_id]` holds what each sink returned: the records of a CollectSink
-    (all subtasks, concatenated), or one value per subtask for other sinks.
+    (all subtasks, concatenated), or one value per subtask for other sinks. Printed, it is
+    a one-line summary; in a notebook, a table of its steps.
     """
 
     job_name: str
@@ -102,6 +104,20 @@ class JobResult:
 
     def records_out(self, step_id: str) -> int:
         return self.steps[step_id].records_out
+
+    def __repr__(self) -> str:
+        cp = self.checkpoints
+        return (f"<JobResult {self.job_name}: {self.state} in {self.duration:.2f}s, {len(self.steps)} steps, "
+                f"{cp.completed} checkpoints, {self.restarts} restarts>")
+
+    def _repr_html_(self) -> str:
+        cp = self.checkpoints
+        rows = "".join(f"<tr><td>{html.escape(step_id)}</td><td>{m.records_in:,}</td><td>{m.records_out:,}</td>"
+                       f"<td>{m.errors:,}</td><td>{m.late:,}</td></tr>" for step_id, m in self.steps.items())
+        return (f"<p><b>{html.escape(self.job_name)}</b>: {html.escape(self.state)} in {self.duration:.2f}s; "
+                f"{cp.completed} checkpoints, {cp.failed} failed; {self.restarts} restarts</p>"
+                "<table><tr><th>step</th><th>records in</th><th>records out</th><th>errors</th><th>late</th></tr>"
+                f"{rows}</table>")
 
     def records_in(self, step_id: str) -> int:
         return self.steps[step_id].records_in
@@ -139,7 +155,7 @@ class JobHandle:
 
     @property
     def run_id(self) -> str:
-        """The run's id: its checkpoints live under `<checkpoint storage>/<job name>/<run id>`."""
+        """The run's id. Its checkpoints live under `<checkpoint storage>/<job name>/<run id>`."""
         return self._supervisor.run_id
 
     def status(self) -> JobStatus:

@@ -60,3 +60,9 @@ def normalize(records: list) -> list:
 
 job = build(nx.NexmarkConfig.from_env(event_rate=1_000),
             rs.sinks.FileSink(os.environ.get("NEXMARK_OUT", "out/nexmark/q7")))
+
+
+if __name__ == "__main__":  # python this_file.py [options]: as `raystream run this_file.py [options]`
+    from raystream.cli import run_file
+
+    run_file(__file__)

@@ -1,1 +1,1 @@
-"""The benchmark suite: `python -m raystream.bench --help` (docs in README, "Performance")."""
+"""The benchmark suite: `python -m raystream.bench --help` (docs/benchmarks.md)."""

@@ -53,7 +53,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The results as a Markdown table (the README's)."""
+    """The results as a Markdown table (docs/benchmarks.md's)."""
     rows = report["results"]
     lines = ["| " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r, k, f) for _, k, f in COLUMNS) + " |" for r in rows]

@@ -6,12 +6,12 @@ import sys
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from raystream.audit import audit_checkpoints
 from raystream.checkpoints import list_checkpoints, read_state
-from raystream.cli.common import fail
+from raystream.cli.common import fail, make_console, one_line_errors, verbose_option
 from raystream.errors import RaystreamError
 
 
@@ -21,6 +21,7 @@ def checkpoints() -> None:
 
 
 @checkpoints.command("audit")
+@verbose_option
 @click.argument("uri")
 @click.option("--run", "run_id", help="The run to audit (default: the newest with a checkpoint).")
 def audit_command(uri: str, run_id: str | None) -> None:
@@ -28,12 +29,9 @@ def audit_command(uri: str, run_id: str | None) -> None:
 
     URI is the job's checkpoint root: <checkpoint storage>/<job name>."""
 
-    console = Console()
-    try:
+    console = make_console()
+    with one_line_errors(console, f"reading {uri}"):
         lines = audit_checkpoints(uri, run_id)
-    except RaystreamError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
     if not lines:
         console.print(f"no committed checkpoint under {uri}")
         sys.exit(1)
@@ -43,21 +41,23 @@ def audit_command(uri: str, run_id: str | None) -> None:
     for line in lines:
         ids = "same" if line.source_digest == line.sink_digest else "DIFFERENT"
         table.add_row(str(line.checkpoint_id), f"{line.source_records:,}", f"{line.sink_records:,}", ids,
-                      "match" if line.matches else "[bold red]MISMATCH[/]")
+                      "match" if line.matches else Text("MISMATCH", style="bold red"))
     console.print(table)
     sys.exit(0 if all(line.matches for line in lines) else 1)
 
 
 @checkpoints.command("ls")
+@verbose_option
 @click.argument("uri")
 def ls_command(uri: str) -> None:
     """The checkpoints of one run: id, time, size, duration and status (complete, final,
     refused, void, incomplete). URI is a job's checkpoint root (its newest run) or a run."""
-    console = Console()
-    try:
+    console = make_console()
+    with one_line_errors(console, f"reading {uri}"):
         infos = list_checkpoints(uri)
-    except RaystreamError as exc:
-        fail(console, exc)
+    if not infos:
+        click.echo(f"no checkpoint under {uri} yet: its run has taken none")
+        return
     table = Table(title=f"run {infos[0].run_id}" if infos else uri)
     for column in ("id", "time (UTC)", "size", "duration", "status"):
         table.add_column(column, justify="right" if column in ("id", "size", "duration") else "left")
@@ -73,17 +73,16 @@ def ls_command(uri: str) -> None:
 
 
 @checkpoints.command("inspect")
+@verbose_option
 @click.argument("uri")
 @click.option("--step", "step_id", required=True, help="A reduce or stateful_map step.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Rows to show.")
 def inspect_command(uri: str, step_id: str, limit: int) -> None:
     """The keyed state of one step in a checkpoint, as a table (key, value, subtask). URI
     is a checkpoint (a savepoint's URI), a run or a job root (the newest checkpoint)."""
-    console = Console()
-    try:
+    console = make_console()
+    with one_line_errors(console, f"reading {uri}"):
         table = read_state(uri, step_id)
-    except RaystreamError as exc:
-        fail(console, exc)
     out = Table(title=f"{step_id}: {table.num_rows:,} keys" + (f", first {limit}" if table.num_rows > limit else ""))
     for column in table.column_names:
         out.add_column(column)
@@ -93,6 +92,7 @@ def inspect_command(uri: str, step_id: str, limit: int) -> None:
 
 
 @checkpoints.command("key")
+@verbose_option
 def key_command() -> None:
     """Show this machine's checkpoint key: its id and where it is (made if there is none).
 
@@ -103,7 +103,7 @@ def key_command() -> None:
     try:
         key = signing.current(create=True)
     except RaystreamError as exc:
-        fail(Console(stderr=True), exc)
+        fail(make_console(stderr=True), exc)
     click.echo(f"checkpoint key {key.key_id} from {key.source}")
     if signing.unsigned():
         click.echo(f"{signing.UNSIGNED_ENV} is set: unsigned checkpoints are accepted unverified")

@@ -8,10 +8,9 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-from raystream.cli.common import SAVEPOINT_PREFIX, fail, run_args, run_options
+from raystream.cli.common import SAVEPOINT_PREFIX, fail, make_console, run_args, run_options, verbose_option
 from raystream.errors import JobFailedError
 
 
@@ -31,6 +30,7 @@ def _cluster(address: str | None) -> Any:
 
 
 @click.command()
+@verbose_option
 @click.argument("jobfile", type=click.Path(dir_okay=False))
 @_ADDRESS
 @run_options
@@ -43,7 +43,7 @@ def submit(jobfile: str, address: str | None, no_follow: bool, dry_run: bool, **
     secret-looking files and what .gitignore ignores (--dry-run lists it)."""
     from raystream._runtime.control.submission import follow_until_done, prepare
 
-    console = Console()
+    console = make_console()
     try:
         upload = prepare(jobfile)  # before connecting: a dry run needs no cluster
     except Exception as exc:  # RaystreamError
@@ -54,17 +54,17 @@ def submit(jobfile: str, address: str | None, no_follow: bool, dry_run: bool, **
         return
     click.echo(upload.summary())  # one plain line, unwrapped
     if warning := upload.size_warning():
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        console.print(Text.assemble(("warning:", "yellow"), " ", warning))
     try:
         cluster = _cluster(address)
         submission_id = cluster.submit(jobfile, run_args(**options), upload=upload)
     except Exception as exc:  # RaystreamError, or the Jobs API's own (RuntimeError, HTTP errors)
         fail(console, exc)
-    console.print(f"submitted {submission_id}", highlight=False)
+    console.print(f"submitted {submission_id}")
     if no_follow:
         return
     status = asyncio.run(follow_until_done(cluster, submission_id, lambda text: console.out(text, end="")))
-    console.print(f"{submission_id}: {status}", highlight=False)
+    console.print(f"{submission_id}: {status}")
     sys.exit(0 if status == "SUCCEEDED" else 1)
 
 
@@ -74,10 +74,11 @@ def jobs() -> None:
 
 
 @jobs.command("list")
+@verbose_option
 @_ADDRESS
 def jobs_list(address: str | None) -> None:
     """The cluster's submitted jobs, newest last."""
-    console = Console()
+    console = make_console()
     try:
         submitted = _cluster(address).list()
     except Exception as exc:
@@ -87,6 +88,7 @@ def jobs_list(address: str | None) -> None:
 
 
 @jobs.command("status")
+@verbose_option
 @click.argument("submission_id")
 @_ADDRESS
 def jobs_status(submission_id: str, address: str | None) -> None:
@@ -94,10 +96,11 @@ def jobs_status(submission_id: str, address: str | None) -> None:
     try:
         click.echo(_cluster(address).status(submission_id))
     except Exception as exc:
-        fail(Console(), exc)
+        fail(make_console(), exc)
 
 
 @jobs.command("logs")
+@verbose_option
 @click.argument("submission_id")
 @_ADDRESS
 @click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
@@ -112,10 +115,11 @@ def jobs_logs(submission_id: str, address: str | None, follow: bool) -> None:
         else:
             click.echo(cluster.logs(submission_id), nl=False)
     except Exception as exc:
-        fail(Console(), exc)
+        fail(make_console(), exc)
 
 
 @jobs.command("stop")
+@verbose_option
 @click.argument("submission_id")
 @_ADDRESS
 @click.option("--savepoint", is_flag=True,
@@ -130,7 +134,7 @@ def jobs_stop(submission_id: str, address: str | None, savepoint: bool) -> None:
             return
         click.echo(SAVEPOINT_PREFIX + _stop_with_savepoint(cluster, submission_id))
     except Exception as exc:
-        fail(Console(), exc)
+        fail(make_console(), exc)
 
 
 def _stop_with_savepoint(cluster: Any, submission_id: str) -> str:
@@ -149,6 +153,7 @@ def _stop_with_savepoint(cluster: Any, submission_id: str) -> str:
 
 
 @jobs.command("rescale")
+@verbose_option
 @click.argument("submission_id")
 @click.argument("parallelism", type=click.IntRange(min=1))
 @_ADDRESS
@@ -166,6 +171,6 @@ def jobs_rescale(submission_id: str, parallelism: int, address: str | None) -> N
         while cluster.status(new_id) == "PENDING":
             time.sleep(0.5)
     except Exception as exc:
-        fail(Console(), exc)
+        fail(make_console(), exc)
     click.echo(f"rescaled {submission_id} -> {new_id} at parallelism {parallelism}; "
                f"{time.monotonic() - started:.1f}s from the stop to the new job running")

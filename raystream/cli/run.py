@@ -2,6 +2,7 @@
 table, a summary, and optional chaos (SIGKILLs of random subtasks)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -10,14 +11,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from raystream.cli.common import SAVEPOINT_PREFIX, load_job_file, run_options
+from raystream.cli.common import SAVEPOINT_PREFIX, error_line, load_job_file, make_console, run_options, verbose_option
 from raystream.errors import RaystreamError
 from raystream.job import Job
 from raystream.result import CheckpointStats, JobResult, JobStatus
@@ -64,7 +66,7 @@ class ChaosMonkey(threading.Thread):
             except ProcessLookupError:
                 continue
             self.killed.append((name, pid))
-            self.console.print(f"chaos: SIGKILL {name} (pid {pid})", highlight=False)
+            self.console.print(f"chaos: SIGKILL {name} (pid {pid})")
             restarts, checkpoints = status.restarts + 1, status.checkpoints.completed
 
 
@@ -91,8 +93,7 @@ class Progress:
         previous, self.last = self.last, (now, status)
         if self.live is None:
             return
-        table = Table(title=f"{status.job_name}: {status.state}, {status.elapsed:.0f}s, {status.subtasks} subtasks",
-                      caption=checkpoint_line(status.checkpoints, status.restarts, status.records_replayed))
+        table = Table(title=f"{status.job_name}: {status.state}, {status.elapsed:.0f}s, {status.subtasks} subtasks")
         for column in ("step", "in/s", "out/s", "in", "out"):
             table.add_column(column, justify="left" if column == "step" else "right")
         for step_id, m in status.steps.items():
@@ -102,17 +103,23 @@ class Progress:
                 p = previous[1].steps[step_id]
                 rate_in, rate_out = (m.records_in - p.records_in) / dt, (m.records_out - p.records_out) / dt
             table.add_row(step_id, f"{rate_in:,.0f}", f"{rate_out:,.0f}", f"{m.records_in:,}", f"{m.records_out:,}")
-        self.live.update(table)
+        self.live.update(Group(table, Text(checkpoint_line(status.checkpoints, status.restarts,
+                                                            status.records_replayed))))
 
 
 def checkpoint_line(cp: CheckpointStats, restarts: int, replayed: int) -> str:
-    return (f"checkpoints {cp.completed} done, {cp.failed} failed, last #{cp.last_id} "
-            f"({cp.last_duration * 1000:.0f} ms, alignment {cp.last_alignment * 1000:.0f} ms, "
-            f"{cp.last_bytes:,} bytes); restarts {restarts}; replayed {replayed:,}")
+    """One line: the checkpoints so far and the newest one, then restarts if any."""
+    if cp.completed == 0:
+        line = "no checkpoint yet" + (f" ({cp.failed} failed)" if cp.failed else "")
+    else:
+        line = (f"checkpoints {cp.completed} done, {cp.failed} failed; the last, #{cp.last_id}: "
+                f"{cp.last_duration * 1000:.0f} ms, alignment {cp.last_alignment * 1000:.0f} ms, "
+                f"{cp.last_bytes:,} bytes")
+    return line + (f"; restarts {restarts}, {replayed:,} records replayed" if restarts else "")
 
 
 def print_summary(console: Console, result: JobResult) -> None:
-    console.print(checkpoint_line(result.checkpoints, result.restarts, result.records_replayed), highlight=False)
+    console.print(checkpoint_line(result.checkpoints, result.restarts, result.records_replayed))
     table = Table(title=f"{result.job_name}: {result.state} in {result.duration:.2f}s")
     for column in ("step", "records in", "records out"):
         table.add_column(column, justify="left" if column == "step" else "right")
@@ -121,11 +128,25 @@ def print_summary(console: Console, result: JobResult) -> None:
     console.print(table)
 
 
+@contextlib.contextmanager
+def starting(console: Console, job: Job) -> Iterator[None]:
+    """What the 5-20 s before a job runs are spent on: a spinner on a terminal, else a line."""
+    where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray"
+    what = f"starting {job.name} on {where}"
+    if console.is_terminal:
+        with console.status(what + "..."):
+            yield
+    else:
+        make_console(stderr=True).print(what)
+        yield
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 @click.command()
+@verbose_option
 @click.argument("jobfile", type=click.Path(dir_okay=False))
 @run_options
 @click.option("--chaos", type=click.IntRange(min=0), default=0,
@@ -135,7 +156,7 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint
         checkpoint_storage: str | None, resume: bool, from_uri: str | None, allow_non_restored_state: bool,
         chaos: int, seed: int | None) -> None:
     """Run the job defined in JOBFILE until its sources end."""
-    console = Console()
+    console = make_console()
     try:
         namespace = load_job_file(jobfile)
         job: Job = namespace["job"]
@@ -147,9 +168,10 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint
         job = job.with_options(parallelism=parallelism, guarantee=guarantee, checkpoint=checkpoint)
         if callable(namespace.get("setup")):
             namespace["setup"](resume or bool(from_uri))  # a continued run keeps its inputs
-        with Progress(console) as progress:
+        with starting(console, job):
             handle = job.start(resume=resume, from_checkpoint=from_uri,
                                allow_non_restored_state=allow_non_restored_state)
+        with Progress(console) as progress:
             # SIGTERM (a Ray Jobs stop, a container shutdown) stops the job as Ctrl-C does;
             # set after Ray started, whose own handler would otherwise end the process.
             signal.signal(signal.SIGTERM, _interrupt)
@@ -178,7 +200,7 @@ def run(jobfile: str, parallelism: int | None, guarantee: str | None, checkpoint
         if callable(report) and report(result) is False:
             sys.exit(1)
     except RaystreamError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        error_line(console, exc)
         sys.exit(1)
 
 

@@ -69,3 +69,27 @@ def test_an_unroutable_key_fails_the_job_clearly():
     with pytest.raises(rs.JobFailedError, match="key_by function must return str"):
         job.run()
     wait_no_live_actors()
+
+
+def test_a_file_sink_into_a_folder_that_cannot_be_made_fails_before_anything_starts(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    job = rs.Job("unwritable")
+    job.source("in", SequenceSource(10)).sink("out", rs.sinks.FileSink(str(tmp_path / "a-file" / "out")))
+    with pytest.raises(rs.SinkError, match=r"FileSink cannot write .*a-file is a file, not a directory"):
+        job.start()
+    assert not live_job_actors()
+
+
+class _WriterThatCannotStart(rs.sinks.Sink):
+    """A sink whose writer fails the same way every time it is built."""
+
+    def build_writer(self, context):
+        raise ValueError("the device is full")
+
+
+def test_an_internal_failure_that_repeats_before_any_checkpoint_is_not_retried_ten_times():
+    job = rs.Job("repeats", restart=rs.RestartStrategy.fixed_delay(max_restarts=10, delay=0.1))
+    job.source("in", SequenceSource(10)).sink("out", _WriterThatCannotStart())
+    with pytest.raises(rs.JobFailedError, match=r"the device is full \(3 times the same before any checkpoint"):
+        job.run()  # the third attempt's failure ends the job, not the tenth
+    wait_no_live_actors()

@@ -52,7 +52,22 @@ def locate_run(uri: str) -> tuple[CheckpointStore, str] | None:
         root, _, run_id = loc.path.rstrip("/").rpartition("/")
         return CheckpointStore(_files.Location(loc.scheme, root, loc.bucket).uri()), run_id
     run_id = here.newest_run_with_checkpoint() or (here.runs() or [None])[-1]
+    if run_id is not None and not _is_run(here, run_id):
+        jobs = [name for name in here.runs()[:20] if _is_job_root(loc.join(name))]
+        if jobs:  # one level above: the checkpoint storage, which holds job roots
+            raise RestoreError(f"{uri} is a checkpoint storage, not a job's checkpoint root: it holds the jobs "
+                               f"{', '.join(jobs[:10])}; give {loc.join(jobs[0]).uri()} (or another of them)")
+        return None
     return (here, run_id) if run_id is not None else None
+
+
+def _is_run(store: CheckpointStore, run_id: str) -> bool:
+    return bool(store.attempts(run_id) or store.manifest_ids(run_id) or store.storage.list(f"{run_id}/snapshots/"))
+
+
+def _is_job_root(loc: _files.Location) -> bool:
+    store = CheckpointStore(loc.uri())
+    return any(_is_run(store, run_id) for run_id in store.runs()[-3:])
 
 
 def _restorable(store: CheckpointStore, run_id: str, checkpoint_id: int, uri: str) -> None:

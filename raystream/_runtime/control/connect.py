@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -114,6 +115,22 @@ def connection_error(address: str, exc: BaseException, *, has_token: bool) -> Cl
     return ClusterConnectionError(f"cannot connect to the Ray cluster at {address}: {what}; {fix}")
 
 
+#: Seconds to wait for the GCS at RAY_ADDRESS to accept a connection.
+PROBE_TIMEOUT = 15.0
+
+
+def reachable(address: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """ConnectionError unless something accepts a TCP connection at `address` (HOST:PORT,
+    or ray://HOST:PORT); other forms ("auto", a session) are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Use the Ray this process is connected to; else RAY_ADDRESS; else start a local Ray.
 
@@ -134,6 +151,7 @@ def _init(num_cpus: int | None = None) -> None:
         logger.info("connecting to the Ray cluster at %s", address)
         has_token = use_cluster_token()
         try:
+            reachable(address)  # Ray itself retries an address where nothing listens for minutes
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as exc:
             raise connection_error(address, exc, has_token=has_token) from None

@@ -24,7 +24,7 @@ from raystream._runtime.transport.blocking import in_thread
 from raystream._runtime.state.store import CheckpointRef, CheckpointStore
 from raystream._runtime.checkpointing.coordinator_side import Checkpointer
 from raystream._runtime.plan.physical import SubtaskKey
-from raystream._runtime.plan.failure import Failure, FailureKind, most_specific
+from raystream._runtime.plan.failure import Failure, FailureKind, Repeats, most_specific
 from raystream.testing.injector import Injector, install_s3_faults
 from raystream._runtime.state.manifest import Manifest
 from raystream._runtime.control.metrics import JobExporter, MetricsTable
@@ -103,7 +103,7 @@ class JobCoordinator:
         self.final_id = 0  # the final checkpoint, once committed: a savepoint when the job was stopped
 
     def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
-        return f"{self.job.name}:coordinator" if self.job is not None else "raystream:spare-coordinator"
+        return f"raystream:{self.job.name}:coordinator" if self.job is not None else "raystream:spare-coordinator"
 
     # --- calls from subtasks, the driver and users ---------------------------------------
 
@@ -158,6 +158,7 @@ class JobCoordinator:
     async def _run(self) -> JobOutcome:
         """Run attempts until one finishes, or a failure ends the job (R1-R5)."""
         tracker = RestartTracker(self.job.restart)
+        repeats = Repeats()
         restoring = self.resume
         if self.resume:
             self.restarts = await in_thread(self.store.attempts, self.run_id)  # each earlier attempt ended in a restart
@@ -173,6 +174,8 @@ class JobCoordinator:
                 return JobOutcome(self._result(), None)
             if failure.kind.final:
                 return self._fail(failure)
+            if repeats.certain(failure, checkpoints_completed=self.stats.completed):  # R2
+                return self._fail(repeats.final(failure))
             if failure.kind is FailureKind.RESTORE and manifest is not None:
                 # The checkpoint cannot be restored (a snapshot did not verify, or its staged
                 # output is gone): refuse it for good and fall back to the one before it.

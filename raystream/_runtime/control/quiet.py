@@ -4,9 +4,11 @@ In the driver Ray prints a warning that token authentication is on (at each star
 a local Ray), and for every worker that dies the raylet's multi-line "A worker died or
 was killed" message, plus a warning whenever many actors start at once. raystream
 starts many actors by design, recovers from the deaths and prints one line per
-recovery itself (`Recovery.line`), so these are dropped from what the driver prints;
-Ray's log files (under its session directory) keep them. With `-v` (the `raystream`
-logger at INFO or below) nothing is dropped.
+recovery itself (`Recovery.line`), so these are dropped from what the driver prints, and
+so is what raystream's actors write to stderr (a failed actor's traceback, the warnings
+of a step: a job's failure is one line of raystream's; the user's own tasks keep theirs); Ray's log files (under its session directory) keep them all. Off a
+terminal Ray's prefixes carry no ANSI codes. With `-v` (the `raystream` logger at INFO
+or below) nothing is dropped.
 
 Ray has no public switch for this: the filter wraps the handler Ray registers on its
 log dispatcher and the function its error listener prints with, both private to Ray
@@ -15,6 +17,8 @@ log dispatcher and the function its error listener prints with, both private to 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any, Callable
 
 from ray._private import worker as ray_worker
@@ -44,6 +48,8 @@ def drop_line(data: dict[str, Any], line: str) -> bool:
 
 def filtered(print_logs: Callable[..., None]) -> Callable[..., None]:
     def print_kept(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if not verbose() and data.get("is_err") and str(data.get("actor_name") or "").startswith("raystream:"):
+            return  # stderr of raystream's actors (a failed actor's traceback, warnings): in Ray's log files
         if not verbose() and data.get("pid") == "raylet":
             lines = [line for line in data.get("lines", []) if not drop_line(data, line)]
             if not lines:
@@ -56,6 +62,8 @@ def filtered(print_logs: Callable[..., None]) -> Callable[..., None]:
 
 
 def before_ray_starts() -> None:
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in a log file or a pipe
     token_logger = logging.getLogger(_TOKEN_LOGGER)
     if not any(isinstance(f, _TokenWarning) for f in token_logger.filters):
         token_logger.addFilter(_TokenWarning())

@@ -3,8 +3,10 @@ coordinator and from the coordinator to the driver, its `FailureKind`, and
 `RecordFailure`, raised by an operator when a user function fails on a record."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +76,7 @@ class Failure:
     error: str
     record_repr: str = ""
     traceback_text: str = ""
+    transient: bool = False  # a connection or a timeout: may well go by itself (R2)
 
     def to_error(self) -> JobFailedError:
         """The error the user sees."""
@@ -104,4 +107,40 @@ def failure_of(exc: BaseException, subtask: str, source_step: str | None) -> Fai
         logger.info("%s stopped: %s", subtask, type(exc).__name__)
         return Failure(FailureKind.PEER, subtask, f"{type(exc).__name__}: {exc}")
     logger.exception("%s failed", subtask)  # a bug or an infrastructure error: report it, never hang
-    return Failure(FailureKind.INTERNAL, subtask, f"{type(exc).__name__}: {exc}", traceback_text=traceback.format_exc())
+    return Failure(FailureKind.INTERNAL, subtask, f"{type(exc).__name__}: {exc}", traceback_text=traceback.format_exc(),
+                   transient=is_transient(exc))
+
+
+#: Names of errors of client libraries (botocore, urllib3, psycopg, Kafka) that a retry may cure.
+_TRANSIENT_NAMES = re.compile(r"Connection|Timeout|Endpoint|Unavailable|Throttl")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A connection or a timeout, which may go by itself, as opposed to an error that a
+    restart repeats (a folder that cannot be made, a bug)."""
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(_TRANSIENT_NAMES.search(type(exc).__name__))
+
+
+class Repeats:
+    """R2: an internal failure that is not transient, the same (step and error) `CERTAIN`
+    times in a row before any checkpoint of the run completed, will happen again: the job
+    ends instead of restarting."""
+
+    CERTAIN = 3
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str] | None = None
+        self.count = 0
+
+    def certain(self, failure: Failure, *, checkpoints_completed: int) -> bool:
+        if failure.kind is not FailureKind.INTERNAL or failure.transient or checkpoints_completed:
+            self.last, self.count = None, 0
+            return False
+        key = (failure.step_id, failure.error)
+        self.count = self.count + 1 if key == self.last else 1
+        self.last = key
+        return self.count >= self.CERTAIN
+
+    def final(self, failure: Failure) -> Failure:
+        return dataclasses.replace(failure, kind=FailureKind.RESTARTS, error=(
+            f"{failure.error} ({self.count} times the same before any checkpoint completed: not retried)"))

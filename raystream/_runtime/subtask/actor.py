@@ -186,7 +186,7 @@ class SubtaskActor:
         return report
 
     def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
-        return f"{self.spec.job_name}:{self.name}" if self.spec is not None else "raystream:spare"
+        return f"raystream:{self.spec.job_name}:{self.name}" if self.spec is not None else "raystream:spare"
 
     def _fail(self, exc: BaseException) -> None:
         """Stop this subtask: the run loop, or the wait for a commit, raises `exc`."""

@@ -82,6 +82,12 @@ class FileSink(Sink):
         self.roll_size = roll_size
         self.roll_interval = roll_interval
 
+    def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool, job: Any = None) -> None:
+        """A local directory that cannot be made or written is refused before the job starts."""
+        problem = _files.unwritable(self.directory)
+        if problem is not None:
+            raise SinkError(f"step {step_id!r}: FileSink cannot write {self.directory}: {problem}")
+
     @property
     def rolling(self) -> bool:
         return bool(self.roll_size or self.roll_interval)

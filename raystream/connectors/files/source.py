@@ -2,6 +2,7 @@
 from the position in the file (users reach it as `rs.sources.FileSource`)."""
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -25,9 +26,11 @@ class FileSource(Source):
     """Lines or rows of local or `s3://` files; one partition per file.
 
     Formats: "text" (one str per line), "jsonl" (one JSON value per line), "csv" (one
-    dict per row, keyed by the header; quoted fields may not contain newlines) and
-    "parquet" (Arrow record batches). The offset is the position in the file, so a
-    restarted partition continues where its last checkpoint left it.
+    dict of strings per row, keyed by the header; quoted fields may not contain newlines)
+    and "parquet" (Arrow record batches). Lines end at a newline (LF) only. A partition
+    emits at most `batch_size` records at a time (RuntimeConfig.batch_size). The offset is
+    the position in the file, so a restarted partition continues where its last
+    checkpoint left it.
     """
 
     def __init__(self, path_or_glob: str, *, format: str = "text"):
@@ -54,14 +57,17 @@ class FileSource(Source):
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
         if self.format == "parquet":
             return _ParquetPartition(key, resume_state or 0, batch_size)
-        return _LinePartition(key, self.format, resume_state or (0, 0))
+        return _LinePartition(key, self.format, resume_state or (0, 0), batch_size)
 
 
 class _LinePartition(SourcePartition):
-    """Reads a file in chunks of whole lines; the offset is (byte position, line number)."""
+    """Reads a file in chunks of whole lines and emits at most `batch_size` records at a
+    time; the offset is (byte position, line number) after the last line emitted. Lines
+    end at a newline (LF) only, and a CR before it is dropped: U+2028 inside a JSON
+    string or a form feed in a text line is part of its line, as in Arrow's readers."""
 
-    def __init__(self, uri: str, fmt: str, offset: tuple[int, int]):
-        self._uri, self._fmt = uri, fmt
+    def __init__(self, uri: str, fmt: str, offset: tuple[int, int], batch_size: int):
+        self._uri, self._fmt, self._batch_size = uri, fmt, batch_size
         self._pos, self._line = offset
         self._header: list[str] | None = None
         if fmt == "csv":
@@ -73,6 +79,7 @@ class _LinePartition(SourcePartition):
         self._reader = _files.open_read(uri, self._pos)
         self._carry = b""
         self._eof = False
+        self._pending: collections.deque[tuple[bytes, int]] = collections.deque()  # (line, its bytes in the file)
 
     def _read_header(self) -> list[str]:
         with _files.open_read(self._uri) as f:
@@ -81,35 +88,52 @@ class _LinePartition(SourcePartition):
             raise SourceError(f"{self._uri}:1: CSV file has no header line")
         return next(csv.reader([first]))
 
-    def next_batch(self) -> list[Any] | None:
-        while True:
-            if self._eof and not self._carry:
-                return None
-            data = b"" if self._eof else self._reader.read(_CHUNK)
+    def _fill(self) -> bool:
+        """Read until whole lines are pending; False at the end of the file."""
+        while not self._pending:
+            if self._eof:
+                return False
+            data = self._reader.read(_CHUNK)
             if not data:
                 self._eof = True
-                data, self._carry = self._carry, b""
-                if not data:
-                    return None
-            else:
-                data, self._carry = self._carry + data, b""
-                cut = data.rfind(b"\n")
-                if cut < 0:  # a line longer than a chunk: keep reading
-                    self._carry = data
-                    continue
-                data, self._carry = data[: cut + 1], data[cut + 1:]
-            first_line = self._line + 1
-            self._pos += len(data)
-            self._line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-            return self._parse(data, first_line)
+                if self._carry:  # the last line, without a "\n"
+                    self._pending.append((self._carry, len(self._carry)))
+                    self._carry = b""
+                continue
+            data = self._carry + data
+            cut = data.rfind(b"\n")
+            if cut < 0:  # a line longer than a chunk: keep reading
+                self._carry = data
+                continue
+            self._pending.extend((line, len(line) + 1) for line in data[:cut].split(b"\n"))
+            self._carry = data[cut + 1:]
+        return True
 
-    def _parse(self, data: bytes, first_line: int) -> list[Any]:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = first_line + data[: exc.start].count(b"\n")
-            raise SourceError(f"{self._uri}:{line}: not valid UTF-8 ({exc.reason})") from None
-        lines = text.splitlines()
+    def next_batch(self) -> list[Any] | None:
+        while self._fill():  # a batch of blank lines only is skipped, not returned empty
+            lines = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
+            first_line = self._line + 1
+            self._pos += sum(size for _, size in lines)
+            self._line += len(lines)
+            records = self._parse([line for line, _ in lines], first_line)
+            if records:
+                return records
+        return None
+
+    def _decode(self, raw: list[bytes], first_line: int) -> list[str]:
+        try:  # the batch at once; line by line only to name a line that is not UTF-8
+            lines = b"\n".join(raw).decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            for i, line in enumerate(raw):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise SourceError(f"{self._uri}:{first_line + i}: not valid UTF-8 ({exc.reason})") from None
+            raise
+        return [line.removesuffix("\r") for line in lines]
+
+    def _parse(self, raw: list[bytes], first_line: int) -> list[Any]:
+        lines = self._decode(raw, first_line)
         if self._fmt == "text":
             return lines
         if self._fmt == "jsonl":
@@ -127,7 +151,7 @@ class _LinePartition(SourcePartition):
             return out
         header = self._header or []
         out = []
-        for i, row in enumerate(csv.reader(lines)):
+        for i, row in enumerate(csv.reader(lines)):  # one row per line: quoted fields hold no newline
             if not row:
                 continue
             if len(row) != len(header):
