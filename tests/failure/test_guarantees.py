@@ -50,39 +50,50 @@ def test_at_most_once_duplicates_nothing(monkeypatch, tmp_path):
     assert v.duplicated == 0 and v.rows <= EVENTS and result.restarts == 2
 
 
-def slow_path(x: int) -> int:
-    import time
+class SlowPath:
+    """The slow input of the union: each record takes 2 ms, and while the file `hold`
+    exists the step waits, so the barrier behind it cannot reach the union and the union
+    stays aligning until the test has seen it and killed it (no race with the poll)."""
 
-    # The slow input: a full batch of 256 takes about 0.5 s, and a barrier waits behind the
-    # batch in progress, so the union aligns for a good part of every checkpoint.
-    time.sleep(0.002)
-    return x
+    def __init__(self, hold: str):
+        self.hold = hold
+
+    def __call__(self, x: int) -> int:
+        import os
+        import time
+
+        time.sleep(0.002)
+        while os.path.exists(self.hold):
+            time.sleep(0.01)
+        return x
 
 
 @pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_kill_during_barrier_alignment_of_a_union(tmp_path):
-    # Both inputs last about 6 s and each slow batch holds the union's alignment for up
-    # to 0.5 s, longer than the metrics poll, so a loaded machine cannot miss it.
     fast_n, slow_n = 18_000, 3_000
+    hold = tmp_path / "hold"
     job = rs.Job("union", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2),
                  runtime=rs.RuntimeConfig(batch_size=256))
     fast = job.source("fast", SequenceSource(fast_n, rate=3_000))
     slow = job.source("slow", SequenceSource(slow_n, rate=1_500)).map("offset", lambda x: x + fast_n) \
-        .map("slow_path", slow_path)
+        .map("slow_path", SlowPath(str(hold)))
     (fast.union(slow)
         .key_by("by_mod", lambda x: x % 7)
         .stateful_map("sum", lambda total, x: ((total or 0) + x, {"id": x, "total": (total or 0) + x}))
         .map("row", lambda kv: kv[1])
         .sink("out", FileSink(str(tmp_path / "out"))))
     handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    hold.touch()
 
     def union_aligning():
         s = handle.status()
-        assert s.state not in ("finished", "failed"), "the job ended before the union step was seen aligning"
-        return s.state == "running" and s.checkpoints.completed >= 2 and "by_mod[0]" in s.aligning and s
+        assert s.state not in ("finished", "failed"), "the job ended while the slow input was held"
+        return s.state == "running" and "by_mod[0]" in s.aligning and s
 
     status = wait_until(union_aligning, "the union step (two inputs) to be aligning")
     kill(status.pids["by_mod[0]"])
+    hold.unlink()
     result = handle.wait()
     rows = read_files(str(tmp_path / "out"))
     ids = collections.Counter(r["id"] for r in rows)
