@@ -32,6 +32,7 @@ from raystream.config import (
 )
 from raystream.errors import (
     CheckpointKeyError,
+    CloudSetupError,
     ClusterConnectionError,
     ConfigError,
     CorruptCheckpointError,
@@ -59,6 +60,7 @@ __all__ = [
     "CheckpointConfig",
     "CheckpointKeyError",
     "CheckpointStats",
+    "CloudSetupError",
     "ClusterConnectionError",
     "ConfigError",
     "CorruptCheckpointError",

@@ -21,6 +21,12 @@ class ClusterConnectionError(RaystreamError):
     """The Ray cluster (or its Jobs API) cannot be reached, or it refused this client."""
 
 
+class CloudSetupError(RaystreamError):
+    """`raystream cluster init` could not prepare a cluster's cloud resources: no
+    credentials, access denied, an option refused (`--ssh-cidr 0.0.0.0/0`), or a template
+    it cannot fill. Nothing is written then; what was made stays, and a rerun reuses it."""
+
+
 class SourceError(RaystreamError):
     """A source could not be opened or read (missing file, malformed line)."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import html
 import logging
 import time
@@ -122,6 +123,12 @@ class JobResult:
     def records_in(self, step_id: str) -> int:
         return self.steps[step_id].records_in
 
+    def final_status(self) -> JobStatus:
+        """The job's status at its end: what `JobHandle.status()` says once the job ended."""
+        return JobStatus(self.job_name, self.state, self.duration, self.steps, checkpoints=self.checkpoints,
+                         restarts=self.restarts, records_replayed=self.records_replayed, restores=self.restores,
+                         recoveries=self.recoveries)
+
 
 METRICS_SCHEMA = pa.schema([
     ("step", pa.string()), ("subtask", pa.int32()), ("chain", pa.string()),
@@ -130,6 +137,92 @@ METRICS_SCHEMA = pa.schema([
     ("snapshot_bytes", pa.int64()), ("alignment_s", pa.float64()), ("late_records", pa.int64()),
     ("watermark", pa.timestamp("ms", tz="UTC")),
 ])
+
+#: What a terminal shows of `Metrics` (the notebook's table shows every column).
+_TEXT_COLUMNS = ("step", "subtask", "records_in", "records_out", "in_per_s", "out_per_s", "backpressure_s",
+                 "state_keys")
+_TEXT_ROWS = 20  # rows printed in a terminal (a screen); the rest are counted
+_HTML_ROWS = 200  # rows of a notebook's table: a big job's thousands would swamp the page
+_NAME_WIDTH = 32  # a longer step or chain name is cut in a terminal
+_WHOLE = ("in_per_s", "out_per_s")  # rates read better without decimals; other floats are seconds
+
+
+def _cell(name: str, value: Any) -> str:
+    """A figure as the summaries show it: thousands separated, rates whole, seconds to 0.01."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # the schema's time zone, UTC
+    if isinstance(value, float):
+        return f"{value:,.0f}" if name in _WHOLE else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _NAME_WIDTH else text[:_NAME_WIDTH - 3] + "..."
+
+
+@dataclass(frozen=True, repr=False)
+class Metrics:
+    """What `JobHandle.metrics()` returns: one row per step and subtask, in `table` (a
+    `pyarrow.Table`). It works as that table does: `select`, `to_pylist`, `to_pandas`,
+    `num_rows`, `column`, `metrics["records_in"]` and every other attribute go to `table`;
+    pass `table` itself where a `pyarrow.Table` is required (`isinstance`, `pa.concat_tables`).
+    Printed, it is a short aligned table of the key columns; in a notebook, a table of
+    all of them."""
+
+    table: pa.Table
+
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]]) -> "Metrics":
+        return cls(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "table":  # copy and pickle look for these before `table` is set
+            raise AttributeError(name)
+        return getattr(self.table, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.table[key]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __dir__(self) -> list[str]:  # a notebook completes the table's methods too
+        return sorted(set(super().__dir__()) | set(dir(self.table)))
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """The Arrow stream protocol: `pyarrow.table(m)`, polars and DuckDB read it as the table."""
+        return self.table.__arrow_c_stream__(requested_schema)
+
+    def __repr__(self) -> str:
+        t = self.table
+        if t.num_rows == 0:
+            return "<Metrics: no rows (no subtask has reported yet)>"
+        names = [n for n in _TEXT_COLUMNS if n in t.schema.names]
+        shown = t.select(names).slice(0, _TEXT_ROWS).to_pylist()
+        cells = [names] + [[_cut(_cell(n, row[n])) for n in names] for row in shown]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
+        text = [f"Metrics: {t.num_rows:,} rows, one per step and subtask (all {t.num_columns} columns: .table)"]
+        for line in cells:  # names to the left, figures to the right
+            text.append("  ".join(c.ljust(w) if t.schema.field(n).type == pa.string() else c.rjust(w)
+                                  for n, c, w in zip(names, line, widths)).rstrip())
+        if t.num_rows > len(shown):
+            text.append(f"... {t.num_rows - len(shown):,} more rows")
+        return "\n".join(text)
+
+    def _repr_html_(self) -> str:
+        t = self.table
+        names = t.schema.names
+        shown = t.slice(0, _HTML_ROWS).to_pylist()
+        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(n, row[n]))}</td>" for n in names) + "</tr>"
+                       for row in shown)
+        more = "" if t.num_rows == len(shown) else f"<p>... {t.num_rows - len(shown):,} more rows in <code>.table</code></p>"
+        return (f"<p><b>metrics</b>: {t.num_rows:,} rows, one per step and subtask</p>"
+                f"<table><tr>{head}</tr>{rows}</table>{more}")
 
 
 @dataclass(frozen=True)
@@ -159,10 +252,10 @@ class JobHandle:
         return self._supervisor.run_id
 
     def status(self) -> JobStatus:
+        """The job's state and figures now; once it ended (`wait()` returned or raised), its
+        final state, finished, stopped or failed, with its final figures."""
         if self._result is not None:
-            r = self._result
-            return JobStatus(r.job_name, r.state, r.duration, r.steps, checkpoints=r.checkpoints,
-                             restarts=r.restarts, records_replayed=r.records_replayed)
+            return self._result.final_status()
         return self._supervisor.status()
 
     def stop(self, *, savepoint: bool = False) -> str | None:
@@ -207,13 +300,15 @@ class JobHandle:
                     report.pause)
         return report
 
-    def metrics(self) -> pa.Table:
+    def metrics(self) -> Metrics:
         """One row per step and subtask: records in and out, their rates per second over the
         last half second, seconds blocked on backpressure, keys of keyed state, the newest
-        snapshot's bytes and alignment. Job-wide figures are in `status()`. The same series
-        go to Ray's metrics (the dashboard, Prometheus) as raystream_*."""
+        snapshot's bytes and alignment. It works as a `pyarrow.Table` (its `table`), prints
+        as a short table and shows as a table in a notebook. Job-wide figures are in
+        `status()`. The same series go to Ray's metrics (the dashboard, Prometheus) as
+        raystream_*."""
         rows = self._result.metrics if self._result is not None else self._supervisor.metrics()
-        return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+        return Metrics.of(rows)
 
     def wait(self, *, progress: Callable[[JobStatus], None] | None = None, interval: float = 1.0) -> JobResult:
         """Block until the job ends. `progress(status)` is called about every `interval` seconds."""

@@ -13,11 +13,12 @@ import pyarrow as pa
 
 from raystream.connectors.files.compaction import Compaction, compact_files
 from raystream.errors import JobDefinitionError, SinkError
-from raystream.connectors.files.sink import FileSink, FileTxn, committed_checkpoint, json_lines, parquet_bytes, read_files
+from raystream.connectors.files.reading import read_files, read_table
+from raystream.connectors.files.sink import FileSink, FileTxn, committed_checkpoint, json_lines, parquet_bytes
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 __all__ = ["Sink", "SinkContext", "SinkWriter", "as_records", "FileSink", "FileTxn", "committed_checkpoint",
-           "json_lines", "parquet_bytes", "read_files", "compact_files", "Compaction", "PrintSink", "CollectSink"]  # and PostgresSink, lazily
+           "json_lines", "parquet_bytes", "read_files", "read_table", "compact_files", "Compaction", "PrintSink", "CollectSink"]  # and PostgresSink, lazily
 
 logger = logging.getLogger(__name__)
 

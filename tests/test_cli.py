@@ -10,8 +10,8 @@ import raystream as rs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def raystream(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raystream.cli", *args], cwd=cwd,
+def raystream(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raystream.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=240)
 
 
@@ -128,8 +128,7 @@ def checkpoints_cli(*args: str, env: dict | None = None) -> subprocess.Completed
     from tests.conftest import SECRETS
 
     env = dict(os.environ if env is None else env, RAYSTREAM_CHECKPOINT_KEY=SECRETS["RAYSTREAM_CHECKPOINT_KEY"])
-    return subprocess.run([sys.executable, "-m", "raystream.cli", "checkpoints", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return raystream("checkpoints", *args, env=env)
 
 
 def test_checkpoints_ls_one_level_above_a_job_root_names_the_job_roots():
@@ -165,8 +164,7 @@ def test_a_ray_address_where_nothing_listens_fails_at_once_in_one_line():
     import time
 
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "raystream.cli", "run", "jobs/wordcount.py"], cwd=ROOT,
-                          env=dict(os.environ, RAY_ADDRESS="127.0.0.1:9"), capture_output=True, text=True, timeout=120)
+    proc = raystream("run", "jobs/wordcount.py", env=dict(os.environ, RAY_ADDRESS="127.0.0.1:9"))
     assert time.monotonic() - started < 30
     assert proc.returncode == 1
     assert proc.stdout.strip().endswith("error: cannot connect to the Ray cluster at 127.0.0.1:9: nothing answered "

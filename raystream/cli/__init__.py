@@ -5,6 +5,7 @@
     raystream submit JOBFILE --address http://HEAD:8265 [run options] [--no-follow]
     raystream jobs list|status|logs|stop [ID] --address http://HEAD:8265
     raystream checkpoints audit URI
+    raystream cluster init --region REGION --ssh-cidr CIDR [--bucket B] [--vpc-id V]
 
 JOBFILE is a Python file that defines `job` (a raystream.Job) and runs nothing when it
 is imported: the command runs `job`. It may also define `setup(resume)`, called before
@@ -25,7 +26,7 @@ import sys
 import click
 
 from raystream.cli.checkpoints import checkpoints
-from raystream.cli.cluster import jobs, submit
+from raystream.cli.cluster import cluster_group, jobs, submit
 from raystream._version import __version__
 from raystream.cli.common import configure_logging, error_line, make_console
 from raystream.cli.run import run
@@ -40,7 +41,7 @@ def main(verbose: int) -> None:
     configure_logging(verbose)
 
 
-for command in (run, submit, jobs, checkpoints):
+for command in (run, submit, jobs, checkpoints, cluster_group):
     main.add_command(command)
 
 

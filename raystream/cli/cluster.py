@@ -1,17 +1,28 @@
-"""`raystream submit` and `raystream jobs`: jobs on a Ray cluster, through its Jobs API."""
+"""`raystream cluster init`: the AWS resources of cluster.yaml and a filled-in copy of it;
+`raystream submit` and `raystream jobs`: jobs on a Ray cluster, through its Jobs API."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.text import Text
 
-from raystream.cli.common import SAVEPOINT_PREFIX, fail, make_console, run_args, run_options, verbose_option
-from raystream.errors import JobFailedError
+import raystream.cli.cluster_init as cluster_init
+from raystream.cli.common import (
+    SAVEPOINT_PREFIX,
+    fail,
+    make_console,
+    one_line_errors,
+    run_args,
+    run_options,
+    verbose_option,
+)
+from raystream.errors import CloudSetupError, JobFailedError
 
 
 _ADDRESS = click.option("--address", envvar="RAY_API_SERVER_ADDRESS", metavar="URL",
@@ -174,3 +185,39 @@ def jobs_rescale(submission_id: str, parallelism: int, address: str | None) -> N
         fail(make_console(), exc)
     click.echo(f"rescaled {submission_id} -> {new_id} at parallelism {parallelism}; "
                f"{time.monotonic() - started:.1f}s from the stop to the new job running")
+
+
+@click.group("cluster")
+def cluster_group() -> None:  # not `cluster`: raystream.cli.cluster must stay this module
+    """Prepare a Ray cluster on AWS for raystream."""
+
+
+@cluster_group.command("init")
+@verbose_option
+@click.option("--region", metavar="REGION", help="The AWS region (default: the template's, us-east-1).")
+@click.option("--ssh-cidr", metavar="CIDR",
+              help="Your own address range, the only one that may SSH to the nodes (never 0.0.0.0/0).")
+@click.option("--bucket", help="The checkpoint bucket, made if missing (default: raystream-<account id>-<region>).")
+@click.option("--vpc-id", help="The VPC the nodes run in (default: the region's default VPC).")
+@click.option("--cluster-name", help="Names the group, roles and profiles (default: the template's cluster_name).")
+@click.option("--template", default="cluster.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The cluster config to fill in.")
+@click.option("--output", default="cluster.local.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the filled-in config (git ignores cluster.local.yaml).")
+def cluster_init_command(region: str | None, ssh_cidr: str | None, bucket: str | None, vpc_id: str | None,
+                         cluster_name: str | None, template: str, output: str) -> None:
+    """Make, once, what cluster.yaml names in one region: a security group that admits the
+    cluster itself and SSH from --ssh-cidr only, instance profiles allowed to use the
+    checkpoint bucket (the head's also to launch and stop the workers), and the bucket,
+    public access blocked. Then write the template filled in with them, for
+    `ray up cluster.local.yaml`. Run it again to reuse what exists (one line per resource
+    says which). Credentials come from boto3's usual chain and are never printed."""
+    console = make_console()
+    try:
+        request = cluster_init.make_request(Path(template), region=region, ssh_cidr=ssh_cidr, bucket=bucket,
+                                            vpc_id=vpc_id, cluster_name=cluster_name)
+    except CloudSetupError as exc:  # before any call to AWS
+        fail(console, exc)
+    with one_line_errors(console, "cluster init"):
+        cluster_init.init_cluster(request, Path(template), Path(output), click.echo,
+                                  propagation_wait_s=cluster_init.PROFILE_PROPAGATION_S)

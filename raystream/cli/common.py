@@ -48,10 +48,9 @@ _PLAIN_WIDTH = 250
 def make_console(stderr: bool = False) -> Console:
     """A console that prints what it is given literally: a message with brackets (a line
     of the user's code, a URL) is never read as rich markup."""
-    console = Console(markup=False, highlight=False, stderr=stderr)
-    if not console.is_terminal:
-        console = Console(markup=False, highlight=False, stderr=stderr, width=_PLAIN_WIDTH)
-    return console
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else _PLAIN_WIDTH
+    return Console(markup=False, highlight=False, stderr=stderr, width=width)
 
 
 def load_job_file(path: str) -> dict[str, Any]:

@@ -29,12 +29,12 @@ def test_it_keeps_the_dashboard_on_loopback_s3_on_an_instance_profile_and_instal
     text = CLUSTER_YAML.read_text()
     assert "aws_access_key" not in text.lower() and "AWS_SECRET" not in text
     assert config["file_mounts"]["~/raystream"] == "." and "~/raystream" in " ".join(config["setup_commands"])
-    worker = config["available_node_types"]["worker"]
+    worker = config["available_node_types"]["ray.worker.default"]
     assert worker["max_workers"] > worker["min_workers"]  # room for the autoscaler
 
 
 def test_a_malformed_config_is_refused(config):
-    config["available_node_types"]["worker"]["min_workers"] = "two"
+    config["available_node_types"]["ray.worker.default"]["min_workers"] = "two"
     with pytest.raises(jsonschema.ValidationError, match="'two' is not of type 'integer'"):
         validate_config(prepare_config(config))
 
@@ -50,3 +50,20 @@ def test_every_node_is_in_the_clusters_own_security_group_and_gets_both_keys(con
     assert "chmod 600 ~/.ray/auth_token ~/.raystream/checkpoint_key" in config["setup_commands"]
     assert "0.0.0.0/0" not in "".join(line for line in CLUSTER_YAML.read_text().splitlines()
                                       if not line.lstrip().startswith("#"))
+
+
+def test_it_syncs_the_checkout_without_what_git_ignores_and_uses_rays_node_type_names(config):
+    assert config["rsync_filter"] == [".gitignore"] and "**/.git" in config["rsync_exclude"]
+    assert set(config["available_node_types"]) == {"ray.head.default", "ray.worker.default"}
+    assert config["head_node_type"] == "ray.head.default"
+    assert all("ImageId" not in t["node_config"] for t in config["available_node_types"].values())  # Ray's default
+
+
+def test_it_keeps_its_placeholders_and_points_at_cluster_init():
+    """The file in the repository names no account's resources: `raystream cluster init`
+    writes a filled-in copy (cluster.local.yaml, git-ignored); the placeholders stay for
+    the hand-editing path."""
+    text = CLUSTER_YAML.read_text()
+    assert "raystream cluster init --region" in text and "ray up cluster.local.yaml" in text
+    values = [line.split("#")[0] for line in text.splitlines() if "REPLACE_ME" in line.split("#")[0]]
+    assert len(values) == 5, values  # the group and the profile of each node type, and the bucket

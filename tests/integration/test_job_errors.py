@@ -7,7 +7,7 @@ import raystream as rs
 from raystream.sinks import CollectSink
 from raystream.sources import FileSource, SequenceSource
 
-from tests.helpers.support import live_job_actors
+from tests.helpers.support import live_job_actors, wait_until
 
 
 def wait_no_live_actors(timeout: float = 30.0) -> None:
@@ -93,3 +93,32 @@ def test_an_internal_failure_that_repeats_before_any_checkpoint_is_not_retried_t
     with pytest.raises(rs.JobFailedError, match=r"the device is full \(3 times the same before any checkpoint"):
         job.run()  # the third attempt's failure ends the job, not the tenth
     wait_no_live_actors()
+
+
+def test_status_after_a_job_failed_says_failed_with_its_final_figures():
+    """wait() kills the coordinator of an ended job; status() used to ask it anyway and
+    said "restarting" from then on."""
+    job = rs.Job("failing-status")
+    (job.source("nums", SequenceSource(100_000, rate=4000))  # record 4242 after about a second of metrics
+        .map("lookup", explode_on_4242).sink("out", CollectSink()))
+    handle = job.start()
+    wait_until(lambda: handle.status().state == "failed", "the coordinator reporting the failure")
+    with pytest.raises(rs.StepFailedError):
+        handle.wait()
+    wait_no_live_actors()  # the coordinator too: nothing is asked any more
+    status = handle.status()
+    assert status.state == "failed" and status.subtasks == 0
+    assert status.steps["lookup"].records_in > 0 and status.steps["nums"].records_out > 0
+    assert handle.status() == status  # final: it no longer changes
+    assert handle.metrics().num_rows == 3 and 0 < sum(handle.metrics()["records_in"].to_pylist())
+
+
+def test_status_after_a_job_finished_says_finished_with_its_result_figures():
+    job = rs.Job("finishing-status")
+    job.source("nums", SequenceSource(1000)).map("twice", lambda x: 2 * x).sink("out", CollectSink())
+    handle = job.start()
+    result = handle.wait()
+    wait_no_live_actors()
+    status = handle.status()
+    assert (status.state, status.elapsed, status.steps) == ("finished", result.duration, result.steps)
+    assert status.steps["twice"].records_out == 1000 and handle._supervisor.status() == status

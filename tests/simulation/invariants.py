@@ -29,7 +29,7 @@ from raystream._runtime.state.manifest import Manifest
 from raystream._storage import open_storage
 from raystream.connectors.files.compaction import visible_files
 from raystream.errors import CorruptCheckpointError
-from raystream.sinks import read_files
+from raystream.sinks import read_files, read_table
 
 from .control import SimRun
 from .job import record_ids
@@ -112,6 +112,7 @@ class Invariants:
         if kind == "pg_rows":
             return self.s.pg.rows("rows")
         directory = self.s.directory(kind, place)
+        self._check_readers(directory, "parquet" if kind == "parquet" else "jsonl")
         if kind == "parquet":
             return read_files(directory, format="parquet")
         rows = []  # read file by file: a row belongs to the run that wrote its file (a copy is the copier's)
@@ -120,6 +121,18 @@ class Invariants:
             run_id = key.split("@")[2]
             rows += [{**json.loads(line), "_file_run": run_id} for line in storage.get(key).splitlines() if line]
         return rows
+
+    @staticmethod
+    def _check_readers(directory: str, fmt: str) -> None:
+        """read_table sees what read_files sees: every row, every field of every row."""
+        rows = read_files(directory, format=fmt)
+        table = read_table(directory, format=fmt)
+        fields = set().union(*(r.keys() for r in rows)) if rows else set()
+        if table.num_rows != len(rows) or (rows and set(table.column_names) != fields):
+            raise SimFailure(f"{directory}: read_table has {table.num_rows} rows of {sorted(table.column_names)}, "
+                             f"read_files {len(rows)} rows of {sorted(fields)}")
+        if rows and sorted(table.column("id").to_pylist()) != sorted(r["id"] for r in rows):
+            raise SimFailure(f"{directory}: read_table and read_files disagree on the ids")
 
     def _check_rows(self, kind: str, rows: list[dict], expect: str, allow_duplicates: bool) -> None:
         counts = collections.Counter(r["id"] for r in rows)

@@ -17,8 +17,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "raystream"
 #: Function-level imports allowed outside the runtime, and why.
 LAZY = {
     "raystream._runtime": "the public API loads the runtime only when a job starts or checkpoints are read",
-    "boto3": "boto3 loads only when S3 is used",
-    "botocore": "boto3 loads only when S3 is used",
+    "boto3": "boto3 loads only when S3 (or `raystream cluster init`) is used",
+    "botocore": "boto3 loads only when S3 (or `raystream cluster init`) is used",
+    "ray.autoscaler": "only `raystream cluster init` checks the config it writes with Ray's validator",
     "matplotlib": "an optional extra (raystream[bench]): only the benchmark's --plot needs it",
     "psycopg": "an optional extra (raystream[postgres]): only PostgresSink needs it",
     "confluent_kafka": "an optional extra (raystream[kafka]): only KafkaSource needs it",

@@ -1,10 +1,18 @@
 """What a user's checkpoint URI names (docs/savepoints.md): a manifest (a savepoint's URI),
 a run, or a job's checkpoint root; and whether that checkpoint may be restored (F2:
 neither refused nor void).
+
+Telling a run from a job's root, or from the checkpoint storage above the job roots,
+takes many listings (runs, then attempts, manifests and snapshots of each): on S3, each
+is a LIST request. They are answered from one listing of the URI, taken once.
 """
 from __future__ import annotations
 
+import bisect
+from typing import Callable
+
 from raystream import _files
+from raystream._storage import Storage, open_storage
 from raystream._runtime.state.store import CheckpointRef, CheckpointStore
 from raystream.errors import CorruptCheckpointError, RestoreError
 
@@ -45,29 +53,73 @@ def locate(uri: str) -> CheckpointRef:
 def locate_run(uri: str) -> tuple[CheckpointStore, str] | None:
     """(the job's store, the run) that `uri` names: a run directory (`<root>/<run>`), or a
     job's checkpoint root (its newest run with a checkpoint, else its newest run); None
-    when nothing is stored there."""
+    when nothing is stored there. It lists the storage once (see the module doc)."""
     loc = _files.Location.parse(uri.rstrip("/"))
-    here = CheckpointStore(loc.uri())
-    if any(here.storage.list(d) for d in ("attempts/", "manifests/", "snapshots/")):  # a run directory
+    storage = open_storage(loc.uri(), private=True)
+    listing = Listing(storage)
+    here = CheckpointStore(loc.uri(), listing)
+    if any(listing.list(d) for d in ("attempts/", "manifests/", "snapshots/")):  # a run directory
         root, _, run_id = loc.path.rstrip("/").rpartition("/")
         return CheckpointStore(_files.Location(loc.scheme, root, loc.bucket).uri()), run_id
     run_id = here.newest_run_with_checkpoint() or (here.runs() or [None])[-1]
     if run_id is not None and not _is_run(here, run_id):
-        jobs = [name for name in here.runs()[:20] if _is_job_root(loc.join(name))]
+        jobs = [name for name in here.runs()[:20] if _is_job_root(CheckpointStore(loc.join(name).uri(),
+                                                                                 listing.under(name)))]
         if jobs:  # one level above: the checkpoint storage, which holds job roots
             raise RestoreError(f"{uri} is a checkpoint storage, not a job's checkpoint root: it holds the jobs "
                                f"{', '.join(jobs[:10])}; give {loc.join(jobs[0]).uri()} (or another of them)")
         return None
-    return (here, run_id) if run_id is not None else None
+    # the caller's store lists and reads the storage itself: the listing above is of a moment
+    return (CheckpointStore(loc.uri(), storage), run_id) if run_id is not None else None
 
 
 def _is_run(store: CheckpointStore, run_id: str) -> bool:
     return bool(store.attempts(run_id) or store.manifest_ids(run_id) or store.storage.list(f"{run_id}/snapshots/"))
 
 
-def _is_job_root(loc: _files.Location) -> bool:
-    store = CheckpointStore(loc.uri())
+def _is_job_root(store: CheckpointStore) -> bool:
     return any(_is_run(store, run_id) for run_id in store.runs()[-3:])
+
+
+class Listing(Storage):
+    """A storage read through one listing of all its keys, taken when this is made:
+    `list` answers from it, `get` and `uri` go to the storage. Writes are refused, as
+    they would leave the listing behind. `under(name)` is the same listing seen from
+    the folder `name`."""
+
+    def __init__(self, storage: Storage, keys: list[str] | None = None, folder: str = ""):
+        self.storage, self.folder = storage, folder
+        self.keys = storage.list("") if keys is None else keys  # sorted, as every Storage lists
+
+    def under(self, name: str) -> "Listing":
+        return Listing(self.storage, self.keys, f"{self.folder}{name}/")
+
+    def list(self, prefix: str) -> list[str]:
+        full = self.folder + prefix
+        found = []
+        i = bisect.bisect_left(self.keys, full)  # the keys that start with it follow, in one stretch
+        while i < len(self.keys) and self.keys[i].startswith(full):
+            found.append(self.keys[i][len(self.folder):])
+            i += 1
+        return found
+
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        return self.storage.get(self.folder + key, limit)
+
+    def uri(self, key: str = "") -> str:
+        return self.storage.uri(self.folder + key)
+
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError("a Listing is read-only")
+
+    def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
+        raise NotImplementedError("a Listing is read-only")
+
+    def delete(self, keys: list[str]) -> None:
+        raise NotImplementedError("a Listing is read-only")
+
+    def promote(self, moves: list[tuple[str, str]]) -> None:
+        raise NotImplementedError("a Listing is read-only")
 
 
 def _restorable(store: CheckpointStore, run_id: str, checkpoint_id: int, uri: str) -> None:

@@ -219,7 +219,10 @@ class JobCoordinator:
     def _fail(self, failure: Failure) -> JobOutcome:
         self.state = "failed"
         logger.error("job %s failed: %s: %s", self.job.name, failure.step_id, failure.error)
-        return JobOutcome(None, failure)
+        # The driver answers status() and metrics() with these once this actor is gone; the
+        # attempt's subtasks are dead by now (R1), so none is counted
+        final = dataclasses.replace(self.status(), subtasks=0, pids={}, aligning=[], waiting="")
+        return JobOutcome(None, failure, final, self.table.rows())
 
     async def _attempt(self, manifest: Manifest | None, progress: dict[str, dict[str, Any]]) -> Failure | None:
         """One attempt, in phases: start the actors, restore them (R4), start checkpointing,

@@ -82,6 +82,9 @@ class Supervisor:
         self.coordinator: Any = None
         self.outcome: JobOutcome | None = None
         self.error: BaseException | None = None
+        self._last_status: JobStatus | None = None  # the coordinator's newest, for an end without its figures
+        self._started = time.monotonic()
+        self._ended = 0.0
         self._done = threading.Event()
         self._node_id = ray.get_runtime_context().get_node_id()  # the Ray session this driver uses
         self._first_ref = self._launch(options.resume)
@@ -132,6 +135,7 @@ class Supervisor:
         except BaseException as exc:  # handed to wait()
             self.error = exc
         finally:
+            self._ended = time.monotonic()
             self._done.set()
 
     def _check_ray(self) -> None:
@@ -148,6 +152,7 @@ class Supervisor:
                 status = ray.get(self.coordinator.status.remote(), timeout=_POLL)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
                 return  # the coordinator is busy or gone: the next poll, or its outcome, tells
+            self._last_status = status
             recoveries = status.recoveries
             if status.waiting and status.waiting != self._waiting:
                 logger.warning("job %s: %s", self.job.name, status.waiting)
@@ -157,16 +162,37 @@ class Supervisor:
         self._reported = max(self._reported, len(recoveries))
 
     def metrics(self) -> list[dict[str, Any]]:
+        if self._done.is_set():  # the coordinator is gone, or going: the rows of the job's end
+            if self.outcome is None:
+                return []  # supervision failed: the coordinator went with its rows
+            return self.outcome.result.metrics if self.outcome.result is not None else self.outcome.metrics
         try:
             return ray.get(self.coordinator.metrics.remote(), timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return []  # restarting: no subtask to report
 
     def status(self) -> JobStatus:
+        if self._done.is_set():  # wait() kills the coordinator: asking it would say "restarting" for good
+            return self.final_status()
         try:
-            return ray.get(self.coordinator.status.remote(), timeout=10)
+            status = ray.get(self.coordinator.status.remote(), timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return JobStatus(self.job.name, "restarting", 0.0)
+        self._last_status = status
+        return status
+
+    def final_status(self) -> JobStatus:
+        """The ended job's state and final figures: its result's, its failure's, or, when
+        supervision itself failed (the coordinator died past the restart strategy, Ray was
+        shut down), the newest the coordinator reported, as failed."""
+        outcome = self.outcome
+        if outcome is not None and outcome.result is not None:
+            return outcome.result.final_status()
+        if outcome is not None and outcome.status is not None:
+            return outcome.status
+        last = self._last_status or JobStatus(self.job.name, "failed", 0.0)
+        return dataclasses.replace(last, state="failed", elapsed=self._ended - self._started, subtasks=0, pids={},
+                                   aligning=[], waiting="")
 
     def start_from(self, job: JobGraph, savepoint: str) -> "Supervisor":
         """A new run of `job` (changed settings or graph) from `savepoint`."""

@@ -2,18 +2,23 @@
 end, the job's outcome (its result or its failure)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raystream._runtime.plan.failure import Failure
 from raystream._runtime.plan.specs import SubtaskReport
-from raystream.result import JobResult, StepMetrics
+from raystream.result import JobResult, JobStatus, StepMetrics
 
 
 @dataclass
 class JobOutcome:
+    """A job's end: its result, or its failure with the figures it had then (`status`,
+    the rows of `metrics()`), which the driver keeps once the coordinator is gone."""
+
     result: JobResult | None
     failure: Failure | None
+    status: JobStatus | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 def sum_steps(order: list[str], reports: list[SubtaskReport]) -> dict[str, StepMetrics]:

@@ -86,6 +86,8 @@ NAMES: dict[str, str] = {
     "raystream._runtime.timers:now_ms": "raystream._runtime.time.timers",
     "raystream._runtime.watermarks:AssignTimeOp": "raystream._runtime.operators.event_time",
     "raystream.audit:Audit": "raystream.config",
+    "raystream.file_sink:_json_default": "raystream.connectors.files.rows:json_default",
+    "raystream.connectors.files.sink:_json_default": "raystream.connectors.files.rows:json_default",  # 0.2.0
     "raystream.sources:FileSource": "raystream.connectors.files.source",
     "raystream.sources:Source": "raystream.source_api",
     "raystream.sources:SourcePartition": "raystream.source_api",

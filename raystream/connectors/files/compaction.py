@@ -51,6 +51,7 @@ from raystream.connectors.files.compaction_manifests import (  # noqa: F401 (MAX
 )
 from raystream.connectors.files.names import SEP, committed_checkpoint
 from raystream._storage import Storage, open_storage
+from raystream.connectors.files.rows import concat
 from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def _merge(storage: Storage, group: list[tuple[str, bytes]], key: Any = _NO_KEY)
     if key is _NO_KEY:
         key = _signing_key()
     name = uuid.uuid4().hex[:12]
-    table = pa.concat_tables([pq.read_table(pa.BufferReader(data)) for _, data in group], promote_options="default")
+    table = concat([pq.read_table(pa.BufferReader(data)) for _, data in group], f"the files to compact in {storage.uri()}")
     buf = io.BytesIO()
     pq.write_table(table, buf)
     staged, output, manifest = f"_compacting-{name}.parquet", f"part-compacted-{name}.parquet", f"{_MANIFEST}{name}.json"

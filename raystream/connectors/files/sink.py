@@ -1,8 +1,6 @@
 """FileSink: files of records in a local directory or under an S3 prefix, exactly once."""
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import hashlib
 import io
 import json
@@ -22,14 +20,12 @@ from raystream._storage import Storage, open_storage
 from raystream.connectors.files.names import SEP as _SEP
 from raystream.connectors.files.names import committed_checkpoint, taken_over, writer_fields
 from raystream.connectors.files.names import written_by as _written_by
-from raystream.connectors.files.compaction import visible_files
+from raystream.connectors.files.reading import read_files  # noqa: F401 (its home in 0.2.0; rs.sinks.read_files)
+from raystream.connectors.files.rows import FORMATS, arrow_row, as_row, concat, json_default, plain, table_of
 from raystream.errors import JobDefinitionError, RestoreError, SinkError, StagedDataMissingError
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 logger = logging.getLogger(__name__)
-
-
-_SINK_FORMATS = ("jsonl", "parquet")
 
 
 @dataclass
@@ -49,7 +45,12 @@ class FileSink(Sink):
     upload on S3). Under exactly-once, data of a checkpoint is first written as
     `_pending-...` files and renamed to `part-...` only when the checkpoint is complete,
     so a reader that lists the directory and ignores names starting with `_` or `.`
-    (`read_files` does) sees committed output only.
+    (`read_files` and `read_table` do) sees committed output only.
+
+    Every record is written as a row with named fields (`raystream.connectors.files.rows`):
+    a dict as it is, a dataclass or NamedTuple by its fields, a `(key, value)` pair as
+    `{"key": ..., "value": ...}`, anything else as `{"value": ...}`; so each JSON line is an
+    object that `pyarrow.json`, pandas or Polars can read, and Parquet columns are named.
 
     By default every sink subtask commits its own files at every checkpoint. A rolling
     policy (JSON lines only) keeps one part file open across checkpoints instead and
@@ -63,8 +64,8 @@ class FileSink(Sink):
                  roll_size: int | None = None, roll_interval: float | None = None):
         if not isinstance(directory, str) or not directory:
             raise JobDefinitionError(f"FileSink needs a directory path or s3:// URI; got {directory!r}")
-        if format not in _SINK_FORMATS:
-            raise JobDefinitionError(f"FileSink format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
+        if format not in FORMATS:
+            raise JobDefinitionError(f"FileSink format must be one of {', '.join(FORMATS)}; got {format!r}")
         if not isinstance(rows_per_file, int) or rows_per_file < 1:
             raise JobDefinitionError(f"FileSink rows_per_file must be an integer >= 1; got {rows_per_file!r}")
         # Resolved here, in the driver: actors may run in another working directory.
@@ -132,7 +133,7 @@ class _FileWriter(SinkWriter):
             return
         stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
         self._seq += 1
-        data = b"".join(self._parts) if self._sink.format == "jsonl" else parquet_bytes(self._parts)
+        data = b"".join(self._parts) if self._sink.format == "jsonl" else parquet_bytes(self._parts, f"sink step {self._ctx.step_id!r}")
         self._parts, self._rows = [], 0
         if self._ctx.transactional:
             name = f"_pending-{self._tag}{self._attempt}{stem}"
@@ -199,61 +200,33 @@ def _names(store: Storage, kind: str, ctx: SinkContext) -> list[str]:
             if taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism)]
 
 
-def _json_default(value: Any) -> Any:
-    """JSON for what json does not know: dataclasses (a WindowResult) as objects, datetimes
-    in ISO 8601 (orjson writes both itself)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    raise TypeError(f"a {type(value).__name__} cannot be written as JSON; map records to dicts, lists, "
-                    "strings and numbers before the sink")
-
-
 _ORJSON = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 
 def _json_line(record: Any) -> bytes:
+    row = as_row(record)
     try:
-        return orjson.dumps(record, default=_json_default, option=_ORJSON)
+        return orjson.dumps(row, default=json_default, option=_ORJSON)
     except TypeError:  # what orjson cannot write (an int past 64 bits): the standard library can, or says why not
-        return json.dumps(record, separators=(",", ":"), default=_json_default).encode("utf-8") + b"\n"
+        # json writes a NamedTuple as an array without asking json_default: make it a dict first
+        return json.dumps(plain(row), separators=(",", ":"), default=json_default).encode("utf-8") + b"\n"
 
 
 def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
-    """A micro-batch as JSON lines, in UTF-8."""
+    """A micro-batch as JSON lines in UTF-8, one object per record (`rows.as_row`)."""
     return b"".join(map(_json_line, as_records(batch)))
 
 
-def parquet_bytes(parts: list[list[Any] | pa.RecordBatch]) -> bytes:
-    """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`)."""
-    batches = [p if isinstance(p, pa.RecordBatch) else pa.RecordBatch.from_pylist(p) for p in parts if len(p)]
-    if all(b.schema == batches[0].schema for b in batches):
-        table = pa.Table.from_batches(batches)
-    else:  # dicts whose keys come in another order, or a column that is new: by column name
-        table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
+def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> bytes:
+    """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`).
+    Columns are the union of the rows' fields, by name, each of a type that holds all its
+    values (`rows.table_of`); SinkError naming `where` when no type does."""
+    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else table_of([arrow_row(r) for r in p], where)
+              for p in parts if len(p)]
+    table = tables[0] if len(tables) == 1 else concat(tables, where)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
-
-
-def read_files(directory: str, *, format: str = "jsonl") -> list[Any]:
-    """All records a reader of `directory` (or a glob) sees: names starting with `_` or `.`
-    are skipped, and so are files that a published compaction replaced."""
-    if format not in _SINK_FORMATS:
-        raise JobDefinitionError(f"read_files format must be one of {', '.join(_SINK_FORMATS)}; got {format!r}")
-    records: list[Any] = []
-    if any(ch in directory for ch in "*?["):
-        contents = (_files.read_bytes(_files.Location.parse(uri)) for uri in _files.expand(directory))
-    else:  # a directory: its committed files, switching atomically to compacted ones
-        storage = open_storage(directory)
-        contents = (storage.get(key) for key in visible_files(directory))
-    for data in contents:
-        if format == "jsonl":
-            records.extend(json.loads(line) for line in data.decode("utf-8").splitlines() if line)
-        else:
-            records.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
-    return records
 
 
 @dataclass

@@ -2,13 +2,17 @@
 from the position in the file (users reach it as `rs.sources.FileSource`)."""
 from __future__ import annotations
 
+import base64
 import collections
-import csv
+import io
 import json
 import logging
+import re
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc  # noqa: F401 (pa.ipc.read_schema)
 import pyarrow.parquet as pq
 
 from raystream import _files
@@ -26,14 +30,20 @@ class FileSource(Source):
     """Lines or rows of local or `s3://` files; one partition per file.
 
     Formats: "text" (one str per line), "jsonl" (one JSON value per line), "csv" (one
-    dict of strings per row, keyed by the header; quoted fields may not contain newlines)
-    and "parquet" (Arrow record batches). Lines end at a newline (LF) only. A partition
-    emits at most `batch_size` records at a time (RuntimeConfig.batch_size). The offset is
-    the position in the file, so a restarted partition continues where its last
-    checkpoint left it.
+    dict per row, keyed by the header) and "parquet" (Arrow record batches). Lines of text
+    and JSON lines end at a newline (LF) only, as in Arrow's readers. CSV is read by
+    Arrow's CSV reader: quoted fields may hold newlines, and values are typed as Arrow
+    infers them from the file's first block (ints, floats, booleans, timestamps; only an
+    empty value is null, and integers past 64 bits stay strings). `column_types` names the type of a column
+    instead (`{"zip": "string"}`, or a `pyarrow.DataType`): give it for a column whose
+    values change kind further down a file. A partition emits at most `batch_size`
+    records at a time (RuntimeConfig.batch_size). The offset is the position in the
+    file (for CSV, the rows emitted and the types settled on), so a restarted partition
+    continues where its last checkpoint left it.
     """
 
-    def __init__(self, path_or_glob: str, *, format: str = "text"):
+    def __init__(self, path_or_glob: str, *, format: str = "text",
+                 column_types: dict[str, pa.DataType | str] | None = None):
         if not isinstance(path_or_glob, str) or not path_or_glob:
             raise JobDefinitionError(f"FileSource needs a path, glob or s3:// URI; got {path_or_glob!r}")
         if format not in _FORMATS:
@@ -41,6 +51,7 @@ class FileSource(Source):
         # Resolved here, in the driver: actors may run in another working directory.
         self.path = path_or_glob if path_or_glob.startswith("s3://") else _files.Location.parse(path_or_glob).uri()
         self.format = format
+        self.column_types = _column_types(column_types, format)
 
     def list_partitions(self) -> list[str]:
         try:
@@ -57,7 +68,24 @@ class FileSource(Source):
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
         if self.format == "parquet":
             return _ParquetPartition(key, resume_state or 0, batch_size)
+        if self.format == "csv":
+            return _CsvPartition(key, resume_state, batch_size, getattr(self, "column_types", {}))
         return _LinePartition(key, self.format, resume_state or (0, 0), batch_size)
+
+
+def _column_types(types: dict[str, pa.DataType | str] | None, fmt: str) -> dict[str, pa.DataType]:
+    if not types:
+        return {}
+    if fmt != "csv":
+        raise JobDefinitionError(f"FileSource column_types is for format='csv'; this source reads {fmt!r}")
+    out = {}
+    for name, t in types.items():
+        try:
+            out[name] = t if isinstance(t, pa.DataType) else pa.type_for_alias(t)
+        except (ValueError, TypeError):
+            raise JobDefinitionError(f"FileSource column_types[{name!r}]: {t!r} is not an Arrow type; give a "
+                                     "pyarrow.DataType or a name such as 'string', 'int64', 'float64'") from None
+    return out
 
 
 class _LinePartition(SourcePartition):
@@ -69,24 +97,10 @@ class _LinePartition(SourcePartition):
     def __init__(self, uri: str, fmt: str, offset: tuple[int, int], batch_size: int):
         self._uri, self._fmt, self._batch_size = uri, fmt, batch_size
         self._pos, self._line = offset
-        self._header: list[str] | None = None
-        if fmt == "csv":
-            self._header = self._read_header()
-            if self._pos == 0:  # skip the header line itself
-                with _files.open_read(uri) as f:
-                    first = f.readline()
-                self._pos, self._line = len(first), 1
         self._reader = _files.open_read(uri, self._pos)
         self._carry = b""
         self._eof = False
         self._pending: collections.deque[tuple[bytes, int]] = collections.deque()  # (line, its bytes in the file)
-
-    def _read_header(self) -> list[str]:
-        with _files.open_read(self._uri) as f:
-            first = f.readline().decode("utf-8").rstrip("\r\n")
-        if not first:
-            raise SourceError(f"{self._uri}:1: CSV file has no header line")
-        return next(csv.reader([first]))
 
     def _fill(self) -> bool:
         """Read until whole lines are pending; False at the end of the file."""
@@ -136,30 +150,17 @@ class _LinePartition(SourcePartition):
         lines = self._decode(raw, first_line)
         if self._fmt == "text":
             return lines
-        if self._fmt == "jsonl":
-            out = []
-            loads = json.loads
-            for i, line in enumerate(lines):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(loads(line))
-                except ValueError as exc:
-                    raise SourceError(
-                        f"{self._uri}:{first_line + i}: malformed JSON line ({exc}); fix or remove the line"
-                    ) from None
-            return out
-        header = self._header or []
         out = []
-        for i, row in enumerate(csv.reader(lines)):  # one row per line: quoted fields hold no newline
-            if not row:
+        loads = json.loads
+        for i, line in enumerate(lines):
+            if not line.strip():
                 continue
-            if len(row) != len(header):
+            try:
+                out.append(loads(line))
+            except ValueError as exc:
                 raise SourceError(
-                    f"{self._uri}:{first_line + i}: malformed CSV row: {len(row)} fields where the "
-                    f"header has {len(header)}; fix or remove the line"
-                )
-            out.append(dict(zip(header, row)))
+                    f"{self._uri}:{first_line + i}: malformed JSON line ({exc}); fix or remove the line"
+                ) from None
         return out
 
     def snapshot(self) -> tuple[int, int]:
@@ -167,6 +168,196 @@ class _LinePartition(SourcePartition):
 
     def close(self) -> None:
         self._reader.close()
+
+
+class _CsvPartition(SourcePartition):
+    """Rows of a CSV file as dicts keyed by its header, parsed by Arrow's streaming CSV
+    reader: quoted fields may hold newlines; only an empty value is null.
+
+    Types are settled when the partition first opens the file: `column_types`, and for the
+    other columns what Arrow infers from the first block, except that a column of
+    integers past 64 bits (which Arrow would make lossy floats) stays strings. The offset
+    is `{"rows": rows emitted, "schema": those types}`: a restored partition reads past
+    the rows again with the same types, even if the file grew meanwhile (`column_types`
+    given then still wins, to fix a column that failed). An offset of raystream 0.2
+    ((byte position, line number), one row per line, every value a string) resumes at the
+    same row, still with strings, so a run's records keep their kind.
+    """
+
+    def __init__(self, uri: str, offset: int | dict[str, Any] | list[int] | tuple[int, int] | None,
+                 batch_size: int, column_types: dict[str, pa.DataType]):
+        self._uri, self._batch_size = uri, batch_size
+        self._schema: pa.Schema | None = None
+        self._reader: pacsv.CSVStreamingReader | None = None
+        self._file: _Tail | None = None
+        self._pending: pa.RecordBatch | None = None
+        self._ahead: pa.RecordBatch | None = None
+        if isinstance(offset, dict):  # this version's offset
+            self._rows = offset["rows"]
+            self._schema = _schema_of(offset["schema"])
+        elif offset:  # 0.2's
+            self._rows = _rows_before(uri, offset[0])
+            self._schema = self._inferred({}, strings=True)
+        else:
+            self._rows = 0
+            self._schema = self._inferred(column_types, strings=False)
+        if self._schema is None:  # a header and no row
+            return
+        types = {**dict(zip(self._schema.names, self._schema.types)), **column_types}
+        self._schema = pa.schema([(n, types[n]) for n in self._schema.names])
+        self._reader = self._open(types)
+        self._skip = self._rows
+        self._ahead = self._read() if self._reader is not None else None
+
+    # --- opening: the types, then the reader --------------------------------------------
+
+    def _open(self, types: dict[str, pa.DataType]) -> pacsv.CSVStreamingReader | None:
+        """A reader of the file with `types`; None when it holds a header only (Arrow cannot
+        open a file whose header has no newline after it)."""
+        bad: list[Any] = []  # the handler keeps no reference to self: no cycle through Arrow
+
+        def invalid(row: Any) -> str:
+            bad.append(row)
+            return "error"
+
+        self._bad = bad
+        if self._file is not None:
+            self._file.close()
+        self._file = _Tail(_files.open_read(self._uri))
+        parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid)
+        convert = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False)
+        try:
+            return pacsv.open_csv(self._file, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc) and not bad and self._header_only():
+                return None
+            raise self._error(exc, self._schema) from None
+
+    def _inferred(self, column_types: dict[str, pa.DataType], *, strings: bool) -> pa.Schema | None:
+        """The types of a fresh start (None: the file holds a header only)."""
+        reader = self._open(column_types)
+        if reader is None:
+            return None
+        schema = reader.schema
+        if strings:
+            return pa.schema([(n, pa.string()) for n in schema.names])
+        floats = [f.name for f in schema if f.type == pa.float64() and f.name not in column_types]
+        if floats:  # integers past 64 bits look like floats to Arrow: keep those columns exact
+            as_text = self._open({**column_types, **{n: pa.string() for n in floats}})
+            assert as_text is not None  # the same file, opened a moment ago
+            first = as_text.read_next_batch()
+            big = {n for n in floats if any(v is not None and _BIG_INT.fullmatch(v) for v in first.column(n).to_pylist())}
+            schema = pa.schema([(f.name, pa.string() if f.name in big else f.type) for f in schema])
+        return schema
+
+    def _header_only(self) -> bool:
+        with _files.open_read(self._uri) as f:
+            return bool(f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").strip())  # a BOM is not a header
+
+    def _error(self, exc: Exception, schema: pa.Schema | None) -> SourceError:
+        if self._bad:
+            row = self._bad[-1]
+            return SourceError(f"{self._uri}: malformed CSV row {row.text!r}: {row.actual_columns} fields where the "
+                               f"header has {row.expected_columns}; fix or remove the row")
+        if "Empty CSV file" in str(exc):
+            return SourceError(f"{self._uri}:1: CSV file has no header line")
+        column = re.search(r"CSV column #(\d+)", str(exc))
+        if column and schema is not None:
+            name = schema.names[int(column.group(1))]
+            return SourceError(f"{self._uri}: column {name!r}: {exc}. Its type was inferred from the file's first "
+                               f"rows; give FileSource(..., column_types={{{name!r}: 'string'}}) or the type it has")
+        return SourceError(f"{self._uri}: not a readable CSV file ({exc})")
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _read(self) -> pa.RecordBatch | None:
+        """The reader's next batch, past the rows to skip; None at the end of the file."""
+        assert self._reader is not None
+        while True:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                return None
+            except pa.ArrowInvalid as exc:
+                raise self._error(exc, self._schema) from None
+            if self._skip:  # rows emitted before the restore
+                skipped = min(self._skip, batch.num_rows)
+                batch, self._skip = batch.slice(skipped), self._skip - skipped
+            if batch.num_rows:
+                return batch
+
+    def next_batch(self) -> list[dict[str, Any]] | None:
+        if self._pending is None or self._pending.num_rows == 0:
+            if self._ahead is None:
+                return None
+            self._pending, self._ahead = self._ahead, self._read()  # one batch ahead, to know the last
+            if self._ahead is None:
+                self._check_end(self._pending)
+        out, self._pending = self._pending.slice(0, self._batch_size), self._pending.slice(self._batch_size)
+        self._rows += out.num_rows
+        return out.to_pylist()
+
+    def _check_end(self, last: pa.RecordBatch) -> None:
+        """A quote opened in the last row and never closed makes the rest of the file one
+        value, silently: refuse it. (A closed quoted value ends the file with a quote; an
+        unquoted value holds no newline.)"""
+        value = last.column(last.num_columns - 1)[last.num_rows - 1].as_py() if last.num_columns else None
+        assert self._file is not None
+        if isinstance(value, str) and "\n" in value and not self._file.tail.rstrip(b"\r\n").endswith(b'"'):
+            raise SourceError(f"{self._uri}: the file ends inside a quoted value: a quote opened in its last row "
+                              "was never closed, so the lines after it would be read as one value; fix the quote")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"rows": self._rows, "schema": _schema_text(self._schema)}
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._file is not None:
+            self._file.close()
+
+
+_BIG_INT = re.compile(r"[+-]?\d{19,}")  # 19 digits or more: maybe past int64, which Arrow reads as a float
+
+
+class _Tail(io.RawIOBase):
+    """A file read through, keeping its last bytes (for `_CsvPartition._check_end`)."""
+
+    def __init__(self, raw: Any):
+        self._raw, self.tail = raw, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        if data:
+            self.tail = (self.tail + data)[-8:]
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _schema_text(schema: pa.Schema | None) -> str | None:
+    """A schema as JSON-safe text: offsets are saved as JSON under at-most-once."""
+    return None if schema is None else base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def _schema_of(text: str | None) -> pa.Schema | None:
+    return None if text is None else pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def _rows_before(uri: str, position: int) -> int:
+    """Rows of a CSV file before byte `position`, as raystream 0.2 read it: one row per
+    non-blank line, the header not counted."""
+    if position == 0:
+        return 0
+    with _files.open_read(uri) as f:
+        head = f.read(position)
+    return sum(1 for line in head.split(b"\n") if line.strip(b"\r")) - 1
 
 
 class _ParquetPartition(SourcePartition):

@@ -8,6 +8,7 @@ from raystream._runtime.control import driver
 from raystream._runtime.control.coordinator import JobCoordinator
 from raystream._runtime.control.reports import JobOutcome
 from raystream.errors import JobFailedError
+from raystream.result import CheckpointStats, JobResult, JobStatus, StepMetrics
 
 
 def test_metrics_are_not_polled_once_every_subtask_has_finished():
@@ -37,7 +38,7 @@ class FakeTracker:
         return 0.0
 
 
-def supervise(monkeypatch, first, launched):
+def supervise(monkeypatch, first, launched, tracker=None, last_status=None):
     """Run Supervisor._supervise with `ray.get` answering from the refs themselves: an
     exception instance is raised, anything else returned."""
     def fake_get(ref, timeout=None):
@@ -51,7 +52,9 @@ def supervise(monkeypatch, first, launched):
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: launched.append(("killed", actor)))
     sup = object.__new__(driver.Supervisor)
     sup.job = type("J", (), {"name": "j"})()
-    sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported, sup._waiting = FakeTracker(), 1, None, None, 0, ""
+    sup.tracker, sup.generation, sup.error, sup.outcome, sup._reported, sup._waiting = (
+        tracker or FakeTracker(), 1, None, None, 0, "")
+    sup._last_status, sup._started = last_status, driver.time.monotonic()
     sup._check_ray = lambda: None  # the fake Ray is always up
     sup.coordinator = first
     sup._first_ref = first.outcome.remote()
@@ -100,3 +103,41 @@ def test_supervision_ends_when_ray_was_shut_down_under_the_job(monkeypatch):
                         lambda: type("C", (), {"get_node_id": lambda self: "node-of-another-ray"})())
     with pytest.raises(JobFailedError):
         sup._check_ray()
+
+
+def test_status_after_the_end_is_the_final_one_and_asks_no_coordinator(monkeypatch):
+    """wait() kills the coordinator once the job ended; status() went on asking it and
+    said "restarting" for good. Once the job ended, no coordinator is asked."""
+    from raystream._runtime.plan.failure import Failure, FailureKind
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("asked Ray after the job ended")
+
+    steps = {"lookup": StepMetrics(4242, 4241)}
+    at_failure = JobStatus("j", "failed", 2.5, steps, checkpoints=CheckpointStats(completed=3))
+    failed = JobOutcome(None, Failure(FailureKind.RECORD, "lookup", "KeyError"), at_failure, [{"step": "lookup"}])
+    sup = supervise(monkeypatch, FakeCoordinator([failed]), [])
+    monkeypatch.setattr(ray, "get", no_ray)
+    assert sup.status() == at_failure and sup.metrics() == [{"step": "lookup"}]
+
+    result = JobResult("j", "finished", 3.0, steps, {}, restarts=1, metrics=[{"step": "out"}])
+    sup = supervise(monkeypatch, FakeCoordinator([JobOutcome(result, None)]), [])
+    monkeypatch.setattr(ray, "get", no_ray)
+    status = sup.status()
+    assert (status.state, status.elapsed, status.steps, status.restarts) == ("finished", 3.0, steps, 1)
+    assert sup.metrics() == [{"step": "out"}]
+
+
+def test_status_after_supervision_failed_is_failed_with_the_newest_figures_seen(monkeypatch):
+    """The coordinator died past the restart strategy: no outcome, so the newest status
+    the driver polled, as failed, with no subtask running."""
+    class GivingUp:
+        def next_delay(self, failure, **_):
+            raise JobFailedError(f"giving up: {failure}")
+
+    running = JobStatus("j", "running", 1.0, {"lookup": StepMetrics(7, 7)}, subtasks=2, pids={"a[0]": 1})
+    sup = supervise(monkeypatch, FakeCoordinator([ray.exceptions.ActorDiedError()]), [], GivingUp(), running)
+    assert isinstance(sup.error, JobFailedError)
+    status = sup.status()
+    assert (status.state, status.steps, status.subtasks, status.pids) == ("failed", {"lookup": StepMetrics(7, 7)}, 0, {})
+    assert sup.metrics() == []

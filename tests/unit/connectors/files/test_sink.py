@@ -35,7 +35,7 @@ def test_two_runs_into_one_directory_never_overwrite(tmp_path):
         w = FileSink(str(tmp_path)).build_writer(SinkContext("out", 0, 1))
         w.write_batch([run])
         w.close()
-    assert sorted(read_files(str(tmp_path))) == [0, 1]
+    assert sorted(r["value"] for r in read_files(str(tmp_path))) == [0, 1]
 
 
 def test_collect_sink_keep_last_needs_pairs():
@@ -73,7 +73,7 @@ def test_recover_touches_only_its_own_step_subtask_and_run(tmp_path):
     restored.recover([], 4)
     after = sorted(p.name for p in tmp_path.iterdir())
     assert set(before) - set(after) == {mine_txn.files[0][0]}  # only its own staged file is aborted
-    assert sorted(read_files(str(tmp_path))) == [2, 3]
+    assert sorted(r["value"] for r in read_files(str(tmp_path))) == [2, 3]
 
 
 def test_a_late_recover_of_an_older_attempt_destroys_nothing_newer(tmp_path):
@@ -82,7 +82,7 @@ def test_a_late_recover_of_an_older_attempt_destroys_nothing_newer(tmp_path):
     done.commit(done_txn)  # ... and committed checkpoint 6
     old, _ = staged(tmp_path, "out", 0, "run", 1, 1, [])
     old.recover([], 0)  # attempt 1's restore of checkpoint 0, landing late
-    assert (tmp_path / new_txn.files[0][0]).exists() and read_files(str(tmp_path)) == [6]
+    assert (tmp_path / new_txn.files[0][0]).exists() and read_files(str(tmp_path)) == [{"value": 6}]
     refallback, _ = staged(tmp_path, "out", 0, "run", 4, 1, [])
     refallback.recover([], 5)  # attempt 4 falls back to checkpoint 5: checkpoint 6 is retracted
     assert read_files(str(tmp_path)) == [] and not (tmp_path / new_txn.files[0][0]).exists()
