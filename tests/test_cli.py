@@ -32,12 +32,15 @@ def test_version_and_verbose_after_the_command():
     assert proc.returncode == 2 and "job file 'no-such-file.py' does not exist" in proc.stderr
 
 
+def three_records(name: str) -> str:
+    """A job file's text: a job of three records to print, and no guard."""
+    return ("import raystream as rs\n"
+            f"job = rs.Job({name!r})\n"
+            "job.source('in', rs.sources.SequenceSource(3)).sink('o', rs.sinks.PrintSink())\n")
+
+
 def test_a_job_file_that_runs_its_job_when_imported_is_refused_before_anything_runs(tmp_path):
-    (tmp_path / "eager.py").write_text(
-        "import raystream as rs\n"
-        "job = rs.Job('eager')\n"
-        "job.source('in', rs.sources.SequenceSource(3)).sink('o', rs.sinks.PrintSink())\n"
-        "job.run()\n")
+    (tmp_path / "eager.py").write_text(three_records("eager") + "job.run()\n")
     proc = raystream("run", str(tmp_path / "eager.py"))
     assert proc.returncode == 1
     assert proc.stdout.strip() == (f"error: {tmp_path / 'eager.py'} starts a job when it is imported; `raystream run` "
@@ -188,12 +191,8 @@ def test_a_job_that_fails_in_its_workers_prints_one_error_line_and_none_of_their
 
 
 def test_run_file_outside_the_guard_is_refused_in_one_line(tmp_path):
-    (tmp_path / "unguarded.py").write_text(
-        "import raystream as rs\n"
-        "from raystream.cli import run_file\n"
-        "job = rs.Job('unguarded')\n"
-        "job.source('in', rs.sources.SequenceSource(3)).sink('o', rs.sinks.PrintSink())\n"
-        "run_file(__file__)\n")
+    (tmp_path / "unguarded.py").write_text(three_records("unguarded") + "from raystream.cli import run_file\n"
+                                                                        "run_file(__file__)\n")
     proc = raystream("run", str(tmp_path / "unguarded.py"))
     assert proc.returncode == 1
     assert proc.stdout.strip() == (f"error: {tmp_path / 'unguarded.py'} calls run_file when it is imported; put it "

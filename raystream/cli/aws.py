@@ -11,7 +11,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,19 +272,24 @@ def ensure_security_group(ec2: Any, vpc_id: str, name: str, cidr: str, cluster_n
     return group_id, Outcome(False, label, ("added " + " and ".join(added)) if added else "")
 
 
+def _found_or_made(iam: Any, find: Callable[[], Any], make: Callable[[], Any]) -> tuple[Any, bool]:
+    """(what `find` returns, False), or (what `make` returns, True) when IAM has no such entity."""
+    try:
+        return find(), False
+    except iam.exceptions.NoSuchEntityException:
+        return make(), True
+
+
 def ensure_role(iam: Any, name: str, policies: dict[str, dict[str, Any]], cluster_name: str) -> tuple[str, Outcome]:
     """An IAM role EC2 instances may assume, holding exactly these inline policies
     (those it has are rewritten when they differ). Returns its ARN."""
     what = f"IAM role {name}"
-    made = False
     with aws_errors(f"making {what}"):
-        try:
-            role = iam.get_role(RoleName=name)["Role"]
-        except iam.exceptions.NoSuchEntityException:
-            role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_EC2_TRUST),
-                                   Description=f"raystream cluster {cluster_name}",
-                                   Tags=[{"Key": TAG_KEY, "Value": cluster_name}])["Role"]
-            made = True
+        role, made = _found_or_made(
+            iam, lambda: iam.get_role(RoleName=name)["Role"],
+            lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_EC2_TRUST),
+                                    Description=f"raystream cluster {cluster_name}",
+                                    Tags=[{"Key": TAG_KEY, "Value": cluster_name}])["Role"])
         changed = []
         for policy_name, document in policies.items():
             try:
@@ -305,13 +310,10 @@ def ensure_instance_profile(iam: Any, name: str, role_name: str) -> tuple[str, O
     """An instance profile of this name holding `role_name` (EC2 hands a role to an
     instance through a profile). A profile that holds another role is refused."""
     what = f"instance profile {name}"
-    made = False
     with aws_errors(f"making {what}"):
-        try:
-            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-        except iam.exceptions.NoSuchEntityException:
-            profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-            made = True
+        profile, made = _found_or_made(
+            iam, lambda: iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"],
+            lambda: iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"])
         roles = [r["RoleName"] for r in profile.get("Roles", [])]
         if roles and roles != [role_name]:
             raise CloudSetupError(f"{what} holds the role {roles[0]}, not {role_name}: remove it from the profile "

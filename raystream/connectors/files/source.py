@@ -205,15 +205,16 @@ class _CsvPartition(SourcePartition):
             return
         types = {**dict(zip(self._schema.names, self._schema.types)), **column_types}
         self._schema = pa.schema([(n, types[n]) for n in self._schema.names])
-        self._reader = self._open(types)
+        if self._reader is None or self._reader.schema != self._schema:  # else: the fresh start's reader
+            self._reader = self._open(types)
         self._skip = self._rows
         self._ahead = self._read() if self._reader is not None else None
 
     # --- opening: the types, then the reader --------------------------------------------
 
     def _open(self, types: dict[str, pa.DataType]) -> pacsv.CSVStreamingReader | None:
-        """A reader of the file with `types`; None when it holds a header only (Arrow cannot
-        open a file whose header has no newline after it)."""
+        """A reader of the file with `types`, in place of any earlier one; None when it
+        holds a header only (Arrow cannot open a file whose header has no newline after it)."""
         bad: list[Any] = []  # the handler keeps no reference to self: no cycle through Arrow
 
         def invalid(row: Any) -> str:
@@ -221,8 +222,7 @@ class _CsvPartition(SourcePartition):
             return "error"
 
         self._bad = bad
-        if self._file is not None:
-            self._file.close()
+        self.close()
         self._file = _Tail(_files.open_read(self._uri))
         parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid)
         convert = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False)
@@ -235,10 +235,10 @@ class _CsvPartition(SourcePartition):
 
     def _inferred(self, column_types: dict[str, pa.DataType], *, strings: bool) -> pa.Schema | None:
         """The types of a fresh start (None: the file holds a header only)."""
-        reader = self._open(column_types)
-        if reader is None:
+        self._reader = self._open(column_types)  # kept for the run when the types stay as inferred
+        if self._reader is None:
             return None
-        schema = reader.schema
+        schema = self._reader.schema
         if strings:
             return pa.schema([(n, pa.string()) for n in schema.names])
         floats = [f.name for f in schema if f.type == pa.float64() and f.name not in column_types]
@@ -246,6 +246,7 @@ class _CsvPartition(SourcePartition):
             as_text = self._open({**column_types, **{n: pa.string() for n in floats}})
             assert as_text is not None  # the same file, opened a moment ago
             first = as_text.read_next_batch()
+            as_text.close()  # a batch was read: the run opens its own reader
             big = {n for n in floats if any(v is not None and _BIG_INT.fullmatch(v) for v in first.column(n).to_pylist())}
             schema = pa.schema([(f.name, pa.string() if f.name in big else f.type) for f in schema])
         return schema
@@ -313,8 +314,10 @@ class _CsvPartition(SourcePartition):
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
+            self._reader = None
         if self._file is not None:
             self._file.close()
+            self._file = None
 
 
 _BIG_INT = re.compile(r"[+-]?\d{19,}")  # 19 digits or more: maybe past int64, which Arrow reads as a float

@@ -253,5 +253,6 @@ def test_a_closed_csv_partition_closes_its_file(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("a\n1\n")
     part = FileSource(str(path), format="csv").build_partition(str(path), None, 10)
+    file = part._file
     part.close()
-    assert part._file.closed
+    assert file.closed
