@@ -253,8 +253,10 @@ class SimSubtask:
         # An upsert sets the columns a record names: now and then one names fewer.
         partial = [{k: v for k, v in r.items() if k != "id"} for r in rows] \
             if self.world.rng.random() < 0.3 and batch[0] != p else rows  # a partition's first names every column
+        # Files take rows whose fields differ: every seventh id carries one more.
+        noted = [{**r, "note": "seventh"} if r["id"] % 7 == 0 else r for r in rows]
         for step_id, op in self.ops.items():
-            op.process(partial if step_id == "pg_totals" else rows)
+            op.process(partial if step_id == "pg_totals" else rows if step_id == "pg_rows" else noted)
 
     # --- C3, C4 (SubtaskCheckpoints.take) ---------------------------------------------------
 
