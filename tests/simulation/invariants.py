@@ -13,9 +13,9 @@
 - a sink committed for checkpoint n only when its own attempt published n, never for a
   void manifest; every checkpoint a restore could still choose lists only staged files
   that exist or were committed;
-- a run failed only as R5 says it must (every checkpoint of its own refused), or, for a
-  run from another run's checkpoint, when that checkpoint is gone or holds an S3 part
-  file it cannot read.
+- a run failed only as R5 says it must (every checkpoint of its own refused, or a fall-back
+  past a damaged checkpoint another run started from), or, for a run from another run's
+  checkpoint, when that checkpoint is gone or holds an S3 part file it cannot read.
 """
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ class Invariants:
             return True
         if "started from, was refused" in run.outcome and any(r == "r1" for r, _ in self.s.damaged):
             return True  # the checkpoint it started from was damaged
+        if "going back past it would retract output run" in run.outcome and any(r == run.run_id for r, _ in self.s.damaged):
+            return True  # a checkpoint another run started from was damaged: no fall-back past it (R5)
         if run.run_id in self.s.origins and "is gone" in run.outcome:
             return True  # its origin was a checkpoint of a run that goes on, whose retention deleted it
         return run.run_id in self.s.origins and "s3_rolled" in self.s.kinds and "start from a savepoint" in run.outcome

@@ -49,10 +49,11 @@ import pyarrow  # noqa: F401 - loaded before the clock starts
 from raystream import _files
 from raystream.connectors.files import parts as _part_files, compaction
 from raystream._runtime.checkpointing import recovery
+from raystream._runtime.checkpointing.origin import SETTLE_TIMEOUT, hold
 from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.plan.specs import RunOptions
 from raystream.config import CheckpointConfig
-from raystream.errors import CorruptCheckpointError
+from raystream.errors import CorruptCheckpointError, RestoreError
 from raystream.connectors.postgres.sink import PostgresSink, prepared_at_once
 from raystream.sinks import FileSink
 
@@ -232,26 +233,42 @@ class Scenario(Faults):
         """Run B starts `--from` A's newest checkpoint while A goes on; A stops later. B
         must leave A's output alone (A's line stays exactly once), and B's line is A's
         output up to that checkpoint plus B's."""
-        from raystream._runtime.checkpointing.locate import _newest
-        from raystream.errors import RestoreError
-
         rng = self.world.rng
-        await self.until(lambda: a.outcome or self.storage.list("r1/manifests/"), limit=60.0)
-        pause = self.world.sleep(rng.uniform(0.0, 0.5))
-        await self.until(pause.done)
+        recovering = rng.random() < 0.5  # start B while an attempt of A recovers: it may still void A's newest (B5)
+        if recovering:
+            self.storage.in_flight = lambda key: key.startswith("r1/") and self._dies_writing(a)
+        give_up = self.world.now + 60.0  # A may never complete a checkpoint (timeouts in a row): then no fork
+        await self.until(lambda: a.outcome or self.world.now > give_up or self.storage.list("r1/manifests/"),
+                         limit=give_up + 10.0)
+        if recovering:
+            give_up = self.world.now + 5.0
+            await self.until(lambda: a.outcome or self.world.now > give_up or self._recovering("r1"),
+                             limit=give_up + 60.0)
+        else:
+            pause = self.world.sleep(rng.uniform(0.0, 0.5))
+            await self.until(pause.done)
         self.lines.append([a])
         if a.outcome:
             return
-        try:
-            origin = _newest(self.store, "r1", f"{ROOT}/r1")  # what `--from <run dir>` picks: the newest that counts
-        except RestoreError:
-            return
+        deadline = self.world.now + SETTLE_TIMEOUT  # what `--from <run dir>` does (locate_origin)
+        while True:
+            origin, waiting = self._choose_origin()
+            if origin is None or (waiting and self.world.now >= deadline):
+                return  # the start fails: nothing counts, or it never settled
+            if not waiting:
+                break
+            pause = self.world.sleep(0.2)
+            await self.until(pause.done)
         b = self.new_run("r2", parallelism=rng.randint(1, 3), present=list(range(self.partitions)),
                          options=RunOptions(resume=True), outputs=self.outputs(upsert_table="totals_r2"))
         try:
             offsets = self._offsets_at("r1", origin.checkpoint_id)  # before A's retention deletes it
         except (CorruptCheckpointError, KeyError):
             return  # damaged (B would refuse it) or deleted meanwhile: no fork
+        try:
+            hold(self.store, origin, "r2")  # as the driver does (B5)
+        except RestoreError:
+            return  # refused meanwhile: the start fails
         self.store.record_origin("r2", origin)
         self.origins["r2"] = offsets
         self.lines.append([a, b])
@@ -260,6 +277,42 @@ class Scenario(Faults):
         self.world.at(stop_at - self.world.now, lambda: self.stop(a, stop_at + 10.0))
         await self.until(lambda: a.outcome, limit=stop_at + 120.0)  # a stop that is lost never ends
         await self.until(lambda: b.outcome)
+
+    def _dies_writing(self, run: SimRun) -> bool:
+        """A's coordinator dies with its first manifest write in flight (once)."""
+        self.storage.in_flight = None
+        if run.coordinator is None or not run.coordinator.proc.alive or run.outcome:
+            return False
+        run.coordinator.kill()
+        run.log(f"kill {run.coordinator.proc.name} with a manifest write in flight")
+        run.coordinator_died()
+        return True
+
+    def _recovering(self, run_id: str) -> bool:
+        """Whether a manifest of the run has landed and an attempt claimed after its writer
+        has not recorded its restore yet (read from the storage, not from the code under test)."""
+        ids = self.store.manifest_ids(run_id)
+        claims = [int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")]
+        recorded = {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/restores/")}
+        if not ids or not claims:
+            return False
+        try:
+            writer = self.store.load_manifest(run_id, ids[-1]).attempt
+        except (CorruptCheckpointError, FileNotFoundError):
+            return False
+        return any(c > writer and c not in recorded for c in claims)
+
+    def _choose_origin(self) -> tuple[Any, list[int]]:
+        """The checkpoint `--from <A's run dir>` would take now (None: none counts), and
+        the attempts of A it waits for to settle (B5)."""
+        from raystream._runtime.checkpointing.locate import _newest
+        from raystream._runtime.checkpointing.origin import unsettled
+
+        try:
+            origin = _newest(self.store, "r1", f"{ROOT}/r1")  # the newest that counts
+            return origin, unsettled(self.store, "r1", origin.checkpoint_id)
+        except (RestoreError, CorruptCheckpointError, FileNotFoundError):
+            return None, []
 
     def _offsets_at(self, run_id: str, checkpoint_id: int) -> dict[int, int]:
         """Records of each partition read before checkpoint `checkpoint_id` of `run_id`."""

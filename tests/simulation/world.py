@@ -101,6 +101,10 @@ class SimStorage(Storage):
         self.published: list[bytes] = []  # every manifest that ever landed (retention can free an id)
         self.fail_rate = 0.0  # how often a snapshot upload fails (the subtask declines the checkpoint)
         self.outage = (0.0, 0.0)  # while the clock is in it, every snapshot upload fails
+        # a manifest write whose writer dies with it in flight: it lands just after the next
+        # attempt of its run claims, maybe after that attempt listed the manifests (B5)
+        self.in_flight: Callable[[str], bool] | None = None
+        self.held: list[tuple[str, bytes]] = []
 
     def put(self, key: str, data: bytes) -> None:
         if "/snapshots/" in key and (self.outage[0] <= self.world.now < self.outage[1]
@@ -111,14 +115,26 @@ class SimStorage(Storage):
     def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:
         if key in self.objects:
             return False
+        if "/manifests/" in key and self.in_flight is not None and self.in_flight(key):
+            self.held.append((key, data))  # its writer is gone; the PUT lands when the next attempt claims
+            return True
         self.objects[key] = data
+        if "/attempts/" in key:
+            for held in [h for h in self.held if h[0].split("/")[0] == key.split("/")[0]]:
+                self.held.remove(held)
+                self.world.at(self.world.rng.uniform(0.0, 0.15), lambda h=held: self._land(*h))
         if "/manifests/" in key:
-            self.world.log.append(f"{self.world.now:.3f} manifest lands: {key}")
-            self.published.append(data)
-            self.on_manifest(key)
+            self._land(key, data)
             if self.world.rng.random() < 0.03:  # the storage layer reads a lost answer back; that failed too
                 raise TimeoutError(f"the response to the PUT of {key} was lost (it landed)")
         return True
+
+    def _land(self, key: str, data: bytes) -> None:
+        if self.objects.setdefault(key, data) is not data:
+            return  # the key was taken meanwhile: a conditional put fails
+        self.world.log.append(f"{self.world.now:.3f} manifest lands: {key}")
+        self.published.append(data)
+        self.on_manifest(key)
 
     def get(self, key: str, limit: int | None = None) -> bytes:
         try:

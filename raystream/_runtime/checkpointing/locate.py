@@ -1,6 +1,6 @@
 """What a user's checkpoint URI names (docs/savepoints.md): a manifest (a savepoint's URI),
-a run, or a job's checkpoint root; and whether that checkpoint may be restored (F2:
-neither refused nor void).
+a run, or a job's checkpoint root; whether that checkpoint may be restored (F2: neither
+refused nor void).
 
 Telling a run from a job's root, or from the checkpoint storage above the job roots,
 takes many listings (runs, then attempts, manifests and snapshots of each): on S3, each

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from raystream._runtime.checkpointing.origin import holds
 from raystream._runtime.state.changelog import materialize
 from raystream._runtime.state.store import MAX_CHECKPOINT_ID, CheckpointStore
 from raystream._runtime.state.manifest import Manifest, incompatibility
@@ -76,6 +77,7 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
                         checkpoint_id, manifest.attempt)
             continue
         check_restorable(manifest, max_parallelism=max_parallelism, keyed=keyed)
+        _check_holds(store, run_id, manifest.checkpoint_id, refused)
         return manifest
     if own:
         raise RestoreError(
@@ -91,6 +93,20 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
         check_restorable(origin, max_parallelism=max_parallelism, keyed=keyed)
         return origin
     return None
+
+
+def _check_holds(store: CheckpointStore, run_id: str, chosen: int, refused: set[int]) -> None:
+    """R5: a fall-back never goes past a checkpoint another run started from (B5): its
+    recover would retract output that run builds on."""
+    past = {run: held for run, held in holds(store, run_id).items() if held > chosen}
+    if past:
+        run, held = min(past.items(), key=lambda item: item[1])
+        raise RestoreError(
+            f"run {run_id} cannot fall back to checkpoint {chosen}: checkpoint {held}, refused "
+            f"({store.refusal(run_id, held) if held in refused else 'void'}), is where run {run} started "
+            f"from, and going back past it would retract output run {run} builds on. Start a new run from a "
+            f"checkpoint of run {run}, or, if run {run} is not needed, delete {store.storage.uri(f'{run_id}/held/{run}')} "
+            "and resume")
 
 
 async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], *, restoring: bool,

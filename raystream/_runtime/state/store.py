@@ -160,6 +160,10 @@ class CheckpointStore:
         makes a late commit harmless is that its manifest is void (see the module doc)."""
         return not self._claimed(run_id, above=attempt, first=True)
 
+    def claimed_after(self, run_id: str, attempt: int) -> list[int]:
+        """The attempts of the run claimed after `attempt` whose claims verify, newest first."""
+        return self._claimed(run_id, above=attempt)
+
     def record_restore(self, run_id: str, attempt: int, checkpoint_id: int) -> None:
         """R3 (docs/protocol.md): before any of its subtasks touches a sink,
         `attempt` records which checkpoint it restores. Every manifest of an older attempt
