@@ -55,10 +55,10 @@ class Recovery:
                 f"{self.replayed:,} records replayed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class JobStatus:
     """A point-in-time view of a job: `state` is starting, running, restarting, finished,
-    failed or stopped."""
+    failed or stopped. Printed, it is a one-line summary; every field is an attribute."""
 
     job_name: str
     state: str
@@ -75,6 +75,13 @@ class JobStatus:
     aligning: list[str] = field(default_factory=list)  # subtasks waiting for barriers on some inputs
     recoveries: list[Recovery] = field(default_factory=list)
     waiting: str = ""  # subtasks that wait for resources (a cluster that must grow), in words
+
+    def __repr__(self) -> str:
+        cp = self.checkpoints
+        restarts = f", {self.restarts} restart{'s' * (self.restarts != 1)}" if self.restarts else ""
+        waiting = f"; waiting: {self.waiting}" if self.waiting else ""
+        return (f"<JobStatus {self.job_name}: {self.state} for {self.elapsed:.1f}s, {len(self.steps)} steps, "
+                f"{self.subtasks} subtasks, {cp.completed} checkpoints{restarts}{waiting}>")
 
 
 @dataclass(frozen=True, repr=False)

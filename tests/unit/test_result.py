@@ -1,5 +1,5 @@
 """A job's result prints as one short line, and as a table of its steps in a notebook."""
-from raystream.result import CheckpointStats, JobResult, StepMetrics
+from raystream.result import CheckpointStats, JobResult, JobStatus, StepMetrics
 
 
 def result() -> JobResult:
@@ -10,6 +10,15 @@ def result() -> JobResult:
 
 def test_printed_it_is_one_short_line_whatever_its_outputs_hold():
     assert str(result()) == repr(result()) == "<JobResult wc: finished in 1.23s, 2 steps, 3 checkpoints, 2 restarts>"
+
+
+def test_a_status_prints_as_one_short_line():
+    steps = {f"step{i}": StepMetrics(10 ** 6, 10 ** 6) for i in range(12)}
+    status = JobStatus("billing", "running", 12.34, steps, subtasks=6, pids={f"c[{i}]": 100 + i for i in range(6)},
+                       checkpoints=CheckpointStats(completed=5), restarts=1)
+    assert repr(status) == "<JobStatus billing: running for 12.3s, 12 steps, 6 subtasks, 5 checkpoints, 1 restart>"
+    waiting = JobStatus("j", "starting", 0.5, waiting="2 subtasks wait for 1 CPU each")
+    assert repr(waiting) == "<JobStatus j: starting for 0.5s, 0 steps, 0 subtasks, 0 checkpoints; waiting: 2 subtasks wait for 1 CPU each>"
 
 
 def test_in_a_notebook_it_is_a_table_of_its_steps_with_names_escaped():
