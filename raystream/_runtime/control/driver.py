@@ -174,10 +174,14 @@ class Supervisor:
     def status(self) -> JobStatus:
         if self._done.is_set():  # wait() kills the coordinator: asking it would say "restarting" for good
             return self.final_status()
+        elapsed = time.monotonic() - self._started
         try:
             status = ray.get(self.coordinator.status.remote(), timeout=10)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return JobStatus(self.job.name, "restarting", 0.0)
+        except ray.exceptions.GetTimeoutError:  # alive but busy: its last word stands
+            last = self._last_status or JobStatus(self.job.name, "starting", 0.0)
+            return dataclasses.replace(last, elapsed=elapsed)
+        except ray.exceptions.RayActorError:  # dead: the supervisor starts the next one
+            return JobStatus(self.job.name, "restarting", elapsed)
         self._last_status = status
         return status
 

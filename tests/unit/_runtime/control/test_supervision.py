@@ -141,3 +141,24 @@ def test_status_after_supervision_failed_is_failed_with_the_newest_figures_seen(
     status = sup.status()
     assert (status.state, status.steps, status.subtasks, status.pids) == ("failed", {"lookup": StepMetrics(7, 7)}, 0, {})
     assert sup.metrics() == []
+
+
+def test_status_of_a_busy_coordinator_is_its_last_word_and_of_a_dead_one_restarting(monkeypatch):
+    """A status call that timed out (the coordinator busy, say restoring a large state)
+    said "restarting" with 0 s elapsed while the job ran."""
+    running = JobStatus("j", "running", 1.0, {"lookup": StepMetrics(7, 7)}, subtasks=2, pids={"a[0]": 1})
+    sup = object.__new__(driver.Supervisor)
+    sup.job = type("J", (), {"name": "j"})()
+    sup._done, sup._last_status, sup._started = type("E", (), {"is_set": lambda self: False})(), running, 0.0
+    sup.coordinator = type("C", (), {"status": FakeMethod([ray.exceptions.GetTimeoutError(),
+                                                          ray.exceptions.ActorDiedError()])})()
+    monkeypatch.setattr(driver.time, "monotonic", lambda: 42.0)
+
+    def fake_get(ref, timeout=None):
+        raise ref
+
+    monkeypatch.setattr(ray, "get", fake_get)
+    busy = sup.status()
+    assert (busy.state, busy.elapsed, busy.subtasks, busy.steps) == ("running", 42.0, 2, running.steps)
+    dead = sup.status()
+    assert (dead.state, dead.elapsed) == ("restarting", 42.0)
