@@ -24,6 +24,6 @@ nitpicky = True  # a reference to a name that is not documented fails the build
 # Types of other libraries (no intersphinx: the build machines reach package registries
 # only) and the runtime's plain data, which the reference does not document.
 nitpick_ignore_regex = [
-    ("py:class", r"(datetime|abc|enum|typing|collections\.abc|pyarrow(\.lib)?|pa)\..*"),
+    ("py:class", r"(datetime|abc|enum|typing|collections\.abc|pyarrow(\.lib)?|pa|numpy|np)\..*"),
     ("py:class", r"raystream\.(graph\.(StepTable|JobGraph)|windows\.Assigner|retry\.T)"),
 ]

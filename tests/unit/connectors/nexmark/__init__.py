@@ -1,0 +1,1 @@
+"""Unit tests of raystream/connectors/nexmark/, one file per module."""
