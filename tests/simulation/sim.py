@@ -250,15 +250,9 @@ class Scenario(Faults):
         self.lines.append([a])
         if a.outcome:
             return
-        deadline = self.world.now + SETTLE_TIMEOUT  # what `--from <run dir>` does (locate_origin)
-        while True:
-            origin, waiting = self._choose_origin()
-            if origin is None or (waiting and self.world.now >= deadline):
-                return  # the start fails: nothing counts, or it never settled
-            if not waiting:
-                break
-            pause = self.world.sleep(0.2)
-            await self.until(pause.done)
+        origin = await self._locate_origin()
+        if origin is None:
+            return  # the start fails: nothing counts, or it never settled
         b = self.new_run("r2", parallelism=rng.randint(1, 3), present=list(range(self.partitions)),
                          options=RunOptions(resume=True), outputs=self.outputs(upsert_table="totals_r2"))
         try:
@@ -302,17 +296,30 @@ class Scenario(Faults):
             return False
         return any(c > writer and c not in recorded for c in claims)
 
-    def _choose_origin(self) -> tuple[Any, list[int]]:
-        """The checkpoint `--from <A's run dir>` would take now (None: none counts), and
-        the attempts of A it waits for to settle (B5)."""
+    async def _locate_origin(self) -> Any:
+        """What `--from <A's run dir>` takes (origin.locate_origin), with the storage's
+        delays between its reads: the newest checkpoint that counts, once settled (B5);
+        None when the start fails."""
         from raystream._runtime.checkpointing.locate import _newest
-        from raystream._runtime.checkpointing.origin import unsettled
+        from raystream._runtime.checkpointing.origin import settle
 
-        try:
-            origin = _newest(self.store, "r1", f"{ROOT}/r1")  # the newest that counts
-            return origin, unsettled(self.store, "r1", origin.checkpoint_id)
-        except (RestoreError, CorruptCheckpointError, FileNotFoundError):
-            return None, []
+        started = self.world.now
+        while True:
+            try:
+                ref = _newest(self.store, "r1", f"{ROOT}/r1")
+            except (RestoreError, CorruptCheckpointError, FileNotFoundError):
+                return None
+            pause = self.world.sleep(self.world.delay())  # A moves on between the two reads
+            await self.until(pause.done)
+            overdue = self.world.now - started >= SETTLE_TIMEOUT
+            waiting = settle(self.store, ref, "closed by run r2, which starts from it" if overdue else "")
+            if waiting == []:
+                return ref
+            if waiting is not None:
+                if self.world.now - started >= 2 * SETTLE_TIMEOUT:
+                    return None
+                pause = self.world.sleep(0.2)
+                await self.until(pause.done)
 
     def _offsets_at(self, run_id: str, checkpoint_id: int) -> dict[int, int]:
         """Records of each partition read before checkpoint `checkpoint_id` of `run_id`."""

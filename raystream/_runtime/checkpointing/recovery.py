@@ -115,18 +115,42 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
     """R3, in this order: claim the next attempt number (from now on every
     manifest an older attempt publishes late is void), choose the checkpoint to restore
     (`restoring`: after a failure or on resume), and record the choice durably before
-    any subtask of the attempt touches a sink. Returns (attempt, manifest or None)."""
-    attempt = await blocking(store.claim_attempt, run_id)
+    any subtask of the attempt touches a sink. Returns (attempt, manifest or None).
+
+    An attempt that cannot choose records that it voids nothing, so that starts from
+    this run's checkpoints need not wait for it (B5); one that a start closed meanwhile
+    (it took longer than the start waits) claims again."""
+    for _ in range(_CLAIMS):
+        attempt = await blocking(store.claim_attempt, run_id)
+        try:
+            manifest = await _choose(store, run_id, refused, restoring, max_parallelism, keyed, blocking)
+        except Exception as exc:
+            try:
+                await blocking(store.record_restore, run_id, attempt, 0, f"it could not restore: {exc}"[:300])
+            except Exception:  # noqa: BLE001 - the error that ends the attempt is the one to report
+                logger.warning("attempt %d of run %s could not record that it voids nothing", attempt, run_id)
+            raise
+        if await blocking(store.record_restore, run_id, attempt, manifest.checkpoint_id if manifest else 0):
+            return attempt, manifest
+        logger.warning("attempt %d of run %s was closed before it recorded its restore (a run starting from one "
+                       "of its checkpoints waited for it); claiming the next", attempt, run_id)
+    raise RestoreError(f"{_CLAIMS} attempts of run {run_id} in a row were closed before they recorded their restore: "
+                       "runs starting from its checkpoints keep closing them; start it again later")
+
+
+_CLAIMS = 5  # attempts in a row that a start may close before the run gives up
+
+
+async def _choose(store: CheckpointStore, run_id: str, refused: set[int], restoring: bool, max_parallelism: int,
+                  keyed: bool, blocking: Callable[..., Awaitable[Any]]) -> Manifest | None:
     ids = await blocking(store.manifest_ids, run_id)
     if ids and max(ids) >= MAX_CHECKPOINT_ID:  # the next checkpoint id would not fit its name
         raise RestoreError(f"run {run_id} under {store.root} holds manifest {max(ids)}, an id raystream never "
                            "reaches: someone who can write the storage put it there. Remove it, then resume")
-    manifest = None
-    if restoring:
-        manifest = await blocking(lambda: choose_checkpoint(store, run_id, refused, max_parallelism=max_parallelism,
-                                                            keyed=keyed))
-    await blocking(store.record_restore, run_id, attempt, manifest.checkpoint_id if manifest else 0)
-    return attempt, manifest
+    if not restoring:
+        return None
+    return await blocking(lambda: choose_checkpoint(store, run_id, refused, max_parallelism=max_parallelism,
+                                                    keyed=keyed))
 
 
 def read_progress(store: CheckpointStore, run_id: str, source_steps: list[str], attempt: int) -> dict[str, dict[str, Any]]:

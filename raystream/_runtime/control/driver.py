@@ -25,7 +25,7 @@ from raystream import _files
 from raystream._runtime.control.actors import spare_count
 from raystream._runtime.state import signing
 from raystream._runtime.state.store import CheckpointStore, new_run_id
-from raystream._runtime.checkpointing.origin import hold, locate_origin
+from raystream._runtime.checkpointing.origin import hold, locate_origin, release
 from raystream._runtime.control.connect import ensure_ray
 from raystream._runtime.control.coordinator import JobCoordinator, actor_name
 from raystream._runtime.plan.physical import PhysicalPlan, build_plan
@@ -307,14 +307,23 @@ def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | Non
     store = CheckpointStore(root)
     run_id = resumable_run(job, store) if resume else new_run_id()
     if from_checkpoint:
-        origin = locate_origin(from_checkpoint)
+        origin = locate_origin(from_checkpoint, run_id)
         origin_store = store if origin.root == root else CheckpointStore(origin.root)
         manifest = origin_store.load_manifest(origin.run_id, origin.checkpoint_id)
         check_restorable(manifest, max_parallelism=job.runtime.max_parallelism, keyed=job.keyed)
         check_matches(manifest, job.step_ids, allow_non_restored_state)
         hold(origin_store, origin, run_id)
-        store.record_origin(run_id, origin)
-        logger.info("job %s: run %s starts from %s", job.name, run_id, origin.uri)
+        try:
+            store.record_origin(run_id, origin)
+            logger.info("job %s: run %s starts from %s", job.name, run_id, origin.uri)
+            return _supervise(job, plan, run_id, root, RunOptions(resume=True,
+                                                                   allow_non_restored_state=allow_non_restored_state))
+        except BaseException:  # the run never began: its hold must not stop the other run's fall-backs
+            release(origin_store, origin, run_id)
+            raise
+    return _supervise(job, plan, run_id, root, RunOptions(resume=resume, allow_non_restored_state=allow_non_restored_state))
+
+
+def _supervise(job: JobGraph, plan: Any, run_id: str, root: str, options: RunOptions) -> "Supervisor":
     ensure_ray()
-    options = RunOptions(resume=resume or bool(from_checkpoint), allow_non_restored_state=allow_non_restored_state)
     return Supervisor(job, plan, run_id, root, options)

@@ -1,10 +1,14 @@
 """A checkpoint another run starts from (B5): taken once settled, held while taken."""
+import asyncio
+import dataclasses
+
 import pytest
 
 from raystream._runtime.checkpointing import origin as origin_mod
 from raystream._runtime.checkpointing.locate import locate
-from raystream._runtime.checkpointing.origin import hold, holds, locate_origin, unsettled
-from raystream._runtime.state.store import CheckpointRef, CheckpointStore
+from raystream._runtime.checkpointing.recovery import begin_attempt
+from raystream._runtime.checkpointing.origin import hold, holds, locate_origin, release, settle
+from raystream._runtime.state.store import MAX_CHECKPOINT_ID, CheckpointRef, CheckpointStore
 from raystream.errors import RestoreError
 
 from tests.helpers.checkpoints import choose, write_checkpoint
@@ -37,39 +41,74 @@ def test_a_start_from_a_recovering_run_waits_until_its_checkpoint_is_settled(tmp
     monkeypatch.setattr(origin_mod.time, "sleep", recorded_meanwhile)
     if taken is None:
         with pytest.raises(RestoreError, match="each was refused or is void"):
-            locate_origin(str(tmp_path / "j" / "run"), timeout=10.0)
+            locate_origin(str(tmp_path / "j" / "run"), "b", timeout=10.0)
     else:
-        ref = locate_origin(str(tmp_path / "j" / "run"), timeout=10.0)
+        ref = locate_origin(str(tmp_path / "j" / "run"), "b", timeout=10.0)
         assert (ref.run_id, ref.checkpoint_id) == ("run", taken)
     assert len(polls) == 1
     # a manifest URI: the same wait, then void unless it was restored or older
     manifest = str(tmp_path / "j" / "run" / "manifests" / f"{2:012d}.json")
     if restored < 2:
         with pytest.raises(RestoreError, match="is void"):
-            locate_origin(manifest, timeout=10.0)
+            locate_origin(manifest, "b", timeout=10.0)
     else:
-        assert locate_origin(manifest, timeout=10.0).checkpoint_id == 2
+        assert locate_origin(manifest, "b", timeout=10.0).checkpoint_id == 2
 
 
-def test_a_start_from_a_run_whose_attempt_never_records_fails_naming_it(tmp_path, monkeypatch):
+def test_an_attempt_that_never_records_is_closed_after_the_wait_and_claims_again_if_it_runs(tmp_path, monkeypatch):
+    """An attempt that claimed and died (or failed) before it recorded its restore made
+    every older checkpoint of its run unusable for a start, for good (review of B5)."""
+    store = recovering_run(tmp_path)
+    clock = [0.0]
+    monkeypatch.setattr(origin_mod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    ref = locate_origin(str(tmp_path / "j" / "run"), "b", timeout=3.0)
+    assert (ref.checkpoint_id, clock[0] >= 3.0) == (2, True)
+    assert store.restore_points("run") == {2: MAX_CHECKPOINT_ID}  # closed: it voids nothing
+    assert store.read_record("run/restores/000002", "restore")["closed"] == "closed by run b, which starts from it"
+    assert not store.record_restore("run", 2, 1)  # attempt 2, if it still runs, cannot record: it claims again
+    assert locate(str(tmp_path / "j" / "run")).checkpoint_id == 2
+
+
+def test_checkpoints_that_stay_unsettled_fail_the_start_naming_the_attempts(tmp_path, monkeypatch):
+    """A bound on the wait, should closing not settle it (here: the closing records are lost)."""
     recovering_run(tmp_path)
     clock = [0.0]
     monkeypatch.setattr(origin_mod.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
-    with pytest.raises(RestoreError) as info:
-        locate_origin(str(tmp_path / "j" / "run"), timeout=3.0)
-    assert "checkpoint 2 of run run is not settled: attempt 2 of that run" in str(info.value)
-    assert "resume it once (--resume) or start from a savepoint" in str(info.value)
-    assert clock[0] >= 3.0
-    assert locate(str(tmp_path / "j" / "run")).checkpoint_id == 2  # reading it does not wait
+    monkeypatch.setattr(CheckpointStore, "record_restore", lambda self, *args: False)
+    with pytest.raises(RestoreError, match=r"checkpoint 2 of run run is not settled: attempts \[\d+"):
+        locate_origin(str(tmp_path / "j" / "run"), "b", timeout=1.0)
+
+
+def test_void_and_settled_are_judged_from_one_read(tmp_path, monkeypatch):
+    """A restore recorded between the start's two reads (one to name the newest that
+    counts, one to see that it is settled) let a start take a void checkpoint."""
+    store = recovering_run(tmp_path)
+    real_locate = origin_mod.locate
+    calls = []
+
+    def located_then_recorded(uri):
+        ref = real_locate(uri)
+        calls.append(ref.checkpoint_id)
+        if len(calls) == 1:
+            store.record_restore("run", 2, 1)  # attempt 2 restores 1: checkpoint 2 is void from here on
+        return ref
+
+    monkeypatch.setattr(origin_mod, "locate", located_then_recorded)
+    monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: None)
+    assert locate_origin(str(tmp_path / "j" / "run"), "b").checkpoint_id == 1 and calls == [2, 1]
+    assert settle(store, CheckpointRef(store.root, "run", 2)) is None  # void
+    store.storage.delete([f"run/manifests/{1:012d}.json"])  # retained away between the reads
+    assert settle(store, CheckpointRef(store.root, "run", 1)) is None
 
 
 def test_a_checkpoint_written_by_the_newest_attempt_is_settled(tmp_path):
     store = recovering_run(tmp_path)
     store.record_restore("run", 2, 2)
-    assert unsettled(store, "run", 2) == [] and unsettled(store, "run", 1) == []
+    assert settle(store, CheckpointRef(store.root, "run", 2)) == [] == settle(store, CheckpointRef(store.root, "run", 1))
     assert store.claim_attempt("run") == 3  # attempt 3 claimed after both landed: it lists them
-    assert unsettled(store, "run", 2) == [3]
+    assert settle(store, CheckpointRef(store.root, "run", 2)) == [3]
 
 
 def test_a_fall_back_past_a_checkpoint_another_run_started_from_stops_and_names_it(tmp_path):
@@ -103,10 +142,74 @@ def test_a_hold_that_does_not_verify_is_ignored(tmp_path):
     assert holds(store, "run") == {"other": 1}
 
 
-def test_a_hold_on_a_checkpoint_refused_meanwhile_stops_the_start(tmp_path):
+def test_a_hold_on_a_checkpoint_refused_meanwhile_stops_the_start_and_is_removed(tmp_path):
     store = CheckpointStore(str(tmp_path / "j"))
     store.claim_attempt("run")
     write_checkpoint(store, 1, {"k": 1})
     store.refuse("run", 1, "damaged")
     with pytest.raises(RestoreError, match=r"checkpoint 1 of run run was refused \(damaged\)"):
         hold(store, CheckpointRef(store.root, "run", 1), "other")
+    assert holds(store, "run") == {}
+
+
+def test_a_hold_that_cannot_be_written_stops_a_start_unless_from_a_savepoint(tmp_path, monkeypatch):
+    store = CheckpointStore(str(tmp_path / "j"))
+    store.claim_attempt("run")
+    write_checkpoint(store, 1, {"k": 1})
+
+    def read_only(key, body):
+        raise PermissionError(13, "Permission denied", key)
+
+    monkeypatch.setattr(store, "write_record", read_only)
+    with pytest.raises(RestoreError, match="needs write access to that storage; or start from a savepoint"):
+        hold(store, CheckpointRef(store.root, "run", 1), "other")
+    final = store.load_manifest("run", 1)
+    monkeypatch.setattr(store, "load_manifest", lambda run_id, checkpoint_id: dataclasses.replace(final, final=True))
+    hold(store, CheckpointRef(store.root, "run", 1), "other")  # a savepoint: only a warning
+
+
+def test_release_removes_a_hold(tmp_path):
+    store = CheckpointStore(str(tmp_path / "j"))
+    store.claim_attempt("run")
+    write_checkpoint(store, 1, {"k": 1})
+    hold(store, CheckpointRef(store.root, "run", 1), "other")
+    release(store, CheckpointRef(store.root, "run", 1), "other")
+    assert holds(store, "run") == {}
+
+
+async def _now(fn, *args):
+    return fn(*args)
+
+
+def test_an_attempt_that_cannot_choose_records_that_it_voids_nothing(tmp_path):
+    """Else its claim, unrecorded, would hold back every start from this run's older
+    checkpoints until the start's wait ran out (review of B5)."""
+    store = CheckpointStore(str(tmp_path / "j"))
+    store.claim_attempt("run")
+    write_checkpoint(store, 1, {"k": 1})
+    with pytest.raises(RestoreError, match="max_parallelism"):
+        asyncio.run(begin_attempt(store, "run", set(), restoring=True, max_parallelism=64, keyed=True, blocking=_now))
+    assert store.restore_points("run") == {2: MAX_CHECKPOINT_ID}
+    assert "it could not restore" in store.read_record("run/restores/000002", "restore")["closed"]
+    assert settle(store, CheckpointRef(store.root, "run", 1)) == []
+
+
+def test_an_attempt_closed_before_it_recorded_claims_again(tmp_path, monkeypatch):
+    store = CheckpointStore(str(tmp_path / "j"))
+    store.claim_attempt("run")
+    write_checkpoint(store, 1, {"k": 1})
+    real_claim = CheckpointStore.claim_attempt
+    closed = []
+
+    def claim_then_closed(self, run_id):  # a start closes the attempt while it chooses
+        attempt = real_claim(self, run_id)
+        if not closed:
+            closed.append(attempt)
+            self.record_restore(run_id, attempt, 0, "closed by run b, which starts from it")
+        return attempt
+
+    monkeypatch.setattr(CheckpointStore, "claim_attempt", claim_then_closed)
+    attempt, manifest = asyncio.run(begin_attempt(store, "run", set(), restoring=True, max_parallelism=128,
+                                                  keyed=True, blocking=_now))
+    assert (closed, attempt, manifest.checkpoint_id) == ([2], 3, 1)
+    assert store.restore_points("run") == {2: MAX_CHECKPOINT_ID, 3: 1}
