@@ -11,7 +11,7 @@
   row lock, the job never held more prepared transactions than the driver's check asks
   for, and a run that ended left none prepared;
 - a sink committed for checkpoint n only when its own attempt published n, never for a
-  void manifest; every checkpoint a restore could still choose lists only staged files
+  void manifest; an attempt recorded as voiding nothing (closed) started no subtask; every checkpoint a restore could still choose lists only staged files
   that exist or were committed;
 - a run failed only as R5 says it must (every checkpoint of its own refused, or a fall-back
   past a damaged checkpoint another run started from), or, for a run from another run's
@@ -64,6 +64,22 @@ class Invariants:
             self._check_line(line)
         self._check_commits()
         self._check_restorable()
+        self._check_closed()
+
+    def _check_closed(self) -> None:
+        """An attempt recorded as closed or as voiding nothing (R3) never started a subtask."""
+        for run_id in sorted({r.run_id for r in self.s.runs}):
+            for key in self.s.storage.list(f"{run_id}/restores/"):
+                try:
+                    body = self.s.store.read_record(key, "restore")
+                except Exception:  # noqa: BLE001 - a planted record: the store ignores it
+                    continue
+                if body.get("closed"):
+                    started = [line for line in self.s.world.log if f"{run_id}:subtask" in line
+                               and f"@a{body['attempt']} " in line]
+                    if started:
+                        raise SimFailure(f"attempt {body['attempt']} of {run_id} was closed ({body['closed']}) "
+                                         f"but ran: {started[0]}")
 
     def _failure_expected(self, run: SimRun) -> bool:
         """R5: a run fails when every checkpoint of its own that counts is refused, which

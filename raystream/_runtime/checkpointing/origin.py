@@ -23,41 +23,36 @@ SETTLE_TIMEOUT = 30.0
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def locate_origin(uri: str, run_id: str, timeout: float = SETTLE_TIMEOUT) -> CheckpointRef:
-    """B5: the checkpoint `uri` names, once it is settled, for run `run_id` to start from.
-    A checkpoint of a run that is recovering may still become void (F2): waits for that
-    run's newer attempts to record what they restore, and names the checkpoint again when
-    one voided it (a run's newest that counts may then be another). An attempt that has
-    not recorded after `timeout` (it died, or its run is gone) is closed: recorded as
-    voiding nothing, so that if it still runs it claims again. RestoreError if the
-    checkpoint is still not settled after twice `timeout`."""
-    started = time.monotonic()
+def locate_origin(uri: str, timeout: float = SETTLE_TIMEOUT) -> CheckpointRef:
+    """B5: the checkpoint `uri` names, once it is settled. A checkpoint of a run that is
+    recovering may still become void (F2): waits for that run's newer attempts to record
+    what they restore, and names the checkpoint again when one voided it (a run's newest
+    that counts may then be another). RestoreError after `timeout`."""
+    deadline = time.monotonic() + timeout
     while True:
         ref = locate(uri)
-        overdue = time.monotonic() - started >= timeout
-        waiting = settle(CheckpointStore(ref.root), ref, f"closed by run {run_id}, which starts from it" if overdue
-                         else "")
+        waiting = settle(CheckpointStore(ref.root), ref)
         if waiting == []:
             return ref
         if waiting is not None:
-            if time.monotonic() - started >= 2 * timeout:
+            if time.monotonic() >= deadline:
                 raise RestoreError(
-                    f"checkpoint {ref.checkpoint_id} of run {ref.run_id} is not settled: attempts {waiting} of that run "
-                    "keep beginning to recover without recording which checkpoint they restore, and one that takes an "
-                    f"older one voids this one (docs/protocol.md, B5). Waited {2 * timeout:.0f} s; try again, or start "
-                    "from a savepoint")
+                    f"checkpoint {ref.checkpoint_id} of run {ref.run_id} is not settled: attempt {waiting[0]} of that "
+                    "run has begun to recover but has not recorded which checkpoint it restores, and if it takes an "
+                    f"older one, this one becomes void (docs/protocol.md, B5). Waited {timeout:.0f} s. If run "
+                    f"{ref.run_id} is recovering, try again in a moment; if its attempt died, resuming that run once "
+                    "(--resume) records it as voiding nothing; or start from another checkpoint")
             logger.info("checkpoint %d of run %s waits for attempt %d of its run to record its restore (B5)",
                         ref.checkpoint_id, ref.run_id, waiting[0])
             time.sleep(0.2)
 
 
-def settle(store: CheckpointStore, ref: CheckpointRef, close: str = "") -> list[int] | None:
+def settle(store: CheckpointStore, ref: CheckpointRef) -> list[int] | None:
     """One look at whether the checkpoint is settled: the attempts of its run, claimed
     after the one that wrote it, that have not recorded their restore (R3), any of which
     may still void it (F2); [] when none. None when it is void or gone: name it again.
     Void and settled are judged from one read of the records (an attempt claimed after
-    the manifest landed lists it, so only those read can void it). `close`: record those
-    attempts as voiding nothing first, with this reason."""
+    the manifest landed lists it, so only those read can void it)."""
     try:
         manifest = store.load_manifest(ref.run_id, ref.checkpoint_id)
     except (FileNotFoundError, CorruptCheckpointError):
@@ -65,12 +60,7 @@ def settle(store: CheckpointStore, ref: CheckpointRef, close: str = "") -> list[
     points = store.restore_points(ref.run_id)
     if store.is_void(manifest, points):
         return None
-    waiting = [attempt for attempt in store.claimed_after(ref.run_id, manifest.attempt) if attempt not in points]
-    if waiting and close:
-        for attempt in waiting:
-            store.record_restore(ref.run_id, attempt, 0, close)
-        return settle(store, ref)
-    return waiting
+    return [attempt for attempt in store.claimed_after(ref.run_id, manifest.attempt) if attempt not in points]
 
 
 def hold(store: CheckpointStore, origin: CheckpointRef, run_id: str) -> None:

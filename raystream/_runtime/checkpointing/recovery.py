@@ -117,9 +117,10 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
     (`restoring`: after a failure or on resume), and record the choice durably before
     any subtask of the attempt touches a sink. Returns (attempt, manifest or None).
 
-    An attempt that cannot choose records that it voids nothing, so that starts from
-    this run's checkpoints need not wait for it (B5); one that a start closed meanwhile
-    (it took longer than the start waits) claims again."""
+    An attempt that cannot choose records that it voids nothing, and a recorded attempt
+    closes older ones that never recorded (they died in between), so that starts from
+    this run's checkpoints need not wait for them (B5); an attempt closed meanwhile
+    claims again, having touched no sink."""
     for _ in range(_CLAIMS):
         attempt = await blocking(store.claim_attempt, run_id)
         try:
@@ -131,14 +132,16 @@ async def begin_attempt(store: CheckpointStore, run_id: str, refused: set[int], 
                 logger.warning("attempt %d of run %s could not record that it voids nothing", attempt, run_id)
             raise
         if await blocking(store.record_restore, run_id, attempt, manifest.checkpoint_id if manifest else 0):
+            for older in await blocking(store.unrecorded, run_id, attempt):  # they died before they recorded
+                await blocking(store.record_restore, run_id, older, 0, f"closed by attempt {attempt}")
             return attempt, manifest
-        logger.warning("attempt %d of run %s was closed before it recorded its restore (a run starting from one "
-                       "of its checkpoints waited for it); claiming the next", attempt, run_id)
-    raise RestoreError(f"{_CLAIMS} attempts of run {run_id} in a row were closed before they recorded their restore: "
-                       "runs starting from its checkpoints keep closing them; start it again later")
+        logger.warning("attempt %d of run %s was closed by a newer attempt before it recorded its restore; "
+                       "claiming the next", attempt, run_id)
+    raise RestoreError(f"{_CLAIMS} attempts of run {run_id} in a row were closed by newer ones before they recorded "
+                       "their restore: more than one process is recovering this run; stop all but one")
 
 
-_CLAIMS = 5  # attempts in a row that a start may close before the run gives up
+_CLAIMS = 5  # attempts in a row that newer ones may close before this one gives up
 
 
 async def _choose(store: CheckpointStore, run_id: str, refused: set[int], restoring: bool, max_parallelism: int,

@@ -307,7 +307,7 @@ def start_job(job: JobGraph, *, resume: bool = False, from_checkpoint: str | Non
     store = CheckpointStore(root)
     run_id = resumable_run(job, store) if resume else new_run_id()
     if from_checkpoint:
-        origin = locate_origin(from_checkpoint, run_id)
+        origin = locate_origin(from_checkpoint)
         origin_store = store if origin.root == root else CheckpointStore(origin.root)
         manifest = origin_store.load_manifest(origin.run_id, origin.checkpoint_id)
         check_restorable(manifest, max_parallelism=job.runtime.max_parallelism, keyed=job.keyed)

@@ -164,21 +164,25 @@ class CheckpointStore:
         """The attempts of the run claimed after `attempt` whose claims verify, newest first."""
         return self._claimed(run_id, above=attempt)
 
+    def unrecorded(self, run_id: str, below: int) -> list[int]:
+        """The verified attempts older than `below` without a restore record (R3)."""
+        points = self.restore_points(run_id)
+        return [attempt for attempt in self._claimed(run_id) if attempt < below and attempt not in points]
+
     def record_restore(self, run_id: str, attempt: int, checkpoint_id: int, closed: str = "") -> bool:
         """R3 (docs/protocol.md): before any of its subtasks touches a sink, `attempt`
         records which checkpoint it restores; every manifest of an older attempt with a
         larger id is void from now on. Written once: False when a verified record was
-        there first (a start from this run's checkpoint closed the attempt, B5). `closed`:
-        the record of an attempt that restores nothing and voids nothing (its point lies
-        past every id), written by whoever closes it, and why."""
+        there first (a newer attempt closed this one). `closed`: the record of an attempt
+        that restores nothing and voids nothing (its point lies past every id), and why."""
         key = f"{run_id}/restores/{attempt:06d}"
         body = {"type": "restore", "key": key, "job": self.job, "run": run_id, "attempt": attempt,
                 "checkpoint": MAX_CHECKPOINT_ID if closed else checkpoint_id, **({"closed": closed} if closed else {})}
         data = signed_json(body, self._key)
         if self.storage.put_if_absent(key, data):
             return True
-        if self._record(key, "restore", {"run": run_id, "attempt": attempt}) is not None:
-            return False
+        if closed or self._record(key, "restore", {"run": run_id, "attempt": attempt}) is not None:
+            return False  # only the attempt itself replaces a record planted at its key
         self.storage.put(key, data)  # a record planted without the key: it never counted
         return True
 

@@ -41,44 +41,56 @@ def test_a_start_from_a_recovering_run_waits_until_its_checkpoint_is_settled(tmp
     monkeypatch.setattr(origin_mod.time, "sleep", recorded_meanwhile)
     if taken is None:
         with pytest.raises(RestoreError, match="each was refused or is void"):
-            locate_origin(str(tmp_path / "j" / "run"), "b", timeout=10.0)
+            locate_origin(str(tmp_path / "j" / "run"), timeout=10.0)
     else:
-        ref = locate_origin(str(tmp_path / "j" / "run"), "b", timeout=10.0)
+        ref = locate_origin(str(tmp_path / "j" / "run"), timeout=10.0)
         assert (ref.run_id, ref.checkpoint_id) == ("run", taken)
     assert len(polls) == 1
     # a manifest URI: the same wait, then void unless it was restored or older
     manifest = str(tmp_path / "j" / "run" / "manifests" / f"{2:012d}.json")
     if restored < 2:
         with pytest.raises(RestoreError, match="is void"):
-            locate_origin(manifest, "b", timeout=10.0)
+            locate_origin(manifest, timeout=10.0)
     else:
-        assert locate_origin(manifest, "b", timeout=10.0).checkpoint_id == 2
+        assert locate_origin(manifest, timeout=10.0).checkpoint_id == 2
 
 
-def test_an_attempt_that_never_records_is_closed_after_the_wait_and_claims_again_if_it_runs(tmp_path, monkeypatch):
-    """An attempt that claimed and died (or failed) before it recorded its restore made
-    every older checkpoint of its run unusable for a start, for good (review of B5)."""
-    store = recovering_run(tmp_path)
-    clock = [0.0]
-    monkeypatch.setattr(origin_mod.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
-    ref = locate_origin(str(tmp_path / "j" / "run"), "b", timeout=3.0)
-    assert (ref.checkpoint_id, clock[0] >= 3.0) == (2, True)
-    assert store.restore_points("run") == {2: MAX_CHECKPOINT_ID}  # closed: it voids nothing
-    assert store.read_record("run/restores/000002", "restore")["closed"] == "closed by run b, which starts from it"
-    assert not store.record_restore("run", 2, 1)  # attempt 2, if it still runs, cannot record: it claims again
-    assert locate(str(tmp_path / "j" / "run")).checkpoint_id == 2
-
-
-def test_checkpoints_that_stay_unsettled_fail_the_start_naming_the_attempts(tmp_path, monkeypatch):
-    """A bound on the wait, should closing not settle it (here: the closing records are lost)."""
+def test_a_start_from_a_run_whose_attempt_never_records_fails_naming_it(tmp_path, monkeypatch):
     recovering_run(tmp_path)
     clock = [0.0]
     monkeypatch.setattr(origin_mod.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
-    monkeypatch.setattr(CheckpointStore, "record_restore", lambda self, *args: False)
-    with pytest.raises(RestoreError, match=r"checkpoint 2 of run run is not settled: attempts \[\d+"):
-        locate_origin(str(tmp_path / "j" / "run"), "b", timeout=1.0)
+    with pytest.raises(RestoreError) as info:
+        locate_origin(str(tmp_path / "j" / "run"), timeout=3.0)
+    assert "checkpoint 2 of run run is not settled: attempt 2 of that run" in str(info.value)
+    assert "resuming that run once (--resume) records it as voiding nothing" in str(info.value)
+    assert clock[0] >= 3.0
+    assert locate(str(tmp_path / "j" / "run")).checkpoint_id == 2  # reading it does not wait
+
+
+def test_the_next_attempt_closes_an_attempt_that_died_before_it_recorded(tmp_path):
+    """An attempt that claimed and died before it recorded its restore made every older
+    checkpoint of its run unusable for a start, for good (review of B5): the next
+    attempt records it as voiding nothing, so the start goes on."""
+    store = recovering_run(tmp_path)  # attempt 2 claimed and died
+    attempt, manifest = asyncio.run(begin_attempt(store, "run", set(), restoring=True, max_parallelism=128,
+                                                  keyed=True, blocking=_now))
+    assert (attempt, manifest.checkpoint_id) == (3, 2)
+    assert store.restore_points("run") == {1: MAX_CHECKPOINT_ID, 2: MAX_CHECKPOINT_ID, 3: 2}  # 1 wrote by hand
+    assert store.read_record("run/restores/000002", "restore")["closed"] == "closed by attempt 3"
+    assert not store.record_restore("run", 2, 1)  # attempt 2, were it alive, could not record: it claims again
+    assert locate_origin(str(tmp_path / "j" / "run"), timeout=0.0).checkpoint_id == 2
+
+
+def test_a_closing_attempt_never_replaces_a_record_it_cannot_verify(tmp_path):
+    """Only the attempt itself may replace a record planted at its key: a closer that did
+    could erase the attempt's real choice, written at the same moment."""
+    store = recovering_run(tmp_path)
+    store.storage.put("run/restores/000002", b'{"checkpoint": 0}')
+    assert not store.record_restore("run", 2, 0, "closed by attempt 3")
+    assert store.storage.get("run/restores/000002") == b'{"checkpoint": 0}'
+    assert store.record_restore("run", 2, 1)  # the attempt replaces it
+    assert store.restore_points("run") == {2: 1}
 
 
 def test_void_and_settled_are_judged_from_one_read(tmp_path, monkeypatch):
@@ -97,7 +109,7 @@ def test_void_and_settled_are_judged_from_one_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(origin_mod, "locate", located_then_recorded)
     monkeypatch.setattr(origin_mod.time, "sleep", lambda seconds: None)
-    assert locate_origin(str(tmp_path / "j" / "run"), "b").checkpoint_id == 1 and calls == [2, 1]
+    assert locate_origin(str(tmp_path / "j" / "run")).checkpoint_id == 1 and calls == [2, 1]
     assert settle(store, CheckpointRef(store.root, "run", 2)) is None  # void
     store.storage.delete([f"run/manifests/{1:012d}.json"])  # retained away between the reads
     assert settle(store, CheckpointRef(store.root, "run", 1)) is None
@@ -201,15 +213,15 @@ def test_an_attempt_closed_before_it_recorded_claims_again(tmp_path, monkeypatch
     real_claim = CheckpointStore.claim_attempt
     closed = []
 
-    def claim_then_closed(self, run_id):  # a start closes the attempt while it chooses
+    def claim_then_closed(self, run_id):  # a newer attempt closes this one while it chooses
         attempt = real_claim(self, run_id)
         if not closed:
             closed.append(attempt)
-            self.record_restore(run_id, attempt, 0, "closed by run b, which starts from it")
+            self.record_restore(run_id, attempt, 0, "closed by attempt 9")
         return attempt
 
     monkeypatch.setattr(CheckpointStore, "claim_attempt", claim_then_closed)
     attempt, manifest = asyncio.run(begin_attempt(store, "run", set(), restoring=True, max_parallelism=128,
                                                   keyed=True, blocking=_now))
     assert (closed, attempt, manifest.checkpoint_id) == ([2], 3, 1)
-    assert store.restore_points("run") == {2: MAX_CHECKPOINT_ID, 3: 1}
+    assert store.restore_points("run") == {1: MAX_CHECKPOINT_ID, 2: MAX_CHECKPOINT_ID, 3: 1}
