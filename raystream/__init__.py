@@ -15,7 +15,7 @@ import importlib as _importlib
 import sys as _sys
 from typing import Any
 
-from raystream import checkpoints, sinks, sources, windows
+from raystream import aggregates, checkpoints, sinks, sources, windows
 from raystream._moved_modules import MOVED as _MOVED
 from raystream._moved_modules import MovedModules as _MovedModules
 from raystream._version import __version__
@@ -95,6 +95,7 @@ __all__ = [
     "WindowOutput",
     "WindowedStream",
     "__version__",
+    "aggregates",
     "audit_checkpoints",
     "checkpoints",
     "faults",

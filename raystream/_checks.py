@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import cloudpickle
+import pyarrow as pa
+
+from raystream.aggregates import Aggregate, Partial
 from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime
@@ -50,3 +54,127 @@ def check_parallelism(where: str, value: object) -> int | None:
     return value
 
 
+# --- columnar steps (where, select, key_by on columns, aggregate) ----------------------
+
+
+def is_expression(value: object) -> bool:
+    """A `pyarrow.compute.Expression`. pyarrow.compute loads here, not with `import
+    raystream` (tens of milliseconds), and whoever made an expression loaded it already."""
+    import pyarrow.compute as pc
+
+    return isinstance(value, pc.Expression)
+
+
+def check_expression(step_id: str, what: str, expr: object, columns: tuple[str, ...] | None) -> Any:
+    """An expression that pickles and, where the stream's columns are known, names only
+    columns it has; else the first batch tells (the operator names the step)."""
+    if not is_expression(expr):
+        raise JobDefinitionError(
+            f"step {step_id!r}: {what} must be a pyarrow.compute.Expression, such as "
+            f"pc.field(\"price\") > 100; got {type(expr).__name__} {expr!r}")
+    try:
+        cloudpickle.dumps(expr)
+    except Exception as exc:  # every subtask gets it pickled, as Ray pickles the job
+        raise JobDefinitionError(f"step {step_id!r}: {what} {expr} cannot be pickled ({exc}); "
+                                 "build it from pc.field, scalars and pyarrow.compute functions") from None
+    if columns is not None:
+        empty = pa.RecordBatch.from_arrays([pa.nulls(0)] * len(columns), names=list(columns))
+        try:
+            empty.filter(expr.is_valid())  # type: ignore[attr-defined]
+        except pa.ArrowInvalid as exc:
+            # only a missing top-level column is certain here: the types are not known yet
+            if str(exc).startswith("No match for FieldRef.Name("):
+                raise JobDefinitionError(
+                    f"step {step_id!r}: {what} {expr} names a column the stream does not have "
+                    f"({str(exc).split(' in ')[0]}); its columns are {', '.join(columns)}") from None
+        except Exception:  # a type error, say: the types are not known before the data
+            pass
+    return expr
+
+
+def _check_names(step_id: str, who: str, names: Any, columns: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Column names that `who` (a step kind, an aggregate) reads, checked against the stream's."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names or \
+            not all(isinstance(n, str) and n for n in names):
+        raise JobDefinitionError(f"step {step_id!r}: {who} takes a column name or a non-empty list or "
+                                 f"tuple of column names; got {names!r}")
+    if len(set(names)) != len(names):
+        raise JobDefinitionError(f"step {step_id!r}: {who} names a column twice: {names!r}")
+    missing = [n for n in names if columns is not None and n not in columns]
+    if missing:
+        raise JobDefinitionError(f"step {step_id!r}: {who} names {', '.join(missing)}, which the stream does "
+                                 f"not have; its columns are {', '.join(columns or ())}")
+    return tuple(names)
+
+
+def check_key_columns(step_id: str, key: str | tuple[str, ...] | list[str],
+                      columns: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The key columns of `key_by(step_id, "col")` or `key_by(step_id, ("a", "b"))`."""
+    return _check_names(step_id, "key_by", [key] if isinstance(key, str) else key, columns)
+
+
+def check_projection(step_id: str, projection: object, columns: tuple[str, ...] | None) -> tuple[tuple[str, Any], ...]:
+    """`select`'s columns as (name, column name or expression) pairs."""
+    if isinstance(projection, (list, tuple)):
+        names = _check_names(step_id, "select", projection, columns)
+        return tuple((n, n) for n in names)
+    if not isinstance(projection, dict) or not projection:
+        raise JobDefinitionError(
+            f"step {step_id!r}: select takes a list of column names or a dict of name -> column name or "
+            f"pyarrow.compute.Expression; got {projection!r}")
+    pairs = []
+    for name, value in projection.items():
+        if not isinstance(name, str) or not name:
+            raise JobDefinitionError(f"step {step_id!r}: select's output names must be strings; got {name!r}")
+        if isinstance(value, str):
+            _check_names(step_id, f"select's column {name!r}", [value], columns)
+        else:
+            check_expression(step_id, f"select's column {name!r}", value, columns)
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def check_aggregates(step_id: str, named: dict[str, Any], key_columns: tuple[str, ...],
+                     columns: tuple[str, ...] | None) -> tuple[tuple[str, Aggregate], ...]:
+    """`aggregate`'s (output name, Aggregate) pairs: names apart from the key columns,
+    partials Arrow knows, value columns the stream has (where its columns are known)."""
+    if not named:
+        raise JobDefinitionError(f"step {step_id!r}: aggregate needs at least one aggregate, such as "
+                                 "count=rs.aggregates.count()")
+    for name, agg in named.items():
+        if not isinstance(agg, Aggregate):
+            raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= must be a raystream.aggregates.Aggregate "
+                                     f"(rs.aggregates.sum(\"price\"), ...); got {agg!r}")
+        if name in key_columns:
+            raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= has the name of a key column; "
+                                     "name it otherwise")
+        if type(agg).merge is Aggregate.merge and type(agg).merge_all is Aggregate.merge_all:
+            raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= ({type(agg).__name__}) must override "
+                                     "merge or merge_all of raystream.aggregates.Aggregate")
+        partials = agg.partials()
+        if not isinstance(partials, (list, tuple)) or not partials:
+            raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= must name at least one partial "
+                                     f"(raystream.aggregates.Partial); partials() gave {partials!r}")
+        for partial in partials:
+            if not isinstance(partial, Partial) or not _is_hash_aggregate(partial.function):
+                raise JobDefinitionError(
+                    f"step {step_id!r}: aggregate {name}= asks for {partial!r}; partials must be "
+                    "raystream.aggregates.Partial of a pyarrow hash aggregate (sum, min, max, count, ...)")
+        if agg.columns():
+            _check_names(step_id, f"aggregate {name}=", list(dict.fromkeys(agg.columns())), columns)
+    try:
+        cloudpickle.dumps(named)
+    except Exception as exc:  # as Ray pickles the job
+        raise JobDefinitionError(f"step {step_id!r}: the aggregates cannot be pickled ({exc}); every "
+                                 "subtask gets them pickled") from None
+    return tuple(named.items())
+
+
+def _is_hash_aggregate(function: object) -> bool:
+    import pyarrow.compute as pc
+
+    try:
+        pc.get_function(f"hash_{function}")
+    except Exception:  # not a str, or no such function
+        return False
+    return True

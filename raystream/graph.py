@@ -28,8 +28,11 @@ class StepKind(str, enum.Enum):
     FLAT_MAP = "flat_map"
     FILTER = "filter"
     MAP_BATCHES = "map_batches"
+    WHERE = "where"  # Arrow rows where an expression is true
+    SELECT = "select"  # Arrow columns by name or expression
     KEY_BY = "key_by"
     REDUCE = "reduce"
+    AGGREGATE = "aggregate"  # keyed: running built-in aggregates over Arrow, per distinct key
     STATEFUL_MAP = "stateful_map"
     EVENT_TIME = "event_time"  # assigns event times and makes watermarks
     WINDOW = "window"
@@ -41,7 +44,8 @@ class StepKind(str, enum.Enum):
     @property
     def keyed(self) -> bool:
         """Takes (key, value) records routed by key, and keeps state per key."""
-        return self in (StepKind.REDUCE, StepKind.STATEFUL_MAP, StepKind.WINDOW, StepKind.PROCESS, StepKind.JOIN)
+        return self in (StepKind.REDUCE, StepKind.STATEFUL_MAP, StepKind.WINDOW, StepKind.PROCESS, StepKind.JOIN,
+                        StepKind.AGGREGATE)
 
     @property
     def windowed(self) -> bool:
@@ -89,6 +93,10 @@ class Step:
     window: WindowSpec | None = None  # window and join steps
     on_timer: Callable[..., Any] | None = None  # process steps
     sides: tuple[int, ...] | None = None  # join steps: 0 (left) or 1 (right) per input
+    key_columns: tuple[str, ...] | None = None  # key_by on columns (no fn), and aggregate: the key's columns
+    # what a columnar step computes: where, a pyarrow.compute.Expression; select, (name,
+    # column name or Expression) pairs; aggregate, (name, raystream.aggregates.Aggregate) pairs
+    arrow: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

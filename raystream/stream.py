@@ -1,8 +1,9 @@
 """Streams: what a step of a job outputs, and the methods that add the next steps.
 
 `Stream` (any records), `KeyedStream` (`(key, value)` records, routed by key to keyed
-steps), `WindowedStream` (a keyed stream grouped into windows, waiting for the step
-that aggregates them) and `WindowOutput` (window results, with the `late` stream).
+steps; keyed by columns, Arrow rows routed per distinct key), `WindowedStream` (a keyed
+stream grouped into windows, waiting for the step that aggregates them) and
+`WindowOutput` (window results, with the `late` stream).
 Each method adds one step to the job's steps (a StepTable); nothing runs until the job does.
 """
 from __future__ import annotations
@@ -11,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from raystream._checks import check_event_time, check_fn, check_parallelism, check_resources, check_step_id
+from raystream._checks import (check_aggregates, check_event_time, check_expression, check_fn, check_key_columns,
+                               check_parallelism, check_projection, check_resources, check_step_id)
+from raystream.aggregates import Aggregate
 from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, duration_ms
@@ -30,6 +33,7 @@ class Stream:
     steps: StepTable  # the job's steps, which its methods add to
     upstream: tuple[str, ...]
     after_sink: str | None = field(default=None)
+    columns: tuple[str, ...] | None = None  # the Arrow columns, where known (after select, aggregate)
 
     @property
     def job(self) -> Any:
@@ -37,18 +41,19 @@ class Stream:
         return self.steps.job
 
     def _then(self, step_id: str, kind: StepKind, fn: Callable[..., Any] | None, what: str,
-              parallelism: int | None, resources: Resources | None = None) -> Step:
+              parallelism: int | None, resources: Resources | None = None, **fields: Any) -> Step:
+        """Add a step; `what` names its function (none for sinks and columnar steps)."""
         step_id = check_step_id(step_id)
         if self.after_sink is not None:
             raise JobDefinitionError(
                 f"step {step_id!r} comes after sink {self.after_sink!r}: a sink ends its stream; "
                 "apply the step to the stream before the sink instead"
             )
-        if fn is not None or kind is not StepKind.SINK:
+        if what:
             fn = check_fn(step_id, what, fn)
         step = Step(step_id, kind, self.upstream, fn=fn,
                     parallelism=check_parallelism(f"step {step_id!r}", parallelism),
-                    resources=check_resources(step_id, resources))
+                    resources=check_resources(step_id, resources), **fields)
         self.steps.add(step)
         return step
 
@@ -78,6 +83,26 @@ class Stream:
         """
         return self._stream(self._then(step_id, StepKind.MAP_BATCHES, fn, "the batch function", parallelism, resources))
 
+    def where(self, step_id: str, expr: Any, *, parallelism: int | None = None,
+              resources: Resources | None = None) -> "Stream":
+        """Vectorized filter: the rows where `expr`, a `pyarrow.compute.Expression` such as
+        `pc.field("price") > 100`, is true (null counts as false). Records become Arrow
+        rows as for `map_batches`; rows keep their event times."""
+        step_id = check_step_id(step_id)
+        expr = check_expression(step_id, "the where expression", expr, self.columns)
+        step = self._then(step_id, StepKind.WHERE, None, "", parallelism, resources, arrow=expr)
+        return Stream(self.steps, (step.step_id,), columns=self.columns)
+
+    def select(self, step_id: str, columns: list[str] | dict[str, Any], *, parallelism: int | None = None,
+               resources: Resources | None = None) -> "Stream":
+        """Vectorized projection: the columns named in a list, or a dict of output name ->
+        column name or `pyarrow.compute.Expression` (`{"eur": pc.field("usd") * 0.908}`),
+        in that order. Records become Arrow rows as for `map_batches`."""
+        step_id = check_step_id(step_id)
+        projection = check_projection(step_id, columns, self.columns)
+        step = self._then(step_id, StepKind.SELECT, None, "", parallelism, resources, arrow=projection)
+        return Stream(self.steps, (step.step_id,), columns=tuple(name for name, _ in projection))
+
     def with_event_time(self, step_id: str, event_time: EventTime, *, parallelism: int | None = None,
                         resources: Resources | None = None) -> "Stream":
         """Records get the event time `event_time.timestamp_fn(record)`, and the watermark
@@ -88,10 +113,25 @@ class Stream:
         self.steps[step.step_id] = dataclasses.replace(step, event_time=event_time)
         return Stream(self.steps, (step.step_id,))
 
-    def key_by(self, step_id: str, key_fn: Callable[[Any], Any], *, value: Callable[[Any], Any] | None = None,
-               parallelism: int | None = None, resources: Resources | None = None) -> "KeyedStream":
+    def key_by(self, step_id: str, key_fn: Callable[[Any], Any] | str | tuple[str, ...], *,
+               value: Callable[[Any], Any] | None = None, parallelism: int | None = None,
+               resources: Resources | None = None) -> "KeyedStream":
         """Records become `(key_fn(record), value(record))` (the record itself without
-        `value`) and are routed by key to keyed steps."""
+        `value`) and are routed by key to keyed steps.
+
+        With column names instead of a function (`"auction"`, or `("category", "seller")`)
+        the stream stays Arrow (records become rows as for `map_batches`), keyed by those
+        columns and routed per distinct key: a row's key is the column's value, or the
+        tuple of the columns' values, None for a null, as `lambda row: row["auction"]`
+        would give, so it lands in the same key group. `aggregate` takes such a stream."""
+        if isinstance(key_fn, (str, tuple, list)):
+            step_id = check_step_id(step_id)
+            if value is not None:
+                raise JobDefinitionError(f"step {step_id!r}: value= goes with a key function; keyed by columns "
+                                         "the value is the row (select the columns you need before key_by)")
+            key_columns = check_key_columns(step_id, key_fn, self.columns)
+            step = self._then(step_id, StepKind.KEY_BY, None, "", parallelism, resources, key_columns=key_columns)
+            return KeyedStream(self.steps, (step.step_id,), columns=self.columns, key_columns=key_columns)
         if value is not None:
             check_fn(step_id, "the value function", value)
         step = self._then(step_id, StepKind.KEY_BY, key_fn, "the key function", parallelism, resources)
@@ -115,8 +155,12 @@ class Stream:
         upstream = tuple(u for s in streams for u in s.upstream)
         if len(set(upstream)) != len(upstream):
             raise JobDefinitionError(f"union merges the same stream twice ({', '.join(upstream)})")
-        keyed = all(isinstance(s, KeyedStream) for s in streams)
-        return (KeyedStream if keyed else Stream)(self.steps, upstream)
+        columns = self.columns if all(s.columns == self.columns for s in streams) else None
+        if not all(isinstance(s, KeyedStream) for s in streams):
+            return Stream(self.steps, upstream, columns=columns)
+        key_columns = {s.key_columns for s in streams}  # type: ignore[attr-defined]
+        return KeyedStream(self.steps, upstream, columns=columns,
+                           key_columns=key_columns.pop() if len(key_columns) == 1 else None)
 
     def sink(self, step_id: str, sink: Sink, *, parallelism: int | None = None,
             resources: Resources | None = None) -> "Stream":
@@ -137,6 +181,10 @@ class Stream:
             resources: Resources | None = None) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: stateful_map needs a keyed stream; call key_by(...) first")
 
+    def aggregate(self, step_id: str, **_: Any) -> "Stream":
+        raise JobDefinitionError(f"step {step_id!r}: aggregate needs a stream keyed by columns; "
+                                 "call key_by(step_id, \"column\") first")
+
     def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
         raise JobDefinitionError("window needs a keyed stream; call key_by(...) first")
 
@@ -150,7 +198,29 @@ class Stream:
 
 @dataclass(frozen=True)
 class KeyedStream(Stream):
-    """A stream of `(key, value)` records, routed by key to keyed steps."""
+    """A stream of `(key, value)` records, routed by key to keyed steps; or, keyed by
+    columns, of Arrow rows whose key is in `key_columns`."""
+
+    key_columns: tuple[str, ...] | None = None
+
+    def aggregate(self, step_id: str, *, parallelism: int | None = None, resources: Resources | None = None,
+                  **aggregates: Aggregate) -> Stream:
+        """Running aggregates per key over Arrow, computed per distinct key of each batch:
+        `aggregate("stats", n=rs.aggregates.count(), total=rs.aggregates.sum("price"))`.
+
+        Per batch it emits one row per key the batch had (an upsert stream: a key's
+        newest row holds its values): the key columns, then each aggregate's running
+        value under its name. Takes a stream keyed by columns (`key_by(step_id, "col")`).
+        """
+        step_id = check_step_id(step_id)
+        if self.key_columns is None:
+            raise JobDefinitionError(
+                f"step {step_id!r}: aggregate needs a stream keyed by columns; key it with key_by(step_id, "
+                "\"column\") or a tuple of columns instead of a key function")
+        named = check_aggregates(step_id, aggregates, self.key_columns, self.columns)
+        step = self._then(step_id, StepKind.AGGREGATE, None, "", parallelism, resources,
+                          key_columns=self.key_columns, arrow=named)
+        return Stream(self.steps, (step.step_id,), columns=self.key_columns + tuple(aggregates))
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
             resources: Resources | None = None) -> Stream:

@@ -28,6 +28,7 @@ LAZY = {
     "raystream.connectors.postgres.tables": "loads with raystream.connectors.postgres.sink, when psycopg is installed",
     "raystream.connectors.postgres.session": "loads with raystream.connectors.postgres.sink, when psycopg is installed",
     "raystream.connectors.kafka": "rs.sources.KafkaSource loads on first use, with its optional library",
+    "pyarrow.compute": "loads only when a job defines a columnar step (whose expressions loaded it already)",
 }
 
 
@@ -52,7 +53,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("_runtime.plan",),
     ("_runtime.state",),
     ("_checks", "graph"),                      # the definitions everything shares:
-    ("config", "process", "windows", "result", "retry"),
+    ("config", "process", "windows", "aggregates", "result", "retry"),
     ("testing", "sink_api", "source_api", "event_time"),
     ("_storage",),
     ("_files", "errors", "_version", "_moved_modules"),

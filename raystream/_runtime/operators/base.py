@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from raystream._runtime.transport.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, untimed
+import pyarrow as pa
+
+from raystream._runtime.transport.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, to_arrow, untimed
 from raystream._runtime.plan.failure import RecordFailure
 from raystream.graph import Step
 
@@ -103,6 +105,26 @@ class Operator:
             parts.append(part)
             out_times.extend([t] * len(part))
         return _concat(parts), out_times
+
+    def _arrow_input(self, batch: Any) -> tuple[pa.RecordBatch, list[int] | None]:
+        """Vectorized steps: the batch as Arrow rows (records as `to_arrow` makes them)
+        and its times, counted in."""
+        batch, times = untimed(batch)
+        try:
+            arrow = to_arrow(batch)
+        except Exception as exc:
+            raise RecordFailure(self.step_id, as_records(batch)[:1], exc) from None
+        self.records_in += arrow.num_rows
+        return arrow, times
+
+    def _batch_failed(self, batch: Any, exc: BaseException) -> list[Any]:
+        """A vectorized step failed on `batch` as a whole: stop the job, or hand each of
+        its records to the policy. Returns the (empty) output."""
+        if self.on_error is None:
+            raise RecordFailure(self.step_id, f"<RecordBatch of {batch_len(batch)} rows>", exc) from None
+        for record in as_records(batch):
+            self.failed(record, exc)
+        return []
 
     def snapshot(self) -> Any:
         """The state to checkpoint; None for stateless steps."""

@@ -1,6 +1,7 @@
 """The plain step kinds (map, flat_map, filter, key_by, reduce, stateful_map,
 map_batches) and the sink step, over whole micro-batches (operators/base.py), and
-`build_operator`, which makes the operator of a step."""
+`build_operator`, which makes the operator of a step (the columnar ones too:
+operators/columnar.py, operators/aggregate.py)."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream._runtime.operators.aggregate import AggregateOp
 from raystream._runtime.operators.base import KeyedOp, Operator
+from raystream._runtime.operators.columnar import KeyColumnsOp, SelectOp, WhereOp
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.transport.batch import KeyedBatch, as_records, batch_len, timed, to_arrow, untimed
+from raystream._runtime.transport.batch import KeyedBatch, as_records, batch_len, timed, untimed
 from raystream._runtime.state.changelog import DELETED
 from raystream._runtime.state.tally import Tally
 from raystream.graph import Step, StepKind
@@ -144,21 +147,12 @@ class MapBatchesOp(Operator):
     """Vectorized: the function takes and returns Arrow data."""
 
     def process(self, batch: Any) -> Any:
-        batch, times = untimed(batch)
-        try:
-            batch = to_arrow(batch)
-        except Exception as exc:
-            raise RecordFailure(self.step_id, as_records(batch)[:1], exc) from None
-        self.records_in += batch.num_rows
+        batch, times = self._arrow_input(batch)
         what = f"<RecordBatch of {batch.num_rows} rows>"
         try:
             out = self.fn(batch)
         except Exception as exc:
-            if self.on_error is None:
-                raise RecordFailure(self.step_id, what, exc) from None
-            for record in batch.to_pylist():  # a vectorized step fails its batch as a whole
-                self.failed(record, exc)
-            return []
+            return self._batch_failed(batch, exc)
         if isinstance(out, pa.Table):
             out = out.combine_chunks().to_batches()
             out = out[0] if out else []
@@ -226,6 +220,9 @@ _OPERATORS: dict[StepKind, type[Operator]] = {
     StepKind.REDUCE: ReduceOp,
     StepKind.STATEFUL_MAP: StatefulMapOp,
     StepKind.MAP_BATCHES: MapBatchesOp,
+    StepKind.WHERE: WhereOp,
+    StepKind.SELECT: SelectOp,
+    StepKind.AGGREGATE: AggregateOp,
     StepKind.LATE: PassOp,
 }
 
@@ -234,6 +231,8 @@ def build_operator(step: Step, sink_context: SinkContext | None = None) -> Opera
     if step.kind is StepKind.SINK:
         assert sink_context is not None
         return SinkOp(step, sink_context)
+    if step.kind is StepKind.KEY_BY and step.key_columns is not None:
+        return KeyColumnsOp(step)
     return _OPERATORS[step.kind](step)
 
 

@@ -6,6 +6,9 @@ A micro-batch is one of:
 - a `KeyedBatch`: a list of `(key, value)` pairs stored as two columns. Keyed steps
   produce and consume it, and keyed exchanges send it, because two flat lists pickle
   and unpickle much faster than a list of tuples;
+- an `ArrowKeyed` batch: a `pyarrow.RecordBatch` keyed by some of its columns
+  (`key_by(step_id, "col")`). Keyed exchanges split it by key group as Arrow
+  (arrow_keys.py); to a per-record keyed step it is `(key, row as a dict)` records;
 - a `Timed` batch: one of the above with the event time of each record (milliseconds
   since the epoch) in a parallel list. Records of a stream with event time
   (docs/event_time.md) travel this way, and each step keeps the time of the record an
@@ -16,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+
+from raystream._runtime.transport.arrow_keys import distinct_keys
 
 
 class KeyedBatch:
@@ -35,6 +40,23 @@ class KeyedBatch:
 
     def records(self) -> list[tuple[Any, Any]]:
         return list(zip(self.keys, self.values))
+
+
+class ArrowKeyed:
+    """A record batch whose key is in `key_columns`: one column's value, or the tuple of
+    several (arrow_keys.py)."""
+
+    __slots__ = ("batch", "key_columns")
+
+    def __init__(self, batch: pa.RecordBatch, key_columns: tuple[str, ...]):
+        self.batch = batch
+        self.key_columns = key_columns
+
+    def __len__(self) -> int:
+        return self.batch.num_rows
+
+    def __reduce__(self):
+        return (ArrowKeyed, (self.batch, self.key_columns))
 
 
 class Timed:
@@ -75,8 +97,8 @@ def as_records(batch: Any) -> list[Any]:
         return batch
     if isinstance(batch, Timed):
         return as_records(batch.batch)
-    if isinstance(batch, KeyedBatch):
-        return batch.records()
+    if isinstance(batch, (KeyedBatch, ArrowKeyed)):
+        return as_keyed(batch).records()
     return batch.to_pylist()
 
 
@@ -86,6 +108,8 @@ def as_keyed(batch: Any) -> KeyedBatch:
         return batch
     if isinstance(batch, Timed):
         return as_keyed(batch.batch)
+    if isinstance(batch, ArrowKeyed):  # what key_by(step_id, lambda row: row[column]) would give
+        return KeyedBatch(distinct_keys(batch.batch, batch.key_columns).per_row(), batch.batch.to_pylist())
     records = as_records(batch)
     try:
         keys = [k for k, _ in records]
@@ -97,10 +121,11 @@ def as_keyed(batch: Any) -> KeyedBatch:
 
 
 def to_arrow(batch: Any) -> pa.RecordBatch:
-    """Dict records become columns by key; other records one column named "value"."""
+    """Dict records become columns by key; other records one column named "value"; a
+    keyed Arrow batch is its rows."""
     if isinstance(batch, pa.RecordBatch):
         return batch
-    if isinstance(batch, Timed):
+    if isinstance(batch, (Timed, ArrowKeyed)):
         return to_arrow(batch.batch)
     records = as_records(batch)
     if records and isinstance(records[0], dict):

@@ -20,7 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream._runtime.transport.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, untimed
+import numpy as np
+
+from raystream._runtime.transport.arrow_keys import distinct_keys, row_targets, split_rows, take_rows
+from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, as_keyed, as_records, batch_len, timed, untimed
 from raystream._runtime.transport.keys import KeyRouter
 from raystream._runtime.plan.physical import EdgeKind
 from raystream._runtime.transport.packing import pack
@@ -88,7 +91,8 @@ class OutputEdge:
     """A step's output to all subtasks of one downstream step.
 
     forward: to the one subtask of the same index; rebalance: whole batches round-robin;
-    hash: each record to the subtask that owns its key's key group.
+    hash: each record to the subtask that owns its key's key group. Arrow batches go as
+    they are, a keyed one split into one Arrow batch per subtask.
     """
 
     def __init__(self, kind: EdgeKind, channels: list[OutputChannel], batch_size: int, linger: float,
@@ -106,12 +110,14 @@ class OutputEdge:
             return
         inner, times = untimed(batch)
         if self.kind is EdgeKind.HASH:
-            await self._emit_keyed(as_keyed(inner), times)
+            if isinstance(inner, ArrowKeyed):
+                await self._emit_arrow_keyed(inner, times)
+            else:
+                await self._emit_keyed(as_keyed(inner), times)
             return
         ch = self.channels[0] if len(self.channels) == 1 else self.channels[self._rotate()]
-        if isinstance(inner, pa.RecordBatch):  # Arrow goes as is, after what was buffered before it
-            await ch.flush()
-            await ch.send(BATCH, batch)
+        if isinstance(inner, (pa.RecordBatch, ArrowKeyed)):  # Arrow goes as is
+            await self._send_arrow(ch, batch)
             return
         ch.buffer.extend(as_records(inner))
         if times is not None:
@@ -137,6 +143,25 @@ class OutputEdge:
                 stamps[target].append(t)
         for ch in channels:
             await self._after_append(ch)
+
+    async def _emit_arrow_keyed(self, keyed: ArrowKeyed, times: list[int] | None) -> None:
+        """Each row to the subtask of its key group, keyed Arrow as it came: the keys are
+        made and hashed once per distinct key (arrow_keys.py), by the per-record path's router."""
+        # routed even to a single channel, so a key that cannot be hashed fails at every parallelism
+        targets = row_targets(distinct_keys(keyed.batch, keyed.key_columns), self._router)
+        if len(self.channels) == 1:
+            await self._send_arrow(self.channels[0], timed(keyed, times))
+            return
+        stamps = np.asarray(times, dtype=np.int64) if times is not None else None
+        for ch, rows in zip(self.channels, split_rows(targets, len(self.channels))):
+            if len(rows):
+                part = ArrowKeyed(take_rows(keyed.batch, rows), keyed.key_columns)
+                await self._send_arrow(ch, timed(part, stamps[rows].tolist() if stamps is not None else None))
+
+    @staticmethod
+    async def _send_arrow(ch: OutputChannel, batch: Any) -> None:
+        await ch.flush()  # after what was buffered before it
+        await ch.send(BATCH, batch)
 
     def _rotate(self) -> int:
         i = self._next % len(self.channels)

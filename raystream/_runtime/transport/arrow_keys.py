@@ -1,0 +1,90 @@
+"""Keys of Arrow record batches, computed per distinct key instead of per row.
+
+A columnar keyed stream (`key_by(step_id, "col")` or `key_by(step_id, ("a", "b"))`) must
+put every row in exactly the key group the per-record path would give it, so that
+checkpoints, rescaling (B4) and jobs mixing both paths agree on who owns a key. The key
+of a row is what the per-record path would see: a column's Python value (`to_pylist`),
+a tuple of them for several columns, None for a null. So the Python keys are made, and
+hashed with `stable_hash`, once per distinct key of a batch; rows only get an index into
+them (`dictionary_encode`, vectorized), and the split into one sub-batch per target
+subtask is a numpy argsort and one Arrow `take` per target.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raystream._runtime.transport.keys import KeyRouter
+
+
+@dataclass
+class DistinctKeys:
+    """The distinct keys of a batch and, for each row, the index of its key in `keys`."""
+
+    keys: list[Any]
+    rows: np.ndarray  # int64, one per row
+
+    def per_row(self) -> list[Any]:
+        """The key of every row (the per-record path's keys)."""
+        return list(map(self.keys.__getitem__, self.rows.tolist()))
+
+
+def distinct_keys(batch: pa.RecordBatch, columns: tuple[str, ...]) -> DistinctKeys:
+    """The Python keys of `batch` by `columns`: one column's value, or the tuple of several."""
+    codes, values = zip(*(_encode(batch.column(c)) for c in columns))
+    if len(columns) == 1:
+        return DistinctKeys(values[0], codes[0])
+    combined = codes[0]
+    for code, vals in zip(codes[1:], values[1:]):
+        # renumbered after each column, so the combined code stays below rows * (values + 1)
+        combined = _renumber(combined * len(vals) + code)
+    found = int(combined.max()) + 1 if len(combined) else 0
+    sample = np.empty(found, dtype=np.int64)
+    sample[combined] = np.arange(len(combined))  # any row of a key stands for all of them
+    parts = [[vals[i] for i in code[sample].tolist()] for code, vals in zip(codes, values)]
+    return DistinctKeys(list(zip(*parts)), combined)
+
+
+def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
+    """(code per row, Python value per code) of one column; a null is the value None."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    try:
+        encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+    except pa.ArrowNotImplementedError:  # lists, structs: per row, and the router names the bad key
+        return np.arange(len(column), dtype=np.int64), column.to_pylist()
+    values = encoded.dictionary.to_pylist()
+    indices = encoded.indices.cast(pa.int64())
+    if indices.null_count:
+        indices = indices.fill_null(len(values))
+        values.append(None)
+    return indices.to_numpy(zero_copy_only=False), values
+
+
+def _renumber(codes: np.ndarray) -> np.ndarray:
+    """Codes 0..k-1 for the k distinct values of `codes`, hashed (no sort)."""
+    return pa.array(codes).dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def row_targets(keys: DistinctKeys, router: KeyRouter) -> np.ndarray:
+    """The target subtask of every row, each distinct key routed once by the per-record
+    path's router (which raises UnsupportedKeyError for a key it cannot hash)."""
+    routed = router.route_all(keys.keys)
+    return np.fromiter(map(operator.itemgetter(0), routed), dtype=np.int64, count=len(routed))[keys.rows]
+
+
+def split_rows(targets: np.ndarray, n: int) -> list[np.ndarray]:
+    """For each of `n` targets, the indexes of the rows that go to it, in row order."""
+    order = np.argsort(targets, kind="stable")  # stable: a key's rows keep their order
+    bounds = np.searchsorted(targets[order], np.arange(n + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def take_rows(batch: pa.RecordBatch, rows: np.ndarray) -> pa.RecordBatch:
+    """The rows of `batch` at `rows`, as a batch of its own (not a slice, which would
+    carry the whole batch's buffers into every message)."""
+    return batch.take(pa.array(rows, type=pa.int64()))

@@ -1,0 +1,68 @@
+"""Exactly-once under SIGKILL for the columnar aggregate: the subtask that holds the
+running aggregates is killed mid-run, and the committed output still has each key's
+updates once, its final row the count and sum of exactly its input."""
+import collections
+import logging
+
+import pyarrow as pa
+
+import raystream as rs
+from raystream import aggregates as agg
+from raystream.sinks import FileSink, read_files
+from raystream.sources import SequenceSource
+from tests.helpers.support import wait_until
+
+from .harness import kill, running
+
+logger = logging.getLogger(__name__)
+
+BIDS, AUCTIONS = 12_000, 50
+
+
+def bid_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Bid i: auction (i * 7) % AUCTIONS, price 1 + (i * 104729) % 1000, vectorized."""
+    i = batch.column("value").to_numpy()
+    return pa.RecordBatch.from_arrays([pa.array((i * 7) % AUCTIONS), pa.array(1 + (i * 104729) % 1000)],
+                                      names=["auction", "price"])
+
+
+def expected() -> dict[int, tuple[int, int]]:
+    totals: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for i in range(BIDS):
+        t = totals[(i * 7) % AUCTIONS]
+        t[0] += 1
+        t[1] += 1 + (i * 104729) % 1000
+    return {k: (n, s) for k, (n, s) in totals.items()}
+
+
+def test_the_aggregating_subtask_killed(tmp_path):
+    out = str(tmp_path / "out")
+    job = rs.Job("columnar-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
+                 runtime=rs.RuntimeConfig(batch_size=500))
+    (job.source("seq", SequenceSource(BIDS, partitions=2, rate=4_000))
+     .map_batches("bids", bid_columns)
+     .key_by("by_auction", "auction")
+     .aggregate("totals", n=agg.count(), total=agg.sum("price"))
+     .sink("out", FileSink(out)))
+    handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    wait_until(lambda: handle.status().steps["totals"].records_in >= BIDS // 3, "a third of the bids aggregated")
+    status = handle.status()
+    victim = next(name for name in sorted(status.pids) if name.startswith("totals"))
+    logger.warning("killing %s", victim)
+    kill(status.pids[victim])
+    result = handle.wait()
+    assert result.state == "finished" and result.restarts >= 1
+
+    updates: dict[int, list[dict]] = collections.defaultdict(list)
+    for row in read_files(out):
+        updates[row["auction"]].append(row)
+    want = expected()
+    assert set(updates) == set(want)
+    for auction, rows in updates.items():
+        rows.sort(key=lambda r: r["n"])
+        counts = [r["n"] for r in rows]
+        assert len(set(counts)) == len(counts), f"auction {auction}: an update committed twice: {counts}"
+        totals = [r["total"] for r in rows]
+        assert totals == sorted(set(totals)), f"auction {auction}: totals do not grow with the count"
+        assert (rows[-1]["n"], rows[-1]["total"]) == want[auction], auction
