@@ -18,9 +18,8 @@ import collections
 import time
 from typing import Any
 
-import pyarrow as pa
-
 import numpy as np
+import pyarrow as pa
 
 from raystream._runtime.transport.arrow_keys import distinct_keys, row_targets, split_rows, take_rows
 from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, as_keyed, as_records, batch_len, timed, untimed
