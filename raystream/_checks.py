@@ -12,6 +12,7 @@ from raystream.aggregates import Aggregate, Partial
 from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime
+from raystream.windows import WINDOW_COLUMNS, ArrowJoin, join_column_names
 
 #: Step ids and job names (they name checkpoint folders and files): use `fullmatch`, since
 #: `$` with `match` also accepts a trailing newline ("billing\n").
@@ -168,6 +169,49 @@ def check_aggregates(step_id: str, named: dict[str, Any], key_columns: tuple[str
         raise JobDefinitionError(f"step {step_id!r}: the aggregates cannot be pickled ({exc}); every "
                                  "subtask gets them pickled") from None
     return tuple(named.items())
+
+
+def check_window_aggregates(step_id: str, named: dict[str, Any], key_columns: tuple[str, ...],
+                            columns: tuple[str, ...] | None, merging: bool) -> tuple[tuple[str, Aggregate], ...]:
+    """A columnar window's (output name, Aggregate) pairs: as `aggregate`'s, named apart
+    from the window's own columns; in session windows, aggregates that can combine."""
+    pairs = check_aggregates(step_id, named, key_columns, columns)
+    for name, agg in pairs:
+        if name in ("window_start", "window_end", "update"):
+            raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= has the name of a column the window "
+                                     "adds (window_start, window_end, update); name it otherwise")
+        if merging and type(agg).combine is Aggregate.combine:
+            raise JobDefinitionError(
+                f"step {step_id!r}: aggregate {name}= ({type(agg).__name__}) cannot be used in session windows: "
+                "merging two sessions needs combine(state, other), which it lacks (first and last keep no "
+                "arrival order in their state; use min or max of a time column, or tumbling windows)")
+    return pairs
+
+
+def check_arrow_join(step_id: str, left_keys: tuple[str, ...] | None, right_keys: tuple[str, ...] | None,
+                     left: tuple[str, ...] | None, right: tuple[str, ...] | None, suffixes: object
+                     ) -> tuple[ArrowJoin, tuple[str, ...] | None]:
+    """A join over Arrow (no function): its ArrowJoin, and its output columns where both
+    sides' columns are known."""
+    if left_keys is None or right_keys is None:
+        raise JobDefinitionError(
+            f"step {step_id!r}: a join without a function joins Arrow rows and needs two streams keyed by "
+            "columns (key_by(step_id, \"column\")); pass fn(left, right) to join records")
+    if len(left_keys) != len(right_keys):
+        raise JobDefinitionError(
+            f"step {step_id!r}: the sides are keyed by {len(left_keys)} and {len(right_keys)} columns, so no "
+            "key can be equal; key both by as many columns")
+    if not (isinstance(suffixes, tuple) and len(suffixes) == 2 and all(isinstance(x, str) for x in suffixes)
+            and suffixes[0] != suffixes[1]):
+        raise JobDefinitionError(f"step {step_id!r}: suffixes must be two different strings; got {suffixes!r}")
+    arrow = ArrowJoin(left_keys, right_keys, suffixes)  # type: ignore[arg-type]
+    if left is None or right is None:
+        return arrow, None
+    try:
+        left_names, right_names = join_column_names(left, right, left_keys, right_keys, suffixes)  # type: ignore
+    except ValueError as exc:
+        raise JobDefinitionError(f"step {step_id!r}: {exc}") from None
+    return arrow, left_keys + WINDOW_COLUMNS + tuple(name for _, name in left_names + right_names)
 
 
 def _is_hash_aggregate(function: object) -> bool:

@@ -81,6 +81,12 @@ class Aggregate:
         merge = self.merge
         return [merge(state, row) for state, row in zip(states, zip(*partials))]
 
+    def combine(self, state: Any, other: Any) -> Any:
+        """The state of two groups as one: session windows that a row bridges merge, and
+        so do their states (`state` is the earlier window's). Needed only in session
+        windows; first and last have none, since a state does not keep arrival order."""
+        raise NotImplementedError(f"{type(self).__name__} cannot combine two states (session windows need it)")
+
     def result(self, state: Any) -> Any:
         """The value emitted for a state (by default the state itself)."""
         return state
@@ -133,6 +139,9 @@ class Count(_OfColumn):
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
         return list(map(operator.add, states, partials[0]))
 
+    def combine(self, state: Any, other: Any) -> Any:
+        return state + other
+
     def result_type(self, partial_types: Sequence[pa.DataType]) -> pa.DataType:
         return pa.int64()
 
@@ -149,6 +158,9 @@ class Sum(_OfColumn):
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
         return [s if p is None else p if s is None else s + p for s, p in zip(states, partials[0])]
 
+    def combine(self, state: Any, other: Any) -> Any:
+        return self.merge_all([state], [[other]])[0]
+
 
 class Min(_OfColumn):
     """The least value that is not null; None while there is none."""
@@ -158,6 +170,9 @@ class Min(_OfColumn):
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
         return [s if p is None else p if s is None or p < s else s for s, p in zip(states, partials[0])]
 
+    def combine(self, state: Any, other: Any) -> Any:
+        return self.merge_all([state], [[other]])[0]
+
 
 class Max(_OfColumn):
     """The greatest value that is not null; None while there is none."""
@@ -166,6 +181,9 @@ class Max(_OfColumn):
 
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
         return [s if p is None else p if s is None or p > s else s for s, p in zip(states, partials[0])]
+
+    def combine(self, state: Any, other: Any) -> Any:
+        return self.merge_all([state], [[other]])[0]
 
 
 class First(_OfColumn):
@@ -198,6 +216,9 @@ class Mean(_OfColumn):
 
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
         return [s if not n else (s[0] + t, s[1] + n) for s, t, n in zip(states, *partials)]
+
+    def combine(self, state: Any, other: Any) -> Any:
+        return (state[0] + other[0], state[1] + other[1])
 
     def result(self, state: tuple[Any, int]) -> float | None:
         return state[0] / state[1] if state[1] else None

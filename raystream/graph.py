@@ -69,7 +69,8 @@ KEYED_KINDS = frozenset(k for k in StepKind if k.keyed)
 class WindowSpec:
     """What a window step groups (`assigner`, from raystream.windows), how long a fired
     window takes late records, and what it computes: "reduce", "aggregate", "apply" or
-    "join" (with the step's `fn`)."""
+    "join" (with the step's `fn`), or "columnar" (over Arrow: a window step's aggregates,
+    or a join's `raystream.windows.ArrowJoin`, in the step's `arrow`)."""
 
     assigner: Any
     allowed_lateness_ms: int = 0
@@ -95,7 +96,8 @@ class Step:
     sides: tuple[int, ...] | None = None  # join steps: 0 (left) or 1 (right) per input
     key_columns: tuple[str, ...] | None = None  # key_by on columns (no fn), and aggregate: the key's columns
     # what a columnar step computes: where, a pyarrow.compute.Expression; select, (name,
-    # column name or Expression) pairs; aggregate, (name, raystream.aggregates.Aggregate) pairs
+    # column name or Expression) pairs; aggregate and a columnar window, (name,
+    # raystream.aggregates.Aggregate) pairs; a columnar join, a raystream.windows.ArrowJoin
     arrow: Any = None
 
     def __post_init__(self) -> None:

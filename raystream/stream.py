@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raystream._checks import (check_aggregates, check_event_time, check_expression, check_fn, check_key_columns,
-                               check_parallelism, check_projection, check_resources, check_step_id)
+                               check_parallelism, check_projection, check_resources, check_step_id,
+                               check_window_aggregates, check_arrow_join)
 from raystream.aggregates import Aggregate
 from raystream.config import Resources
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, duration_ms
 from raystream.graph import Step, StepKind, StepTable, WindowSpec
 from raystream.sinks import Sink
-from raystream.windows import Aggregator, Assigner
+from raystream.windows import WINDOW_COLUMNS, Aggregator, ArrowJoin, Assigner
 
 
 __all__ = ["KeyedStream", "Stream", "WindowOutput", "WindowedStream"]
@@ -256,12 +257,18 @@ class KeyedStream(Stream):
                 f"window takes a raystream.windows assigner (Tumbling, Sliding, Session); got {assigner!r}")
         return WindowedStream(self, assigner, allowed_lateness)
 
-    def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any], *,
-             parallelism: int | None = None, resources: Resources | None = None) -> "WindowOutput":
+    def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any] | None = None,
+             *, suffixes: tuple[str, str] = ("_left", "_right"), parallelism: int | None = None,
+             resources: Resources | None = None) -> "WindowOutput":
         """Window join: for each key and window of `window` (Tumbling or Sliding, event
         time), `fn(left, right)` for every pair of a record of this stream and one of
         `other`, emitted as `(key, WindowResult(start, end, fn(left, right)))` when the
-        window fires. Records too late for their window go to `.late`."""
+        window fires. Records too late for their window go to `.late`.
+
+        Without `fn`, on two streams keyed by columns, the join runs over Arrow: per key
+        and window every pair of a left and a right row, as rows of the key columns (this
+        stream's names), window_start, window_end, this stream's other columns, then
+        `other`'s; a name taken twice gets its side's suffix from `suffixes`."""
         if not isinstance(other, KeyedStream) or other.steps is not self.steps:
             raise JobDefinitionError(f"step {step_id!r}: join takes a keyed stream of the same job")
         if not isinstance(window, Assigner) or window.merging or window.clock != "event":
@@ -270,13 +277,19 @@ class KeyedStream(Stream):
         if set(self.upstream) & set(other.upstream):
             raise JobDefinitionError(f"step {step_id!r}: a stream cannot be joined with itself")
         window.check(step_id)
-        step = self._then(step_id, StepKind.JOIN, fn, "the join function", parallelism, resources)
+        if fn is not None:
+            step = self._then(step_id, StepKind.JOIN, fn, "the join function", parallelism, resources)
+            spec, columns = WindowSpec(window, 0, "join"), None
+        else:
+            arrow, columns = check_arrow_join(step_id, self.key_columns, other.key_columns, self.columns,
+                                              other.columns, suffixes)
+            spec = WindowSpec(window, 0, "columnar")
+            step = self._then(step_id, StepKind.JOIN, None, "", parallelism, resources, key_columns=self.key_columns,
+                              arrow=arrow)
         step = dataclasses.replace(step, inputs=self.upstream + other.upstream,
-                                   sides=(0,) * len(self.upstream) + (1,) * len(other.upstream),
-                                   window=WindowSpec(window, 0, "join"))
+                                   sides=(0,) * len(self.upstream) + (1,) * len(other.upstream), window=spec)
         self.steps[step.step_id] = step
-        return WindowOutput(self.steps, (step.step_id,))
-
+        return WindowOutput(self.steps, (step.step_id,), columns=columns)
 
 @dataclass(frozen=True)
 class WindowedStream:
@@ -302,14 +315,38 @@ class WindowedStream:
         """`fn(acc, value) -> acc` over each window's values; emits `(key, WindowResult)`."""
         return self._window_step(step_id, "reduce", fn, "the reduce function", parallelism, resources)
 
-    def aggregate(self, step_id: str, aggregator: Any, *, parallelism: int | None = None,
-                  resources: Resources | None = None) -> "WindowOutput":
-        """A `raystream.windows.Aggregator` (create, add, merge, result) per window."""
+    def aggregate(self, step_id: str, aggregator: Any = None, *, parallelism: int | None = None,
+                  resources: Resources | None = None, **aggregates: Aggregate) -> "WindowOutput":
+        """A `raystream.windows.Aggregator` (create, add, merge, result) per window; or, on
+        a stream keyed by columns, the aggregates of `raystream.aggregates` by name
+        (`aggregate("per_minute", bids=rs.aggregates.count(), top=rs.aggregates.max("price"))`),
+        computed over Arrow and emitted per window as a row of the key columns,
+        window_start, window_end, each aggregate and update."""
+        if aggregates:
+            if aggregator is not None:
+                raise JobDefinitionError(f"step {step_id!r}: aggregate takes an Aggregator or named aggregates "
+                                         "(rs.aggregates), not both")
+            return self._columnar_step(step_id, aggregates, parallelism, resources)
         if not isinstance(aggregator, Aggregator):
-            raise JobDefinitionError(f"step {step_id!r}: aggregate takes a raystream.windows.Aggregator; "
-                                     f"got {aggregator!r}")
+            raise JobDefinitionError(f"step {step_id!r}: aggregate takes a raystream.windows.Aggregator, or "
+                                     f"named aggregates such as n=rs.aggregates.count(); got {aggregator!r}")
         return self._window_step(step_id, "aggregate", aggregator.add, "the aggregator", parallelism,
                                  resources)._with_fn(aggregator)
+
+    def _columnar_step(self, step_id: str, aggregates: dict[str, Any], parallelism: int | None,
+                       resources: Resources | None) -> "WindowOutput":
+        step_id = check_step_id(step_id)
+        keyed = self.keyed
+        if keyed.key_columns is None:
+            raise JobDefinitionError(
+                f"step {step_id!r}: window aggregates by name run over Arrow and need a stream keyed by columns; "
+                "key it with key_by(step_id, \"column\"), or pass a raystream.windows.Aggregator")
+        named = check_window_aggregates(step_id, aggregates, keyed.key_columns, keyed.columns, self.assigner.merging)
+        self._window_step(step_id, "columnar", None, "", parallelism, resources)
+        step = dataclasses.replace(self.keyed.steps[step_id], key_columns=keyed.key_columns, arrow=named)
+        self.keyed.steps[step_id] = step
+        columns = keyed.key_columns + WINDOW_COLUMNS + tuple(aggregates) + ("update",)
+        return WindowOutput(self.keyed.steps, (step_id,), columns=columns)
 
     def apply(self, step_id: str, fn: Callable[[Any, Any, list[Any]], Any], *, parallelism: int | None = None,
               resources: Resources | None = None) -> "WindowOutput":
@@ -329,9 +366,17 @@ class WindowOutput(Stream):
     @property
     def late(self) -> KeyedStream:
         """`(key, value)` records too late for every window they belong to (beyond the
-        allowed lateness). Its step id is "<window step>.late"."""
+        allowed lateness); of a columnar step, its input's Arrow rows, keyed by the same
+        columns (a join's: each side's rows, keyed by its columns). Its step id is
+        "<window step>.late"."""
         window_id = self.upstream[0]
         step_id = f"{window_id}.late"
         if step_id not in self.steps:
             self.steps.add(Step(step_id, StepKind.LATE, (window_id,), parallelism=self.steps[window_id].parallelism))
-        return KeyedStream(self.steps, (step_id,))
+        window = self.steps[window_id]
+        key_columns = None
+        if window.window is not None and window.window.how == "columnar":
+            arrow = window.arrow
+            key_columns = window.key_columns if not isinstance(arrow, ArrowJoin) or \
+                arrow.left_keys == arrow.right_keys else None
+        return KeyedStream(self.steps, (step_id,), key_columns=key_columns)

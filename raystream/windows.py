@@ -14,12 +14,16 @@ and aligned to the epoch (plus `offset`).
 A window fires when the watermark passes its end. With `allowed_lateness` it is kept
 that much longer: a record arriving in that time updates it and the result is emitted
 again with `update=True`. A record later than that goes to the step's `late` stream.
+
+On a stream keyed by columns the same assigners window Arrow rows:
+`.window(assigner).aggregate(id, n=rs.aggregates.count())` and `keyed.join(id, other,
+assigner)` emit Arrow batches (docs/guide/columnar.md).
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from raystream.errors import JobDefinitionError
 from raystream.event_time import duration_ms, from_millis
@@ -152,3 +156,39 @@ class Session(Assigner):
 
     def assign(self, t: int) -> list[tuple[int, int]]:
         return [(t, t + self._gap)]
+
+
+@dataclass(frozen=True)
+class ArrowJoin:
+    """A window join of two streams keyed by columns: each side's key columns, and the
+    suffixes a column gets when its name is taken (raystream.windows.join_column_names)."""
+
+    left_keys: tuple[str, ...]
+    right_keys: tuple[str, ...]
+    suffixes: tuple[str, str] = ("_left", "_right")
+
+
+#: The columns a columnar window step adds after the key columns.
+WINDOW_COLUMNS = ("window_start", "window_end")
+
+
+def join_column_names(left: Sequence[str], right: Sequence[str], left_keys: Sequence[str],
+                      right_keys: Sequence[str], suffixes: tuple[str, str]
+                      ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The (input column, output column) pairs of each side of a columnar window join,
+    after the key columns (the left side's names) and window_start, window_end. A side's
+    key columns are the key, so only the left's appear; a column whose name the other
+    side, a key column or a window column also has gets its side's suffix. Raises
+    ValueError when names still clash."""
+    left_rest = [c for c in left if c not in left_keys]
+    right_rest = [c for c in right if c not in right_keys]
+    taken = set(left_keys) | set(WINDOW_COLUMNS)
+    sides = []
+    for mine, other, suffix in ((left_rest, right_rest, suffixes[0]), (right_rest, left_rest, suffixes[1])):
+        sides.append([(c, c + suffix if c in taken or c in other else c) for c in mine])
+    names = list(left_keys) + list(WINDOW_COLUMNS) + [out for side in sides for _, out in side]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"the join's output would have the columns {', '.join(clashes)} twice; rename them "
+                         "with a select before the join, or give other suffixes")
+    return sides[0], sides[1]

@@ -107,3 +107,70 @@ def test_a_union_of_streams_keyed_by_the_same_columns_can_aggregate():
     both.aggregate("n", n=agg.count())
     other = job.source("c", rs.sources.ListSource([])).key_by("kc", "x")
     assert a.union(other).key_columns is None
+
+
+# --- columnar windows and joins ----------------------------------------------------------
+
+
+def timed_source(job, step_id="bids", columns=None):
+    stream = job.source(step_id, rs.sources.ListSource([{"auction": 1, "price": 5, "date_time": 0}]),
+                        event_time=rs.EventTime.column("date_time", max_delay=1))
+    return stream.select(f"{step_id}_cols", list(columns)) if columns else stream
+
+
+def test_a_columnar_window_reads_like_a_per_record_one():
+    job = rs.Job("w", parallelism=2)
+    keyed = timed_source(job, columns=("auction", "price", "date_time")).key_by("by_auction", "auction")
+    counts = keyed.window(rs.windows.Sliding(10, 5), allowed_lateness=2).aggregate(
+        "per_window", bids=agg.count(), top=agg.max("price"))
+    assert counts.columns == ("auction", "window_start", "window_end", "bids", "top", "update")
+    step = job.steps["per_window"]
+    assert step.kind is StepKind.WINDOW and step.window.how == "columnar" and step.key_columns == ("auction",)
+    assert step.window.allowed_lateness_ms == 2_000 and [n for n, _ in step.arrow] == ["bids", "top"]
+    late = counts.late
+    assert late.key_columns == ("auction",)
+    counts.sink("out", rs.sinks.CollectSink())
+    late.sink("late", rs.sinks.CollectSink())
+    plan = build_plan(job.freeze(), {"bids": ["0"]})
+    window = next(c for c in plan.chains if c.head.step_id == "per_window")
+    assert window.in_edges[0].kind is EdgeKind.HASH
+
+
+def test_a_columnar_join_names_its_columns_and_suffixes_a_clash():
+    job = rs.Job("j")
+    people = timed_source(job, "people", ("id", "name", "date_time")).key_by("by_id", "id")
+    items = timed_source(job, "items", ("seller", "name", "date_time")).key_by("by_seller", "seller")
+    joined = people.join("pairs", items, rs.windows.Tumbling(10))
+    assert joined.columns == ("id", "window_start", "window_end", "name_left", "date_time_left", "name_right",
+                              "date_time_right")
+    step = job.steps["pairs"]
+    assert step.window.how == "columnar" and step.arrow == rs.windows.ArrowJoin(("id",), ("seller",))
+    assert step.sides == (0, 1) and joined.late.key_columns is None  # each side's rows keyed by its columns
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda k, _: k.window(rs.windows.Tumbling(1)).aggregate("w", agg.count()),
+     r"takes a raystream.windows.Aggregator, or named aggregates"),
+    (lambda k, _: k.window(rs.windows.Session(1)).aggregate("w", first=agg.first("price")),
+     r"cannot be used in session windows: merging two sessions needs combine"),
+    (lambda k, _: k.window(rs.windows.Tumbling(1)).aggregate("w", window_end=agg.count()),
+     r"has the name of a column the window adds"),
+    (lambda k, _: k.window(rs.windows.Tumbling(1)).aggregate("w", rs.windows.Aggregator(list, max, max), n=agg.count()),
+     r"an Aggregator or named aggregates"),
+    (lambda k, r: k.join("j", r, rs.windows.Tumbling(1), suffixes=("_x", "_x")), r"suffixes must be two different"),
+    (lambda k, r: k.join("j", r.map("m", len).key_by("kk", lambda x: x), rs.windows.Tumbling(1)),
+     r"a join without a function joins Arrow rows and needs two streams keyed by columns"),
+])
+def test_columnar_window_mistakes_are_refused_when_defined(build, message):
+    job = rs.Job("w")
+    keyed = timed_source(job).key_by("by_auction", "auction")
+    other = timed_source(job, "other").key_by("by_other", "auction")
+    with pytest.raises(rs.JobDefinitionError, match=message):
+        build(keyed, other)
+
+
+def test_window_aggregates_by_name_need_a_stream_keyed_by_columns():
+    job = rs.Job("w")
+    keyed = timed_source(job).key_by("by_auction", lambda r: r["auction"])
+    with pytest.raises(rs.JobDefinitionError, match=r"need a stream keyed by columns"):
+        keyed.window(rs.windows.Tumbling(1)).aggregate("w", n=agg.count())

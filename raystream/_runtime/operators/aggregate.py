@@ -1,4 +1,6 @@
-"""The `aggregate` step: running aggregates (raystream/aggregates.py) per key over Arrow.
+"""The `aggregate` step: running aggregates (raystream/aggregates.py) per key over Arrow,
+and `Folds`, the aggregates of a step as Arrow partials and Python merges, which the
+columnar windows (operators/columnar_windows.py) fold per (key, window) the same way.
 
 Per batch, Arrow computes every aggregate's partials for all keys of the batch at once
 (`Table.group_by(key columns).aggregate(...)`, one thread, rows in order, so "first" and
@@ -20,14 +22,15 @@ import itertools
 import logging
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.transport.batch import ArrowKeyed, timed, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Times, timed, untimed
 from raystream.aggregates import Aggregate, Partial
 from raystream.graph import Step
 
@@ -45,12 +48,109 @@ _KEYS_FIRST = _keys_come_first()
 
 @dataclass
 class Groups:
-    """What Arrow computed for the keys of one batch, one row per key: the key columns,
-    the partials (in the order of `AggregateOp.partials`), the newest time."""
+    """What Arrow computed for the groups of one batch, one row per group: the group-by
+    columns, the partials (in the order of `Folds.partials`), then any extra aggregates."""
 
     keys: list[pa.ChunkedArray]
     partials: list[pa.ChunkedArray]
-    times: pa.ChunkedArray | None
+    extra: list[pa.ChunkedArray]
+
+    def python_keys(self, n: int) -> list[Any]:
+        """The Python key of each group from its first `n` columns: what the per-record
+        path's key would be (a value, or the tuple of several)."""
+        if n == 1:
+            return self.keys[0].to_pylist()
+        return list(zip(*(c.to_pylist() for c in self.keys[:n])))
+
+
+def unused_name(names: Sequence[str], name: str) -> str:
+    """`name`, with underscores added until no column of `names` has it."""
+    while name in names:
+        name += "_"
+    return name
+
+
+class Folds:
+    """The aggregates of one step: the partials Arrow computes per group (each once,
+    however many aggregates ask for it: mean and sum), and the merges that fold them
+    into a state per group, a tuple with one state per aggregate."""
+
+    def __init__(self, named: Sequence[tuple[str, Aggregate]]):
+        self.names = [name for name, _ in named]
+        self.aggregates: list[Aggregate] = [agg for _, agg in named]
+        self.partials: list[Partial] = []
+        self.slots: list[list[int]] = []  # per aggregate: the indexes of its partials
+        for agg in self.aggregates:
+            slot = []
+            for partial in agg.partials():
+                if partial not in self.partials:
+                    self.partials.append(partial)
+                slot.append(self.partials.index(partial))
+            self.slots.append(slot)
+        # an aggregate whose result is its state needs no call per group
+        self._plain_result = [type(agg).result is Aggregate.result for agg in self.aggregates]
+
+    def columns(self) -> list[str]:
+        """The value columns the partials read."""
+        return list(dict.fromkeys(p.column for p in self.partials if p.column is not None))
+
+    def fresh(self) -> tuple[Any, ...]:
+        """The state of a new group (shared: merges return new states)."""
+        return tuple(agg.create() for agg in self.aggregates)
+
+    def group(self, table: pa.Table, by: list[str], extra: Sequence[tuple[Any, ...]] = ()) -> Groups:
+        """Per group of `by` in `table`: the partials, and the `extra` aggregate specs."""
+        specs: list[tuple[Any, ...]] = [
+            ([] if p.column is None else p.column, p.function) + (() if p.options is None else (p.options,))
+            for p in self.partials]
+        grouped = table.group_by(by, use_threads=False).aggregate(specs + list(extra)).combine_chunks()
+        columns = grouped.columns  # by position: a key column may have any name, "v_sum" too
+        n = len(by)
+        keys, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
+        return Groups(keys, aggregated[:len(self.partials)], aggregated[len(self.partials):])
+
+    def merge(self, ids: list[Hashable], olds: list[tuple[Any, ...]], partials: list[list[Any]]
+              ) -> tuple[dict[Hashable, tuple[Any, ...]], list[list[Any]]]:
+        """The new state of each group `ids[i]` (whose state was `olds[i]`), and per
+        aggregate its state after each group. Each aggregate merges all groups at once
+        (`merge_all`), so the loops over groups run in C or in a comprehension."""
+        columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
+                   for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
+        new = dict(zip(ids, zip(*columns)))
+        if len(new) < len(ids):  # equal ids in two groups (0.0 and -0.0): again, one group at a time
+            return self._merge_in_turn(ids, olds, partials)
+        return new, columns
+
+    def _merge_in_turn(self, ids: list[Hashable], olds: list[Any], partials: list[list[Any]]
+                       ) -> tuple[dict[Hashable, tuple[Any, ...]], list[list[Any]]]:
+        new: dict[Hashable, tuple[Any, ...]] = {}
+        rows = []
+        for row, (group, old) in enumerate(zip(ids, olds)):
+            old = new.get(group, old)
+            new[group] = state = self.merge_one(old, [p[row] for p in partials])
+            rows.append(state)
+        return new, [list(column) for column in zip(*rows)]
+
+    def merge_one(self, state: tuple[Any, ...], partials: Sequence[Any]) -> tuple[Any, ...]:
+        """One group's state with one row of partials folded in."""
+        return tuple(agg.merge(state[j], [partials[i] for i in slot])
+                     for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
+
+    def combine(self, state: tuple[Any, ...], other: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Two groups' states as one (merged session windows; `state` is the earlier one's)."""
+        return tuple(agg.combine(a, b) for agg, a, b in zip(self.aggregates, state, other))
+
+    def result_types(self, partial_types: Sequence[pa.DataType]) -> list[pa.DataType]:
+        """The Arrow type of each aggregate's column, from the types of the partials."""
+        return [agg.result_type([partial_types[i] for i in slot]) for agg, slot in zip(self.aggregates, self.slots)]
+
+    def results(self, states: list[list[Any]], types: Sequence[pa.DataType | None]) -> list[pa.Array]:
+        """Each aggregate's column from its states (`states[j]`), as `types[j]` (None: inferred)."""
+        arrays = []
+        for j, agg in enumerate(self.aggregates):
+            values = states[j] if self._plain_result[j] else list(map(agg.result, states[j]))
+            arrays.append(pa.array(values, type=types[j]))
+        return arrays
 
 
 class AggregateOp(KeyedOp):
@@ -62,21 +162,9 @@ class AggregateOp(KeyedOp):
     def __init__(self, step: Step):
         super().__init__(step)
         self.key_columns: list[str] = list(step.key_columns)  # type: ignore[arg-type]
-        self.names = [name for name, _ in step.arrow]
-        self.aggregates: list[Aggregate] = [agg for _, agg in step.arrow]
-        # each partial is computed once, however many aggregates ask for it (mean and sum)
-        self.partials: list[Partial] = []
-        self.slots: list[list[int]] = []  # per aggregate: the indexes of its partials
-        for agg in self.aggregates:
-            slot = []
-            for partial in agg.partials():
-                if partial not in self.partials:
-                    self.partials.append(partial)
-                slot.append(self.partials.index(partial))
-            self.slots.append(slot)
+        self.folds = Folds(step.arrow)
+        self.names = self.folds.names
         self.what = "aggregate " + ", ".join(f"{n}={a!r}" for n, a in step.arrow)
-        # an aggregate whose result is its state needs no call per key
-        self._plain_result = [type(agg).result is Aggregate.result for agg in self.aggregates]
 
     def process(self, batch: Any) -> Any:
         inner, times = untimed(batch)
@@ -87,8 +175,9 @@ class AggregateOp(KeyedOp):
         self.records_in += rows.num_rows
         try:
             groups = self._group(rows, times)
-            keys = self._keys(groups)
-            new, states = self._merge(keys, groups)
+            keys = groups.python_keys(len(self.key_columns))
+            olds = list(map(self.state.get, keys, itertools.repeat(self.folds.fresh())))
+            new, states = self.folds.merge(keys, olds, [c.to_pylist() for c in groups.partials])
             out = self._output(groups, states)
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
             return self._batch_failed(inner, explained(
@@ -96,64 +185,19 @@ class AggregateOp(KeyedOp):
         self.state.update(new)
         self.written.update(new)  # type: ignore[union-attr]
         self.records_out += out.num_rows
-        return timed(out, groups.times.to_pylist() if groups.times is not None else None)
+        newest = groups.extra[0].to_numpy() if times is not None else None
+        return timed(out, newest)
 
-    def _group(self, rows: pa.RecordBatch, times: list[int] | None) -> Groups:
-        """Per key of the batch: the partials, in the order of `self.partials` (and the newest time)."""
+    def _group(self, rows: pa.RecordBatch, times: Times | None) -> Groups:
+        """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""
         table = pa.Table.from_batches([rows])
-        specs: list[tuple[Any, ...]] = [
-            ([] if p.column is None else p.column, p.function) + (() if p.options is None else (p.options,))
-            for p in self.partials]
-        if times is not None:
-            time_column = "__raystream_time"
-            while time_column in rows.schema.names:
-                time_column += "_"
-            table = table.append_column(time_column, pa.array(times, type=pa.int64()))
-            specs.append((time_column, "max"))
-        grouped = table.group_by(self.key_columns, use_threads=False).aggregate(specs).combine_chunks()
-        columns = grouped.columns  # by position: a key column may have any name, "v_sum" too
-        n_keys = len(self.key_columns)
-        keys, aggregated = (columns[:n_keys], columns[n_keys:]) if _KEYS_FIRST else \
-            (columns[-n_keys:], columns[:-n_keys])
-        return Groups(keys, aggregated[:len(self.partials)], aggregated[-1] if times is not None else None)
-
-    def _keys(self, groups: Groups) -> list[Any]:
-        """The Python key of each group: what the per-record path's key would be."""
-        if len(groups.keys) == 1:
-            return groups.keys[0].to_pylist()
-        return list(zip(*(c.to_pylist() for c in groups.keys)))
-
-    def _merge(self, keys: list[Any], groups: Groups) -> tuple[dict[Any, Any], list[list[Any]]]:
-        """The new state of each key of the batch, and per aggregate its state after each
-        group. Each aggregate merges all keys at once (`merge_all`), so the loops over
-        keys run in C or in a comprehension."""
-        partials = [c.to_pylist() for c in groups.partials]
-        fresh = tuple(agg.create() for agg in self.aggregates)  # shared: merges return new states
-        olds = list(map(self.state.get, keys, itertools.repeat(fresh)))
-        columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
-                   for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
-        new = dict(zip(keys, zip(*columns)))
-        if len(new) < len(keys):  # equal keys in two groups (0.0 and -0.0): again, one row at a time
-            return self._merge_in_turn(keys, olds, partials)
-        return new, columns
-
-    def _merge_in_turn(self, keys: list[Any], olds: list[Any], partials: list[list[Any]]
-                       ) -> tuple[dict[Any, Any], list[list[Any]]]:
-        new: dict[Any, Any] = {}
-        rows = []
-        for row, (key, old) in enumerate(zip(keys, olds)):
-            old = new.get(key, old)
-            new[key] = state = tuple(agg.merge(old[j], [partials[i][row] for i in slot])
-                                     for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
-            rows.append(state)
-        return new, [list(column) for column in zip(*rows)]
+        if times is None:
+            return self.folds.group(table, self.key_columns)
+        time_column = unused_name(rows.schema.names, "__raystream_time")
+        table = table.append_column(time_column, pa.array(np.asarray(times, dtype=np.int64)))
+        return self.folds.group(table, self.key_columns, [(time_column, "max")])
 
     def _output(self, groups: Groups, states: list[list[Any]]) -> pa.RecordBatch:
         arrays = [c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in groups.keys]
-        for j, agg in enumerate(self.aggregates):
-            values = states[j]
-            if not self._plain_result[j]:
-                values = list(map(agg.result, values))
-            types = [groups.partials[i].type for i in self.slots[j]]
-            arrays.append(pa.array(values, type=agg.result_type(types)))
+        arrays += self.folds.results(states, self.folds.result_types([c.type for c in groups.partials]))
         return pa.RecordBatch.from_arrays(arrays, names=self.key_columns + self.names)

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from raystream._runtime.transport.batch import KeyedBatch, Timed, as_keyed, as_records, batch_len, to_arrow, untimed
+from raystream._runtime.transport.batch import (KeyedBatch, Timed, Times, as_keyed, as_records, batch_len, time_list,
+                                                to_arrow, untimed)
 from raystream._runtime.plan.failure import RecordFailure
 from raystream.graph import Step
 
@@ -42,6 +43,7 @@ class Operator:
 
     def process(self, batch: Any) -> Any:
         batch, times = untimed(batch)
+        times = time_list(times)  # a per-record step takes an Arrow batch's time array per record
         records = as_records(batch)
         self.records_in += len(records)
         if times is not None:
@@ -106,7 +108,7 @@ class Operator:
             out_times.extend([t] * len(part))
         return _concat(parts), out_times
 
-    def _arrow_input(self, batch: Any) -> tuple[pa.RecordBatch, list[int] | None]:
+    def _arrow_input(self, batch: Any) -> tuple[pa.RecordBatch, Times | None]:
         """Vectorized steps: the batch as Arrow rows (records as `to_arrow` makes them)
         and its times, counted in."""
         batch, times = untimed(batch)
@@ -166,8 +168,9 @@ class KeyedOp(Operator):
         return out
 
     def _keyed_input(self, batch: Any) -> tuple[KeyedBatch, list[int] | None]:
-        """The batch as keys and values (and times), counted in."""
+        """The batch as keys and values (and times, as a list), counted in."""
         batch, times = untimed(batch)
+        times = time_list(times)
         try:
             kb = as_keyed(batch)
         except ValueError as exc:

@@ -3,8 +3,8 @@
 rows as for `map_batches`, expressions run in Arrow (Acero), and a keyed batch is split
 by key in the exchange (transport/arrow_keys.py), per distinct key.
 
-A batch with event times keeps them aligned with its rows: `where` filters the times
-with the rows; `select` and `key_by` keep every row. An expression that fails on a batch
+A batch with event times keeps them aligned with its rows, as an int64 array: `where`
+filters the times with the rows; `select` and `key_by` keep every row. An expression that fails on a batch
 (a column the batch lacks, a type it cannot take) fails the whole batch, as a
 `map_batches` function does, with an error that names the step and the expression.
 """
@@ -19,7 +19,7 @@ import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 from raystream._runtime.operators.base import Operator
-from raystream._runtime.transport.batch import ArrowKeyed, timed
+from raystream._runtime.transport.batch import ArrowKeyed, Times, timed
 from raystream.graph import Step
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ColumnarOp(Operator):
         self.records_out += len(out)
         return timed(out, out_times)
 
-    def _compute(self, batch: pa.RecordBatch, times: list[int] | None) -> tuple[Any, list[int] | None]:
+    def _compute(self, batch: pa.RecordBatch, times: Times | None) -> tuple[Any, Times | None]:
         raise NotImplementedError
 
 
@@ -79,7 +79,7 @@ class WhereOp(ColumnarOp):
         self.expr = step.arrow
         self.what = f"where expression {self.expr}"
 
-    def _compute(self, batch: pa.RecordBatch, times: list[int] | None) -> tuple[Any, list[int] | None]:
+    def _compute(self, batch: pa.RecordBatch, times: Times | None) -> tuple[Any, Times | None]:
         mask = evaluate(batch, [self.expr], ["mask"]).column(0).combine_chunks()
         if not pa.types.is_boolean(mask.type):
             raise TypeError(f"it gives {mask.type}, not a boolean")
@@ -87,7 +87,7 @@ class WhereOp(ColumnarOp):
         kept = batch.filter(mask)
         if times is None:
             return kept, None
-        return kept, np.asarray(times)[mask.to_numpy(zero_copy_only=False)].tolist()
+        return kept, np.asarray(times, dtype=np.int64)[mask.to_numpy(zero_copy_only=False)]
 
 
 class SelectOp(ColumnarOp):
@@ -101,7 +101,7 @@ class SelectOp(ColumnarOp):
         self.exprs = [pc.field(v) if isinstance(v, str) else v for v in values]
         self.what = "select of " + ", ".join(f"{n}={v}" for n, v in step.arrow)
 
-    def _compute(self, batch: pa.RecordBatch, times: list[int] | None) -> tuple[Any, list[int] | None]:
+    def _compute(self, batch: pa.RecordBatch, times: Times | None) -> tuple[Any, Times | None]:
         if self.by_name is not None:
             missing = [c for c in self.by_name if c not in batch.schema.names]
             if missing:
@@ -118,7 +118,7 @@ class KeyColumnsOp(ColumnarOp):
         self.key_columns: tuple[str, ...] = step.key_columns  # type: ignore[assignment]
         self.what = f"key_by on columns {', '.join(self.key_columns)}"
 
-    def _compute(self, batch: pa.RecordBatch, times: list[int] | None) -> tuple[Any, list[int] | None]:
+    def _compute(self, batch: pa.RecordBatch, times: Times | None) -> tuple[Any, Times | None]:
         missing = [c for c in self.key_columns if c not in batch.schema.names]
         if missing:
             raise ValueError(f"no key column {', '.join(missing)}")

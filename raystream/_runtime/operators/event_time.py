@@ -1,14 +1,58 @@
-"""`AssignTimeOp`: the operator that stamps each record with `timestamp_fn(record)` and
-feeds the watermark generator (time/watermarks.py; docs/event_time.md)."""
+"""`AssignTimeOp`: the operator that stamps each record with its event time and feeds the
+watermark generator (time/watermarks.py; docs/event_time.md).
+
+With `EventTime(fn)` the function runs per record. With `EventTime.column(name, unit)`
+an Arrow batch (a RecordBatch, or rows keyed by columns) keeps its rows as they are and
+gets its times from the column in one vectorized conversion (`column_millis`), as an
+int64 array that travels with it (`Timed`); the generator takes the array's max per
+source partition, as it takes a list's. Other records are read field by field
+(`ColumnTime.of_record`), giving the same milliseconds. A row whose time is null or not
+a finite number fails on its own, as its record would on the per-record path; a column
+that is missing or of a type that is not a time fails the whole batch.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from raystream._runtime.operators.base import Operator
+from raystream._runtime.operators.columnar import explained
 from raystream._runtime.time.watermarks import WatermarkGenerator
-from raystream._runtime.transport.batch import Timed, as_records, untimed
-from raystream.event_time import EventTime, to_millis
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, as_records, untimed
+from raystream.event_time import UNITS, EventTime, to_millis
 from raystream.graph import Step, StepKind
+
+_TIMESTAMP_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
+
+
+def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(milliseconds per row, the rows that have a time, or None for all) of `column`:
+    integers or floats in `unit`, or an Arrow timestamp in its own unit (UTC)."""
+    if column not in rows.schema.names:
+        raise ValueError(f"the batch has no event time column {column!r}")
+    array = rows.column(column)
+    kind = array.type
+    valid = None if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(kind):
+        ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        divisor = _TIMESTAMP_DIVISORS[kind.unit]
+        return (ints * -divisor if divisor < 0 else ints // divisor), valid
+    if pa.types.is_integer(kind):
+        ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        if unit in ("s", "ms"):
+            return ints * int(UNITS[unit]), valid
+        return ints // round(1 / UNITS[unit]), valid  # floor, as a datetime's microseconds are
+    if pa.types.is_floating(kind):
+        floats = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        finite = np.isfinite(floats)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
+            floats = np.where(finite, floats, 0.0)
+        return np.rint(floats * UNITS[unit]).astype(np.int64), valid  # half to even, as round()
+    raise TypeError(f"the event time column {column!r} is {kind}; it takes integers or floats in {unit} since the "
+                    "epoch, or an Arrow timestamp")
 
 
 class AssignTimeOp(Operator):
@@ -19,7 +63,9 @@ class AssignTimeOp(Operator):
 
     def __init__(self, step: Step, event_time: EventTime, generator: WatermarkGenerator):
         super().__init__(step)
-        self.fn = event_time.timestamp_fn
+        self.column = event_time.time_column
+        fn = event_time.timestamp_fn
+        self.millis = self.column.of_record if self.column is not None else lambda record: to_millis(fn(record))
         self.generator = generator
         self.at_source = step.kind is StepKind.SOURCE
         self.partition = ""  # at a source: the partition of the batch being stamped
@@ -30,22 +76,52 @@ class AssignTimeOp(Operator):
 
     def process(self, batch: Any) -> Any:
         batch, _ = untimed(batch)  # new times replace any the records had
+        if self.column is not None and isinstance(batch, (pa.RecordBatch, ArrowKeyed)):
+            return self._stamp_columns(batch)
         records = as_records(batch)
         self.records_in += len(records)
-        fn = self.fn
+        millis = self.millis
         try:
-            times = [to_millis(fn(r)) for r in records]
+            times = [millis(r) for r in records]
         except Exception:
             records, times = self._stamp_one_by_one(records)
         self.generator.observe(self.partition, times)
         self.records_out += len(records)
         return Timed(records, times)
 
+    def _stamp_columns(self, batch: pa.RecordBatch | ArrowKeyed) -> Any:
+        """The batch as it is, with its times read from the column in one go."""
+        rows = batch.batch if isinstance(batch, ArrowKeyed) else batch
+        self.records_in += rows.num_rows
+        column = self.column
+        try:
+            times, valid = column_millis(rows, column.column, column.unit)
+        except Exception as exc:
+            return self._batch_failed(batch, explained(exc, f"event time from column {column.column!r} failed on a "
+                                                            f"batch with columns {', '.join(rows.schema.names)}"))
+        if valid is not None:  # rows without a time fail one by one; the others go on
+            self._fail_rows(batch, np.flatnonzero(~valid))
+            mask = pa.array(valid)
+            rows, times = rows.filter(mask), times[valid]
+            batch = ArrowKeyed(rows, batch.key_columns) if isinstance(batch, ArrowKeyed) else rows
+        self.generator.observe(self.partition, times)
+        self.records_out += rows.num_rows
+        return Timed(batch, times)
+
+    def _fail_rows(self, batch: pa.RecordBatch | ArrowKeyed, bad: np.ndarray) -> None:
+        indices = pa.array(bad, type=pa.int64())
+        taken: Any = ArrowKeyed(batch.batch.take(indices), batch.key_columns) if isinstance(batch, ArrowKeyed) \
+            else batch.take(indices)
+        name = self.column.column
+        values = (taken.batch if isinstance(taken, ArrowKeyed) else taken).column(name).to_pylist()
+        for record, value in zip(as_records(taken), values):
+            self.failed(record, TypeError(f"the event time column {name!r} holds {value!r}, not a time"))
+
     def _stamp_one_by_one(self, records: list[Any]) -> tuple[list[Any], list[int]]:
         kept, times = [], []
         for record in records:
             try:
-                t = to_millis(self.fn(record))
+                t = self.millis(record)
             except Exception as exc:
                 self.failed(record, exc)
                 continue

@@ -24,7 +24,7 @@ import enum
 import logging
 from typing import Any, Callable
 
-from raystream._runtime.transport.batch import KeyedBatch, timed, untimed
+from raystream._runtime.transport.batch import KeyedBatch, batch_len, timed, untimed
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.operators.process import Collector, ProcessOp
@@ -80,18 +80,23 @@ def _add_side(acc: tuple[list, list], side_value: tuple[int, Any]) -> tuple[list
     return acc
 
 
-class WindowOp(KeyedOp):
+class TimedWindows(KeyedOp):
+    """What every window step shares, per record or columnar (operators/columnar_windows.py,
+    operators/columnar_join.py): state per key `{(start, end): [accumulator, emitted]}`,
+    the timers that fire and drop windows (rebuilt from the state on restore), the
+    watermark, and the late records. Subclasses add records and make the output:
+    `_collector()` makes what `_emit(key, w, entry, out)` adds a fired window to, and
+    `_fired(out)` turns it into the output batch."""
+
     def __init__(self, step: Step):
         super().__init__(step)
         spec = step.window
         self.assigner = spec.assigner
         self.lateness = spec.allowed_lateness_ms
-        self.functions = WindowFunctions(spec.how, step.fn)
         self.processing = self.assigner.clock == "processing"
         self.merging = self.assigner.merging
         self.watermark = MIN_TIME
         self.timers = TimerQueue()
-        self.late = Collector()
         self.late_records = 0
         self.timed = True
 
@@ -114,6 +119,72 @@ class WindowOp(KeyedOp):
         else:
             self.timers.push(fire_at + self.lateness, key, (w, CLEANUP))
 
+    def _late(self, w: tuple[int, int]) -> bool:
+        return not self.processing and w[1] - 1 + self.lateness <= self.watermark
+
+    # --- output -----------------------------------------------------------------------
+
+    def _collector(self) -> Any:
+        raise NotImplementedError
+
+    def _emit(self, key: Any, w: tuple[int, int], entry: list, out: Any) -> None:
+        raise NotImplementedError
+
+    def _fired(self, out: Any) -> Any:
+        raise NotImplementedError
+
+    def take_late(self) -> Any:
+        """The records found late since the last call, as a batch for the late output."""
+        raise NotImplementedError
+
+    def take_late_batches(self) -> list[Any]:
+        """`take_late()` as a list of batches (a columnar join's sides differ in columns)."""
+        batch = self.take_late()
+        return [batch] if batch_len(batch) else []
+
+    # --- time -------------------------------------------------------------------------
+
+    def _fire(self, now: int) -> Any:
+        out = self._collector()
+        for t, key, (w, kind) in self.timers.pop_due(now):
+            self.changed.add(key)  # I1: firing and cleanup change the key's windows
+            windows = self.state.get(key)
+            entry = windows.get(w) if windows else None
+            if entry is None:
+                continue  # merged away, or cleaned up
+            if kind == FIRE:
+                if entry[1] and w[1] - 1 < t:
+                    continue
+                self._emit(key, w, entry, out)
+                if self.lateness and not self.processing:
+                    self.timers.push(t + self.lateness, key, (w, CLEANUP))
+                    continue
+            del windows[w]
+            if not windows:
+                del self.state[key]
+        return self._fired(out)
+
+    def on_watermark(self, watermark: int) -> Any:
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        return [] if self.processing else self._fire(watermark)
+
+    def on_time(self, now: int) -> Any:
+        return self._fire(now) if self.processing else []
+
+    def next_timer(self) -> int | None:
+        return self.timers.next_time() if self.processing else None
+
+
+class WindowOp(TimedWindows):
+    """A window step over (key, value) records, one record at a time."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.functions = WindowFunctions(step.window.how, step.fn)
+        self.late = Collector()
+
     # --- records ----------------------------------------------------------------------
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
@@ -135,9 +206,6 @@ class WindowOp(KeyedOp):
                 self._bad.append(i)
                 self.failed((key, value), exc)
         return out.batch(self.timed)
-
-    def _late(self, w: tuple[int, int]) -> bool:
-        return not self.processing and w[1] - 1 + self.lateness <= self.watermark
 
     def _add(self, key: Any, value: Any, t: int, out: Collector) -> bool:
         """Add to every window of `t` that is not late; False if all are."""
@@ -189,40 +257,12 @@ class WindowOp(KeyedOp):
             out.add(key, WindowResult(start, end, value, entry[1]), w[1] - 1)
         entry[1] = True
 
-    # --- time -------------------------------------------------------------------------
+    def _collector(self) -> Collector:
+        return Collector()
 
-    def _fire(self, now: int) -> Any:
-        out = Collector()
-        for t, key, (w, kind) in self.timers.pop_due(now):
-            self.changed.add(key)  # I1: firing and cleanup change the key's windows
-            windows = self.state.get(key)
-            entry = windows.get(w) if windows else None
-            if entry is None:
-                continue  # merged away, or cleaned up
-            if kind == FIRE:
-                if entry[1] and w[1] - 1 < t:
-                    continue
-                self._emit(key, w, entry, out)
-                if self.lateness and not self.processing:
-                    self.timers.push(t + self.lateness, key, (w, CLEANUP))
-                    continue
-            del windows[w]
-            if not windows:
-                del self.state[key]
+    def _fired(self, out: Collector) -> Any:
         self.records_out += len(out.keys)
         return out.batch(self.timed)
-
-    def on_watermark(self, watermark: int) -> Any:
-        if watermark <= self.watermark:
-            return []
-        self.watermark = watermark
-        return [] if self.processing else self._fire(watermark)
-
-    def on_time(self, now: int) -> Any:
-        return self._fire(now) if self.processing else []
-
-    def next_timer(self) -> int | None:
-        return self.timers.next_time() if self.processing else None
 
     def take_late(self) -> Any:
         """The records found late since the last call, as a batch for the late output."""

@@ -47,6 +47,7 @@ from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.plan.specs import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream._runtime.operators.event_time import AssignTimeOp
+from raystream._runtime.operators.columnar_join import ArrowJoinOp
 from raystream._runtime.operators.windows import JoinOp
 from raystream._runtime.transport.packing import unpack
 from raystream.config import Guarantee
@@ -255,7 +256,7 @@ class SubtaskActor:
     async def _emit(self, batch: Any, channel: int | None = None) -> None:
         if self.spec.input_sides:  # a join at the head: its input's side comes with the batch
             head = self.ops[0]
-            assert isinstance(head, JoinOp)
+            assert isinstance(head, (JoinOp, ArrowJoinOp))
             out = run_chain(self.ops[1:], head.process_side(batch, self.spec.input_sides[channel]))
         else:
             out = run_chain(self.ops, batch) if self.ops else batch

@@ -9,7 +9,9 @@ from raystream._runtime.checkpointing.rescale import RestoredState, writer_conte
 from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.operators.event_time import AssignTimeOp
 from raystream._runtime.time.watermarks import WatermarkGenerator
-from raystream._runtime.operators.windows import TIMED_OPERATORS, WindowOp
+from raystream._runtime.operators.columnar_join import ArrowJoinOp
+from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.windows import TIMED_OPERATORS, TimedWindows
 from raystream.graph import StepKind
 
 
@@ -26,6 +28,8 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
                                         WatermarkGenerator(step.event_time, spec.source_partitions))
         elif step.kind is StepKind.EVENT_TIME:
             op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
+        elif step.window is not None and step.window.how == "columnar":  # windows over Arrow
+            op = ArrowJoinOp(step) if step.kind is StepKind.JOIN else ArrowWindowOp(step)
         elif step.kind in TIMED_OPERATORS:
             op = TIMED_OPERATORS[step.kind](step)
         else:
@@ -42,7 +46,7 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
                 op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
             if step.kind is not StepKind.SOURCE:  # a source's counter is its reader's
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
-            if isinstance(op, WindowOp):
+            if isinstance(op, TimedWindows):
                 op.late_records = state.late.get(step.step_id, 0)
             op.errors = state.errors.get(step.step_id, 0)
         ops.append(op)

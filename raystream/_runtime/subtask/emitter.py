@@ -20,7 +20,7 @@ from raystream._runtime.subtask.clock import ChainClock, Message
 from raystream._runtime.transport.keys import UnsupportedKeyError
 from raystream._runtime.operators.base import Operator
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.operators.windows import WindowOp
+from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.specs import OutputSpec
 from raystream.config import RuntimeConfig
 
@@ -35,7 +35,7 @@ class Emitter:
         self.ops = ops
         self.clock = clock
         self.key_step = key_step  # the step a key that cannot be routed is blamed on
-        self.window_ops = [op for op in ops if isinstance(op, WindowOp)]
+        self.window_ops = [op for op in ops if isinstance(op, TimedWindows)]
         self._has_late_edge = any(e.late for e in edges)
         self.late_dropped = 0
 
@@ -53,29 +53,30 @@ class Emitter:
 
     async def send(self, out: Any) -> None:
         late = self._take_late()
-        if not batch_len(out) and late is None:
+        if not batch_len(out) and not late:
             return
         try:
             for edge in self.edges:
-                batch = late if edge.late else out
-                if batch is not None and batch_len(batch):
-                    await edge.emit(batch)
+                for batch in late if edge.late else [out]:
+                    if batch_len(batch):
+                        await edge.emit(batch)
         except UnsupportedKeyError as exc:  # the key function's fault: blame its step
             raise RecordFailure(self.key_step, exc.key, exc) from None
 
-    def _take_late(self) -> Any:
-        late = None
+    def _take_late(self) -> list[Any]:
+        """The late records for the late edge (a columnar join's come as a batch per side)."""
+        late: list[Any] = []
         for op in self.window_ops:
-            batch = op.take_late()
-            if not batch_len(batch):
+            batches = op.take_late_batches()
+            if not batches:
                 continue
             if op is self.ops[-1] and self._has_late_edge:
-                late = batch
+                late = batches
                 continue
             if self.late_dropped == 0:  # counted in the metrics; said once per subtask
                 logger.warning("%s: records too late for their window in step %s are counted and dropped; "
                                "sink the step's .late stream to keep them", self.name, op.step_id)
-            self.late_dropped += batch_len(batch)
+            self.late_dropped += sum(map(batch_len, batches))
         return late
 
     async def deliver(self, messages: list[Message]) -> None:

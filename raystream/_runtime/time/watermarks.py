@@ -17,6 +17,9 @@ it follows; an IDLE payload (None) says that the sender is idle.
 from __future__ import annotations
 
 import time
+from typing import Sequence
+
+import numpy as np
 
 from raystream.event_time import EventTime
 
@@ -47,10 +50,11 @@ class WatermarkGenerator:
         """The newest time of each partition that has seen one (for the checkpoint)."""
         return {p: t for p, t in self.newest.items() if t > MIN_TIME}
 
-    def observe(self, partition: str, times: list[int]) -> None:
-        if not times:
+    def observe(self, partition: str, times: Sequence[int] | np.ndarray) -> None:
+        """The times of one batch of `partition` (a list, or an Arrow batch's array: a vectorized max)."""
+        if not len(times):
             return
-        newest = max(times)
+        newest = int(times.max()) if isinstance(times, np.ndarray) else max(times)
         if newest > self.newest.get(partition, MIN_TIME):
             self.newest[partition] = newest
         self.seen_at[partition] = time.monotonic()

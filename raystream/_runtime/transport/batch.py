@@ -10,14 +10,17 @@ A micro-batch is one of:
   (`key_by(step_id, "col")`). Keyed exchanges split it by key group as Arrow
   (arrow_keys.py); to a per-record keyed step it is `(key, row as a dict)` records;
 - a `Timed` batch: one of the above with the event time of each record (milliseconds
-  since the epoch) in a parallel list. Records of a stream with event time
+  since the epoch) in a parallel list, or, for Arrow batches, an int64 numpy array:
+  columnar steps keep times as arrays (no Python int per row), per-record steps take
+  them as a list (`time_list`). Records of a stream with event time
   (docs/event_time.md) travel this way, and each step keeps the time of the record an
   output came from.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
+import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.transport.arrow_keys import distinct_keys
@@ -59,12 +62,16 @@ class ArrowKeyed:
         return (ArrowKeyed, (self.batch, self.key_columns))
 
 
+#: Event times of a batch's records, in milliseconds: a list, or an int64 array (Arrow batches).
+Times = Union[list[int], np.ndarray]
+
+
 class Timed:
     """A batch whose records carry event times: `times[i]` is record i's, in milliseconds."""
 
     __slots__ = ("batch", "times")
 
-    def __init__(self, batch: Any, times: list[int]):
+    def __init__(self, batch: Any, times: Times):
         self.batch = batch
         self.times = times
 
@@ -75,16 +82,26 @@ class Timed:
         return (Timed, (self.batch, self.times))
 
 
-def timed(batch: Any, times: list[int] | None) -> Any:
+def timed(batch: Any, times: Times | None) -> Any:
     """`batch` with `times`, or `batch` itself when there are none."""
     return batch if times is None else Timed(batch, times)
 
 
-def untimed(batch: Any) -> tuple[Any, list[int] | None]:
+def untimed(batch: Any) -> tuple[Any, Times | None]:
     """The batch without its times, and the times (None when it has none)."""
     if isinstance(batch, Timed):
         return batch.batch, batch.times
     return batch, None
+
+
+def time_list(times: Times | None) -> list[int] | None:
+    """Times as a list of ints, for steps that run per record."""
+    return times.tolist() if isinstance(times, np.ndarray) else times
+
+
+def time_array(times: Times | None) -> np.ndarray | None:
+    """Times as an int64 array, for steps that run per batch."""
+    return None if times is None else np.asarray(times, dtype=np.int64)
 
 
 def batch_len(batch: Any) -> int:

@@ -18,11 +18,11 @@ import collections
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.transport.arrow_keys import distinct_keys, row_targets, split_rows, take_rows
-from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, as_keyed, as_records, batch_len, timed, untimed
+from raystream._runtime.transport.batch import (ArrowKeyed, KeyedBatch, Timed, Times, as_keyed, as_records, batch_len,
+                                                time_array, time_list, timed, untimed)
 from raystream._runtime.transport.keys import KeyRouter
 from raystream._runtime.plan.physical import EdgeKind
 from raystream._runtime.transport.packing import pack
@@ -112,7 +112,7 @@ class OutputEdge:
             if isinstance(inner, ArrowKeyed):
                 await self._emit_arrow_keyed(inner, times)
             else:
-                await self._emit_keyed(as_keyed(inner), times)
+                await self._emit_keyed(as_keyed(inner), time_list(times))
             return
         ch = self.channels[0] if len(self.channels) == 1 else self.channels[self._rotate()]
         if isinstance(inner, (pa.RecordBatch, ArrowKeyed)):  # Arrow goes as is
@@ -120,7 +120,7 @@ class OutputEdge:
             return
         ch.buffer.extend(as_records(inner))
         if times is not None:
-            ch.times.extend(times)
+            ch.times.extend(time_list(times))
         await self._after_append(ch)
 
     async def _emit_keyed(self, batch: KeyedBatch, times: list[int] | None) -> None:
@@ -143,7 +143,7 @@ class OutputEdge:
         for ch in channels:
             await self._after_append(ch)
 
-    async def _emit_arrow_keyed(self, keyed: ArrowKeyed, times: list[int] | None) -> None:
+    async def _emit_arrow_keyed(self, keyed: ArrowKeyed, times: Times | None) -> None:
         """Each row to the subtask of its key group, keyed Arrow as it came: the keys are
         made and hashed once per distinct key (arrow_keys.py), by the per-record path's router."""
         # routed even to a single channel, so a key that cannot be hashed fails at every parallelism
@@ -151,11 +151,11 @@ class OutputEdge:
         if len(self.channels) == 1:
             await self._send_arrow(self.channels[0], timed(keyed, times))
             return
-        stamps = np.asarray(times, dtype=np.int64) if times is not None else None
+        stamps = time_array(times)  # times stay an array along Arrow rows
         for ch, rows in zip(self.channels, split_rows(targets, len(self.channels))):
             if len(rows):
                 part = ArrowKeyed(take_rows(keyed.batch, rows), keyed.key_columns)
-                await self._send_arrow(ch, timed(part, stamps[rows].tolist() if stamps is not None else None))
+                await self._send_arrow(ch, timed(part, stamps[rows] if stamps is not None else None))
 
     @staticmethod
     async def _send_arrow(ch: OutputChannel, batch: Any) -> None:

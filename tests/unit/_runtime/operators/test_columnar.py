@@ -37,9 +37,9 @@ def test_where_keeps_the_rows_where_the_expression_is_true_and_null_is_false():
 
 def test_where_keeps_event_times_with_their_rows():
     out = where(pc.field("price") >= 150).process(Timed(ROWS, [10, 20, 30, 40]))
-    assert isinstance(out, Timed) and out.batch.to_pylist() == [ROWS[1], ROWS[3]] and out.times == [20, 40]
+    assert isinstance(out, Timed) and out.batch.to_pylist() == [ROWS[1], ROWS[3]] and out.times.tolist() == [20, 40]
     none = where(pc.field("price") > 1000).process(Timed(ROWS, [10, 20, 30, 40]))
-    assert len(none) == 0 and none.times == []
+    assert len(none) == 0 and none.times.tolist() == []
 
 
 def test_select_by_name_and_by_expression():

@@ -1,0 +1,285 @@
+"""Window steps over Arrow: `keyed.window(assigner).aggregate(id, name=rs.aggregates.X(...))`
+on a stream keyed by columns (docs/guide/columnar.md, docs/event_time.md).
+
+The windows, their firing and their lateness are the per-record window step's
+(operators/windows.py, `TimedWindows`): the same keyed state per key, `{(start, end):
+[state, emitted]}` with the state a tuple of the aggregates' states (as `aggregate` keeps
+per key), the same timer queues, rebuilt from the state on restore, and the same
+watermark. So snapshots, incremental state (I1: every key a batch or a timer touches is
+marked changed), restore and rescaling by key group (B4) are those of every keyed step.
+What differs is how a batch gets in, which runs per batch instead of per record:
+
+1. windows are assigned vectorized: tumbling, a floor; sliding, each row repeated once
+   per window it is in (np.repeat) with its window starts; sessions, per key sorted by
+   time and split where the gap is passed (operators/columnar_sessions.py);
+2. a (row, window) pair whose window is late (end - 1 + allowed lateness <= watermark) is
+   dropped, and a row late for all its windows goes to the late output, as Arrow rows;
+3. Arrow computes the partials per (key, window) (`Table.group_by`), and Python folds
+   them into the state once per distinct (key, window) of the batch; a batch that fails
+   leaves the state as it was;
+4. a window that has fired and takes rows within the allowed lateness emits its new
+   value at once, with update=True: once per batch, where the per-record step emits once
+   per record (the last of those equals this one).
+
+When the watermark reaches end - 1 (processing time: when the clock reaches end), the
+due windows fire as one Arrow batch: the key columns, `window_start` and `window_end`
+(timestamp[ms, UTC], the datetimes of the per-record `WindowResult`), one column per
+aggregate, and `update`; each row timed end - 1.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raystream._runtime.operators.aggregate import Folds, unused_name
+from raystream._runtime.operators.columnar import as_batch, explained
+from raystream._runtime.operators.columnar_sessions import sessions
+from raystream._runtime.operators.windows import TimedWindows
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.time.timers import now_ms
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array, untimed
+from raystream.graph import Step
+from raystream.windows import WINDOW_COLUMNS, Sliding
+
+logger = logging.getLogger(__name__)
+
+WINDOW_TIME = pa.timestamp("ms", tz="UTC")  # what WindowResult.start and .end are
+
+
+@dataclass
+class Assigned:
+    """The (row, window) pairs of a batch, a row's pairs together and rows in order."""
+
+    rows: np.ndarray  # int64: the row of each pair
+    starts: np.ndarray  # int64: the start of its window (ms)
+    size: int  # every window's length (ms)
+
+
+def assign(assigner: Any, times: np.ndarray) -> Assigned:
+    """The tumbling or sliding windows of every row, as `assigner.assign(t)` gives them."""
+    if isinstance(assigner, Sliding):
+        size, slide, offset = assigner._size, assigner._slide, assigner._offset
+        k = -(-size // slide)  # the most windows a row can be in (size/slide, rounded up)
+        first = times - np.mod(times - offset, slide)
+        starts = first[:, None] - np.arange(k, dtype=np.int64) * slide
+        kept = (starts > (times - size)[:, None]).ravel()
+        return Assigned(np.repeat(np.arange(len(times), dtype=np.int64), k)[kept], starts.ravel()[kept], size)
+    size, offset = assigner._size, assigner._offset
+    return Assigned(np.arange(len(times), dtype=np.int64), times - np.mod(times - offset, size), size)
+
+
+@dataclass
+class Fired:
+    """Windows to emit, as columns, until they become one Arrow batch."""
+
+    keys: list[Any] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)  # what the window holds (a state, or a join's rows)
+    updates: list[bool] = field(default_factory=list)
+
+    def add(self, key: Any, w: tuple[int, int], held: Any, update: bool) -> None:
+        self.keys.append(key)
+        self.starts.append(w[0])
+        self.ends.append(w[1])
+        self.entries.append(held)
+        self.updates.append(update)
+
+    def window_columns(self, repeats: np.ndarray | None = None) -> list[pa.Array]:
+        """window_start and window_end, each row's repeated `repeats[i]` times if given."""
+        starts, ends = np.asarray(self.starts, dtype=np.int64), np.asarray(self.ends, dtype=np.int64)
+        if repeats is not None:
+            starts, ends = np.repeat(starts, repeats), np.repeat(ends, repeats)
+        return [pa.array(starts).cast(WINDOW_TIME), pa.array(ends).cast(WINDOW_TIME)]
+
+
+class LateRows:
+    """Rows found late, kept as Arrow until the emitter takes them for the late output."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[ArrowKeyed, np.ndarray]] = []
+
+    def add(self, keyed: ArrowKeyed, times: np.ndarray, late: np.ndarray) -> int:
+        """Keep the rows of `keyed` where `late`; returns how many."""
+        n = int(late.sum())
+        if n:
+            rows = keyed.batch.filter(pa.array(late))
+            self.parts.append((ArrowKeyed(rows, keyed.key_columns), times[late]))
+        return n
+
+    def take(self) -> list[Any]:
+        """The rows kept since the last call: one timed batch per run of equal schemas."""
+        parts, self.parts = self.parts, []
+        out = []
+        for (_, columns), run in itertools.groupby(parts, key=lambda p: (p[0].batch.schema, p[0].key_columns)):
+            run = list(run)
+            rows = as_batch(pa.Table.from_batches([keyed.batch for keyed, _ in run]))
+            out.append(Timed(ArrowKeyed(rows, columns), np.concatenate([t for _, t in run])))
+        return out
+
+
+class ArrowWindowOp(TimedWindows):
+    """Windows of Arrow rows keyed by columns, with the built-in aggregates (or one's own)."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.key_columns: list[str] = list(step.key_columns)  # type: ignore[arg-type]
+        self.folds = Folds(step.arrow)
+        self.what = f"window aggregate {', '.join(f'{n}={a!r}' for n, a in step.arrow)}"
+        self.late_rows = LateRows()
+        # the output's column types, from the batches seen (a window restored and fired
+        # before any batch came has its types inferred from its Python values)
+        self.key_types: list[pa.DataType | None] = [None] * len(self.key_columns)
+        self.result_types: list[pa.DataType | None] = [None] * len(self.folds.aggregates)
+
+    def process(self, batch: Any) -> Any:
+        inner, times = untimed(batch)
+        if not isinstance(inner, ArrowKeyed):
+            raise RecordFailure(self.step_id, "<batch>", TypeError(
+                f"a window aggregate takes Arrow rows keyed by columns; got {type(inner).__name__}"))
+        rows = inner.batch
+        self.records_in += rows.num_rows
+        self.timed = times is not None
+        if self.processing:
+            times = np.full(rows.num_rows, now_ms(), dtype=np.int64)
+        elif times is None:
+            raise RecordFailure(self.step_id, "<batch>", ValueError(
+                "an event-time window needs rows with event time; give the source event_time=rs.EventTime.column(...) "
+                "or add a with_event_time step before the key_by"))
+        times = time_array(times)
+        try:
+            if self.merging:
+                from_sessions = sessions(self, rows, times)
+                late, touched = from_sessions.late, self._commit_sessions(from_sessions.windows)
+            else:
+                late, new = self._fold(rows, times)
+                touched = self._commit(new)
+        except Exception as exc:  # the batch fails as a whole; the state stays as it was
+            return self._batch_failed(inner, explained(
+                exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
+        if late is not None:
+            self.late_records += self.late_rows.add(inner, times, late)
+        return self._updates(touched)
+
+    # --- a batch in ---------------------------------------------------------------------
+
+    def values(self, rows: pa.RecordBatch) -> pa.Table:
+        """The key columns and the columns the aggregates read, as a table."""
+        names = list(dict.fromkeys(self.key_columns + self.folds.columns()))
+        missing = [c for c in names if c not in rows.schema.names]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+        return pa.Table.from_batches([rows.select(names)])
+
+    def state_of(self, key: Any, w: tuple[int, int]) -> tuple[Any, ...] | None:
+        windows = self.state.get(key)
+        entry = windows.get(w) if windows else None
+        return None if entry is None else entry[0]
+
+    def _fold(self, rows: pa.RecordBatch, times: np.ndarray) -> tuple[np.ndarray | None, dict[Any, Any]]:
+        """Tumbling and sliding: (rows late for all their windows, or None; the new state
+        of each (key, window) of the batch). Nothing changes yet."""
+        assigned = assign(self.assigner, times)
+        pairs, starts, late = assigned.rows, assigned.starts, None
+        if not self.processing:
+            on_time = starts + (assigned.size - 1 + self.lateness) > self.watermark
+            if not on_time.all():
+                pairs, starts = pairs[on_time], starts[on_time]
+                late = np.bincount(pairs, minlength=len(times)) == 0
+        table = self.values(rows)
+        if not np.array_equal(pairs, np.arange(table.num_rows)):
+            table = table.take(pa.array(pairs))  # sliding: a row per window; or late rows gone
+        window = unused_name(table.column_names, "__raystream_window")
+        groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window])
+        self._learn(table, groups.partials)
+        size = assigned.size
+        ids = [(key, (s, s + size)) for key, s in zip(groups.python_keys(len(self.key_columns)),
+                                                    groups.keys[-1].to_pylist())]
+        fresh = self.folds.fresh()
+        olds = [fresh if old is None else old for old in itertools.starmap(self.state_of, ids)]
+        new, _ = self.folds.merge(ids, olds, [c.to_pylist() for c in groups.partials])
+        return late, new
+
+    def _learn(self, table: pa.Table, partials: list[pa.ChunkedArray]) -> None:
+        """The output's column types, from a batch's key columns and partials."""
+        for i, name in enumerate(self.key_columns):
+            kind = table.schema.field(name).type
+            if not pa.types.is_null(kind):
+                self.key_types[i] = kind
+        for j, kind in enumerate(self.folds.result_types([c.type for c in partials])):
+            if not pa.types.is_null(kind):
+                self.result_types[j] = kind
+
+    def _commit(self, new: dict[Any, Any]) -> list[tuple[Any, tuple[int, int]]]:
+        """Store the new states; a new window gets its timer. Returns the windows touched."""
+        state = self.state
+        for (key, w), acc in new.items():
+            windows = state.get(key)
+            if windows is None:
+                windows = state[key] = {}
+            entry = windows.get(w)
+            if entry is None:
+                windows[w] = [acc, False]
+                self._schedule(key, w)
+            else:
+                entry[0] = acc
+            self.changed.add(key)  # I1
+        return list(new)
+
+    def _commit_sessions(self, windows: dict[Any, dict[tuple[int, int], list]]) -> list[tuple[Any, tuple[int, int]]]:
+        """Each key's windows after the batch replace its windows; a window new to the key
+        gets its timer (those of windows merged away find nothing and are skipped)."""
+        touched = []
+        for key, now in windows.items():
+            before = self.state.get(key) or {}
+            for w, entry in now.items():
+                if before.get(w) is not entry:
+                    touched.append((key, w))
+                    if w not in before:
+                        self._schedule(key, w)
+            self.state[key] = now
+            self.changed.add(key)  # I1
+        return touched
+
+    def _updates(self, touched: list[tuple[Any, tuple[int, int]]]) -> Any:
+        """Windows that had reached the watermark and took rows emit their value now."""
+        if self.processing:
+            return []
+        out = Fired()
+        for key, w in touched:
+            if w[1] - 1 <= self.watermark:
+                self._emit(key, w, self.state[key][w], out)
+        return self._fired(out)
+
+    # --- output -------------------------------------------------------------------------
+
+    def _collector(self) -> Fired:
+        return Fired()
+
+    def _emit(self, key: Any, w: tuple[int, int], entry: list, out: Fired) -> None:
+        out.add(key, w, entry[0], entry[1])
+        entry[1] = True
+
+    def _fired(self, out: Fired) -> Any:
+        if not out.keys:
+            return []
+        if len(self.key_columns) == 1:
+            arrays = [pa.array(out.keys, type=self.key_types[0])]
+        else:
+            arrays = [pa.array(list(values), type=kind) for values, kind in zip(zip(*out.keys), self.key_types)]
+        arrays += out.window_columns()
+        arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types)
+        arrays.append(pa.array(out.updates, type=pa.bool_()))
+        batch = pa.RecordBatch.from_arrays(
+            arrays, names=self.key_columns + list(WINDOW_COLUMNS) + self.folds.names + ["update"])
+        self.records_out += batch.num_rows
+        return Timed(batch, np.asarray(out.ends, dtype=np.int64) - 1) if self.timed else batch
+
+    def take_late_batches(self) -> list[Any]:
+        return self.late_rows.take()
+
