@@ -49,6 +49,7 @@ from raystream.windows import WINDOW_COLUMNS, Sliding
 logger = logging.getLogger(__name__)
 
 WINDOW_TIME = pa.timestamp("ms", tz="UTC")  # what WindowResult.start and .end are
+_NONE: dict = {}  # the windows of a key that has none
 
 
 @dataclass
@@ -176,11 +177,6 @@ class ArrowWindowOp(TimedWindows):
             raise ValueError(f"no column {', '.join(missing)}")
         return pa.Table.from_batches([rows.select(names)])
 
-    def state_of(self, key: Any, w: tuple[int, int]) -> tuple[Any, ...] | None:
-        windows = self.state.get(key)
-        entry = windows.get(w) if windows else None
-        return None if entry is None else entry[0]
-
     def _fold(self, rows: pa.RecordBatch, times: np.ndarray) -> tuple[np.ndarray | None, dict[Any, Any]]:
         """Tumbling and sliding: (rows late for all their windows, or None; the new state
         of each (key, window) of the batch). Nothing changes yet."""
@@ -197,11 +193,13 @@ class ArrowWindowOp(TimedWindows):
         window = unused_name(table.column_names, "__raystream_window")
         groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window])
         self._learn(table, groups.partials)
-        size = assigned.size
-        ids = [(key, (s, s + size)) for key, s in zip(groups.python_keys(len(self.key_columns)),
-                                                    groups.keys[-1].to_pylist())]
-        fresh = self.folds.fresh()
-        olds = [fresh if old is None else old for old in itertools.starmap(self.state_of, ids)]
+        size, get, fresh = assigned.size, self.state.get, self.folds.fresh()
+        ids, olds = [], []
+        for key, s in zip(groups.python_keys(len(self.key_columns)), groups.keys[-1].to_pylist()):
+            w = (s, s + size)
+            ids.append((key, w))
+            entry = (get(key) or _NONE).get(w)
+            olds.append(fresh if entry is None else entry[0])
         new, _ = self.folds.merge(ids, olds, [c.to_pylist() for c in groups.partials])
         return late, new
 

@@ -28,7 +28,7 @@ from raystream._runtime.transport.batch import KeyedBatch, batch_len, timed, unt
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.operators.process import Collector, ProcessOp
-from raystream._runtime.time.timers import TimerQueue, now_ms
+from raystream._runtime.time.timers import GroupedTimers, now_ms
 from raystream._runtime.time.watermarks import MIN_TIME
 from raystream.event_time import from_millis
 from raystream.graph import Step, StepKind
@@ -96,7 +96,7 @@ class TimedWindows(KeyedOp):
         self.processing = self.assigner.clock == "processing"
         self.merging = self.assigner.merging
         self.watermark = MIN_TIME
-        self.timers = TimerQueue()
+        self.timers = GroupedTimers()  # a window's keys share its end's timer entry
         self.late_records = 0
         self.timed = True
 
