@@ -153,6 +153,17 @@ class Folds:
         return arrays
 
 
+def arrow_keyed_input(op: KeyedOp, batch: Any, what: str) -> tuple[ArrowKeyed, Times | None]:
+    """The Arrow rows keyed by columns that a columnar keyed step `what` takes, and their
+    times, counted in; anything else fails the step."""
+    inner, times = untimed(batch)
+    if not isinstance(inner, ArrowKeyed):
+        raise RecordFailure(op.step_id, "<batch>", TypeError(
+            f"{what} takes Arrow rows keyed by columns; got {type(inner).__name__}"))
+    op.records_in += inner.batch.num_rows
+    return inner, times
+
+
 class AggregateOp(KeyedOp):
     """Emits, per batch, one row per key of the batch: the key columns, then each
     aggregate's running value."""
@@ -167,12 +178,8 @@ class AggregateOp(KeyedOp):
         self.what = "aggregate " + ", ".join(f"{n}={a!r}" for n, a in step.arrow)
 
     def process(self, batch: Any) -> Any:
-        inner, times = untimed(batch)
-        if not isinstance(inner, ArrowKeyed):
-            raise RecordFailure(self.step_id, "<batch>", TypeError(
-                f"aggregate takes Arrow rows keyed by columns; got {type(inner).__name__}"))
+        inner, times = arrow_keyed_input(self, batch, "aggregate")
         rows = inner.batch
-        self.records_in += rows.num_rows
         try:
             groups = self._group(rows, times)
             keys = groups.python_keys(len(self.key_columns))

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raystream._runtime.operators.aggregate import Folds, unused_name
+from raystream._runtime.operators.aggregate import Folds, arrow_keyed_input, unused_name
 from raystream._runtime.operators.columnar import as_batch, explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import now_ms
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array
 from raystream.graph import Step
 from raystream.windows import WINDOW_COLUMNS, Sliding
 
@@ -139,12 +139,8 @@ class ArrowWindowOp(TimedWindows):
         self.result_types: list[pa.DataType | None] = [None] * len(self.folds.aggregates)
 
     def process(self, batch: Any) -> Any:
-        inner, times = untimed(batch)
-        if not isinstance(inner, ArrowKeyed):
-            raise RecordFailure(self.step_id, "<batch>", TypeError(
-                f"a window aggregate takes Arrow rows keyed by columns; got {type(inner).__name__}"))
+        inner, times = arrow_keyed_input(self, batch, "a window aggregate")
         rows = inner.batch
-        self.records_in += rows.num_rows
         self.timed = times is not None
         if self.processing:
             times = np.full(rows.num_rows, now_ms(), dtype=np.int64)
