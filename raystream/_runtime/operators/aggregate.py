@@ -18,6 +18,7 @@ With event times, a key's output row takes the newest time among its rows in the
 """
 from __future__ import annotations
 
+import builtins
 import itertools
 import logging
 import operator
@@ -26,6 +27,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
@@ -54,6 +56,16 @@ class Groups:
     keys: list[pa.ChunkedArray]
     partials: list[pa.ChunkedArray]
     extra: list[pa.ChunkedArray]
+    exact: frozenset[int] = frozenset()  # partials summed as decimals (ints that could pass int64)
+
+    def python_partials(self) -> list[list[Any]]:
+        """Each partial's values as Python values; exact sums as ints again."""
+        return [[None if v is None else int(v) for v in c.to_pylist()] if i in self.exact else c.to_pylist()
+                for i, c in enumerate(self.partials)]
+
+    def partial_types(self) -> list[pa.DataType]:
+        """The partials' types as the columns they summed would give them."""
+        return [pa.int64() if i in self.exact else c.type for i, c in enumerate(self.partials)]
 
     def python_keys(self, n: int) -> list[Any]:
         """The Python key of each group from its first `n` columns: what the per-record
@@ -103,11 +115,33 @@ class Folds:
         specs: list[tuple[Any, ...]] = [
             ([] if p.column is None else p.column, p.function) + (() if p.options is None else (p.options,))
             for p in self.partials]
+        table, exact = self._prepared(table)
         grouped = table.group_by(by, use_threads=False).aggregate(specs + list(extra)).combine_chunks()
         columns = grouped.columns  # by position: a key column may have any name, "v_sum" too
         n = len(by)
         keys, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
-        return Groups(keys, aggregated[:len(self.partials)], aggregated[len(self.partials):])
+        exact_partials = frozenset(i for i, p in enumerate(self.partials) if p.function == "sum" and p.column in exact)
+        return Groups(keys, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
+
+    def _prepared(self, table: pa.Table) -> tuple[pa.Table, set[str]]:
+        """The value columns as Arrow's group-by can fold them: a column of nulls only
+        (type null, which `first` and `max` have no kernel for) as int64 nulls, nothing
+        to fold; an integer column a sum reads whose batch sum could pass int64 (Arrow's
+        sum wraps around silently) as decimal128(38, 0), exact. Returns the table and the
+        columns made decimal."""
+        sums = {p.column for p in self.partials if p.function == "sum"}
+        exact = set()
+        for name in self.columns():
+            i = table.schema.get_field_index(name)
+            if i < 0:
+                continue  # named by the error Arrow gives
+            column = table.column(i)
+            if pa.types.is_null(column.type):
+                table = table.set_column(i, name, column.cast(pa.int64()))
+            elif name in sums and pa.types.is_integer(column.type) and _may_pass_int64(column):
+                table = table.set_column(i, name, column.cast(pa.decimal128(38, 0)))
+                exact.add(name)
+        return table, exact
 
     def merge(self, ids: list[Hashable], olds: list[tuple[Any, ...]], partials: list[list[Any]]
               ) -> tuple[dict[Hashable, tuple[Any, ...]], list[list[Any]]]:
@@ -145,12 +179,35 @@ class Folds:
         return [agg.result_type([partial_types[i] for i in slot]) for agg, slot in zip(self.aggregates, self.slots)]
 
     def results(self, states: list[list[Any]], types: Sequence[pa.DataType | None]) -> list[pa.Array]:
-        """Each aggregate's column from its states (`states[j]`), as `types[j]` (None: inferred)."""
+        """Each aggregate's column from its states (`states[j]`), as `types[j]` where that
+        holds them exactly (None: inferred). A running value this batch's type cannot hold
+        (a float sum after a batch of ints only, a value after a batch of nulls) keeps the
+        type of its values: a column is never cut to fit."""
         arrays = []
         for j, agg in enumerate(self.aggregates):
             values = states[j] if self._plain_result[j] else list(map(agg.result, states[j]))
-            arrays.append(pa.array(values, type=types[j]))
+            arrays.append(_exact_array(values, types[j]))
         return arrays
+
+
+def _may_pass_int64(column: pa.ChunkedArray) -> bool:
+    """Whether a sum of some of the column's values could leave int64 (bounds, not the sum)."""
+    low, high = pc.min_max(column).values()
+    if low.as_py() is None:
+        return False
+    return builtins.max(abs(low.as_py()), abs(high.as_py())) * len(column) >= 2 ** 63
+
+
+def _exact_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+    inferred = pa.array(values)
+    if kind is None or pa.types.is_null(kind) or inferred.type == kind:
+        return inferred if kind is None or pa.types.is_null(kind) else inferred.cast(kind)
+    if pa.types.is_null(inferred.type):
+        return pa.nulls(len(values), kind)
+    try:
+        return inferred.cast(kind, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return inferred
 
 
 def arrow_keyed_input(op: KeyedOp, batch: Any, what: str) -> tuple[ArrowKeyed, Times | None]:
@@ -184,7 +241,7 @@ class AggregateOp(KeyedOp):
             groups = self._group(rows, times)
             keys = groups.python_keys(len(self.key_columns))
             olds = list(map(self.state.get, keys, itertools.repeat(self.folds.fresh())))
-            new, states = self.folds.merge(keys, olds, [c.to_pylist() for c in groups.partials])
+            new, states = self.folds.merge(keys, olds, groups.python_partials())
             out = self._output(groups, states)
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
             return self._batch_failed(inner, explained(
@@ -206,5 +263,5 @@ class AggregateOp(KeyedOp):
 
     def _output(self, groups: Groups, states: list[list[Any]]) -> pa.RecordBatch:
         arrays = [c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in groups.keys]
-        arrays += self.folds.results(states, self.folds.result_types([c.type for c in groups.partials]))
+        arrays += self.folds.results(states, self.folds.result_types(groups.partial_types()))
         return pa.RecordBatch.from_arrays(arrays, names=self.key_columns + self.names)

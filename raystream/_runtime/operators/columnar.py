@@ -122,4 +122,7 @@ class KeyColumnsOp(ColumnarOp):
         missing = [c for c in self.key_columns if c not in batch.schema.names]
         if missing:
             raise ValueError(f"no key column {', '.join(missing)}")
+        twice = [c for c in self.key_columns if len(batch.schema.get_all_field_indices(c)) > 1]
+        if twice:  # the exchange could not tell which: fail here, under the step's error policy
+            raise ValueError(f"the batch has more than one column named {', '.join(twice)}")
         return ArrowKeyed(batch, self.key_columns), times

@@ -68,8 +68,8 @@ def sessions(op: ArrowWindowOp, rows: pa.RecordBatch, times: np.ndarray) -> Sess
         table = table.filter(pa.array(accepted))
     column = unused_name(table.column_names, "__raystream_session")
     groups = op.folds.group(table.append_column(column, pa.array(cluster[kept])), [column])
-    op._learn(table, groups.partials)
-    partials = [p.to_pylist() for p in groups.partials]
+    op._learn(table, groups.partial_types())
+    partials = groups.python_partials()
     group_of = np.empty(len(firsts), dtype=np.int64)  # cluster -> its row of `groups`
     group_of[groups.keys[0].to_numpy()] = np.arange(groups.keys[0].length())
     group_of = group_of.tolist()

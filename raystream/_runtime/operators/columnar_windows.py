@@ -188,7 +188,7 @@ class ArrowWindowOp(TimedWindows):
             table = table.take(pa.array(pairs))  # sliding: a row per window; or late rows gone
         window = unused_name(table.column_names, "__raystream_window")
         groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window])
-        self._learn(table, groups.partials)
+        self._learn(table, groups.partial_types())
         size, get, fresh = assigned.size, self.state.get, self.folds.fresh()
         ids, olds = [], []
         for key, s in zip(groups.python_keys(len(self.key_columns)), groups.keys[-1].to_pylist()):
@@ -196,16 +196,16 @@ class ArrowWindowOp(TimedWindows):
             ids.append((key, w))
             entry = (get(key) or _NONE).get(w)
             olds.append(fresh if entry is None else entry[0])
-        new, _ = self.folds.merge(ids, olds, [c.to_pylist() for c in groups.partials])
+        new, _ = self.folds.merge(ids, olds, groups.python_partials())
         return late, new
 
-    def _learn(self, table: pa.Table, partials: list[pa.ChunkedArray]) -> None:
-        """The output's column types, from a batch's key columns and partials."""
+    def _learn(self, table: pa.Table, partial_types: list[pa.DataType]) -> None:
+        """The output's column types, from a batch's key columns and partials' types."""
         for i, name in enumerate(self.key_columns):
             kind = table.schema.field(name).type
             if not pa.types.is_null(kind):
                 self.key_types[i] = kind
-        for j, kind in enumerate(self.folds.result_types([c.type for c in partials])):
+        for j, kind in enumerate(self.folds.result_types(partial_types)):
             if not pa.types.is_null(kind):
                 self.result_types[j] = kind
 

@@ -208,3 +208,52 @@ def test_any_column_names_even_arrows_own_and_the_key_as_a_value():
     out = op.process(Timed(ArrowKeyed(batch, ("v_sum",)), [5, 6, 4]))
     assert out.batch.to_pylist() == [{"v_sum": "a", "v": 3, "keys": 2, "t": 8}, {"v_sum": "b", "v": 3, "keys": 1, "t": 9}]
     assert out.times.tolist() == [6, 4]
+
+
+def run_batches(op, batches):
+    out = []
+    for batch in batches:
+        result, _ = untimed(op.process(ArrowKeyed(batch, ("k",))))
+        out.append(result)
+    return out
+
+
+def test_a_running_value_is_never_cut_to_the_type_of_a_later_batch():
+    """Review: a float sum emitted after a batch of ints only was cast to int64 (9.5 -> 9)."""
+    op = aggregate(aggregates=(("total", agg.sum("v")), ("low", agg.min("v")), ("last", agg.last("v"))))
+    out = run_batches(op, [pa.record_batch({"k": [1], "v": [0.5]}), pa.record_batch({"k": [1, 1], "v": [4, 5]})])
+    assert out[-1].to_pylist() == [{"k": 1, "total": 9.5, "low": 0.5, "last": 5}]
+
+
+def test_a_batch_whose_values_are_all_null_folds_nothing_and_keeps_the_running_values():
+    """Review: a value column of Arrow type null failed the batch (max, first, last)."""
+    aggregates = (("n", agg.count()), ("total", agg.sum("v")), ("high", agg.max("v")), ("first", agg.first("v")),
+                  ("last", agg.last("v")), ("avg", agg.mean("v")))
+    op = aggregate(aggregates=aggregates)
+    out = run_batches(op, [pa.record_batch({"k": [1, 2], "v": pa.nulls(2)}),
+                           pa.record_batch({"k": [1], "v": [10]}), pa.record_batch({"k": [1, 2], "v": pa.nulls(2)})])
+    assert out[0].to_pylist() == [{"k": 1, "n": 1, "total": None, "high": None, "first": None, "last": None,
+                                   "avg": None}, {"k": 2, "n": 1, "total": None, "high": None, "first": None,
+                                                  "last": None, "avg": None}]
+    assert out[-1].to_pylist()[0] == {"k": 1, "n": 3, "total": 10, "high": 10, "first": 10, "last": 10, "avg": 10.0}
+
+
+def test_an_int_sum_past_int64_within_a_batch_is_exact_or_fails_never_wraps():
+    """Review: Arrow's per-group sum wraps around; four rows of 2**61 committed -2**63."""
+    op = aggregate(aggregates=(("total", agg.sum("v")), ("avg", agg.mean("v"))))
+    big = 2 ** 61
+    with pytest.raises(RecordFailure):  # 2**63 does not fit the output column: the batch fails, nothing wraps
+        run_batches(op, [pa.record_batch({"k": [1] * 4, "v": pa.array([big] * 4, pa.int64())})])
+    assert op.state == {}
+    out = run_batches(op, [pa.record_batch({"k": [1] * 5, "v": pa.array([big] * 4 + [-big], pa.int64())})])
+    assert out[0].to_pylist() == [{"k": 1, "total": 3 * big, "avg": 3 * big / 5}]
+    assert op.state[1][0] == 3 * big and type(op.state[1][0]) is int
+
+
+def test_a_batch_with_a_key_column_twice_fails_in_the_key_step_under_its_policy():
+    from raystream._runtime.operators.columnar import KeyColumnsOp
+
+    op = KeyColumnsOp(Step("by_k", "key_by", ("src",), key_columns=("k",)))
+    batch = pa.RecordBatch.from_arrays([pa.array([1]), pa.array([2])], names=["k", "k"])
+    with pytest.raises(RecordFailure, match="more than one column named k"):
+        op.process(batch)
