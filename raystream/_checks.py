@@ -176,6 +176,10 @@ def check_window_aggregates(step_id: str, named: dict[str, Any], key_columns: tu
     """A columnar window's (output name, Aggregate) pairs: as `aggregate`'s, named apart
     from the window's own columns; in session windows, aggregates that can combine."""
     pairs = check_aggregates(step_id, named, key_columns, columns)
+    clash = [c for c in key_columns if c in ("window_start", "window_end", "update")]
+    if clash:
+        raise JobDefinitionError(f"step {step_id!r}: key column {clash[0]!r} has the name of a column the window "
+                                 "adds (window_start, window_end, update); rename it with select before key_by")
     for name, agg in pairs:
         if name in ("window_start", "window_end", "update"):
             raise JobDefinitionError(f"step {step_id!r}: aggregate {name}= has the name of a column the window "

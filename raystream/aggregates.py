@@ -221,7 +221,7 @@ class Mean(_OfColumn):
         return (state[0] + other[0], state[1] + other[1])
 
     def result(self, state: tuple[Any, int]) -> float | None:
-        return state[0] / state[1] if state[1] else None
+        return float(state[0]) / state[1] if state[1] else None  # float(): a decimal column's sum is a Decimal
 
     def result_type(self, partial_types: Sequence[pa.DataType]) -> pa.DataType:
         return pa.float64()

@@ -296,3 +296,32 @@ def test_a_failing_batch_leaves_the_windows_as_they_were():
         op.process(ArrowKeyed(bad, ("k",)))
     with pytest.raises(RecordFailure, match="takes Arrow rows keyed by columns; got KeyedBatch"):
         op.process(Timed(KeyedBatch(["a"], [1]), [1]))
+
+
+def test_a_window_sum_is_never_cut_to_the_type_of_a_later_batch_and_decimal_means_fire():
+    """Review: a float sum fired as int64 after a batch of ints (3.5 -> 3); a mean over a
+    decimal column failed every firing."""
+    import decimal
+
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",),
+                            arrow=(("total", agg.sum("v")), ("avg", agg.mean("d"))),
+                            window=WindowSpec(Tumbling(1), 0, "columnar")))
+    op.assigner.check("w")
+    first = pa.RecordBatch.from_pydict({"k": ["a"], "v": [1.5], "d": pa.array([decimal.Decimal("1.65")],
+                                                                               pa.decimal128(5, 2))})
+    second = pa.RecordBatch.from_pydict({"k": ["a"], "v": [2], "d": pa.array([decimal.Decimal("2.35")],
+                                                                             pa.decimal128(5, 2))})
+    op.process(Timed(ArrowKeyed(first, ("k",)), np.array([10])))
+    op.process(Timed(ArrowKeyed(second, ("k",)), np.array([20])))
+    out, _ = untimed(op.on_watermark(MAX_TIME))
+    assert [(r["total"], r["avg"]) for r in out.to_pylist()] == [(3.5, 2.0)]
+
+
+def test_a_key_column_named_like_a_window_column_is_refused_at_definition():
+    import raystream as rs
+    from raystream.errors import JobDefinitionError
+
+    job = rs.Job("j")
+    rows = job.source("rows", rs.sources.ListSource([{"window_end": 1, "v": 2}]))
+    with pytest.raises(JobDefinitionError, match="key column 'window_end' has the name of a column the window adds"):
+        rows.key_by("by_end", "window_end").window(Tumbling(1)).aggregate("w", n=agg.count())
