@@ -84,7 +84,7 @@ def json_dumps(raw: dict[str, Any]) -> bytes:
 #: state, named by the modules before the package had folders (state/moved.py maps them);
 #: 0.2 the same state by today's names (a CSV partition's offset of 0.2 is converted where
 #: it is read: connectors/files/source.py).
-READS = ("0.1", "0.2")
+READS = ("0.1", "0.2", "0.3")
 
 
 def versions() -> dict[str, str]:
