@@ -5,6 +5,8 @@ operators/columnar.py, operators/aggregate.py)."""
 from __future__ import annotations
 
 import logging
+from itertools import chain, compress, repeat
+from operator import truth
 from typing import Any
 
 import pyarrow as pa
@@ -23,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 class MapOp(Operator):
+    # map/filter/chain iterate in C: one Python frame fewer per record than a comprehension
     def _apply(self, records: list[Any]) -> list[Any]:
-        fn = self.fn
-        return [fn(r) for r in records]
+        return list(map(self.fn, records))
 
     def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
         return self._apply(records), times
@@ -33,24 +35,20 @@ class MapOp(Operator):
 
 class FlatMapOp(Operator):
     def _apply(self, records: list[Any]) -> list[Any]:
-        fn = self.fn
-        return [o for r in records for o in fn(r)]
+        return list(chain.from_iterable(map(self.fn, records)))
 
     def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
-        fn = self.fn
-        outs = [list(fn(r)) for r in records]
-        return [o for out in outs for o in out], [t for out, t in zip(outs, times) for _ in out]
+        outs = list(map(list, map(self.fn, records)))
+        return list(chain.from_iterable(outs)), list(chain.from_iterable(map(repeat, times, map(len, outs))))
 
 
 class FilterOp(Operator):
     def _apply(self, records: list[Any]) -> list[Any]:
-        fn = self.fn
-        return [r for r in records if fn(r)]
+        return list(filter(self.fn, records))
 
     def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
-        fn = self.fn
-        keep = [bool(fn(r)) for r in records]
-        return [r for r, k in zip(records, keep) if k], [t for t, k in zip(times, keep) if k]
+        keep = list(map(truth, map(self.fn, records)))  # truth once per record, as `filter` does
+        return list(compress(records, keep)), list(compress(times, keep))
 
 
 class PassOp(Operator):
@@ -71,9 +69,9 @@ class KeyByOp(Operator):
         self.value_fn = step.value_fn
 
     def _apply(self, records: list[Any]) -> KeyedBatch:
-        fn, value_fn = self.fn, self.value_fn
-        keys = [fn(r) for r in records]
-        return KeyedBatch(keys, records if value_fn is None else [value_fn(r) for r in records])
+        value_fn = self.value_fn
+        keys = list(map(self.fn, records))
+        return KeyedBatch(keys, records if value_fn is None else list(map(value_fn, records)))
 
     def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
         return self._apply(records), times

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from raystream._runtime.transport.batch import KeyedBatch, as_records
+from raystream._runtime.transport.batch import KeyedBatch, Timed, as_records
 from raystream._runtime.operators.plain import build_operator
 from raystream._runtime.operators.base import run_chain
 from raystream._runtime.plan.failure import RecordFailure
@@ -127,3 +127,27 @@ def test_with_an_error_policy_failing_records_are_handed_over_and_the_rest_go_on
     mb = op("map_batches", lambda b: 1 / 0)
     mb.on_error = on_error
     assert mb.process([{"x": 1}, {"x": 2}]) == [] and [f[1] for f in failed] == [{"x": 1}, {"x": 2}]
+
+
+def test_on_a_stream_with_event_time_outputs_keep_their_records_times():
+    def run(o, records, times):
+        out = o.process(Timed(records, times))
+        return out.batch, out.times
+
+    assert run(op("map", lambda x: x * 2), [1, 2], [10, 20]) == ([2, 4], [10, 20])
+    assert run(op("flat_map", lambda x: [x] * x), [0, 1, 2], [5, 10, 20]) == ([1, 2, 2], [10, 20, 20])
+    assert run(op("filter", lambda x: x % 2), [1, 2, 3], [10, 20, 30]) == ([1, 3], [10, 30])
+    kb, times = run(op("key_by", str), [7, 8], [1, 2])
+    assert as_records(kb) == [("7", 7), ("8", 8)] and times == [1, 2]
+
+
+def test_flat_map_with_a_failing_record_under_a_policy_keeps_the_others_and_their_times():
+    def explode(x):
+        if x == 0:
+            raise ValueError("zero")
+        return range(x)
+
+    fm = op("flat_map", explode)
+    fm.on_error = lambda *_: None
+    out = fm.process(Timed([2, 0, 1], [10, 20, 30]))
+    assert (out.batch, out.times) == ([0, 1, 0], [10, 10, 30]) and fm.errors == 1
