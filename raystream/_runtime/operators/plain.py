@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from itertools import chain, compress, repeat
-from operator import truth
+from operator import length_hint, truth
 from typing import Any
 
 import pyarrow as pa
@@ -86,32 +86,39 @@ class ReduceOp(KeyedOp):
     keeps_values = True
 
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
-        fn, state, written = self.fn, self.state, self.written
+        out = self._fold(keys, values)
+        if self._bad:
+            keys, times = _without(keys, self._bad), self._kept_times(times)
+        self.written.update(zip(keys, out))  # I1: the last value of each key wins
+        return timed(KeyedBatch(keys, out), times)
+
+    def _fold(self, keys: list[Any], values: list[Any]) -> list[Any]:
+        """Folds the batch into the state; returns every new acc. A failing record goes to
+        `failed` and into `_bad`, and the loop goes on after it."""
+        fn, state = self.fn, self.state
         get = state.get
-        out_keys: list[Any] = []
         out: list[Any] = []
-        start = 0
-        while True:  # the tight loop; a failing record is handled, then the loop resumes after it
-            append = out.append
+        append = out.append
+        keys_left = iter(keys)
+        pairs = zip(keys_left, values)  # resumed after a failure: it has moved past the failing record
+        while True:
             try:
-                for i in range(start, len(keys)):
-                    value = values[i]
-                    acc = get(keys[i], _MISSING)
+                for key, value in pairs:
+                    acc = get(key, _MISSING)
                     if acc is not _MISSING:
                         value = fn(acc, value)
-                    state[keys[i]] = written[keys[i]] = value
+                    state[key] = value
                     append(value)
-                break
+                return out
             except Exception as exc:
-                bad = start + len(out) - len(out_keys)
-                out_keys.extend(keys[start:bad])
+                bad = len(keys) - length_hint(keys_left) - 1
                 self._bad.append(bad)
                 self.failed((keys[bad], values[bad]), exc)
-                start = bad + 1
-        if start == 0:  # nothing failed: the keys are the input's
-            return timed(KeyedBatch(keys, out), times)
-        out_keys.extend(keys[start:])
-        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
+
+
+def _without(items: list[Any], indexes: list[int]) -> list[Any]:
+    drop = set(indexes)
+    return [x for i, x in enumerate(items) if i not in drop]
 
 
 class StatefulMapOp(KeyedOp):
