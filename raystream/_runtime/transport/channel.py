@@ -128,18 +128,18 @@ class OutputEdge:
         # Route even to a single channel: a key that cannot be hashed stably must fail
         # the same way at every parallelism, and interning shrinks the message.
         routed = self._router.route_all(batch.keys)
-        keys = [ch.keys for ch in channels]
-        values = [ch.values for ch in channels]
+        keys = [ch.keys.append for ch in channels]  # bound once per batch, not per record
+        values = [ch.values.append for ch in channels]
         if times is None:
             for (target, key), value in zip(routed, batch.values):
-                keys[target].append(key)
-                values[target].append(value)
+                keys[target](key)
+                values[target](value)
         else:
-            stamps = [ch.times for ch in channels]
+            stamps = [ch.times.append for ch in channels]
             for (target, key), value, t in zip(routed, batch.values, times):
-                keys[target].append(key)
-                values[target].append(value)
-                stamps[target].append(t)
+                keys[target](key)
+                values[target](value)
+                stamps[target](t)
         for ch in channels:
             await self._after_append(ch)
 

@@ -64,6 +64,15 @@ def groups_of_subtask(subtask: int, parallelism: int, max_parallelism: int) -> r
     return range(start, stop)
 
 
+class _Routes(dict):
+    """key -> (target subtask, the key as first seen); a missing key is routed and cached."""
+
+    __slots__ = ("miss",)
+
+    def __missing__(self, key: Any) -> tuple[int, Any]:
+        return self.miss(key)
+
+
 class KeyRouter:
     """Maps keys to target subtasks, caching per key because keys repeat.
 
@@ -78,7 +87,8 @@ class KeyRouter:
     def __init__(self, parallelism: int, max_parallelism: int):
         self._parallelism = parallelism
         self._max_parallelism = max_parallelism
-        self._cache: dict[Any, tuple[int, Any]] = {}
+        self._cache = _Routes()
+        self._cache.miss = self._miss
 
     def _miss(self, key: Any) -> tuple[int, Any]:
         group = key_group(key, self._max_parallelism)  # raises a clear error for a bad key
@@ -94,12 +104,8 @@ class KeyRouter:
     def route_all(self, keys: list[Any]) -> list[tuple[int, Any]]:
         """(target subtask, interned key) for each key."""
         try:
-            get = self._cache.get
-            routed = list(map(get, keys))  # a loop in C: keys repeat, so most are cached
-            if None in routed:  # get again: a key missed twice in this batch is cached by the first miss
-                miss = self._miss
-                routed = [r or get(k) or miss(k) for r, k in zip(routed, keys)]
-            return routed
+            # a loop in C that calls Python only on a miss: keys repeat, so most are cached
+            return list(map(self._cache.__getitem__, keys))
         except TypeError:  # an unhashable key (a list, or a tuple holding one): name it
             for k in keys:
                 try:
