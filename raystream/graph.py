@@ -99,6 +99,7 @@ class Step:
     # column name or Expression) pairs; aggregate and a columnar window, (name,
     # raystream.aggregates.Aggregate) pairs; a columnar join, a raystream.windows.ArrowJoin
     arrow: Any = None
+    emit: str = "every"  # reduce steps: "every" update, or each key's "last" one per micro-batch
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

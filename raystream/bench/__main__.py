@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raystream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help="wordcount, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
+                        help="wordcount, wordcount_minibatch, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
                              "nexmark_q0 .. nexmark_q8, and with a server postgres_append, postgres_upsert, "
                              "kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))

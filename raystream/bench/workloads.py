@@ -208,7 +208,8 @@ def count_words(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([counts.field(0), counts.field(1)], names=["word", "n"])
 
 
-def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool) -> rs.Job:
+def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool, emit: str = "every") -> rs.Job:
+    """Word count; `emit="last"`: the mini-batch reduce (each word's last count per micro-batch)."""
     job = rs.Job("bench-wordcount", parallelism=2, guarantee=mode.guarantee,
                  checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
     lines = job.source("lines", rs.sources.FileSource(os.path.join(directory, "*.txt")))
@@ -217,7 +218,7 @@ def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool)
                                                                      value=lambda r: r["n"])
     else:
         keyed = lines.flat_map("split", str.split).key_by("by_word", lambda w: w, value=lambda w: 1)
-    keyed.reduce("count", operator.add).sink("out", MeasureSink())
+    keyed.reduce("count", operator.add, emit=emit).sink("out", MeasureSink())
     return job
 
 
@@ -361,6 +362,9 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
     found: dict[str, Workload] = {
         "wordcount": Workload("wordcount", words, lambda m, s: wordcount_job(text_ready(), m, s, vectorized=False),
                               _records_in("by_word"), lambda: wordcount_baseline(text_ready())),
+        "wordcount_minibatch": Workload("wordcount_minibatch", words, lambda m, s: wordcount_job(
+            text_ready(), m, s, vectorized=False, emit="last"), _records_in("by_word"),
+            lambda: wordcount_baseline(text_ready())),
         "wordcount_arrow": Workload("wordcount_arrow", words,
                                     lambda m, s: wordcount_job(text_ready(), m, s, vectorized=True),
                                     _records_out("lines", WORDS_PER_LINE), lambda: wordcount_arrow_baseline(text_ready())),

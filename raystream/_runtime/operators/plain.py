@@ -81,20 +81,33 @@ _MISSING = object()
 
 
 class ReduceOp(KeyedOp):
-    """Running reduce: emits `(key, acc)` for every record."""
+    """Running reduce, `acc = fn(acc, value)` per key. Emits `(key, acc)` for every record;
+    with `emit="last"` (the mini-batch mode) only each key's last update of the batch: the
+    records of the default mode less each key's earlier updates in the batch, so in the
+    order of the keys' last records and, on a stream with event time, with their times."""
 
     keeps_values = True
 
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.emit_last = step.emit == "last"
+
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
-        out = self._fold(keys, values)
+        out = self._fold(keys, values, not self.emit_last)
         if self._bad:
             keys, times = _without(keys, self._bad), self._kept_times(times)
+        if self.emit_last:
+            last = list(dict.fromkeys(reversed(keys)))[::-1]  # each key once, where its last record was
+            out = list(map(self.state.__getitem__, last))
+            if times is not None:
+                times = list(map(dict(zip(keys, times)).__getitem__, last))  # the last record's time wins
+            keys = last
         self.written.update(zip(keys, out))  # I1: the last value of each key wins
         return timed(KeyedBatch(keys, out), times)
 
-    def _fold(self, keys: list[Any], values: list[Any]) -> list[Any]:
-        """Folds the batch into the state; returns every new acc. A failing record goes to
-        `failed` and into `_bad`, and the loop goes on after it."""
+    def _fold(self, keys: list[Any], values: list[Any], collect: bool) -> list[Any]:
+        """Folds the batch into the state; returns every new acc when `collect`. A failing
+        record goes to `failed` and into `_bad`, and the loop goes on after it."""
         fn, state = self.fn, self.state
         get = state.get
         out: list[Any] = []
@@ -103,12 +116,17 @@ class ReduceOp(KeyedOp):
         pairs = zip(keys_left, values)  # resumed after a failure: it has moved past the failing record
         while True:
             try:
-                for key, value in pairs:
-                    acc = get(key, _MISSING)
-                    if acc is not _MISSING:
-                        value = fn(acc, value)
-                    state[key] = value
-                    append(value)
+                if collect:
+                    for key, value in pairs:
+                        acc = get(key, _MISSING)
+                        if acc is not _MISSING:
+                            value = fn(acc, value)
+                        state[key] = value
+                        append(value)
+                else:
+                    for key, value in pairs:
+                        acc = get(key, _MISSING)
+                        state[key] = value if acc is _MISSING else fn(acc, value)
                 return out
             except Exception as exc:
                 bad = len(keys) - length_hint(keys_left) - 1
