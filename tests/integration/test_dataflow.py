@@ -57,6 +57,26 @@ def test_word_count_equals_counter(corpus, parallelism, chaining):
     assert result.state == "finished"
 
 
+def test_word_count_with_the_mini_batch_reduce_ends_with_the_same_counts(corpus):
+    job = rs.Job("wc-last", parallelism=2, runtime=rs.RuntimeConfig(batch_size=512))
+    counts = (job.source("lines", FileSource(str(corpus / "*.txt")))
+              .flat_map("split", str.split)
+              .key_by("by_word", lambda w: w, value=lambda w: 1)
+              .reduce("count", operator.add, emit="last"))
+    counts.sink("final", CollectSink(keep="last"))
+    counts.sink("updates", CollectSink())
+    result = job.run()
+    expected = expected_counts(corpus)
+    assert dict(result.outputs["final"]) == expected
+    # fewer updates than words, and per key they only go up
+    updates = result.outputs["updates"]
+    assert len(expected) <= len(updates) == result.records_out("count") < sum(expected.values())
+    per_key = collections.defaultdict(list)
+    for word, n in updates:
+        per_key[word].append(n)
+    assert all(ns == sorted(set(ns)) for ns in per_key.values())
+
+
 def test_union_of_two_sources(corpus):
     job = rs.Job("union", parallelism=2)
     evens = job.source("evens", SequenceSource(2000, partitions=2)).map("double", lambda x: 2 * x)
