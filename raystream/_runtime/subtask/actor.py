@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from raystream._runtime.checkpointing.alignment import Aligned, Alignment
-from raystream._runtime.subtask.assembly import build_clock, build_operators
+from raystream._runtime.subtask.assembly import build_clock, build_operators, tune_gc
 from raystream._runtime.transport.blocking import in_thread
 from raystream._runtime.transport.channel import BARRIER, BATCH, END, WATERMARK, Inbox
 from raystream._runtime.state.store import CheckpointStore
@@ -71,6 +71,7 @@ class SubtaskActor:
             raise RuntimeError(f"{self.name} is configured already; a subtask actor serves one attempt")
         if spec.runtime.faults:
             install_s3_faults(spec.runtime.faults)
+        tune_gc()
         self.spec = spec
         self.name = f"{spec.chain_name}[{spec.subtask}]"
         self.store = CheckpointStore(spec.checkpoint_root)

@@ -1,6 +1,8 @@
 """Building a subtask's chain: its operators, continued from the restored state, and the
-clock that drives their watermarks and timers."""
+clock that drives their watermarks and timers; and tuning the process it runs in."""
 from __future__ import annotations
+
+import gc
 
 from raystream._runtime.subtask.clock import ChainClock
 from raystream._runtime.operators.plain import build_operator
@@ -60,3 +62,17 @@ def build_clock(ops: list[Operator], spec: SubtaskSpec) -> ChainClock:
     gen_index = gens[-1] if gens else None
     generator = ops[gen_index].generator if gen_index is not None else None
     return ChainClock(ops, spec.n_inputs, generator, gen_index, spec.runtime.watermark_interval)
+
+
+#: Tracked allocations between two young collections of the cycle collector in a subtask's
+#: process (CPython's default: 700). A micro-batch makes tens of thousands of short-lived
+#: containers at once (a sink's `(key, value)` tuples, a flat_map's lists) that die
+#: together when the batch is done; at 700 each of them was traversed by a collection
+#: while it was alive (11-14% of a keyed sink's subtask). Above a batch, most die first.
+YOUNG_GC_THRESHOLD = 100_000
+
+
+def tune_gc() -> None:
+    """Collect the young generation every YOUNG_GC_THRESHOLD allocations (older ones as before)."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
