@@ -127,19 +127,23 @@ class OutputEdge:
         channels = self.channels
         # Route even to a single channel: a key that cannot be hashed stably must fail
         # the same way at every parallelism, and interning shrinks the message.
-        routed = self._router.route_all(batch.keys)
+        routed = self._router.routes(batch.keys)  # an iterator: no list of routes per batch
         keys = [ch.keys.append for ch in channels]  # bound once per batch, not per record
         values = [ch.values.append for ch in channels]
-        if times is None:
-            for (target, key), value in zip(routed, batch.values):
-                keys[target](key)
-                values[target](value)
-        else:
-            stamps = [ch.times.append for ch in channels]
-            for (target, key), value, t in zip(routed, batch.values, times):
-                keys[target](key)
-                values[target](value)
-                stamps[target](t)
+        try:
+            if times is None:
+                for (target, key), value in zip(routed, batch.values):
+                    keys[target](key)
+                    values[target](value)
+            else:
+                stamps = [ch.times.append for ch in channels]
+                for (target, key), value, t in zip(routed, batch.values, times):
+                    keys[target](key)
+                    values[target](value)
+                    stamps[target](t)
+        except TypeError:  # an unhashable key: the subtask fails with it (Emitter.send), buffers and all
+            self._router.name_unhashable(batch.keys)
+            raise
         for ch in channels:
             await self._after_append(ch)
 

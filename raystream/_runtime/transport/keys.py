@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 from raystream.errors import RaystreamError
 
@@ -104,12 +104,23 @@ class KeyRouter:
     def route_all(self, keys: list[Any]) -> list[tuple[int, Any]]:
         """(target subtask, interned key) for each key."""
         try:
-            # a loop in C that calls Python only on a miss: keys repeat, so most are cached
-            return list(map(self._cache.__getitem__, keys))
-        except TypeError:  # an unhashable key (a list, or a tuple holding one): name it
-            for k in keys:
-                try:
-                    hash(k)
-                except TypeError:
-                    stable_hash(k)  # raises UnsupportedKeyError for k or the bad part of it
+            return list(self.routes(keys))
+        except TypeError:
+            self.name_unhashable(keys)
             raise
+
+    def routes(self, keys: list[Any]) -> Iterator[tuple[int, Any]]:
+        """`route_all` as an iterator, for a caller that goes through them once: a loop in
+        C that calls Python only on a miss (keys repeat, so most are cached). An
+        unhashable key raises TypeError when reached; `name_unhashable` names it."""
+        return map(self._cache.__getitem__, keys)
+
+    @staticmethod
+    def name_unhashable(keys: list[Any]) -> None:
+        """Raise UnsupportedKeyError for the first key that cannot be hashed (a list, or a
+        tuple holding one), if there is one."""
+        for k in keys:
+            try:
+                hash(k)
+            except TypeError:
+                stable_hash(k)  # raises UnsupportedKeyError for k or the bad part of it

@@ -1,7 +1,14 @@
-"""The inbox restores per-channel order and holds back blocked channels."""
+"""The inbox restores per-channel order and holds back blocked channels; a keyed edge
+sends each record to the subtask of its key."""
 import asyncio
 
-from raystream._runtime.transport.channel import BATCH, END, Inbox
+import pytest
+
+from raystream._runtime.plan.physical import EdgeKind
+from raystream._runtime.transport.batch import KeyedBatch, Timed
+from raystream._runtime.transport.channel import BATCH, END, Inbox, OutputChannel, OutputEdge
+from raystream._runtime.transport.keys import KeyRouter, UnsupportedKeyError
+from raystream._runtime.transport.packing import unpack
 
 
 def test_inbox_orders_by_sequence_and_blocks():
@@ -27,3 +34,48 @@ def test_inbox_orders_by_sequence_and_blocks():
         assert inbox.max_queued_seen == 2
 
     asyncio.run(scenario())
+
+
+class _Receiver:
+    """An actor handle whose push.remote records what was sent and is done at once."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+        self.push = self
+
+    def remote(self, channel, seq, kind, payload):
+        self.got.append((seq, kind, unpack(payload) if kind == BATCH else payload))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def _hash_edge(n: int, batch_size: int = 4) -> tuple[OutputEdge, list[_Receiver]]:
+    receivers = [_Receiver() for _ in range(n)]
+    return OutputEdge(EdgeKind.HASH, [OutputChannel(r, 0, 4) for r in receivers], batch_size, 60.0, 128), receivers
+
+
+def test_a_keyed_edge_sends_each_record_to_its_keys_subtask_with_its_time():
+    keys = [f"k{i % 5}" for i in range(12)]
+
+    async def scenario():
+        edge, receivers = _hash_edge(3)
+        await edge.emit(Timed(KeyedBatch(list(keys), list(range(12))), [100 + i for i in range(12)]))
+        await edge.flush_all()
+        return receivers
+
+    router = KeyRouter(3, 128)
+    for target, receiver in enumerate(asyncio.run(scenario())):
+        sent = [(k, v, t) for _, _, b in receiver.got for k, v, t in zip(b.batch.keys, b.batch.values, b.times)]
+        assert sent == [(k, i, 100 + i) for i, k in enumerate(keys) if router.target(k) == target]
+        for _, _, batch in receiver.got:  # equal keys of a message are one object: pickle wrote them once
+            assert len({id(k) for k in batch.batch.keys}) == len(set(batch.batch.keys))
+
+
+def test_a_keyed_edge_names_a_key_that_cannot_be_hashed():
+    async def scenario():
+        edge, _ = _hash_edge(2)
+        await edge.emit(KeyedBatch(["a", ["not", "hashable"], "b"], [1, 2, 3]))
+
+    with pytest.raises(UnsupportedKeyError, match=r"\['not', 'hashable'\]"):
+        asyncio.run(scenario())
