@@ -102,7 +102,7 @@ def _throwaway(server_class: str, env: str, prefix: str) -> Iterator[str]:
     import tempfile
     from pathlib import Path
 
-    from tests import servers
+    from tests.helpers import servers
 
     directory = Path(tempfile.mkdtemp(prefix=prefix))
     server = getattr(servers, server_class)(directory)
