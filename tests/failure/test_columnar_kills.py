@@ -1,15 +1,23 @@
-"""Exactly-once under SIGKILL for the columnar aggregate: the subtask that holds the
-running aggregates is killed mid-run, and the committed output still has each key's
-updates once, its final row the count and sum of exactly its input."""
+"""Exactly-once under SIGKILL for the columnar steps (one module: one Ray start).
+
+- The subtask that holds the running aggregates is killed mid-run: the committed output
+  still has each key's updates once, its final row the count and sum of exactly its input.
+- The subtask holding the sliding windows of columnar Nexmark bids is killed mid-run: the
+  committed output has every (auction, window) once, with the count and top price of
+  exactly its bids."""
 import collections
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import raystream as rs
 from raystream import aggregates as agg
+from raystream.connectors import nexmark as nx
 from raystream.sinks import FileSink, read_files
 from raystream.sources import SequenceSource
+from raystream.windows import Sliding
+from tests.helpers.nexmark import bid_windows, window_rows
 from tests.helpers.support import wait_until
 
 from .harness import kill, running
@@ -35,6 +43,16 @@ def expected() -> dict[int, tuple[int, int]]:
     return {k: (n, s) for k, (n, s) in totals.items()}
 
 
+def kill_step_and_finish(handle: rs.JobHandle, step_id: str) -> None:
+    """SIGKILL the first subtask of the chain that starts with `step_id`; the job recovers and finishes."""
+    status = handle.status()
+    victim = next(name for name in sorted(status.pids) if name.startswith(step_id))
+    logger.warning("killing %s", victim)
+    kill(status.pids[victim])
+    result = handle.wait()
+    assert result.state == "finished" and result.restarts >= 1
+
+
 def test_the_aggregating_subtask_killed(tmp_path):
     out = str(tmp_path / "out")
     job = rs.Job("columnar-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
@@ -47,12 +65,7 @@ def test_the_aggregating_subtask_killed(tmp_path):
     handle = job.start()
     wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
     wait_until(lambda: handle.status().steps["totals"].records_in >= BIDS // 3, "a third of the bids aggregated")
-    status = handle.status()
-    victim = next(name for name in sorted(status.pids) if name.startswith("totals"))
-    logger.warning("killing %s", victim)
-    kill(status.pids[victim])
-    result = handle.wait()
-    assert result.state == "finished" and result.restarts >= 1
+    kill_step_and_finish(handle, "totals")
 
     updates: dict[int, list[dict]] = collections.defaultdict(list)
     for row in read_files(out):
@@ -66,3 +79,29 @@ def test_the_aggregating_subtask_killed(tmp_path):
         totals = [r["total"] for r in rows]
         assert totals == sorted(set(totals)), f"auction {auction}: totals do not grow with the count"
         assert (rows[-1]["n"], rows[-1]["total"]) == want[auction], auction
+
+
+# 15 s of event time, read in about 4 s
+WINDOW_CONFIG = nx.NexmarkConfig(events=30_000, partitions=2, event_rate=2_000, rate=8_000, out_of_order=0.5)
+
+
+def test_the_windowing_subtask_killed(tmp_path):
+    out = str(tmp_path / "out")
+    job = rs.Job("columnar-window-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
+                 runtime=rs.RuntimeConfig(batch_size=1000))
+    (job.source("events", nx.NexmarkSource(WINDOW_CONFIG, columnar=True),
+                event_time=rs.EventTime.column("date_time", max_delay=WINDOW_CONFIG.out_of_order))
+     .where("only_bids", pc.field("event_type") == nx.BID)
+     .select("bids", {"auction": pc.field("bid", "auction"), "price": pc.field("bid", "price")})
+     .key_by("by_auction", "auction")
+     .window(Sliding(10, 2)).aggregate("per_auction", bids=agg.count(), top=agg.max("price"))
+     .sink("out", FileSink(out, format="parquet")))
+    handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    wait_until(lambda: handle.status().steps["per_auction"].records_out > 0, "windows fired")
+    kill_step_and_finish(handle, "per_auction")
+
+    rows = read_files(out, format="parquet")
+    got = window_rows(rows)
+    assert len(dict(got)) == len(got), "a window committed twice"
+    assert dict(got) == bid_windows(WINDOW_CONFIG, 10_000, 2_000)

@@ -37,44 +37,42 @@ def expected_counts(directory: Path) -> collections.Counter:
     pytest.param(3, False, marks=pytest.mark.extended),  # 15 actors: slow to start on 2 cores
 ])
 def test_word_count_equals_counter(corpus, parallelism, chaining):
-    job = rs.Job("wc", parallelism=parallelism, runtime=rs.RuntimeConfig(chaining=chaining, batch_size=512))
-    counts = (job.source("lines", FileSource(str(corpus / "*.txt")))
-              .flat_map("split", str.split)
-              .key_by("by_word", lambda w: w, value=lambda w: 1)
-              .reduce("count", operator.add))
-    counts.sink("final", CollectSink(keep="last"))
-    counts.sink("updates", CollectSink())
-    result = job.run()
-    expected = expected_counts(corpus)
-    assert dict(result.outputs["final"]) == expected
+    result, updates = word_count(corpus, rs.Job("wc", parallelism=parallelism,
+                                                runtime=rs.RuntimeConfig(chaining=chaining, batch_size=512)))
     # a running reduce emits one update per word, and per key they count up 1, 2, 3, ...
-    updates = result.outputs["updates"]
-    assert len(updates) == sum(expected.values()) == result.records_out("count")
-    per_key = collections.defaultdict(list)
-    for word, n in updates:
-        per_key[word].append(n)
-    assert all(ns == list(range(1, len(ns) + 1)) for ns in per_key.values())
+    assert len(updates) == sum(expected_counts(corpus).values()) == result.records_out("count")
+    assert all(ns == list(range(1, len(ns) + 1)) for ns in updates_per_key(updates).values())
     assert result.state == "finished"
 
 
 def test_word_count_with_the_mini_batch_reduce_ends_with_the_same_counts(corpus):
-    job = rs.Job("wc-last", parallelism=2, runtime=rs.RuntimeConfig(batch_size=512))
+    result, updates = word_count(corpus, rs.Job("wc-last", parallelism=2, runtime=rs.RuntimeConfig(batch_size=512)),
+                                 emit="last")
+    # fewer updates than words, and per key they only go up
+    expected = expected_counts(corpus)
+    assert len(expected) <= len(updates) == result.records_out("count") < sum(expected.values())
+    assert all(ns == sorted(set(ns)) for ns in updates_per_key(updates).values())
+
+
+def word_count(corpus, job: rs.Job, emit: str = "every") -> tuple[rs.JobResult, list]:
+    """Run the word count on `job`; its final counts must equal Counter's. Returns the
+    result and every update the reduce emitted."""
     counts = (job.source("lines", FileSource(str(corpus / "*.txt")))
               .flat_map("split", str.split)
               .key_by("by_word", lambda w: w, value=lambda w: 1)
-              .reduce("count", operator.add, emit="last"))
+              .reduce("count", operator.add, emit=emit))
     counts.sink("final", CollectSink(keep="last"))
     counts.sink("updates", CollectSink())
     result = job.run()
-    expected = expected_counts(corpus)
-    assert dict(result.outputs["final"]) == expected
-    # fewer updates than words, and per key they only go up
-    updates = result.outputs["updates"]
-    assert len(expected) <= len(updates) == result.records_out("count") < sum(expected.values())
+    assert dict(result.outputs["final"]) == expected_counts(corpus)
+    return result, result.outputs["updates"]
+
+
+def updates_per_key(updates: list) -> dict:
     per_key = collections.defaultdict(list)
     for word, n in updates:
         per_key[word].append(n)
-    assert all(ns == sorted(set(ns)) for ns in per_key.values())
+    return per_key
 
 
 def test_union_of_two_sources(corpus):
