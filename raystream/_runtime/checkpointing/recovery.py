@@ -15,7 +15,8 @@ from typing import Any, Awaitable, Callable
 
 from raystream._runtime.checkpointing.origin import holds
 from raystream._runtime.state.changelog import materialize
-from raystream._runtime.state.store import MAX_CHECKPOINT_ID, CheckpointStore
+from raystream._runtime.state.fence import MAX_CHECKPOINT_ID
+from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.state.manifest import Manifest, incompatibility
 from raystream._runtime.checkpointing.rescale import RestoredState, merge_states
 from raystream._runtime.state.snapshot import PartRef

@@ -72,6 +72,8 @@ NAMES: dict[str, str] = {
     "raystream._runtime.checkpoint_store:CheckpointStore.base_ref": "raystream._runtime.state.store:CheckpointStore.origin_ref",
     "raystream._runtime.checkpoint_store:CheckpointStore.progress_key": "raystream._runtime.state.progress:progress_key",
     "raystream._runtime.checkpoint_store:CheckpointStore.record_base": "raystream._runtime.state.store:CheckpointStore.record_origin",
+    "raystream._runtime.checkpoint_store:_is_count": "raystream._runtime.state.records:is_count",
+    "raystream._runtime.checkpoint_store:_legacy_restore": "raystream._runtime.state.fence",
     "raystream._runtime.subtask_checkpoints:SubtaskCheckpoints._compact": "raystream._runtime.checkpointing.subtask_side:SubtaskCheckpoints._merge",
     "raystream._runtime.changelog:compact": "raystream._runtime.state.changelog:merge",
     "raystream._runtime.changelog:compact_chain": "raystream._runtime.state.changelog:merge_parts",

@@ -1,12 +1,10 @@
 """The checkpoint store: one job's checkpoint tree in durable storage (its layout and what
-each record means: docs/protocol.md, "Storage layout"), with the attempt claims, restore
-records and refusals that fence it (R3) and retention (C7, I6).
+each record means: docs/protocol.md, "Storage layout"): manifests, snapshots, a run's
+origin (B5) and retention (C7, I6). The fence that guards it (R3) is fence.py's.
 
-Everything read back is checked before it is used (docs/security.md): manifests and
-records are signed (signing.py) and their size is bounded before they are read;
-snapshots are read only up to the size their manifest recorded; a name in a listing
-that this module did not write is skipped. A fencing record that does not verify fences
-nothing: a planted `restores/` or `refused/` record cannot rewind or stop a job.
+Everything read back is checked before it is used (docs/security.md): manifests are
+signed and their size bounded before they are read (records.py for the other records);
+snapshots are read only up to the size their manifest recorded.
 """
 from __future__ import annotations
 
@@ -15,25 +13,22 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from raystream import _files
-from raystream._storage import Storage, open_storage
+from raystream._storage import Storage
 from raystream._runtime.state.changelog import part_checkpoint
-from raystream._runtime.state import signing
+from raystream._runtime.state.fence import Fence
 from raystream._runtime.state.manifest import Manifest
 from raystream._runtime.state.progress import ProgressRecords
+from raystream._runtime.state.records import is_count
 from raystream._runtime.state.signing import MAX_MANIFEST_BYTES, MAX_RECORD_BYTES, read_signed_json, signed_json
 from raystream._runtime.state.snapshot import SnapshotMeta, SubtaskState, decode, read_exact
-from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError, StorageKeyError
+from raystream.errors import CheckpointKeyError, CorruptCheckpointError, RestoreError
 
 logger = logging.getLogger(__name__)
 
 _MANIFEST_NAME = re.compile(r"([0-9]{12})\.json", re.ASCII)
-#: Past these, the next number would not fit its name's width: a manifest or claim near
-#: them was planted (a checkpoint a second for 30,000 years; 100,000 restarts).
-MAX_CHECKPOINT_ID = 10**12 - 1
-MAX_ATTEMPT = 100_000
 
 
 def new_run_id() -> str:
@@ -57,15 +52,12 @@ class CheckpointRef:
 #: raystream 0.1.0 wrote it (`base.json`), so that its runs resume.
 _ORIGIN_RECORDS = (("origin.json", "origin", "origin_run"), ("base.json", "base", "base_run"))
 
-class CheckpointStore:
-    """Reads and writes one job's checkpoints in durable storage."""
+class CheckpointStore(Fence):
+    """Reads and writes one job's checkpoints in durable storage; its fence (claims,
+    restore records, refusals) is fence.py's."""
 
     def __init__(self, root: str, storage: Storage | None = None):
-        self.root = root
-        self.storage: Storage = storage if storage is not None else open_storage(root, private=True)
-        self._key = signing.current()  # read in this process; never stored or logged
-        self.job = root.rstrip("/").rsplit("/", 1)[-1]  # every record names it: no record moves between jobs
-        self._claims: dict[str, bool] = {}
+        super().__init__(root, storage)
         self.progress = ProgressRecords(self)  # at-most-once sources' offsets
 
     # --- keys ---------------------------------------------------------------------------
@@ -77,194 +69,6 @@ class CheckpointStore:
     @staticmethod
     def manifest_key(run_id: str, checkpoint_id: int) -> str:
         return f"{run_id}/manifests/{checkpoint_id:012d}.json"
-
-    # --- attempts: the fence ------------------------------------------------------------
-
-    def claim_attempt(self, run_id: str) -> int:
-        """F1: a number no other attempt of this run has had (a fencing token for later checks).
-        A claim is a signed record: one planted without the key only uses up a number."""
-        tried = 0
-        for _ in range(1000):
-            attempt = max(self._numbered(f"{run_id}/attempts/", 6), default=0) + 1
-            attempt = max(attempt, tried + 1)  # a key taken by something no listing shows is not tried twice
-            if attempt >= MAX_ATTEMPT:
-                break
-            key = f"{run_id}/attempts/{attempt:06d}"
-            body = {"type": "attempt", "key": key, "job": self.job, "run": run_id, "attempt": attempt,
-                    "time": time.time()}
-            try:
-                if self.storage.put_if_absent(key, signed_json(body, self._key)):
-                    self._claims[key] = True
-                    return attempt
-            except StorageKeyError as exc:  # a link planted there
-                logger.warning("attempt %d of run %s skipped: %s", attempt, run_id, exc)
-            tried = attempt
-        raise RestoreError(f"run {run_id} under {self.root} has used up its attempt numbers; start a new run "
-                           "(from a savepoint or retained checkpoint, --from)")
-
-    def _claimed(self, run_id: str, above: int = 0, first: bool = False) -> list[int]:
-        """The attempts above `above` whose claims verify (this process's key), newest
-        first; `first`: only the newest. A claim is never rewritten, so what one read
-        showed is kept (the fence reads no claim twice)."""
-        found = []
-        for n in sorted(self._numbered(f"{run_id}/attempts/", 6), reverse=True):
-            if n <= above:
-                break
-            key = f"{run_id}/attempts/{n:06d}"
-            if key not in self._claims:
-                self._claims[key] = self._record(key, "attempt", {"run": run_id, "attempt": n},
-                                                 legacy=lambda data: data) is not None
-            if self._claims[key]:
-                found.append(n)
-                if first:
-                    break
-        return found
-
-    def _numbered(self, prefix: str, width: int) -> list[int]:
-        """The numbers that the keys directly under `prefix` name, `width` digits as
-        raystream writes them there; any other name is skipped: raystream did not write it."""
-        numbers = []
-        for key in self.storage.list(prefix):
-            name = key[len(prefix):]
-            if len(name) == width and name.isascii() and name.isdigit():
-                numbers.append(int(name))
-            else:
-                logger.warning("skipped %s: not a name raystream writes there", self.storage.uri(key))
-        return numbers
-
-    def _exists(self, key: str) -> bool:
-        return key in self.storage.list(key)
-
-    def _read(self, key: str, limit: int) -> bytes:
-        """An object no larger than `limit` (CorruptCheckpointError if it is)."""
-        data = self.storage.get(key, limit=limit)
-        if len(data) > limit:
-            raise CorruptCheckpointError(f"{self.storage.uri(key)} is larger than {limit} bytes, more than raystream "
-                                         "ever writes there; it is not read")
-        return data
-
-    def write_record(self, key: str, body: dict[str, Any]) -> None:
-        """A signed JSON record at `key` (its body names its type, key, job and run)."""
-        self.storage.put(key, signed_json(body, self._key))
-
-    def read_record(self, key: str, kind: str) -> dict[str, Any]:
-        """The body of the signed record of type `kind` at `key`, verified (docs/security.md)."""
-        return read_signed_json(self._read(key, MAX_RECORD_BYTES), self._key, self.storage.uri(key), kind, key)
-
-    def attempts(self, run_id: str) -> int:
-        return len(self._numbered(f"{run_id}/attempts/", 6))
-
-    def is_current(self, run_id: str, attempt: int) -> bool:
-        """Whether `attempt` is still the newest attempt of the run. A process of an older
-        attempt checks this before it commits, to narrow the window in which it could; what
-        makes a late commit harmless is that its manifest is void (see the module doc)."""
-        return not self._claimed(run_id, above=attempt, first=True)
-
-    def claimed_after(self, run_id: str, attempt: int) -> list[int]:
-        """The attempts of the run claimed after `attempt` whose claims verify, newest first."""
-        return self._claimed(run_id, above=attempt)
-
-    def unrecorded(self, run_id: str, below: int) -> list[int]:
-        """The verified attempts older than `below` without a restore record (R3)."""
-        points = self.restore_points(run_id)
-        return [attempt for attempt in self._claimed(run_id) if attempt < below and attempt not in points]
-
-    def record_restore(self, run_id: str, attempt: int, checkpoint_id: int, closed: str = "") -> bool:
-        """R3 (docs/protocol.md): before any of its subtasks touches a sink, `attempt`
-        records which checkpoint it restores; every manifest of an older attempt with a
-        larger id is void from now on. Written once: False when a verified record was
-        there first (a newer attempt closed this one). `closed`: the record of an attempt
-        that restores nothing and voids nothing (its point lies past every id), and why."""
-        key = f"{run_id}/restores/{attempt:06d}"
-        body = {"type": "restore", "key": key, "job": self.job, "run": run_id, "attempt": attempt,
-                "checkpoint": MAX_CHECKPOINT_ID if closed else checkpoint_id, **({"closed": closed} if closed else {})}
-        data = signed_json(body, self._key)
-        if self.storage.put_if_absent(key, data):
-            return True
-        if closed or self._record(key, "restore", {"run": run_id, "attempt": attempt}) is not None:
-            return False  # only the attempt itself replaces a record planted at its key
-        self.storage.put(key, data)  # a record planted without the key: it never counted
-        return True
-
-    def restore_points(self, run_id: str) -> dict[int, int]:
-        """attempt -> the checkpoint id it restored (0: it started from nothing). A record
-        of no verified claim voids nothing. The record of a verified claim that does not
-        verify stops the restore (RestoreError), since a void manifest must never count;
-        except the newest claim's, which is the attempt choosing now, or one that died
-        before it recorded its choice (a record planted ahead of it voids nothing)."""
-        points = {}
-        claimed = set(self._claimed(run_id))
-        for attempt in self._numbered(f"{run_id}/restores/", 6):
-            key = f"{run_id}/restores/{attempt:06d}"
-            if attempt not in claimed:
-                logger.warning("%s ignored: no attempt %d of run %s was claimed", self.storage.uri(key), attempt,
-                               run_id)
-                continue
-            body = self._record(key, "restore", {"run": run_id, "attempt": attempt}, legacy=_legacy_restore)
-            if body is None or not _is_count(body.get("checkpoint")):
-                if attempt < max(claimed) and self._exists(key):
-                    raise RestoreError(
-                        f"the restore record of attempt {attempt} of run {run_id} ({self.storage.uri(key)}) does not "
-                        "verify: without it, checkpoints it voided could be restored. It was changed, or written by a "
-                        f"raystream before signing (then resume once with {signing.UNSIGNED_ENV}=1)")
-                continue
-            points[attempt] = body["checkpoint"]
-        return points
-
-    def _record(self, key: str, kind: str, expected: dict[str, Any],
-                legacy: Callable[[bytes], Any] | None = None) -> dict[str, Any] | None:
-        """A signed record's body if it verifies as a `kind` record of `key` with the
-        `expected` fields; else None, with a warning. With the opt-out, `legacy` reads
-        what a raystream before signing wrote there."""
-        what = f"record {self.storage.uri(key)}"
-        expected = {**expected, "job": self.job}
-        try:
-            data = self._read(key, MAX_RECORD_BYTES)
-        except FileNotFoundError:
-            return None
-        except (CorruptCheckpointError, StorageKeyError) as exc:
-            logger.warning("%s ignored: %s", what, exc)
-            return None
-        try:
-            body = read_signed_json(data, self._key, what, kind, key)
-        except (CorruptCheckpointError, CheckpointKeyError) as exc:
-            old = legacy(data) if legacy is not None and signing.unsigned() else None
-            if old is not None:
-                return {**expected, **old} if isinstance(old, dict) else dict(expected)
-            logger.warning("%s ignored: %s", what, exc)
-            return None
-        body.setdefault("job", self.job)  # a record of the opt-out's legacy formats
-        if any(body.get(name) != value for name, value in expected.items()):
-            logger.warning("%s ignored: it belongs to %s, not %s", what,
-                           {name: body.get(name) for name in expected}, expected)
-            return None
-        return body
-
-    @staticmethod
-    def is_void(manifest: Manifest, points: dict[int, int]) -> bool:
-        return any(attempt > manifest.attempt and restored < manifest.checkpoint_id
-                   for attempt, restored in points.items())
-
-    # --- refusals -----------------------------------------------------------------------
-
-    def refuse(self, run_id: str, checkpoint_id: int, reason: str) -> None:
-        """Remember that a checkpoint failed verification, so no later restore tries it."""
-        key = f"{run_id}/refused/{checkpoint_id:012d}"
-        body = {"type": "refusal", "key": key, "job": self.job, "run": run_id, "checkpoint": checkpoint_id,
-                "reason": reason[:4000]}
-        self.storage.put(key, signed_json(body, self._key))
-
-    def refused(self, run_id: str) -> set[int]:
-        """The checkpoints of the run refused before; a record that does not verify refuses
-        nothing (the checkpoint is verified again when it is chosen)."""
-        return {n for n in self._numbered(f"{run_id}/refused/", 12) if self.refusal(run_id, n)}
-
-    def refusal(self, run_id: str, checkpoint_id: int) -> str:
-        """Why a checkpoint was refused, as recorded ("" when it was not)."""
-        body = self._record(f"{run_id}/refused/{checkpoint_id:012d}", "refusal",
-                            {"run": run_id, "checkpoint": checkpoint_id},
-                            legacy=lambda data: {"reason": data.decode("utf-8", "replace")})
-        return str(body.get("reason") or "refused") if body is not None else ""
 
     # --- snapshots and manifests -------------------------------------------------------
 
@@ -331,7 +135,7 @@ class CheckpointStore:
             raise CorruptCheckpointError(f"{self.storage.uri(key)} belongs to run {body.get('run')} of job "
                                          f"{body.get('job')}, not {run_id} of {self.job}")
         if not (isinstance(body.get("root"), str) and isinstance(body.get(origin_run), str)
-                and _is_count(body.get("checkpoint"))):
+                and is_count(body.get("checkpoint"))):
             raise CorruptCheckpointError(f"{self.storage.uri(key)} is malformed")
         return CheckpointRef(body["root"], body[origin_run], body["checkpoint"])
 
@@ -396,16 +200,3 @@ class CheckpointStore:
             if old:
                 doomed.append(key)
         self.storage.delete(doomed)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _legacy_restore(data: bytes) -> dict[str, Any] | None:
-    """A restore record as a raystream before signing wrote it: {"checkpoint": n}."""
-    try:
-        body = signing.parse_json(data, "restore record")
-    except CorruptCheckpointError:
-        return None
-    return {"checkpoint": body["checkpoint"]} if set(body) == {"checkpoint"} and _is_count(body["checkpoint"]) else None

@@ -8,7 +8,8 @@ from raystream._runtime.checkpointing import origin as origin_mod
 from raystream._runtime.checkpointing.locate import locate
 from raystream._runtime.checkpointing.recovery import begin_attempt
 from raystream._runtime.checkpointing.origin import hold, holds, locate_origin, release, settle
-from raystream._runtime.state.store import MAX_CHECKPOINT_ID, CheckpointRef, CheckpointStore
+from raystream._runtime.state.fence import MAX_CHECKPOINT_ID
+from raystream._runtime.state.store import CheckpointRef, CheckpointStore
 from raystream.errors import RestoreError
 
 from tests.helpers.checkpoints import choose, write_checkpoint
