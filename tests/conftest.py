@@ -70,20 +70,29 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def _shared_ray() -> Iterator[None]:
+    """Shuts down, at the end of the session, the Ray that `ray_local` started."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def ray_local(s3_endpoint: str) -> Iterator[None]:
-    """A local Ray with 2 CPUs for one test module, started after the S3 endpoint is in
-    the environment so that its workers inherit it."""
+def ray_local(s3_endpoint: str, _shared_ray: None) -> Iterator[None]:
+    """A local Ray with 2 CPUs, started after the S3 endpoint is in the environment so
+    that its workers inherit it, and shared by every module that asks for one: starting
+    and stopping Ray per module cost about 4.5 s each, over 40 modules. A module that needs
+    a Ray of its own (tests/cluster) shuts this one down first; the next module that asks
+    starts it again."""
     import ray
 
     from raystream._runtime.control.connect import ensure_ray
 
-    assert not ray.is_initialized()
-    ensure_ray(num_cpus=2)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    if not ray.is_initialized():
+        ensure_ray(num_cpus=2)
+    yield
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.extended  # a cluster of its own: the second CI run
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint: str) -> Iterator[tuple[Cluster, list]]:
     """A head for the driver and the coordinator, and two worker nodes for the subtasks."""
-    assert not ray.is_initialized()
+    ray.shutdown()  # the local Ray other modules share (tests/conftest.py `ray_local`), if one is up
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1, resources={"subtasks": 100}) for _ in range(2)]
     c.wait_for_nodes()
