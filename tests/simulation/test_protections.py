@@ -1,12 +1,12 @@
 """The simulation finds each defect it was built against: with a protection removed
-(tests/simulation/protections.py), some of the default run's schedules fail."""
+(tests/simulation/protections.py), some of the first 2,000 schedules fail."""
 import logging
 import os
 
 import pytest
 
 from .protections import MUTANTS, failing_seeds
-from .test_protocol import CI_SCHEDULES
+from .test_protocol import EXTENDED_SCHEDULES
 
 
 @pytest.fixture(autouse=True)
@@ -20,5 +20,5 @@ def _quiet(monkeypatch):
 @pytest.mark.extended
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_removing_a_protection_fails_some_schedule(mutant, tmp_path):
-    failed = failing_seeds(mutant, range(CI_SCHEDULES), str(tmp_path), stop_after=1)
-    assert failed, f"no schedule of {CI_SCHEDULES} fails without the protection: {MUTANTS[mutant][0]}"
+    failed = failing_seeds(mutant, range(EXTENDED_SCHEDULES), str(tmp_path), stop_after=1)
+    assert failed, f"no schedule of {EXTENDED_SCHEDULES} fails without the protection: {MUTANTS[mutant][0]}"

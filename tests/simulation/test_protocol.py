@@ -6,7 +6,8 @@ resumed with a partition gone, then back) with random delays, lost responses, fa
 uploads, slow writes that land late, process deaths, damaged snapshots, and sinks that
 write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows;
 then it checks the invariants on committed output. A failure prints its seed; replay it
-with RAYSTREAM_SIM_SEED=<seed>. `pytest -m simulation_deep` runs many more schedules
+with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 600 schedules, the
+extended run the next 1,400, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
 import collections
@@ -16,7 +17,8 @@ import pytest
 
 from .sim import run_schedule
 
-CI_SCHEDULES = 1_000
+CI_SCHEDULES = 600
+EXTENDED_SCHEDULES = 2_000  # seeds CI_SCHEDULES up to this one run with `pytest -m extended`
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +48,12 @@ def test_seeded_schedules_keep_every_invariant(tmp_path):
         assert totals["attempts"] > len(seeds) * 1.5 and totals["refused"] > 0 and totals["compactions"] > 0
 
 
+@pytest.mark.extended
+def test_more_seeded_schedules_keep_every_invariant(tmp_path):
+    run_many(range(CI_SCHEDULES, EXTENDED_SCHEDULES), tmp_path)
+
+
 @pytest.mark.simulation_deep
 def test_many_more_seeded_schedules(tmp_path):
     n = int(os.environ.get("RAYSTREAM_SIM_DEEP", "20000"))
-    run_many(range(CI_SCHEDULES, CI_SCHEDULES + n), tmp_path)
+    run_many(range(EXTENDED_SCHEDULES, EXTENDED_SCHEDULES + n), tmp_path)
