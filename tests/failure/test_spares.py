@@ -38,10 +38,10 @@ def test_a_recovery_restarts_every_subtask_on_a_spare(monkeypatch, tmp_path):
     ns = load_billing(monkeypatch, events=18_000, rate=3_000, out=str(tmp_path / "out"))
     job = ns["job"]
     handle = job.with_options(checkpoint=rs.CheckpointConfig(interval=0.3),
-                              runtime=dataclasses.replace(job.runtime, recovery_spares=True)).start()
+                              runtime=dataclasses.replace(job.runtime, recovery_spares=1.0)).start()
     status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
     coordinator = handle._supervisor.coordinator
-    # Spares start once a checkpoint exists, one per subtask (billing has four).
+    # Spares start once the job has run a second and has a checkpoint, one per subtask (billing has four).
 
     def all_spares() -> set[int] | None:
         pids = set(ray.get(coordinator.spare_pids.remote()))

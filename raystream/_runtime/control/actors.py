@@ -8,9 +8,10 @@ actor per subtask again, so some are kept ready:
   started when a job ends with as many blank subtask actors (`SubtaskSpares`) as that
   job had subtasks, up to `RuntimeConfig.spare_actors`; the first attempt of the next
   job uses them;
-- with `RuntimeConfig.recovery_spares`, a coordinator also starts a blank actor per
-  subtask once its job has a checkpoint to recover to, for the attempt after a crash.
-  (Off by default: starting them costs about a CPU-second each while the job runs.)
+- a coordinator also starts a blank actor per subtask for the attempt after a crash
+  (`RuntimeConfig.recovery_spares`), by default once its job has run 30 s and has a
+  checkpoint to recover to: starting them costs about a CPU-second each, which a
+  long-running job pays once and a short one never.
 A spare has never been configured, so it holds nothing of an earlier job or attempt and
 the protocols do not change: R1 still kills every actor of an attempt that ended, and a
 new attempt's actors are still new to it. Spares are owned by their coordinator and die

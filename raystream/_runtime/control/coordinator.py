@@ -74,7 +74,7 @@ class JobCoordinator:
         self.faults = Injector(job.runtime.faults, attempt=self.store.attempts(run_id) + 1, coordinator=True,
                                claims=self.store.storage, run_id=run_id)
         self.wiring = Wiring(job, plan, run_id, self.store)
-        self.spares.count = spare_count(job.runtime, plan) if job.runtime.recovery_spares else 0
+        self.spares.count = spare_count(job.runtime, plan) if job.runtime.spares_after() is not None else 0
         self.state = "starting"
         self.started = time.monotonic()
         self.attempt = 0
@@ -355,10 +355,15 @@ class JobCoordinator:
                 await self._poll_metrics(pending, runs)
                 stats = self.checkpointer.stats if self.checkpointer is not None else self.stats
                 self.exporter.export(stats, self.restarts, self.replayed)
-                if stats.completed and len(self.spares.idle) != self.spares.count:
+                if stats.completed and len(self.spares.idle) != self.spares.count and self._spares_due():
                     self.spares.fill()  # for a recovery, now that there is a checkpoint to recover to
         self.state = "stopped" if self.stopping else "finished"
         return None
+
+    def _spares_due(self) -> bool:
+        """Whether the job has run long enough to keep recovery spares (`RuntimeConfig.recovery_spares`)."""
+        after = self.job.runtime.spares_after()
+        return after is not None and time.monotonic() - self.started >= after
 
     def _collect(self, fut: asyncio.Future, key: SubtaskKey) -> Failure | None:
         try:

@@ -37,3 +37,13 @@ def test_a_job_keeps_a_spare_per_subtask_that_can_use_one_up_to_the_setting():
 def test_a_negative_setting_is_refused():
     with pytest.raises(rs.ConfigError, match="spare_actors"):
         rs.RuntimeConfig(spare_actors=-1)
+
+
+def test_recovery_spares_come_after_a_time_by_default_at_once_or_never():
+    assert rs.RuntimeConfig().spares_after() == 30.0  # a long-running job keeps them, a short one never pays
+    assert rs.RuntimeConfig(recovery_spares=5).spares_after() == 5.0
+    assert rs.RuntimeConfig(recovery_spares=True).spares_after() == 0.0
+    assert rs.RuntimeConfig(recovery_spares=False).spares_after() is None
+    for bad in (-1, float("nan"), "soon"):
+        with pytest.raises(rs.ConfigError, match="recovery_spares"):
+            rs.RuntimeConfig(recovery_spares=bad)
