@@ -51,9 +51,12 @@ def rate_at(timeline: list[tuple[float, int, int]], i: int) -> float | None:
 
 
 def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, warmup: float = 6.0,
-                     spares: bool = False) -> RecoveryRun:
-    """With `spares`, the job keeps recovery spares (`RuntimeConfig.recovery_spares`)."""
-    out = os.path.join(directory, f"recovery-out{'-spares' if spares else ''}")
+                     spares: bool | float = 30.0) -> RecoveryRun:
+    """`spares`: `RuntimeConfig.recovery_spares` (the default keeps them after 30 s: the
+    kill then comes once they are up)."""
+    if spares is not True and spares is not False:
+        warmup = max(warmup, float(spares) + 3.0)
+    out = os.path.join(directory, f"recovery-out-{spares}")
     os.environ["BILLING_INVOICES"] = "0"
     job = billing_job(events, MODES["exactly_once"], os.path.join(directory, "recovery-chk"), out)
     os.environ.pop("BILLING_INVOICES")

@@ -175,7 +175,7 @@ class SimCoordinator:
                 next_id=max(ids + [base]) + 1, stats=self.stats,
                 faults=Injector((), attempt=self.attempt, coordinator=True), max_parallelism=MAX_PARALLELISM,
                 state_steps=[s.step_id for s in run.outputs.steps()], clock=lambda: self.world.now,
-                blocking=self.blocking)
+                blocking=self.blocking, first_after=0.1 if self.attempt > 1 else None)  # C1, as after a failure
             self.checkpointer.start_snapshot_calls()
             for s in self.subtasks:
                 s.start()

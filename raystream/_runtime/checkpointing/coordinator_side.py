@@ -53,7 +53,8 @@ class Checkpointer:
                  run_id: str, attempt: int, actors: dict[SubtaskKey, Any], sources: list[SubtaskKey],
                  chains: dict[str, int], next_id: int, stats: CheckpointStats, faults: Injector,
                  max_parallelism: int = 0, state_steps: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
-                 blocking: Blocking = in_thread):
+                 blocking: Blocking = in_thread, first_after: float | None = None):
+        """`first_after`: seconds to the first checkpoint, when sooner than `config.interval`."""
         self.job_name, self.guarantee, self.config = job_name, guarantee, config
         self.store, self.run_id, self.attempt = store, run_id, attempt
         self.actors, self.sources, self.chains = actors, sources, chains
@@ -68,6 +69,8 @@ class Checkpointer:
         self._writing: int | None = None  # the checkpoint whose manifest write (C5) is in flight
         self.pending: Pending | None = None
         self.last_start = self.last_end = clock()
+        if first_after is not None and first_after < config.interval:
+            self.last_start -= config.interval - first_after  # C1: the attempt after a failure commits soon
         self.consecutive_failures = 0
         self.finished_sources: set[SubtaskKey] = set()
         self.final_committed = False

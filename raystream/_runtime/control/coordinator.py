@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.05
 _METRICS_EVERY = 0.5
+_FIRST_AFTER_FAILURE = 0.1  # C1: seconds to the first checkpoint of the attempt after a failure
 
 
 def actor_name(job_name: str, run_id: str, what: str) -> str:
@@ -314,6 +315,7 @@ class JobCoordinator:
             state_steps=[s.step_id for s in self.job.steps if s.kind.stateful],
             faults=Injector(self.job.runtime.faults, attempt=self.attempt, coordinator=True,
                             claims=self.store.storage, run_id=self.run_id),
+            first_after=_FIRST_AFTER_FAILURE if self._failed is not None else None,
         )
         self.checkpointer.refs = self.refs  # object-store copies outlive attempts, for the next restore
         self.checkpointer.start_snapshot_calls()

@@ -49,12 +49,12 @@ def world(tmp_path):
     log: list = []
     clock = Clock()
 
-    def make(blocking=inline, **config):
+    def make(blocking=inline, first_after=None, **config):
         cp = Checkpointer(
             job_name="job", guarantee="exactly_once", config=CheckpointConfig(**config), store=store, run_id=RUN,
             attempt=1, actors={k: FakeActor(log, k) for k in KEYS}, sources=KEYS[:2],
             chains={"src": 2, "sink": 1}, next_id=1, stats=CheckpointStats(), faults=Injector((), attempt=1),
-            clock=clock, blocking=blocking)
+            clock=clock, blocking=blocking, first_after=first_after)
         cp.start_snapshot_calls()
         return cp
 
@@ -90,6 +90,25 @@ def test_a_checkpoint_starts_every_interval_and_commits_when_every_subtask_ackno
     assert sorted(k for k, _ in calls(log, "notify_complete")) == sorted(KEYS)
     assert cp.stats.completed == 1 and cp.stats.last_id == 1 and cp.stats.last_duration == pytest.approx(0.25)
     assert set(cp.refs[1]) == set(KEYS)  # the object-store copies of the complete checkpoint
+
+
+def test_after_a_failure_the_first_checkpoint_comes_sooner_then_every_interval(world):
+    make, store, log, clock = world
+    cp = make(interval=1.0, first_after=0.1)  # C1: committed output resumes soon after a recovery
+    cp.tick()
+    assert calls(log, "trigger_checkpoint") == []
+    clock.now = 0.1
+    cp.tick()
+    assert [args for _, args in calls(log, "trigger_checkpoint")] == [(1, False), (1, False)]
+    clock.now = 0.2
+    ack_all(cp, 1)
+    clock.now = 1.05
+    cp.tick()
+    assert len(calls(log, "trigger_checkpoint")) == 2  # the next one an interval after the first started
+    clock.now = 1.1
+    cp.tick()
+    assert [args for _, args in calls(log, "trigger_checkpoint")][2:] == [(2, False), (2, False)]
+    assert make(interval=0.05, first_after=0.1).last_start == clock.now  # never later than the interval
 
 
 def test_a_checkpoint_that_outlives_its_timeout_is_aborted_and_its_late_acks_count_for_nothing(world):
