@@ -56,7 +56,8 @@ class CollectSink(Sink):
     """Collects records into the job result: `result.outputs[step_id]`.
 
     keep="all" collects every record; keep="last" takes `(key, value)` records and keeps
-    the latest value per key (a table of the final state). The collection is writer
+    the latest value per key (a table of the final state); it refuses other records, Arrow
+    rows among them (collect those with keep="all"). The collection is writer
     state, checkpointed with the job, so it is exactly-once too. Meant for tests and
     notebooks: everything is held in memory and sent to the driver at the end.
     """
@@ -96,8 +97,15 @@ class _LatestWriter(SinkWriter):
         self._latest: dict[Any, Any] = dict(resume_state or {})
 
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
+        records = as_records(batch)
+        # dict.update takes any two-item iterable as a pair: an Arrow row with two columns
+        # (a dict) or a two-character string would update the wrong key silently
+        bad = next((r for r in records if not (isinstance(r, (tuple, list)) and len(r) == 2)), None)
+        if bad is not None:
+            rows = " (Arrow rows are dicts: collect them with keep='all')" if isinstance(bad, dict) else ""
+            raise SinkError(f"CollectSink(keep='last') takes (key, value) records; got {bad!r}{rows}")
         try:
-            self._latest.update(as_records(batch))
+            self._latest.update(records)
         except (TypeError, ValueError) as exc:
             raise SinkError(f"CollectSink(keep='last') takes (key, value) records: {exc}") from None
 

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help="wordcount, wordcount_minibatch, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
-                             "nexmark_q0 .. nexmark_q8, and with a server postgres_append, postgres_upsert, "
-                             "kafka_source (default: all)")
+                             "nexmark_q0 .. nexmark_q8, nexmark_q0_arrow .. nexmark_q8_arrow (over Arrow), "
+                             "and with a server postgres_append, postgres_upsert, kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown to FILE")

@@ -1,5 +1,6 @@
 """The benchmark workloads, built with the public API only, and their single-process
-baselines (the same computation as a plain Python loop, or pyarrow for the Arrow one).
+baselines (the same computation as a plain Python loop, or pyarrow for the Arrow ones:
+the columnar Nexmark queries' are in nexmark_arrow.py).
 
 A `Workload` builds its job for a mode (guarantee and checkpoint interval), says how
 many events it reads, counts them from a status, and times its baseline.
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
+from raystream.bench import nexmark_arrow
 from raystream.connectors import nexmark as nx
 from raystream.sinks import SinkContext, SinkWriter
 from raystream.source_api import Source, SourcePartition
@@ -307,7 +309,9 @@ def billing_baseline(events: int) -> float:
 
 
 def nexmark_module(query: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"nexmark_{query}", _job_file(f"nexmark/{query}.py"))
+    """jobs/nexmark/<query>.py: "q5", or "columnar/q5" for the query over Arrow."""
+    name = "nexmark_" + query.replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, _job_file(f"nexmark/{query}.py"))
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     os.environ.setdefault("NEXMARK_OUT", os.path.join(os.environ.get("TMPDIR", "/tmp"), "raystream-bench-nexmark"))
@@ -384,4 +388,10 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
             e = n(600_000)
             found[f"nexmark_{q}"] = Workload(f"nexmark_{q}", e, lambda m, s, q=q, e=e: nexmark_job(q, e, m, s),
                                              _records_out("events"), lambda q=q, e=e: nexmark_baseline(q, e))
+    for q in NEXMARK:  # over Arrow, against pyarrow over the columnar generator
+        if (JOBS / "nexmark" / "columnar" / f"{q}.py").is_file():
+            e = n(1_200_000 if q in ("q4", "q6") else 3_000_000)  # q4, q6: a process step per record
+            found[f"nexmark_{q}_arrow"] = Workload(
+                f"nexmark_{q}_arrow", e, lambda m, s, q=q, e=e: nexmark_job(f"columnar/{q}", e, m, s),
+                _records_out("events"), lambda q=q, e=e: nexmark_arrow.timed(q, nexmark_config(e)))
     return found

@@ -1,5 +1,6 @@
 """Nexmark q0-q8 on a real local Ray: each query's committed output equals its reference
-implementation over the same events."""
+implementation over the same events, per record (jobs/nexmark) and over Arrow
+(jobs/nexmark/columnar, held to the per-record query's reference)."""
 from __future__ import annotations
 
 import runpy
@@ -15,11 +16,19 @@ NEXMARK = Path(__file__).resolve().parents[2] / "jobs" / "nexmark"
 # the default run takes those with state and time; the stateless ones, and q3 and q7
 # (like q4 and q5 in what they use) and q6 (q4's winners by seller), run with `pytest -m extended`
 QUERIES = [pytest.param(q, marks=pytest.mark.extended) for q in ("q0", "q1", "q2", "q3", "q6", "q7")] + ["q4", "q5", "q8"]
+# over Arrow, the default run takes the window steps and joins: q5 (sliding, tumbling, join),
+# q7 (tumbling, join), q8 (join, tumbling); the rest are where/select, or per-record steps
+# after columnar ones (q3, q4, q6), with `pytest -m extended`
+ARROW_QUERIES = [pytest.param(q, marks=pytest.mark.extended) for q in ("q0", "q1", "q2", "q3", "q4", "q6")] + [
+    "q5", "q7", "q8"]
+# the steps over Arrow that run a function per record (the module docstrings say why); none elsewhere
+PER_RECORD_STEPS = {"q3": {"q3", "row"}, "q4": {"winners", "winner"}, "q6": {"winners", "winner", "q6"}}
 # 30 s of event time: three q7/q8 windows, fifteen of q5; auctions close throughout (q4)
 CONFIG = nx.NexmarkConfig(events=30_000, partitions=2, event_rate=1_000)
 
 
 def load(query: str) -> dict:
+    """jobs/nexmark/<query>.py: "q5", or "columnar/q5"."""
     return runpy.run_path(str(NEXMARK / f"{query}.py"), run_name="__raystream_job__")
 
 
@@ -41,6 +50,23 @@ def test_query_output_equals_the_reference(query, events):
     expected = q["reference"](events)
     assert expected, "the reference of the test configuration is not empty"
     assert q["normalize"](result.outputs["out"]) == expected
+
+
+@pytest.mark.parametrize("query", ARROW_QUERIES)
+def test_columnar_query_output_equals_the_per_record_reference(query, events):
+    q = load(f"columnar/{query}")
+    # keep="all": rows of Arrow are no (key, value) pairs; normalize keeps each key's last update
+    result = q["build"](CONFIG, rs.sinks.CollectSink()).with_options(parallelism=1).run()
+    expected = q["reference"](events)
+    assert expected, "the reference of the test configuration is not empty"
+    assert q["normalize"](result.outputs["out"]) == expected
+    assert result.steps["events"].records_out == CONFIG.events
+
+
+@pytest.mark.parametrize("query", [f"q{n}" for n in range(9)])
+def test_columnar_queries_run_python_per_record_only_where_no_columnar_step_fits(query):
+    job = load(f"columnar/{query}")["build"](CONFIG, rs.sinks.CollectSink())
+    assert {s.step_id for s in job.steps.values() if s.fn is not None} == PER_RECORD_STEPS.get(query, set())
 
 
 def test_the_generator_follows_the_standard_configuration(events):

@@ -1,0 +1,72 @@
+"""Nexmark q3 over Arrow, local item suggestion: (name, city, state, auction id) for each
+auction in category 10 whose seller lives in OR, ID or CA.
+
+In Arrow, per batch: `where` keeps the people of those states and the auctions of
+category 10 (one expression), `select` makes one narrow row per event with the person id
+as the key (the person's id, or the auction's seller: `coalesce`, as exactly one side is
+not null) and `key_by` routes by that column.
+
+Per record: the incremental join, a `process` step. A seller and their auctions may arrive
+in either order and wait in the key's state for each other with no window to bound them:
+no columnar operator joins without a window (the Arrow join is a window join). It sees
+only the rows the `where` kept (about 2% of the events), as dicts."""
+from __future__ import annotations
+
+import os
+import runpy
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+import raystream as rs
+from raystream.connectors import nexmark as nx
+
+_PER_RECORD = runpy.run_path(str(Path(__file__).resolve().parents[1] / "q3.py"), run_name="nexmark_q3")
+reference = _PER_RECORD["reference"]
+STATES = _PER_RECORD["STATES"]
+
+
+def join(ctx: rs.ProcessContext, row: dict) -> None:
+    """A person row has a name, an auction row an auction id; the state is (the person as
+    (name, city, state), or None, and the auction ids that wait for them)."""
+    person, auctions = ctx.state or (None, [])
+    if row["auction"] is None:
+        person = (row["name"], row["city"], row["state"])
+        for auction_id in auctions:
+            ctx.emit((*person, auction_id))
+        ctx.state = (person, [])
+    elif person is not None:
+        ctx.emit((*person, row["auction"]))
+    else:
+        ctx.state = (None, auctions + [row["auction"]])
+
+
+def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
+    job = rs.Job("nexmark_q3_arrow", parallelism=config.partitions)
+    events = job.source("events", nx.NexmarkSource(config, columnar=True))
+    kind = pc.field("event_type")
+    wanted = (((kind == nx.PERSON) & pc.field("person", "state").isin(list(STATES)))
+              | ((kind == nx.AUCTION) & (pc.field("auction", "category") == 10)))
+    (events.where("people_and_auctions", wanted)
+        .select("sides", {"person": pc.coalesce(pc.field("person", "id"), pc.field("auction", "seller")),
+                          "name": pc.field("person", "name"), "city": pc.field("person", "city"),
+                          "state": pc.field("person", "state"), "auction": pc.field("auction", "id")})
+        .key_by("by_person", "person")
+        .process("q3", join)
+        .map("row", lambda kv: kv[1])
+        .sink("out", sink))
+    return job
+
+
+def normalize(records: list) -> list:
+    return sorted(tuple(r) for r in records)
+
+
+job = build(nx.NexmarkConfig.from_env(event_rate=1_000),
+            rs.sinks.FileSink(os.environ.get("NEXMARK_OUT", "out/nexmark/q3_arrow"), format="parquet"))
+
+
+if __name__ == "__main__":  # python this_file.py [options]: as `raystream run this_file.py [options]`
+    from raystream.cli import run_file
+
+    run_file(__file__)
