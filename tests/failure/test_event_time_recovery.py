@@ -60,6 +60,23 @@ def test_nexmark_query_with_a_window_subtask_killed(query, steps, tmp_path):
     assert q["normalize"](records) == q["reference"](nx.events(CONFIG)), victim
 
 
+@pytest.mark.parametrize("query, steps", [
+    ("q8", ("q8", "once")),  # the window join over Arrow, then a window over Arrow
+    pytest.param("q5", ("bids_per_auction", "most_bids", "with_most"), marks=pytest.mark.extended),
+    pytest.param("q7", ("top_price", "with_top"), marks=pytest.mark.extended),
+])
+def test_columnar_nexmark_query_with_a_window_or_join_subtask_killed(query, steps, tmp_path):
+    q = runpy.run_path(str(NEXMARK / "columnar" / f"{query}.py"), run_name="__raystream_job__")
+    out = str(tmp_path / "out")
+    job = q["build"](CONFIG, rs.sinks.FileSink(out, format="parquet")).with_options(
+        checkpoint=rs.CheckpointConfig(interval=0.3))
+    handle = job.start()
+    victim = _kill_one_of(handle, steps, random.Random(query))
+    result = handle.wait()
+    assert result.restarts >= 1, victim
+    assert q["normalize"](rs.sinks.read_files(out, format="parquet")) == q["reference"](nx.events(CONFIG)), victim
+
+
 def emitted(row: dict):
     """The record a query emitted, from the row FileSink wrote for it (a pair as key and
     value, a tuple of other than two fields as value)."""
