@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.transport.arrow_keys import distinct_keys, may_split_keys
 from raystream._runtime.transport.batch import ArrowKeyed, Times, timed, untimed
 from raystream.aggregates import Aggregate, Partial
 from raystream.graph import Step
@@ -110,18 +111,34 @@ class Folds:
         """The state of a new group (shared: merges return new states)."""
         return tuple(agg.create() for agg in self.aggregates)
 
-    def group(self, table: pa.Table, by: list[str], extra: Sequence[tuple[Any, ...]] = ()) -> Groups:
-        """Per group of `by` in `table`: the partials, and the `extra` aggregate specs."""
+    def group(self, table: pa.Table, by: list[str], extra: Sequence[tuple[Any, ...]] = (), keys: int = 0) -> Groups:
+        """Per group of `by` in `table`: the partials, and the `extra` aggregate specs. The
+        first `keys` columns of `by` are key columns: rows of one Python key are one group
+        even where Arrow would split them (-0.0 and 0.0, a dictionary holding a value
+        twice), so "first" and "last" follow the rows' order across them."""
         specs: list[tuple[Any, ...]] = [
             ([] if p.column is None else p.column, p.function) + (() if p.options is None else (p.options,))
             for p in self.partials]
         table, exact = self._prepared(table)
+        key_columns, by = list(by[:keys]), list(by)
+        distinct = None
+        if any(may_split_keys(table.schema.field(c).type) for c in key_columns):
+            distinct = distinct_keys(table, tuple(key_columns))  # one code per Python key
+            code = unused_name(table.column_names, "__raystream_key")
+            table = table.append_column(code, pa.array(distinct.rows))
+            by = [code] + by[keys:]
         grouped = table.group_by(by, use_threads=False).aggregate(specs + list(extra)).combine_chunks()
         columns = grouped.columns  # by position: a key column may have any name, "v_sum" too
         n = len(by)
-        keys, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
+        groups, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
+        if distinct is not None:  # each group's key columns: those of its key's first row
+            present, first_rows = np.unique(distinct.rows, return_index=True)
+            first = np.zeros(len(distinct.keys), dtype=np.int64)
+            first[present] = first_rows
+            rows = pa.array(first[groups[0].to_numpy()])
+            groups = [pa.chunked_array([table.column(c).take(rows).combine_chunks()]) for c in key_columns] + groups[1:]
         exact_partials = frozenset(i for i, p in enumerate(self.partials) if p.function == "sum" and p.column in exact)
-        return Groups(keys, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
+        return Groups(groups, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
 
     def _prepared(self, table: pa.Table) -> tuple[pa.Table, set[str]]:
         """The value columns as Arrow's group-by can fold them: a column of nulls only
@@ -151,7 +168,7 @@ class Folds:
         columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
                    for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
         new = dict(zip(ids, zip(*columns)))
-        if len(new) < len(ids):  # equal ids in two groups (0.0 and -0.0): again, one group at a time
+        if len(new) < len(ids):  # equal ids in two groups (`group` merges keys Arrow splits): one at a time
             return self._merge_in_turn(ids, olds, partials)
         return new, columns
 
@@ -256,10 +273,10 @@ class AggregateOp(KeyedOp):
         """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""
         table = pa.Table.from_batches([rows])
         if times is None:
-            return self.folds.group(table, self.key_columns)
+            return self.folds.group(table, self.key_columns, keys=len(self.key_columns))
         time_column = unused_name(rows.schema.names, "__raystream_time")
         table = table.append_column(time_column, pa.array(np.asarray(times, dtype=np.int64)))
-        return self.folds.group(table, self.key_columns, [(time_column, "max")])
+        return self.folds.group(table, self.key_columns, [(time_column, "max")], keys=len(self.key_columns))
 
     def _output(self, groups: Groups, states: list[list[Any]]) -> pa.RecordBatch:
         arrays = [c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in groups.keys]

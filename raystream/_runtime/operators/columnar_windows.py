@@ -187,7 +187,8 @@ class ArrowWindowOp(TimedWindows):
         if not np.array_equal(pairs, np.arange(table.num_rows)):
             table = table.take(pa.array(pairs))  # sliding: a row per window; or late rows gone
         window = unused_name(table.column_names, "__raystream_window")
-        groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window])
+        groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window],
+                                  keys=len(self.key_columns))
         self._learn(table, groups.partial_types())
         size, get, fresh = assigned.size, self.state.get, self.folds.fresh()
         ids, olds = [], []

@@ -257,3 +257,23 @@ def test_a_batch_with_a_key_column_twice_fails_in_the_key_step_under_its_policy(
     batch = pa.RecordBatch.from_arrays([pa.array([1]), pa.array([2])], names=["k", "k"])
     with pytest.raises(RecordFailure, match="more than one column named k"):
         op.process(batch)
+
+
+@pytest.mark.parametrize("keys", [
+    pa.array([-0.0, 0.0, -0.0, 0.0]),
+    pa.DictionaryArray.from_arrays(pa.array([0, 1, 0, 1], pa.int32()), pa.array(["a", "a"])),
+], ids=["signed-zeros", "dictionary-repeating-a-value"])
+def test_first_and_last_follow_the_rows_across_keys_arrow_groups_apart(keys):
+    """Review: rows of one Python key that Arrow groups apart were merged group after
+    group, so `last` took the last row of the last group (and `first`, with nulls, the
+    first group's), not the batch's last or first row."""
+    aggregates = (("n", agg.count()), ("total", agg.sum("v")), ("first", agg.first("v")), ("last", agg.last("v")))
+    op = aggregate(aggregates=aggregates)
+    out = op.process(ArrowKeyed(pa.RecordBatch.from_arrays([keys, pa.array([None, 2, 3, None])], names=["k", "v"]),
+                                ("k",)))
+    assert out.num_rows == 1 and out.schema.field("k").type == keys.type
+    assert out.to_pylist()[0] | {"k": None} == {"k": None, "n": 4, "total": 5, "first": 2, "last": 3}
+    plain = pa.array([0.0] if pa.types.is_floating(keys.type) else ["a"])  # the same key, not a dictionary
+    out = op.process(ArrowKeyed(pa.RecordBatch.from_arrays([plain, pa.array([7])], names=["k", "v"]), ("k",)))
+    assert out.to_pylist()[0] | {"k": None} == {"k": None, "n": 5, "total": 12, "first": 2, "last": 7}
+    assert len(op.state) == 1

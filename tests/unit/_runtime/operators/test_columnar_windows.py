@@ -325,3 +325,13 @@ def test_a_key_column_named_like_a_window_column_is_refused_at_definition():
     rows = job.source("rows", rs.sources.ListSource([{"window_end": 1, "v": 2}]))
     with pytest.raises(JobDefinitionError, match="key column 'window_end' has the name of a column the window adds"):
         rows.key_by("by_end", "window_end").window(Tumbling(1)).aggregate("w", n=agg.count())
+
+
+@pytest.mark.parametrize("name", ["tumbling", "session"])
+def test_rows_of_one_key_that_arrow_groups_apart_are_one_window(name):
+    """Review: -0.0 and 0.0 are one key; a session window kept only the rows of one of them."""
+    op = columnar(ASSIGNERS[name])
+    batch = pa.RecordBatch.from_pydict({"k": [-0.0, 0.0, -0.0], "v": [None, 2, 3]})
+    op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([1, 2, 3])))
+    out, _ = untimed(op.on_watermark(MAX_TIME))
+    assert [(r["k"], r["n"], r["total"], r["low"]) for r in out.to_pylist()] == [(0.0, 3, 5, 2)]
