@@ -19,6 +19,7 @@ With event times, a key's output row takes the newest time among its rows in the
 from __future__ import annotations
 
 import builtins
+import decimal
 import itertools
 import logging
 import operator
@@ -165,8 +166,9 @@ class Folds:
         """The new state of each group `ids[i]` (whose state was `olds[i]`), and per
         aggregate its state after each group. Each aggregate merges all groups at once
         (`merge_all`), so the loops over groups run in C or in a comprehension."""
-        columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
-                   for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
+        with exact_decimals():
+            columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
+                       for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
         new = dict(zip(ids, zip(*columns)))
         if len(new) < len(ids):  # equal ids in two groups (`group` merges keys Arrow splits): one at a time
             return self._merge_in_turn(ids, olds, partials)
@@ -184,12 +186,14 @@ class Folds:
 
     def merge_one(self, state: tuple[Any, ...], partials: Sequence[Any]) -> tuple[Any, ...]:
         """One group's state with one row of partials folded in."""
-        return tuple(agg.merge(state[j], [partials[i] for i in slot])
-                     for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
+        with exact_decimals():
+            return tuple(agg.merge(state[j], [partials[i] for i in slot])
+                         for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
 
     def combine(self, state: tuple[Any, ...], other: tuple[Any, ...]) -> tuple[Any, ...]:
         """Two groups' states as one (merged session windows; `state` is the earlier one's)."""
-        return tuple(agg.combine(a, b) for agg, a, b in zip(self.aggregates, state, other))
+        with exact_decimals():
+            return tuple(agg.combine(a, b) for agg, a, b in zip(self.aggregates, state, other))
 
     def result_types(self, partial_types: Sequence[pa.DataType]) -> list[pa.DataType]:
         """The Arrow type of each aggregate's column, from the types of the partials."""
@@ -205,6 +209,17 @@ class Folds:
             values = states[j] if self._plain_result[j] else list(map(agg.result, states[j]))
             arrays.append(_exact_array(values, types[j]))
         return arrays
+
+
+#: Digits of the decimal context merges run in: decimal256's 76, so a running sum of a
+#: decimal column is exact as far as Arrow can hold it (Python's default context rounds
+#: to 28 significant digits; a decimal128(38, s) column has 38).
+_EXACT = decimal.Context(prec=76, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+def exact_decimals() -> Any:
+    """A decimal context for merging: 76 digits, rounding nothing Arrow can hold."""
+    return decimal.localcontext(_EXACT)
 
 
 def _may_pass_int64(column: pa.ChunkedArray) -> bool:

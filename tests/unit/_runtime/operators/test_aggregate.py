@@ -277,3 +277,18 @@ def test_first_and_last_follow_the_rows_across_keys_arrow_groups_apart(keys):
     out = op.process(ArrowKeyed(pa.RecordBatch.from_arrays([plain, pa.array([7])], names=["k", "v"]), ("k",)))
     assert out.to_pylist()[0] | {"k": None} == {"k": None, "n": 5, "total": 12, "first": 2, "last": 7}
     assert len(op.state) == 1
+
+
+def test_decimal_sums_fold_across_batches_with_every_digit_of_the_column():
+    """Review: running decimal sums were folded in Python's default context, 28 digits:
+    a decimal128(38, 2) sum over two batches lost its last digits."""
+    import decimal
+
+    value = decimal.Decimal("123456789012345678901234567890.12")
+    op = aggregate(aggregates=(("total", agg.sum("v")), ("avg", agg.mean("v"))))
+    batch = pa.record_batch({"k": ["a"], "v": pa.array([value], pa.decimal128(38, 2))})
+    out = run_batches(op, [batch, batch, batch])[-1]
+    assert out.schema.field("total").type == pa.decimal128(38, 2)
+    exact = decimal.Decimal("370370367037037036703703703670.36")  # 3 * value, in 32 digits
+    assert out.to_pylist() == [{"k": "a", "total": exact, "avg": float(exact) / 3}]
+    assert op.state["a"][0] == exact and decimal.getcontext().prec == 28  # the caller's context is left alone
