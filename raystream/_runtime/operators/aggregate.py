@@ -106,12 +106,15 @@ class Folds:
             self.slots.append(slot)
         # an aggregate whose result is its state needs no call per group
         self._plain_result = [type(agg).result is Aggregate.result for agg in self.aggregates]
+        self._described: list[tuple[str, str, tuple[Any, ...]]] | None = None
 
     def describe(self) -> list[tuple[str, str, tuple[Any, ...]]]:
         """Per aggregate, stored with the state (`state_meta`): its name, how it reads
         ("sum('price')") and what its state is made of (its class and partials, compared
         on restore)."""
-        return [(name, repr(agg), _state_kind(agg)) for name, agg in zip(self.names, self.aggregates)]
+        if self._described is None:  # once: it goes into every snapshot
+            self._described = [(name, repr(agg), _state_kind(agg)) for name, agg in zip(self.names, self.aggregates)]
+        return self._described
 
     def check_restored(self, step_id: str, metas: list[Any]) -> None:
         """RestoreError unless the state restored for `step_id` was made by these

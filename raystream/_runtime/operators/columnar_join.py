@@ -187,6 +187,8 @@ class ArrowJoinOp(TimedWindows):
                             f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
         if schema != unified:
             keyed = ArrowKeyed(_conform(keyed.batch, unified), keyed.key_columns)
+        if all(b == unified for b in buffered):  # the side's rows have it already: no need to look
+            return keyed, unified, []
         recast = [(key, entry, Rows([_conform(p, unified) for p in held.parts]))
                   for key, entry, held in self._held(side) if held.parts[0].schema != unified]
         return keyed, unified, recast

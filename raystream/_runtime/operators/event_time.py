@@ -2,12 +2,12 @@
 watermark generator (time/watermarks.py; docs/event_time.md).
 
 With `EventTime(fn)` the function runs per record; an Arrow batch (a RecordBatch, or
-rows keyed by columns) stays the batch it is, its column types untouched, and only the
+rows keyed by columns) stays the batch it is, its column types untouched: only the
 function sees its rows as Python records (a dict per row; `(key, row)` for rows keyed
-by columns), and its times travel beside it as an int64 array. With
-`EventTime.column(name, unit)` an Arrow batch gets its times from the column in one
-vectorized conversion (`column_millis`), as that int64 array (`Timed`); the generator
-takes the array's max per source partition, as it takes a list's. Other records are read field by field
+by columns), and its times travel beside it as an int64 array (`Timed`). With
+`EventTime.column(name, unit)` an Arrow batch gets that array from the column in one
+vectorized conversion (`column_millis`); the generator takes the array's max per source
+partition, as it takes a list's. Other records are read field by field
 (`ColumnTime.of_record`), giving the same milliseconds. A row whose time is null or not
 a finite number fails on its own, as its record would on the per-record path; a column
 that is missing or of a type that is not a time fails the whole batch.
