@@ -12,7 +12,8 @@ stateless steps (docs/savepoints.md). For new subtask i of a chain at parallelis
   for its window before is late after; a watermark generator's newest times go with
   their source partitions, and an event-time step's own time is the oldest of all its
   old subtasks (which inputs a subtask reads may change: partitions come and go), or
-  none when one of them had seen no record;
+  none when one of them had seen no record; what a keyed step's values are (its
+  `step_meta`) comes from the old subtasks it takes keys from, for the step to check;
 - source offsets: every old subtask of the source step lends its partitions' offsets,
   those it carried for partitions gone at the time included (a partition continues
   wherever it is assigned now; see SourceReader);
@@ -106,6 +107,7 @@ class RestoredState:
     watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
     event_times: dict[str, dict[str, int]] = field(default_factory=dict)  # watermark generators' newest times
     late: dict[str, int] = field(default_factory=dict)
+    step_meta: dict[str, list[Any]] = field(default_factory=dict)  # of the old subtasks it takes keys from
     parts: list[PartRef] | None = None  # the keyed-state parts this subtask continues (changelog.py, I5)
 
 
@@ -133,6 +135,9 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
                     if partition:
                         target = merged.event_times.setdefault(step_id, {})
                         target[partition] = max(t, target.get(partition, t))
+        for step_id, meta in getattr(state, "step_meta", {}).items():  # absent in older snapshots
+            if step_id in steps and (same is False or state.subtask == subtask):
+                merged.step_meta.setdefault(step_id, []).append(meta)
         for step_id, table in state.keyed.items():
             if step_id not in steps:
                 continue

@@ -19,10 +19,11 @@ With event times, a key's output row takes the newest time among its rows in the
 from __future__ import annotations
 
 import builtins
+import decimal
 import itertools
 import logging
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -32,8 +33,10 @@ import pyarrow.compute as pc
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.transport.arrow_keys import distinct_keys, may_split_keys
 from raystream._runtime.transport.batch import ArrowKeyed, Times, timed, untimed
 from raystream.aggregates import Aggregate, Partial
+from raystream.errors import RestoreError
 from raystream.graph import Step
 
 logger = logging.getLogger(__name__)
@@ -56,7 +59,9 @@ class Groups:
     keys: list[pa.ChunkedArray]
     partials: list[pa.ChunkedArray]
     extra: list[pa.ChunkedArray]
-    exact: frozenset[int] = frozenset()  # partials summed as decimals (ints that could pass int64)
+    # partials summed as decimals (ints that could pass int64), and the type Arrow's sum
+    # of their column has (int64, uint64 for unsigned)
+    exact: dict[int, pa.DataType] = field(default_factory=dict)
 
     def python_partials(self) -> list[list[Any]]:
         """Each partial's values as Python values; exact sums as ints again."""
@@ -65,7 +70,7 @@ class Groups:
 
     def partial_types(self) -> list[pa.DataType]:
         """The partials' types as the columns they summed would give them."""
-        return [pa.int64() if i in self.exact else c.type for i, c in enumerate(self.partials)]
+        return [self.exact.get(i, c.type) for i, c in enumerate(self.partials)]
 
     def python_keys(self, n: int) -> list[Any]:
         """The Python key of each group from its first `n` columns: what the per-record
@@ -101,6 +106,34 @@ class Folds:
             self.slots.append(slot)
         # an aggregate whose result is its state needs no call per group
         self._plain_result = [type(agg).result is Aggregate.result for agg in self.aggregates]
+        self._described: list[tuple[str, str, tuple[Any, ...]]] | None = None
+
+    def describe(self) -> list[tuple[str, str, tuple[Any, ...]]]:
+        """Per aggregate, stored with the state (`state_meta`): its name, how it reads
+        ("sum('price')") and what its state is made of (its class and partials, compared
+        on restore)."""
+        if self._described is None:  # once: it goes into every snapshot
+            self._described = [(name, repr(agg), _state_kind(agg)) for name, agg in zip(self.names, self.aggregates)]
+        return self._described
+
+    def check_restored(self, step_id: str, metas: list[Any]) -> None:
+        """RestoreError unless the state restored for `step_id` was made by these
+        aggregates, in this order: a state is one value per aggregate, by position, and
+        other aggregates would take another's values silently. Renaming one is fine.
+        State of a snapshot that does not say (raystream before it) is taken as it is."""
+        now = self.describe()
+        for meta in metas:
+            before = meta.get("aggregates") if isinstance(meta, dict) else None
+            if before is None or [kind for _, _, kind in before] == [kind for _, _, kind in now]:
+                continue
+            def listed(described: list[tuple[str, str, Any]]) -> str:
+                return ", ".join(f"{name}={text}" for name, text, _ in described) or "none"
+            raise RestoreError(
+                f"step {step_id!r}: the checkpoint's state was made by the aggregates {listed(before)}, and this "
+                f"job's step has {listed(now)}. A key's state holds one value per aggregate, in order, so it cannot "
+                "be restored into other aggregates (or the same in another order): give the step a new id to start "
+                "its aggregates afresh (and keep the old one's state out with allow_non_restored_state), or restore "
+                "with the step's original aggregates")
 
     def columns(self) -> list[str]:
         """The value columns the partials read."""
@@ -110,27 +143,46 @@ class Folds:
         """The state of a new group (shared: merges return new states)."""
         return tuple(agg.create() for agg in self.aggregates)
 
-    def group(self, table: pa.Table, by: list[str], extra: Sequence[tuple[Any, ...]] = ()) -> Groups:
-        """Per group of `by` in `table`: the partials, and the `extra` aggregate specs."""
-        specs: list[tuple[Any, ...]] = [
-            ([] if p.column is None else p.column, p.function) + (() if p.options is None else (p.options,))
-            for p in self.partials]
+    def group(self, table: pa.Table, by: list[str], extra: Sequence[tuple[Any, ...]] = (), keys: int = 0) -> Groups:
+        """Per group of `by` in `table`: the partials, and the `extra` aggregate specs. The
+        first `keys` columns of `by` are key columns: rows of one Python key are one group
+        even where Arrow would split them (-0.0 and 0.0, a dictionary holding a value
+        twice), so "first" and "last" follow the rows' order across them."""
         table, exact = self._prepared(table)
+        exact_partials = {i: exact[p.column][1] for i, p in enumerate(self.partials)
+                          if p.function == "sum" and p.column in exact}
+        specs: list[tuple[Any, ...]] = [
+            ([] if p.column is None else exact[p.column][0] if i in exact_partials else p.column, p.function)
+            + (() if p.options is None else (p.options,)) for i, p in enumerate(self.partials)]
+        key_columns, by = list(by[:keys]), list(by)
+        distinct = None
+        if any(may_split_keys(table.schema.field(c).type) for c in key_columns):
+            distinct = distinct_keys(table, tuple(key_columns))  # one code per Python key
+            code = unused_name(table.column_names, "__raystream_key")
+            table = table.append_column(code, pa.array(distinct.rows))
+            by = [code] + by[keys:]
         grouped = table.group_by(by, use_threads=False).aggregate(specs + list(extra)).combine_chunks()
         columns = grouped.columns  # by position: a key column may have any name, "v_sum" too
         n = len(by)
-        keys, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
-        exact_partials = frozenset(i for i, p in enumerate(self.partials) if p.function == "sum" and p.column in exact)
-        return Groups(keys, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
+        groups, aggregated = (columns[:n], columns[n:]) if _KEYS_FIRST else (columns[-n:], columns[:-n])
+        if distinct is not None:  # each group's key columns: those of its key's first row
+            present, first_rows = np.unique(distinct.rows, return_index=True)
+            first = np.zeros(len(distinct.keys), dtype=np.int64)
+            first[present] = first_rows
+            rows = pa.array(first[groups[0].to_numpy()])
+            groups = [pa.chunked_array([table.column(c).take(rows).combine_chunks()]) for c in key_columns] + groups[1:]
+        return Groups(groups, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
 
-    def _prepared(self, table: pa.Table) -> tuple[pa.Table, set[str]]:
+    def _prepared(self, table: pa.Table) -> tuple[pa.Table, dict[str, tuple[str, pa.DataType]]]:
         """The value columns as Arrow's group-by can fold them: a column of nulls only
         (type null, which `first` and `max` have no kernel for) as int64 nulls, nothing
         to fold; an integer column a sum reads whose batch sum could pass int64 (Arrow's
-        sum wraps around silently) as decimal128(38, 0), exact. Returns the table and the
-        columns made decimal."""
+        sum wraps around silently) also as decimal128(38, 0), exact, in a column of its
+        own for the sums (the other partials read the column as it is). Returns the table
+        and, per column summed as decimals, that column's name and the type of Arrow's
+        sum of the column (int64; uint64 for unsigned)."""
         sums = {p.column for p in self.partials if p.function == "sum"}
-        exact = set()
+        exact: dict[str, tuple[str, pa.DataType]] = {}
         for name in self.columns():
             i = table.schema.get_field_index(name)
             if i < 0:
@@ -139,8 +191,9 @@ class Folds:
             if pa.types.is_null(column.type):
                 table = table.set_column(i, name, column.cast(pa.int64()))
             elif name in sums and pa.types.is_integer(column.type) and _may_pass_int64(column):
-                table = table.set_column(i, name, column.cast(pa.decimal128(38, 0)))
-                exact.add(name)
+                decimals = unused_name(table.column_names, f"__raystream_exact_{name}")
+                table = table.append_column(decimals, column.cast(pa.decimal128(38, 0)))
+                exact[name] = (decimals, pa.uint64() if pa.types.is_unsigned_integer(column.type) else pa.int64())
         return table, exact
 
     def merge(self, ids: list[Hashable], olds: list[tuple[Any, ...]], partials: list[list[Any]]
@@ -148,10 +201,11 @@ class Folds:
         """The new state of each group `ids[i]` (whose state was `olds[i]`), and per
         aggregate its state after each group. Each aggregate merges all groups at once
         (`merge_all`), so the loops over groups run in C or in a comprehension."""
-        columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
-                   for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
+        with exact_decimals():
+            columns = [agg.merge_all(list(map(operator.itemgetter(j), olds)), [partials[i] for i in slot])
+                       for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots))]
         new = dict(zip(ids, zip(*columns)))
-        if len(new) < len(ids):  # equal ids in two groups (0.0 and -0.0): again, one group at a time
+        if len(new) < len(ids):  # equal ids in two groups (`group` merges keys Arrow splits): one at a time
             return self._merge_in_turn(ids, olds, partials)
         return new, columns
 
@@ -167,12 +221,14 @@ class Folds:
 
     def merge_one(self, state: tuple[Any, ...], partials: Sequence[Any]) -> tuple[Any, ...]:
         """One group's state with one row of partials folded in."""
-        return tuple(agg.merge(state[j], [partials[i] for i in slot])
-                     for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
+        with exact_decimals():
+            return tuple(agg.merge(state[j], [partials[i] for i in slot])
+                         for j, (agg, slot) in enumerate(zip(self.aggregates, self.slots)))
 
     def combine(self, state: tuple[Any, ...], other: tuple[Any, ...]) -> tuple[Any, ...]:
         """Two groups' states as one (merged session windows; `state` is the earlier one's)."""
-        return tuple(agg.combine(a, b) for agg, a, b in zip(self.aggregates, state, other))
+        with exact_decimals():
+            return tuple(agg.combine(a, b) for agg, a, b in zip(self.aggregates, state, other))
 
     def result_types(self, partial_types: Sequence[pa.DataType]) -> list[pa.DataType]:
         """The Arrow type of each aggregate's column, from the types of the partials."""
@@ -190,6 +246,22 @@ class Folds:
         return arrays
 
 
+#: Digits of the decimal context merges run in: decimal256's 76, so a running sum of a
+#: decimal column is exact as far as Arrow can hold it (Python's default context rounds
+#: to 28 significant digits; a decimal128(38, s) column has 38).
+_EXACT = decimal.Context(prec=76, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+def exact_decimals() -> Any:
+    """A decimal context for merging: 76 digits, rounding nothing Arrow can hold."""
+    return decimal.localcontext(_EXACT)
+
+
+def _state_kind(agg: Aggregate) -> tuple[Any, ...]:
+    """What an aggregate's state is made of: its class, and each partial's function and column."""
+    return (type(agg).__qualname__, tuple((p.function, p.column) for p in agg.partials()))
+
+
 def _may_pass_int64(column: pa.ChunkedArray) -> bool:
     """Whether a sum of some of the column's values could leave int64 (bounds, not the sum)."""
     low, high = pc.min_max(column).values()
@@ -198,8 +270,21 @@ def _may_pass_int64(column: pa.ChunkedArray) -> bool:
     return builtins.max(abs(low.as_py()), abs(high.as_py())) * len(column) >= 2 ** 63
 
 
+def typed_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+    """`values` as `kind`; None: inferred, and ints past int64 as uint64."""
+    if kind is not None:
+        return pa.array(values, type=kind)
+    try:
+        return pa.array(values)
+    except OverflowError:
+        return pa.array(values, type=pa.uint64())
+
+
 def _exact_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
-    inferred = pa.array(values)
+    try:
+        inferred = pa.array(values)
+    except OverflowError:  # ints past int64: a type that holds them (uint64), or the batch fails
+        return typed_array(values, kind if kind is not None and pa.types.is_integer(kind) else None)
     if kind is None or pa.types.is_null(kind) or inferred.type == kind:
         return inferred if kind is None or pa.types.is_null(kind) else inferred.cast(kind)
     if pa.types.is_null(inferred.type):
@@ -252,14 +337,20 @@ class AggregateOp(KeyedOp):
         newest = groups.extra[0].to_numpy() if times is not None else None
         return timed(out, newest)
 
+    def state_meta(self) -> dict[str, Any]:
+        return {"aggregates": self.folds.describe()}
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        self.folds.check_restored(self.step_id, metas)
+
     def _group(self, rows: pa.RecordBatch, times: Times | None) -> Groups:
         """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""
         table = pa.Table.from_batches([rows])
         if times is None:
-            return self.folds.group(table, self.key_columns)
+            return self.folds.group(table, self.key_columns, keys=len(self.key_columns))
         time_column = unused_name(rows.schema.names, "__raystream_time")
         table = table.append_column(time_column, pa.array(np.asarray(times, dtype=np.int64)))
-        return self.folds.group(table, self.key_columns, [(time_column, "max")])
+        return self.folds.group(table, self.key_columns, [(time_column, "max")], keys=len(self.key_columns))
 
     def _output(self, groups: Groups, states: list[list[Any]]) -> pa.RecordBatch:
         arrays = [c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in groups.keys]

@@ -202,6 +202,17 @@ class KeyedOp(Operator):
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
 
+    def state_meta(self) -> Any:
+        """What the values of the state are, beside it in every snapshot (`step_meta`):
+        plain, small values, or None for nothing. A columnar step's aggregates, say, so
+        that a restore into other aggregates is refused (`restore_meta`)."""
+        return None
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        """After `restore`: the `state_meta` of each old subtask the state came from (none
+        from a snapshot of raystream before it). Raises RestoreError when the state does
+        not fit this step."""
+
 
 def run_chain(ops: list[Operator], batch: Any) -> Any:
     """Push one batch through the chain; returns the tail's output."""

@@ -15,6 +15,14 @@ Buffered rows are Arrow, never Python rows: `Rows` holds a side's slices of one 
 and pickles as its columns' buffers (bytes) with the schema's IPC bytes, one object
 shared by all windows of that schema, so a snapshot holds the schema once and about the
 rows' Arrow size per window (C3 pickles the state at once).
+
+All rows a side buffers have one schema, the side's: a batch whose schema differs (a
+column of type null in an all-null batch, int32 for int64, a column more or less, the
+columns in another order) is unified with it permissively (`pa.unify_schemas`), and the
+batch, and when the side's schema widens every row the side buffers, are cast to the
+result. This runs in the batch's error handling, before anything is buffered: a batch
+whose schema does not unify (a string column for an int one) or whose values do not fit
+fails under the job's error policy, and the state stays as it was.
 """
 from __future__ import annotations
 
@@ -118,6 +126,13 @@ class ArrowJoinOp(TimedWindows):
         self.spec = spec
         self.what = f"window join on {', '.join(spec.left_keys)} = {', '.join(spec.right_keys)}"
         self.late_rows = LateRows()
+        # each side's schema, that of every row it buffers (None: not known yet, or after a
+        # restore, when it is found from the rows restored)
+        self.schemas: list[pa.Schema | None] = [None, None]
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        super().restore(state, watermark)
+        self.schemas = [None, None]
 
     def process(self, batch: Any) -> Any:
         raise AssertionError("a join takes batches with their side (process_side)")
@@ -132,10 +147,16 @@ class ArrowJoinOp(TimedWindows):
         self.records_in += rows.num_rows
         times = time_array(times)
         try:
-            late, windows = self._windows(inner, times)
+            keyed, schema, recast = self._unified(inner, side)
+            late, windows = self._windows(keyed, times)
         except Exception as exc:  # the batch fails as a whole; nothing was buffered
             return self._batch_failed(inner, explained(
-                exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
+                exc, f"{self.what} failed on a batch of the {('left', 'right')[side]} side with columns "
+                     f"{', '.join(rows.schema.names)}"))
+        self.schemas[side] = schema
+        for key, entry, rows_now in recast:  # the side's schema widened: its rows buffered before, cast
+            entry[0] = (rows_now, entry[0][1]) if side == 0 else (entry[0][0], rows_now)
+            self.changed.add(key)  # I1
         for key, w, part in windows:
             held = self.state.get(key)
             if held is None:
@@ -147,8 +168,38 @@ class ArrowJoinOp(TimedWindows):
             entry[0][side].append(part)
             self.changed.add(key)  # I1
         if late is not None:
-            self.late_records += self.late_rows.add(inner, times, late)
+            self.late_records += self.late_rows.add(keyed, times, late)
         return []
+
+    def _unified(self, keyed: ArrowKeyed, side: int) -> tuple[ArrowKeyed, pa.Schema, list[tuple[Any, list, Rows]]]:
+        """(the batch in the side's schema, that schema, and (key, entry, its rows of the
+        side in it) for each window whose rows must be cast to it). Nothing changes yet."""
+        known = self.schemas[side]
+        buffered = [known] if known is not None else list({
+            held.parts[0].schema: None for _, _, held in self._held(side)})  # after a restore: what it holds
+        schema = keyed.batch.schema
+        if buffered == [schema] or not buffered:
+            return keyed, schema, []
+        try:
+            unified = pa.unify_schemas(buffered + [schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise TypeError(f"its schema does not unify with the schema of the rows the side holds "
+                            f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
+        if schema != unified:
+            keyed = ArrowKeyed(_conform(keyed.batch, unified), keyed.key_columns)
+        if all(b == unified for b in buffered):  # the side's rows have it already: no need to look
+            return keyed, unified, []
+        recast = [(key, entry, Rows([_conform(p, unified) for p in held.parts]))
+                  for key, entry, held in self._held(side) if held.parts[0].schema != unified]
+        return keyed, unified, recast
+
+    def _held(self, side: int) -> Any:
+        """(key, entry, the side's Rows) of every window holding rows of the side."""
+        for key, windows in self.state.items():
+            for entry in windows.values():
+                held = entry[0][side]
+                if held.parts:
+                    yield key, entry, held
 
     def _windows(self, keyed: ArrowKeyed, times: np.ndarray) -> tuple[np.ndarray | None, list[tuple[Any, Any, Any]]]:
         """(rows late for every window, or None; (key, window, its rows) for each (key,
@@ -212,5 +263,17 @@ class ArrowJoinOp(TimedWindows):
 
 
 def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
-    """One table of a side's rows of several windows (a column missing in some is null)."""
-    return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
+    """One table of a side's rows of several windows. They have the side's schema; rows
+    restored from a checkpoint of raystream before that may not, and are unified here."""
+    return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` as `schema`: its columns by name in the schema's order, cast (safely: a
+    value that does not fit fails), null where it lacks one."""
+    arrays = []
+    for f in schema:
+        i = batch.schema.get_field_index(f.name)
+        column = pa.nulls(batch.num_rows, f.type) if i < 0 else batch.column(i)
+        arrays.append(column if column.type == f.type else column.cast(f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raystream._runtime.operators.aggregate import Folds, arrow_keyed_input, unused_name
+from raystream._runtime.operators.aggregate import Folds, arrow_keyed_input, typed_array, unused_name
 from raystream._runtime.operators.columnar import as_batch, explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.windows import TimedWindows
@@ -133,10 +133,11 @@ class ArrowWindowOp(TimedWindows):
         self.folds = Folds(step.arrow)
         self.what = f"window aggregate {', '.join(f'{n}={a!r}' for n, a in step.arrow)}"
         self.late_rows = LateRows()
-        # the output's column types, from the batches seen (a window restored and fired
-        # before any batch came has its types inferred from its Python values)
+        # the output's column types, from the batches seen, and kept with the state
+        # (`state_meta`), so a window restored and fired before any batch came has them
         self.key_types: list[pa.DataType | None] = [None] * len(self.key_columns)
         self.result_types: list[pa.DataType | None] = [None] * len(self.folds.aggregates)
+        self._types_bytes: tuple[tuple[Any, ...], bytes] | None = None
 
     def process(self, batch: Any) -> Any:
         inner, times = arrow_keyed_input(self, batch, "a window aggregate")
@@ -163,6 +164,37 @@ class ArrowWindowOp(TimedWindows):
             self.late_records += self.late_rows.add(inner, times, late)
         return self._updates(touched)
 
+    # --- state ------------------------------------------------------------------------
+
+    def state_meta(self) -> dict[str, Any]:
+        """The aggregates (checked on restore), and the output's types: the key columns'
+        then the aggregates', as the IPC bytes of a schema (null: not known yet)."""
+        types = tuple(self.key_types) + tuple(self.result_types)
+        if self._types_bytes is None or self._types_bytes[0] != types:
+            names = self.key_columns + self.folds.names
+            schema = pa.schema([(name, pa.null() if kind is None else kind) for name, kind in zip(names, types)])
+            self._types_bytes = (types, schema.serialize().to_pybytes())
+        return {"aggregates": self.folds.describe(), "types": self._types_bytes[1]}
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        """Refuse other aggregates; take the output's types the old subtasks knew (a
+        snapshot from before they were kept has none: fired before any batch, a window's
+        columns are typed from its values)."""
+        self.folds.check_restored(self.step_id, metas)
+        n = len(self.key_columns)
+        for meta in metas:
+            data = meta.get("types") if isinstance(meta, dict) else None
+            if data is None:
+                continue
+            schema = pa.ipc.read_schema(pa.py_buffer(data))
+            if len(schema) != n + len(self.result_types):
+                continue
+            for i, f in enumerate(schema):
+                known = self.key_types if i < n else self.result_types
+                j = i if i < n else i - n
+                if known[j] is None and not pa.types.is_null(f.type):
+                    known[j] = f.type
+
     # --- a batch in ---------------------------------------------------------------------
 
     def values(self, rows: pa.RecordBatch) -> pa.Table:
@@ -187,7 +219,8 @@ class ArrowWindowOp(TimedWindows):
         if not np.array_equal(pairs, np.arange(table.num_rows)):
             table = table.take(pa.array(pairs))  # sliding: a row per window; or late rows gone
         window = unused_name(table.column_names, "__raystream_window")
-        groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window])
+        groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window],
+                                  keys=len(self.key_columns))
         self._learn(table, groups.partial_types())
         size, get, fresh = assigned.size, self.state.get, self.folds.fresh()
         ids, olds = [], []
@@ -263,9 +296,9 @@ class ArrowWindowOp(TimedWindows):
         if not out.keys:
             return []
         if len(self.key_columns) == 1:
-            arrays = [pa.array(out.keys, type=self.key_types[0])]
+            arrays = [typed_array(out.keys, self.key_types[0])]
         else:
-            arrays = [pa.array(list(values), type=kind) for values, kind in zip(zip(*out.keys), self.key_types)]
+            arrays = [typed_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
         arrays += out.window_columns()
         arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types)
         arrays.append(pa.array(out.updates, type=pa.bool_()))

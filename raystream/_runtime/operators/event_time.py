@@ -1,11 +1,13 @@
 """`AssignTimeOp`: the operator that stamps each record with its event time and feeds the
 watermark generator (time/watermarks.py; docs/event_time.md).
 
-With `EventTime(fn)` the function runs per record. With `EventTime.column(name, unit)`
-an Arrow batch (a RecordBatch, or rows keyed by columns) keeps its rows as they are and
-gets its times from the column in one vectorized conversion (`column_millis`), as an
-int64 array that travels with it (`Timed`); the generator takes the array's max per
-source partition, as it takes a list's. Other records are read field by field
+With `EventTime(fn)` the function runs per record; an Arrow batch (a RecordBatch, or
+rows keyed by columns) stays the batch it is, its column types untouched: only the
+function sees its rows as Python records (a dict per row; `(key, row)` for rows keyed
+by columns), and its times travel beside it as an int64 array (`Timed`). With
+`EventTime.column(name, unit)` an Arrow batch gets that array from the column in one
+vectorized conversion (`column_millis`); the generator takes the array's max per source
+partition, as it takes a list's. Other records are read field by field
 (`ColumnTime.of_record`), giving the same milliseconds. A row whose time is null or not
 a finite number fails on its own, as its record would on the per-record path; a column
 that is missing or of a type that is not a time fails the whole batch.
@@ -76,8 +78,8 @@ class AssignTimeOp(Operator):
 
     def process(self, batch: Any) -> Any:
         batch, _ = untimed(batch)  # new times replace any the records had
-        if self.column is not None and isinstance(batch, (pa.RecordBatch, ArrowKeyed)):
-            return self._stamp_columns(batch)
+        if isinstance(batch, (pa.RecordBatch, ArrowKeyed)):
+            return self._stamp_columns(batch) if self.column is not None else self._stamp_rows(batch)
         records = as_records(batch)
         self.records_in += len(records)
         millis = self.millis
@@ -107,6 +109,39 @@ class AssignTimeOp(Operator):
         self.generator.observe(self.partition, times)
         self.records_out += rows.num_rows
         return Timed(batch, times)
+
+    def _stamp_rows(self, batch: pa.RecordBatch | ArrowKeyed) -> Any:
+        """The batch as it is (its Arrow types untouched), with the times the function
+        gives its rows; a row it fails on fails on its own and leaves the batch."""
+        records = as_records(batch)
+        self.records_in += len(records)
+        try:
+            times = np.fromiter(map(self.millis, records), dtype=np.int64, count=len(records))
+        except Exception:  # OverflowError too: a time past int64 milliseconds
+            kept, listed = self._times_one_by_one(records)
+            times = np.asarray(listed, dtype=np.int64)
+            if len(kept) < len(records):
+                indices = pa.array(kept, type=pa.int64())
+                batch = ArrowKeyed(batch.batch.take(indices), batch.key_columns) if isinstance(batch, ArrowKeyed) \
+                    else batch.take(indices)
+        self.generator.observe(self.partition, times)
+        self.records_out += len(times)
+        return Timed(batch, times)
+
+    def _times_one_by_one(self, records: list[Any]) -> tuple[list[int], list[int]]:
+        """(the indexes of the records that have a time, their times); the others fail."""
+        kept, times = [], []
+        for i, record in enumerate(records):
+            try:
+                t = self.millis(record)
+                if not -2**63 <= t < 2**63:
+                    raise OverflowError(f"the event time {t} ms is out of range")
+            except Exception as exc:
+                self.failed(record, exc)
+                continue
+            kept.append(i)
+            times.append(t)
+        return kept, times
 
     def _fail_rows(self, batch: pa.RecordBatch | ArrowKeyed, bad: np.ndarray) -> None:
         indices = pa.array(bad, type=pa.int64())

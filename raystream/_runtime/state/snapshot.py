@@ -105,6 +105,10 @@ class SubtaskState:
     # ("" for an event-time step's own): the watermark after a restore is the one before
     event_times: dict[str, dict[str, int]] = field(default_factory=dict)
     late: dict[str, int] = field(default_factory=dict)  # window step id -> records too late for it
+    # step id -> what a keyed step's values are (KeyedOp.state_meta: a columnar step's
+    # aggregates, its output's Arrow types), whole in every snapshot, checked and taken
+    # on restore (KeyedOp.restore_meta); absent in snapshots of raystream before it
+    step_meta: dict[str, Any] = field(default_factory=dict)
     # Incremental state (changelog.py): with `changelog`, `keyed` holds this epoch's changes
     # per step, (new values, deleted keys), over the tables of `parts`, oldest first.
     changelog: bool = False

@@ -285,6 +285,8 @@ class SubtaskActor:
             audit=self.policies.audit_state(),
             errors={op.step_id: op.errors for op in self.ops if op.errors},
             late={op.step_id: op.late_records for op in self.out.window_ops if op.late_records},
+            step_meta={op.step_id: meta for op in self.ops if isinstance(op, KeyedOp)
+                       and (meta := op.state_meta()) is not None},
         )
 
     async def _forward_barrier(self, checkpoint_id: int) -> None:

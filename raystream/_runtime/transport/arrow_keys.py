@@ -8,6 +8,11 @@ a tuple of them for several columns, None for a null. So the Python keys are mad
 hashed with `stable_hash`, once per distinct key of a batch; rows only get an index into
 them (`dictionary_encode`, vectorized), and the split into one sub-batch per target
 subtask is a numpy argsort and one Arrow `take` per target.
+
+Arrow tells apart values that are one key in Python: -0.0 and 0.0 of a float column,
+and a value a dictionary column's dictionary holds twice. Such codes are merged, so each
+distinct key has exactly one code (`_canonical`), and steps that group by the codes
+(sessions, joins, `aggregate` and windows over float or dictionary keys) see a key once.
 """
 from __future__ import annotations
 
@@ -62,7 +67,29 @@ def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
     if indices.null_count:
         indices = indices.fill_null(len(values))
         values.append(None)
-    return indices.to_numpy(zero_copy_only=False), values
+    codes = indices.to_numpy(zero_copy_only=False)
+    if may_split_keys(column.type):
+        return _canonical(codes, values)
+    return codes, values
+
+
+def may_split_keys(kind: pa.DataType) -> bool:
+    """Whether Arrow may put rows of one Python key in two groups of a column of `kind`
+    (-0.0 and 0.0; a dictionary holding a value twice)."""
+    return pa.types.is_dictionary(kind) or pa.types.is_floating(kind)
+
+
+def _canonical(codes: np.ndarray, values: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """One code per distinct Python value: codes of equal values (-0.0 and 0.0, a value a
+    dictionary repeats) become the first one's, renumbered 0..k-1 in order of the values."""
+    try:
+        first: dict[Any, int] = {}
+        remap = [first.setdefault(v, len(first)) for v in values]
+    except TypeError:  # an unhashable value: the router refuses the key by name
+        return codes, values
+    if len(first) == len(values):
+        return codes, values
+    return np.asarray(remap, dtype=np.int64)[codes], list(first)
 
 
 def _renumber(codes: np.ndarray) -> np.ndarray:

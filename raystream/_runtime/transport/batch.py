@@ -138,13 +138,22 @@ def as_keyed(batch: Any) -> KeyedBatch:
 
 
 def to_arrow(batch: Any) -> pa.RecordBatch:
-    """Dict records become columns by key; other records one column named "value"; a
-    keyed Arrow batch is its rows."""
+    """Dict records become columns by key: one column per key of any record of the batch,
+    in the order they first appear, null where a record lacks it, typed by Arrow from the
+    batch's values. Other records become one column named "value"; a keyed Arrow batch
+    is its rows."""
     if isinstance(batch, pa.RecordBatch):
         return batch
     if isinstance(batch, (Timed, ArrowKeyed)):
         return to_arrow(batch.batch)
     records = as_records(batch)
     if records and isinstance(records[0], dict):
+        first = records[0]
+        if len(set().union(*records)) > len(first):  # Arrow takes the first record's keys: give it every key
+            names = dict.fromkeys(first)
+            for record in records:
+                if record.keys() - names.keys():
+                    names.update(dict.fromkeys(record))
+            records = [dict.fromkeys(names) | first] + records[1:]
         return pa.RecordBatch.from_pylist(records)
     return pa.RecordBatch.from_pydict({"value": records})

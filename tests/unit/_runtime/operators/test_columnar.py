@@ -90,3 +90,19 @@ def test_a_chain_of_columnar_steps_counts_rows_in_and_out():
     out = run_chain(ops, ROWS)
     assert as_records(out) == [(2, {"auction": 2}), (3, {"auction": 3})]
     assert [(op.records_in, op.records_out) for op in ops] == [(4, 2), (2, 2), (2, 2)]
+
+
+def test_dict_records_become_a_column_per_key_of_any_record_null_where_one_lacks_it():
+    """Review: the columns were the first record's keys: later records lost the other
+    keys, and a first record without the key column failed the whole batch."""
+    from raystream._runtime.transport.arrow_keys import distinct_keys
+
+    records = [{"v": 2}, {"k": "a", "v": 1}, {"k": "b", "v": 3, "extra": 1.5}]
+    batch = key_by("k").process(records).batch
+    assert batch.schema.names == ["v", "k", "extra"]
+    assert batch.to_pylist() == [{"v": 2, "k": None, "extra": None}, {"v": 1, "k": "a", "extra": None},
+                                 {"v": 3, "k": "b", "extra": 1.5}]
+    assert distinct_keys(batch, ("k",)).per_row() == [None, "a", "b"]  # a record without the key: key None
+    assert records == [{"v": 2}, {"k": "a", "v": 1}, {"k": "b", "v": 3, "extra": 1.5}]  # the records are left alone
+    same = [{"k": "a", "v": 1}, {"v": 2, "k": "b"}]  # the same keys in another order: the first record's order
+    assert key_by("k").process(same).batch.schema.names == ["k", "v"]

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raystream._runtime.operators.columnar_join import ArrowJoinOp, Rows
+from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.watermarks import MAX_TIME
 from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
 from raystream.graph import Step, StepKind, WindowSpec
@@ -121,3 +122,70 @@ def test_buffered_rows_restore_mid_window_and_pickle_as_arrow_buffers():
                                       for w, e in windows.items()}
                                   for k, windows in pickle.loads(snapshot).items()}, protocol=5))
     assert len(snapshot) < 2 * as_python, (len(snapshot), as_python)
+
+
+def priced(columns, times) -> Timed:
+    """Left rows keyed by id, with the columns as given (their types too)."""
+    return Timed(ArrowKeyed(pa.RecordBatch.from_pydict(columns), ("id",)), np.array(times, dtype=np.int64))
+
+
+def fired_rows(op):
+    out, _ = untimed(op.on_watermark(MAX_TIME))
+    return out.schema, sorted(([v for k, v in r.items() if k not in ("window_start", "window_end")]
+                               for r in out.to_pylist()), key=repr)
+
+
+def test_a_sides_schema_that_changes_between_batches_is_unified_and_snapshots_and_fires():
+    """Review: a side whose batches differed in schema (a column of type null in an
+    all-null batch, int32 for int64, a column more, another order) failed at the
+    snapshot (the pickle of its rows) or when its window fired."""
+    op = join(Tumbling(0.010))
+    op.process_side(priced({"id": pa.array([1], pa.int64()), "price": pa.array([1], pa.int64())}, [1]), 0)
+    for columns in ({"id": pa.array([1], pa.int64()), "price": pa.array([None], pa.null())},
+                    {"id": pa.array([1], pa.int64()), "price": pa.array([2], pa.int32())},
+                    {"price": pa.array([3], pa.int64()), "id": pa.array([1], pa.int64())},
+                    {"id": pa.array([2], pa.int32()), "price": pa.array([4], pa.int64()), "x": pa.array([1.5])}):
+        op.process_side(priced(columns, [15 if columns["id"][0].as_py() == 2 else 2]), 0)  # id 2: another window
+    op.process_side(auctions([(1, "vase", 3), (2, "lamp", 16)]), 1)
+    restored = join(Tumbling(0.010))
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), op.watermark)
+    schema, rows = fired_rows(restored)
+    assert [(f.name, f.type) for f in schema if f.name not in ("window_start", "window_end")] == [
+        ("id", pa.int64()), ("price", pa.int64()), ("x", pa.float64()), ("name", pa.string())]
+    assert rows == [[1, 1, None, "vase"], [1, 2, None, "vase"], [1, 3, None, "vase"], [1, None, None, "vase"],
+                    [2, 4, 1.5, "lamp"]]
+    assert fired_rows(op) == (schema, rows)
+
+
+def test_a_batch_whose_schema_does_not_unify_with_its_side_fails_under_the_policy_and_changes_nothing():
+    op = join(Tumbling(0.010))
+    op.process_side(priced({"id": [1], "price": [1]}, [1]), 0)
+    before = pickle.dumps(op.state)
+    bad = priced({"id": [1], "price": ["dear"]}, [2])
+    with pytest.raises(RecordFailure, match="window join on id = seller failed on a batch of the left side with "
+                                            "columns id, price: its schema does not unify .*price"):
+        op.process_side(bad, 0)
+    failed = []
+    op.on_error = lambda step_id, record, exc: failed.append(record)
+    assert op.process_side(bad, 0) == [] and len(failed) == 1 and pickle.dumps(op.state) == before
+    too_big = priced({"id": [1], "price": pa.array([2**63], pa.uint64())}, [2])  # unifies (int64), does not fit
+    assert op.process_side(too_big, 0) == [] and len(failed) == 2 and pickle.dumps(op.state) == before
+    op.process_side(auctions([(1, "vase", 3)]), 1)
+    assert fired_rows(op)[1] == [[1, 1, "vase"]]
+
+
+def test_rows_restored_with_another_schema_per_window_fire_and_take_new_batches():
+    """A checkpoint written before sides kept one schema can hold windows of the same side
+    in different schemas: they fire together, and a new batch casts them to its side's."""
+    op = join(Tumbling(0.010))
+    op.process_side(priced({"id": [1], "price": pa.array([1], pa.int32())}, [1]), 0)
+    other = join(Tumbling(0.010))
+    other.process_side(priced({"id": [2], "price": pa.array([2], pa.int64())}, [15]), 0)
+    restored = join(Tumbling(0.010))
+    restored.restore(pickle.loads(pickle.dumps({**op.snapshot(), **other.snapshot()})), None)
+    restored.process_side(priced({"id": [1], "price": pa.array([3], pa.int16())}, [4]), 0)
+    restored.process_side(auctions([(1, "vase", 3), (2, "lamp", 16)]), 1)
+    assert {f.type for f in (held[0][0].batch().schema.field("price") for windows in restored.state.values()
+                             for held in windows.values())} == {pa.int64()}
+    schema, rows = fired_rows(restored)
+    assert schema.field("price").type == pa.int64() and rows == [[1, 1, "vase"], [1, 3, "vase"], [2, 2, "lamp"]]

@@ -325,3 +325,80 @@ def test_a_key_column_named_like_a_window_column_is_refused_at_definition():
     rows = job.source("rows", rs.sources.ListSource([{"window_end": 1, "v": 2}]))
     with pytest.raises(JobDefinitionError, match="key column 'window_end' has the name of a column the window adds"):
         rows.key_by("by_end", "window_end").window(Tumbling(1)).aggregate("w", n=agg.count())
+
+
+@pytest.mark.parametrize("name", ["tumbling", "session"])
+def test_rows_of_one_key_that_arrow_groups_apart_are_one_window(name):
+    """Review: -0.0 and 0.0 are one key; a session window kept only the rows of one of them."""
+    op = columnar(ASSIGNERS[name])
+    batch = pa.RecordBatch.from_pydict({"k": [-0.0, 0.0, -0.0], "v": [None, 2, 3]})
+    op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([1, 2, 3])))
+    out, _ = untimed(op.on_watermark(MAX_TIME))
+    assert [(r["k"], r["n"], r["total"], r["low"]) for r in out.to_pylist()] == [(0.0, 3, 5, 2)]
+
+
+TYPED = (("n", agg.count()), ("low", agg.min("v")), ("total", agg.sum("v")))
+
+
+def typed_window(aggregates=TYPED) -> ArrowWindowOp:
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=aggregates,
+                            window=WindowSpec(Tumbling(1), 0, "columnar")))
+    op.assigner.check("w")
+    return op
+
+
+def restored_window(states, aggregates=TYPED) -> ArrowWindowOp:
+    """Subtask 0 of 1 of the window step, restored from `states` as R4 does."""
+    step = Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=aggregates,
+                window=WindowSpec(Tumbling(1), 0, "columnar"))
+    merged = merge_states(states, [step], 0, 1, 128)
+    op = typed_window(aggregates)
+    op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+    op.restore_meta(merged.step_meta.get("w", []))
+    return op
+
+
+def window_snapshot(op, subtask=0, parallelism=1, old_layout=False):
+    state = SubtaskState(5, "w", subtask, parallelism, keyed={"w": op.snapshot()}, watermarks={"w": op.watermark},
+                         step_meta={"w": op.state_meta()})
+    if old_layout:
+        del state.__dict__["step_meta"]  # as raystream wrote it before snapshots kept step_meta
+    return pickle.loads(pickle.dumps(state))
+
+
+def test_a_window_restored_and_fired_before_any_batch_has_the_types_it_had():
+    """Review: restored windows that fired before a batch came typed their columns from
+    the Python values: a uint64 key past 2**63 could not fire, an int32 became int64."""
+    batch = pa.RecordBatch.from_pydict({"k": pa.array([2**64 - 1, 3], pa.uint64()), "v": pa.array([7, None], pa.int32())})
+    reference, before, idle = typed_window(), typed_window(), typed_window()
+    for op in (reference, before):
+        op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10, 20])))
+    expected, _ = untimed(reference.on_watermark(MAX_TIME))
+    assert expected.schema.field("k").type == pa.uint64() and expected.schema.field("low").type == pa.int32()
+    # 2 -> 1: the types come from the old subtask that saw a batch
+    restored = restored_window([window_snapshot(idle, 0, 2), window_snapshot(before, 1, 2)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.schema == expected.schema and out.to_pylist() == expected.to_pylist()
+    again = restored_window([window_snapshot(restored)])  # and the restored step keeps them in its own snapshots
+    assert again.key_types == [pa.uint64()] and again.result_types == [pa.int64(), pa.int32(), pa.int64()]
+
+
+def test_a_window_snapshot_from_before_step_meta_restores_and_fires_with_inferred_types():
+    batch = pa.RecordBatch.from_pydict({"k": pa.array([2**64 - 1], pa.uint64()), "v": pa.array([7], pa.int32())})
+    before = typed_window()
+    before.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10])))
+    restored = restored_window([window_snapshot(before, old_layout=True)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.to_pylist()[0] | {"window_start": None, "window_end": None} == {
+        "k": 2**64 - 1, "window_start": None, "window_end": None, "n": 1, "low": 7, "total": 7, "update": False}
+    assert out.schema.field("k").type == pa.uint64() and out.schema.field("low").type == pa.int64()  # inferred
+
+
+def test_a_window_restore_into_other_aggregates_is_refused():
+    from raystream.errors import RestoreError
+
+    before = typed_window()
+    before.process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)), np.array([10])))
+    with pytest.raises(RestoreError, match=r"aggregates n=count\(\), low=min\('v'\), total=sum\('v'\), and this "
+                                           r"job's step has n=count\(\), low=max\('v'\)"):
+        restored_window([window_snapshot(before)], aggregates=(("n", agg.count()), ("low", agg.max("v"))))

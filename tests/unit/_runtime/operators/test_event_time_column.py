@@ -120,3 +120,36 @@ def test_a_per_record_step_after_a_columnar_one_gets_its_times_as_a_list():
 def test_column_mistakes_are_refused_when_defined(build, message):
     with pytest.raises(JobDefinitionError, match=message):
         build()
+
+
+def test_a_time_function_keeps_an_arrow_batch_as_it_is_and_only_reads_its_rows():
+    """Review: `EventTime(fn)` made an Arrow batch Python dicts, and the next columnar
+    step made them Arrow again with types inferred per batch: int32 became int64, a
+    column of nulls changed type, timestamps lost their unit."""
+    seen = []
+
+    def when(record):
+        seen.append(record)
+        if record["t"] is None:
+            raise ValueError("no time")
+        return record["t"] / 1000
+
+    op = stamper(rs.EventTime(when))
+    failed = []
+    op.on_error = lambda step, record, exc: failed.append(record)
+    op.partition = "p0"
+    batch = pa.RecordBatch.from_pydict({
+        "t": pa.array([1_000, None, 3_000], pa.int32()), "n": pa.nulls(3),
+        "at": pa.array([1, 2, 3], pa.timestamp("us", "UTC")),
+        "d": pa.array(["x", "y", "x"]).dictionary_encode(), "u": pa.array([2**64 - 1, 0, 1], pa.uint64())})
+    out = op.process(batch)
+    assert isinstance(out, Timed) and out.batch.schema == batch.schema
+    assert out.batch.to_pylist() == [batch.to_pylist()[0], batch.to_pylist()[2]] and out.times.tolist() == [1_000, 3_000]
+    assert seen[-3:] == batch.to_pylist() and failed == [batch.to_pylist()[1]]  # replayed one by one after the failure
+    assert op.generator.snapshot() == {"p0": 3_000}
+    whole = op.process(batch.slice(0, 1))
+    assert whole.batch.schema == batch.schema and whole.times.dtype == np.int64
+    op = stamper(rs.EventTime(lambda key_row: key_row[1]["t"] / 1000))  # (key, row): as per record
+    keyed = op.process(ArrowKeyed(batch.filter(pa.array([True, False, True])), ("d",)))
+    assert isinstance(keyed.batch, ArrowKeyed) and keyed.batch.key_columns == ("d",)
+    assert keyed.batch.batch.schema == batch.schema and keyed.times.tolist() == [1_000, 3_000]

@@ -123,3 +123,17 @@ def test_a_key_the_per_record_path_refuses_is_refused_at_every_parallelism(bad, 
         hash_edge(ArrowKeyed(pa.RecordBatch.from_pydict({"k": bad}), ("k",)), parallelism)
     with pytest.raises(UnsupportedKeyError):  # the per-record path, for comparison
         hash_edge(as_keyed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": bad}), ("k",))), parallelism)
+
+
+@pytest.mark.parametrize("array", [
+    pa.array([-0.0, 0.0, None, -0.0, None]),
+    pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 0, 2], pa.int32()), pa.array(["a", "a", None])),
+], ids=["signed-zeros", "dictionary-repeating-values"])
+def test_equal_python_keys_get_one_code_however_arrow_tells_them_apart(array):
+    """Review: -0.0 and 0.0 (and a value a dictionary holds twice) were two codes, so the
+    steps that group by codes (sessions, joins) saw one key twice."""
+    found = distinct_keys(pa.RecordBatch.from_arrays([array], names=["k"]), ("k",))
+    assert found.rows.tolist() == [0, 0, 1, 0, 1]
+    assert len(found.keys) == 2 and found.keys[0] in (0.0, "a") and found.keys[1] is None
+    two = distinct_keys(pa.RecordBatch.from_arrays([array, pa.array([1] * 5)], names=["k", "j"]), ("k", "j"))
+    assert len(set(two.rows.tolist())) == len(two.keys) == 2
