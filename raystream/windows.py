@@ -145,8 +145,9 @@ class Sliding(Assigner):
 
 @dataclass(frozen=True)
 class Session(Assigner):
-    """A key's records separated by less than `gap` share a window, from the first
-    record's time to the last's plus `gap`. Windows that a record bridges merge."""
+    """A key's records at most `gap` apart share a window, from the first record's time
+    to the last's plus `gap`: each record opens `[t, t + gap)`, and windows that overlap
+    or touch merge (as in Flink), so two records exactly `gap` apart are one session."""
 
     gap: float | dt.timedelta
     merging = True

@@ -182,6 +182,16 @@ def test_session_windows_merge_across_batches_with_their_states():
     assert sorted(fired_columnar(op.on_watermark(MAX_TIME))) == sorted(fired_per_record(ref.on_watermark(MAX_TIME)))
 
 
+def test_rows_exactly_gap_apart_share_a_session_in_one_batch_and_across_batches_like_the_per_record_step():
+    op, ref = columnar(Session(0.005)), per_record(Session(0.005))
+    for rows in ([("u", 1, 0), ("u", 2, 5), ("v", 1, 0), ("v", 2, 6)], [("u", 3, 10), ("v", 3, 11)]):
+        op.process(arrow_rows(rows))
+        ref.process(record_rows(rows))
+    assert sorted(op.state["u"]) == [(0, 15)] == sorted(ref.state["u"])  # each 5 ms after the last: one session
+    assert sorted(op.state["v"]) == [(0, 5), (6, 16)] == sorted(ref.state["v"])  # 6 ms apart: two
+    assert sorted(fired_columnar(op.on_watermark(MAX_TIME))) == sorted(fired_per_record(ref.on_watermark(MAX_TIME)))
+
+
 def test_output_schema_keys_then_window_bounds_as_utc_timestamps_then_aggregates():
     op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("cat", "seller"),
                             arrow=(("n", agg.count()), ("avg", agg.mean("price")), ("top", agg.max("price"))),

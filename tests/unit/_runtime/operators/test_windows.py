@@ -66,6 +66,15 @@ def test_session_windows_merge_when_a_record_bridges_them():
     assert [(s, e, v) for _, s, e, v, _, _ in fired] == [(0, 9, 2), (12, 25, 3)]
 
 
+def test_records_exactly_gap_apart_share_a_session_and_one_more_ms_apart_do_not():
+    op = window_op(Session(5))
+    feed(op, [("u", 1, 0), ("u", 1, 5_000)])  # [0, 5) and [5, 10) touch: one session, as in Flink
+    feed(op, [("v", 1, 0)])
+    feed(op, [("v", 1, 5_001)])  # [0, 5) and [5.001, 10.001): a gap between them
+    assert sorted(op.state["u"]) == [(0, 10_000)]
+    assert sorted(op.state["v"]) == [(0, 5_000), (5_001, 10_001)]
+
+
 def test_a_record_within_the_allowed_lateness_updates_its_window_and_one_beyond_goes_to_late():
     op = window_op(Tumbling(10), lateness_ms=5_000)
     feed(op, [("a", 1, 2_000)])
