@@ -4,8 +4,8 @@ Runs each workload back to back in one process: with no periodic checkpoints, th
 under each guarantee with 1 s checkpoints; then its single-process baseline; then
 start-up (warm and cold), the bytes of incremental checkpoints against the state that
 changed, and a recovery run with a SIGKILL (with the default recovery spares, then
-without). Prints a table; `--json` writes every figure so runs can be compared across commits. Speed is
-measured here, never in tests.
+without). Prints a table; `--json` writes every figure so runs can be compared across
+commits. Speed is measured here, never in tests.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raystream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help="wordcount, wordcount_minibatch, wordcount_arrow, billing, state_1k, state_1m, state_5m, slow_sink, "
+                        help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, state_1k, state_1m, state_5m, slow_sink, "
                              "nexmark_q0 .. nexmark_q8, nexmark_q0_arrow .. nexmark_q8_arrow (over Arrow), "
                              "and with a server postgres_append, postgres_upsert, kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))

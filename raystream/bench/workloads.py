@@ -210,11 +210,17 @@ def count_words(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([counts.field(0), counts.field(1)], names=["word", "n"])
 
 
-def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool, emit: str = "every") -> rs.Job:
-    """Word count; `emit="last"`: the mini-batch reduce (each word's last count per micro-batch)."""
+def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool, emit: str = "every",
+                  columnar: bool = False) -> rs.Job:
+    """Word count; `emit="last"`: the mini-batch reduce (each word's last count per micro-batch);
+    `columnar`: the per-batch counts go on in Arrow, keyed by their column, into `aggregate`."""
     job = rs.Job("bench-wordcount", parallelism=2, guarantee=mode.guarantee,
                  checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
     lines = job.source("lines", rs.sources.FileSource(os.path.join(directory, "*.txt")))
+    if columnar:
+        (lines.map_batches("count_batch", count_words).key_by("by_word", "word")
+            .aggregate("count", n=rs.aggregates.sum("n")).sink("out", MeasureSink()))
+        return job
     if vectorized:
         keyed = lines.map_batches("count_batch", count_words).key_by("by_word", lambda r: r["word"],
                                                                      value=lambda r: r["n"])
@@ -372,6 +378,10 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
         "wordcount_arrow": Workload("wordcount_arrow", words,
                                     lambda m, s: wordcount_job(text_ready(), m, s, vectorized=True),
                                     _records_out("lines", WORDS_PER_LINE), lambda: wordcount_arrow_baseline(text_ready())),
+        "wordcount_columnar": Workload("wordcount_columnar", words,
+                                       lambda m, s: wordcount_job(text_ready(), m, s, vectorized=True, columnar=True),
+                                       _records_out("lines", WORDS_PER_LINE),
+                                       lambda: wordcount_arrow_baseline(text_ready())),
         "billing": Workload("billing", n(600_000), lambda m, s: billing_job(n(600_000), m, s, out),
                             _records_out("usage"), lambda: billing_baseline(n(600_000))),
     }

@@ -72,6 +72,21 @@ def updates_per_key(updates: list) -> dict:
     return per_key
 
 
+def test_the_columnar_word_count_job_equals_the_per_record_one(corpus):
+    import re
+    import runpy
+
+    ns = runpy.run_path(str(TEXT_DIR.parent / "wordcount_arrow.py"), run_name="__raystream_job__")
+    word = re.compile(r"[a-z']+")  # jobs/wordcount.py's words
+    expected = collections.Counter(w for p in sorted(corpus.glob("*.txt")) for line in p.read_text().splitlines()
+                                   for w in word.findall(line.lower()))
+    job = ns["build"](str(corpus / "*.txt"), CollectSink())
+    result = job.with_options(runtime=rs.RuntimeConfig(batch_size=512)).run()
+    assert ns["totals"](result.outputs["counts"]) == expected
+    # one row per distinct word of each batch, not one per word
+    assert len(expected) <= result.records_out("count") < sum(expected.values())
+
+
 def test_union_of_two_sources(corpus):
     job = rs.Job("union", parallelism=2)
     evens = job.source("evens", SequenceSource(2000, partitions=2)).map("double", lambda x: 2 * x)
