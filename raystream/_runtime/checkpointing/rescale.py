@@ -135,9 +135,16 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
                     if partition:
                         target = merged.event_times.setdefault(step_id, {})
                         target[partition] = max(t, target.get(partition, t))
-        for step_id, meta in getattr(state, "step_meta", {}).items():  # absent in older snapshots
-            if step_id in steps and (same is False or state.subtask == subtask):
-                merged.step_meta.setdefault(step_id, []).append(meta)
+        if "step_meta" in vars(state):  # absent in snapshots of raystream before it: they say nothing
+            for step_id in steps:
+                if step_id in state.step_meta:
+                    meta = state.step_meta[step_id]
+                elif state.keyed.get(step_id):
+                    meta = NO_META  # state of a step that keeps no meta (a per-record step of this id)
+                else:
+                    continue
+                if _gives_keys(state, subtask, p, max_parallelism):
+                    merged.step_meta.setdefault(step_id, []).append(meta)
         for step_id, table in state.keyed.items():
             if step_id not in steps:
                 continue
@@ -196,3 +203,16 @@ def writer_context(spec: SubtaskSpec, step_id: str, sink: Any, state: RestoredSt
                        resume_state=combine_writer_states(sink, step_id, state.sink_states.get(step_id, []))
                        if state else None,
                        run_id=spec.run_id, attempt=spec.attempt, job_name=spec.job_name)
+
+
+#: The meta of a step's state in a snapshot that keeps `step_meta` but holds none for the
+#: step: its state was written by a step that keeps none (a per-record step of the same id).
+NO_META: dict[str, Any] = {}
+
+
+def _gives_keys(state: Any, subtask: int, parallelism: int, max_parallelism: int) -> bool:
+    """Whether the old subtask's keyed state holds key groups new `subtask` takes."""
+    if state.parallelism == parallelism:
+        return state.subtask == subtask
+    mine = set(groups_of_subtask(subtask, parallelism, max_parallelism))
+    return not mine.isdisjoint(groups_of_subtask(state.subtask, state.parallelism, max_parallelism))

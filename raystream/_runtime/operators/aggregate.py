@@ -116,14 +116,27 @@ class Folds:
             self._described = [(name, repr(agg), _state_kind(agg)) for name, agg in zip(self.names, self.aggregates)]
         return self._described
 
-    def check_restored(self, step_id: str, metas: list[Any]) -> None:
-        """RestoreError unless the state restored for `step_id` was made by these
-        aggregates, in this order: a state is one value per aggregate, by position, and
-        other aggregates would take another's values silently. Renaming one is fine.
-        State of a snapshot that does not say (raystream before it) is taken as it is."""
+    def check_restored(self, step_id: str, metas: list[Any], op: str) -> None:
+        """RestoreError unless the state restored for `step_id` was made by a step of kind
+        `op` ("aggregate", "window") with these aggregates, in this order: a state is one
+        value per aggregate, by position, and other aggregates would take another's values
+        silently. Renaming one is fine. State of a snapshot that does not say (raystream
+        before it) is taken as it is."""
         now = self.describe()
+        what = "give the step a new id to start it afresh (and keep the old one's state out with " \
+               "allow_non_restored_state)"
         for meta in metas:
-            before = meta.get("aggregates") if isinstance(meta, dict) else None
+            if not isinstance(meta, dict):
+                continue
+            if not meta:  # rescale.NO_META: a step that keeps no meta wrote it
+                raise RestoreError(
+                    f"step {step_id!r}: the checkpoint's state for this step id was written by another kind of step "
+                    f"(a per-record step, say), not a columnar {op}, and it cannot be read as one: {what}")
+            if meta.get("op", op) != op:
+                raise RestoreError(
+                    f"step {step_id!r}: the checkpoint's state for this step id was written by a columnar "
+                    f"{meta['op']}, and this job's step is a columnar {op}; their states differ: {what}")
+            before = meta.get("aggregates")
             if before is None or [kind for _, _, kind in before] == [kind for _, _, kind in now]:
                 continue
             def listed(described: list[tuple[str, str, Any]]) -> str:
@@ -131,9 +144,8 @@ class Folds:
             raise RestoreError(
                 f"step {step_id!r}: the checkpoint's state was made by the aggregates {listed(before)}, and this "
                 f"job's step has {listed(now)}. A key's state holds one value per aggregate, in order, so it cannot "
-                "be restored into other aggregates (or the same in another order): give the step a new id to start "
-                "its aggregates afresh (and keep the old one's state out with allow_non_restored_state), or restore "
-                "with the step's original aggregates")
+                f"be restored into other aggregates (or the same in another order): {what}, or restore with the "
+                "step's original aggregates")
 
     def columns(self) -> list[str]:
         """The value columns the partials read."""
@@ -258,8 +270,21 @@ def exact_decimals() -> Any:
 
 
 def _state_kind(agg: Aggregate) -> tuple[Any, ...]:
-    """What an aggregate's state is made of: its class, and each partial's function and column."""
-    return (type(agg).__qualname__, tuple((p.function, p.column) for p in agg.partials()))
+    """What an aggregate's state is made of: its class, and each partial's function,
+    column and options (a count of nulls is not a count of values)."""
+    return (type(agg).__qualname__, tuple((p.function, p.column, _options(p.options)) for p in agg.partials()))
+
+
+def _options(options: Any) -> str | None:
+    """A partial's options as text that is the same in every process: pyarrow's options
+    show their fields (`CountOptions(mode=NULLS)`); a default repr shows an address instead."""
+    if options is None:
+        return None
+    text = repr(options)
+    if " at 0x" in text:
+        fields = getattr(options, "__dict__", None)
+        text = type(options).__qualname__ + (repr(sorted(fields.items())) if fields is not None else "")
+    return text
 
 
 def _may_pass_int64(column: pa.ChunkedArray) -> bool:
@@ -338,10 +363,10 @@ class AggregateOp(KeyedOp):
         return timed(out, newest)
 
     def state_meta(self) -> dict[str, Any]:
-        return {"aggregates": self.folds.describe()}
+        return {"op": "aggregate", "aggregates": self.folds.describe()}
 
     def restore_meta(self, metas: list[Any]) -> None:
-        self.folds.check_restored(self.step_id, metas)
+        self.folds.check_restored(self.step_id, metas, "aggregate")
 
     def _group(self, rows: pa.RecordBatch, times: Times | None) -> Groups:
         """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""

@@ -174,13 +174,13 @@ class ArrowWindowOp(TimedWindows):
             names = self.key_columns + self.folds.names
             schema = pa.schema([(name, pa.null() if kind is None else kind) for name, kind in zip(names, types)])
             self._types_bytes = (types, schema.serialize().to_pybytes())
-        return {"aggregates": self.folds.describe(), "types": self._types_bytes[1]}
+        return {"op": "window", "aggregates": self.folds.describe(), "types": self._types_bytes[1]}
 
     def restore_meta(self, metas: list[Any]) -> None:
         """Refuse other aggregates; take the output's types the old subtasks knew (a
         snapshot from before they were kept has none: fired before any batch, a window's
         columns are typed from its values)."""
-        self.folds.check_restored(self.step_id, metas)
+        self.folds.check_restored(self.step_id, metas, "window")
         n = len(self.key_columns)
         for meta in metas:
             data = meta.get("types") if isinstance(meta, dict) else None
@@ -192,8 +192,9 @@ class ArrowWindowOp(TimedWindows):
             for i, f in enumerate(schema):
                 known = self.key_types if i < n else self.result_types
                 j = i if i < n else i - n
-                if known[j] is None and not pa.types.is_null(f.type):
-                    known[j] = f.type
+                if not pa.types.is_null(f.type):
+                    # old subtasks may have seen other types (int8 keys in one, int64 in another)
+                    known[j] = f.type if known[j] is None else _unified(known[j], f.type)
 
     # --- a batch in ---------------------------------------------------------------------
 
@@ -310,3 +311,12 @@ class ArrowWindowOp(TimedWindows):
     def take_late_batches(self) -> list[Any]:
         return self.late_rows.take()
 
+
+def _unified(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """A type both fit in (Arrow's permissive promotion), or None: infer from the values."""
+    if a == b:
+        return a
+    try:
+        return pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")[0].type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None

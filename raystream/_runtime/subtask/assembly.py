@@ -45,8 +45,9 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
                     present = set(spec.all_partitions)
                     op.carried = {p: t for p, t in times.items() if p not in present}
             if isinstance(op, KeyedOp):
+                # first: RestoreError when the values do not fit the step, before it reads them
+                op.restore_meta(state.step_meta.get(step.step_id, []))
                 op.restore(state.keyed.get(step.step_id, {}), state.watermarks.get(step.step_id))
-                op.restore_meta(state.step_meta.get(step.step_id, []))  # RestoreError: the values do not fit
             if step.kind is not StepKind.SOURCE:  # a source's counter is its reader's
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
             if isinstance(op, TimedWindows):

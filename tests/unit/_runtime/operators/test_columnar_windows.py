@@ -363,8 +363,8 @@ def restored_window(states, aggregates=TYPED) -> ArrowWindowOp:
                 window=WindowSpec(Tumbling(1), 0, "columnar"))
     merged = merge_states(states, [step], 0, 1, 128)
     op = typed_window(aggregates)
+    op.restore_meta(merged.step_meta.get("w", []))  # first, as R4 does (subtask/assembly.py)
     op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
-    op.restore_meta(merged.step_meta.get("w", []))
     return op
 
 
@@ -412,3 +412,29 @@ def test_a_window_restore_into_other_aggregates_is_refused():
     with pytest.raises(RestoreError, match=r"aggregates n=count\(\), low=min\('v'\), total=sum\('v'\), and this "
                                            r"job's step has n=count\(\), low=max\('v'\)"):
         restored_window([window_snapshot(before)], aggregates=(("n", agg.count()), ("low", agg.max("v"))))
+
+
+def test_windows_restored_from_subtasks_that_saw_other_key_types_fire_in_a_type_both_fit():
+    """Review: at 2 -> 1 one old subtask had seen int8 keys, the other int64; the first
+    type won, the other's keys did not fit it, and every attempt failed firing them."""
+    small, big = typed_window(), typed_window()
+    for op, k in ((small, pa.array([0], pa.int8())), (big, pa.array([2**40 + 8], pa.int64()))):
+        op.process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": k, "v": pa.array([1], pa.int32())}), ("k",)),
+                         np.array([10])))
+    restored = restored_window([window_snapshot(small, 0, 2), window_snapshot(big, 1, 2)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.schema.field("k").type == pa.int64()
+    assert sorted(r["k"] for r in out.to_pylist()) == [0, 2**40 + 8]
+
+
+def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id():
+    """Review: the kinds of aggregates matched, so the aggregate's per-key tuples were read
+    as windows and the restore failed as a crash, again and again."""
+    from raystream._runtime.operators.aggregate import AggregateOp
+    from raystream.errors import RestoreError
+
+    before = AggregateOp(Step("w", "aggregate", ("in",), key_columns=("k",), arrow=TYPED))
+    before.process(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)))
+    snapshot = SubtaskState(5, "w", 0, 1, keyed={"w": before.snapshot()}, step_meta={"w": before.state_meta()})
+    with pytest.raises(RestoreError, match="written by a columnar aggregate, and this job's step is a columnar window"):
+        restored_window([pickle.loads(pickle.dumps(snapshot))])
