@@ -83,8 +83,9 @@ def json_dumps(raw: dict[str, Any]) -> bytes:
 #: Earlier raystream minor versions whose checkpoints this one restores: 0.1 wrote the same
 #: state, named by the modules before the package had folders (state/moved.py maps them);
 #: 0.2 the same state by today's names (a CSV partition's offset of 0.2 is converted where
-#: it is read: connectors/files/source.py).
-READS = ("0.1", "0.2", "0.3")
+#: it is read: connectors/files/source.py); 0.4's snapshots lack `step_meta`, which
+#: columnar steps then take as saying nothing.
+READS = ("0.1", "0.2", "0.3", "0.4")
 
 
 def versions() -> dict[str, str]:
