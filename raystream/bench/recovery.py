@@ -16,6 +16,7 @@ from typing import Any
 
 import raystream as rs
 from raystream.bench.workloads import MODES, billing_job
+from raystream.connectors.files.names import written_by
 from raystream.sinks import committed_checkpoint
 
 WINDOW = 1.0  # seconds over which a throughput point is taken
@@ -79,9 +80,11 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
             raise SystemExit(f"the recovery run ended early ({s.state}); give it more events")
         return s
 
-    def newest_committed() -> int:
+    def committed_after_kill(attempt: int) -> bool:
+        """Whether a file of a checkpoint an attempt after `attempt` took is committed (a
+        checkpoint that was in flight at the kill and commits after it does not count)."""
         names = os.listdir(out) if os.path.isdir(out) else []
-        return max((committed_checkpoint(n) or 0 for n in names), default=0)
+        return any(committed_checkpoint(n) and written_by(n, 4) > attempt for n in names)
 
     status = poll()
     while not (status.state == "running" and status.checkpoints.completed >= 2 and timeline[-1][0] >= warmup):
@@ -92,7 +95,7 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
     steady = statistics.median(rates)
     rng = random.Random(seed)
     killed = rng.choice(sorted(status.pids))
-    before = status.checkpoints.last_id
+    killed_in = status.attempt
     kill_at = time.perf_counter() - t0
     os.kill(status.pids[killed], signal.SIGKILL)
     first_commit = back = None
@@ -101,7 +104,7 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
         time.sleep(0.05)
         status = poll()
         now = timeline[-1][0]
-        if first_commit is None and newest_committed() > before:
+        if first_commit is None and committed_after_kill(killed_in):
             first_commit = now - kill_at
         r = rate_at(timeline, len(timeline) - 1)
         if back is None and status.attempt > 1 and r is not None and r >= 0.95 * steady:
