@@ -297,9 +297,9 @@ class ArrowWindowOp(TimedWindows):
         if not out.keys:
             return []
         if len(self.key_columns) == 1:
-            arrays = [typed_array(out.keys, self.key_types[0])]
+            arrays = [_key_array(out.keys, self.key_types[0])]
         else:
-            arrays = [typed_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
+            arrays = [_key_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
         arrays += out.window_columns()
         arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types)
         arrays.append(pa.array(out.updates, type=pa.bool_()))
@@ -310,6 +310,17 @@ class ArrowWindowOp(TimedWindows):
 
     def take_late_batches(self) -> list[Any]:
         return self.late_rows.take()
+
+
+def _key_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+    """A key column as `kind`; keys that do not fit it (restored from old subtasks that saw
+    other types: an int8 and a uint64 key unify to int64) as their values say."""
+    try:
+        return typed_array(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        if kind is None:
+            raise
+        return typed_array(values, None)
 
 
 def _unified(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:

@@ -438,3 +438,34 @@ def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id(
     snapshot = SubtaskState(5, "w", 0, 1, keyed={"w": before.snapshot()}, step_meta={"w": before.state_meta()})
     with pytest.raises(RestoreError, match="written by a columnar aggregate, and this job's step is a columnar window"):
         restored_window([pickle.loads(pickle.dumps(snapshot))])
+
+
+_KEY_TYPES = [(pa.int8(), 100), (pa.int16(), 30_000), (pa.int32(), 2**31 - 1), (pa.int64(), 2**40 + 8),
+              (pa.uint8(), 255), (pa.uint32(), 2**32 - 1), (pa.uint64(), 2**64 - 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(_KEY_TYPES))), min_size=2, max_size=4), st.integers(1, 3))
+def test_windows_restored_from_old_subtasks_of_any_key_types_fire_every_key(kinds, new_parallelism):
+    """The kind of the step_meta defect above, over key types: keys of several integer
+    types, each in the old subtask that owns its key group (of 2); restored into 1 to 3
+    subtasks, every window fires with its key, whatever the types the old subtasks saw."""
+    keys = [(kind, value - i) for i, (kind, value) in enumerate(_KEY_TYPES[k] for k in kinds)]  # distinct
+    old = [typed_window(), typed_window()]
+    for i, (kind, value) in enumerate(keys):
+        owner = next(s for s in range(2) if key_group(value, 128) in groups_of_subtask(s, 2, 128))
+        old[owner].process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict(
+            {"k": pa.array([value], kind), "v": pa.array([i], pa.int32())}), ("k",)), np.array([10])))
+    snapshots = [window_snapshot(op, i, 2) for i, op in enumerate(old)]
+    fired = []
+    for subtask in range(new_parallelism):
+        step = Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=TYPED,
+                    window=WindowSpec(Tumbling(1), 0, "columnar"))
+        merged = merge_states(snapshots, [step], subtask, new_parallelism, 128)
+        op = typed_window()
+        op.restore_meta(merged.step_meta.get("w", []))
+        op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+        out = op.on_watermark(MAX_TIME)
+        if len(out):
+            fired += [r["k"] for r in untimed(out)[0].to_pylist()]
+    assert sorted(fired) == sorted(value for _, value in keys)
