@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from raystream.event_time import duration_ms, from_millis, to_millis
+from raystream.event_time import duration_ms
 from raystream.errors import JobDefinitionError
 from raystream.process import ProcessContext
 
 EVENT, PROCESSING = "event", "processing"
+MAX_WITHIN_MS = 1000 * 365 * 86_400_000  # 1,000 years: any longer is a mistake, not a window
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,24 @@ class Dedup:
     def of(cls, step_id: str, within: Any, time: str) -> "Dedup":
         if time not in (EVENT, PROCESSING):
             raise JobDefinitionError(f"step {step_id!r}: dedup time must be 'event' or 'processing'; got {time!r}")
-        return cls(duration_ms(within, f"step {step_id!r}: dedup within", allow_zero=False), time)
+        what = f"step {step_id!r}: dedup within"
+        ms = duration_ms(within, what)
+        if ms < 1:
+            raise JobDefinitionError(f"{what} must be at least 1 ms (times are in ms); got {within!r}")
+        if ms > MAX_WITHIN_MS:
+            raise JobDefinitionError(f"{what} must be at most 1,000 years; got {within!r}")
+        return cls(ms, time)
 
     def __call__(self, ctx: ProcessContext, value: Any) -> None:
         if ctx.state is not None:
             return  # a duplicate within `within` of the key's first record
+        # timers in seconds, never through datetimes: an event time may lie past year 9999
         if self.clock == EVENT:
-            seen = to_millis(ctx.timestamp)
-            ctx.set_event_timer(from_millis(seen + self.within_ms))
+            seen = ctx.millis
+            ctx.set_event_timer((seen + self.within_ms) / 1000)
         else:
             seen = time.time_ns() // 1_000_000
-            ctx.set_processing_timer(from_millis(seen + self.within_ms))
+            ctx.set_processing_timer((seen + self.within_ms) / 1000)
         ctx.state = seen
         ctx.emit(value)
 
