@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from raystream._checks import STEP_ID, check_event_time, check_parallelism, check_resources, check_step_id
 from raystream.config import Audit, CheckpointConfig, ErrorPolicy, Guarantee, Resources, RestartStrategy, RuntimeConfig
 from raystream.errors import ConfigError, JobDefinitionError
+from raystream.dedup import Dedup
 from raystream.event_time import EventTime
 from raystream.graph import KEYED_KINDS, JobGraph, Step, StepKind, StepTable
 from raystream.result import JobHandle, JobResult
@@ -64,6 +65,11 @@ def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
             raise JobDefinitionError(
                 f"step {step.step_id!r} takes streams with and without event time ({', '.join(step.inputs)}); "
                 "give every input event time (EventTime on its source, or a with_event_time step) or none")
+        if isinstance(step.fn, Dedup) and step.fn.clock == "event" and not all(inputs):
+            raise JobDefinitionError(
+                f"step {step.step_id!r} deduplicates by event time, but its input has none; give the source "
+                "event_time=rs.EventTime(...), add .with_event_time(...) before the key_by, or dedup with "
+                "time=\"processing\"")
         if step.kind.windowed and step.window.assigner.clock == "event" and not all(inputs):
             raise JobDefinitionError(
                 f"step {step.step_id!r} windows by event time, but its input has none; give the source "

@@ -71,6 +71,11 @@ class ProcessContext:
         return None if self._t is None else from_millis(self._t)
 
     @property
+    def millis(self) -> int | None:
+        """`timestamp` as milliseconds since the epoch (any int64, where a datetime ends at year 9999)."""
+        return self._t
+
+    @property
     def watermark(self) -> dt.datetime | None:
         """The step's event-time clock. Every record older than this has arrived (or is late)."""
         w = self._op.watermark

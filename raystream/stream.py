@@ -17,6 +17,7 @@ from raystream._checks import (check_aggregates, check_event_time, check_express
                                check_window_aggregates, check_arrow_join)
 from raystream.aggregates import Aggregate
 from raystream.config import Resources
+from raystream.dedup import Dedup, expire
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, duration_ms
 from raystream.graph import Step, StepKind, StepTable, WindowSpec
@@ -192,6 +193,10 @@ class Stream:
     def process(self, step_id: str, on_record: Callable[[Any, Any], None], **_: Any) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: process needs a keyed stream; call key_by(...) first")
 
+    def dedup(self, step_id: str, within: Any, **_: Any) -> "Stream":
+        raise JobDefinitionError(f"step {step_id!r}: dedup needs a stream keyed by what makes a duplicate "
+                                 "(an event id, say); call key_by(...) first")
+
     def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any],
              **_: Any) -> "WindowOutput":
         raise JobDefinitionError(f"step {step_id!r}: join needs two keyed streams; call key_by(...) on both first")
@@ -261,6 +266,17 @@ class KeyedStream(Stream):
             check_fn(step_id, "on_timer", on_timer)
             self.steps[step.step_id] = dataclasses.replace(step, on_timer=on_timer)
         return self._stream(step)
+
+    def dedup(self, step_id: str, within: Any, *, time: str = "event", parallelism: int | None = None,
+              resources: Resources | None = None) -> Stream:
+        """Pass the first record of each key and drop the key's later records seen within
+        `within` (a timedelta or seconds) of it, by event time (the records' times, the
+        state expiring when the watermark passes) or "processing" time (the wall clock).
+        Emits `(key, record)`. State: the time each key was first seen, deleted by a timer
+        `within` later, so it holds only the keys of the last `within`
+        (docs/guide/dedup.md says when this makes at-least-once output exact)."""
+        fn = Dedup.of(step_id, within, time)
+        return self.process(step_id, fn, on_timer=expire, parallelism=parallelism, resources=resources)
 
     def window(self, assigner: Any, *, allowed_lateness: Any = 0) -> "WindowedStream":
         """Group each key's records into the windows of `assigner` (raystream.windows);

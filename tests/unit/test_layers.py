@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("_runtime.transport",),
     ("_runtime.plan",),
     ("_runtime.state",),
-    ("_checks", "graph"),                      # the definitions everything shares:
+    ("_checks", "graph", "dedup"),             # the definitions everything shares:
     ("config", "process", "windows", "aggregates", "result", "retry"),
     ("testing", "sink_api", "source_api", "event_time"),
     ("_storage",),

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from raystream._runtime.operators.base import KeyedOp
-from raystream._runtime.time.timers import TimerQueue
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.time.timers import TimerQueue, now_ms
 from raystream._runtime.time.watermarks import MIN_TIME
 from raystream._runtime.transport.batch import KeyedBatch, timed
 from raystream.graph import Step
-from raystream.process import ProcessContext
+from raystream.process import KeyState, ProcessContext
 
 
 class Collector:
@@ -111,3 +112,40 @@ class ProcessOp(KeyedOp):
 
     def next_timer(self) -> int | None:
         return self.processing_timers.next_time()
+
+
+class DedupOp(ProcessOp):
+    """A `dedup` step (raystream/dedup.py), without a ProcessContext per record: a key's
+    first record passes and its entry `KeyState(first seen ms, timer)` opens, the same
+    state a process step running `Dedup` keeps (so savepoints and rescaling treat it as
+    one); later records of the key pass nothing; the timer deletes the entry."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.within_ms = step.fn.within_ms
+        self.clock = step.fn.clock
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        self.timed = times is not None
+        event = self.clock == EVENT
+        if event and times is None:  # job.py refuses such a job before it starts
+            raise RecordFailure(self.step_id, "<batch>", ValueError("dedup by event time got records without one"))
+        now = None if event else now_ms()
+        state, out = self.state, Collector()
+        for i, key in enumerate(keys):
+            if key in state:
+                continue  # a duplicate within `within` of the key's first record
+            seen = times[i] if event else now
+            expiry = seen + self.within_ms
+            state[key] = KeyState(seen, {expiry}, None) if event else KeyState(seen, None, {expiry})
+            self.register(key, expiry, self.clock)
+            out.add(key, values[i], times[i] if times is not None else 0)
+        return out.batch(self.timed)
+
+    def _fire(self, queue: TimerQueue, now: int, clock: str) -> Any:
+        for t, key, _ in queue.pop_due(now):
+            ks = self.state.get(key)
+            if ks is not None and t in (ks.event_timers if clock == EVENT else ks.processing_timers):
+                del self.state[key]  # expired: the key's next record passes
+                self.changed.add(key)  # I1
+        return []

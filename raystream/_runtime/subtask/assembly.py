@@ -13,7 +13,9 @@ from raystream._runtime.operators.event_time import AssignTimeOp
 from raystream._runtime.time.watermarks import WatermarkGenerator
 from raystream._runtime.operators.columnar_join import ArrowJoinOp
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.process import DedupOp
 from raystream._runtime.operators.windows import TIMED_OPERATORS, TimedWindows
+from raystream.dedup import Dedup
 from raystream.graph import StepKind
 
 
@@ -32,6 +34,8 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
             op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
         elif step.window is not None and step.window.how == "columnar":  # windows over Arrow
             op = ArrowJoinOp(step) if step.kind is StepKind.JOIN else ArrowWindowOp(step)
+        elif isinstance(step.fn, Dedup):
+            op = DedupOp(step)
         elif step.kind in TIMED_OPERATORS:
             op = TIMED_OPERATORS[step.kind](step)
         else:
