@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from raystream.sinks import read_files
-from tests.cluster.heads import RAYSTREAM, Head, free_port, ray_head, user_env
-from tests.helpers.support import wait_until
+from tests.cluster.heads import RAYSTREAM, Head, ray_head, user_env
+from tests.helpers.support import refusing_port, wait_until
 
 pytestmark = pytest.mark.extended
 
@@ -110,7 +110,8 @@ def test_submit_follow_jobs_commands_rescale_and_stop_exactly_once(head, tmp_pat
 
 
 def test_an_unreachable_jobs_api_is_one_line(tmp_path):
-    out = raystream("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}")
+    with refusing_port() as port:
+        out = raystream("jobs", "list", "--address", f"http://127.0.0.1:{port}")
     assert out.returncode == 1
     assert "nothing answered there; check the address" in " ".join(out.stdout.split())
 

@@ -1,9 +1,10 @@
 """Helpers shared by the integration and failure tests."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def free_port() -> int:
@@ -11,6 +12,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A TCP port of 127.0.0.1 that refuses connections for the block: bound and never
+    listening, so no other process can take it meanwhile (a port `free_port` returned
+    can be taken by the next process that binds one, a Ray worker, say)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 import raystream as rs
 from tests.helpers.kafka import T0_MS, new_topic, produce_orders
 from tests.helpers.postgres import check_exactly_once, orders_job, parse
-from tests.helpers.support import free_port, wait_until
+from tests.helpers.support import refusing_port, wait_until
 
 
 def test_partitions_offsets_and_the_end_are_fixed_when_the_job_starts(kafka_bootstrap):
@@ -81,8 +81,7 @@ def test_start_and_end_fixed_at_the_first_start_are_restored_with_the_checkpoint
 def test_a_missing_topic_and_an_unreachable_broker_are_clear_errors(kafka_bootstrap):
     with pytest.raises(rs.SourceError, match=f"topic 'no-such-topic' does not exist at {kafka_bootstrap}"):
         rs.sources.KafkaSource(kafka_bootstrap, "no-such-topic").list_partitions()
-    port = free_port()
-    with pytest.raises(rs.SourceError, match=f"could not reach Kafka at 127.0.0.1:{port}"):
+    with refusing_port() as port, pytest.raises(rs.SourceError, match=f"could not reach Kafka at 127.0.0.1:{port}"):
         rs.sources.KafkaSource(f"127.0.0.1:{port}", "t", timeout=1, retry=rs.Retry(attempts=2, backoff=0.01)).list_partitions()
     with pytest.raises(rs.JobDefinitionError, match="must not hold credentials"):
         rs.sources.KafkaSource(kafka_bootstrap, "t", config={"sasl.password": "x"})

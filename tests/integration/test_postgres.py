@@ -2,6 +2,8 @@
 on a local Ray under each guarantee."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import psycopg
 import pytest
 
@@ -9,12 +11,13 @@ import raystream as rs
 from raystream.connectors.postgres.writer import PgTxn
 from raystream.sinks import SinkContext
 from tests.helpers.postgres import check_exactly_once, orders_job
-from tests.helpers.support import free_port
+from tests.helpers.support import refusing_port
 
 
 @pytest.fixture
-def unused_port() -> int:
-    return free_port()
+def unused_port() -> Iterator[int]:
+    with refusing_port() as port:  # nothing can take it while the test runs
+        yield port
 
 
 def writer(sink: rs.sinks.PostgresSink, *, subtask: int = 0, parallelism: int = 1, attempt: int = 1,
