@@ -68,7 +68,7 @@ class JobStatus:
     pids: dict[str, int] = field(default_factory=dict)  # "chain[i]" -> process id of that subtask
     checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
     restarts: int = 0
-    records_replayed: int = 0  # source records read again after restores (estimated from metrics)
+    records_replayed: int = 0  # read again after restores: a lower bound (docs/guide/guarantees.md)
     attempt: int = 1
     coordinator_pid: int = 0
     restores: dict[str, int] = field(default_factory=dict)  # snapshots read from "object_store" / "durable"
