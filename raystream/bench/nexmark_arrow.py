@@ -61,17 +61,20 @@ def q2(config: nx.NexmarkConfig, batch_size: int = 65_536) -> pa.Table:
     return _concat(out)
 
 
-def q3(config: nx.NexmarkConfig, batch_size: int = 65_536) -> pa.Table:
-    """People of OR, ID, CA joined with their auctions of category 10 (a hash join at the end)."""
+def q3(config: nx.NexmarkConfig, batch_size: int = 65_536, wait: float = 600.0) -> pa.Table:
+    """People of OR, ID, CA joined with their auctions of category 10 (a hash join at the
+    end), where the two are at most `wait` seconds apart (the job's WAIT)."""
     people, items = [], []
     for b in nx.batches(config, batch_size):
         p = nx.persons(b)
-        people.append(p.filter(pc.is_in(p.column("state"), pa.array(STATES))).select(["id", "name", "city", "state"]))
+        people.append(p.filter(pc.is_in(p.column("state"), pa.array(STATES))).select(
+            ["id", "name", "city", "state", "date_time"]).rename_columns(["id", "name", "city", "state", "joined"]))
         a = nx.auctions(b)
-        items.append(a.filter(pc.equal(a.column("category"), 10)).select(["seller", "id"]).rename_columns(
-            ["seller", "auction"]))
+        items.append(a.filter(pc.equal(a.column("category"), 10)).select(["seller", "id", "date_time"]).rename_columns(
+            ["seller", "auction", "listed"]))
     joined = _concat(items).join(_concat(people), keys="seller", right_keys="id", join_type="inner")
-    return joined.select(["name", "city", "state", "auction"])
+    apart = pc.abs(pc.subtract(joined.column("listed"), joined.column("joined")))
+    return joined.filter(pc.less_equal(apart, round(wait * 1000))).select(["name", "city", "state", "auction"])
 
 
 def _winners(config: nx.NexmarkConfig, batch_size: int) -> pa.Table:

@@ -34,3 +34,10 @@ def test_the_baseline_equals_the_reference(query, events):
 
 def test_timed_is_the_seconds_of_a_run():
     assert timed("q0", nx.NexmarkConfig(events=1_000)) > 0
+
+
+def test_the_q3_baseline_waits_as_the_job_does(events):
+    reference = runpy.run_path(str(NEXMARK / "q3.py"), run_name="nexmark_q3")["reference"]
+    table = BASELINES["q3"](CONFIG, 4_096, wait=2.0)
+    assert sorted(zip(*(column.to_pylist() for column in table.columns))) == reference(events, wait=2.0)
+    assert table.num_rows < len(reference(events)), "the wait decides some matches here"

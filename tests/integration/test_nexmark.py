@@ -76,3 +76,42 @@ def test_the_generator_follows_the_standard_configuration(events):
     assert events == list(nx.events(CONFIG)), "the same seed gives the same events"
     bids = Counter(e.auction for e in events if isinstance(e, nx.Bid))
     assert bids.most_common(1)[0][1] > 27_600 / 100, "hot auctions draw a large share of the bids"
+
+
+def _q3_through_its_operator(wait: float, events: list) -> tuple[list, int]:
+    """q3's join step without Ray, fed the events it keeps in time order with the watermark
+    right behind them: its outputs and the most keys its state held at once."""
+    from raystream._runtime.operators.process import ProcessOp
+    from raystream._runtime.transport.batch import KeyedBatch, Timed, untimed
+
+    q = load("q3")
+    op = ProcessOp(q["build"](CONFIG, rs.sinks.CollectSink(), wait=wait).steps["q3"])
+    out, most = [], 0
+    for e in filter(q["wanted"], events):
+        key = e.id if isinstance(e, nx.Person) else e.seller
+        for batch in (op.on_watermark(e.date_time - 1), op.process(Timed(KeyedBatch([key], [e]), [e.date_time]))):
+            if len(batch):
+                out += untimed(batch)[0].values
+        most = max(most, len(op.state))
+    return out, most
+
+
+def test_q3s_wait_bounds_its_state_and_what_matches(events):
+    """Issue 27: q3 kept every unmatched auction (and every seller) forever; now a seller
+    and an auction wait `wait` seconds of event time for each other, as in Beam."""
+    q = load("q3")
+    waited, most = _q3_through_its_operator(2.0, events)
+    assert sorted(waited) == q["reference"](events, wait=2.0)
+    assert q["reference"](events, wait=2.0) != q["reference"](events), "the wait decides some matches here"
+    assert q["reference"](events) == q["reference"](events, wait=q["WAIT"]), "the default wait decides none"
+    forever, held = _q3_through_its_operator(1e9, events)
+    assert sorted(forever) == q["reference"](events)
+    # the keys of 2 s (q3 keeps ~20 people and auctions a second of event time), against all
+    assert most <= 80 and held > 300, (most, held)
+
+
+@pytest.mark.parametrize("query", ["q3", "columnar/q3"])
+def test_q3_with_a_short_wait_on_ray_matches_only_within_it(query, events):
+    q = load(query)
+    result = q["build"](CONFIG, rs.sinks.CollectSink(), wait=2.0).run()
+    assert q["normalize"](result.outputs["out"]) == q["reference"](events, wait=2.0)

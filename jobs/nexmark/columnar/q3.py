@@ -7,11 +7,13 @@ as the key (the person's id, or the auction's seller: `coalesce`, as exactly one
 not null) and `key_by` routes by that column.
 
 Per record: the incremental join, a `process` step. A seller and their auctions may arrive
-in either order and wait in the key's state for each other with no window to bound them:
-no columnar operator joins without a window (the Arrow join is a window join). It sees
-only the rows the `where` kept (about 2% of the events), as dicts."""
+in either order and wait in the key's state for each other, up to the per-record query's
+`WAIT`, with no window to bound them: no columnar operator joins without a window (the
+Arrow join is a window join). It sees only the rows the `where` kept (about 2% of the
+events), as dicts."""
 from __future__ import annotations
 
+import functools
 import os
 import runpy
 from pathlib import Path
@@ -22,28 +24,23 @@ import raystream as rs
 from raystream.connectors import nexmark as nx
 
 _PER_RECORD = runpy.run_path(str(Path(__file__).resolve().parents[1] / "q3.py"), run_name="nexmark_q3")
-reference = _PER_RECORD["reference"]
-STATES = _PER_RECORD["STATES"]
+reference, meet, expire = _PER_RECORD["reference"], _PER_RECORD["meet"], _PER_RECORD["expire"]
+STATES, WAIT = _PER_RECORD["STATES"], _PER_RECORD["WAIT"]
 
 
-def join(ctx: rs.ProcessContext, row: dict) -> None:
-    """A person row has a name, an auction row an auction id; the state is (the person as
-    (name, city, state), or None, and the auction ids that wait for them)."""
-    person, auctions = ctx.state or (None, [])
+def join(ctx: rs.ProcessContext, row: dict, wait_ms: int) -> None:
+    """A person row has a name, an auction row an auction id."""
     if row["auction"] is None:
-        person = (row["name"], row["city"], row["state"])
-        for auction_id in auctions:
-            ctx.emit((*person, auction_id))
-        ctx.state = (person, [])
-    elif person is not None:
-        ctx.emit((*person, row["auction"]))
+        meet(ctx, (row["name"], row["city"], row["state"]), None, wait_ms)
     else:
-        ctx.state = (None, auctions + [row["auction"]])
+        meet(ctx, None, row["auction"], wait_ms)
 
 
-def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
+def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink, wait: float = WAIT) -> rs.Job:
+    wait_ms = round(wait * 1000)
     job = rs.Job("nexmark_q3_arrow", parallelism=config.partitions)
-    events = job.source("events", nx.NexmarkSource(config, columnar=True))
+    events = job.source("events", nx.NexmarkSource(config, columnar=True),
+                        event_time=rs.EventTime.column("date_time", unit="ms", max_delay=config.out_of_order))
     kind = pc.field("event_type")
     wanted = (((kind == nx.PERSON) & pc.field("person", "state").isin(list(STATES)))
               | ((kind == nx.AUCTION) & (pc.field("auction", "category") == 10)))
@@ -52,7 +49,7 @@ def build(config: nx.NexmarkConfig, sink: rs.sinks.Sink) -> rs.Job:
                           "name": pc.field("person", "name"), "city": pc.field("person", "city"),
                           "state": pc.field("person", "state"), "auction": pc.field("auction", "id")})
         .key_by("by_person", "person")
-        .process("q3", join)
+        .process("q3", functools.partial(join, wait_ms=wait_ms), on_timer=functools.partial(expire, wait_ms=wait_ms))
         .map("row", lambda kv: kv[1])
         .sink("out", sink))
     return job
