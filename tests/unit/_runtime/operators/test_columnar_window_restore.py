@@ -1,0 +1,146 @@
+"""Window steps over Arrow restored from snapshots without Ray: the snapshots keep each
+step's aggregates and column types (step_meta), restored windows fire with the types they
+had, a restore into other aggregates or another kind of step is refused, and windows
+restored from old subtasks that saw other key types fire every key."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raystream import aggregates as agg
+from raystream._runtime.checkpointing.rescale import merge_states
+from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.state.snapshot import SubtaskState
+from raystream._runtime.time.watermarks import MAX_TIME
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
+from raystream._runtime.transport.keys import groups_of_subtask, key_group
+from raystream.graph import Step, StepKind, WindowSpec
+from raystream.windows import Tumbling
+
+TYPED = (("n", agg.count()), ("low", agg.min("v")), ("total", agg.sum("v")))
+
+
+def typed_window(aggregates=TYPED) -> ArrowWindowOp:
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=aggregates,
+                            window=WindowSpec(Tumbling(1), 0, "columnar")))
+    op.assigner.check("w")
+    return op
+
+
+def restored_window(states, aggregates=TYPED) -> ArrowWindowOp:
+    """Subtask 0 of 1 of the window step, restored from `states` as R4 does."""
+    step = Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=aggregates,
+                window=WindowSpec(Tumbling(1), 0, "columnar"))
+    merged = merge_states(states, [step], 0, 1, 128)
+    op = typed_window(aggregates)
+    op.restore_meta(merged.step_meta.get("w", []))  # first, as R4 does (subtask/assembly.py)
+    op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+    return op
+
+
+def window_snapshot(op, subtask=0, parallelism=1, old_layout=False):
+    state = SubtaskState(5, "w", subtask, parallelism, keyed={"w": op.snapshot()}, watermarks={"w": op.watermark},
+                         step_meta={"w": op.state_meta()})
+    if old_layout:
+        del state.__dict__["step_meta"]  # as raystream wrote it before snapshots kept step_meta
+    return pickle.loads(pickle.dumps(state))
+
+
+def test_a_window_restored_and_fired_before_any_batch_has_the_types_it_had():
+    """Review: restored windows that fired before a batch came typed their columns from
+    the Python values: a uint64 key past 2**63 could not fire, an int32 became int64."""
+    batch = pa.RecordBatch.from_pydict({"k": pa.array([2**64 - 1, 3], pa.uint64()), "v": pa.array([7, None], pa.int32())})
+    reference, before, idle = typed_window(), typed_window(), typed_window()
+    for op in (reference, before):
+        op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10, 20])))
+    expected, _ = untimed(reference.on_watermark(MAX_TIME))
+    assert expected.schema.field("k").type == pa.uint64() and expected.schema.field("low").type == pa.int32()
+    # 2 -> 1: the types come from the old subtask that saw a batch
+    restored = restored_window([window_snapshot(idle, 0, 2), window_snapshot(before, 1, 2)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.schema == expected.schema and out.to_pylist() == expected.to_pylist()
+    again = restored_window([window_snapshot(restored)])  # and the restored step keeps them in its own snapshots
+    assert again.key_types == [pa.uint64()] and again.result_types == [pa.int64(), pa.int32(), pa.int64()]
+
+
+def test_a_window_snapshot_from_before_step_meta_restores_and_fires_with_inferred_types():
+    batch = pa.RecordBatch.from_pydict({"k": pa.array([2**64 - 1], pa.uint64()), "v": pa.array([7], pa.int32())})
+    before = typed_window()
+    before.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10])))
+    restored = restored_window([window_snapshot(before, old_layout=True)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.to_pylist()[0] | {"window_start": None, "window_end": None} == {
+        "k": 2**64 - 1, "window_start": None, "window_end": None, "n": 1, "low": 7, "total": 7, "update": False}
+    assert out.schema.field("k").type == pa.uint64() and out.schema.field("low").type == pa.int64()  # inferred
+
+
+def test_a_window_restore_into_other_aggregates_is_refused():
+    from raystream.errors import RestoreError
+
+    before = typed_window()
+    before.process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)), np.array([10])))
+    with pytest.raises(RestoreError, match=r"aggregates n=count\(\), low=min\('v'\), total=sum\('v'\), and this "
+                                           r"job's step has n=count\(\), low=max\('v'\)"):
+        restored_window([window_snapshot(before)], aggregates=(("n", agg.count()), ("low", agg.max("v"))))
+
+
+def test_windows_restored_from_subtasks_that_saw_other_key_types_fire_in_a_type_both_fit():
+    """Review: at 2 -> 1 one old subtask had seen int8 keys, the other int64; the first
+    type won, the other's keys did not fit it, and every attempt failed firing them."""
+    small, big = typed_window(), typed_window()
+    for op, k in ((small, pa.array([0], pa.int8())), (big, pa.array([2**40 + 8], pa.int64()))):
+        op.process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": k, "v": pa.array([1], pa.int32())}), ("k",)),
+                         np.array([10])))
+    restored = restored_window([window_snapshot(small, 0, 2), window_snapshot(big, 1, 2)])
+    out, _ = untimed(restored.on_watermark(MAX_TIME))
+    assert out.schema.field("k").type == pa.int64()
+    assert sorted(r["k"] for r in out.to_pylist()) == [0, 2**40 + 8]
+
+
+def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id():
+    """Review: the kinds of aggregates matched, so the aggregate's per-key tuples were read
+    as windows and the restore failed as a crash, again and again."""
+    from raystream._runtime.operators.aggregate import AggregateOp
+    from raystream.errors import RestoreError
+
+    before = AggregateOp(Step("w", "aggregate", ("in",), key_columns=("k",), arrow=TYPED))
+    before.process(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)))
+    snapshot = SubtaskState(5, "w", 0, 1, keyed={"w": before.snapshot()}, step_meta={"w": before.state_meta()})
+    with pytest.raises(RestoreError, match="written by a columnar aggregate, and this job's step is a columnar window"):
+        restored_window([pickle.loads(pickle.dumps(snapshot))])
+
+
+_KEY_TYPES = [(pa.int8(), 100), (pa.int16(), 30_000), (pa.int32(), 2**31 - 1), (pa.int64(), 2**40 + 8),
+              (pa.uint8(), 255), (pa.uint32(), 2**32 - 1), (pa.uint64(), 2**64 - 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(_KEY_TYPES))), min_size=2, max_size=4), st.integers(1, 3))
+def test_windows_restored_from_old_subtasks_of_any_key_types_fire_every_key(kinds, new_parallelism):
+    """The kind of the step_meta defect above, over key types: keys of several integer
+    types, each in the old subtask that owns its key group (of 2); restored into 1 to 3
+    subtasks, every window fires with its key, whatever the types the old subtasks saw."""
+    keys = [(kind, value - i) for i, (kind, value) in enumerate(_KEY_TYPES[k] for k in kinds)]  # distinct
+    old = [typed_window(), typed_window()]
+    for i, (kind, value) in enumerate(keys):
+        owner = next(s for s in range(2) if key_group(value, 128) in groups_of_subtask(s, 2, 128))
+        old[owner].process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict(
+            {"k": pa.array([value], kind), "v": pa.array([i], pa.int32())}), ("k",)), np.array([10])))
+    snapshots = [window_snapshot(op, i, 2) for i, op in enumerate(old)]
+    fired = []
+    for subtask in range(new_parallelism):
+        step = Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=TYPED,
+                    window=WindowSpec(Tumbling(1), 0, "columnar"))
+        merged = merge_states(snapshots, [step], subtask, new_parallelism, 128)
+        op = typed_window()
+        op.restore_meta(merged.step_meta.get("w", []))
+        op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+        out = op.on_watermark(MAX_TIME)
+        if len(out):
+            fired += [r["k"] for r in untimed(out)[0].to_pylist()]
+    assert sorted(fired) == sorted(value for _, value in keys)
