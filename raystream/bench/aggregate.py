@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from raystream import aggregates
 from raystream._runtime.operators.plain import build_operator
-from raystream._runtime.transport.arrow_keys import distinct_keys, row_targets, split_rows, take_rows
+from raystream._runtime.transport.arrow_keys import arrow_targets, split_rows, take_rows
 from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch
 from raystream._runtime.transport.keys import KeyRouter
 from raystream.graph import Step
@@ -54,7 +54,7 @@ def measure(rows: int, keys: int, seconds: float, repeats: int, parallelism: int
     router = KeyRouter(parallelism, 128)
 
     def split_arrow() -> None:
-        targets = row_targets(distinct_keys(batch, ("key",)), router)
+        targets = arrow_targets(batch, ("key",), router)
         for part in split_rows(targets, parallelism):
             take_rows(batch, part)
 

@@ -4,9 +4,10 @@ A columnar keyed stream (`key_by(step_id, "col")` or `key_by(step_id, ("a", "b")
 put every row in exactly the key group the per-record path would give it, so that
 checkpoints, rescaling (B4) and jobs mixing both paths agree on who owns a key. The key
 of a row is what the per-record path would see: a column's Python value (`to_pylist`),
-a tuple of them for several columns, None for a null. So the Python keys are made, and
-hashed with `stable_hash`, once per distinct key of a batch; rows only get an index into
-them (`dictionary_encode`, vectorized), and the split into one sub-batch per target
+a tuple of them for several columns, None for a null. Routing hashes integer, boolean and
+string keys in numpy, as `stable_hash` would (arrow_hash.py); other keys are made in
+Python, and hashed with `stable_hash`, once per distinct key of a batch; rows only get an
+index into them (`dictionary_encode`, vectorized). The split into one sub-batch per target
 subtask is a numpy argsort and one Arrow `take` per target.
 
 Arrow tells apart values that are one key in Python: -0.0 and 0.0 of a float column,
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raystream._runtime.transport.arrow_hash import key_hashes
 from raystream._runtime.transport.keys import KeyRouter
 
 
@@ -95,6 +97,15 @@ def _canonical(codes: np.ndarray, values: list[Any]) -> tuple[np.ndarray, list[A
 def _renumber(codes: np.ndarray) -> np.ndarray:
     """Codes 0..k-1 for the k distinct values of `codes`, hashed (no sort)."""
     return pa.array(codes).dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def arrow_targets(batch: pa.RecordBatch, columns: tuple[str, ...], router: KeyRouter) -> np.ndarray:
+    """The target subtask of every row: keys of integer, boolean and string columns hashed
+    in numpy (arrow_hash.py), others made and routed per distinct key (`row_targets`)."""
+    hashes = key_hashes(batch, columns)
+    if hashes is None:
+        return row_targets(distinct_keys(batch, columns), router)
+    return router.targets_of_hashes(hashes)
 
 
 def row_targets(keys: DistinctKeys, router: KeyRouter) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream._runtime.transport.arrow_keys import distinct_keys, row_targets, split_rows, take_rows
+from raystream._runtime.transport.arrow_keys import arrow_targets, split_rows, take_rows
 from raystream._runtime.transport.batch import (ArrowKeyed, KeyedBatch, Timed, Times, as_keyed, as_records, batch_len,
                                                 time_array, time_list, timed, untimed)
 from raystream._runtime.transport.keys import KeyRouter
@@ -149,9 +149,9 @@ class OutputEdge:
 
     async def _emit_arrow_keyed(self, keyed: ArrowKeyed, times: Times | None) -> None:
         """Each row to the subtask of its key group, keyed Arrow as it came: the keys are
-        made and hashed once per distinct key (arrow_keys.py), by the per-record path's router."""
+        hashed in numpy, or made and hashed once per distinct key (arrow_keys.py)."""
         # routed even to a single channel, so a key that cannot be hashed fails at every parallelism
-        targets = row_targets(distinct_keys(keyed.batch, keyed.key_columns), self._router)
+        targets = arrow_targets(keyed.batch, keyed.key_columns, self._router)
         if len(self.channels) == 1:
             await self._send_arrow(self.channels[0], timed(keyed, times))
             return

@@ -11,6 +11,8 @@ import struct
 import zlib
 from typing import Any, Iterator
 
+import numpy as np
+
 from raystream.errors import RaystreamError
 
 
@@ -97,6 +99,11 @@ class KeyRouter:
             self._cache.clear()
         self._cache[key] = routed
         return routed
+
+    def targets_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """The target subtask of each `stable_hash` value, as `_miss` routes a key."""
+        groups = hashes.astype(np.int64) % self._max_parallelism
+        return groups * self._parallelism // self._max_parallelism
 
     def target(self, key: Any) -> int:
         return self.route_all([key])[0][0]
