@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raystream._runtime.operators.aggregate import Folds, arrow_keyed_input, typed_array, unused_name
+from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, typed_array, unused_name
+from raystream._runtime.operators.window_tables import WindowTables, columnar_folds, fits_columnar
 from raystream._runtime.operators.columnar import as_batch, explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.time.timers import now_ms
+from raystream._runtime.time.timers import GroupedTimers, now_ms
 from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array
 from raystream.graph import Step
 from raystream.windows import WINDOW_COLUMNS, Sliding
@@ -138,6 +139,28 @@ class ArrowWindowOp(TimedWindows):
         self.key_types: list[pa.DataType | None] = [None] * len(self.key_columns)
         self.result_types: list[pa.DataType | None] = [None] * len(self.folds.aggregates)
         self._types_bytes: tuple[tuple[Any, ...], bytes] | None = None
+        # tumbling and sliding windows of event time without lateness, with count, min,
+        # max, first and last: the state window-major in Arrow (operators/window_tables.py)
+        # while every batch fits it; `state` is then made from it when read (snapshots)
+        self._columnar = (not self.merging and not self.processing and not self.lateness
+                          and columnar_folds(self.folds))
+        self._tables: WindowTables | None = self._new_tables() if self._columnar else None
+
+    def _new_tables(self) -> WindowTables:
+        return WindowTables(self.key_columns, self.folds, self.assigner)
+
+    @property  # type: ignore[override]
+    def state(self) -> dict[Any, Any]:
+        """The keyed state, `{key: {(start, end): [state, emitted]}}`: the dict itself, or
+        (window-major) made from the windows' tables when read."""
+        if self._tables is not None:
+            return self._tables.as_dict()
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[Any, Any]) -> None:  # KeyedOp.__init__, restore: the dict
+        self._tables = None
+        self._state = value
 
     def process(self, batch: Any) -> Any:
         inner, times = arrow_keyed_input(self, batch, "a window aggregate")
@@ -155,8 +178,11 @@ class ArrowWindowOp(TimedWindows):
                 from_sessions = sessions(self, rows, times)
                 late, touched = from_sessions.late, self._commit_sessions(from_sessions.windows)
             else:
-                late, new = self._fold(rows, times)
-                touched = self._commit(new)
+                late, groups, size = self._grouped(rows, times)
+                if self._columnar and self._window_major(groups, size):
+                    touched = self._append(groups)
+                else:
+                    touched = self._commit(self._merged(groups, size))
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
             return self._batch_failed(inner, explained(
                 exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
@@ -206,9 +232,9 @@ class ArrowWindowOp(TimedWindows):
             raise ValueError(f"no column {', '.join(missing)}")
         return pa.Table.from_batches([rows.select(names)])
 
-    def _fold(self, rows: pa.RecordBatch, times: np.ndarray) -> tuple[np.ndarray | None, dict[Any, Any]]:
-        """Tumbling and sliding: (rows late for all their windows, or None; the new state
-        of each (key, window) of the batch). Nothing changes yet."""
+    def _grouped(self, rows: pa.RecordBatch, times: np.ndarray) -> tuple[np.ndarray | None, Groups, int]:
+        """Tumbling and sliding: (rows late for all their windows, or None; the partials
+        per (key, window start) of the batch; the windows' size). Nothing changes yet."""
         assigned = assign(self.assigner, times)
         pairs, starts, late = assigned.rows, assigned.starts, None
         if not self.processing:
@@ -223,7 +249,11 @@ class ArrowWindowOp(TimedWindows):
         groups = self.folds.group(table.append_column(window, pa.array(starts)), self.key_columns + [window],
                                   keys=len(self.key_columns))
         self._learn(table, groups.partial_types())
-        size, get, fresh = assigned.size, self.state.get, self.folds.fresh()
+        return late, groups, assigned.size
+
+    def _merged(self, groups: Groups, size: int) -> dict[Any, Any]:
+        """The new state of each (key, window) of the batch, folded in Python. Nothing changes yet."""
+        get, fresh = self.state.get, self.folds.fresh()
         ids, olds = [], []
         for key, s in zip(groups.python_keys(len(self.key_columns)), groups.keys[-1].to_pylist()):
             w = (s, s + size)
@@ -231,7 +261,42 @@ class ArrowWindowOp(TimedWindows):
             entry = (get(key) or _NONE).get(w)
             olds.append(fresh if entry is None else entry[0])
         new, _ = self.folds.merge(ids, olds, groups.python_partials())
-        return late, new
+        return new
+
+    def _window_major(self, groups: Groups, size: int) -> bool:
+        """Whether the batch's partials go into the window-major tables. After a restore
+        the windows restored move into them first; a batch they cannot hold (other
+        types) moves their windows to the per-key dict for good. Nothing else changes."""
+        types = [c.type for c in groups.keys[:-1]] + [c.type for c in groups.partials]
+        if self._tables is None:  # restored: the per-key state, with timers
+            tables = self._new_tables()
+            dropped = tables.load(self._state, self.watermark, types)
+            if dropped is None:
+                self._columnar = False
+                return False
+            self.changed.update(dropped)  # I1: due already, dropped as the cleanup would
+            self.timers = GroupedTimers()
+            self._tables = tables
+            return True
+        if self._tables.fits(types):
+            return True
+        state = self._tables.as_dict()
+        self.state = state  # the per-key dict from now on, with a timer per (key, window)
+        for key, windows in state.items():
+            for w in windows:
+                self._schedule(key, w)
+        self._columnar = False
+        return False
+
+    def _append(self, groups: Groups) -> list[tuple[Any, tuple[int, int]]]:
+        """The batch's partials into the window-major tables. No window is touched that
+        has fired (there is no lateness): returns no window to update."""
+        n = len(self.key_columns)
+        starts = groups.keys[-1].to_numpy()
+        keys = groups.keys[0].unique().to_pylist() if n == 1 else groups.python_keys(n)
+        self._tables.add(groups.keys[:n], groups.partials, starts)  # type: ignore[union-attr]
+        self.changed.update(keys)  # I1
+        return []
 
     def _learn(self, table: pa.Table, partial_types: list[pa.DataType]) -> None:
         """The output's column types, from a batch's key columns and partials' types."""
@@ -283,6 +348,46 @@ class ArrowWindowOp(TimedWindows):
             if w[1] - 1 <= self.watermark:
                 self._emit(key, w, self.state[key][w], out)
         return self._fired(out)
+
+    # --- time -------------------------------------------------------------------------
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        super().restore(state, watermark)  # the per-key dict with its timers, until a batch comes
+        self._columnar = not self.merging and not self.processing and not self.lateness \
+            and columnar_folds(self.folds)
+
+    def on_watermark(self, watermark: int) -> Any:
+        if self._tables is None:
+            return super().on_watermark(watermark)
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        fired = self._tables.due(watermark)
+        return self._fired_tables(fired) if fired else []
+
+    def _fired_tables(self, fired: list[tuple[int, pa.Table]]) -> Any:
+        """The windows due, window-major: one output batch, as `_fired` makes it."""
+        n, size = len(self.key_columns), self._tables.size  # type: ignore[union-attr]
+        table = pa.concat_tables([t for _, t in fired]).combine_chunks()
+        self.changed.update(self._tables.python_keys(table))  # type: ignore[union-attr]  # I1
+        starts = np.repeat(np.array([s for s, _ in fired], dtype=np.int64), [t.num_rows for _, t in fired])
+        arrays = [table.column(i).chunk(0) if table.column(i).num_chunks else pa.array([], table.column(i).type)
+                  for i in range(table.num_columns)]
+        results = []
+        for j, slot in enumerate(self.folds.slots):
+            result, kind = arrays[n + slot[0]], self.result_types[j]
+            if kind is not None and result.type != kind and not pa.types.is_null(kind):
+                try:
+                    result = result.cast(kind, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    pass
+            results.append(result)
+        batch = pa.RecordBatch.from_arrays(
+            arrays[:n] + [pa.array(starts).cast(WINDOW_TIME), pa.array(starts + size).cast(WINDOW_TIME)] + results
+            + [pa.array(np.zeros(len(starts), dtype=bool))],
+            names=self.key_columns + list(WINDOW_COLUMNS) + self.folds.names + ["update"])
+        self.records_out += batch.num_rows
+        return Timed(batch, starts + (size - 1)) if self.timed else batch
 
     # --- output -------------------------------------------------------------------------
 

@@ -1,0 +1,266 @@
+"""Tumbling and sliding windows over Arrow held window-major (operators/window_tables.py):
+they fire exactly what the per-key layout fires (the same rows, in the same order) and
+what the per-record window step fires, keep the per-key state in snapshots (so snapshots
+written before them restore), and move to the per-key layout when a batch does not fit."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raystream import aggregates as agg
+from raystream._runtime.checkpointing.rescale import merge_states
+from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.windows import WindowOp
+from raystream._runtime.state.changelog import StateChangelog
+from raystream._runtime.state.snapshot import PartRef, SubtaskState
+from raystream._runtime.time.watermarks import MAX_TIME
+from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, untimed
+from raystream.graph import Step, StepKind, WindowSpec
+from raystream.windows import Aggregator, Sliding, Tumbling
+
+AGGREGATES = (("n", agg.count()), ("values", agg.count("v")), ("low", agg.min("v")), ("high", agg.max("v")),
+              ("first", agg.first("v")), ("last", agg.last("v")), ("top", agg.max("v")))
+ASSIGNERS = {"tumbling": Tumbling(0.010), "sliding": Sliding(0.010, 0.004), "sliding-even": Sliding(0.012, 0.004)}
+
+
+def _pick(a, b, f):
+    return a if b is None else b if a is None else f(a, b)
+
+
+#: The per-record reference of AGGREGATES, nulls skipped.
+REFERENCE = Aggregator(
+    create=lambda: (0, 0, None, None, None, None),
+    add=lambda acc, v: (acc[0] + 1, acc[1] + (v is not None), _pick(acc[2], v, min), _pick(acc[3], v, max),
+                        _pick(acc[4], v, lambda a, b: a), _pick(acc[5], v, lambda a, b: b)),
+    merge=lambda a, b: a)
+
+
+def window(assigner, per_key=False, aggregates=AGGREGATES, keys=("k",)) -> ArrowWindowOp:
+    assigner.check("w")
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=keys, arrow=aggregates,
+                            window=WindowSpec(assigner, 0, "columnar")))
+    if per_key:
+        per_key_layout(op)
+    return op
+
+
+def per_key_layout(op: ArrowWindowOp) -> ArrowWindowOp:
+    """The op with its state in the per-key layout only (as raystream kept it before)."""
+    op._columnar = False
+    if op._tables is not None:
+        op.state = {}
+    return op
+
+
+def rows_batch(rows, value_type=pa.int64()) -> Timed:
+    keys, values, times = zip(*rows)
+    batch = pa.RecordBatch.from_arrays([pa.array(keys, pa.string()), pa.array(values, value_type)], names=["k", "v"])
+    return Timed(ArrowKeyed(batch, ("k",)), np.array(times, dtype=np.int64))
+
+
+def fired(batch) -> list[tuple]:
+    """Every output row, in order, with its time."""
+    if not len(batch):
+        return []
+    inner, times = untimed(batch)
+    return [tuple(r.values()) + (int(t),) for r, t in zip(inner.to_pylist(), times)]
+
+
+ROW = st.tuples(st.sampled_from(["a", "b", "c", "ü", "d"]), st.one_of(st.none(), st.integers(-1000, 1000)),
+                st.integers(0, 120))
+SCRIPT = st.lists(st.one_of(st.tuples(st.just("rows"), st.lists(ROW, min_size=1, max_size=25)),
+                            st.tuples(st.just("wm"), st.integers(0, 130)),
+                            st.tuples(st.just("snapshot"), st.just(None))), min_size=1, max_size=12)
+
+
+def replay(op, script, restored_by=None):
+    """What `op` emits for the script, step by step, with its state after each step; a
+    "snapshot" step restores a new op (made by `restored_by`) from the op's pickled snapshot."""
+    out = []
+    for kind, item in script + [("wm", MAX_TIME)]:
+        if kind == "rows":
+            out.append(fired(op.process(rows_batch(item))))
+        elif kind == "wm":
+            out.append(fired(op.on_watermark(item)))
+        elif restored_by is not None:
+            restored = restored_by()
+            restored.restore(pickle.loads(pickle.dumps(op.snapshot())), op.watermark)
+            if getattr(restored_by, "per_key", False):
+                per_key_layout(restored)
+            op = restored
+            out.append("restored")
+        out.append(pickle.loads(pickle.dumps(op.state)))
+    return op, out
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNERS))
+@settings(max_examples=150, deadline=None)
+@given(script=SCRIPT)
+def test_window_major_fires_exactly_what_the_per_key_layout_fires_in_order(name, script):
+    script = [step for step in script if step[0] != "snapshot"]
+    fast_op, got = replay(window(ASSIGNERS[name]), script)
+    slow_op, want = replay(window(ASSIGNERS[name], per_key=True), script)
+    assert got == want
+    assert fast_op._tables is not None and slow_op._tables is None  # each kept its layout
+    assert fast_op.state == {} and fast_op.records_out == slow_op.records_out
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNERS))
+@settings(max_examples=80, deadline=None)
+@given(script=SCRIPT)
+def test_snapshots_restore_across_layouts_and_fire_what_an_unbroken_run_fires(name, script):
+    """Snapshots of the per-key layout (what raystream wrote before) restore into the
+    window-major one, and the other way: what fires, and the state after every step, are
+    those of an unbroken run (rows of a window may come in another order after a restore)."""
+    assigner = ASSIGNERS[name]
+    _, unbroken = replay(window(assigner, per_key=True), [s for s in script if s[0] != "snapshot"])
+
+    def old():
+        return per_key_layout(window(assigner))
+    old.per_key = True
+    for start, restore_into in ((window(assigner, per_key=True), lambda: window(assigner)),
+                                (window(assigner), old)):
+        _, got = replay(start, script, restore_into)
+        steps = script + [("wm", MAX_TIME)]
+        kept = [entry for i, (kind, _) in enumerate(steps) if kind != "snapshot" for entry in got[2 * i:2 * i + 2]]
+        assert [sorted(e, key=repr) if isinstance(e, list) else e for e in kept] == \
+            [sorted(e, key=repr) if isinstance(e, list) else e for e in unbroken]
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNERS))
+@settings(max_examples=80, deadline=None)
+@given(script=SCRIPT)
+def test_window_major_fires_what_the_per_record_window_step_fires(name, script):
+    script = [step for step in script if step[0] != "snapshot"]
+    assigner = ASSIGNERS[name]
+    col = window(assigner)
+    ref = WindowOp(Step("w", StepKind.WINDOW, ("in",), fn=REFERENCE, window=WindowSpec(assigner, 0, "aggregate")))
+    got, want = [], []
+    for kind, item in script + [("wm", MAX_TIME)]:
+        if kind == "rows":
+            assert col.process(rows_batch(item)) == []  # no lateness: nothing updates
+            ref.process(Timed(KeyedBatch([k for k, _, _ in item], [v for _, v, _ in item]), [t for _, _, t in item]))
+            continue
+        got += [(r[0], r[1], r[2], r[3:9], r[10], r[11]) for r in fired(col.on_watermark(item))]
+        inner, times = untimed(ref.on_watermark(item))
+        if len(inner):
+            want += [(k, r.start, r.end, r.value, r.update, int(t)) for k, r, t in zip(inner.keys, inner.values, times)]
+    assert sorted(got, key=repr) == sorted(want, key=repr)  # the per-record step orders a window's keys otherwise
+    assert col.late_records == ref.late_records
+
+
+def test_a_snapshot_in_the_per_key_layout_restores_and_fires():
+    """The layout raystream wrote before window-major tables (and still writes): per key,
+    per window, [state tuple, emitted]."""
+    old = {"a": {(0, 10): [(2, 2, 3, 7, 7, 3, 7), False], (10, 20): [(1, 0, None, None, None, None, None), False]},
+           "b": {(0, 10): [(1, 1, -4, -4, -4, -4, -4), False]}}
+    state = SubtaskState(5, "w", 0, 1, keyed={"w": old}, watermarks={"w": 5})
+    del state.__dict__["step_meta"]  # and before snapshots kept step_meta
+    op = window(Tumbling(0.010))
+    merged = merge_states([pickle.loads(pickle.dumps(state))], [op_step(op)], 0, 1, 128)
+    op.restore(merged.keyed["w"], merged.watermarks["w"])
+    op.restore_meta(merged.step_meta.get("w", []))
+    assert op.state == old
+    assert op.process(rows_batch([("a", 1, 8), ("c", 5, 9)])) == [] and op._tables is not None
+    assert op.state["a"][(0, 10)] == [(3, 3, 1, 7, 7, 1, 7), False]
+    assert fired(op.on_watermark(MAX_TIME)) == [
+        ("a", *_window(0, 10), 3, 3, 1, 7, 7, 1, 7, False, 9), ("b", *_window(0, 10), 1, 1, -4, -4, -4, -4, -4, False, 9),
+        ("c", *_window(0, 10), 1, 1, 5, 5, 5, 5, 5, False, 9),
+        ("a", *_window(10, 20), 1, 0, None, None, None, None, None, False, 19)]
+    assert op.state == {}
+
+
+def op_step(op):
+    return Step("w", StepKind.WINDOW, ("in",), key_columns=tuple(op.key_columns), arrow=AGGREGATES,
+                window=WindowSpec(op.assigner, 0, "columnar"))
+
+
+def _window(start, end):
+    import datetime
+    utc = datetime.timezone.utc
+    return (datetime.datetime.fromtimestamp(start / 1000, utc), datetime.datetime.fromtimestamp(end / 1000, utc))
+
+
+def test_a_restored_window_already_due_is_dropped_unfired_as_the_cleanup_would():
+    for layout in (lambda: window(Tumbling(0.010)), lambda: window(Tumbling(0.010), per_key=True)):
+        op = layout()
+        op.restore({"a": {(0, 10): [(1, 1, 2, 2, 2, 2, 2), False]}, "b": {(10, 20): [(1, 1, 3, 3, 3, 3, 3), False]}}, 12)
+        if op._columnar:
+            op.process(rows_batch([("c", 1, 15)]))
+            assert op._tables is not None and "a" in op.changed and "a" not in op.state
+        else:
+            op.process(rows_batch([("c", 1, 15)]))
+        assert [r[0] for r in fired(op.on_watermark(MAX_TIME))] == ["b", "c"]
+
+
+def test_a_batch_of_other_types_moves_the_windows_to_the_per_key_layout():
+    op, ref = window(Sliding(0.010, 0.005)), window(Sliding(0.010, 0.005), per_key=True)
+    for o in (op, ref):
+        o.process(rows_batch([("a", 1, 1), ("b", 5, 7)]))
+    assert op._tables is not None
+    for o in (op, ref):  # floats: min and max merge otherwise in Arrow (NaN, -0.0)
+        o.process(rows_batch([("a", 2.5, 3), ("c", -0.0, 8)], pa.float64()))
+    assert op._tables is None and op.state == ref.state
+    got, want = fired(op.on_watermark(MAX_TIME)), fired(ref.on_watermark(MAX_TIME))
+    assert sorted(got, key=repr) == sorted(want, key=repr) and len(got) == 6
+
+
+def test_keys_arrow_may_split_stay_in_the_per_key_layout():
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()),))
+    batch = pa.RecordBatch.from_pydict({"k": [-0.0, 0.0, 1.5], "v": [1, 2, 3]})
+    op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([1, 2, 3])))
+    assert op._tables is None
+    assert [(r[0], r[3]) for r in fired(op.on_watermark(MAX_TIME))] == [(0.0, 2), (1.5, 1)]
+
+
+def test_several_key_columns_are_one_key_as_a_tuple():
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()), ("top", agg.max("v"))), keys=("k", "j"))
+    ref = window(Tumbling(0.010), per_key=True, aggregates=(("n", agg.count()), ("top", agg.max("v"))), keys=("k", "j"))
+    batch = pa.RecordBatch.from_pydict({"k": ["a", "a", None, "a"], "j": [1, 2, 1, 1], "v": [5, 6, 7, None]})
+    for o in (op, ref):
+        o.process(Timed(ArrowKeyed(batch, ("k", "j")), np.array([1, 2, 3, 12])))
+    assert op._tables is not None and op.state == ref.state and set(op.state) == {("a", 1), ("a", 2), (None, 1)}
+    assert fired(op.on_watermark(MAX_TIME)) == fired(ref.on_watermark(MAX_TIME))
+
+
+def test_incremental_snapshots_hold_the_keys_a_batch_or_a_fire_changed():
+    op, changelog = window(Tumbling(0.010)), StateChangelog(incremental=True, base_every=10, compact_above=0)
+    op.process(rows_batch([("a", 1, 1), ("b", 2, 12)]))
+    changelog.capture([op])
+    changelog.added(PartRef("run/snapshots/1/x.snap", "0" * 64, 1, 1, True))
+    op.process(rows_batch([("c", 3, 15)]))
+    op.on_watermark(9)  # fires a's window: a changes too
+    keyed, is_changes, _ = changelog.capture([op])
+    assert is_changes and op._tables is not None
+    updates, deleted = keyed["w"]
+    assert set(updates) == {"c"} and updates["c"] == {(10, 20): [(1, 1, 3, 3, 3, 3, 3), False]} and deleted == ["a"]
+
+
+def test_a_failing_batch_leaves_the_window_major_state_as_it_was():
+    op = window(Tumbling(0.010))
+    op.process(rows_batch([("a", 1, 1)]))
+    before = pickle.dumps(op.state)
+    batch = pa.RecordBatch.from_pydict({"k": ["a"]})  # no column v
+    with pytest.raises(Exception, match="no column v"):
+        op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([2])))
+    assert pickle.dumps(op.state) == before and op._tables is not None
+
+
+def test_many_batches_of_one_window_are_merged_as_they_come_and_fire_in_arrival_order():
+    op, ref = window(Sliding(1, 0.5)), window(Sliding(1, 0.5), per_key=True)
+    rng = np.random.default_rng(7)
+    for i in range(40):
+        rows = [(f"k{int(rng.integers(0, 30))}", int(rng.integers(-50, 50)) if rng.random() > 0.2 else None, i * 20 + j)
+                for j in range(20)]
+        for o in (op, ref):
+            o.process(rows_batch(rows))
+        if i % 7 == 6:
+            assert fired(op.on_watermark(i * 20)) == fired(ref.on_watermark(i * 20))
+            assert op.state == ref.state
+    assert max(len(t) for t in op._tables.windows.values()) < 12  # merged as they come
+    assert fired(op.on_watermark(MAX_TIME)) == fired(ref.on_watermark(MAX_TIME))
