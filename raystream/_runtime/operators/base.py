@@ -202,6 +202,10 @@ class KeyedOp(Operator):
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
 
+    def state_keys(self) -> int:
+        """How many keys the state holds (the `raystream_state_keys` metric, polled often)."""
+        return len(self.state)
+
     def state_meta(self) -> Any:
         """What the values of the state are, beside it in every snapshot (`step_meta`):
         plain, small values, or None for nothing. A columnar step's aggregates, say, so

@@ -157,6 +157,10 @@ class ArrowWindowOp(TimedWindows):
             return self._tables.as_dict()
         return self._state
 
+    def state_keys(self) -> int:
+        """The keys held, without making the per-key state from the tables."""
+        return self._tables.keys() if self._tables is not None else len(self._state)
+
     @state.setter
     def state(self, value: dict[Any, Any]) -> None:  # KeyedOp.__init__, restore: the dict
         self._tables = None

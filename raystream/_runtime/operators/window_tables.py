@@ -80,6 +80,7 @@ class WindowTables:
         self.types: list[pa.DataType] | None = None  # of every table's columns, from the first batch
         self.windows: dict[int, list[pa.Table]] = {}
         self._dict: dict[Any, Any] | None = None  # as_dict(), until the next change
+        self._keys: int | None = None  # keys(), until the next change
 
     @property
     def size(self) -> int:
@@ -103,7 +104,7 @@ class WindowTables:
         found = np.unique(starts)
         pieces = [(int(found[0]), part)] if len(found) == 1 else [
             (int(s), part.filter(pa.array(starts == s))) for s in found]  # each window's rows, in order
-        self._dict = None
+        self._dict = self._keys = None
         for start, piece in pieces:
             tables = self.windows.get(start)
             if tables is None:
@@ -132,7 +133,7 @@ class WindowTables:
         starts = sorted(s for s in self.windows if s + self.size - 1 <= watermark)
         if not starts:
             return []
-        self._dict = None
+        self._dict = self._keys = None
         out = [(s, self.merged(s)) for s in starts]
         for s in starts:
             del self.windows[s]
@@ -145,6 +146,16 @@ class WindowTables:
         if len(self.key_columns) == 1:
             return table.column(0).to_pylist()
         return list(zip(*(table.column(i).to_pylist() for i in range(len(self.key_columns)))))
+
+    def keys(self) -> int:
+        """How many distinct keys the windows hold (Arrow: one group-by over their keys)."""
+        if self._dict is not None:
+            return len(self._dict)
+        if self._keys is None:
+            tables = [t.select(self.key_columns) for tables in self.windows.values() for t in tables]
+            self._keys = pa.concat_tables(tables).group_by(self.key_columns, use_threads=False).aggregate(
+                []).num_rows if tables else 0
+        return self._keys
 
     def as_dict(self) -> dict[Any, Any]:
         """The state in the per-key layout: `{key: {(start, end): [state, False]}}`, the
@@ -199,5 +210,5 @@ class WindowTables:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return None
         self.windows = loaded
-        self._dict = None
+        self._dict = self._keys = None
         return dropped

@@ -223,7 +223,7 @@ class SubtaskActor:
             aligning=self.alignment.current,
             errors={op.step_id: op.errors for op in self.ops if op.errors},
             backpressure=sum(ch.blocked for ch in chans),
-            state_keys={op.step_id: len(op.state) for op in self.ops if isinstance(op, KeyedOp)},
+            state_keys={op.step_id: op.state_keys() for op in self.ops if isinstance(op, KeyedOp)},
             snapshot_bytes=self.checkpoints.last_size, alignment=self.checkpoints.last_alignment,
             late={op.step_id: op.late_records for op in self.ops if isinstance(op, KeyedOp) and op.late_records},
             watermark=self.clock.watermark if self.clock is not None else None,

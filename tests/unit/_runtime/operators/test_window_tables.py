@@ -94,7 +94,9 @@ def replay(op, script, restored_by=None):
                 per_key_layout(restored)
             op = restored
             out.append("restored")
+        keys = op.state_keys()  # counted without making the per-key state
         out.append(pickle.loads(pickle.dumps(op.state)))
+        assert keys == len(op.state)
     return op, out
 
 
@@ -224,6 +226,7 @@ def test_several_key_columns_are_one_key_as_a_tuple():
     batch = pa.RecordBatch.from_pydict({"k": ["a", "a", None, "a"], "j": [1, 2, 1, 1], "v": [5, 6, 7, None]})
     for o in (op, ref):
         o.process(Timed(ArrowKeyed(batch, ("k", "j")), np.array([1, 2, 3, 12])))
+    assert op.state_keys() == 3  # counted by Arrow, a null key too
     assert op._tables is not None and op.state == ref.state and set(op.state) == {("a", 1), ("a", 2), (None, 1)}
     assert fired(op.on_watermark(MAX_TIME)) == fired(ref.on_watermark(MAX_TIME))
 
