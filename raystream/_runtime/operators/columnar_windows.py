@@ -16,7 +16,11 @@ What differs is how a batch gets in, which runs per batch instead of per record:
    dropped, and a row late for all its windows goes to the late output, as Arrow rows;
 3. Arrow computes the partials per (key, window) (`Table.group_by`), and Python folds
    them into the state once per distinct (key, window) of the batch; a batch that fails
-   leaves the state as it was;
+   leaves the state as it was. Tumbling and sliding windows of event time without
+   lateness with count, min, max, first or last hold the state window-major instead
+   (operators/window_tables.py): the partials are appended to each window's Arrow tables
+   and merged by Arrow when it fires, with no Python and no timer per (key, window);
+   `state` is the per-key dict made from them when read (snapshots);
 4. a window that has fired and takes rows within the allowed lateness emits its new
    value at once, with update=True: once per batch, where the per-record step emits once
    per record (the last of those equals this one).
