@@ -202,6 +202,12 @@ class KeyedOp(Operator):
     def snapshot(self) -> dict[Any, Any]:
         return dict(self.state)
 
+    def changed_state(self) -> tuple[dict[Any, Any], list[Any]]:
+        """For an incremental snapshot (I2): the state of each key changed since the last
+        one that still has state, and the changed keys that have none (deleted)."""
+        state, changed = self.state, self.changed
+        return {k: state[k] for k in changed if k in state}, [k for k in changed if k not in state]
+
     def state_keys(self) -> int:
         """How many keys the state holds (the `raystream_state_keys` metric, polled often)."""
         return len(self.state)

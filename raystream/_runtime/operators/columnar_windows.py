@@ -165,6 +165,15 @@ class ArrowWindowOp(TimedWindows):
         """The keys held, without making the per-key state from the tables."""
         return self._tables.keys() if self._tables is not None else len(self._state)
 
+    def changed_state(self) -> tuple[dict[Any, Any], list[Any]]:
+        """The changed keys' state picked from the window-major tables in Arrow, without
+        making the whole per-key state (one key column; otherwise as every keyed step)."""
+        tables = self._tables
+        picked = tables.state_of(self.changed) if tables is not None else None
+        if picked is None:
+            return super().changed_state()
+        return picked, [k for k in self.changed if k not in picked]
+
     @state.setter
     def state(self, value: dict[Any, Any]) -> None:  # KeyedOp.__init__, restore: the dict
         self._tables = None

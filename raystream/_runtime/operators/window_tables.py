@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
 from raystream.aggregates import Count, First, Last, Max, Min
@@ -163,19 +164,38 @@ class WindowTables:
         if self._dict is not None:
             return self._dict
         state: dict[Any, Any] = {}
-        n = len(self.key_columns)
         for start in sorted(self.windows):
-            table = self.merged(start)
-            partials = [table.column(n + i).to_pylist() for i in range(len(self.folds.partials))]
-            values = [partials[slot[0]] for slot in self.folds.slots]  # each aggregate has one partial
-            w = (start, start + self.size)
-            for key, states in zip(self.python_keys(table), zip(*values)):
-                windows = state.get(key)
-                if windows is None:
-                    windows = state[key] = {}
-                windows[w] = [states, False]
+            self._add_rows(state, start, self.merged(start))
         self._dict = state
         return state
+
+    def state_of(self, keys: set[Any]) -> dict[Any, Any] | None:
+        """`as_dict()` of `keys` only (those with state), picked in Arrow: Python runs per
+        key picked, not per key held. None where it cannot pick (several key columns,
+        keys not of the column's type): take them from `as_dict()`."""
+        if self._dict is not None or len(self.key_columns) != 1 or self.types is None:
+            return None
+        try:
+            wanted = pa.array(list(keys), type=self.types[0])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            return None
+        state: dict[Any, Any] = {}
+        for start in sorted(self.windows):
+            table = self.merged(start)
+            self._add_rows(state, start, table.filter(pc.is_in(table.column(0), value_set=wanted)))
+        return state
+
+    def _add_rows(self, state: dict[Any, Any], start: int, table: pa.Table) -> None:
+        """The per-key entries of window `start` for the rows of `table` into `state`."""
+        n = len(self.key_columns)
+        partials = [table.column(n + i).to_pylist() for i in range(len(self.folds.partials))]
+        values = [partials[slot[0]] for slot in self.folds.slots]  # each aggregate has one partial
+        w = (start, start + self.size)
+        for key, states in zip(self.python_keys(table), zip(*values)):
+            windows = state.get(key)
+            if windows is None:
+                windows = state[key] = {}
+            windows[w] = [states, False]
 
     def load(self, state: dict[Any, Any], watermark: int, types: list[pa.DataType]) -> list[Any] | None:
         """Take the per-key state (restored) into empty tables of `types`: the keys of

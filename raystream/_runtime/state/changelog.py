@@ -138,6 +138,8 @@ class StateChangelog:
                     del written[k]
                 op.deletes = 0
                 keyed[op.step_id] = (written, deleted)
+            elif hasattr(op, "changed_state"):  # the step picks them (columnar windows: in Arrow)
+                keyed[op.step_id] = op.changed_state()
             else:
                 state, changed = op.state, op.changed
                 keyed[op.step_id] = ({k: state[k] for k in changed if k in state},

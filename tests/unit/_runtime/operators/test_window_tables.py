@@ -95,8 +95,11 @@ def replay(op, script, restored_by=None):
             op = restored
             out.append("restored")
         keys = op.state_keys()  # counted without making the per-key state
+        changed, deleted = op.changed_state()  # picked without making it
         out.append(pickle.loads(pickle.dumps(op.state)))
         assert keys == len(op.state)
+        assert changed == {k: op.state[k] for k in op.changed if k in op.state}
+        assert sorted(deleted) == sorted(k for k in op.changed if k not in op.state)
     return op, out
 
 
