@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, typed_array, unused_name
 from raystream._runtime.operators.window_tables import WindowTables, columnar_folds, fits_columnar
@@ -311,6 +312,8 @@ class ArrowWindowOp(TimedWindows):
         n = len(self.key_columns)
         starts = groups.keys[-1].to_numpy()
         keys = groups.keys[0].unique().to_pylist() if n == 1 else groups.python_keys(n)
+        for partial in groups.partials:  # values Python cannot hold fail the batch, not a snapshot
+            _python_holds(partial)
         self._tables.add(groups.keys[:n], groups.partials, starts)  # type: ignore[union-attr]
         self.changed.update(keys)  # I1
         return []
@@ -432,6 +435,19 @@ class ArrowWindowOp(TimedWindows):
 
     def take_late_batches(self) -> list[Any]:
         return self.late_rows.take()
+
+
+def _python_holds(column: pa.ChunkedArray) -> None:
+    """Raise (OverflowError) if a date, time, timestamp or duration of `column` has no
+    Python value (a year past 9999): the per-key layout converts every value at once, the
+    window-major tables only for a snapshot, where the error would fail every checkpoint."""
+    kind = column.type
+    if not (pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or pa.types.is_date(kind)
+            or pa.types.is_time(kind)) or len(column) == column.null_count:
+        return
+    storage = pa.int32() if kind.bit_width == 32 else pa.int64()
+    bounds = pc.min_max(column.cast(storage))
+    pa.array([bounds["min"].as_py(), bounds["max"].as_py()], storage).cast(kind).to_pylist()
 
 
 def _key_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:

@@ -11,9 +11,10 @@ key. A window fires as one Arrow group-by over its tables, which merges the part
 counts are summed, minimums, maximums, firsts and lasts taken again. This is exactly the
 fold the per-key layout does, in the same order, for the aggregates and types where
 Arrow's merge is Python's (`columnar_folds`, `fits_columnar`): count, min and max of
-integers, strings, binaries, booleans, dates and times (not floats: NaN and -0.0 compare
+integers, strings, binaries, booleans, date32, times (not floats: NaN and -0.0 compare
 otherwise), first and last of those and floats. The rows of a window's output come in
-the order its keys first took rows, as the per-key layout's timers fire them.
+the order its keys first took rows, as the per-key layout's timers fire them (a null
+key may come last: Arrow's group-by places it so).
 
 It holds only windows that fire without lateness (allowed lateness 0, event time): a
 window takes no rows once it has fired, so none is ever emitted twice (every `emitted`
@@ -51,7 +52,7 @@ def _exact_order(kind: pa.DataType) -> bool:
         return kind.unit != "ns"  # nanoseconds: Python values may lose them
     return (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
             or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_boolean(kind)
-            or pa.types.is_date(kind))
+            or pa.types.is_date32(kind))  # date64 may hold milliseconds a Python date drops
 
 
 def fits_columnar(folds: Folds, key_types: Sequence[pa.DataType], partial_types: Sequence[pa.DataType]) -> bool:

@@ -257,6 +257,35 @@ def test_a_failing_batch_leaves_the_window_major_state_as_it_was():
     assert pickle.dumps(op.state) == before and op._tables is not None
 
 
+def test_date64_keys_arrow_tells_apart_are_one_key_through_a_checkpoint():
+    """Review: date64 values within one day are one Python date but two Arrow keys; held
+    window-major they fired as two rows of one key, and a snapshot kept one of them."""
+    keys = pa.array([0, 5, 0], pa.int64()).cast(pa.date64())
+    batch = Timed(ArrowKeyed(pa.RecordBatch.from_arrays([keys, pa.array([1, 2, 3])], names=["k", "v"]), ("k",)),
+                  np.array([1, 2, 3]))
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()),))
+    op.process(batch)
+    assert op.state_keys() == len(op.state) == 1
+    restored = window(Tumbling(0.010), aggregates=(("n", agg.count()),))
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), op.watermark)
+    for o in (op, restored):
+        assert [(r[0], r[3]) for r in fired(o.on_watermark(MAX_TIME))] == [(keys[0].as_py(), 3)]
+
+
+def test_a_value_python_cannot_hold_fails_its_batch_not_every_checkpoint():
+    """Review: a max of a timestamp past year 9999 went into the window-major tables, and
+    every snapshot of the open window failed (the job restarted until it gave up)."""
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()), ("latest", agg.max("t"))))
+    op.process(Timed(ArrowKeyed(pa.RecordBatch.from_arrays(
+        [pa.array(["a"]), pa.array([1], pa.timestamp("ms"))], names=["k", "t"]), ("k",)), np.array([1])))
+    before = pickle.dumps(op.snapshot())
+    far = pa.RecordBatch.from_arrays([pa.array(["a", "b"]), pa.array([1, 2 * 253402300800000], pa.timestamp("ms"))],
+                                     names=["k", "t"])
+    with pytest.raises(Exception, match="out of range"):
+        op.process(Timed(ArrowKeyed(far, ("k",)), np.array([2, 3])))
+    assert pickle.dumps(op.snapshot()) == before  # the state as it was, and it still snapshots
+
+
 def test_many_batches_of_one_window_are_merged_as_they_come_and_fire_in_arrival_order():
     op, ref = window(Sliding(1, 0.5)), window(Sliding(1, 0.5), per_key=True)
     rng = np.random.default_rng(7)
