@@ -11,7 +11,8 @@ import uuid
 from typing import Any, Callable
 
 import raystream as rs
-from raystream.bench.workloads import MeasureSink, Mode, Workload
+from raystream.bench.modes import Mode, Workload
+from raystream.bench.synthetic import MeasureSink
 
 CUSTOMERS = 10_000
 PARTITIONS = 4

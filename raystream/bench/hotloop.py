@@ -22,7 +22,8 @@ from raystream._runtime.plan.physical import EdgeKind
 from raystream._runtime.subtask.assembly import tune_gc
 from raystream._runtime.transport.channel import OutputChannel, OutputEdge
 from raystream._runtime.transport.packing import unpack
-from raystream.bench.workloads import MODES, make_text, wordcount_job
+from raystream.bench.modes import MODES
+from raystream.bench.synthetic import make_text, wordcount_job
 from raystream.graph import Step, StepKind
 from raystream.sink_api import SinkContext
 

@@ -17,7 +17,8 @@ import psutil  # the bench extra: pip install 'raystream[bench]'
 import ray
 
 import raystream as rs
-from raystream.bench.workloads import MODES, Mode, Workload, changed_state_job
+from raystream.bench.modes import MODES, Mode, Workload
+from raystream.bench.synthetic import changed_state_job
 
 POLL = 0.1
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import raystream as rs
-from raystream.bench.workloads import MODES, billing_job
+from raystream.bench.job_files import billing_job
+from raystream.bench.modes import MODES
 from raystream.connectors.files.names import written_by
 from raystream.sinks import committed_checkpoint
 

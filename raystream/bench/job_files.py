@@ -1,0 +1,74 @@
+"""The workloads that run the jobs in jobs/ of a source checkout: billing, and the
+Nexmark queries (per record, and over Arrow: the columnar queries' baselines are in
+nexmark_arrow.py)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import runpy
+import time
+from pathlib import Path
+from typing import Any
+
+import raystream as rs
+from raystream.bench.modes import Mode
+from raystream.bench.synthetic import MeasureSink
+from raystream.connectors import nexmark as nx
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"  # a source checkout; the jobs are not installed
+
+
+def _job_file(relative: str) -> str:
+    path = JOBS / relative
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: the billing and Nexmark workloads run from a source checkout")
+    return str(path)
+
+
+def billing_job(events: int, mode: Mode, storage: str, out: str) -> rs.Job:
+    os.environ.update(BILLING_EVENTS=str(events), BILLING_RATE="1e12", BILLING_OUT=out)
+    ns = runpy.run_path(_job_file("billing.py"), run_name="__raystream_job__")
+    return ns["job"].with_options(guarantee=mode.guarantee, audit=None, checkpoint=rs.CheckpointConfig(
+        interval=mode.interval, storage=storage, retain=1000))
+
+
+def billing_baseline(events: int) -> float:
+    ns = runpy.run_path(_job_file("billing.py"), run_name="__raystream_bench__")
+    usage_event = ns["usage_event"]
+    t0 = time.perf_counter()
+    totals: dict[str, int] = {}
+    for i in range(events):
+        e = usage_event(i)
+        totals[e["customer"]] = totals.get(e["customer"], 0) + e["cents"]
+    return time.perf_counter() - t0
+
+
+def nexmark_module(query: str) -> Any:
+    """jobs/nexmark/<query>.py: "q5", or "columnar/q5" for the query over Arrow."""
+    name = "nexmark_" + query.replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, _job_file(f"nexmark/{query}.py"))
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    os.environ.setdefault("NEXMARK_OUT", os.path.join(os.environ.get("TMPDIR", "/tmp"), "raystream-bench-nexmark"))
+    spec.loader.exec_module(module)
+    return module
+
+
+def nexmark_config(events: int) -> nx.NexmarkConfig:
+    return nx.NexmarkConfig(events=events, partitions=2, event_rate=10_000)
+
+
+def nexmark_job(query: str, events: int, mode: Mode, storage: str) -> rs.Job:
+    job = nexmark_module(query).build(nexmark_config(events), MeasureSink())
+    return job.with_options(guarantee=mode.guarantee, checkpoint=rs.CheckpointConfig(
+        interval=mode.interval, storage=storage, retain=1000))
+
+
+def nexmark_baseline(query: str, events: int) -> float:
+    module = nexmark_module(query)
+    t0 = time.perf_counter()
+    module.reference(nx.events(nexmark_config(events)))
+    return time.perf_counter() - t0
+
+
+NEXMARK = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8")

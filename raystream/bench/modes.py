@@ -1,0 +1,43 @@
+"""What every benchmark workload is made of: the modes it runs in (guarantee and checkpoint
+interval) and the `Workload` record (how to build its job, count its events and time its
+single-process baseline)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import raystream as rs
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str  # "none" | "exactly_once" | "at_least_once" | "at_most_once"
+    guarantee: str
+    interval: float
+
+
+MODES = {
+    "none": Mode("none", "exactly_once", 1e9),  # only the final checkpoint at the end of input
+    "exactly_once": Mode("exactly_once", "exactly_once", 1.0),
+    "at_least_once": Mode("at_least_once", "at_least_once", 1.0),
+    "at_most_once": Mode("at_most_once", "at_most_once", 1.0),
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    events: int
+    build: Callable[[Mode, str], rs.Job]  # (mode, checkpoint storage) -> job
+    count: Callable[[rs.JobStatus], int]  # events read so far
+    baseline: Callable[[], float]  # seconds of the single-process loop
+    latency: bool = False  # its sink sees creation times
+
+
+
+def records_in(step: str, per: int = 1) -> Callable[[rs.JobStatus], int]:
+    return lambda s: s.steps[step].records_in * per if step in s.steps else 0
+
+
+def records_out(step: str, per: int = 1) -> Callable[[rs.JobStatus], int]:
+    return lambda s: s.steps[step].records_out * per if step in s.steps else 0
