@@ -1,7 +1,8 @@
 """`python -m raystream.bench [WORKLOAD ...] [--json FILE] [--plot FILE]`
 
 Runs each workload back to back in one process: with no periodic checkpoints, then
-under each guarantee with 1 s checkpoints; then its single-process baseline; then
+under each guarantee with 1 s checkpoints (billing_dedup: exactly-once against
+at-least-once with a dedup step, side by side); then its single-process baseline; then
 start-up (warm and cold), the bytes of incremental checkpoints against the state that
 changed, and a recovery run with a SIGKILL (with the default recovery spares, then
 without). Prints a table; `--json` writes every figure so runs can be compared across
@@ -60,6 +61,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The figures `side_by_side` compares: (label, key, higher is better).
+COMPARED = (("throughput", "events_per_s", True), ("CPU per event", "cpu_s_per_m_events", False),
+            ("checkpoint p50", "checkpoint_p50_s", False), ("checkpoint p99", "checkpoint_p99_s", False),
+            ("bytes per checkpoint", "bytes_per_checkpoint", False))
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> str:
+    """One line comparing each row after the first with the first (billing_dedup: at-least-once
+    with dedup against exactly-once): each figure as a ratio, and whether it is the better one."""
+    first, lines = rows[0], []
+    for row in rows[1:]:
+        parts = []
+        for label, key, higher in COMPARED:
+            a, b = first.get(key), row.get(key)
+            if a and b is not None:
+                better = b > a if higher else b < a
+                parts.append(f"{label} x{b / a:.2f} ({'better' if better else 'worse' if b != a else 'same'})")
+        lines.append(f"{row['workload']}: {row['mode']} against {first['mode']}: " + ", ".join(parts or ["-"]))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and sys.argv[1:] == ["--cold-probe"]:
         cold_probe()
@@ -67,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raystream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, state_1k, state_1m, state_5m, slow_sink, "
+                        help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, "
+                             "billing_dedup (exactly-once against at-least-once with dedup, whatever --modes), "
+                             "state_1k, state_1m, state_5m, slow_sink, "
                              "nexmark_q0 .. nexmark_q8, nexmark_q0_arrow .. nexmark_q8_arrow (over Arrow), "
                              "and with a server postgres_append, postgres_upsert, kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
@@ -110,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             workload = found[name]
             rows = []
-            for m in modes:
-                run = run_workload(workload, MODES[m], os.path.join(directory, f"chk-{name}-{m}"))
+            for m, mode in (workload.modes or {m: MODES[m] for m in modes}).items():
+                run = run_workload(workload, mode, os.path.join(directory, f"chk-{name}-{m}"))
                 rows.append(as_json(run))
             base = workload.baseline()
             none = next((r for r in rows if r["mode"] == "none"), None)
@@ -121,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                 r["distribution_ratio"] = r["events_per_s"] / r["baseline_events_per_s"]
             report["results"].extend(rows)
             print_table(rows)
+            if workload.modes and len(rows) > 1:
+                print(side_by_side(rows))
         print(f"workloads took {time.perf_counter() - t_suite:.0f}s")
         if not args.no_changed_state:
             # a few seconds at least, so that some checkpoints are incremental ones

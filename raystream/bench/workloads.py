@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 from raystream.bench import nexmark_arrow
-from raystream.bench.job_files import (JOBS, NEXMARK, billing_baseline, billing_job, nexmark_baseline,
-                                       nexmark_config, nexmark_job, nexmark_module)
-from raystream.bench.modes import MODES, Mode, Workload, records_in, records_out
+from raystream.bench.job_files import (DEDUP_WITHIN, JOBS, NEXMARK, billing_baseline, billing_job,
+                                       nexmark_baseline, nexmark_config, nexmark_job, nexmark_module)
+from raystream.bench.modes import DEDUP_MODES, MODES, Mode, Workload, records_in, records_out
 from raystream.bench.synthetic import (SLOW_SINK_RATE, VOCAB, WORDS_PER_LINE, ChangedStateSink, KeyLoad,
                                        MeasureSink, changed_state_job, count_state, count_update, count_words,
                                        load_key, make_text, state_baseline, state_job, wordcount_arrow_baseline,
@@ -51,6 +51,9 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
                                        lambda: wordcount_arrow_baseline(text_ready())),
         "billing": Workload("billing", n(600_000), lambda m, s: billing_job(n(600_000), m, s, out),
                             records_out("usage"), lambda: billing_baseline(n(600_000))),
+        # at-least-once with a dedup step by event id against exactly-once without: same output
+        "billing_dedup": Workload("billing_dedup", n(600_000), lambda m, s: billing_job(n(600_000), m, s, out),
+                                  records_out("usage"), lambda: billing_baseline(n(600_000)), modes=DEDUP_MODES),
     }
     for name, keys, events in (("state_1k", 1_000, 3_000_000), ("state_1m", 1_000_000, 3_000_000),
                                ("state_5m", 5_000_000, 8_000_000)):
@@ -74,8 +77,8 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
     return found
 
 
-__all__ = ["JOBS", "MODES", "NEXMARK", "SLOW_SINK_RATE", "VOCAB", "WORDS_PER_LINE", "ChangedStateSink", "KeyLoad",
-           "MeasureSink", "Mode", "Workload", "billing_baseline", "billing_job", "changed_state_job", "count_state",
-           "count_update", "count_words", "load_key", "make_text", "nexmark_baseline", "nexmark_config",
-           "nexmark_job", "nexmark_module", "state_baseline", "state_job", "wordcount_arrow_baseline",
-           "wordcount_baseline", "wordcount_job", "workloads"]
+__all__ = ["DEDUP_MODES", "DEDUP_WITHIN", "JOBS", "MODES", "NEXMARK", "SLOW_SINK_RATE", "VOCAB", "WORDS_PER_LINE",
+           "ChangedStateSink", "KeyLoad", "MeasureSink", "Mode", "Workload", "billing_baseline", "billing_job",
+           "changed_state_job", "count_state", "count_update", "count_words", "load_key", "make_text",
+           "nexmark_baseline", "nexmark_config", "nexmark_job", "nexmark_module", "state_baseline", "state_job",
+           "wordcount_arrow_baseline", "wordcount_baseline", "wordcount_job", "workloads"]
