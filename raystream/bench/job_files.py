@@ -25,11 +25,15 @@ def _job_file(relative: str) -> str:
     return str(path)
 
 
-#: billing_dedup's `within`, in seconds of event time: one day. The generator spaces events
-#: 0.5 s of event time apart, so a day is 172,800 events: at the 20,000-50,000 events/s
-#: billing reaches on two cores, 3.5 to 9 s of the run, several 1 s checkpoint intervals,
-#: so a copy read again after a restore (the watermark having moved on by at most that)
-#: still finds its id. The dedup state holds the ids of that last day: 172,800 entries.
+#: billing_dedup's `within`, in seconds of event time: one day, 172,800 events (the
+#: generator spaces them 0.5 s of event time apart), 3 to 4 s of the run at the
+#: 45,000-60,000 events/s billing reaches with the dedup step on two cores: several 1 s
+#: checkpoint intervals. So a copy is dropped if it comes within a few checkpoints of its
+#: first: a producer's retry, or a record at-least-once reads again after a restore that
+#: the step had seen before its snapshot (unaligned barriers let records past a source's
+#: barrier reach it first). Copies of records the restored state never saw pass again
+#: (docs/guide/dedup.md). The state holds the last day's ids: 172,800 entries, each with
+#: a timer.
 DEDUP_WITHIN = 86_400.0
 
 
