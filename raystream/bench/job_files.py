@@ -26,8 +26,8 @@ def _job_file(relative: str) -> str:
 
 
 #: billing_dedup's `within`, in seconds of event time: one day, 172,800 events (the
-#: generator spaces them 0.5 s of event time apart), 3 to 4 s of the run at the
-#: 45,000-60,000 events/s billing reaches with the dedup step on two cores: several 1 s
+#: generator spaces them 0.5 s of event time apart), 3 to 6 s of the run at the
+#: 31,000-57,000 events/s billing reached with the dedup step on two cores: several 1 s
 #: checkpoint intervals. So a copy is dropped if it comes within a few checkpoints of its
 #: first: a producer's retry, or a record at-least-once reads again after a restore that
 #: the step had seen before its snapshot (unaligned barriers let records past a source's
