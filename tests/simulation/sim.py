@@ -40,6 +40,7 @@ import asyncio
 import logging
 import os
 import random
+import threading
 import types
 import uuid
 from typing import Any
@@ -286,15 +287,35 @@ class _StaleListing(CheckpointStore):
         return super().manifest_ids(run_id)
 
 
+def _seeded_uuid4(names: random.Random, real: Any) -> Any:
+    """uuid.uuid4 for the schedule: file tokens (which name, and so order, the files
+    sinks and compaction write) come from the seed, so a schedule replays exactly. Only
+    in this thread: another thread of the process (a Ray or pytest helper thread) that
+    takes one gets a real one, and the schedule's sequence stays what the seed made."""
+    thread = threading.get_ident()
+
+    def uuid4() -> uuid.UUID:
+        if threading.get_ident() != thread:
+            return real()
+        return uuid.UUID(int=names.getrandbits(128))
+
+    return uuid4
+
+
 def run_schedule(seed: int, out_dir: str) -> Trace:
     """Run one seeded schedule and check its invariants; raises SimFailure naming the seed."""
-    scenario = Scenario(seed, out_dir)
-    loop = asyncio.new_event_loop()
+    return play_schedule(Scenario(seed, out_dir)).trace
+
+
+def play_schedule(scenario: Scenario) -> Scenario:
+    """Run `scenario` and check its invariants (SimFailure naming the seed); returns it,
+    played, for a look at what it left (tests/simulation/replay.py)."""
+    seed = scenario.seed
+    loop = scenario.world.new_loop()
     saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
              compaction._checkpoint_store, uuid.uuid4)
     recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
-    names = random.Random(seed)  # file tokens from the seed too: a schedule replays exactly
-    uuid.uuid4 = lambda: uuid.UUID(int=names.getrandbits(128))
+    uuid.uuid4 = _seeded_uuid4(random.Random(seed), saved[-1])
     _part_files.PART_SIZE = 40  # tiny S3 parts: uploads of several parts, and tails
     _files._clients.s3 = scenario.s3
     compaction._checkpoint_store = lambda root: _StaleListing(scenario)
@@ -312,7 +333,7 @@ def run_schedule(seed: int, out_dir: str) -> Trace:
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
-    return scenario.trace
+    return scenario
 
 
-__all__ = ["run_schedule", "Scenario", "SimFailure", "JOB"]
+__all__ = ["run_schedule", "play_schedule", "Scenario", "SimFailure", "JOB"]

@@ -28,6 +28,24 @@ class Proc:
         self.fifo_after = 0.0  # when the newest in-order message to it is delivered
 
 
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is the world's. A timer of the code under test
+    (asyncio.sleep(d), wait_for, call_later) waits virtual seconds and fires at its place
+    among the world's events; on the wall clock it would fire wherever the machine's
+    speed put it, and the schedule would not replay."""
+
+    def __init__(self, world: World):
+        super().__init__()
+        self._world = world
+
+    def time(self) -> float:
+        return self._world.now
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer of the loop is due (None: no timer)."""
+        return min((h.when() for h in self._scheduled if not h.cancelled()), default=None)
+
+
 class World:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
@@ -77,18 +95,31 @@ class World:
 
     async def run(self, done: Callable[[], bool], limit: float) -> None:
         loop = asyncio.get_running_loop()
+        if not isinstance(loop, VirtualLoop):
+            raise TypeError("the world runs on its VirtualLoop (World.new_loop)")
         while True:
             while loop._ready:  # noqa: SLF001 - let every runnable coroutine run until it waits
                 await asyncio.sleep(0)
             if done():
                 return
-            if not self._heap:
+            timer = loop.next_timer()
+            if self._heap and (timer is None or self._heap[0][0] <= timer):
+                when, _, fn = heapq.heappop(self._heap)
+            elif timer is not None:  # the loop runs the timer on its next pass, now that it is due
+                when, fn = timer, None
+            else:
                 raise SimFailure("no event left and the job has not finished (a deadlock)")
-            when, _, fn = heapq.heappop(self._heap)
             self.now = max(self.now, when)
             if self.now > limit:
                 raise SimFailure(f"the job did not finish within {limit} virtual seconds")
-            fn()
+            if fn is not None:
+                fn()
+            else:
+                await asyncio.sleep(0)  # a pass of the loop: it moves the due timer to its ready queue
+
+    def new_loop(self) -> VirtualLoop:
+        """The event loop the schedule runs on: its clock is this world's."""
+        return VirtualLoop(self)
 
 
 class SimStorage(Storage):
