@@ -53,6 +53,7 @@ from raystream.graph import StepKind
 from raystream.job import Job, KeyedStream, Stream, WindowedStream, WindowOutput
 from raystream.process import ProcessContext
 from raystream.testing import faults
+from raystream.ttl import TTL
 from raystream.result import CheckpointStats, JobHandle, JobResult, JobStatus, Rescale, StepMetrics
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "StaleAttemptError",
     "StepFailedError",
     "StorageKeyError",
+    "TTL",
     "StepKind",
     "StepMetrics",
     "Stream",

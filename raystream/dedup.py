@@ -12,12 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from raystream.event_time import duration_ms
 from raystream.errors import JobDefinitionError
 from raystream.process import ProcessContext
-
-EVENT, PROCESSING = "event", "processing"
-MAX_WITHIN_MS = 1000 * 365 * 86_400_000  # 1,000 years: any longer is a mistake, not a window
+from raystream.ttl import EVENT, PROCESSING, lifetime_ms
 
 
 @dataclass(frozen=True)
@@ -32,13 +29,7 @@ class Dedup:
     def of(cls, step_id: str, within: Any, time: str) -> "Dedup":
         if time not in (EVENT, PROCESSING):
             raise JobDefinitionError(f"step {step_id!r}: dedup time must be 'event' or 'processing'; got {time!r}")
-        what = f"step {step_id!r}: dedup within"
-        ms = duration_ms(within, what)
-        if ms < 1:
-            raise JobDefinitionError(f"{what} must be at least 1 ms (times are in ms); got {within!r}")
-        if ms > MAX_WITHIN_MS:
-            raise JobDefinitionError(f"{what} must be at most 1,000 years; got {within!r}")
-        return cls(ms, time)
+        return cls(lifetime_ms(within, f"step {step_id!r}: dedup within"), time)
 
     def __call__(self, ctx: ProcessContext, value: Any) -> None:
         if ctx.state is not None:

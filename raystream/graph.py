@@ -100,6 +100,7 @@ class Step:
     # raystream.aggregates.Aggregate) pairs; a columnar join, a raystream.windows.ArrowJoin
     arrow: Any = None
     emit: str = "every"  # reduce steps: "every" update, or each key's "last" one per micro-batch
+    ttl: Any = None  # reduce, stateful_map and process steps: a raystream.TTL, or None (state lives on)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

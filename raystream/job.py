@@ -70,6 +70,11 @@ def timed_steps(steps: dict[str, Step]) -> dict[str, bool]:
                 f"step {step.step_id!r} deduplicates by event time, but its input has none; give the source "
                 "event_time=rs.EventTime(...), add .with_event_time(...) before the key_by, or dedup with "
                 "time=\"processing\"")
+        if step.ttl is not None and step.ttl.time == "event" and not all(inputs):
+            raise JobDefinitionError(
+                f"step {step.step_id!r} has a TTL by event time, but its input has none; give the source "
+                "event_time=rs.EventTime(...), add .with_event_time(...) before the key_by, or use "
+                "ttl=rs.TTL(duration, time=\"processing\")")
         if step.kind.windowed and step.window.assigner.clock == "event" and not all(inputs):
             raise JobDefinitionError(
                 f"step {step.step_id!r} windows by event time, but its input has none; give the source "

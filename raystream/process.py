@@ -27,18 +27,23 @@ _UNSET = object()
 
 
 class KeyState:
-    """What a `process` step keeps per key: the user's value and the key's timers."""
+    """What a `process` step keeps per key: the user's value and the key's timers; with a
+    TTL, when the value was last written (`touched`, ms of the TTL's clock)."""
 
-    __slots__ = ("value", "event_timers", "processing_timers")
+    __slots__ = ("value", "event_timers", "processing_timers", "touched", "armed")
 
     def __init__(self, value: Any = None, event_timers: set[int] | None = None,
-                 processing_timers: set[int] | None = None):
+                 processing_timers: set[int] | None = None, touched: int | None = None):
         self.value = value
         self.event_timers = event_timers or set()
         self.processing_timers = processing_timers or set()
+        self.touched = touched
+        self.armed: int | None = None  # the time of the TTL's cleanup timer; rebuilt on restore
 
     def __reduce__(self):
-        return (KeyState, (self.value, self.event_timers, self.processing_timers))
+        if self.touched is None:  # a step without TTL: the snapshot of raystream before TTLs
+            return (KeyState, (self.value, self.event_timers, self.processing_timers))
+        return (KeyState, (self.value, self.event_timers, self.processing_timers, self.touched))
 
     def __repr__(self) -> str:
         return (f"KeyState({self.value!r}, event_timers={sorted(self.event_timers)}, "
@@ -111,6 +116,10 @@ class ProcessContext:
         self._timers.append(("processing", to_millis(when), False))
 
     # --- used by the runtime ---------------------------------------------------------
+
+    def wrote_state(self) -> bool:
+        """Whether the call assigned `state` (a TTL counts from it)."""
+        return self._state is not _UNSET
 
     def discard(self) -> None:
         """The call raised: nothing it did takes effect."""

@@ -22,6 +22,7 @@ from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, duration_ms
 from raystream.graph import Step, StepKind, StepTable, WindowSpec
 from raystream.sinks import Sink
+from raystream.ttl import ttl_of
 from raystream.windows import WINDOW_COLUMNS, Aggregator, ArrowJoin, Assigner
 
 
@@ -175,12 +176,10 @@ class Stream:
         self.steps[step.step_id] = dataclasses.replace(step, sink=sink)
         return Stream(self.steps, (), after_sink=step.step_id)
 
-    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
-            resources: Resources | None = None) -> "Stream":
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], **_: Any) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: reduce needs a keyed stream; call key_by(...) first")
 
-    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
-            resources: Resources | None = None) -> "Stream":
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], **_: Any) -> "Stream":
         raise JobDefinitionError(f"step {step_id!r}: stateful_map needs a keyed stream; call key_by(...) first")
 
     def aggregate(self, step_id: str, **_: Any) -> "Stream":
@@ -228,7 +227,7 @@ class KeyedStream(Stream):
                           key_columns=self.key_columns, arrow=named)
         return Stream(self.steps, (step.step_id,), columns=self.key_columns + tuple(aggregates))
 
-    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, emit: str = "every",
+    def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, emit: str = "every", ttl: Any = None,
                parallelism: int | None = None, resources: Resources | None = None) -> Stream:
         """Running reduce per key: `acc = fn(acc, value)`; emits `(key, acc)`.
 
@@ -237,35 +236,53 @@ class KeyedStream(Stream):
         the order of the keys' last records, each with the time of its key's last record on
         a stream with event time). Downstream sees fewer, later values and the same final
         value per key, for less work per record; a failing record still only loses itself.
+
+        `ttl` (a timedelta, seconds, or `raystream.TTL`): a key not updated within it is
+        removed, and its next record starts a new acc (docs/guide/ttl.md).
         """
         if emit not in ("every", "last"):
             raise JobDefinitionError(f"step {step_id!r}: reduce takes emit=\"every\" or emit=\"last\"; got {emit!r}")
+        ttl = ttl_of(step_id, ttl)
         step = self._then(step_id, StepKind.REDUCE, fn, "the reduce function", parallelism, resources)
-        if emit != "every":
-            step = dataclasses.replace(step, emit=emit)
+        if emit != "every" or ttl is not None:
+            step = dataclasses.replace(step, emit=emit, ttl=ttl)
             self.steps[step.step_id] = step
         return self._stream(step)
 
-    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, parallelism: int | None = None,
-            resources: Resources | None = None) -> Stream:
+    def stateful_map(self, step_id: str, fn: Callable[[Any, Any], Any], *, ttl: Any = None,
+                     parallelism: int | None = None, resources: Resources | None = None) -> Stream:
         """`fn(state_or_None, value) -> (new_state_or_None, output)` per key; emits `(key, output)`.
 
-        Returning None as the new state deletes the key's state.
+        Returning None as the new state deletes the key's state. `ttl` (a timedelta,
+        seconds, or `raystream.TTL`): a key whose state was not written within it is
+        removed, and `fn` gets None for it (docs/guide/ttl.md).
         """
-        return self._stream(self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism, resources))
+        ttl = ttl_of(step_id, ttl)
+        step = self._then(step_id, StepKind.STATEFUL_MAP, fn, "the function", parallelism, resources)
+        return self._stream(self._with_ttl(step, ttl))
+
+    def _with_ttl(self, step: Step, ttl: Any) -> Step:
+        if ttl is not None:
+            step = dataclasses.replace(step, ttl=ttl)
+            self.steps[step.step_id] = step
+        return step
 
     def process(self, step_id: str, on_record: Callable[[Any, Any], None], *,
-                on_timer: Callable[[Any, Any], None] | None = None, parallelism: int | None = None,
-                resources: Resources | None = None) -> Stream:
+                on_timer: Callable[[Any, Any], None] | None = None, ttl: Any = None,
+                parallelism: int | None = None, resources: Resources | None = None) -> Stream:
         """`on_record(ctx, value)` per record, `on_timer(ctx, when)` per timer that comes
         due; both emit with `ctx.emit(output)`, which becomes `(key, output)`. `ctx` is a
         `raystream.ProcessContext`: the key's state, its event- and processing-time
-        timers, the record's time and the watermark."""
+        timers, the record's time and the watermark. `ttl` (a timedelta, seconds, or
+        `raystream.TTL`): a key's `ctx.state` not assigned within it is removed and reads
+        as None; its timers stay (docs/guide/ttl.md)."""
+        ttl = ttl_of(step_id, ttl)
         step = self._then(step_id, StepKind.PROCESS, on_record, "on_record", parallelism, resources)
         if on_timer is not None:
             check_fn(step_id, "on_timer", on_timer)
-            self.steps[step.step_id] = dataclasses.replace(step, on_timer=on_timer)
-        return self._stream(step)
+            step = dataclasses.replace(step, on_timer=on_timer)
+            self.steps[step.step_id] = step
+        return self._stream(self._with_ttl(step, ttl))
 
     def dedup(self, step_id: str, within: Any, *, time: str = "event", parallelism: int | None = None,
               resources: Resources | None = None) -> Stream:

@@ -53,7 +53,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("_runtime.plan",),
     ("_runtime.state",),
     ("_checks", "graph", "dedup"),             # the definitions everything shares:
-    ("config", "process", "windows", "aggregates", "result", "retry"),
+    ("config", "process", "windows", "aggregates", "result", "retry", "ttl"),
     ("testing", "sink_api", "source_api", "event_time"),
     ("_storage",),
     ("_files", "errors", "_version", "_moved_modules"),

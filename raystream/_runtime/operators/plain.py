@@ -18,6 +18,7 @@ from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.batch import KeyedBatch, as_records, batch_len, timed, untimed
 from raystream._runtime.state.changelog import DELETED
 from raystream._runtime.state.tally import Tally
+from raystream._runtime.time.expiry import DropsTTL
 from raystream.graph import Step, StepKind
 from raystream.sink_api import Sink, SinkContext, SinkWriter
 
@@ -81,7 +82,7 @@ class KeyByOp(Operator):
 _MISSING = object()
 
 
-class ReduceOp(KeyedOp):
+class ReduceOp(DropsTTL, KeyedOp):
     """Running reduce, `acc = fn(acc, value)` per key. Emits `(key, acc)` for every record;
     with `emit="last"` (the mini-batch mode) only each key's last update of the batch: the
     records of the default mode less each key's earlier updates in the batch, so in the
@@ -140,7 +141,7 @@ def _without(items: list[Any], indexes: list[int]) -> list[Any]:
     return [x for i, x in enumerate(items) if i not in drop]
 
 
-class StatefulMapOp(KeyedOp):
+class StatefulMapOp(DropsTTL, KeyedOp):
     """`fn(state_or_None, value) -> (new_state_or_None, output)`; emits `(key, output)`."""
 
     keeps_values = True

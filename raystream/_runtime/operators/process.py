@@ -6,6 +6,7 @@ from typing import Any
 
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.time.expiry import DropsTTL
 from raystream._runtime.time.timers import TimerQueue, now_ms
 from raystream._runtime.time.watermarks import MIN_TIME
 from raystream._runtime.transport.batch import KeyedBatch, timed
@@ -35,7 +36,7 @@ class Collector:
 EVENT, PROCESSING = "event", "processing"
 
 
-class ProcessOp(KeyedOp):
+class ProcessOp(DropsTTL, KeyedOp):
     """`on_record(ctx, value)` per record and `on_timer(ctx, when)` per due timer; both
     emit with `ctx.emit(output)`, which becomes `(key, output)`. State per key is a
     `KeyState`: the user's value and the key's timers."""

@@ -14,6 +14,7 @@ from raystream._runtime.time.watermarks import WatermarkGenerator
 from raystream._runtime.operators.columnar_join import ArrowJoinOp
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.process import DedupOp
+from raystream._runtime.operators.ttl import build_ttl_operator
 from raystream._runtime.operators.windows import TIMED_OPERATORS, TimedWindows
 from raystream.dedup import Dedup
 from raystream.graph import StepKind
@@ -36,6 +37,8 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
             op = ArrowJoinOp(step) if step.kind is StepKind.JOIN else ArrowWindowOp(step)
         elif isinstance(step.fn, Dedup):
             op = DedupOp(step)
+        elif step.ttl is not None:
+            op = build_ttl_operator(step)
         elif step.kind in TIMED_OPERATORS:
             op = TIMED_OPERATORS[step.kind](step)
         else:

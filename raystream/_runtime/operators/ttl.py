@@ -1,0 +1,289 @@
+"""Keyed steps with a state time-to-live (raystream/ttl.py, docs/guide/ttl.md): `reduce`,
+`stateful_map` and `process`, each keeping when every key was last written and removing
+the keys not written within the TTL by timers (time/expiry.py).
+
+A removal is a change to the key like a write (I1, changelog.py): `reduce` and
+`stateful_map` write DELETED for it, `process` marks the key changed, so the next
+incremental snapshot holds the deletion. Until its timer fires, an expired key reads as
+absent: the step's function sees it as never written.
+
+The TTL's time of a write or read (`when`): by event time the record's time (of an event
+timer, its time; of a processing timer, the watermark), by processing time the wall clock.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from raystream._runtime.operators.base import KeyedOp
+from raystream._runtime.operators.plain import ReduceOp, StatefulMapOp, _without
+from raystream._runtime.operators.process import EVENT, Collector, ProcessOp
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.state.changelog import DELETED
+from raystream._runtime.time.expiry import Expiring, Expiry, other_clock
+from raystream._runtime.time.timers import now_ms
+from raystream._runtime.time.watermarks import MIN_TIME
+from raystream._runtime.transport.batch import KeyedBatch, timed
+from raystream.graph import Step, StepKind
+from raystream.process import ProcessContext
+
+
+class _Expiring:
+    """What the three TTL steps share (a mixin before their step's operator): the
+    Expiry, its clock's times, restore, and removal by the timers."""
+
+    expiry: Expiry
+    _retouch = False
+
+    def _setup(self, step: Step) -> None:
+        self.expiry = Expiry(step.ttl)
+        if self.expiry.event:
+            self.watermark = MIN_TIME  # kept in snapshots: after a restore, an old watermark fires nothing again
+
+    def _now(self, times: list[int] | None) -> int | None:
+        """The wall clock for a batch by processing time; None by event time (the records' times)."""
+        if not self.expiry.event:
+            return now_ms()
+        if times is None:  # job.py refuses such a job before it starts
+            raise RecordFailure(self.step_id, "<batch>", ValueError("a TTL by event time got records without one"))
+        return None
+
+    def state_meta(self) -> Any:
+        return self.expiry.meta()
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        KeyedOp.restore_meta(self, metas)  # type: ignore[arg-type]
+        self._retouch = other_clock(metas, self.expiry.clock)
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        super().restore(state, watermark)  # type: ignore[misc]
+        if self.expiry.event:
+            self.watermark = MIN_TIME if watermark is None else watermark
+        self._wrap(state)
+        self._fresh(self.expiry.restored(state, self._retouch))
+
+    def _wrap(self, state: dict[Any, Any]) -> None:
+        """Values restored from the step without a TTL become entries without a time."""
+
+    def _fresh(self, keys: list[Any]) -> None:
+        """Keys whose time was set now: in the next snapshot."""
+        if self.written is not None:
+            for key in keys:
+                self.written[key] = self.state[key]
+        else:
+            self.changed.update(keys)
+
+    def _remove(self, key: Any, entry: Any) -> None:
+        """The key's value expired."""
+        del self.state[key]
+        self.written[key] = DELETED
+        self.deletes += 1
+
+    def _expire(self, now: int) -> None:
+        for key, entry in self.expiry.due(self.state, now):
+            self._remove(key, entry)
+
+    def on_watermark(self, watermark: int) -> Any:
+        if not self.expiry.event or watermark <= self.watermark:
+            return super().on_watermark(watermark)  # type: ignore[misc]
+        out = super().on_watermark(watermark)  # type: ignore[misc]
+        self.watermark = watermark
+        if self.expiry.pending:
+            self._fresh(self.expiry.first_watermark(self.state, watermark))
+        self._expire(watermark)
+        return out
+
+    def on_time(self, now: int) -> Any:
+        out = super().on_time(now)  # type: ignore[misc]
+        if not self.expiry.event:
+            self._expire(now)
+        return out
+
+    def next_timer(self) -> int | None:
+        mine, theirs = self.expiry.next_time(), super().next_timer()  # type: ignore[misc]
+        return theirs if mine is None else mine if theirs is None else min(mine, theirs)
+
+
+class TtlReduceOp(_Expiring, ReduceOp):
+    """`reduce` with a TTL: an expired key's next record starts a new acc."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self._setup(step)
+
+    def _wrap(self, state: dict[Any, Any]) -> None:
+        for key, value in state.items():
+            if not isinstance(value, Expiring):
+                state[key] = Expiring(value, None)
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        now = self._now(times)
+        expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
+        every = not self.emit_last
+        out: list[Any] = []
+        for i, (key, value) in enumerate(zip(keys, values)):
+            when = times[i] if now is None else now
+            entry = state.get(key)
+            try:
+                acc = fn(entry.value, value) if entry is not None and expiry.live(entry, when) else value
+            except Exception as exc:
+                self._bad.append(i)
+                self.failed((key, value), exc)
+                continue
+            if entry is None:
+                entry = state[key] = Expiring(acc, when)
+            else:
+                entry.value = acc
+            expiry.touch(key, entry, when)
+            written[key] = entry  # I1; pickled as it is at the snapshot, which is taken at once
+            if every:
+                out.append(acc)
+        if self._bad:
+            keys, times = _without(keys, self._bad), self._kept_times(times)
+        if not every:
+            keys, out, times = self._last(keys, times)
+        return timed(KeyedBatch(keys, out), times)
+
+    def _last(self, keys: list[Any], times: list[int] | None) -> tuple[list[Any], list[Any], list[int] | None]:
+        """emit="last": each key's newest acc, in the order of the keys' last records."""
+        last = list(dict.fromkeys(reversed(keys)))[::-1]
+        state = self.state
+        out = [state[k].value for k in last]
+        if times is not None:
+            times = list(map(dict(zip(keys, times)).__getitem__, last))
+        return last, out, times
+
+
+class TtlStatefulMapOp(_Expiring, StatefulMapOp):
+    """`stateful_map` with a TTL: `fn` gets None for an expired key."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self._setup(step)
+
+    _wrap = TtlReduceOp._wrap
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        now = self._now(times)
+        expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
+        out: list[Any] = []
+        out_keys: list[Any] = []
+        for i, (key, value) in enumerate(zip(keys, values)):
+            when = times[i] if now is None else now
+            entry = state.get(key)
+            try:
+                new_state, output = fn(entry.value if entry is not None and expiry.live(entry, when) else None, value)
+            except Exception as exc:
+                self._bad.append(i)
+                self.failed((key, value), exc)
+                continue
+            if new_state is None:
+                state.pop(key, None)
+                written[key] = DELETED
+                self.deletes += 1
+            else:
+                if entry is None:
+                    entry = state[key] = Expiring(new_state, when)
+                else:
+                    entry.value = new_state
+                expiry.touch(key, entry, when)
+                written[key] = entry
+            out_keys.append(key)
+            out.append(output)
+        return timed(KeyedBatch(out_keys, out), self._kept_times(times))
+
+
+class TtlProcessOp(_Expiring, ProcessOp):
+    """`process` with a TTL on `ctx.state`: a key's value not assigned within the TTL is
+    removed and reads as None; its timers stay and fire."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self._setup(step)
+
+    def _remove(self, key: Any, ks: Any) -> None:
+        ks.value = ks.touched = None
+        self.changed.add(key)  # I1
+        if ks.empty():
+            del self.state[key]
+
+    def _live(self, key: Any, when: int) -> Any:
+        """The key's KeyState for a call at `when`, its value removed if it expired."""
+        ks = self.state.get(key)
+        if ks is not None and ks.touched is not None and not self.expiry.live(ks, when):
+            self._remove(key, ks)
+            return self.state.get(key)
+        return ks
+
+    def _wrote(self, key: Any, when: int) -> None:
+        ks = self.state.get(key)
+        if ks is None:
+            return
+        if ks.value is None:  # deleted: its timer, if any, finds nothing to remove
+            ks.touched = None
+        else:
+            self.expiry.touch(key, ks, when)
+
+    def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
+        now = self._now(times)
+        self.timed = times is not None
+        out = Collector()
+        fn = self.fn
+        for i, (key, value) in enumerate(zip(keys, values)):
+            t = times[i] if times is not None else None
+            when = t if now is None else now
+            ctx = ProcessContext(self, key, self._live(key, when), t, None, out)
+            try:
+                fn(ctx, value)
+            except Exception as exc:
+                self._bad.append(i)
+                ctx.discard()
+                self.failed((key, value), exc)
+                continue
+            ctx.close()
+            if ctx.wrote_state():
+                self._wrote(key, when)
+        return out.batch(self.timed)
+
+    def _fire(self, queue: Any, now: int, clock: str) -> Any:
+        """ProcessOp._fire, with the TTL's reads and writes."""
+        out = Collector()
+        event_ttl = self.expiry.event
+        for t, key, _ in queue.pop_due(now):
+            self.changed.add(key)  # I1: a timer changes its key's state
+            ks = self.state.get(key)
+            timers = None if ks is None else (ks.event_timers if clock == EVENT else ks.processing_timers)
+            if not timers or t not in timers:
+                continue  # deleted, or fired already
+            timers.discard(t)
+            if event_ttl:
+                when = t if clock == EVENT else self.watermark
+            else:
+                when = now if clock != EVENT else now_ms()
+            if ks.touched is not None and not self.expiry.live(ks, when):
+                ks.value = ks.touched = None  # expired: on_timer sees None (the key stays for its timers)
+            ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark)
+            if self.on_timer is not None:
+                try:
+                    self.on_timer(ctx, ctx.timestamp)
+                except Exception as exc:
+                    ctx.discard()
+                    self.failed((key, f"<{clock} timer at {t}>"), exc)
+            ctx.close()
+            if ks.empty():
+                self.state.pop(key, None)
+            elif ctx.wrote_state():
+                self._wrote(key, when)
+        self.records_out += len(out.keys)
+        return out.batch(self.timed)
+
+
+_TTL_OPERATORS: dict[StepKind, type[KeyedOp]] = {
+    StepKind.REDUCE: TtlReduceOp,
+    StepKind.STATEFUL_MAP: TtlStatefulMapOp,
+    StepKind.PROCESS: TtlProcessOp,
+}
+
+
+def build_ttl_operator(step: Step) -> KeyedOp:
+    """The operator of a step with a TTL (step.ttl)."""
+    return _TTL_OPERATORS[step.kind](step)

@@ -1,0 +1,180 @@
+"""State time-to-live (raystream/ttl.py, docs/guide/ttl.md): when each key was last
+written, and the timers that remove the keys not written within the TTL.
+
+A TTL step's value per key carries `touched`, the time (ms, of the TTL's clock) of its
+newest write, and `armed`, the time of the key's cleanup timer in `Expiry.queue`. A
+write moves `touched` only: the timer is refreshed lazily, when it comes due (a key
+still written within the TTL is re-armed at touched + TTL), so a key costs one heap
+entry per TTL, not one per write. `armed` tells the key's current timer from stale ones
+(of a life of the key that ended); `touched` goes into snapshots, `armed` does not:
+`restore` arms each key at touched + TTL.
+
+A key is expired for a read at time `when` once when >= touched + TTL: by event time
+`when` is the record's time (so a key's records in order see the same state whatever
+the watermark did meanwhile), by processing time the wall clock.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from raystream._runtime.time.timers import TimerQueue, now_ms
+from raystream._runtime.time.watermarks import MAX_TIME
+from raystream.process import KeyState
+from raystream.ttl import EVENT
+
+#: The `state_meta` key that says a step's snapshot holds TTL state (and by which clock).
+TTL_META = "ttl_time"
+
+
+class Expiring:
+    """The state of a key of a `reduce` or `stateful_map` step with a TTL."""
+
+    __slots__ = ("value", "touched", "armed")
+
+    def __init__(self, value: Any, touched: int | None):
+        self.value = value
+        self.touched = touched  # None: restored without a time yet (event time: set at the next watermark)
+        self.armed: int | None = None
+
+    def __reduce__(self):
+        return (Expiring, (self.value, self.touched))
+
+    def __repr__(self) -> str:
+        return f"Expiring({self.value!r}, touched={self.touched})"
+
+
+Entry = Any  # an Expiring or a KeyState: both have `touched` and `armed`
+
+
+class Expiry:
+    """The TTL of one step: its clock and length, and the keys' cleanup timers."""
+
+    def __init__(self, ttl: Any):
+        self.ms: int = ttl.ms
+        self.clock: str = ttl.time
+        self.event = ttl.time == EVENT
+        self.queue = TimerQueue()
+        self.pending: list[Any] = []  # event time: keys restored without a time, touched at the next watermark
+
+    def meta(self) -> dict[str, Any]:
+        return {TTL_META: self.clock, "ttl_ms": self.ms}
+
+    def live(self, entry: Entry, when: int) -> bool:
+        """Whether the entry's value is still there for a read at `when`."""
+        return entry.touched is None or when < entry.touched + self.ms
+
+    def touch(self, key: Any, entry: Entry, when: int) -> None:
+        """The entry's value was written at `when`."""
+        if entry.touched is None or when > entry.touched:
+            entry.touched = when
+        if entry.armed is None:
+            self.arm(key, entry)
+
+    def arm(self, key: Any, entry: Entry) -> None:
+        entry.armed = t = entry.touched + self.ms
+        self.queue.push(t, key)
+
+    def next_time(self) -> int | None:
+        return None if self.event else self.queue.next_time()
+
+    def due(self, state: dict[Any, Any], now: int) -> Iterator[tuple[Any, Entry]]:
+        """The keys whose value expires at `now` (the watermark, or the wall clock); the
+        caller removes each. Keys written since their timer was set are re-armed."""
+        for t, key, _ in self.queue.pop_due(now):
+            entry = state.get(key)
+            if entry is None or entry.armed != t:
+                continue  # the key was deleted, or this timer is of an earlier life of it
+            if entry.touched is None:  # a process step's value was deleted meanwhile
+                entry.armed = None
+                continue
+            end = entry.touched + self.ms
+            if end > now:
+                entry.armed = end
+                self.queue.push(end, key)
+                continue
+            entry.armed = None
+            yield key, entry
+
+    def restored(self, state: dict[Any, Any], retouch: bool) -> list[Any]:
+        """Arm the restored keys; those without a time (restored from a step without a
+        TTL, or with another clock: `retouch`) count as written now: by processing time
+        the wall clock at the restore, by event time the next watermark. Returns the keys
+        whose time this set, which the next snapshot must hold."""
+        now = now_ms()
+        fresh = []
+        for key, entry in state.items():
+            if isinstance(entry, KeyState) and entry.value is None:
+                entry.touched = None  # timers only: nothing to expire
+                continue
+            if retouch:
+                entry.touched = None
+            entry.armed = None
+            if entry.touched is not None:
+                self.arm(key, entry)
+            elif self.event:
+                self.pending.append(key)
+            else:
+                entry.touched = now
+                self.arm(key, entry)
+                fresh.append(key)
+        return fresh
+
+    def first_watermark(self, state: dict[Any, Any], watermark: int) -> list[Any]:
+        """Event time: the keys restored without a time count as written at the first
+        watermark after the restore. Returns the keys whose time this set."""
+        keys, self.pending = self.pending, []
+        fresh = []
+        for key in keys:
+            entry = state.get(key)
+            if entry is not None and entry.touched is None and not (isinstance(entry, KeyState) and entry.value is None):
+                entry.touched = min(watermark, MAX_TIME - self.ms)  # the end of input expires it too
+                self.arm(key, entry)
+                fresh.append(key)
+        return fresh
+
+
+def had_ttl(metas: list[Any]) -> bool:
+    """Whether the old subtasks' `state_meta` say their state was kept with a TTL."""
+    return any(isinstance(m, dict) and TTL_META in m for m in metas)
+
+
+def other_clock(metas: list[Any], clock: str) -> bool:
+    """Whether the state was kept with a TTL of another clock (its times mean nothing here)."""
+    return any(isinstance(m, dict) and m.get(TTL_META, clock) != clock for m in metas)
+
+
+def without_ttl(state: dict[Any, Any]) -> list[Any]:
+    """A step without a TTL took state kept with one: the plain values, in place.
+    Returns the keys changed, which the next snapshot must hold (an incremental snapshot
+    builds on parts that still hold the TTL's entries)."""
+    changed = []
+    for key, entry in state.items():
+        if isinstance(entry, Expiring):
+            state[key] = entry.value
+            changed.append(key)
+        elif isinstance(entry, KeyState) and entry.touched is not None:
+            entry.touched = None
+            changed.append(key)
+    return changed
+
+
+class DropsTTL:
+    """For a keyed step without a TTL (a mixin before KeyedOp): state restored from the
+    same step run with a TTL is taken without it (docs/guide/ttl.md: removing a TTL keeps
+    the state), and its keys go into the next snapshot as plain values."""
+
+    _from_ttl = False
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        super().restore_meta(metas)  # type: ignore[misc]
+        self._from_ttl = had_ttl(metas)
+
+    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
+        super().restore(state, watermark)  # type: ignore[misc]
+        if not self._from_ttl:
+            return
+        for key in without_ttl(state):
+            if self.written is not None:  # type: ignore[attr-defined]
+                self.written[key] = state[key]  # type: ignore[attr-defined]
+            else:
+                self.changed.add(key)  # type: ignore[attr-defined]

@@ -1,0 +1,441 @@
+"""State time-to-live without Ray (raystream/_runtime/operators/ttl.py): reduce,
+stateful_map and process with a TTL against a reference over random arrivals, watermarks
+and wall clocks; an expired key reads as never written; its removal is a deletion in the
+next incremental snapshot; restore (also from and into a step without a TTL) and rescale."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import operator
+import pickle
+import random
+from typing import Any, Iterator
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import raystream as rs
+from raystream._runtime.checkpointing.rescale import merge_states
+from raystream._runtime.operators import ttl as ttl_ops
+from raystream._runtime.operators.plain import ReduceOp, StatefulMapOp
+from raystream._runtime.operators.process import ProcessOp
+from raystream._runtime.state.changelog import StateChangelog, apply_part
+from raystream._runtime.state.snapshot import PartRef, SubtaskState, decode, encode
+from raystream._runtime.time import expiry as expiry_mod
+from raystream._runtime.time.watermarks import MAX_TIME
+from raystream._runtime.transport.batch import KeyedBatch, Timed, untimed
+from raystream._runtime.transport.keys import groups_of_subtask, key_group
+from raystream.errors import JobDefinitionError
+from raystream.graph import Step, StepKind
+
+TTL_S = 5
+TTL_MS = TTL_S * 1000
+
+
+# --- the steps' functions: each output shows what the step read ----------------------
+
+def remember(state: Any, value: int) -> tuple[Any, Any]:
+    """stateful_map: outputs the state it read; deletes on multiples of 5."""
+    return (None if value % 5 == 0 else (state or 0) + value), state
+
+
+def on_record(ctx: rs.ProcessContext, value: int) -> None:
+    """process: outputs the state it read; on multiples of 7 only reads, of 5 deletes."""
+    ctx.emit(ctx.state)
+    if value % 7 == 0:
+        return
+    ctx.state = None if value % 5 == 0 else (ctx.state or 0) + value
+
+
+def op_of(kind: str, ttl: Any = None, clock: str = "event", **step: Any) -> Any:
+    fn = {"reduce": operator.add, "stateful_map": remember, "process": on_record}[kind]
+    ttl = None if ttl is None else rs.TTL(ttl, time=clock)
+    s = Step(kind, StepKind(kind), ("k",), fn=fn, ttl=ttl, **step)
+    if ttl is not None:
+        return ttl_ops.build_ttl_operator(s)
+    return {"reduce": ReduceOp, "stateful_map": StatefulMapOp, "process": ProcessOp}[kind](s)
+
+
+def feed(op: Any, records: list[tuple[Any, int, int]]) -> list[tuple[Any, Any]]:
+    """records: (key, value, time ms); returns the (key, output) pairs."""
+    if not records:
+        return []
+    keys, values, times = (list(x) for x in zip(*records))
+    out = op.process(Timed(KeyedBatch(keys, values), times))
+    if not len(out):
+        return []
+    inner, _ = untimed(out)
+    return list(zip(inner.keys, inner.values))
+
+
+def values(op: Any) -> dict[Any, Any]:
+    """The live values of the op's state (a process step's keys with only timers left out)."""
+    out = {}
+    for key, entry in op.state.items():
+        v = getattr(entry, "value", entry)
+        if v is not None or not hasattr(entry, "event_timers"):
+            out[key] = v
+    return out
+
+
+@contextlib.contextmanager
+def wall_clock(start: int) -> Iterator[list[int]]:
+    """The wall clock of the TTL steps, set by the test: `clock[0]` ms."""
+    clock = [start]
+    with mock.patch.object(ttl_ops, "now_ms", lambda: clock[0]), \
+            mock.patch.object(expiry_mod, "now_ms", lambda: clock[0]):
+        yield clock
+
+
+# --- the reference ------------------------------------------------------------------
+
+class Reference:
+    """A key's value is there for a read at `when` while when < its newest write's time
+    plus the TTL; the clock (watermark, or wall clock) removes it once it reaches that."""
+
+    def __init__(self, kind: str, ttl_ms: int):
+        self.kind, self.ttl_ms = kind, ttl_ms
+        self.state: dict[Any, tuple[Any, int]] = {}  # key -> (value, newest write's time)
+
+    def read(self, key: Any, when: int) -> Any:
+        entry = self.state.get(key)
+        if entry is not None and when >= entry[1] + self.ttl_ms:
+            del self.state[key]  # expired: gone for this read and after it
+            return None
+        return None if entry is None else entry[0]
+
+    def write(self, key: Any, value: Any, when: int) -> None:
+        if value is None:
+            self.state.pop(key, None)
+            return
+        old = self.state.get(key)
+        self.state[key] = (value, when if old is None else max(old[1], when))
+
+    def record(self, key: Any, value: int, when: int) -> Any:
+        current = self.read(key, when)
+        if self.kind == "reduce":
+            acc = value if current is None else current + value
+            self.write(key, acc, when)
+            return acc
+        if self.kind == "process" and value % 7 == 0:
+            return current
+        self.write(key, None if value % 5 == 0 else (current or 0) + value, when)
+        return current
+
+    def clock(self, now: int) -> None:
+        self.state = {k: e for k, e in self.state.items() if e[1] + self.ttl_ms > now}
+
+
+KINDS = ["reduce", "stateful_map", "process"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30_000), st.integers(1, 40)), max_size=60),
+       st.integers(1, 8), st.randoms(use_true_random=False))
+def test_event_time_ttl_equals_the_reference_over_random_arrivals_and_watermarks(events, ttl_s, rnd):
+    for kind in KINDS:
+        op, ref = op_of(kind, ttl_s), Reference(kind, ttl_s * 1000)
+        watermark, i = -1, 0
+        while i < len(events):
+            if rnd.random() < 0.3:  # watermarks behind some records: those are late, and still follow the rule
+                mark = max(watermark, events[i][1] - rnd.randint(0, 4_000))
+                op.on_watermark(mark)
+                if mark > watermark:
+                    watermark = mark
+                    ref.clock(mark)
+                assert values(op) == {k: v for k, (v, _) in ref.state.items()}, kind
+            batch = events[i:i + rnd.randint(1, 4)]
+            i += len(batch)
+            expected = [(k, ref.record(k, v, t)) for k, t, v in batch]
+            assert feed(op, [(k, v, t) for k, t, v in batch]) == expected, kind
+        op.on_watermark(MAX_TIME)  # the end of the input is the end of time: every key expires
+        assert values(op) == {}, kind
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3_000), st.integers(1, 40)), max_size=60),
+       st.integers(1, 8), st.randoms(use_true_random=False))
+def test_processing_time_ttl_equals_the_reference_over_a_random_wall_clock(events, ttl_s, rnd):
+    """events: (key, ms the wall clock moves before the record, value)."""
+    for kind in KINDS:
+        with wall_clock(1_000_000) as clock:
+            op, ref = op_of(kind, ttl_s, "processing"), Reference(kind, ttl_s * 1000)
+            for key, step_ms, value in events:
+                clock[0] += step_ms
+                if rnd.random() < 0.4:
+                    due = op.next_timer()
+                    if due is not None and due <= clock[0]:  # as the subtask's clock calls it
+                        op.on_time(clock[0])
+                    ref.clock(clock[0])
+                    assert values(op) == {k: v for k, (v, _) in ref.state.items()}, kind
+                assert feed(op, [(key, value, 0)]) == [(key, ref.record(key, value, clock[0]))], kind
+            # every value held has its timer, due by its expiry, and the clock is called by then
+            held = [e for e in op.state.values() if e.value is not None]
+            assert all(e.armed is not None and e.armed <= e.touched + ttl_s * 1000 for e in held), kind
+            assert not held or op.next_timer() <= min(e.armed for e in held), kind
+            clock[0] += ttl_s * 1000
+            op.on_time(clock[0])
+            assert values(op) == {}, kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_expired_key_reads_as_never_written_before_its_timer_fires(kind):
+    op = op_of(kind, TTL_S)
+    assert feed(op, [("a", 1, 1_000)])  # written at 1 s: there for reads before 6 s
+    second = feed(op, [("a", 2, 5_999)])
+    assert second == [("a", 3)] if kind == "reduce" else second == [("a", 1)]
+    # no watermark came: the key is still held, but a read at or after 10.999 s finds nothing
+    third = feed(op, [("a", 3, 10_999)])
+    assert third == [("a", 3)] if kind == "reduce" else third == [("a", None)]
+    assert "a" in op.state
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_key_written_within_the_ttl_lives_on_and_costs_one_timer_per_ttl(kind):
+    op = op_of(kind, TTL_S)
+    for t in range(0, 20_000, 1_000):  # written every second for 20 s
+        feed(op, [("a", 1, t)])
+        op.on_watermark(t)
+    assert values(op) == {"a": 20} if kind == "reduce" else "a" in values(op)
+    assert len(op.expiry.queue) == 1  # refreshed lazily: re-armed when due, not pushed per write
+    op.on_watermark(19_000 + TTL_MS - 1)
+    assert "a" in op.state
+    op.on_watermark(19_000 + TTL_MS)
+    assert op.state == {}
+
+
+def test_processing_time_expires_by_the_wall_clock_and_says_when():
+    with wall_clock(50_000) as clock:
+        op = op_of("reduce", TTL_S, "processing")
+        feed(op, [("a", 1, 0)])
+        assert op.next_timer() == 55_000
+        clock[0] = 54_999
+        assert feed(op, [("a", 1, 0)]) == [("a", 2)]
+        op.on_time(55_000)
+        assert op.state["a"].value == 2 and op.next_timer() == 59_999  # re-armed: written at 54.999 s
+        op.on_time(59_999)
+        assert op.state == {} and op.next_timer() is None
+
+
+def test_process_timers_keep_working_and_see_an_expired_state_as_none():
+    seen = []
+
+    def on_rec(ctx: rs.ProcessContext, value: int) -> None:
+        ctx.state = value
+        ctx.set_event_timer((ctx.millis + 8_000) / 1000)  # fires after the state expired (5 s)
+
+    def on_timer(ctx: rs.ProcessContext, when: Any) -> None:
+        seen.append((ctx.key, ctx.state))
+        ctx.emit("timer")
+
+    op = ttl_ops.TtlProcessOp(Step("p", StepKind.PROCESS, ("k",), fn=on_rec, on_timer=on_timer, ttl=rs.TTL(5)))
+    feed(op, [("a", 1, 1_000)])
+    op.on_watermark(6_000)
+    assert op.state["a"].value is None and op.state["a"].event_timers == {9_000}  # the value went, the timer stays
+    out, _ = untimed(op.on_watermark(9_000))
+    assert list(zip(out.keys, out.values)) == [("a", "timer")] and seen == [("a", None)]
+    assert op.state == {}
+
+
+def test_a_user_timer_due_after_the_ttl_sees_none_even_before_the_cleanup():
+    seen = []
+
+    def on_rec(ctx: rs.ProcessContext, value: int) -> None:
+        ctx.state = value
+        ctx.set_event_timer((ctx.millis + TTL_MS) / 1000)  # due at the same time as the TTL
+
+    op = ttl_ops.TtlProcessOp(Step("p", StepKind.PROCESS, ("k",), fn=on_rec,
+                                   on_timer=lambda ctx, when: seen.append(ctx.state), ttl=rs.TTL(TTL_S)))
+    feed(op, [("a", 1, 1_000)])
+    op.on_watermark(1_000 + TTL_MS)
+    assert seen == [None] and op.state == {}
+
+
+# --- snapshots ----------------------------------------------------------------------
+
+def changelog_after_full(op: Any) -> StateChangelog:
+    """A changelog whose next capture of `op` is incremental."""
+    log = StateChangelog(incremental=True, base_every=100, compact_above=0)
+    keyed, changes, _ = log.capture([op])
+    assert not changes
+    data, sha = encode(keyed)
+    log.added(PartRef("base", sha, len(data), 1, True))
+    return log
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_removal_is_a_deletion_in_the_next_incremental_snapshot(kind):
+    op = op_of(kind, TTL_S)
+    feed(op, [("a", 1, 1_000), ("b", 2, 4_000)])
+    log = changelog_after_full(op)
+    base = {op.step_id: dict(pickle.loads(pickle.dumps(op.state)))}
+    feed(op, [("b", 3, 5_000)])
+    op.on_watermark(6_000)  # a expires; b lives, written again at 5 s
+    keyed, changes, _ = log.capture([op])
+    assert changes
+    updates, deleted = keyed[op.step_id]
+    assert list(deleted) == ["a"] and set(updates) == {"b"}
+    # the parts read back hold exactly the live state, with its times
+    data, sha = encode(keyed)
+    apply_part(base, decode(data, sha, "changes"), False)
+    table = base[op.step_id]
+    assert set(table) == {"b"} and table["b"].touched == 5_000
+    assert getattr(table["b"], "value") == op.state["b"].value
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_restore_after_expiry_and_expiry_after_a_restore(kind):
+    op = op_of(kind, TTL_S)
+    feed(op, [("a", 1, 1_000), ("b", 2, 4_000)])
+    op.on_watermark(6_000)
+    snapshot = pickle.loads(pickle.dumps(op.snapshot()))
+    restored = op_of(kind, TTL_S)
+    restored.restore_meta([op.state_meta()])
+    restored.restore(snapshot, op.watermark)
+    assert set(restored.state) == {"b"}
+    assert restored.state["b"].touched == 4_000  # its time came along: it expires when it would have
+    restored.on_watermark(8_999)
+    assert set(restored.state) == {"b"}
+    restored.on_watermark(9_000)
+    assert restored.state == {}
+    assert feed(restored, [("a", 5, 9_500)]) == [("a", 5)] if kind == "reduce" else [("a", None)]
+
+
+def test_restoring_state_without_ttl_counts_it_as_written_at_the_restore():
+    plain = op_of("reduce")
+    feed(plain, [("a", 1, 1_000)])
+    # processing time: the wall clock at the restore; the next snapshot holds the entries
+    with wall_clock(100_000) as clock:
+        op = op_of("reduce", TTL_S, "processing")
+        op.restore_meta([])
+        op.restore(pickle.loads(pickle.dumps(plain.snapshot())), None)
+        assert op.state["a"].touched == 100_000 and op.next_timer() == 105_000
+        assert set(op.written) == {"a"}
+        clock[0] = 105_000
+        op.on_time(105_000)
+        assert op.state == {}
+    # event time: the first watermark after the restore
+    op = op_of("reduce", TTL_S)
+    op.restore_meta([])
+    op.restore(pickle.loads(pickle.dumps(plain.snapshot())), None)
+    assert feed(op, [("a", 1, 2_000)]) == [("a", 2)]  # read before any watermark: there
+    op2 = op_of("stateful_map", TTL_S)
+    op2.restore({"x": 7}, None)
+    op2.on_watermark(50_000)
+    assert op2.state["x"].touched == 50_000 and "x" in op2.written
+    op2.on_watermark(55_000)
+    assert op2.state == {}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_without_ttl_takes_the_state_of_one_with_it_as_plain_values(kind):
+    op = op_of(kind, TTL_S)
+    feed(op, [("a", 1, 1_000)])
+    plain = op_of(kind)
+    plain.restore_meta([op.state_meta()])
+    plain.restore(pickle.loads(pickle.dumps(op.snapshot())), None)
+    assert values(plain) == {"a": 1}
+    assert pickle.loads(pickle.dumps(plain.snapshot())) == {"a": 1} if kind != "process" else \
+        plain.state["a"].touched is None
+    # the next incremental snapshot rewrites the key as a plain value
+    assert ("a" in plain.written) if plain.written is not None else ("a" in plain.changed)
+    second = feed(plain, [("a", 2, 100_000)])
+    assert second == [("a", 3)] if kind == "reduce" else second == [("a", 1)]  # no TTL any more
+
+
+def test_a_ttl_of_another_clock_counts_the_state_as_written_at_the_restore():
+    op = op_of("reduce", TTL_S)  # event time: touched is an event time
+    feed(op, [("a", 1, 1_000)])
+    with wall_clock(900_000):
+        restored = op_of("reduce", TTL_S, "processing")
+        restored.restore_meta([op.state_meta()])
+        restored.restore(pickle.loads(pickle.dumps(op.snapshot())), None)
+        assert restored.state["a"].touched == 900_000
+
+
+def test_rescaling_splits_ttl_state_by_key_group_and_each_part_expires_on_its_own():
+    op = op_of("reduce", TTL_S)
+    keys = list(range(40))
+    feed(op, [(k, 1, 1_000 + 100 * k) for k in keys])
+    op.on_watermark(1_000)
+    old = SubtaskState(3, "reduce", 0, 1, keyed={"reduce": op.snapshot()}, watermarks={"reduce": op.watermark},
+                       step_meta={"reduce": op.state_meta()})
+    old = pickle.loads(pickle.dumps(old))
+    step = Step("reduce", StepKind.REDUCE, ("k",), fn=operator.add, ttl=rs.TTL(TTL_S))
+    parts = []
+    for subtask in range(2):
+        merged = merge_states([old], [step], subtask, 2, 128)
+        new = ttl_ops.TtlReduceOp(step)
+        new.restore_meta(merged.step_meta.get("reduce", []))
+        new.restore(merged.keyed.get("reduce", {}), merged.watermarks.get("reduce"))
+        groups = set(groups_of_subtask(subtask, 2, 128))
+        assert all(key_group(k, 128) in groups for k in new.state)
+        parts.append(new)
+    assert sorted(k for p in parts for k in p.state) == keys
+    for p in parts:
+        p.on_watermark(1_000 + 100 * 20 + TTL_MS)  # keys 0..20 expire
+        assert all(k > 20 for k in p.state)
+    assert sorted(k for p in parts for k in p.state) == list(range(21, 40))
+
+
+def test_emit_last_with_a_ttl():
+    op = op_of("reduce", TTL_S, emit="last")
+    assert feed(op, [("a", 1, 1_000), ("b", 1, 1_000), ("a", 2, 1_500)]) == [("b", 1), ("a", 3)]
+    assert feed(op, [("a", 1, 6_500), ("a", 1, 6_600)]) == [("a", 2)]  # a expired at 6 s for these records
+
+
+def test_a_failing_record_changes_nothing_and_the_rest_go_on():
+    errors = []
+    step = Step("r", StepKind.REDUCE, ("k",), fn=lambda a, b: a + b if b else 1 / 0, ttl=rs.TTL(TTL_S))
+    op = ttl_ops.TtlReduceOp(step)
+    op.on_error = lambda step_id, record, exc: errors.append(record)
+    assert feed(op, [("a", 1, 1_000), ("a", 0, 1_100), ("a", 2, 1_200)]) == [("a", 1), ("a", 3)]
+    assert errors == [("a", 0)] and op.state["a"].touched == 1_200
+
+
+# --- the definition -------------------------------------------------------------------
+
+def test_definition():
+    assert rs.TTL(dt.timedelta(minutes=1)).ms == 60_000 and rs.TTL(2.5, time="processing").ms == 2_500
+    with pytest.raises(JobDefinitionError, match="TTL time must be 'event' or 'processing'"):
+        rs.TTL(5, time="ingestion")
+    job = rs.Job("defs")
+    keyed = job.source("s", rs.sources.SequenceSource(10)).key_by("k", lambda x: x)
+    with pytest.raises(JobDefinitionError, match="step 'r': TTL duration must be at least 1 ms"):
+        keyed.reduce("r", operator.add, ttl=0)
+    with pytest.raises(JobDefinitionError, match="TTL duration must be a timedelta or a number of seconds"):
+        keyed.stateful_map("m", remember, ttl="1h")
+    with pytest.raises(JobDefinitionError, match="TTL duration must be at most 1,000 years"):
+        keyed.process("p", on_record, ttl=rs.TTL(1e12))
+    with pytest.raises(JobDefinitionError, match="reduce needs a keyed stream"):
+        job.source("t", rs.sources.SequenceSource(10)).reduce("r2", operator.add, ttl=5)
+    keyed.reduce("r", operator.add, ttl=60).sink("out", rs.sinks.CollectSink())
+    assert job.steps["r"].ttl == rs.TTL(60)
+    with pytest.raises(JobDefinitionError, match="has a TTL by event time, but its input has none"):
+        job.validate()
+    ok = rs.Job("ok")
+    keyed = ok.source("s", rs.sources.SequenceSource(10)).key_by("k", lambda x: x % 3)
+    keyed.reduce("r", operator.add, ttl=rs.TTL(60, time="processing"), emit="last").sink("o1", rs.sinks.CollectSink())
+    keyed.process("p", on_record, on_timer=lambda c, w: None, ttl=rs.TTL(60, time="processing")) \
+        .sink("o2", rs.sinks.CollectSink())
+    ok.validate()
+    assert ok.steps["r"].emit == "last" and ok.steps["p"].on_timer is not None and ok.steps["p"].ttl.ms == 60_000
+
+
+def test_the_key_count_stays_bounded_over_a_long_run():
+    """The gauge's figure (KeyedOp.state_keys): one new key per 100 ms of event time and a
+    TTL of 5 s hold about 50 to 65 keys however long the stream runs; without a TTL, all."""
+    rnd = random.Random(7)
+    with_ttl, without = op_of("stateful_map", TTL_S), op_of("stateful_map")
+    for n in range(5_000):
+        t = n * 100
+        key = n if rnd.random() < 0.9 else rnd.randrange(max(n, 1))
+        for op in (with_ttl, without):
+            feed(op, [(key, 1, t)])
+            if n % 10 == 0:
+                op.on_watermark(t - 500)
+        # the keys written within the TTL and the watermark's lag behind them (0.5 to 1.5 s)
+        assert with_ttl.state_keys() <= (TTL_MS + 1_500) // 100 + 1
+    assert without.state_keys() > 4_000
