@@ -300,7 +300,7 @@ def test_restore_after_expiry_and_expiry_after_a_restore(kind):
     assert set(restored.state) == {"b"}
     restored.on_watermark(9_000)
     assert restored.state == {}
-    assert feed(restored, [("a", 5, 9_500)]) == [("a", 5)] if kind == "reduce" else [("a", None)]
+    assert feed(restored, [("a", 5, 9_500)]) == ([("a", 5)] if kind == "reduce" else [("a", None)])
 
 
 def test_restoring_state_without_ttl_counts_it_as_written_at_the_restore():
