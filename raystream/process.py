@@ -57,9 +57,10 @@ class ProcessContext:
     """Passed to `on_record(ctx, value)` and `on_timer(ctx, when)` of a `process` step."""
 
     def __init__(self, op: Any, key: Any, ks: KeyState | None, t: int | None, clock: str | None, out: Any,
-                 out_time: int | None = None):
+                 out_time: int | None = None, expired: bool = False):
         self._op = op
         self._ks = ks
+        self._expired = expired  # a TTL's: the value reads as None, and stays until a write or its cleanup
         self._t = t
         self._out = out
         self._out_time = t if out_time is None else out_time
@@ -91,7 +92,7 @@ class ProcessContext:
         """This key's value; None when it has none. Assign None to delete it."""
         if self._state is not _UNSET:
             return self._state
-        return None if self._ks is None else self._ks.value
+        return None if self._ks is None or self._expired else self._ks.value
 
     @state.setter
     def state(self, value: Any) -> None:

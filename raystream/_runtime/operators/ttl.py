@@ -5,7 +5,8 @@ the keys not written within the TTL by timers (time/expiry.py).
 A removal is a change to the key like a write (I1, changelog.py): `reduce` and
 `stateful_map` write DELETED for it, `process` marks the key changed, so the next
 incremental snapshot holds the deletion. Until its timer fires, an expired key reads as
-absent: the step's function sees it as never written.
+absent: the step's function sees it as never written. A read removes nothing (a record of
+an earlier time, not late, still reads the value): only the timer does, or a write.
 
 The TTL's time of a write or read (`when`): by event time the record's time (of an event
 timer, its time; of a processing timer, the watermark), by processing time the wall clock.
@@ -206,13 +207,11 @@ class TtlProcessOp(_Expiring, ProcessOp):
         if ks.empty():
             del self.state[key]
 
-    def _live(self, key: Any, when: int) -> Any:
-        """The key's KeyState for a call at `when`, its value removed if it expired."""
-        ks = self.state.get(key)
-        if ks is not None and ks.touched is not None and not self.expiry.live(ks, when):
-            self._remove(key, ks)
-            return self.state.get(key)
-        return ks
+    def _expired(self, ks: Any, when: int) -> bool:
+        """Whether the key's value reads as None for a call at `when`. A read changes
+        nothing: the value stays until a write replaces it or its timer removes it, so a
+        record of an earlier time (not late) still reads it."""
+        return ks is not None and ks.touched is not None and not self.expiry.live(ks, when)
 
     def _wrote(self, key: Any, when: int) -> None:
         ks = self.state.get(key)
@@ -231,7 +230,8 @@ class TtlProcessOp(_Expiring, ProcessOp):
         for i, (key, value) in enumerate(zip(keys, values)):
             t = times[i] if times is not None else None
             when = t if now is None else now
-            ctx = ProcessContext(self, key, self._live(key, when), t, None, out)
+            ks = self.state.get(key)
+            ctx = ProcessContext(self, key, ks, t, None, out, expired=self._expired(ks, when))
             try:
                 fn(ctx, value)
             except Exception as exc:
@@ -259,9 +259,8 @@ class TtlProcessOp(_Expiring, ProcessOp):
                 when = t if clock == EVENT else self.watermark
             else:
                 when = now if clock != EVENT else now_ms()
-            if ks.touched is not None and not self.expiry.live(ks, when):
-                ks.value = ks.touched = None  # expired: on_timer sees None (the key stays for its timers)
-            ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark)
+            ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark,
+                                 expired=self._expired(ks, when))
             if self.on_timer is not None:
                 try:
                     self.on_timer(ctx, ctx.timestamp)

@@ -93,18 +93,18 @@ def wall_clock(start: int) -> Iterator[list[int]]:
 
 class Reference:
     """A key's value is there for a read at `when` while when < its newest write's time
-    plus the TTL; the clock (watermark, or wall clock) removes it once it reaches that."""
+    plus the TTL; the clock (watermark, or wall clock) removes it once it reaches that,
+    and nothing else does but a write."""
 
     def __init__(self, kind: str, ttl_ms: int):
         self.kind, self.ttl_ms = kind, ttl_ms
         self.state: dict[Any, tuple[Any, int]] = {}  # key -> (value, newest write's time)
 
     def read(self, key: Any, when: int) -> Any:
+        """A read changes nothing: an expired value stays (for records of earlier times)
+        until a write replaces it or the clock removes it."""
         entry = self.state.get(key)
-        if entry is not None and when >= entry[1] + self.ttl_ms:
-            del self.state[key]  # expired: gone for this read and after it
-            return None
-        return None if entry is None else entry[0]
+        return None if entry is None or when >= entry[1] + self.ttl_ms else entry[0]
 
     def write(self, key: Any, value: Any, when: int) -> None:
         if value is None:
