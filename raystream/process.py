@@ -30,7 +30,7 @@ class KeyState:
     """What a `process` step keeps per key: the user's value and the key's timers; with a
     TTL, when the value was last written (`touched`, ms of the TTL's clock)."""
 
-    __slots__ = ("value", "event_timers", "processing_timers", "touched", "armed")
+    __slots__ = ("value", "event_timers", "processing_timers", "touched")
 
     def __init__(self, value: Any = None, event_timers: set[int] | None = None,
                  processing_timers: set[int] | None = None, touched: int | None = None):
@@ -38,7 +38,6 @@ class KeyState:
         self.event_timers = event_timers or set()
         self.processing_timers = processing_timers or set()
         self.touched = touched
-        self.armed: int | None = None  # the time of the TTL's cleanup timer; rebuilt on restore
 
     def __reduce__(self):
         if self.touched is None:  # a step without TTL: the snapshot of raystream before TTLs

@@ -10,6 +10,9 @@ an earlier time, not late, still reads the value): only the timer does, or a wri
 
 The TTL's time of a write or read (`when`): by event time the record's time (of an event
 timer, its time; of a processing timer, the watermark), by processing time the wall clock.
+A late record (behind the watermark) reads as at the watermark: absent once the watermark
+passed the key's time plus the TTL, whether or not its timer removed it yet (a removal
+may lag: time/expiry.py), so what it reads does not depend on the cleanup's timing.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class _Expiring:
         self.expiry = Expiry(step.ttl)
         if self.expiry.event:
             self.watermark = MIN_TIME  # kept in snapshots: after a restore, an old watermark fires nothing again
+
+    def _floor(self, now: int | None) -> int:
+        """The earliest time a record reads at: the watermark by event time (`now` None)."""
+        return self.watermark if now is None else MIN_TIME
 
     def _now(self, times: list[int] | None) -> int | None:
         """The wall clock for a batch by processing time; None by event time (the records' times)."""
@@ -120,12 +127,14 @@ class TtlReduceOp(_Expiring, ReduceOp):
         now = self._now(times)
         expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
         every = not self.emit_last
+        floor = self._floor(now)
         out: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
             entry = state.get(key)
             try:
-                acc = fn(entry.value, value) if entry is not None and expiry.live(entry, when) else value
+                live = entry is not None and expiry.live(entry, when if when > floor else floor)
+                acc = fn(entry.value, value) if live else value
             except Exception as exc:
                 self._bad.append(i)
                 self.failed((key, value), exc)
@@ -166,13 +175,15 @@ class TtlStatefulMapOp(_Expiring, StatefulMapOp):
     def _apply_keyed(self, keys: list[Any], values: list[Any], times: list[int] | None) -> Any:
         now = self._now(times)
         expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
+        floor = self._floor(now)
         out: list[Any] = []
         out_keys: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
             entry = state.get(key)
             try:
-                new_state, output = fn(entry.value if entry is not None and expiry.live(entry, when) else None, value)
+                live = entry is not None and expiry.live(entry, when if when > floor else floor)
+                new_state, output = fn(entry.value if live else None, value)
             except Exception as exc:
                 self._bad.append(i)
                 self.failed((key, value), exc)
@@ -227,11 +238,12 @@ class TtlProcessOp(_Expiring, ProcessOp):
         self.timed = times is not None
         out = Collector()
         fn = self.fn
+        floor = self._floor(now)
         for i, (key, value) in enumerate(zip(keys, values)):
             t = times[i] if times is not None else None
             when = t if now is None else now
             ks = self.state.get(key)
-            ctx = ProcessContext(self, key, ks, t, None, out, expired=self._expired(ks, when))
+            ctx = ProcessContext(self, key, ks, t, None, out, expired=self._expired(ks, when if when > floor else floor))
             try:
                 fn(ctx, value)
             except Exception as exc:

@@ -2,12 +2,16 @@
 written, and the timers that remove the keys not written within the TTL.
 
 A TTL step's value per key carries `touched`, the time (ms, of the TTL's clock) of its
-newest write, and `armed`, the time of the key's cleanup timer in `Expiry.queue`. A
-write moves `touched` only: the timer is refreshed lazily, when it comes due (a key
-still written within the TTL is re-armed at touched + TTL), so a key costs one heap
-entry per TTL, not one per write. `armed` tells the key's current timer from stale ones
-(of a life of the key that ended); `touched` goes into snapshots, `armed` does not:
-`restore` arms each key at touched + TTL.
+newest write; `Expiry.armed` maps each key to the time of its one cleanup timer in
+`Expiry.queue`. A write moves `touched` only: the timer is refreshed lazily, when it
+comes due (a key still written within the TTL is re-armed at touched + TTL), so a key
+costs one heap entry per TTL, not one per write. `armed` is kept beside the state, not
+in the key's value, so it outlives a deletion: a key deleted and written again keeps
+its pending timer instead of pushing another, and the queue holds at most one entry per
+key (the keys held, and those deleted whose timer has not come due: written within the
+last TTL). If the new life's time is earlier than the pending timer's, its removal waits
+for that timer; it reads as absent from its own expiry on all the same. `touched` goes
+into snapshots, `armed` does not: `restore` arms each key at touched + TTL.
 
 A key is expired for a read at time `when` once when >= touched + TTL: by event time
 `when` is the record's time (so a key's records in order see the same state whatever
@@ -29,12 +33,11 @@ TTL_META = "ttl_time"
 class Expiring:
     """The state of a key of a `reduce` or `stateful_map` step with a TTL."""
 
-    __slots__ = ("value", "touched", "armed")
+    __slots__ = ("value", "touched")
 
     def __init__(self, value: Any, touched: int | None):
         self.value = value
         self.touched = touched  # None: restored without a time yet (event time: set at the next watermark)
-        self.armed: int | None = None
 
     def __reduce__(self):
         return (Expiring, (self.value, self.touched))
@@ -43,7 +46,7 @@ class Expiring:
         return f"Expiring({self.value!r}, touched={self.touched})"
 
 
-Entry = Any  # an Expiring or a KeyState: both have `touched` and `armed`
+Entry = Any  # an Expiring or a KeyState: both have `value` and `touched`
 
 
 class Expiry:
@@ -54,6 +57,7 @@ class Expiry:
         self.clock: str = ttl.time
         self.event = ttl.time == EVENT
         self.queue = TimerQueue()
+        self.armed: dict[Any, int] = {}  # key -> the time of its one entry in `queue`
         self.pending: list[Any] = []  # event time: keys restored without a time, touched at the next watermark
 
     def meta(self) -> dict[str, Any]:
@@ -67,11 +71,11 @@ class Expiry:
         """The entry's value was written at `when`."""
         if entry.touched is None or when > entry.touched:
             entry.touched = when
-        if entry.armed is None:
-            self.arm(key, entry)
+        if key not in self.armed:
+            self.arm(key, entry.touched)
 
-    def arm(self, key: Any, entry: Entry) -> None:
-        entry.armed = t = entry.touched + self.ms
+    def arm(self, key: Any, touched: int) -> None:
+        self.armed[key] = t = touched + self.ms
         self.queue.push(t, key)
 
     def next_time(self) -> int | None:
@@ -80,19 +84,20 @@ class Expiry:
     def due(self, state: dict[Any, Any], now: int) -> Iterator[tuple[Any, Entry]]:
         """The keys whose value expires at `now` (the watermark, or the wall clock); the
         caller removes each. Keys written since their timer was set are re-armed."""
+        armed = self.armed
         for t, key, _ in self.queue.pop_due(now):
+            if armed.get(key) != t:
+                continue  # not the key's timer (cannot happen: one entry per key; kept safe)
             entry = state.get(key)
-            if entry is None or entry.armed != t:
-                continue  # the key was deleted, or this timer is of an earlier life of it
-            if entry.touched is None:  # a process step's value was deleted meanwhile
-                entry.armed = None
+            if entry is None or entry.touched is None:  # deleted (a process step's value, or the key)
+                del armed[key]
                 continue
             end = entry.touched + self.ms
             if end > now:
-                entry.armed = end
+                armed[key] = end
                 self.queue.push(end, key)
                 continue
-            entry.armed = None
+            del armed[key]
             yield key, entry
 
     def restored(self, state: dict[Any, Any], retouch: bool) -> list[Any]:
@@ -108,14 +113,13 @@ class Expiry:
                 continue
             if retouch:
                 entry.touched = None
-            entry.armed = None
             if entry.touched is not None:
-                self.arm(key, entry)
+                self.arm(key, entry.touched)
             elif self.event:
                 self.pending.append(key)
             else:
                 entry.touched = now
-                self.arm(key, entry)
+                self.arm(key, now)
                 fresh.append(key)
         return fresh
 
@@ -128,7 +132,8 @@ class Expiry:
             entry = state.get(key)
             if entry is not None and entry.touched is None and not (isinstance(entry, KeyState) and entry.value is None):
                 entry.touched = min(watermark, MAX_TIME - self.ms)  # the end of input expires it too
-                self.arm(key, entry)
+                if key not in self.armed:
+                    self.arm(key, entry.touched)
                 fresh.append(key)
         return fresh
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import raystream as rs
 from raystream._runtime.operators import ttl as ttl_ops
 from raystream.graph import Step, StepKind
@@ -46,3 +50,58 @@ def test_a_process_read_of_an_expired_key_leaves_it_for_earlier_records():
     assert op.state == {}
     keyed, changes, _ = log.capture([op])
     assert changes and list(keyed[op.step_id][1]) == ["a"]
+
+
+# --- one cleanup timer per key --------------------------------------------------------
+
+def toggle_map(state: Any, value: int) -> tuple[Any, Any]:
+    """stateful_map: deletes the key when it has a state, writes it when not."""
+    return (None if state is not None else value), state
+
+
+def toggle_process(ctx: rs.ProcessContext, value: int) -> None:
+    ctx.state = None if ctx.state is not None else value
+
+
+@pytest.mark.parametrize("kind", ["stateful_map", "process"])
+def test_deleting_and_writing_a_key_again_keeps_one_cleanup_timer(kind):
+    long_ttl = 1000 * 365 * 86_400  # never due in this test: nothing drains the queue
+    if kind == "process":
+        op = process_op(toggle_process, ttl=long_ttl)
+    else:
+        op = ttl_ops.TtlStatefulMapOp(Step("m", StepKind.STATEFUL_MAP, ("k",), fn=toggle_map, ttl=rs.TTL(long_ttl)))
+    for n in range(2_000):
+        feed(op, [("a", n, n * 10)])
+        if n % 100 == 0:
+            op.on_watermark(n * 10 - 1)
+    assert op.state_keys() == 0 and len(op.expiry.queue) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 200)), max_size=120), st.randoms(use_true_random=False))
+def test_the_cleanup_queue_holds_one_entry_per_key_held_or_written_within_the_ttl(events, rnd):
+    """events: (key, ms the event time moves on); the keys are deleted and written again at
+    random, the watermark follows some records."""
+    op = ttl_ops.TtlStatefulMapOp(Step("m", StepKind.STATEFUL_MAP, ("k",), fn=toggle_map, ttl=rs.TTL(1)))
+    t, watermark, newest = 0, -1, {}
+    for key, step_ms in events:
+        t += step_ms
+        feed(op, [(key, 1, t)])
+        newest[key] = t
+        if rnd.random() < 0.3:
+            watermark = max(watermark, t - rnd.randint(0, 1_500))
+            op.on_watermark(watermark)
+        recent = {k for k, w in newest.items() if w + 1_000 > watermark}
+        assert len(op.expiry.queue) == len(op.expiry.armed) <= len(set(op.state) | recent)
+
+
+def test_a_key_written_again_earlier_waits_for_its_timer_and_late_records_read_at_the_watermark():
+    op = ttl_ops.TtlStatefulMapOp(Step("m", StepKind.STATEFUL_MAP, ("k",), fn=toggle_map, ttl=rs.TTL(TTL_S)))
+    feed(op, [("a", 1, 9_000), ("a", 2, 9_100), ("a", 3, 1_000)])  # written, deleted, written at 1 s
+    assert op.expiry.armed == {"a": 9_000 + TTL_MS}  # the timer of the first life stays the only one
+    op.on_watermark(7_000)  # past 1 s + TTL: expired, still held until that timer
+    assert op.state["a"].value == 3 and len(op.expiry.queue) == 1
+    # a late record at 2 s reads as at the watermark: absent, as if the timer had removed it
+    assert feed(op, [("a", 4, 2_000)]) == [("a", None)]
+    op.on_watermark(9_000 + TTL_MS)
+    assert op.state_keys() == 0 and len(op.expiry.queue) == 0
