@@ -25,7 +25,7 @@ from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import DELETED
 from raystream._runtime.time.expiry import Expiring, Expiry, other_clock
 from raystream._runtime.time.timers import now_ms
-from raystream._runtime.time.watermarks import MIN_TIME
+from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
 from raystream._runtime.transport.batch import KeyedBatch, timed
 from raystream.graph import Step, StepKind
 from raystream.process import ProcessContext
@@ -90,19 +90,33 @@ class _Expiring:
         for key, entry in self.expiry.due(self.state, now):
             self._remove(key, entry)
 
+    def _end(self) -> None:
+        """The end of a bounded input (MAX_TIME, docs/guide/ttl.md): after the timers that
+        fire at it, every value is removed, whatever its time (a write at the end, or a
+        record's time within a TTL of MAX_TIME, lives past it otherwise)."""
+        for key, entry in list(self.state.items()):
+            if isinstance(entry, Expiring) or entry.value is not None:
+                self._remove(key, entry)
+        self.expiry.clear()
+
     def on_watermark(self, watermark: int) -> Any:
         if not self.expiry.event or watermark <= self.watermark:
-            return super().on_watermark(watermark)  # type: ignore[misc]
-        out = super().on_watermark(watermark)  # type: ignore[misc]
-        self.watermark = watermark
-        if self.expiry.pending:
-            self._fresh(self.expiry.first_watermark(self.state, watermark))
-        self._expire(watermark)
+            out = super().on_watermark(watermark)  # type: ignore[misc]
+        else:
+            out = super().on_watermark(watermark)  # type: ignore[misc]
+            self.watermark = watermark
+            if self.expiry.pending:
+                self._fresh(self.expiry.first_watermark(self.state, watermark))
+            self._expire(watermark)
+        if watermark == MAX_TIME:
+            self._end()
         return out
 
     def on_time(self, now: int) -> Any:
         out = super().on_time(now)  # type: ignore[misc]
-        if not self.expiry.event:
+        if now == MAX_TIME:  # the end of input, after on_watermark(MAX_TIME): processing timers wrote since
+            self._end()
+        elif not self.expiry.event:
             self._expire(now)
         return out
 
@@ -270,7 +284,7 @@ class TtlProcessOp(_Expiring, ProcessOp):
             if event_ttl:
                 when = t if clock == EVENT else self.watermark
             else:
-                when = now if clock != EVENT else now_ms()
+                when = now_ms()  # not `now`: MAX_TIME at the end of input, never a write's time
             ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark,
                                  expired=self._expired(ks, when))
             if self.on_timer is not None:

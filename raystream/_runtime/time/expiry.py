@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from raystream._runtime.time.timers import TimerQueue, now_ms
-from raystream._runtime.time.watermarks import MAX_TIME
 from raystream.process import KeyState
 from raystream.ttl import EVENT
 
@@ -78,6 +77,10 @@ class Expiry:
         self.armed[key] = t = touched + self.ms
         self.queue.push(t, key)
 
+    def clear(self) -> None:
+        """No key holds a value any more (the end of input)."""
+        self.queue, self.armed, self.pending = TimerQueue(), {}, []
+
     def next_time(self) -> int | None:
         return None if self.event else self.queue.next_time()
 
@@ -104,14 +107,15 @@ class Expiry:
         """Arm the restored keys; those without a time (restored from a step without a
         TTL, or with another clock: `retouch`) count as written now: by processing time
         the wall clock at the restore, by event time the next watermark. Returns the keys
-        whose time this set, which the next snapshot must hold."""
+        whose time this set, which the next snapshot must hold. By processing time, a time
+        after the wall clock's now (a clock that went back, another machine's) counts as now."""
         now = now_ms()
         fresh = []
         for key, entry in state.items():
             if isinstance(entry, KeyState) and entry.value is None:
                 entry.touched = None  # timers only: nothing to expire
                 continue
-            if retouch:
+            if retouch or (not self.event and entry.touched is not None and entry.touched > now):
                 entry.touched = None
             if entry.touched is not None:
                 self.arm(key, entry.touched)
@@ -131,7 +135,7 @@ class Expiry:
         for key in keys:
             entry = state.get(key)
             if entry is not None and entry.touched is None and not (isinstance(entry, KeyState) and entry.value is None):
-                entry.touched = min(watermark, MAX_TIME - self.ms)  # the end of input expires it too
+                entry.touched = watermark
                 if key not in self.armed:
                     self.arm(key, entry.touched)
                 fresh.append(key)

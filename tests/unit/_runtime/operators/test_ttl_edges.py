@@ -12,8 +12,13 @@ from hypothesis import strategies as st
 
 import raystream as rs
 from raystream._runtime.operators import ttl as ttl_ops
+from raystream._runtime.state.changelog import DELETED
+from raystream._runtime.subtask.clock import ChainClock
+from raystream._runtime.time.timers import now_ms
+from raystream._runtime.time.watermarks import MAX_TIME
 from raystream.graph import Step, StepKind
-from tests.unit._runtime.operators.test_ttl import TTL_MS, TTL_S, changelog_after_full, feed
+from raystream.process import KeyState
+from tests.unit._runtime.operators.test_ttl import TTL_MS, TTL_S, changelog_after_full, feed, op_of, wall_clock
 
 
 def process_op(on_record: Any, on_timer: Any = None, ttl: Any = TTL_S, clock: str = "event") -> Any:
@@ -105,3 +110,57 @@ def test_a_key_written_again_earlier_waits_for_its_timer_and_late_records_read_a
     assert feed(op, [("a", 4, 2_000)]) == [("a", None)]
     op.on_watermark(9_000 + TTL_MS)
     assert op.state_keys() == 0 and len(op.expiry.queue) == 0
+
+
+# --- the end of a bounded input ---------------------------------------------------------
+
+def end_of_input(op: Any) -> None:
+    """As a subtask's clock ends a bounded input (MAX_TIME through the chain)."""
+    ChainClock([op], 0, None, None, 0.2).end_of_input()
+
+
+def write_in_timer(ctx: rs.ProcessContext, when: Any) -> None:
+    ctx.state = f"written by a {ctx.clock} timer"
+
+
+def arm_both_timers(ctx: rs.ProcessContext, value: int) -> None:
+    ctx.state = value
+    if ctx.millis < 10**12:  # not for a time near MAX_TIME, past which a timer cannot be set
+        ctx.set_event_timer((ctx.millis + 3_600_000) / 1000)
+    ctx.set_processing_timer((now_ms() + 3_600_000) / 1000)  # an hour away: only the end fires it
+
+
+@pytest.mark.parametrize("clock", ["event", "processing"])
+def test_the_end_of_input_removes_every_value_after_the_timers_wrote(clock):
+    op = process_op(arm_both_timers, write_in_timer, clock=clock)
+    feed(op, [("a", 1, 1_000), ("b", 2, MAX_TIME - 1_000)])  # b's time is within a TTL of the end
+    log = changelog_after_full(op)
+    end_of_input(op)
+    assert op.state == {} and len(op.expiry.queue) == 0 and op.next_timer() is None
+    keyed, changes, _ = log.capture([op])
+    assert changes and sorted(keyed[op.step_id][1]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["reduce", "stateful_map"])
+def test_the_end_of_input_removes_a_value_written_within_a_ttl_of_it(kind):
+    op = op_of(kind, TTL_S)
+    feed(op, [("a", 1, MAX_TIME - 1_000), ("b", 1, 1_000)])
+    end_of_input(op)
+    assert op.state == {} and op.written == {"a": DELETED, "b": DELETED}
+
+
+def test_a_key_restored_without_a_time_is_removed_at_the_end_of_input():
+    op = op_of("stateful_map", TTL_S)
+    op.restore_meta([])
+    op.restore({"x": 7}, None)  # from the step without a TTL: counts from the first watermark
+    end_of_input(op)
+    assert op.state == {} and op.written == {"x": DELETED}
+
+
+def test_a_processing_time_restored_from_the_future_counts_as_written_at_the_restore():
+    with wall_clock(100_000):
+        op = process_op(read_or_write, clock="processing")
+        op.restore_meta([{"ttl_time": "processing", "ttl_ms": TTL_MS}])
+        op.restore({"a": KeyState("v", touched=MAX_TIME), "b": KeyState("w", touched=99_000)}, None)
+        assert op.state["a"].touched == 100_000 and op.state["b"].touched == 99_000
+        assert op.changed == {"a"} and op.expiry.armed == {"a": 100_000 + TTL_MS, "b": 99_000 + TTL_MS}
