@@ -28,18 +28,24 @@ _UNSET = object()
 
 class KeyState:
     """What a `process` step keeps per key: the user's value and the key's timers; with a
-    TTL, when the value was last written (`touched`, ms of the TTL's clock)."""
+    TTL, when the value was last written (`touched`, ms of the TTL's clock), and with one
+    by event time, while the key has processing-time timers, the newest event time of its
+    calls (`seen`: such a timer's write counts from it, docs/guide/ttl.md)."""
 
-    __slots__ = ("value", "event_timers", "processing_timers", "touched")
+    __slots__ = ("value", "event_timers", "processing_timers", "touched", "seen")
 
     def __init__(self, value: Any = None, event_timers: set[int] | None = None,
-                 processing_timers: set[int] | None = None, touched: int | None = None):
+                 processing_timers: set[int] | None = None, touched: int | None = None,
+                 seen: int | None = None):
         self.value = value
         self.event_timers = event_timers or set()
         self.processing_timers = processing_timers or set()
         self.touched = touched
+        self.seen = seen
 
     def __reduce__(self):
+        if self.seen is not None:
+            return (KeyState, (self.value, self.event_timers, self.processing_timers, self.touched, self.seen))
         if self.touched is None:  # a step without TTL: the snapshot of raystream before TTLs
             return (KeyState, (self.value, self.event_timers, self.processing_timers))
         return (KeyState, (self.value, self.event_timers, self.processing_timers, self.touched))

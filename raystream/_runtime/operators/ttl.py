@@ -9,7 +9,9 @@ absent: the step's function sees it as never written. A read removes nothing (a 
 an earlier time, not late, still reads the value): only the timer does, or a write.
 
 The TTL's time of a write or read (`when`): by event time the record's time (of an event
-timer, its time; of a processing timer, the watermark), by processing time the wall clock.
+timer, its time; of a processing timer, the newest event time of its key: the latest of
+the watermark, its newest write and its calls since it had processing timers,
+`KeyState.seen`), by processing time the wall clock.
 A late record (behind the watermark) reads as at the watermark: absent once the watermark
 passed the key's time plus the TTL, whether or not its timer removed it yet (a removal
 may lag: time/expiry.py), so what it reads does not depend on the cleanup's timing.
@@ -29,6 +31,7 @@ from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
 from raystream._runtime.transport.batch import KeyedBatch, timed
 from raystream.graph import Step, StepKind
 from raystream.process import ProcessContext
+
 
 
 class _Expiring:
@@ -244,6 +247,9 @@ class TtlProcessOp(_Expiring, ProcessOp):
             return
         if ks.value is None:  # deleted: its timer, if any, finds nothing to remove
             ks.touched = None
+        elif when == MIN_TIME:  # event time, and no record or watermark yet (after a restore)
+            ks.touched = None  # counts as written at the first watermark, as a restored key
+            self.expiry.pending[key] = None
         else:
             self.expiry.touch(key, ks, when)
 
@@ -268,7 +274,28 @@ class TtlProcessOp(_Expiring, ProcessOp):
             ctx.close()
             if ctx.wrote_state():
                 self._wrote(key, when)
+            if now is None:
+                self._saw(key, when)
         return out.batch(self.timed)
+
+    def _key_time(self, ks: Any) -> int:
+        """Event time: a processing-time timer's time for the TTL (docs/guide/ttl.md)."""
+        return max(self.watermark, MIN_TIME if ks.seen is None else ks.seen,
+                   MIN_TIME if ks.touched is None else ks.touched)
+
+    def _saw(self, key: Any, when: int) -> None:
+        """Event time: a call for the key at `when`. While the key has processing-time
+        timers, its newest such time is kept (`seen`, in snapshots): a processing-time
+        timer's write counts from the later of it and the watermark, since the watermark
+        alone may lag the key's records by more than the TTL (before the first watermark
+        it is MIN_TIME), which left such a write expired for the key's next records."""
+        ks = self.state.get(key)
+        if ks is None:
+            return
+        if not ks.processing_timers:
+            ks.seen = None
+        elif ks.seen is None or when > ks.seen:
+            ks.seen = when
 
     def _fire(self, queue: Any, now: int, clock: str) -> Any:
         """ProcessOp._fire, with the TTL's reads and writes."""
@@ -282,7 +309,7 @@ class TtlProcessOp(_Expiring, ProcessOp):
                 continue  # deleted, or fired already
             timers.discard(t)
             if event_ttl:
-                when = t if clock == EVENT else self.watermark
+                when = t if clock == EVENT else self._key_time(ks)
             else:
                 when = now_ms()  # not `now`: MAX_TIME at the end of input, never a write's time
             ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark,
@@ -296,8 +323,11 @@ class TtlProcessOp(_Expiring, ProcessOp):
             ctx.close()
             if ks.empty():
                 self.state.pop(key, None)
-            elif ctx.wrote_state():
+                continue
+            if ctx.wrote_state():
                 self._wrote(key, when)
+            if event_ttl:
+                self._saw(key, when)
         self.records_out += len(out.keys)
         return out.batch(self.timed)
 

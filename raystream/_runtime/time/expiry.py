@@ -57,7 +57,7 @@ class Expiry:
         self.event = ttl.time == EVENT
         self.queue = TimerQueue()
         self.armed: dict[Any, int] = {}  # key -> the time of its one entry in `queue`
-        self.pending: list[Any] = []  # event time: keys restored without a time, touched at the next watermark
+        self.pending: dict[Any, None] = {}  # event time: keys without a time (restored), touched at the next watermark
 
     def meta(self) -> dict[str, Any]:
         return {TTL_META: self.clock, "ttl_ms": self.ms}
@@ -79,7 +79,7 @@ class Expiry:
 
     def clear(self) -> None:
         """No key holds a value any more (the end of input)."""
-        self.queue, self.armed, self.pending = TimerQueue(), {}, []
+        self.queue, self.armed, self.pending = TimerQueue(), {}, {}
 
     def next_time(self) -> int | None:
         return None if self.event else self.queue.next_time()
@@ -112,15 +112,18 @@ class Expiry:
         now = now_ms()
         fresh = []
         for key, entry in state.items():
-            if isinstance(entry, KeyState) and entry.value is None:
-                entry.touched = None  # timers only: nothing to expire
-                continue
+            if isinstance(entry, KeyState):
+                if not self.event:
+                    entry.seen = None  # an event time: meaningless here
+                if entry.value is None:
+                    entry.touched = None  # timers only: nothing to expire
+                    continue
             if retouch or (not self.event and entry.touched is not None and entry.touched > now):
                 entry.touched = None
             if entry.touched is not None:
                 self.arm(key, entry.touched)
             elif self.event:
-                self.pending.append(key)
+                self.pending[key] = None
             else:
                 entry.touched = now
                 self.arm(key, now)
@@ -130,7 +133,7 @@ class Expiry:
     def first_watermark(self, state: dict[Any, Any], watermark: int) -> list[Any]:
         """Event time: the keys restored without a time count as written at the first
         watermark after the restore. Returns the keys whose time this set."""
-        keys, self.pending = self.pending, []
+        keys, self.pending = self.pending, {}
         fresh = []
         for key in keys:
             entry = state.get(key)
@@ -161,8 +164,8 @@ def without_ttl(state: dict[Any, Any]) -> list[Any]:
         if isinstance(entry, Expiring):
             state[key] = entry.value
             changed.append(key)
-        elif isinstance(entry, KeyState) and entry.touched is not None:
-            entry.touched = None
+        elif isinstance(entry, KeyState) and (entry.touched is not None or entry.seen is not None):
+            entry.touched = entry.seen = None
             changed.append(key)
     return changed
 

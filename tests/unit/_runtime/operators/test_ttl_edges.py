@@ -4,6 +4,7 @@ often it is deleted and written again; the end of a bounded input expires every 
 whatever timers write then; a processing-time timer's write under an event-time TTL."""
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -164,3 +165,62 @@ def test_a_processing_time_restored_from_the_future_counts_as_written_at_the_res
         op.restore({"a": KeyState("v", touched=MAX_TIME), "b": KeyState("w", touched=99_000)}, None)
         assert op.state["a"].touched == 100_000 and op.state["b"].touched == 99_000
         assert op.changed == {"a"} and op.expiry.armed == {"a": 100_000 + TTL_MS, "b": 99_000 + TTL_MS}
+
+
+# --- a processing-time timer's write under an event-time TTL ----------------------------
+
+def arm_soon(ctx: rs.ProcessContext, value: str) -> None:
+    if value == "arm":
+        ctx.set_processing_timer(1)  # 1 s after the epoch: due at the next tick of the clock
+    ctx.emit(ctx.state)
+
+
+def test_a_processing_timer_write_counts_at_its_keys_newest_event_time():
+    op = process_op(arm_soon, write_in_timer, ttl=3_600)
+    feed(op, [("a", "arm", 1_000)])  # no watermark yet
+    assert op.state["a"].seen == 1_000
+    op.on_time(now_ms())
+    assert op.state["a"].touched == 1_000  # the key's newest call, not the watermark (MIN_TIME)
+    assert op.state["a"].seen is None  # kept only while the key has processing-time timers
+    assert feed(op, [("a", "read", 2_000)]) == [("a", "written by a processing timer")]
+    # a watermark past the key's calls counts instead
+    feed(op, [("b", "arm", 3_000)])
+    op.on_watermark(10_000)
+    op.on_time(now_ms())
+    assert op.state["b"].touched == 10_000
+    # each key's own time, whatever other keys (on this subtask or not) got: the key's
+    # newest call, also across a snapshot
+    feed(op, [("c", "arm", 50_000), ("d", "arm", 12_000), ("c", "read", 40_000)])
+    restored = process_op(arm_soon, write_in_timer, ttl=3_600)
+    restored.restore_meta([op.state_meta()])
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), op.watermark)
+    restored.on_time(now_ms())  # before any record of the restored run
+    assert restored.state["c"].touched == 50_000 and restored.state["d"].touched == 12_000
+
+
+def test_a_processing_timer_write_before_any_event_time_counts_from_the_first_watermark():
+    # restored from the step without a TTL: a value and a due processing timer, no times
+    op = process_op(arm_soon, write_in_timer)
+    op.restore_meta([])
+    op.restore({"a": KeyState("old", processing_timers={1_000})}, None)
+    op.on_time(now_ms())
+    assert op.state["a"].value == "written by a processing timer" and op.state["a"].touched is None
+    assert feed(op, [("a", "read", 2_000)]) == [("a", "written by a processing timer")]
+    op.on_watermark(7_000)
+    assert op.state["a"].touched == 7_000 and "a" in op.changed
+    op.on_watermark(7_000 + TTL_MS)
+    assert op.state == {}
+
+
+def read_or_write_and_arm(ctx: rs.ProcessContext, value: str) -> None:
+    arm_soon(ctx, value)
+    if value == "w":
+        ctx.state = "v"
+
+
+def test_a_processing_timer_write_counts_from_the_keys_newest_write_if_later():
+    op = process_op(read_or_write_and_arm, write_in_timer, ttl=3_600)
+    feed(op, [("a", "w", 90_000), ("a", "arm", 0)])  # written at 90 s; the timer set at 0 s
+    assert op.state["a"].seen == 0
+    op.on_time(now_ms())
+    assert op.state["a"].touched == 90_000
