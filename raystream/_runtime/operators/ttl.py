@@ -145,13 +145,18 @@ class TtlReduceOp(_Expiring, ReduceOp):
         expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
         every = not self.emit_last
         floor = self._floor(now)
+        ms, armed = expiry.ms, expiry.armed  # Expiry.live and .touch, inlined: this runs per record
         out: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
             entry = state.get(key)
             try:
-                live = entry is not None and expiry.live(entry, when if when > floor else floor)
-                acc = fn(entry.value, value) if live else value
+                if entry is None:
+                    acc = value
+                else:
+                    touched = entry.touched
+                    live = touched is None or (when if when > floor else floor) < touched + ms
+                    acc = fn(entry.value, value) if live else value
             except Exception as exc:
                 self._bad.append(i)
                 self.failed((key, value), exc)
@@ -160,7 +165,10 @@ class TtlReduceOp(_Expiring, ReduceOp):
                 entry = state[key] = Expiring(acc, when)
             else:
                 entry.value = acc
-            expiry.touch(key, entry, when)
+                if entry.touched is None or when > entry.touched:
+                    entry.touched = when
+            if key not in armed:
+                expiry.arm(key, entry.touched)
             written[key] = entry  # I1; pickled as it is at the snapshot, which is taken at once
             if every:
                 out.append(acc)
@@ -193,14 +201,19 @@ class TtlStatefulMapOp(_Expiring, StatefulMapOp):
         now = self._now(times)
         expiry, fn, state, written = self.expiry, self.fn, self.state, self.written
         floor = self._floor(now)
+        ms, armed = expiry.ms, expiry.armed  # Expiry.live and .touch, inlined: this runs per record
         out: list[Any] = []
         out_keys: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
             entry = state.get(key)
             try:
-                live = entry is not None and expiry.live(entry, when if when > floor else floor)
-                new_state, output = fn(entry.value if live else None, value)
+                if entry is None:
+                    new_state, output = fn(None, value)
+                else:
+                    touched = entry.touched
+                    live = touched is None or (when if when > floor else floor) < touched + ms
+                    new_state, output = fn(entry.value if live else None, value)
             except Exception as exc:
                 self._bad.append(i)
                 self.failed((key, value), exc)
@@ -214,7 +227,10 @@ class TtlStatefulMapOp(_Expiring, StatefulMapOp):
                     entry = state[key] = Expiring(new_state, when)
                 else:
                     entry.value = new_state
-                expiry.touch(key, entry, when)
+                    if entry.touched is None or when > entry.touched:
+                        entry.touched = when
+                if key not in armed:
+                    expiry.arm(key, entry.touched)
                 written[key] = entry
             out_keys.append(key)
             out.append(output)

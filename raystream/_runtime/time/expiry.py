@@ -82,7 +82,17 @@ class Expiry:
         self.queue, self.armed, self.pending = TimerQueue(), {}, {}
 
     def next_time(self) -> int | None:
-        return None if self.event else self.queue.next_time()
+        """When the wall clock next removes keys (processing time), rounded up to a tenth
+        of the TTL (at least 10 ms, at most 1 s): a read checks the time itself, so a
+        removal only frees memory, and the subtask wakes up for it a few times per TTL
+        instead of once per key."""
+        if self.event:
+            return None
+        t = self.queue.next_time()
+        if t is None:
+            return None
+        grain = min(1_000, max(10, self.ms // 10))
+        return -(-t // grain) * grain
 
     def due(self, state: dict[Any, Any], now: int) -> Iterator[tuple[Any, Entry]]:
         """The keys whose value expires at `now` (the watermark, or the wall clock); the
