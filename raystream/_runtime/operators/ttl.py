@@ -149,13 +149,15 @@ class TtlReduceOp(_Expiring, ReduceOp):
         out: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
+            if when < floor:  # a late record reads and writes as at the watermark
+                when = floor
             entry = state.get(key)
             try:
                 if entry is None:
                     acc = value
                 else:
                     touched = entry.touched
-                    live = touched is None or (when if when > floor else floor) < touched + ms
+                    live = touched is None or when < touched + ms
                     acc = fn(entry.value, value) if live else value
             except Exception as exc:
                 self._bad.append(i)
@@ -206,13 +208,15 @@ class TtlStatefulMapOp(_Expiring, StatefulMapOp):
         out_keys: list[Any] = []
         for i, (key, value) in enumerate(zip(keys, values)):
             when = times[i] if now is None else now
+            if when < floor:  # a late record reads and writes as at the watermark
+                when = floor
             entry = state.get(key)
             try:
                 if entry is None:
                     new_state, output = fn(None, value)
                 else:
                     touched = entry.touched
-                    live = touched is None or (when if when > floor else floor) < touched + ms
+                    live = touched is None or when < touched + ms
                     new_state, output = fn(entry.value if live else None, value)
             except Exception as exc:
                 self._bad.append(i)
@@ -278,8 +282,10 @@ class TtlProcessOp(_Expiring, ProcessOp):
         for i, (key, value) in enumerate(zip(keys, values)):
             t = times[i] if times is not None else None
             when = t if now is None else now
+            if when < floor:  # a late record reads and writes as at the watermark
+                when = floor
             ks = self.state.get(key)
-            ctx = ProcessContext(self, key, ks, t, None, out, expired=self._expired(ks, when if when > floor else floor))
+            ctx = ProcessContext(self, key, ks, t, None, out, expired=self._expired(ks, when))
             try:
                 fn(ctx, value)
             except Exception as exc:

@@ -94,7 +94,7 @@ def wall_clock(start: int) -> Iterator[list[int]]:
 class Reference:
     """A key's value is there for a read at `when` while when < its newest write's time
     plus the TTL; the clock (watermark, or wall clock) removes it once it reaches that,
-    and nothing else does but a write. A late record reads at the clock."""
+    and nothing else does but a write. A late record reads and writes at the clock."""
 
     def __init__(self, kind: str, ttl_ms: int):
         self.kind, self.ttl_ms = kind, ttl_ms
@@ -115,6 +115,7 @@ class Reference:
         self.state[key] = (value, when if old is None else max(old[1], when))
 
     def record(self, key: Any, value: int, when: int) -> Any:
+        when = max(when, self.now)  # a late record reads and writes as at the clock
         current = self.read(key, when)
         if self.kind == "reduce":
             acc = value if current is None else current + value

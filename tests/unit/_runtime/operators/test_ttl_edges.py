@@ -224,3 +224,12 @@ def test_a_processing_timer_write_counts_from_the_keys_newest_write_if_later():
     assert op.state["a"].seen == 0
     op.on_time(now_ms())
     assert op.state["a"].touched == 90_000
+
+
+def test_a_late_records_write_lives_a_ttl_from_the_watermark():
+    """Re-review: a late record read at the watermark but wrote at its own time, more than
+    a TTL behind it, so its write was expired at once: three late records each started over."""
+    op = op_of("reduce", 5)
+    op.on_watermark(100_000)
+    assert feed(op, [("a", 1, 10_000), ("a", 1, 10_000), ("a", 1, 10_000)]) == [("a", 1), ("a", 2), ("a", 3)]
+    assert op.state["a"].touched == 100_000
