@@ -64,7 +64,8 @@ def markdown(report: dict[str, Any]) -> str:
 #: The figures `side_by_side` compares: (label, key, higher is better).
 COMPARED = (("throughput", "events_per_s", True), ("CPU per event", "cpu_s_per_m_events", False),
             ("checkpoint p50", "checkpoint_p50_s", False), ("checkpoint p99", "checkpoint_p99_s", False),
-            ("bytes per checkpoint", "bytes_per_checkpoint", False))
+            ("bytes per checkpoint", "bytes_per_checkpoint", False), ("peak memory", "peak_rss_mb", False),
+            ("keys held at most", "state_keys_peak", False))
 
 
 def side_by_side(rows: list[dict[str, Any]]) -> str:
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, "
                              "billing_dedup (exactly-once against at-least-once with dedup, whatever --modes), "
-                             "state_1k, state_1m, state_5m, slow_sink, "
+                             "state_1k, state_1m, state_5m, state_ttl (keys held forever against with a TTL, whatever --modes), "
+                             "slow_sink, "
                              "nexmark_q0 .. nexmark_q8, nexmark_q0_arrow .. nexmark_q8_arrow (over Arrow), "
                              "and with a server postgres_append, postgres_upsert, kafka_source (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))

@@ -51,6 +51,7 @@ class Run:
     bytes_per_checkpoint: float | None  # snapshots plus compacted bases, per checkpoint
     peak_rss_mb: float
     rss_growth_mb: float | None  # peak RSS between 50% and 90% of the input, less that between 10% and 50%
+    state_keys_peak: int | None = None  # the most keys `Workload.state_step` held at once (its subtasks summed)
     ratio_to_none: float | None = None
     baseline_events_per_s: float | None = None  # the same computation in one Python process
     distribution_ratio: float | None = None  # events_per_s / baseline_events_per_s
@@ -120,6 +121,11 @@ def state_bytes(storage: str) -> int:
     return total
 
 
+def state_keys(handle: rs.JobHandle, step: str) -> int:
+    """The keys `step`'s subtasks hold now (handle.metrics()'s state_keys, summed)."""
+    return sum(row["state_keys"] for row in handle.metrics().table.to_pylist() if row["step"] == step)
+
+
 def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
     job = workload.build(mode, storage)
     watch = ProcessWatch()
@@ -128,6 +134,7 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
     t0 = time.perf_counter()
     handle = job.start()
     running_at = None
+    keys_peak: int | None = None
     while True:
         status = handle.status()
         now = time.perf_counter() - t0
@@ -138,6 +145,9 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
             checkpoints[c.last_id] = (c.last_duration, c.last_alignment, c.last_bytes)
         rss = watch.sample(list(status.pids.values()) + [status.coordinator_pid])
         samples.append(Sample(now, workload.count(status), status.attempt, rss))
+        if workload.state_step is not None:
+            keys = state_keys(handle, workload.state_step)
+            keys_peak = keys if keys_peak is None else max(keys_peak, keys)
         if status.state in ("finished", "failed", "stopped"):
             break
         time.sleep(POLL)
@@ -164,7 +174,7 @@ def run_workload(workload: Workload, mode: Mode, storage: str) -> Run:
         bytes_per_checkpoint=((sum(b for _, _, b in checkpoints.values()) + state_bytes(storage)) / n_ckpt)
         if n_ckpt else None,
         peak_rss_mb=watch.peak_rss / 2**20, rss_growth_mb=rss_growth(samples, workload.events),
-        timeline=[(s.t, s.events) for s in samples],
+        state_keys_peak=keys_peak, timeline=[(s.t, s.events) for s in samples],
     )
 
 

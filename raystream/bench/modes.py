@@ -11,10 +11,11 @@ import raystream as rs
 
 @dataclass(frozen=True)
 class Mode:
-    name: str  # "none" | "exactly_once" | "at_least_once" | "at_most_once" | "at_least_once+dedup"
+    name: str  # "none" | "exactly_once" | "at_least_once" | "at_most_once" | "at_least_once+dedup" | "exactly_once+ttl"
     guarantee: str
     interval: float
     dedup: bool = False  # a dedup step by event id before the stateful steps (billing only)
+    ttl: float | None = None  # seconds of processing time: the keyed state's time-to-live (state_ttl only)
 
 
 MODES = {
@@ -32,6 +33,14 @@ DEDUP_MODES = {
 }
 
 
+#: The pair state_ttl runs: keys that come and go, held forever against held for TTL_SECONDS.
+TTL_SECONDS = 1.0
+TTL_MODES = {
+    "exactly_once": MODES["exactly_once"],
+    "exactly_once+ttl": Mode("exactly_once+ttl", "exactly_once", 1.0, ttl=TTL_SECONDS),
+}
+
+
 @dataclass
 class Workload:
     name: str
@@ -41,6 +50,7 @@ class Workload:
     baseline: Callable[[], float]  # seconds of the single-process loop
     latency: bool = False  # its sink sees creation times
     modes: dict[str, Mode] | None = None  # the modes it always runs in; None: the suite's --modes
+    state_step: str | None = None  # a keyed step whose keys (state_keys) are sampled through the run
 
 
 

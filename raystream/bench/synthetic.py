@@ -26,10 +26,11 @@ WORDS_PER_LINE = 10
 class KeyLoad(Source):
     """`events` records over `partitions`: `(key, created)` with keys spread uniformly over
     `keys` (a multiplicative hash of the record number), `created` the wall-clock time
-    the batch was made."""
+    the batch was made. With `session`, keys come and go instead: record n has key
+    n // session, so each key takes `session` records and is never seen again."""
 
-    def __init__(self, events: int, keys: int, partitions: int = 2):
-        self.events, self.keys, self.partitions = events, keys, partitions
+    def __init__(self, events: int, keys: int, partitions: int = 2, session: int | None = None):
+        self.events, self.keys, self.partitions, self.session = events, keys, partitions, session
 
     def list_partitions(self) -> list[str]:
         return [str(p) for p in range(self.partitions)]
@@ -55,9 +56,11 @@ class _KeyLoadPartition(SourcePartition):
         n = min(self.batch_size, self.total - self.emitted)
         self.emitted += n
         created = time.time()
+        numbers = range(first, first + n * s.partitions, s.partitions)
+        if s.session:
+            return [(i // s.session, created) for i in numbers]
         keys, mult = s.keys, 2_654_435_761
-        return [((i * mult) % 4_294_967_296 % keys, created) for i in range(first, first + n * s.partitions,
-                                                                            s.partitions)]
+        return [((i * mult) % 4_294_967_296 % keys, created) for i in numbers]
 
     def snapshot(self) -> int:
         return self.emitted
@@ -234,6 +237,19 @@ def state_job(events: int, keys: int, mode: Mode, storage: str, sink_rate: float
         .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(1))
         .stateful_map("count", count_update)
         .sink("out", MeasureSink(created_of=operator.itemgetter(1), rate=sink_rate)))
+    return job
+
+
+def ttl_job(events: int, session: int, mode: Mode, storage: str) -> rs.Job:
+    """state_1k's job over keys that come and go (`KeyLoad(session=...)`), its keyed step
+    with `mode.ttl` seconds of processing time as its time-to-live, if any."""
+    job = rs.Job("bench-state-ttl", parallelism=2, guarantee=mode.guarantee,
+                 checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
+    ttl = rs.TTL(mode.ttl, time="processing") if mode.ttl else None
+    (job.source("load", KeyLoad(events, 0, session=session))
+        .key_by("by_key", operator.itemgetter(0), value=operator.itemgetter(1))
+        .stateful_map("count", count_update, ttl=ttl)
+        .sink("out", MeasureSink(created_of=operator.itemgetter(1))))
     return job
 
 

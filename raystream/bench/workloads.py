@@ -13,10 +13,11 @@ import os
 from raystream.bench import nexmark_arrow
 from raystream.bench.job_files import (DEDUP_WITHIN, JOBS, NEXMARK, billing_baseline, billing_job,
                                        nexmark_baseline, nexmark_config, nexmark_job, nexmark_module)
-from raystream.bench.modes import DEDUP_MODES, MODES, Mode, Workload, records_in, records_out
+from raystream.bench.modes import (DEDUP_MODES, MODES, TTL_MODES, TTL_SECONDS, Mode, Workload, records_in,
+                                   records_out)
 from raystream.bench.synthetic import (SLOW_SINK_RATE, VOCAB, WORDS_PER_LINE, ChangedStateSink, KeyLoad,
                                        MeasureSink, changed_state_job, count_state, count_update, count_words,
-                                       load_key, make_text, state_baseline, state_job, wordcount_arrow_baseline,
+                                       load_key, make_text, state_baseline, state_job, ttl_job, wordcount_arrow_baseline,
                                        wordcount_baseline, wordcount_job)
 
 
@@ -60,6 +61,9 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
         k, e = max(10, int(keys * min(scale, 1.0))), n(events)
         found[name] = Workload(name, e, lambda m, s, e=e, k=k: state_job(e, k, m, s), records_out("load"),
                                lambda e=e, k=k: state_baseline(e, k), latency=True)
+    e = n(12_000_000)  # keys of 10 records each, held forever against for TTL_SECONDS: a run of ~10 TTLs
+    found["state_ttl"] = Workload("state_ttl", e, lambda m, s: ttl_job(e, 10, m, s), records_out("load"),
+                                  lambda: state_baseline(e, e // 10), modes=TTL_MODES, state_step="count")
     e = n(1_200_000)  # the slow sink: memory must stay flat while the source is held back
     found["slow_sink"] = Workload("slow_sink", e, lambda m, s: state_job(e, 1_000, m, s, sink_rate=SLOW_SINK_RATE),
                                   records_out("load"), lambda: e / (2 * SLOW_SINK_RATE), latency=True)
@@ -77,8 +81,8 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
     return found
 
 
-__all__ = ["DEDUP_MODES", "DEDUP_WITHIN", "JOBS", "MODES", "NEXMARK", "SLOW_SINK_RATE", "VOCAB", "WORDS_PER_LINE",
-           "ChangedStateSink", "KeyLoad", "MeasureSink", "Mode", "Workload", "billing_baseline", "billing_job",
+__all__ = ["DEDUP_MODES", "DEDUP_WITHIN", "JOBS", "MODES", "NEXMARK", "SLOW_SINK_RATE", "TTL_MODES", "TTL_SECONDS",
+           "VOCAB", "WORDS_PER_LINE", "ChangedStateSink", "KeyLoad", "MeasureSink", "Mode", "Workload", "billing_baseline", "billing_job",
            "changed_state_job", "count_state", "count_update", "count_words", "load_key", "make_text",
            "nexmark_baseline", "nexmark_config", "nexmark_job", "nexmark_module", "state_baseline", "state_job",
-           "wordcount_arrow_baseline", "wordcount_baseline", "wordcount_job", "workloads"]
+           "ttl_job", "wordcount_arrow_baseline", "wordcount_baseline", "wordcount_job", "workloads"]
