@@ -205,9 +205,6 @@ class Summed(Running):
         total = added(a, p.values, b & p.valid)
         return np.where(b, np.where(p.valid, total, a), p.values), b | p.valid
 
-    def _checked(self, value: Any) -> Any:  # held as int64 whatever Arrow's sum type (uint64)
-        return _held(value, self.dtype, pa.int64() if self.dtype is np.int64 else pa.float64())
-
 
 class Least(Running):
     """min(column): Python's `s if p is None else p if s is None or p < s else s`."""
@@ -347,12 +344,12 @@ class AggregateColumns:
             slots, fresh = self._slots(keys)
             partials = [numbers(c, dtype, i in groups.exact)
                         for i, (c, dtype) in enumerate(zip(groups.partials, self.dtypes))]
-            new = []
-            for running, slot in zip(self.running, self.folds.slots):
-                new.append(running.fold(running.a[slots], running.b[slots], [partials[i] for i in slot]))
+            with np.errstate(all="ignore"):  # inf - inf is NaN without a word, as in Python
+                new = [running.fold(running.a[slots], running.b[slots], [partials[i] for i in slot])
+                       for running, slot in zip(self.running, self.folds.slots)]
+                results = [running.output(a, b) for running, (a, b) in zip(self.running, new)]
         except Refused:
             return None
-        results = [running.output(a, b) for running, (a, b) in zip(self.running, new)]
 
         def commit() -> None:
             if fresh:
