@@ -438,10 +438,10 @@ class AggregateOp(KeyedOp):
             columns.load(self._state)
         except Refused:
             return None
-        if self._written:  # none after a restore (they are in the snapshot); kept all the same
-            columns.mark_changed(list(self._written))
-        columns.mark_changed(list(self._changed))
-        self._columns, self._state = columns, {}
+        # I1: the keys changed since the last snapshot stay marked (none after a restore:
+        # the columns are tried at the first batch after one, or at the first batch)
+        columns.mark_changed(list(self._written) + list(self._changed))
+        self._columns, self._state, self._written, self._changed = columns, {}, {}, set()
         return columns
 
     def _to_dict(self) -> None:
