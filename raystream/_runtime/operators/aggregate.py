@@ -4,15 +4,19 @@ columnar windows (operators/columnar_windows.py) fold per (key, window) the same
 
 Per batch, Arrow computes every aggregate's partials for all keys of the batch at once
 (`Table.group_by(key columns).aggregate(...)`, one thread, rows in order, so "first" and
-"last" follow arrival). Then Python runs once per distinct key: it folds the partials
-into the key's state and emits one row per key of the batch with the running values.
+"last" follow arrival). Then the partials are folded into each key's state, and one row
+per key of the batch is emitted with the running values: with numpy at each key's slot
+when the state is held in columns (operators/aggregate_columns.py: built-in aggregates
+over numbers), otherwise in Python once per distinct key (the per-key layout).
 
 The state is keyed state like a reduce's: one value per key (a tuple with one state per
-aggregate), in the operator's `state` dict under the key the per-record path would use
-(a column's Python value, the tuple of several, None for a null), and written to
-`written` for incremental snapshots (I1). So snapshots, restore, rescaling by key group
-(B4) and metrics are those of every keyed step. A batch that fails leaves the state as
-it was: new states are committed only once every key of the batch merged.
+aggregate), seen as the operator's `state` dict under the key the per-record path would
+use (a column's Python value, the tuple of several, None for a null); in the per-key
+layout it is that dict, and new values are written to `written` for incremental
+snapshots (I1); in columns the dict is made when read, and the changed keys are marked
+in the columns. So snapshots, restore, rescaling by key group (B4) and metrics are those
+of every keyed step, in either layout. A batch that fails leaves the state as it was:
+new states are committed only once every key of the batch merged.
 
 With event times, a key's output row takes the newest time among its rows in the batch.
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import builtins
 import decimal
-import itertools
 import logging
 import operator
 from dataclasses import dataclass, field
@@ -30,15 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream._runtime.operators.aggregate_columns import AggregateColumns, Fold, Refused, vectorized_folds
 from raystream._runtime.operators.base import KeyedOp
-from raystream._runtime.operators.columnar import explained
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys, may_split_keys
-from raystream._runtime.transport.batch import ArrowKeyed, Times, timed, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Times, untimed
 from raystream.aggregates import Aggregate, Partial
 from raystream.errors import RestoreError
-from raystream.graph import Step
 
 logger = logging.getLogger(__name__)
 
@@ -330,160 +330,3 @@ def arrow_keyed_input(op: KeyedOp, batch: Any, what: str) -> tuple[ArrowKeyed, T
             f"{what} takes Arrow rows keyed by columns; got {type(inner).__name__}"))
     op.records_in += inner.batch.num_rows
     return inner, times
-
-
-class AggregateOp(KeyedOp):
-    """Emits, per batch, one row per key of the batch: the key columns, then each
-    aggregate's running value.
-
-    The state is held in one of two layouts, with the same per-key view (`state`):
-    numpy columns with a slot per key (operators/aggregate_columns.py: built-in
-    aggregates over numbers) while every batch fits them, or the per-key dict, folded in
-    Python. A batch the columns cannot fold exactly moves the state to the dict for good;
-    a restore starts from the dict and moves it into columns at the first batch that
-    fits (`_columns_for`)."""
-
-    keeps_values = True
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        self.key_columns: list[str] = list(step.key_columns)  # type: ignore[arg-type]
-        self.folds = Folds(step.arrow)
-        self.names = self.folds.names
-        self.what = "aggregate " + ", ".join(f"{n}={a!r}" for n, a in step.arrow)
-        # whether to try the columns at the next batch; False once a batch did not fit
-        self._vectorize = vectorized_folds(self.folds)
-
-    # --- the two layouts, one view ------------------------------------------------------
-    # In columns, `written` is None, so incremental snapshots take `changed_state()` (I1:
-    # the slots a batch changed are marked `dirty`); in the dict, the new values of the
-    # keys changed go to `written`, as for every step that keeps one value per key.
-
-    @property  # type: ignore[override]
-    def state(self) -> dict[Any, Any]:
-        """The keyed state, `{key: (state of each aggregate)}`: the dict itself, or made
-        from the columns when read (snapshots)."""
-        return self._columns.as_dict() if self._columns is not None else self._state
-
-    @state.setter
-    def state(self, value: dict[Any, Any]) -> None:  # KeyedOp.__init__, restore: the dict
-        self._columns: AggregateColumns | None = None
-        self._state = value
-
-    @property  # type: ignore[override]
-    def written(self) -> dict[Any, Any] | None:
-        return None if self._columns is not None else self._written
-
-    @written.setter
-    def written(self, value: dict[Any, Any] | None) -> None:
-        self._written = value
-
-    @property  # type: ignore[override]
-    def changed(self) -> set[Any]:
-        return self._columns.changed_keys() if self._columns is not None else self._changed
-
-    @changed.setter
-    def changed(self, value: set[Any]) -> None:  # emptied after each snapshot (changelog.py)
-        if self._columns is not None:
-            if value:
-                raise ValueError("the columns mark the keys a batch changed themselves")
-            self._columns.clear_changed()
-        self._changed = value
-
-    def changed_state(self) -> tuple[dict[Any, Any], list[Any]]:
-        if self._columns is not None:
-            return self._columns.changed_state(), []  # an aggregate deletes no key
-        return super().changed_state()
-
-    def state_keys(self) -> int:
-        return len(self._columns) if self._columns is not None else len(self._state)
-
-    def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        super().restore(state, watermark)  # the dict, until a batch that fits the columns comes
-        self._vectorize = vectorized_folds(self.folds)
-
-    # --- a batch --------------------------------------------------------------------------
-
-    def process(self, batch: Any) -> Any:
-        inner, times = arrow_keyed_input(self, batch, "aggregate")
-        rows = inner.batch
-        try:
-            groups = self._group(rows, times)
-            keys = groups.python_keys(len(self.key_columns))
-            columns = self._columns_for(groups) if self._vectorize else None
-            folded = columns.fold(groups, keys) if columns is not None else None
-            if folded is None:
-                self._to_dict()
-                folded = self._fold_per_key(groups, keys)
-            out = self._output(groups, folded.results)
-        except Exception as exc:  # the batch fails as a whole; the state stays as it was
-            return self._batch_failed(inner, explained(
-                exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
-        folded.commit()
-        self.records_out += out.num_rows
-        newest = groups.extra[0].to_numpy() if times is not None else None
-        return timed(out, newest)
-
-    def _columns_for(self, groups: Groups) -> AggregateColumns | None:
-        """The columns to fold the batch in; at the first batch (after a restore too) made
-        from the dict, when the batch's partials and the dict's states fit them. None:
-        fold in the dict."""
-        if self._columns is not None:
-            return self._columns
-        types = groups.partial_types()
-        if not AggregateColumns.fits(self.folds, types):
-            return None
-        columns = AggregateColumns(self.folds, types)
-        try:
-            columns.load(self._state)
-        except Refused:
-            return None
-        # I1: the keys changed since the last snapshot stay marked (none after a restore:
-        # the columns are tried at the first batch after one, or at the first batch)
-        columns.mark_changed(list(self._written) + list(self._changed))
-        self._columns, self._state, self._written, self._changed = columns, {}, {}, set()
-        return columns
-
-    def _to_dict(self) -> None:
-        """From now on, the state in the dict: the columns' keys and states, and the keys
-        they changed since the last snapshot as `written` (I1)."""
-        self._vectorize = False
-        columns = self._columns
-        if columns is None:
-            return
-        state, written = columns.as_dict(), columns.changed_state()
-        self.state = dict(state)  # a dict of its own: a snapshot may hold the one as_dict() gave
-        self._written = written
-        self._changed = set()
-
-    def _fold_per_key(self, groups: Groups, keys: list[Any]) -> Fold:
-        """The batch folded in the dict, in Python per key; committed by the Fold."""
-        olds = list(map(self._state.get, keys, itertools.repeat(self.folds.fresh())))
-        new, states = self.folds.merge(keys, olds, groups.python_partials())
-        results = self.folds.results(states, self.folds.result_types(groups.partial_types()))
-
-        def commit() -> None:
-            self._state.update(new)
-            self._written.update(new)  # type: ignore[union-attr]
-
-        return Fold(results, commit)
-
-    def state_meta(self) -> dict[str, Any]:
-        return {"op": "aggregate", "aggregates": self.folds.describe()}
-
-    def restore_meta(self, metas: list[Any]) -> None:
-        self.folds.check_restored(self.step_id, metas, "aggregate")
-
-    def _group(self, rows: pa.RecordBatch, times: Times | None) -> Groups:
-        """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""
-        table = pa.Table.from_batches([rows])
-        if times is None:
-            return self.folds.group(table, self.key_columns, keys=len(self.key_columns))
-        time_column = unused_name(rows.schema.names, "__raystream_time")
-        table = table.append_column(time_column, pa.array(np.asarray(times, dtype=np.int64)))
-        return self.folds.group(table, self.key_columns, [(time_column, "max")], keys=len(self.key_columns))
-
-    def _output(self, groups: Groups, results: list[pa.Array]) -> pa.RecordBatch:
-        arrays = [c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in groups.keys]
-        arrays += results
-        return pa.RecordBatch.from_arrays(arrays, names=self.key_columns + self.names)

@@ -1,7 +1,7 @@
 """The plain step kinds (map, flat_map, filter, key_by, reduce, stateful_map,
 map_batches) and the sink step, over whole micro-batches (operators/base.py), and
 `build_operator`, which makes the operator of a step (the columnar ones too:
-operators/columnar.py, operators/aggregate.py)."""
+operators/columnar.py, operators/aggregate_op.py)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream._runtime.operators.aggregate import AggregateOp
+from raystream._runtime.operators.aggregate_op import AggregateOp
 from raystream._runtime.operators.base import KeyedOp, Operator
 from raystream._runtime.operators.columnar import KeyColumnsOp, SelectOp, WhereOp
 from raystream._runtime.plan.failure import RecordFailure

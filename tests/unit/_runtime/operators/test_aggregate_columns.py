@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raystream import aggregates as agg
-from raystream._runtime.operators.aggregate import AggregateOp
+from raystream._runtime.operators.aggregate_op import AggregateOp
 from raystream._runtime.operators.plain import build_operator
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import StateChangelog, apply_part

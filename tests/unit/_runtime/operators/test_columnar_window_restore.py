@@ -105,7 +105,7 @@ def test_windows_restored_from_subtasks_that_saw_other_key_types_fire_in_a_type_
 def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id():
     """Review: the kinds of aggregates matched, so the aggregate's per-key tuples were read
     as windows and the restore failed as a crash, again and again."""
-    from raystream._runtime.operators.aggregate import AggregateOp
+    from raystream._runtime.operators.aggregate_op import AggregateOp
     from raystream.errors import RestoreError
 
     before = AggregateOp(Step("w", "aggregate", ("in",), key_columns=("k",), arrow=TYPED))
