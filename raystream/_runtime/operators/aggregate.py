@@ -186,6 +186,40 @@ class Folds:
             groups = [pa.chunked_array([table.column(c).take(rows).combine_chunks()]) for c in key_columns] + groups[1:]
         return Groups(groups, aggregated[:len(self.partials)], aggregated[len(self.partials):], exact_partials)
 
+    def rows_as_groups(self, table: pa.Table, by: list[str], times: str | None = None) -> Groups | None:
+        """Each row of `table` as a group of its own, for a batch whose rows the caller
+        knows have keys of their own (a batch of per-word counts): the partials Arrow's
+        group-by gives a group of one row, made from the row's values without a group-by
+        (which costs more than the rest of a batch of words). `times`: the column whose
+        max is the first extra aggregate. None where a partial has no such form here (a
+        function other than count, sum, min, max, first, last; a column not of numbers)."""
+        partials = []
+        for p in self.partials:
+            if p.function == "count_all":
+                partials.append(pa.chunked_array([np.ones(table.num_rows, dtype=np.int64)]))
+                continue
+            column = table.column(p.column) if p.column in table.column_names else None
+            if column is None or p.options is not None:
+                return None
+            kind = column.type
+            if pa.types.is_null(kind):  # as `_prepared`: nulls of int64
+                column, kind = column.cast(pa.int64()), pa.int64()
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                return None
+            if p.function == "count":
+                partials.append(column.is_valid().cast(pa.int64()))
+            elif p.function == "sum":  # Arrow's sum types; a float sum starts at 0.0, so -0.0 is 0.0
+                if pa.types.is_floating(kind):
+                    partials.append(pc.add(column.cast(pa.float64()), 0.0))
+                else:
+                    partials.append(column.cast(pa.uint64() if pa.types.is_unsigned_integer(kind) else pa.int64()))
+            elif p.function in ("min", "max", "first", "last"):
+                partials.append(column)
+            else:
+                return None
+        extra = [table.column(times)] if times is not None else []
+        return Groups([table.column(c) for c in by], partials, extra)
+
     def _prepared(self, table: pa.Table) -> tuple[pa.Table, dict[str, tuple[str, pa.DataType]]]:
         """The value columns as Arrow's group-by can fold them: a column of nulls only
         (type null, which `first` and `max` have no kernel for) as int64 nulls, nothing

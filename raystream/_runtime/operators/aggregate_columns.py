@@ -81,6 +81,11 @@ class Refused(Exception):
     """The batch cannot be folded here exactly (V5); nothing changed."""
 
 
+class RepeatedKeys(Refused):
+    """Two groups of the batch are one key (V5); nothing changed. After a batch whose rows
+    were taken as groups of their own (`Folds.rows_as_groups`): group the batch instead."""
+
+
 @dataclass
 class Numbers:
     """One partial of a batch, a value per group: nulls as 0, and which are valid."""
@@ -351,7 +356,8 @@ class AggregateColumns:
 
     def fold(self, groups: Groups, keys: list[Hashable]) -> Fold | None:
         """The batch's partials (one group per key `keys[i]`) folded into the keys' states,
-        not committed (V3); None if this layout cannot fold the batch exactly (V5)."""
+        not committed (V3); None if this layout cannot fold the batch exactly (V5), and
+        RepeatedKeys if two groups are one key (nothing changed either way)."""
         if groups.partial_types() != self.types:
             return None
         try:
@@ -362,6 +368,8 @@ class AggregateColumns:
                 new = [running.fold(running.a[slots], running.b[slots], [partials[i] for i in slot])
                        for running, slot in zip(self.running, self.folds.slots)]
                 results = [running.output(a, b) for running, (a, b) in zip(self.running, new)]
+        except RepeatedKeys:
+            raise
         except Refused:
             return None
 
@@ -386,13 +394,13 @@ class AggregateColumns:
         if new.any():
             fresh = list(itertools.compress(keys, new.tolist()))
             if len(set(fresh)) < len(fresh):
-                raise Refused("a key in two groups")
+                raise RepeatedKeys("a key in two groups")
             slots[new] = np.arange(len(self.keys), len(self.keys) + len(fresh))
         self._grow(len(self.keys) + len(fresh))
         order = np.arange(len(keys), dtype=np.int64)
         self._owner[slots] = order
         if (self._owner[slots] != order).any():  # a slot twice: its last group owns it
-            raise Refused("a key in two groups")
+            raise RepeatedKeys("a key in two groups")
         return slots, fresh
 
     # --- the per-key layout ---------------------------------------------------------------

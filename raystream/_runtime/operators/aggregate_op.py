@@ -11,9 +11,11 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, unused_name
-from raystream._runtime.operators.aggregate_columns import AggregateColumns, Fold, Refused, vectorized_folds
+from raystream._runtime.operators.aggregate_columns import (AggregateColumns, Fold, Refused, RepeatedKeys,
+                                                            vectorized_folds)
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
+from raystream._runtime.transport.arrow_keys import may_split_keys
 from raystream._runtime.transport.batch import Times, timed
 from raystream.graph import Step
 
@@ -41,6 +43,9 @@ class AggregateOp(KeyedOp):
         self.what = "aggregate " + ", ".join(f"{n}={a!r}" for n, a in step.arrow)
         # whether to try the columns at the next batch; False once a batch did not fit
         self._vectorize = vectorized_folds(self.folds)
+        # whether to take each row as a group of its own (`_fold_rows`); False once a
+        # batch had a key twice
+        self._rows_distinct = True
 
     # --- the two layouts, one view ------------------------------------------------------
     # In columns, `written` is None, so incremental snapshots take `changed_state()` (I1:
@@ -96,10 +101,15 @@ class AggregateOp(KeyedOp):
         inner, times = arrow_keyed_input(self, batch, "aggregate")
         rows = inner.batch
         try:
-            groups = self._group(rows, times)
-            keys = groups.python_keys(len(self.key_columns))
-            columns = self._columns_for(groups) if self._vectorize else None
-            folded = columns.fold(groups, keys) if columns is not None else None
+            groups, keys, folded = self._fold_rows(rows, times) if self._rows_distinct else (None, None, None)
+            if groups is None:
+                groups = self._group(rows, times)
+                keys = groups.python_keys(len(self.key_columns))
+                columns = self._columns_for(groups) if self._vectorize else None
+                try:
+                    folded = columns.fold(groups, keys) if columns is not None else None
+                except RepeatedKeys:  # keys Python holds equal that Arrow grouped apart
+                    folded = None
             if folded is None:
                 self._to_dict()
                 folded = self._fold_per_key(groups, keys)
@@ -111,6 +121,34 @@ class AggregateOp(KeyedOp):
         self.records_out += out.num_rows
         newest = groups.extra[0].to_numpy() if times is not None else None
         return timed(out, newest)
+
+    def _fold_rows(self, rows: pa.RecordBatch, times: Times | None) -> tuple[Any, Any, Any]:
+        """Into the columns, each row as a group of its own (`Folds.rows_as_groups`): (the
+        groups, their keys, the fold), or Nones when the batch is to be grouped. Tried
+        while every batch so far had a key per row (a batch of per-word counts); the first
+        batch with a key twice ends the trying, for good, so at most one batch's keys are
+        looked up in vain."""
+        columns, names = self._columns, rows.schema.names
+        # grouped instead: keys Arrow may split, and null keys (Arrow's group-by may put
+        # their group last, and the output's rows come in the groups' order)
+        if columns is None or any(c not in names or may_split_keys(rows.schema.field(c).type)
+                                  or rows.column(c).null_count for c in self.key_columns):
+            return None, None, None
+        table = pa.Table.from_batches([rows])
+        time_column = None
+        if times is not None:
+            time_column = unused_name(rows.schema.names, "__raystream_time")
+            table = table.append_column(time_column, pa.array(np.asarray(times, dtype=np.int64)))
+        groups = self.folds.rows_as_groups(table, self.key_columns, time_column)
+        if groups is None:
+            return None, None, None
+        keys = groups.python_keys(len(self.key_columns))
+        try:
+            folded = columns.fold(groups, keys)
+        except RepeatedKeys:
+            self._rows_distinct = False
+            return None, None, None
+        return (groups, keys, folded) if folded is not None else (None, None, None)
 
     def _columns_for(self, groups: Groups) -> AggregateColumns | None:
         """The columns to fold the batch in; at the first batch (after a restore too) made

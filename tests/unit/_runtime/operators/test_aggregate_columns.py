@@ -61,6 +61,12 @@ def same(value) -> str:
     return repr(value)
 
 
+def ordered(state: dict) -> list[str]:
+    """The entries as text, sorted: the order keys came in differs where Arrow's groups
+    come in another order than the rows."""
+    return sorted(map(repr, state.items()))
+
+
 def canonical(state: dict) -> dict:
     """Each key's state as text. Keys compare as dict keys: the per-key layout's `written`
     may hold 0.0 for a key the state holds as -0.0 (a dict keeps the key it first took)."""
@@ -105,8 +111,12 @@ def key_array(keys, kind) -> pa.Array:
 @st.composite
 def batches(draw, key_kind: str, value_kind: str):
     keys_of, key_type = KEY_KINDS[key_kind]
-    n = draw(st.integers(1, 20))
-    keys = draw(st.lists(keys_of, min_size=n, max_size=n))
+    if draw(st.booleans()):  # a key per row, as a batch of per-word counts has
+        keys = draw(st.lists(keys_of, min_size=1, max_size=5, unique=True))
+        n = len(keys)
+    else:
+        n = draw(st.integers(1, 20))
+        keys = draw(st.lists(keys_of, min_size=n, max_size=n))
     kind = value_kind if draw(st.integers(0, 9)) else draw(st.sampled_from(sorted(VALUE_KINDS)))  # a type change
     values_of, value_type = VALUE_KINDS[kind]
     values = draw(st.lists(values_of, min_size=n, max_size=n))
@@ -134,12 +144,14 @@ def scripts(draw):
 
 
 def run(op, batch, keys):
-    """The op's output for a batch (with times), or the error's type when it fails."""
+    """The op's output for a batch: its schema and its rows, each with its time, in any
+    order (a batch with a key per row is emitted in row order, a grouped one in the order
+    of Arrow's groups, which need not be the rows'); or the error's type when it fails."""
     try:
         out = op.process(Timed(ArrowKeyed(batch, keys), list(range(batch.num_rows))))
     except RecordFailure as exc:
         return ("failed", type(exc.__cause__ or exc).__name__)
-    return (out.batch.schema, same(out.batch.to_pylist()), out.times.tolist())
+    return (out.batch.schema, sorted(same(row) + f" at {t}" for row, t in zip(out.batch.to_pylist(), out.times)))
 
 
 class Tracked:
@@ -176,12 +188,12 @@ def test_the_columns_do_exactly_what_the_per_key_layout_does(script):
             assert fast.snapshot() == slow.snapshot()
         else:  # restore each from the other's snapshot: each layout reads the other's
             fast_state, slow_state = (pickle.loads(pickle.dumps(t.op.snapshot())) for t in (fast, slow))
-            assert same(fast_state) == same(slow_state)
+            assert ordered(fast_state) == ordered(slow_state)
             fast, slow = Tracked(aggregate(named, keys)), Tracked(aggregate(named, keys, per_key=True))
             fast.op.restore(slow_state, None)
             per_key_layout(slow.op).restore(fast_state, None)
             per_key_layout(slow.op)  # a restore tries the columns again
-        assert same(fast.op.state) == same(slow.op.state)  # values, their types and the keys' order
+        assert ordered(fast.op.state) == ordered(slow.op.state)  # keys, values and their types
         assert fast.op.state_keys() == len(slow.op.state)
         assert (fast.op.records_in, fast.op.records_out) == (slow.op.records_in, slow.op.records_out)
     assert slow.op._columns is None
@@ -273,3 +285,19 @@ def test_keys_python_holds_equal_in_two_groups_are_refused_before_anything_chang
         with pytest.raises(Refused):
             columns._slots(keys)
     assert columns.keys == ["a"] and columns.index == {"a": 0} and op.state == {"a": (1,)}
+
+
+def test_a_batch_with_a_key_per_row_is_folded_without_a_group_by_until_a_key_repeats(monkeypatch):
+    named = (("n", agg.count()), ("total", agg.sum("v")), ("avg", agg.mean("v")), ("last", agg.last("v")))
+    fast, slow = aggregate(named), aggregate(named, per_key=True)
+    grouped = []
+    real = type(fast.folds).group
+    monkeypatch.setattr(type(fast.folds), "group", lambda self, *a, **k: grouped.append(self) or real(self, *a, **k))
+    counts = [batch_of(["a", "b", "c"], [-0.0, float("nan"), None], pa.float64()),  # Arrow's sum of -0.0 is 0.0
+              batch_of(["c", "a"], [2.5, 1.0], pa.float64())]
+    for batch in counts:
+        assert run(fast, batch, ("k",)) == run(slow, batch, ("k",))
+    assert grouped.count(fast.folds) == 1 and fast._rows_distinct  # the first batch only: it made the columns
+    repeated = batch_of(["a", "a"], [1.0, 2.0], pa.float64())
+    assert run(fast, repeated, ("k",)) == run(slow, repeated, ("k",))
+    assert grouped.count(fast.folds) == 2 and not fast._rows_distinct and fast._columns is not None
