@@ -1,7 +1,7 @@
 """Word count over Arrow: jobs/wordcount.py with columnar steps. Each batch of lines is
 split and counted in Arrow (`map_batches`), the counts are routed by the `word` column,
-and `aggregate` keeps each word's running total: Python runs once per distinct word of
-a batch, not once per word.
+and `aggregate` keeps each word's running total in numpy columns: Python looks up each
+distinct word of a batch in a dict, and runs nothing per word.
 
     raystream run jobs/wordcount_arrow.py
 """

@@ -9,7 +9,8 @@
 Per batch, Arrow computes each aggregate's partials for every key of the batch at once
 (`pyarrow.Table.group_by(keys).aggregate(...)`); then, per distinct key, `merge` folds
 the partials into the key's running state, in Python. So Python runs once per key and
-batch, not once per row. Nulls in a value column are skipped, as in SQL: `sum` of only
+batch, not once per row. The built-ins over integer and float columns are folded with
+numpy instead, all keys of a batch at once, to the same values (docs/guide/columnar.md). Nulls in a value column are skipped, as in SQL: `sum` of only
 nulls is None, `count("col")` counts the values that are not null, `count()` counts rows.
 
 Your own aggregate subclasses `Aggregate`: `partials` names the Arrow hash aggregations
