@@ -1,13 +1,14 @@
 """The running state of the `aggregate` step held in numpy columns, one slot per key
 (docs/guide/columnar.md, "What runs per record, per key, per batch").
 
-The per-key layout (operators/aggregate.py) keeps `{key: (state of each aggregate)}`
+The per-key layout (operators/aggregate_op.py) keeps `{key: (state of each aggregate)}`
 and folds a batch's partials into it in Python, several times per distinct key. Here
 each key has a slot (a row), given by a dict `key -> slot` looked up for all of a
 batch's keys at once (`map(dict.get)`, in C), and each aggregate keeps two numpy
 columns over the slots. A batch's partials (the same Arrow group-by as the per-key
-layout) are folded in with numpy at the batch's slots, and the output columns are made
-from the new values: no Python per key beyond the dict lookup.
+layout, or, when every row has a key of its own, the rows themselves:
+`Folds.rows_as_groups`) are folded in with numpy at the batch's slots, and the output
+columns are made from the new values: no Python per key beyond the dict lookup.
 
 It holds the built-in aggregates (count, sum, min, max, first, last, mean, with their
 default partials) over numbers whose numpy fold is exactly Python's, decided by the
@@ -23,7 +24,8 @@ columns of each aggregate (`a`, `b` below) hold:
 
 Invariants, relied on by the code below and checked by the tests:
 
-- V1 the slots are 0..len(keys)-1, in the order keys first came; `index[keys[s]] == s`;
+- V1 the slots are 0..len(keys)-1, in the order keys first came (in their batch's
+  groups' order); `index[keys[s]] == s`;
   keys are never removed (an aggregate deletes nothing).
 - V2 every column slot at or past len(keys) holds a new key's state (all zeros): a new
   key's slot needs no initialisation, and growing the columns adds such slots.
@@ -33,10 +35,11 @@ Invariants, relied on by the code below and checked by the tests:
 - V4 `as_dict()` is the per-key layout's state exactly, value types included (ints as
   int, floats as float, None, mean's (0, 0)), so snapshots, incremental snapshots (I1,
   through `dirty`), rescaling and restores see what the per-key layout would hold.
-- V5 anything this layout cannot fold exactly (an int sum that passes int64, keys that
-  Arrow groups apart but Python holds equal, other types) is refused before anything
-  changes (`fold` returns None); the caller then moves the state to the per-key layout
-  for good.
+- V5 anything this layout cannot fold exactly (an int sum that passes int64, partials
+  of other types) is refused before anything changes (`fold` returns None); the caller
+  then moves the state to the per-key layout for good. Two groups of one key (rows
+  taken as groups of their own that were not; keys Python holds equal that Arrow
+  grouped apart) raise RepeatedKeys, also before anything changes.
 """
 from __future__ import annotations
 
