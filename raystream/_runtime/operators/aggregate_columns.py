@@ -189,9 +189,13 @@ def _held(value: Any, dtype: type, kind: pa.DataType) -> Any:
         if not low <= value <= high:
             raise Refused(f"a state value {value!r} out of {kind}")
         return value
-    if type(value) is not float or (kind == pa.float32() and not math.isnan(value)
-                                    and float(np.float32(value)) != value):
+    if type(value) is not float:
         raise Refused(f"a state value {value!r}")
+    if kind == pa.float32() and not math.isnan(value):
+        with np.errstate(over="ignore"):  # a value past float32's range: refused below, silently
+            held = float(np.float32(value))
+        if held != value:
+            raise Refused(f"a state value {value!r}")
     return value
 
 
@@ -331,7 +335,6 @@ class AggregateColumns:
         self.keys: list[Hashable] = []  # V1: the key of each slot
         self.dirty = np.zeros(0, dtype=bool)  # I1: the slots changed since the last snapshot
         self._owner = np.zeros(0, dtype=np.int64)  # scratch: duplicate slots in a batch
-        self._dict: dict[Any, Any] | None = None  # as_dict(), until the next commit
 
     @staticmethod
     def fits(folds: Folds, types: Sequence[pa.DataType]) -> bool:
@@ -384,7 +387,6 @@ class AggregateColumns:
                 running.a[slots] = a
                 running.b[slots] = b
             self.dirty[slots] = True
-            self._dict = None
 
         return Fold(results, commit)
 
@@ -415,10 +417,9 @@ class AggregateColumns:
 
     def as_dict(self) -> dict[Any, Any]:
         """The state in the per-key layout, `{key: (state of each aggregate)}` (V4), made
-        when read and kept until the next change."""
-        if self._dict is None:
-            self._dict = dict(zip(self.keys, self._python(slice(0, len(self.keys)))))
-        return self._dict
+        anew when read (a full snapshot reads it once): kept, it would double the state's
+        memory until the next batch, for good in a subtask that goes quiet."""
+        return dict(zip(self.keys, self._python(slice(0, len(self.keys)))))
 
     def changed_state(self) -> dict[Any, Any]:
         """The per-key state of the keys changed since `clear_changed` (I1)."""
@@ -452,4 +453,3 @@ class AggregateColumns:
         self.index = dict(zip(keys, range(len(keys))))
         if len(self.index) != len(keys):  # cannot be: the keys of a dict
             raise Refused("duplicate keys")
-        self._dict = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import decimal
 import pickle
+import warnings
 
 import pyarrow as pa
 import pytest
@@ -301,3 +302,24 @@ def test_a_batch_with_a_key_per_row_is_folded_without_a_group_by_until_a_key_rep
     repeated = batch_of(["a", "a"], [1.0, 2.0], pa.float64())
     assert run(fast, repeated, ("k",)) == run(slow, repeated, ("k",))
     assert grouped.count(fast.folds) == 2 and not fast._rows_distinct and fast._columns is not None
+
+
+def test_the_per_key_state_a_snapshot_reads_is_not_kept_beside_the_columns():
+    """Review: the per-key dict a snapshot made from the columns was kept until the next
+    batch, doubling the state's memory, for good in a subtask that then went quiet."""
+    op = aggregate((("n", agg.count()), ("total", agg.sum("v"))))
+    op.process(ArrowKeyed(batch_of(["a", "b"], [1, 2]), ("k",)))
+    first = op.snapshot()
+    assert op._columns is not None and op.state == first and op.state is not op.state
+    assert not any(isinstance(v, dict) and v == first for v in vars(op._columns).values())
+
+
+def test_a_restored_float_past_float32s_range_is_refused_by_the_columns_without_a_warning():
+    """Review: the float32 check cast outside np.errstate: with warnings as errors the
+    batch failed; otherwise numpy printed an overflow warning."""
+    op = aggregate((("low", agg.min("v")),))
+    op.restore({"a": (1e308,)}, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = op.process(ArrowKeyed(batch_of(["a"], [1.0], pa.float32()), ("k",)))
+    assert out.to_pylist() == [{"k": "a", "low": 1.0}] and op._columns is None
