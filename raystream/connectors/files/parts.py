@@ -26,6 +26,8 @@ checkpoints and commits it once it is closed (rolled).
    copied into a file of the new run (locally; an S3 upload in progress cannot be read,
    so a start from such a checkpoint is refused: start from a savepoint, whose parts are
    all committed).
+
+Parquet parts keep the same steps with segments instead of appends (`parquet_parts.py`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from typing import Any, Callable
 
 from raystream import _files
 from raystream._storage import LocalStorage, S3Storage, Storage, fsync_dir, open_storage
+from raystream.connectors.files.parquet_parts import ParquetPart, ParquetPartWriter, adopt_parquet_part, commit_parquet_part
 from raystream.errors import RestoreError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ class S3Part:
     directory: str = ""  # where it is (a run from a savepoint may write elsewhere): "" is the writer's
 
 
-Part = LocalPart | S3Part
+Part = LocalPart | S3Part | ParquetPart
 
 
 class PartWriter:
@@ -86,6 +89,10 @@ class PartWriter:
 
     def close(self) -> Part:
         raise NotImplementedError
+
+    def covers(self, part: Part | None) -> bool:
+        """Whether `part` (the last persisted description) holds every byte written."""
+        return part is not None and part.length == self.size
 
 
 class LocalPartWriter(PartWriter):
@@ -148,7 +155,12 @@ class S3PartWriter(PartWriter):
         return S3Part(self.final, self._upload, tuple(self._parts), None, self.size, self._storage.uri())
 
 
-def open_part(storage: Storage, staged: str, final: str, opened_at: float) -> PartWriter:
+def open_part(storage: Storage, staged: str, final: str, opened_at: float, *, format: str = "jsonl",
+              rows_per_file: int = 500_000, where: str = "a Parquet part") -> PartWriter | ParquetPartWriter:
+    """An open part: JSON lines appended (steps 1-3 above), or Parquet kept as segments
+    (`parquet_parts.py`, `where` naming it in errors)."""
+    if format == "parquet":
+        return ParquetPartWriter(storage, staged, final, opened_at, rows_per_file, where)
     if isinstance(storage, S3Storage):
         return S3PartWriter(storage, final, opened_at)
     return LocalPartWriter(storage, staged, final, opened_at)  # type: ignore[arg-type]
@@ -157,6 +169,9 @@ def open_part(storage: Storage, staged: str, final: str, opened_at: float) -> Pa
 def commit_part(storage: Storage, part: Part) -> None:
     """Step 4: make `part` visible as recorded; committed already is committed, cut back to
     the recorded length if it grew after the checkpoint that recorded it."""
+    if isinstance(part, ParquetPart):
+        commit_parquet_part(storage, part)
+        return
     if isinstance(part, LocalPart):
         staged, final = storage._path(part.staged), storage._path(part.final)  # type: ignore[attr-defined]
         if os.path.exists(staged):
@@ -180,6 +195,9 @@ def adopt_part(storage: Storage, part: Part, target: Storage, name: str) -> None
     """Step 5: `part` of another run, in `storage`, as the checkpoint a new run starts from
     recorded it; `name`: the new run's file in `target` for a copy of its recorded bytes.
     Idempotent."""
+    if isinstance(part, ParquetPart):
+        adopt_parquet_part(storage, part, target, name)
+        return
     if isinstance(part, LocalPart):
         final = storage._path(part.final)  # type: ignore[attr-defined]
         for _ in range(2):  # the other run may commit it meanwhile

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -12,9 +11,9 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raystream import _files
+from raystream.connectors.files.parquet_parts import ParquetPartWriter, parquet_bytes
 from raystream.connectors.files.parts import Part, PartWriter, abort_uploads, adopt_part, commit_part, open_part, storage_of
 from raystream._storage import Storage, open_storage
 from raystream.connectors.files.names import SEP as _SEP
@@ -26,6 +25,13 @@ from raystream.errors import JobDefinitionError, RestoreError, SinkError, Staged
 from raystream.sink_api import Sink, SinkContext, SinkWriter, as_records
 
 logger = logging.getLogger(__name__)
+
+#: FileSink's default rolling policy: a part file rolls at 128 MiB or after 60 s open.
+DEFAULT_ROLL_SIZE = 128 * 1024 * 1024
+DEFAULT_ROLL_INTERVAL = 60.0
+
+#: The clock of `roll_interval` (the simulation in tests/simulation runs it on its own).
+_clock = time.monotonic
 
 
 @dataclass
@@ -52,16 +58,23 @@ class FileSink(Sink):
     `{"key": ..., "value": ...}`, anything else as `{"value": ...}`; so each JSON line is an
     object that `pyarrow.json`, pandas or Polars can read, and Parquet columns are named.
 
-    By default every sink subtask commits its own files at every checkpoint. A rolling
-    policy (JSON lines only) keeps one part file open across checkpoints instead and
-    commits it once it reaches `roll_size` bytes or has been open `roll_interval`
-    seconds: fewer, larger files, visible later (up to `roll_interval` plus one
-    checkpoint interval after their first record). See `raystream.connectors.files.parts` for how
-    the open file survives a crash.
+    By default each sink subtask keeps one part file open across checkpoints and rolls it
+    (closes it, to be committed with the next checkpoint) once it holds `roll_size` bytes
+    or has been open `roll_interval` seconds: 128 MiB or 60 s, so at most about 60 files
+    an hour per sink subtask, each visible up to `roll_interval` plus one checkpoint
+    interval after its first record. Either limit may be None (the other one rolls).
+    `roll="checkpoint"` (or both limits None, how it was spelled before 0.6) commits one
+    file per subtask and checkpoint instead, of at most `rows_per_file` rows: visible a
+    checkpoint after they are written, but 3,600 files an hour per subtask at 1 s
+    checkpoints. See `raystream.connectors.files.parts` (JSON lines) and
+    `raystream.connectors.files.parquet_parts` (Parquet: the open part is kept as
+    per-checkpoint segments, merged into one file when it rolls) for how the open part
+    survives a crash.
     """
 
     def __init__(self, directory: str, *, format: str = "jsonl", rows_per_file: int = 500_000,
-                 roll_size: int | None = None, roll_interval: float | None = None):
+                 roll_size: int | None = DEFAULT_ROLL_SIZE, roll_interval: float | None = DEFAULT_ROLL_INTERVAL,
+                 roll: str = "policy"):
         if not isinstance(directory, str) or not directory:
             raise JobDefinitionError(f"FileSink needs a directory path or s3:// URI; got {directory!r}")
         if format not in FORMATS:
@@ -74,14 +87,19 @@ class FileSink(Sink):
         self.rows_per_file = rows_per_file
         if roll_size is not None and (not isinstance(roll_size, int) or isinstance(roll_size, bool) or roll_size < 1):
             raise JobDefinitionError(f"FileSink roll_size must be a number of bytes >= 1; got {roll_size!r}")
-        if roll_interval is not None and (not isinstance(roll_interval, (int, float)) or not roll_interval > 0):
+        if roll_interval is not None and (not isinstance(roll_interval, (int, float)) or isinstance(roll_interval, bool)
+                                          or not roll_interval > 0):
             raise JobDefinitionError(f"FileSink roll_interval must be a number of seconds > 0; got {roll_interval!r}")
-        if (roll_size or roll_interval) and format != "jsonl":
-            raise JobDefinitionError(
-                "FileSink rolls JSON lines only: a Parquet file must be closed at every checkpoint. For large "
-                "Parquet files, compact the committed small ones (raystream.sinks.compact_files)")
-        self.roll_size = roll_size
-        self.roll_interval = roll_interval
+        if roll not in ("policy", "checkpoint"):
+            raise JobDefinitionError(f"FileSink roll must be 'policy' (roll_size, roll_interval) or 'checkpoint' (one "
+                                     f"file per subtask and checkpoint); got {roll!r}")
+        if roll == "checkpoint" and (roll_size, roll_interval) != (DEFAULT_ROLL_SIZE, DEFAULT_ROLL_INTERVAL) \
+                and (roll_size, roll_interval) != (None, None):
+            raise JobDefinitionError("FileSink roll='checkpoint' commits a file at every checkpoint: drop "
+                                     "roll_size and roll_interval, or leave roll out to roll by them")
+        per_checkpoint = roll == "checkpoint" or (roll_size is None and roll_interval is None)
+        self.roll_size = None if per_checkpoint else roll_size
+        self.roll_interval = None if per_checkpoint else roll_interval
 
     def check(self, *, job_name: str, step_id: str, parallelism: int, exactly_once: bool, job: Any = None) -> None:
         """A local directory that cannot be made or written is refused before the job starts."""
@@ -91,6 +109,7 @@ class FileSink(Sink):
 
     @property
     def rolling(self) -> bool:
+        """Whether part files roll by size or age (else one file per subtask and checkpoint)."""
         return bool(self.roll_size or self.roll_interval)
 
     def build_writer(self, context: SinkContext) -> SinkWriter:
@@ -217,18 +236,6 @@ def json_lines(batch: list[Any] | pa.RecordBatch) -> bytes:
     return b"".join(map(_json_line, as_records(batch)))
 
 
-def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> bytes:
-    """Micro-batches as one Parquet file (JSON lines are encoded as they come: `json_lines`).
-    Columns are the union of the rows' fields, by name, each of a type that holds all its
-    values (`rows.table_of`); SinkError naming `where` when no type does."""
-    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else table_of([arrow_row(r) for r in p], where)
-              for p in parts if len(p)]
-    table = tables[0] if len(tables) == 1 else concat(tables, where)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
 @dataclass
 class RolledTxn:
     """Part files rolled (closed) since the previous barrier, committed with its checkpoint."""
@@ -237,10 +244,12 @@ class RolledTxn:
 
 
 class _RollingWriter(SinkWriter):
-    """FileSink with a rolling policy: one open part file at a time (raystream.connectors.files.parts).
+    """FileSink with a rolling policy: one open part file at a time (raystream.connectors.files.parts,
+    and parquet_parts for Parquet).
 
     Names: the open file is `_inprogress-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.jsonl`
-    locally; it becomes `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.jsonl`
+    locally (Parquet: its segments `_inprogress-...-<seq>-s<k>.parquet`, locally and on S3);
+    it becomes `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>`
     where <checkpoint> is the first checkpoint its data belongs to, so a fall-back to an older
     checkpoint retracts exactly the files whose every record is replayed.
 
@@ -257,7 +266,7 @@ class _RollingWriter(SinkWriter):
         self._tag, self._attempt = writer_fields(context.step_id, context.subtask, context.run_id, context.attempt)
         self._token = uuid.uuid4().hex[:8]
         self._seq = 0
-        self._open: PartWriter | None = None
+        self._open: PartWriter | ParquetPartWriter | None = None
         self._rolled: list[Part] = []
         self._persisted: Part | None = None  # the open file as of the last barrier
         self._checkpoint = 1  # the checkpoint that the records written now belong to
@@ -270,13 +279,15 @@ class _RollingWriter(SinkWriter):
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         if not len(batch):
             return  # no empty part file is ever opened
-        data = json_lines(batch)
+        data = json_lines(batch) if self._sink.format == "jsonl" else batch
         if self._open is None:
-            stem = f"{self._token}-{self._seq:06d}.jsonl"
+            stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
             self._seq += 1
             stamp = f"{self._checkpoint:012d}{_SEP}{self._attempt}" if self._ctx.transactional else f"direct{_SEP}"
-            self._open = self._guard(lambda: open_part(self._store, f"_inprogress-{self._tag}{self._attempt}{stem}",
-                                                       f"part-{self._tag}{stamp}{stem}", time.monotonic()))
+            self._open = self._guard(lambda: open_part(
+                self._store, f"_inprogress-{self._tag}{self._attempt}{stem}", f"part-{self._tag}{stamp}{stem}",
+                _clock(), format=self._sink.format, rows_per_file=self._sink.rows_per_file,
+                where=f"sink step {self._ctx.step_id!r}"))
         self._guard(lambda: self._open.write(data))
         if self._sink.roll_size and self._open.size >= self._sink.roll_size:
             self._roll()
@@ -291,7 +302,7 @@ class _RollingWriter(SinkWriter):
 
     def pre_commit(self, checkpoint_id: int) -> RolledTxn | None:
         if self._open is not None and self._sink.roll_interval and \
-                time.monotonic() - self._open.opened_at >= self._sink.roll_interval:
+                _clock() - self._open.opened_at >= self._sink.roll_interval:
             self._roll()
         if self._open is not None:  # on S3 its tail travels in the snapshot (connectors/files/parts.py, 2)
             self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
@@ -334,11 +345,13 @@ class _RollingWriter(SinkWriter):
     def _copy_name(self, part: Part, checkpoint_id: int) -> str:
         """This run's file for the recorded bytes of another run's open part (_part_files, 5)."""
         digest = hashlib.sha256(part.final.encode()).hexdigest()[:12]
-        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}.jsonl"
+        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}.{self._sink.format}"
 
     def _guard(self, fn: Any) -> Any:
         try:
             return fn()
+        except SinkError:
+            raise  # says what is wrong already (rows that make no Parquet table)
         except Exception as exc:
             raise SinkError(f"FileSink could not write under {self._store.uri()}: {exc}") from exc
 
@@ -364,7 +377,7 @@ class _RollingWriter(SinkWriter):
 
     def close(self) -> dict[str, int]:
         if self._ctx.transactional and (self._rolled or (
-                self._open is not None and (self._persisted is None or self._persisted.length != self._open.size))):
+                self._open is not None and not self._open.covers(self._persisted))):
             raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
         if self._open is not None:  # covered by the last checkpoint, which is complete
             part = self._guard(self._open.close)

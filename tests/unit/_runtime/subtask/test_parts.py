@@ -28,7 +28,7 @@ async def inline(fn, *args):
 
 
 def file_sink_op(tmp_path, attempt=1):
-    step = Step("out", "sink", ("in",), sink=FileSink(str(tmp_path / "out")))
+    step = Step("out", "sink", ("in",), sink=FileSink(str(tmp_path / "out"), roll="checkpoint"))
     return SinkOp(step, SinkContext("out", 0, 1, transactional=True, run_id=RUN, attempt=attempt))
 
 

@@ -38,7 +38,7 @@ def signing_key(monkeypatch):
 def out(tmp_path):
     """A sink directory with 6 committed Parquet files (ids 0-5), written by a FileSink."""
     directory = str(tmp_path / "out")
-    writer = FileSink(directory, format="parquet", rows_per_file=1).build_writer(
+    writer = FileSink(directory, format="parquet", rows_per_file=1, roll="checkpoint").build_writer(
         SinkContext("out", 0, 1, transactional=False, run_id="r1", attempt=1))
     for i in range(6):
         writer.write_batch([{"id": i}])

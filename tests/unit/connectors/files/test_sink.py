@@ -8,7 +8,7 @@ from raystream.sinks import CollectSink, FileSink, SinkContext, read_files
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_file_sink_writes_parts_readers_see(tmp_path, fmt):
-    sink = FileSink(str(tmp_path), format=fmt, rows_per_file=3)
+    sink = FileSink(str(tmp_path), format=fmt, rows_per_file=3, roll="checkpoint")
     w = sink.build_writer(SinkContext("out", 0, 1))
     w.write_batch([{"a": 1}, {"a": 2}])
     w.write_batch(pa.RecordBatch.from_pylist([{"a": 3}, {"a": 4}]))
@@ -55,7 +55,7 @@ def test_sink_argument_checks():
 
 def staged(tmp_path, step_id, subtask, run_id, attempt, checkpoint_id, records):
     """A transactional writer that staged `records` for `checkpoint_id`; returns (writer, txn)."""
-    w = FileSink(str(tmp_path), rows_per_file=100).build_writer(
+    w = FileSink(str(tmp_path), rows_per_file=100, roll="checkpoint").build_writer(
         SinkContext(step_id, subtask, 2, transactional=True, run_id=run_id, attempt=attempt))
     w.write_batch(records)
     return w, w.pre_commit(checkpoint_id)
@@ -116,7 +116,7 @@ def test_a_fall_back_after_fewer_subtasks_retracts_what_the_old_subtasks_it_took
     """Resumed at parallelism 2 from 3, falling back from checkpoint 5 (refused) to 4: new
     subtask i takes over old subtasks j with j % 2 == i, so old subtask 2's files of
     checkpoint 5 are retracted by new subtask 0, and its staged ones aborted."""
-    sink = FileSink(str(tmp_path), rows_per_file=100)
+    sink = FileSink(str(tmp_path), rows_per_file=100, roll="checkpoint")
 
     def writer(subtask, parallelism, attempt):
         return sink.build_writer(SinkContext("out", subtask, parallelism, transactional=True, run_id="r",
@@ -142,7 +142,7 @@ def test_a_fall_back_after_fewer_subtasks_retracts_what_the_old_subtasks_it_took
 def test_a_run_from_a_savepoint_may_write_to_another_directory(tmp_path, rolling):
     """The savepoint's transactions and open file are committed (or found committed) where
     they were written; the new run's output goes to its own directory."""
-    kwargs = {"roll_size": 1 << 20} if rolling else {}
+    kwargs = {"roll_size": 1 << 20} if rolling else {"roll": "checkpoint"}
     a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
     a = FileSink(a_dir, **kwargs).build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1", attempt=1))
     a.write_batch([{"id": i} for i in range(5)])

@@ -1,0 +1,205 @@
+"""Recoverable Parquet part files: FileSink's rolling policy for Parquet.
+
+A Parquet file cannot be appended to once closed, and one cut off before its footer (which
+is written last) cannot be read, so an open Parquet part is kept as segments, and rolling
+it rewrites them into one file:
+
+1. `write` buffers rows; every `rows_per_file` rows, and at each checkpoint (`persist`),
+   the buffer becomes a segment: a complete small Parquet file under a hidden name
+   (`_inprogress-...-s<k>.parquet`), written whole (an atomic rename locally, one PUT
+   on S3).
+2. `persist` returns the part's description for the checkpoint: its final name and its
+   segments with their row counts. Only names travel in the snapshot.
+3. `close` (the part rolled): the same, with the last rows.
+4. `commit_parquet_part` merges the recorded segments, in order, into one Parquet file
+   under the final name (each segment one or more row groups of it), written whole, and
+   then deletes the segments. Idempotent: a final file that exists is the merge done.
+   One that holds more rows than recorded (a fall-back past a refused checkpoint that
+   committed the part after more segments were added) is rewritten with its first
+   `rows` rows, which are the recorded segments' (T4). A segment gone while the final
+   file does not exist raises FileNotFoundError.
+5. `adopt_parquet_part`: a part that *another run* recorded (the checkpoint a run
+   started from) belongs to that run: never committed or cut here. Committed already,
+   its rows are visible; otherwise its recorded segments are merged into a file of the
+   new run.
+
+Cost: every row is written twice (its segment, then the merged file) and its segment
+read once more; the merge runs when the rolled part is committed (C6), in the sink
+subtask. Readers see only `part-...` files, each whole and each row once.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raystream._storage import LocalStorage, Storage
+from raystream.connectors.files.rows import arrow_row, concat, table_of
+from raystream.errors import SinkError
+
+_HINT = "give every record the same fields and types"
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """An open or rolled Parquet part: its final name and its segments (name, rows), in order."""
+
+    final: str
+    segments: tuple[tuple[str, int], ...]
+    directory: str = ""  # where it is (a run from a savepoint may write elsewhere): "" is the writer's
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, rows in self.segments)
+
+    @property
+    def length(self) -> int:
+        return self.rows
+
+
+def parquet_table(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> pa.Table:
+    """Micro-batches as one table. Columns are the union of the rows' fields, by name, each
+    of a type that holds all its values (`rows.table_of`); SinkError naming `where` when no
+    type does."""
+    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else table_of([arrow_row(r) for r in p], where)
+              for p in parts if len(p)]
+    return tables[0] if len(tables) == 1 else concat(tables, where)
+
+
+def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> bytes:
+    """Micro-batches as one Parquet file (`parquet_table`)."""
+    buf = io.BytesIO()
+    pq.write_table(parquet_table(parts, where), buf)
+    return buf.getvalue()
+
+
+def unified(schemas: list[pa.Schema], where: str) -> pa.Schema:
+    """One schema of the columns of all `schemas`, types widened as `rows.concat` widens them."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SinkError(f"the rows of {where} do not make one table: {exc}; {_HINT}") from None
+
+
+class ParquetPartWriter:
+    """One open Parquet part (steps 1-3); the same interface as `parts.PartWriter`, `size`
+    counting the bytes of its segments."""
+
+    def __init__(self, storage: Storage, staged: str, final: str, opened_at: float, rows_per_file: int,
+                 where: str = "a Parquet part"):
+        self.final = final
+        self.opened_at = opened_at
+        self.size = 0
+        self._storage = storage
+        self._stem = staged.removesuffix(".parquet")
+        self._rows_per_file = rows_per_file
+        self._buffer: list[list[Any] | pa.RecordBatch] = []
+        self._buffered = 0
+        self._segments: list[tuple[str, int]] = []
+        self._where = where
+        self._schema: pa.Schema | None = None  # of the segments so far, unified
+
+    def write(self, batch: list[Any] | pa.RecordBatch) -> None:
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
+        if self._buffered >= self._rows_per_file:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        name = f"{self._stem}-s{len(self._segments):06d}.parquet"
+        table = parquet_table(self._buffer, self._where)
+        # Refused now, before a checkpoint covers it, not when the segments are merged.
+        schema = table.schema if self._schema is None else unified([self._schema, table.schema], self._where)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        data = buf.getvalue()
+        self._storage.put(name, data)
+        self._schema = schema
+        self._segments.append((name, self._buffered))
+        self.size += len(data)
+        self._buffer, self._buffered = [], 0
+
+    def persist(self, checkpoint_id: int) -> ParquetPart:
+        self._flush()
+        return ParquetPart(self.final, tuple(self._segments), self._storage.uri())
+
+    def close(self) -> ParquetPart:
+        return self.persist(0)
+
+    def covers(self, part: Any) -> bool:
+        """Whether `part` (the last persisted description) holds every row written."""
+        return isinstance(part, ParquetPart) and not self._buffered and part.segments == tuple(self._segments)
+
+
+def merged(storage: Storage, segments: tuple[tuple[str, int], ...], where: str) -> bytes:
+    """The segments, in order, as one Parquet file; FileNotFoundError when one is gone.
+    Columns are the union of the segments' (types widened as `rows.concat` widens them),
+    written segment by segment: one segment's table in memory at a time."""
+    datas = [storage.get(name) for name, _ in segments]
+    schema = unified([pq.read_schema(pa.BufferReader(d)) for d in datas], where)
+    empty = schema.empty_table()
+    buf = io.BytesIO()
+    writer = pq.ParquetWriter(buf, schema)
+    try:
+        for data in datas:
+            table = concat([empty, pq.read_table(pa.BufferReader(data))], where)
+            writer.write_table(table.select(schema.names).cast(schema))
+    finally:
+        writer.close()
+    return buf.getvalue()
+
+
+def final_rows(storage: Storage, name: str) -> int | None:
+    """The rows of the Parquet file `name`, None when there is none."""
+    try:
+        if isinstance(storage, LocalStorage):
+            return pq.read_metadata(storage._path(name)).num_rows
+        return pq.read_metadata(pa.BufferReader(storage.get(name))).num_rows
+    except FileNotFoundError:
+        return None
+
+
+def commit_parquet_part(storage: Storage, part: ParquetPart) -> None:
+    """Step 4: make `part` visible as recorded, idempotently."""
+    rows = final_rows(storage, part.final)
+    if rows is None:
+        storage.put(part.final, merged(storage, part.segments, storage.uri(part.final)))
+    elif rows < part.rows:
+        raise FileNotFoundError(2, f"it holds {rows} rows where the checkpoint recorded {part.rows}",
+                                storage.uri(part.final))
+    elif rows > part.rows:  # committed after more segments were added: their rows are replayed
+        cut_back(storage, part.final, part.rows)
+    storage.delete([name for name, _ in part.segments])
+
+
+def cut_back(storage: Storage, name: str, rows: int) -> None:
+    """Replace the Parquet file `name` by its first `rows` rows (> 0), written whole."""
+    table = pq.read_table(pa.BufferReader(storage.get(name))).slice(0, rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.put(name, buf.getvalue())
+
+
+def adopt_parquet_part(storage: Storage, part: ParquetPart, target: Storage, name: str) -> None:
+    """Step 5: `part` of another run, in `storage`; `name`: the new run's file in
+    `target` for a merge of its recorded segments. Idempotent."""
+    for _ in range(2):  # the other run may commit it (and delete its segments) meanwhile
+        rows = final_rows(storage, part.final)
+        if rows is not None:
+            if rows < part.rows:
+                raise FileNotFoundError(2, f"it holds {rows} of the {part.rows} rows recorded", storage.uri(part.final))
+            return
+        if target.list(name):
+            return  # merged before
+        try:
+            data = merged(storage, part.segments, storage.uri(part.final))
+        except FileNotFoundError:
+            continue
+        target.put(name, data)
+        return
+    raise FileNotFoundError(2, "neither it nor all its segments exist", storage.uri(part.final))
