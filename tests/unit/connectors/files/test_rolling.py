@@ -1,0 +1,225 @@
+"""FileSink's default rolling policy (128 MiB or 60 s) for JSON lines and Parquet, and the
+Parquet part kept as per-checkpoint segments: rolled, restored, cut back, adopted. No Ray:
+writers are driven through the sink contract as the subtask drives them (T1, T3, T4)."""
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from raystream.connectors.files import sink as file_sink
+from raystream.connectors.files.parquet_parts import ParquetPart
+from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
+from raystream.sinks import FileSink, SinkContext, read_files
+
+FORMATS = ["jsonl", "parquet"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(file_sink, "_clock", c)
+    return c
+
+
+def writer(directory, *, run="r1", attempt=1, subtask=0, parallelism=1, state=None, **options):
+    return FileSink(str(directory), **options).build_writer(
+        SinkContext("out", subtask, parallelism, transactional=True, run_id=run, attempt=attempt, resume_state=state))
+
+
+def ids(directory, fmt="jsonl") -> list[int]:
+    return sorted(r["id"] for r in read_files(str(directory), format=fmt))
+
+
+def names(directory) -> list[str]:
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def hidden(directory) -> list[str]:
+    return [n for n in names(directory) if n.startswith("_")]
+
+
+def checkpoint(w, n: int) -> None:
+    """Barrier n and its completion."""
+    txn = w.pre_commit(n)
+    if txn is not None:
+        w.commit(txn)
+
+
+# --- the policy -------------------------------------------------------------------------------
+
+
+def test_the_default_rolls_at_128_mib_or_60_seconds():
+    sink = FileSink("d")
+    assert (sink.roll_size, sink.roll_interval, sink.rolling) == (128 << 20, 60.0, True)
+    assert FileSink("d", format="parquet").rolling
+
+
+@pytest.mark.parametrize("options", [{"roll": "checkpoint"}, {"roll_size": None, "roll_interval": None}])
+def test_one_file_per_checkpoint_is_still_there(options):
+    sink = FileSink("d", **options)
+    assert not sink.rolling and sink.roll_size is None and sink.roll_interval is None
+
+
+def test_either_limit_may_be_left_out():
+    assert (FileSink("d", roll_interval=None).roll_size, FileSink("d", roll_size=None).roll_interval) == (128 << 20, 60.0)
+
+
+@pytest.mark.parametrize("options", [{"roll": "sometimes"}, {"roll": "checkpoint", "roll_size": 10},
+                                     {"roll_interval": True}, {"roll_size": 0}, {"roll_interval": -1}])
+def test_a_policy_that_says_nothing_clear_is_refused(options):
+    with pytest.raises(JobDefinitionError, match="FileSink roll"):
+        FileSink("d", **options)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_part_rolls_after_roll_interval_and_is_committed_with_the_next_checkpoint(tmp_path, clock, fmt):
+    w = writer(tmp_path, format=fmt)
+    for n in range(1, 60):  # a checkpoint a second, for 59 s
+        w.write_batch([{"id": n}])
+        checkpoint(w, n)
+        clock.now += 1.0
+    assert ids(tmp_path, fmt) == []  # nothing visible before the part rolls
+    clock.now += 1.0
+    w.write_batch([{"id": 60}])
+    checkpoint(w, 60)  # open for 60 s at this barrier: rolled, and committed with it
+    assert ids(tmp_path, fmt) == list(range(1, 61)) and hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_files_per_hour_with_the_defaults_at_one_second_checkpoints(tmp_path, clock, fmt):
+    """With 1 s checkpoints a subtask commits one file a minute, not one a second. Fewer
+    checkpoints here: four minutes (a Parquet segment a second is written, then merged)."""
+    w = writer(tmp_path, format=fmt)
+    for n in range(1, 241):
+        w.write_batch([{"id": n}])
+        checkpoint(w, n)
+        clock.now += 1.0
+    w.close()
+    committed = [n for n in names(tmp_path) if n.startswith("part-")]
+    assert len(committed) == 4, committed
+    assert ids(tmp_path, fmt) == list(range(1, 241)) and hidden(tmp_path) == []
+
+
+def test_per_checkpoint_files_are_one_a_checkpoint(tmp_path, clock):
+    w = writer(tmp_path, roll="checkpoint")
+    for n in range(1, 61):
+        w.write_batch([{"id": n}])
+        checkpoint(w, n)
+    assert len(names(tmp_path)) == 60
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_part_rolls_at_roll_size(tmp_path, clock, fmt):
+    w = writer(tmp_path, format=fmt, roll_size=2000, rows_per_file=10)
+    for n in range(1, 21):
+        w.write_batch([{"id": n * 10 + i, "pad": "x" * 20} for i in range(10)])
+        checkpoint(w, n)
+    w.close()
+    committed = [n for n in names(tmp_path) if n.startswith("part-")]
+    assert 2 <= len(committed) < 20, committed  # several checkpoints a file, several files
+    assert ids(tmp_path, fmt) == sorted(n * 10 + i for n in range(1, 21) for i in range(10))
+
+
+# --- Parquet segments ----------------------------------------------------------------------------
+
+
+def test_an_open_parquet_part_is_segments_one_a_checkpoint_that_readers_never_see(tmp_path, clock):
+    w = writer(tmp_path, format="parquet")
+    for n in (1, 2, 3):
+        w.write_batch([{"id": n}])
+        checkpoint(w, n)
+    (part,) = w.snapshot()["in_progress"]
+    assert isinstance(part, ParquetPart) and [rows for _, rows in part.segments] == [1, 1, 1]
+    assert sorted(n for n, _ in part.segments) == hidden(tmp_path) and read_files(str(tmp_path), format="parquet") == []
+
+
+def test_a_restore_commits_the_open_parquet_part_as_its_checkpoint_recorded_it(tmp_path, clock):
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": 1}, {"id": 2}])
+    checkpoint(w, 1)
+    state = w.snapshot()
+    w.write_batch([{"id": 3}])
+    w.pre_commit(2)  # then the process dies: checkpoint 2 never completes
+    again = writer(tmp_path, format="parquet", attempt=2, state=state)
+    again.recover([], 1)
+    assert ids(tmp_path, "parquet") == [1, 2] and hidden(tmp_path) == []
+    writer(tmp_path, format="parquet", attempt=3, state=state).recover([], 1)  # and once more: done is done
+    assert ids(tmp_path, "parquet") == [1, 2]
+
+
+def test_a_fall_back_cuts_a_committed_parquet_part_back_to_the_rows_its_checkpoint_recorded(tmp_path, clock):
+    """Checkpoint 2 rolled and committed the part; it is refused later, and the restore of
+    checkpoint 1 keeps only the rows of the segments checkpoint 1 recorded."""
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": 1}])
+    checkpoint(w, 1)
+    state = w.snapshot()
+    w.write_batch([{"id": 2}])
+    clock.now += 61
+    checkpoint(w, 2)
+    assert ids(tmp_path, "parquet") == [1, 2]
+    writer(tmp_path, format="parquet", attempt=2, state=state).recover([], 1)
+    assert ids(tmp_path, "parquet") == [1] and hidden(tmp_path) == []
+
+
+def test_a_rolled_parquet_part_commits_once_however_often_its_commit_runs(tmp_path, clock):
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": 1, "a": "x"}])
+    w.pre_commit(1)
+    w.write_batch([{"id": 2, "b": 2.5}])  # another column: the merged file has both
+    clock.now += 61
+    txn = w.pre_commit(2)
+    w.commit(txn)
+    w.commit(txn)
+    writer(tmp_path, format="parquet", attempt=2).recover([txn], 2)
+    assert read_files(str(tmp_path), format="parquet") == [{"id": 1, "a": "x", "b": None},
+                                                            {"id": 2, "a": None, "b": 2.5}]
+    (committed,) = names(tmp_path)
+    assert pq.ParquetFile(tmp_path / committed).metadata.num_row_groups == 2  # a row group per segment
+
+
+def test_a_rolled_parquet_part_whose_segments_are_gone_says_so(tmp_path, clock):
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": 1}])
+    clock.now += 61
+    txn = w.pre_commit(1)
+    for name in hidden(tmp_path):
+        os.unlink(tmp_path / name)
+    with pytest.raises(StagedDataMissingError, match="FileSink cannot commit"):
+        w.commit(txn)
+
+
+def test_parquet_rows_that_make_no_table_are_refused_before_a_checkpoint_covers_them(tmp_path, clock):
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": 1}])
+    w.pre_commit(1)
+    w.write_batch([{"id": "one"}])
+    with pytest.raises(SinkError, match="rows of sink step 'out' do not make one table"):
+        w.pre_commit(2)
+
+
+def test_a_run_from_another_runs_checkpoint_merges_its_open_parquet_part_into_a_file_of_its_own(tmp_path, clock):
+    a = writer(tmp_path, format="parquet", run="r1")
+    a.write_batch([{"id": 1}])
+    checkpoint(a, 1)
+    state = a.snapshot()
+    a.write_batch([{"id": 2}])
+    checkpoint(a, 2)  # r1 goes on
+    b = writer(tmp_path, format="parquet", run="r2", state=state)
+    b.recover([], 1)
+    b.recover([], 1)  # twice: one copy
+    r2 = [n for n in names(tmp_path) if n.startswith("part-out@0000@r2@")]
+    assert len(r2) == 1 and sorted(r["id"] for r in read_files(str(tmp_path), format="parquet")) == [1]
+    assert len([n for n, _ in state["in_progress"][0].segments if os.path.exists(tmp_path / n)]) == 1  # r1's, kept
+    a.close()  # r1 ends: its part, with both checkpoints' rows, is committed by r1
+    assert ids(tmp_path, "parquet") == [1, 1, 2]  # B re-emits what A committed after B's origin, as documented
