@@ -63,7 +63,7 @@ class FileSink(Sink):
     or has been open `roll_interval` seconds: 128 MiB or 60 s, so at most about 60 files
     an hour per sink subtask, each visible up to `roll_interval` plus one checkpoint
     interval after its first record. Either limit may be None (the other one rolls).
-    `roll="checkpoint"` (or both limits None, how it was spelled before 0.6) commits one
+    `roll="checkpoint"` (or both limits None, how it was spelled before 0.5) commits one
     file per subtask and checkpoint instead, of at most `rows_per_file` rows: visible a
     checkpoint after they are written, but 3,600 files an hour per subtask at 1 s
     checkpoints. See `raystream.connectors.files.parts` (JSON lines) and
@@ -179,30 +179,16 @@ class _FileWriter(SinkWriter):
         return FileTxn(files, self._sink.directory) if files else None
 
     def commit(self, txn: FileTxn) -> None:
-        store = self._store if txn.directory in ("", self._sink.directory) else open_storage(txn.directory)
-        try:
-            store.promote(txn.files)  # durable before the commit counts
-        except FileNotFoundError as exc:
-            raise StagedDataMissingError(
-                f"FileSink cannot commit {exc.filename}: neither it nor its staged file exists") from None
-        except Exception as exc:
-            raise SinkError(f"FileSink could not commit into {store.uri()}: {exc}") from exc
-        self.files_committed += len(txn.files)
+        self.files_committed += _promote(self._store, self._sink.directory, txn)
 
-    def recover(self, txns: list[FileTxn], checkpoint_id: int) -> None:
-        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
-        for txn in txns:
-            self.commit(txn)
-        keep = {pending for txn in txns for pending, _ in txn.files}
-        mine = self._ctx.attempt
-        stale = [n for n in _names(self._store, "_pending-", self._ctx)
-                 if n not in keep and _written_by(n, 3) < mine]
-        later = [n for n in _names(self._store, "part-", self._ctx)
-                 if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine]
-        self._store.delete(stale + later)
-        if stale or later:
-            logger.info("FileSink %s aborted %d staged files and retracted %d files of checkpoints after %d",
-                        self._tag, len(stale), len(later), checkpoint_id)
+    def recover(self, txns: list[Any], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism): as a
+        rolling writer recovers, which also takes the transactions and open files of a
+        checkpoint taken with rolling on (the default: this sink was switched to
+        roll="checkpoint" since)."""
+        rolling = _RollingWriter(self._sink, self._ctx)
+        rolling.recover(txns, checkpoint_id)
+        self.files_committed += rolling.files_committed
 
     def close(self) -> dict[str, int]:
         if not self._ctx.transactional:
@@ -210,6 +196,19 @@ class _FileWriter(SinkWriter):
         elif self._rows or self._txn.files:
             raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
         return {"files": self.files_committed}
+
+
+def _promote(default: Storage, directory: str, txn: FileTxn) -> int:
+    """Commit a `roll="checkpoint"` transaction: its pending files renamed; how many."""
+    store = default if txn.directory in ("", directory) else open_storage(txn.directory)
+    try:
+        store.promote(txn.files)  # durable before the commit counts
+    except FileNotFoundError as exc:
+        raise StagedDataMissingError(
+            f"FileSink cannot commit {exc.filename}: neither it nor its staged file exists") from None
+    except Exception as exc:
+        raise SinkError(f"FileSink could not commit into {store.uri()}: {exc}") from exc
+    return len(txn.files)
 
 
 def _names(store: Storage, kind: str, ctx: SinkContext) -> list[str]:
@@ -313,7 +312,10 @@ class _RollingWriter(SinkWriter):
     def snapshot(self) -> dict[str, list[Part]] | None:
         return {"in_progress": [self._persisted]} if self._persisted is not None else None
 
-    def commit(self, txn: RolledTxn) -> None:
+    def commit(self, txn: RolledTxn | FileTxn) -> None:
+        if isinstance(txn, FileTxn):  # of a checkpoint taken with roll="checkpoint" (before 0.5, the default)
+            self.files_committed += _promote(self._store, self._sink.directory, txn)
+            return
         for part in txn.parts:
             self._commit(part)
 
@@ -355,16 +357,22 @@ class _RollingWriter(SinkWriter):
         except Exception as exc:
             raise SinkError(f"FileSink could not write under {self._store.uri()}: {exc}") from exc
 
-    def recover(self, txns: list[RolledTxn], checkpoint_id: int) -> None:
-        """T4, for this subtask and the old subtasks it takes over (j % parallelism)."""
+    def recover(self, txns: list[RolledTxn | FileTxn], checkpoint_id: int) -> None:
+        """T4, for this subtask and the old subtasks it takes over (j % parallelism).
+        Transactions of `roll="checkpoint"` (`FileTxn`: a checkpoint taken before the sink
+        rolled) are committed too, and older attempts' pending files aborted."""
         for txn in txns:
             self.commit(txn)
         for part in self._restored:  # open at the restored checkpoint: committed as it was then
             self._restore_part(part, checkpoint_id)
         self._checkpoint = checkpoint_id + 1
-        keep = {p.final for p in self._restored} | {p.final for t in txns for p in t.parts}
+        rolled = [t for t in txns if isinstance(t, RolledTxn)]
+        files = [t for t in txns if isinstance(t, FileTxn)]
+        keep = {p.final for p in self._restored} | {p.final for t in rolled for p in t.parts}
+        pending = {name for t in files for name, _ in t.files}
         mine = self._ctx.attempt
         stale = [n for n in _names(self._store, "_inprogress-", self._ctx) if _written_by(n, 3) < mine]
+        stale += [n for n in _names(self._store, "_pending-", self._ctx) if n not in pending and _written_by(n, 3) < mine]
         later = [n for n in _names(self._store, "part-", self._ctx)
                  if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine and n not in keep]
         self._store.delete(stale + later)

@@ -223,3 +223,25 @@ def test_a_run_from_another_runs_checkpoint_merges_its_open_parquet_part_into_a_
     assert len([n for n, _ in state["in_progress"][0].segments if os.path.exists(tmp_path / n)]) == 1  # r1's, kept
     a.close()  # r1 ends: its part, with both checkpoints' rows, is committed by r1
     assert ids(tmp_path, "parquet") == [1, 1, 2]  # B re-emits what A committed after B's origin, as documented
+
+
+@pytest.mark.parametrize("before, after", [("checkpoint", "policy"), ("policy", "checkpoint")])
+def test_a_checkpoint_taken_with_the_other_policy_restores(tmp_path, clock, before, after):
+    """A job of 0.4 (one file per checkpoint) resumed with the rolling default, and a
+    rolling job switched to roll="checkpoint": the restore commits what the checkpoint
+    holds, and aborts what it does not."""
+    w = writer(tmp_path, roll=before)
+    w.write_batch([{"id": 1}])
+    checkpoint(w, 1)
+    w.write_batch([{"id": 2}])
+    txn = w.pre_commit(2)  # checkpoint 2 completes, but the process dies before it commits
+    state = w.snapshot()
+    w.write_batch([{"id": 3}])
+    w.pre_commit(3)  # never completes
+    again = writer(tmp_path, roll=after, attempt=2, state=state)
+    again.recover([txn] if txn is not None else [], 2)
+    assert ids(tmp_path) == [1, 2] and hidden(tmp_path) == []
+    again.write_batch([{"id": 3}])
+    checkpoint(again, 3)
+    again.close()
+    assert ids(tmp_path) == [1, 2, 3]
