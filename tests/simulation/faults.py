@@ -48,7 +48,7 @@ class Faults:
             self.world.at(3.0, self._end_calm)  # if its moment does not come (no Parquet file pending)
         if "parquet" in self.kinds and rng.random() < 0.3:  # compaction while checkpoints commit
             self.world.at(rng.uniform(0.02, 0.4), self.compact)
-        rolls = {"rolled", "s3_rolled", "parquet"} & set(self.kinds)
+        rolls = {"rolled", "s3_rolled", "parquet", "parquet_rolled"} & set(self.kinds)
         run = next((r for r in self.runs if r.run_id == run_id and not r.outcome), None)
         if rolls and run is not None and len(self.damaged) < 2 and rng.random() < 0.08:
             # a fall-back past this checkpoint once its commits are done: files it rolled or compacted

@@ -24,6 +24,9 @@ import json
 import os
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.state.manifest import Manifest
 from raystream._storage import open_storage
@@ -111,7 +114,7 @@ class Invariants:
                 if last.outcome in ("finished", "stopped") and not forked and not refused:
                     self._check_totals(line, last.outputs.sinks[kind].table)
                 continue
-            if forked and kind in ("rolled", "s3_rolled"):
+            if forked and kind in ("rolled", "s3_rolled", "parquet_rolled"):
                 continue  # an open part file is in A's output and in B's copy of it; A's own line checks A
             places = {r.outputs.place for r in line}
             rows = [r for place in places for r in self._rows(kind, place) if r.get("_file_run", r["run"]) in ids]
@@ -130,14 +133,19 @@ class Invariants:
         if kind == "pg_rows":
             return self.s.pg.rows("rows")
         directory = self.s.directory(kind, place)
-        self._check_readers(directory, "parquet" if kind == "parquet" else "jsonl")
-        if kind == "parquet":
+        parquet = kind in ("parquet", "parquet_rolled")
+        self._check_readers(directory, "parquet" if parquet else "jsonl")
+        if kind == "parquet":  # compacted files name no run
             return read_files(directory, format="parquet")
         rows = []  # read file by file: a row belongs to the run that wrote its file (a copy is the copier's)
         storage = open_storage(directory)
         for key in visible_files(directory):
             run_id = key.split("@")[2]
-            rows += [{**json.loads(line), "_file_run": run_id} for line in storage.get(key).splitlines() if line]
+            if parquet:
+                table = pq.read_table(pa.BufferReader(storage.get(key)))
+                rows += [{**{k: v for k, v in r.items() if v is not None}, "_file_run": run_id} for r in table.to_pylist()]
+            else:
+                rows += [{**json.loads(line), "_file_run": run_id} for line in storage.get(key).splitlines() if line]
         return rows
 
     @staticmethod

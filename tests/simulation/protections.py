@@ -205,15 +205,49 @@ def committed_parts_not_cut_back() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def parquet_parts_not_cut_back() -> Iterator[None]:
+    """A committed Parquet part is taken as done, however many rows it has."""
+    from raystream.connectors.files import parquet_parts
+
+    real = parquet_parts.final_rows
+
+    def commit(storage, part):
+        if real(storage, part.final) is not None:
+            storage.delete([n for n, _ in part.segments])
+            return
+        storage.put(part.final, parquet_parts.merged(storage, part.segments, part.final))
+        storage.delete([n for n, _ in part.segments])
+
+    with patched(parquet_parts, "commit_parquet_part", commit), patched(_part_files, "commit_parquet_part", commit):
+        yield
+
+
+@contextlib.contextmanager
+def parquet_segments_merged_at_the_roll() -> Iterator[None]:
+    """A rolled Parquet part is merged at once into its final name, before its checkpoint completes."""
+    from raystream.connectors.files import parquet_parts
+
+    real = parquet_parts.ParquetPartWriter.close
+
+    def close(self):
+        part = real(self)
+        parquet_parts.commit_parquet_part(self._storage, part)
+        return part
+
+    with patched(parquet_parts.ParquetPartWriter, "close", close):
+        yield
+
+
+@contextlib.contextmanager
 def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
     """A run from a savepoint commits the savepoint's files in its own directory."""
     file_sink = sys.modules["raystream.connectors.files.sink"]
-    real = file_sink._FileWriter.commit
+    real = file_sink._promote
 
-    def commit(self, txn):
-        real(self, file_sink.FileTxn(txn.files))
+    def promote(default, directory, txn):
+        return real(default, directory, file_sink.FileTxn(txn.files))
 
-    with patched(file_sink._FileWriter, "commit", commit), \
+    with patched(file_sink, "_promote", promote), \
             patched(file_sink, "storage_of", lambda part, default: default):
         yield
 
@@ -331,6 +365,10 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                      gone_partitions_lose_offsets),
     "committed_parts_not_cut_back": ("defect 6: a fall-back leaves a rolled, committed file as it grew",
                                      committed_parts_not_cut_back),
+    "parquet_parts_not_cut_back": ("a fall-back leaves a rolled, committed Parquet file with its later rows",
+                                   parquet_parts_not_cut_back),
+    "parquet_segments_merged_at_the_roll": ("a rolled Parquet file made visible before its checkpoint completes",
+                                            parquet_segments_merged_at_the_roll),
     "savepoint_files_committed_in_the_new_directory": (
         "review: a run from a savepoint into another directory commits the savepoint's files there",
         savepoint_files_committed_in_the_new_directory),

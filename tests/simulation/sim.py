@@ -4,8 +4,10 @@ The code under test is the real protocol code: the coordinator's `Checkpointer`,
 `recovery.begin_attempt` and `choose_checkpoint`, `CheckpointStore` (attempts, restore
 records, void manifests, refusals, retention, origins), snapshot encoding and
 verification, the restore merge by step id (`rescale.merge_states`), `SourceReader`, and
-the sink writers with their recover: FileSink (plain, rolling locally and on S3, Parquet
+the sink writers with their recover: FileSink (one file per checkpoint; rolling JSON lines
+locally and on S3; rolling Parquet, its open part kept as segments; per-checkpoint Parquet
 with `compact_files` running beside the job) and PostgresSink (append and upsert).
+Rolling is by size and by age (`roll_interval`, on the simulated clock).
 
 Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
 time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
@@ -49,6 +51,7 @@ import pyarrow  # noqa: F401 - loaded before the clock starts
 
 from raystream import _files
 from raystream.connectors.files import parts as _part_files, compaction
+from raystream.connectors.files import sink as _file_sink
 from raystream._runtime.checkpointing import recovery
 from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.plan.specs import RunOptions
@@ -99,6 +102,12 @@ class Scenario(Faults, Forks):
                                   if rng.random() < 0.4 or (self.calm and k == "parquet")]
         self.pg = SimPgServer() if any(k.startswith("pg_") for k in self.kinds) else None
         self.roll_size = rng.choice([100, 500, 3000])  # a row is about 50 bytes: files span checkpoints
+        # Their own generator, so that the rest of a seed's schedule stays what it was.
+        rolling = random.Random(seed ^ 0x7011)
+        if rolling.random() < 0.4:  # Parquet rolled as FileSink does by default (segments, merged at a roll)
+            self.kinds.append("parquet_rolled")
+        self.roll_interval = rolling.choice([None, 0.15, 0.5])  # simulated seconds; None: by size only
+        self.parquet_roll_size = rolling.choice([None, 2000, 6000])  # a segment of a few rows is ~1 kB
         self.runs: list[SimRun] = []
         self.procs: dict = {}  # (run, subtask, attempt) -> its process, for the PostgreSQL sessions
         self.lines: list[list[SimRun]] = []  # each line of runs whose outputs continue each other
@@ -135,11 +144,15 @@ class Scenario(Faults, Forks):
         sinks: dict[str, Any] = {}
         for kind in self.kinds:
             if kind == "files":
-                sinks[kind] = FileSink(self.directory(kind, place), rows_per_file=8)
+                sinks[kind] = FileSink(self.directory(kind, place), rows_per_file=8, roll="checkpoint")
             elif kind in ("rolled", "s3_rolled"):
-                sinks[kind] = FileSink(self.directory(kind, place), roll_size=self.roll_size)
+                sinks[kind] = FileSink(self.directory(kind, place), roll_size=self.roll_size,
+                                       roll_interval=self.roll_interval)
             elif kind == "parquet":
-                sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4)
+                sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4, roll="checkpoint")
+            elif kind == "parquet_rolled":
+                sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4,
+                                       roll_size=self.parquet_roll_size, roll_interval=self.roll_interval or 0.3)
             elif kind == "pg_rows":
                 sinks[kind] = SimPostgresSink(self.pg, self.procs, "host=sim dbname=sim", "rows", create_table=True)
             elif kind == "pg_totals":
@@ -313,7 +326,8 @@ def play_schedule(scenario: Scenario) -> Scenario:
     seed = scenario.seed
     loop = scenario.world.new_loop()
     saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
-             compaction._checkpoint_store, uuid.uuid4)
+             compaction._checkpoint_store, uuid.uuid4, _file_sink._clock)
+    _file_sink._clock = lambda: scenario.world.now  # roll_interval on the simulated clock
     recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
     uuid.uuid4 = _seeded_uuid4(random.Random(seed), saved[-1])
     _part_files.PART_SIZE = 40  # tiny S3 parts: uploads of several parts, and tails
@@ -328,7 +342,7 @@ def play_schedule(scenario: Scenario) -> Scenario:
                          + "\n".join(scenario.world.log[-80:])) from None
     finally:
         (recovery.choose_checkpoint, _part_files.PART_SIZE, _files._clients.s3, compaction._checkpoint_store,
-         uuid.uuid4) = saved
+         uuid.uuid4, _file_sink._clock) = saved
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
