@@ -20,10 +20,11 @@ BILLING = Path(__file__).resolve().parents[2] / "jobs" / "billing.py"
 
 def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: int = 50_000,
                  invoices: bool = False, roll_size: int | None = None,
-                 roll_interval: float | None = None) -> dict[str, Any]:
+                 roll_interval: float | None = None, roll: str = "") -> dict[str, Any]:
     """jobs/billing.py at test size: its `job`, `verify` and `setup`. Without `invoices`
-    only the running totals (two chains); the invoices have tests of their own. With
-    `roll_size` or `roll_interval` the totals' FileSink rolls its files."""
+    only the running totals (two chains); the invoices have tests of their own. The
+    totals' FileSink rolls by FileSink's defaults, or by `roll_size` and `roll_interval`
+    when given; `roll="checkpoint"`: one file per subtask and checkpoint."""
     monkeypatch.setenv("BILLING_INVOICES", "1" if invoices else "0")
     monkeypatch.setenv("BILLING_EVENTS", str(events))
     monkeypatch.setenv("BILLING_RATE", str(rate))
@@ -31,6 +32,7 @@ def load_billing(monkeypatch, *, events: int, rate: float, out: str, file_rows: 
     monkeypatch.setenv("BILLING_FILE_ROWS", str(file_rows))
     monkeypatch.setenv("BILLING_ROLL_SIZE", str(roll_size or ""))
     monkeypatch.setenv("BILLING_ROLL_INTERVAL", str(roll_interval or ""))
+    monkeypatch.setenv("BILLING_ROLL", roll)
     return runpy.run_path(str(BILLING), run_name="__raystream_job__")
 
 

@@ -72,7 +72,7 @@ def test_parquet_compacted_while_the_job_writes_and_a_subtask_is_killed(tmp_path
     job = rs.Job("parquet_ids", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.2),
                  restart=rs.RestartStrategy(delay=0.1))
     (job.source("ids", rs.sources.SequenceSource(n, partitions=2, rate=3_000)).map("row", row)
-     .sink("out", rs.sinks.FileSink(out, format="parquet")))
+     .sink("out", rs.sinks.FileSink(out, format="parquet", roll="checkpoint")))
     handle = job.start()
     status = wait_until(lambda: running(handle, checkpoints=8), "eight checkpoints")
     root = f"{os.getcwd()}/raystream-checkpoints/parquet_ids"
@@ -89,3 +89,64 @@ def test_parquet_compacted_while_the_job_writes_and_a_subtask_is_killed(tmp_path
     # one merged file, and what the retained checkpoints may commit again or retract
     assert len(committed_files(out)) <= 1 + 2 * rs.CheckpointConfig().retain
     assert sorted(r["id"] for r in rs.sinks.read_files(out, format="parquet")) == list(range(n))
+
+
+def sink_pids(status, step: str) -> list[int]:
+    """The processes of the subtasks whose chain holds sink `step`."""
+    return [pid for name, pid in sorted(status.pids.items()) if step in name.split("[")[0].split("+")]
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.extended)])
+def test_the_default_rolling_policy_under_kills_of_the_sink_subtask(monkeypatch, tmp_path, seed):
+    """JSON lines as a default FileSink writes them (nothing rolls in a run this short: each
+    restore commits the open file cut back to its checkpoint, the end commits the last)."""
+    out = str(tmp_path / "out")
+    ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=out)
+    handle = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3)).start()
+    rng = random.Random(seed)
+    status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    for k in range(2):
+        wait_until(lambda: handle.status().checkpoints.completed >= status.checkpoints.completed + rng.randint(1, 4),
+                   "more checkpoints")
+        kill(rng.choice(sink_pids(handle.status(), "totals")))
+        status = wait_until(lambda: running(handle, attempt=status.attempt + 1, checkpoints=0), "the next attempt")
+    result = handle.wait()
+    assert ns["verify"]().ok, ns["verify"]()
+    assert result.restarts >= 2
+    # one file per subtask and restore, and the last: not one per checkpoint
+    assert len(committed_files(out)) <= 2 * (result.restarts + 1), (committed_files(out), result.checkpoints.completed)
+
+
+def parquet_job(out: str, n: int, rate: float, **sink_options) -> rs.Job:
+    job = rs.Job("parquet_rolled", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.2),
+                 restart=rs.RestartStrategy(delay=0.1))
+    (job.source("ids", rs.sources.SequenceSource(n, partitions=2, rate=rate)).map("row", row)
+     .sink("out", rs.sinks.FileSink(out, format="parquet", rows_per_file=400, **sink_options)))
+    return job
+
+
+@pytest.mark.parametrize("where, seed", [("local", 0), pytest.param("s3", 1, marks=pytest.mark.extended),
+                                         pytest.param("local", 2, marks=pytest.mark.extended)])
+def test_rolling_parquet_exactly_once_under_kills_of_the_sink_subtask(tmp_path, where, seed, request):
+    """Parquet parts roll every second (segments a checkpoint, merged at the roll); the
+    sink's subtasks are killed at random moments: every id committed once, no segment or
+    staged file left, and files by the second, not by the checkpoint."""
+    out = str(tmp_path / "out") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/out"
+    n, rng = 15_000, random.Random(seed)
+    handle = parquet_job(out, n, rate=3_000, roll_interval=1.0).start()
+    status = wait_until(lambda: running(handle, checkpoints=3), "three checkpoints")
+    for _ in range(2):
+        pause = handle.status().checkpoints.completed + rng.randint(1, 8)
+        wait_until(lambda: handle.status().checkpoints.completed >= pause or handle.status().state != "running",
+                   "more checkpoints")
+        if handle.status().state != "running":
+            break
+        kill(rng.choice(sink_pids(handle.status(), "out")))
+        status = wait_until(lambda: running(handle, attempt=status.attempt + 1) or
+                            handle.status().state == "finished", "the next attempt") or status
+    result = handle.wait()
+    assert result.state == "finished" and result.restarts >= 1
+    ids = sorted(r["id"] for r in rs.sinks.read_files(out, format="parquet"))
+    assert ids == list(range(n)), f"{len(ids)} rows, {len(set(ids))} distinct ids; expected {n} once each"
+    files = committed_files(out)
+    assert len(files) < result.checkpoints.completed, (len(files), result.checkpoints.completed)

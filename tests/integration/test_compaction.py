@@ -91,7 +91,7 @@ def test_files_a_retained_checkpoint_commits_again_are_never_merged(directory, t
     from raystream._runtime.state.snapshot import SnapshotMeta
     from raystream.sinks import FileSink, SinkContext
 
-    sink = FileSink(directory, format="parquet")
+    sink = FileSink(directory, format="parquet", roll="checkpoint")
     store = CheckpointStore(str(tmp_path / "checkpoints" / "j"))
     store.claim_attempt("r1")
 
@@ -124,7 +124,7 @@ def test_files_committed_with_checkpoints_need_the_checkpoint_root(directory, tm
     from raystream.errors import JobDefinitionError
     from raystream.sinks import FileSink, SinkContext
 
-    w = FileSink(directory, format="parquet").build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1",
+    w = FileSink(directory, format="parquet", roll="checkpoint").build_writer(SinkContext("out", 0, 1, transactional=True, run_id="r1",
                                                                         attempt=1))
     for n in (1, 2):
         w.write_batch([{"id": n}])
@@ -149,7 +149,7 @@ def test_a_manifest_deleted_by_retention_while_compaction_reads_is_read_again(di
 
     store = CheckpointStore(str(tmp_path / "checkpoints" / "j"))
     store.claim_attempt("r1")
-    w = FileSink(directory, format="parquet").build_writer(
+    w = FileSink(directory, format="parquet", roll="checkpoint").build_writer(
         SinkContext("out", 0, 1, transactional=True, run_id="r1", attempt=1))
 
     def publish(n, sink_from):

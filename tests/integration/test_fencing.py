@@ -35,7 +35,7 @@ def start_subtask(tmp_path, attempt: int, run_id: str = "run1"):
     """A source+sink chain: 1,000 numbers into a transactional FileSink."""
     root = str(tmp_path / "chk")
     steps = [Step("nums", "source", (), source=SequenceSource(1_000)),
-             Step("out", "sink", ("nums",), sink=FileSink(str(tmp_path / "out")))]
+             Step("out", "sink", ("nums",), sink=FileSink(str(tmp_path / "out"), roll="checkpoint"))]
     spec = SubtaskSpec("fence", "nums+out", steps, 0, 1, 0, rs.RuntimeConfig(), rs.Guarantee.EXACTLY_ONCE,
                        root, run_id, attempt, source_partitions=["0"])
     store = CheckpointStore(root)

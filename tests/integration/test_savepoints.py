@@ -36,7 +36,7 @@ def counting_job(tmp_path, *, parallelism=2, chaining=True, sum_id="sum", extra_
     rows = numbers.map("row", lambda i: {"id": i})
     if extra_step:
         rows = rows.filter("keep_all", lambda row: True)
-    rows.sink("ids", FileSink(str(tmp_path / "ids")))
+    rows.sink("ids", FileSink(str(tmp_path / "ids"), roll_interval=0.5))  # visible mid-run, across savepoints
     (numbers.key_by("key", lambda i: i % KEYS).reduce(sum_id, operator.add)
         .sink("sums", CollectSink(keep="last")))
     return job
