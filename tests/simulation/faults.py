@@ -53,6 +53,9 @@ class Faults:
         if rolls and run is not None and len(self.damaged) < 2 and rng.random() < 0.08:
             # a fall-back past this checkpoint once its commits are done: files it rolled or compacted
             self.world.at(rng.uniform(0.05, 0.5), lambda: self.damage(run, every=False))
+        elif "parquet_rolled" in self.kinds and run is not None and len(self.damaged) < 2 and \
+                self.rolling_rng.random() < 0.1:  # more often: a Parquet part committed after it grew is cut back
+            self.world.at(self.rolling_rng.uniform(0.05, 0.5), lambda: self.damage(run, every=False))
         if self.crash_after_manifest and self.trace.crashes < 4 and self.world.rng.random() < 0.25:
             self.world.at(self.world.rng.uniform(0.0, 0.01), self.crash)
 

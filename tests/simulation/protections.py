@@ -223,22 +223,6 @@ def parquet_parts_not_cut_back() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def parquet_segments_merged_at_the_roll() -> Iterator[None]:
-    """A rolled Parquet part is merged at once into its final name, before its checkpoint completes."""
-    from raystream.connectors.files import parquet_parts
-
-    real = parquet_parts.ParquetPartWriter.close
-
-    def close(self):
-        part = real(self)
-        parquet_parts.commit_parquet_part(self._storage, part)
-        return part
-
-    with patched(parquet_parts.ParquetPartWriter, "close", close):
-        yield
-
-
-@contextlib.contextmanager
 def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
     """A run from a savepoint commits the savepoint's files in its own directory."""
     file_sink = sys.modules["raystream.connectors.files.sink"]
@@ -367,8 +351,6 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                      committed_parts_not_cut_back),
     "parquet_parts_not_cut_back": ("a fall-back leaves a rolled, committed Parquet file with its later rows",
                                    parquet_parts_not_cut_back),
-    "parquet_segments_merged_at_the_roll": ("a rolled Parquet file made visible before its checkpoint completes",
-                                            parquet_segments_merged_at_the_roll),
     "savepoint_files_committed_in_the_new_directory": (
         "review: a run from a savepoint into another directory commits the savepoint's files there",
         savepoint_files_committed_in_the_new_directory),

@@ -103,11 +103,13 @@ class Scenario(Faults, Forks):
         self.pg = SimPgServer() if any(k.startswith("pg_") for k in self.kinds) else None
         self.roll_size = rng.choice([100, 500, 3000])  # a row is about 50 bytes: files span checkpoints
         # Their own generator, so that the rest of a seed's schedule stays what it was.
-        rolling = random.Random(seed ^ 0x7011)
+        rolling = self.rolling_rng = random.Random(seed ^ 0x7011)
         if rolling.random() < 0.4:  # Parquet rolled as FileSink does by default (segments, merged at a roll)
             self.kinds.append("parquet_rolled")
         self.roll_interval = rolling.choice([None, 0.15, 0.5])  # simulated seconds; None: by size only
-        self.parquet_roll_size = rolling.choice([None, 2000, 6000])  # a segment of a few rows is ~1 kB
+        self.parquet_roll_size = rolling.choice([None, 1000, 2000])  # a segment of a few rows is ~1 kB
+        # Often no longer than a checkpoint interval: a part open at one checkpoint rolls at the next.
+        self.parquet_roll_interval = rolling.choice([0.02, 0.05, 0.15, 0.5])
         self.runs: list[SimRun] = []
         self.procs: dict = {}  # (run, subtask, attempt) -> its process, for the PostgreSQL sessions
         self.lines: list[list[SimRun]] = []  # each line of runs whose outputs continue each other
@@ -152,7 +154,7 @@ class Scenario(Faults, Forks):
                 sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4, roll="checkpoint")
             elif kind == "parquet_rolled":
                 sinks[kind] = FileSink(self.directory(kind, place), format="parquet", rows_per_file=4,
-                                       roll_size=self.parquet_roll_size, roll_interval=self.roll_interval or 0.3)
+                                       roll_size=self.parquet_roll_size, roll_interval=self.parquet_roll_interval)
             elif kind == "pg_rows":
                 sinks[kind] = SimPostgresSink(self.pg, self.procs, "host=sim dbname=sim", "rows", create_table=True)
             elif kind == "pg_totals":
