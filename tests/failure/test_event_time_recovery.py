@@ -277,7 +277,7 @@ def test_a_quiet_partition_keeps_holding_the_watermark_where_it_was_after_a_rest
      .key_by("all", lambda e: 0, value=lambda e: 1)
      .window(Tumbling(1)).reduce("count", operator.add)
      .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
-     .sink("out", rs.sinks.FileSink(out)))
+     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))  # read while it runs
     handle = job.start()
     try:
         status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")

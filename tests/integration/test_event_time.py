@@ -77,7 +77,7 @@ def test_an_idle_partition_stops_holding_windows_back(tmp_path):
         .key_by("by_key", lambda r: r["key"], value=lambda r: r["n"])
         .window(Tumbling(10)).reduce("count", operator.add)
         .map("row", lambda kv: {"start": kv[1].start.timestamp(), "count": kv[1].value})
-        .sink("out", rs.sinks.FileSink(str(tmp_path / "out"))))
+        .sink("out", rs.sinks.FileSink(str(tmp_path / "out"), roll="checkpoint")))  # read while it runs
     handle = job.start()
     try:
         # the silent partition never ends; once idle, the busy one's watermark fires [0, 10) and [10, 20)
