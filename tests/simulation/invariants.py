@@ -140,10 +140,11 @@ class Invariants:
         rows = []  # read file by file: a row belongs to the run that wrote its file (a copy is the copier's)
         storage = open_storage(directory)
         for key in visible_files(directory):
-            run_id = key.split("@")[2]
+            run_id = key.split("@")[2] if "@" in key else None  # a compacted file names no run: its rows' own
             if parquet:
                 table = pq.read_table(pa.BufferReader(storage.get(key)))
-                rows += [{**{k: v for k, v in r.items() if v is not None}, "_file_run": run_id} for r in table.to_pylist()]
+                rows += [{**{k: v for k, v in r.items() if v is not None}, **({"_file_run": run_id} if run_id else {})}
+                         for r in table.to_pylist()]
             else:
                 rows += [{**json.loads(line), "_file_run": run_id} for line in storage.get(key).splitlines() if line]
         return rows

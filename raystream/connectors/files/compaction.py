@@ -24,7 +24,10 @@ retained checkpoint of their run may still need them, as the run's manifests say
 list, those of earlier aborted checkpoints included (`SnapshotMeta.sink_from`), and a
 fall-back past a refused checkpoint retracts the files committed after the one it
 restores. So the files of every run's checkpoints from the oldest that a retained
-manifest names on are left as they are.
+manifest names on are left as they are. A rolled Parquet part (`...-rolled.parquet`,
+FileSink's default) is never merged: its name carries the first checkpoint of its rows,
+not the one that committed it, and a retained checkpoint that commits it again needs it
+(its segments are gone); it is one large file already.
 
 A compaction manifest is a file in the sink's directory, which others may be able to
 write, so it is never simply believed: it is read only if it is a regular file of at
@@ -49,7 +52,7 @@ import pyarrow.parquet as pq
 from raystream.connectors.files.compaction_manifests import (  # noqa: F401 (MAX_MANIFEST_BYTES: part of this module's API)
     _INPUT, _MANIFEST, _NO_KEY, MAX_MANIFEST_BYTES, _is_manifest, _key_once, _manifests, _signing_key,
 )
-from raystream.connectors.files.names import SEP, committed_checkpoint
+from raystream.connectors.files.names import SEP, committed_checkpoint, rolled_part
 from raystream._storage import Storage, open_storage
 from raystream.connectors.files.rows import concat
 from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError
@@ -101,8 +104,9 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     storage = open_storage(directory)
     keys = [k for k in storage.list("") if "/" not in k]
     _finish_earlier(storage, keys, signer)
-    # Only what a compaction manifest may name (part-...parquet) is merged.
-    visible = [k for k in visible_files(directory) if _INPUT.fullmatch(k)]
+    # Only what a compaction manifest may name (part-...parquet) is merged, and never a
+    # rolled part: it is large already, and a retained checkpoint may commit it again.
+    visible = [k for k in visible_files(directory) if _INPUT.fullmatch(k) and not rolled_part(k)]
     runs = {_run(k) for k in visible if committed_checkpoint(k) is not None}
     if runs and checkpoints is None:
         raise JobDefinitionError(

@@ -2,7 +2,9 @@
 
 `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>` is a file
 committed with a checkpoint, `part-<step>@<subtask>@<run>@direct@...` one written
-directly (at-least-once); hidden (`_`) names stage data before it is committed.
+directly (at-least-once); hidden (`_`) names stage data before it is committed. A
+Parquet part that rolled (FileSink's default) ends in `-rolled.parquet`: a retained
+checkpoint may commit it again after the one its name carries, so compaction leaves it.
 """
 from __future__ import annotations
 
@@ -34,3 +36,14 @@ def taken_over(name: str, run_id: str, subtask: int, parallelism: int) -> bool:
     fields = name.split(SEP)
     return len(fields) > 3 and fields[2] == (run_id or "run") and fields[1].isdigit() \
         and int(fields[1]) % parallelism == subtask
+
+
+#: The end of a rolled Parquet part's name (and of a copy of another run's open part).
+ROLLED_PARQUET = "-rolled.parquet"
+
+
+def rolled_part(name: str) -> bool:
+    """Whether `name` is a rolled Parquet part: a retained checkpoint whose number is past
+    its `<checkpoint>` field (the first checkpoint of its rows) may commit it again from
+    its segments, which are gone once it is committed, so it is never compacted."""
+    return name.endswith(ROLLED_PARQUET)

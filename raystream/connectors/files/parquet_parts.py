@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystream._storage import LocalStorage, Storage
+from raystream.connectors.files.names import ROLLED_PARQUET
 from raystream.connectors.files.rows import arrow_row, concat, table_of
 from raystream.errors import SinkError
 
@@ -94,7 +95,7 @@ class ParquetPartWriter:
         self.opened_at = opened_at
         self.size = 0
         self._storage = storage
-        self._stem = staged.removesuffix(".parquet")
+        self._stem = staged.removesuffix(ROLLED_PARQUET).removesuffix(".parquet")
         self._rows_per_file = rows_per_file
         self._buffer: list[list[Any] | pa.RecordBatch] = []
         self._buffered = 0

@@ -17,7 +17,7 @@ from raystream.connectors.files.parquet_parts import ParquetPartWriter, parquet_
 from raystream.connectors.files.parts import Part, PartWriter, abort_uploads, adopt_part, commit_part, open_part, storage_of
 from raystream._storage import Storage, open_storage
 from raystream.connectors.files.names import SEP as _SEP
-from raystream.connectors.files.names import committed_checkpoint, taken_over, writer_fields
+from raystream.connectors.files.names import ROLLED_PARQUET, committed_checkpoint, taken_over, writer_fields
 from raystream.connectors.files.names import written_by as _written_by
 from raystream.connectors.files.reading import read_files  # noqa: F401 (its home in 0.2.0; rs.sinks.read_files)
 from raystream.connectors.files.rows import FORMATS, arrow_row, as_row, concat, json_default, plain, table_of
@@ -247,7 +247,7 @@ class _RollingWriter(SinkWriter):
     and parquet_parts for Parquet).
 
     Names: the open file is `_inprogress-<step>@<subtask>@<run>@<attempt>@<token>-<seq>.jsonl`
-    locally (Parquet: its segments `_inprogress-...-<seq>-s<k>.parquet`, locally and on S3);
+    locally (Parquet: `...-<seq>-rolled.parquet`, its segments `_inprogress-...-<seq>-s<k>.parquet`);
     it becomes `part-<step>@<subtask>@<run>@<checkpoint>@<attempt>@<token>-<seq>.<fmt>`
     where <checkpoint> is the first checkpoint its data belongs to, so a fall-back to an older
     checkpoint retracts exactly the files whose every record is replayed.
@@ -280,7 +280,7 @@ class _RollingWriter(SinkWriter):
             return  # no empty part file is ever opened
         data = json_lines(batch) if self._sink.format == "jsonl" else batch
         if self._open is None:
-            stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
+            stem = f"{self._token}-{self._seq:06d}" + (ROLLED_PARQUET if self._sink.format == "parquet" else ".jsonl")
             self._seq += 1
             stamp = f"{self._checkpoint:012d}{_SEP}{self._attempt}" if self._ctx.transactional else f"direct{_SEP}"
             self._open = self._guard(lambda: open_part(
@@ -347,7 +347,8 @@ class _RollingWriter(SinkWriter):
     def _copy_name(self, part: Part, checkpoint_id: int) -> str:
         """This run's file for the recorded bytes of another run's open part (_part_files, 5)."""
         digest = hashlib.sha256(part.final.encode()).hexdigest()[:12]
-        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}.{self._sink.format}"
+        end = ROLLED_PARQUET if self._sink.format == "parquet" else ".jsonl"
+        return f"part-{self._tag}{checkpoint_id:012d}{_SEP}{0:06d}{_SEP}copy-{digest}{end}"
 
     def _guard(self, fn: Any) -> Any:
         try:

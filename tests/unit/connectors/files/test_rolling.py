@@ -245,3 +245,31 @@ def test_a_checkpoint_taken_with_the_other_policy_restores(tmp_path, clock, befo
     checkpoint(again, 3)
     again.close()
     assert ids(tmp_path) == [1, 2, 3]
+
+
+# --- compaction -----------------------------------------------------------------------------------
+
+
+def test_compaction_leaves_rolled_parquet_parts_that_a_retained_checkpoint_commits_again(tmp_path, clock, monkeypatch):
+    """Two rolled parts, of checkpoints 1-2 and 3-4, committed with 2 and 4; checkpoint 4
+    is retained (its restore commits the part of 3-4 again, whose segments are gone). Both
+    parts' names carry a checkpoint before 4, yet compaction must take neither: the
+    restore of 4 then commits the same rows once."""
+    from raystream.connectors.files import compaction
+
+    monkeypatch.setenv("RAYSTREAM_CHECKPOINT_KEY", "k" * 32)
+    monkeypatch.setattr(compaction, "_keep_from", lambda root, runs: {run: 4 for run in runs})
+    w = writer(tmp_path, format="parquet")
+    txn = None
+    for n in (1, 2, 3, 4):
+        w.write_batch([{"id": n}])
+        if n % 2 == 0:
+            clock.now += 61
+        txn = w.pre_commit(n)
+        if txn is not None:
+            w.commit(txn)
+    assert len(names(tmp_path)) == 2 and txn is not None
+    done = compaction.compact_files(str(tmp_path), checkpoints=str(tmp_path / "checkpoints"))
+    assert done.files_in == 0 and len(names(tmp_path)) == 2
+    writer(tmp_path, format="parquet", attempt=2).recover([txn], 4)
+    assert ids(tmp_path, "parquet") == [1, 2, 3, 4]
