@@ -77,14 +77,6 @@ def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parqu
     return buf.getvalue()
 
 
-def unified(schemas: list[pa.Schema], where: str) -> pa.Schema:
-    """One schema of the columns of all `schemas`, types widened as `rows.concat` widens them."""
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise SinkError(f"the rows of {where} do not make one table: {exc}; {_HINT}") from None
-
-
 class ParquetPartWriter:
     """One open Parquet part (steps 1-3); the same interface as `parts.PartWriter`, `size`
     counting the bytes of its segments."""
@@ -101,7 +93,10 @@ class ParquetPartWriter:
         self._buffered = 0
         self._segments: list[tuple[str, int]] = []
         self._where = where
-        self._schema: pa.Schema | None = None  # of the segments so far, unified
+        self._schema: pa.Schema | None = None  # of every segment: they all have the same
+        #: Rows of another schema than the segments': not in this part, they start the next
+        #: one (the writer rolls this part first), so that a merge never casts.
+        self.carry: list[pa.RecordBatch] = []
 
     def write(self, batch: list[Any] | pa.RecordBatch) -> None:
         self._buffer.append(batch)
@@ -110,12 +105,16 @@ class ParquetPartWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._buffered:
+        if not self._buffered or self.carry:
             return
         name = f"{self._stem}-s{len(self._segments):06d}.parquet"
-        table = parquet_table(self._buffer, self._where)
-        # Refused now, before a checkpoint covers it, not when the segments are merged.
-        schema = table.schema if self._schema is None else unified([self._schema, table.schema], self._where)
+        table = parquet_table(self._buffer, self._where)  # SinkError now if these rows make no one table
+        if self._schema is not None and not table.schema.equals(self._schema):
+            # Widening across segments could fail only at the merge, after the checkpoint
+            # that recorded them completed: another schema is another part.
+            self.carry, self._buffer, self._buffered = table.to_batches(), [], 0
+            return
+        schema = table.schema
         buf = io.BytesIO()
         pq.write_table(table, buf)
         data = buf.getvalue()
@@ -139,17 +138,17 @@ class ParquetPartWriter:
 
 def merged(storage: Storage, segments: tuple[tuple[str, int], ...], where: str) -> bytes:
     """The segments, in order, as one Parquet file; FileNotFoundError when one is gone.
-    Columns are the union of the segments' (types widened as `rows.concat` widens them),
-    written segment by segment: one segment's table in memory at a time."""
+    The segments of a part share one schema (`ParquetPartWriter` rolls at another), so
+    nothing is cast here and nothing can fail after the checkpoint that recorded them."""
     datas = [storage.get(name) for name, _ in segments]
-    schema = unified([pq.read_schema(pa.BufferReader(d)) for d in datas], where)
-    empty = schema.empty_table()
+    schemas = [pq.read_schema(pa.BufferReader(d)) for d in datas]
+    if any(not s.equals(schemas[0]) for s in schemas):  # a writer rolls at a new schema: never here
+        raise SinkError(f"the segments of {where} differ in schema: {[str(s) for s in schemas]}")
     buf = io.BytesIO()
-    writer = pq.ParquetWriter(buf, schema)
+    writer = pq.ParquetWriter(buf, schemas[0])
     try:
         for data in datas:
-            table = concat([empty, pq.read_table(pa.BufferReader(data))], where)
-            writer.write_table(table.select(schema.names).cast(schema))
+            writer.write_table(pq.read_table(pa.BufferReader(data)))
     finally:
         writer.close()
     return buf.getvalue()

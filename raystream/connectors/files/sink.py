@@ -278,7 +278,17 @@ class _RollingWriter(SinkWriter):
     def write_batch(self, batch: list[Any] | pa.RecordBatch) -> None:
         if not len(batch):
             return  # no empty part file is ever opened
-        data = json_lines(batch) if self._sink.format == "jsonl" else batch
+        self._write(json_lines(batch) if self._sink.format == "jsonl" else batch)
+        self._roll_at_new_schema()
+
+    def _roll_at_new_schema(self) -> None:
+        """A Parquet part's rows of another schema than its segments' (`carry`) start a
+        new part, and the part rolls without them: no merge ever casts (it could fail
+        after the checkpoint that recorded the rows completed)."""
+        if isinstance(self._open, ParquetPartWriter) and self._open.carry:
+            self._roll()
+
+    def _write(self, data: bytes | list[Any] | pa.RecordBatch) -> None:
         if self._open is None:
             stem = f"{self._token}-{self._seq:06d}" + (ROLLED_PARQUET if self._sink.format == "parquet" else ".jsonl")
             self._seq += 1
@@ -293,11 +303,14 @@ class _RollingWriter(SinkWriter):
 
     def _roll(self) -> None:
         part = self._guard(self._open.close)
+        carry = self._open.carry if isinstance(self._open, ParquetPartWriter) else []  # set by close too
         self._open = self._persisted = None
         if self._ctx.transactional:
             self._rolled.append(part)
         else:
             self._commit(part)
+        for batch in carry:  # rows of another schema: the next part's
+            self._write(batch)
 
     def pre_commit(self, checkpoint_id: int) -> RolledTxn | None:
         if self._open is not None and self._sink.roll_interval and \
@@ -305,6 +318,9 @@ class _RollingWriter(SinkWriter):
             self._roll()
         if self._open is not None:  # on S3 its tail travels in the snapshot (connectors/files/parts.py, 2)
             self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
+            if isinstance(self._open, ParquetPartWriter) and self._open.carry:
+                self._roll_at_new_schema()
+                self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
         self._checkpoint = checkpoint_id + 1
         rolled, self._rolled = self._rolled, []
         return RolledTxn(rolled) if rolled and self._ctx.transactional else None
