@@ -26,7 +26,7 @@ def committed_files(out: str) -> list[str]:
         assert not uploads, f"multipart uploads left open: {[u['Key'] for u in uploads]}"
     else:
         names = os.listdir(out)
-    assert not [n for n in names if n.startswith("_")], f"staged files left behind: {names}"
+    assert not [n for n in names if n.startswith(("_", "."))], f"staged or temporary files left behind: {names}"
     return [n for n in names if n.startswith("part-")]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ import pyarrow as pa
 from raystream import _files
 from raystream.connectors.files.parquet_parts import ParquetPartWriter, parquet_bytes
 from raystream.connectors.files.parts import Part, PartWriter, abort_uploads, adopt_part, commit_part, open_part, storage_of
-from raystream._storage import Storage, open_storage
+from raystream._storage import LocalStorage, Storage, open_storage
 from raystream.connectors.files.names import SEP as _SEP
 from raystream.connectors.files.names import ROLLED_PARQUET, committed_checkpoint, taken_over, writer_fields
 from raystream.connectors.files.names import written_by as _written_by
@@ -218,6 +220,38 @@ def _names(store: Storage, kind: str, ctx: SinkContext) -> list[str]:
             if taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism)]
 
 
+_TEMP = re.compile(r"\.((?:part-|_inprogress-|_pending-).+)\.[0-9a-f]{32}\.tmp")
+
+
+def _remove_dead_temps(store: Storage, ctx: SinkContext) -> list[str]:
+    """Locally: remove the temporary files (`.<name>.<uuid>.tmp`, `LocalStorage.put`) of
+    FileSink names that earlier attempts of this run's subtask (or the old subtasks it
+    takes over) were writing when they died; never another run's or subtask's. Returns
+    their names."""
+    if not isinstance(store, LocalStorage):
+        return []  # an S3 PUT leaves no partial object
+    try:
+        listed = os.listdir(store.root)
+    except FileNotFoundError:
+        return []
+    dead = []
+    for name in listed:
+        match = _TEMP.fullmatch(name)
+        if match is None:
+            continue
+        key = match.group(1)
+        if key.startswith(f"part-{ctx.step_id}{_SEP}") or key.startswith((f"_inprogress-{ctx.step_id}{_SEP}",
+                                                                             f"_pending-{ctx.step_id}{_SEP}")):
+            attempt = _written_by(key, 4 if key.startswith("part-") else 3)
+            if taken_over(key, ctx.run_id, ctx.subtask, ctx.parallelism) and attempt < ctx.attempt:
+                try:
+                    os.unlink(os.path.join(store.root, name))
+                except FileNotFoundError:
+                    pass
+                dead.append(name)
+    return dead
+
+
 _ORJSON = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 
@@ -393,6 +427,7 @@ class _RollingWriter(SinkWriter):
         later = [n for n in _names(self._store, "part-", self._ctx)
                  if (committed_checkpoint(n) or 0) > checkpoint_id and _written_by(n, 4) < mine and n not in keep]
         self._store.delete(stale + later)
+        stale += _remove_dead_temps(self._store, self._ctx)
         ctx = self._ctx
         aborted = abort_uploads(self._store, f"part-{ctx.step_id}{_SEP}", keep, lambda n: _written_by(n, 4) < mine
                                 and taken_over(n, ctx.run_id, ctx.subtask, ctx.parallelism))

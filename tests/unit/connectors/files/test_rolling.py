@@ -307,3 +307,39 @@ def test_compaction_leaves_rolled_parquet_parts_that_a_retained_checkpoint_commi
     assert done.files_in == 0 and len(names(tmp_path)) == 2
     writer(tmp_path, format="parquet", attempt=2).recover([txn], 4)
     assert ids(tmp_path, "parquet") == [1, 2, 3, 4]
+
+
+def test_a_restore_removes_the_temp_file_of_a_merge_its_subtask_died_in_and_no_one_elses(tmp_path, clock, monkeypatch):
+    """Killed after the merged file's temporary copy is written, before its rename: the
+    restore commits the part and removes that temp file; temp files of another run, of
+    another subtask and of a later attempt stay."""
+    from raystream import _storage
+
+    w = writer(tmp_path, format="parquet")
+    w.write_batch([{"id": i} for i in range(100)])
+    w.pre_commit(1)
+    clock.now += 61
+    txn = w.pre_commit(2)
+    real = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def dies(src, dst):
+        if os.path.basename(dst).startswith("part-"):
+            raise Killed()  # SIGKILL here: the temporary file is written, not renamed
+        return real(src, dst)
+
+    monkeypatch.setattr(_storage.os, "replace", dies)
+    with pytest.raises(Killed):
+        w.commit(txn)
+    monkeypatch.setattr(_storage.os, "replace", real)
+    (dead,) = [n for n in names(tmp_path) if n.startswith(".")]
+    others = [f".part-out@0000@r9@000000000001@000001@abc-000000-rolled.parquet.{'a' * 32}.tmp",
+              f".part-out@0001@r1@000000000001@000001@abc-000000-rolled.parquet.{'b' * 32}.tmp",
+              f"._inprogress-out@0000@r1@000002@abc-000000-s000000.parquet.{'c' * 32}.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    writer(tmp_path, format="parquet", attempt=2, parallelism=2).recover([txn], 2)  # subtask 1 is another's
+    assert ids(tmp_path, "parquet") == list(range(100))
+    assert sorted(n for n in names(tmp_path) if n.startswith(".")) == sorted(others) and dead not in names(tmp_path)
