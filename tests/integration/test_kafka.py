@@ -118,7 +118,7 @@ def test_an_idle_partition_does_not_hold_windows_back(ray_local, in_tmp_dir, kaf
      .window(rs.windows.Tumbling(dt.timedelta(seconds=1)))
      .reduce("count", operator.add)
      .map("row", lambda kv: {"partition": kv[0], "start": kv[1].start.isoformat(), "count": kv[1].value})
-     .sink("out", rs.sinks.FileSink(out)))
+     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))  # read while it runs
     handle = job.start()
     try:
         # Windows [0, 1 s), [1 s, 2 s), [2 s, 3 s) of both busy partitions are complete before the job ends.
