@@ -143,13 +143,14 @@ class Faults:
             run.log(f"damage {snap}")
         self.world.at(0.0, lambda: self.crash(run))
 
-    def compact_rolled(self) -> None:
+    def compact_rolled(self, crash: bool = True) -> None:
         """compact_files on rolled Parquet output (FileSink's default), then often a
-        restore soon after: it must leave every part a retained checkpoint commits again
-        (a rolled part's name carries its first checkpoint, not the one that committed it)."""
+        restore soon after: it must leave every part a retained checkpoint (a savepoint)
+        commits again (a rolled part's name carries its first checkpoint, not the one
+        that committed it)."""
         self.trace.compactions += 1
         compaction.compact_files(self.directory("parquet_rolled"), checkpoints=self.store.root, target_size=1 << 20)
-        if self.rolling_rng.random() < 0.6:
+        if crash and self.rolling_rng.random() < 0.6:
             self.world.at(self.rolling_rng.uniform(0.0, 0.1), self.crash)
 
     def compact(self, restore: bool = False) -> None:

@@ -224,6 +224,8 @@ class Scenario(Faults, Forks):
         if savepoint is None:  # it ended before the stop, or failed: no savepoint
             self.lines.append([a])
             return
+        if "parquet_rolled" in self.kinds and self.rolling_rng.random() < 0.5:
+            self.compact_rolled(crash=False)  # between the stop and the runs from its savepoint, which commit it again
         if rng.random() < 0.5 and self.pg is not None:
             self.pg.truncate_log()  # started long after: the savepoint's transactions are forgotten
         place = "-r2" if rng.random() < 0.5 else ""  # a new run may write elsewhere
