@@ -48,8 +48,8 @@ class Faults:
             self.world.at(3.0, self._end_calm)  # if its moment does not come (no Parquet file pending)
         if "parquet" in self.kinds and rng.random() < 0.3:  # compaction while checkpoints commit
             self.world.at(rng.uniform(0.02, 0.4), self.compact)
-        if "parquet_rolled" in self.kinds and self.rolling_rng.random() < 0.3:  # its own draws: other schedules stay
-            self.world.at(self.rolling_rng.uniform(0.02, 0.4), self.compact_rolled)
+        if "parquet_rolled" in self.kinds and self.compaction_rng.random() < 0.3:  # its own draws: other schedules stay
+            self.world.at(self.compaction_rng.uniform(0.02, 0.4), self.compact_rolled)
         rolls = {"rolled", "s3_rolled", "parquet", "parquet_rolled"} & set(self.kinds)
         run = next((r for r in self.runs if r.run_id == run_id and not r.outcome), None)
         if rolls and run is not None and len(self.damaged) < 2 and rng.random() < 0.08:
@@ -143,15 +143,14 @@ class Faults:
             run.log(f"damage {snap}")
         self.world.at(0.0, lambda: self.crash(run))
 
-    def compact_rolled(self, crash: bool = True) -> None:
-        """compact_files on rolled Parquet output (FileSink's default), then often a
-        restore soon after: it must leave every part a retained checkpoint (a savepoint)
-        commits again (a rolled part's name carries its first checkpoint, not the one
-        that committed it)."""
+    def compact_rolled(self) -> None:
+        """compact_files on rolled Parquet output (FileSink's default): it must leave every
+        part a retained checkpoint (a savepoint) commits again (a rolled part's name carries
+        its first checkpoint, not the one that committed it). Restores after it come from
+        the schedule's own crashes and fall-backs; its draws are its own, so the schedules
+        of the rolling draws (and the mutants they find) stay as they were."""
         self.trace.compactions += 1
         compaction.compact_files(self.directory("parquet_rolled"), checkpoints=self.store.root, target_size=1 << 20)
-        if crash and self.rolling_rng.random() < 0.6:
-            self.world.at(self.rolling_rng.uniform(0.0, 0.1), self.crash)
 
     def compact(self, restore: bool = False) -> None:
         """compact_files on the Parquet output, as a user's cron would, while runs write."""

@@ -104,6 +104,8 @@ class Scenario(Faults, Forks):
         self.roll_size = rng.choice([100, 500, 3000])  # a row is about 50 bytes: files span checkpoints
         # Their own generator, so that the rest of a seed's schedule stays what it was.
         rolling = self.rolling_rng = random.Random(seed ^ 0x7011)
+        # rolled output's compactions draw apart: the rolling draws (the mutants they find) stay as they were
+        self.compaction_rng = random.Random(seed ^ 0xC0AC)
         if rolling.random() < 0.4:  # Parquet rolled as FileSink does by default (segments, merged at a roll)
             self.kinds.append("parquet_rolled")
         self.roll_interval = rolling.choice([None, 0.15, 0.5])  # simulated seconds; None: by size only
@@ -224,8 +226,8 @@ class Scenario(Faults, Forks):
         if savepoint is None:  # it ended before the stop, or failed: no savepoint
             self.lines.append([a])
             return
-        if "parquet_rolled" in self.kinds and self.rolling_rng.random() < 0.5:
-            self.compact_rolled(crash=False)  # between the stop and the runs from its savepoint, which commit it again
+        if "parquet_rolled" in self.kinds and self.compaction_rng.random() < 0.5:
+            self.compact_rolled()  # between the stop and the runs from its savepoint, which commit it again
         if rng.random() < 0.5 and self.pg is not None:
             self.pg.truncate_log()  # started long after: the savepoint's transactions are forgotten
         place = "-r2" if rng.random() < 0.5 else ""  # a new run may write elsewhere
