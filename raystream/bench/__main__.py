@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, "
-                             "billing_dedup (exactly-once against at-least-once with dedup, whatever --modes), "
+                             "billing_dedup (exactly-once against at-least-once with dedup, whatever --modes), billing_arrow, "
                              "state_1k, state_1m, state_5m, state_ttl (keys held forever against with a TTL, whatever --modes), "
                              "slow_sink, "
                              "nexmark_q0 .. nexmark_q8, nexmark_q0_arrow .. nexmark_q8_arrow (over Arrow), "

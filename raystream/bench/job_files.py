@@ -62,6 +62,46 @@ def billing_baseline(events: int) -> float:
     return time.perf_counter() - t0
 
 
+def billing_arrow_job(events: int, mode: Mode, storage: str, out: str) -> rs.Job:
+    """jobs/billing_arrow.py (billing with columnar steps) with `events` events read as fast
+    as the job goes, writing Parquet to `out`."""
+    ns = runpy.run_path(_job_file("billing_arrow.py"), run_name="__raystream_bench__")
+    return ns["build"](out, events, rate=None).with_options(
+        guarantee=mode.guarantee, checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage,
+                                                                 retain=1000))
+
+
+def billing_arrow_baseline(events: int, batch: int = 65_536) -> float:
+    """The same computation in one process over the same generator, a batch at a time in
+    pyarrow: each customer's total and count, and the cents and count per customer and
+    hour, folded into dicts per distinct key of a batch (late reports included: no
+    watermark in one process)."""
+    ns = runpy.run_path(_job_file("billing_arrow.py"), run_name="__raystream_bench__")
+    usage_batch, hour_ms = ns["usage_batch"], ns["HOUR_MS"]
+    import numpy as np
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
+    totals: dict[str, list[int]] = {}
+    invoices: dict[tuple[str, int], list[int]] = {}
+    for start in range(0, events, batch):
+        ids = pa.RecordBatch.from_arrays([pa.array(np.arange(start, min(start + batch, events)))], names=["value"])
+        rows = pa.Table.from_batches([usage_batch(ids)])
+        hour = (rows.column("time").to_numpy() * 1000).astype(np.int64) // hour_ms * hour_ms
+        rows = rows.append_column("hour", pa.array(hour))
+        per_customer = rows.group_by("customer").aggregate([("cents", "sum"), ("cents", "count")])
+        for customer, cents, n in zip(*(c.to_pylist() for c in per_customer.columns)):
+            t = totals.setdefault(customer, [0, 0])
+            t[0] += cents
+            t[1] += n
+        per_hour = rows.group_by(["customer", "hour"]).aggregate([("cents", "sum"), ("cents", "count")])
+        for customer, h, cents, n in zip(*(c.to_pylist() for c in per_hour.columns)):
+            t = invoices.setdefault((customer, h), [0, 0])
+            t[0] += cents
+            t[1] += n
+    return time.perf_counter() - t0
+
+
 def nexmark_module(query: str) -> Any:
     """jobs/nexmark/<query>.py: "q5", or "columnar/q5" for the query over Arrow."""
     name = "nexmark_" + query.replace("/", "_")

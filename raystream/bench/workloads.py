@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from raystream.bench import nexmark_arrow
-from raystream.bench.job_files import (DEDUP_WITHIN, JOBS, NEXMARK, billing_baseline, billing_job,
+from raystream.bench.job_files import (DEDUP_WITHIN, JOBS, NEXMARK, billing_arrow_baseline, billing_arrow_job,
+                                       billing_baseline, billing_job,
                                        nexmark_baseline, nexmark_config, nexmark_job, nexmark_module)
 from raystream.bench.modes import (DEDUP_MODES, MODES, TTL_MODES, TTL_SECONDS, Mode, Workload, records_in,
                                    records_out)
@@ -55,6 +56,10 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
         # at-least-once with a dedup step by event id against exactly-once without: same output
         "billing_dedup": Workload("billing_dedup", n(600_000), lambda m, s: billing_job(n(600_000), m, s, out),
                                   records_out("usage"), lambda: billing_baseline(n(600_000)), modes=DEDUP_MODES),
+        # the same totals and invoices with columnar steps, against pyarrow in one process
+        "billing_arrow": Workload("billing_arrow", n(3_000_000),
+                                  lambda m, s: billing_arrow_job(n(3_000_000), m, s, out + "-arrow"),
+                                  records_out("usage"), lambda: billing_arrow_baseline(n(3_000_000))),
     }
     for name, keys, events in (("state_1k", 1_000, 3_000_000), ("state_1m", 1_000_000, 3_000_000),
                                ("state_5m", 5_000_000, 8_000_000)):
@@ -82,7 +87,8 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
 
 
 __all__ = ["DEDUP_MODES", "DEDUP_WITHIN", "JOBS", "MODES", "NEXMARK", "SLOW_SINK_RATE", "TTL_MODES", "TTL_SECONDS",
-           "VOCAB", "WORDS_PER_LINE", "ChangedStateSink", "KeyLoad", "MeasureSink", "Mode", "Workload", "billing_baseline", "billing_job",
+           "VOCAB", "WORDS_PER_LINE", "ChangedStateSink", "KeyLoad", "MeasureSink", "Mode", "Workload", "billing_arrow_baseline",
+           "billing_arrow_job", "billing_baseline", "billing_job",
            "changed_state_job", "count_state", "count_update", "count_words", "load_key", "make_text",
            "nexmark_baseline", "nexmark_config", "nexmark_job", "nexmark_module", "state_baseline", "state_job",
            "ttl_job", "wordcount_arrow_baseline", "wordcount_baseline", "wordcount_job", "workloads"]

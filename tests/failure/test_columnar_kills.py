@@ -4,9 +4,13 @@
   still has each key's updates once, its final row the count and sum of exactly its input.
 - The subtask holding the sliding windows of columnar Nexmark bids is killed mid-run: the
   committed output has every (auction, window) once, with the count and top price of
-  exactly its bids."""
+  exactly its bids.
+- jobs/billing_arrow.py with the subtasks of its invoices and its totals killed in turn:
+  the job's own verdict holds."""
 import collections
 import logging
+import runpy
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -105,3 +109,30 @@ def test_the_windowing_subtask_killed(tmp_path):
     got = window_rows(rows)
     assert len(dict(got)) == len(got), "a window committed twice"
     assert dict(got) == bid_windows(WINDOW_CONFIG, 10_000, 2_000)
+
+
+BILLING_ARROW = Path(__file__).resolve().parents[2] / "jobs" / "billing_arrow.py"
+
+
+def test_billing_over_arrow_with_its_window_and_its_aggregate_killed(tmp_path):
+    """jobs/billing_arrow.py: the subtask of the hourly invoices (windows with allowed
+    lateness and a late output) is killed, then, in the attempt after, that of the running
+    totals; every customer's last total is the sum of exactly its events, no update or
+    invoice is committed twice, each hour's last invoice sums its on-time events."""
+    out = str(tmp_path / "billing")
+    ns = runpy.run_path(str(BILLING_ARROW), run_name="__raystream_job__")
+    events = 60_000
+    job = ns["build"](out, events, rate=12_000).with_options(
+        checkpoint=rs.CheckpointConfig(interval=0.3), runtime=rs.RuntimeConfig(batch_size=1000))
+    handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    wait_until(lambda: handle.status().steps["invoice"].records_out > 0, "invoices fired")
+    status = handle.status()
+    kill(status.pids[next(name for name in sorted(status.pids) if name.startswith("invoice"))])
+    wait_until(lambda: running(handle, checkpoints=status.checkpoints.completed + 1, attempt=2),
+               "a checkpoint of the attempt after the first kill")
+    kill_step_and_finish(handle, "running_total")
+
+    verdict = ns["verify"](out, events)
+    assert verdict.customers == ns["CUSTOMERS"] and verdict.invoices > 0
+    assert verdict.ok, verdict
