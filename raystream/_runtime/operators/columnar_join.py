@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.columnar import explained
-from raystream._runtime.operators.columnar_windows import Fired, LateRows, assign
+from raystream._runtime.operators.window_rows import Fired, LateRows, assign
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys

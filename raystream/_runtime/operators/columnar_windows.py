@@ -32,102 +32,28 @@ aggregate, and `update`; each row timed end - 1.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, typed_array, unused_name
-from raystream._runtime.operators.window_tables import WindowTables, columnar_folds, fits_columnar
-from raystream._runtime.operators.columnar import as_batch, explained
+from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, unused_name
+from raystream._runtime.operators.window_tables import WindowTables, columnar_folds
+from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
+from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_array, python_holds,
+                                                      unified)
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import GroupedTimers, now_ms
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array
+from raystream._runtime.transport.batch import Timed, time_array
 from raystream.graph import Step
-from raystream.windows import WINDOW_COLUMNS, Sliding
+from raystream.windows import WINDOW_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-WINDOW_TIME = pa.timestamp("ms", tz="UTC")  # what WindowResult.start and .end are
 _NONE: dict = {}  # the windows of a key that has none
-
-
-@dataclass
-class Assigned:
-    """The (row, window) pairs of a batch, a row's pairs together and rows in order."""
-
-    rows: np.ndarray  # int64: the row of each pair
-    starts: np.ndarray  # int64: the start of its window (ms)
-    size: int  # every window's length (ms)
-
-
-def assign(assigner: Any, times: np.ndarray) -> Assigned:
-    """The tumbling or sliding windows of every row, as `assigner.assign(t)` gives them."""
-    if isinstance(assigner, Sliding):
-        size, slide, offset = assigner._size, assigner._slide, assigner._offset
-        k = -(-size // slide)  # the most windows a row can be in (size/slide, rounded up)
-        first = times - np.mod(times - offset, slide)
-        starts = first[:, None] - np.arange(k, dtype=np.int64) * slide
-        kept = (starts > (times - size)[:, None]).ravel()
-        return Assigned(np.repeat(np.arange(len(times), dtype=np.int64), k)[kept], starts.ravel()[kept], size)
-    size, offset = assigner._size, assigner._offset
-    return Assigned(np.arange(len(times), dtype=np.int64), times - np.mod(times - offset, size), size)
-
-
-@dataclass
-class Fired:
-    """Windows to emit, as columns, until they become one Arrow batch."""
-
-    keys: list[Any] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    entries: list[Any] = field(default_factory=list)  # what the window holds (a state, or a join's rows)
-    updates: list[bool] = field(default_factory=list)
-
-    def add(self, key: Any, w: tuple[int, int], held: Any, update: bool) -> None:
-        self.keys.append(key)
-        self.starts.append(w[0])
-        self.ends.append(w[1])
-        self.entries.append(held)
-        self.updates.append(update)
-
-    def window_columns(self, repeats: np.ndarray | None = None) -> list[pa.Array]:
-        """window_start and window_end, each row's repeated `repeats[i]` times if given."""
-        starts, ends = np.asarray(self.starts, dtype=np.int64), np.asarray(self.ends, dtype=np.int64)
-        if repeats is not None:
-            starts, ends = np.repeat(starts, repeats), np.repeat(ends, repeats)
-        return [pa.array(starts).cast(WINDOW_TIME), pa.array(ends).cast(WINDOW_TIME)]
-
-
-class LateRows:
-    """Rows found late, kept as Arrow until the emitter takes them for the late output."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[ArrowKeyed, np.ndarray]] = []
-
-    def add(self, keyed: ArrowKeyed, times: np.ndarray, late: np.ndarray) -> int:
-        """Keep the rows of `keyed` where `late`; returns how many."""
-        n = int(late.sum())
-        if n:
-            rows = keyed.batch.filter(pa.array(late))
-            self.parts.append((ArrowKeyed(rows, keyed.key_columns), times[late]))
-        return n
-
-    def take(self) -> list[Any]:
-        """The rows kept since the last call: one timed batch per run of equal schemas."""
-        parts, self.parts = self.parts, []
-        out = []
-        for (_, columns), run in itertools.groupby(parts, key=lambda p: (p[0].batch.schema, p[0].key_columns)):
-            run = list(run)
-            rows = as_batch(pa.Table.from_batches([keyed.batch for keyed, _ in run]))
-            out.append(Timed(ArrowKeyed(rows, columns), np.concatenate([t for _, t in run])))
-        return out
 
 
 class ArrowWindowOp(TimedWindows):
@@ -238,7 +164,7 @@ class ArrowWindowOp(TimedWindows):
                 j = i if i < n else i - n
                 if not pa.types.is_null(f.type):
                     # old subtasks may have seen other types (int8 keys in one, int64 in another)
-                    known[j] = f.type if known[j] is None else _unified(known[j], f.type)
+                    known[j] = f.type if known[j] is None else unified(known[j], f.type)
 
     # --- a batch in ---------------------------------------------------------------------
 
@@ -313,7 +239,7 @@ class ArrowWindowOp(TimedWindows):
         starts = groups.keys[-1].to_numpy()
         keys = groups.keys[0].unique().to_pylist() if n == 1 else groups.python_keys(n)
         for partial in groups.partials:  # values Python cannot hold fail the batch, not a snapshot
-            _python_holds(partial)
+            python_holds(partial)
         self._tables.add(groups.keys[:n], groups.partials, starts)  # type: ignore[union-attr]
         self.changed.update(keys)  # I1
         return []
@@ -422,9 +348,9 @@ class ArrowWindowOp(TimedWindows):
         if not out.keys:
             return []
         if len(self.key_columns) == 1:
-            arrays = [_key_array(out.keys, self.key_types[0])]
+            arrays = [key_array(out.keys, self.key_types[0])]
         else:
-            arrays = [_key_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
+            arrays = [key_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
         arrays += out.window_columns()
         arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types)
         arrays.append(pa.array(out.updates, type=pa.bool_()))
@@ -435,37 +361,3 @@ class ArrowWindowOp(TimedWindows):
 
     def take_late_batches(self) -> list[Any]:
         return self.late_rows.take()
-
-
-def _python_holds(column: pa.ChunkedArray) -> None:
-    """Raise (OverflowError) if a date, time, timestamp or duration of `column` has no
-    Python value (a year past 9999): the per-key layout converts every value at once, the
-    window-major tables only for a snapshot, where the error would fail every checkpoint."""
-    kind = column.type
-    if not (pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or pa.types.is_date(kind)
-            or pa.types.is_time(kind)) or len(column) == column.null_count:
-        return
-    storage = pa.int32() if kind.bit_width == 32 else pa.int64()
-    bounds = pc.min_max(column.cast(storage))
-    pa.array([bounds["min"].as_py(), bounds["max"].as_py()], storage).cast(kind).to_pylist()
-
-
-def _key_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
-    """A key column as `kind`; keys that do not fit it (restored from old subtasks that saw
-    other types: an int8 and a uint64 key unify to int64) as their values say."""
-    try:
-        return typed_array(values, kind)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        if kind is None:
-            raise
-        return typed_array(values, None)
-
-
-def _unified(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
-    """A type both fit in (Arrow's permissive promotion), or None: infer from the values."""
-    if a == b:
-        return a
-    try:
-        return pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")[0].type
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
