@@ -88,8 +88,7 @@ class ProcessOp(DropsTTL, KeyedOp):
             if not timers or t not in timers:
                 continue  # deleted, or fired already
             timers.discard(t)
-            # outputs of an event timer happen at its time; of a processing timer, at the watermark
-            ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark)
+            ctx, when = self._timer_context(key, ks, t, clock, out)
             if self.on_timer is not None:
                 try:
                     self.on_timer(ctx, ctx.timestamp)
@@ -99,8 +98,18 @@ class ProcessOp(DropsTTL, KeyedOp):
             ctx.close()
             if ks.empty():
                 self.state.pop(key, None)
+            else:
+                self._timer_ran(key, ctx, when)
         self.records_out += len(out.keys)
         return out.batch(self.timed)
+
+    def _timer_context(self, key: Any, ks: KeyState, t: int, clock: str, out: Collector) -> tuple[ProcessContext, Any]:
+        """The context `on_timer` runs in for the timer at `t`, and what `_timer_ran` needs."""
+        # outputs of an event timer happen at its time; of a processing timer, at the watermark
+        return ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark), None
+
+    def _timer_ran(self, key: Any, ctx: ProcessContext, when: Any) -> None:
+        """After `on_timer` ran for a key that keeps state (a TTL records its write here)."""
 
     def on_watermark(self, watermark: int) -> Any:
         if watermark <= self.watermark:

@@ -319,39 +319,21 @@ class TtlProcessOp(_Expiring, ProcessOp):
         elif ks.seen is None or when > ks.seen:
             ks.seen = when
 
-    def _fire(self, queue: Any, now: int, clock: str) -> Any:
-        """ProcessOp._fire, with the TTL's reads and writes."""
-        out = Collector()
-        event_ttl = self.expiry.event
-        for t, key, _ in queue.pop_due(now):
-            self.changed.add(key)  # I1: a timer changes its key's state
-            ks = self.state.get(key)
-            timers = None if ks is None else (ks.event_timers if clock == EVENT else ks.processing_timers)
-            if not timers or t not in timers:
-                continue  # deleted, or fired already
-            timers.discard(t)
-            if event_ttl:
-                when = t if clock == EVENT else self._key_time(ks)
-            else:
-                when = now_ms()  # not `now`: MAX_TIME at the end of input, never a write's time
-            ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark,
-                                 expired=self._expired(ks, when))
-            if self.on_timer is not None:
-                try:
-                    self.on_timer(ctx, ctx.timestamp)
-                except Exception as exc:
-                    ctx.discard()
-                    self.failed((key, f"<{clock} timer at {t}>"), exc)
-            ctx.close()
-            if ks.empty():
-                self.state.pop(key, None)
-                continue
-            if ctx.wrote_state():
-                self._wrote(key, when)
-            if event_ttl:
-                self._saw(key, when)
-        self.records_out += len(out.keys)
-        return out.batch(self.timed)
+    def _timer_context(self, key: Any, ks: Any, t: int, clock: str, out: Collector) -> tuple[ProcessContext, int]:
+        """ProcessOp's, with the value read as expired when the TTL says so at the timer's time."""
+        if self.expiry.event:
+            when = t if clock == EVENT else self._key_time(ks)
+        else:
+            when = now_ms()  # not the timers' `now`: MAX_TIME at the end of input, never a write's time
+        ctx = ProcessContext(self, key, ks, t, clock, out, out_time=t if clock == EVENT else self.watermark,
+                             expired=self._expired(ks, when))
+        return ctx, when
+
+    def _timer_ran(self, key: Any, ctx: ProcessContext, when: int) -> None:
+        if ctx.wrote_state():
+            self._wrote(key, when)
+        if self.expiry.event:
+            self._saw(key, when)
 
 
 _TTL_OPERATORS: dict[StepKind, type[KeyedOp]] = {
