@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 import raystream as rs
 from raystream._runtime.operators.process import DedupOp, ProcessOp
 from raystream._runtime.time.watermarks import MAX_TIME
-from raystream._runtime.transport.batch import KeyedBatch, Timed, untimed
 from raystream.dedup import Dedup, expire
 from raystream.errors import JobDefinitionError
 from raystream.graph import Step, StepKind
+from tests.helpers.keyed import feed
 
 
 def dedup_op(within_s: float = 5, clock: str = "event", generic: bool = False) -> ProcessOp:
@@ -23,16 +23,6 @@ def dedup_op(within_s: float = 5, clock: str = "event", generic: bool = False) -
     per record through a ProcessContext: both keep the same state."""
     step = Step("dedup", StepKind.PROCESS, ("k",), fn=Dedup.of("dedup", within_s, clock), on_timer=expire)
     return ProcessOp(step) if generic else DedupOp(step)
-
-
-def feed(op: ProcessOp, records: list[tuple]) -> list[tuple]:
-    """records: (key, value, time ms); returns the (key, value) pairs that passed."""
-    keys, values, times = (list(x) for x in zip(*records))
-    out = op.process(Timed(KeyedBatch(keys, values), times))
-    if not len(out):
-        return []
-    inner, _ = untimed(out)
-    return list(zip(inner.keys, inner.values))
 
 
 def test_the_first_record_of_a_key_passes_and_later_ones_within_the_duration_are_dropped():

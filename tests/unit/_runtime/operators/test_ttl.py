@@ -1,146 +1,26 @@
 """State time-to-live without Ray (raystream/_runtime/operators/ttl.py): reduce,
 stateful_map and process with a TTL against a reference over random arrivals, watermarks
-and wall clocks; an expired key reads as never written; its removal is a deletion in the
-next incremental snapshot; restore (also from and into a step without a TTL) and rescale."""
+and wall clocks; an expired key reads as never written; timers; the definition.
+Snapshots, restores and rescaling: test_ttl_restore.py."""
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import operator
-import pickle
 import random
-from typing import Any, Iterator
-from unittest import mock
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raystream as rs
-from raystream._runtime.checkpointing.rescale import merge_states
 from raystream._runtime.operators import ttl as ttl_ops
-from raystream._runtime.operators.plain import ReduceOp, StatefulMapOp
-from raystream._runtime.operators.process import ProcessOp
-from raystream._runtime.state.changelog import StateChangelog, apply_part
-from raystream._runtime.state.snapshot import PartRef, SubtaskState, decode, encode
-from raystream._runtime.time import expiry as expiry_mod
 from raystream._runtime.time.watermarks import MAX_TIME
-from raystream._runtime.transport.batch import KeyedBatch, Timed, untimed
-from raystream._runtime.transport.keys import groups_of_subtask, key_group
+from raystream._runtime.transport.batch import untimed
 from raystream.errors import JobDefinitionError
 from raystream.graph import Step, StepKind
-
-TTL_S = 5
-TTL_MS = TTL_S * 1000
-
-
-# --- the steps' functions: each output shows what the step read ----------------------
-
-def remember(state: Any, value: int) -> tuple[Any, Any]:
-    """stateful_map: outputs the state it read; deletes on multiples of 5."""
-    return (None if value % 5 == 0 else (state or 0) + value), state
-
-
-def on_record(ctx: rs.ProcessContext, value: int) -> None:
-    """process: outputs the state it read; on multiples of 7 only reads, of 5 deletes."""
-    ctx.emit(ctx.state)
-    if value % 7 == 0:
-        return
-    ctx.state = None if value % 5 == 0 else (ctx.state or 0) + value
-
-
-def op_of(kind: str, ttl: Any = None, clock: str = "event", **step: Any) -> Any:
-    fn = {"reduce": operator.add, "stateful_map": remember, "process": on_record}[kind]
-    ttl = None if ttl is None else rs.TTL(ttl, time=clock)
-    s = Step(kind, StepKind(kind), ("k",), fn=fn, ttl=ttl, **step)
-    if ttl is not None:
-        return ttl_ops.build_ttl_operator(s)
-    return {"reduce": ReduceOp, "stateful_map": StatefulMapOp, "process": ProcessOp}[kind](s)
-
-
-def feed(op: Any, records: list[tuple[Any, int, int]]) -> list[tuple[Any, Any]]:
-    """records: (key, value, time ms); returns the (key, output) pairs."""
-    if not records:
-        return []
-    keys, values, times = (list(x) for x in zip(*records))
-    out = op.process(Timed(KeyedBatch(keys, values), times))
-    if not len(out):
-        return []
-    inner, _ = untimed(out)
-    return list(zip(inner.keys, inner.values))
-
-
-def values(op: Any) -> dict[Any, Any]:
-    """The live values of the op's state (a process step's keys with only timers left out)."""
-    out = {}
-    for key, entry in op.state.items():
-        v = getattr(entry, "value", entry)
-        if v is not None or not hasattr(entry, "event_timers"):
-            out[key] = v
-    return out
-
-
-@contextlib.contextmanager
-def wall_clock(start: int) -> Iterator[list[int]]:
-    """The wall clock of the TTL steps, set by the test: `clock[0]` ms."""
-    clock = [start]
-    with mock.patch.object(ttl_ops, "now_ms", lambda: clock[0]), \
-            mock.patch.object(expiry_mod, "now_ms", lambda: clock[0]):
-        yield clock
-
-
-# --- the reference ------------------------------------------------------------------
-
-class Reference:
-    """A key's value is there for a read at `when` while when < its newest write's time
-    plus the TTL; the clock (watermark, or wall clock) removes it once it reaches that,
-    and nothing else does but a write. A late record reads and writes at the clock."""
-
-    def __init__(self, kind: str, ttl_ms: int):
-        self.kind, self.ttl_ms = kind, ttl_ms
-        self.state: dict[Any, tuple[Any, int]] = {}  # key -> (value, newest write's time)
-        self.now = -(2**63)
-
-    def read(self, key: Any, when: int) -> Any:
-        """A read changes nothing: an expired value stays (for records of earlier times)
-        until a write replaces it or the clock removes it."""
-        entry = self.state.get(key)
-        return None if entry is None or max(when, self.now) >= entry[1] + self.ttl_ms else entry[0]
-
-    def write(self, key: Any, value: Any, when: int) -> None:
-        if value is None:
-            self.state.pop(key, None)
-            return
-        old = self.state.get(key)
-        self.state[key] = (value, when if old is None else max(old[1], when))
-
-    def record(self, key: Any, value: int, when: int) -> Any:
-        when = max(when, self.now)  # a late record reads and writes as at the clock
-        current = self.read(key, when)
-        if self.kind == "reduce":
-            acc = value if current is None else current + value
-            self.write(key, acc, when)
-            return acc
-        if self.kind == "process" and value % 7 == 0:
-            return current
-        self.write(key, None if value % 5 == 0 else (current or 0) + value, when)
-        return current
-
-    def clock(self, now: int) -> None:
-        self.now = now
-        self.state = {k: e for k, e in self.state.items() if e[1] + self.ttl_ms > now}
-
-    def assert_held_by(self, op: Any, kind: str) -> None:
-        """The op holds the reference's values; and maybe more keys whose time passed the
-        clock: a key deleted and written again with an earlier time is removed by the
-        pending timer of its earlier life (time/expiry.py), reading as absent until then."""
-        held, expected = values(op), {k: v for k, (v, _) in self.state.items()}
-        assert {k: held.get(k, "missing") for k in expected} == expected, kind
-        for key in held.keys() - expected.keys():
-            assert op.state[key].touched + self.ttl_ms <= self.now < op.expiry.armed[key], kind
-
-
-KINDS = ["reduce", "stateful_map", "process"]
+from tests.helpers.keyed import feed
+from tests.helpers.ttl import KINDS, TTL_MS, TTL_S, Reference, on_record, op_of, remember, values, wall_clock
 
 
 @settings(max_examples=80, deadline=None)
@@ -279,133 +159,6 @@ def test_a_user_timer_due_after_the_ttl_sees_none_even_before_the_cleanup():
     feed(op, [("a", 1, 1_000)])
     op.on_watermark(1_000 + TTL_MS)
     assert seen == [None] and op.state == {}
-
-
-# --- snapshots ----------------------------------------------------------------------
-
-def changelog_after_full(op: Any) -> StateChangelog:
-    """A changelog whose next capture of `op` is incremental."""
-    log = StateChangelog(incremental=True, base_every=100, compact_above=0)
-    keyed, changes, _ = log.capture([op])
-    assert not changes
-    data, sha = encode(keyed)
-    log.added(PartRef("base", sha, len(data), 1, True))
-    return log
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_removal_is_a_deletion_in_the_next_incremental_snapshot(kind):
-    op = op_of(kind, TTL_S)
-    feed(op, [("a", 1, 1_000), ("b", 2, 4_000)])
-    log = changelog_after_full(op)
-    base = {op.step_id: dict(pickle.loads(pickle.dumps(op.state)))}
-    feed(op, [("b", 3, 5_000)])
-    op.on_watermark(6_000)  # a expires; b lives, written again at 5 s
-    keyed, changes, _ = log.capture([op])
-    assert changes
-    updates, deleted = keyed[op.step_id]
-    assert list(deleted) == ["a"] and set(updates) == {"b"}
-    # the parts read back hold exactly the live state, with its times
-    data, sha = encode(keyed)
-    apply_part(base, decode(data, sha, "changes"), False)
-    table = base[op.step_id]
-    assert set(table) == {"b"} and table["b"].touched == 5_000
-    assert getattr(table["b"], "value") == op.state["b"].value
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_restore_after_expiry_and_expiry_after_a_restore(kind):
-    op = op_of(kind, TTL_S)
-    feed(op, [("a", 1, 1_000), ("b", 2, 4_000)])
-    op.on_watermark(6_000)
-    snapshot = pickle.loads(pickle.dumps(op.snapshot()))
-    restored = op_of(kind, TTL_S)
-    restored.restore_meta([op.state_meta()])
-    restored.restore(snapshot, op.watermark)
-    assert set(restored.state) == {"b"}
-    assert restored.state["b"].touched == 4_000  # its time came along: it expires when it would have
-    restored.on_watermark(8_999)
-    assert set(restored.state) == {"b"}
-    restored.on_watermark(9_000)
-    assert restored.state == {}
-    assert feed(restored, [("a", 5, 9_500)]) == ([("a", 5)] if kind == "reduce" else [("a", None)])
-
-
-def test_restoring_state_without_ttl_counts_it_as_written_at_the_restore():
-    plain = op_of("reduce")
-    feed(plain, [("a", 1, 1_000)])
-    # processing time: the wall clock at the restore; the next snapshot holds the entries
-    with wall_clock(100_000) as clock:
-        op = op_of("reduce", TTL_S, "processing")
-        op.restore_meta([])
-        op.restore(pickle.loads(pickle.dumps(plain.snapshot())), None)
-        assert op.state["a"].touched == 100_000 and op.next_timer() == 105_000
-        assert set(op.written) == {"a"}
-        clock[0] = 105_000
-        op.on_time(105_000)
-        assert op.state == {}
-    # event time: the first watermark after the restore
-    op = op_of("reduce", TTL_S)
-    op.restore_meta([])
-    op.restore(pickle.loads(pickle.dumps(plain.snapshot())), None)
-    assert feed(op, [("a", 1, 2_000)]) == [("a", 2)]  # read before any watermark: there
-    op2 = op_of("stateful_map", TTL_S)
-    op2.restore({"x": 7}, None)
-    op2.on_watermark(50_000)
-    assert op2.state["x"].touched == 50_000 and "x" in op2.written
-    op2.on_watermark(55_000)
-    assert op2.state == {}
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_step_without_ttl_takes_the_state_of_one_with_it_as_plain_values(kind):
-    op = op_of(kind, TTL_S)
-    feed(op, [("a", 1, 1_000)])
-    plain = op_of(kind)
-    plain.restore_meta([op.state_meta()])
-    plain.restore(pickle.loads(pickle.dumps(op.snapshot())), None)
-    assert values(plain) == {"a": 1}
-    assert pickle.loads(pickle.dumps(plain.snapshot())) == {"a": 1} if kind != "process" else \
-        plain.state["a"].touched is None
-    # the next incremental snapshot rewrites the key as a plain value
-    assert ("a" in plain.written) if plain.written is not None else ("a" in plain.changed)
-    second = feed(plain, [("a", 2, 100_000)])
-    assert second == [("a", 3)] if kind == "reduce" else second == [("a", 1)]  # no TTL any more
-
-
-def test_a_ttl_of_another_clock_counts_the_state_as_written_at_the_restore():
-    op = op_of("reduce", TTL_S)  # event time: touched is an event time
-    feed(op, [("a", 1, 1_000)])
-    with wall_clock(900_000):
-        restored = op_of("reduce", TTL_S, "processing")
-        restored.restore_meta([op.state_meta()])
-        restored.restore(pickle.loads(pickle.dumps(op.snapshot())), None)
-        assert restored.state["a"].touched == 900_000
-
-
-def test_rescaling_splits_ttl_state_by_key_group_and_each_part_expires_on_its_own():
-    op = op_of("reduce", TTL_S)
-    keys = list(range(40))
-    feed(op, [(k, 1, 1_000 + 100 * k) for k in keys])
-    op.on_watermark(1_000)
-    old = SubtaskState(3, "reduce", 0, 1, keyed={"reduce": op.snapshot()}, watermarks={"reduce": op.watermark},
-                       step_meta={"reduce": op.state_meta()})
-    old = pickle.loads(pickle.dumps(old))
-    step = Step("reduce", StepKind.REDUCE, ("k",), fn=operator.add, ttl=rs.TTL(TTL_S))
-    parts = []
-    for subtask in range(2):
-        merged = merge_states([old], [step], subtask, 2, 128)
-        new = ttl_ops.TtlReduceOp(step)
-        new.restore_meta(merged.step_meta.get("reduce", []))
-        new.restore(merged.keyed.get("reduce", {}), merged.watermarks.get("reduce"))
-        groups = set(groups_of_subtask(subtask, 2, 128))
-        assert all(key_group(k, 128) in groups for k in new.state)
-        parts.append(new)
-    assert sorted(k for p in parts for k in p.state) == keys
-    for p in parts:
-        p.on_watermark(1_000 + 100 * 20 + TTL_MS)  # keys 0..20 expire
-        assert all(k > 20 for k in p.state)
-    assert sorted(k for p in parts for k in p.state) == list(range(21, 40))
 
 
 def test_emit_last_with_a_ttl():

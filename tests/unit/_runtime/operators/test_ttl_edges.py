@@ -19,7 +19,8 @@ from raystream._runtime.time.timers import now_ms
 from raystream._runtime.time.watermarks import MAX_TIME
 from raystream.graph import Step, StepKind
 from raystream.process import KeyState
-from tests.unit._runtime.operators.test_ttl import TTL_MS, TTL_S, changelog_after_full, feed, op_of, wall_clock
+from tests.helpers.keyed import feed
+from tests.helpers.ttl import TTL_MS, TTL_S, changelog_after_full, op_of, wall_clock
 
 
 def process_op(on_record: Any, on_timer: Any = None, ttl: Any = TTL_S, clock: str = "event") -> Any:
