@@ -149,7 +149,12 @@ class RuntimeConfig:
     """Data-plane tuning. The defaults suit a laptop and a small cluster alike.
 
     Args:
-        batch_size: records per micro-batch before a channel flushes it.
+        batch_size: records per micro-batch before a channel flushes it, and records a
+            source reads at a time.
+        arrow_batch_size: rows a source of Arrow record batches reads at a time
+            (`Source.columnar`: Parquet files, `NexmarkSource(columnar=True)`). Columnar
+            steps cost little per row and a fixed amount per batch (an Arrow plan, a Ray
+            call per target subtask), so their batches are larger than per-record ones.
         linger: seconds a partly filled micro-batch may wait before it is flushed.
         watermark_interval: at most how often (seconds) an event-time source or step sends
             its watermark downstream.
@@ -173,6 +178,7 @@ class RuntimeConfig:
     """
 
     batch_size: int = 4096
+    arrow_batch_size: int = 65_536
     linger: float = 0.05
     watermark_interval: float = 0.2
     max_in_flight: int = 4
@@ -192,6 +198,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         _positive_int("RuntimeConfig.batch_size", self.batch_size)
+        _positive_int("RuntimeConfig.arrow_batch_size", self.arrow_batch_size)
         _positive("RuntimeConfig.linger", self.linger, allow_zero=True)
         _positive("RuntimeConfig.watermark_interval", self.watermark_interval, allow_zero=True)
         _positive_int("RuntimeConfig.max_in_flight", self.max_in_flight)

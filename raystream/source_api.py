@@ -40,6 +40,11 @@ class SourcePartition(ABC):
 class Source(ABC):
     """A partitioned, replayable input."""
 
+    #: Whether `next_batch` returns Arrow record batches. Such a source is built with
+    #: `RuntimeConfig.arrow_batch_size` rows a batch instead of `batch_size` records:
+    #: a columnar step's cost per batch is fixed, and a batch crosses actors in one call.
+    columnar: bool = False
+
     @abstractmethod
     def list_partitions(self) -> list[str]:
         """Stable partition keys. Called before the job starts; errors here stop the job early."""

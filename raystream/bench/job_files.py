@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 import raystream as rs
 from raystream.bench.modes import Mode
 from raystream.bench.synthetic import MeasureSink
@@ -78,9 +81,6 @@ def billing_arrow_baseline(events: int, batch: int = 65_536) -> float:
     watermark in one process)."""
     ns = runpy.run_path(_job_file("billing_arrow.py"), run_name="__raystream_bench__")
     usage_batch, hour_ms = ns["usage_batch"], ns["HOUR_MS"]
-    import numpy as np
-    import pyarrow as pa
-
     t0 = time.perf_counter()
     totals: dict[str, list[int]] = {}
     invoices: dict[tuple[str, int], list[int]] = {}

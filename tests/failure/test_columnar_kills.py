@@ -92,7 +92,7 @@ WINDOW_CONFIG = nx.NexmarkConfig(events=30_000, partitions=2, event_rate=2_000, 
 def test_the_windowing_subtask_killed(tmp_path):
     out = str(tmp_path / "out")
     job = rs.Job("columnar-window-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
-                 runtime=rs.RuntimeConfig(batch_size=1000))
+                 runtime=rs.RuntimeConfig(arrow_batch_size=1000))
     (job.source("events", nx.NexmarkSource(WINDOW_CONFIG, columnar=True),
                 event_time=rs.EventTime.column("date_time", max_delay=WINDOW_CONFIG.out_of_order))
      .where("only_bids", pc.field("event_type") == nx.BID)

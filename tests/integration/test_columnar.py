@@ -44,7 +44,7 @@ def expected(table: pa.Table) -> dict[tuple, dict]:
 
 def test_a_columnar_job_equals_pyarrow_over_the_whole_input(bids, tmp_path):
     pattern, table = bids
-    job = rs.Job("columnar", parallelism=2, runtime=rs.RuntimeConfig(batch_size=1000),
+    job = rs.Job("columnar", parallelism=2, runtime=rs.RuntimeConfig(arrow_batch_size=1000),
                  checkpoint=rs.CheckpointConfig(interval=0.5))
     keyed = (job.source("bids", FileSource(pattern, format="parquet"))
              .where("pricey", pc.field("price") > 100)

@@ -25,7 +25,7 @@ def start_ms(value) -> int:
 
 
 def test_bids_per_auction_in_sliding_windows_equal_pyarrow_over_the_events(tmp_path):
-    job = rs.Job("columnar-windows", parallelism=2, runtime=rs.RuntimeConfig(batch_size=4096),
+    job = rs.Job("columnar-windows", parallelism=2, runtime=rs.RuntimeConfig(arrow_batch_size=4096),
                  checkpoint=rs.CheckpointConfig(interval=0.5))
     (job.source("events", nx.NexmarkSource(CONFIG, columnar=True),
                 event_time=rs.EventTime.column("date_time", unit="ms", max_delay=CONFIG.out_of_order))

@@ -43,7 +43,7 @@ from raystream._runtime.subtask.record_policies import RecordPolicies
 from raystream._runtime.checkpointing.recovery import load_state
 from raystream._runtime.checkpointing.rescale import RestoredState
 from raystream._runtime.state.snapshot import SinkState, SnapshotMeta, SubtaskState
-from raystream._runtime.subtask.source_reader import SourceReader
+from raystream._runtime.subtask.source_reader import SourceReader, source_batch_size
 from raystream._runtime.plan.specs import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream._runtime.operators.event_time import AssignTimeOp
@@ -79,7 +79,7 @@ class SubtaskActor:
                                steps=tuple(s.step_id for s in spec.steps),
                                claims=self.store.storage, run_id=spec.run_id)
         head = spec.steps[0]
-        self.source = (SourceReader(head, spec.source_partitions, spec.runtime.batch_size)
+        self.source = (SourceReader(head, spec.source_partitions, source_batch_size(head, spec.runtime))
                        if head.kind is StepKind.SOURCE else None)
         self.ops: list[Operator] = []
         self.sinks: list[SinkOp] = []  # sink writers of the chain, the dead-letter writer last

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from raystream._runtime.checkpointing.rescale import RestoredState
 from raystream._runtime.transport.batch import batch_len
+from raystream.config import RuntimeConfig
 from raystream.errors import SourceError
 from raystream.graph import Step
 from raystream.source_api import SourcePartition
@@ -26,6 +27,11 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[str, Any, Any, Any], Awaitable[None]]
 
 _IDLE_POLL = 0.05  # seconds between polls of partitions that have no data yet
+
+
+def source_batch_size(step: Step, runtime: RuntimeConfig) -> int:
+    """Records (rows, for a source of Arrow batches) a partition reads at a time."""
+    return runtime.arrow_batch_size if step.source.columnar else runtime.batch_size
 
 
 class SourceReader:

@@ -37,7 +37,8 @@ class FileSource(Source):
     empty value is null, and integers past 64 bits stay strings). `column_types` names the type of a column
     instead (`{"zip": "string"}`, or a `pyarrow.DataType`): give it for a column whose
     values change kind further down a file. A partition emits at most `batch_size`
-    records at a time (RuntimeConfig.batch_size). The offset is the position in the
+    records at a time (RuntimeConfig.batch_size; Parquet, Arrow batches of at most
+    `arrow_batch_size` rows). The offset is the position in the
     file (for CSV, the rows emitted and the types settled on), so a restarted partition
     continues where its last checkpoint left it.
     """
@@ -52,6 +53,10 @@ class FileSource(Source):
         self.path = path_or_glob if path_or_glob.startswith("s3://") else _files.Location.parse(path_or_glob).uri()
         self.format = format
         self.column_types = _column_types(column_types, format)
+
+    @property
+    def columnar(self) -> bool:  # Source.columnar: Parquet comes as Arrow record batches
+        return self.format == "parquet"
 
     def list_partitions(self) -> list[str]:
         try:
