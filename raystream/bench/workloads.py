@@ -28,7 +28,7 @@ ARROW_EVENTS = {"q0": 60_000_000, "q1": 60_000_000, "q2": 60_000_000, "q3": 20_0
 
 
 def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
-    """Every workload, sized by `scale` (1.0: the suite runs in under 20 minutes)."""
+    """Every workload, sized by `scale` (1.0: the suite runs in about 40 minutes on 2 cores)."""
     def n(x: float) -> int:
         return max(1_000, int(x * scale))
 
