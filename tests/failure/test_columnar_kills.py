@@ -6,7 +6,7 @@
   committed output has every (auction, window) once, with the count and top price of
   exactly its bids.
 - jobs/billing_arrow.py with the subtasks of its invoices and its totals killed in turn:
-  the job's own verdict holds."""
+  the job's own verdict holds (extended)."""
 import collections
 import logging
 import runpy
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 import raystream as rs
 from raystream import aggregates as agg
@@ -114,6 +115,7 @@ def test_the_windowing_subtask_killed(tmp_path):
 BILLING_ARROW = Path(__file__).resolve().parents[2] / "jobs" / "billing_arrow.py"
 
 
+@pytest.mark.extended  # two kills and recoveries: 20-60 s on two cores, past the default suite's budget
 def test_billing_over_arrow_with_its_window_and_its_aggregate_killed(tmp_path):
     """jobs/billing_arrow.py: the subtask of the hourly invoices (windows with allowed
     lateness and a late output) is killed, then, in the attempt after, that of the running
