@@ -169,7 +169,8 @@ class Min(_OfColumn):
     function = "min"
 
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
-        return [s if p is None else p if s is None or p < s else s for s, p in zip(states, partials[0])]
+        # s != s: a NaN state gives way to any value (Arrow skips NaN within a batch)
+        return [s if p is None else p if s is None or p < s or s != s else s for s, p in zip(states, partials[0])]
 
     def combine(self, state: Any, other: Any) -> Any:
         return self.merge_all([state], [[other]])[0]
@@ -181,7 +182,7 @@ class Max(_OfColumn):
     function = "max"
 
     def merge_all(self, states: list[Any], partials: list[list[Any]]) -> list[Any]:
-        return [s if p is None else p if s is None or p > s else s for s, p in zip(states, partials[0])]
+        return [s if p is None else p if s is None or p > s or s != s else s for s, p in zip(states, partials[0])]
 
     def combine(self, state: Any, other: Any) -> Any:
         return self.merge_all([state], [[other]])[0]

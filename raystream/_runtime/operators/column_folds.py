@@ -198,13 +198,18 @@ class Summed(Running):
 
 
 class Least(Running):
-    """min(column): Python's `s if p is None else p if s is None or p < s else s`."""
+    """min(column): Python's `s if p is None else p if s is None or p < s or s != s else s`.
+    A NaN is skipped as Arrow skips it within a batch: a NaN partial (every value of its
+    batch NaN) loses to any state, and a NaN state gives way to any value, so the result
+    does not depend on where batches were cut."""
 
-    better = staticmethod(np.less)  # NaN compares false, as in Python
+    better = staticmethod(np.less)
 
     def fold(self, a: np.ndarray, b: np.ndarray, partials: list[Numbers]) -> tuple[np.ndarray, np.ndarray]:
         p = partials[0]
         taken = ~b | self.better(p.values, a)
+        if a.dtype.kind == "f":
+            taken |= np.isnan(a)
         if not p.all_valid:
             taken &= p.valid
         return np.where(taken, p.values, a), b | p.valid

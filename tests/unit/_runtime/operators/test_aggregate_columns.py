@@ -323,3 +323,19 @@ def test_a_restored_float_past_float32s_range_is_refused_by_the_columns_without_
         warnings.simplefilter("error")
         out = op.process(ArrowKeyed(batch_of(["a"], [1.0], pa.float32()), ("k",)))
     assert out.to_pylist() == [{"k": "a", "low": 1.0}] and op._columns is None
+
+
+@pytest.mark.parametrize("per_key", [False, True])
+@pytest.mark.parametrize("cut", [None, 1, 2])
+def test_min_and_max_skip_nan_however_the_rows_are_cut_into_batches(per_key, cut):
+    """Arrow skips NaN within a batch; across batches a NaN state gives way to a value, so
+    [NaN, 1, 2] has min 1 and max 2 as one batch or cut anywhere (review of stop 34: cut
+    after the NaN, the state stayed NaN for good)."""
+    values = [float("nan"), 1.0, 2.0]
+    op = aggregate((("low", agg.min("v")), ("high", agg.max("v"))), per_key=per_key)
+    for part in ([values] if cut is None else [values[:cut], values[cut:]]):
+        op.process(ArrowKeyed(batch_of(["a"] * len(part), part, pa.float64()), ("k",)))
+    assert op.state == {"a": (1.0, 2.0)}
+    only_nan = aggregate((("low", agg.min("v")),), per_key=per_key)
+    only_nan.process(ArrowKeyed(batch_of(["a"], [float("nan")], pa.float64()), ("k",)))
+    assert repr(only_nan.state) == repr({"a": (float("nan"),)})  # NaN while every value was NaN
