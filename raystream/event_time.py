@@ -114,8 +114,9 @@ class EventTime:
     - `timestamp_fn(record)`: the record's event time.
     - `max_delay`: bounded out-of-orderness: the watermark trails the newest time seen
       by this much, so a record up to `max_delay` older than the newest is on time.
-    - `idle_after`: a partition (or, for a step, a subtask) that has had no records for
-      this long stops holding the watermark back until it has records again. None:
+    - `idle_after`: a partition whose polls have found no records for this long (or, for
+      a step, a subtask that has had none for this long) stops holding the watermark back
+      until it has records again. None:
       never idle, so an input without data stops windows from firing.
 
     `EventTime.column(name, unit="ms", ...)` reads the time from a column instead of a

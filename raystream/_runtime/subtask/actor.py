@@ -350,6 +350,7 @@ class SubtaskActor:
             if self.assign_at_source is not None:
                 for key in self.source.ended:
                     self.assign_at_source.generator.end(key)
+                self.assign_at_source.generator.polled_empty(self.source.empty)
             await self.out.flush_due()
             if progressed:
                 await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in

@@ -30,7 +30,7 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
                 continue
             # the source's records get their times before the chain sees them
             op: Operator = AssignTimeOp(step, step.event_time,
-                                        WatermarkGenerator(step.event_time, spec.source_partitions))
+                                        WatermarkGenerator(step.event_time, spec.source_partitions, polled=True))
         elif step.kind is StepKind.EVENT_TIME:
             op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
         elif step.window is not None and step.window.how == "columnar":  # windows over Arrow

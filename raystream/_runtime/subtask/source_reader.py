@@ -42,6 +42,7 @@ class SourceReader:
         self.parts: dict[str, SourcePartition] = {}  # every opened partition: their offsets are checkpointed
         self.active: list[tuple[str, SourcePartition]] = []  # those not exhausted
         self.ended: list[str] = []  # partitions read to their end
+        self.empty: list[str] = []  # partitions the last round found without data
         self.emitted = 0  # records emitted since the run began (restored from the checkpoint)
         self.carried: dict[str, Any] = {}  # offsets of partitions that are gone now (B3)
         self._pending: dict[int, dict[str, Any]] = {}  # offsets of checkpoints not yet complete
@@ -123,8 +124,10 @@ class SourceReader:
         self.active = []
 
     async def read_round(self, emit: Emit) -> bool:
-        """One batch from each active partition in turn; False when none had data."""
+        """One batch from each active partition in turn; False when none had data.
+        `empty` is left holding the partitions this round found without data."""
         progressed = False
+        self.empty = []
         for key, part in list(self.active):
             before = part.snapshot()
             batch = part.next_batch()
@@ -132,7 +135,9 @@ class SourceReader:
                 part.close()
                 self.active.remove((key, part))
                 self.ended.append(key)
-            elif batch_len(batch):
+            elif not batch_len(batch):
+                self.empty.append(key)
+            else:
                 progressed = True
                 self.emitted += batch_len(batch)
                 await emit(key, before, part.snapshot(), batch)

@@ -5,8 +5,8 @@
   is the newest time it has seen minus `max_delay`, minus 1 ms (a watermark W says that
   every record at W or before has arrived, and more records may come at the newest
   time itself); the generator's is the minimum over
-  partitions that are neither idle nor ended. A partition with no records for
-  `idle_after` is idle. All partitions ended: the end of time.
+  partitions that are neither idle nor ended. A source partition whose polls found no
+  records for `idle_after` (a step's input: that had no records for it) is idle. All partitions ended: the end of time.
 - `InputWatermarks`: a subtask with inputs keeps the newest watermark of each input
   channel; its own is the minimum over the channels that are active (an idle channel
   does not count; an ended one counts as the end of time). It never goes back.
@@ -31,13 +31,20 @@ IDLE = None  # the payload of a WATERMARK message from an idle sender
 class WatermarkGenerator:
     """Bounded out-of-orderness with idleness, over the partitions of one subtask."""
 
-    def __init__(self, event_time: EventTime, partitions: list[str]):
+    def __init__(self, event_time: EventTime, partitions: list[str], *, polled: bool = False):
         self.max_delay = event_time.max_delay_ms
         idle = event_time.idle_after_ms
         self.idle_after = None if idle is None else idle / 1000
         now = time.monotonic()
         self.newest: dict[str, int] = {p: MIN_TIME for p in partitions}
-        self.seen_at: dict[str, float] = {p: now for p in partitions}
+        # When each partition's idleness is counted from. A step's (not `polled`): its last
+        # records. A source's (`polled`): the first of the polls in a row that found it
+        # empty (`polled_empty`), none while its last poll found records: the time between
+        # two polls of a partition is the time the subtask spent on the others' batches,
+        # which says nothing about whether it had records (65,536-row batches of a slow
+        # chain took longer than `idle_after`, and a partition with records went idle).
+        self.polled = polled
+        self.seen_at: dict[str, float | None] = {p: None if polled else now for p in partitions}
         self.ended: set[str] = set()
 
     def restore(self, newest: dict[str, int]) -> None:
@@ -57,7 +64,15 @@ class WatermarkGenerator:
         newest = int(times.max()) if isinstance(times, np.ndarray) else max(times)
         if newest > self.newest.get(partition, MIN_TIME):
             self.newest[partition] = newest
-        self.seen_at[partition] = time.monotonic()
+        self.seen_at[partition] = None if self.polled else time.monotonic()
+
+    def polled_empty(self, partitions: list[str]) -> None:
+        """A source's poll found no records in these partitions (idleness counts from the
+        first such poll in a row)."""
+        now = time.monotonic()
+        for p in partitions:
+            if self.seen_at.get(p) is None and p in self.newest:
+                self.seen_at[p] = now
 
     def end(self, partition: str) -> None:
         self.ended.add(partition)
@@ -73,7 +88,8 @@ class WatermarkGenerator:
         for p, newest in self.newest.items():
             if p in self.ended:
                 continue
-            if self.idle_after is not None and now - self.seen_at[p] >= self.idle_after:
+            seen = self.seen_at[p]
+            if self.idle_after is not None and seen is not None and now - seen >= self.idle_after:
                 idle = True
                 continue
             marks.append(newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME)
@@ -87,7 +103,8 @@ class WatermarkGenerator:
         if self.idle_after is None:
             return None
         now = time.monotonic() if now is None else now
-        due = [t + self.idle_after for p, t in self.seen_at.items() if p not in self.ended and t + self.idle_after > now]
+        due = [t + self.idle_after for p, t in self.seen_at.items()
+               if t is not None and p not in self.ended and t + self.idle_after > now]
         return min(due) if due else None
 
 

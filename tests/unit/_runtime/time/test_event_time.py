@@ -64,6 +64,25 @@ def test_generator_trails_the_newest_time_by_the_delay_per_partition_and_skips_i
     assert gen.watermark() == MAX_TIME
 
 
+def test_a_source_partition_is_idle_only_after_polls_found_it_empty_for_idle_after():
+    """A source's generator counts idleness from the first of the polls in a row that found
+    a partition empty, never from its last records: between two polls of a partition lies
+    the time the subtask spent on the others' batches (review of stop 34: 65,536-row batches
+    through a slow chain made a partition with records idle, and its rows came late)."""
+    gen = WatermarkGenerator(EventTime(lambda r: r, max_delay=2, idle_after=10), ["p0", "p1"], polled=True)
+    gen.observe("p0", [9_000])
+    gen.observe("p1", [4_000])
+    assert gen.watermark(now=time.monotonic() + 60) == 1_999  # a minute on others' batches: still active
+    assert gen.idle_deadline() is None  # nothing can become idle before a poll finds it empty
+    gen.polled_empty(["p1"])
+    first_empty = gen.seen_at["p1"]
+    gen.polled_empty(["p1"])  # a later empty poll does not restart the count
+    assert gen.seen_at["p1"] == first_empty and gen.idle_deadline() == first_empty + 10
+    assert gen.watermark(now=first_empty + 9) == 1_999 and gen.watermark(now=first_empty + 10) == 6_999
+    gen.observe("p1", [5_000])  # records again: active, whatever the clock says
+    assert gen.watermark(now=first_empty + 60) == 2_999
+
+
 def test_input_watermark_is_the_minimum_over_active_channels_and_never_goes_back():
     marks = InputWatermarks(3)
     assert marks.on_watermark(0, 10) is False
