@@ -6,7 +6,7 @@ resumed with a partition gone, then back) with random delays, lost responses, fa
 uploads, slow writes that land late, process deaths, damaged snapshots, and sinks that
 write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows;
 then it checks the invariants on committed output. A failure prints its seed; replay it
-with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 600 schedules, the
+with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 400 schedules, the
 extended run the next 1,400, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
@@ -17,7 +17,7 @@ import pytest
 
 from .sim import SimFailure, run_schedule
 
-CI_SCHEDULES = 600
+CI_SCHEDULES = 400
 EXTENDED_SCHEDULES = 2_000  # seeds CI_SCHEDULES up to this one run with `pytest -m extended`
 
 
