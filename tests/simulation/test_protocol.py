@@ -7,7 +7,7 @@ uploads, slow writes that land late, process deaths, damaged snapshots, and sink
 write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows;
 then it checks the invariants on committed output. A failure prints its seed; replay it
 with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 400 schedules, the
-extended run the next 1,400, and `pytest -m simulation_deep` many more
+extended run the next 1,600, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
 import collections
