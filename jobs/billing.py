@@ -106,11 +106,17 @@ if INVOICES:
     hourly.late.map("correction", lambda kv: kv[1]).sink("corrections", rs.sinks.FileSink(OUT + "_corrections"))
 
 
+def clear_outputs(out: str) -> None:
+    """Remove the local output directories of a run writing to `out` (S3: left alone)."""
+    if not out.startswith("s3://"):
+        for directory in (out, out + "_invoices", out + "_corrections"):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def setup(resume: bool) -> None:
     """A fresh run starts from empty output directories; a resumed one keeps them."""
-    if not resume and not OUT.startswith("s3://"):
-        for directory in (OUT, OUT + "_invoices", OUT + "_corrections"):
-            shutil.rmtree(directory, ignore_errors=True)
+    if not resume:
+        clear_outputs(OUT)
 
 
 @dataclass

@@ -26,7 +26,6 @@ import collections
 import datetime as dt
 import os
 import runpy
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +81,8 @@ job = build()
 
 def setup(resume: bool) -> None:
     """A fresh run starts from empty output directories; a resumed one keeps them."""
-    if not resume and not OUT.startswith("s3://"):
-        for directory in (OUT, OUT + "_invoices", OUT + "_corrections"):
-            shutil.rmtree(directory, ignore_errors=True)
+    if not resume:
+        _PER_RECORD["clear_outputs"](OUT)
 
 
 @dataclass
