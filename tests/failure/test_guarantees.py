@@ -51,9 +51,9 @@ def test_at_most_once_duplicates_nothing(monkeypatch, tmp_path):
 
 
 class SlowPath:
-    """The slow input of the union: each record takes 2 ms, and while the file `hold`
-    exists the step waits, so the barrier behind it cannot reach the union and the union
-    stays aligning until the test has seen it and killed it (no race with the poll)."""
+    """The slow input of the union: while the file `hold` exists the step waits, so the
+    barrier behind it cannot reach the union and the union stays aligning until the test
+    has seen it and killed it (no race with the poll)."""
 
     def __init__(self, hold: str):
         self.hold = hold
@@ -62,7 +62,6 @@ class SlowPath:
         import os
         import time
 
-        time.sleep(0.002)
         while os.path.exists(self.hold):
             time.sleep(0.01)
         return x
@@ -70,12 +69,16 @@ class SlowPath:
 
 @pytest.mark.extended  # moved out of the default run to keep it under 15 minutes
 def test_kill_during_barrier_alignment_of_a_union(tmp_path):
-    fast_n, slow_n = 18_000, 3_000
+    # Both inputs are paced by their sources to last ~20 s, so neither ends before the test
+    # holds the slow one after two checkpoints, even on a loaded machine (a per-record sleep
+    # in the slow step once made it the bottleneck: checkpoints came seconds apart and the
+    # slow input could end first). An input that has ended is not aligned on.
+    fast_n, slow_n = 60_000, 6_000
     hold = tmp_path / "hold"
     job = rs.Job("union", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.2),
                  runtime=rs.RuntimeConfig(batch_size=256))
     fast = job.source("fast", SequenceSource(fast_n, rate=3_000))
-    slow = job.source("slow", SequenceSource(slow_n, rate=1_500)).map("offset", lambda x: x + fast_n) \
+    slow = job.source("slow", SequenceSource(slow_n, rate=300)).map("offset", lambda x: x + fast_n) \
         .map("slow_path", SlowPath(str(hold)))
     (fast.union(slow)
         .key_by("by_mod", lambda x: x % 7)
