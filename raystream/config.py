@@ -231,8 +231,11 @@ class RestartStrategy:
     `kind` is a RestartKind (or its value: "fixed_delay", "exponential_backoff",
     "none"). At most `max_restarts`
     restarts are allowed within any `window` seconds; one more fails the job with the
-    last failure's message. The backoff returns to `delay` once a restarted attempt has
-    completed a checkpoint, or after `reset_after` seconds without a failure.
+    last failure's message. With exponential backoff the first restart is immediate (a
+    one-off crash costs no wait); the failures that follow it wait `delay`, then
+    `delay * multiplier`, ... up to `max_delay`. The backoff starts over once a restarted
+    attempt has completed a checkpoint, or after `reset_after` seconds without a failure.
+    `fixed_delay` waits `delay` before every restart, the first included.
     """
 
     kind: RestartKind = RestartKind.EXPONENTIAL_BACKOFF

@@ -227,7 +227,12 @@ class RestartTracker:
                 f"(RestartStrategy max_restarts={s.max_restarts}); last failure: {failure}")
         if made_progress or (self.times and now - self.times[-1] >= s.reset_after):
             self.streak = 0
-        delay = s.delay if s.kind is RestartKind.FIXED_DELAY else min(s.max_delay, s.delay * s.multiplier ** self.streak)
+        if s.kind is RestartKind.FIXED_DELAY:
+            delay = s.delay
+        elif self.streak == 0:  # a failure after a quiet run: restart at once (a crash loop backs off)
+            delay = 0.0
+        else:
+            delay = min(s.max_delay, s.delay * s.multiplier ** (self.streak - 1))
         self.streak += 1
         self.times.append(now)
         self.total += 1

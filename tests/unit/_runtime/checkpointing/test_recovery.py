@@ -17,8 +17,9 @@ def manifest(chain: str, parallelism: int, run_id: str = "run") -> Manifest:
 
 def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_progress():
     t = RestartTracker(RestartStrategy.exponential_backoff(0.1, max_delay=1.0, max_restarts=5))
-    assert [t.next_delay("x") for _ in range(4)] == [0.1, 0.2, 0.4, 0.8]
-    assert t.next_delay("x", made_progress=True) == 0.1  # a checkpoint completed: no crash loop
+    # the first restart is immediate; a crash loop backs off from `delay`
+    assert [t.next_delay("x") for _ in range(4)] == [0.0, 0.1, 0.2, 0.4]
+    assert t.next_delay("x", made_progress=True) == 0.0  # a checkpoint completed: no crash loop
     with pytest.raises(JobFailedError, match="giving up after 5 restarts.*last failure: boom"):
         t.next_delay("boom")
     assert RestartTracker(RestartStrategy.fixed_delay(0.5)).next_delay("x") == 0.5
