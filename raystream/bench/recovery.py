@@ -12,7 +12,9 @@ import signal
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+import ray
 
 import raystream as rs
 from raystream.bench.job_files import billing_job
@@ -55,7 +57,8 @@ def rate_at(timeline: list[tuple[float, int, int]], i: int) -> float | None:
 def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, warmup: float = 6.0,
                      spares: bool | float = 30.0) -> RecoveryRun:
     """`spares`: `RuntimeConfig.recovery_spares` (the default keeps them after 30 s: the
-    kill then comes once they are up)."""
+    kill comes once they are up, which the run checks: on a loaded machine their
+    processes take seconds to start, and a recovery then waits for them)."""
     if spares is not True and spares is not False:
         warmup = max(warmup, float(spares) + 3.0)
     out = os.path.join(directory, f"recovery-out-{spares}")
@@ -96,6 +99,8 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
     while not (status.state == "running" and status.checkpoints.completed >= 2 and timeline[-1][0] >= warmup):
         time.sleep(0.1)
         status = poll()
+    if spares is not False:  # the spares have started (on a loaded machine they take seconds to)
+        status = _until_spares_up(handle, len(status.pids), poll)
     rates = [r for i in range(len(timeline)) if timeline[i][0] > warmup - 3
              and (r := rate_at(timeline, i)) is not None]
     steady = statistics.median(rates)
@@ -124,6 +129,22 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
     if first_commit is None:
         raise SystemExit("no output was committed within 60 s of the kill")
     return RecoveryRun(first_commit, back, status.records_replayed, steady, kill_at, killed, timeline, checkpoints)
+
+
+def _until_spares_up(handle: rs.JobHandle, count: int, poll: Callable[[], rs.JobStatus]) -> rs.JobStatus:
+    """Poll until the coordinator has `count` idle spares whose processes have started."""
+    coordinator = handle._supervisor.coordinator
+    deadline = time.perf_counter() + 60
+    while True:
+        status = poll()
+        try:
+            if len(ray.get(coordinator.spare_pids.remote(), timeout=0.5)) >= count:
+                return status
+        except ray.exceptions.GetTimeoutError:
+            pass  # a spare is still starting
+        if time.perf_counter() > deadline:
+            raise SystemExit("the recovery spares did not start within 60 s")
+        time.sleep(0.1)
 
 
 def plot(run: RecoveryRun, path: str, title: str) -> None:
