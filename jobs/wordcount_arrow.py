@@ -1,5 +1,6 @@
-"""Word count over Arrow: jobs/wordcount.py with columnar steps. Each batch of lines is
-split and counted in Arrow (`map_batches`), the counts are routed by the `word` column,
+"""Word count over Arrow: jobs/wordcount.py with columnar steps. The files are read as
+Arrow batches of lines (`FileSource(..., columnar=True)`), each batch is split and counted
+in Arrow (`map_batches`), the counts are routed by the `word` column,
 and `aggregate` keeps each word's running total in numpy columns: Python looks up each
 distinct word of a batch in a dict, and runs nothing per word.
 
@@ -27,7 +28,7 @@ def count_words(lines: pa.RecordBatch) -> pa.RecordBatch:
 def build(paths: str, sink: rs.sinks.Sink) -> rs.Job:
     job = rs.Job("wordcount_arrow", parallelism=2)
     (
-        job.source("lines", rs.sources.FileSource(paths))
+        job.source("lines", rs.sources.FileSource(paths, columnar=True))
         .map_batches("words", count_words)
         .key_by("by_word", "word")
         .aggregate("count", n=agg.sum("n"))               # one row per word of each batch: its total

@@ -183,7 +183,8 @@ def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool,
     `columnar`: the per-batch counts go on in Arrow, keyed by their column, into `aggregate`."""
     job = rs.Job("bench-wordcount", parallelism=2, guarantee=mode.guarantee,
                  checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
-    lines = job.source("lines", rs.sources.FileSource(os.path.join(directory, "*.txt")))
+    # the Arrow variants read Arrow batches of lines (`columnar=True`), as jobs/wordcount_arrow.py does
+    lines = job.source("lines", rs.sources.FileSource(os.path.join(directory, "*.txt"), columnar=vectorized))
     if columnar:
         (lines.map_batches("count_batch", count_words).key_by("by_word", "word")
             .aggregate("count", n=rs.aggregates.sum("n")).sink("out", MeasureSink()))
@@ -210,6 +211,9 @@ def wordcount_baseline(directory: str) -> float:
     return time.perf_counter() - t0
 
 
+ARROW_LINES = rs.RuntimeConfig().arrow_batch_size  # the 1-process loop's batches: as big as the job's
+
+
 def wordcount_arrow_baseline(directory: str) -> float:
     t0 = time.perf_counter()
     counts: dict[str, int] = {}
@@ -217,8 +221,8 @@ def wordcount_arrow_baseline(directory: str) -> float:
         if name.endswith(".txt"):
             with open(os.path.join(directory, name)) as f:
                 lines = f.read().splitlines()
-            for i in range(0, len(lines), 1024):
-                out = count_words(pa.RecordBatch.from_arrays([pa.array(lines[i:i + 1024])], names=["line"]))
+            for i in range(0, len(lines), ARROW_LINES):
+                out = count_words(pa.RecordBatch.from_arrays([pa.array(lines[i:i + ARROW_LINES])], names=["line"]))
                 for w, n in zip(out.column(0).to_pylist(), out.column(1).to_pylist()):
                     counts[w] = counts.get(w, 0) + n
     return time.perf_counter() - t0

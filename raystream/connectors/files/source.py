@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from raystream import _files
 from raystream.errors import JobDefinitionError, SourceError
+from raystream.connectors.files.arrow_lines import ArrowLinePartition
 from raystream.source_api import Source, SourcePartition
 
 logger = logging.getLogger(__name__)
@@ -36,27 +37,34 @@ class FileSource(Source):
     infers them from the file's first block (ints, floats, booleans, timestamps; only an
     empty value is null, and integers past 64 bits stay strings). `column_types` names the type of a column
     instead (`{"zip": "string"}`, or a `pyarrow.DataType`): give it for a column whose
-    values change kind further down a file. A partition emits at most `batch_size`
-    records at a time (RuntimeConfig.batch_size; Parquet, Arrow batches of at most
+    values change kind further down a file. `columnar=True` with "text" emits Arrow
+    record batches of one string column, "line", for columnar steps (`map_batches`,
+    `where`, `select`); Parquet is always columnar. A partition emits at most `batch_size`
+    records at a time (RuntimeConfig.batch_size; Arrow batches, at most
     `arrow_batch_size` rows). The offset is the position in the
     file (for CSV, the rows emitted and the types settled on), so a restarted partition
-    continues where its last checkpoint left it.
+    continues where its last checkpoint left it; text read as lines and text read as
+    Arrow have the same offsets, so a savepoint of one resumes the other.
     """
 
     def __init__(self, path_or_glob: str, *, format: str = "text",
-                 column_types: dict[str, pa.DataType | str] | None = None):
+                 column_types: dict[str, pa.DataType | str] | None = None, columnar: bool = False):
         if not isinstance(path_or_glob, str) or not path_or_glob:
             raise JobDefinitionError(f"FileSource needs a path, glob or s3:// URI; got {path_or_glob!r}")
         if format not in _FORMATS:
             raise JobDefinitionError(f"FileSource format must be one of {', '.join(_FORMATS)}; got {format!r}")
+        if columnar and format not in ("text", "parquet"):
+            raise JobDefinitionError(f"FileSource columnar=True reads format='text' (a 'line' column) or "
+                                     f"'parquet'; {format!r} comes as one record per line or row")
         # Resolved here, in the driver: actors may run in another working directory.
         self.path = path_or_glob if path_or_glob.startswith("s3://") else _files.Location.parse(path_or_glob).uri()
         self.format = format
         self.column_types = _column_types(column_types, format)
+        self.arrow_lines = columnar and format == "text"
 
     @property
-    def columnar(self) -> bool:  # Source.columnar: Parquet comes as Arrow record batches
-        return self.format == "parquet"
+    def columnar(self) -> bool:  # Source.columnar: Parquet, and text when asked, come as Arrow record batches
+        return self.format == "parquet" or getattr(self, "arrow_lines", False)
 
     def list_partitions(self) -> list[str]:
         try:
@@ -75,6 +83,8 @@ class FileSource(Source):
             return _ParquetPartition(key, resume_state or 0, batch_size)
         if self.format == "csv":
             return _CsvPartition(key, resume_state, batch_size, getattr(self, "column_types", {}))
+        if getattr(self, "arrow_lines", False):
+            return ArrowLinePartition(key, resume_state or (0, 0), batch_size)
         return _LinePartition(key, self.format, resume_state or (0, 0), batch_size)
 
 
