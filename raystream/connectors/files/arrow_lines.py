@@ -8,6 +8,10 @@ the last line may lack its LF), so a savepoint taken with either reader resumes 
 other."""
 from __future__ import annotations
 
+import collections
+from dataclasses import dataclass
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -16,52 +20,89 @@ from raystream.errors import SourceError
 from raystream.source_api import SourcePartition
 
 _CHUNK = 4 * 1024 * 1024  # bytes read at a time: tens of thousands of lines of text
+# A batch of long lines ends sooner: one string column holds at most 2 GiB, and a batch
+# is a message between processes.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 SCHEMA = pa.schema([pa.field("line", pa.string())])
 
 
+@dataclass
+class _Piece:
+    """Lines of one chunk not emitted yet, without their LFs; `unterminated`: the last one
+    ended the file without an LF."""
+
+    lines: pa.Array  # binary
+    unterminated: bool = False
+
+    def ends(self) -> np.ndarray:
+        """Where each line ends, in bytes from the piece's first line (without LFs)."""
+        offsets = np.frombuffer(self.lines.buffers()[1], np.int32, len(self.lines) + 1, self.lines.offset * 4)
+        return offsets[1:] - offsets[0]
+
+
 class ArrowLinePartition(SourcePartition):
-    """One text file; emits at most `batch_size` lines a batch, as a "line" column."""
+    """One text file; emits at most `batch_size` lines (and about MAX_BATCH_BYTES) a batch,
+    as a "line" column."""
 
     def __init__(self, uri: str, offset: tuple[int, int], batch_size: int):
         self._uri, self._batch_size = uri, batch_size
         self._pos, self._line = offset
         self._reader = _files.open_read(uri, self._pos)
-        self._carry = b""  # the start of a line whose LF has not been read yet
+        self._carry = bytearray()  # the start of a line whose LF has not been read yet
         self._eof = False
-        self._lines: pa.Array = pa.array([], pa.binary())  # read, not emitted; without their LF
-        self._unterminated = False  # the last of `_lines` ended the file without an LF
+        self._pieces: collections.deque[_Piece] = collections.deque()
+        self._pending = 0  # lines in _pieces
+        self._pending_bytes = 0
 
     def _fill(self) -> bool:
-        """Read until `batch_size` lines are pending or the file ends; False when none are."""
-        while len(self._lines) < self._batch_size and not self._eof:
+        """Read until a batch's lines (or bytes) are pending or the file ends; False when none are."""
+        while self._pending < self._batch_size and self._pending_bytes < MAX_BATCH_BYTES and not self._eof:
             data = self._reader.read(_CHUNK)
             if not data:
                 self._eof = True
                 if self._carry:  # the last line, without a "\n"
-                    self._append(pa.array([self._carry], pa.binary()))
-                    self._carry, self._unterminated = b"", True
+                    self._add(_Piece(pa.array([bytes(self._carry)], pa.binary()), unterminated=True))
+                    self._carry = bytearray()
                 continue
-            data = self._carry + data
             cut = data.rfind(b"\n")
-            if cut < 0:  # a line longer than a chunk: keep reading
-                self._carry = data
+            if cut < 0:  # no line ends in this chunk: keep reading
+                self._carry += data
                 continue
-            self._append(pc.split_pattern(pa.array([data[:cut]], pa.binary()), pattern=b"\n").flatten())
-            self._carry = data[cut + 1:]
-        return len(self._lines) > 0
+            head = bytes(self._carry) + data[:cut] if self._carry else data[:cut]
+            self._add(_Piece(pc.split_pattern(pa.array([head], pa.binary()), pattern=b"\n").flatten()))
+            self._carry = bytearray(data[cut + 1:])
+        return self._pending > 0
 
-    def _append(self, lines: pa.Array) -> None:
-        self._lines = pa.concat_arrays([self._lines, lines]) if len(self._lines) else lines
+    def _add(self, piece: _Piece) -> None:
+        self._pieces.append(piece)
+        self._pending += len(piece.lines)
+        self._pending_bytes += int(piece.ends()[-1])
 
     def next_batch(self) -> pa.RecordBatch | None:
         if not self._fill():
             return None
-        n = min(self._batch_size, len(self._lines))
-        raw, self._lines = self._lines.slice(0, n), self._lines.slice(n)
-        ends_file = self._unterminated and len(self._lines) == 0
-        lines = self._decode(raw)
-        # the bytes of these lines in the file: each line and its LF (the file's last line may have none)
-        self._pos += (pc.sum(pc.binary_length(raw)).as_py() or 0) + n - (1 if ends_file else 0)
+        taken: list[pa.Array] = []
+        n = size = 0
+        lf = 0  # LFs of the lines taken: one each, but for an unterminated last line
+        while self._pieces and n < self._batch_size and size < MAX_BATCH_BYTES:
+            piece = self._pieces[0]
+            ends = piece.ends()
+            k = min(len(ends), self._batch_size - n)
+            # lines up to the byte budget (at least one, however long)
+            k = max(1, min(k, int(np.searchsorted(ends, MAX_BATCH_BYTES - size, side="right"))))
+            taken.append(piece.lines.slice(0, k))
+            size += int(ends[k - 1])
+            lf += k - (1 if piece.unterminated and k == len(ends) else 0)
+            n += k
+            if k == len(ends):
+                self._pieces.popleft()
+            else:
+                piece.lines = piece.lines.slice(k)
+        self._pending -= n
+        self._pending_bytes -= size
+        # one compact array: a slice would carry its whole chunk's buffers to the next process
+        lines = self._decode(pa.concat_arrays(taken))
+        self._pos += size + lf
         self._line += n
         return pa.RecordBatch.from_arrays([lines], schema=SCHEMA)
 

@@ -1,6 +1,7 @@
 """FileSource(columnar=True) reads text as Arrow batches of a "line" column: the same lines
 and the same offsets as the per-line reader, whatever the file's line endings, blank lines,
 long lines or missing last LF, and a savepoint of either reader resumes with the other."""
+import pickle
 from unittest import mock
 
 import pyarrow as pa
@@ -31,10 +32,13 @@ def text_file(tmp_path, lines: list[str], last_lf: bool) -> str:
 
 @settings(max_examples=150, deadline=None)
 @given(lines=st.lists(LINE, min_size=1, max_size=60), last_lf=st.booleans(), batch=st.integers(1, 9),
-       chunk=st.sampled_from([3, 17, 1 << 20]), resume_at=st.integers(0, 60))
-def test_the_same_lines_and_offsets_as_the_per_line_reader(tmp_path_factory, lines, last_lf, batch, chunk, resume_at):
+       chunk=st.sampled_from([3, 17, 1 << 20]), max_bytes=st.sampled_from([1, 7, 64 << 20]),
+       resume_at=st.integers(0, 60))
+def test_the_same_lines_and_offsets_as_the_per_line_reader(tmp_path_factory, lines, last_lf, batch, chunk, max_bytes,
+                                                           resume_at):
     with (mock.patch("raystream.connectors.files.source._CHUNK", chunk),
-          mock.patch("raystream.connectors.files.arrow_lines._CHUNK", chunk)):
+          mock.patch("raystream.connectors.files.arrow_lines._CHUNK", chunk),
+          mock.patch("raystream.connectors.files.arrow_lines.MAX_BATCH_BYTES", max_bytes)):
         same_as_per_line(tmp_path_factory, lines, last_lf, batch, resume_at)
 
 
@@ -64,6 +68,25 @@ def test_batches_are_a_string_column_named_line(tmp_path):
     uri = text_file(tmp_path, [f"line {i}" for i in range(10)], last_lf=True)
     batch = FileSource(uri, columnar=True).build_partition(uri, None, 4).next_batch()
     assert batch.schema == pa.schema([("line", pa.string())]) and batch.num_rows == 4
+
+
+def test_a_batch_carries_its_own_bytes_only(tmp_path):
+    """A batch crosses to the next process pickled: a slice of the chunk it was split from
+    would carry the whole chunk's buffers."""
+    uri = text_file(tmp_path, [f"the quick brown fox {i}" for i in range(100_000)], last_lf=True)
+    part = FileSource(uri, columnar=True).build_partition(uri, None, 1024)
+    for _ in range(3):
+        batch = part.next_batch()
+        assert len(pickle.dumps(batch, protocol=5)) < 2 * batch.nbytes + 1024
+
+
+def test_long_lines_make_smaller_batches(tmp_path):
+    """One string column holds at most 2 GiB: a batch ends at about MAX_BATCH_BYTES."""
+    uri = text_file(tmp_path, ["x" * 1000] * 50, last_lf=False)
+    with mock.patch("raystream.connectors.files.arrow_lines.MAX_BATCH_BYTES", 10_000):
+        part = FileSource(uri, columnar=True).build_partition(uri, None, 65_536)
+        sizes = [b.num_rows for b in iter(part.next_batch, None)]
+    assert sizes == [10] * 5 and part.snapshot() == (50 * 1001 - 1, 50)
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path):
