@@ -233,8 +233,8 @@ class RestartStrategy:
     restarts are allowed within any `window` seconds; one more fails the job with the
     last failure's message. With exponential backoff the first restart is immediate (a
     one-off crash costs no wait); the failures that follow it wait `delay`, then
-    `delay * multiplier`, ... up to `max_delay`. The backoff starts over once a restarted
-    attempt has completed a checkpoint, or after `reset_after` seconds without a failure.
+    `delay * multiplier`, ... up to `max_delay`. The backoff starts over after
+    `reset_after` seconds without a failure.
     `fixed_delay` waits `delay` before every restart, the first included.
     """
 

@@ -213,11 +213,12 @@ class RestartTracker:
         self.total = 0
         self.streak = 0  # restarts since the last quiet period of `reset_after` seconds
 
-    def next_delay(self, failure: str, *, made_progress: bool = False) -> float:
+    def next_delay(self, failure: str) -> float:
         """Record a restart; raise JobFailedError if the strategy allows no more.
 
-        `made_progress`: the failed attempt completed a checkpoint, so it was no crash
-        loop and the backoff starts over."""
+        The backoff starts over after `reset_after` seconds without a failure, not when
+        the failed attempt completed a checkpoint: an attempt after a failure checkpoints
+        0.1 s after it starts (C1), so a crash loop completes one in every attempt."""
         s = self.strategy
         now = time.monotonic()
         self.times = [t for t in self.times if now - t < s.window]
@@ -225,7 +226,7 @@ class RestartTracker:
             raise JobFailedError(
                 f"giving up after {len(self.times)} restarts within {s.window:.0f}s "
                 f"(RestartStrategy max_restarts={s.max_restarts}); last failure: {failure}")
-        if made_progress or (self.times and now - self.times[-1] >= s.reset_after):
+        if self.times and now - self.times[-1] >= s.reset_after:
             self.streak = 0
         if s.kind is RestartKind.FIXED_DELAY:
             delay = s.delay

@@ -169,7 +169,6 @@ class JobCoordinator:
             except (RestoreError, CorruptCheckpointError) as exc:  # an origin or progress record that does not verify
                 return self._fail(Failure(FailureKind.INCOMPATIBLE, "restore", str(exc)))
             restoring = True
-            completed_before = self.stats.completed
             failure = await self._attempt(manifest, progress)
             if failure is None:
                 return JobOutcome(self._result(), None)
@@ -184,8 +183,7 @@ class JobCoordinator:
                 self.refused.add(manifest.checkpoint_id)
                 self.stats = dataclasses.replace(self.stats, refused=self.stats.refused + 1)
             try:  # R2
-                delay = tracker.next_delay(f"{failure.step_id}: {failure.error}",
-                                           made_progress=self.stats.completed > completed_before)
+                delay = tracker.next_delay(f"{failure.step_id}: {failure.error}")
             except JobFailedError as exc:
                 return self._fail(Failure(FailureKind.RESTARTS, self.job.name, str(exc),
                                           traceback_text=failure.traceback_text))
@@ -246,9 +244,11 @@ class JobCoordinator:
             await self._end_attempt(wait=failure is not None)
 
     def _count_replayed(self, manifest: Manifest | None) -> None:
-        """What the sources had emitted past the restored offsets is read again."""
+        """What the sources had emitted past the restored offsets is read again (never at
+        most once: its sources go on from the offsets they saved, past what they emitted)."""
         restored = {(m.chain, m.subtask): m.source_records for m in manifest.snapshots} if manifest else {}
-        self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
+        if self.job.guarantee != Guarantee.AT_MOST_ONCE:
+            self.replayed += sum(max(0, seen - restored.get(k, 0)) for k, seen in self.source_seen.items())
         self.source_seen = {}
 
     async def _go_live(self) -> None:

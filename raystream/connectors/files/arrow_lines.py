@@ -20,9 +20,9 @@ from raystream.errors import SourceError
 from raystream.source_api import SourcePartition
 
 _CHUNK = 4 * 1024 * 1024  # bytes read at a time: tens of thousands of lines of text
-# A batch of long lines ends sooner: one string column holds at most 2 GiB, and a batch
-# is a message between processes.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
+# A batch of long lines ends sooner: one string column holds at most 2 GiB, a batch is a
+# message between processes, and no barrier passes while one is made (C1).
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 SCHEMA = pa.schema([pa.field("line", pa.string())])
 
 

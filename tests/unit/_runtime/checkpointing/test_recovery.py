@@ -15,11 +15,15 @@ def manifest(chain: str, parallelism: int, run_id: str = "run") -> Manifest:
     return Manifest("j", run_id, 7, 1, "exactly_once", 0.0, {chain: parallelism}, metas)
 
 
-def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_progress():
+def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_a_quiet_period(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("raystream._runtime.checkpointing.recovery.time.monotonic", lambda: now[0])
     t = RestartTracker(RestartStrategy.exponential_backoff(0.1, max_delay=1.0, max_restarts=5))
-    # the first restart is immediate; a crash loop backs off from `delay`
+    # the first restart is immediate; a crash loop backs off from `delay`, even when each
+    # of its attempts completes a checkpoint (the first comes 0.1 s after an attempt starts)
     assert [t.next_delay("x") for _ in range(4)] == [0.0, 0.1, 0.2, 0.4]
-    assert t.next_delay("x", made_progress=True) == 0.0  # a checkpoint completed: no crash loop
+    now[0] += 31.0  # reset_after (30 s) without a failure: no crash loop
+    assert t.next_delay("x") == 0.0
     with pytest.raises(JobFailedError, match="giving up after 5 restarts.*last failure: boom"):
         t.next_delay("boom")
     assert RestartTracker(RestartStrategy.fixed_delay(0.5)).next_delay("x") == 0.5

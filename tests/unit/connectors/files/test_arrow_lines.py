@@ -81,7 +81,7 @@ def test_a_batch_carries_its_own_bytes_only(tmp_path):
 
 
 def test_long_lines_make_smaller_batches(tmp_path):
-    """One string column holds at most 2 GiB: a batch ends at about MAX_BATCH_BYTES."""
+    """One string column holds at most 2 GiB: a batch ends at about MAX_BATCH_BYTES (16 MiB)."""
     uri = text_file(tmp_path, ["x" * 1000] * 50, last_lf=False)
     with mock.patch("raystream.connectors.files.arrow_lines.MAX_BATCH_BYTES", 10_000):
         part = FileSource(uri, columnar=True).build_partition(uri, None, 65_536)
