@@ -44,7 +44,7 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
 
     # The Arrow word counts read 4M words in about a second: too short for a periodic
     # checkpoint, so they get six times as many, written the first time one runs.
-    text_arrow, words_arrow = os.path.join(directory, "text-arrow"), n(24_000_000)
+    text_arrow, words_arrow = os.path.join(directory, "text-arrow"), n(96_000_000)
     os.makedirs(text_arrow, exist_ok=True)
 
     def arrow_text_ready() -> str:
