@@ -23,7 +23,8 @@ from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
 from raystream.result import CheckpointStats
 
-from .job import MAX_PARALLELISM, JOB, Outputs, SimSource, SimSubtask, Trace
+from .job import MAX_PARALLELISM, JOB, Outputs, SimSubtask, Trace
+from .source import SimSource
 from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for
 
 

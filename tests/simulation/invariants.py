@@ -10,6 +10,9 @@
   no run went back to its origin past a checkpoint of its own (R5), no write waited for a
   row lock, the job never held more prepared transactions than the driver's check asks
   for, and a run that ended left none prepared;
+- with event time, no record came behind the watermark unless it was sent while the
+  record's partition looked empty (event_time.py); the columnar aggregate's rows are
+  checked by columnar.py (`check_aggregates`);
 - a sink committed for checkpoint n only when its own attempt published n, never for a
   void manifest; an attempt recorded as voiding nothing (closed) started no subtask; every checkpoint a restore could still choose lists only staged files
   that exist or were committed;
@@ -49,6 +52,7 @@ class Invariants:
         for what, found in (("a restored transaction's staged data was gone", t.missing_staged),
                             ("a sink failed", t.sink_errors),
                             ("a run went back to its origin", t.rewinds),
+                            ("a record came behind the watermark (event time)", t.late),
                             ("a write waited for a row lock", self.s.pg.lock_waits if self.s.pg else []),
                             ("the job held more prepared transactions than the check asks the server for",
                              self.s.pg.limit_hits if self.s.pg else [])):

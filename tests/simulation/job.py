@@ -12,6 +12,11 @@ The real code in a subtask: `SourceReader` (offsets, partitions new or gone),
 fence and commit), `SinkOp` with the sink writers (`FileSink` plain, rolling locally and
 on S3, Parquet; `PostgresWriter` appending and upserting), snapshot encoding, and the
 restore merge. Only time, storage and the servers are simulated.
+
+With a schedule's options (source.py), the real operators before the sinks: the
+columnar aggregate of Arrow batches (keyed by a column whose keys share their
+partition's key group, so it needs no exchange either: columnar.py) and the source's
+event time, read in rounds of batches that take simulated time (event_time.py).
 """
 from __future__ import annotations
 
@@ -21,20 +26,27 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from raystream.connectors.postgres.writer import PostgresWriter
 from raystream.testing.injector import Injector
 from raystream._runtime.transport.keys import key_group, subtask_of_group
+from raystream._runtime.operators.base import KeyedOp, run_chain
+from raystream._runtime.operators.event_time import AssignTimeOp
 from raystream._runtime.operators.plain import SinkOp
+from raystream._runtime.plan.specs import SubtaskSpec
+from raystream._runtime.subtask.assembly import build_clock, build_operators
 from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
 from raystream._runtime.state.snapshot import SinkState, SubtaskState
 from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
-from raystream.config import CheckpointConfig
-from raystream.graph import Step
+from raystream.config import CheckpointConfig, Guarantee, RuntimeConfig
+from raystream.graph import Step, StepKind
 from raystream.connectors.postgres.sink import PostgresSink
 from raystream.sinks import SinkContext
-from raystream.sources import Source, SourcePartition
 
+from .columnar import AGG_SINK, Columns
+from .event_time import Lateness
 from .fake_pg import SimPgServer, SimPgSession
 from .world import Proc, Remote, World, blocking_for
 
@@ -48,38 +60,6 @@ def owner(partition: int, parallelism: int) -> int:
 
 def record_ids(partition: int, partitions: int, records: int) -> list[int]:
     return [partition + k * partitions for k in range(records)]
-
-
-class SimSource(Source):
-    """Partitions "0".."P-1" of record ids; `present` is what `list_partitions` finds now
-    (a partition may be gone for a run and come back)."""
-
-    def __init__(self, partitions: int, records: int, present: list[int]):
-        self.partitions, self.records, self.present = partitions, records, present
-
-    def list_partitions(self) -> list[str]:
-        return [str(p) for p in self.present]
-
-    def build_partition(self, key: str, resume_state: Any, batch_size: int) -> SourcePartition:
-        return _Ids(int(key), self.partitions, self.records, resume_state or 0, batch_size)
-
-
-class _Ids(SourcePartition):
-    """Record ids p, p + P, p + 2P, ...; the offset is how many were read."""
-
-    def __init__(self, p: int, partitions: int, records: int, offset: int, batch_size: int):
-        self.p, self.partitions, self.records, self.offset, self.batch_size = p, partitions, records, offset, batch_size
-
-    def next_batch(self) -> list[int] | None:
-        if self.offset >= self.records:
-            return None
-        end = min(self.records, self.offset + self.batch_size)
-        batch = [self.p + k * self.partitions for k in range(self.offset, end)]
-        self.offset = end
-        return batch
-
-    def snapshot(self) -> int:
-        return self.offset
 
 
 class SimPostgresSink(PostgresSink):
@@ -102,10 +82,14 @@ class Outputs:
     sinks: dict[str, Any]
     pg: SimPgServer | None = None
     place: str = ""  # "" for the shared directories, else this line's own
+    # the steps of the real operators before the sinks, the source's first (columnar.operator_steps)
+    operators: list[Step] = field(default_factory=list)
 
     def steps(self) -> list[Step]:
-        return [Step("src", "source", ()), Step("sum", "reduce", ("src",))] + [
-            Step(step_id, "sink", ("sum",), sink=sink) for step_id, sink in self.sinks.items()]
+        middle = [s for s in self.operators if s.kind is not StepKind.SOURCE]
+        return [Step("src", "source", ()), Step("sum", "reduce", ("src",))] + middle + [
+            Step(step_id, "sink", ("agg",) if step_id == AGG_SINK else ("sum",), sink=sink)
+            for step_id, sink in self.sinks.items()]
 
     def chain(self) -> str:
         return "+".join(s.step_id for s in self.steps())
@@ -116,6 +100,7 @@ class Trace:
     """What happened, for the invariants and for the replay log."""
 
     commits: list[tuple[str, int, int]] = field(default_factory=list)  # (run, attempt, checkpoint) committed for
+    late: list[str] = field(default_factory=list)  # records behind a watermark that should not have passed them
     missing_staged: list[str] = field(default_factory=list)
     sink_errors: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
@@ -139,15 +124,21 @@ class SimSubtask:
         self.blocking = blocking_for(self.world, self.proc)
         present = run.source.present
         mine = [str(p) for p in present if owner(p, parallelism) == index]
-        self.reader = SourceReader(Step("src", "source", (), source=run.source), mine, batch_size=4)
+        timing = run.source.timing
+        self.lateness = Lateness(timing, self.proc.name, run.trace.late) if timing is not None else None
+        source = run.source.reading(self.world, f"{run.scenario.seed}/{self.proc.name}", self.lateness)
+        self.reader = SourceReader(Step("src", "source", (), source=source), mine, batch_size=4)
         self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
                          all_partitions=[str(p) for p in present] if index == 0 else None)
         self.sums: dict[int, int] = dict(state.keyed.get("sum", {})) if state else {}
+        self.chain_ops, self.clock = self._operators(state, mine, [str(p) for p in present])
         self._named: set[int] = set()  # partitions this attempt wrote a row of with every column
         self.ops: dict[str, SinkOp] = {}
         self.restored_txns: dict[str, list[Any]] = {}
         run.scenario.procs[(run.run_id, index, attempt)] = self.proc
-        for step in run.outputs.steps()[2:]:
+        for step in run.outputs.steps():
+            if step.kind is not StepKind.SINK:
+                continue
             resume = combine_writer_states(step.sink, step.step_id, state.sink_states.get(step.step_id, [])) \
                 if state else None
             ctx = SinkContext(step.step_id, index, parallelism, transactional=True, resume_state=resume,
@@ -172,6 +163,20 @@ class SimSubtask:
         self.notify_complete = Remote(self.world, self.proc, self._on_notify)
         self.notify_aborted = Remote(self.world, self.proc, self.checkpoints.abort)
         self.stop_source = Remote(self.world, self.proc, self._on_stop)
+
+    def _operators(self, state: RestoredState | None, mine: list[str], present: list[str]) -> tuple[list, Any]:
+        """The real operators before the sinks, built and restored from `state` by
+        `assembly.build_operators` as a subtask builds them, and the chain's clock (with
+        event time)."""
+        run, timing = self.run, self.run.source.timing
+        if not run.outputs.operators:
+            return [], None
+        spec = SubtaskSpec(JOB, run.outputs.chain(), run.outputs.operators, self.index, self.parallelism, 0,
+                           RuntimeConfig(watermark_interval=timing.interval if timing else 0.2),
+                           Guarantee.EXACTLY_ONCE, "", run.run_id, self.attempt, source_partitions=mine,
+                           all_partitions=present)
+        ops = build_operators(spec, state)
+        return ops, build_clock(ops, spec) if timing is not None else None
 
     def kill(self) -> None:
         """The process dies: the database rolls back its open transactions."""
@@ -239,15 +244,49 @@ class SimSubtask:
             self.world.send(self.coord.proc, self.coord.source_finished, self.attempt, self.index)
 
     def _read(self) -> None:
+        if self.clock is not None:  # event time: rounds of batches that take time, as SubtaskActor reads
+            self.busy = asyncio.ensure_future(self._read_round())
+            return
         key, part = self.reader.active[self.world.rng.randrange(len(self.reader.active))]
         batch = part.next_batch()
         if batch is None:
             part.close()
             self.reader.active.remove((key, part))
             return
-        p, rows = int(key), []
+        self._emit(int(key), batch)
+
+    async def _read_round(self) -> None:
+        """SubtaskActor._run_source's turn: a batch of each partition, each through the
+        chain, taking its simulated time, the clock ticking after it; then the ended
+        partitions end in the generator, the empty ones count toward idleness, and the
+        clock ticks (Emitter.flush_due)."""
+        try:
+            await self.reader.read_round(self._emit_polled)
+            generator = self.chain_ops[0].generator
+            for key in self.reader.ended:
+                generator.end(key)
+            generator.polled_empty(self.reader.empty)
+            self.lateness.sent(self.clock.on_time() + self.clock.tick())
+        except Exception as exc:  # noqa: BLE001 - a sink failed: the subtask fails, the job restarts
+            self._fatal(exc)
+
+    async def _emit_polled(self, key: str, before: Any, after: Any, batch: Any) -> None:
+        self._emit(int(key), batch)
+        await self.world.sleep(self.run.source.timing.cost(int(key)), self.proc)  # a slow chain
+        self.lateness.sent(self.clock.tick())
+
+    def _emit(self, p: int, batch: Any) -> None:
+        """One batch of partition `p`: through the real operators (event time, the
+        aggregate), the running sums, and every sink."""
+        ids = batch.column("id").to_pylist() if isinstance(batch, pa.RecordBatch) else batch
+        if self.lateness is not None:  # it goes out after the watermarks sent so far
+            self.lateness.check(p, ids)
+        if self.chain_ops and isinstance(self.chain_ops[0], AssignTimeOp):
+            self.chain_ops[0].partition = str(p)
+        out = run_chain(self.chain_ops, batch) if self.chain_ops else None
+        rows = []
         swap = self.world.rng.random() < 0.2  # another column order now and then: another statement
-        for record in batch:
+        for record in ids:
             self.sums[p] = self.sums.get(p, 0) + record
             row = {"id": record, "p": p, "total": self.sums[p], "run": self.run.run_id}
             rows.append(dict(reversed(row.items())) if swap else row)
@@ -260,7 +299,10 @@ class SimSubtask:
         # Files take rows whose fields differ: every seventh id carries one more.
         noted = [{**r, "note": "seventh"} if r["id"] % 7 == 0 else r for r in rows]
         for step_id, op in self.ops.items():
-            op.process(partial if step_id == "pg_totals" else rows if step_id == "pg_rows" else noted)
+            if step_id == AGG_SINK:
+                op.process(Columns.rows(out, self.run.run_id))
+            else:
+                op.process(partial if step_id == "pg_totals" else rows if step_id == "pg_rows" else noted)
 
     # --- C3, C4 (SubtaskCheckpoints.take) ---------------------------------------------------
 
@@ -273,9 +315,17 @@ class SimSubtask:
                 self._fatal(exc)
 
     def _capture(self, checkpoint_id: int) -> SubtaskState:
+        """C3, as SubtaskActor._capture takes it (the real operators' keyed state, meta and
+        event times too)."""
+        keyed = {"sum": dict(self.sums),
+                 **{op.step_id: op.snapshot() for op in self.chain_ops if isinstance(op, KeyedOp)}}
         return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
-                            source_offsets=self.reader.offsets(), keyed={"sum": dict(self.sums)},
-                            sinks={s: SinkState(op.writer.snapshot(), list(op.pending)) for s, op in self.ops.items()})
+                            source_offsets=self.reader.offsets(), keyed=keyed,
+                            sinks={s: SinkState(op.writer.snapshot(), list(op.pending)) for s, op in self.ops.items()},
+                            event_times={op.step_id: op.event_times() for op in self.chain_ops
+                                         if isinstance(op, AssignTimeOp)},
+                            step_meta={op.step_id: meta for op in self.chain_ops
+                                       if isinstance(op, KeyedOp) and (meta := op.state_meta()) is not None})
 
     # --- C6 ----------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from raystream._runtime.subtask.source_reader import SourceReader
 from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMissingError
 
 from . import sim
+from .protections_batches import MUTANTS as BATCH_MUTANTS
 
 
 @contextlib.contextmanager
@@ -371,6 +372,7 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                       forgotten_commits_are_missing),
     "unsigned_restore_records_trusted": ("issue 22: a planted restore record rewinds a run to the beginning",
                                          unsigned_restore_records_trusted),
+    **BATCH_MUTANTS,  # NaN in min and max across batches; idleness of source partitions
 }
 
 

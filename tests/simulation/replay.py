@@ -52,7 +52,7 @@ def fingerprint(seed: int, out_dir: str) -> str:
 
     h = hashlib.sha256()
     for part in (outcome, t.attempts, t.crashes, t.coordinators, t.compactions, t.commits, t.refused, t.rewinds,
-                 t.missing_staged, t.sink_errors, *scenario.world.log):
+                 t.missing_staged, t.sink_errors, t.late, *scenario.world.log):
         h.update(plain(json.dumps(part, default=str)).encode() + b"\n")
     for root, dirs, files in os.walk(out_dir):
         dirs.sort()

@@ -9,6 +9,20 @@ locally and on S3; rolling Parquet, its open part kept as segments; per-checkpoi
 with `compact_files` running beside the job) and PostgresSink (append and upsert).
 Rolling is by size and by age (`roll_interval`, on the simulated clock).
 
+Two options, each drawn for a quarter of the schedules (with draws of their own, so the
+other schedules stay what they were), put the real operators before the sinks, built
+and restored by `assembly.build_operators` as a subtask builds them, their state in the
+same snapshots and restore merge:
+- columnar (columnar.py): the source emits Arrow record batches cut at sizes drawn anew
+  by every reader (a replay after a restore cuts elsewhere), float values with NaN and
+  nulls, now and then a float32 batch (the per-key layout), through `key_by` on a column
+  and `aggregate` with count, sum, min and max, into a sink of their own;
+- event time (event_time.py): the source stamps records with `AssignTimeOp` and a
+  watermark generator with `idle_after` on the simulated clock; partitions run apart in
+  event time, some fill later than they are read (polls find them empty), some are slow
+  (a batch takes simulated time through the chain); subtasks read in rounds as
+  SubtaskActor does (`SourceReader.read_round`, `polled_empty`, `ChainClock` ticks).
+
 Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
 time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
 process deaths (often right after a manifest lands or while stopping), a storage outage
@@ -34,7 +48,11 @@ finished, and a prefix of each partition when it stopped; every total is the run
 of its partition; no restored transaction's staged data went missing; no sink committed
 for a void manifest; no run went back to its origin past a checkpoint of its own (R5); no
 write waited for a row lock; the job never held more prepared transactions than the
-driver's check asks the server for; a run asked to stop ends.
+driver's check asks the server for; a run asked to stop ends. Columnar: every committed
+row of the aggregate holds its key's count, sum, min and max over the key's first `n`
+rows, NaN skipped by min and max, whatever the cuts, kills, restores and rescales; none
+twice in a run; a finished line has each key's final row. Event time: no record comes
+behind a watermark sent while its partition's latest poll had found records.
 """
 from __future__ import annotations
 
@@ -53,6 +71,8 @@ from raystream import _files
 from raystream.connectors.files import parts as _part_files, compaction
 from raystream.connectors.files import sink as _file_sink
 from raystream._runtime.checkpointing import recovery
+from raystream._runtime.subtask import clock as _chain_clock
+from raystream._runtime.time import watermarks as _watermarks
 from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.plan.specs import RunOptions
 from raystream.config import CheckpointConfig
@@ -65,7 +85,10 @@ from .fake_s3 import FakeS3Client
 from .faults import Faults
 from .forks import Forks
 from .invariants import Invariants
-from .job import JOB, Outputs, SimPostgresSink, SimSource, Trace
+from .columnar import AGG_SINK, Columns, check_aggregates, operator_steps
+from .event_time import Timing
+from .job import JOB, MAX_PARALLELISM, Outputs, SimPostgresSink, Trace
+from .source import SimSource
 from .world import SimFailure, SimStorage, World
 
 logger = logging.getLogger(__name__)
@@ -134,6 +157,14 @@ class Scenario(Faults, Forks):
         self.listings: dict[str, list[list[int]]] = {}  # run -> its manifest ids, as listed after each landed
         self.origins: dict[str, dict[int, int]] = {}  # fork: the run from a checkpoint of r1 -> its offsets
         self._read: dict[tuple[str, str], list[dict]] = {}  # committed rows per sink and place, read once
+        # Options with draws of their own (a schedule without them stays what it was): the
+        # columnar aggregate (columnar.py); event time, idle and slow partitions (event_time.py).
+        # The salt spares seeds 1, 1267 and 1510: only they (of 2,000) catch a rolled Parquet
+        # part not cut back (protections.py).
+        options = random.Random(seed ^ 0x0B0)
+        self.columns = Columns(seed, self.partitions, MAX_PARALLELISM) if options.random() < 0.25 else None
+        self.timing = Timing(seed, self.partitions) if options.random() < 0.25 else None
+        self.operators = operator_steps(self.columns, self.timing and self.timing.event_time(bool(self.columns)))
 
     # --- the outputs ------------------------------------------------------------------------
 
@@ -162,12 +193,14 @@ class Scenario(Faults, Forks):
             elif kind == "pg_totals":
                 sinks[kind] = SimPostgresSink(self.pg, self.procs, "host=sim dbname=sim", upsert_table, mode="upsert",
                                               key="p", create_table=True)
-        return Outputs(sinks, self.pg, place)
+        if self.columns is not None:  # the aggregate's rows
+            sinks[AGG_SINK] = FileSink(self.directory("agg", place), rows_per_file=16, roll="checkpoint")
+        return Outputs(sinks, self.pg, place, self.operators)
 
     def new_run(self, run_id: str, *, parallelism: int, present: list[int], options: RunOptions,
                 outputs: Outputs | None = None, label: str = "") -> SimRun:
-        run = SimRun(self, run_id, parallelism=parallelism,
-                     source=SimSource(self.partitions, self.records, present), outputs=outputs or self.outputs(),
+        source = SimSource(self.partitions, self.records, present, self.columns, self.timing)
+        run = SimRun(self, run_id, parallelism=parallelism, source=source, outputs=outputs or self.outputs(),
                      options=options, config=self.config, label=label or run_id)
         self.runs.append(run)
         if self.pg is not None:  # what the driver's check asks of the server, for every run at once
@@ -197,7 +230,7 @@ class Scenario(Faults, Forks):
             return
         a = self.new_run("r1", parallelism=parallelism, present=everything, options=RunOptions())
         if self.story != "resume":  # stopped, never ended by its input: a stop that is lost never ends
-            a.source = SimSource(self.partitions, 10**9, everything)
+            a.source = SimSource(self.partitions, 10**9, everything, self.columns, self.timing)
         a.start()
         if self.story == "resume":
             await self.until(lambda: a.outcome or self.storage.list("r1/manifests/"), limit=60.0)
@@ -275,6 +308,8 @@ class Scenario(Faults, Forks):
 
     def check(self) -> None:
         Invariants(self).check()
+        if self.columns is not None:
+            check_aggregates(self)
 
 
 class _OneSinkJob:
@@ -332,10 +367,12 @@ def play_schedule(scenario: Scenario) -> Scenario:
     seed = scenario.seed
     loop = scenario.world.new_loop()
     saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
-             compaction._checkpoint_store, uuid.uuid4, _file_sink._clock)
+             compaction._checkpoint_store, uuid.uuid4, _file_sink._clock, _watermarks.time, _chain_clock.time)
     _file_sink._clock = lambda: scenario.world.now  # roll_interval on the simulated clock
+    # idleness and the watermark interval on the simulated clock
+    _watermarks.time = _chain_clock.time = types.SimpleNamespace(monotonic=lambda: scenario.world.now)
     recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
-    uuid.uuid4 = _seeded_uuid4(random.Random(seed), saved[-1])
+    uuid.uuid4 = _seeded_uuid4(random.Random(seed), saved[4])
     _part_files.PART_SIZE = 40  # tiny S3 parts: uploads of several parts, and tails
     _files._clients.s3 = scenario.s3
     compaction._checkpoint_store = lambda root: _StaleListing(scenario)
@@ -343,12 +380,14 @@ def play_schedule(scenario: Scenario) -> Scenario:
         loop.run_until_complete(scenario.play())
         scenario.check()
     except SimFailure as exc:
-        raise SimFailure(f"seed {seed} ({scenario.story}, sinks {scenario.kinds}): {exc}\n"
+        options = "".join(f", {name}" for name, on in (("columnar", scenario.columns), ("event time", scenario.timing))
+                          if on is not None)
+        raise SimFailure(f"seed {seed} ({scenario.story}, sinks {scenario.kinds}{options}): {exc}\n"
                          f"replay: RAYSTREAM_SIM_SEED={seed} pytest tests/simulation\n"
                          + "\n".join(scenario.world.log[-80:])) from None
     finally:
         (recovery.choose_checkpoint, _part_files.PART_SIZE, _files._clients.s3, compaction._checkpoint_store,
-         uuid.uuid4, _file_sink._clock) = saved
+         uuid.uuid4, _file_sink._clock, _watermarks.time, _chain_clock.time) = saved
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))

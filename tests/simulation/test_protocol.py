@@ -4,8 +4,9 @@ Each schedule runs the real protocol code (tests/simulation/sim.py) through one 
 runs (one run; a savepoint and a new run from it; two runs from one savepoint; a run
 resumed with a partition gone, then back) with random delays, lost responses, failed
 uploads, slow writes that land late, process deaths, damaged snapshots, and sinks that
-write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows;
-then it checks the invariants on committed output. A failure prints its seed; replay it
+write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows,
+some with Arrow batches cut anywhere through the columnar aggregate, some with event time
+and idle or slow source partitions; then it checks the invariants on committed output. A failure prints its seed; replay it
 with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 400 schedules, the
 extended run the next 1,600, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).

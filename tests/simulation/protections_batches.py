@@ -1,0 +1,71 @@
+"""Protections of what depends on how a stream is cut into batches and how long they take
+(tests/simulation/protections.py lists them with the others): min and max skipping NaN
+across batches (columnar.py's schedules), and a source partition's idleness counted from
+its empty polls (event_time.py's). Each mutant is the code as it was before the fix.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def nan_state_kept_in_columns() -> Iterator[None]:
+    """min and max held in numpy columns: a NaN state (a key whose first batch had only
+    NaN) never gives way, so [NaN, 1, 2] cut after the NaN has min NaN (before f0b3db5)."""
+    from raystream._runtime.operators import column_folds
+
+    def fold(self: Any, a: np.ndarray, b: np.ndarray, partials: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        p = partials[0]
+        taken = ~b | self.better(p.values, a)
+        if not p.all_valid:
+            taken &= p.valid
+        return np.where(taken, p.values, a), b | p.valid
+
+    with mock.patch.object(column_folds.Least, "fold", fold):
+        yield
+
+
+@contextlib.contextmanager
+def nan_state_kept_per_key() -> Iterator[None]:
+    """min and max in the per-key layout: a NaN state never gives way (before f0b3db5)."""
+    from raystream import aggregates
+
+    def least(self: Any, states: list[Any], partials: list[list[Any]]) -> list[Any]:
+        return [s if p is None else p if s is None or p < s else s for s, p in zip(states, partials[0])]
+
+    def greatest(self: Any, states: list[Any], partials: list[list[Any]]) -> list[Any]:
+        return [s if p is None else p if s is None or p > s else s for s, p in zip(states, partials[0])]
+
+    with mock.patch.object(aggregates.Min, "merge_all", least), \
+            mock.patch.object(aggregates.Max, "merge_all", greatest):
+        yield
+
+
+@contextlib.contextmanager
+def idle_from_last_records() -> Iterator[None]:
+    """A source's watermark generator counts a partition's idleness from its last records,
+    as a step's does, not from its first empty poll (before 0698b9d): a partition with
+    records waiting goes idle while its subtask works on another partition's batches."""
+    from raystream._runtime.time.watermarks import WatermarkGenerator
+
+    real = WatermarkGenerator.__init__
+
+    def init(self: Any, event_time: Any, partitions: list[str], *, polled: bool = False) -> None:
+        real(self, event_time, partitions, polled=False)
+
+    with mock.patch.object(WatermarkGenerator, "__init__", init):
+        yield
+
+
+MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
+                                  "NaN", nan_state_kept_in_columns),
+    "nan_state_kept_per_key": ("review of stop 34: min/max in the per-key layout stuck at NaN when a batch is cut "
+                               "after a NaN", nan_state_kept_per_key),
+    "idle_from_last_records": ("review of stop 34: a source partition with records waiting goes idle while its "
+                               "subtask works on another's slow batch", idle_from_last_records),
+}
