@@ -6,7 +6,7 @@
   committed output has every (auction, window) once, with the count and top price of
   exactly its bids.
 - Text read as Arrow (`FileSource(columnar=True)`) with its source subtask killed: each
-  word's last committed total is its count in the files.
+  word's last committed total is its count in the files (extended).
 - jobs/billing_arrow.py with the subtasks of its invoices and its totals killed in turn:
   the job's own verdict holds (extended)."""
 import collections
@@ -103,6 +103,7 @@ def paced_word_counts(lines: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([counts.field(0), counts.field(1)], names=["word", "n"])
 
 
+@pytest.mark.extended  # 9 s: the default suite is at 14 of its 15 minutes
 def test_the_source_subtask_reading_text_as_arrow_killed(tmp_path):
     """FileSource(columnar=True) resumes from its (byte, line) offset after a SIGKILL of its
     subtask: each word's last committed total is its count in the files (CRLF, blank lines,
