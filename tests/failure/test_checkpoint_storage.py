@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import pytest
 import ray
 
 import raystream as rs
@@ -72,6 +73,7 @@ def test_a_damaged_snapshot_is_refused_and_the_previous_checkpoint_restores(monk
     assert ns["verify"]().ok, ns["verify"]()
 
 
+@pytest.mark.extended  # 12 s; tests/unit/_runtime/state/test_store_tampering.py covers signatures in the default run
 def test_a_tampered_manifest_is_refused_by_its_signature(monkeypatch, tmp_path):
     import json
 

@@ -50,7 +50,7 @@ def build(out: str, guarantee: str) -> rs.Job:
     return job
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+@pytest.mark.parametrize("guarantee", ["exactly_once", pytest.param("at_least_once", marks=pytest.mark.extended)])
 def test_each_id_once_after_a_dedup_subtask_is_killed(guarantee, tmp_path):
     out = str(tmp_path / "out")
     handle = build(out, guarantee).start()

@@ -96,6 +96,7 @@ def test_a_chain_writing_dead_letters_is_rescaled_like_any_other(tmp_path):
     assert totals == expected
 
 
+@pytest.mark.extended  # 13 s: the default suite's budget is 15 minutes
 def test_resume_refuses_when_no_checkpoint_verifies_and_retracts_nothing(tmp_path):
     result = keyed_job(tmp_path).run()
     committed = sorted(p.name for p in (tmp_path / "out").iterdir())
