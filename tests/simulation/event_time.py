@@ -14,7 +14,9 @@ The invariant (`Lateness`): no record comes behind the watermark (event time at 
 before the newest watermark sent before its batch) unless that watermark was sent while
 the record's partition looked empty: while its latest poll had found no records. A
 partition whose polls keep finding records is never idle, however long the subtask spends
-on another partition's batches. Every attempt starts its own watermark afresh.
+on another partition's batches. Every attempt starts its own watermark afresh. And a
+subtask sends IDLE only after a watermark covering the records of the partitions whose
+polls turned empty last (the rounds count when).
 """
 from __future__ import annotations
 
@@ -52,6 +54,11 @@ class Timing:
         # first arrives: a partition read faster than it fills is polled empty, and idle.
         self.arrival = [rng.choice([0.0, 0.0, 0.0, 0.01, 0.04]) for _ in range(partitions)]
         self.first = [rng.choice([0.0, 0.0, 0.3, 1.0]) for _ in range(partitions)]
+        # Some partitions fill in bursts (`burst` records at once) with pauses past
+        # idle_after between them: a subtask reads a burst's last records and all its
+        # partitions go quiet together, so it goes idle (drawn last: the draws above stay).
+        self.burst = rng.choice([3, 10])
+        self.pause = [rng.choice([0.0, 0.0, 1.0]) for _ in range(partitions)]
 
     def millis(self, record: int) -> int:
         p = record % self.partitions
@@ -72,6 +79,8 @@ class Timing:
         """The end of what of records `offset`..`end` of partition `p` has arrived by `now`."""
         if now < self.first[p]:
             return offset
+        if self.pause[p]:
+            return max(offset, min(end, (int((now - self.first[p]) / self.pause[p]) + 1) * self.burst))
         if not self.arrival[p]:
             return end
         return max(offset, min(end, int((now - self.first[p]) / self.arrival[p]) + 1))
@@ -84,29 +93,67 @@ class Timing:
 class Lateness:
     """One subtask attempt's account of its partitions' polls and the watermarks it sent
     (the simulation's own, apart from the generator's): which watermark may pass which
-    partition's records. Violations go to `found` (the trace's)."""
+    partition's records (violations go to `found`), and which must come before IDLE
+    (`idle_found`); both lists are the trace's."""
 
-    def __init__(self, timing: Timing, name: str, found: list[str]):
-        self.timing, self.name, self.found = timing, name, found
+    def __init__(self, timing: Timing, name: str, found: list[str], idle_found: list[str]):
+        self.timing, self.name, self.found, self.idle_found = timing, name, found, idle_found
         self.looks_empty: dict[int, bool] = {}  # partition -> whether its latest poll found nothing
         self.allowed: dict[int, int] = {}  # partition -> the newest watermark sent while it looked empty
         self.watermark = MIN_TIME  # the newest sent
+        self.round = 0
+        self.empty_since: dict[int, int] = {}  # partition -> the round of its first empty poll in a row
+        self.newest: dict[int, int] = {}  # partition -> the newest event time of its records sent
+        self.ended: set[int] = set()
+
+    def new_round(self) -> None:
+        self.round += 1
 
     def polled(self, p: int, found: bool) -> None:
         self.looks_empty[p] = not found
+        if found:
+            self.empty_since.pop(p, None)
+        else:
+            self.empty_since.setdefault(p, self.round)
+
+    def end(self, p: int) -> None:
+        self.ended.add(p)
 
     def sent(self, messages: list[tuple[int, Any]]) -> None:
-        """The clock's messages after a batch or a round: note each watermark it sent."""
+        """The clock's messages after a batch or a round: note each watermark it sent, and
+        check each IDLE against the partitions that went quiet last."""
         for _, mark in messages:
-            if isinstance(mark, int) and mark is not IDLE and mark > self.watermark:
+            if mark is IDLE:
+                self._check_idle()
+            elif isinstance(mark, int) and mark > self.watermark:
                 self.watermark = mark
                 for p, empty in self.looks_empty.items():
                     if empty:
                         self.allowed[p] = max(self.allowed.get(p, MIN_TIME), mark)
 
+    def _check_idle(self) -> None:
+        """A subtask goes idle only after the watermark its records made: the partitions
+        whose polls turned empty last were the active ones until then, so IDLE comes after a
+        watermark covering them (else a window they complete waits for records that may
+        never come: stop 35's Kafka idle-partition test)."""
+        quiet = {p: r for p, r in self.empty_since.items() if p not in self.ended}
+        if not quiet:
+            return
+        last = max(quiet.values())
+        newest = min(self.newest.get(p, MIN_TIME) for p, r in quiet.items() if r == last)
+        owed = newest - self.timing.max_delay_ms - 1 if newest > MIN_TIME else MIN_TIME
+        if self.watermark < owed:
+            self.idle_found.append(
+                f"{self.name}: went idle with the watermark {self.watermark - BASE_MS if self.watermark > MIN_TIME else None} "
+                f"sent, behind {owed - BASE_MS}, made by partitions {sorted(p for p, r in quiet.items() if r == last)}, "
+                f"whose polls turned empty last (idle_after {self.timing.idle_after} s, watermark interval "
+                f"{self.timing.interval} s)")
+
     def check(self, p: int, records: list[int]) -> None:
         """A batch of partition `p` goes out after the watermarks sent so far."""
         allowed = self.allowed.get(p, MIN_TIME)
+        if records:
+            self.newest[p] = max(self.newest.get(p, MIN_TIME), max(map(self.timing.millis, records)))
         for record in records:
             t = self.timing.millis(record)
             if allowed < t <= self.watermark:

@@ -101,6 +101,7 @@ class Trace:
 
     commits: list[tuple[str, int, int]] = field(default_factory=list)  # (run, attempt, checkpoint) committed for
     late: list[str] = field(default_factory=list)  # records behind a watermark that should not have passed them
+    idle: list[str] = field(default_factory=list)  # IDLE sent before the watermark the records had made
     missing_staged: list[str] = field(default_factory=list)
     sink_errors: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
@@ -125,7 +126,7 @@ class SimSubtask:
         present = run.source.present
         mine = [str(p) for p in present if owner(p, parallelism) == index]
         timing = run.source.timing
-        self.lateness = Lateness(timing, self.proc.name, run.trace.late) if timing is not None else None
+        self.lateness = Lateness(timing, self.proc.name, run.trace.late, run.trace.idle) if timing is not None else None
         source = run.source.reading(self.world, f"{run.scenario.seed}/{self.proc.name}", self.lateness)
         self.reader = SourceReader(Step("src", "source", (), source=source), mine, batch_size=4)
         self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
@@ -261,10 +262,12 @@ class SimSubtask:
         partitions end in the generator, the empty ones count toward idleness, and the
         clock ticks (Emitter.flush_due)."""
         try:
+            self.lateness.new_round()
             await self.reader.read_round(self._emit_polled)
             generator = self.chain_ops[0].generator
             for key in self.reader.ended:
                 generator.end(key)
+                self.lateness.end(int(key))
             generator.polled_empty(self.reader.empty)
             self.lateness.sent(self.clock.on_time() + self.clock.tick())
         except Exception as exc:  # noqa: BLE001 - a sink failed: the subtask fails, the job restarts

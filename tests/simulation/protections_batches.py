@@ -1,7 +1,7 @@
 """Protections of what depends on how a stream is cut into batches and how long they take
 (tests/simulation/protections.py lists them with the others): min and max skipping NaN
-across batches (columnar.py's schedules), and a source partition's idleness counted from
-its empty polls (event_time.py's). Each mutant is the code as it was before the fix.
+across batches (columnar.py's schedules), a source partition's idleness counted from
+its empty polls and the watermark sent before IDLE (event_time.py's). Each mutant is the code as it was before the fix.
 """
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ def idle_from_last_records() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def idle_before_its_watermark() -> Iterator[None]:
+    """A generator whose partitions all go idle sends IDLE without the watermark the ones
+    going idle last had made, when no tick came between their last records and their
+    idleness (before the fix of stop 36)."""
+    from raystream._runtime.time.watermarks import MIN_TIME, WatermarkGenerator
+
+    with mock.patch.object(WatermarkGenerator, "watermark_when_idle", lambda self: MIN_TIME):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -68,4 +79,6 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                "after a NaN", nan_state_kept_per_key),
     "idle_from_last_records": ("review of stop 34: a source partition with records waiting goes idle while its "
                                "subtask works on another's slow batch", idle_from_last_records),
+    "idle_before_its_watermark": ("CI of stop 35: partitions going idle together after their last records in one "
+                                  "round sent IDLE, never their watermark", idle_before_its_watermark),
 }

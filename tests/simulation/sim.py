@@ -52,7 +52,8 @@ driver's check asks the server for; a run asked to stop ends. Columnar: every co
 row of the aggregate holds its key's count, sum, min and max over the key's first `n`
 rows, NaN skipped by min and max, whatever the cuts, kills, restores and rescales; none
 twice in a run; a finished line has each key's final row. Event time: no record comes
-behind a watermark sent while its partition's latest poll had found records.
+behind a watermark sent while its partition's latest poll had found records, and no
+subtask goes idle before the watermark of its partitions that went quiet last.
 """
 from __future__ import annotations
 

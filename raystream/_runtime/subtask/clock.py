@@ -10,7 +10,8 @@ Watermarks (docs/event_time.md):
 2. From a generator (a source with event time, or an event-time step at `gen_index`):
    the operators before it still see the input watermarks, which stop there; those
    after it see the generator's, at most every `interval` seconds (and at once at the
-   end of the input). An idle generator sends IDLE; its next watermark makes it active.
+   end of the input). An idle generator sends IDLE, after the watermark its partitions
+   going idle last had made if it was not sent yet; its next watermark makes it active.
 3. The end of a bounded input (not a stop) is the end of time: MAX_TIME fires every
    window and timer before the final barrier, so their results are in the last
    checkpoint. An input channel that ended counts as MAX_TIME for the minimum.
@@ -81,8 +82,10 @@ class ChainClock:
         if not force and now < self._due:
             return []
         mark = self.generator.watermark(now)
-        if mark is IDLE:
-            return self._idle()
+        if mark is IDLE:  # 2: what the partitions going idle last had made goes first
+            last = self.generator.watermark_when_idle()
+            out = self._advance(last, self.gen_index + 1, forward=True) if last > self.sent else []
+            return out + self._idle()
         if mark <= self.sent:
             if not self.sent_idle:
                 return []

@@ -97,6 +97,19 @@ class WatermarkGenerator:
             return min(marks)
         return IDLE if idle else MAX_TIME
 
+    def watermark_when_idle(self) -> int:
+        """The watermark of the partitions that went idle last (MIN_TIME if they had no
+        records): until then they were the active ones. A subtask whose partitions all go
+        idle sends it before IDLE, since no tick may have come between their last records
+        and their idleness (a subtask reading its partitions' last records in one round
+        went idle with the watermark they made never sent, and windows waited for ever)."""
+        last = [(seen, p) for p, seen in self.seen_at.items() if p not in self.ended and seen is not None]
+        if not last:
+            return MIN_TIME
+        latest = max(seen for seen, _ in last)
+        newest = min(self.newest[p] for seen, p in last if seen == latest)
+        return newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME
+
     def idle_deadline(self, now: float | None = None) -> float | None:
         """When (monotonic) the next active partition becomes idle; None: none will (those
         idle already are not waited for, or the subtask would spin)."""

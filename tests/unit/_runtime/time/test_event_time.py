@@ -83,6 +83,32 @@ def test_a_source_partition_is_idle_only_after_polls_found_it_empty_for_idle_aft
     assert gen.watermark(now=first_empty + 60) == 2_999
 
 
+def test_partitions_going_idle_together_send_their_watermark_before_idle():
+    """A subtask read its partitions' last records in one round, while one partition that
+    never had any was not idle yet; all went idle together, and IDLE went out with the
+    watermark of the records never sent: downstream windows waited for ever (CI of stop 35,
+    the Kafka idle-partition test, 1 run in 4)."""
+    event_time = EventTime(lambda r: r, max_delay=1, idle_after=0.5)
+    gen = WatermarkGenerator(event_time, ["p0", "p1", "p2"], polled=True)
+    stamp = AssignTimeOp(Step("stamp", StepKind.EVENT_TIME, ("in",)), event_time, gen)
+    clock = ChainClock([stamp], 0, gen, 0, 0.2)
+    gen.polled_empty(["p2"])  # round 1: p2 has nothing; p0 and p1 their last records
+    stamp.partition = "p0"
+    stamp.process([3.0, 4.0])
+    stamp.partition = "p1"
+    stamp.process([7.0])
+    assert clock.tick() == []  # p2 is not idle yet: it holds the watermark at its minimum
+    gen.polled_empty(["p0", "p1"])  # round 2: nothing anywhere, from now on
+    for p in gen.seen_at:
+        gen.seen_at[p] -= 1  # half a second later, every partition is idle
+    assert gen.watermark() is IDLE
+    assert clock.tick(force=True) == [(WATERMARK, 2_999), (WATERMARK, IDLE)]  # p0 and p1 went idle last
+    assert clock.tick(force=True) == []
+    stamp.partition = "p1"
+    stamp.process([9.0])  # records again: active, from the watermark sent
+    assert clock.tick(force=True) == [(WATERMARK, 7_999)]
+
+
 def test_input_watermark_is_the_minimum_over_active_channels_and_never_goes_back():
     marks = InputWatermarks(3)
     assert marks.on_watermark(0, 10) is False
