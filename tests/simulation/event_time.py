@@ -44,9 +44,9 @@ class Timing:
         self.step_ms = [rng.choice([1, 2, 5, 20]) for _ in range(partitions)]
         # Simulated seconds a batch takes through the chain: some partitions' take longer
         # than idle_after, and the others' records wait meanwhile. A barrier waits for the
-        # round of batches it comes in (one of each partition: SubtaskActor._run_source),
-        # so a round stays well within the shortest checkpoint timeout (1 s): else every
-        # checkpoint times out and the run never ends.
+        # batch it comes in (C1; the simulation checks that it does not wait for the round:
+        # one batch of each partition), and a round stays well within the shortest
+        # checkpoint timeout (1 s) all the same.
         self.slow = [rng.choice([0.0, 0.0, 0.5, 2.0]) * self.idle_after for _ in range(partitions)]
         while sum(self.slow) > 0.5:
             self.slow[self.slow.index(max(self.slow))] = 0.0

@@ -54,6 +54,7 @@ class Invariants:
                             ("a run went back to its origin", t.rewinds),
                             ("a record came behind the watermark (event time)", t.late),
                             ("a subtask went idle before sending its records' watermark", t.idle),
+                            ("a source held a barrier past its current batch (C1)", t.held),
                             ("a write waited for a row lock", self.s.pg.lock_waits if self.s.pg else []),
                             ("the job held more prepared transactions than the check asks the server for",
                              self.s.pg.limit_hits if self.s.pg else [])):

@@ -102,6 +102,7 @@ class Trace:
     commits: list[tuple[str, int, int]] = field(default_factory=list)  # (run, attempt, checkpoint) committed for
     late: list[str] = field(default_factory=list)  # records behind a watermark that should not have passed them
     idle: list[str] = field(default_factory=list)  # IDLE sent before the watermark the records had made
+    held: list[str] = field(default_factory=list)  # barriers that waited for a round, not the batch (C1)
     missing_staged: list[str] = field(default_factory=list)
     sink_errors: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
@@ -153,6 +154,8 @@ class SimSubtask:
             config=CheckpointConfig(incremental=False))
         self.checkpoints.attach(list(self.ops.values()), self._ack)
         self.barriers: collections.deque[tuple[int, bool]] = collections.deque()
+        self.asked_at: dict[int, float] = {}  # checkpoint -> when its barrier was asked for
+        self.batch_done_at = -1.0  # when the latest batch of a round was through the chain
         self._commit_order = asyncio.Lock()
         self._committing = 0  # the checkpoint whose commit runs now
         self._landed_for: set[int] = set()
@@ -210,6 +213,7 @@ class SimSubtask:
 
     def _on_trigger(self, checkpoint_id: int, final: bool) -> None:
         self.barriers.append((checkpoint_id, final))
+        self.asked_at[checkpoint_id] = self.world.now
 
     def _on_stop(self) -> None:
         self.stopping = True
@@ -263,7 +267,9 @@ class SimSubtask:
         clock ticks (Emitter.flush_due)."""
         try:
             self.lateness.new_round()
-            await self.reader.read_round(self._emit_polled)
+            await self.reader.read_round(self._emit_polled, self._between_batches)
+            if self.final_taken:
+                return
             generator = self.chain_ops[0].generator
             for key in self.reader.ended:
                 generator.end(key)
@@ -274,9 +280,26 @@ class SimSubtask:
             self._fatal(exc)
 
     async def _emit_polled(self, key: str, before: Any, after: Any, batch: Any) -> None:
+        held = [c for c, _ in self.barriers if self.asked_at[c] <= self.batch_done_at]
+        if held:  # C1: a barrier goes out after the batch it was asked for during
+            self.run.trace.held.append(f"{self.proc.name}: the barrier of checkpoint {held[0]}, asked for at "
+                                       f"{self.asked_at[held[0]]:.3f} s, waited past the batch then in the chain "
+                                       f"(through at {self.batch_done_at:.3f} s) for the round's next one")
         self._emit(int(key), batch)
         await self.world.sleep(self.run.source.timing.cost(int(key)), self.proc)  # a slow chain
+        self.batch_done_at = self.world.now
         self.lateness.sent(self.clock.tick())
+
+    async def _between_batches(self) -> bool:
+        """SubtaskActor._barriers_between_batches: the barriers asked for while the batch
+        went through the chain go out now; True once the final one is out."""
+        while self.barriers:
+            checkpoint_id, final = self.barriers.popleft()
+            await self._checkpoint(checkpoint_id)
+            if final:
+                self.final_taken = True
+                return True
+        return False
 
     def _emit(self, p: int, batch: Any) -> None:
         """One batch of partition `p`: through the real operators (event time, the

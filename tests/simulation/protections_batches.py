@@ -1,7 +1,8 @@
 """Protections of what depends on how a stream is cut into batches and how long they take
 (tests/simulation/protections.py lists them with the others): min and max skipping NaN
 across batches (columnar.py's schedules), a source partition's idleness counted from
-its empty polls and the watermark sent before IDLE (event_time.py's). Each mutant is the code as it was before the fix.
+its empty polls, the watermark sent before IDLE, and barriers after the current batch
+(event_time.py's, whose slow batches make rounds long). Each mutant is the code as it was before the fix.
 """
 from __future__ import annotations
 
@@ -72,6 +73,24 @@ def idle_before_its_watermark() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def barriers_after_the_round() -> Iterator[None]:
+    """A source subtask emits the barriers asked for during a round after the round (one
+    batch of each of its partitions), not after its current batch (before stop 36)."""
+    from raystream._runtime.subtask.source_reader import SourceReader
+
+    real = SourceReader.read_round
+
+    async def read_round(self: Any, emit: Any, between: Any = None) -> bool:
+        progressed = await real(self, emit)
+        if between is not None:
+            await between()
+        return progressed
+
+    with mock.patch.object(SourceReader, "read_round", read_round):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -81,4 +100,6 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                "subtask works on another's slow batch", idle_from_last_records),
     "idle_before_its_watermark": ("CI of stop 35: partitions going idle together after their last records in one "
                                   "round sent IDLE, never their watermark", idle_before_its_watermark),
+    "barriers_after_the_round": ("simulation of stop 35: a source subtask's barrier waits for a batch of each of "
+                                 "its partitions, not the current one (C1)", barriers_after_the_round),
 }

@@ -96,6 +96,7 @@ class SubtaskActor:
         self._barrier_requests: collections.deque[tuple[int, bool]] = collections.deque()
         self._emitted_since_barrier = False
         self._told_finished = False  # a source subtask told the coordinator it is exhausted
+        self._final_out = False  # a source subtask sent its final barrier: it reads nothing more
         self._wake = asyncio.Event()
         self.exporter = SubtaskExporter(spec.job_name, spec.chain_name, spec.subtask)
         self.clock: ChainClock | None = None
@@ -346,7 +347,9 @@ class SubtaskActor:
                     await self.out.deliver(self.clock.end_of_input())
                 await self._await_final_barrier()
                 continue
-            progressed = await self.source.read_round(self._emit_source_batch)
+            progressed = await self.source.read_round(self._emit_source_batch, self._barriers_between_batches)
+            if self._final_out:
+                return
             if self.assign_at_source is not None:
                 for key in self.source.ended:
                     self.assign_at_source.generator.end(key)
@@ -366,8 +369,16 @@ class SubtaskActor:
             checkpoint_id, final = self._barrier_requests.popleft()
             await self._checkpoint(checkpoint_id, 0.0)
             if final:
+                self._final_out = True
                 return True
         return False
+
+    async def _barriers_between_batches(self) -> bool:
+        """C1 within a round: the barriers asked for while a batch went through the chain
+        go out after it, not after a batch of every other partition too (with 4 partitions
+        of 0.4 s batches, checkpoints took 12-19 s instead of 3)."""
+        await asyncio.sleep(0)  # let the trigger calls that came meanwhile in
+        return await self._emit_requested_barriers()
 
     async def _await_final_barrier(self) -> None:
         if not self._told_finished:

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: emit(partition key, offset before the batch, offset after it, batch)
 Emit = Callable[[str, Any, Any, Any], Awaitable[None]]
+#: between() after each batch: True once the final barrier is out (nothing more is read)
+Between = Callable[[], Awaitable[bool]]
 
 _IDLE_POLL = 0.05  # seconds between polls of partitions that have no data yet
 
@@ -123,9 +125,11 @@ class SourceReader:
         """Read nothing more (the job is being stopped)."""
         self.active = []
 
-    async def read_round(self, emit: Emit) -> bool:
+    async def read_round(self, emit: Emit, between: Between | None = None) -> bool:
         """One batch from each active partition in turn; False when none had data.
-        `empty` is left holding the partitions this round found without data."""
+        `empty` is left holding the partitions this round found without data. After each
+        batch, `between()` may emit barriers (C1: after the current batch, not the round);
+        when it says the final one is out, the round ends there."""
         progressed = False
         self.empty = []
         for key, part in list(self.active):
@@ -141,6 +145,8 @@ class SourceReader:
                 progressed = True
                 self.emitted += batch_len(batch)
                 await emit(key, before, part.snapshot(), batch)
+                if between is not None and await between():
+                    break
         return progressed
 
     def idle_timeout(self) -> float:

@@ -217,3 +217,26 @@ def test_the_source_reader_reads_its_partitions_round_robin_from_their_offsets()
     assert seen[:2] == [("0", 2, 4, [6, 9]), ("2", 0, 2, [2, 5])]
     assert sorted(r for *_, batch in seen for r in batch) == [2, 5, 6, 8, 9, 11]
     assert reader.emitted == 2 + 6 and reader.offsets() == {"0": 4, "2": 4}
+
+
+def test_barriers_go_out_after_the_current_batch_not_after_the_round():
+    """C1: `between` runs after each batch, and the offsets it would checkpoint hold that
+    batch and none after it; once it says the final barrier is out, nothing more is read
+    (simulation of stop 35: with 4 partitions of slow batches a barrier waited a round,
+    and checkpoints took 12-19 s instead of 3)."""
+    step = Step("src", "source", (), source=SequenceSource(40, partitions=4))
+    reader = SourceReader(step, ["0", "1", "2", "3"], batch_size=2)
+    reader.open({}, all_partitions=["0", "1", "2", "3"])
+    seen, offsets_at_barrier = [], []
+
+    async def emit(partition, before, after, batch):
+        seen.append(partition)
+
+    async def between():
+        if len(seen) == 1:  # a barrier was asked for while the first batch went through
+            offsets_at_barrier.append(dict(reader.offsets()))
+        return len(seen) == 3  # the final one goes out after the third batch
+
+    assert asyncio.run(reader.read_round(emit, between))
+    assert offsets_at_barrier == [{"0": 2, "1": 0, "2": 0, "3": 0}]
+    assert seen == ["0", "1", "2"]  # partition 3 was not read after the final barrier
