@@ -123,6 +123,7 @@ def _billed(directory: Path) -> dict[tuple[str, str], tuple[int, int]]:
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.extended  # 14 s: it runs the bench twice
 def test_without_a_failure_both_configurations_commit_the_same_output(tmp_path):
     outs, results = {}, {}
     for name, mode in DEDUP_MODES.items():

@@ -89,6 +89,7 @@ def test_a_tampered_manifest_is_refused_by_its_signature(monkeypatch, tmp_path):
     assert ns["verify"]().ok, ns["verify"]()
 
 
+@pytest.mark.extended  # 15 s; the damaged-snapshot test above refuses a snapshot in the default run
 def test_a_snapshot_that_does_not_decode_is_refused_not_retried_as_a_crash(monkeypatch, tmp_path):
     """A snapshot whose checksum and signature hold but whose pickle is not a snapshot (a
     pickle that ran code returns whatever it likes) is refused like a damaged one: the

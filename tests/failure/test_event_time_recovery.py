@@ -181,6 +181,7 @@ def _check_outputs(tmp_path: Path) -> None:
     assert {k for k in closed if k >= 100} == set(range(100, 120))
 
 
+@pytest.mark.extended  # 20 s; the columnar q8 kill and the CLI chaos run kill window subtasks in the default run
 def test_windows_and_timers_with_a_subtask_killed(tmp_path):
     handle = _windows_job(tmp_path, 2).start()
     # after the keys that stop early are all in a checkpoint, with their windows and timers open

@@ -60,6 +60,7 @@ def test_a_lost_manifest_response_is_recognised_not_failed(monkeypatch, tmp_path
     assert result.checkpoints.failed == 0 and result.restarts == 0
 
 
+@pytest.mark.extended  # 17 s; the simulation plays outages in every calm schedule of the default run
 def test_an_outage_aborts_checkpoints_and_the_job_carries_on(monkeypatch, tmp_path, s3_bucket):
     flag, log = tmp_path / "s3-down", tmp_path / "faults.log"
     ns: dict = {}
