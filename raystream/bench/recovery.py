@@ -18,6 +18,7 @@ import ray
 
 import raystream as rs
 from raystream.bench.job_files import billing_job
+from raystream._runtime.control.actors import spare_count
 from raystream.bench.modes import MODES
 from raystream.connectors.files.names import written_by
 from raystream.sinks import committed_checkpoint
@@ -100,7 +101,7 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
         time.sleep(0.1)
         status = poll()
     if spares is not False:  # the spares have started (on a loaded machine they take seconds to)
-        status = _until_spares_up(handle, len(status.pids), poll)
+        status = _until_spares_up(handle, poll)
     rates = [r for i in range(len(timeline)) if timeline[i][0] > warmup - 3
              and (r := rate_at(timeline, i)) is not None]
     steady = statistics.median(rates)
@@ -131,9 +132,12 @@ def measure_recovery(directory: str, events: int = 20_000_000, seed: int = 1, wa
     return RecoveryRun(first_commit, back, status.records_replayed, steady, kill_at, killed, timeline, checkpoints)
 
 
-def _until_spares_up(handle: rs.JobHandle, count: int, poll: Callable[[], rs.JobStatus]) -> rs.JobStatus:
-    """Poll until the coordinator has `count` idle spares whose processes have started."""
-    coordinator = handle._supervisor.coordinator
+def _until_spares_up(handle: rs.JobHandle, poll: Callable[[], rs.JobStatus]) -> rs.JobStatus:
+    """Poll until the coordinator has the idle spares the job keeps (`spare_actors` caps
+    them below one a subtask), their processes started."""
+    supervisor = handle._supervisor
+    coordinator = supervisor.coordinator
+    count = spare_count(supervisor.job.runtime, supervisor.plan)
     deadline = time.perf_counter() + 60
     while True:
         status = poll()

@@ -11,10 +11,7 @@ acknowledged (its push call returns) only after that, so a slow consumer stalls 
 producers. After end-of-stream on every input, the subtask waits until its last
 checkpoint is committed (C6), then its operators close.
 
-A source subtask reads its partitions round-robin and emits a barrier between two
-batches when the coordinator asks (C1). When its partitions are exhausted it sends the
-end of time as its watermark (not when the job is being stopped), tells the
-coordinator and waits for the final barrier.
+A source subtask runs the turns of source_turns.py instead of the input loop.
 """
 from __future__ import annotations
 
@@ -44,6 +41,7 @@ from raystream._runtime.checkpointing.recovery import load_state
 from raystream._runtime.checkpointing.rescale import RestoredState
 from raystream._runtime.state.snapshot import SinkState, SnapshotMeta, SubtaskState
 from raystream._runtime.subtask.source_reader import SourceReader, source_batch_size
+from raystream._runtime.subtask.source_turns import SourceTurns
 from raystream._runtime.plan.specs import OutputSpec, RestoreSpec, SubtaskReport, SubtaskSpec
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream._runtime.operators.event_time import AssignTimeOp
@@ -58,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 @ray.remote
-class SubtaskActor:
+class SubtaskActor(SourceTurns):
     """Started blank (a spare, `_runtime/control/actors.py`), then `configure`d once for one
     subtask of one attempt; never reused after that."""
 
@@ -330,87 +328,3 @@ class SubtaskActor:
                 if deadline is not None and deadline <= time.monotonic():
                     await self.out.flush_due()
         await self.out.flush_all()
-
-    # --- a source subtask -------------------------------------------------------------------
-
-    async def _run_source(self) -> None:
-        """Phases of each turn: emit the barriers asked for; when exhausted, wait for the
-        final barrier; else read a round of batches, or idle until data may be there."""
-        while True:
-            self._raise_if_failed()
-            if await self._emit_requested_barriers():
-                return  # the final barrier is out
-            if self._stopping:
-                self.source.stop()
-            if self.source.exhausted:
-                if not self._stopping:  # a bounded input ended: the end of time (a stop is not one)
-                    await self.out.deliver(self.clock.end_of_input())
-                await self._await_final_barrier()
-                continue
-            progressed = await self.source.read_round(self._emit_source_batch, self._barriers_between_batches)
-            if self._final_out:
-                return
-            if self.assign_at_source is not None:
-                for key in self.source.ended:
-                    self.assign_at_source.generator.end(key)
-                self.assign_at_source.generator.polled_empty(self.source.empty)
-            await self.out.flush_due()
-            if progressed:
-                await asyncio.sleep(0)  # let control calls (barriers, stop, metrics) in
-            else:
-                await self._idle()
-
-    async def _emit_requested_barriers(self) -> bool:
-        """C1: a barrier goes out between two batches. True once the final one is out."""
-        while self._barrier_requests:
-            if self.faults and self._emitted_since_barrier:
-                self.faults.hit("batch_before_barrier", self._barrier_requests[0][0])
-            self._emitted_since_barrier = False
-            checkpoint_id, final = self._barrier_requests.popleft()
-            await self._checkpoint(checkpoint_id, 0.0)
-            if final:
-                self._final_out = True
-                return True
-        return False
-
-    async def _barriers_between_batches(self) -> bool:
-        """C1 within a round: the barriers asked for while a batch went through the chain
-        go out after it, not after a batch of every other partition too (with 4 partitions
-        of 0.4 s batches, checkpoints took 12-19 s instead of 3)."""
-        await asyncio.sleep(0)  # let the trigger calls that came meanwhile in
-        return await self._emit_requested_barriers()
-
-    async def _await_final_barrier(self) -> None:
-        if not self._told_finished:
-            await self.coordinator.source_finished.remote(self.spec.attempt, self.spec.chain_name, self.spec.subtask)
-            self._told_finished = True
-        self._wake.clear()
-        if not self._barrier_requests:
-            await self._wake.wait()
-
-    async def _emit_source_batch(self, partition: str, before: Any, after: Any, batch: Any) -> None:
-        spec = self.spec
-        if spec.guarantee == Guarantee.AT_MOST_ONCE:  # the offset is durable before the batch leaves
-            await in_thread(self.store.progress.save, spec.run_id, self.source.step.step_id, spec.attempt,
-                            partition, after)
-        if spec.errors.mode == "dead_letter":
-            self.policies.source_at = {"partition": partition, "offset": before}
-        self.policies.count_source(batch)
-        if self.assign_at_source is not None:
-            self.assign_at_source.partition = partition
-        await self._emit(batch)
-        self._emitted_since_barrier = True
-
-    async def _idle(self) -> None:
-        """No partition had data: wait until one may, a linger deadline, or a control call."""
-        delays = [self.source.idle_timeout()]
-        if self.assign_at_source is not None:
-            delays.append(self.spec.runtime.watermark_interval)  # idle partitions and held-back watermarks
-        deadline = self.out.next_deadline()
-        if deadline is not None:
-            delays.append(deadline - time.monotonic())
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), max(0.0, min(delays)))
-        except asyncio.TimeoutError:
-            pass
