@@ -101,6 +101,8 @@ class Step:
     arrow: Any = None
     emit: str = "every"  # reduce steps: "every" update, or each key's "last" one per micro-batch
     ttl: Any = None  # reduce, stateful_map and process steps: a raystream.TTL, or None (state lives on)
+    combine: bool = False  # reduce steps: fold each key's values of a batch before the shuffle
+    fold: Callable[..., Any] | None = None  # key_by only: that fold (the planner sets it: plan/physical.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StepKind(self.kind))

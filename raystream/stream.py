@@ -228,7 +228,7 @@ class KeyedStream(Stream):
         return Stream(self.steps, (step.step_id,), columns=self.key_columns + tuple(aggregates))
 
     def reduce(self, step_id: str, fn: Callable[[Any, Any], Any], *, emit: str = "every", ttl: Any = None,
-               parallelism: int | None = None, resources: Resources | None = None) -> Stream:
+               combine: bool = False, parallelism: int | None = None, resources: Resources | None = None) -> Stream:
         """Running reduce per key: `acc = fn(acc, value)`; emits `(key, acc)`.
 
         `emit="every"` (the default) emits on every update. `emit="last"` is the mini-batch
@@ -237,15 +237,26 @@ class KeyedStream(Stream):
         a stream with event time). Downstream sees fewer, later values and the same final
         value per key, for less work per record; a failing record still only loses itself.
 
+        `combine=True` (with `emit="last"`, for an associative `fn` such as `operator.add`:
+        `fn(fn(a, b), c) == fn(a, fn(b, c))`) folds each key's values of a batch where
+        they are keyed, before they cross to the reducing subtasks, as Flink's local-global
+        aggregation does: one record per key and batch crosses instead of one per record.
+        It applies when the reduce is its `key_by`'s only step, on records without event
+        time; where `fn` fails, the batch crosses unfolded and the reduce meets the failure.
+
         `ttl` (a timedelta, seconds, or `raystream.TTL`): a key not updated within it is
         removed, and its next record starts a new acc (docs/guide/ttl.md).
         """
         if emit not in ("every", "last"):
             raise JobDefinitionError(f"step {step_id!r}: reduce takes emit=\"every\" or emit=\"last\"; got {emit!r}")
+        if combine and emit != "last":
+            raise JobDefinitionError(f"step {step_id!r}: combine=True folds a batch's values before the reduce "
+                                     "sees them, so only each key's last update of a batch can be emitted: "
+                                     "pass emit=\"last\" with it")
         ttl = ttl_of(step_id, ttl)
         step = self._then(step_id, StepKind.REDUCE, fn, "the reduce function", parallelism, resources)
         if emit != "every" or ttl is not None:
-            step = dataclasses.replace(step, emit=emit, ttl=ttl)
+            step = dataclasses.replace(step, emit=emit, ttl=ttl, combine=bool(combine))
             self.steps[step.step_id] = step
         return self._stream(step)
 

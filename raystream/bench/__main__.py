@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raystream.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help="wordcount, wordcount_minibatch, wordcount_arrow, wordcount_columnar, billing, "
+                        help="wordcount, wordcount_minibatch, wordcount_combine, wordcount_arrow, wordcount_columnar, billing, "
                              "billing_dedup (exactly-once against at-least-once with dedup, whatever --modes), billing_arrow, "
                              "state_1k, state_1m, state_5m, state_ttl (keys held forever against with a TTL, whatever --modes), "
                              "slow_sink, "

@@ -178,9 +178,10 @@ def count_words(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool, emit: str = "every",
-                  columnar: bool = False) -> rs.Job:
-    """Word count; `emit="last"`: the mini-batch reduce (each word's last count per micro-batch);
-    `columnar`: the per-batch counts go on in Arrow, keyed by their column, into `aggregate`."""
+                  columnar: bool = False, combine: bool = False) -> rs.Job:
+    """Word count; `emit="last"`: the mini-batch reduce (each word's last count per micro-batch),
+    with `combine`: each batch's counts folded per word before the shuffle; `columnar`: the
+    per-batch counts go on in Arrow, keyed by their column, into `aggregate`."""
     job = rs.Job("bench-wordcount", parallelism=2, guarantee=mode.guarantee,
                  checkpoint=rs.CheckpointConfig(interval=mode.interval, storage=storage, retain=1000))
     # the Arrow variants read Arrow batches of lines (`columnar=True`), as jobs/wordcount_arrow.py does
@@ -194,7 +195,7 @@ def wordcount_job(directory: str, mode: Mode, storage: str, *, vectorized: bool,
                                                                      value=lambda r: r["n"])
     else:
         keyed = lines.flat_map("split", str.split).key_by("by_word", lambda w: w, value=lambda w: 1)
-    keyed.reduce("count", operator.add, emit=emit).sink("out", MeasureSink())
+    keyed.reduce("count", operator.add, emit=emit, combine=combine).sink("out", MeasureSink())
     return job
 
 

@@ -59,6 +59,9 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
         "wordcount_minibatch": Workload("wordcount_minibatch", words, lambda m, s: wordcount_job(
             text_ready(), m, s, vectorized=False, emit="last"), records_in("by_word"),
             lambda: wordcount_baseline(text_ready())),
+        "wordcount_combine": Workload("wordcount_combine", words, lambda m, s: wordcount_job(
+            text_ready(), m, s, vectorized=False, emit="last", combine=True), records_in("by_word"),
+            lambda: wordcount_baseline(text_ready())),
         "wordcount_arrow": Workload("wordcount_arrow", words_arrow,
                                     lambda m, s: wordcount_job(arrow_text_ready(), m, s, vectorized=True),
                                     records_out("lines", WORDS_PER_LINE),

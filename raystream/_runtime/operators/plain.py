@@ -63,23 +63,43 @@ class PassOp(Operator):
         return batch
 
 
+_MISSING = object()
+
+
 class KeyByOp(Operator):
-    """Emits a KeyedBatch: keys and values as columns."""
+    """Emits a KeyedBatch: keys and values as columns. With `fold` (the function of a
+    reduce with combine=True), each key's values of a batch folded into one, keys in the
+    order of their last records, as the reduce's mini-batch mode emits them."""
 
     def __init__(self, step: Step):
         super().__init__(step)
         self.value_fn = step.value_fn
+        self.fold = step.fold
 
     def _apply(self, records: list[Any]) -> KeyedBatch:
         value_fn = self.value_fn
         keys = list(map(self.fn, records))
-        return KeyedBatch(keys, records if value_fn is None else list(map(value_fn, records)))
+        values = records if value_fn is None else list(map(value_fn, records))
+        return self._folded(keys, values) if self.fold is not None else KeyedBatch(keys, values)
 
     def _apply_timed(self, records: list[Any], times: list[int]) -> tuple[Any, list[int]]:
-        return self._apply(records), times
+        value_fn = self.value_fn  # times are kept per record: nothing is folded
+        keys = list(map(self.fn, records))
+        return KeyedBatch(keys, records if value_fn is None else list(map(value_fn, records))), times
 
-
-_MISSING = object()
+    def _folded(self, keys: list[Any], values: list[Any]) -> KeyedBatch:
+        fold, acc = self.fold, {}
+        get = acc.get
+        try:
+            for k, v in zip(keys, values):
+                a = get(k, _MISSING)
+                acc[k] = v if a is _MISSING else fold(a, v)
+        except Exception:  # noqa: BLE001 - unfolded, the reduce meets the failure and applies the error policy
+            return KeyedBatch(keys, values)
+        if len(acc) == len(keys):
+            return KeyedBatch(keys, values)
+        last = list(dict.fromkeys(reversed(keys)))[::-1]  # each key once, where its last record was
+        return KeyedBatch(last, list(map(acc.__getitem__, last)))
 
 
 class ReduceOp(DropsTTL, KeyedOp):

@@ -14,6 +14,8 @@ A window step's late records go to its `<id>.late` step on an edge of their own 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +125,10 @@ def build_plan(graph: JobGraph, source_partitions: dict[str, list[str]]) -> Phys
     for step in steps.values():
         for up in step.inputs:
             consumers[up].append(step.step_id)
+    for step_id, down in consumers.items():  # a reduce with combine=True: its key_by folds each batch
+        step = steps[step_id]
+        if step.kind is StepKind.KEY_BY and step.fn is not None and len(down) == 1 and steps[down[0]].combine:
+            steps[step_id] = dataclasses.replace(step, fold=steps[down[0]].fn)
 
     def chains_to_upstream(step: Step) -> bool:
         if not graph.runtime.chaining or len(step.inputs) != 1 or step.kind is StepKind.LATE:

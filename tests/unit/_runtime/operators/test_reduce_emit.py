@@ -113,3 +113,54 @@ def test_the_api_takes_every_or_last():
     assert job.steps["default"].emit == "every" and job.steps["mini"].emit == "last"
     with pytest.raises(JobDefinitionError, match='emit="every" or emit="last"'):
         keyed.reduce("bad", operator.add, emit="first")
+
+
+# --- combine=True: the key_by folds each batch before the shuffle ---------------------------
+
+def key_by_folding(fn: Any = operator.add) -> Any:
+    return build_operator(Step("k", StepKind.KEY_BY, ("in",), fn=operator.itemgetter(0),
+                               value_fn=operator.itemgetter(1), fold=fn))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches)
+def test_a_folded_batch_reduced_emits_what_the_unfolded_one_does_in_the_mini_batch_mode(batches):
+    plain, folded = reducer("last"), reducer("last")
+    key_by = key_by_folding()
+    for batch in batches:
+        out_plain = as_records(plain.process(KeyedBatch([k for k, _ in batch], [v for _, v in batch])))
+        crossing = key_by.process(list(batch))
+        assert len(crossing.keys) == len({k for k, _ in batch})  # one record per key crosses
+        assert as_records(folded.process(crossing)) == out_plain  # same values, same order
+    assert folded.snapshot() == plain.snapshot()
+
+
+def test_a_fold_that_fails_sends_the_batch_unfolded_so_the_reduce_applies_its_policy():
+    key_by = key_by_folding(lambda acc, value: acc + value)
+    out = key_by.process([("k", 1), ("j", 2), ("k", "two")])
+    assert (out.keys, out.values) == (["k", "j", "k"], [1, 2, "two"])
+    with pytest.raises(RecordFailure) as info:
+        reducer("last", lambda acc, value: acc + value).process(out)
+    assert info.value.record_repr == "('k', 'two')"  # the record it blames without combine
+
+
+def test_records_with_event_time_are_not_folded():
+    key_by = key_by_folding()
+    out, times = untimed(key_by.process(Timed([("a", 1), ("a", 2)], [10, 20])))
+    assert (out.keys, out.values, times) == (["a", "a"], [1, 2], [10, 20])
+
+
+def test_combine_needs_the_mini_batch_mode_and_folds_only_a_key_by_of_its_own():
+    from raystream._runtime.plan.physical import build_plan
+
+    job = rs.Job("j", parallelism=2)
+    keyed = job.source("n", rs.sources.SequenceSource(3)).key_by("k", lambda x: x % 2)
+    with pytest.raises(JobDefinitionError, match='pass emit="last" with it'):
+        keyed.reduce("bad", operator.add, combine=True)
+    keyed.reduce("sum", operator.add, emit="last", combine=True).sink("o", rs.sinks.CollectSink())
+    shared = job.source("m", rs.sources.SequenceSource(3)).key_by("k2", lambda x: x % 2)
+    shared.reduce("sum2", operator.add, emit="last", combine=True).sink("o2", rs.sinks.CollectSink())
+    shared.map("other", lambda kv: kv).sink("o3", rs.sinks.CollectSink())  # sees every record: no fold
+    plan = build_plan(job.freeze(), {"n": ["0"], "m": ["0"]})
+    folds = {s.step_id: s.fold for c in plan.chains for s in c.steps if s.kind is StepKind.KEY_BY}
+    assert folds == {"k": operator.add, "k2": None}
