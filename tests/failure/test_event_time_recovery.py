@@ -292,3 +292,55 @@ def test_a_quiet_partition_keeps_holding_the_watermark_where_it_was_after_a_rest
     assert result.restarts >= 1
     counts = sorted((r["start"], r["count"]) for r in rs.sinks.read_files(out))
     assert counts[:9] == [(float(s), 70) for s in range(9)]  # 50 of steady and 20 of quiet per second
+
+
+class _StoppedAndEmpty(rs.sources.Source):
+    """Partition "busy": 300 records over START .. START + 2.99 s, all in its first batch,
+    then nothing and no end; partition "empty" never has a record."""
+
+    def list_partitions(self) -> list[str]:
+        return ["busy", "empty"]
+
+    def build_partition(self, key, resume_state, batch_size):
+        return _Stopped(key, resume_state or 0)
+
+
+class _Stopped(rs.sources.SourcePartition):
+    def __init__(self, key: str, offset: int):
+        self.key, self.offset = key, offset
+
+    def next_batch(self):
+        n = 300 if self.key == "busy" else 0
+        batch = [START + i * 0.01 for i in range(self.offset, n)]
+        self.offset = max(self.offset, n)
+        return batch  # [] from then on: no end
+
+    def snapshot(self):
+        return self.offset
+
+
+@pytest.mark.extended
+def test_windows_fire_after_a_restore_with_every_partition_quiet(tmp_path):
+    """A subtask killed after a checkpoint holds every record and before idle_after: after
+    the restore both partitions go quiet in the first round, and the windows the busy one
+    completed fire as they would have without the failure (review of stop 36: the minimum
+    of the quiet partitions' watermarks went out, the empty one's, and none fired)."""
+    out = str(tmp_path / "windows")
+    job = rs.Job("stopped", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.3))
+    (job.source("events", _StoppedAndEmpty(), event_time=rs.EventTime(lambda t: t, idle_after=4))
+     .key_by("all", lambda t: 0, value=lambda t: 1)
+     .window(Tumbling(1)).reduce("count", operator.add)
+     .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
+     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))  # read while it runs
+    handle = job.start()
+    try:
+        status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+        assert status.steps["events"].records_out == 300 and not rs.sinks.read_files(out)
+        kill(status.pids[sorted(status.pids)[0]])
+        wait_until(lambda: len(rs.sinks.read_files(out)) >= 2, "windows [0, 2 s) to fire after the restore",
+                   timeout=40)
+    finally:
+        handle.stop()
+        result = handle.wait()
+    assert result.restarts >= 1
+    assert sorted((r["start"], r["count"]) for r in rs.sinks.read_files(out)) == [(0.0, 100), (1.0, 100)]

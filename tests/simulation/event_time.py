@@ -15,8 +15,8 @@ before the newest watermark sent before its batch) unless that watermark was sen
 the record's partition looked empty: while its latest poll had found no records. A
 partition whose polls keep finding records is never idle, however long the subtask spends
 on another partition's batches. Every attempt starts its own watermark afresh. And a
-subtask sends IDLE only after a watermark covering the records of the partitions whose
-polls turned empty last (the rounds count when).
+subtask sends IDLE only after a watermark covering the greatest watermark its partitions
+made, by their records in this attempt or the times the restore gave them.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class Lateness:
         self.watermark = MIN_TIME  # the newest sent
         self.round = 0
         self.empty_since: dict[int, int] = {}  # partition -> the round of its first empty poll in a row
-        self.newest: dict[int, int] = {}  # partition -> the newest event time of its records sent
+        self.newest: dict[int, int] = {}  # partition -> the newest event time of its records sent, or restored
         self.ended: set[int] = set()
 
     def new_round(self) -> None:
@@ -132,22 +132,20 @@ class Lateness:
                         self.allowed[p] = max(self.allowed.get(p, MIN_TIME), mark)
 
     def _check_idle(self) -> None:
-        """A subtask goes idle only after the watermark its records made: the partitions
-        whose polls turned empty last were the active ones until then, so IDLE comes after a
-        watermark covering them (else a window they complete waits for records that may
-        never come: stop 35's Kafka idle-partition test)."""
-        quiet = {p: r for p, r in self.empty_since.items() if p not in self.ended}
-        if not quiet:
-            return
-        last = max(quiet.values())
-        newest = min(self.newest.get(p, MIN_TIME) for p, r in quiet.items() if r == last)
+        """A subtask goes idle only after the greatest watermark its partitions made (their
+        records', this attempt's or restored): idle, none holds the others back. Else a
+        window they completed waits for records that may never come (stop 35's Kafka
+        idle-partition test; and after a restore, when every partition goes quiet in the
+        first round: review of stop 36)."""
+        made = [t for p, t in self.newest.items() if p not in self.ended]
+        newest = max(made, default=MIN_TIME)
         owed = newest - self.timing.max_delay_ms - 1 if newest > MIN_TIME else MIN_TIME
         if self.watermark < owed:
+            quiet = sorted(self.empty_since.items())
             self.idle_found.append(
                 f"{self.name}: went idle with the watermark {self.watermark - BASE_MS if self.watermark > MIN_TIME else None} "
-                f"sent, behind {owed - BASE_MS}, made by partitions {sorted(p for p, r in quiet.items() if r == last)}, "
-                f"whose polls turned empty last (idle_after {self.timing.idle_after} s, watermark interval "
-                f"{self.timing.interval} s)")
+                f"sent, behind {owed - BASE_MS}, the greatest its partitions made (quiet since round: {quiet}; "
+                f"idle_after {self.timing.idle_after} s, watermark interval {self.timing.interval} s)")
 
     def check(self, p: int, records: list[int]) -> None:
         """A batch of partition `p` goes out after the watermarks sent so far."""

@@ -134,6 +134,9 @@ class SimSubtask:
                          all_partitions=[str(p) for p in present] if index == 0 else None)
         self.sums: dict[int, int] = dict(state.keyed.get("sum", {})) if state else {}
         self.chain_ops, self.clock = self._operators(state, mine, [str(p) for p in present])
+        if self.lateness is not None and state is not None:  # the newest times the restore gave the partitions
+            restored = state.event_times.get(self.chain_ops[0].step_id, {})
+            self.lateness.newest.update({int(p): t for p, t in restored.items() if p in mine})
         self._named: set[int] = set()  # partitions this attempt wrote a row of with every column
         self.ops: dict[str, SinkOp] = {}
         self.restored_txns: dict[str, list[Any]] = {}

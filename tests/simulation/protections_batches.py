@@ -91,6 +91,25 @@ def barriers_after_the_round() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def idle_with_the_last_quiet_minimum() -> Iterator[None]:
+    """Before IDLE, the minimum watermark of the partitions that went quiet last, not the
+    greatest of all (the first fix of stop 36): after a restore every partition goes quiet
+    in the first round, one that never had records among them, and nothing is sent."""
+    from raystream._runtime.time.watermarks import MIN_TIME, WatermarkGenerator
+
+    def last_quiet_minimum(self: Any) -> int:
+        last = [(seen, p) for p, seen in self.seen_at.items() if p not in self.ended and seen is not None]
+        if not last:
+            return MIN_TIME
+        latest = max(seen for seen, _ in last)
+        newest = min(self.newest[p] for seen, p in last if seen == latest)
+        return newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME
+
+    with mock.patch.object(WatermarkGenerator, "watermark_when_idle", last_quiet_minimum):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -100,6 +119,8 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                "subtask works on another's slow batch", idle_from_last_records),
     "idle_before_its_watermark": ("CI of stop 35: partitions going idle together after their last records in one "
                                   "round sent IDLE, never their watermark", idle_before_its_watermark),
+    "idle_with_the_last_quiet_minimum": ("review of stop 36: after a restore, partitions quiet together send the "
+                                         "minimum of their watermarks before IDLE", idle_with_the_last_quiet_minimum),
     "barriers_after_the_round": ("simulation of stop 35: a source subtask's barrier waits for a batch of each of "
                                  "its partitions, not the current one (C1)", barriers_after_the_round),
 }

@@ -183,8 +183,13 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         if step.kind is StepKind.EVENT_TIME:
             times = [getattr(st, "event_times", {}).get(step.step_id, {}).get("") for st in states
                      if step.step_id in chain_steps(st.chain)]
-            if times and None not in times:  # one that saw no record held the watermark at the minimum
-                merged.event_times.setdefault(step.step_id, {})[""] = min(times)
+            seen = [t for t in times if t is not None]
+            # One that saw no record held the watermark at the minimum, unless it would have
+            # gone idle (`idle_after`): then the others' held it (a rescaled step kept
+            # windows that every old subtask but an empty one had completed from firing).
+            idles = step.event_time is not None and step.event_time.idle_after_ms is not None
+            if seen and (len(seen) == len(times) or idles):
+                merged.event_times.setdefault(step.step_id, {})[""] = min(seen)
     return merged
 
 

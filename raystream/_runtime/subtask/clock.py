@@ -4,14 +4,14 @@ sends the messages it returns.
 
 Watermarks (docs/event_time.md):
 1. From the inputs: each channel's newest watermark is kept (`InputWatermarks`); when
-   their minimum over the active channels advances, every operator of the chain gets
-   `on_watermark` in order, what fires goes through the rest of the chain, and the
-   watermark goes downstream after those records.
+   their minimum over the active channels advances (or, all of them idle, the greatest
+   of theirs), every operator of the chain gets `on_watermark` in order, what fires goes
+   through the rest of the chain, and the watermark goes downstream after those records.
 2. From a generator (a source with event time, or an event-time step at `gen_index`):
    the operators before it still see the input watermarks, which stop there; those
    after it see the generator's, at most every `interval` seconds (and at once at the
-   end of the input). An idle generator sends IDLE, after the watermark its partitions
-   going idle last had made if it was not sent yet; its next watermark makes it active.
+   end of the input). An idle generator sends IDLE, after the greatest of its idle
+   partitions' watermarks if that was not sent yet; its next watermark makes it active.
 3. The end of a bounded input (not a stop) is the end of time: MAX_TIME fires every
    window and timer before the final barrier, so their results are in the last
    checkpoint. An input channel that ended counts as MAX_TIME for the minimum.
@@ -40,6 +40,7 @@ class ChainClock:
         self.gen_index = gen_index
         self.interval = interval
         self.sent = MIN_TIME  # the newest watermark sent downstream
+        self._inputs_applied = MIN_TIME  # with a generator: the newest input watermark its operators before it saw
         self.sent_idle = False
         self._due = 0.0  # monotonic time before which the generator does not send again
         self.ended = False  # MAX_TIME has been reached
@@ -63,10 +64,16 @@ class ChainClock:
     def _from_inputs(self, result: int | None | bool) -> list[Message]:
         if result is False:
             return []
+        if result is IDLE:  # every input idle: the greatest of their watermarks first (InputWatermarks)
+            mark = self.inputs.current
+            if self.gen_index is None:
+                return (self._advance(mark, 0, forward=True) if mark > self.sent else []) + self._idle()
+            if mark <= self._inputs_applied:
+                return []
+            result = mark
         if self.gen_index is None:
-            return self._idle() if result is IDLE else self._advance(result, 0, forward=True)
-        if result is IDLE:
-            return []
+            return self._advance(result, 0, forward=True)
+        self._inputs_applied = result
         out = self._advance(result, 0, forward=False, hi=self.gen_index)
         if result == MAX_TIME:  # the end of the input passes through the generator
             out += self.end_of_input()
@@ -82,7 +89,7 @@ class ChainClock:
         if not force and now < self._due:
             return []
         mark = self.generator.watermark(now)
-        if mark is IDLE:  # 2: what the partitions going idle last had made goes first
+        if mark is IDLE:  # 2: the greatest of the idle partitions' watermarks goes first
             last = self.generator.watermark_when_idle()
             out = self._advance(last, self.gen_index + 1, forward=True) if last > self.sent else []
             return out + self._idle()

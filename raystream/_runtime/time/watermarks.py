@@ -10,6 +10,8 @@
 - `InputWatermarks`: a subtask with inputs keeps the newest watermark of each input
   channel; its own is the minimum over the channels that are active (an idle channel
   does not count; an ended one counts as the end of time). It never goes back.
+- Every partition (channel) idle: the watermark first goes to the greatest of theirs,
+  then the subtask is idle (as Flink's watermark valve does).
 
 A watermark travels as a WATERMARK message on every output channel, after the records
 it follows; an IDLE payload (None) says that the sender is idle.
@@ -98,16 +100,14 @@ class WatermarkGenerator:
         return IDLE if idle else MAX_TIME
 
     def watermark_when_idle(self) -> int:
-        """The watermark of the partitions that went idle last (MIN_TIME if they had no
-        records): until then they were the active ones. A subtask whose partitions all go
-        idle sends it before IDLE, since no tick may have come between their last records
-        and their idleness (a subtask reading its partitions' last records in one round
-        went idle with the watermark they made never sent, and windows waited for ever)."""
-        last = [(seen, p) for p, seen in self.seen_at.items() if p not in self.ended and seen is not None]
-        if not last:
-            return MIN_TIME
-        latest = max(seen for seen, _ in last)
-        newest = min(self.newest[p] for seen, p in last if seen == latest)
+        """What a generator whose partitions are all idle sends before IDLE: the greatest
+        of their watermarks (MIN_TIME if none had records), as Flink's watermark valve
+        does when its last active input goes idle. Idle partitions hold nothing back; no
+        tick may have come between the last records and the idleness (a subtask reading
+        its partitions' last records in one round went idle with their watermark never
+        sent), and after a restore the partitions go quiet together in one round, the
+        one that was idle before the failure with the others."""
+        newest = max((t for p, t in self.newest.items() if p not in self.ended), default=MIN_TIME)
         return newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME
 
     def idle_deadline(self, now: float | None = None) -> float | None:
@@ -146,14 +146,18 @@ class InputWatermarks:
         self.idle.discard(channel)
         self.ended.add(channel)
         self.marks[channel] = MAX_TIME
-        return self._combine()
+        return self._combine(raise_idle=False)  # an end fires nothing by itself (ChainClock.on_input_end)
 
-    def _combine(self) -> int | None | bool:
+    def _combine(self, raise_idle: bool = True) -> int | None | bool:
         active = [m for c, m in enumerate(self.marks) if c not in self.idle]
         if self.idle and len(self.ended) == len(active):  # every channel not ended is idle: so is this subtask
             if self.is_idle:
                 return False
             self.is_idle = True
+            # as the generator's: the greatest watermark of the idle channels goes first
+            # (`current` says it; ChainClock sends it before IDLE)
+            if raise_idle:
+                self.current = max(self.current, max(self.marks[c] for c in self.idle))
             return IDLE
         self.is_idle = False
         mark = min(active)

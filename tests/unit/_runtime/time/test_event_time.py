@@ -87,7 +87,8 @@ def test_partitions_going_idle_together_send_their_watermark_before_idle():
     """A subtask read its partitions' last records in one round, while one partition that
     never had any was not idle yet; all went idle together, and IDLE went out with the
     watermark of the records never sent: downstream windows waited for ever (CI of stop 35,
-    the Kafka idle-partition test, 1 run in 4)."""
+    the Kafka idle-partition test, 1 run in 4). Now the greatest watermark of the idle
+    partitions goes first, as Flink's watermark valve does."""
     event_time = EventTime(lambda r: r, max_delay=1, idle_after=0.5)
     gen = WatermarkGenerator(event_time, ["p0", "p1", "p2"], polled=True)
     stamp = AssignTimeOp(Step("stamp", StepKind.EVENT_TIME, ("in",)), event_time, gen)
@@ -102,11 +103,40 @@ def test_partitions_going_idle_together_send_their_watermark_before_idle():
     for p in gen.seen_at:
         gen.seen_at[p] -= 1  # half a second later, every partition is idle
     assert gen.watermark() is IDLE
-    assert clock.tick(force=True) == [(WATERMARK, 2_999), (WATERMARK, IDLE)]  # p0 and p1 went idle last
+    assert clock.tick(force=True) == [(WATERMARK, 5_999), (WATERMARK, IDLE)]  # the greatest: p1's
     assert clock.tick(force=True) == []
-    stamp.partition = "p1"
-    stamp.process([9.0])  # records again: active, from the watermark sent
-    assert clock.tick(force=True) == [(WATERMARK, 7_999)]
+    stamp.partition = "p0"
+    stamp.process([5.0])  # records again: active, from the watermark sent (p0's 3_999 is behind it)
+    assert clock.tick(force=True) == [(WATERMARK, 5_999)]
+
+
+def test_after_a_restore_partitions_quiet_together_send_the_greatest_watermark():
+    """Idleness is not in checkpoints: after a restore every partition goes quiet in the
+    first round, the one that was idle (or never had records) before the failure too; the
+    windows the others completed fire as they did without the failure (review of stop 36:
+    the minimum over them all sent nothing, and no window fired after a SIGKILL)."""
+    event_time = EventTime(lambda r: r, max_delay=0, idle_after=4)
+    gen = WatermarkGenerator(event_time, ["a", "e"], polled=True)
+    gen.restore({"a": 3_000})  # e never had a record
+    clock = ChainClock([AssignTimeOp(Step("s", StepKind.EVENT_TIME, ("in",)), event_time, gen)], 0, gen, 0, 0.2)
+    gen.polled_empty(["a", "e"])
+    for p in gen.seen_at:
+        gen.seen_at[p] -= 4
+    assert clock.tick(force=True) == [(WATERMARK, 2_999), (WATERMARK, IDLE)]
+
+
+def test_inputs_all_idle_send_the_greatest_of_their_watermarks_before_idle():
+    """As the generator: one input subtask went idle with its watermark, the other never had
+    one; when the second goes idle too, the first's watermark fires the windows."""
+    window = WindowOp(Step("w", StepKind.WINDOW, ("k",), fn=operator.add, window=WindowSpec(_checked(Tumbling(1)))))
+    value = build_operator(Step("v", StepKind.MAP, ("w",), fn=lambda kv: (kv[0], kv[1].value)))
+    window.process(_timed_keyed(["a"], [1], [500]))
+    clock = ChainClock([window, value], 2, None, None, 0.2)
+    assert clock.on_input(0, 2_999) == []  # channel 1 holds it at the minimum
+    assert clock.on_input(0, IDLE) == []
+    out = clock.on_input(1, IDLE)
+    assert [kind for kind, _ in out] == [BATCH, WATERMARK, WATERMARK]
+    assert untimed(out[0][1])[0] == [("a", 1)] and out[1][1] == 2_999 and out[2][1] is IDLE
 
 
 def test_input_watermark_is_the_minimum_over_active_channels_and_never_goes_back():
