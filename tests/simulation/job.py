@@ -295,14 +295,15 @@ class SimSubtask:
 
     async def _between_batches(self) -> bool:
         """SubtaskActor._barriers_between_batches: the barriers asked for while the batch
-        went through the chain go out now; True once the final one is out."""
+        went through the chain go out now; True (the round ends) once the final one is
+        out, or when a stop came."""
         while self.barriers:
             checkpoint_id, final = self.barriers.popleft()
             await self._checkpoint(checkpoint_id)
             if final:
                 self.final_taken = True
                 return True
-        return False
+        return self.stopping
 
     def _emit(self, p: int, batch: Any) -> None:
         """One batch of partition `p`: through the real operators (event time, the

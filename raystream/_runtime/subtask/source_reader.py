@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 #: emit(partition key, offset before the batch, offset after it, batch)
 Emit = Callable[[str, Any, Any, Any], Awaitable[None]]
-#: between() after each batch: True once the final barrier is out (nothing more is read)
+#: between() after each batch: True ends the round (the final barrier is out, or a stop came)
 Between = Callable[[], Awaitable[bool]]
 
 _IDLE_POLL = 0.05  # seconds between polls of partitions that have no data yet
@@ -129,7 +129,8 @@ class SourceReader:
         """One batch from each active partition in turn; False when none had data.
         `empty` is left holding the partitions this round found without data. After each
         batch, `between()` may emit barriers (C1: after the current batch, not the round);
-        when it says the final one is out, the round ends there."""
+        when it returns True (the final barrier is out, or the source is being stopped),
+        the round ends there."""
         progressed = False
         self.empty = []
         for key, part in list(self.active):

@@ -87,9 +87,11 @@ class SourceTurns:
     async def _barriers_between_batches(self) -> bool:
         """C1 within a round: the barriers asked for while a batch went through the chain
         go out after it, not after a batch of every other partition too (with 4 partitions
-        of 0.4 s batches, checkpoints took 12-19 s instead of 3)."""
-        await asyncio.sleep(0)  # let the trigger calls that came meanwhile in
-        return await self._emit_requested_barriers()
+        of 0.4 s batches, checkpoints took 12-19 s instead of 3). True ends the round: a
+        stop takes effect after the current batch, as `stop_source` says (the final barrier
+        comes after the partitions are exhausted, so not within a round)."""
+        await asyncio.sleep(0)  # let the trigger and stop calls that came meanwhile in
+        return await self._emit_requested_barriers() or self._stopping
 
     async def _await_final_barrier(self) -> None:
         if not self._told_finished:
