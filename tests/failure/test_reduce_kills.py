@@ -34,7 +34,8 @@ def counting_job(out: str) -> rs.Job:
     return job
 
 
-@pytest.mark.parametrize("victim", ["numbers", pytest.param("count", marks=pytest.mark.extended)])
+@pytest.mark.extended  # 20 s each; unit tests hold the fold (tests/unit/_runtime/operators/test_reduce_emit.py)
+@pytest.mark.parametrize("victim", ["numbers", "count"])
 def test_counts_folded_before_the_shuffle_are_exactly_once_after_a_kill(victim, tmp_path):
     out = str(tmp_path / "out")
     handle = counting_job(out).start()
