@@ -36,6 +36,7 @@ from raystream._runtime.plan.physical import Chain
 from raystream._runtime.state.snapshot import PartRef, SnapshotMeta, SubtaskState
 from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.state.tally import add_digests
+from raystream._runtime.time.watermarks import GREATEST
 from raystream.config import Guarantee
 from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind
@@ -132,7 +133,7 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         for step_id, times in getattr(state, "event_times", {}).items():
             if step_id in steps:  # a source's, by partition (the copies of one are equal)
                 for partition, t in times.items():
-                    if partition:
+                    if partition and partition != GREATEST:  # an event-time step's: below
                         target = merged.event_times.setdefault(step_id, {})
                         target[partition] = max(t, target.get(partition, t))
         if "step_meta" in vars(state):  # absent in snapshots of raystream before it: they say nothing
@@ -181,15 +182,22 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
                 merged.late[step_id] = merged.late.get(step_id, 0) + n
     for step in chain_steps_now:  # an event-time step's own time: the oldest of all its old subtasks
         if step.kind is StepKind.EVENT_TIME:
-            times = [getattr(st, "event_times", {}).get(step.step_id, {}).get("") for st in states
-                     if step.step_id in chain_steps(st.chain)]
+            olds = [getattr(st, "event_times", {}).get(step.step_id, {}) for st in states
+                    if step.step_id in chain_steps(st.chain)]
+            times = [old.get("") for old in olds]
             seen = [t for t in times if t is not None]
+            idles = step.event_time is not None and step.event_time.idle_after_ms is not None
             # One that saw no record held the watermark at the minimum, unless it would have
             # gone idle (`idle_after`): then the others' held it (a rescaled step kept
             # windows that every old subtask but an empty one had completed from firing).
-            idles = step.event_time is not None and step.event_time.idle_after_ms is not None
             if seen and (len(seen) == len(times) or idles):
                 merged.event_times.setdefault(step.step_id, {})[""] = min(seen)
+            # With idleness, also the newest of them all, which it goes idle at
+            # (WatermarkGenerator.greatest): each restored subtask starts at the oldest, and
+            # windows the others had completed never fired once all went idle (review of stop 36).
+            greatest = [t for old in olds for t in (old.get(""), old.get(GREATEST)) if t is not None]
+            if idles and greatest:
+                merged.event_times.setdefault(step.step_id, {})[GREATEST] = max(greatest)
     return merged
 
 

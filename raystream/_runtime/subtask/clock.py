@@ -54,7 +54,15 @@ class ChainClock:
     # --- watermarks from the inputs -------------------------------------------------------
 
     def on_input(self, channel: int, mark: int | None) -> list[Message]:
-        return self._from_inputs(self.inputs.on_watermark(channel, mark))
+        was_idle = self.inputs.is_idle
+        out = self._from_inputs(self.inputs.on_watermark(channel, mark))
+        if was_idle and not self.inputs.is_idle and self.sent_idle and self.gen_index is None and not out:
+            # an input is active again below the watermark sent (all idle raised it to the
+            # greatest): say so, as a generator does, or downstream goes on without this
+            # subtask and its records come late (review of stop 36)
+            self.sent_idle = False
+            out = [(WATERMARK, self.sent)]
+        return out
 
     def on_input_end(self, channel: int) -> None:
         """An ended channel holds nothing back; its end does not fire anything by itself

@@ -28,6 +28,9 @@ from raystream.event_time import EventTime
 MIN_TIME = -(2**63)
 MAX_TIME = 2**63 - 1
 IDLE = None  # the payload of a WATERMARK message from an idle sender
+#: an event-time step's snapshot: the newest time any subtask it was restored from had seen,
+#: which it goes idle at no lower (no source partition has this name)
+GREATEST = "\0greatest"
 
 
 class WatermarkGenerator:
@@ -48,16 +51,23 @@ class WatermarkGenerator:
         self.polled = polled
         self.seen_at: dict[str, float | None] = {p: None if polled else now for p in partitions}
         self.ended: set[str] = set()
+        self.greatest = MIN_TIME  # GREATEST as restored
 
     def restore(self, newest: dict[str, int]) -> None:
         """The newest times a checkpoint recorded for this generator's partitions."""
         for p, t in newest.items():
             if p in self.newest:
                 self.newest[p] = t
+            elif p == GREATEST:
+                self.greatest = t
 
     def snapshot(self) -> dict[str, int]:
-        """The newest time of each partition that has seen one (for the checkpoint)."""
-        return {p: t for p, t in self.newest.items() if t > MIN_TIME}
+        """The newest time of each partition that has seen one (for the checkpoint), and
+        GREATEST while it is ahead of them."""
+        out = {p: t for p, t in self.newest.items() if t > MIN_TIME}
+        if self.greatest > max(out.values(), default=MIN_TIME):
+            out[GREATEST] = self.greatest
+        return out
 
     def observe(self, partition: str, times: Sequence[int] | np.ndarray) -> None:
         """The times of one batch of `partition` (a list, or an Arrow batch's array: a vectorized max)."""
@@ -108,6 +118,9 @@ class WatermarkGenerator:
         sent), and after a restore the partitions go quiet together in one round, the
         one that was idle before the failure with the others."""
         newest = max((t for p, t in self.newest.items() if p not in self.ended), default=MIN_TIME)
+        # A restored event-time step starts at the oldest time of the subtasks it took over
+        # (rescale.py): idle, it goes to the newest of theirs, as they all would have.
+        newest = max(newest, self.greatest)
         return newest - self.max_delay - 1 if newest > MIN_TIME + self.max_delay + 1 else MIN_TIME
 
     def idle_deadline(self, now: float | None = None) -> float | None:

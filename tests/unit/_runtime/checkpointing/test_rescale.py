@@ -9,6 +9,7 @@ from raystream._runtime.state.manifest import Manifest
 from raystream._runtime.plan.physical import Chain
 from raystream._runtime.checkpointing.rescale import check_matches, combine_writer_states, merge_states, snapshots_for
 from raystream._runtime.state.snapshot import SinkState, SnapshotMeta, SubtaskState
+from raystream._runtime.time.watermarks import GREATEST
 import raystream as rs
 from raystream.errors import RestoreError
 from raystream.graph import Step
@@ -142,7 +143,10 @@ def test_an_event_time_step_restores_the_oldest_time_of_every_old_subtask():
     assert merge_states(old, [src, et], 0, 1, 128).event_times == {}
     # ... unless it would have gone idle: then the others held the watermark (review of stop 36)
     idling = dataclasses.replace(et, event_time=rs.EventTime(lambda r: r, idle_after=5))
-    assert merge_states(old, [src, idling], 0, 1, 128).event_times == {"et": {"": 100_000}}
+    assert merge_states(old, [src, idling], 0, 1, 128).event_times == {"et": {"": 100_000, GREATEST: 100_000}}
+    # every new subtask knows the newest of them all too: idle, it goes there, as they would have
+    old[1].event_times = {"et": {"": 1_000}}
+    assert merge_states(old, [src, idling], 0, 1, 128).event_times == {"et": {"": 1_000, GREATEST: 100_000}}
     after = Chain(1, [et], 2)  # unchained, after a shuffle: the same
     metas = snapshots_for(manifest({"et": 2}), after, 0)
     assert {meta.subtask for meta in metas} == {0, 1}

@@ -19,7 +19,7 @@ from raystream._runtime.operators.plain import build_operator
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.operators.process import ProcessOp
 from raystream._runtime.operators.event_time import AssignTimeOp
-from raystream._runtime.time.watermarks import IDLE, MAX_TIME, MIN_TIME, InputWatermarks, WatermarkGenerator
+from raystream._runtime.time.watermarks import GREATEST, IDLE, MAX_TIME, MIN_TIME, InputWatermarks, WatermarkGenerator
 from raystream._runtime.operators.windows import WindowOp
 from raystream.errors import JobDefinitionError
 from raystream.event_time import EventTime, to_millis
@@ -125,6 +125,20 @@ def test_after_a_restore_partitions_quiet_together_send_the_greatest_watermark()
     assert clock.tick(force=True) == [(WATERMARK, 2_999), (WATERMARK, IDLE)]
 
 
+def test_a_restored_event_time_step_goes_idle_at_the_newest_time_of_the_subtasks_it_took_over():
+    """It restores the oldest of their times (a newer one would make its records late) and
+    the newest (GREATEST): idle, it goes there, as the old subtasks all would have (review
+    of stop 36: after a kill at the same parallelism no window fired)."""
+    event_time = EventTime(lambda r: r, max_delay=0, idle_after=4)
+    gen = WatermarkGenerator(event_time, [""])
+    gen.restore({"": 1_000, GREATEST: 3_000})
+    assert gen.watermark() == 999 and gen.snapshot() == {"": 1_000, GREATEST: 3_000}
+    gen.seen_at[""] -= 4
+    assert gen.watermark() is IDLE and gen.watermark_when_idle() == 2_999
+    gen.observe("", [5_000])
+    assert gen.snapshot() == {"": 5_000}  # its own time is ahead now
+
+
 def test_inputs_all_idle_send_the_greatest_of_their_watermarks_before_idle():
     """As the generator: one input subtask went idle with its watermark, the other never had
     one; when the second goes idle too, the first's watermark fires the windows."""
@@ -137,6 +151,11 @@ def test_inputs_all_idle_send_the_greatest_of_their_watermarks_before_idle():
     out = clock.on_input(1, IDLE)
     assert [kind for kind, _ in out] == [BATCH, WATERMARK, WATERMARK]
     assert untimed(out[0][1])[0] == [("a", 1)] and out[1][1] == 2_999 and out[2][1] is IDLE
+    # an input active again below that: the subtask says it is active (at its watermark), or
+    # downstream goes on without it and its records come late (review of stop 36)
+    assert clock.on_input(1, 1_999) == [(WATERMARK, 2_999)]
+    assert clock.on_input(1, 2_500) == []
+    assert clock.on_input(1, 3_999) == [(WATERMARK, 3_999)]  # channel 0 is still idle
 
 
 def test_input_watermark_is_the_minimum_over_active_channels_and_never_goes_back():
