@@ -266,6 +266,17 @@ class _Steady(rs.sources.SourcePartition):
         return self.pacer.next_awake()
 
 
+def _counts_per_second(name: str, source: rs.sources.Source, event_time: rs.EventTime, out: str) -> rs.Job:
+    """Records per 1 s tumbling window, into `out` at each checkpoint (read while it runs)."""
+    job = rs.Job(name, parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.3))
+    (job.source("events", source, event_time=event_time)
+     .key_by("all", lambda r: 0, value=lambda r: 1)
+     .window(Tumbling(1)).reduce("count", operator.add)
+     .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
+     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))
+    return job
+
+
 def test_a_quiet_partition_keeps_holding_the_watermark_where_it_was_after_a_restore(tmp_path):
     """The watermark is min(steady, quiet): steady's time until it passes quiet's newest,
     9.95 s (about 5 s after the start). A subtask is killed before that, after a
@@ -273,13 +284,7 @@ def test_a_quiet_partition_keeps_holding_the_watermark_where_it_was_after_a_rest
     quiet's newest time, or quiet holds the watermark at the minimum and no window fires
     after the restore (idle_after=None: quiet is never idle)."""
     out = str(tmp_path / "windows")
-    job = rs.Job("quiet", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.3))
-    (job.source("events", _QuietAfter(), event_time=rs.EventTime(lambda e: e[1]))
-     .key_by("all", lambda e: 0, value=lambda e: 1)
-     .window(Tumbling(1)).reduce("count", operator.add)
-     .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
-     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))  # read while it runs
-    handle = job.start()
+    handle = _counts_per_second("quiet", _QuietAfter(), rs.EventTime(lambda e: e[1]), out).start()
     try:
         status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
         assert status.steps["events"].records_out >= 200 and len(rs.sinks.read_files(out)) < 9
@@ -326,13 +331,7 @@ def test_windows_fire_after_a_restore_with_every_partition_quiet(tmp_path):
     completed fire as they would have without the failure (review of stop 36: the minimum
     of the quiet partitions' watermarks went out, the empty one's, and none fired)."""
     out = str(tmp_path / "windows")
-    job = rs.Job("stopped", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.3))
-    (job.source("events", _StoppedAndEmpty(), event_time=rs.EventTime(lambda t: t, idle_after=4))
-     .key_by("all", lambda t: 0, value=lambda t: 1)
-     .window(Tumbling(1)).reduce("count", operator.add)
-     .map("row", lambda kv: {"start": kv[1].start.timestamp() - START, "count": kv[1].value})
-     .sink("out", rs.sinks.FileSink(out, roll="checkpoint")))  # read while it runs
-    handle = job.start()
+    handle = _counts_per_second("stopped", _StoppedAndEmpty(), rs.EventTime(lambda t: t, idle_after=4), out).start()
     try:
         status = wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
         assert status.steps["events"].records_out == 300 and not rs.sinks.read_files(out)
