@@ -15,17 +15,18 @@ from tests.helpers.support import wait_until
 from .harness import kill, running
 
 EVENTS = 30_000
-WORDS = 7  # few: a batch holds each many times, so folding shows
+PARTITIONS = 4
+WORDS = 3  # a partition's records cycle through them: a batch of 4 or more folds
 
 
 def word(i: int) -> str:
-    return f"w{(i * 7) % WORDS}"
+    return f"w{(i // PARTITIONS) % WORDS}"
 
 
 def counting_job(out: str) -> rs.Job:
     job = rs.Job("combine_kills", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
                  runtime=rs.RuntimeConfig(batch_size=256))
-    (job.source("numbers", rs.sources.SequenceSource(EVENTS, partitions=4, rate=6_000))
+    (job.source("numbers", rs.sources.SequenceSource(EVENTS, partitions=PARTITIONS, rate=6_000))
      .map("word", word)
      .key_by("by_word", lambda w: w, value=lambda w: 1)
      .reduce("count", operator.add, emit="last", combine=True)
@@ -51,5 +52,7 @@ def test_counts_folded_before_the_shuffle_are_exactly_once_after_a_kill(victim, 
     assert {w: max(ns) for w, ns in updates.items()} == expected
     repeated = {w: ns for w, ns in updates.items() if len(set(ns)) != len(ns)}
     assert not repeated, f"updates committed twice: {dict(list(repeated.items())[:3])}"
-    # folded: fewer records crossed to the reduce than words were keyed (one per word and batch)
-    assert result.records_in("count") < result.records_in("by_word") // 2, result
+    # folded: fewer records crossed to the reduce than words were keyed (one per word and
+    # batch; how many fewer depends on the batches the paced source makes, small on an idle
+    # machine, bigger under load and when it catches up after the restore)
+    assert result.records_in("count") < result.records_in("by_word"), result
