@@ -101,20 +101,11 @@ class Lateness:
         self.looks_empty: dict[int, bool] = {}  # partition -> whether its latest poll found nothing
         self.allowed: dict[int, int] = {}  # partition -> the newest watermark sent while it looked empty
         self.watermark = MIN_TIME  # the newest sent
-        self.round = 0
-        self.empty_since: dict[int, int] = {}  # partition -> the round of its first empty poll in a row
         self.newest: dict[int, int] = {}  # partition -> the newest event time of its records sent, or restored
         self.ended: set[int] = set()
 
-    def new_round(self) -> None:
-        self.round += 1
-
     def polled(self, p: int, found: bool) -> None:
         self.looks_empty[p] = not found
-        if found:
-            self.empty_since.pop(p, None)
-        else:
-            self.empty_since.setdefault(p, self.round)
 
     def end(self, p: int) -> None:
         self.ended.add(p)
@@ -141,10 +132,9 @@ class Lateness:
         newest = max(made, default=MIN_TIME)
         owed = newest - self.timing.max_delay_ms - 1 if newest > MIN_TIME else MIN_TIME
         if self.watermark < owed:
-            quiet = sorted(self.empty_since.items())
             self.idle_found.append(
                 f"{self.name}: went idle with the watermark {self.watermark - BASE_MS if self.watermark > MIN_TIME else None} "
-                f"sent, behind {owed - BASE_MS}, the greatest its partitions made (quiet since round: {quiet}; "
+                f"sent, behind {owed - BASE_MS}, the greatest its partitions made (looking empty: {sorted(p for p, e in self.looks_empty.items() if e)}; "
                 f"idle_after {self.timing.idle_after} s, watermark interval {self.timing.interval} s)")
 
     def check(self, p: int, records: list[int]) -> None:

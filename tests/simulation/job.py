@@ -269,7 +269,6 @@ class SimSubtask:
         partitions end in the generator, the empty ones count toward idleness, and the
         clock ticks (Emitter.flush_due)."""
         try:
-            self.lateness.new_round()
             await self.reader.read_round(self._emit_polled, self._between_batches)
             if self.final_taken:
                 return
