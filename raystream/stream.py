@@ -311,7 +311,7 @@ class KeyedStream(Stream):
         finish with `.reduce`, `.aggregate` or `.apply`, which name the step."""
         if not isinstance(assigner, Assigner):
             raise JobDefinitionError(
-                f"window takes a raystream.windows assigner (Tumbling, Sliding, Session); got {assigner!r}")
+                f"window takes a raystream.windows assigner (Tumbling, Sliding, Session, Lifetime); got {assigner!r}")
         return WindowedStream(self, assigner, allowed_lateness)
 
     def join(self, step_id: str, other: "KeyedStream", window: Any, fn: Callable[[Any, Any], Any] | None = None,
@@ -328,7 +328,7 @@ class KeyedStream(Stream):
         `other`'s; a name taken twice gets its side's suffix from `suffixes`."""
         if not isinstance(other, KeyedStream) or other.steps is not self.steps:
             raise JobDefinitionError(f"step {step_id!r}: join takes a keyed stream of the same job")
-        if not isinstance(window, Assigner) or window.merging or window.clock != "event":
+        if not isinstance(window, Assigner) or window.merging or window.opened_by_rows or window.clock != "event":
             raise JobDefinitionError(
                 f"step {step_id!r}: a join takes a Tumbling or Sliding event-time window; got {window!r}")
         if set(self.upstream) & set(other.upstream):
@@ -360,6 +360,10 @@ class WindowedStream:
                      resources: Resources | None) -> "WindowOutput":
         step_id = check_step_id(step_id)
         self.assigner.check(step_id)
+        if self.assigner.opened_by_rows and how != "columnar":
+            raise JobDefinitionError(
+                f"step {step_id!r}: {type(self.assigner).__name__} windows are opened by Arrow rows; key a stream of "
+                "Arrow rows by columns (key_by(step_id, \"column\")) and aggregate with rs.aggregates by name")
         lateness = duration_ms(self.allowed_lateness, f"step {step_id!r}: allowed_lateness")
         if lateness and self.assigner.clock == "processing":
             raise JobDefinitionError(f"step {step_id!r}: processing-time windows take no allowed lateness")
@@ -399,6 +403,10 @@ class WindowedStream:
                 f"step {step_id!r}: window aggregates by name run over Arrow and need a stream keyed by columns; "
                 "key it with key_by(step_id, \"column\"), or pass a raystream.windows.Aggregator")
         named = check_window_aggregates(step_id, aggregates, keyed.key_columns, keyed.columns, self.assigner.merging)
+        end = getattr(self.assigner, "end", None) if self.assigner.opened_by_rows else None
+        if end is not None and keyed.columns is not None and end not in keyed.columns:
+            raise JobDefinitionError(f"step {step_id!r}: the windows' end column {end!r} is not among the stream's "
+                                     f"columns ({', '.join(keyed.columns)})")
         self._window_step(step_id, "columnar", None, "", parallelism, resources)
         step = dataclasses.replace(self.keyed.steps[step_id], key_columns=keyed.key_columns, arrow=named)
         self.keyed.steps[step_id] = step

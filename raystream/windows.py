@@ -9,7 +9,8 @@
 Assigners: `Tumbling` (fixed, non-overlapping; by event time, or by processing time with
 `clock="processing"`), `Sliding` (fixed size, a new window every `slide`) and `Session`
 (a key's records closer than `gap` to each other). Windows are half-open, [start, end),
-and aligned to the epoch (plus `offset`).
+and aligned to the epoch (plus `offset`). Over Arrow only, `Lifetime`: windows the rows
+themselves open, from a row's time to the end it carries (an auction's lifetime).
 
 A window fires when the watermark passes its end. With `allowed_lateness` it is kept
 that much longer: a record arriving in that time updates it and the result is emitted
@@ -28,7 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from raystream.errors import JobDefinitionError
 from raystream.event_time import duration_ms, from_millis
 
-__all__ = ["Aggregator", "Session", "Sliding", "Tumbling", "Window", "WindowResult"]
+__all__ = ["Aggregator", "Lifetime", "Session", "Sliding", "Tumbling", "Window", "WindowResult"]
 
 
 class Window(NamedTuple):
@@ -74,6 +75,7 @@ class Assigner:
 
     clock = "event"
     merging = False
+    opened_by_rows = False  # Lifetime: rows of the stream open the windows
 
     def check(self, step_id: str) -> None:
         """Raise JobDefinitionError naming `step_id` when the assigner's settings are invalid."""
@@ -157,6 +159,32 @@ class Session(Assigner):
 
     def assign(self, t: int) -> list[tuple[int, int]]:
         return [(t, t + self._gap)]
+
+
+@dataclass(frozen=True)
+class Lifetime(Assigner):
+    """Windows that rows open, over Arrow (`.window(Lifetime("expires")).aggregate(...)`
+    on a stream keyed by columns): a row whose column `end` is set (milliseconds since
+    the epoch, or a timestamp) opens a window of its key from its own event time to
+    `end`, both included, so [t, end + 1) in the half-open terms of the other windows.
+    Every row of the key whose time falls in it is in it, the row that opened it too,
+    also rows that came before it: a row in no window of its key waits until the
+    watermark passes its time (plus the allowed lateness), since a window that holds it
+    opens at or before that time and so comes before the watermark passes it; then it is
+    dropped, or, if it came that late, goes to the late output. The window fires when
+    the watermark reaches `end` (docs/guide/columnar.md, "Windows the rows open")."""
+
+    end: str
+    opened_by_rows = True  # a row's time alone does not give its windows
+
+    def check(self, step_id: str) -> None:
+        if not isinstance(self.end, str) or not self.end:
+            raise JobDefinitionError(f"step {step_id!r}: Lifetime(end) takes the name of the column that holds "
+                                     f"each window's end; got {self.end!r}")
+
+    def assign(self, t: int) -> list[tuple[int, int]]:
+        raise JobDefinitionError("Lifetime windows are opened by Arrow rows; key a stream of Arrow rows by columns "
+                                 "and aggregate with rs.aggregates")
 
 
 @dataclass(frozen=True)

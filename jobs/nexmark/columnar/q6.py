@@ -1,12 +1,14 @@
 """Nexmark q6 over Arrow, average selling price by seller: for each seller, the average
 winning price of their 10 most recently closed auctions, updated whenever one of them closes.
 
-The winners come from the columnar q4's steps: in Arrow the filter, the narrow rows keyed
-by auction id; per record the `process` step with a timer at each auction's end (see
-q4.py). Then, keyed by seller in Arrow (`key_by` on the column), per record a
-`stateful_map` keeps each seller's 10 latest winners by (end, auction id), as the
-per-record q6 does: a "last N by order" state has no columnar aggregate (the built-in
-ones fold partials that forget which rows made them). It runs once per closed auction."""
+The winners come from the columnar q4's steps, all in Arrow: the filter, the narrow rows
+keyed by auction id, and a `Lifetime` window per auction that fires its highest bid at
+the auction's end (see q4.py). Then, keyed by seller in Arrow (`key_by` on the column),
+per record a `stateful_map` keeps each seller's 10 latest winners by (end, auction id),
+as the per-record q6 does: a "last N by order" state has no columnar aggregate (the
+built-in ones fold partials that forget which rows made them). It runs once per closed
+auction, about one event in 16.
+"""
 from __future__ import annotations
 
 import os

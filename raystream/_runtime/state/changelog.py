@@ -129,6 +129,9 @@ class StateChangelog:
                                       and len(self.parts) > self.base_every)
         keyed: dict[str, Any] = {}
         for op in ops:
+            settle = getattr(op, "settle", None)
+            if settle is not None:  # state held outside the dict between snapshots goes in (Lifetime windows)
+                settle()
             written = getattr(op, "written", None)
             if full:
                 keyed[op.step_id] = op.state

@@ -12,6 +12,7 @@ from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.operators.event_time import AssignTimeOp
 from raystream._runtime.time.watermarks import WatermarkGenerator
 from raystream._runtime.operators.columnar_join import ArrowJoinOp
+from raystream._runtime.operators.columnar_lifetimes import LifetimeWindowOp
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.process import DedupOp
 from raystream._runtime.operators.ttl import build_ttl_operator
@@ -34,7 +35,8 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
         elif step.kind is StepKind.EVENT_TIME:
             op = AssignTimeOp(step, step.event_time, WatermarkGenerator(step.event_time, [""]))
         elif step.window is not None and step.window.how == "columnar":  # windows over Arrow
-            op = ArrowJoinOp(step) if step.kind is StepKind.JOIN else ArrowWindowOp(step)
+            op = ArrowJoinOp(step) if step.kind is StepKind.JOIN else \
+                LifetimeWindowOp(step) if step.window.assigner.opened_by_rows else ArrowWindowOp(step)
         elif isinstance(step.fn, Dedup):
             op = DedupOp(step)
         elif step.ttl is not None:

@@ -1,0 +1,220 @@
+"""Lifetime windows (windows the rows open) over Arrow, without Ray: the step fires what a
+plain-Python model of the rules fires (rows that wait for their window, late openers,
+lateness), its waiting rows are in every snapshot and restore, and a bad end fails the
+batch under the error policy."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raystream import aggregates as agg
+from raystream._runtime.operators.columnar_lifetimes import PENDING, LifetimeWindowOp
+from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.state.changelog import StateChangelog
+from raystream._runtime.time.watermarks import MAX_TIME
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
+from raystream.graph import Step, StepKind, WindowSpec
+from raystream.windows import Lifetime
+
+AGGREGATES = (("n", agg.count()), ("top", agg.max("v")), ("first", agg.first("v")), ("last", agg.last("v")))
+
+
+def lifetime(lateness_ms=0) -> LifetimeWindowOp:
+    assigner = Lifetime("end")
+    assigner.check("w")
+    return LifetimeWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=AGGREGATES,
+                                 window=WindowSpec(assigner, lateness_ms, "columnar")))
+
+
+def arrow_rows(rows) -> Timed:
+    """rows: (key, value, time, end or None)."""
+    keys, values, times, ends = zip(*rows)
+    batch = pa.RecordBatch.from_arrays([pa.array(keys, pa.string()), pa.array(values, pa.int64()),
+                                        pa.array(ends, pa.int64())], names=["k", "v", "end"])
+    return Timed(ArrowKeyed(batch, ("k",)), np.array(times, dtype=np.int64))
+
+
+def fired(batch) -> list[tuple]:
+    """(key, start, end, (n, top, first, last), update) per row, sorted."""
+    if not len(batch):
+        return []
+    inner, _ = untimed(batch)
+    return sorted((r["k"], int(r["window_start"].timestamp() * 1000), int(r["window_end"].timestamp() * 1000),
+                   (r["n"], r["top"], r["first"], r["last"]), r["update"]) for r in inner.to_pylist())
+
+
+def late(op) -> list[tuple]:
+    out = []
+    for batch in op.take_late_batches():
+        inner, times = untimed(batch)
+        out += [(r["k"], r["v"], int(t)) for r, t in zip(inner.batch.to_pylist(), times)]
+    return sorted(out, key=repr)
+
+
+class Model:
+    """The rules of raystream.windows.Lifetime, a row at a time in plain Python."""
+
+    def __init__(self, lateness):
+        self.lateness, self.watermark = lateness, -(2 ** 63)
+        self.windows: dict[str, dict[tuple[int, int], list]] = {}  # key -> (start, end) -> [values, fired]
+        self.waiting: list[tuple[str, int | None, int]] = []
+        self.late: list[tuple] = []
+
+    def batch(self, rows) -> list[tuple]:
+        wm, lateness = self.watermark, self.lateness
+        for k, v, t, end in rows:  # L2: the windows the batch opens
+            if end is not None and end + lateness > wm:
+                self.windows.setdefault(k, {}).setdefault((t, end + 1), [[], False])
+        touched, still = set(), []
+        for i, (k, v, t) in enumerate(self.waiting + [(k, v, t) for k, v, t, _ in rows]):  # L1, L4
+            homes = [w for w in self.windows.get(k, {}) if w[0] <= t < w[1]]
+            for w in homes:
+                self.windows[k][w][0].append(v)
+                touched.add((k, w))
+            if homes:
+                continue
+            if i >= len(self.waiting) and t + lateness <= wm:
+                self.late.append((k, v, t))
+            else:
+                still.append((k, v, t))
+        self.waiting = still
+        out = []
+        for k, w in touched:  # a window past its end (within the lateness) emits at once, as the per-record step
+            if w[1] - 1 <= wm:
+                out.append(self.result(k, w, self.windows[k][w][1]))
+                self.windows[k][w][1] = True
+        return sorted(out)
+
+    def mark(self, wm) -> list[tuple]:
+        self.watermark = wm = max(wm, self.watermark)
+        out = []
+        for k in list(self.windows):
+            for w, entry in list(self.windows[k].items()):
+                if not entry[1] and w[1] - 1 <= wm:
+                    out.append(self.result(k, w, False))
+                    entry[1] = True
+                if w[1] - 1 + self.lateness <= wm:
+                    del self.windows[k][w]
+            if not self.windows[k]:
+                del self.windows[k]
+        self.waiting = [r for r in self.waiting if r[2] + self.lateness > wm]
+        return sorted(out)
+
+    def result(self, k, w, update):
+        values = [v for v in self.windows[k][w][0] if v is not None]
+        n = len(self.windows[k][w][0])
+        return (k, w[0], w[1], (n, max(values, default=None), values[0] if values else None,
+                                values[-1] if values else None), update)
+
+
+ROW = st.tuples(st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.integers(-50, 50)),
+                st.integers(0, 100), st.one_of(st.none(), st.none(), st.integers(0, 40)))
+SCRIPT = st.lists(st.one_of(st.tuples(st.just("rows"), st.lists(ROW, min_size=1, max_size=20)),
+                            st.tuples(st.just("wm"), st.integers(0, 140))), min_size=1, max_size=10)
+
+
+def opened(rows):
+    """Each opener's end as an offset from its time, so no end is before its row."""
+    return [(k, v, t, None if d is None else t + d) for k, v, t, d in rows]
+
+
+def run(script, lateness, restart_at=None):
+    op, model, got, want = lifetime(lateness), Model(lateness), [], []
+    for step, (kind, item) in enumerate(script + [("wm", MAX_TIME)]):
+        if step == restart_at:
+            op = restored(op, lateness)
+        if kind == "rows":
+            rows = opened(item)
+            got.append(fired(op.process(arrow_rows(rows))))
+            want.append(model.batch(rows))
+        else:
+            got.append(fired(op.on_watermark(item)))
+            want.append(model.mark(item))
+        got.append(late(op))
+        want.append(sorted(model.late, key=repr))
+        model.late = []
+    return op, got, want
+
+
+def restored(op, lateness):
+    """A new step restored from a full snapshot of `op` (as a checkpoint takes it)."""
+    keyed, _, _ = StateChangelog(incremental=False, base_every=4, compact_above=10 ** 9).capture([op])
+    state, meta = pickle.loads(pickle.dumps((keyed["w"], op.state_meta())))
+    new = lifetime(lateness)
+    new.restore(state, op.watermark)
+    new.restore_meta([meta])
+    return new
+
+
+@settings(max_examples=150, deadline=None)
+@given(script=SCRIPT, lateness=st.sampled_from([0, 5, 30]))
+def test_the_step_fires_what_the_rules_give_row_by_row(script, lateness):
+    op, got, want = run(sorted_marks(script), lateness)
+    assert got == want
+    assert op.state == {} and op._waiting is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(script=SCRIPT, lateness=st.sampled_from([0, 5]), data=st.data())
+def test_a_step_restored_from_a_snapshot_at_any_point_goes_on_as_if_never_stopped(script, lateness, data):
+    script = sorted_marks(script)
+    at = data.draw(st.integers(0, len(script)))
+    _, got, want = run(script, lateness, restart_at=at)
+    assert got == want
+
+
+def sorted_marks(script):
+    out, mark = [], -1
+    for kind, item in script:
+        if kind == "wm":
+            mark = max(mark, item)
+            item = mark
+        out.append((kind, item))
+    return out
+
+
+def test_a_bid_before_its_auction_waits_and_joins_it_and_one_after_the_watermark_passed_its_time_is_late():
+    op = lifetime()
+    op.process(arrow_rows([("a1", 7, 12, None)]))  # a bid that came before its auction
+    op.on_watermark(5)
+    assert fired(op.process(arrow_rows([("a1", None, 10, 20), ("a1", 9, 15, None)]))) == []
+    op.on_watermark(11)
+    op.process(arrow_rows([("a1", 3, 11, None), ("a2", 1, 8, None)]))  # in the window; a2's time has passed
+    assert late(op) == [("a2", 1, 8)]
+    assert fired(op.on_watermark(20)) == [("a1", 10, 21, (4, 9, 7, 3), False)]
+    assert op.state == {} and op._waiting is None
+
+
+def test_waiting_rows_are_in_the_snapshot_under_pending_and_their_keys_marked_changed():
+    op = lifetime()
+    op.process(arrow_rows([("a", 1, 50, None), ("b", 2, 60, None)]))
+    changelog = StateChangelog(incremental=True, base_every=4, compact_above=10 ** 9)
+    keyed, _, _ = changelog.capture([op])
+    assert keyed["w"] == {"a": {PENDING: [(50, ("a", 1))]}, "b": {PENDING: [(60, ("b", 2))]}}
+    changelog.parts = []  # as if the full snapshot were uploaded: the next is incremental
+    op.on_watermark(55)  # a's waiting row is dropped: the next snapshot deletes it
+    keyed, incremental, _ = changelog.capture([op])
+    assert incremental and keyed["w"] == ({"b": {PENDING: [(60, ("b", 2))]}}, ["a"])
+
+
+def test_an_end_before_the_rows_time_fails_the_batch_and_nothing_changes():
+    op = lifetime()
+    op.process(arrow_rows([("a", 1, 5, 30)]))
+    with pytest.raises(RecordFailure, match="ends .* before the row's own time"):
+        op.process(arrow_rows([("a", 2, 10, None), ("b", 1, 20, 10)]))
+    assert fired(op.on_watermark(MAX_TIME)) == [("a", 5, 31, (1, 1, 1, 1), False)]
+
+
+def test_timestamps_as_the_end_column():
+    op = lifetime()
+    batch = pa.RecordBatch.from_arrays([pa.array(["a", "a"]), pa.array([1, 2]),
+                                        pa.array([30_000_000, None], pa.timestamp("us", tz="UTC"))],
+                                       names=["k", "v", "end"])
+    op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10, 30], dtype=np.int64)))
+    assert fired(op.on_watermark(29_999)) == []
+    assert fired(op.on_watermark(30_000)) == [("a", 10, 30_001, (2, 2, 1, 2), False)]
