@@ -5,6 +5,8 @@
 - The subtask holding the sliding windows of columnar Nexmark bids is killed mid-run: the
   committed output has every (auction, window) once, with the count and top price of
   exactly its bids.
+- The subtask of columnar q4's auction windows (Lifetime) is killed mid-run: every
+  auction's winner is committed once, the highest bid of its lifetime.
 - Text read as Arrow (`FileSource(columnar=True)`) with its source subtask killed: each
   word's last committed total is its count in the files (extended).
 - jobs/billing_arrow.py with the subtasks of its invoices and its totals killed in turn:
@@ -159,6 +161,31 @@ def test_the_windowing_subtask_killed(tmp_path):
     got = window_rows(rows)
     assert len(dict(got)) == len(got), "a window committed twice"
     assert dict(got) == bid_windows(WINDOW_CONFIG, 10_000, 2_000)
+
+
+NEXMARK = Path(__file__).resolve().parents[2] / "jobs" / "nexmark"
+
+
+def test_the_subtask_of_auction_lifetimes_killed(tmp_path):
+    """Columnar q4's winners: a Lifetime window per auction, bids waiting for their auction
+    (out of order by half a second). Every auction that had a bid in its lifetime is
+    committed once, with its highest such bid."""
+    q4 = runpy.run_path(str(NEXMARK / "columnar" / "q4.py"), run_name="nexmark_q4_arrow")
+    out = str(tmp_path / "out")
+    job = rs.Job("lifetime-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),
+                 runtime=rs.RuntimeConfig(arrow_batch_size=1000))
+    q4["winners"](WINDOW_CONFIG, job).select("winner", {"auction": pc.field("auction"), "price": pc.field("price")}) \
+        .sink("out", FileSink(out, format="parquet"))
+    handle = job.start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    wait_until(lambda: handle.status().steps["winners"].records_out > 0, "auctions closed")
+    kill_step_and_finish(handle, "winners")
+
+    rows = read_files(out, format="parquet")
+    got = collections.Counter(r["auction"] for r in rows)
+    assert [a for a, n in got.items() if n > 1] == [], "an auction committed twice"
+    _, best = q4["_PER_RECORD"]["winners"](nx.events(WINDOW_CONFIG))
+    assert {r["auction"]: r["price"] for r in rows} == best
 
 
 BILLING_ARROW = Path(__file__).resolve().parents[2] / "jobs" / "billing_arrow.py"

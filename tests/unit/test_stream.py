@@ -158,6 +158,9 @@ def test_a_columnar_join_names_its_columns_and_suffixes_a_clash():
     (lambda k, _: k.window(rs.windows.Tumbling(1)).aggregate("w", rs.windows.Aggregator(list, max, max), n=agg.count()),
      r"an Aggregator or named aggregates"),
     (lambda k, r: k.join("j", r, rs.windows.Tumbling(1), suffixes=("_x", "_x")), r"suffixes must be two different"),
+    (lambda k, _: k.window(rs.windows.Lifetime("expires")).reduce("w", max), r"Lifetime windows are opened by Arrow rows"),
+    (lambda k, _: k.window(rs.windows.Lifetime("")).aggregate("w", n=agg.count()), r"Lifetime\(end\) takes the name"),
+    (lambda k, r: k.join("j", r, rs.windows.Lifetime("price")), r"a join takes a Tumbling or Sliding"),
     (lambda k, r: k.join("j", r.map("m", len).key_by("kk", lambda x: x), rs.windows.Tumbling(1)),
      r"a join without a function joins Arrow rows and needs two streams keyed by columns"),
 ])
@@ -167,6 +170,13 @@ def test_columnar_window_mistakes_are_refused_when_defined(build, message):
     other = timed_source(job, "other").key_by("by_other", "auction")
     with pytest.raises(rs.JobDefinitionError, match=message):
         build(keyed, other)
+
+
+def test_a_lifetime_windows_end_column_must_be_among_the_known_columns():
+    job = rs.Job("w")
+    keyed = timed_source(job, columns=("auction", "price", "date_time")).key_by("by_auction", "auction")
+    with pytest.raises(rs.JobDefinitionError, match=r"the windows' end column 'expires' is not among the stream's"):
+        keyed.window(rs.windows.Lifetime("expires")).aggregate("w", n=agg.count())
 
 
 def test_window_aggregates_by_name_need_a_stream_keyed_by_columns():

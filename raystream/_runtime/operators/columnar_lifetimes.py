@@ -25,7 +25,7 @@ L5 the partials per window (Arrow), folded into the windows' states in Python.
 
 The waiting rows are held as Arrow (not per key) and dropped when the watermark reaches
 their time plus the allowed lateness. Snapshots see them in the per-key state, under the
-key `PENDING` of a key's windows, as (time, row) pairs: `settle()` writes them there
+key `PENDING` of a key's windows, as columns (`Waiting`): `settle()` writes them there
 before every snapshot reads the state (and marks their keys changed, I1), and `restore`
 takes them back out.
 """
@@ -42,6 +42,7 @@ from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys
 from raystream._runtime.transport.batch import time_array
+from raystream.errors import RestoreError
 from raystream.graph import Step
 
 #: Where a key's waiting rows are in its windows' dict when a snapshot reads the state.
@@ -66,6 +67,25 @@ def end_millis(column: Any) -> tuple[np.ndarray, np.ndarray]:
     return column.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False), has
 
 
+#: A key's waiting rows in a snapshot: (the column names, the times, one list per column).
+Waiting = tuple[tuple[str, ...], list[int], list[list[Any]]]
+
+
+def _table_of(blocks: list[Waiting]) -> tuple[pa.Table | None, np.ndarray]:
+    """The waiting rows of restored keys as one table (types as Arrow infers them; cast to
+    the batches' types when the next batch comes) and their times."""
+    if not blocks:
+        return None, np.empty(0, dtype=np.int64)
+    names = blocks[0][0]
+    columns = [pa.array([v for _, _, block in blocks for v in block[i]]) for i in range(len(names))]
+    times = np.asarray([t for _, ts, _ in blocks for t in ts], dtype=np.int64)
+    return pa.Table.from_arrays(columns, names=list(names)), times
+
+
+def _is_window(w: Any) -> bool:
+    return type(w) is tuple and len(w) == 2 and all(type(x) is int for x in w)
+
+
 class LifetimeWindowOp(ArrowWindowOp):
     """Windows opened by rows of the stream, each to the end the row carries."""
 
@@ -75,7 +95,6 @@ class LifetimeWindowOp(ArrowWindowOp):
         self.end_column: str = self.assigner.end
         self._waiting: pa.Table | None = None  # the waiting rows: the columns `values` takes
         self._waiting_times = np.empty(0, dtype=np.int64)
-        self._restored: list[tuple[Any, int, tuple[Any, ...]]] = []  # waiting rows a restore gave, not yet Arrow
         self._settled: set[Any] = set()  # the keys with a PENDING entry in the state
 
     # --- a batch in ---------------------------------------------------------------------
@@ -96,7 +115,6 @@ class LifetimeWindowOp(ArrowWindowOp):
                 exc, f"{self.what} in Lifetime windows failed on a batch with columns {', '.join(rows.schema.names)}"))
         touched = self._commit(new)
         (self._waiting, self._waiting_times), waited = waiting
-        self._restored = []
         self.changed.update(waited)  # I1
         if late is not None:
             self.late_records += self.late_rows.add(inner, times, late)
@@ -150,7 +168,10 @@ class LifetimeWindowOp(ArrowWindowOp):
         waiting_after = (table.filter(pa.array(wait)), times[wait]) if wait.any() else (None, np.empty(0, np.int64))
 
         keys = distinct.keys  # I1: rows that wait or stop waiting change their key's state
-        waited = np.unique(np.concatenate([codes[wait], codes[:held]])).tolist()
+        marked = np.zeros(len(keys), dtype=bool)
+        marked[codes[wait]] = True
+        marked[codes[:held]] = True
+        waited = np.flatnonzero(marked).tolist()
         new = self._folded(table, pair_rows, pair_windows, keys, win_codes, win_starts, win_ends)
         return late, new, (waiting_after, [keys[c] for c in waited])
 
@@ -171,12 +192,12 @@ class LifetimeWindowOp(ArrowWindowOp):
         all_codes = np.concatenate([np.asarray(found_codes, dtype=np.int64), codes[opening]])
         all_starts = np.concatenate([np.asarray(found_starts, dtype=np.int64), times[opening]])
         all_ends = np.concatenate([np.asarray(found_ends, dtype=np.int64), ends[opening] + 1])
+        order = np.lexsort((all_ends, all_starts, all_codes))
+        all_codes, all_starts, all_ends = all_codes[order], all_starts[order], all_ends[order]
         if len(opening):  # a window opened twice (or already open) is one window
-            unique = np.unique(np.stack([all_codes, all_starts, all_ends], axis=1), axis=0)
-            all_codes, all_starts, all_ends = unique[:, 0].copy(), unique[:, 1].copy(), unique[:, 2].copy()
-        else:
-            order = np.argsort(all_codes, kind="stable")
-            all_codes, all_starts, all_ends = all_codes[order], all_starts[order], all_ends[order]
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = (np.diff(all_codes) != 0) | (np.diff(all_starts) != 0) | (np.diff(all_ends) != 0)
+            all_codes, all_starts, all_ends = all_codes[first], all_starts[first], all_ends[first]
         return all_codes, all_starts, all_ends
 
     def _folded(self, table: pa.Table, pair_rows: np.ndarray, pair_windows: np.ndarray, keys: list[Any],
@@ -201,30 +222,27 @@ class LifetimeWindowOp(ArrowWindowOp):
     # --- the waiting rows -------------------------------------------------------------
 
     def _waiting_rows(self, schema: pa.Schema) -> tuple[pa.Table | None, np.ndarray]:
-        """The waiting rows as Arrow in `schema` (the restored ones made so first)."""
-        if not self._restored:
-            if self._waiting is not None and self._waiting.schema != schema:
-                return self._waiting.cast(schema), self._waiting_times
-            return self._waiting, self._waiting_times
-        rows = [row for _, _, row in self._restored]
-        columns = [pa.array([row[i] for row in rows], type=field.type) for i, field in enumerate(schema)]
-        restored = pa.Table.from_arrays(columns, schema=schema)
-        times = np.asarray([t for _, t, _ in self._restored], dtype=np.int64)
-        if self._waiting is None:
-            return restored, times
-        return pa.concat_tables([restored, self._waiting.cast(schema)]), np.concatenate([times, self._waiting_times])
+        """The waiting rows as Arrow in `schema` (restored ones may have other types)."""
+        if self._waiting is not None and self._waiting.schema != schema:
+            return self._waiting.cast(schema), self._waiting_times
+        return self._waiting, self._waiting_times
 
-    def _by_key(self) -> dict[Any, list[tuple[int, tuple[Any, ...]]]]:
-        """The waiting rows per key, (time, row) in the order they came."""
-        out: dict[Any, list[tuple[int, tuple[Any, ...]]]] = {}
-        for key, t, row in self._restored:
-            out.setdefault(key, []).append((t, row))
-        if self._waiting is not None and self._waiting.num_rows:
-            keys = distinct_keys(self._waiting, tuple(self.key_columns)).per_row()
-            rows = zip(*(self._waiting.column(i).to_pylist() for i in range(self._waiting.num_columns)))
-            for key, t, row in zip(keys, self._waiting_times.tolist(), rows):
-                out.setdefault(key, []).append((t, row))
-        return out
+    def _by_key(self) -> dict[Any, Waiting]:
+        """The waiting rows per key, each key's in the order they came, as columns:
+        Python runs per key and per column, the values are converted in bulk."""
+        table = self._waiting
+        if table is None or not table.num_rows:
+            return {}
+        distinct = distinct_keys(table, tuple(self.key_columns))
+        order = np.argsort(distinct.rows, kind="stable")
+        codes = distinct.rows[order]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist() + [len(codes)]
+        table = table.take(pa.array(order))
+        names = tuple(table.column_names)
+        columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+        times = self._waiting_times[order].tolist()
+        return {distinct.keys[int(codes[a])]: (names, times[a:b], [c[a:b] for c in columns])
+                for a, b in zip(bounds, bounds[1:])}
 
     def settle(self) -> None:
         """Before a snapshot reads the state: each key's waiting rows under PENDING in its
@@ -237,25 +255,31 @@ class LifetimeWindowOp(ArrowWindowOp):
                 if not windows:
                     del self._state[key]
             self.changed.add(key)
-        for key, rows in now.items():
-            self._state.setdefault(key, {})[PENDING] = rows
+        for key, waiting in now.items():
+            self._state.setdefault(key, {})[PENDING] = waiting
             self.changed.add(key)
         self._settled = set(now)
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        restored, settled = [], set()
+        blocks: list[Waiting] = []
+        settled = set()
         for key in list(state):
             windows = state[key]
-            rows = windows.pop(PENDING, None) if isinstance(windows, dict) else None
-            if rows is not None:
+            if not isinstance(windows, dict) or not all(w == PENDING or _is_window(w) for w in windows):
+                raise RestoreError(
+                    f"step {self.step_id!r}: the checkpoint holds state of another kind of step under this id (not "
+                    "windows); restore it with the job that wrote it, give this step another id, or start without "
+                    "resume")
+            waiting = windows.pop(PENDING, None)
+            if waiting is not None:
                 settled.add(key)
-                restored.extend((key, t, row) for t, row in rows)
+                blocks.append(waiting)
                 if not windows:
                     del state[key]
         super().restore(state, watermark)
         self._columnar, self._tables = False, None
-        self._waiting, self._waiting_times = None, np.empty(0, dtype=np.int64)
-        self._restored, self._settled = restored, settled
+        self._waiting, self._waiting_times = _table_of(blocks)
+        self._settled = settled
         self._expire()
 
     # --- time -------------------------------------------------------------------------
@@ -268,10 +292,6 @@ class LifetimeWindowOp(ArrowWindowOp):
     def _expire(self) -> None:
         """Drop the waiting rows whose time plus the allowed lateness the watermark reached."""
         limit = self.watermark - self.lateness
-        if self._restored:
-            kept = [r for r in self._restored if r[1] > limit]
-            self.changed.update(key for key, t, _ in self._restored if t <= limit)
-            self._restored = kept
         if self._waiting is not None:
             gone = self._waiting_times <= limit
             if gone.any():

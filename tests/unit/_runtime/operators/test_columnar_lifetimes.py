@@ -18,7 +18,9 @@ from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.time.watermarks import MAX_TIME
 from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
+from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind, WindowSpec
+from raystream.process import KeyState
 from raystream.windows import Lifetime
 
 AGGREGATES = (("n", agg.count()), ("top", agg.max("v")), ("first", agg.first("v")), ("last", agg.last("v")))
@@ -195,11 +197,12 @@ def test_waiting_rows_are_in_the_snapshot_under_pending_and_their_keys_marked_ch
     op.process(arrow_rows([("a", 1, 50, None), ("b", 2, 60, None)]))
     changelog = StateChangelog(incremental=True, base_every=4, compact_above=10 ** 9)
     keyed, _, _ = changelog.capture([op])
-    assert keyed["w"] == {"a": {PENDING: [(50, ("a", 1))]}, "b": {PENDING: [(60, ("b", 2))]}}
+    assert keyed["w"] == {"a": {PENDING: (("k", "v"), [50], [["a"], [1]])},
+                          "b": {PENDING: (("k", "v"), [60], [["b"], [2]])}}
     changelog.parts = []  # as if the full snapshot were uploaded: the next is incremental
     op.on_watermark(55)  # a's waiting row is dropped: the next snapshot deletes it
     keyed, incremental, _ = changelog.capture([op])
-    assert incremental and keyed["w"] == ({"b": {PENDING: [(60, ("b", 2))]}}, ["a"])
+    assert incremental and keyed["w"] == ({"b": {PENDING: (("k", "v"), [60], [["b"], [2]])}}, ["a"])
 
 
 def test_an_end_before_the_rows_time_fails_the_batch_and_nothing_changes():
@@ -218,3 +221,9 @@ def test_timestamps_as_the_end_column():
     op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10, 30], dtype=np.int64)))
     assert fired(op.on_watermark(29_999)) == []
     assert fired(op.on_watermark(30_000)) == [("a", 10, 30_001, (2, 2, 1, 2), False)]
+
+
+def test_state_of_another_kind_of_step_under_the_id_is_refused_on_restore():
+    """The columnar q4 of 0.6.0 found winners with a `process` step of the same id."""
+    with pytest.raises(RestoreError, match="another kind of step"):
+        lifetime().restore({7: KeyState(value=(None, None, ()))}, 0)
