@@ -40,6 +40,7 @@ from raystream._runtime.operators.aggregate import arrow_keyed_input, unused_nam
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.plan.failure import RecordFailure
+from raystream._runtime.time.timers import SpreadTimers
 from raystream._runtime.transport.arrow_keys import distinct_keys
 from raystream._runtime.transport.batch import time_array
 from raystream.errors import RestoreError
@@ -92,6 +93,7 @@ class LifetimeWindowOp(ArrowWindowOp):
     def __init__(self, step: Step):
         super().__init__(step)
         self._columnar, self._tables = False, None  # the windows differ in size: per key
+        self.timers = SpreadTimers()  # a window's own end: hardly two windows share a timer
         self.end_column: str = self.assigner.end
         self._waiting: pa.Table | None = None  # the waiting rows: the columns `values` takes
         self._waiting_times = np.empty(0, dtype=np.int64)
@@ -148,10 +150,10 @@ class LifetimeWindowOp(ArrowWindowOp):
         late_openers, opening = opening[late_window], opening[~late_window]
 
         win_codes, win_starts, win_ends = self._windows(distinct.keys, codes, opening, times, ends)  # L3
-        # L4: each row against each window of its key (sorted by key: a range per row)
-        lo = np.searchsorted(win_codes, codes, side="left")
-        hi = np.searchsorted(win_codes, codes, side="right")
-        counts = hi - lo
+        # L4: each row against each window of its key (sorted by key: a range per key)
+        per_key = np.bincount(win_codes, minlength=len(distinct.keys))
+        lo = (np.cumsum(per_key) - per_key)[codes]
+        counts = per_key[codes]
         pair_rows = np.repeat(np.arange(len(codes), dtype=np.int64), counts)
         offsets = np.arange(len(pair_rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         pair_windows = np.repeat(lo, counts) + offsets
@@ -180,9 +182,7 @@ class LifetimeWindowOp(ArrowWindowOp):
         """Every window of the keys present (code, start, end), sorted by code: those in the
         state (Python, once per distinct key) and those the opening rows open."""
         found_codes, found_starts, found_ends = [], [], []
-        get = self._state.get
-        for code, key in enumerate(keys):
-            windows = get(key)
+        for code, windows in enumerate(map(self._state.get, keys)):  # the lookups in C, the loop per key held
             if windows:
                 for w in windows:
                     if w != PENDING:

@@ -13,6 +13,8 @@ import itertools
 import time
 from typing import Any, Iterator
 
+import numpy as np
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -79,3 +81,51 @@ class GroupedTimers:
             self._n -= len(keys)
             for key in keys:
                 yield t, key, payload
+
+
+class SpreadTimers:
+    """Timers whose times mostly differ (a window per auction, each to its own end), with
+    `GroupedTimers`' interface: a push appends to lists (no heap, no entry per time), and
+    `pop_due` finds the due ones with numpy over all held (keys and payloads in object
+    arrays, so picking them runs in C). They come out as from `GroupedTimers` when every
+    (time, payload) differs: by time, then in the order pushed; timers pushed while
+    iterating come out too if due, after those due before."""
+
+    def __init__(self) -> None:
+        self._times = np.empty(0, dtype=np.int64)
+        self._keys = np.empty(0, dtype=object)
+        self._payloads = np.empty(0, dtype=object)
+        self._new: list[tuple[int, Any, Any]] = []  # pushed since they were last taken in
+
+    def __len__(self) -> int:
+        return len(self._times) + len(self._new)
+
+    def push(self, t: int, key: Any, payload: Any = None) -> None:
+        self._new.append((t, key, payload))
+
+    def _take_new(self) -> None:
+        new, n = self._new, len(self._new)
+        if n:
+            self._new = []
+            self._times = np.concatenate([self._times, np.fromiter((t for t, _, _ in new), dtype=np.int64, count=n)])
+            self._keys = np.concatenate([self._keys, np.fromiter((k for _, k, _ in new), dtype=object, count=n)])
+            self._payloads = np.concatenate([self._payloads,
+                                             np.fromiter((p for _, _, p in new), dtype=object, count=n)])
+
+    def next_time(self) -> int | None:
+        self._take_new()
+        return int(self._times.min()) if len(self._times) else None
+
+    def pop_due(self, now: int) -> Iterator[tuple[int, Any, Any]]:
+        """Timers with time <= now, in time order (including those pushed while iterating)."""
+        while True:
+            self._take_new()
+            due = self._times <= now
+            if not due.any():
+                return
+            picked = np.flatnonzero(due)
+            picked = picked[np.argsort(self._times[picked], kind="stable")]
+            fired = zip(self._times[picked].tolist(), self._keys[picked].tolist(), self._payloads[picked].tolist())
+            kept = ~due
+            self._times, self._keys, self._payloads = self._times[kept], self._keys[kept], self._payloads[kept]
+            yield from fired
