@@ -12,10 +12,13 @@ Per batch, with numpy over all rows and Python once per distinct key and per (ke
 window) the batch touches:
 
 L1 the waiting rows come first, then the batch's rows (so `first` and `last` see the
-   waiting rows first, in the order they came);
+   waiting rows first, in the order they came); each segment of them (one Arrow schema,
+   operators/lifetime_waiting.py) and the batch are grouped apart, and their rows meet
+   by their Python keys;
 L2 each opening row's window, unless it is late (end + allowed lateness <= watermark:
    then the opening row is a late row, and no window opens); an end before the row's
-   own time fails the batch;
+   own time fails the batch; an end past `MAX_END` (about 292 million years) is taken
+   as `MAX_END`, so the window fires at the end of the input;
 L3 the windows of the batch's keys: those in the state, and the new ones;
 L4 every row goes to each window of its key that holds its time (a row may be in
    several); a new row in none waits, or goes to the late output if its time plus the
@@ -25,9 +28,10 @@ L5 the partials per window (Arrow), folded into the windows' states in Python.
 
 The waiting rows are held as Arrow (not per key) and dropped when the watermark reaches
 their time plus the allowed lateness. Snapshots see them in the per-key state, under the
-key `PENDING` of a key's windows, as columns (`Waiting`): `settle()` writes them there
-before every snapshot reads the state (and marks their keys changed, I1), and `restore`
-takes them back out.
+key `PENDING` of a key's windows (operators/lifetime_waiting.py): `settle()` writes them
+there before every snapshot reads the state (and marks their keys changed, I1), and
+`restore` takes them back out. The step's `state_meta` says its windows are Lifetime
+windows, so no other window step of the id takes its state, nor it theirs.
 """
 from __future__ import annotations
 
@@ -39,48 +43,44 @@ import pyarrow as pa
 from raystream._runtime.operators.aggregate import arrow_keyed_input, unused_name
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.lifetime_waiting import PENDING, Segment, WaitingRows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import SpreadTimers
+from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
 from raystream._runtime.transport.arrow_keys import distinct_keys
 from raystream._runtime.transport.batch import time_array
 from raystream.errors import RestoreError
 from raystream.graph import Step
 
-#: Where a key's waiting rows are in its windows' dict when a snapshot reads the state.
-PENDING = "pending"
+__all__ = ["LifetimeWindowOp", "PENDING", "end_millis"]
 
 _NONE: dict = {}
+_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
+MAX_END = MAX_TIME // 2  # an end past it is taken as it: end + 1 + allowed lateness stays an int64
 
 
 def end_millis(column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(each row's end in milliseconds, whether it has one) of the end column: integers
-    (milliseconds) or timestamps."""
+    """(each row's end in milliseconds, floored, at most MAX_END; whether it has one) of
+    the end column: integers (milliseconds) or timestamps."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
-    if pa.types.is_timestamp(kind):
-        column = column.cast(pa.timestamp("ms", tz=kind.tz)).cast(pa.int64())
-    elif pa.types.is_null(kind):
-        column = pa.nulls(len(column), pa.int64())
-    elif not pa.types.is_integer(kind):
+    if not (pa.types.is_timestamp(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)):
         raise TypeError(f"a Lifetime window's end column holds milliseconds (integers) or timestamps; got {kind}")
     has = column.is_valid().to_numpy(zero_copy_only=False)
-    return column.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False), has
-
-
-#: A key's waiting rows in a snapshot: (the column names, the times, one list per column).
-Waiting = tuple[tuple[str, ...], list[int], list[list[Any]]]
-
-
-def _table_of(blocks: list[Waiting]) -> tuple[pa.Table | None, np.ndarray]:
-    """The waiting rows of restored keys as one table (types as Arrow infers them; cast to
-    the batches' types when the next batch comes) and their times."""
-    if not blocks:
-        return None, np.empty(0, dtype=np.int64)
-    names = blocks[0][0]
-    columns = [pa.array([v for _, _, block in blocks for v in block[i]]) for i in range(len(names))]
-    times = np.asarray([t for _, ts, _ in blocks for t in ts], dtype=np.int64)
-    return pa.Table.from_arrays(columns, names=list(names)), times
+    if pa.types.is_null(kind):
+        return np.zeros(len(column), dtype=np.int64), has
+    if pa.types.is_unsigned_integer(kind):
+        values = np.minimum(column.fill_null(0).to_numpy(zero_copy_only=False), MAX_END).astype(np.int64)
+    else:
+        values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(kind):
+        divisor = _DIVISORS[kind.unit]
+        if divisor < 0:
+            values = np.clip(values, MIN_TIME // -divisor, MAX_END // -divisor) * -divisor
+        else:
+            values = values // divisor  # floored, as event times from a timestamp column are
+    return np.minimum(values, MAX_END), has
 
 
 def _is_window(w: Any) -> bool:
@@ -95,8 +95,7 @@ class LifetimeWindowOp(ArrowWindowOp):
         self._columnar, self._tables = False, None  # the windows differ in size: per key
         self.timers = SpreadTimers()  # a window's own end: hardly two windows share a timer
         self.end_column: str = self.assigner.end
-        self._waiting: pa.Table | None = None  # the waiting rows: the columns `values` takes
-        self._waiting_times = np.empty(0, dtype=np.int64)
+        self.waiting = WaitingRows(tuple(self.key_columns))
         self._settled: set[Any] = set()  # the keys with a PENDING entry in the state
 
     # --- a batch in ---------------------------------------------------------------------
@@ -111,34 +110,42 @@ class LifetimeWindowOp(ArrowWindowOp):
                 "or add a with_event_time step before the key_by"))
         times = time_array(times)
         try:
-            late, new, waiting = self._assigned(rows, times)
+            late, new, waiting, waited = self._assigned(rows, times)
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
             return self._batch_failed(inner, explained(
                 exc, f"{self.what} in Lifetime windows failed on a batch with columns {', '.join(rows.schema.names)}"))
         touched = self._commit(new)
-        (self._waiting, self._waiting_times), waited = waiting
+        self.waiting.replace(waiting)
         self.changed.update(waited)  # I1
         if late is not None:
             self.late_records += self.late_rows.add(inner, times, late)
         return self._updates(touched)
 
-    def _assigned(self, rows: pa.RecordBatch, times: np.ndarray) -> tuple[np.ndarray | None, dict[Any, Any], Any]:
-        """(the batch's late rows or None, the new state of each window touched, (the rows
-        waiting after the batch with their times, the keys whose waiting rows changed)).
-        Nothing changes yet."""
+    def _limit(self) -> int:
+        """The newest time a row can have and be late: the watermark minus the lateness."""
+        return max(self.watermark - self.lateness, MIN_TIME)
+
+    def _assigned(self, rows: pa.RecordBatch, times: np.ndarray
+                  ) -> tuple[np.ndarray | None, dict[Any, Any], list[Segment], list[Any]]:
+        """(the batch's late rows or None, the new state of each window touched, the rows
+        waiting after the batch, the keys whose waiting rows changed). Nothing changes."""
         if self.end_column not in rows.schema.names:
             raise ValueError(f"no column {self.end_column!r} (the end of the Lifetime windows)")
-        ends, opens = end_millis(rows.column(self.end_column))
-        table = self.values(rows)
-        waiting, waiting_times = self._waiting_rows(table.schema)
-        held = 0 if waiting is None else waiting.num_rows
-        if held:  # L1
-            table = pa.concat_tables([waiting, table])
-            times = np.concatenate([waiting_times, times])
-            opens = np.concatenate([np.zeros(held, dtype=bool), opens])
-            ends = np.concatenate([np.zeros(held, dtype=np.int64), ends])
-        distinct = distinct_keys(table, tuple(self.key_columns))
-        codes = distinct.rows
+        new_ends, new_opens = end_millis(rows.column(self.end_column))
+        parts = [(s.table, s.times) for s in self.waiting.segments] + [(self.values(rows), times)]  # L1
+        index: dict[Any, int] = {}  # each Python key's code, over all parts
+        codes_of = []
+        for table, _ in parts:
+            distinct = distinct_keys(table, tuple(self.key_columns))
+            local = np.fromiter((index.setdefault(k, len(index)) for k in distinct.keys), dtype=np.int64,
+                                count=len(distinct.keys))
+            codes_of.append(local[distinct.rows])
+        keys = list(index)
+        held = sum(t.num_rows for t, _ in parts[:-1])
+        codes = np.concatenate(codes_of)
+        times = np.concatenate([t for _, t in parts]) if held else times
+        opens = np.concatenate([np.zeros(held, dtype=bool), new_opens])
+        ends = np.concatenate([np.zeros(held, dtype=np.int64), new_ends])
 
         opening = np.flatnonzero(opens)  # L2
         bad = ends[opening] < times[opening]
@@ -146,12 +153,12 @@ class LifetimeWindowOp(ArrowWindowOp):
             i = int(opening[np.argmax(bad)])
             raise ValueError(f"a row opens a Lifetime window that ends ({int(ends[i])}) before the row's own time "
                              f"({int(times[i])}); its end column {self.end_column!r} must be at or after its time")
-        late_window = ends[opening] + self.lateness <= self.watermark
-        late_openers, opening = opening[late_window], opening[~late_window]
+        limit = self._limit()
+        opening = opening[ends[opening] > limit]  # a late opener opens nothing; it is a row as any other
 
-        win_codes, win_starts, win_ends = self._windows(distinct.keys, codes, opening, times, ends)  # L3
+        win_codes, win_starts, win_ends = self._windows(keys, codes, opening, times, ends)  # L3
         # L4: each row against each window of its key (sorted by key: a range per key)
-        per_key = np.bincount(win_codes, minlength=len(distinct.keys))
+        per_key = np.bincount(win_codes, minlength=len(keys))
         lo = (np.cumsum(per_key) - per_key)[codes]
         counts = per_key[codes]
         pair_rows = np.repeat(np.arange(len(codes), dtype=np.int64), counts)
@@ -160,22 +167,27 @@ class LifetimeWindowOp(ArrowWindowOp):
         inside = (win_starts[pair_windows] <= times[pair_rows]) & (times[pair_rows] < win_ends[pair_windows])
         pair_rows, pair_windows = pair_rows[inside], pair_windows[inside]
         unplaced = np.ones(len(codes), dtype=bool)
-        unplaced[pair_rows] = False  # a late opener may be in another window of its key; if not, it is late
-        too_late = unplaced & (times + self.lateness <= self.watermark)
+        unplaced[pair_rows] = False
+        too_late = unplaced & (times <= limit)
         too_late[:held] = False  # a waiting row is dropped by the watermark, not found late
         wait = unplaced & ~too_late
-        late = too_late[held:] if too_late.any() else None
-        if late is not None:
-            late = late.copy()
-        waiting_after = (table.filter(pa.array(wait)), times[wait]) if wait.any() else (None, np.empty(0, np.int64))
+        late = too_late[held:].copy() if too_late.any() else None
 
-        keys = distinct.keys  # I1: rows that wait or stop waiting change their key's state
-        marked = np.zeros(len(keys), dtype=bool)
+        new: dict[Any, Any] = {}  # L5, part by part in the order of L1
+        waiting, offset = [], 0
+        for (table, part_times), n in zip(parts, [t.num_rows for t, _ in parts]):
+            mine = (pair_rows >= offset) & (pair_rows < offset + n)
+            if mine.any():
+                self._fold(table, pair_rows[mine] - offset, pair_windows[mine], keys, win_codes, win_starts,
+                           win_ends, new)
+            stays = wait[offset:offset + n]
+            if stays.any():
+                waiting.append(Segment(table.filter(pa.array(stays)), part_times[stays]))
+            offset += n
+        marked = np.zeros(len(keys), dtype=bool)  # I1: rows that wait or stop waiting change their key's state
         marked[codes[wait]] = True
         marked[codes[:held]] = True
-        waited = np.flatnonzero(marked).tolist()
-        new = self._folded(table, pair_rows, pair_windows, keys, win_codes, win_starts, win_ends)
-        return late, new, (waiting_after, [keys[c] for c in waited])
+        return late, new, waiting, [keys[c] for c in np.flatnonzero(marked).tolist()]
 
     def _windows(self, keys: list[Any], codes: np.ndarray, opening: np.ndarray, times: np.ndarray,
                  ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,11 +212,11 @@ class LifetimeWindowOp(ArrowWindowOp):
             all_codes, all_starts, all_ends = all_codes[first], all_starts[first], all_ends[first]
         return all_codes, all_starts, all_ends
 
-    def _folded(self, table: pa.Table, pair_rows: np.ndarray, pair_windows: np.ndarray, keys: list[Any],
-                win_codes: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray) -> dict[Any, Any]:
-        """L5: the new state of every window a row went to, keyed (key, (start, end))."""
-        if not len(pair_rows):
-            return {}
+    def _fold(self, table: pa.Table, pair_rows: np.ndarray, pair_windows: np.ndarray, keys: list[Any],
+              win_codes: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray, new: dict[Any, Any]) -> None:
+        """L5: the partials of one part's rows per window, folded into `new` (each window's
+        state so far: from an earlier part, or the state, or fresh). `pair_rows` are in
+        row order, so first and last see the rows as they came."""
         column = unused_name(table.column_names, "__raystream_window")
         placed = table.take(pa.array(pair_rows)).append_column(column, pa.array(pair_windows))
         groups = self.folds.group(placed, [column])
@@ -214,40 +226,20 @@ class LifetimeWindowOp(ArrowWindowOp):
         for i in groups.keys[0].to_pylist():
             key, w = keys[int(win_codes[i])], (int(win_starts[i]), int(win_ends[i]))
             ids.append((key, w))
-            entry = (get(key) or _NONE).get(w)
-            olds.append(fresh if entry is None else entry[0])
-        new, _ = self.folds.merge(ids, olds, groups.python_partials())
-        return new
+            before = new.get((key, w))
+            if before is None:
+                entry = (get(key) or _NONE).get(w)
+                before = fresh if entry is None else entry[0]
+            olds.append(before)
+        folded, _ = self.folds.merge(ids, olds, groups.python_partials())
+        new.update(folded)
 
-    # --- the waiting rows -------------------------------------------------------------
-
-    def _waiting_rows(self, schema: pa.Schema) -> tuple[pa.Table | None, np.ndarray]:
-        """The waiting rows as Arrow in `schema` (restored ones may have other types)."""
-        if self._waiting is not None and self._waiting.schema != schema:
-            return self._waiting.cast(schema), self._waiting_times
-        return self._waiting, self._waiting_times
-
-    def _by_key(self) -> dict[Any, Waiting]:
-        """The waiting rows per key, each key's in the order they came, as columns:
-        Python runs per key and per column, the values are converted in bulk."""
-        table = self._waiting
-        if table is None or not table.num_rows:
-            return {}
-        distinct = distinct_keys(table, tuple(self.key_columns))
-        order = np.argsort(distinct.rows, kind="stable")
-        codes = distinct.rows[order]
-        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist() + [len(codes)]
-        table = table.take(pa.array(order))
-        names = tuple(table.column_names)
-        columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        times = self._waiting_times[order].tolist()
-        return {distinct.keys[int(codes[a])]: (names, times[a:b], [c[a:b] for c in columns])
-                for a, b in zip(bounds, bounds[1:])}
+    # --- the waiting rows in snapshots --------------------------------------------------
 
     def settle(self) -> None:
         """Before a snapshot reads the state: each key's waiting rows under PENDING in its
         windows, and no PENDING entry for keys that have none any more (I1: all changed)."""
-        now = self._by_key()
+        now = self.waiting.by_key()
         for key in self._settled - now.keys():
             windows = self._state.get(key)
             if windows is not None:
@@ -261,8 +253,7 @@ class LifetimeWindowOp(ArrowWindowOp):
         self._settled = set(now)
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        blocks: list[Waiting] = []
-        settled = set()
+        blocks, settled = [], set()
         for key in list(state):
             windows = state[key]
             if not isinstance(windows, dict) or not all(w == PENDING or _is_window(w) for w in windows):
@@ -278,27 +269,25 @@ class LifetimeWindowOp(ArrowWindowOp):
                     del state[key]
         super().restore(state, watermark)
         self._columnar, self._tables = False, None
-        self._waiting, self._waiting_times = _table_of(blocks)
+        self.waiting = WaitingRows.restored(tuple(self.key_columns), blocks)
         self._settled = settled
-        self._expire()
+        self.changed.update(self.waiting.expire(self._limit()))
+
+    def state_meta(self) -> dict[str, Any]:
+        return {**super().state_meta(), "windows": "lifetime"}
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        for meta in metas:
+            if isinstance(meta, dict) and meta.get("op") == "window" and meta.get("windows") != "lifetime":
+                raise RestoreError(
+                    f"step {self.step_id!r}: the checkpoint's state was made by a window step of other windows "
+                    "(tumbling, sliding or session), and this step's are Lifetime windows; restore with the job's "
+                    "original windows, give this step another id, or start without resume")
+        super().restore_meta(metas)
 
     # --- time -------------------------------------------------------------------------
 
     def on_watermark(self, watermark: int) -> Any:
         out = super().on_watermark(watermark)
-        self._expire()
+        self.changed.update(self.waiting.expire(self._limit()))
         return out
-
-    def _expire(self) -> None:
-        """Drop the waiting rows whose time plus the allowed lateness the watermark reached."""
-        limit = self.watermark - self.lateness
-        if self._waiting is not None:
-            gone = self._waiting_times <= limit
-            if gone.any():
-                dropped = self._waiting.filter(pa.array(gone))
-                self.changed.update(distinct_keys(dropped, tuple(self.key_columns)).keys)
-                if gone.all():
-                    self._waiting, self._waiting_times = None, np.empty(0, dtype=np.int64)
-                else:
-                    self._waiting = self._waiting.filter(pa.array(~gone))
-                    self._waiting_times = self._waiting_times[~gone]

@@ -48,6 +48,7 @@ from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import GroupedTimers, now_ms
 from raystream._runtime.transport.batch import Timed, time_array
+from raystream.errors import RestoreError
 from raystream.graph import Step
 from raystream.windows import WINDOW_COLUMNS
 
@@ -150,6 +151,12 @@ class ArrowWindowOp(TimedWindows):
         """Refuse other aggregates; take the output's types the old subtasks knew (a
         snapshot from before they were kept has none: fired before any batch, a window's
         columns are typed from its values)."""
+        if not self.assigner.opened_by_rows and any(isinstance(m, dict) and m.get("windows") == "lifetime"
+                                                    for m in metas):
+            raise RestoreError(
+                f"step {self.step_id!r}: the checkpoint's state was made by a window step of Lifetime windows, and "
+                "this step's windows are others; restore with the job's original windows, give this step another "
+                "id, or start without resume")
         self.folds.check_restored(self.step_id, metas, "window")
         n = len(self.key_columns)
         for meta in metas:

@@ -158,7 +158,7 @@ def restored(op, lateness):
 def test_the_step_fires_what_the_rules_give_row_by_row(script, lateness):
     op, got, want = run(sorted_marks(script), lateness)
     assert got == want
-    assert op.state == {} and op._waiting is None
+    assert op.state == {} and len(op.waiting) == 0
 
 
 @settings(max_examples=100, deadline=None)
@@ -189,7 +189,7 @@ def test_a_bid_before_its_auction_waits_and_joins_it_and_one_after_the_watermark
     op.process(arrow_rows([("a1", 3, 11, None), ("a2", 1, 8, None)]))  # in the window; a2's time has passed
     assert late(op) == [("a2", 1, 8)]
     assert fired(op.on_watermark(20)) == [("a1", 10, 21, (4, 9, 7, 3), False)]
-    assert op.state == {} and op._waiting is None
+    assert op.state == {} and len(op.waiting) == 0
 
 
 def test_waiting_rows_are_in_the_snapshot_under_pending_and_their_keys_marked_changed():
@@ -227,3 +227,75 @@ def test_state_of_another_kind_of_step_under_the_id_is_refused_on_restore():
     """The columnar q4 of 0.6.0 found winners with a `process` step of the same id."""
     with pytest.raises(RestoreError, match="another kind of step"):
         lifetime().restore({7: KeyState(value=(None, None, ()))}, 0)
+
+
+def typed_rows(keys, values, times, ends, key_type=pa.string(), value_type=None) -> Timed:
+    batch = pa.RecordBatch.from_arrays([pa.array(keys, key_type), pa.array(values, value_type),
+                                        pa.array(ends, pa.int64())], names=["k", "v", "end"])
+    return Timed(ArrowKeyed(batch, ("k",)), np.array(times, dtype=np.int64))
+
+
+#: (rows that wait, the batch that opens their window, what fires): review 37 found that the
+#: waiting rows were cast to each new batch's types, so a column of nulls after one of
+#: ints, or int16 keys after int64 ones, failed every later batch; and a waiting key "5"
+#: was cast into the window of the key 5.
+OTHER_TYPES = {
+    "values of nulls": (typed_rows(["a"], [7], [12], [None], value_type=pa.int64()),
+                        typed_rows(["a"], [None], [10], [30]), [("a", 10, 31, (2, 7, 7, 7), False)]),
+    "narrower keys": (typed_rows([1000], [3], [12], [None], key_type=pa.int64(), value_type=pa.int64()),
+                      typed_rows([1000], [1], [10], [30], key_type=pa.int16(), value_type=pa.int8()),
+                      [(1000, 10, 31, (2, 3, 3, 1), False)]),  # the waiting row first
+    "a key of another type": (typed_rows(["5"], [4], [12], [None], value_type=pa.int64()),
+                              typed_rows([5], [1], [10], [30], key_type=pa.int64(), value_type=pa.int64()),
+                              [(5, 10, 31, (1, 1, 1, 1), False)]),
+}
+
+
+@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize("case", sorted(OTHER_TYPES))
+def test_waiting_rows_of_other_types_than_the_next_batch_meet_it_by_their_python_keys(case, restart):
+    waiting, opener, want = OTHER_TYPES[case]
+    op = lifetime()
+    op.process(waiting)
+    if restart:
+        op = restored(op, 0)
+    op.process(opener)
+    assert fired(op.on_watermark(MAX_TIME)) == want
+
+
+@pytest.mark.parametrize("unit, end", [("us", 30_000_500), ("ns", 30_000_500_000)])
+def test_an_end_timestamp_below_a_millisecond_is_floored(unit, end):
+    op = lifetime()
+    batch = pa.RecordBatch.from_arrays([pa.array(["a", "a"]), pa.array([1, 2]),
+                                        pa.array([end, None], pa.timestamp(unit, tz="UTC"))], names=["k", "v", "end"])
+    op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([10, 30_000], dtype=np.int64)))
+    assert fired(op.on_watermark(30_000)) == [("a", 10, 30_001, (2, 2, 1, 2), False)]
+
+
+@pytest.mark.parametrize("lateness", [0, 5])
+def test_an_end_at_the_largest_time_fires_its_window_at_the_end_of_the_input(lateness):
+    """Review 37: end + 1 wrapped around past int64, and the window held no row, silently."""
+    op = lifetime(lateness)
+    op.process(arrow_rows([("a", 1, 10, MAX_TIME), ("a", 2, 20, None)]))
+    inner, _ = untimed(op.on_watermark(MAX_TIME))
+    assert [(r["k"], r["n"], r["top"]) for r in inner.select(["k", "n", "top"]).to_pylist()] == [("a", 2, 2)]
+    assert late(op) == [] and op.state == {}
+
+
+def test_lifetime_windows_and_other_windows_refuse_each_others_state():
+    """Review 37: the step meta did not say which windows, so a Tumbling step of the same
+    id took Lifetime windows (of any size) and fired them as tumbling ones."""
+    from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+    from raystream.windows import Tumbling
+
+    op = lifetime()
+    op.process(arrow_rows([("a", 1, 10, 30), ("b", 2, 50, None)]))
+    tumbling = Tumbling(0.010)
+    tumbling.check("w")
+    other = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=AGGREGATES,
+                               window=WindowSpec(tumbling, 0, "columnar")))
+    with pytest.raises(RestoreError, match="Lifetime windows, and this step's windows are others"):
+        other.restore_meta([op.state_meta()])  # as a restore runs it: before the state
+    other.process(arrow_rows([("a", 1, 10, None)]))
+    with pytest.raises(RestoreError, match="this step's are Lifetime windows"):
+        lifetime().restore_meta([other.state_meta()])
