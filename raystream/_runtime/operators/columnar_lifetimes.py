@@ -35,6 +35,7 @@ windows, so no other window step of the id takes its state, nor it theirs.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -131,21 +132,10 @@ class LifetimeWindowOp(ArrowWindowOp):
         waiting after the batch, the keys whose waiting rows changed). Nothing changes."""
         if self.end_column not in rows.schema.names:
             raise ValueError(f"no column {self.end_column!r} (the end of the Lifetime windows)")
-        new_ends, new_opens = end_millis(rows.column(self.end_column))
-        parts = [(s.table, s.times) for s in self.waiting.segments] + [(self.values(rows), times)]  # L1
-        index: dict[Any, int] = {}  # each Python key's code, over all parts
-        codes_of = []
-        for table, _ in parts:
-            distinct = distinct_keys(table, tuple(self.key_columns))
-            local = np.fromiter((index.setdefault(k, len(index)) for k in distinct.keys), dtype=np.int64,
-                                count=len(distinct.keys))
-            codes_of.append(local[distinct.rows])
-        keys = list(index)
-        held = sum(t.num_rows for t, _ in parts[:-1])
-        codes = np.concatenate(codes_of)
-        times = np.concatenate([t for _, t in parts]) if held else times
-        opens = np.concatenate([np.zeros(held, dtype=bool), new_opens])
-        ends = np.concatenate([np.zeros(held, dtype=np.int64), new_ends])
+        ends, opens = end_millis(rows.column(self.end_column))
+        table = self.values(rows)
+        distinct = distinct_keys(table, tuple(self.key_columns))
+        keys, codes = distinct.keys, distinct.rows
 
         opening = np.flatnonzero(opens)  # L2
         bad = ends[opening] < times[opening]
@@ -155,6 +145,16 @@ class LifetimeWindowOp(ArrowWindowOp):
                              f"({int(times[i])}); its end column {self.end_column!r} must be at or after its time")
         limit = self._limit()
         opening = opening[ends[opening] > limit]  # a late opener opens nothing; it is a row as any other
+
+        # L1: a waiting row can only go to a window opened since it came (windows keep their
+        # bounds), so only the waiting rows of keys this batch opens windows for are looked at
+        candidates = self._candidates(keys, codes[opening])
+        held = sum(len(c[2]) for c in candidates)
+        if held:
+            codes = np.concatenate([c[2] for c in candidates] + [codes])
+            times = np.concatenate([c[1].times[c[3]] for c in candidates] + [times])
+            ends = np.concatenate([np.zeros(held, dtype=np.int64), ends])
+            opening = opening + held
 
         win_codes, win_starts, win_ends = self._windows(keys, codes, opening, times, ends)  # L3
         # L4: each row against each window of its key (sorted by key: a range per key)
@@ -168,26 +168,50 @@ class LifetimeWindowOp(ArrowWindowOp):
         pair_rows, pair_windows = pair_rows[inside], pair_windows[inside]
         unplaced = np.ones(len(codes), dtype=bool)
         unplaced[pair_rows] = False
-        too_late = unplaced & (times <= limit)
-        too_late[:held] = False  # a waiting row is dropped by the watermark, not found late
-        wait = unplaced & ~too_late
-        late = too_late[held:].copy() if too_late.any() else None
+        too_late = unplaced[held:] & (times[held:] <= limit)
+        late = too_late.copy() if too_late.any() else None
+        waits = unplaced[held:] & ~too_late
 
         new: dict[Any, Any] = {}  # L5, part by part in the order of L1
-        waiting, offset = [], 0
-        for (table, part_times), n in zip(parts, [t.num_rows for t, _ in parts]):
+        offset, segments, taken = 0, list(self.waiting.segments), np.zeros(len(keys), dtype=bool)
+        for index, segment, _, rows_of in candidates:
+            n = len(rows_of)
             mine = (pair_rows >= offset) & (pair_rows < offset + n)
             if mine.any():
-                self._fold(table, pair_rows[mine] - offset, pair_windows[mine], keys, win_codes, win_starts,
-                           win_ends, new)
-            stays = wait[offset:offset + n]
-            if stays.any():
-                waiting.append(Segment(table.filter(pa.array(stays)), part_times[stays]))
+                self._fold(segment.table.take(pa.array(rows_of)), pair_rows[mine] - offset, pair_windows[mine], keys,
+                           win_codes, win_starts, win_ends, new)
+                placed = ~unplaced[offset:offset + n]
+                taken[codes[offset:offset + n][placed]] = True
+                gone = np.zeros(segment.table.num_rows, dtype=bool)
+                gone[rows_of[placed]] = True
+                segments[index] = segment.without(gone)  # type: ignore[call-overload]
             offset += n
-        marked = np.zeros(len(keys), dtype=bool)  # I1: rows that wait or stop waiting change their key's state
-        marked[codes[wait]] = True
-        marked[codes[:held]] = True
-        return late, new, waiting, [keys[c] for c in np.flatnonzero(marked).tolist()]
+        mine = pair_rows >= held
+        if mine.any():
+            self._fold(table, pair_rows[mine] - held, pair_windows[mine], keys, win_codes, win_starts, win_ends, new)
+        kept = [s for s in segments if s is not None]
+        if waits.any():
+            kept.append(Segment(table.filter(pa.array(waits)), times[held:][waits]))
+            taken[codes[held:][waits]] = True
+        return late, new, kept, [keys[c] for c in np.flatnonzero(taken).tolist()]  # I1: the keys whose waiting changed
+
+    def _candidates(self, keys: list[Any], opener_codes: np.ndarray
+                    ) -> list[tuple[int, Segment, np.ndarray, np.ndarray]]:
+        """The waiting rows of the keys the batch opens windows for, per segment: (its
+        index, the segment, the rows' codes among the batch's `keys`, the rows)."""
+        if not len(opener_codes) or not self.waiting.segments:
+            return []
+        opened = {keys[c]: c for c in np.unique(opener_codes).tolist()}
+        out = []
+        for index, segment in enumerate(self.waiting.segments):
+            distinct = segment.distinct(tuple(self.key_columns))
+            mapping = np.fromiter(map(opened.get, distinct.keys, itertools.repeat(-1)), dtype=np.int64,
+                                  count=len(distinct.keys))
+            row_codes = mapping[distinct.rows]
+            rows_of = np.flatnonzero(row_codes >= 0)
+            if len(rows_of):
+                out.append((index, segment, row_codes[rows_of], rows_of))
+        return out
 
     def _windows(self, keys: list[Any], codes: np.ndarray, opening: np.ndarray, times: np.ndarray,
                  ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

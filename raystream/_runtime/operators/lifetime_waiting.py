@@ -3,9 +3,10 @@ watermark passes them (operators/columnar_lifetimes.py, L1 and L4), and how they
 snapshots and come back.
 
 They are held as Arrow, in segments: each a table in the types of the batch its rows
-came in, with their times. Segments of other types are never cast to one another (a
-batch of int8 keys after rows of int64 keys, a column of nulls after one of ints): each
-is grouped on its own, and rows meet by their Python keys, as the per-key state does.
+came in, with their times, and its rows' Python keys once worked out. Segments of other
+types are never cast to one another (a batch of int8 keys after rows of int64 keys, a
+column of nulls after one of ints): each is grouped on its own, and rows meet by their
+Python keys, as the per-key state does.
 
 In a snapshot they are per key, under the key `PENDING` of its windows, as columns
 (`Waiting`): Python runs per key and per column, the values are converted in bulk. A
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raystream._runtime.transport.arrow_keys import distinct_keys
+from raystream._runtime.transport.arrow_keys import DistinctKeys, distinct_keys
 
 #: Where a key's waiting rows are in its windows' dict when a snapshot reads the state.
 PENDING = "pending"
+
+MAX_SEGMENTS = 16  # segments held before neighbours of one schema are merged
 
 #: A key's waiting rows in a snapshot: (the column names, the times, one list per column).
 Waiting = tuple[tuple[str, ...], list[int], list[list[Any]]]
@@ -35,6 +38,19 @@ class Segment:
 
     table: pa.Table
     times: np.ndarray
+    _distinct: DistinctKeys | None = None
+
+    def distinct(self, key_columns: tuple[str, ...]) -> DistinctKeys:
+        """The rows' Python keys (worked out once: a segment is never changed, only replaced)."""
+        if self._distinct is None:
+            self._distinct = distinct_keys(self.table, key_columns)
+        return self._distinct
+
+    def without(self, rows: np.ndarray) -> Segment | None:
+        """The segment less `rows` (a mask), or None if none is left."""
+        if rows.all():
+            return None
+        return Segment(self.table.filter(pa.array(~rows)), self.times[~rows]) if rows.any() else self
 
 
 class WaitingRows:
@@ -48,17 +64,20 @@ class WaitingRows:
         return sum(s.table.num_rows for s in self.segments)
 
     def replace(self, segments: list[Segment]) -> None:
-        """Hold `segments` from now on; neighbours of one schema become one."""
-        merged: list[Segment] = []
-        for s in segments:
-            if not s.table.num_rows:
-                continue
-            if merged and merged[-1].table.schema == s.table.schema:
-                last = merged[-1]
-                merged[-1] = Segment(pa.concat_tables([last.table, s.table]), np.concatenate([last.times, s.times]))
-            else:
-                merged.append(s)
-        self.segments = merged
+        """Hold `segments` from now on. Past MAX_SEGMENTS, neighbours of one schema
+        become one (their keys are worked out again then)."""
+        segments = [s for s in segments if s.table.num_rows]
+        if len(segments) > MAX_SEGMENTS:
+            merged: list[Segment] = []
+            for s in segments:
+                if merged and merged[-1].table.schema == s.table.schema:
+                    last = merged[-1]
+                    merged[-1] = Segment(pa.concat_tables([last.table, s.table]),
+                                         np.concatenate([last.times, s.times]))
+                else:
+                    merged.append(s)
+            segments = merged
+        self.segments = segments
 
     def expire(self, limit: int) -> list[Any]:
         """Drop the rows whose time is at or before `limit`; the keys of the rows dropped."""
@@ -67,9 +86,11 @@ class WaitingRows:
         for s in self.segments:
             gone = s.times <= limit
             if gone.any():
-                keys += distinct_keys(s.table.filter(pa.array(gone)), self.key_columns).keys
-                if not gone.all():
-                    kept.append(Segment(s.table.filter(pa.array(~gone)), s.times[~gone]))
+                distinct = s.distinct(self.key_columns)
+                keys += [distinct.keys[c] for c in np.unique(distinct.rows[gone]).tolist()]
+                rest = s.without(gone)
+                if rest is not None:
+                    kept.append(rest)
             else:
                 kept.append(s)
         self.segments = kept
@@ -79,7 +100,7 @@ class WaitingRows:
         """The waiting rows per key, each key's in the order they came, as columns."""
         out: dict[Any, Waiting] = {}
         for s in self.segments:
-            distinct = distinct_keys(s.table, self.key_columns)
+            distinct = s.distinct(self.key_columns)
             order = np.argsort(distinct.rows, kind="stable")
             codes = distinct.rows[order]
             bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist() + [len(codes)]
