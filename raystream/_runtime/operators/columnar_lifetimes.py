@@ -45,6 +45,8 @@ from raystream._runtime.operators.aggregate import arrow_keyed_input, unused_nam
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.lifetime_waiting import PENDING, Segment, WaitingRows
+from raystream._runtime.operators.window_rows import Fired
+from raystream._runtime.operators.windows import CLEANUP, FIRE
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import SpreadTimers
 from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
@@ -246,17 +248,34 @@ class LifetimeWindowOp(ArrowWindowOp):
         groups = self.folds.group(placed, [column])
         self._learn(table, groups.partial_types())
         get, fresh = self._state.get, self.folds.fresh()
-        ids, olds = [], []
-        for i in groups.keys[0].to_pylist():
-            key, w = keys[int(win_codes[i])], (int(win_starts[i]), int(win_ends[i]))
-            ids.append((key, w))
-            before = new.get((key, w))
+        picked = groups.keys[0].to_numpy()
+        ids = list(zip(map(keys.__getitem__, win_codes[picked].tolist()),
+                       zip(win_starts[picked].tolist(), win_ends[picked].tolist())))
+        olds = []
+        for key_w in ids:
+            before = new.get(key_w)
             if before is None:
-                entry = (get(key) or _NONE).get(w)
+                entry = (get(key_w[0]) or _NONE).get(key_w[1])
                 before = fresh if entry is None else entry[0]
             olds.append(before)
         folded, _ = self.folds.merge(ids, olds, groups.python_partials())
         new.update(folded)
+
+    def _commit(self, new: dict[Any, Any]) -> list[tuple[Any, tuple[int, int]]]:
+        """As ArrowWindowOp._commit, on the dict itself: a new window gets its timer."""
+        state, changed, schedule = self._state, self.changed, self._schedule
+        for (key, w), acc in new.items():
+            windows = state.get(key)
+            if windows is None:
+                windows = state[key] = {}
+            entry = windows.get(w)
+            if entry is None:
+                windows[w] = [acc, False]
+                schedule(key, w)
+            else:
+                entry[0] = acc
+            changed.add(key)  # I1
+        return list(new)
 
     # --- the waiting rows in snapshots --------------------------------------------------
 
@@ -310,6 +329,35 @@ class LifetimeWindowOp(ArrowWindowOp):
         super().restore_meta(metas)
 
     # --- time -------------------------------------------------------------------------
+
+    def _fire(self, now: int) -> Any:
+        """As TimedWindows._fire, on the dict itself and with the output's lists at hand:
+        Python per window fired is most of what a watermark costs here."""
+        out = Fired()
+        keys, starts, ends, entries, updates = out.keys, out.starts, out.ends, out.entries, out.updates
+        state, changed, lateness, timers = self._state, self.changed, self.lateness, self.timers
+        for t, key, (w, kind) in timers.pop_due(now):
+            changed.add(key)  # I1: firing and cleanup change the key's windows
+            windows = state.get(key)
+            entry = windows.get(w) if windows else None
+            if entry is None:
+                continue  # cleaned up
+            if kind == FIRE:
+                if entry[1] and w[1] - 1 < t:
+                    continue
+                keys.append(key)
+                starts.append(w[0])
+                ends.append(w[1])
+                entries.append(entry[0])
+                updates.append(entry[1])
+                entry[1] = True
+                if lateness:
+                    timers.push(t + lateness, key, (w, CLEANUP))
+                    continue
+            del windows[w]
+            if not windows:
+                del state[key]
+        return self._fired(out)
 
     def on_watermark(self, watermark: int) -> Any:
         out = super().on_watermark(watermark)
