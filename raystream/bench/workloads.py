@@ -23,8 +23,7 @@ from raystream.bench.synthetic import (SLOW_SINK_RATE, VOCAB, WORDS_PER_LINE, Ch
 
 
 #: Events of the Nexmark queries over Arrow (8M for the others)
-ARROW_EVENTS = {"q0": 60_000_000, "q1": 60_000_000, "q2": 60_000_000, "q3": 20_000_000, "q4": 3_000_000,
-                "q6": 3_000_000}
+ARROW_EVENTS = {"q0": 60_000_000, "q1": 60_000_000, "q2": 60_000_000, "q3": 20_000_000}
 
 
 def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
@@ -100,8 +99,7 @@ def workloads(directory: str, scale: float = 1.0) -> dict[str, Workload]:
     for q in NEXMARK:  # over Arrow, against pyarrow over the columnar generator
         if (JOBS / "nexmark" / "columnar" / f"{q}.py").is_file():
             # sized for a steady state of several 1 s checkpoints at the rates measured on
-            # two cores (q0-q2 7-13M events/s, q3 3M, q5, q7 and q8 about 1M; q4 and q6 run
-            # a process step per record, 0.3M)
+            # two cores (q0-q2 7-13M events/s, q3 3M, q4-q8 about 1M)
             e = n(ARROW_EVENTS.get(q, 8_000_000))
             found[f"nexmark_{q}_arrow"] = Workload(
                 f"nexmark_{q}_arrow", e, lambda m, s, q=q, e=e: nexmark_job(f"columnar/{q}", e, m, s),
