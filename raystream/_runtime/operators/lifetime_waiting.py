@@ -8,19 +8,26 @@ types are never cast to one another (a batch of int8 keys after rows of int64 ke
 column of nulls after one of ints): each is grouped on its own, and rows meet by their
 Python keys, as the per-key state does.
 
-In a snapshot they are per key, under the key `PENDING` of its windows, as columns
-(`Waiting`): Python runs per key and per column, the values are converted in bulk. A
-restore takes them back by Arrow's inference of the values' types, one segment for all
-where one type fits each column, else a segment per key.
+In a snapshot they are per key, under the key `PENDING` of its windows: a tuple of
+`Piece`s, (the segment as Arrow IPC bytes with its rows sorted by key and a time column,
+the segment's number, the key's first row, one past its last). A segment's bytes are
+one object that all of its keys' pieces share, so a snapshot pickles them once (pickle
+keeps one copy of an object it meets again), and Python runs per key, not per row or
+column. A segment makes its bytes once (it is never changed, only replaced), when a
+snapshot first needs them. A restore decodes each segment's bytes once (IPC: the types
+the rows had, no unpickling) and takes its keys' rows, segments in the order of their
+numbers, so each key's rows keep the order they came in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from raystream._runtime.operators.aggregate import unused_name
 from raystream._runtime.transport.arrow_keys import DistinctKeys, distinct_keys
 
 #: Where a key's waiting rows are in its windows' dict when a snapshot reads the state.
@@ -28,8 +35,11 @@ PENDING = "pending"
 
 MAX_SEGMENTS = 16  # segments held before neighbours of one schema are merged
 
-#: A key's waiting rows in a snapshot: (the column names, the times, one list per column).
-Waiting = tuple[tuple[str, ...], list[int], list[list[Any]]]
+#: A key's waiting rows in one segment, in a snapshot: (the segment's IPC bytes, its
+#: number, the key's rows from, to).
+Piece = tuple[bytes, int, int, int]
+
+_numbers = itertools.count()
 
 
 @dataclass
@@ -38,7 +48,9 @@ class Segment:
 
     table: pa.Table
     times: np.ndarray
+    number: int = field(default_factory=lambda: next(_numbers))  # segments come in this order
     _distinct: DistinctKeys | None = None
+    _pieces: dict[Any, Piece] | None = None
 
     def distinct(self, key_columns: tuple[str, ...]) -> DistinctKeys:
         """The rows' Python keys (worked out once: a segment is never changed, only replaced)."""
@@ -50,7 +62,26 @@ class Segment:
         """The segment less `rows` (a mask), or None if none is left."""
         if rows.all():
             return None
-        return Segment(self.table.filter(pa.array(~rows)), self.times[~rows]) if rows.any() else self
+        return Segment(self.table.filter(pa.array(~rows)), self.times[~rows], self.number) if rows.any() else self
+
+    def pieces(self, key_columns: tuple[str, ...]) -> dict[Any, Piece]:
+        """Each key's Piece of this segment (made once)."""
+        if self._pieces is None:
+            distinct = self.distinct(key_columns)
+            order = np.argsort(distinct.rows, kind="stable")
+            codes = distinct.rows[order]
+            starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+            stops = np.append(starts[1:], len(codes))
+            table = self.table.take(pa.array(order))
+            table = table.append_column(unused_name(table.column_names, "__raystream_time"),
+                                        pa.array(self.times[order]))
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            data, number = sink.getvalue().to_pybytes(), self.number
+            self._pieces = {distinct.keys[c]: (data, number, a, b)
+                            for c, a, b in zip(codes[starts].tolist(), starts.tolist(), stops.tolist())}
+        return self._pieces
 
 
 class WaitingRows:
@@ -73,7 +104,7 @@ class WaitingRows:
                 if merged and merged[-1].table.schema == s.table.schema:
                     last = merged[-1]
                     merged[-1] = Segment(pa.concat_tables([last.table, s.table]),
-                                         np.concatenate([last.times, s.times]))
+                                         np.concatenate([last.times, s.times]), last.number)
                 else:
                     merged.append(s)
             segments = merged
@@ -96,41 +127,34 @@ class WaitingRows:
         self.segments = kept
         return keys
 
-    def by_key(self) -> dict[Any, Waiting]:
-        """The waiting rows per key, each key's in the order they came, as columns."""
-        out: dict[Any, Waiting] = {}
+    def by_key(self) -> dict[Any, tuple[Piece, ...]]:
+        """Each key's pieces, in the order of the segments."""
+        out: dict[Any, tuple[Piece, ...]] = {}
         for s in self.segments:
-            distinct = s.distinct(self.key_columns)
-            order = np.argsort(distinct.rows, kind="stable")
-            codes = distinct.rows[order]
-            bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]).tolist() + [len(codes)]
-            table = s.table.take(pa.array(order))
-            names = tuple(table.column_names)
-            columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
-            times = s.times[order].tolist()
-            for a, b in zip(bounds, bounds[1:]):
-                key = distinct.keys[int(codes[a])]
-                before = out.get(key)
-                part = (names, times[a:b], [c[a:b] for c in columns])
-                out[key] = part if before is None else \
-                    (names, before[1] + part[1], [x + y for x, y in zip(before[2], part[2])])
+            pieces = s.pieces(self.key_columns)
+            if not out:
+                out = {key: (piece,) for key, piece in pieces.items()}
+                continue
+            get = out.get
+            for key, piece in pieces.items():
+                before = get(key)
+                out[key] = (piece,) if before is None else before + (piece,)
         return out
 
     @classmethod
-    def restored(cls, key_columns: tuple[str, ...], blocks: list[Waiting]) -> WaitingRows:
-        """The waiting rows of restored keys (each key's `Waiting`)."""
+    def restored(cls, key_columns: tuple[str, ...], entries: list[tuple[Piece, ...]]) -> WaitingRows:
+        """The waiting rows of restored keys (each key's pieces), a segment per segment
+        they came from, in the order of the segments' numbers."""
+        ranges: dict[int, tuple[bytes, list[tuple[int, int]]]] = {}
+        for pieces in entries:
+            for data, number, a, b in pieces:
+                ranges.setdefault(number, (data, []))[1].append((a, b))
         rows = cls(key_columns)
-        if not blocks:
-            return rows
-        try:
-            rows.segments = [_segment(blocks)]
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            rows.segments = [_segment([block]) for block in blocks]  # keys of types no one column holds
+        for number in sorted(ranges):
+            data, spans = ranges[number]
+            table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+            spans.sort()
+            taken = table.take(pa.array(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in spans])))
+            times = taken.column(taken.num_columns - 1).to_numpy().astype(np.int64)
+            rows.segments.append(Segment(taken.remove_column(taken.num_columns - 1).combine_chunks(), times))
         return rows
-
-
-def _segment(blocks: list[Waiting]) -> Segment:
-    names = blocks[0][0]
-    columns = [pa.array([v for _, _, block in blocks for v in block[i]]) for i in range(len(names))]
-    times = np.asarray([t for _, ts, _ in blocks for t in ts], dtype=np.int64)
-    return Segment(pa.Table.from_arrays(columns, names=list(names)), times)

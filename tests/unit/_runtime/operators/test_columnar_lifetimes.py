@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from raystream import aggregates as agg
 from raystream._runtime.operators.columnar_lifetimes import PENDING, LifetimeWindowOp
+from raystream._runtime.operators.lifetime_waiting import WaitingRows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.time.watermarks import MAX_TIME
@@ -192,17 +193,28 @@ def test_a_bid_before_its_auction_waits_and_joins_it_and_one_after_the_watermark
     assert op.state == {} and len(op.waiting) == 0
 
 
+def waiting_in(state) -> dict:
+    """{key: [(time, k, v), ...]} of the PENDING entries of a snapshot's state."""
+    out = {}
+    for key, windows in state.items():
+        rows = WaitingRows.restored(("k",), [windows[PENDING]])
+        out[key] = [(t, *r.values()) for s in rows.segments for t, r in zip(s.times.tolist(), s.table.to_pylist())]
+    return out
+
+
 def test_waiting_rows_are_in_the_snapshot_under_pending_and_their_keys_marked_changed():
     op = lifetime()
-    op.process(arrow_rows([("a", 1, 50, None), ("b", 2, 60, None)]))
+    op.process(arrow_rows([("a", 1, 50, None), ("b", 2, 60, None), ("a", 3, 55, None)]))
     changelog = StateChangelog(incremental=True, base_every=4, compact_above=10 ** 9)
     keyed, _, _ = changelog.capture([op])
-    assert keyed["w"] == {"a": {PENDING: (("k", "v"), [50], [["a"], [1]])},
-                          "b": {PENDING: (("k", "v"), [60], [["b"], [2]])}}
+    assert waiting_in(keyed["w"]) == {"a": [(50, "a", 1), (55, "a", 3)], "b": [(60, "b", 2)]}
+    a, b = keyed["w"]["a"][PENDING][0], keyed["w"]["b"][PENDING][0]
+    assert a[0] is b[0], "the keys of a segment share its bytes: a snapshot holds them once"
     changelog.parts = []  # as if the full snapshot were uploaded: the next is incremental
-    op.on_watermark(55)  # a's waiting row is dropped: the next snapshot deletes it
+    op.on_watermark(55)  # a's waiting rows are dropped: the next snapshot deletes them
     keyed, incremental, _ = changelog.capture([op])
-    assert incremental and keyed["w"] == ({"b": {PENDING: (("k", "v"), [60], [["b"], [2]])}}, ["a"])
+    changed, deleted = keyed["w"]
+    assert incremental and deleted == ["a"] and waiting_in(changed) == {"b": [(60, "b", 2)]}
 
 
 def test_an_end_before_the_rows_time_fails_the_batch_and_nothing_changes():
