@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raystream import aggregates as agg
-from raystream._runtime.operators.columnar_lifetimes import PENDING, LifetimeWindowOp
+from raystream._runtime.operators.columnar_lifetimes import MAX_END, PENDING, LifetimeWindowOp
 from raystream._runtime.operators.lifetime_waiting import WaitingRows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import StateChangelog
@@ -47,8 +47,10 @@ def fired(batch) -> list[tuple]:
     if not len(batch):
         return []
     inner, _ = untimed(batch)
-    return sorted((r["k"], int(r["window_start"].timestamp() * 1000), int(r["window_end"].timestamp() * 1000),
-                   (r["n"], r["top"], r["first"], r["last"]), r["update"]) for r in inner.to_pylist())
+    bounds = [inner.column(c).cast(pa.int64()).to_pylist() for c in ("window_start", "window_end")]
+    rows = inner.select(["k", "n", "top", "first", "last", "update"]).to_pylist()
+    return sorted(((r["k"], s, e, (r["n"], r["top"], r["first"], r["last"]), r["update"])
+                   for r, s, e in zip(rows, *bounds)), key=repr)
 
 
 def late(op) -> list[tuple]:
@@ -70,7 +72,8 @@ class Model:
 
     def batch(self, rows) -> list[tuple]:
         wm, lateness = self.watermark, self.lateness
-        for k, v, t, end in rows:  # L2: the windows the batch opens
+        for k, v, t, end in rows:  # L2: the windows the batch opens (an end past MAX_END taken as it)
+            end = None if end is None else min(end, MAX_END)
             if end is not None and end + lateness > wm:
                 self.windows.setdefault(k, {}).setdefault((t, end + 1), [[], False])
         touched, still = set(), []
@@ -91,7 +94,7 @@ class Model:
             if w[1] - 1 <= wm:
                 out.append(self.result(k, w, self.windows[k][w][1]))
                 self.windows[k][w][1] = True
-        return sorted(out)
+        return sorted(out, key=repr)
 
     def mark(self, wm) -> list[tuple]:
         self.watermark = wm = max(wm, self.watermark)
@@ -106,7 +109,7 @@ class Model:
             if not self.windows[k]:
                 del self.windows[k]
         self.waiting = [r for r in self.waiting if r[2] + self.lateness > wm]
-        return sorted(out)
+        return sorted(out, key=repr)
 
     def result(self, k, w, update):
         values = [v for v in self.windows[k][w][0] if v is not None]
@@ -115,25 +118,40 @@ class Model:
                                 values[-1] if values else None), update)
 
 
-ROW = st.tuples(st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.integers(-50, 50)),
-                st.integers(0, 100), st.one_of(st.none(), st.none(), st.integers(0, 40)))
+KEYS = ["a", "b", "c"]
+ROW = st.tuples(st.sampled_from(KEYS), st.one_of(st.none(), st.integers(-50, 50)),
+                st.integers(0, 100), st.one_of(st.none(), st.none(), st.integers(0, 40), st.just(MAX_TIME)))
+TYPES = st.lists(st.tuples(st.sampled_from([pa.int8(), pa.int16(), pa.int64(), pa.uint32()]),
+                           st.sampled_from([pa.int8(), pa.int64(), None])), min_size=1, max_size=4)
 SCRIPT = st.lists(st.one_of(st.tuples(st.just("rows"), st.lists(ROW, min_size=1, max_size=20)),
                             st.tuples(st.just("wm"), st.integers(0, 140))), min_size=1, max_size=10)
 
 
 def opened(rows):
     """Each opener's end as an offset from its time, so no end is before its row."""
-    return [(k, v, t, None if d is None else t + d) for k, v, t, d in rows]
+    return [(k, v, t, None if d is None else min(t + d, MAX_TIME)) for k, v, t, d in rows]
 
 
-def run(script, lateness, restart_at=None):
+def run(script, lateness, restart_at=None, types=None):
+    """`types`: per batch (key type, value type) of int keys; None: string keys."""
     op, model, got, want = lifetime(lateness), Model(lateness), [], []
     for step, (kind, item) in enumerate(script + [("wm", MAX_TIME)]):
         if step == restart_at:
             op = restored(op, lateness)
         if kind == "rows":
             rows = opened(item)
-            got.append(fired(op.process(arrow_rows(rows))))
+            if types is None:
+                batch = arrow_rows(rows)
+            else:
+                rows = [(KEYS.index(k), v, t, end) for k, v, t, end in rows]
+                key_type, value_type = types[step % len(types)]
+                values = [v for _, v, _, _ in rows]
+                batch = typed_rows([k for k, _, _, _ in rows], values if value_type is not None else [None] * len(rows),
+                                   [t for _, _, t, _ in rows], [e for _, _, _, e in rows], key_type=key_type,
+                                   value_type=value_type if value_type is not None else pa.null())
+                if value_type is None:
+                    rows = [(k, None, t, e) for k, _, t, e in rows]
+            got.append(fired(op.process(batch)))
             want.append(model.batch(rows))
         else:
             got.append(fired(op.on_watermark(item)))
@@ -160,6 +178,17 @@ def test_the_step_fires_what_the_rules_give_row_by_row(script, lateness):
     op, got, want = run(sorted_marks(script), lateness)
     assert got == want
     assert op.state == {} and len(op.waiting) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(script=SCRIPT, lateness=st.sampled_from([0, 5]), types=TYPES, data=st.data())
+def test_batches_of_other_arrow_types_meet_by_their_keys_as_the_rules_give(script, lateness, types, data):
+    """Review 37: waiting rows were cast to the next batch's types (int8 keys after int64,
+    a column of nulls after ints), which failed every later batch."""
+    script = sorted_marks(script)
+    at = data.draw(st.one_of(st.none(), st.integers(0, len(script))))
+    _, got, want = run(script, lateness, restart_at=at, types=types)
+    assert got == want
 
 
 @settings(max_examples=100, deadline=None)
