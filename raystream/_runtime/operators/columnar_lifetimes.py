@@ -261,22 +261,6 @@ class LifetimeWindowOp(ArrowWindowOp):
         folded, _ = self.folds.merge(ids, olds, groups.python_partials())
         new.update(folded)
 
-    def _commit(self, new: dict[Any, Any]) -> list[tuple[Any, tuple[int, int]]]:
-        """As ArrowWindowOp._commit, on the dict itself: a new window gets its timer."""
-        state, changed, schedule = self._state, self.changed, self._schedule
-        for (key, w), acc in new.items():
-            windows = state.get(key)
-            if windows is None:
-                windows = state[key] = {}
-            entry = windows.get(w)
-            if entry is None:
-                windows[w] = [acc, False]
-                schedule(key, w)
-            else:
-                entry[0] = acc
-            changed.add(key)  # I1
-        return list(new)
-
     # --- the waiting rows in snapshots --------------------------------------------------
 
     def settle(self) -> None:

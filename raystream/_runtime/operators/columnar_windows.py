@@ -263,7 +263,7 @@ class ArrowWindowOp(TimedWindows):
 
     def _commit(self, new: dict[Any, Any]) -> list[tuple[Any, tuple[int, int]]]:
         """Store the new states; a new window gets its timer. Returns the windows touched."""
-        state = self.state
+        state, changed, schedule = self.state, self.changed, self._schedule
         for (key, w), acc in new.items():
             windows = state.get(key)
             if windows is None:
@@ -271,10 +271,10 @@ class ArrowWindowOp(TimedWindows):
             entry = windows.get(w)
             if entry is None:
                 windows[w] = [acc, False]
-                self._schedule(key, w)
+                schedule(key, w)
             else:
                 entry[0] = acc
-            self.changed.add(key)  # I1
+            changed.add(key)  # I1
         return list(new)
 
     def _commit_sessions(self, windows: dict[Any, dict[tuple[int, int], list]]) -> list[tuple[Any, tuple[int, int]]]:

@@ -23,6 +23,7 @@ from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind, WindowSpec
 from raystream.process import KeyState
 from raystream.windows import Lifetime
+from tests.helpers.scripts import sorted_marks
 
 AGGREGATES = (("n", agg.count()), ("top", agg.max("v")), ("first", agg.first("v")), ("last", agg.last("v")))
 
@@ -200,14 +201,6 @@ def test_a_step_restored_from_a_snapshot_at_any_point_goes_on_as_if_never_stoppe
     assert got == want
 
 
-def sorted_marks(script):
-    out, mark = [], -1
-    for kind, item in script:
-        if kind == "wm":
-            mark = max(mark, item)
-            item = mark
-        out.append((kind, item))
-    return out
 
 
 def test_a_bid_before_its_auction_waits_and_joins_it_and_one_after_the_watermark_passed_its_time_is_late():

@@ -26,6 +26,7 @@ from raystream._runtime.transport.keys import groups_of_subtask, key_group
 from raystream.graph import Step, StepKind, WindowSpec
 from raystream.windows import Aggregator, Session, Sliding, Tumbling
 from tests.helpers.edges import hash_edge
+from tests.helpers.scripts import sorted_marks
 
 
 def _pick(a, b, f):
@@ -146,15 +147,6 @@ def test_each_window_kind_fires_what_the_per_record_step_fires(name, script, lat
     assert (col.late_records, col.records_in) == (ref.late_records, ref.records_in)
 
 
-def sorted_marks(script):
-    """Watermarks never go back (an operator ignores one that does, but keep the script plain)."""
-    out, mark = [], -1
-    for kind, item in script:
-        if kind == "wm":
-            mark = max(mark, item)
-            item = mark
-        out.append((kind, item))
-    return out
 
 
 def test_late_rows_within_the_lateness_update_the_window_and_later_ones_go_to_late_as_arrow():
