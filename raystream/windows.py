@@ -167,12 +167,13 @@ class Lifetime(Assigner):
     on a stream keyed by columns): a row whose column `end` is set (milliseconds since
     the epoch, or a timestamp) opens a window of its key from its own event time to
     `end`, both included, so [t, end + 1) in the half-open terms of the other windows.
-    Every row of the key whose time falls in it is in it, the row that opened it too,
-    also rows that came before it: a row in no window of its key waits until the
-    watermark passes its time (plus the allowed lateness), since a window that holds it
-    opens at or before that time and so comes before the watermark passes it; then it is
-    dropped, or, if it came that late, goes to the late output. The window fires when
-    the watermark reaches `end` (docs/guide/columnar.md, "Windows the rows open")."""
+    A row goes to the windows of its key open when it comes that hold its time (the one
+    it opens included); a row in none waits for the first window of its key opened later
+    that holds it, until the watermark passes its time (plus the allowed lateness): such
+    a window opens at or before that time, so it comes before the watermark passes it.
+    Then the row is dropped, or, if it came that late, goes to the late output. The
+    window fires when the watermark reaches `end` (docs/guide/columnar.md, "Windows the
+    rows open")."""
 
     end: str
     opened_by_rows = True  # a row's time alone does not give its windows

@@ -1,29 +1,35 @@
 """Windows the rows open, over Arrow: `keyed.window(rs.windows.Lifetime("expires"))
 .aggregate(id, ...)` (docs/guide/columnar.md, "Windows the rows open").
 
-A row whose end column is set opens a window of its key, [its time, end + 1); every row
-of the key whose time falls in a window of the key is in it. A row in no window of its
-key *waits*: a window that would hold it starts at or before its time, so its opening
-row comes before the watermark passes that time. Everything else is the columnar window
-step's (operators/columnar_windows.py): the per-key state `{key: {(start, end): [state,
-emitted]}}`, the timers, firing, lateness, the output, and what a failed batch does.
+A row whose end column is set opens a window of its key, [its time, end + 1). A row goes
+to the windows of its key open when it comes that hold its time (the one it opens
+included); a row in none *waits*, for the first window of its key opened later that
+holds it: such a window starts at or before its time, so its opening row comes before
+the watermark passes that time. Everything else is the columnar window step's
+(operators/columnar_windows.py): the per-key state `{key: {(start, end): [state,
+emitted]}}`, firing, lateness, the output, and what a failed batch does.
 
 Per batch, with numpy over all rows and Python once per distinct key and per (key,
 window) the batch touches:
 
-L1 the waiting rows come first, then the batch's rows (so `first` and `last` see the
-   waiting rows first, in the order they came); each segment of them (one Arrow schema,
-   operators/lifetime_waiting.py) and the batch are grouped apart, and their rows meet
-   by their Python keys;
+L1 a waiting row can only go to a window opened after it came (windows keep their
+   bounds), so of the waiting rows only those of keys the batch opens windows for are
+   looked at; they come first, then the batch's rows (so `first` and `last` see the
+   waiting rows first, in the order they came); each segment of them (one Arrow
+   schema, operators/lifetime_waiting.py) and the batch are grouped apart, and their
+   rows meet by their Python keys;
 L2 each opening row's window, unless it is late (end + allowed lateness <= watermark:
-   then the opening row is a late row, and no window opens); an end before the row's
-   own time fails the batch; an end past `MAX_END` (about 292 million years) is taken
-   as `MAX_END`, so the window fires at the end of the input;
-L3 the windows of the batch's keys: those in the state, and the new ones;
-L4 every row goes to each window of its key that holds its time (a row may be in
-   several); a new row in none waits, or goes to the late output if its time plus the
-   allowed lateness is at or before the watermark (no window can take it any more);
-   a waiting row in none waits on;
+   then the opening row is a row as any other, and no window opens); an end before the
+   row's own time fails the batch; an end past `MAX_END` (about 146 million years) is
+   taken as `MAX_END`, so the window fires at the end of the input;
+L3 the windows of the batch's keys: those in the state, and the new ones, each with the
+   row from which on it is open;
+L4 each row as the rules place it one at a time, in order (review 37b: a row already in
+   a window missed a window of its key opened by a later row of the batch in another
+   batch, not in the same one): keys with one window in play in numpy, a row that came
+   before its window opened going to it only if it was waiting then; keys with several
+   windows row by row in Python; a new row that no window takes waits, or, if its time
+   plus the allowed lateness is at or before the watermark, goes to the late output;
 L5 the partials per window (Arrow), folded into the windows' states in Python.
 
 The waiting rows are held as Arrow (not per key) and dropped when the watermark reaches
@@ -45,7 +51,7 @@ from raystream._runtime.operators.aggregate import arrow_keyed_input, unused_nam
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.lifetime_waiting import PENDING, Segment, WaitingRows
-from raystream._runtime.operators.window_rows import Fired
+from raystream._runtime.operators.window_rows import Fired, python_holds
 from raystream._runtime.operators.windows import CLEANUP, FIRE
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import SpreadTimers
@@ -112,9 +118,11 @@ class LifetimeWindowOp(ArrowWindowOp):
                 "a Lifetime window needs rows with event time; give the source event_time=rs.EventTime.column(...) "
                 "or add a with_event_time step before the key_by"))
         times = time_array(times)
+        types = list(self.key_types), list(self.result_types)
         try:
             late, new, waiting, waited = self._assigned(rows, times)
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
+            self.key_types, self.result_types = types  # review 37b: the failed batch's types too
             return self._batch_failed(inner, explained(
                 exc, f"{self.what} in Lifetime windows failed on a batch with columns {', '.join(rows.schema.names)}"))
         touched = self._commit(new)
@@ -158,16 +166,9 @@ class LifetimeWindowOp(ArrowWindowOp):
             ends = np.concatenate([np.zeros(held, dtype=np.int64), ends])
             opening = opening + held
 
-        win_codes, win_starts, win_ends = self._windows(keys, codes, opening, times, ends)  # L3
-        # L4: each row against each window of its key (sorted by key: a range per key)
-        per_key = np.bincount(win_codes, minlength=len(keys))
-        lo = (np.cumsum(per_key) - per_key)[codes]
-        counts = per_key[codes]
-        pair_rows = np.repeat(np.arange(len(codes), dtype=np.int64), counts)
-        offsets = np.arange(len(pair_rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        pair_windows = np.repeat(lo, counts) + offsets
-        inside = (win_starts[pair_windows] <= times[pair_rows]) & (times[pair_rows] < win_ends[pair_windows])
-        pair_rows, pair_windows = pair_rows[inside], pair_windows[inside]
+        windows = self._windows(keys, codes, opening, times, ends)  # L3
+        win_codes, win_starts, win_ends = windows[:3]
+        pair_rows, pair_windows = self._placed(codes, times, ends, opening, held, limit, windows)  # L4
         unplaced = np.ones(len(codes), dtype=bool)
         unplaced[pair_rows] = False
         too_late = unplaced[held:] & (times[held:] <= limit)
@@ -193,7 +194,10 @@ class LifetimeWindowOp(ArrowWindowOp):
             self._fold(table, pair_rows[mine] - held, pair_windows[mine], keys, win_codes, win_starts, win_ends, new)
         kept = [s for s in segments if s is not None]
         if waits.any():
-            kept.append(Segment(table.filter(pa.array(waits)), times[held:][waits]))
+            waiting = table.filter(pa.array(waits))
+            for name in waiting.column_names:  # values Python cannot hold fail their batch, not a later one
+                python_holds(waiting.column(name))
+            kept.append(Segment(waiting, times[held:][waits]))
             taken[codes[held:][waits]] = True
         return late, new, kept, [keys[c] for c in np.flatnonzero(taken).tolist()]  # I1: the keys whose waiting changed
 
@@ -216,9 +220,10 @@ class LifetimeWindowOp(ArrowWindowOp):
         return out
 
     def _windows(self, keys: list[Any], codes: np.ndarray, opening: np.ndarray, times: np.ndarray,
-                 ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every window of the keys present (code, start, end), sorted by code: those in the
-        state (Python, once per distinct key) and those the opening rows open."""
+                 ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every window of the keys present (code, start, end, from which row on it is
+        open: -1 for a window of the state, else its first opening row), sorted by code:
+        those in the state (Python, once per distinct key) and those the rows open."""
         found_codes, found_starts, found_ends = [], [], []
         for code, windows in enumerate(map(self._state.get, keys)):  # the lookups in C, the loop per key held
             if windows:
@@ -230,13 +235,85 @@ class LifetimeWindowOp(ArrowWindowOp):
         all_codes = np.concatenate([np.asarray(found_codes, dtype=np.int64), codes[opening]])
         all_starts = np.concatenate([np.asarray(found_starts, dtype=np.int64), times[opening]])
         all_ends = np.concatenate([np.asarray(found_ends, dtype=np.int64), ends[opening] + 1])
-        order = np.lexsort((all_ends, all_starts, all_codes))
-        all_codes, all_starts, all_ends = all_codes[order], all_starts[order], all_ends[order]
-        if len(opening):  # a window opened twice (or already open) is one window
+        all_from = np.concatenate([np.full(len(found_codes), -1, dtype=np.int64), opening])
+        order = np.lexsort((all_from, all_ends, all_starts, all_codes))
+        all_codes, all_starts, all_ends, all_from = all_codes[order], all_starts[order], all_ends[order], all_from[order]
+        if len(opening):  # a window opened twice (or already open) is one window, open from its first
             first = np.ones(len(order), dtype=bool)
             first[1:] = (np.diff(all_codes) != 0) | (np.diff(all_starts) != 0) | (np.diff(all_ends) != 0)
-            all_codes, all_starts, all_ends = all_codes[first], all_starts[first], all_ends[first]
-        return all_codes, all_starts, all_ends
+            all_codes, all_starts, all_ends, all_from = all_codes[first], all_starts[first], all_ends[first], \
+                all_from[first]
+        return all_codes, all_starts, all_ends, all_from
+
+    def _placed(self, codes: np.ndarray, times: np.ndarray, ends: np.ndarray, opening: np.ndarray, held: int,
+                limit: int, windows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """L4: the (row, window) pairs, rows in order, as the rules give them row by row:
+        a row goes to the windows of its key open when it comes (its own included) that
+        hold its time; a row in none waits (if the watermark has not passed its time) and
+        goes to the first window opened later that holds it. Keys with one window in play
+        (nearly all) in numpy; keys with several, row by row in Python."""
+        win_codes, win_starts, win_ends, win_from = windows
+        per_key = np.bincount(win_codes, minlength=int(codes.max()) + 1 if len(codes) else 0)
+        several = per_key[codes] > 1
+        one = np.flatnonzero(per_key[codes] == 1)
+        w = np.searchsorted(win_codes, codes[one])  # each such row's window
+        t = times[one]
+        holds = (win_starts[w] <= t) & (t < win_ends[w])
+        # a row that came before its window opened is in it only if it was waiting then
+        came_open = (one >= win_from[w]) | (one < held) | (t > limit)
+        keep = holds & came_open
+        pair_rows, pair_windows = one[keep], w[keep]
+        if several.any():
+            more_rows, more_windows = self._placed_in_turn(np.flatnonzero(several), codes, times, ends, opening, held,
+                                                           limit, windows)
+            pair_rows = np.concatenate([pair_rows, more_rows])
+            pair_windows = np.concatenate([pair_windows, more_windows])
+            order = np.argsort(pair_rows, kind="stable")
+            pair_rows, pair_windows = pair_rows[order], pair_windows[order]
+        return pair_rows, pair_windows
+
+    @staticmethod
+    def _placed_in_turn(rows: np.ndarray, codes: np.ndarray, times: np.ndarray, ends: np.ndarray,
+                        opening: np.ndarray, held: int, limit: int, windows: tuple[np.ndarray, ...]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """`_placed` for the rows of keys with several windows in play, a row at a time."""
+        win_codes, win_starts, win_ends, win_from = windows
+        index = {(c, s, e): i for i, (c, s, e) in enumerate(zip(win_codes.tolist(), win_starts.tolist(),
+                                                                 win_ends.tolist()))}
+        opener = np.zeros(len(codes), dtype=bool)
+        opener[opening] = True
+        open_now: dict[int, list[int]] = {}  # per key, the windows open so far
+        for i, (c, f) in enumerate(zip(win_codes.tolist(), win_from.tolist())):
+            if f < 0:
+                open_now.setdefault(c, []).append(i)
+        waiting: dict[int, list[int]] = {}
+        out_rows, out_windows = [], []
+        t_of, e_of = times.tolist(), ends.tolist()
+        for i in rows[np.argsort(codes[rows], kind="stable")].tolist():  # per key, in arrival order
+            c, t = int(codes[i]), t_of[i]
+            mine = open_now.setdefault(c, [])
+            if i < held:
+                waiting.setdefault(c, []).append(i)
+                continue
+            if opener[i]:
+                w = index[(c, t, e_of[i] + 1)]
+                if w not in mine:
+                    mine.append(w)
+                    still = []
+                    for r in waiting.get(c, ()):
+                        if win_starts[w] <= t_of[r] < win_ends[w]:
+                            out_rows.append(r)
+                            out_windows.append(w)
+                        else:
+                            still.append(r)
+                    waiting[c] = still
+            homes = [w for w in mine if win_starts[w] <= t < win_ends[w]]
+            if homes:
+                out_rows += [i] * len(homes)
+                out_windows += homes
+            elif t > limit:
+                waiting.setdefault(c, []).append(i)
+        return np.asarray(out_rows, dtype=np.int64), np.asarray(out_windows, dtype=np.int64)
 
     def _fold(self, table: pa.Table, pair_rows: np.ndarray, pair_windows: np.ndarray, keys: list[Any],
               win_codes: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray, new: dict[Any, Any]) -> None:

@@ -118,6 +118,7 @@ class ArrowWindowOp(TimedWindows):
                 "an event-time window needs rows with event time; give the source event_time=rs.EventTime.column(...) "
                 "or add a with_event_time step before the key_by"))
         times = time_array(times)
+        types = list(self.key_types), list(self.result_types)
         try:
             if self.merging:
                 from_sessions = sessions(self, rows, times)
@@ -129,6 +130,7 @@ class ArrowWindowOp(TimedWindows):
                 else:
                     touched = self._commit(self._merged(groups, size))
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
+            self.key_types, self.result_types = types  # the output types it would have taught too
             return self._batch_failed(inner, explained(
                 exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
         if late is not None:

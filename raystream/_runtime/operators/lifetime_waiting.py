@@ -10,17 +10,20 @@ Python keys, as the per-key state does.
 
 In a snapshot they are per key, under the key `PENDING` of its windows: a tuple of
 `Piece`s, (the segment as Arrow IPC bytes with its rows sorted by key and a time column,
-the segment's number, the key's first row, one past its last). A segment's bytes are
+the segment's number, unique across processes, the key's first row, one past its
+last). A segment's bytes are
 one object that all of its keys' pieces share, so a snapshot pickles them once (pickle
 keeps one copy of an object it meets again), and Python runs per key, not per row or
 column. A segment makes its bytes once (it is never changed, only replaced), when a
 snapshot first needs them. A restore decodes each segment's bytes once (IPC: the types
 the rows had, no unpickling) and takes its keys' rows, segments in the order of their
-numbers, so each key's rows keep the order they came in.
+numbers (review 37b: numbers counted per process collided when a rescale merged two
+subtasks' rows), so each key's rows keep the order they came in.
 """
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +40,16 @@ MAX_SEGMENTS = 16  # segments held before neighbours of one schema are merged
 
 #: A key's waiting rows in one segment, in a snapshot: (the segment's IPC bytes, its
 #: number, the key's rows from, to).
-Piece = tuple[bytes, int, int, int]
+Piece = tuple[bytes, tuple[str, int], int, int]
 
+#: A segment's number: this process's token, then a count. Unique across the subtasks a
+#: rescale merges (each counts from 0); ordered within one process, all a key needs.
+_PROCESS = uuid.uuid4().hex
 _numbers = itertools.count()
+
+
+def _number() -> tuple[str, int]:
+    return _PROCESS, next(_numbers)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class Segment:
 
     table: pa.Table
     times: np.ndarray
-    number: int = field(default_factory=lambda: next(_numbers))  # segments come in this order
+    number: tuple[str, int] = field(default_factory=_number)  # within a process, segments come in this order
     _distinct: DistinctKeys | None = None
     _pieces: dict[Any, Piece] | None = None
 
@@ -145,7 +155,7 @@ class WaitingRows:
     def restored(cls, key_columns: tuple[str, ...], entries: list[tuple[Piece, ...]]) -> WaitingRows:
         """The waiting rows of restored keys (each key's pieces), a segment per segment
         they came from, in the order of the segments' numbers."""
-        ranges: dict[int, tuple[bytes, list[tuple[int, int]]]] = {}
+        ranges: dict[tuple[str, int], tuple[bytes, list[tuple[int, int]]]] = {}
         for pieces in entries:
             for data, number, a, b in pieces:
                 ranges.setdefault(number, (data, []))[1].append((a, b))

@@ -337,3 +337,19 @@ def test_rows_of_one_key_that_arrow_groups_apart_are_one_window(name):
     op.process(Timed(ArrowKeyed(batch, ("k",)), np.array([1, 2, 3])))
     out, _ = untimed(op.on_watermark(MAX_TIME))
     assert [(r["k"], r["n"], r["total"], r["low"]) for r in out.to_pylist()] == [(0.0, 3, 5, 2)]
+
+
+def test_a_failed_batch_leaves_the_output_types_as_they_were():
+    """Review 37b: a batch that failed (a string into the max of ints) still taught the
+    step its output types, so later windows fired the ints as strings."""
+    assigner = Tumbling(0.010)
+    assigner.check("w")
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=(("high", agg.max("v")),),
+                            window=WindowSpec(assigner, 5, "columnar")))  # no sum: Arrow has none of strings
+    op.process(arrow_rows([("a", 5, 2), ("b", 7, 3)]))
+    bad = pa.RecordBatch.from_arrays([pa.array(["a"]), pa.array(["x"])], names=["k", "v"])
+    with pytest.raises(RecordFailure):
+        op.process(Timed(ArrowKeyed(bad, ("k",)), np.array([4], dtype=np.int64)))
+    inner, _ = untimed(op.on_watermark(MAX_TIME))
+    assert inner.schema.field("high").type == pa.int64()
+    assert inner.select(["k", "high"]).to_pylist() == [{"k": "a", "high": 5}, {"k": "b", "high": 7}]
