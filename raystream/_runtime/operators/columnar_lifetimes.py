@@ -50,48 +50,21 @@ import pyarrow as pa
 from raystream._runtime.operators.aggregate import arrow_keyed_input, unused_name
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.lifetime_placement import MAX_END, end_millis, placed, windows_in_play
 from raystream._runtime.operators.lifetime_waiting import PENDING, Segment, WaitingRows
 from raystream._runtime.operators.window_rows import Fired, python_holds
 from raystream._runtime.operators.windows import CLEANUP, FIRE
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import SpreadTimers
-from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
+from raystream._runtime.time.watermarks import MIN_TIME
 from raystream._runtime.transport.arrow_keys import distinct_keys
 from raystream._runtime.transport.batch import time_array
 from raystream.errors import RestoreError
 from raystream.graph import Step
 
-__all__ = ["LifetimeWindowOp", "PENDING", "end_millis"]
+__all__ = ["LifetimeWindowOp", "MAX_END", "PENDING"]
 
 _NONE: dict = {}
-_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
-MAX_END = MAX_TIME // 2  # an end past it is taken as it: end + 1 + allowed lateness stays an int64
-
-
-def end_millis(column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(each row's end in milliseconds, floored, at most MAX_END; whether it has one) of
-    the end column: integers (milliseconds) or timestamps."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    kind = column.type
-    if not (pa.types.is_timestamp(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)):
-        raise TypeError(f"a Lifetime window's end column holds milliseconds (integers) or timestamps; got {kind}")
-    has = column.is_valid().to_numpy(zero_copy_only=False)
-    if pa.types.is_null(kind):
-        return np.zeros(len(column), dtype=np.int64), has
-    if pa.types.is_unsigned_integer(kind):
-        values = np.minimum(column.fill_null(0).to_numpy(zero_copy_only=False), MAX_END).astype(np.int64)
-    else:
-        values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    if pa.types.is_timestamp(kind):
-        divisor = _DIVISORS[kind.unit]
-        if divisor < 0:
-            values = np.clip(values, MIN_TIME // -divisor, MAX_END // -divisor) * -divisor
-        else:
-            values = values // divisor  # floored, as event times from a timestamp column are
-    return np.minimum(values, MAX_END), has
-
-
 def _is_window(w: Any) -> bool:
     return type(w) is tuple and len(w) == 2 and all(type(x) is int for x in w)
 
@@ -166,9 +139,9 @@ class LifetimeWindowOp(ArrowWindowOp):
             ends = np.concatenate([np.zeros(held, dtype=np.int64), ends])
             opening = opening + held
 
-        windows = self._windows(keys, codes, opening, times, ends)  # L3
+        windows = windows_in_play(self._state, keys, codes, opening, times, ends)  # L3
         win_codes, win_starts, win_ends = windows[:3]
-        pair_rows, pair_windows = self._placed(codes, times, ends, opening, held, limit, windows)  # L4
+        pair_rows, pair_windows = placed(codes, times, ends, opening, held, limit, windows)  # L4
         unplaced = np.ones(len(codes), dtype=bool)
         unplaced[pair_rows] = False
         too_late = unplaced[held:] & (times[held:] <= limit)
@@ -183,10 +156,10 @@ class LifetimeWindowOp(ArrowWindowOp):
             if mine.any():
                 self._fold(segment.table.take(pa.array(rows_of)), pair_rows[mine] - offset, pair_windows[mine], keys,
                            win_codes, win_starts, win_ends, new)
-                placed = ~unplaced[offset:offset + n]
-                taken[codes[offset:offset + n][placed]] = True
+                went = ~unplaced[offset:offset + n]
+                taken[codes[offset:offset + n][went]] = True
                 gone = np.zeros(segment.table.num_rows, dtype=bool)
-                gone[rows_of[placed]] = True
+                gone[rows_of[went]] = True
                 segments[index] = segment.without(gone)  # type: ignore[call-overload]
             offset += n
         mine = pair_rows >= held
@@ -219,110 +192,14 @@ class LifetimeWindowOp(ArrowWindowOp):
                 out.append((index, segment, row_codes[rows_of], rows_of))
         return out
 
-    def _windows(self, keys: list[Any], codes: np.ndarray, opening: np.ndarray, times: np.ndarray,
-                 ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every window of the keys present (code, start, end, from which row on it is
-        open: -1 for a window of the state, else its first opening row), sorted by code:
-        those in the state (Python, once per distinct key) and those the rows open."""
-        found_codes, found_starts, found_ends = [], [], []
-        for code, windows in enumerate(map(self._state.get, keys)):  # the lookups in C, the loop per key held
-            if windows:
-                for w in windows:
-                    if w != PENDING:
-                        found_codes.append(code)
-                        found_starts.append(w[0])
-                        found_ends.append(w[1])
-        all_codes = np.concatenate([np.asarray(found_codes, dtype=np.int64), codes[opening]])
-        all_starts = np.concatenate([np.asarray(found_starts, dtype=np.int64), times[opening]])
-        all_ends = np.concatenate([np.asarray(found_ends, dtype=np.int64), ends[opening] + 1])
-        all_from = np.concatenate([np.full(len(found_codes), -1, dtype=np.int64), opening])
-        order = np.lexsort((all_from, all_ends, all_starts, all_codes))
-        all_codes, all_starts, all_ends, all_from = all_codes[order], all_starts[order], all_ends[order], all_from[order]
-        if len(opening):  # a window opened twice (or already open) is one window, open from its first
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = (np.diff(all_codes) != 0) | (np.diff(all_starts) != 0) | (np.diff(all_ends) != 0)
-            all_codes, all_starts, all_ends, all_from = all_codes[first], all_starts[first], all_ends[first], \
-                all_from[first]
-        return all_codes, all_starts, all_ends, all_from
-
-    def _placed(self, codes: np.ndarray, times: np.ndarray, ends: np.ndarray, opening: np.ndarray, held: int,
-                limit: int, windows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """L4: the (row, window) pairs, rows in order, as the rules give them row by row:
-        a row goes to the windows of its key open when it comes (its own included) that
-        hold its time; a row in none waits (if the watermark has not passed its time) and
-        goes to the first window opened later that holds it. Keys with one window in play
-        (nearly all) in numpy; keys with several, row by row in Python."""
-        win_codes, win_starts, win_ends, win_from = windows
-        per_key = np.bincount(win_codes, minlength=int(codes.max()) + 1 if len(codes) else 0)
-        several = per_key[codes] > 1
-        one = np.flatnonzero(per_key[codes] == 1)
-        w = np.searchsorted(win_codes, codes[one])  # each such row's window
-        t = times[one]
-        holds = (win_starts[w] <= t) & (t < win_ends[w])
-        # a row that came before its window opened is in it only if it was waiting then
-        came_open = (one >= win_from[w]) | (one < held) | (t > limit)
-        keep = holds & came_open
-        pair_rows, pair_windows = one[keep], w[keep]
-        if several.any():
-            more_rows, more_windows = self._placed_in_turn(np.flatnonzero(several), codes, times, ends, opening, held,
-                                                           limit, windows)
-            pair_rows = np.concatenate([pair_rows, more_rows])
-            pair_windows = np.concatenate([pair_windows, more_windows])
-            order = np.argsort(pair_rows, kind="stable")
-            pair_rows, pair_windows = pair_rows[order], pair_windows[order]
-        return pair_rows, pair_windows
-
-    @staticmethod
-    def _placed_in_turn(rows: np.ndarray, codes: np.ndarray, times: np.ndarray, ends: np.ndarray,
-                        opening: np.ndarray, held: int, limit: int, windows: tuple[np.ndarray, ...]
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """`_placed` for the rows of keys with several windows in play, a row at a time."""
-        win_codes, win_starts, win_ends, win_from = windows
-        index = {(c, s, e): i for i, (c, s, e) in enumerate(zip(win_codes.tolist(), win_starts.tolist(),
-                                                                 win_ends.tolist()))}
-        opener = np.zeros(len(codes), dtype=bool)
-        opener[opening] = True
-        open_now: dict[int, list[int]] = {}  # per key, the windows open so far
-        for i, (c, f) in enumerate(zip(win_codes.tolist(), win_from.tolist())):
-            if f < 0:
-                open_now.setdefault(c, []).append(i)
-        waiting: dict[int, list[int]] = {}
-        out_rows, out_windows = [], []
-        t_of, e_of = times.tolist(), ends.tolist()
-        for i in rows[np.argsort(codes[rows], kind="stable")].tolist():  # per key, in arrival order
-            c, t = int(codes[i]), t_of[i]
-            mine = open_now.setdefault(c, [])
-            if i < held:
-                waiting.setdefault(c, []).append(i)
-                continue
-            if opener[i]:
-                w = index[(c, t, e_of[i] + 1)]
-                if w not in mine:
-                    mine.append(w)
-                    still = []
-                    for r in waiting.get(c, ()):
-                        if win_starts[w] <= t_of[r] < win_ends[w]:
-                            out_rows.append(r)
-                            out_windows.append(w)
-                        else:
-                            still.append(r)
-                    waiting[c] = still
-            homes = [w for w in mine if win_starts[w] <= t < win_ends[w]]
-            if homes:
-                out_rows += [i] * len(homes)
-                out_windows += homes
-            elif t > limit:
-                waiting.setdefault(c, []).append(i)
-        return np.asarray(out_rows, dtype=np.int64), np.asarray(out_windows, dtype=np.int64)
-
     def _fold(self, table: pa.Table, pair_rows: np.ndarray, pair_windows: np.ndarray, keys: list[Any],
               win_codes: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray, new: dict[Any, Any]) -> None:
         """L5: the partials of one part's rows per window, folded into `new` (each window's
         state so far: from an earlier part, or the state, or fresh). `pair_rows` are in
         row order, so first and last see the rows as they came."""
         column = unused_name(table.column_names, "__raystream_window")
-        placed = table.take(pa.array(pair_rows)).append_column(column, pa.array(pair_windows))
-        groups = self.folds.group(placed, [column])
+        rows = table.take(pa.array(pair_rows)).append_column(column, pa.array(pair_windows))
+        groups = self.folds.group(rows, [column])
         self._learn(table, groups.partial_types())
         get, fresh = self._state.get, self.folds.fresh()
         picked = groups.keys[0].to_numpy()
