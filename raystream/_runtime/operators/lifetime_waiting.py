@@ -23,6 +23,7 @@ subtasks' rows), so each key's rows keep the order they came in.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ _numbers = itertools.count()
 
 
 def _number() -> tuple[str, int]:
-    return _PROCESS, next(_numbers)
+    return f"{_PROCESS}-{os.getpid()}", next(_numbers)  # the pid too: a forked process has the parent's token
 
 
 @dataclass
