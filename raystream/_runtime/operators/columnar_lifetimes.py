@@ -65,6 +65,8 @@ from raystream.graph import Step
 __all__ = ["LifetimeWindowOp", "MAX_END", "PENDING"]
 
 _NONE: dict = {}
+
+
 def _is_window(w: Any) -> bool:
     return type(w) is tuple and len(w) == 2 and all(type(x) is int for x in w)
 
