@@ -26,7 +26,7 @@ from raystream._runtime.transport.batch import ArrowKeyed, Timed, as_records, un
 from raystream.event_time import UNITS, EventTime, to_millis
 from raystream.graph import Step, StepKind
 
-_TIMESTAMP_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
+TIMESTAMP_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
 
 
 def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -39,7 +39,7 @@ def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndar
     valid = None if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
     if pa.types.is_timestamp(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        divisor = _TIMESTAMP_DIVISORS[kind.unit]
+        divisor = TIMESTAMP_DIVISORS[kind.unit]
         return (ints * -divisor if divisor < 0 else ints // divisor), valid
     if pa.types.is_integer(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raystream._runtime.operators.event_time import TIMESTAMP_DIVISORS
 from raystream._runtime.operators.lifetime_waiting import PENDING
 from raystream._runtime.time.watermarks import MAX_TIME, MIN_TIME
 
-_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
 MAX_END = MAX_TIME // 2  # an end past it is taken as it: end + 1 + allowed lateness stays an int64
 
 
@@ -31,7 +31,7 @@ def end_millis(column: Any) -> tuple[np.ndarray, np.ndarray]:
     else:
         values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     if pa.types.is_timestamp(kind):
-        divisor = _DIVISORS[kind.unit]
+        divisor = TIMESTAMP_DIVISORS[kind.unit]
         if divisor < 0:
             values = np.clip(values, MIN_TIME // -divisor, MAX_END // -divisor) * -divisor
         else:
