@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream._arrow_values import python_rows
 from raystream.errors import RestoreError
 
 
@@ -112,4 +113,4 @@ class Sink(ABC):
 
 
 def as_records(batch: Any) -> list[Any]:
-    return batch.to_pylist() if isinstance(batch, pa.RecordBatch) else batch
+    return python_rows(batch) if isinstance(batch, pa.RecordBatch) else batch

@@ -132,6 +132,7 @@ def main() -> None:
         profiles = sample({**status.pids, "coordinator": status.coordinator_pid}, args.seconds, out)
         rate = (workload.count(handle.status()) - before) / (time.perf_counter() - t0)
         handle.stop()
+        handle.wait()  # stop() only asks: the job still writes its checkpoints until it ends
     print(f"{args.workload}, {args.mode}: {rate:,.0f} events/s while sampled ({args.seconds:.0f} s at {RATE}/s; "
           "shares are of each process's samples on a CPU)")
     for profile in sorted(profiles, key=lambda p: -p.samples):

@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "process", "windows", "aggregates", "result", "retry", "ttl"),
     ("testing", "sink_api", "source_api", "event_time"),
     ("_storage",),
-    ("_files", "errors", "_version", "_moved_modules"),
+    ("_files", "_arrow_values", "errors", "_version", "_moved_modules"),
 ]
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raystream._arrow_values import python_values
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys, may_split_keys
@@ -66,7 +67,7 @@ class Groups:
 
     def python_partials(self) -> list[list[Any]]:
         """Each partial's values as Python values; exact sums as ints again."""
-        return [[None if v is None else int(v) for v in c.to_pylist()] if i in self.exact else c.to_pylist()
+        return [[None if v is None else int(v) for v in c.to_pylist()] if i in self.exact else python_values(c)
                 for i, c in enumerate(self.partials)]
 
     def partial_types(self) -> list[pa.DataType]:
@@ -77,8 +78,8 @@ class Groups:
         """The Python key of each group from its first `n` columns: what the per-record
         path's key would be (a value, or the tuple of several)."""
         if n == 1:
-            return self.keys[0].to_pylist()
-        return list(zip(*(c.to_pylist() for c in self.keys[:n])))
+            return python_values(self.keys[0])
+        return list(zip(*(python_values(c) for c in self.keys[:n])))
 
 
 def unused_name(names: Sequence[str], name: str) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, unused_name
 from raystream._runtime.operators.window_tables import WindowTables, columnar_folds
 from raystream._runtime.operators.columnar import explained
@@ -208,7 +209,7 @@ class ArrowWindowOp(TimedWindows):
         """The new state of each (key, window) of the batch, folded in Python. Nothing changes yet."""
         get, fresh = self.state.get, self.folds.fresh()
         ids, olds = [], []
-        for key, s in zip(groups.python_keys(len(self.key_columns)), groups.keys[-1].to_pylist()):
+        for key, s in zip(groups.python_keys(len(self.key_columns)), python_values(groups.keys[-1])):
             w = (s, s + size)
             ids.append((key, w))
             entry = (get(key) or _NONE).get(w)
@@ -246,7 +247,7 @@ class ArrowWindowOp(TimedWindows):
         has fired (there is no lateness): returns no window to update."""
         n = len(self.key_columns)
         starts = groups.keys[-1].to_numpy()
-        keys = groups.keys[0].unique().to_pylist() if n == 1 else groups.python_keys(n)
+        keys = python_values(groups.keys[0].unique()) if n == 1 else groups.python_keys(n)
         for partial in groups.partials:  # values Python cannot hold fail the batch, not a snapshot
             python_holds(partial)
         self._tables.add(groups.keys[:n], groups.partials, starts)  # type: ignore[union-attr]

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
 from raystream.aggregates import Count, First, Last, Max, Min
 
@@ -146,8 +147,8 @@ class WindowTables:
     def python_keys(self, table: pa.Table) -> list[Any]:
         """Each row's key as the per-record path has it: a value, or the tuple of several."""
         if len(self.key_columns) == 1:
-            return table.column(0).to_pylist()
-        return list(zip(*(table.column(i).to_pylist() for i in range(len(self.key_columns)))))
+            return python_values(table.column(0))
+        return list(zip(*(python_values(table.column(i)) for i in range(len(self.key_columns)))))
 
     def keys(self) -> int:
         """How many distinct keys the windows hold (Arrow: one group-by over their keys)."""
@@ -189,7 +190,7 @@ class WindowTables:
     def _add_rows(self, state: dict[Any, Any], start: int, table: pa.Table) -> None:
         """The per-key entries of window `start` for the rows of `table` into `state`."""
         n = len(self.key_columns)
-        partials = [table.column(n + i).to_pylist() for i in range(len(self.folds.partials))]
+        partials = [python_values(table.column(n + i)) for i in range(len(self.folds.partials))]
         values = [partials[slot[0]] for slot in self.folds.slots]  # each aggregate has one partial
         w = (start, start + self.size)
         for key, states in zip(self.python_keys(table), zip(*values)):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raystream._arrow_values import python_values
 from raystream._runtime.transport.arrow_hash import key_hashes
 from raystream._runtime.transport.keys import KeyRouter
 
@@ -63,8 +64,8 @@ def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
     try:
         encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
     except pa.ArrowNotImplementedError:  # lists, structs: per row, and the router names the bad key
-        return np.arange(len(column), dtype=np.int64), column.to_pylist()
-    values = encoded.dictionary.to_pylist()
+        return np.arange(len(column), dtype=np.int64), python_values(column)
+    values = python_values(encoded.dictionary)
     indices = encoded.indices.cast(pa.int64())
     if indices.null_count:
         indices = indices.fill_null(len(values))

@@ -23,6 +23,7 @@ from typing import Any, Union
 import numpy as np
 import pyarrow as pa
 
+from raystream._arrow_values import python_rows
 from raystream._runtime.transport.arrow_keys import distinct_keys
 
 
@@ -116,7 +117,7 @@ def as_records(batch: Any) -> list[Any]:
         return as_records(batch.batch)
     if isinstance(batch, (KeyedBatch, ArrowKeyed)):
         return as_keyed(batch).records()
-    return batch.to_pylist()
+    return python_rows(batch)
 
 
 def as_keyed(batch: Any) -> KeyedBatch:
@@ -126,7 +127,7 @@ def as_keyed(batch: Any) -> KeyedBatch:
     if isinstance(batch, Timed):
         return as_keyed(batch.batch)
     if isinstance(batch, ArrowKeyed):  # what key_by(step_id, lambda row: row[column]) would give
-        return KeyedBatch(distinct_keys(batch.batch, batch.key_columns).per_row(), batch.batch.to_pylist())
+        return KeyedBatch(distinct_keys(batch.batch, batch.key_columns).per_row(), python_rows(batch.batch))
     records = as_records(batch)
     try:
         keys = [k for k, _ in records]

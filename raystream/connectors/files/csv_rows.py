@@ -13,6 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc  # noqa: F401 (pa.ipc.read_schema)
 
 from raystream import _files
+from raystream._arrow_values import python_rows
 from raystream.errors import SourceError
 from raystream.source_api import SourcePartition
 
@@ -144,7 +145,7 @@ class CsvPartition(SourcePartition):
                 self._check_end(self._pending)
         out, self._pending = self._pending.slice(0, self._batch_size), self._pending.slice(self._batch_size)
         self._rows += out.num_rows
-        return out.to_pylist()
+        return python_rows(out)
 
     def _check_end(self, last: pa.RecordBatch) -> None:
         """A quote opened in the last row and never closed makes the rest of the file one

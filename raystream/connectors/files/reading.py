@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystream import _files
+from raystream._arrow_values import python_rows
 from raystream._storage import open_storage
 from raystream.connectors.files.compaction import visible_files
 from raystream.connectors.files.rows import FORMATS, concat, from_json, table_of
@@ -29,7 +30,7 @@ def read_files(directory: str, *, format: str = "jsonl") -> list[dict[Any, Any]]
         if format == "jsonl":
             rows.extend(_json_rows(data))
         else:
-            rows.extend(pq.read_table(pa.BufferReader(data)).to_pylist())
+            rows.extend(python_rows(pq.read_table(pa.BufferReader(data))))
     return rows
 
 
