@@ -1,11 +1,11 @@
 """Billing over Arrow: jobs/billing.py with columnar steps, exactly once.
 
 The same usage events (jobs/billing.py's generator, made a batch at a time in numpy), the
-same per-customer totals and hourly invoices, with no Python per event after the
-source's event time:
+same per-customer totals and hourly invoices, with no Python per event:
 
-- `events`: each batch of event numbers becomes Arrow columns (event_id, customer,
-  cents, time) in numpy;
+- `usage`: `UsageSource`, a `SequenceSource(columnar=True)` whose batches of event
+  numbers become Arrow columns (event_id, customer, cents, time) in numpy; the event
+  time is the "time" column, each partition with its own watermark;
 - `running_total`: `aggregate` keeps each customer's total and event count in numpy
   columns and emits, per batch, one row per customer the batch had: (customer, total,
   events) after the batch. The per-record job emits a row per event; this one is an
@@ -59,11 +59,39 @@ def usage_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         names=["event_id", "customer", "cents", "time"])
 
 
+class UsageSource(rs.sources.SequenceSource):
+    """The generator's events as Arrow columns: the numbers of a columnar SequenceSource,
+    each batch made into `usage_batch`'s columns where it is read. The offsets are the
+    SequenceSource's, so a run resumes where it stopped."""
+
+    def __init__(self, events: int, *, partitions: int = 4, rate: float | None = None):
+        super().__init__(events, partitions=partitions, rate=rate, columnar=True)
+
+    def build_partition(self, key: str, resume_state, batch_size: int) -> rs.sources.SourcePartition:
+        return _UsagePartition(super().build_partition(key, resume_state, batch_size))
+
+
+class _UsagePartition(rs.sources.SourcePartition):
+    def __init__(self, numbers: rs.sources.SourcePartition):
+        self._numbers = numbers
+
+    def next_batch(self):
+        batch = self._numbers.next_batch()
+        return usage_batch(batch) if isinstance(batch, pa.RecordBatch) else batch  # [] or None as they come
+
+    def snapshot(self):
+        return self._numbers.snapshot()
+
+    def next_awake(self):
+        return self._numbers.next_awake()
+
+
 def build(out: str = OUT, events: int = EVENTS, rate: float | None = RATE) -> rs.Job:
     job = rs.Job("billing_arrow", parallelism=2, checkpoint=rs.CheckpointConfig(interval=1.0))
-    usage = job.source("usage", rs.sources.SequenceSource(events, partitions=4, rate=rate),
-                       event_time=rs.EventTime(usage_time, max_delay=60))
-    by_customer = usage.map_batches("events", usage_batch).key_by("by_customer", "customer")
+    # the time column holds seconds as floats; rounded to milliseconds as jobs/billing.py's are
+    usage = job.source("usage", UsageSource(events, partitions=4, rate=rate),
+                       event_time=rs.EventTime.column("time", unit="s", max_delay=60))
+    by_customer = usage.key_by("by_customer", "customer")
     (by_customer.aggregate("running_total", total=agg.sum("cents"), events=agg.count())
      .sink("totals", rs.sinks.FileSink(out, format="parquet")))
     hourly = (by_customer.window(Tumbling(dt.timedelta(hours=1)), allowed_lateness=LATENESS)

@@ -37,6 +37,8 @@ def python_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
 def python_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     """`batch.to_pylist()`: a dict per row, column name to value, through `python_values`."""
     names = batch.schema.names
+    if not names:  # rows without columns: zip would make none of them
+        return [{} for _ in range(batch.num_rows)]
     return list(map(dict, map(zip, repeat(names), zip(*map(python_values, batch.columns)))))
 
 
@@ -55,10 +57,13 @@ def _datetimes(column: pa.Array | pa.ChunkedArray, kind: pa.TimestampType) -> li
         if zone is None:
             return None
         values = _zoned(us, zone)
+    present = None
     if column.null_count:
-        for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(nulls).tolist():
             values[i] = None
-    return values if _agrees(column, values) else None
+        present = np.flatnonzero(~nulls)
+    return values if _agrees(column, values, present) else None
 
 
 def _zoned(us: np.ndarray, zone: datetime.tzinfo) -> list[datetime.datetime]:
@@ -89,9 +94,14 @@ def _zone(tz: str) -> datetime.tzinfo | None:
         return None
 
 
-def _agrees(column: pa.Array | pa.ChunkedArray, values: list[Any]) -> bool:
-    """The first and last values as pyarrow makes them: a cheap guard on the bulk path."""
-    for i in (0, len(values) - 1):
+def _agrees(column: pa.Array | pa.ChunkedArray, values: list[Any], present: np.ndarray | None) -> bool:
+    """The first and last values that are not null (`present`: their positions, None for
+    all) as pyarrow makes them now, time zone object included (a zone cache cleared since
+    `_zone` ran gives new ones): a cheap guard on the bulk path."""
+    if present is not None and not len(present):
+        return True  # all null: nothing was made
+    ends = (0, len(values) - 1) if present is None else (int(present[0]), int(present[-1]))
+    for i in ends:
         expected = column[i].as_py()
         if expected != values[i] or getattr(expected, "tzinfo", None) != getattr(values[i], "tzinfo", None):
             return False

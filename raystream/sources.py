@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from raystream.errors import JobDefinitionError, SourceError  # noqa: F401 (SourceError: what a source raises)
 from raystream.connectors.files.source import FileSource  # noqa: F401 (users name it rs.sources.FileSource)
 from raystream.source_api import Pacer, Source, SourcePartition, check_rate  # noqa: F401 (the interface, for users)
@@ -41,35 +44,44 @@ class SequenceSource(Source):
     """The integers 0..n-1 (unbounded when n is None) in `partitions` partitions.
 
     Partition p emits p, p+P, p+2P, ... where P = partitions. `rate` limits the records
-    per second of all partitions together.
+    per second of all partitions together. `columnar=True` emits them as Arrow record
+    batches of one int64 column, "value", made in numpy (`arrow_batch_size` rows at a
+    time), for columnar steps: no Python per number.
     """
 
-    def __init__(self, n: int | None = None, *, partitions: int = 1, rate: float | None = None):
+    def __init__(self, n: int | None = None, *, partitions: int = 1, rate: float | None = None,
+                 columnar: bool = False):
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
             raise JobDefinitionError(f"SequenceSource n must be None or an integer >= 0; got {n!r}")
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise JobDefinitionError(f"SequenceSource partitions must be an integer >= 1; got {partitions!r}")
+        if not isinstance(columnar, bool):
+            raise JobDefinitionError(f"SequenceSource columnar must be True or False; got {columnar!r}")
         check_rate("SequenceSource", rate)
         self.n = n
         self.partitions = partitions
         self.rate = rate
+        self.columnar = columnar
 
     def list_partitions(self) -> list[str]:
         return [str(p) for p in range(self.partitions)]
 
     def build_partition(self, key: str, resume_state: Any | None, batch_size: int) -> SourcePartition:
         rate = None if self.rate is None else self.rate / self.partitions
-        return _SequencePartition(int(key), self.partitions, self.n, rate, resume_state or 0, batch_size)
+        return _SequencePartition(int(key), self.partitions, self.n, rate, resume_state or 0, batch_size,
+                                  self.columnar)
 
 
 class _SequencePartition(SourcePartition):
-    def __init__(self, first: int, step: int, n: int | None, rate: float | None, emitted: int, batch_size: int):
+    def __init__(self, first: int, step: int, n: int | None, rate: float | None, emitted: int, batch_size: int,
+                 columnar: bool = False):
         self._first, self._step, self._n = first, step, n
         self._emitted = emitted  # records of this partition emitted so far: the offset
         self._batch_size = batch_size
         self._pacer = Pacer(rate, emitted)
+        self._columnar = columnar
 
-    def next_batch(self) -> list[int] | None:
+    def next_batch(self) -> list[int] | pa.RecordBatch | None:
         start = self._first + self._emitted * self._step
         if self._n is not None and start >= self._n:
             return None
@@ -79,6 +91,10 @@ class _SequencePartition(SourcePartition):
         stop = start + count * self._step
         if self._n is not None:
             stop = min(stop, self._n)
+        if self._columnar:
+            values = np.arange(start, stop, self._step, dtype=np.int64)
+            self._emitted += len(values)
+            return pa.RecordBatch.from_arrays([pa.array(values)], names=["value"])
         batch = list(range(start, stop, self._step))
         self._emitted += len(batch)
         return batch

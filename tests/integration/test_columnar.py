@@ -2,6 +2,8 @@
 columns -> aggregate -> FileSink) gives what pyarrow computes over the whole input, and
 a per-record keyed step on the same keyed stream sees the same keys."""
 import collections
+import runpy
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,3 +76,19 @@ def test_a_columnar_job_equals_pyarrow_over_the_whole_input(bids, tmp_path):
     kept = sum(v["n"] for v in want.values())
     assert result.steps["pricey"].records_in == FILES * ROWS and result.steps["stats"].records_in == kept
     assert result.steps["stats"].records_out == len(rows)
+
+
+@pytest.mark.extended  # its seven actors start in 8-10 s on two cores, past the default suite's budget
+def test_billing_over_arrow_reads_a_columnar_sequence_with_a_watermark_per_partition(tmp_path):
+    """jobs/billing_arrow.py's source is a SequenceSource(columnar=True) made into usage
+    columns where it is read, its event time a column: every customer's last total is the
+    sum of exactly its events, and each hour's last invoice that of its on-time events."""
+    ns = runpy.run_path(str(Path(__file__).resolve().parents[2] / "jobs" / "billing_arrow.py"),
+                        run_name="__raystream_job__")
+    out, events = str(tmp_path / "billing"), 20_000
+    job = ns["build"](out, events, rate=None).with_options(
+        runtime=rs.RuntimeConfig(arrow_batch_size=1_500), checkpoint=rs.CheckpointConfig(interval=0.3))
+    result = job.run()
+    assert result.state == "finished"
+    verdict = ns["verify"](out, events)
+    assert verdict.ok and verdict.customers == ns["CUSTOMERS"] and verdict.invoices > 0, verdict

@@ -2,6 +2,7 @@
 equal, with the same time zone and fold, nulls where Arrow has nulls, and pyarrow's own
 conversion wherever the bulk path cannot be sure."""
 import datetime
+import zoneinfo
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +82,24 @@ def test_rows_are_the_dicts_to_pylist_makes():
     assert python_rows(batch.slice(0, 0)) == []
     table = pa.Table.from_batches([batch, batch.slice(1)])  # chunked columns, a chunk with an offset
     assert python_rows(table) == table.to_pylist()
+
+
+def test_rows_without_columns_are_empty_dicts():
+    # review 38: zip over no columns made no rows, and a step after one that kept no columns lost them all
+    batch = pa.record_batch({"a": [1, 2, 3]}).select([])
+    assert python_rows(batch) == batch.to_pylist() == [{}, {}, {}]
+    assert python_rows(pa.table({"a": [1, 2]}).select([])) == [{}, {}]
+
+
+def test_the_guard_compares_values_that_are_not_null_with_pyarrows_zone_of_now():
+    # review 38: with nulls at both ends the guard compared None with None; values made with a
+    # zone object pyarrow no longer gives (a cleared zoneinfo cache) must not be kept
+    column = pa.array([None, 1_699_162_200, 1_699_165_800, None], pa.timestamp("s", tz="America/New_York"))
+    python_values(column)  # the zone cached
+    zoneinfo.ZoneInfo.clear_cache()
+    expected, got = column.to_pylist(), python_values(column)
+    assert same(expected, got) and all(g is None or g.tzinfo is e.tzinfo for e, g in zip(expected, got))
+    _arrow_values._zone.cache_clear()  # the bulk path for the tests after this one
 
 
 def test_a_sliced_column_keeps_its_offset_and_nulls():

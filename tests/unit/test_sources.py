@@ -39,7 +39,23 @@ def test_sequence_rate_limits():
     assert part.next_awake() is not None
 
 
+@pytest.mark.parametrize("n, partitions, size", [(10, 3, 2), (1, 1, 5), (0, 2, 4), (1_000, 4, 64)])
+def test_a_columnar_sequence_emits_the_same_numbers_as_int64_batches_and_resumes_alike(n, partitions, size):
+    rows, columnar = SequenceSource(n, partitions=partitions), SequenceSource(n, partitions=partitions, columnar=True)
+    assert columnar.columnar and not rows.columnar  # the runtime reads arrow_batch_size rows at a time for it
+    for key in rows.list_partitions():
+        part = columnar.build_partition(key, None, size)
+        first = part.next_batch()
+        if first is not None:
+            assert first.schema == pa.schema([("value", pa.int64())]) and first.num_rows <= size
+        resumed = columnar.build_partition(key, part.snapshot(), size)
+        assert (first.to_pylist() if first is not None else []) + drain(resumed) == [
+            {"value": v} for v in drain(rows.build_partition(key, None, size))]
+
+
 def test_sequence_argument_checks():
+    with pytest.raises(JobDefinitionError, match="columnar"):
+        SequenceSource(5, columnar="yes")
     with pytest.raises(JobDefinitionError):
         SequenceSource(-1)
     with pytest.raises(JobDefinitionError):
