@@ -2,7 +2,13 @@
 a row at a time in plain Python: what the operator tests hold the step to."""
 from __future__ import annotations
 
-from raystream._runtime.operators.columnar_lifetimes import MAX_END
+import pickle
+
+from raystream import aggregates as agg
+from raystream._runtime.operators.columnar_lifetimes import MAX_END, LifetimeWindowOp
+from raystream._runtime.state.changelog import StateChangelog
+from raystream.graph import Step, StepKind, WindowSpec
+from raystream.windows import Lifetime
 
 
 class Model:
@@ -73,3 +79,45 @@ class Model:
         n = len(self.windows[k][w][0])
         return (k, w[0], w[1], (n, max(values, default=None), values[0] if values else None,
                                 values[-1] if values else None), update)
+
+
+AGGREGATES = (("n", agg.count()), ("top", agg.max("v")), ("first", agg.first("v")), ("last", agg.last("v")))
+
+
+def lifetime(lateness_ms=0) -> LifetimeWindowOp:
+    assigner = Lifetime("end")
+    assigner.check("w")
+    return LifetimeWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=AGGREGATES,
+                                 window=WindowSpec(assigner, lateness_ms, "columnar")))
+
+
+def restored(op, lateness):
+    """A new step restored from a full snapshot of `op` (as a checkpoint takes it)."""
+    keyed, _, _ = StateChangelog(incremental=False, base_every=4, compact_above=10 ** 9).capture([op])
+    state, meta = pickle.loads(pickle.dumps((keyed["w"], op.state_meta())))
+    new = lifetime(lateness)
+    new.restore(state, op.watermark)
+    new.restore_meta([meta])
+    return new
+
+
+def chained(changelog, op, chain):
+    """What a restore reads after this capture: the full snapshot, or `chain` with the
+    snapshot's changes applied, as `materialize` applies them (I5)."""
+    keyed, incremental, _ = changelog.capture([op])
+    part = pickle.loads(pickle.dumps(keyed["w"]))  # now: the live state goes on changing
+    changelog.parts = []  # as if the snapshot were uploaded: the next builds on it
+    if not incremental:
+        return part
+    changed, deleted = part
+    chain = {**chain, **changed}
+    for key in deleted:
+        chain.pop(key, None)
+    return chain
+
+
+def restored_from(chain, op, lateness):
+    new = lifetime(lateness)
+    new.restore(pickle.loads(pickle.dumps(chain)), op.watermark)
+    new.restore_meta([op.state_meta()])
+    return new

@@ -24,19 +24,8 @@ from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
 from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind, WindowSpec
 from raystream.process import KeyState
-from raystream.windows import Lifetime
-from tests.helpers.lifetimes import Model
+from tests.helpers.lifetimes import AGGREGATES, Model, chained, lifetime, restored, restored_from
 from tests.helpers.scripts import sorted_marks
-
-AGGREGATES = (("n", agg.count()), ("top", agg.max("v")), ("first", agg.first("v")), ("last", agg.last("v")))
-
-
-def lifetime(lateness_ms=0) -> LifetimeWindowOp:
-    assigner = Lifetime("end")
-    assigner.check("w")
-    return LifetimeWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=AGGREGATES,
-                                 window=WindowSpec(assigner, lateness_ms, "columnar")))
-
 
 def arrow_rows(rows) -> Timed:
     """rows: (key, value, time, end or None)."""
@@ -112,38 +101,6 @@ def run(script, lateness, restart_at=None, types=None, captures=None):
         want.append(sorted(model.late, key=repr))
         model.late = []
     return op, got, want
-
-
-def restored(op, lateness):
-    """A new step restored from a full snapshot of `op` (as a checkpoint takes it)."""
-    keyed, _, _ = StateChangelog(incremental=False, base_every=4, compact_above=10 ** 9).capture([op])
-    state, meta = pickle.loads(pickle.dumps((keyed["w"], op.state_meta())))
-    new = lifetime(lateness)
-    new.restore(state, op.watermark)
-    new.restore_meta([meta])
-    return new
-
-
-def chained(changelog, op, chain):
-    """What a restore reads after this capture: the full snapshot, or `chain` with the
-    snapshot's changes applied, as `materialize` applies them (I5)."""
-    keyed, incremental, _ = changelog.capture([op])
-    part = pickle.loads(pickle.dumps(keyed["w"]))  # now: the live state goes on changing
-    changelog.parts = []  # as if the snapshot were uploaded: the next builds on it
-    if not incremental:
-        return part
-    changed, deleted = part
-    chain = {**chain, **changed}
-    for key in deleted:
-        chain.pop(key, None)
-    return chain
-
-
-def restored_from(chain, op, lateness):
-    new = lifetime(lateness)
-    new.restore(pickle.loads(pickle.dumps(chain)), op.watermark)
-    new.restore_meta([op.state_meta()])
-    return new
 
 
 @settings(max_examples=150, deadline=None)
