@@ -80,8 +80,7 @@ class LifetimeWindowOp(ArrowWindowOp):
         self.timers = SpreadTimers()  # a window's own end: hardly two windows share a timer
         self.end_column: str = self.assigner.end
         self.waiting = WaitingRows(tuple(self.key_columns))
-        # the keys with a PENDING entry in the state, each with the pieces it holds
-        self._settled: dict[Any, tuple[Piece, ...]] = {}
+        self._settled: set[Any] = set()  # the keys with a PENDING entry in the state
 
     # --- a batch in ---------------------------------------------------------------------
 
@@ -222,26 +221,22 @@ class LifetimeWindowOp(ArrowWindowOp):
 
     def settle(self) -> None:
         """Before a snapshot reads the state: each key's waiting rows under PENDING in its
-        windows, and no PENDING entry for keys that have none any more. I1: a key is
-        changed when its pieces are; a segment's pieces are made once, so pieces that
-        are the same objects as at the last settle hold the same rows."""
-        now, before = self.waiting.by_key(), self._settled
-        for key in before.keys() - now.keys():
+        windows, and no PENDING entry for keys that have none any more (I1: all changed)."""
+        now = self.waiting.by_key()
+        for key in self._settled - now.keys():
             windows = self._state.get(key)
             if windows is not None:
                 windows.pop(PENDING, None)
                 if not windows:
                     del self._state[key]
             self.changed.add(key)
-        get = before.get
         for key, waiting in now.items():
-            if get(key) != waiting:  # the same Piece objects compare by identity, without their bytes
-                self._state.setdefault(key, {})[PENDING] = waiting
-                self.changed.add(key)
-        self._settled = now
+            self._state.setdefault(key, {})[PENDING] = waiting
+            self.changed.add(key)
+        self._settled = set(now)
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
-        blocks, settled = [], {}
+        blocks, settled = [], set()
         for key in list(state):
             windows = state[key]
             if not isinstance(windows, dict) or not all(w == PENDING or _is_window(w) for w in windows):
@@ -251,7 +246,7 @@ class LifetimeWindowOp(ArrowWindowOp):
                     "resume")
             waiting = windows.pop(PENDING, None)
             if waiting is not None:
-                settled[key] = ()  # pieces made again on restore: the first settle writes them all
+                settled.add(key)
                 blocks.append(waiting)
                 if not windows:
                     del state[key]
