@@ -41,7 +41,7 @@ def committed_parts_not_cut_back() -> Iterator[None]:
         real(storage, part)
 
     with patched(_part_files, "commit_part", commit_part), \
-            patched(sys.modules["raystream.connectors.files.sink"], "commit_part", commit_part):
+            patched(sys.modules["raystream.connectors.files.rolling_writer"], "commit_part", commit_part):
         yield
 
 
@@ -66,26 +66,28 @@ def parquet_parts_not_cut_back() -> Iterator[None]:
 @contextlib.contextmanager
 def savepoint_files_committed_in_the_new_directory() -> Iterator[None]:
     """A run from a savepoint commits the savepoint's files in its own directory."""
-    file_sink = sys.modules["raystream.connectors.files.sink"]
-    real = file_sink._promote
+    commits = sys.modules["raystream.connectors.files.commits"]
+    rolling = sys.modules["raystream.connectors.files.rolling_writer"]
+    staged = sys.modules["raystream.connectors.files.staged_writer"]
+    real = commits.promote
 
     def promote(default, directory, txn):
-        return real(default, directory, file_sink.FileTxn(txn.files))
+        return real(default, directory, commits.FileTxn(txn.files))
 
-    with patched(file_sink, "_promote", promote), \
-            patched(file_sink, "storage_of", lambda part, default: default):
+    with patched(rolling, "promote", promote), patched(staged, "promote", promote), \
+            patched(rolling, "storage_of", lambda part, default: default):
         yield
 
 
 @contextlib.contextmanager
 def other_runs_parts_committed() -> Iterator[None]:
     """A run from another run's checkpoint commits (and cuts) that run's open part files."""
-    file_sink = sys.modules["raystream.connectors.files.sink"]
+    rolling = sys.modules["raystream.connectors.files.rolling_writer"]
 
     def restore_part(self, part, checkpoint_id):
         self._commit(part)
 
-    with patched(file_sink._RollingWriter, "_restore_part", restore_part):
+    with patched(rolling.RollingWriter, "_restore_part", restore_part):
         yield
 
 

@@ -70,7 +70,7 @@ import pyarrow  # noqa: F401 - loaded before the clock starts
 
 from raystream import _files
 from raystream.connectors.files import parts as _part_files, compaction
-from raystream.connectors.files import sink as _file_sink
+from raystream.connectors.files import rolling_writer as _rolling_writer
 from raystream._runtime.checkpointing import recovery
 from raystream._runtime.subtask import clock as _chain_clock
 from raystream._runtime.time import watermarks as _watermarks
@@ -368,8 +368,8 @@ def play_schedule(scenario: Scenario) -> Scenario:
     seed = scenario.seed
     loop = scenario.world.new_loop()
     saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
-             compaction._checkpoint_store, uuid.uuid4, _file_sink._clock, _watermarks.time, _chain_clock.time)
-    _file_sink._clock = lambda: scenario.world.now  # roll_interval on the simulated clock
+             compaction._checkpoint_store, uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time)
+    _rolling_writer._clock = lambda: scenario.world.now  # roll_interval on the simulated clock
     # idleness and the watermark interval on the simulated clock
     _watermarks.time = _chain_clock.time = types.SimpleNamespace(monotonic=lambda: scenario.world.now)
     recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
@@ -388,7 +388,7 @@ def play_schedule(scenario: Scenario) -> Scenario:
                          + "\n".join(scenario.world.log[-80:])) from None
     finally:
         (recovery.choose_checkpoint, _part_files.PART_SIZE, _files._clients.s3, compaction._checkpoint_store,
-         uuid.uuid4, _file_sink._clock, _watermarks.time, _chain_clock.time) = saved
+         uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time) = saved
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))

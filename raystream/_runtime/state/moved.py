@@ -90,6 +90,21 @@ NAMES: dict[str, str] = {
     "raystream.audit:Audit": "raystream.config",
     "raystream.file_sink:_json_default": "raystream.connectors.files.rows:json_default",
     "raystream.connectors.files.sink:_json_default": "raystream.connectors.files.rows:json_default",  # 0.2.0
+    # FileSink's writers, in their own modules since 0.6.1
+    "raystream.file_sink:RolledTxn": "raystream.connectors.files.rolling_writer",
+    "raystream.file_sink:_RollingWriter": "raystream.connectors.files.rolling_writer:RollingWriter",
+    "raystream.file_sink:_FileWriter": "raystream.connectors.files.staged_writer:FileWriter",
+    "raystream.file_sink:_json_line": "raystream.connectors.files.commits",
+    "raystream.file_sink:_names": "raystream.connectors.files.commits:run_names",
+    "raystream.file_sink:_promote": "raystream.connectors.files.commits:promote",
+    "raystream.file_sink:_remove_dead_temps": "raystream.connectors.files.commits:remove_dead_temps",
+    "raystream.connectors.files.sink:RolledTxn": "raystream.connectors.files.rolling_writer",
+    "raystream.connectors.files.sink:_RollingWriter": "raystream.connectors.files.rolling_writer:RollingWriter",
+    "raystream.connectors.files.sink:_FileWriter": "raystream.connectors.files.staged_writer:FileWriter",
+    "raystream.connectors.files.sink:_json_line": "raystream.connectors.files.commits",
+    "raystream.connectors.files.sink:_names": "raystream.connectors.files.commits:run_names",
+    "raystream.connectors.files.sink:_promote": "raystream.connectors.files.commits:promote",
+    "raystream.connectors.files.sink:_remove_dead_temps": "raystream.connectors.files.commits:remove_dead_temps",
     # Nexmark's private names, from when it was one module (as raystream.nexmark, then as
     # raystream.connectors.nexmark until it became a package of one module per purpose)
     "raystream.nexmark:_NexmarkPartition": "raystream.connectors.nexmark.source",

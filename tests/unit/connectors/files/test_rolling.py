@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raystream.connectors.files import sink as file_sink
+from raystream.connectors.files import rolling_writer
 from raystream.connectors.files.parquet_parts import ParquetPart
 from raystream.errors import JobDefinitionError, SinkError, StagedDataMissingError
 from raystream.sinks import FileSink, SinkContext, read_files
@@ -30,7 +30,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(file_sink, "_clock", c)
+    monkeypatch.setattr(rolling_writer, "_clock", c)
     return c
 
 
