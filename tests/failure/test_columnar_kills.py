@@ -201,7 +201,7 @@ def test_billing_over_arrow_with_its_window_and_its_aggregate_killed(tmp_path):
     ns = runpy.run_path(str(BILLING_ARROW), run_name="__raystream_job__")
     events = 60_000
     job = ns["build"](out, events, rate=12_000).with_options(
-        checkpoint=rs.CheckpointConfig(interval=0.3), runtime=rs.RuntimeConfig(batch_size=1000))
+        checkpoint=rs.CheckpointConfig(interval=0.3), runtime=rs.RuntimeConfig(batch_size=1000, arrow_batch_size=1000))
     handle = job.start()
     wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
     wait_until(lambda: handle.status().steps["invoice"].records_out > 0, "invoices fired")
