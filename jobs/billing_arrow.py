@@ -75,8 +75,8 @@ READ_SPAN = float(os.environ["BILLING_READ_SPAN"]) if os.environ.get("BILLING_RE
 class UsageSource(rs.sources.SequenceSource):
     """The generator's events as Arrow columns: the numbers of a columnar SequenceSource,
     each batch made into `usage_batch`'s columns where it is read (at most READ_SPAN of
-    event time at a time, if set). The offsets are the SequenceSource's, so a run resumes where
-    it stopped."""
+    event time at a time, if set). The offsets are the SequenceSource's, so a run
+    resumes where it stopped."""
 
     def __init__(self, events: int, *, partitions: int = 4, rate: float | None = None):
         super().__init__(events, partitions=partitions, rate=rate, columnar=True)

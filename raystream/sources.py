@@ -74,7 +74,7 @@ class SequenceSource(Source):
 
 class _SequencePartition(SourcePartition):
     def __init__(self, first: int, step: int, n: int | None, rate: float | None, emitted: int, batch_size: int,
-                 columnar: bool = False):
+                 columnar: bool):
         self._first, self._step, self._n = first, step, n
         self._emitted = emitted  # records of this partition emitted so far: the offset
         self._batch_size = batch_size

@@ -90,15 +90,14 @@ NAMES: dict[str, str] = {
     "raystream.audit:Audit": "raystream.config",
     "raystream.file_sink:_json_default": "raystream.connectors.files.rows:json_default",
     "raystream.connectors.files.sink:_json_default": "raystream.connectors.files.rows:json_default",  # 0.2.0
-    # FileSink's writers, in their own modules since 0.6.1
-    "raystream.file_sink:RolledTxn": "raystream.connectors.files.rolling_writer",
+    # FileSink's writers, in their own modules since 0.6.1 (FileTxn and RolledTxn: still
+    # named by connectors/files/sink.py, which 0.1's public API had them in)
     "raystream.file_sink:_RollingWriter": "raystream.connectors.files.rolling_writer:RollingWriter",
     "raystream.file_sink:_FileWriter": "raystream.connectors.files.staged_writer:FileWriter",
     "raystream.file_sink:_json_line": "raystream.connectors.files.commits",
     "raystream.file_sink:_names": "raystream.connectors.files.commits:run_names",
     "raystream.file_sink:_promote": "raystream.connectors.files.commits:promote",
     "raystream.file_sink:_remove_dead_temps": "raystream.connectors.files.commits:remove_dead_temps",
-    "raystream.connectors.files.sink:RolledTxn": "raystream.connectors.files.rolling_writer",
     "raystream.connectors.files.sink:_RollingWriter": "raystream.connectors.files.rolling_writer:RollingWriter",
     "raystream.connectors.files.sink:_FileWriter": "raystream.connectors.files.staged_writer:FileWriter",
     "raystream.connectors.files.sink:_json_line": "raystream.connectors.files.commits",
