@@ -65,8 +65,10 @@ def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
         encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
     except pa.ArrowNotImplementedError:  # lists, structs: per row, and the router names the bad key
         return np.arange(len(column), dtype=np.int64), python_values(column)
-    values = python_values(encoded.dictionary)
-    indices = encoded.indices.cast(pa.int64())
+    dictionary, indices = encoded.dictionary, encoded.indices.cast(pa.int64())
+    if pa.types.is_dictionary(column.type):
+        dictionary, indices = _used(dictionary, indices)
+    values = python_values(dictionary)
     if indices.null_count:
         indices = indices.fill_null(len(values))
         values.append(None)
@@ -74,6 +76,19 @@ def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
     if may_split_keys(column.type):
         return _canonical(codes, values)
     return codes, values
+
+
+def _used(dictionary: pa.Array, indices: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Only the entries of a dictionary column's dictionary that its rows use, and the rows'
+    indices into those: an unused entry is no key of the batch, so it is neither made nor
+    routed (a datetime nobody holds would be refused)."""
+    codes = indices.drop_null().to_numpy(zero_copy_only=False)
+    used = np.bincount(codes, minlength=len(dictionary)) > 0 if len(codes) else np.zeros(len(dictionary), bool)
+    if used.all():
+        return dictionary, indices
+    renumbered = (np.cumsum(used) - 1)[indices.fill_null(0).to_numpy(zero_copy_only=False)]
+    mask = indices.is_null().to_numpy(zero_copy_only=False) if indices.null_count else None
+    return dictionary.filter(pa.array(used)), pa.array(renumbered, type=pa.int64(), mask=mask)
 
 
 def may_split_keys(kind: pa.DataType) -> bool:

@@ -1,6 +1,7 @@
 """Keys of Arrow batches, made per distinct key, are the per-record path's keys: every
 row lands in `key_group(python_key)`, and a keyed exchange splits a batch by subtask
 as Arrow, each row with its time, a key's rows in their order."""
+import datetime
 import math
 
 import numpy as np
@@ -137,3 +138,19 @@ def test_equal_python_keys_get_one_code_however_arrow_tells_them_apart(array):
     assert len(found.keys) == 2 and found.keys[0] in (0.0, "a") and found.keys[1] is None
     two = distinct_keys(pa.RecordBatch.from_arrays([array, pa.array([1] * 5)], names=["k", "j"]), ("k", "j"))
     assert len(set(two.rows.tolist())) == len(two.keys) == 2
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_a_dictionary_column_routes_only_the_entries_its_rows_use(parallelism):
+    """Review 38: every entry of a dictionary column's dictionary was made and routed, used
+    or not, so timestamps no row held failed the batch with UnsupportedKeyError where the
+    per-record path routes the rows' None."""
+    unused = pa.array([datetime.datetime(2026, 1, 1)], pa.timestamp("ms"))
+    batch = pa.RecordBatch.from_arrays([pa.DictionaryArray.from_arrays(pa.array([None, None], pa.int32()), unused)],
+                                       names=["k"])
+    assert distinct_keys(batch, ("k",)).per_row() == [None, None]
+    received = hash_edge(ArrowKeyed(batch, ("k",)), parallelism)
+    assert sum(m.batch.num_rows for messages in received for m in messages) == 2
+    some = pa.DictionaryArray.from_arrays(pa.array([2, None, 2, 0], pa.int8()), pa.array(["x", "y", "z"]))
+    found = distinct_keys(pa.RecordBatch.from_arrays([some], names=["k"]), ("k",))
+    assert found.keys == ["x", "z", None] and found.per_row() == ["z", None, "z", "x"]
