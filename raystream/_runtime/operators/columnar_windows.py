@@ -16,8 +16,8 @@ What differs is how a batch gets in, which runs per batch instead of per record:
    dropped, and a row late for all its windows goes to the late output, as Arrow rows;
 3. Arrow computes the partials per (key, window) (`Table.group_by`), and Python folds
    them into the state once per distinct (key, window) of the batch; a batch that fails
-   leaves the state as it was. Tumbling and sliding windows of event time without
-   lateness with count, min, max, first or last hold the state window-major instead
+   leaves the state as it was. Tumbling and sliding windows of event time with count,
+   sum (of integers), min, max, first or last hold the state window-major instead
    (operators/window_tables.py): the partials are appended to each window's Arrow tables
    and merged by Arrow when it fires, with no Python and no timer per (key, window);
    `state` is the per-key dict made from them when read (snapshots);
@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, unused_name
-from raystream._runtime.operators.window_tables import WindowTables, columnar_folds
+from raystream._runtime.operators.window_tables import Updates, WindowTables, columnar_folds
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_array, python_holds,
@@ -48,7 +48,7 @@ from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRo
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import GroupedTimers, now_ms
-from raystream._runtime.transport.batch import Timed, time_array
+from raystream._runtime.transport.batch import Timed, time_array, untimed
 from raystream.errors import RestoreError
 from raystream.graph import Step
 from raystream.windows import WINDOW_COLUMNS
@@ -72,15 +72,17 @@ class ArrowWindowOp(TimedWindows):
         self.key_types: list[pa.DataType | None] = [None] * len(self.key_columns)
         self.result_types: list[pa.DataType | None] = [None] * len(self.folds.aggregates)
         self._types_bytes: tuple[tuple[Any, ...], bytes] | None = None
-        # tumbling and sliding windows of event time without lateness, with count, min,
-        # max, first and last: the state window-major in Arrow (operators/window_tables.py)
-        # while every batch fits it; `state` is then made from it when read (snapshots)
-        self._columnar = (not self.merging and not self.processing and not self.lateness
-                          and columnar_folds(self.folds))
+        # tumbling and sliding windows of event time, with count, sum, min, max, first and
+        # last: the state window-major in Arrow (operators/window_tables.py) while every
+        # batch fits it; `state` is then made from it when read (snapshots)
+        self._columnar = self._window_major_kind()
         self._tables: WindowTables | None = self._new_tables() if self._columnar else None
 
+    def _window_major_kind(self) -> bool:
+        return not self.merging and not self.processing and columnar_folds(self.folds)
+
     def _new_tables(self) -> WindowTables:
-        return WindowTables(self.key_columns, self.folds, self.assigner)
+        return WindowTables(self.key_columns, self.folds, self.assigner, self.lateness)
 
     @property  # type: ignore[override]
     def state(self) -> dict[Any, Any]:
@@ -124,18 +126,22 @@ class ArrowWindowOp(TimedWindows):
             if self.merging:
                 from_sessions = sessions(self, rows, times)
                 late, touched = from_sessions.late, self._commit_sessions(from_sessions.windows)
+                updates = None
             else:
                 late, groups, size = self._grouped(rows, times)
-                if self._columnar and self._window_major(groups, size):
-                    touched = self._append(groups)
+                largest = self._window_major(groups) if self._columnar else None
+                if largest is not None:
+                    touched, updates = [], self._append(groups, largest)
                 else:
-                    touched = self._commit(self._merged(groups, size))
+                    touched, updates = self._commit(self._merged(groups, size)), None
         except Exception as exc:  # the batch fails as a whole; the state stays as it was
             self.key_types, self.result_types = types  # the output types it would have taught too
             return self._batch_failed(inner, explained(
                 exc, f"{self.what} failed on a batch with columns {', '.join(rows.schema.names)}"))
         if late is not None:
             self.late_records += self.late_rows.add(inner, times, late)
+        if updates is not None:
+            return self._window_rows(updates.pieces, updates.updates, updates.places)
         return self._updates(touched)
 
     # --- state ------------------------------------------------------------------------
@@ -217,42 +223,46 @@ class ArrowWindowOp(TimedWindows):
         new, _ = self.folds.merge(ids, olds, groups.python_partials())
         return new
 
-    def _window_major(self, groups: Groups, size: int) -> bool:
-        """Whether the batch's partials go into the window-major tables. After a restore
-        the windows restored move into them first; a batch they cannot hold (other
-        types) moves their windows to the per-key dict for good. Nothing else changes."""
+    def _window_major(self, groups: Groups) -> int | None:
+        """Whether the batch's partials go into the window-major tables: the largest
+        |partial| of its sums (`WindowTables.bounded`), or None. After a restore the
+        windows restored move into them first; a batch they cannot hold (other types, sums
+        that could pass int64) moves their windows to the per-key dict for good. Nothing
+        else changes."""
         types = [c.type for c in groups.keys[:-1]] + [c.type for c in groups.partials]
         if self._tables is None:  # restored: the per-key state, with timers
             tables = self._new_tables()
             dropped = tables.load(self._state, self.watermark, types)
             if dropped is None:
                 self._columnar = False
-                return False
-            self.changed.update(dropped)  # I1: due already, dropped as the cleanup would
+                return None
+            self.changed.update(dropped)  # I1: past the lateness, dropped as the cleanup would
             self.timers = GroupedTimers()
             self._tables = tables
-            return True
-        if self._tables.fits(types):
-            return True
+        largest = self._tables.bounded(groups.partials, groups.keys[-1].to_numpy()) \
+            if self._tables.fits(types) else None
+        if largest is not None:
+            return largest
         state = self._tables.as_dict()
         self.state = state  # the per-key dict from now on, with a timer per (key, window)
         for key, windows in state.items():
             for w in windows:
                 self._schedule(key, w)
         self._columnar = False
-        return False
+        return None
 
-    def _append(self, groups: Groups) -> list[tuple[Any, tuple[int, int]]]:
-        """The batch's partials into the window-major tables. No window is touched that
-        has fired (there is no lateness): returns no window to update."""
+    def _append(self, groups: Groups, largest: int) -> Updates | None:
+        """The batch's partials into the window-major tables; the rows of windows that had
+        reached the watermark (within the lateness) to emit now, if any."""
         n = len(self.key_columns)
         starts = groups.keys[-1].to_numpy()
         keys = python_values(groups.keys[0].unique()) if n == 1 else groups.python_keys(n)
         for partial in groups.partials:  # values Python cannot hold fail the batch, not a snapshot
             python_holds(partial)
-        self._tables.add(groups.keys[:n], groups.partials, starts)  # type: ignore[union-attr]
+        updates = self._tables.add(groups.keys[:n], groups.partials, starts,  # type: ignore[union-attr]
+                                   self.watermark, largest)
         self.changed.update(keys)  # I1
-        return []
+        return updates
 
     def _learn(self, table: pa.Table, partial_types: list[pa.DataType]) -> None:
         """The output's column types, from a batch's key columns and partials' types."""
@@ -309,8 +319,7 @@ class ArrowWindowOp(TimedWindows):
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)  # the per-key dict with its timers, until a batch comes
-        self._columnar = not self.merging and not self.processing and not self.lateness \
-            and columnar_folds(self.folds)
+        self._columnar = self._window_major_kind()
 
     def on_watermark(self, watermark: int) -> Any:
         if self._tables is None:
@@ -318,15 +327,29 @@ class ArrowWindowOp(TimedWindows):
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
-        fired = self._tables.due(watermark)
-        return self._fired_tables(fired) if fired else []
+        fired, dropped = self._tables.due(watermark)
+        for table in dropped:  # I1: cleaned up after the lateness
+            self.changed.update(self._tables.python_keys(table))
+        if not fired:
+            return []
+        out = self._window_rows(fired)
+        self.changed.update(self._tables.python_keys(untimed(out)[0]))  # I1
+        return out
 
-    def _fired_tables(self, fired: list[tuple[int, pa.Table]]) -> Any:
-        """The windows due, window-major: one output batch, as `_fired` makes it."""
+    def _window_rows(self, pieces: list[tuple[int, pa.Table]], updates: np.ndarray | None = None,
+                     places: np.ndarray | None = None) -> Any:
+        """Rows of windows held window-major, (start, table) each, as one output batch, as
+        `_fired` makes it: fired (update False), or `updates` (rows put in the order of
+        `places`)."""
         n, size = len(self.key_columns), self._tables.size  # type: ignore[union-attr]
-        table = pa.concat_tables([t for _, t in fired]).combine_chunks()
-        self.changed.update(self._tables.python_keys(table))  # type: ignore[union-attr]  # I1
-        starts = np.repeat(np.array([s for s, _ in fired], dtype=np.int64), [t.num_rows for _, t in fired])
+        table = pa.concat_tables([t for _, t in pieces])
+        starts = np.repeat(np.array([s for s, _ in pieces], dtype=np.int64), [t.num_rows for _, t in pieces])
+        if updates is None:
+            updates = np.zeros(len(starts), dtype=bool)
+        elif places is not None and len(pieces) > 1:
+            order = np.argsort(places, kind="stable")
+            table, starts, updates = table.take(pa.array(order)), starts[order], updates[order]
+        table = table.combine_chunks()
         arrays = [table.column(i).chunk(0) if table.column(i).num_chunks else pa.array([], table.column(i).type)
                   for i in range(table.num_columns)]
         results = []
@@ -340,7 +363,7 @@ class ArrowWindowOp(TimedWindows):
             results.append(result)
         batch = pa.RecordBatch.from_arrays(
             arrays[:n] + [pa.array(starts).cast(WINDOW_TIME), pa.array(starts + size).cast(WINDOW_TIME)] + results
-            + [pa.array(np.zeros(len(starts), dtype=bool))],
+            + [pa.array(updates, type=pa.bool_())],
             names=self.key_columns + list(WINDOW_COLUMNS) + self.folds.names + ["update"])
         self.records_out += batch.num_rows
         return Timed(batch, starts + (size - 1)) if self.timed else batch

@@ -1,6 +1,6 @@
 """The state of tumbling and sliding windows over Arrow held window-major, as Arrow tables:
-for each open window, the partials of its keys as one table per batch, merged by Arrow
-when the window fires (docs/guide/columnar.md, "What runs per record, per key, per batch").
+for each window, the partials of its keys as one table per batch, merged by Arrow when
+the window fires (docs/guide/columnar.md, "What runs per record, per key, per batch").
 
 The per-key layout (operators/columnar_windows.py: `{key: {(start, end): [state,
 emitted]}}`) folds every batch's partials into each (key, window)'s state in Python, and
@@ -8,23 +8,32 @@ keeps a timer per (key, window): Python once per distinct (key, window) of every
 and again when it fires. Here a batch's partials (one Arrow group-by per batch, as
 before) are split by window and appended to the window's list of tables: no Python per
 key. A window fires as one Arrow group-by over its tables, which merges the partials:
-counts are summed, minimums, maximums, firsts and lasts taken again. This is exactly the
-fold the per-key layout does, in the same order, for the aggregates and types where
-Arrow's merge is Python's (`columnar_folds`, `fits_columnar`): count, min and max of
-integers, strings, binaries, booleans, date32, times (not floats: NaN and -0.0 compare
-otherwise), first and last of those and floats. The rows of a window's output come in
-the order its keys first took rows, as the per-key layout's timers fire them (a null
-key may come last: Arrow's group-by places it so).
+counts and sums are summed, minimums, maximums, firsts and lasts taken again. This is
+exactly the fold the per-key layout does, in the same order, for the aggregates and types
+where Arrow's merge is Python's (`columnar_folds`, `fits_columnar`): count, sum of
+integers, min and max of integers, strings, binaries, booleans, date32, times (not
+floats: NaN and -0.0 compare otherwise), first and last of those and floats. Arrow's
+integer sum wraps around past int64 where Python's goes on, so a window keeps a bound on
+its keys' sums (`bounded`), and a batch that could pass it moves the state to the
+per-key layout. The rows of a window's output come in the order its keys first took rows,
+as the per-key layout's timers fire them (a null key may come last: Arrow's group-by
+places it so).
 
-It holds only windows that fire without lateness (allowed lateness 0, event time): a
-window takes no rows once it has fired, so none is ever emitted twice (every `emitted`
-is False). Snapshots, incremental snapshots and rescaling see the per-key state:
-`as_dict()` makes it from the tables when the state is read (once per snapshot, cached
-until the next change), so snapshots keep the per-key layout, key groups and all, and
-`load` takes that layout back (a restore).
+With allowed lateness, a window that fired is kept, merged, until the watermark passes
+its end - 1 + lateness, and takes the rows that come for it until then. Each such batch
+merges into it in one group-by, which also tells which of the batch's keys the window
+held before: their rows are updates (`update=True`), the others' first results, as the
+per-key layout's `emitted` says. So every key of a fired window has been emitted, and no
+key of a window that has not fired.
+
+Snapshots, incremental snapshots and rescaling see the per-key state: `as_dict()` makes
+it from the tables when the state is read (once per snapshot, cached until the next
+change), so snapshots keep the per-key layout, key groups and all, and `load` takes that
+layout back (a restore).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,17 +42,20 @@ import pyarrow.compute as pc
 
 from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
-from raystream.aggregates import Count, First, Last, Max, Min
+from raystream.aggregates import Count, First, Last, Max, Min, Sum
 
 #: How Arrow merges each partial over the tables of a window.
-_MERGE = {"count_all": "sum", "count": "sum", "min": "min", "max": "max", "first": "first", "last": "last"}
+_MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "min": "min", "max": "max", "first": "first",
+          "last": "last"}
 _COMPACT_AT = 12  # tables a window holds before they are merged into one
+_SUM_LIMIT = 2 ** 63 - 1  # a bound on a window's sums past this: the per-key layout
 
 
 def columnar_folds(folds: Folds) -> bool:
-    """Whether the aggregates can be held window-major: built-in count, min, max, first
-    and last (exactly those classes), with their default partials."""
-    return bool(folds.aggregates) and all(type(agg) in (Count, Min, Max, First, Last) for agg in folds.aggregates) \
+    """Whether the aggregates can be held window-major: built-in count, sum, min, max,
+    first and last (exactly those classes), with their default partials."""
+    return bool(folds.aggregates) and all(type(agg) in (Count, Sum, Min, Max, First, Last)
+                                          for agg in folds.aggregates) \
         and all(p.options is None and p.function in _MERGE for p in folds.partials)
 
 
@@ -62,6 +74,8 @@ def fits_columnar(folds: Folds, key_types: Sequence[pa.DataType], partial_types:
     if not all(_exact_order(k) for k in key_types):
         return False
     for partial, kind in zip(folds.partials, partial_types):
+        if partial.function == "sum" and not pa.types.is_integer(kind):
+            return False  # a float sum's order and -0.0 are Python's only in the per-key fold
         if partial.function in ("min", "max") and not _exact_order(kind):
             return False
         if partial.function in ("first", "last") and not (_exact_order(kind) or pa.types.is_floating(kind)):
@@ -69,19 +83,36 @@ def fits_columnar(folds: Folds, key_types: Sequence[pa.DataType], partial_types:
     return True
 
 
-class WindowTables:
-    """Per open window (by its start), its keys' partials as Arrow tables: the key
-    columns, then one column per partial of `folds`, in the types of the first batch."""
+@dataclass
+class Updates:
+    """Rows a batch added to windows that had fired: each (key, window)'s merged partials,
+    whether the window held the key before (an update), and each row's place among the
+    batch's groups (to emit them in the batch's order)."""
 
-    def __init__(self, key_columns: list[str], folds: Folds, assigner: Any):
+    pieces: list[tuple[int, pa.Table]]  # (window start, its rows the batch touched)
+    updates: np.ndarray  # bool, a row per row of the pieces
+    places: np.ndarray  # int64, a row per row of the pieces
+
+
+class WindowTables:
+    """Per window (by its start), its keys' partials as Arrow tables: the key columns, then
+    one column per partial of `folds`, in the types of the first batch. A window that fired
+    (`fired`) is one merged table, kept for the allowed lateness."""
+
+    def __init__(self, key_columns: list[str], folds: Folds, assigner: Any, lateness: int = 0):
         self.key_columns = key_columns
         self.folds = folds
         self.assigner = assigner
+        self.lateness = lateness
         partials = [unused_name(key_columns, f"__raystream_partial_{i}") for i in range(len(folds.partials))]
         self.names = list(key_columns) + partials
         self.specs = [(name, _MERGE[p.function]) for name, p in zip(partials, folds.partials)]
+        self._row = unused_name(self.names, "__raystream_row")
+        self._sums = [i for i, p in enumerate(folds.partials) if p.function == "sum"]
         self.types: list[pa.DataType] | None = None  # of every table's columns, from the first batch
         self.windows: dict[int, list[pa.Table]] = {}
+        self.fired: set[int] = set()  # windows that fired, kept until end - 1 + lateness
+        self.bounds: dict[int, int] = {}  # per window with sums: no key's |sum| passes it
         self._dict: dict[Any, Any] | None = None  # as_dict(), until the next change
         self._keys: int | None = None  # keys(), until the next change
 
@@ -99,16 +130,47 @@ class WindowTables:
             self.types = list(types)
         return self.types == list(types)
 
+    def bounded(self, partials: list[pa.ChunkedArray], starts: np.ndarray) -> int | None:
+        """The largest |partial| of the batch's sums (0 without sums), or None if a window
+        it adds to could pass int64 with it: a window's bound is the sum of the largest
+        |partial| of each batch it took, so while it stays within int64, no key's sum (and
+        no sum on the way to it, in any order) does, and Arrow's sum is Python's."""
+        if not self._sums:
+            return 0
+        largest = 0
+        for i in self._sums:
+            extremes = pc.min_max(partials[i])
+            for end in ("min", "max"):
+                value = extremes[end].as_py()
+                if value is not None:
+                    largest = max(largest, abs(value))
+        if any(self.bounds.get(s, 0) + largest > _SUM_LIMIT for s in np.unique(starts).tolist()):
+            return None
+        return largest
+
     # --- changes ------------------------------------------------------------------------
 
-    def add(self, keys: list[pa.ChunkedArray], partials: list[pa.ChunkedArray], starts: np.ndarray) -> None:
-        """A batch's partials, a row per (key, window start `starts[i]`), into the windows."""
+    def add(self, keys: list[pa.ChunkedArray], partials: list[pa.ChunkedArray], starts: np.ndarray,
+            watermark: int, largest: int = 0) -> Updates | None:
+        """A batch's partials, a row per (key, window start `starts[i]`), into the windows
+        (`largest`: from `bounded`). Returns the rows of windows that had reached the
+        watermark (fired, or late within the lateness), or None if there are none."""
         part = pa.Table.from_arrays(list(keys) + list(partials), names=self.names)
-        found = np.unique(starts)
-        pieces = [(int(found[0]), part)] if len(found) == 1 else [
-            (int(s), part.filter(pa.array(starts == s))) for s in found]  # each window's rows, in order
+        order = np.argsort(starts, kind="stable")  # each window's rows together, in order
+        ordered = starts[order]
+        found, firsts = np.unique(ordered, return_index=True)
+        if len(found) > 1:
+            part = part.take(pa.array(order))
         self._dict = self._keys = None
-        for start, piece in pieces:
+        late: list[tuple[int, pa.Table, np.ndarray]] = []
+        for start, low, high in zip(found.tolist(), firsts.tolist(), firsts[1:].tolist() + [len(order)]):
+            rows = order[low:high]
+            piece = part.slice(low, high - low)
+            if self._sums:
+                self.bounds[start] = self.bounds.get(start, 0) + largest
+            if start in self.fired or start + self.size - 1 <= watermark:
+                late.append((start, piece, rows))
+                continue
             tables = self.windows.get(start)
             if tables is None:
                 self.windows[start] = [piece]
@@ -116,31 +178,105 @@ class WindowTables:
                 tables.append(piece)
                 if len(tables) >= _COMPACT_AT:
                     self.merged(start)
+        return self._taken_late(late) if late else None
+
+    def _taken_late(self, late: list[tuple[int, pa.Table, np.ndarray]]) -> Updates:
+        """Pieces of windows that reached the watermark, merged into them, as `Updates`."""
+        pieces, updates, places = [], [], []
+        for start, piece, rows in late:
+            table, was_held = self._merged_with(start, piece)
+            pieces.append((start, table))
+            updates.append(was_held)
+            places.append(rows)
+        return Updates(pieces, np.concatenate(updates), np.concatenate(places))
+
+    def _merged_with(self, start: int, piece: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """Merge `piece` (a key once each) into window `start`, which is fired from now on.
+        Returns the window's rows of the piece's keys, in the piece's order, and whether
+        the window held each before. One group-by does it: the piece's rows carry their
+        place, the window's none, and a key with two rows was held."""
+        row = self._row
+        tables = [piece.append_column(row, pa.array(np.arange(piece.num_rows, dtype=np.int64)))]
+        if start in self.windows:
+            held = self.merged(start)
+            tables.insert(0, held.append_column(row, pa.nulls(held.num_rows, pa.int64())))
+        grouped = self._group(pa.concat_tables(tables), self.specs + [(row, "max"), ([], "count_all")])
+        n, m = len(self.key_columns), len(self.specs)
+        self.windows[start] = [pa.Table.from_arrays(grouped[:n + m], names=self.names).combine_chunks()]
+        self.fired.add(start)
+        places = grouped[n + m].to_numpy(zero_copy_only=False)
+        touched = np.flatnonzero(~np.isnan(places)) if places.dtype.kind == "f" else np.arange(len(places))
+        order = touched[np.argsort(places[touched], kind="stable")]
+        taken = pa.array(order, type=pa.int64())
+        table = pa.Table.from_arrays([c.take(taken) for c in grouped[:n + m]], names=self.names)
+        return table, grouped[n + m + 1].take(taken).to_numpy(zero_copy_only=False) == 2
+
+    def _group(self, table: pa.Table, specs: list[tuple[Any, ...]], first: Sequence[str] = ()
+               ) -> list[pa.ChunkedArray]:
+        """The columns `first` and the key columns, then one column per spec, of `table`
+        grouped by those columns, the groups in the order of their first rows. (Arrow's
+        group-by numbers the groups of one key column so, but not always those of several.)"""
+        by = list(first) + self.key_columns
+        order = unused_name(table.column_names, "__raystream_order")
+        table = table.append_column(order, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        grouped = table.group_by(by, use_threads=False).aggregate(list(specs) + [(order, "min")])
+        n = len(by)
+        columns = grouped.columns
+        columns = columns[:n] + columns[n:] if _KEYS_FIRST else columns[-n:] + columns[:-n]
+        firsts = columns.pop().to_numpy()
+        ranked = np.argsort(firsts, kind="stable")
+        if np.array_equal(ranked, np.arange(len(ranked))):
+            return columns
+        taken = pa.array(ranked)
+        return [c.take(taken) for c in columns]
 
     def merged(self, start: int) -> pa.Table:
         """The window's keys, each once, with its partials merged (in the order the keys
         came), held so from now on."""
         tables = self.windows[start]
         if len(tables) > 1:
-            table = pa.concat_tables(tables)
-            grouped = table.group_by(self.key_columns, use_threads=False).aggregate(self.specs)
-            n = len(self.key_columns)
-            columns = grouped.columns
-            columns = columns[:n] + columns[n:] if _KEYS_FIRST else columns[-n:] + columns[:-n]
-            tables[:] = [pa.Table.from_arrays(columns, names=self.names).combine_chunks()]
+            grouped = self._group(pa.concat_tables(tables), self.specs)
+            tables[:] = [pa.Table.from_arrays(grouped, names=self.names).combine_chunks()]
         return tables[0]
 
-    def due(self, watermark: int) -> list[tuple[int, pa.Table]]:
-        """The windows whose end - 1 the watermark reached, in the order they end, merged
-        and taken out."""
-        starts = sorted(s for s in self.windows if s + self.size - 1 <= watermark)
-        if not starts:
-            return []
+    def merged_all(self, starts: list[int]) -> list[pa.Table]:
+        """`merged(s)` of each window of `starts`. Those of several tables are merged in
+        one group-by, by (window, keys): an Arrow group-by costs much the same for the
+        rows of one window as for those of many, so firing or snapshotting hundreds of
+        windows is one call, not hundreds."""
+        many = [s for s in starts if len(self.windows[s]) > 1]
+        if len(many) > 1:
+            start = unused_name(self.names, "__raystream_start")
+            table = pa.concat_tables([t.append_column(start, pa.array(np.full(t.num_rows, s, dtype=np.int64)))
+                                      for s in many for t in self.windows[s]])
+            grouped = self._group(table, self.specs, first=[start])
+            merged = pa.Table.from_arrays(grouped[1:], names=self.names).combine_chunks()
+            # the groups in the order of their first rows: each window's keys together, in
+            # window order, and in the order they came
+            at = grouped[0].to_numpy()
+            lows = [0] + (np.flatnonzero(at[1:] != at[:-1]) + 1).tolist()
+            for low, high in zip(lows, lows[1:] + [len(at)]):
+                self.windows[int(at[low])][:] = [merged.slice(low, high - low)]
+        return [self.merged(s) for s in starts]
+
+    def due(self, watermark: int) -> tuple[list[tuple[int, pa.Table]], list[pa.Table]]:
+        """(The windows whose end - 1 the watermark reached, in the order they end,
+        merged; the windows it passed by the lateness too, dropped, that did not fire now).
+        Windows without lateness are dropped as they fire."""
+        starts = sorted(s for s in self.windows if s not in self.fired and s + self.size - 1 <= watermark)
+        out = list(zip(starts, self.merged_all(starts)))
+        self.fired.update(starts)
+        gone = sorted(s for s in self.fired if s + self.size - 1 + self.lateness <= watermark)
+        if not starts and not gone:
+            return [], []
         self._dict = self._keys = None
-        out = [(s, self.merged(s)) for s in starts]
-        for s in starts:
+        dropped = [self.windows[s][0] for s in gone if s not in starts]
+        for s in gone:
             del self.windows[s]
-        return out
+            self.fired.discard(s)
+            self.bounds.pop(s, None)
+        return out, dropped
+
 
     # --- the per-key layout ---------------------------------------------------------------
 
@@ -161,13 +297,15 @@ class WindowTables:
         return self._keys
 
     def as_dict(self) -> dict[Any, Any]:
-        """The state in the per-key layout: `{key: {(start, end): [state, False]}}`, the
-        state a tuple with one value per aggregate, as the per-key fold makes it."""
+        """The state in the per-key layout: `{key: {(start, end): [state, emitted]}}`, the
+        state a tuple with one value per aggregate, as the per-key fold makes it; emitted
+        is whether the window fired."""
         if self._dict is not None:
             return self._dict
         state: dict[Any, Any] = {}
-        for start in sorted(self.windows):
-            self._add_rows(state, start, self.merged(start))
+        starts = sorted(self.windows)
+        if starts:
+            self._add_rows(state, starts, self.merged_all(starts))
         self._dict = state
         return state
 
@@ -182,44 +320,55 @@ class WindowTables:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return None
         state: dict[Any, Any] = {}
-        for start in sorted(self.windows):
-            table = self.merged(start)
-            self._add_rows(state, start, table.filter(pc.is_in(table.column(0), value_set=wanted)))
+        starts = sorted(self.windows)
+        if starts:
+            self._add_rows(state, starts, self.merged_all(starts), wanted)
         return state
 
-    def _add_rows(self, state: dict[Any, Any], start: int, table: pa.Table) -> None:
-        """The per-key entries of window `start` for the rows of `table` into `state`."""
+    def _add_rows(self, state: dict[Any, Any], starts: list[int], tables: list[pa.Table],
+                  wanted: pa.Array | None = None) -> None:
+        """The per-key entries of windows `starts` (their merged `tables`) into `state`:
+        of every key, or of the keys of one key column in `wanted`."""
+        table = pa.concat_tables(tables)
+        at = np.repeat(np.array(starts, dtype=np.int64), [t.num_rows for t in tables])
+        if wanted is not None:
+            picked = pc.is_in(table.column(0), value_set=wanted)
+            table, at = table.filter(picked), at[picked.to_numpy(zero_copy_only=False)]
         n = len(self.key_columns)
         partials = [python_values(table.column(n + i)) for i in range(len(self.folds.partials))]
         values = [partials[slot[0]] for slot in self.folds.slots]  # each aggregate has one partial
-        w = (start, start + self.size)
-        for key, states in zip(self.python_keys(table), zip(*values)):
+        size, fired = self.size, self.fired
+        for key, start, states in zip(self.python_keys(table), at.tolist(), zip(*values)):
             windows = state.get(key)
             if windows is None:
                 windows = state[key] = {}
-            windows[w] = [states, False]
+            windows[(start, start + size)] = [states, start in fired]
 
     def load(self, state: dict[Any, Any], watermark: int, types: list[pa.DataType]) -> list[Any] | None:
         """Take the per-key state (restored) into empty tables of `types`: the keys of
-        windows it drops (due already, as a restore's cleanup would drop them unfired), or
-        None if the state does not fit (a window emitted or of another size, values of
-        other types): then nothing changed."""
+        windows it drops (past the lateness already, as a restore's cleanup would drop
+        them), or None if the state does not fit: then nothing changed. It fits where
+        every window it keeps of the watermark's past was emitted and none of its future
+        was (as the per-key layout keeps them between batches), and the values are of
+        `types`."""
         if not self.fits(types):
             return None
         per_window: dict[int, tuple[list[Any], list[Any]]] = {}
         dropped = []
         for key, windows in state.items():
             for (start, end), (states, emitted) in windows.items():
-                if emitted or end - start != self.size:
+                if end - start != self.size:
                     return None
-                if end - 1 <= watermark:
+                if end - 1 + self.lateness <= watermark:
                     dropped.append(key)
                     continue
+                if emitted != (end - 1 <= watermark):
+                    return None
                 keys, values = per_window.setdefault(start, ([], []))
                 keys.append(key)
                 values.append(states)
         n = len(self.key_columns)
-        loaded = {}
+        loaded, bounds = {}, {}
         try:
             for start, (keys, values) in per_window.items():
                 key_values = [keys] if n == 1 else [list(c) for c in zip(*keys)]
@@ -228,9 +377,14 @@ class WindowTables:
                 for i, kind in enumerate(types[n:]):
                     j = next(j for j, slot in enumerate(self.folds.slots) if i in slot)
                     arrays.append(pa.array(list(by_aggregate[j]), type=kind))
+                    if i in self._sums:  # each key's sum, as it is: within the bound
+                        bounds[start] = max(bounds.get(start, 0), max((abs(v) for v in by_aggregate[j]
+                                                                       if v is not None), default=0))
                 loaded[start] = [pa.Table.from_arrays(arrays, names=self.names)]
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return None
         self.windows = loaded
+        self.fired = {s for s in loaded if s + self.size - 1 <= watermark}
+        self.bounds = bounds
         self._dict = self._keys = None
         return dropped

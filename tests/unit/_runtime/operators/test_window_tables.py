@@ -1,9 +1,11 @@
 """Tumbling and sliding windows over Arrow held window-major (operators/window_tables.py):
-they fire exactly what the per-key layout fires (the same rows, in the same order) and
-what the per-record window step fires, keep the per-key state in snapshots (so snapshots
-written before them restore), and move to the per-key layout when a batch does not fit."""
+they fire exactly what the per-key layout fires (the same rows, in the same order, and
+the updates of windows that take rows within the allowed lateness) and what the
+per-record window step fires, keep the per-key state in snapshots (so snapshots written
+before them restore), and move to the per-key layout when a batch does not fit."""
 from __future__ import annotations
 
+import operator
 import pickle
 
 import numpy as np
@@ -25,6 +27,7 @@ from raystream.windows import Aggregator, Sliding, Tumbling
 
 AGGREGATES = (("n", agg.count()), ("values", agg.count("v")), ("low", agg.min("v")), ("high", agg.max("v")),
               ("first", agg.first("v")), ("last", agg.last("v")), ("top", agg.max("v")))
+WITH_SUM = AGGREGATES + (("total", agg.sum("v")),)
 ASSIGNERS = {"tumbling": Tumbling(0.010), "sliding": Sliding(0.010, 0.004), "sliding-even": Sliding(0.012, 0.004)}
 
 
@@ -38,12 +41,16 @@ REFERENCE = Aggregator(
     add=lambda acc, v: (acc[0] + 1, acc[1] + (v is not None), _pick(acc[2], v, min), _pick(acc[3], v, max),
                         _pick(acc[4], v, lambda a, b: a), _pick(acc[5], v, lambda a, b: b)),
     merge=lambda a, b: a)
+REFERENCE_SUM = Aggregator(
+    create=lambda: REFERENCE.create() + (None,),
+    add=lambda acc, v: REFERENCE.add(acc[:6], v) + (_pick(acc[6], v, operator.add),),
+    merge=lambda a, b: a)
 
 
-def window(assigner, per_key=False, aggregates=AGGREGATES, keys=("k",)) -> ArrowWindowOp:
+def window(assigner, per_key=False, aggregates=AGGREGATES, keys=("k",), lateness=0) -> ArrowWindowOp:
     assigner.check("w")
     op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=keys, arrow=aggregates,
-                            window=WindowSpec(assigner, 0, "columnar")))
+                            window=WindowSpec(assigner, lateness, "columnar")))
     if per_key:
         per_key_layout(op)
     return op
@@ -57,10 +64,12 @@ def per_key_layout(op: ArrowWindowOp) -> ArrowWindowOp:
     return op
 
 
-def rows_batch(rows, value_type=pa.int64()) -> Timed:
-    keys, values, times = zip(*rows)
-    batch = pa.RecordBatch.from_arrays([pa.array(keys, pa.string()), pa.array(values, value_type)], names=["k", "v"])
-    return Timed(ArrowKeyed(batch, ("k",)), np.array(times, dtype=np.int64))
+def rows_batch(rows, value_type=pa.int64(), keys=("k",)) -> Timed:
+    """Rows (k, v, t); with keys ("k", "j"), j is t's parity (a second key column)."""
+    ks, values, times = zip(*rows)
+    batch = pa.RecordBatch.from_arrays([pa.array(ks, pa.string()), pa.array(values, value_type),
+                                        pa.array([t % 2 for t in times], pa.int64())], names=["k", "v", "j"])
+    return Timed(ArrowKeyed(batch, keys), np.array(times, dtype=np.int64))
 
 
 def fired(batch) -> list[tuple]:
@@ -84,7 +93,7 @@ def replay(op, script, restored_by=None):
     out = []
     for kind, item in script + [("wm", MAX_TIME)]:
         if kind == "rows":
-            out.append(fired(op.process(rows_batch(item))))
+            out.append(fired(op.process(rows_batch(item, keys=tuple(op.key_columns)))))
         elif kind == "wm":
             out.append(fired(op.on_watermark(item)))
         elif restored_by is not None:
@@ -103,33 +112,39 @@ def replay(op, script, restored_by=None):
     return op, out
 
 
+@pytest.mark.parametrize("keys", [("k",), ("k", "j")], ids=["one-key", "two-keys"])
+@pytest.mark.parametrize("lateness", [0, 15])
 @pytest.mark.parametrize("name", sorted(ASSIGNERS))
 @settings(max_examples=150, deadline=None)
 @given(script=SCRIPT)
-def test_window_major_fires_exactly_what_the_per_key_layout_fires_in_order(name, script):
+def test_window_major_fires_exactly_what_the_per_key_layout_fires_in_order(name, lateness, keys, script):
     script = [step for step in script if step[0] != "snapshot"]
-    fast_op, got = replay(window(ASSIGNERS[name]), script)
-    slow_op, want = replay(window(ASSIGNERS[name], per_key=True), script)
+    fast_op, got = replay(window(ASSIGNERS[name], aggregates=WITH_SUM, lateness=lateness, keys=keys), script)
+    slow_op, want = replay(window(ASSIGNERS[name], per_key=True, aggregates=WITH_SUM, lateness=lateness, keys=keys),
+                           script)
     assert got == want
     assert fast_op._tables is not None and slow_op._tables is None  # each kept its layout
     assert fast_op.state == {} and fast_op.records_out == slow_op.records_out
 
 
+@pytest.mark.parametrize("lateness", [0, 15])
 @pytest.mark.parametrize("name", sorted(ASSIGNERS))
 @settings(max_examples=80, deadline=None)
 @given(script=SCRIPT)
-def test_snapshots_restore_across_layouts_and_fire_what_an_unbroken_run_fires(name, script):
+def test_snapshots_restore_across_layouts_and_fire_what_an_unbroken_run_fires(name, lateness, script):
     """Snapshots of the per-key layout (what raystream wrote before) restore into the
     window-major one, and the other way: what fires, and the state after every step, are
     those of an unbroken run (rows of a window may come in another order after a restore)."""
     assigner = ASSIGNERS[name]
-    _, unbroken = replay(window(assigner, per_key=True), [s for s in script if s[0] != "snapshot"])
+
+    def make(per_key=False):
+        return window(assigner, per_key=per_key, aggregates=WITH_SUM, lateness=lateness)
+    _, unbroken = replay(make(per_key=True), [s for s in script if s[0] != "snapshot"])
 
     def old():
-        return per_key_layout(window(assigner))
+        return per_key_layout(make())
     old.per_key = True
-    for start, restore_into in ((window(assigner, per_key=True), lambda: window(assigner)),
-                                (window(assigner), old)):
+    for start, restore_into in ((make(per_key=True), make), (make(), old), (make(), make)):
         _, got = replay(start, script, restore_into)
         steps = script + [("wm", MAX_TIME)]
         kept = [entry for i, (kind, _) in enumerate(steps) if kind != "snapshot" for entry in got[2 * i:2 * i + 2]]
@@ -143,15 +158,15 @@ def test_snapshots_restore_across_layouts_and_fire_what_an_unbroken_run_fires(na
 def test_window_major_fires_what_the_per_record_window_step_fires(name, script):
     script = [step for step in script if step[0] != "snapshot"]
     assigner = ASSIGNERS[name]
-    col = window(assigner)
-    ref = WindowOp(Step("w", StepKind.WINDOW, ("in",), fn=REFERENCE, window=WindowSpec(assigner, 0, "aggregate")))
+    col = window(assigner, aggregates=WITH_SUM)
+    ref = WindowOp(Step("w", StepKind.WINDOW, ("in",), fn=REFERENCE_SUM, window=WindowSpec(assigner, 0, "aggregate")))
     got, want = [], []
     for kind, item in script + [("wm", MAX_TIME)]:
         if kind == "rows":
             assert col.process(rows_batch(item)) == []  # no lateness: nothing updates
             ref.process(Timed(KeyedBatch([k for k, _, _ in item], [v for _, v, _ in item]), [t for _, _, t in item]))
             continue
-        got += [(r[0], r[1], r[2], r[3:9], r[10], r[11]) for r in fired(col.on_watermark(item))]
+        got += [(r[0], r[1], r[2], r[3:9] + r[10:11], r[11], r[12]) for r in fired(col.on_watermark(item))]
         inner, times = untimed(ref.on_watermark(item))
         if len(inner):
             want += [(k, r.start, r.end, r.value, r.update, int(t)) for k, r, t in zip(inner.keys, inner.values, times)]
@@ -299,3 +314,42 @@ def test_many_batches_of_one_window_are_merged_as_they_come_and_fire_in_arrival_
             assert op.state == ref.state
     assert max(len(t) for t in op._tables.windows.values()) < 12  # merged as they come
     assert fired(op.on_watermark(MAX_TIME)) == fired(ref.on_watermark(MAX_TIME))
+
+
+def test_integer_sums_stay_window_major_while_no_sum_could_pass_int64():
+    """Arrow's sum wraps around past int64 where Python's goes on: a window whose sums
+    could pass it moves to the per-key layout before the batch, and sums as Python does."""
+    sums = (("total", agg.sum("v")),)
+    op, ref = window(Tumbling(0.010), aggregates=sums), window(Tumbling(0.010), per_key=True, aggregates=sums)
+    for o in (op, ref):
+        o.process(rows_batch([("a", 2 ** 61, 1), ("b", -2 ** 61, 2), ("a", 2 ** 61, 3)]))
+        o.process(rows_batch([("a", 2 ** 61, 4), ("b", 5, 15)]))
+    assert op._tables is not None and op.state == ref.state and op.state["a"][(0, 10)][0] == (3 * 2 ** 61,)
+    for o in (op, ref):
+        o.process(rows_batch([("a", -2 ** 62, 5)]))  # the window's bound passes int64, not a's sum
+    assert op._tables is None and op.state == ref.state and op.state["a"][(0, 10)][0] == (2 ** 61,)
+    assert fired(op.on_watermark(MAX_TIME)) == fired(ref.on_watermark(MAX_TIME))
+
+
+def test_a_restored_sum_keeps_its_bound():
+    op = window(Tumbling(0.010), aggregates=(("total", agg.sum("v")),))
+    op.restore({"a": {(0, 10): [(2 ** 63 - 10,), False]}}, 0)
+    op.process(rows_batch([("b", 1, 2)]))
+    assert op._tables is not None
+    op.process(rows_batch([("a", 20, 3)]))
+    assert op._tables is None and op.state["a"][(0, 10)] == [(2 ** 63 + 10,), False]
+
+
+def test_rows_within_the_lateness_update_a_fired_window_once_per_batch():
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()), ("total", agg.sum("v"))), lateness=20)
+    op.process(rows_batch([("a", 1, 1), ("b", 2, 2), ("a", 3, 12)]))
+    assert [(r[0], r[3], r[4], r[5]) for r in fired(op.on_watermark(10))] == [("a", 1, 1, False), ("b", 1, 2, False)]
+    # late for window 0 (fired): b is an update, c new; a's window 10 is on time
+    got = fired(op.process(rows_batch([("c", 5, 3), ("a", 7, 14), ("b", 1, 4), ("c", 1, 5)])))
+    assert [(r[0], r[1].timestamp(), r[3], r[4], r[5], r[6]) for r in got] == [
+        ("c", 0, 2, 6, False, 9), ("b", 0, 2, 3, True, 9)]
+    assert op.state["c"] == {(0, 10): [(2, 6), True]} and op.state["a"][(10, 20)] == [(2, 10), False]
+    assert [(r[0], r[3], r[4], r[5]) for r in fired(op.on_watermark(19))] == [("a", 2, 10, False)]
+    assert set(op.state) == {"a", "b", "c"}  # window 0 is kept until 9 + 20, window 10 until 19 + 20
+    assert fired(op.on_watermark(29)) == [] and set(op.state) == {"a"} and op.changed >= {"b", "c"}
+    assert fired(op.on_watermark(39)) == [] and op.state == {} and op._tables is not None
