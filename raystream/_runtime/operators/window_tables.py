@@ -277,7 +277,6 @@ class WindowTables:
             self.bounds.pop(s, None)
         return out, dropped
 
-
     # --- the per-key layout ---------------------------------------------------------------
 
     def python_keys(self, table: pa.Table) -> list[Any]:
