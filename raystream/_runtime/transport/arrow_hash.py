@@ -114,7 +114,10 @@ def column_hashes(column: pa.Array) -> np.ndarray | None:
             or pa.types.is_large_string(kind)):
         return None
     encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
-    hashed = np.append(_values(encoded.dictionary), _NULL)  # a null row takes the last
+    dictionary = encoded.dictionary
+    hashed = np.append(_values(dictionary), _NULL)  # a null row takes the last
+    if dictionary.null_count:  # a dictionary's null entry is a null key too
+        hashed[:-1][dictionary.is_null().to_numpy(zero_copy_only=False)] = _NULL
     indices = encoded.indices
     if indices.null_count:
         indices = indices.fill_null(len(encoded.dictionary))

@@ -3,6 +3,7 @@ keys the per-record path makes, for every type they cover (else keyed state woul
 between subtasks), and they leave the types they do not cover to Python."""
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,3 +72,17 @@ def test_rows_go_where_the_per_record_router_sends_their_keys(made, parallelism)
     batch, columns = made
     router = KeyRouter(parallelism, 128)
     assert arrow_targets(batch, columns, router).tolist() == [router.target(k) for k in python_keys(batch, columns)]
+
+
+@pytest.mark.parametrize("dictionary", [pa.array(["x", None]), pa.array([5, None]), pa.array([None], pa.int8())])
+def test_a_null_entry_of_a_dictionary_hashes_as_a_null_row(dictionary):
+    """Review 39: a row whose index points at a null entry of the dictionary is the key
+    None, as a null index is; it was hashed as the entry's slot ("" or 0), so the None
+    key's rows went to two subtasks."""
+    indices = pa.array([len(dictionary) - 1, None, 0, len(dictionary) - 1], pa.int32())
+    batch = pa.RecordBatch.from_arrays([pa.DictionaryArray.from_arrays(indices, dictionary)], names=["k"])
+    keys = batch.column(0).to_pylist()
+    assert column_hashes(batch.column(0)).tolist() == [stable_hash(k) for k in keys]
+    for parallelism in (2, 3, 4):
+        router = KeyRouter(parallelism, 128)
+        assert arrow_targets(batch, ("k",), router).tolist() == [router.target(k) for k in keys]

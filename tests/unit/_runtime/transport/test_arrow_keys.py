@@ -44,7 +44,14 @@ def batches(draw, kinds=st.sampled_from(sorted(COLUMNS))):
         values = st.one_of(st.none(), COLUMNS[kind][0])
         # few distinct values, so keys repeat as they do in a stream
         pool = draw(st.lists(values, min_size=1, max_size=5))
-        arrays.append(column(kind, [draw(st.sampled_from(pool)) for _ in range(n)]))
+        if draw(st.booleans()):
+            arrays.append(column(kind, [draw(st.sampled_from(pool)) for _ in range(n)]))
+            continue
+        # dictionary-encoded, as a source may give it: the pool (nulls, repeats) and values
+        # no row uses are its entries; a row points at one, or is a null index
+        dictionary = column(kind, pool + draw(st.lists(COLUMNS[kind][0], max_size=2)))
+        indices = [draw(st.one_of(st.none(), st.integers(0, len(pool) - 1))) for _ in range(n)]
+        arrays.append(pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), dictionary))
     names = [f"c{i}" for i in range(len(arrays))]
     return pa.RecordBatch.from_arrays(arrays, names=names), tuple(names)
 
