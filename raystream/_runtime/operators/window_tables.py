@@ -157,15 +157,14 @@ class WindowTables:
         watermark (fired, or late within the lateness), or None if there are none."""
         part = pa.Table.from_arrays(list(keys) + list(partials), names=self.names)
         order = np.argsort(starts, kind="stable")  # each window's rows together, in order
-        ordered = starts[order]
-        found, firsts = np.unique(ordered, return_index=True)
-        if len(found) > 1:
-            part = part.take(pa.array(order))
+        found, firsts = np.unique(starts[order], return_index=True)
         self._dict = self._keys = None
         late: list[tuple[int, pa.Table, np.ndarray]] = []
         for start, low, high in zip(found.tolist(), firsts.tolist(), firsts[1:].tolist() + [len(order)]):
             rows = order[low:high]
-            piece = part.slice(low, high - low)
+            # a copy, not a slice: a slice would keep the whole batch's buffers alive for
+            # as long as any one window holds its piece
+            piece = part if len(found) == 1 else part.take(pa.array(rows))
             if self._sums:
                 self.bounds[start] = self.bounds.get(start, 0) + largest
             if start in self.fired or start + self.size - 1 <= watermark:
@@ -255,8 +254,8 @@ class WindowTables:
             # window order, and in the order they came
             at = grouped[0].to_numpy()
             lows = [0] + (np.flatnonzero(at[1:] != at[:-1]) + 1).tolist()
-            for low, high in zip(lows, lows[1:] + [len(at)]):
-                self.windows[int(at[low])][:] = [merged.slice(low, high - low)]
+            for low, high in zip(lows, lows[1:] + [len(at)]):  # copies, for the reason `add` gives
+                self.windows[int(at[low])][:] = [merged.take(pa.array(np.arange(low, high)))]
         return [self.merged(s) for s in starts]
 
     def due(self, watermark: int) -> tuple[list[tuple[int, pa.Table]], list[pa.Table]]:

@@ -353,3 +353,18 @@ def test_rows_within_the_lateness_update_a_fired_window_once_per_batch():
     assert set(op.state) == {"a", "b", "c"}  # window 0 is kept until 9 + 20, window 10 until 19 + 20
     assert fired(op.on_watermark(29)) == [] and set(op.state) == {"a"} and op.changed >= {"b", "c"}
     assert fired(op.on_watermark(39)) == [] and op.state == {} and op._tables is not None
+
+
+def test_a_window_holds_buffers_of_its_own_rows_only():
+    """Review 39: windows held slices of a batch's table and of the table a snapshot
+    merged them into, so one window still open kept every other window's rows alive."""
+    op = window(Tumbling(0.010), aggregates=(("n", agg.count()), ("total", agg.sum("v"))))
+    keys = [f"key-{i:04d}" for i in range(200)]
+    for step in range(6):
+        rows = [(k, 1, 10 * w + 1) for w in range(step, 30) for k in keys]
+        op.process(rows_batch(rows))
+        op.snapshot()  # merges the windows of several tables, all in one group-by
+        op._tables._dict = None
+    for tables in op._tables.windows.values():
+        for table in tables:
+            assert table.get_total_buffer_size() <= 2 * table.nbytes + 1024
