@@ -282,15 +282,17 @@ class Folds:
         """The Arrow type of each aggregate's column, from the types of the partials."""
         return [agg.result_type([partial_types[i] for i in slot]) for agg, slot in zip(self.aggregates, self.slots)]
 
-    def results(self, states: list[list[Any]], types: Sequence[pa.DataType | None]) -> list[pa.Array]:
+    def results(self, states: list[list[Any]], types: Sequence[pa.DataType | None], widen: bool = False
+                ) -> list[pa.Array]:
         """Each aggregate's column from its states (`states[j]`), as `types[j]` where that
         holds them exactly (None: inferred). A running value this batch's type cannot hold
         (a float sum after a batch of ints only, a value after a batch of nulls) keeps the
-        type of its values: a column is never cut to fit."""
+        type of its values: a column is never cut to fit. Ints past int64 fail the batch,
+        or with `widen` (windows firing: no batch to fail) are uint64 or decimal128(38, 0)."""
         arrays = []
         for j, agg in enumerate(self.aggregates):
             values = states[j] if self._plain_result[j] else list(map(agg.result, states[j]))
-            arrays.append(_exact_array(values, types[j]))
+            arrays.append(_exact_array(values, types[j], widen))
         return arrays
 
 
@@ -341,10 +343,27 @@ def typed_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
         return pa.array(values, type=pa.uint64())
 
 
-def _exact_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+def wide_ints(values: list[Any]) -> pa.Array:
+    """Ints (and None) past int64 as uint64, or else as decimal128(38, 0) (a sum past
+    int64 of signed ints); past that, OverflowError."""
+    for kind in (pa.uint64(), pa.decimal128(38, 0)):
+        try:
+            return pa.array(values, type=kind)
+        except (OverflowError, pa.ArrowInvalid):
+            continue
+    raise OverflowError(f"integers past decimal128(38, 0), from {min(v for v in values if v is not None)} "
+                        f"to {max(v for v in values if v is not None)}")
+
+
+def _exact_array(values: list[Any], kind: pa.DataType | None, widen: bool = False) -> pa.Array:
     try:
         inferred = pa.array(values)
     except OverflowError:  # ints past int64: a type that holds them (uint64), or the batch fails
+        if widen:  # or (a window firing, with no batch to fail) a wider type
+            try:
+                return typed_array(values, kind if kind is not None and pa.types.is_integer(kind) else None)
+            except (OverflowError, pa.ArrowInvalid):
+                return wide_ints(values)
         return typed_array(values, kind if kind is not None and pa.types.is_integer(kind) else None)
     if kind is None or pa.types.is_null(kind) or inferred.type == kind:
         return inferred if kind is None or pa.types.is_null(kind) else inferred.cast(kind)

@@ -243,10 +243,11 @@ class ArrowWindowOp(TimedWindows):
             if self._tables.fits(types) else None
         if largest is not None:
             return largest
-        state = self._tables.as_dict()
-        self.state = state  # the per-key dict from now on, with a timer per (key, window)
-        for key, windows in state.items():
-            for w in windows:
+        tables = self._tables
+        self.state = tables.as_dict()  # the per-key dict from now on, with a timer per (key, window)
+        for start in sorted(tables.windows):  # a window's keys in the order they came, as its timer fires them
+            w = (start, start + tables.size)
+            for key in tables.python_keys(tables.merged(start)):
                 self._schedule(key, w)
         self._columnar = False
         return None
@@ -385,7 +386,7 @@ class ArrowWindowOp(TimedWindows):
         else:
             arrays = [key_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
         arrays += out.window_columns()
-        arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types)
+        arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types, widen=True)
         arrays.append(pa.array(out.updates, type=pa.bool_()))
         batch = pa.RecordBatch.from_arrays(
             arrays, names=self.key_columns + list(WINDOW_COLUMNS) + self.folds.names + ["update"])

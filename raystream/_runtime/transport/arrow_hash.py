@@ -103,12 +103,20 @@ def _values(values: pa.Array) -> np.ndarray | None:
     return _strings(values)
 
 
+def whole(column: pa.ChunkedArray) -> pa.Array:
+    """The chunks as one array. Dictionary chunks (each with a dictionary of its own) are
+    decoded first: Arrow cannot unify dictionaries that hold a null."""
+    if column.num_chunks > 1 and pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column.combine_chunks()
+
+
 def column_hashes(column: pa.Array) -> np.ndarray | None:
     """stable_hash of each row's Python value of `column`, or None for a type this module
     does not hash (floats, dates, ...: the caller hashes those in Python). Each distinct
     value is hashed once (keys repeat within a batch)."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+        column = whole(column)
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_string(kind)
             or pa.types.is_large_string(kind)):

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._arrow_values import python_values
-from raystream._runtime.transport.arrow_hash import key_hashes
+from raystream._runtime.transport.arrow_hash import key_hashes, whole
 from raystream._runtime.transport.keys import KeyRouter
 
 
@@ -60,7 +60,7 @@ def distinct_keys(batch: pa.RecordBatch, columns: tuple[str, ...]) -> DistinctKe
 def _encode(column: pa.Array) -> tuple[np.ndarray, list[Any]]:
     """(code per row, Python value per code) of one column; a null is the value None."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+        column = whole(column)
     try:
         encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
     except pa.ArrowNotImplementedError:  # lists, structs: per row, and the router names the bad key

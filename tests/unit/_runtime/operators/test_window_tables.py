@@ -368,3 +368,27 @@ def test_a_window_holds_buffers_of_its_own_rows_only():
     for tables in op._tables.windows.values():
         for table in tables:
             assert table.get_total_buffer_size() <= 2 * table.nbytes + 1024
+
+
+def test_windows_moved_to_the_per_key_layout_fire_their_keys_in_the_order_they_came():
+    """Review 39: the move gave each key its timers in the order of the first window it
+    is in, so window [40, 50) fired a before c, where c came first."""
+    sums = (("n", agg.count()), ("total", agg.sum("v")))
+    op, ref = window(Tumbling(0.010), aggregates=sums), window(Tumbling(0.010), per_key=True, aggregates=sums)
+    for rows in ([("c", 1, 48)], [("a", 1, 2), ("a", 1, 49)], [("b", 2 ** 62, 21), ("b", -2 ** 62, 22)]):
+        for o in (op, ref):
+            o.process(rows_batch(rows))
+    assert op._tables is None  # b's two rows could pass int64: moved
+    got, want = fired(op.on_watermark(MAX_TIME)), fired(ref.on_watermark(MAX_TIME))
+    assert got == want and [r[0] for r in got if r[1].timestamp() == 0.04] == ["c", "a"]
+
+
+@pytest.mark.parametrize("per_key", [False, True])
+def test_a_sum_past_int64_fires_in_a_type_that_holds_it(per_key):
+    """Review 39: firing made the column int64, which cannot hold it: on_watermark raised,
+    and the subtask failed again on every restore."""
+    op = window(Tumbling(0.010), per_key=per_key, aggregates=(("total", agg.sum("v")),))
+    op.process(rows_batch([("a", 2 ** 62, 1), ("b", -3, 2)]))
+    op.process(rows_batch([("a", 2 ** 62, 3), ("b", -2 ** 62, 4), ("b", -2 ** 62, 5), ("b", -2 ** 62, 6)]))
+    out = untimed(op.on_watermark(MAX_TIME))[0]
+    assert out.column("total").to_pylist() == [2 ** 63, -3 * 2 ** 62 - 3]

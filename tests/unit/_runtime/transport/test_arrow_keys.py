@@ -161,3 +161,12 @@ def test_a_dictionary_column_routes_only_the_entries_its_rows_use(parallelism):
     some = pa.DictionaryArray.from_arrays(pa.array([2, None, 2, 0], pa.int8()), pa.array(["x", "y", "z"]))
     found = distinct_keys(pa.RecordBatch.from_arrays([some], names=["k"]), ("k",))
     assert found.keys == ["x", "z", None] and found.per_row() == ["z", None, "z", "x"]
+
+
+def test_chunks_of_dictionaries_holding_nulls_are_keys_as_their_values():
+    """Review 39: Arrow cannot unify the dictionaries of several chunks when one holds a
+    null, so a table's dictionary key column of such chunks raised."""
+    chunks = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([0, 1]), pa.array(["x", None])),
+                               pa.DictionaryArray.from_arrays(pa.array([1, 0, None]), pa.array(["y", None]))])
+    table = pa.table({"k": chunks})
+    assert distinct_keys(table, ("k",)).per_row() == ["x", None, None, "y", None]
