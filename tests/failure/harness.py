@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import runpy
 import signal
 from pathlib import Path
@@ -50,6 +51,13 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def subtask(status: rs.JobStatus, step_id: str) -> str:
+    """The name of the first subtask of the chain that starts with step `step_id`
+    ("invoice[0]", "invoice+row[0]"; not "invoice.late+correction[0]", the chain of the
+    step's late output)."""
+    return next(name for name in sorted(status.pids) if re.fullmatch(re.escape(step_id) + r"(\+[^\[]*)?\[\d+\]", name))
 
 
 def kill(pid: int) -> None:

@@ -10,7 +10,9 @@
 - Text read as Arrow (`FileSource(columnar=True)`) with its source subtask killed: each
   word's last committed total is its count in the files (extended).
 - jobs/billing_arrow.py with the subtasks of its invoices and its totals killed in turn:
-  the job's own verdict holds (extended)."""
+  the job's own verdict holds (extended).
+- Invoices updated by reports late within the lateness, their subtasks killed three
+  times: each hour's rows are a first result and updates, once each (extended)."""
 import collections
 import logging
 import re
@@ -27,10 +29,11 @@ from raystream.connectors import nexmark as nx
 from raystream.sinks import FileSink, read_files
 from raystream.sources import SequenceSource
 from raystream.windows import Sliding
+from tests.helpers import late_billing
 from tests.helpers.nexmark import bid_windows, window_rows
 from tests.helpers.support import wait_until
 
-from .harness import kill, running
+from .harness import kill, running, subtask
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def expected() -> dict[int, tuple[int, int]]:
 def kill_step_and_finish(handle: rs.JobHandle, step_id: str) -> None:
     """SIGKILL the first subtask of the chain that starts with `step_id`; the job recovers and finishes."""
     status = handle.status()
-    victim = next(name for name in sorted(status.pids) if name.startswith(step_id))
+    victim = subtask(status, step_id)
     logger.warning("killing %s", victim)
     kill(status.pids[victim])
     result = handle.wait()
@@ -206,7 +209,7 @@ def test_billing_over_arrow_with_its_window_and_its_aggregate_killed(tmp_path):
     wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
     wait_until(lambda: handle.status().steps["invoice"].records_out > 0, "invoices fired")
     status = handle.status()
-    kill(status.pids[next(name for name in sorted(status.pids) if name.startswith("invoice"))])
+    kill(status.pids[subtask(status, "invoice")])
     wait_until(lambda: running(handle, checkpoints=status.checkpoints.completed + 1, attempt=2),
                "a checkpoint of the attempt after the first kill")
     kill_step_and_finish(handle, "running_total")
@@ -214,3 +217,24 @@ def test_billing_over_arrow_with_its_window_and_its_aggregate_killed(tmp_path):
     verdict = ns["verify"](out, events)
     assert verdict.customers == ns["CUSTOMERS"] and verdict.invoices > 0
     assert verdict.ok, verdict
+
+
+@pytest.mark.extended  # three kills and recoveries: 30-60 s on two cores
+@pytest.mark.parametrize("per_key", [False, True], ids=["window-major", "per-key"])
+def test_invoices_updated_within_the_lateness_with_their_windows_killed(tmp_path, per_key):
+    """Reports late by less than the lateness update invoices that fired (the update path
+    of window-major windows, and of per-key ones for reference); the invoice subtasks are
+    killed three times: every hour's rows are one first result and then updates, none
+    twice, the last the sum of exactly its on-time events."""
+    out, events = str(tmp_path / "late"), 40_000
+    handle = late_billing.build(out, events, rate=8_000, per_key=per_key).start()
+    wait_until(lambda: running(handle, checkpoints=2), "two checkpoints")
+    wait_until(lambda: handle.status().steps["invoice"].records_out > 0, "invoices fired")
+    for attempt in (2, 3):
+        status = handle.status()
+        kill(status.pids[subtask(status, "invoice")])
+        wait_until(lambda: running(handle, checkpoints=status.checkpoints.completed + 1, attempt=attempt),
+                   f"a checkpoint of attempt {attempt}")
+    kill_step_and_finish(handle, "invoice")
+    verdict = late_billing.verify(out, events)
+    assert verdict["problems"] == {} and verdict["updates"] > 0 and verdict["corrections"] > 0, verdict
