@@ -360,10 +360,7 @@ def _exact_array(values: list[Any], kind: pa.DataType | None, widen: bool = Fals
         inferred = pa.array(values)
     except OverflowError:  # ints past int64: a type that holds them (uint64), or the batch fails
         if widen:  # or (a window firing, with no batch to fail) a wider type
-            try:
-                return typed_array(values, kind if kind is not None and pa.types.is_integer(kind) else None)
-            except (OverflowError, pa.ArrowInvalid):
-                return wide_ints(values)
+            return wide_ints(values)
         return typed_array(values, kind if kind is not None and pa.types.is_integer(kind) else None)
     if kind is None or pa.types.is_null(kind) or inferred.type == kind:
         return inferred if kind is None or pa.types.is_null(kind) else inferred.cast(kind)

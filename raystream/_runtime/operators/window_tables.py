@@ -203,8 +203,8 @@ class WindowTables:
         n, m = len(self.key_columns), len(self.specs)
         self.windows[start] = [pa.Table.from_arrays(grouped[:n + m], names=self.names).combine_chunks()]
         self.fired.add(start)
-        places = grouped[n + m].to_numpy(zero_copy_only=False)
-        touched = np.flatnonzero(~np.isnan(places)) if places.dtype.kind == "f" else np.arange(len(places))
+        touched = np.flatnonzero(grouped[n + m].is_valid().to_numpy(zero_copy_only=False))
+        places = grouped[n + m].fill_null(-1).to_numpy()
         order = touched[np.argsort(places[touched], kind="stable")]
         taken = pa.array(order, type=pa.int64())
         table = pa.Table.from_arrays([c.take(taken) for c in grouped[:n + m]], names=self.names)

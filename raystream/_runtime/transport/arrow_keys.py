@@ -83,7 +83,7 @@ def _used(dictionary: pa.Array, indices: pa.Array) -> tuple[pa.Array, pa.Array]:
     indices into those: an unused entry is no key of the batch, so it is neither made nor
     routed (a datetime nobody holds would be refused)."""
     codes = indices.drop_null().to_numpy(zero_copy_only=False)
-    used = np.bincount(codes, minlength=len(dictionary)) > 0 if len(codes) else np.zeros(len(dictionary), bool)
+    used = np.bincount(codes, minlength=len(dictionary)) > 0
     if used.all():
         return dictionary, indices
     renumbered = (np.cumsum(used) - 1)[indices.fill_null(0).to_numpy(zero_copy_only=False)]
