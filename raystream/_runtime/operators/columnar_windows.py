@@ -312,8 +312,9 @@ class ArrowWindowOp(TimedWindows):
             return []
         out = Fired()
         for key, w in touched:
-            if w[1] - 1 <= self.watermark:
-                self._emit(key, w, self.state[key][w], out)
+            entry = self.state[key][w]
+            if self._has_fired(w, entry):
+                self._emit(key, w, entry, out)
         return self._fired(out)
 
     # --- time -------------------------------------------------------------------------

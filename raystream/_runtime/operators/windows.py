@@ -106,21 +106,32 @@ class TimedWindows(KeyedOp):
         super().restore(state, watermark)
         self.watermark = MIN_TIME if watermark is None else watermark
         for key, windows in state.items():
-            for w in windows:
-                self._schedule(key, w)
+            for w, entry in windows.items():
+                self._schedule(key, w, self._has_fired(w, entry))
 
-    def _schedule(self, key: Any, w: tuple[int, int]) -> None:
+    def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False) -> None:
         if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
             self.timers.push(w[1], key, (w, FIRE))
             return
         fire_at = w[1] - 1
-        if fire_at > self.watermark:
+        if fire_at > self.watermark and not fired:
             self.timers.push(fire_at, key, (w, FIRE))
         else:
             self.timers.push(fire_at + self.lateness, key, (w, CLEANUP))
 
     def _late(self, w: tuple[int, int]) -> bool:
         return not self.processing and w[1] - 1 + self.lateness <= self.watermark
+
+    def _has_fired(self, w: tuple[int, int], entry: list) -> bool:
+        """Whether an event-time window has fired, so that what it takes is an update to emit
+        at once. A tumbling or sliding window that was emitted has fired, even ahead of the
+        watermark: after a rescale the watermark is the oldest of the old subtasks', and
+        the window fired on one whose watermark was ahead (R4). A session
+        extended past the watermark after it fired is emitted, yet fires again at its new
+        end, with update=True."""
+        if self.processing:
+            return False
+        return w[1] - 1 <= self.watermark or (bool(entry[1]) and not self.merging)
 
     # --- output -----------------------------------------------------------------------
 
@@ -224,7 +235,7 @@ class WindowOp(TimedWindows):
             else:
                 entry[0] = fns.add(entry[0], value)
             added = True
-            if not self.processing and w[1] - 1 <= self.watermark:  # fired before: emit the update now
+            if self._has_fired(w, entry):  # emit the update now
                 self._emit(key, w, entry, out)
         return added
 

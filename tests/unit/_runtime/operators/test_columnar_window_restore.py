@@ -144,3 +144,49 @@ def test_windows_restored_from_old_subtasks_of_any_key_types_fire_every_key(kind
         if len(out):
             fired += [r["k"] for r in untimed(out)[0].to_pylist()]
     assert sorted(fired) == sorted(value for _, value in keys)
+
+
+def late_window(lateness_ms: int) -> ArrowWindowOp:
+    op = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=TYPED,
+                            window=WindowSpec(Tumbling(1), lateness_ms, "columnar")))
+    op.assigner.check("w")
+    return op
+
+
+def rows(keys, values, times) -> Timed:
+    batch = pa.RecordBatch.from_pydict({"k": pa.array(keys, pa.int64()), "v": pa.array(values, pa.int32())})
+    return Timed(ArrowKeyed(batch, ("k",)), np.array(times, dtype=np.int64))
+
+
+def fired(batch) -> list[tuple]:
+    if not len(batch):
+        return []
+    return [(r["k"], r["total"], r["update"]) for r in untimed(batch)[0].to_pylist()]
+
+
+@pytest.mark.parametrize("per_key", [False, True], ids=["window-major", "per-key"])
+def test_a_window_fired_on_a_subtask_ahead_does_not_fire_again_after_a_rescale(per_key):
+    """Review 39: at 2 -> 1 the step restarts from the older watermark, and a window that
+    had fired on the subtask whose watermark was ahead fired again at that watermark, as
+    an update with the same values. It fires no more; a row within the lateness makes its
+    update at once, and it is dropped after the lateness."""
+    keys = {s: next(k for k in range(100) if key_group(k, 128) in groups_of_subtask(s, 2, 128)) for s in range(2)}
+    ahead, behind = late_window(5_000), late_window(5_000)
+    ahead.process(rows([keys[0]], [3], [100]))
+    assert fired(ahead.on_watermark(2_000)) == [(keys[0], 3, False)]  # [0, 1000) fired, kept for the lateness
+    behind.process(rows([keys[1]], [4], [600]))
+    behind.on_watermark(300)
+    snapshots = [window_snapshot(ahead, 0, 2), window_snapshot(behind, 1, 2)]
+    step = Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=TYPED,
+                window=WindowSpec(Tumbling(1), 5_000, "columnar"))
+    merged = merge_states(snapshots, [step], 0, 1, 128)
+    op = late_window(5_000)
+    op.restore_meta(merged.step_meta.get("w", []))
+    op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+    assert op.watermark == 300
+    if per_key:
+        op._columnar = False
+    assert fired(op.on_watermark(1_500)) == [(keys[1], 4, False)]  # only the window behind fires
+    assert fired(op.process(rows([keys[0]], [5], [200]))) == [(keys[0], 8, True)]  # within the lateness: an update
+    assert fired(op.on_watermark(7_000)) == []
+    assert op.state == {}

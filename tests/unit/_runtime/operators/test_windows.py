@@ -136,6 +136,20 @@ def test_restored_windows_and_their_timers_fire_as_they_would_have():
     assert restored.state == {}
 
 
+def test_a_fired_window_restored_at_an_older_watermark_does_not_fire_again():
+    """Review 39: after a rescale the step starts from the oldest watermark of the old
+    subtasks; a window that fired on one ahead fired again there, an update with the same
+    value. Now what it takes is its update, at once, and the watermark fires it no more."""
+    op = window_op(Tumbling(10), lateness_ms=5_000)
+    feed(op, [("a", 1, 1_000)])
+    assert results(op.on_watermark(10_500)) == [("a", 0, 10, 1, False, 9_999)]
+    restored = window_op(Tumbling(10), lateness_ms=5_000)
+    restored.restore(op.snapshot(), 2_000)  # the watermark of a subtask behind, as a 2 -> 1 rescale takes it
+    assert results(restored.on_watermark(10_000)) == []
+    assert feed(restored, [("a", 2, 3_000)]) == [("a", 0, 10, 3, True, 9_999)]
+    assert results(restored.on_watermark(14_999)) == [] and restored.state == {}
+
+
 def test_window_join_emits_every_pair_of_a_key_and_window():
     op = window_op(Tumbling(10), fn=lambda left, right: (left, right), how="join", kind=StepKind.JOIN)
     op.process_side(Timed(KeyedBatch([1, 1, 2], ["p1", "p1b", "p2"]), [1_000, 2_000, 3_000]), 0)
