@@ -301,13 +301,13 @@ class ArrowWindowOp(TimedWindows):
                 if before.get(w) is not entry:
                     touched.append((key, w))
                     if w not in before:
-                        self._schedule(key, w)
+                        self._schedule(key, w, self._has_fired(w, entry))
             self.state[key] = now
             self.changed.add(key)  # I1
         return touched
 
     def _updates(self, touched: list[tuple[Any, tuple[int, int]]]) -> Any:
-        """Windows that had reached the watermark and took rows emit their value now."""
+        """Windows that had fired and took rows emit their value now (`_has_fired`)."""
         if self.processing:
             return []
         out = Fired()
@@ -376,8 +376,8 @@ class ArrowWindowOp(TimedWindows):
         return Fired()
 
     def _emit(self, key: Any, w: tuple[int, int], entry: list, out: Fired) -> None:
-        out.add(key, w, entry[0], entry[1])
-        entry[1] = True
+        out.add(key, w, entry[0], bool(entry[1]))
+        entry[1] = self._emission_mark(w)
 
     def _fired(self, out: Fired) -> Any:
         if not out.keys:

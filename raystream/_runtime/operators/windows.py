@@ -2,9 +2,11 @@
 
 State per key is `{(start, end): [accumulator, emitted]}`, in milliseconds; it lives in
 the keyed state, so windows are in every snapshot and move with their key group. The
-timers are not stored: `restore` derives them from the windows (a window that has not
-reached the watermark fires at end - 1; one that has is cleaned up at end - 1 +
-allowed lateness).
+timers are not stored: `restore` derives them from the windows (a window that has fired
+is cleaned up at end - 1 + allowed lateness; one that has not fires at end - 1). Whether
+it has fired is not the watermark's alone: after a rescale the watermark is the oldest of
+the old subtasks', and `emitted` says what fired on the others (`_has_fired`): True for a
+tumbling or sliding window, the end it was emitted at for a session (False: never).
 
 For each record (event time t, or the time it arrives for `clock="processing"`):
 1. the assigner gives its windows; a session window merges with the key's windows it
@@ -124,14 +126,26 @@ class TimedWindows(KeyedOp):
 
     def _has_fired(self, w: tuple[int, int], entry: list) -> bool:
         """Whether an event-time window has fired, so that what it takes is an update to emit
-        at once. A tumbling or sliding window that was emitted has fired, even ahead of the
-        watermark: after a rescale the watermark is the oldest of the old subtasks', and
-        the window fired on one whose watermark was ahead (R4). A session
-        extended past the watermark after it fired is emitted, yet fires again at its new
-        end, with update=True."""
-        if self.processing:
-            return False
-        return w[1] - 1 <= self.watermark or (bool(entry[1]) and not self.merging)
+        at once: the watermark passed its end, or it was emitted as it is now, ahead of the
+        watermark. That happens after a rescale (R4): the step starts from the oldest
+        watermark of the old subtasks it takes keys from, and the window fired on one whose
+        watermark was ahead."""
+        return not self.processing and (w[1] - 1 <= self.watermark or self._emitted_current(w, entry))
+
+    def _emitted_current(self, w: tuple[int, int], entry: list) -> bool:
+        """Whether the window's last emission holds it as it is now. A tumbling or sliding
+        window that was emitted is current: what it takes later is emitted at once. A
+        session is marked with the end it was emitted at (`_emission_mark`), since a fired
+        session that a record extends past the watermark is emitted again at its new end;
+        a session marked True (raystream 0.6.2 and before) counts as current only once the
+        watermark passes its end, as it did then."""
+        mark = entry[1]
+        if not self.merging:
+            return bool(mark)
+        return type(mark) is int and mark == w[1]
+
+    def _emission_mark(self, w: tuple[int, int]) -> bool | int:
+        return w[1] if self.merging else True
 
     # --- output -----------------------------------------------------------------------
 
@@ -164,9 +178,8 @@ class TimedWindows(KeyedOp):
             if entry is None:
                 continue  # merged away, or cleaned up
             if kind == FIRE:
-                if entry[1] and w[1] - 1 < t:
-                    continue
-                self._emit(key, w, entry, out)
+                if not self._emitted_current(w, entry):  # it is, when it fired on an old subtask ahead (R4)
+                    self._emit(key, w, entry, out)
                 if self.lateness and not self.processing:
                     self.timers.push(t + self.lateness, key, (w, CLEANUP))
                     continue
@@ -255,9 +268,10 @@ class WindowOp(TimedWindows):
         entry = [acc, emitted]
         windows[merged] = entry
         self.state[key] = windows
+        fired = self._has_fired(merged, entry)
         if merged not in touching:
-            self._schedule(key, merged)  # timers of the windows merged away find nothing and are skipped
-        if not self.processing and merged[1] - 1 <= self.watermark:
+            self._schedule(key, merged, fired)  # timers of the windows merged away find nothing and are skipped
+        if fired:
             self._emit(key, merged, entry, out)
         return True
 
@@ -265,8 +279,8 @@ class WindowOp(TimedWindows):
         result = self.functions.result(key, w, entry[0])
         start, end = from_millis(w[0]), from_millis(w[1])
         for value in result if self.functions.how == "join" else (result,):
-            out.add(key, WindowResult(start, end, value, entry[1]), w[1] - 1)
-        entry[1] = True
+            out.add(key, WindowResult(start, end, value, bool(entry[1])), w[1] - 1)
+        entry[1] = self._emission_mark(w)
 
     def _collector(self) -> Collector:
         return Collector()

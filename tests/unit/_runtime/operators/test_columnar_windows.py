@@ -174,6 +174,25 @@ def test_session_windows_merge_across_batches_with_their_states():
     assert sorted(fired_columnar(op.on_watermark(MAX_TIME))) == sorted(fired_per_record(ref.on_watermark(MAX_TIME)))
 
 
+def test_a_fired_session_restored_at_an_older_watermark_fires_again_only_once_extended():
+    """Review 39's re-fire after a rescale, of sessions over Arrow: restored at the
+    watermark of a subtask behind (as a 2 -> 1 rescale restores it), a session that fired
+    does not fire again; rows inside it are an update at once; rows that extend it past
+    the watermark make it fire at its new end, also through a restore."""
+    op = columnar(Session(0.005), lateness_ms=20)
+    op.process(arrow_rows([("u", 1, 1)]))
+    assert fired_columnar(op.on_watermark(7)) == [("u", 1, 6, (1, 1, 1, 1), False, 5)]
+    restored = columnar(Session(0.005), lateness_ms=20)
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), 2)
+    assert fired_columnar(restored.process(arrow_rows([("u", 2, 1)]))) == [("u", 1, 6, (2, 3, 1, 2), True, 5)]
+    assert fired_columnar(restored.on_watermark(6)) == []
+    assert fired_columnar(restored.process(arrow_rows([("u", 4, 5)]))) == []  # now [1, 10)
+    again = columnar(Session(0.005), lateness_ms=20)
+    again.restore(pickle.loads(pickle.dumps(restored.snapshot())), restored.watermark)
+    assert fired_columnar(again.on_watermark(10)) == [("u", 1, 10, (3, 7, 1, 4), True, 9)]
+    assert fired_columnar(again.on_watermark(40)) == [] and again.state == {}
+
+
 def test_rows_exactly_gap_apart_share_a_session_in_one_batch_and_across_batches_like_the_per_record_step():
     op, ref = columnar(Session(0.005)), per_record(Session(0.005))
     for rows in ([("u", 1, 0), ("u", 2, 5), ("v", 1, 0), ("v", 2, 6)], [("u", 3, 10), ("v", 3, 11)]):

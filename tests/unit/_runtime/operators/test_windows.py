@@ -150,6 +150,33 @@ def test_a_fired_window_restored_at_an_older_watermark_does_not_fire_again():
     assert results(restored.on_watermark(14_999)) == [] and restored.state == {}
 
 
+def test_a_fired_session_restored_at_an_older_watermark_fires_again_only_once_extended():
+    """The session kind of the test above: a fired session is marked with the end it was
+    emitted at, so a restore at an older watermark does not fire it again; a record inside
+    it is its update, at once; one that extends it past the watermark makes it fire again
+    at its new end, also through a restore."""
+    op = window_op(Session(5), lateness_ms=20_000)
+    feed(op, [("a", 1, 1_000)])
+    assert results(op.on_watermark(7_000)) == [("a", 1, 6, 1, False, 5_999)]
+    restored = window_op(Session(5), lateness_ms=20_000)
+    restored.restore(op.snapshot(), 2_000)
+    assert feed(restored, [("a", 2, 1_000)]) == [("a", 1, 6, 3, True, 5_999)]  # inside it: at once
+    assert results(restored.on_watermark(6_500)) == []
+    assert feed(restored, [("a", 4, 5_000)]) == []  # now [1, 10): it fires at its new end
+    again = window_op(Session(5), lateness_ms=20_000)
+    again.restore(restored.snapshot(), restored.watermark)
+    assert results(again.on_watermark(10_000)) == [("a", 1, 10, 7, True, 9_999)]
+    assert results(again.on_watermark(40_000)) == [] and again.state == {}
+
+
+def test_a_session_emitted_by_raystream_0_6_2_fires_again_at_its_end_when_the_watermark_is_behind():
+    """0.6.2 marked an emitted session True, also one extended past the watermark since,
+    whose update is still to fire: such a mark is not taken as current."""
+    restored = window_op(Session(5), lateness_ms=20_000)
+    restored.restore({"a": {(1_000, 10_000): [7, True]}}, 6_500)
+    assert results(restored.on_watermark(10_000)) == [("a", 1, 10, 7, True, 9_999)]
+
+
 def test_window_join_emits_every_pair_of_a_key_and_window():
     op = window_op(Tumbling(10), fn=lambda left, right: (left, right), how="join", kind=StepKind.JOIN)
     op.process_side(Timed(KeyedBatch([1, 1, 2], ["p1", "p1b", "p2"]), [1_000, 2_000, 3_000]), 0)
