@@ -6,7 +6,8 @@ timers are not stored: `restore` derives them from the windows (a window that ha
 is cleaned up at end - 1 + allowed lateness; one that has not fires at end - 1). Whether
 it has fired is not the watermark's alone: after a rescale the watermark is the oldest of
 the old subtasks', and `emitted` says what fired on the others (`_has_fired`): True for a
-tumbling or sliding window, the end it was emitted at for a session (False: never).
+tumbling or sliding window, `(end,)` of the end it was emitted at for a session (False:
+never).
 
 For each record (event time t, or the time it arrives for `clock="processing"`):
 1. the assigner gives its windows; a session window merges with the key's windows it
@@ -139,13 +140,12 @@ class TimedWindows(KeyedOp):
         session that a record extends past the watermark is emitted again at its new end;
         a session marked True (raystream 0.6.2 and before) counts as current only once the
         watermark passes its end, as it did then."""
-        mark = entry[1]
         if not self.merging:
-            return bool(mark)
-        return type(mark) is int and mark == w[1]
+            return bool(entry[1])
+        return entry[1] == (w[1],)
 
-    def _emission_mark(self, w: tuple[int, int]) -> bool | int:
-        return w[1] if self.merging else True
+    def _emission_mark(self, w: tuple[int, int]) -> bool | tuple[int]:
+        return (w[1],) if self.merging else True  # a tuple: truthy for any end, 0 included, and never == True
 
     # --- output -----------------------------------------------------------------------
 

@@ -169,6 +169,17 @@ def test_a_fired_session_restored_at_an_older_watermark_fires_again_only_once_ex
     assert results(again.on_watermark(40_000)) == [] and again.state == {}
 
 
+def test_a_session_ending_at_the_epoch_keeps_its_mark():
+    """The mark of a session that ends at 0 ms is still a mark (not a falsy 0)."""
+    op = window_op(Session(5), lateness_ms=20_000)
+    feed(op, [("a", 1, -5_000)])
+    assert results(op.on_watermark(0)) == [("a", -5, 0, 1, False, -1)]
+    restored = window_op(Session(5), lateness_ms=20_000)
+    restored.restore(op.snapshot(), -6_000)
+    assert feed(restored, [("a", 2, -5_000)]) == [("a", -5, 0, 3, True, -1)]
+    assert results(restored.on_watermark(0)) == []
+
+
 def test_a_session_emitted_by_raystream_0_6_2_fires_again_at_its_end_when_the_watermark_is_behind():
     """0.6.2 marked an emitted session True, also one extended past the watermark since,
     whose update is still to fire: such a mark is not taken as current."""
