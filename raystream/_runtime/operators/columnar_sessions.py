@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.aggregate import unused_name
+from raystream._runtime.operators.windows import merged_mark
 from raystream._runtime.transport.arrow_keys import DistinctKeys, distinct_keys
 
 if TYPE_CHECKING:
@@ -109,18 +110,19 @@ def _close(op: ArrowWindowOp, before: dict[Window, list], run: list[tuple[Window
     if len(run) == 1 and run[0][1] is None:  # an open session no row touched
         after[run[0][0]] = before[run[0][0]]
         return
-    state, emitted = None, False
+    state, marks = None, []
     for w, partials in run:  # in start order
         if partials is None:
             old = before[w]
             state = old[0] if state is None else op.folds.combine(state, old[0])
-            emitted = emitted or old[1]
+            marks.append(old[1])
     if state is None:
         state = op.folds.fresh()
     for w, partials in run:
         if partials is not None:
             state = op.folds.merge_one(state, partials)
-    after[(min(w[0] for w, _ in run), max(w[1] for w, _ in run))] = [state, emitted]
+    merged = (min(w[0] for w, _ in run), max(w[1] for w, _ in run))
+    after[merged] = [state, merged_mark(marks, merged)]
 
 
 def _accepted(op: ArrowWindowOp, distinct: DistinctKeys, times: np.ndarray, alone_late: np.ndarray,

@@ -83,6 +83,15 @@ def _add_side(acc: tuple[list, list], side_value: tuple[int, Any]) -> tuple[list
     return acc
 
 
+def merged_mark(marks: list[Any], merged: tuple[int, int]) -> Any:
+    """The emission mark of a session merged from windows marked `marks`: current if one of
+    them was emitted at the merged end (then the merged value is emitted at once), else
+    emitted if one was (it fires at its end, as an update), else False."""
+    if (merged[1],) in marks:
+        return (merged[1],)
+    return next((mark for mark in marks if mark), False)
+
+
 class TimedWindows(KeyedOp):
     """What every window step shares, per record or columnar (operators/columnar_windows.py,
     operators/columnar_join.py): state per key `{(start, end): [accumulator, emitted]}`,
@@ -110,6 +119,11 @@ class TimedWindows(KeyedOp):
         self.watermark = MIN_TIME if watermark is None else watermark
         for key, windows in state.items():
             for w, entry in windows.items():
+                if self.merging and entry[1] is True and w[1] - 1 <= self.watermark:
+                    # 0.6's mark of a session the watermark had passed, whose changes were all
+                    # emitted at once: current, marked so for the next snapshots (I1)
+                    entry[1] = (w[1],)
+                    self.changed.add(key)
                 self._schedule(key, w, self._has_fired(w, entry))
 
     def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False) -> None:
@@ -261,11 +275,13 @@ class WindowOp(TimedWindows):
         merged = (min([start] + [w[0] for w in touching]), max([end] + [w[1] for w in touching]))
         if self._late(merged):
             return False
-        acc, emitted = fns.add(fns.create(), value), False
+        acc = fns.add(fns.create(), value)
+        marks = []
         for w in touching:
             old = windows.pop(w)
-            acc, emitted = fns.merge(old[0], acc), emitted or old[1]
-        entry = [acc, emitted]
+            acc = fns.merge(old[0], acc)
+            marks.append(old[1])
+        entry = [acc, merged_mark(marks, merged)]
         windows[merged] = entry
         self.state[key] = windows
         fired = self._has_fired(merged, entry)

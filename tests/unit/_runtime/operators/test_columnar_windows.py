@@ -193,6 +193,16 @@ def test_a_fired_session_restored_at_an_older_watermark_fires_again_only_once_ex
     assert fired_columnar(again.on_watermark(40)) == [] and again.state == {}
 
 
+def test_sessions_merged_after_a_restore_behind_are_emitted_at_once_as_by_the_per_record_step():
+    op = columnar(Session(0.005), lateness_ms=30)
+    op.process(arrow_rows([("u", 1, 1), ("u", 2, 10)]))  # [1, 6) and [10, 15)
+    assert len(fired_columnar(op.on_watermark(16))) == 2
+    restored = columnar(Session(0.005), lateness_ms=30)
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), 2)
+    assert fired_columnar(restored.process(arrow_rows([("u", 4, 5)]))) == [("u", 1, 15, (3, 7, 1, 4), True, 14)]
+    assert fired_columnar(restored.on_watermark(16)) == []
+
+
 def test_rows_exactly_gap_apart_share_a_session_in_one_batch_and_across_batches_like_the_per_record_step():
     op, ref = columnar(Session(0.005)), per_record(Session(0.005))
     for rows in ([("u", 1, 0), ("u", 2, 5), ("v", 1, 0), ("v", 2, 6)], [("u", 3, 10), ("v", 3, 11)]):

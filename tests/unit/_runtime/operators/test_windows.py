@@ -188,6 +188,32 @@ def test_a_session_emitted_by_raystream_0_6_2_fires_again_at_its_end_when_the_wa
     assert results(restored.on_watermark(10_000)) == [("a", 1, 10, 7, True, 9_999)]
 
 
+def test_a_0_6_session_mark_the_watermark_passed_is_rewritten_so_a_later_rescale_does_not_fire_it_again():
+    """Review 40: 0.6's True mark of a session the watermark had passed was kept as it was,
+    in every later snapshot, so a rescale after the upgrade still fired it again."""
+    upgraded = window_op(Session(5), lateness_ms=20_000)
+    upgraded.restore({"a": {(1_000, 6_000): [1, True]}}, 7_000)
+    assert upgraded.snapshot()["a"][(1_000, 6_000)][1] == (6_000,)
+    assert upgraded.changed_state()[0] == upgraded.snapshot()  # in the next incremental snapshot too (I1)
+    rescaled = window_op(Session(5), lateness_ms=20_000)
+    rescaled.restore(upgraded.snapshot(), 2_000)
+    assert results(rescaled.on_watermark(6_500)) == []
+
+
+def test_sessions_merged_after_a_restore_behind_are_emitted_when_either_step_would():
+    """Review 40: two fired sessions restored at an older watermark and bridged by a
+    record took the mark of the first one the step met: the per-record step emitted the
+    merged session at once, the columnar one at its end. The part emitted at the merged
+    end makes it current, in both."""
+    op = window_op(Session(5), lateness_ms=30_000)
+    feed(op, [("a", 1, 1_000), ("a", 2, 10_000)])  # [1, 6) and [10, 15)
+    assert len(results(op.on_watermark(16_000))) == 2
+    restored = window_op(Session(5), lateness_ms=30_000)
+    restored.restore(op.snapshot(), 2_000)
+    assert feed(restored, [("a", 4, 5_000)]) == [("a", 1, 15, 7, True, 14_999)]  # bridges both: at once
+    assert results(restored.on_watermark(16_000)) == []
+
+
 def test_window_join_emits_every_pair_of_a_key_and_window():
     op = window_op(Tumbling(10), fn=lambda left, right: (left, right), how="join", kind=StepKind.JOIN)
     op.process_side(Timed(KeyedBatch([1, 1, 2], ["p1", "p1b", "p2"]), [1_000, 2_000, 3_000]), 0)
