@@ -127,8 +127,9 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
             merged.source_offsets.update(state.source_offsets)
             merged.source_restored = True
         same = state.parallelism == p
+        gives_keys = _gives_keys(state, subtask, p, max_parallelism)
         for step_id, mark in getattr(state, "watermarks", {}).items():  # absent in older snapshots
-            if step_id in steps and (same is False or state.subtask == subtask):
+            if step_id in steps and gives_keys:  # review 40: not those of subtasks whose keys go elsewhere
                 merged.watermarks[step_id] = min(mark, merged.watermarks.get(step_id, mark))
         for step_id, times in getattr(state, "event_times", {}).items():
             if step_id in steps:  # a source's, by partition (the copies of one are equal)
@@ -144,7 +145,7 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
                     meta = NO_META  # state of a step that keeps no meta (a per-record step of this id)
                 else:
                     continue
-                if _gives_keys(state, subtask, p, max_parallelism):
+                if gives_keys:
                     merged.step_meta.setdefault(step_id, []).append(meta)
         for step_id, table in state.keyed.items():
             if step_id not in steps:

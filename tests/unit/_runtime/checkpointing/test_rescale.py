@@ -123,6 +123,19 @@ def test_a_timed_step_restores_the_oldest_watermark_of_the_subtasks_it_takes_key
     assert merged.watermarks == {"r": 5_000} and merged.late == {"r": 5}
 
 
+def test_a_timed_step_ignores_the_watermarks_of_old_subtasks_whose_keys_go_elsewhere():
+    """Review 40: at 3 -> 2, new subtask 0 takes keys from old 0 and 1 only, yet started at
+    old 2's watermark: older than any of its keys had seen, so more of their replayed records
+    opened windows that had fired and been dropped."""
+    states = old_states(3)
+    for state, mark in zip(states, (1_000, 2_000, 50)):
+        state.watermarks = {"r": mark}
+    givers = [i for i in range(3) if set(groups_of_subtask(i, 3, 128)) & set(groups_of_subtask(0, 2, 128))]
+    assert givers == [0, 1]
+    assert merge_states(states, [REDUCE, SINK], 0, 2, 128).watermarks == {"r": 1_000}
+    assert merge_states(states, [REDUCE, SINK], 1, 2, 128).watermarks == {"r": 50}
+
+
 def test_an_event_time_step_restores_the_oldest_time_of_every_old_subtask():
     """Its own newest time ("") belongs to whichever inputs the subtask had, which may go to
     another subtask when partitions come or go (round-robin) or the parallelism changes: a
