@@ -209,14 +209,18 @@ class Placeholder(Source):
         raise NotImplementedError
 
 
-def operator_steps(columns: Columns | None, event_time: Any) -> list[Step]:
+def operator_steps(columns: Columns | None, event_time: Any, windowing: Any = None) -> list[Step]:
     """The steps whose real operators a subtask runs before the sinks, built as a job
-    builds them (raystream.Job): the source (with its event time) and the aggregate's;
-    none for a schedule with neither option."""
-    if columns is None and event_time is None:
+    builds them (raystream.Job): the source (with its event time) and the aggregate's or
+    the window's (windowed.py: one chain, so not both); none for a schedule without
+    these options."""
+    if columns is None and event_time is None and windowing is None:
         return []
+    assert columns is None or windowing is None, "the chain is a line: the aggregate or the window"
     job = rs.Job("sim")
     stream = job.source("src", Placeholder(), event_time=event_time)
     if columns is not None:
         columns.add_steps(stream)
+    if windowing is not None:
+        windowing.add_steps(stream)
     return list(job.steps.values())

@@ -23,7 +23,7 @@ from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
 from raystream.result import CheckpointStats
 
-from .job import MAX_PARALLELISM, JOB, Outputs, SimSubtask, Trace
+from .job import JOB, Outputs, SimSubtask, Trace
 from .source import SimSource
 from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for
 
@@ -134,7 +134,8 @@ class SimCoordinator:
         while True:
             try:
                 self.attempt, manifest = await recovery.begin_attempt(
-                    store, run.run_id, self.refused, restoring=restoring, max_parallelism=MAX_PARALLELISM,
+                    store, run.run_id, self.refused, restoring=restoring,
+                    max_parallelism=run.scenario.max_parallelism,
                     keyed=True, blocking=self.blocking)
             except RestoreError as exc:  # R5: the run has checkpoints and none can be restored
                 run.outcome = f"failed: {exc}"
@@ -174,7 +175,8 @@ class SimCoordinator:
                 attempt=self.attempt, actors={(chain, s.index): s for s in self.subtasks},
                 sources=[(chain, s.index) for s in self.subtasks], chains={chain: run.parallelism},
                 next_id=max(ids + [base]) + 1, stats=self.stats,
-                faults=Injector((), attempt=self.attempt, coordinator=True), max_parallelism=MAX_PARALLELISM,
+                faults=Injector((), attempt=self.attempt, coordinator=True),
+                max_parallelism=run.scenario.max_parallelism,
                 state_steps=[s.step_id for s in run.outputs.steps()], clock=lambda: self.world.now,
                 blocking=self.blocking, first_after=0.1 if self.attempt > 1 else None)  # C1, as after a failure
             self.checkpointer.start_snapshot_calls()
@@ -206,7 +208,8 @@ class SimCoordinator:
                 data = await self.blocking(store.read_snapshot, meta)
                 states.append(store.verify_snapshot(data, meta))
         for index in range(run.parallelism):
-            merged = merge_states(states, run.outputs.steps(), index, run.parallelism, MAX_PARALLELISM) \
+            merged = merge_states(states, run.outputs.steps(), index, run.parallelism,
+                                  run.scenario.max_parallelism) \
                 if manifest is not None else None
             subtask = SimSubtask(run, self, index, run.parallelism, self.attempt, merged)
             self.subtasks.append(subtask)

@@ -20,6 +20,7 @@ class Forks:
     storage: Any
     lines: list
     origins: dict
+    fork_points: dict
     partitions: int
     new_run: Any
     outputs: Any
@@ -62,6 +63,7 @@ class Forks:
             return  # refused meanwhile: the start fails
         self.store.record_origin("r2", origin)
         self.origins["r2"] = offsets
+        self.fork_points["r2"] = origin.checkpoint_id
         self.lines.append([a, b])
         b.start()
         stop_at = self.world.now + rng.uniform(0.1, 1.0)

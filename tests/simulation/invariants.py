@@ -12,7 +12,8 @@
   for, and a run that ended left none prepared;
 - with event time, no record came behind the watermark unless it was sent while the
   record's partition looked empty (event_time.py); the columnar aggregate's rows are
-  checked by columnar.py (`check_aggregates`);
+  checked by columnar.py (`check_aggregates`), the window's by windowed.py
+  (`check_windows`);
 - a sink committed for checkpoint n only when its own attempt published n, never for a
   void manifest; an attempt recorded as voiding nothing (closed) started no subtask; every checkpoint a restore could still choose lists only staged files
   that exist or were committed;
@@ -122,13 +123,21 @@ class Invariants:
                 continue
             if forked and kind in ("rolled", "s3_rolled", "parquet_rolled"):
                 continue  # an open part file is in A's output and in B's copy of it; A's own line checks A
-            places = {r.outputs.place for r in line}
-            rows = [r for place in places for r in self._rows(kind, place) if r.get("_file_run", r["run"]) in ids]
-            if upto is not None:  # A's output up to the checkpoint B started from, and B's
-                rows = [r for r in rows if r["run"] != line[0].run_id or
-                        (r["id"] - r["p"]) // self.s.partitions < upto.get(r["p"], 0)]
+            rows = self.line_rows(kind, line)
             # A fall-back past a refused checkpoint cannot retract rows committed to PostgreSQL.
             self._check_rows(kind, rows, expect, allow_duplicates=kind == "pg_rows" and refused)
+
+    def line_rows(self, kind: str, line: list[SimRun]) -> list[dict]:
+        """The rows the line committed to sink `kind`: its runs' (a fork's line: A's output
+        up to the checkpoint B started from, and B's)."""
+        ids = {r.run_id for r in line}
+        upto = self.s.origins.get(line[-1].run_id) if len(line) == 2 else None
+        rows = [r for place in {r.outputs.place for r in line} for r in self._rows(kind, place)
+                if r.get("_file_run", r["run"]) in ids]
+        if upto is not None:
+            rows = [r for r in rows if r["run"] != line[0].run_id or
+                    (r["id"] - r["p"]) // self.s.partitions < upto.get(r["p"], 0)]
+        return rows
 
     def _rows(self, kind: str, place: str = "") -> list[dict]:
         if (kind, place) not in self.s._read:

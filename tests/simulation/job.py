@@ -15,8 +15,9 @@ restore merge. Only time, storage and the servers are simulated.
 
 With a schedule's options (source.py), the real operators before the sinks: the
 columnar aggregate of Arrow batches (keyed by a column whose keys share their
-partition's key group, so it needs no exchange either: columnar.py) and the source's
-event time, read in rounds of batches that take simulated time (event_time.py).
+partition's key group, so it needs no exchange either: columnar.py), or an event-time
+tumbling window over them (windowed.py), and the source's event time, read in rounds of
+batches that take simulated time (event_time.py).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from raystream._runtime.transport.keys import key_group, subtask_of_group
 from raystream._runtime.operators.base import KeyedOp, run_chain
 from raystream._runtime.operators.event_time import AssignTimeOp
 from raystream._runtime.operators.plain import SinkOp
+from raystream._runtime.operators.windows import TimedWindows
+from raystream._runtime.transport.channel import BATCH
 from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.subtask.assembly import build_clock, build_operators
 from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
@@ -47,6 +50,7 @@ from raystream.sinks import SinkContext
 
 from .columnar import AGG_SINK, Columns
 from .event_time import Lateness
+from .windowed import WIN_SINK, WINDOW_STEP, Windowing
 from .fake_pg import SimPgServer, SimPgSession
 from .world import Proc, Remote, World, blocking_for
 
@@ -54,8 +58,8 @@ MAX_PARALLELISM = 128
 JOB = "sim"
 
 
-def owner(partition: int, parallelism: int) -> int:
-    return subtask_of_group(key_group(partition, MAX_PARALLELISM), parallelism, MAX_PARALLELISM)
+def owner(partition: int, parallelism: int, max_parallelism: int = MAX_PARALLELISM) -> int:
+    return subtask_of_group(key_group(partition, max_parallelism), parallelism, max_parallelism)
 
 
 def record_ids(partition: int, partitions: int, records: int) -> list[int]:
@@ -87,9 +91,9 @@ class Outputs:
 
     def steps(self) -> list[Step]:
         middle = [s for s in self.operators if s.kind is not StepKind.SOURCE]
+        inputs = {AGG_SINK: ("agg",), WIN_SINK: (WINDOW_STEP,)}
         return [Step("src", "source", ()), Step("sum", "reduce", ("src",))] + middle + [
-            Step(step_id, "sink", ("agg",) if step_id == AGG_SINK else ("sum",), sink=sink)
-            for step_id, sink in self.sinks.items()]
+            Step(step_id, "sink", inputs.get(step_id, ("sum",)), sink=sink) for step_id, sink in self.sinks.items()]
 
     def chain(self) -> str:
         return "+".join(s.step_id for s in self.steps())
@@ -125,7 +129,7 @@ class SimSubtask:
         self.proc = Proc(f"{run.run_id}:subtask{index}@a{attempt}")
         self.blocking = blocking_for(self.world, self.proc)
         present = run.source.present
-        mine = [str(p) for p in present if owner(p, parallelism) == index]
+        mine = [str(p) for p in present if owner(p, parallelism, run.scenario.max_parallelism) == index]
         timing = run.source.timing
         self.lateness = Lateness(timing, self.proc.name, run.trace.late, run.trace.idle) if timing is not None else None
         source = run.source.reading(self.world, f"{run.scenario.seed}/{self.proc.name}", self.lateness)
@@ -133,7 +137,9 @@ class SimSubtask:
         self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
                          all_partitions=[str(p) for p in present] if index == 0 else None)
         self.sums: dict[int, int] = dict(state.keyed.get("sum", {})) if state else {}
+        self.restored_from = state.checkpoint_id if state else 0
         self.chain_ops, self.clock = self._operators(state, mine, [str(p) for p in present])
+        self.window_op = next((op for op in self.chain_ops if isinstance(op, TimedWindows)), None)
         if self.lateness is not None and state is not None:  # the newest times the restore gave the partitions
             restored = state.event_times.get(self.chain_ops[0].step_id, {})
             self.lateness.newest.update({int(p): t for p, t in restored.items() if p in mine})
@@ -240,6 +246,8 @@ class SimSubtask:
             elif not self.reader.exhausted:
                 self._read()
             else:
+                if self.window_op is not None:  # a bounded input ended: the end of time (a stop is not one)
+                    self._clocked(self.clock.end_of_input())
                 self._tell_finished()
         except Exception as exc:  # noqa: BLE001 - a sink failed: the subtask fails, the job restarts
             self._fatal(exc)
@@ -277,7 +285,7 @@ class SimSubtask:
                 generator.end(key)
                 self.lateness.end(int(key))
             generator.polled_empty(self.reader.empty)
-            self.lateness.sent(self.clock.on_time() + self.clock.tick())
+            self._clocked(self.clock.on_time() + self.clock.tick())
         except Exception as exc:  # noqa: BLE001 - a sink failed: the subtask fails, the job restarts
             self._fatal(exc)
 
@@ -290,7 +298,7 @@ class SimSubtask:
         self._emit(int(key), batch)
         await self.world.sleep(self.run.source.timing.cost(int(key)), self.proc)  # a slow chain
         self.batch_done_at = self.world.now
-        self.lateness.sent(self.clock.tick())
+        self._clocked(self.clock.tick())
 
     async def _between_batches(self) -> bool:
         """SubtaskActor._barriers_between_batches: the barriers asked for while the batch
@@ -306,7 +314,7 @@ class SimSubtask:
 
     def _emit(self, p: int, batch: Any) -> None:
         """One batch of partition `p`: through the real operators (event time, the
-        aggregate), the running sums, and every sink."""
+        aggregate or the window), the running sums, and every sink."""
         ids = batch.column("id").to_pylist() if isinstance(batch, pa.RecordBatch) else batch
         if self.lateness is not None:  # it goes out after the watermarks sent so far
             self.lateness.check(p, ids)
@@ -330,8 +338,32 @@ class SimSubtask:
         for step_id, op in self.ops.items():
             if step_id == AGG_SINK:
                 op.process(Columns.rows(out, self.run.run_id))
+            elif step_id == WIN_SINK:
+                continue
             else:
                 op.process(partial if step_id == "pg_totals" else rows if step_id == "pg_rows" else noted)
+        if self.window_op is not None:
+            self._windowed(out)
+
+    def _clocked(self, messages: list[tuple[int, Any]]) -> None:
+        """What the chain's clock sends after a batch, a round or the end of the input: the
+        rows the window fired go to its sink (as SubtaskActor delivers them), the
+        watermarks to the lateness account."""
+        if self.window_op is not None:
+            for kind, payload in messages:
+                if kind == BATCH:
+                    self._windowed(payload)
+        self.lateness.sent(messages)
+
+    def _windowed(self, out: Any) -> None:
+        """The window's rows in `out` and the rows it found late since, into its sink (one
+        sink for both: each sink's storage calls make checkpoints longer)."""
+        # the checkpoint this attempt's output had reached: the row commits with a later one
+        since = max(self.restored_from, self.checkpoints.last_barrier)
+        rows = Windowing.rows(out, self.run.run_id, since) + \
+            Windowing.late_rows(self.window_op.take_late_batches(), self.run.run_id, since)
+        if rows:
+            self.ops[WIN_SINK].process(rows)
 
     # --- C3, C4 (SubtaskCheckpoints.take) ---------------------------------------------------
 
@@ -350,6 +382,10 @@ class SimSubtask:
                  **{op.step_id: op.snapshot() for op in self.chain_ops if isinstance(op, KeyedOp)}}
         return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
                             source_offsets=self.reader.offsets(), keyed=keyed,
+                            watermarks={op.step_id: op.watermark for op in self.chain_ops
+                                        if isinstance(op, KeyedOp) and op.watermark is not None},
+                            late={op.step_id: op.late_records for op in self.chain_ops
+                                  if isinstance(op, TimedWindows) and op.late_records},
                             sinks={s: SinkState(op.writer.snapshot(), list(op.pending)) for s, op in self.ops.items()},
                             event_times={op.step_id: op.event_times() for op in self.chain_ops
                                          if isinstance(op, AssignTimeOp)},

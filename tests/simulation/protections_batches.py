@@ -2,7 +2,9 @@
 (tests/simulation/protections.py lists them with the others): min and max skipping NaN
 across batches (columnar.py's schedules), a source partition's idleness counted from
 its empty polls, the watermark sent before IDLE, and barriers after the current batch
-(event_time.py's, whose slow batches make rounds long). Each mutant is the code as it was before the fix.
+(event_time.py's, whose slow batches make rounds long); a window that fired on a subtask
+whose watermark was ahead not firing again after a rescale (windowed.py's). Each mutant
+is the code as it was before the fix.
 """
 from __future__ import annotations
 
@@ -110,6 +112,21 @@ def idle_with_the_last_quiet_minimum() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def fired_windows_fire_again() -> Iterator[None]:
+    """A tumbling window that fired is taken as fired only once the step's watermark has
+    reached its end (before a8c3978): a rescaled step restarts from the oldest watermark of
+    the old subtasks, so a window that fired on one whose watermark was ahead gets its
+    timer again and fires again as an update with the same values."""
+    from raystream._runtime.operators.windows import TimedWindows
+
+    def has_fired(self: Any, w: tuple[int, int], entry: list) -> bool:
+        return not self.processing and w[1] - 1 <= self.watermark
+
+    with mock.patch.object(TimedWindows, "_has_fired", has_fired):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -121,6 +138,9 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                   "round sent IDLE, never their watermark", idle_before_its_watermark),
     "idle_with_the_last_quiet_minimum": ("review of stop 36: after a restore, partitions quiet together send the "
                                          "minimum of their watermarks before IDLE", idle_with_the_last_quiet_minimum),
+    "fired_windows_fire_again": ("a8c3978: after a rescale a tumbling window that had fired on a subtask whose "
+                                 "watermark was ahead fired again, as an update with the same values",
+                                 fired_windows_fire_again),
     "barriers_after_the_round": ("simulation of stop 35: a source subtask's barrier waits for a batch of each of "
                                  "its partitions, not the current one (C1)", barriers_after_the_round),
 }

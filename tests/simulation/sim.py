@@ -9,19 +9,26 @@ locally and on S3; rolling Parquet, its open part kept as segments; per-checkpoi
 with `compact_files` running beside the job) and PostgresSink (append and upsert).
 Rolling is by size and by age (`roll_interval`, on the simulated clock).
 
-Two options, each drawn for a quarter of the schedules (with draws of their own, so the
-other schedules stay what they were), put the real operators before the sinks, built
-and restored by `assembly.build_operators` as a subtask builds them, their state in the
-same snapshots and restore merge:
-- columnar (columnar.py): the source emits Arrow record batches cut at sizes drawn anew
-  by every reader (a replay after a restore cuts elsewhere), float values with NaN and
-  nulls, now and then a float32 batch (the per-key layout), through `key_by` on a column
-  and `aggregate` with count, sum, min and max, into a sink of their own;
-- event time (event_time.py): the source stamps records with `AssignTimeOp` and a
-  watermark generator with `idle_after` on the simulated clock; partitions run apart in
+Options, drawn with draws of their own (so the other schedules stay what they were), put
+the real operators before the sinks, built and restored by `assembly.build_operators` as
+a subtask builds them, their state in the same snapshots and restore merge:
+- columnar (columnar.py, a quarter of the schedules): the source emits Arrow record
+  batches cut at sizes drawn anew by every reader (a replay after a restore cuts
+  elsewhere), float values with NaN and nulls, now and then a float32 batch (the per-key
+  layout), through `key_by` on a column and `aggregate` with count, sum, min and max,
+  into a sink of their own;
+- event time (event_time.py, a quarter): the source stamps records with `AssignTimeOp`
+  and a watermark generator with `idle_after` on the simulated clock; partitions run apart in
   event time, some fill later than they are read (polls find them empty), some are slow
   (a batch takes simulated time through the chain); subtasks read in rounds as
-  SubtaskActor does (`SourceReader.read_round`, `polled_empty`, `ChainClock` ticks).
+  SubtaskActor does (`SourceReader.read_round`, `polled_empty`, `ChainClock` ticks);
+- window (windowed.py, a tenth of the schedules without the aggregate): the columnar
+  batches with event time through `key_by` and an event-time tumbling `window` with
+  allowed lateness (count and sum), its rows and late rows into a sink of their own, the
+  clock's fired rows delivered and the end of time sent when the input ends, as
+  SubtaskActor does; 32 key groups, so the partitions spread over the subtasks (the
+  first run at 2, each run continuing one rescaled) and their watermarks differ at a
+  kill, a stop or a rescale.
 
 Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
 time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
@@ -53,7 +60,10 @@ row of the aggregate holds its key's count, sum, min and max over the key's firs
 rows, NaN skipped by min and max, whatever the cuts, kills, restores and rescales; none
 twice in a run; a finished line has each key's final row. Event time: no record comes
 behind a watermark sent while its partition's latest poll had found records, and no
-subtask goes idle before the watermark of its partitions that went quiet last.
+subtask goes idle before the watermark of its partitions that went quiet last. Window:
+per line, each (key, window) has one first result then updates of strictly growing
+counts (a window that fired never fires again with what it had), and a finished line's
+last row of each is the count and sum of its records less those committed as late.
 """
 from __future__ import annotations
 
@@ -88,6 +98,7 @@ from .forks import Forks
 from .invariants import Invariants
 from .columnar import AGG_SINK, Columns, check_aggregates, operator_steps
 from .event_time import Timing
+from .windowed import WIN_SINK, Windowing, check_windows
 from .job import JOB, MAX_PARALLELISM, Outputs, SimPostgresSink, Trace
 from .source import SimSource
 from .world import SimFailure, SimStorage, World
@@ -95,6 +106,7 @@ from .world import SimFailure, SimStorage, World
 logger = logging.getLogger(__name__)
 
 ROOT = "sim-checkpoints/sim"
+WINDOW_RATE = 0.1  # of the schedules without the aggregate (windowed.py)
 BUCKET = "sim-bucket"
 
 
@@ -165,7 +177,19 @@ class Scenario(Faults, Forks):
         options = random.Random(seed ^ 0x0B0)
         self.columns = Columns(seed, self.partitions, MAX_PARALLELISM) if options.random() < 0.25 else None
         self.timing = Timing(seed, self.partitions) if options.random() < 0.25 else None
-        self.operators = operator_steps(self.columns, self.timing and self.timing.event_time(bool(self.columns)))
+        # The window (windowed.py), drawn after them, in a schedule without the aggregate (the
+        # chain is a line): Arrow batches with event time, partitions apart in it.
+        self.windows = Windowing(seed, self.partitions) if options.random() < WINDOW_RATE and self.columns is None \
+            else None
+        # Key groups: a partition is read where its key group is (job.py, `owner`); the
+        # window's spread the partitions over the subtasks (128 puts all on subtask 0 at 2).
+        self.max_parallelism = self.windows.max_parallelism if self.windows is not None else MAX_PARALLELISM
+        if self.windows is not None and self.timing is None:
+            self.timing = Timing(seed, self.partitions)
+        self.batches = self.columns or (self.windows and self.windows.columns)  # Arrow batches, or None
+        self.operators = operator_steps(self.columns, self.timing and self.timing.event_time(bool(self.batches)),
+                                        self.windows)
+        self.fork_points: dict[str, int] = {}  # a fork: the run from a checkpoint of r1 -> that checkpoint
 
     # --- the outputs ------------------------------------------------------------------------
 
@@ -196,11 +220,17 @@ class Scenario(Faults, Forks):
                                               key="p", create_table=True)
         if self.columns is not None:  # the aggregate's rows
             sinks[AGG_SINK] = FileSink(self.directory("agg", place), rows_per_file=16, roll="checkpoint")
+        if self.windows is not None:  # the window's rows and its late rows
+            sinks[WIN_SINK] = FileSink(self.directory("win", place), rows_per_file=16, roll="checkpoint")
         return Outputs(sinks, self.pg, place, self.operators)
 
     def new_run(self, run_id: str, *, parallelism: int, present: list[int], options: RunOptions,
                 outputs: Outputs | None = None, label: str = "") -> SimRun:
-        source = SimSource(self.partitions, self.records, present, self.columns, self.timing)
+        if self.windows is not None:  # rescaled: a window step takes keys from old subtasks apart in event time
+            before = None if not self.runs else \
+                self.runs[-1] if self.runs[-1].run_id == run_id else self.runs[0]  # the run it continues
+            parallelism = self.windows.parallelism(before and before.parallelism)
+        source = SimSource(self.partitions, self.records, present, self.batches, self.timing)
         run = SimRun(self, run_id, parallelism=parallelism, source=source, outputs=outputs or self.outputs(),
                      options=options, config=self.config, label=label or run_id)
         self.runs.append(run)
@@ -231,7 +261,7 @@ class Scenario(Faults, Forks):
             return
         a = self.new_run("r1", parallelism=parallelism, present=everything, options=RunOptions())
         if self.story != "resume":  # stopped, never ended by its input: a stop that is lost never ends
-            a.source = SimSource(self.partitions, 10**9, everything, self.columns, self.timing)
+            a.source = SimSource(self.partitions, 10**9, everything, self.batches, self.timing)
         a.start()
         if self.story == "resume":
             await self.until(lambda: a.outcome or self.storage.list("r1/manifests/"), limit=60.0)
@@ -308,9 +338,12 @@ class Scenario(Faults, Forks):
         await self.world.run(check, limit=limit)
 
     def check(self) -> None:
-        Invariants(self).check()
+        invariants = Invariants(self)
+        invariants.check()
         if self.columns is not None:
             check_aggregates(self)
+        if self.windows is not None:
+            check_windows(self, lambda line: invariants.line_rows("files", line))
 
 
 class _OneSinkJob:
@@ -381,8 +414,8 @@ def play_schedule(scenario: Scenario) -> Scenario:
         loop.run_until_complete(scenario.play())
         scenario.check()
     except SimFailure as exc:
-        options = "".join(f", {name}" for name, on in (("columnar", scenario.columns), ("event time", scenario.timing))
-                          if on is not None)
+        options = "".join(f", {name}" for name, on in (("columnar", scenario.columns), ("event time", scenario.timing),
+                                                       ("window", scenario.windows)) if on is not None)
         raise SimFailure(f"seed {seed} ({scenario.story}, sinks {scenario.kinds}{options}): {exc}\n"
                          f"replay: RAYSTREAM_SIM_SEED={seed} pytest tests/simulation\n"
                          + "\n".join(scenario.world.log[-80:])) from None

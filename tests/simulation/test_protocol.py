@@ -5,8 +5,9 @@ runs (one run; a savepoint and a new run from it; two runs from one savepoint; a
 resumed with a partition gone, then back) with random delays, lost responses, failed
 uploads, slow writes that land late, process deaths, damaged snapshots, and sinks that
 write files (locally and to S3, rolled, Parquet compacted meanwhile) and PostgreSQL rows,
-some with Arrow batches cut anywhere through the columnar aggregate, some with event time
-and idle or slow source partitions; then it checks the invariants on committed output. A failure prints its seed; replay it
+some with Arrow batches cut anywhere through the columnar aggregate or an event-time
+window restored and rescaled, some with event time and idle or slow source partitions;
+then it checks the invariants on committed output. A failure prints its seed; replay it
 with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 200 schedules, the
 extended run the next 1,800, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).

@@ -17,7 +17,7 @@ import sys
 
 from .world import World
 
-SEEDS = [0, 3, 5, 12, 19, 36]
+SEEDS = [0, 3, 5, 12, 19, 36, 96]  # 96: a window schedule (windowed.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
