@@ -262,7 +262,9 @@ class WindowOp(TimedWindows):
             else:
                 entry[0] = fns.add(entry[0], value)
             added = True
-            if self._has_fired(w, entry):  # emit the update now
+            # fired: emit the update now (`_has_fired` inline, as this runs per record and
+            # window; a window that does not merge and was emitted has fired)
+            if not self.processing and (entry[1] or w[1] - 1 <= self.watermark):
                 self._emit(key, w, entry, out)
         return added
 
@@ -275,16 +277,17 @@ class WindowOp(TimedWindows):
         merged = (min([start] + [w[0] for w in touching]), max([end] + [w[1] for w in touching]))
         if self._late(merged):
             return False
-        acc = fns.add(fns.create(), value)
-        marks = []
+        acc, marks = fns.add(fns.create(), value), []
         for w in touching:
             old = windows.pop(w)
             acc = fns.merge(old[0], acc)
-            marks.append(old[1])
-        entry = [acc, merged_mark(marks, merged)]
+            if old[1]:
+                marks.append(old[1])
+        entry = [acc, merged_mark(marks, merged) if marks else False]
         windows[merged] = entry
         self.state[key] = windows
-        fired = self._has_fired(merged, entry)
+        # `_has_fired` inline, as this runs per record
+        fired = not self.processing and (merged[1] - 1 <= self.watermark or entry[1] == (merged[1],))
         if merged not in touching:
             self._schedule(key, merged, fired)  # timers of the windows merged away find nothing and are skipped
         if fired:
