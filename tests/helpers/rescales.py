@@ -4,10 +4,14 @@ with its own watermark, rows routed by key group, checkpoints (full, or incremen
 and each `changed_state`, checked against the full state) and restores at parallelism 1 to
 3 through `rescale.merge_states`, as R4 restores them.
 
-No row is late for the greatest watermark any subtask has had, so none is late in any run,
-and the output must hold, per (key, window): one `update=False` row, first; then updates
-with growing values (the values are positive: a value repeated is a window fired again);
-the last value the sum of the window's rows; and nothing in the late output.
+Rows come at times behind and ahead of the subtasks' watermarks. A key group is judged by
+the greatest watermark it has had (on whichever subtask held it): a window is late for a
+row when its end - 1 + lateness is at or before that, and a row late for all its windows
+goes to the late output (R4: after a rescale the step's watermark is the oldest of its old
+subtasks', and each key group keeps its own while ahead). The output must hold, per (key,
+window): one `update=False` row, first; then updates with growing values (the values are
+positive: a value repeated is a window fired again); the last value the sum of the rows
+the window took; and the late output must count the rows late for all their windows.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ class Steps:
         op = self.new()
         op.restore_meta(merged.step_meta.get("w", []))
         op.restore(merged.keyed.get("w", {}), merged.watermarks.get("w"))
+        op.restore_group_watermarks(merged.group_watermarks.get("w", {}), MAX_PARALLELISM)
         if self.kind == "per-key":
             op._columnar = False
         return op
@@ -110,17 +115,20 @@ def run(seed: int) -> list[str]:
     keys, incremental, bases = list(range(rnd.randint(1, 8))), rnd.random() < 0.5, [None] * p
     output: list[tuple] = []
     truth: dict[tuple, int] = defaultdict(int)
-    late, problems = 0, []
+    late, problems, want_late = 0, [], 0
+    seen: dict[int, int] = defaultdict(int)  # key group -> the greatest watermark it has had
     for _ in range(rnd.randint(5, 40)):
         action = rnd.random()
-        if action < 0.45:  # rows, each on time for the greatest watermark yet
+        if action < 0.45:  # rows, on time or late for their key group's watermark
             rows = []
             for _ in range(rnd.randint(1, 5)):
-                t = rnd.randint(max(0, greatest - 3000), greatest + 4000)
-                if all(end - 1 + lateness > greatest for _, end in assigner.assign(t)):
-                    rows.append((rnd.choice(keys), rnd.randint(1, 9), t))
-                    for start, end in assigner.assign(t):
-                        truth[(rows[-1][0], start, end)] += rows[-1][1]
+                key, value, t = rnd.choice(keys), rnd.randint(1, 9), rnd.randint(max(0, greatest - 6000), greatest + 4000)
+                rows.append((key, value, t))
+                mark = seen[key_group(key, MAX_PARALLELISM)]
+                taken = [(start, end) for start, end in assigner.assign(t) if end - 1 + lateness > mark]
+                for start, end in taken:
+                    truth[(key, start, end)] += value
+                want_late += not taken
             by_owner = defaultdict(list)
             for row in rows:
                 by_owner[owner(row[0], p)].append(row)
@@ -130,6 +138,8 @@ def run(seed: int) -> list[str]:
             i = rnd.randrange(p)
             marks[i] += rnd.randint(1, 2500)
             greatest = max(greatest, marks[i])
+            for g in groups_of_subtask(i, p, MAX_PARALLELISM):
+                seen[g] = max(seen[g], marks[i])
             output += steps.results(ops[i].on_watermark(marks[i]))
         else:  # a checkpoint, restored at some parallelism
             snapshots = []
@@ -148,6 +158,7 @@ def run(seed: int) -> list[str]:
                 meta = op.state_meta()
                 snapshots.append(pickle.loads(pickle.dumps(SubtaskState(
                     5, "w", i, p, keyed={"w": full}, watermarks={"w": op.watermark},
+                    group_watermarks={"w": dict(op.group_watermarks)} if op.group_watermarks else {},
                     step_meta={"w": meta} if meta is not None else {}))))
             q = rnd.choice([1, 2, 3])
             ops = [steps.restored(snapshots, i, q) for i in range(q)]
@@ -163,8 +174,8 @@ def run(seed: int) -> list[str]:
     for k, start, end, value, update in output:
         rows_of[(k, start, end)].append((value, update))
     tag = f"seed {seed} {steps.kind} {steps.window} lateness {lateness}"
-    if late:
-        problems.append(f"{tag}: {late} rows late")
+    if late != want_late:
+        problems.append(f"{tag}: {late} rows late, of {want_late} late for their key group's watermark")
     for w, want in truth.items():
         got = rows_of.get(w, [])
         values = [v for v, _ in got]

@@ -106,6 +106,8 @@ class RestoredState:
     tiers: dict[str, int] = field(default_factory=dict)  # snapshots read per storage tier
     errors: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # the oldest of the merged subtasks'
+    # window steps' key groups whose old subtask's watermark was ahead: {step: {group: watermark}}
+    group_watermarks: dict[str, dict[int, int]] = field(default_factory=dict)
     event_times: dict[str, dict[str, int]] = field(default_factory=dict)  # watermark generators' newest times
     late: dict[str, int] = field(default_factory=dict)
     step_meta: dict[str, list[Any]] = field(default_factory=dict)  # of the old subtasks it takes keys from
@@ -122,6 +124,7 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
     p = parallelism
     merged = RestoredState(checkpoint_id=max((s.checkpoint_id for s in states), default=0))
     groups: set[int] | None = None
+    ahead: dict[str, dict[int, int]] = {}  # step -> key group -> the watermark it comes with
     for state in states:
         if head in chain_steps(state.chain):
             merged.source_offsets.update(state.source_offsets)
@@ -131,6 +134,10 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         for step_id, mark in getattr(state, "watermarks", {}).items():  # absent in older snapshots
             if step_id in steps and gives_keys:  # review 40: not those of subtasks whose keys go elsewhere
                 merged.watermarks[step_id] = min(mark, merged.watermarks.get(step_id, mark))
+                own = getattr(state, "group_watermarks", {}).get(step_id, {})  # absent before 0.7.1
+                carried = ahead.setdefault(step_id, {})
+                for g in _groups_given(state, subtask, p, max_parallelism):
+                    carried[g] = max(mark, own.get(g, mark), carried.get(g, mark))
         for step_id, times in getattr(state, "event_times", {}).items():
             if step_id in steps:  # a source's, by partition (the copies of one are equal)
                 for partition, t in times.items():
@@ -181,6 +188,10 @@ def merge_states(states: list[SubtaskState], chain_steps_now: list[Step], subtas
         for step_id, n in getattr(state, "late", {}).items():
             if step_id in steps:
                 merged.late[step_id] = merged.late.get(step_id, 0) + n
+    for step_id, carried in ahead.items():  # R4: judged by their own until the step's passes it
+        held = {g: mark for g, mark in carried.items() if mark > merged.watermarks[step_id]}
+        if held:
+            merged.group_watermarks[step_id] = held
     for step in chain_steps_now:  # an event-time step's own time: the oldest of all its old subtasks
         if step.kind is StepKind.EVENT_TIME:
             olds = [getattr(st, "event_times", {}).get(step.step_id, {}) for st in states
@@ -222,6 +233,14 @@ def writer_context(spec: SubtaskSpec, step_id: str, sink: Any, state: RestoredSt
 #: The meta of a step's state in a snapshot that keeps `step_meta` but holds none for the
 #: step: its state was written by a step that keeps none (a per-record step of the same id).
 NO_META: dict[str, Any] = {}
+
+
+def _groups_given(state: Any, subtask: int, parallelism: int, max_parallelism: int) -> set[int] | range:
+    """The key groups of the old subtask's keyed state that new `subtask` takes."""
+    mine = groups_of_subtask(subtask, parallelism, max_parallelism)
+    if state.parallelism == parallelism:
+        return mine if state.subtask == subtask else range(0)
+    return set(mine).intersection(groups_of_subtask(state.subtask, state.parallelism, max_parallelism))
 
 
 def _gives_keys(state: Any, subtask: int, parallelism: int, max_parallelism: int) -> bool:

@@ -134,10 +134,10 @@ class ArrowJoinOp(TimedWindows):
         super().restore(state, watermark)
         self.schemas = [None, None]
 
-    def process(self, batch: Any) -> Any:
+    def _process(self, batch: Any) -> Any:
         raise AssertionError("a join takes batches with their side (process_side)")
 
-    def process_side(self, batch: Any, side: int) -> Any:
+    def _process_side(self, batch: Any, side: int) -> Any:
         inner, times = untimed(batch)
         if not isinstance(inner, ArrowKeyed) or times is None:
             raise RecordFailure(self.step_id, "<batch>", TypeError(

@@ -84,7 +84,7 @@ class LifetimeWindowOp(ArrowWindowOp):
 
     # --- a batch in ---------------------------------------------------------------------
 
-    def process(self, batch: Any) -> Any:
+    def _process(self, batch: Any) -> Any:
         inner, times = arrow_keyed_input(self, batch, "a window aggregate")
         rows = inner.batch
         self.timed = times is not None

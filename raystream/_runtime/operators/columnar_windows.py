@@ -110,7 +110,7 @@ class ArrowWindowOp(TimedWindows):
         self._tables = None
         self._state = value
 
-    def process(self, batch: Any) -> Any:
+    def _process(self, batch: Any) -> Any:
         inner, times = arrow_keyed_input(self, batch, "a window aggregate")
         rows = inner.batch
         self.timed = times is not None
@@ -226,10 +226,13 @@ class ArrowWindowOp(TimedWindows):
     def _window_major(self, groups: Groups) -> int | None:
         """Whether the batch's partials go into the window-major tables: the largest
         |partial| of its sums (`WindowTables.bounded`), or None. After a restore the
-        windows restored move into them first; a batch they cannot hold (other types, sums
+        windows restored move into them first (once no key group has a watermark of its
+        own, R4); a batch they cannot hold (other types, sums
         that could pass int64) moves their windows to the per-key dict for good. Nothing
         else changes."""
         types = [c.type for c in groups.keys[:-1]] + [c.type for c in groups.partials]
+        if self._tables is None and self.group_watermarks:
+            return None  # per key while key groups have watermarks of their own: the tables' are per window
         if self._tables is None:  # restored: the per-key state, with timers
             tables = self._new_tables()
             dropped = tables.load(self._state, self.watermark, types)
@@ -329,6 +332,7 @@ class ArrowWindowOp(TimedWindows):
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
+        self._passed(watermark)
         fired, dropped = self._tables.due(watermark)
         for table in dropped:  # I1: cleaned up after the lateness
             self.changed.update(self._tables.python_keys(table))

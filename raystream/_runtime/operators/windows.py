@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from raystream._runtime.transport.batch import KeyedBatch, batch_len, timed, untimed
 from raystream._runtime.operators.base import KeyedOp
+from raystream._runtime.operators.group_watermarks import ahead_of, run_parts
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.operators.process import Collector, ProcessOp
 from raystream._runtime.time.timers import GroupedTimers, now_ms
@@ -111,6 +112,28 @@ class TimedWindows(KeyedOp):
         self.timers = GroupedTimers()  # a window's keys share its end's timer entry
         self.late_records = 0
         self.timed = True
+        # R4: key group -> the watermark its old subtask had, where ahead of this one's
+        # (operators/group_watermarks.py); held from a rescale until this one passes it
+        self.group_watermarks: dict[int, int] = {}
+        self.max_parallelism = 0
+
+    # --- records: each key judged by its key group's watermark ----------------------------
+
+    def process(self, batch: Any) -> Any:
+        if self.group_watermarks:
+            return run_parts(self, batch, self._process)
+        return self._process(batch)
+
+    def process_side(self, batch: Any, side: int) -> Any:
+        if self.group_watermarks:
+            return run_parts(self, batch, lambda part: self._process_side(part, side))
+        return self._process_side(batch, side)
+
+    def _process(self, batch: Any) -> Any:
+        return KeyedOp.process(self, batch)
+
+    def _process_side(self, batch: Any, side: int) -> Any:
+        raise AssertionError("only a join takes batches with their side")
 
     # --- state ------------------------------------------------------------------------
 
@@ -125,6 +148,11 @@ class TimedWindows(KeyedOp):
                     entry[1] = (w[1],)
                     self.changed.add(key)
                 self._schedule(key, w, self._has_fired(w, entry))
+
+    def restore_group_watermarks(self, groups: dict[int, int], max_parallelism: int) -> None:
+        """R4: the watermarks of key groups whose old subtask was ahead of the restored one."""
+        self.max_parallelism = max_parallelism
+        self.group_watermarks = {} if self.processing else ahead_of(groups, self.watermark)
 
     def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False) -> None:
         if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
@@ -206,7 +234,13 @@ class TimedWindows(KeyedOp):
         if watermark <= self.watermark:
             return []
         self.watermark = watermark
+        self._passed(watermark)
         return [] if self.processing else self._fire(watermark)
+
+    def _passed(self, watermark: int) -> None:
+        """Let go of the key groups' watermarks `watermark` reached."""
+        if self.group_watermarks:
+            self.group_watermarks = ahead_of(self.group_watermarks, watermark)
 
     def on_time(self, now: int) -> Any:
         return self._fire(now) if self.processing else []
@@ -321,10 +355,10 @@ class JoinOp(WindowOp):
     pair of a left and a right record, emitted as `(key, WindowResult(start, end,
     fn(left, right)))` when the window fires."""
 
-    def process(self, batch: Any) -> Any:
+    def _process(self, batch: Any) -> Any:
         raise AssertionError("a join takes batches with their side (process_side)")
 
-    def process_side(self, batch: Any, side: int) -> Any:
+    def _process_side(self, batch: Any, side: int) -> Any:
         kb, times = self._keyed_input(batch)
         out = self._apply_keyed(kb.keys, [(side, v) for v in kb.values], times)
         self.records_out += len(out)

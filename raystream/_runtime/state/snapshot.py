@@ -101,6 +101,9 @@ class SubtaskState:
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)
     errors: dict[str, int] = field(default_factory=dict)  # step id -> records that failed
     watermarks: dict[str, int] = field(default_factory=dict)  # step id -> the event-time clock of a timed step
+    # window step id -> {key group: the watermark its old subtask had}, where ahead of the
+    # step's, held since a rescale (R4, operators/group_watermarks.py); absent before 0.7.1
+    group_watermarks: dict[str, dict[int, int]] = field(default_factory=dict)
     # step id -> the newest event time (ms) its watermark generator saw per source partition
     # ("" for an event-time step's own): the watermark after a restore is the one before
     event_times: dict[str, dict[str, int]] = field(default_factory=dict)

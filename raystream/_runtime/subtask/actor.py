@@ -278,6 +278,8 @@ class SubtaskActor(SourceTurns):
             keyed=keyed, changelog=changelog, parts=parts,
             watermarks={op.step_id: op.watermark for op in self.ops
                         if isinstance(op, KeyedOp) and op.watermark is not None},
+            group_watermarks={op.step_id: dict(op.group_watermarks) for op in self.out.window_ops
+                              if op.group_watermarks},
             event_times={op.step_id: op.event_times() for op in self.ops if isinstance(op, AssignTimeOp)},
             sinks={op.step_id: SinkState(op.writer.snapshot(), list(op.pending)) for op in self.sinks},
             counters=self._report().steps,
