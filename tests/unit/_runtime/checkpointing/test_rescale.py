@@ -136,6 +136,39 @@ def test_a_timed_step_ignores_the_watermarks_of_old_subtasks_whose_keys_go_elsew
     assert merge_states(states, [REDUCE, SINK], 1, 2, 128).watermarks == {"r": 50}
 
 
+def test_key_groups_of_an_old_subtask_ahead_keep_its_watermark():
+    """The known limit of 0.7.0: a window the subtask ahead had dropped was opened again by
+    a record late there. Its key groups now keep its watermark, carried through snapshots
+    and later rescales (the greatest a group had wins) until the step's passes it."""
+    states = old_states(2)
+    states[0].watermarks, states[1].watermarks = {"r": 5_000}, {"r": 9_000}
+    merged = merge_states(states, [REDUCE, SINK], 0, 1, 128)
+    assert merged.watermarks == {"r": 5_000}
+    assert merged.group_watermarks == {"r": {g: 9_000 for g in groups_of_subtask(1, 2, 128)}}
+    # restored at the same parallelism: its own, ahead of its step's
+    again = SubtaskState(8, "r+out", 0, 1, keyed={"r": {}}, watermarks={"r": 6_000},
+                         group_watermarks=merged.group_watermarks)
+    assert merge_states([again], [REDUCE, SINK], 0, 1, 128).group_watermarks == merged.group_watermarks
+    # 1 -> 3: each new subtask keeps those of its groups; one whose groups all came from old 0 none
+    for i in range(3):
+        mine = set(groups_of_subtask(i, 3, 128)) & set(groups_of_subtask(1, 2, 128))
+        got = merge_states([again], [REDUCE, SINK], i, 3, 128).group_watermarks
+        assert got == ({"r": {g: 9_000 for g in mine}} if mine else {})
+    # a group's own watermark from before wins over its old subtask's when greater, and
+    # those the step's watermark has passed are let go
+    states[0].group_watermarks = {"r": {0: 12_000}}
+    states[1].group_watermarks = {"r": {64: 3_000}}  # passed by old 1's own watermark
+    merged = merge_states(states, [REDUCE, SINK], 0, 1, 128)
+    assert merged.group_watermarks["r"][0] == 12_000 and merged.group_watermarks["r"][64] == 9_000
+    states[0].watermarks = {"r": 9_000}
+    merged = merge_states(states, [REDUCE, SINK], 0, 1, 128)
+    assert merged.group_watermarks == {"r": {0: 12_000}}
+    # a checkpoint of 0.7.0 has none
+    old = SubtaskState(7, "r+out", 0, 1, keyed={"r": {}}, watermarks={"r": 1})
+    del old.__dict__["group_watermarks"]
+    assert merge_states([old], [REDUCE, SINK], 0, 1, 128).group_watermarks == {}
+
+
 def test_an_event_time_step_restores_the_oldest_time_of_every_old_subtask():
     """Its own newest time ("") belongs to whichever inputs the subtask had, which may go to
     another subtask when partitions come or go (round-robin) or the parallelism changes: a

@@ -1,0 +1,168 @@
+"""Key groups that keep the watermark of the old subtask they came from after a rescale
+(R4, operators/group_watermarks.py): a record of such a group is judged by it, so a window
+that subtask had dropped is not opened and fired again, in every kind of window step."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raystream import aggregates as agg
+from raystream._runtime.operators.columnar_join import ArrowJoinOp
+from raystream._runtime.operators.columnar_lifetimes import LifetimeWindowOp
+from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.group_watermarks import by_watermark, joined
+from raystream._runtime.operators.windows import JoinOp, WindowOp
+from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, untimed
+from raystream._runtime.transport.keys import key_group
+from raystream.graph import Step, StepKind, WindowSpec
+from raystream.windows import ArrowJoin, Lifetime, Session, Sliding, Tumbling
+
+AHEAD, BEHIND = 10_000, 1_000  # the old subtask of key "a" was at AHEAD; the step restores at BEHIND
+GROUPS = {key_group("a", 128): AHEAD}
+
+
+def checked(assigner):
+    assigner.check("w")
+    return assigner
+
+
+def per_record(assigner, how="reduce", kind=StepKind.WINDOW, cls=WindowOp):
+    def make(lateness):
+        return cls(Step("w", kind, ("in",), fn=operator.add if how == "reduce" else (lambda l, r: (l, r)),
+                        window=WindowSpec(checked(assigner), lateness, how)))
+    return make
+
+
+def columnar(assigner, cls=ArrowWindowOp):
+    def make(lateness):
+        return cls(Step("w", StepKind.WINDOW, ("in",), key_columns=("k",), arrow=(("n", agg.count()),),
+                        window=WindowSpec(checked(assigner), lateness, "columnar")))
+    return make
+
+
+def arrow_join(lateness):
+    return ArrowJoinOp(Step("w", StepKind.JOIN, ("l", "r"), key_columns=("k",), arrow=ArrowJoin(("k",), ("k",)),
+                            window=WindowSpec(checked(Tumbling(1)), lateness, "columnar")))
+
+
+def rows(op, keyed: list[tuple[str, int]]):
+    """A batch of (key, time) rows as the step takes it (a Lifetime window's rows open one
+    that ends 100 ms after them)."""
+    keys, times = [k for k, _ in keyed], [t for _, t in keyed]
+    if isinstance(op, (WindowOp, JoinOp)):
+        return Timed(KeyedBatch(keys, [1] * len(keys)), times)
+    columns = {"k": pa.array(keys, pa.string()), "v": pa.array([1] * len(keys), pa.int64())}
+    if isinstance(op, LifetimeWindowOp):
+        columns["end"] = pa.array([t + 100 for t in times], pa.int64())
+    return Timed(ArrowKeyed(pa.RecordBatch.from_pydict(columns), ("k",)), np.array(times, dtype=np.int64))
+
+
+def feed(op, keyed):
+    batch = rows(op, keyed)
+    return op.process_side(batch, 0) if isinstance(op, (JoinOp, ArrowJoinOp)) else op.process(batch)
+
+
+def keys_of(batch) -> list[str]:
+    if not len(batch):
+        return []
+    inner, _ = untimed(batch)
+    return inner.keys if isinstance(inner, KeyedBatch) else inner.column("k").to_pylist()
+
+
+def late(op) -> int:
+    return sum(len(b) for b in op.take_late_batches())
+
+
+KINDS = {
+    "tumbling": per_record(Tumbling(1)),
+    "sliding": per_record(Sliding(2, 1)),
+    "session": per_record(Session(1)),
+    "join": per_record(Tumbling(1), how="join", kind=StepKind.JOIN, cls=JoinOp),
+    "columnar tumbling": columnar(Tumbling(1)),
+    "columnar sliding": columnar(Sliding(2, 1)),
+    "columnar session": columnar(Session(1)),
+    "lifetime": columnar(Lifetime("end"), cls=LifetimeWindowOp),
+    "columnar join": arrow_join,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_record_late_for_its_key_groups_old_watermark_is_late_though_on_time_for_the_steps(kind):
+    """Before 0.7.1, key "a"'s record opened the window its old subtask had dropped, and
+    the window fired a second time with update=False."""
+    op = KINDS[kind](0)
+    op.restore({}, BEHIND)
+    op.restore_group_watermarks(GROUPS, 128)
+    joins = kind.endswith("join")
+    if joins:  # both sides: a pair needs a right row too
+        assert not len(op.process_side(rows(op, [("a", 2_500), ("b", 2_500)]), 1))
+    assert not len(feed(op, [("a", 2_500), ("b", 2_500)]))
+    assert late(op) == (2 if joins else 1)  # "a"'s, not "b"'s
+    out = keys_of(op.on_watermark(5_000))
+    assert out and set(out) == {"b"}
+    assert op.group_watermarks == GROUPS
+    op.on_watermark(AHEAD)
+    assert op.group_watermarks == {}
+    # the step's own watermark judges "a" from now on
+    assert not len(feed(op, [("a", 8_500)])) and late(op) == 1
+
+
+def test_the_key_groups_watermarks_are_kept_until_the_steps_passes_them_and_need_nothing_once_it_has():
+    op = KINDS["tumbling"](0)
+    op.restore({}, BEHIND)
+    op.restore_group_watermarks({**GROUPS, key_group("b", 128): BEHIND}, 128)
+    assert op.group_watermarks == GROUPS  # one not ahead is not kept
+    op.on_watermark(AHEAD - 1)
+    assert op.group_watermarks == GROUPS
+    op.on_watermark(AHEAD)
+    assert op.group_watermarks == {}
+
+
+def test_a_record_within_the_lateness_of_a_window_its_old_subtask_fired_is_emitted_at_once():
+    """On the old subtask ahead, a window past the watermark that a record opens is emitted
+    at once, then cleaned up, never fired by the watermark again."""
+    for kind in ("tumbling", "columnar tumbling"):
+        op = KINDS[kind](2_000)
+        op.restore({}, BEHIND)
+        op.restore_group_watermarks(GROUPS, 128)
+        assert keys_of(feed(op, [("a", 9_500), ("b", 9_500)])) == ["a"]
+        assert keys_of(op.on_watermark(AHEAD)) == ["b"]
+        assert not len(op.on_watermark(20_000))
+
+
+def test_a_columnar_window_stays_per_key_while_key_groups_keep_watermarks_then_goes_window_major():
+    op = KINDS["columnar tumbling"](0)
+    op.restore({}, BEHIND)
+    op.restore_group_watermarks(GROUPS, 128)
+    feed(op, [("b", 2_500)])
+    assert op._tables is None and op._columnar
+    op.on_watermark(AHEAD)
+    feed(op, [("b", 12_500)])
+    assert op._tables is not None
+
+
+def test_a_batch_splits_by_its_rows_watermarks_keeping_each_keys_rows_in_order():
+    keys = ["a", "b", "a", "c", "b", "a"]
+    parts = dict(by_watermark(Timed(KeyedBatch(keys, list(range(6))), [10, 11, 12, 13, 14, 15]), GROUPS, BEHIND, 128))
+    assert sorted(parts) == [BEHIND, AHEAD]
+    assert parts[AHEAD].batch.values == [0, 2, 5] and parts[AHEAD].times == [10, 12, 15]
+    assert parts[BEHIND].batch.keys == ["b", "c", "b"] and parts[BEHIND].times == [11, 13, 14]
+    batch = pa.RecordBatch.from_pydict({"k": keys, "v": list(range(6))})
+    arrow = dict(by_watermark(Timed(ArrowKeyed(batch, ("k",)), np.arange(6)), GROUPS, BEHIND, 128))
+    assert arrow[AHEAD].batch.batch.column("v").to_pylist() == [0, 2, 5]
+    assert arrow[BEHIND].times.tolist() == [1, 3, 4]
+    one = Timed(ArrowKeyed(batch, ("k",)), np.arange(6))
+    assert by_watermark(one, {}, BEHIND, 128) == [(BEHIND, one)]
+
+
+def test_the_parts_outputs_join_into_one_batch_of_their_kind():
+    narrow = pa.RecordBatch.from_pydict({"k": pa.array(["a"]), "n": pa.array([1], pa.int32())})
+    wide = pa.RecordBatch.from_pydict({"k": pa.array(["b"]), "n": pa.array([2], pa.int64())})
+    out = joined([Timed(narrow, np.array([5])), [], Timed(wide, np.array([6]))])
+    assert out.batch.column("n").to_pylist() == [1, 2] and out.times.tolist() == [5, 6]
+    out = joined([Timed(KeyedBatch(["a"], [1]), [5]), Timed(KeyedBatch(["b"], [2]), [6])])
+    assert (out.batch.keys, out.batch.values, out.times) == (["a", "b"], [1, 2], [5, 6])
+    assert joined([[], []]) == []
