@@ -9,7 +9,8 @@ timers, firing, watermark and late output; rows too late for every window go to
 vectorized, the pairs sorted by (key, window) and taken once; each (key, window) then
 gets a slice, in Python once per distinct (key, window). At the fire, the pairs of every
 due window are built with numpy (the left rows repeated, the right ones tiled) and taken
-in one go.
+in one go. A window that fired (kept for the allowed lateness) emits the new pairs of the
+rows a batch adds at once, as the batch's output: the output is every pair once.
 
 Buffered rows are Arrow, never Python rows: `Rows` holds a side's slices of one window
 and pickles as its columns' buffers (bytes) with the schema's IPC bytes, one object
@@ -157,6 +158,7 @@ class ArrowJoinOp(TimedWindows):
         for key, entry, rows_now in recast:  # the side's schema widened: its rows buffered before, cast
             entry[0] = (rows_now, entry[0][1]) if side == 0 else (entry[0][0], rows_now)
             self.changed.add(key)  # I1
+        now = Fired()  # the new pairs of windows that had fired (rows within the lateness)
         for key, w, part in windows:
             held = self.state.get(key)
             if held is None:
@@ -165,11 +167,16 @@ class ArrowJoinOp(TimedWindows):
             if entry is None:
                 entry = held[w] = [(Rows(), Rows()), False]
                 self._schedule(key, w)
+            if self._has_fired(w, entry):
+                other = entry[0][1 - side]
+                if len(other):
+                    now.add(key, w, (part, other.batch()) if side == 0 else (other.batch(), part), True)
+                entry[1] = True  # fired: a restore cleans it up, never fires it (R4)
             entry[0][side].append(part)
             self.changed.add(key)  # I1
         if late is not None:
             self.late_records += self.late_rows.add(keyed, times, late)
-        return []
+        return self._fired(now)
 
     def _unified(self, keyed: ArrowKeyed, side: int) -> tuple[ArrowKeyed, pa.Schema, list[tuple[Any, list, Rows]]]:
         """(the batch in the side's schema, that schema, and (key, entry, its rows of the

@@ -11,7 +11,9 @@ not opened and fired a second time by a replayed record.
 A batch is split by its rows' watermarks (one part per distinct watermark, each key's rows
 in one part and in their order), and the step runs each part with its watermark as the
 step's; the outputs are joined again. This happens only while such watermarks are held,
-which is between a rescale and the step's watermark reaching the old ones.
+which is between a rescale and the step's watermark reaching the old ones. Each part is
+then a batch of its own for the error policy too: a columnar step's batch that fails as a
+whole fails part by part.
 """
 from __future__ import annotations
 
@@ -44,7 +46,10 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
             part: Any = ArrowKeyed(take_rows(inner.batch, rows), inner.key_columns)
             parts.append((mark, part if array is None else Timed(part, array[rows])))
         return parts
-    kb = as_keyed(inner)
+    try:
+        kb = as_keyed(inner)
+    except ValueError:
+        return [(watermark, batch)]  # the step refuses it as it refuses any such batch
     by_mark: dict[int, list[int]] = {}
     for i, key in enumerate(kb.keys):
         by_mark.setdefault(max(watermark, groups.get(key_group(key, max_parallelism), watermark)), []).append(i)

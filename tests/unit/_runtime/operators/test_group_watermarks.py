@@ -166,3 +166,38 @@ def test_the_parts_outputs_join_into_one_batch_of_their_kind():
     out = joined([Timed(KeyedBatch(["a"], [1]), [5]), Timed(KeyedBatch(["b"], [2]), [6])])
     assert (out.batch.keys, out.batch.values, out.times) == (["a", "b"], [1, 2], [5, 6])
     assert joined([[], []]) == []
+
+
+def test_a_columnar_join_window_its_old_subtask_passed_without_emitting_is_not_fired_after_a_rescale():
+    """Review 41: on the old subtask ahead (watermark 2,029, lateness 1,500) a left row
+    opened window [0, 1000) past its end, then a right row joined it. Restored at an older
+    watermark, the window's timer was made from the step's watermark alone and fired the
+    pair: 0.7.0's join neither emitted nor marked a window past its end (0.7.1's does both;
+    the restore makes timers by the key group's watermark all the same)."""
+    op = arrow_join(1_500)
+    op.on_watermark(2_029)
+    assert not len(op.process_side(rows(op, [("a", 151)]), 0))
+    first = op.process_side(rows(op, [("a", 628)]), 1)  # the window fired: its new pair now
+    assert keys_of(first) == ["a"]
+    state = op.snapshot()
+    assert [entry[1] for entry in state["a"].values()] == [True]
+    state["a"][(0, 1_000)][1] = False  # as 0.7.0 left it: the join never emitted such a window
+    restored = arrow_join(1_500)
+    restored.restore(state, 0)
+    restored.restore_group_watermarks({key_group("a", 128): 2_029}, 128)
+    assert not any(len(restored.on_watermark(mark)) for mark in (1_000, 2_029, 2_600, 10_000))
+
+
+def test_a_columnar_join_row_within_the_lateness_of_a_fired_window_emits_its_new_pairs_at_once():
+    """As the per-record join emits what a fired window takes at once; only the new pairs,
+    so the output holds each pair once."""
+    op = arrow_join(5_000)
+    op.restore({}, 0)
+    op.process_side(rows(op, [("a", 100)]), 0)
+    op.process_side(rows(op, [("a", 200)]), 1)
+    assert len(op.on_watermark(999)) == 1
+    left = op.process_side(rows(op, [("a", 300), ("b", 300)]), 0)  # "b" has no right row: nothing
+    assert keys_of(left) == ["a"] and untimed(left)[1].tolist() == [999]
+    right = op.process_side(rows(op, [("a", 400)]), 1)  # with both left rows
+    assert keys_of(right) == ["a", "a"]
+    assert not len(op.on_watermark(10_000))
