@@ -226,14 +226,13 @@ class ArrowWindowOp(TimedWindows):
     def _window_major(self, groups: Groups) -> int | None:
         """Whether the batch's partials go into the window-major tables: the largest
         |partial| of its sums (`WindowTables.bounded`), or None. After a restore the
-        windows restored move into them first (once no key group has a watermark of its
-        own, R4); a batch they cannot hold (other types, sums
-        that could pass int64) moves their windows to the per-key dict for good. Nothing
-        else changes."""
+        windows restored move into them first, once no key group holds a watermark of its
+        own (R4: the tables' is per window); a batch they cannot hold (other types, sums
+        that could pass int64) moves their windows to the per-key dict for good."""
         types = [c.type for c in groups.keys[:-1]] + [c.type for c in groups.partials]
-        if self._tables is None and self.group_watermarks:
-            return None  # per key while key groups have watermarks of their own: the tables' are per window
         if self._tables is None:  # restored: the per-key state, with timers
+            if self.group_watermarks:
+                return None
             tables = self._new_tables()
             dropped = tables.load(self._state, self.watermark, types)
             if dropped is None:
