@@ -11,6 +11,13 @@ its key group has had on whichever subtask held it, fed the same rows in the sam
 batches. Per (key, window) the system must emit what the reference emits, (value,
 update) in order (a join's pairs as a multiset), and count as many rows late.
 
+Joins are also checked against an oracle made from the rows alone (their values are unique
+ids: left even, right odd), since the reference runs the same code and cannot see a join
+that is wrong without any restore (0.7.0's, which never emitted the pairs of rows that came
+within the lateness, passes the reference): every pair of rows admitted to a (key, window)
+(end - 1 + lateness > the greatest watermark the key group had when the row came) is in
+the output, a columnar join's exactly once; rows admitted to none are late, per side.
+
 Kinds: per-record tumbling, sliding, session windows and joins; over Arrow tumbling and
 sliding in both layouts (window-major, per key), sessions, Lifetime windows and joins.
 Keys: ints, strings, floats (-0.0 and 0.0 are one key) and two-column tuples.
@@ -150,11 +157,21 @@ class Kind:
                 out.append((norm(k), s, e, r["total"], r["update"]))
         return out
 
-    def late(self, op):
+    def late(self, op, sides=None):
+        """How many rows `op` found late since the last call; a join's per side into `sides`
+        (its values are unique ids: left even, right odd)."""
         if not self.arrow:
             b = op.take_late()
+            if b and sides is not None and self.join:
+                for v in untimed(b)[0].values:
+                    sides[v % 2] += 1
             return len(b) if b else 0
-        return sum(len(b) for b in op.take_late_batches())
+        batches = op.take_late_batches()
+        if sides is not None and self.join:
+            for b in batches:
+                for v in untimed(b)[0].batch.column("v").to_pylist():
+                    sides[v % 2] += 1
+        return sum(len(b) for b in batches)
 
     def snapshot(self, op, i, p):
         if hasattr(op, "settle"):
@@ -223,6 +240,13 @@ def run(seed: int, kinds: list[str] = KINDS, shift: int = 0) -> list[str]:
     out_sys, out_ref = [], []
     late_sys = late_ref = 0
     problems = []
+    # joins: an oracle from the rows alone (not the step's code): a row is admitted to a
+    # window of its key iff end - 1 + lateness > the greatest watermark its key group had
+    # when it came; every pair of admitted rows of a (key, window) must be in the output
+    # (a columnar join: once; per record: in the window's last emission), rows admitted to
+    # none are late, per side
+    ids, admitted, late_oracle, late_sides = [0, 1], defaultdict(lambda: ([], [])), [0, 0], [0, 0]
+    assigner = assigner_of(kind)
     for _ in range(rnd.randint(5, 40)):
         a = rnd.random()
         if a < 0.45:
@@ -232,6 +256,16 @@ def run(seed: int, kinds: list[str] = KINDS, shift: int = 0) -> list[str]:
                 t = rnd.randint(max(0, greatest - 6000), greatest + 4000)
                 end = t + rnd.randint(0, 3000) if rnd.random() < 0.4 else None
                 rows.append((rnd.choice(keys), rnd.randint(1, 9), t + shift, side, None if end is None else end + shift))
+                if K.join:
+                    k, _, ts, _, _ = rows[-1]
+                    rows[-1] = (k, ids[side], ts, side, None)
+                    ids[side] += 2
+                    g = key_group(k, MAXP)
+                    windows = [w for w in assigner.assign(ts)
+                               if g not in seen or w[1] - 1 + K.lateness > seen[g] + shift]
+                    for w in windows:
+                        admitted[(norm(k), w[0], w[1])][side].append(ids[side] - 2)
+                    late_oracle[side] += not windows
             by_owner = defaultdict(list)
             for r in rows:
                 by_owner[owner(r[0], p)].append(r)
@@ -271,18 +305,18 @@ def run(seed: int, kinds: list[str] = KINDS, shift: int = 0) -> list[str]:
                 op.changed = set()
                 bases[i] = full
                 snaps.append(pickle.loads(pickle.dumps(st)))
-            late_sys += sum(K.late(op) for op in ops)
+            late_sys += sum(K.late(op, late_sides) for op in ops)
             q = rnd.choice([1, 2, 3])
             ops = [K.restored(snaps, i, q) for i in range(q)]
             marks = [op.watermark - shift if op.watermark > -2**62 else 0 for op in ops]
             if q != p:
                 bases = [None] * q
             p = q
-        late_sys += sum(K.late(op) for op in ops)
+        late_sys += sum(K.late(op, late_sides) for op in ops)
         late_ref += sum(K.late(op) for op in ref.values())
     for op in ops:
         out_sys.extend(K.results(op.on_watermark(MAX_TIME)))
-        late_sys += K.late(op)
+        late_sys += K.late(op, late_sides)
     for op in ref.values():
         out_ref.extend(K.results(op.on_watermark(MAX_TIME)))
         late_ref += K.late(op)
@@ -295,6 +329,22 @@ def run(seed: int, kinds: list[str] = KINDS, shift: int = 0) -> list[str]:
             d[(k, s, e)].append((v, u))
         return d
     ps, pr = per(out_sys), per(out_ref)
+    if K.join:
+        if late_sides != late_oracle:
+            problems.append(f"late rows per side (left, right): system {late_sides}, oracle {late_oracle}")
+        for w in sorted(set(admitted) | set(ps), key=repr):
+            ls, rs = admitted.get(w, ([], []))
+            pairs = sorted((l, r) for l in ls for r in rs)
+            if K.arrow:
+                got = sorted(v for v, _ in ps.get(w, []))
+            else:  # per record: a pair a record each; a late row emits the window's pairs again as updates
+                emitted = ps.get(w, [])
+                got = sorted(set(v for v, _ in emitted))
+                fired = [v for v, u in emitted if not u]
+                if len(fired) != len(set(fired)):
+                    problems.append(f"{w}: fired more than once (update=False): {emitted}")
+            if got != pairs:
+                problems.append(f"{w}: system's pairs {got}, the oracle's {pairs}")
     if K.join:  # compare as multisets per window
         ps = {w: sorted(map(repr, v)) for w, v in ps.items()}
         pr = {w: sorted(map(repr, v)) for w, v in pr.items()}
