@@ -34,7 +34,6 @@ from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.operators.process import Collector, ProcessOp
 from raystream._runtime.time.timers import GroupedTimers, now_ms
 from raystream._runtime.time.watermarks import MIN_TIME
-from raystream._runtime.transport.keys import key_group
 from raystream.event_time import from_millis
 from raystream.graph import Step, StepKind
 from raystream.windows import WindowResult, window_of
@@ -148,34 +147,26 @@ class TimedWindows(KeyedOp):
                     # emitted at once: current, marked so for the next snapshots (I1)
                     entry[1] = (w[1],)
                     self.changed.add(key)
-        self._schedule_restored()
-
-    def _schedule_restored(self) -> None:
-        """The timers of the restored windows: a window past its key group's watermark
-        (the step's, or R4's of its old subtask) is cleaned up, others fire."""
-        groups, max_parallelism = self.group_watermarks, self.max_parallelism
-        for key, windows in self.state.items():
-            mark = groups.get(key_group(key, max_parallelism), self.watermark) if groups else self.watermark
-            for w, entry in windows.items():
-                self._schedule(key, w, self._has_fired(w, entry) or (not self.processing and w[1] - 1 <= mark))
+                if self.processing or not self._emitted_current(w, entry):
+                    self._schedule(key, w, due=True)
+                else:
+                    self.timers.push(w[1] - 1 + self.lateness, key, (w, CLEANUP))
 
     def restore_group_watermarks(self, groups: dict[int, int], max_parallelism: int) -> None:
-        """R4: the watermarks of key groups whose old subtask was ahead of the restored one.
-        Called after `restore`: the timers are made again, so that a window its old subtask
-        had passed without emitting it (a join's window opened within the lateness) is not
-        fired by the older watermark."""
+        """R4: the watermarks of key groups whose old subtask was ahead of the restored one."""
         self.max_parallelism = max_parallelism
         self.group_watermarks = {} if self.processing else ahead_of(groups, self.watermark)
-        if self.group_watermarks:
-            self.timers = type(self.timers)()
-            self._schedule_restored()
 
-    def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False) -> None:
+    def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False, due: bool = False) -> None:
+        """The window's timer: it fires at its end - 1 unless it has fired, or the watermark
+        passed that (it is emitted at once then), else it is cleaned up after the lateness.
+        `due`: it fires even if the watermark passed its end, at the next one (a restored
+        window never emitted: 0.7.0's columnar join left such windows, docs/changes.md)."""
         if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
             self.timers.push(w[1], key, (w, FIRE))
             return
         fire_at = w[1] - 1
-        if fire_at > self.watermark and not fired:
+        if (due or fire_at > self.watermark) and not fired:
             self.timers.push(fire_at, key, (w, FIRE))
         else:
             self.timers.push(fire_at + self.lateness, key, (w, CLEANUP))
