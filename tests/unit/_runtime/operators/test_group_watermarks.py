@@ -11,13 +11,18 @@ import pyarrow as pa
 import pytest
 
 from raystream import aggregates as agg
+from raystream._runtime.checkpointing.rescale import merge_states
 from raystream._runtime.operators.columnar_join import ArrowJoinOp
 from raystream._runtime.operators.columnar_lifetimes import LifetimeWindowOp
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.group_watermarks import by_watermark, joined
 from raystream._runtime.operators.windows import JoinOp, WindowOp
+from raystream._runtime.plan.specs import SubtaskSpec
+from raystream._runtime.state.snapshot import SubtaskState
+from raystream._runtime.subtask.assembly import build_operators
 from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, untimed
-from raystream._runtime.transport.keys import key_group
+from raystream._runtime.transport.keys import groups_of_subtask, key_group
+from raystream.config import Guarantee, RuntimeConfig
 from raystream.graph import Step, StepKind, WindowSpec
 from raystream.windows import ArrowJoin, Lifetime, Session, Sliding, Tumbling
 
@@ -203,3 +208,14 @@ def test_a_columnar_join_row_within_the_lateness_of_a_fired_window_emits_its_new
     right = op.process_side(rows(op, [("a", 400)]), 1)  # with both left rows
     assert keys_of(right) == ["a", "a"]
     assert not len(op.on_watermark(10_000))
+
+
+def test_a_subtask_builds_its_window_step_with_the_key_groups_watermarks_of_its_restore():
+    """Review 41 (simulation helper): assembly read `spec.max_parallelism`, which a
+    SubtaskSpec lacks, so every restore of a chain with a window step failed."""
+    step = Step("w", StepKind.WINDOW, ("in",), fn=operator.add, window=WindowSpec(checked(Tumbling(1)), 0, "reduce"))
+    spec = SubtaskSpec("job", "w", [step], 0, 1, 1, RuntimeConfig(), Guarantee.EXACTLY_ONCE, "/none", "run", 2)
+    states = [SubtaskState(7, "w", i, 2, keyed={"w": {}}, watermarks={"w": mark}) for i, mark in enumerate((BEHIND, AHEAD))]
+    (op,) = build_operators(spec, merge_states(states, [step], 0, 1, spec.runtime.max_parallelism))
+    assert op.watermark == BEHIND and op.max_parallelism == spec.runtime.max_parallelism
+    assert op.group_watermarks == {g: AHEAD for g in groups_of_subtask(1, 2, spec.runtime.max_parallelism)}
