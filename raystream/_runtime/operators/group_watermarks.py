@@ -57,9 +57,9 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
         return [(next(iter(by_mark)), batch)]
     listed = None if times is None else list(times)
     out = []
-    for mark, rows in by_mark.items():
-        part = KeyedBatch([kb.keys[i] for i in rows], [kb.values[i] for i in rows])
-        out.append((mark, part if listed is None else Timed(part, [listed[i] for i in rows])))
+    for mark, indexes in by_mark.items():
+        part = KeyedBatch([kb.keys[i] for i in indexes], [kb.values[i] for i in indexes])
+        out.append((mark, part if listed is None else Timed(part, [listed[i] for i in indexes])))
     return out
 
 
