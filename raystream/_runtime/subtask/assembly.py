@@ -61,7 +61,7 @@ def build_operators(spec: SubtaskSpec, state: RestoredState | None) -> list[Oper
                 op.records_in, op.records_out = state.counters.get(step.step_id, (0, 0))
             if isinstance(op, TimedWindows):
                 op.late_records = state.late.get(step.step_id, 0)
-                op.restore_group_watermarks(state.group_watermarks.get(step.step_id, {}), spec.max_parallelism)
+                op.restore_group_watermarks(state.group_watermarks.get(step.step_id, {}), spec.runtime.max_parallelism)
             op.errors = state.errors.get(step.step_id, 0)
         ops.append(op)
     return ops
