@@ -186,6 +186,8 @@ class Scenario(Faults, Forks):
         self.max_parallelism = self.windows.max_parallelism if self.windows is not None else MAX_PARALLELISM
         if self.windows is not None and self.timing is None:
             self.timing = Timing(seed, self.partitions)
+        if self.windows is not None:
+            self.timing.behind = self.windows.behind
         self.batches = self.columns or (self.windows and self.windows.columns)  # Arrow batches, or None
         self.operators = operator_steps(self.columns, self.timing and self.timing.event_time(bool(self.batches)),
                                         self.windows)
