@@ -17,7 +17,7 @@ CAUGHT = [
     # at parallelism 2, partition 1 (5 ms of event time a record) on subtask 1 ahead of
     # partitions 0 and 2 (2 ms) on subtask 0, and stops with a savepoint; r2 restores it at
     # 1, from the older watermark, and key 1's window [90, 100) ms, which had fired on
-    # subtask 1, fires again with count 2 as an update (windowed.py). 43 of the 150 window
+    # subtask 1, fires again with count 2 as an update (windowed.py). 41 of the 150 window
     # schedules of the first 2,000 catch it, 4 of the first 200.
     (96, "fired_windows_fire_again", "not more than the row before it .*fired again with what it had"),
     # Found with the code before 96e1187 (no key group keeps its watermark): r1 at
