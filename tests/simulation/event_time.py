@@ -12,7 +12,8 @@ checkpoints and the restore merge by partition.
 
 The invariant (`Lateness`): no record comes behind the watermark (event time at or
 before the newest watermark sent before its batch) unless that watermark was sent while
-the record's partition looked empty: while its latest poll had found no records. A
+the record's partition looked empty: while its latest poll had found no records (or the
+record is a straggler of a window schedule, windowed.py, behind its own partition). A
 partition whose polls keep finding records is never idle, however long the subtask spends
 on another partition's batches. Every attempt starts its own watermark afresh. And a
 subtask sends IDLE only after a watermark covering the greatest watermark its partitions
@@ -21,7 +22,7 @@ made, by their records in this attempt or the times the restore gave them.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from raystream._runtime.time.watermarks import IDLE, MIN_TIME
 from raystream.event_time import EventTime
@@ -59,10 +60,14 @@ class Timing:
         # partitions go quiet together, so it goes idle (drawn last: the draws above stay).
         self.burst = rng.choice([3, 10])
         self.pause = [rng.choice([0.0, 0.0, 1.0]) for _ in range(partitions)]
+        # A window schedule's stragglers (windowed.py): record -> ms it comes behind its
+        # partition's time; None: every partition's records come in event-time order.
+        self.behind: Callable[[int], int] | None = None
 
     def millis(self, record: int) -> int:
         p = record % self.partitions
-        return BASE_MS + (record // self.partitions) * self.step_ms[p]
+        t = BASE_MS + (record // self.partitions) * self.step_ms[p]
+        return t if self.behind is None else max(BASE_MS, t - self.behind(record))
 
     def seconds(self, record: int) -> float:
         """EventTime's timestamp function: seconds since the epoch."""
@@ -142,9 +147,10 @@ class Lateness:
         allowed = self.allowed.get(p, MIN_TIME)
         if records:
             self.newest[p] = max(self.newest.get(p, MIN_TIME), max(map(self.timing.millis, records)))
+        behind = self.timing.behind  # a straggler (a window schedule's) may come behind any watermark
         for record in records:
             t = self.timing.millis(record)
-            if allowed < t <= self.watermark:
+            if allowed < t <= self.watermark and not (behind is not None and behind(record)):
                 self.found.append(
                     f"{self.name}: record {record} of partition {p} (event time {t - BASE_MS} ms past the base) came "
                     f"behind the watermark {self.watermark - BASE_MS}, which passed it while the partition's polls "

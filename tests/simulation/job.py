@@ -185,7 +185,8 @@ class SimSubtask:
         if not run.outputs.operators:
             return [], None
         spec = SubtaskSpec(JOB, run.outputs.chain(), run.outputs.operators, self.index, self.parallelism, 0,
-                           RuntimeConfig(watermark_interval=timing.interval if timing else 0.2),
+                           RuntimeConfig(watermark_interval=timing.interval if timing else 0.2,
+                                         max_parallelism=run.scenario.max_parallelism),  # the restore merge's
                            Guarantee.EXACTLY_ONCE, "", run.run_id, self.attempt, source_partitions=mine,
                            all_partitions=present)
         ops = build_operators(spec, state)
@@ -386,6 +387,8 @@ class SimSubtask:
                                         if isinstance(op, KeyedOp) and op.watermark is not None},
                             late={op.step_id: op.late_records for op in self.chain_ops
                                   if isinstance(op, TimedWindows) and op.late_records},
+                            group_watermarks={op.step_id: dict(op.group_watermarks) for op in self.chain_ops
+                                              if isinstance(op, TimedWindows) and op.group_watermarks},
                             sinks={s: SinkState(op.writer.snapshot(), list(op.pending)) for s, op in self.ops.items()},
                             event_times={op.step_id: op.event_times() for op in self.chain_ops
                                          if isinstance(op, AssignTimeOp)},

@@ -3,7 +3,8 @@
 across batches (columnar.py's schedules), a source partition's idleness counted from
 its empty polls, the watermark sent before IDLE, and barriers after the current batch
 (event_time.py's, whose slow batches make rounds long); a window that fired on a subtask
-whose watermark was ahead not firing again after a rescale (windowed.py's). Each mutant
+whose watermark was ahead not firing again after a rescale, and one it had dropped not
+opening again (windowed.py's). Each mutant
 is the code as it was before the fix.
 """
 from __future__ import annotations
@@ -131,6 +132,23 @@ def fired_windows_fire_again() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def group_watermarks_forgotten() -> Iterator[None]:
+    """A rescaled window step judges every key group by its own watermark, the oldest of
+    the old subtasks' (before 96e1187): a window that a subtask ahead had dropped (past its
+    allowed lateness) is not in the snapshot, and a replayed record late for it there is on
+    time for the older watermark: it opens the window again, which fires a second time with
+    update=False. The restore installs no key group's watermark (so snapshots hold none)."""
+    from raystream._runtime.operators.windows import TimedWindows
+
+    def restore_group_watermarks(self: Any, groups: dict[int, int], max_parallelism: int) -> None:
+        self.max_parallelism = max_parallelism
+        self.group_watermarks = {}
+
+    with mock.patch.object(TimedWindows, "restore_group_watermarks", restore_group_watermarks):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -145,6 +163,9 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "fired_windows_fire_again": ("a8c3978: after a rescale a tumbling window that had fired on a subtask whose "
                                  "watermark was ahead fired again, as an update with the same values",
                                  fired_windows_fire_again),
+    "group_watermarks_forgotten": ("96e1187: after a rescale a window that a subtask ahead had dropped opened again "
+                                   "for a replayed record late there, and fired twice (update=False)",
+                                   group_watermarks_forgotten),
     "barriers_after_the_round": ("simulation of stop 35: a source subtask's barrier waits for a batch of each of "
                                  "its partitions, not the current one (C1)", barriers_after_the_round),
 }

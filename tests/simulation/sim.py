@@ -23,7 +23,8 @@ a subtask builds them, their state in the same snapshots and restore merge:
   (a batch takes simulated time through the chain); subtasks read in rounds as
   SubtaskActor does (`SourceReader.read_round`, `polled_empty`, `ChainClock` ticks);
 - window (windowed.py, a tenth of the schedules without the aggregate): the columnar
-  batches with event time through `key_by` and an event-time tumbling `window` with
+  batches with event time (some records stragglers, behind their partition's time)
+  through `key_by` and an event-time tumbling `window` with
   allowed lateness (count and sum), its rows and late rows into a sink of their own, the
   clock's fired rows delivered and the end of time sent when the input ends, as
   SubtaskActor does; 32 key groups, so the partitions spread over the subtasks (the
@@ -186,6 +187,8 @@ class Scenario(Faults, Forks):
         self.max_parallelism = self.windows.max_parallelism if self.windows is not None else MAX_PARALLELISM
         if self.windows is not None and self.timing is None:
             self.timing = Timing(seed, self.partitions)
+        if self.windows is not None:
+            self.timing.behind = self.windows.behind
         self.batches = self.columns or (self.windows and self.windows.columns)  # Arrow batches, or None
         self.operators = operator_steps(self.columns, self.timing and self.timing.event_time(bool(self.batches)),
                                         self.windows)

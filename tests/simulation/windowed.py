@@ -3,7 +3,8 @@ allowed lateness, fired by the watermark, restored and rescaled.
 
 The source emits the Arrow batches of the columnar schedules (columnar.py: keys in their
 partition's key group, so no exchange is needed, cut anywhere) with event time
-(event_time.py: partitions run apart in event time, idle and slow ones), through the real
+(event_time.py: partitions run apart in event time, idle and slow ones; in two thirds of
+the schedules some records are stragglers, behind their partition's time), through the real
 `key_by` on a column and `window(Tumbling(size), allowed_lateness=...).aggregate(count,
 sum)` (ArrowWindowOp, per-key layout for a float sum, window-major for an integer one;
 built and restored by `assembly.build_operators`), whose rows and late rows go to a sink
@@ -74,6 +75,20 @@ class Windowing:
         # "v": floats with NaN and nulls, the per-key layout; "id": integers, window-major
         self.column = rng.choice(["v", "id"])
         self._parallelisms = random.Random(seed ^ 0x9A2)
+        # Stragglers: in a third of the schedules none (every partition's records in event-time
+        # order, as before), else a tenth or a quarter of the records come behind their
+        # partition, by up to the lateness (at most 4 windows) and 300 ms more (drawn last: the
+        # draws above stay). One late for the subtask ahead at a rescale, where its window was
+        # dropped, is on time for the older watermark the rescaled step starts from (R4): it
+        # must go to the late output, not open the window again (96e1187).
+        self.straggler_rate = rng.choice([0.0, 0.1, 0.25])
+        self.reach_ms = min(self.lateness_ms, 4 * self.size_ms) + 300
+
+    def behind(self, record: int) -> int:
+        """Milliseconds `record` comes behind its partition's time (event_time.Timing.behind)."""
+        if not self.straggler_rate or self.columns._mix(record, 4) >= self.straggler_rate:
+            return 0
+        return int(self.columns._mix(record, 5) * self.reach_ms)
 
     def parallelism(self, before: int | None) -> int:
         """A run's parallelism: the first run's 2 (two subtasks apart in event time; more
