@@ -158,10 +158,10 @@ class TimedWindows(KeyedOp):
         self.group_watermarks = {} if self.processing else ahead_of(groups, self.watermark)
 
     def _schedule(self, key: Any, w: tuple[int, int], fired: bool = False, due: bool = False) -> None:
-        """The window's timer: it fires at its end - 1 unless it has fired, or the watermark
-        passed that (it is emitted at once then), else it is cleaned up after the lateness.
-        `due`: it fires even if the watermark passed its end, at the next one (a restored
-        window never emitted: 0.7.0's columnar join left such windows, docs/changes.md)."""
+        """The window's timer: FIRE at end - 1; or, if it has fired or the watermark passed
+        its end (records then emit it at once), CLEANUP after the lateness. `due`: FIRE
+        even if the watermark passed its end, so that the next watermark fires it (a
+        restored window never emitted: 0.7.0's columnar join left such, docs/changes.md)."""
         if self.processing:  # at its end: a record that arrives in the window's last millisecond is in it
             self.timers.push(w[1], key, (w, FIRE))
             return
