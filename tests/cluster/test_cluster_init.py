@@ -40,6 +40,7 @@ def init(tmp_path: pathlib.Path, *args: str) -> tuple[int, list[str], pathlib.Pa
     result = CliRunner().invoke(main, ["cluster", "init", "--template", str(TEMPLATE), "--output", str(output),
                                        *args])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    print(result.output)  # stdout and stderr, which a failed assertion on the status shows
     return result.exit_code, result.stdout.splitlines(), output
 
 
