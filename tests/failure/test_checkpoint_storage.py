@@ -52,6 +52,7 @@ def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
     return run_dir
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_resume_after_the_whole_program_was_killed(monkeypatch, tmp_path):
     ns = load_billing(monkeypatch, events=EVENTS, rate=3_000, out=str(tmp_path / "out"))
     run_dir = run_then_kill_program(tmp_path, after_manifests=2)

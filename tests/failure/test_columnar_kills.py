@@ -66,6 +66,7 @@ def kill_step_and_finish(handle: rs.JobHandle, step_id: str) -> None:
     assert result.state == "finished" and result.restarts >= 1
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_the_aggregating_subtask_killed(tmp_path):
     out = str(tmp_path / "out")
     job = rs.Job("columnar-kill", parallelism=2, checkpoint=rs.CheckpointConfig(interval=0.3),

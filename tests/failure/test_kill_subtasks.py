@@ -23,7 +23,7 @@ def billing(monkeypatch, tmp_path):
     return job, ns["verify"]
 
 
-@pytest.mark.parametrize("seed", [0, 1] + [pytest.param(s, marks=pytest.mark.extended) for s in (2, 3, 4, 5)])
+@pytest.mark.parametrize("seed", [0] + [pytest.param(s, marks=pytest.mark.extended) for s in (1, 2, 3, 4, 5)])
 def test_random_subtask_killed_at_a_random_time(billing, seed):
     job, verify = billing
     rng = random.Random(seed)

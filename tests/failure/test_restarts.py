@@ -14,6 +14,7 @@ from tests.helpers.support import wait_until
 from .harness import load_billing, running
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_a_hung_subtask_is_found_by_the_checkpoint_timeout(monkeypatch, tmp_path):
     ns = load_billing(monkeypatch, events=12_000, rate=4_000, out=str(tmp_path / "out"))
     job = ns["job"].with_options(checkpoint=rs.CheckpointConfig(interval=0.3, timeout=1.0, tolerable_failures=0))

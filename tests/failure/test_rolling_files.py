@@ -125,6 +125,7 @@ def parquet_job(out: str, n: int, rate: float, **sink_options) -> rs.Job:
     return job
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 @pytest.mark.parametrize("where, seed", [("local", 0), pytest.param("s3", 1, marks=pytest.mark.extended),
                                          pytest.param("local", 2, marks=pytest.mark.extended)])
 def test_rolling_parquet_exactly_once_under_kills_of_the_sink_subtask(tmp_path, where, seed, request):

@@ -85,6 +85,7 @@ def test_an_outage_aborts_checkpoints_and_the_job_carries_on(monkeypatch, tmp_pa
     assert injected(log)["down PUT"] >= 1
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_kills_while_a_slow_manifest_put_is_in_flight(monkeypatch, tmp_path, s3_bucket):
     """A manifest PUT in flight when a subtask dies lands before recovery chooses what to
     restore (the ended attempt's publish is awaited), so a second crash right after the

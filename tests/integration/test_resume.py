@@ -48,6 +48,7 @@ def test_resume_after_new_files_reads_each_line_once(tmp_path, resume_parallelis
     assert lines[-1].source_records == 40
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_a_partition_missing_for_a_run_keeps_its_offset_until_it_returns(tmp_path):
     """S3: a file moved away for a while (or an S3 listing that missed it) is not read
     again when it returns: its offset is carried in every checkpoint meanwhile."""

@@ -105,6 +105,7 @@ def test_from_a_savepoint_into_other_chaining_parallelism_and_an_added_step_thro
     assert [r.failed for r in result.recoveries] == [f"subtask {victim}"]
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_a_stop_with_a_savepoint_survives_the_coordinator_dying_while_it_stops(tmp_path):
     """The coordinator exits (os._exit) as the stop reaches it, before it tells the sources;
     the new coordinator must stop the job too, or the unbounded job runs on and
@@ -124,6 +125,7 @@ def test_a_stop_with_a_savepoint_survives_the_coordinator_dying_while_it_stops(t
     check_exactly_once(committed_ids(tmp_path), result.outputs["sums"])
 
 
+@pytest.mark.extended  # out of the default run, which must stay under 15 minutes on 2 cores
 def test_state_of_a_missing_step_is_refused_before_anything_starts_unless_allowed(tmp_path):
     handle = counting_job(tmp_path, rate=500.0).start()
     wait_until(lambda: handle.status().checkpoints.completed >= 1, "a checkpoint")

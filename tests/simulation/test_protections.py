@@ -8,7 +8,7 @@ import pytest
 
 from .protections import MUTANTS, failing_seeds
 from .sim import SimFailure, run_schedule
-from .test_protocol import EXTENDED_SCHEDULES
+from .test_protocol import MUTANT_SEARCH
 
 #: Schedules that caught a defect with its fix undone, kept for the default run: the seed,
 #: the mutant that puts the defect back, and what the failure says.
@@ -41,8 +41,8 @@ def _quiet(monkeypatch):
 @pytest.mark.extended
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_removing_a_protection_fails_some_schedule(mutant, tmp_path):
-    failed = failing_seeds(mutant, range(EXTENDED_SCHEDULES), str(tmp_path), stop_after=1)
-    assert failed, f"no schedule of {EXTENDED_SCHEDULES} fails without the protection: {MUTANTS[mutant][0]}"
+    failed = failing_seeds(mutant, range(MUTANT_SEARCH), str(tmp_path), stop_after=1)
+    assert failed, f"no schedule of {MUTANT_SEARCH} fails without the protection: {MUTANTS[mutant][0]}"
 
 
 @pytest.mark.parametrize("seed, mutant, message", CAUGHT)

@@ -115,7 +115,7 @@ def replay(op, script, restored_by=None):
 @pytest.mark.parametrize("keys", [("k",), ("k", "j")], ids=["one-key", "two-keys"])
 @pytest.mark.parametrize("lateness", [0, 15])
 @pytest.mark.parametrize("name", sorted(ASSIGNERS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)  # per case: 12 cases
 @given(script=SCRIPT)
 def test_window_major_fires_exactly_what_the_per_key_layout_fires_in_order(name, lateness, keys, script):
     script = [step for step in script if step[0] != "snapshot"]
@@ -129,7 +129,7 @@ def test_window_major_fires_exactly_what_the_per_key_layout_fires_in_order(name,
 
 @pytest.mark.parametrize("lateness", [0, 15])
 @pytest.mark.parametrize("name", sorted(ASSIGNERS))
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)  # per case: 6 cases
 @given(script=SCRIPT)
 def test_snapshots_restore_across_layouts_and_fire_what_an_unbroken_run_fires(name, lateness, script):
     """Snapshots of the per-key layout (what raystream wrote before) restore into the
