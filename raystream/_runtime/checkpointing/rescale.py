@@ -245,7 +245,4 @@ def _groups_given(state: Any, subtask: int, parallelism: int, max_parallelism: i
 
 def _gives_keys(state: Any, subtask: int, parallelism: int, max_parallelism: int) -> bool:
     """Whether the old subtask's keyed state holds key groups new `subtask` takes."""
-    if state.parallelism == parallelism:
-        return state.subtask == subtask
-    mine = set(groups_of_subtask(subtask, parallelism, max_parallelism))
-    return not mine.isdisjoint(groups_of_subtask(state.subtask, state.parallelism, max_parallelism))
+    return bool(_groups_given(state, subtask, parallelism, max_parallelism))

@@ -224,14 +224,13 @@ class ArrowWindowOp(TimedWindows):
         return new
 
     def _window_major(self, groups: Groups) -> int | None:
-        """Whether the batch's partials go into the window-major tables: the largest
-        |partial| of its sums (`WindowTables.bounded`), or None. After a restore the
-        windows restored move into them first, once no key group holds a watermark of its
-        own (R4: the tables' is per window); a batch they cannot hold (other types, sums
-        that could pass int64) moves their windows to the per-key dict for good."""
+        """Whether the batch's partials go into the window-major tables: the largest |partial|
+        of its sums (`WindowTables.bounded`), or None. After a restore the windows restored
+        move into them first (once no key group holds its own watermark); a batch they cannot
+        hold (other types, sums past int64) moves their windows to the per-key dict for good."""
         types = [c.type for c in groups.keys[:-1]] + [c.type for c in groups.partials]
         if self._tables is None:  # restored: the per-key state, with timers
-            if self.group_watermarks:
+            if self.group_watermarks:  # R4: per key until the step's watermark passes them
                 return None
             tables = self._new_tables()
             dropped = tables.load(self._state, self.watermark, types)

@@ -31,11 +31,13 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
                  max_parallelism: int) -> list[tuple[int, Any]]:
     """`batch` split into (watermark, part): each row's is the greater of `watermark` and
     its key group's in `groups`. A batch whose rows all have `watermark` is one part."""
+    def mark_of(key: Any) -> int:
+        return max(watermark, groups.get(key_group(key, max_parallelism), watermark))
+
     inner, times = untimed(batch)
     if isinstance(inner, ArrowKeyed):
         distinct = distinct_keys(inner.batch, inner.key_columns)
-        marks = np.fromiter((max(watermark, groups.get(key_group(k, max_parallelism), watermark))
-                             for k in distinct.keys), dtype=np.int64, count=len(distinct.keys))[distinct.rows]
+        marks = np.fromiter(map(mark_of, distinct.keys), dtype=np.int64, count=len(distinct.keys))[distinct.rows]
         values = np.unique(marks)
         if len(values) == 1:
             return [(int(values[0]), batch)]
@@ -52,7 +54,7 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
         return [(watermark, batch)]  # the step refuses it as it refuses any such batch
     by_mark: dict[int, list[int]] = {}
     for i, key in enumerate(kb.keys):
-        by_mark.setdefault(max(watermark, groups.get(key_group(key, max_parallelism), watermark)), []).append(i)
+        by_mark.setdefault(mark_of(key), []).append(i)
     if len(by_mark) == 1:
         return [(next(iter(by_mark)), batch)]
     listed = None if times is None else list(times)
