@@ -38,11 +38,19 @@ def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
     """Run billing through the CLI in another process on this Ray; SIGKILL that process
     once `after_manifests` checkpoints are committed. Returns the run's directory."""
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    proc = subprocess.Popen([sys.executable, "-m", "raystream.cli", "run", str(BILLING)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors = tmp_path / "program.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "raystream.cli", "run", str(BILLING)], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+    def first_manifest() -> Path | None:
+        # a program that ended (could not start) says why now, not after the wait's deadline
+        assert proc.poll() is None, f"the program exited with {proc.returncode}: {errors.read_text()[-2000:]}"
+        return next(iter(root.glob("*/manifests")), None)
+
     try:
         root = tmp_path / "raystream-checkpoints" / "billing"
-        run_dir = wait_until(lambda: next(iter(root.glob("*/manifests")), None), "the first manifest").parent
+        run_dir = wait_until(first_manifest, "the first manifest").parent
         wait_until(lambda: len(list((run_dir / "manifests").glob("*.json"))) >= after_manifests,
                    f"{after_manifests} manifests")
     finally:

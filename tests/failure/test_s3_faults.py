@@ -39,7 +39,8 @@ def test_transient_errors_are_retried(monkeypatch, tmp_path, s3_bucket):
     result = job.run()
     assert verify().ok
     assert sum(v for k, v in injected(log).items() if k.startswith("error")) >= 5
-    assert result.checkpoints.completed >= 3 and result.checkpoints.failed == 0 and result.restarts == 0
+    # Two or more (how many fit in the 3 s of events depends on the machine's load), none failed.
+    assert result.checkpoints.completed >= 2 and result.checkpoints.failed == 0 and result.restarts == 0
 
 
 def test_slow_puts_still_complete_checkpoints(monkeypatch, tmp_path, s3_bucket):

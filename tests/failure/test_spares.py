@@ -35,7 +35,9 @@ def test_the_next_job_runs_on_the_spare_coordinator_and_its_spare_subtasks():
 
 
 def test_a_recovery_restarts_every_subtask_on_a_spare(monkeypatch, tmp_path):
-    ns = load_billing(monkeypatch, events=18_000, rate=3_000, out=str(tmp_path / "out"))
+    # 12 s of events: on a loaded machine the four spares took about 5 s to come up, and the
+    # kill below must come while the job still runs (a 6 s job had ended once).
+    ns = load_billing(monkeypatch, events=36_000, rate=3_000, out=str(tmp_path / "out"))
     job = ns["job"]
     handle = job.with_options(checkpoint=rs.CheckpointConfig(interval=0.3),
                               runtime=dataclasses.replace(job.runtime, recovery_spares=1.0)).start()

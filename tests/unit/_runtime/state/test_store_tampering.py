@@ -157,6 +157,19 @@ def test_a_symlinked_folder_in_local_storage_leads_no_delete_or_write_outside(st
     assert sorted(p.name for p in victim.iterdir()) == ["000000000001-000001.base"]
 
 
+def test_a_local_root_swapped_for_a_link_after_its_first_use_leads_no_write_outside(tmp_path):
+    root, elsewhere = tmp_path / "ckpt", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root.mkdir()
+    storage = LocalStorage(str(root))
+    storage.put("run/a", b"a")  # its resolved path is kept from here on
+    root.rename(tmp_path / "moved")
+    os.symlink(elsewhere, root)
+    with pytest.raises(StorageKeyError):
+        storage.put("run/b", b"b")
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_signed_record_copied_to_another_kind_or_key_does_not_verify(store):
     store.claim_attempt("run")
     store.record_restore("run", 2, 3)
