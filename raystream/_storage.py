@@ -76,7 +76,6 @@ class LocalStorage(Storage):
         self.private = private
         self.file_mode, self.dir_mode = (0o600, 0o700) if private else (0o666, 0o777)  # the umask applies
         self._root_checked = False
-        self._real_root: str | None = None
 
     def _check_private_root(self) -> None:
         if self._root_checked:
@@ -100,23 +99,12 @@ class LocalStorage(Storage):
         if self.private:
             self._check_private_root()
         path = os.path.normpath(os.path.join(self.root, *key.split("/")))
-        root = self._resolved_root()
+        root = os.path.realpath(self.root)
         real = os.path.realpath(path)
         if "\0" in key or not (path == self.root or path.startswith(self.root + os.sep)) or not (
                 real == root or real.startswith(root + os.sep)):
             raise StorageKeyError(f"storage key {key[:200]!r} names a file outside {self.root}; it is refused")
         return path
-
-    def _resolved_root(self) -> str:
-        """The root, symbolic links resolved, kept once the root exists: resolving it for
-        every key took about 5% of the protocol simulation's time. A root swapped for a
-        link later only makes keys resolve outside the kept one, which refuses them."""
-        if self._real_root is not None:
-            return self._real_root
-        real = os.path.realpath(self.root)
-        if os.path.isdir(real):
-            self._real_root = real
-        return real
 
     def _makedirs(self, path: str) -> None:
         if os.path.isdir(path):
