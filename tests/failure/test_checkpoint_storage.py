@@ -38,7 +38,7 @@ def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
     """Run billing through the CLI in another process on this Ray; SIGKILL that process
     once `after_manifests` checkpoints are committed. Returns the run's directory."""
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    errors = tmp_path / "program.err"
+    root, errors = tmp_path / "raystream-checkpoints" / "billing", tmp_path / "program.err"
     with errors.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "raystream.cli", "run", str(BILLING)], cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
@@ -49,7 +49,6 @@ def run_then_kill_program(tmp_path, after_manifests: int) -> Path:
         return next(iter(root.glob("*/manifests")), None)
 
     try:
-        root = tmp_path / "raystream-checkpoints" / "billing"
         run_dir = wait_until(first_manifest, "the first manifest").parent
         wait_until(lambda: len(list((run_dir / "manifests").glob("*.json"))) >= after_manifests,
                    f"{after_manifests} manifests")

@@ -117,8 +117,8 @@ def test_regenerate_runs_a_notebook_in_a_temporary_directory_and_keeps_no_timing
     assert regenerate.machine_paths(ran) == []
 
 
-def run(name: str, tmp_path: Path, facts: str, start: str = "notebooks") -> tuple[nbformat.NotebookNode, dict[str, Any]]:
-    """Run notebooks/<name>.ipynb on a fresh kernel started in tmp_path/start, tmp_path laid
+def run(name: str, tmp_path: Path, facts: str) -> tuple[nbformat.NotebookNode, dict[str, Any]]:
+    """Run notebooks/<name>.ipynb on a fresh kernel started in tmp_path/notebooks, tmp_path laid
     out like the repository (notebooks/ beside jobs/) so that what the notebook writes stays
     there. Then run `facts`, code that sets a JSON-able dict `facts` from what the notebook
     left in the kernel, in that kernel; return the executed notebook and the facts."""
@@ -128,7 +128,7 @@ def run(name: str, tmp_path: Path, facts: str, start: str = "notebooks") -> tupl
     book.cells.append(nbformat.v4.new_code_cell(
         f"{facts}\nfrom IPython.display import display\ndisplay({{'application/json': facts}}, raw=True)"))
     client = NotebookClient(book, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path / start)}})
+                            resources={"metadata": {"path": str(tmp_path / "notebooks")}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if a cell fails
     check = book.cells.pop()
     [found] = [o.data["application/json"] for o in check.outputs if o.output_type == "display_data"]
@@ -149,19 +149,18 @@ facts = {"first": dict(zip(counts["word"].to_pylist(), counts["count"].to_pylist
 
 @pytest.mark.extended  # a kernel and a local Ray of its own
 def test_exactly_once_holds_under_kills_and_at_least_once_loses_nothing(tmp_path: Path):
-    start = "notebooks"
     book, facts = run("exactly_once", tmp_path, """
 import dataclasses
 facts = {"killed": list(killed), "restarts": result.restarts, "exactly_once": dataclasses.asdict(verdict),
          "ok": verdict.ok, "at_least_once": dataclasses.asdict(loose), "killed_loose": list(killed_loose),
          "samples": len(samples)}
-""", start=start)
+""")
     assert len(facts["killed"]) == 2 and facts["restarts"] >= 2, facts
     assert facts["ok"], facts["exactly_once"]  # every event exactly once, every total right
     assert len(facts["killed_loose"]) == 2 and facts["at_least_once"]["missing"] == 0, facts
     assert facts["samples"] > 0
     # what it wrote is where the kernel started
-    assert (tmp_path / start / "billing-out").is_dir() and (tmp_path / start / "raystream-checkpoints").is_dir()
+    assert (tmp_path / "notebooks" / "billing-out").is_dir() and (tmp_path / "notebooks" / "raystream-checkpoints").is_dir()
     assert any("image/png" in o.get("data", {}) for c in book.cells if c.cell_type == "code" for o in c.outputs)
 
 
