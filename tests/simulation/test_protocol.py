@@ -13,6 +13,7 @@ extended run the next 720, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
 import collections
+import multiprocessing
 import os
 
 import pytest
@@ -21,6 +22,7 @@ from .sim import SimFailure, run_schedule
 
 CI_SCHEDULES = 120  # the default suite's budget: 15 minutes on 2 cores
 EXTENDED_SCHEDULES = 840  # seeds CI_SCHEDULES up to this one run with `pytest -m extended` (60 minutes in all)
+WORKERS = min(2, os.cpu_count() or 1)  # the schedules run in parallel: nothing else runs meanwhile
 MUTANT_SEARCH = 2_000  # a mutant must fail one of the first this many schedules (test_protections.py)
 
 
@@ -30,21 +32,51 @@ def _no_fsync(monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
-def run_many(seeds, tmp_path) -> dict[str, int]:
+def _play(seed: int, directory: str) -> dict[str, int]:
+    trace = run_schedule(seed, directory)
+    return dict(attempts=trace.attempts, crashes=trace.crashes, coordinators=trace.coordinators,
+                refused=len(trace.refused), commits=len(trace.commits), compactions=trace.compactions)
+
+
+def _play_args(args: tuple[int, str]) -> dict[str, int]:
+    return _play(*args)
+
+
+def run_many(seeds, tmp_path, workers: int = WORKERS) -> dict[str, int]:
+    """Play `seeds` in `workers` forked processes (the schedules are pure CPU and
+    independent); the first failure, in seed order, is raised with its seed."""
     totals: collections.Counter = collections.Counter()
-    for seed in seeds:
-        try:
-            trace = run_schedule(seed, str(tmp_path / f"out-{seed}"))
-        except SimFailure:
-            raise
-        except BaseException as exc:  # pytest-timeout's wall clock, an interrupt: not a failure of this seed
-            if hasattr(exc, "add_note"):  # Python 3.11+
+    seeds = list(seeds)
+    if workers <= 1 or len(seeds) < 2:
+        for seed in seeds:
+            totals.update(_one(seed, tmp_path))
+        return dict(totals)
+    args = [(seed, str(tmp_path / f"out-{seed}")) for seed in seeds]
+    # terminate() on leaving the block: a timeout or a failure stops what still runs
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        results = pool.imap(_play_args, args)  # in seed order: the first failing seed is the one raised
+        for seed in seeds:
+            try:
+                totals.update(next(results))
+            except SimFailure:
+                raise
+            except BaseException as exc:
                 exc.add_note(f"while seed {seed} ran: no failure of that schedule unless RAYSTREAM_SIM_SEED={seed} "
                              "fails too")
-            raise
-        totals.update(attempts=trace.attempts, crashes=trace.crashes, coordinators=trace.coordinators,
-                      refused=len(trace.refused), commits=len(trace.commits), compactions=trace.compactions)
+                raise
     return dict(totals)
+
+
+def _one(seed: int, tmp_path) -> dict[str, int]:
+    try:
+        return _play(seed, str(tmp_path / f"out-{seed}"))
+    except SimFailure:
+        raise
+    except BaseException as exc:  # pytest-timeout's wall clock, an interrupt: not a failure of this seed
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"while seed {seed} ran: no failure of that schedule unless RAYSTREAM_SIM_SEED={seed} "
+                         "fails too")
+        raise
 
 
 def test_seeded_schedules_keep_every_invariant(tmp_path):
