@@ -15,6 +15,7 @@ extended run the next 720, and `pytest -m simulation_deep` many more
 import collections
 import multiprocessing
 import os
+import traceback
 
 import pytest
 
@@ -33,7 +34,13 @@ def _no_fsync(monkeypatch):
 
 
 def _play(seed: int, directory: str) -> dict[str, int]:
-    trace = run_schedule(seed, directory)
+    try:
+        trace = run_schedule(seed, directory)
+    except SimFailure:
+        raise
+    except Exception as exc:  # a crash in the code under test fails this seed; its traceback, as text, survives the pool
+        raise SimFailure(f"seed {seed}: {type(exc).__name__}: {exc}\nreplay: RAYSTREAM_SIM_SEED={seed} pytest "
+                         f"tests/simulation\n{traceback.format_exc()}") from exc
     return dict(attempts=trace.attempts, crashes=trace.crashes, coordinators=trace.coordinators,
                 refused=len(trace.refused), commits=len(trace.commits), compactions=trace.compactions)
 
@@ -60,9 +67,8 @@ def run_many(seeds, tmp_path, workers: int = WORKERS) -> dict[str, int]:
                 totals.update(next(results))
             except SimFailure:
                 raise
-            except BaseException as exc:
-                exc.add_note(f"while seed {seed} ran: no failure of that schedule unless RAYSTREAM_SIM_SEED={seed} "
-                             "fails too")
+            except BaseException as exc:  # pytest-timeout's wall clock in this wait: not a failure of this seed
+                _note_seed(exc, seed)
                 raise
     return dict(totals)
 
@@ -73,10 +79,13 @@ def _one(seed: int, tmp_path) -> dict[str, int]:
     except SimFailure:
         raise
     except BaseException as exc:  # pytest-timeout's wall clock, an interrupt: not a failure of this seed
-        if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"while seed {seed} ran: no failure of that schedule unless RAYSTREAM_SIM_SEED={seed} "
-                         "fails too")
+        _note_seed(exc, seed)
         raise
+
+
+def _note_seed(exc: BaseException, seed: int) -> None:
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(f"while seed {seed} ran: no failure of that schedule unless RAYSTREAM_SIM_SEED={seed} fails too")
 
 
 def test_seeded_schedules_keep_every_invariant(tmp_path):
