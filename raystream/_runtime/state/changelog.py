@@ -42,6 +42,10 @@ class ChangeTracking(Protocol):
     written: dict[Any, Any] | None
     deletes: int  # DELETED entries in `written` (0: no need to look for them)
 
+    def state_keys(self) -> int: ...
+
+    def changed_count(self) -> int: ...
+
 
 Changes = tuple[dict[Any, Any], list[Any]]  # (new values of changed keys, keys deleted)
 
@@ -107,6 +111,16 @@ def merge_parts(storage: Any, parts: list[PartRef], key: str) -> PartRef:
     return PartRef(key, sha, len(data), parts[-1].checkpoint_id, True)
 
 
+def _most_keys_changed(ops: list[ChangeTracking]) -> bool:
+    """I2: whether at least half as many keys changed since the last snapshot as the steps
+    hold. A changed key's whole value goes into an incremental snapshot, so one of those
+    costs about what a full one does, and its parts would soon want a merge (I4) that
+    reads them all again: parts of state that turns over (windows that fire and open)
+    are cheaper written whole than merged."""
+    changed = sum(op.changed_count() for op in ops)
+    return 2 * changed >= max(sum(op.state_keys() for op in ops), 1)
+
+
 class StateChangelog:
     """The parts of one subtask's keyed state: what the next snapshot builds on (I2-I4)."""
 
@@ -125,13 +139,20 @@ class StateChangelog:
     def capture(self, ops: Iterable[ChangeTracking]) -> tuple[dict[str, Any], bool, list[PartRef]]:
         """I2: (keyed, is a changelog, the parts it builds on). Clears the changed keys."""
         ops = list(ops)
-        full = self.parts is None or (not self.merging and sum(p.size for p in self.parts) < self.compact_above
-                                      and len(self.parts) > self.base_every)
-        keyed: dict[str, Any] = {}
         for op in ops:
             settle = getattr(op, "settle", None)
             if settle is not None:  # state held outside the dict between snapshots goes in (Lifetime windows)
                 settle()
+        if self.parts is None:
+            full = True
+        elif self.merging:
+            full = False
+        elif sum(p.size for p in self.parts) < self.compact_above:  # small: rewritten now and then, never merged
+            full = len(self.parts) > self.base_every
+        else:  # merged when due (I4), unless the state turns over
+            full = _most_keys_changed(ops)
+        keyed: dict[str, Any] = {}
+        for op in ops:
             written = getattr(op, "written", None)
             if full:
                 keyed[op.step_id] = op.state

@@ -32,6 +32,12 @@ class FakeOp:
     written: dict[Any, Any] | None = None
     deletes: int = 0
 
+    def state_keys(self) -> int:
+        return len(self.state)
+
+    def changed_count(self) -> int:
+        return len(self.written) if self.written is not None else len(self.changed)
+
     def put(self, key: Any, value: Any) -> None:
         self.state[key] = value
         if self.written is None:
@@ -127,15 +133,18 @@ def test_the_first_snapshot_is_full_then_only_changes_are_written(tmp_path):
 @given(epochs=st.lists(st.lists(st.tuples(st.integers(0, 30), st.one_of(st.none(), st.integers())), max_size=25),
                        min_size=1, max_size=14),
        base_every=st.integers(1, 4), compact_above=st.sampled_from([0, 1 << 30]),
-       fail=st.sets(st.integers(1, 14), max_size=2), retain=st.integers(1, 3))
+       fail=st.sets(st.integers(1, 14), max_size=2), retain=st.integers(1, 3), stable=st.sampled_from([0, 200]))
 def test_every_checkpoint_restores_exactly_the_state_it_captured(tmp_path_factory, epochs, base_every, compact_above,
-                                                                 fail, retain):
+                                                                 fail, retain, stable):
     """Random puts and deletes over epochs, with merging in the background or full
     rewrites, failed uploads and retention: each complete checkpoint restores exactly
-    the tables it captured, and the newest still does after older ones are deleted."""
+    the tables it captured, and the newest still does after older ones are deleted.
+    With `stable` keys that never change, the epochs change fewer than half the keys,
+    so snapshots hold changes; without, most are full (I2)."""
     h = Harness(tmp_path_factory.mktemp("c"), rs.CheckpointConfig(base_every=base_every,
                                                                     compact_above=compact_above), fail)
     a, b = FakeOp("a"), FakeOp("b", written={})  # both ways of reporting changes
+    a.state.update((1000 + k, k) for k in range(stable))
     expected = {}
 
     async def run():
@@ -161,7 +170,7 @@ def test_every_checkpoint_restores_exactly_the_state_it_captured(tmp_path_factor
 
 def test_parts_over_the_size_threshold_are_merged_in_the_background(tmp_path):
     h = Harness(tmp_path, rs.CheckpointConfig(base_every=3, compact_above=0))
-    op = FakeOp("sum")
+    op = FakeOp("sum", state={-k: k for k in range(1, 1000)})  # keys that do not change: the parts hold changes
 
     async def run():
         for n in range(1, 9):
@@ -183,9 +192,10 @@ def test_a_damaged_part_is_refused_by_its_checksum(tmp_path):
     op = FakeOp("sum")
 
     async def run():
-        op.put("k", 1)
+        for k in range(10):
+            op.put(k, 1)
         await h.checkpoint(1, [op])
-        op.put("k", 2)
+        op.put(3, 2)
         await h.checkpoint(2, [op])
 
     asyncio.run(run())
@@ -193,6 +203,46 @@ def test_a_damaged_part_is_refused_by_its_checksum(tmp_path):
     h.store.storage.put(first.key, h.store.storage.get(first.key)[:-1] + b"x")
     with pytest.raises(CorruptCheckpointError, match="state part"):
         h.restore(2)
+
+
+def test_state_that_turns_over_is_written_whole_and_never_merged(tmp_path):
+    """Windows that fire and open: each epoch replaces most keys. Changes would cost what
+    the state does, and a merge would read them all again; so each snapshot is full (I2)."""
+    h = Harness(tmp_path, rs.CheckpointConfig(base_every=2, compact_above=0))
+    op = FakeOp("windows")
+
+    async def run():
+        for n in range(1, 8):
+            for k in list(op.state):
+                op.delete(k)
+            for k in range(n * 100, n * 100 + 100):
+                op.put(k, b"rows" * 10)
+            await h.checkpoint(n, [op])
+
+    asyncio.run(run())
+    assert h.merges == 0
+    assert all(meta.parts == () for _, meta, _ in h.acks)  # every snapshot full
+    assert h.restore(7) == {"windows": op.state}
+
+
+def test_fewer_than_half_the_keys_changed_stay_changes(tmp_path):
+    h = Harness(tmp_path, rs.CheckpointConfig(compact_above=0))  # parts big enough to merge (I4)
+    a, b = FakeOp("a", state={k: k for k in range(100)}), FakeOp("b", written={})
+
+    async def run():
+        await h.checkpoint(1, [a, b])  # full: nothing to build on
+        for k in range(49):  # 49 changed of the 125 keys held then, over both steps
+            (a if k % 2 else b).put(k, -k)
+        await h.checkpoint(2, [a, b])
+        for k in range(63):  # 63 of 125: at least half
+            a.put(k, k)
+        await h.checkpoint(3, [a, b])
+
+    asyncio.run(run())
+    assert [len(meta.parts) for _, meta, _ in h.acks] == [0, 1, 0]
+    assert h.restore(2) == {"a": {**{k: k for k in range(100)}, **{k: -k for k in range(1, 49, 2)}},
+                            "b": {k: -k for k in range(0, 49, 2)}}
+    assert h.restore(3) == {"a": a.state, "b": b.state}
 
 
 def test_without_incremental_every_snapshot_is_full(tmp_path):
