@@ -63,9 +63,9 @@ class CheckpointConfig:
             changelog over a base), not all keyed state (docs/protocol.md, "Incremental state").
         base_every: more than this many changelog parts are merged into a new base.
         compact_above: parts of at least this many bytes in all are merged into a new base
-            by a background Ray task (or, when at least half as many keys changed as are
-            held, the next snapshot is full instead); smaller ones are rewritten by the next
-            snapshot. (The
+            by a background Ray task (or, when the newest holds at least half as many bytes
+            as their base, the next snapshot is full instead); smaller ones are rewritten by
+            the next snapshot. (The
             name is kept from 0.1.0; in the code and docs this is "merging" the parts.)
     """
 

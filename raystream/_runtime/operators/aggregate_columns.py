@@ -169,9 +169,6 @@ class AggregateColumns:
     def changed_keys(self) -> set[Hashable]:
         return set(map(self.keys.__getitem__, np.flatnonzero(self.dirty[:len(self.keys)]).tolist()))
 
-    def changed_count(self) -> int:
-        return int(np.count_nonzero(self.dirty[:len(self.keys)]))
-
     def clear_changed(self) -> None:
         self.dirty[:] = False
 

@@ -91,9 +91,6 @@ class AggregateOp(KeyedOp):
     def state_keys(self) -> int:
         return len(self._columns) if self._columns is not None else len(self._state)
 
-    def changed_count(self) -> int:
-        return self._columns.changed_count() if self._columns is not None else super().changed_count()
-
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)  # the dict, until a batch that fits the columns comes
         self._vectorize = vectorized_folds(self.folds)

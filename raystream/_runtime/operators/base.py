@@ -212,10 +212,6 @@ class KeyedOp(Operator):
         """How many keys the state holds (the `raystream_state_keys` metric, polled often)."""
         return len(self.state)
 
-    def changed_count(self) -> int:
-        """How many keys changed since the last snapshot (I2 weighs them against `state_keys`)."""
-        return len(self.written) if self.written is not None else len(self.changed)
-
     def state_meta(self) -> Any:
         """What the values of the state are, beside it in every snapshot (`step_meta`):
         plain, small values, or None for nothing. A columnar step's aggregates, say, so

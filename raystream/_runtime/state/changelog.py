@@ -42,10 +42,6 @@ class ChangeTracking(Protocol):
     written: dict[Any, Any] | None
     deletes: int  # DELETED entries in `written` (0: no need to look for them)
 
-    def state_keys(self) -> int: ...
-
-    def changed_count(self) -> int: ...
-
 
 Changes = tuple[dict[Any, Any], list[Any]]  # (new values of changed keys, keys deleted)
 
@@ -111,14 +107,12 @@ def merge_parts(storage: Any, parts: list[PartRef], key: str) -> PartRef:
     return PartRef(key, sha, len(data), parts[-1].checkpoint_id, True)
 
 
-def _most_keys_changed(ops: list[ChangeTracking]) -> bool:
-    """I2: whether at least half as many keys changed since the last snapshot as the steps
-    hold. A changed key's whole value goes into an incremental snapshot, so one of those
-    costs about what a full one does, and its parts would soon want a merge (I4) that
-    reads them all again: parts of state that turns over (windows that fire and open)
-    are cheaper written whole than merged."""
-    changed = sum(op.changed_count() for op in ops)
-    return 2 * changed >= max(sum(op.state_keys() for op in ops), 1)
+def _turns_over(parts: list[PartRef]) -> bool:
+    """I2: whether the newest part holds at least half as many bytes as the base the parts
+    start at. Such state turns over (windows that fire and open): written whole, it costs
+    about what its changes do, and spares the merge (I4) that would read them all again.
+    Bytes, not keys: a few large values that never change keep small changes small."""
+    return len(parts) > 1 and 2 * parts[-1].size >= parts[0].size
 
 
 class StateChangelog:
@@ -139,10 +133,6 @@ class StateChangelog:
     def capture(self, ops: Iterable[ChangeTracking]) -> tuple[dict[str, Any], bool, list[PartRef]]:
         """I2: (keyed, is a changelog, the parts it builds on). Clears the changed keys."""
         ops = list(ops)
-        for op in ops:
-            settle = getattr(op, "settle", None)
-            if settle is not None:  # state held outside the dict between snapshots goes in (Lifetime windows)
-                settle()
         if self.parts is None:
             full = True
         elif self.merging:
@@ -150,9 +140,12 @@ class StateChangelog:
         elif sum(p.size for p in self.parts) < self.compact_above:  # small: rewritten now and then, never merged
             full = len(self.parts) > self.base_every
         else:  # merged when due (I4), unless the state turns over
-            full = _most_keys_changed(ops)
+            full = _turns_over(self.parts)
         keyed: dict[str, Any] = {}
         for op in ops:
+            settle = getattr(op, "settle", None)
+            if settle is not None:  # state held outside the dict between snapshots goes in (Lifetime windows)
+                settle()
             written = getattr(op, "written", None)
             if full:
                 keyed[op.step_id] = op.state

@@ -32,12 +32,6 @@ class FakeOp:
     written: dict[Any, Any] | None = None
     deletes: int = 0
 
-    def state_keys(self) -> int:
-        return len(self.state)
-
-    def changed_count(self) -> int:
-        return len(self.written) if self.written is not None else len(self.changed)
-
     def put(self, key: Any, value: Any) -> None:
         self.state[key] = value
         if self.written is None:
@@ -206,10 +200,11 @@ def test_a_damaged_part_is_refused_by_its_checksum(tmp_path):
 
 
 def test_state_that_turns_over_is_written_whole_and_never_merged(tmp_path):
-    """Windows that fire and open: each epoch replaces most keys. Changes would cost what
-    the state does, and a merge would read them all again; so each snapshot is full (I2)."""
+    """Windows that fire and open: each epoch replaces every key. A part of changes as big
+    as its base makes the next snapshot full (I2), so no merge reads the parts again."""
     h = Harness(tmp_path, rs.CheckpointConfig(base_every=2, compact_above=0))
     op = FakeOp("windows")
+    expected = {}
 
     async def run():
         for n in range(1, 8):
@@ -218,31 +213,43 @@ def test_state_that_turns_over_is_written_whole_and_never_merged(tmp_path):
             for k in range(n * 100, n * 100 + 100):
                 op.put(k, b"rows" * 10)
             await h.checkpoint(n, [op])
+            expected[n] = {"windows": dict(op.state)}
 
     asyncio.run(run())
     assert h.merges == 0
-    assert all(meta.parts == () for _, meta, _ in h.acks)  # every snapshot full
-    assert h.restore(7) == {"windows": op.state}
+    assert [len(meta.parts) for _, meta, _ in h.acks] == [0, 1, 0, 1, 0, 1, 0]  # full after each turnover
+    assert h.restore(6) == expected[6] and h.restore(7) == expected[7]
 
 
-def test_fewer_than_half_the_keys_changed_stay_changes(tmp_path):
-    h = Harness(tmp_path, rs.CheckpointConfig(compact_above=0))  # parts big enough to merge (I4)
-    a, b = FakeOp("a", state={k: k for k in range(100)}), FakeOp("b", written={})
+@pytest.mark.parametrize("story", ["large values that never change", "keys that live within an epoch"])
+def test_small_changes_beside_large_state_stay_changes(tmp_path, story):
+    """Review 43: a rule that counted keys wrote 10 MB every checkpoint here. Bytes decide:
+    many small keys that change beside a few large ones that do not, or keys that open and
+    close within an epoch (only their deletion is written), keep the parts small."""
+    h = Harness(tmp_path, rs.CheckpointConfig())  # the defaults: 8 MiB, 10 parts
+    small, large = FakeOp("small", written={}), FakeOp("large")
 
     async def run():
-        await h.checkpoint(1, [a, b])  # full: nothing to build on
-        for k in range(49):  # 49 changed of the 125 keys held then, over both steps
-            (a if k % 2 else b).put(k, -k)
-        await h.checkpoint(2, [a, b])
-        for k in range(63):  # 63 of 125: at least half
-            a.put(k, k)
-        await h.checkpoint(3, [a, b])
+        if story == "large values that never change":
+            for k in range(20):
+                large.put(k, bytes(500_000))
+        else:
+            for k in range(1000):
+                large.put(k, bytes(10_000))
+        for n in range(1, 13):
+            if story == "large values that never change":
+                for k in range(1000):
+                    small.put(k, n)
+            else:
+                for k in range(600):
+                    small.put((n, k), n)
+                    small.delete((n, k))
+            await h.checkpoint(n, [small, large])
 
     asyncio.run(run())
-    assert [len(meta.parts) for _, meta, _ in h.acks] == [0, 1, 0]
-    assert h.restore(2) == {"a": {**{k: k for k in range(100)}, **{k: -k for k in range(1, 49, 2)}},
-                            "b": {k: -k for k in range(0, 49, 2)}}
-    assert h.restore(3) == {"a": a.state, "b": b.state}
+    sizes = [meta.size for _, meta, _ in h.acks]
+    assert sizes[0] > 9_000_000 and max(sizes[1:]) < 100_000, sizes  # changes only, after the first
+    assert h.restore(12) == {"small": small.state, "large": large.state}
 
 
 def test_without_incremental_every_snapshot_is_full(tmp_path):
