@@ -65,8 +65,8 @@ class CheckpointConfig:
         compact_above: parts of at least this many bytes in all are merged into a new base
             by a background Ray task (or, when the newest holds at least half as many bytes
             as their base, the next snapshot is full instead); smaller ones are rewritten by
-            the next snapshot. (The
-            name is kept from 0.1.0; in the code and docs this is "merging" the parts.)
+            the next snapshot. (The name is kept from 0.1.0; in the code and docs this is
+            "merging" the parts.)
     """
 
     interval: float = 1.0
