@@ -18,6 +18,7 @@ from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.checkpointing.coordinator_side import Checkpointer
 from raystream.testing.injector import Injector
 from raystream._runtime.checkpointing.rescale import merge_states
+from raystream._runtime.state.changelog import materialize
 from raystream._runtime.plan.specs import RunOptions
 from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
@@ -201,16 +202,25 @@ class SimCoordinator:
         """R4: every snapshot verified before it is unpickled, merged by step id for each new
         subtask; then the sinks recover, each subtask in turn."""
         run = self.run
-        states = []
+        states, parts = [], {}
         if manifest is not None:
             store = run.store if manifest.run_id == run.run_id else CheckpointStore(run.store.root, run.store.storage)
             for meta in manifest.snapshots:
                 data = await self.blocking(store.read_snapshot, meta)
                 states.append(store.verify_snapshot(data, meta))
+            steps = run.outputs.steps()
+            for index in range(run.parallelism):  # I5, as load_state: the subtask's own snapshot of a source chain
+                parts[index] = recovery.continued_parts(states, list(manifest.snapshots), True, steps, index,
+                                                        run.parallelism)
+            for state in states:  # changes over earlier parts (changelog.py, I5): read like the snapshots
+                if state.changelog:
+                    await self.blocking(materialize, store.storage, state)
         for index in range(run.parallelism):
             merged = merge_states(states, run.outputs.steps(), index, run.parallelism,
                                   run.scenario.max_parallelism) \
                 if manifest is not None else None
+            if merged is not None:
+                merged.parts = parts[index]
             subtask = SimSubtask(run, self, index, run.parallelism, self.attempt, merged)
             self.subtasks.append(subtask)
             if manifest is not None or self.attempt > 1:

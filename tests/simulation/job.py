@@ -40,10 +40,11 @@ from raystream._runtime.transport.channel import BATCH
 from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.subtask.assembly import build_clock, build_operators
 from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
-from raystream._runtime.state.snapshot import SinkState, SubtaskState
+from raystream._runtime.state.changelog import merge_parts
+from raystream._runtime.state.snapshot import PartRef, SinkState, SubtaskState
 from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
-from raystream.config import CheckpointConfig, Guarantee, RuntimeConfig
+from raystream.config import Guarantee, RuntimeConfig
 from raystream.graph import Step, StepKind
 from raystream.connectors.postgres.sink import PostgresSink
 from raystream.sinks import SinkContext
@@ -117,6 +118,18 @@ class Trace:
     compactions: int = 0
 
 
+class _Sums:
+    """The running sums as a keyed step's state: the keys a record touched since the last
+    snapshot are `changed` (I1), so incremental snapshots hold only those."""
+
+    step_id = "sum"
+    written = None
+    deletes = 0
+
+    def __init__(self, state: dict[int, int]):
+        self.state, self.changed = state, set()
+
+
 class SimSubtask:
     """One subtask of the chain: reads its partitions, sums, writes every sink, and takes
     part in the checkpoint protocol through the real SubtaskCheckpoints, as SubtaskActor
@@ -136,7 +149,7 @@ class SimSubtask:
         self.reader = SourceReader(Step("src", "source", (), source=source), mine, batch_size=4)
         self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
                          all_partitions=[str(p) for p in present] if index == 0 else None)
-        self.sums: dict[int, int] = dict(state.keyed.get("sum", {})) if state else {}
+        self.sums = _Sums(dict(state.keyed.get("sum", {})) if state else {})
         self.restored_from = state.checkpoint_id if state else 0
         self.chain_ops, self.clock = self._operators(state, mine, [str(p) for p in present])
         self.window_op = next((op for op in self.chain_ops if isinstance(op, TimedWindows)), None)
@@ -160,7 +173,10 @@ class SimSubtask:
         self.checkpoints = SubtaskCheckpoints(
             name=self.proc.name, store=run.store, run_id=run.run_id, attempt=attempt, chain=run.outputs.chain(),
             subtask=index, faults=Injector((), attempt=attempt), on_fatal=self._fatal, blocking=self.blocking,
-            config=CheckpointConfig(incremental=False))
+            config=run.config, merger=self._merge)
+        if state is not None:  # I5, as SubtaskActor.setup: its own parts of this run go on
+            own = state.parts is not None and state.parts[-1].key.startswith(f"{run.run_id}/")
+            self.checkpoints.changelog.restored(state.parts if own else None)
         self.checkpoints.attach(list(self.ops.values()), self._ack)
         self.barriers: collections.deque[tuple[int, bool]] = collections.deque()
         self.asked_at: dict[int, float] = {}  # checkpoint -> when its barrier was asked for
@@ -325,8 +341,9 @@ class SimSubtask:
         rows = []
         swap = self.world.rng.random() < 0.2  # another column order now and then: another statement
         for record in ids:
-            self.sums[p] = self.sums.get(p, 0) + record
-            row = {"id": record, "p": p, "total": self.sums[p], "run": self.run.run_id}
+            total = self.sums.state[p] = self.sums.state.get(p, 0) + record
+            self.sums.changed.add(p)  # I1
+            row = {"id": record, "p": p, "total": total, "run": self.run.run_id}
             rows.append(dict(reversed(row.items())) if swap else row)
         # An upsert sets the columns a record names: now and then one names fewer. The first
         # batch an attempt writes of a partition names every column: a run from a savepoint
@@ -379,10 +396,10 @@ class SimSubtask:
     def _capture(self, checkpoint_id: int) -> SubtaskState:
         """C3, as SubtaskActor._capture takes it (the real operators' keyed state, meta and
         event times too)."""
-        keyed = {"sum": dict(self.sums),
-                 **{op.step_id: op.snapshot() for op in self.chain_ops if isinstance(op, KeyedOp)}}
+        keyed, changelog, parts = self.checkpoints.changelog.capture(
+            [self.sums, *(op for op in self.chain_ops if isinstance(op, KeyedOp))])  # I2
         return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
-                            source_offsets=self.reader.offsets(), keyed=keyed,
+                            source_offsets=self.reader.offsets(), keyed=keyed, changelog=changelog, parts=parts,
                             watermarks={op.step_id: op.watermark for op in self.chain_ops
                                         if isinstance(op, KeyedOp) and op.watermark is not None},
                             late={op.step_id: op.late_records for op in self.chain_ops
@@ -394,6 +411,15 @@ class SimSubtask:
                                          if isinstance(op, AssignTimeOp)},
                             step_meta={op.step_id: meta for op in self.chain_ops
                                        if isinstance(op, KeyedOp) and (meta := op.state_meta()) is not None})
+
+    async def _merge(self, root: str, parts: list[PartRef], key: str) -> PartRef:
+        """I4's Ray task: it reads the parts and writes the base as another process does,
+        so its write lands even if this subtask dies meanwhile (the answer then goes
+        nowhere); now and then it fails, and the parts wait for the next due part."""
+        if self.world.rng.random() < 0.1:
+            await self.world.sleep(self.world.delay(), self.proc)
+            raise OSError("the merge task's worker died")
+        return await self.blocking(merge_parts, self.run.store.storage, parts, key)
 
     # --- C6 ----------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ last row of each is the count and sum of its records less those committed as lat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -143,6 +144,12 @@ class Scenario(Faults, Forks):
         rolling = self.rolling_rng = random.Random(seed ^ 0x7011)
         # rolled output's compactions draw apart: the rolling draws (the mutants they find) stay as they were
         self.compaction_rng = random.Random(seed ^ 0xC0AC)
+        # Incremental keyed state (I1-I6) in half the schedules, drawn apart as well; parts of
+        # a few hundred bytes reach these thresholds, so that full rewrites, merges and the
+        # turnover rule (I2) come up within a few checkpoints.
+        state = random.Random(seed ^ 0x57A7E)
+        self.config = dataclasses.replace(self.config, incremental=state.random() < 0.5,
+                                          base_every=state.randint(1, 4), compact_above=state.choice([0, 300, 3000]))
         if rolling.random() < 0.4:  # Parquet rolled as FileSink does by default (segments, merged at a roll)
             self.kinds.append("parquet_rolled")
         self.roll_interval = rolling.choice([None, 0.15, 0.5])  # simulated seconds; None: by size only

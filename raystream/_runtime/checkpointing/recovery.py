@@ -19,7 +19,7 @@ from raystream._runtime.state.fence import MAX_CHECKPOINT_ID
 from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.state.manifest import Manifest, incompatibility
 from raystream._runtime.checkpointing.rescale import RestoredState, merge_states
-from raystream._runtime.state.snapshot import PartRef
+from raystream._runtime.state.snapshot import PartRef, SnapshotMeta, SubtaskState
 from raystream.config import RestartKind, RestartStrategy
 from raystream.errors import CorruptCheckpointError, JobFailedError, RestoreError
 from raystream.graph import Step
@@ -191,17 +191,26 @@ async def load_state(restore: Any, store: CheckpointStore, steps: list[Step], su
             data = await loop.run_in_executor(None, store.read_snapshot, meta)
             tiers["durable"] += 1
         states.append(await loop.run_in_executor(None, store.verify_snapshot, data, meta))
-    parts = None
-    if len(states) == 1 and same_root:
-        only, meta = states[0], restore.snapshots[0][0]
-        if (only.subtask, only.parallelism, only.chain) == (subtask, parallelism, "+".join(s.step_id for s in steps)):
-            parts = only.parts + [PartRef(meta.key, meta.sha256, meta.size, only.checkpoint_id, not only.changelog)]
+    parts = continued_parts(states, [meta for meta, _ in restore.snapshots], same_root, steps, subtask, parallelism)
     for state in states:  # changes over earlier parts: read them (changelog.py, I5)
         await loop.run_in_executor(None, materialize, store.storage, state)
     merged = merge_states(states, steps, subtask, parallelism, max_parallelism)
     merged.tiers = tiers
     merged.parts = parts
     return merged
+
+
+def continued_parts(states: list[SubtaskState], metas: list[SnapshotMeta], same_root: bool, steps: list[Step],
+                    subtask: int, parallelism: int) -> list[PartRef] | None:
+    """I5: the parts a subtask's next snapshot may build on: those of exactly its own
+    snapshot (the same subtask, parallelism and chain, under this checkpoint root), that
+    snapshot last; None when it restores from anything else (its next snapshot is full)."""
+    if len(states) != 1 or not same_root:
+        return None
+    only, meta = states[0], metas[0]
+    if (only.subtask, only.parallelism, only.chain) != (subtask, parallelism, "+".join(s.step_id for s in steps)):
+        return None
+    return only.parts + [PartRef(meta.key, meta.sha256, meta.size, only.checkpoint_id, not only.changelog)]
 
 
 class RestartTracker:

@@ -1,0 +1,88 @@
+"""Incremental keyed state (docs/protocol.md, I1-I6), each protection removed: the
+simulation must find every one of these in some schedule (test_protections.py)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from raystream._runtime.state import changelog
+from raystream._runtime.state.changelog import StateChangelog
+from raystream._runtime.state.store import CheckpointStore
+
+from . import control
+from .protections_files import patched
+
+
+@contextlib.contextmanager
+def changes_left_out() -> Iterator[None]:
+    """I1/I2: an incremental snapshot holds no changes of a step that reports changed keys."""
+    real = StateChangelog.capture
+
+    def capture(self, ops):
+        ops = list(ops)
+        keyed, is_changes, parts = real(self, ops)
+        if is_changes:
+            keyed = {step: (({}, []) if getattr(op, "written", None) is None else keyed[step])
+                     for step, op in zip(keyed, ops)}
+        return keyed, is_changes, parts
+
+    with patched(StateChangelog, "capture", capture):
+        yield
+
+
+@contextlib.contextmanager
+def parts_applied_newest_first() -> Iterator[None]:
+    """I5: a restore applies the parts in the wrong order, so older values win."""
+    def materialize(storage, state):
+        if not state.changelog:
+            return state
+        tables: dict[str, dict[Any, Any]] = {}
+        changelog.apply_part(tables, state.keyed, False)
+        for part in reversed(state.parts):
+            changelog.apply_part(tables, *changelog.read_part(storage, part))
+        state.keyed, state.changelog = tables, False
+        return state
+
+    with patched(control, "materialize", materialize):  # the name the simulated restore calls
+        yield
+
+
+@contextlib.contextmanager
+def late_merge_replaces_parts() -> Iterator[None]:
+    """I4: a merge that finishes after its parts were replaced (a full snapshot, a failed
+    upload) is taken all the same, so the next snapshots build on a stale base."""
+    def merged(self, upto, base):
+        self.parts = [base] + (self.parts[self.parts.index(upto) + 1:] if self.parts and upto in self.parts else [])
+
+    with patched(StateChangelog, "merged", merged):
+        yield
+
+
+@contextlib.contextmanager
+def retention_forgets_parts() -> Iterator[None]:
+    """I6: retention deletes old snapshots and bases although kept snapshots build on them."""
+    real = CheckpointStore.load_manifest
+
+    def load_manifest(self, run_id, checkpoint_id):
+        manifest = real(self, run_id, checkpoint_id)
+        for meta in manifest.snapshots:
+            object.__setattr__(meta, "parts", ())
+        return manifest
+
+    real_retain = CheckpointStore.retain
+
+    def retain(self, run_id, keep):
+        with patched(CheckpointStore, "load_manifest", load_manifest):
+            real_retain(self, run_id, keep)
+
+    with patched(CheckpointStore, "retain", retain):
+        yield
+
+
+MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "changes_left_out": ("I2: an incremental snapshot leaves out a step's changed keys", changes_left_out),
+    "parts_applied_newest_first": ("I5: a restore applies the parts newest first", parts_applied_newest_first),
+    "late_merge_replaces_parts": ("I4: a merge that finished after its parts were replaced is taken",
+                                  late_merge_replaces_parts),
+    "retention_forgets_parts": ("I6: retention deletes parts that kept snapshots build on", retention_forgets_parts),
+}
