@@ -24,7 +24,7 @@ from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
 from raystream.result import CheckpointStats
 
-from .job import JOB, Outputs, SimSubtask, Trace
+from .job import JOB, Outputs, SimSubtask, Trace, logical_state
 from .source import SimSource
 from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for
 
@@ -212,9 +212,13 @@ class SimCoordinator:
             for index in range(run.parallelism):  # I5, as load_state: the subtask's own snapshot of a source chain
                 parts[index] = recovery.continued_parts(states, list(manifest.snapshots), True, steps, index,
                                                         run.parallelism)
-            for state in states:  # changes over earlier parts (changelog.py, I5): read like the snapshots
+            for meta, state in zip(manifest.snapshots, states):  # changes over earlier parts (I5): read like snapshots
                 if state.changelog:
                     await self.blocking(materialize, store.storage, state)
+                captured = run.trace.captured.get(meta.key)
+                if captured is not None and logical_state(state.keyed) != captured:
+                    run.trace.state_mismatches.append(f"{meta.key}: restored {logical_state(state.keyed)}, "
+                                                      f"captured {captured}")
         for index in range(run.parallelism):
             merged = merge_states(states, run.outputs.steps(), index, run.parallelism,
                                   run.scenario.max_parallelism) \

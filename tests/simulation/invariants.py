@@ -53,6 +53,7 @@ class Invariants:
         for what, found in (("a restored transaction's staged data was gone", t.missing_staged),
                             ("a sink failed", t.sink_errors),
                             ("a run went back to its origin", t.rewinds),
+                            ("a restore read other keyed state than its snapshot captured (I5)", t.state_mismatches),
                             ("a record came behind the watermark (event time)", t.late),
                             ("a subtask went idle before sending its records' watermark", t.idle),
                             ("a source held a barrier past its current batch (C1)", t.held),

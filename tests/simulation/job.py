@@ -41,6 +41,7 @@ from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.subtask.assembly import build_clock, build_operators
 from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
 from raystream._runtime.state.changelog import merge_parts
+from raystream._runtime.state.store import CheckpointStore
 from raystream._runtime.state.snapshot import PartRef, SinkState, SubtaskState
 from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
@@ -112,10 +113,18 @@ class Trace:
     sink_errors: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
     rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's origin past its own
+    captured: dict[str, dict[str, Any]] = field(default_factory=dict)  # snapshot key -> the keyed state it captured
+    state_mismatches: list[str] = field(default_factory=list)  # restores that read other state than was captured
     coordinators: int = 0
     attempts: int = 0
     crashes: int = 0
     compactions: int = 0
+
+
+def logical_state(keyed: dict[str, dict[Any, Any]]) -> dict[str, Any]:
+    """What a restore must give back of full keyed state: the running sums exactly, and
+    each step's keys (their values may be Arrow, numpy or windows)."""
+    return {step: dict(table) if step == "sum" else set(table) for step, table in keyed.items()}
 
 
 class _Sums:
@@ -396,8 +405,11 @@ class SimSubtask:
     def _capture(self, checkpoint_id: int) -> SubtaskState:
         """C3, as SubtaskActor._capture takes it (the real operators' keyed state, meta and
         event times too)."""
-        keyed, changelog, parts = self.checkpoints.changelog.capture(
-            [self.sums, *(op for op in self.chain_ops if isinstance(op, KeyedOp))])  # I2
+        ops = [self.sums, *(op for op in self.chain_ops if isinstance(op, KeyedOp))]
+        key = CheckpointStore.snapshot_key(self.run.run_id, checkpoint_id, self.attempt, self.run.outputs.chain(),
+                                           self.index)
+        self.run.trace.captured[key] = logical_state({op.step_id: op.state for op in ops})  # what a restore must read
+        keyed, changelog, parts = self.checkpoints.changelog.capture(ops)  # I2
         return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
                             source_offsets=self.reader.offsets(), keyed=keyed, changelog=changelog, parts=parts,
                             watermarks={op.step_id: op.watermark for op in self.chain_ops
@@ -416,9 +428,12 @@ class SimSubtask:
         """I4's Ray task: it reads the parts and writes the base as another process does,
         so its write lands even if this subtask dies meanwhile (the answer then goes
         nowhere); now and then it fails, and the parts wait for the next due part."""
-        if self.world.rng.random() < 0.1:
+        draw = self.world.rng.random()
+        if draw < 0.1:
             await self.world.sleep(self.world.delay(), self.proc)
             raise OSError("the merge task's worker died")
+        if draw < 0.4:  # a slow one: checkpoints go on, and an upload may fail and reset the parts meanwhile
+            await self.world.sleep(self.world.rng.uniform(0.3, 2.0))
         return await self.blocking(merge_parts, self.run.store.storage, parts, key)
 
     # --- C6 ----------------------------------------------------------------------------------
