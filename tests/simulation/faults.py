@@ -14,6 +14,7 @@ from typing import Any
 from raystream.connectors.files import compaction
 
 from .control import SimRun
+from .keyed_state import check_landed
 
 
 class Faults:
@@ -34,6 +35,7 @@ class Faults:
         Also keep what a listing of the run's manifests showed then (compaction reads
         an older listing, as a slow reader would, while retention deletes)."""
         run_id = key.split("/", 1)[0]
+        check_landed(self.store, key, self.trace.captured, self.trace.state_mismatches)  # I5's oracle (keyed_state.py)
         if self.outage is not None and not self.storage.outage[1]:
             start = self.world.now + self.outage[0]
             self.storage.outage = (start, start + self.outage[1])

@@ -40,9 +40,8 @@ from raystream._runtime.transport.channel import BATCH
 from raystream._runtime.plan.specs import SubtaskSpec
 from raystream._runtime.subtask.assembly import build_clock, build_operators
 from raystream._runtime.checkpointing.rescale import RestoredState, combine_writer_states
-from raystream._runtime.state.changelog import merge_parts
 from raystream._runtime.state.store import CheckpointStore
-from raystream._runtime.state.snapshot import PartRef, SinkState, SubtaskState
+from raystream._runtime.state.snapshot import SinkState, SubtaskState
 from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream.config import Guarantee, RuntimeConfig
@@ -52,6 +51,7 @@ from raystream.sinks import SinkContext
 
 from .columnar import AGG_SINK, Columns
 from .event_time import Lateness
+from .keyed_state import SimMerger, Sums, logical_state
 from .windowed import WIN_SINK, WINDOW_STEP, Windowing
 from .fake_pg import SimPgServer, SimPgSession
 from .world import Proc, Remote, World, blocking_for
@@ -121,24 +121,6 @@ class Trace:
     compactions: int = 0
 
 
-def logical_state(keyed: dict[str, dict[Any, Any]]) -> dict[str, Any]:
-    """What a restore must give back of full keyed state: the running sums exactly, and
-    each step's keys (their values may be Arrow, numpy or windows)."""
-    return {step: dict(table) if step == "sum" else set(table) for step, table in keyed.items()}
-
-
-class _Sums:
-    """The running sums as a keyed step's state: the keys a record touched since the last
-    snapshot are `changed` (I1), so incremental snapshots hold only those."""
-
-    step_id = "sum"
-    written = None
-    deletes = 0
-
-    def __init__(self, state: dict[int, int]):
-        self.state, self.changed = state, set()
-
-
 class SimSubtask:
     """One subtask of the chain: reads its partitions, sums, writes every sink, and takes
     part in the checkpoint protocol through the real SubtaskCheckpoints, as SubtaskActor
@@ -158,7 +140,7 @@ class SimSubtask:
         self.reader = SourceReader(Step("src", "source", (), source=source), mine, batch_size=4)
         self.reader.open(dict(state.source_offsets) if state else {}, restored=bool(state and state.source_restored),
                          all_partitions=[str(p) for p in present] if index == 0 else None)
-        self.sums = _Sums(dict(state.keyed.get("sum", {})) if state else {})
+        self.sums = Sums(dict(state.keyed.get("sum", {})) if state else {}, run.config.incremental)
         self.restored_from = state.checkpoint_id if state else 0
         self.chain_ops, self.clock = self._operators(state, mine, [str(p) for p in present])
         self.window_op = next((op for op in self.chain_ops if isinstance(op, TimedWindows)), None)
@@ -179,10 +161,13 @@ class SimSubtask:
             self.ops[step.step_id] = op = SinkOp(step, ctx)
             op.commit_all = functools.partial(self._landed, op.commit_all)  # type: ignore[method-assign]
             self.restored_txns[step.step_id] = state.sink_txns.get(step.step_id, []) if state else []
+        self.captures = 0  # snapshots captured so far (a slow merge spans some: keyed_state.py)
+        self.snapshot_suffix = CheckpointStore.snapshot_key(run.run_id, 0, attempt, run.outputs.chain(),
+                                                            index).rsplit("/", 1)[1]
         self.checkpoints = SubtaskCheckpoints(
             name=self.proc.name, store=run.store, run_id=run.run_id, attempt=attempt, chain=run.outputs.chain(),
             subtask=index, faults=Injector((), attempt=attempt), on_fatal=self._fatal, blocking=self.blocking,
-            config=run.config, merger=self._merge)
+            config=run.config, merger=SimMerger(self))
         if state is not None:  # I5, as SubtaskActor.setup: its own parts of this run go on
             own = state.parts is not None and state.parts[-1].key.startswith(f"{run.run_id}/")
             self.checkpoints.changelog.restored(state.parts if own else None)
@@ -350,8 +335,7 @@ class SimSubtask:
         rows = []
         swap = self.world.rng.random() < 0.2  # another column order now and then: another statement
         for record in ids:
-            total = self.sums.state[p] = self.sums.state.get(p, 0) + record
-            self.sums.changed.add(p)  # I1
+            total = self.sums.add(p, record)
             row = {"id": record, "p": p, "total": total, "run": self.run.run_id}
             rows.append(dict(reversed(row.items())) if swap else row)
         # An upsert sets the columns a record names: now and then one names fewer. The first
@@ -405,6 +389,7 @@ class SimSubtask:
     def _capture(self, checkpoint_id: int) -> SubtaskState:
         """C3, as SubtaskActor._capture takes it (the real operators' keyed state, meta and
         event times too)."""
+        self.captures += 1
         ops = [self.sums, *(op for op in self.chain_ops if isinstance(op, KeyedOp))]
         key = CheckpointStore.snapshot_key(self.run.run_id, checkpoint_id, self.attempt, self.run.outputs.chain(),
                                            self.index)
@@ -423,18 +408,6 @@ class SimSubtask:
                                          if isinstance(op, AssignTimeOp)},
                             step_meta={op.step_id: meta for op in self.chain_ops
                                        if isinstance(op, KeyedOp) and (meta := op.state_meta()) is not None})
-
-    async def _merge(self, root: str, parts: list[PartRef], key: str) -> PartRef:
-        """I4's Ray task: it reads the parts and writes the base as another process does,
-        so its write lands even if this subtask dies meanwhile (the answer then goes
-        nowhere); now and then it fails, and the parts wait for the next due part."""
-        draw = self.world.rng.random()
-        if draw < 0.1:
-            await self.world.sleep(self.world.delay(), self.proc)
-            raise OSError("the merge task's worker died")
-        if draw < 0.4:  # a slow one: checkpoints go on, and an upload may fail and reset the parts meanwhile
-            await self.world.sleep(self.world.rng.uniform(0.3, 2.0))
-        return await self.blocking(merge_parts, self.run.store.storage, parts, key)
 
     # --- C6 ----------------------------------------------------------------------------------
 

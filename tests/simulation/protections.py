@@ -27,6 +27,7 @@ from raystream.errors import CorruptCheckpointError, RestoreError, StagedDataMis
 from . import sim
 from .protections_batches import MUTANTS as BATCH_MUTANTS
 from .protections_files import MUTANTS as FILE_MUTANTS, patched
+from .protections_state import MUTANTS as STATE_MUTANTS
 
 
 # --- R5: a run with checkpoints of its own never goes back to its origin ----------------------
@@ -223,6 +224,7 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                          unsigned_restore_records_trusted),
     **FILE_MUTANTS,  # FileSink: rolled parts cut back, savepoint files, S3 tails, compaction
     **BATCH_MUTANTS,  # NaN in min and max across batches; idleness of source partitions
+    **STATE_MUTANTS,  # incremental keyed state: changes, parts, merges, retention (I1-I6)
 }
 
 

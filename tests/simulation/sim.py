@@ -29,7 +29,11 @@ a subtask builds them, their state in the same snapshots and restore merge:
   clock's fired rows delivered and the end of time sent when the input ends, as
   SubtaskActor does; 32 key groups, so the partitions spread over the subtasks (the
   first run at 2, each run continuing one rescaled) and their watermarks differ at a
-  kill, a stop or a rescale.
+  kill, a stop or a rescale;
+- incremental keyed state (keyed_state.py, half the schedules): snapshots of changes over
+  earlier parts through the real `StateChangelog` (I1-I6), thresholds small enough that
+  full rewrites, merges and the turnover rule all come up, merges that fail or span
+  the next captures while an upload fails, and restores that read the parts.
 
 Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
 time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
@@ -65,6 +69,8 @@ subtask goes idle before the watermark of its partitions that went quiet last. W
 per line, each (key, window) has one first result then updates of strictly growing
 counts (a window that fired never fires again with what it had), and a finished line's
 last row of each is the count and sum of its records less those committed as late.
+Keyed state: each snapshot of a manifest, read whole through its parts, holds the keyed
+state its capture held, when the manifest lands and when a restore reads it.
 """
 from __future__ import annotations
 

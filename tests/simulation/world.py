@@ -132,6 +132,7 @@ class SimStorage(Storage):
         self.published: list[bytes] = []  # every manifest that ever landed (retention can free an id)
         self.fail_rate = 0.0  # how often a snapshot upload fails (the subtask declines the checkpoint)
         self.outage = (0.0, 0.0)  # while the clock is in it, every snapshot upload fails
+        self.fail_next: set[str] = set()  # the next snapshot upload whose key ends so fails (keyed_state.py)
         # a manifest write whose writer dies with it in flight: it lands just after the next
         # attempt of its run claims, maybe after that attempt listed the manifests (B5)
         self.in_flight: Callable[[str], bool] | None = None
@@ -141,6 +142,10 @@ class SimStorage(Storage):
         if "/snapshots/" in key and (self.outage[0] <= self.world.now < self.outage[1]
                                      or self.fail_rate and self.world.rng.random() < self.fail_rate):
             raise OSError(f"injected: the upload of {key} failed")
+        suffix = key.rsplit("/", 1)[-1]
+        if "/snapshots/" in key and suffix in self.fail_next:
+            self.fail_next.discard(suffix)
+            raise OSError(f"injected: the upload of {key} failed while its subtask's state merged")
         self.objects[key] = data
 
     def put_if_absent(self, key: str, data: bytes, before_publish: Callable[[], None] | None = None) -> bool:

@@ -181,6 +181,39 @@ def test_parts_over_the_size_threshold_are_merged_in_the_background(tmp_path):
     assert h.restore(8) == {"sum": op.state}
 
 
+def test_a_merge_that_ends_after_its_parts_were_replaced_is_dropped(tmp_path):
+    """I4: a merge still running when an upload fails must not become the base: the
+    failed snapshot's changes are in no part, so the next snapshot is full."""
+    h = Harness(tmp_path, rs.CheckpointConfig(base_every=1, compact_above=0), fail_uploads={3})
+    op = FakeOp("sum", state={-k: k for k in range(1, 1000)})  # keys that do not change: the parts hold changes
+    release = asyncio.Event()
+
+    async def held(root, parts, key):
+        await release.wait()
+        return merge_parts(h.store.storage, parts, key)
+
+    h.part.merger = held
+
+    async def run():
+        await h.checkpoint(1, [op])
+        op.put(1, 1)
+        await h.checkpoint(2, [op])  # due: the merge of parts 1-2 starts and waits
+        assert h.part.changelog.merging
+        op.put(2, 2)
+        await h.checkpoint(3, [op])  # over parts 1-2; its upload fails
+        release.set()
+        while h.part.changelog.merging:
+            await asyncio.sleep(0)
+        op.put(3, 3)
+        await h.checkpoint(4, [op])
+
+    asyncio.run(run())
+    assert [error is None for _, _, error in h.acks] == [True, True, False, True]
+    newest = h.store.load_manifest(RUN, 4).snapshots[0]
+    assert newest.parts == ()  # full: nothing it could build on holds checkpoint 3's changes
+    assert h.restore(4) == {"sum": op.state}
+
+
 def test_a_damaged_part_is_refused_by_its_checksum(tmp_path):
     h = Harness(tmp_path, rs.CheckpointConfig(compact_above=1 << 30))
     op = FakeOp("sum")
