@@ -24,7 +24,8 @@ from raystream.config import CheckpointConfig
 from raystream.errors import CorruptCheckpointError, RestoreError, StaleAttemptError, StagedDataMissingError
 from raystream.result import CheckpointStats
 
-from .job import JOB, Outputs, SimSubtask, Trace
+from .job import JOB, Outputs, SimSubtask
+from .trace import Trace
 from .keyed_state import logical_state
 from .source import SimSource
 from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for

@@ -17,6 +17,8 @@ PostgresSink's protocol depends on, behind the methods of `PgSession`, so the re
   and a dead client cannot write or COMMIT any more: only a single statement it sent
   before it died can still land (COMMIT PREPARED, ROLLBACK PREPARED), as the simulation's
   late calls do.
+
+`SimPostgresSink` is the real PostgresSink with writers that talk to this server.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raystream.connectors.postgres.session import LockTimeout, PreparedLimit
+from raystream.connectors.postgres.sink import PostgresSink
+from raystream.connectors.postgres.writer import PostgresWriter
+from raystream.sinks import SinkContext
 from raystream.errors import SinkError
 
 
@@ -175,3 +180,16 @@ class SimPgSession:
         if self._txn is not None:
             self.server.end(self._txn, commit=False)
             self._txn = None
+
+
+class SimPostgresSink(PostgresSink):
+    """PostgresSink whose writers talk to the simulated server, each through the process
+    of the subtask that builds it (`procs`)."""
+
+    def __init__(self, server: SimPgServer, procs: dict, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.server, self.procs = server, procs
+
+    def build_writer(self, context: SinkContext) -> PostgresWriter:
+        proc = self.procs[(context.run_id, context.subtask, context.attempt)]
+        return PostgresWriter(self, context, session=lambda sink, name: SimPgSession(self.server, sink, name, proc))

@@ -39,7 +39,7 @@ from raystream.errors import CorruptCheckpointError
 from raystream.sinks import read_files, read_table
 
 from .control import SimRun
-from .job import record_ids
+from .source import record_ids
 from .world import SimFailure
 
 

@@ -46,14 +46,13 @@ from raystream._runtime.subtask.source_reader import SourceReader
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream.config import Guarantee, RuntimeConfig
 from raystream.graph import Step, StepKind
-from raystream.connectors.postgres.sink import PostgresSink
 from raystream.sinks import SinkContext
 
 from .columnar import AGG_SINK, Columns
 from .event_time import Lateness
 from .keyed_state import SimMerger, Sums, logical_state
 from .windowed import WIN_SINK, WINDOW_STEP, Windowing
-from .fake_pg import SimPgServer, SimPgSession
+from .fake_pg import SimPgServer
 from .world import Proc, Remote, World, blocking_for
 
 MAX_PARALLELISM = 128
@@ -62,23 +61,6 @@ JOB = "sim"
 
 def owner(partition: int, parallelism: int, max_parallelism: int = MAX_PARALLELISM) -> int:
     return subtask_of_group(key_group(partition, max_parallelism), parallelism, max_parallelism)
-
-
-def record_ids(partition: int, partitions: int, records: int) -> list[int]:
-    return [partition + k * partitions for k in range(records)]
-
-
-class SimPostgresSink(PostgresSink):
-    """PostgresSink whose writers talk to the simulated server, each through the process
-    of the subtask that builds it (`procs`)."""
-
-    def __init__(self, server: SimPgServer, procs: dict, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.server, self.procs = server, procs
-
-    def build_writer(self, context: SinkContext) -> PostgresWriter:
-        proc = self.procs[(context.run_id, context.subtask, context.attempt)]
-        return PostgresWriter(self, context, session=lambda sink, name: SimPgSession(self.server, sink, name, proc))
 
 
 @dataclass
@@ -99,26 +81,6 @@ class Outputs:
 
     def chain(self) -> str:
         return "+".join(s.step_id for s in self.steps())
-
-
-@dataclass
-class Trace:
-    """What happened, for the invariants and for the replay log."""
-
-    commits: list[tuple[str, int, int]] = field(default_factory=list)  # (run, attempt, checkpoint) committed for
-    late: list[str] = field(default_factory=list)  # records behind a watermark that should not have passed them
-    idle: list[str] = field(default_factory=list)  # IDLE sent before the watermark the records had made
-    held: list[str] = field(default_factory=list)  # barriers that waited for a round, not the batch (C1)
-    missing_staged: list[str] = field(default_factory=list)
-    sink_errors: list[str] = field(default_factory=list)
-    refused: list[tuple[str, int]] = field(default_factory=list)
-    rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's origin past its own
-    captured: dict[str, dict[str, Any]] = field(default_factory=dict)  # snapshot key -> the keyed state it captured
-    state_mismatches: list[str] = field(default_factory=list)  # restores that read other state than was captured
-    coordinators: int = 0
-    attempts: int = 0
-    crashes: int = 0
-    compactions: int = 0
 
 
 class SimSubtask:

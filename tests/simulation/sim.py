@@ -99,7 +99,6 @@ from raystream.connectors.postgres.sink import PostgresSink, prepared_at_once
 from raystream.sinks import FileSink
 
 from .control import SimRun, watch_restore_choices
-from .fake_pg import SimPgServer
 from .fake_s3 import FakeS3Client
 from .faults import Faults
 from .forks import Forks
@@ -107,7 +106,9 @@ from .invariants import Invariants
 from .columnar import AGG_SINK, Columns, check_aggregates, operator_steps
 from .event_time import Timing
 from .windowed import WIN_SINK, Windowing, check_windows
-from .job import JOB, MAX_PARALLELISM, Outputs, SimPostgresSink, Trace
+from .fake_pg import SimPgServer, SimPostgresSink
+from .job import JOB, MAX_PARALLELISM, Outputs
+from .trace import Trace
 from .source import SimSource
 from .world import SimFailure, SimStorage, World
 

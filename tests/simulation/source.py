@@ -70,3 +70,7 @@ class _Ids(SourcePartition):
 
     def snapshot(self) -> int:
         return self.offset
+
+
+def record_ids(partition: int, partitions: int, records: int) -> list[int]:
+    return [partition + k * partitions for k in range(records)]
