@@ -9,7 +9,7 @@ some with Arrow batches cut anywhere through the columnar aggregate or an event-
 window restored and rescaled, some with event time and idle or slow source partitions;
 then it checks the invariants on committed output. A failure prints its seed; replay it
 with RAYSTREAM_SIM_SEED=<seed>. The default run takes the first 120 schedules, the
-extended run the next 720, and `pytest -m simulation_deep` many more
+extended run the next 1,080, and `pytest -m simulation_deep` many more
 (RAYSTREAM_SIM_DEEP, default 20,000).
 """
 import collections
@@ -22,7 +22,7 @@ import pytest
 from .sim import SimFailure, run_schedule
 
 CI_SCHEDULES = 120  # the default suite's budget: 15 minutes on 2 cores
-EXTENDED_SCHEDULES = 840  # seeds CI_SCHEDULES up to this one run with `pytest -m extended` (60 minutes in all)
+EXTENDED_SCHEDULES = 1_200  # seeds CI_SCHEDULES up to this one run with `pytest -m extended` (60 minutes in all)
 WORKERS = min(2, os.cpu_count() or 1)  # the schedules run in parallel: nothing else runs meanwhile
 MUTANT_SEARCH = 2_000  # a mutant must fail one of the first this many schedules (test_protections.py)
 
