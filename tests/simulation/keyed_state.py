@@ -6,7 +6,7 @@ The merge is where incremental state can go wrong without any output showing it 
 once: a merge that ends after its parts were replaced must be dropped (I4). Such a merge
 needs a slow merge and a failed upload at the same time, which random faults almost
 never give, so the merger makes them meet: a slow merge waits for its subtask's next
-captures, and may fail the first one's upload.
+captures and fails the first upload meanwhile.
 """
 from __future__ import annotations
 
