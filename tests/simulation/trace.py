@@ -18,7 +18,7 @@ class Trace:
     refused: list[tuple[str, int]] = field(default_factory=list)
     rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's origin past its own
     captured: dict[str, dict[str, Any]] = field(default_factory=dict)  # snapshot key -> the keyed state it captured
-    state_mismatches: list[str] = field(default_factory=list)  # restores that read other state than was captured
+    state_mismatches: list[str] = field(default_factory=list)  # snapshots that read back other state than captured
     coordinators: int = 0
     attempts: int = 0
     crashes: int = 0
