@@ -55,7 +55,8 @@ class CheckpointConfig:
         interval: seconds between the starts of two checkpoints.
         storage: `file:///dir`, a plain directory path, or `s3://bucket/prefix`; None
             means `./raystream-checkpoints/<job name>` under the working directory.
-        retain: complete checkpoints kept; older ones are deleted.
+        retain: complete checkpoints kept, counting only those a restore could choose
+            (not void, not refused); older ones are deleted.
         timeout: seconds a checkpoint may take before it is aborted.
         min_pause: minimum seconds between the end of one checkpoint and the next start.
         tolerable_failures: consecutive failed checkpoints tolerated before the job fails.

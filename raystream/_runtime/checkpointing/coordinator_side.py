@@ -204,7 +204,7 @@ class Checkpointer:
         for old in [i for i in self.refs if i <= n - self.config.retain]:
             del self.refs[old]
         try:  # C7
-            await self.blocking(self.store.retain, self.run_id, self.config.retain)
+            await self.blocking(self.store.retain, self.run_id, self.config.retain, self.attempt)
         except Exception as exc:  # cleanup can wait for the next checkpoint
             logger.warning("checkpoint retention failed: %s", exc)
 

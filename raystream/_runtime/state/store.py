@@ -172,26 +172,49 @@ class CheckpointStore(Fence):
 
     # --- retention ----------------------------------------------------------------------
 
-    def retain(self, run_id: str, keep: int) -> None:
-        """Delete all but the newest `keep` manifests of the run, and every snapshot and
-        merged base older than the oldest kept manifest (complete or aborted) that no
-        kept snapshot builds on (changelog.py, I6). The caller is the current attempt,
-        whose newest manifest is the newest of all."""
+    def retain(self, run_id: str, keep: int, attempt: int | None = None) -> None:
+        """C7, I6: keep the newest `keep` checkpoints of the run that a restore could choose
+        (neither void nor refused) and every part their snapshots build on (changelog.py);
+        delete the manifests older than the oldest of them, and every snapshot and merged
+        base older than it (complete or aborted) that no kept snapshot names. A void or
+        refused manifest newer than that stays until the window passes it: the newest
+        manifest keeps the run's ids from being used again.
+
+        `attempt`: the caller's. Retention runs only while it is the newest attempt of the
+        run, read after the caller's manifest landed: a coordinator replaced while that
+        manifest was in flight (its node cut off) must not delete what the new attempt
+        restored, and any attempt that chose without seeing that manifest claimed its
+        number before it looked (F1, R3), so the read sees it. None: the caller runs no
+        attempt (a test, a tool)."""
+        if attempt is not None and not self.is_current(run_id, attempt):
+            logger.info("retention skipped: attempt %d of run %s was replaced", attempt, run_id)
+            return
         ids = self.manifest_ids(run_id)
         if len(ids) <= keep:
             return
+        refused = self.refused(run_id)  # never restored: it needs nothing (a planted one must not stop retention)
+        points = self.restore_points(run_id)
+        kept: list[int] = []
         needed: set[str] = set()
-        refused = self.refused(run_id)
-        for checkpoint_id in ids[-keep:]:
-            if checkpoint_id in refused:  # never restored: it needs nothing (a planted one must not stop retention)
+        for checkpoint_id in reversed(ids):
+            if checkpoint_id in refused:
                 continue
             try:
-                needed.update(p for s in self.load_manifest(run_id, checkpoint_id).snapshots for p in s.parts)
+                manifest = self.load_manifest(run_id, checkpoint_id)
             except (CorruptCheckpointError, CheckpointKeyError, FileNotFoundError) as exc:
                 logger.warning("retention skipped: manifest %d unreadable (%s)", checkpoint_id, exc)
-                return  # cannot tell which parts it needs: delete nothing
-        floor = min([ids[-keep]] + [part_checkpoint(k) for k in needed])
-        doomed = [self.manifest_key(run_id, i) for i in ids[:-keep]]
+                return  # cannot tell whether it counts, nor which parts it needs: delete nothing
+            if self.is_void(manifest, points):
+                continue
+            kept.append(checkpoint_id)
+            needed.update(p for s in manifest.snapshots for p in s.parts)
+            if len(kept) == keep:
+                break
+        if not kept:
+            return  # no checkpoint a restore could choose: nothing to count from
+        oldest = kept[-1]
+        floor = min([oldest] + [part_checkpoint(k) for k in needed])
+        doomed = [self.manifest_key(run_id, i) for i in ids if i < oldest]
         for key in self.storage.list(f"{run_id}/snapshots/") + self.storage.list(f"{run_id}/state/"):
             try:
                 old = part_checkpoint(key) < floor and key not in needed

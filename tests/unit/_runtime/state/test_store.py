@@ -184,3 +184,60 @@ def test_s3_reads_a_conflicting_object_back_no_further_than_what_it_wrote(s3_buc
     assert not storage.put_if_absent("run/manifests/000000000001.json", b"a manifest")
     assert read == [len(b"a manifest")]
     assert len(real_get(storage, "run/manifests/000000000001.json", limit=10)) == 11
+
+
+def land(store: CheckpointStore, n: int, attempt: int, parts: tuple[str, ...] = ()) -> None:
+    """Checkpoint n of run r, written by `attempt`, its one snapshot stored."""
+    key = CheckpointStore.snapshot_key("r", n, attempt, "c", 0)
+    store.storage.put(key, b"s")
+    assert store.commit(Manifest("j", "r", n, attempt, "exactly_once", 0.0, {"c": 1},
+                                 [SnapshotMeta("c", 0, key, "0" * 64, 1, parts=parts)]))
+
+
+def test_a_replaced_coordinator_deletes_nothing_the_new_attempt_restored(tmp_path):
+    """C7: attempt 1's manifest 7 lands after attempt 2 restored 6 (its coordinator was cut
+    off); its retention, even with retain=1, must not delete 6 or what 6 builds on."""
+    store = CheckpointStore(str(tmp_path / "j"))
+    assert store.claim_attempt("r") == 1
+    store.record_restore("r", 1, 0)
+    base = "r/state/c-0000/000000000004-000001.base"
+    store.storage.put(base, b"b")
+    for n in range(1, 7):
+        land(store, n, 1, parts=(base,) if n > 4 else ())
+        store.retain("r", 1, attempt=1)
+    assert store.claim_attempt("r") == 2
+    store.record_restore("r", 2, 6)
+    land(store, 7, 1, parts=(base,))
+    store.retain("r", 1, attempt=1)  # the replaced coordinator, as Checkpointer._complete runs it
+    assert store.manifest_ids("r") == [6, 7]
+    assert store.storage.list("r/state/") == [base]
+    land(store, 8, 2, parts=(base, CheckpointStore.snapshot_key("r", 6, 1, "c", 0)))
+    store.retain("r", 1, attempt=2)  # the current attempt: 8 is kept with what it builds on, 7 is void
+    assert store.manifest_ids("r") == [8]
+    kept = {CheckpointStore.snapshot_key("r", 6, 1, "c", 0), CheckpointStore.snapshot_key("r", 8, 2, "c", 0)}
+    assert kept <= set(store.storage.list("r/snapshots/")) and store.storage.list("r/state/") == [base]
+
+
+def test_retention_counts_only_checkpoints_a_restore_could_choose(tmp_path):
+    """A void or refused manifest takes none of the `retain` places: with retain=2 the two
+    newest checkpoints that count stay (6 and 8), the void 7 between them too, until
+    the window passes it."""
+    store = CheckpointStore(str(tmp_path / "j"))
+    store.claim_attempt("r")
+    store.record_restore("r", 1, 0)
+    for n in range(1, 8):
+        land(store, n, 1)
+    store.claim_attempt("r")
+    store.record_restore("r", 2, 6)  # 7 is void from here on
+    land(store, 8, 2)
+    store.retain("r", 2, attempt=2)
+    assert store.manifest_ids("r") == [6, 7, 8]
+    land(store, 9, 2)
+    store.refuse("r", 9, "damaged")
+    store.retain("r", 2, attempt=2)
+    assert store.manifest_ids("r") == [6, 7, 8, 9]  # 9 counts for nothing: 6 and 8 stay
+    land(store, 10, 2)
+    store.retain("r", 2, attempt=2)
+    assert store.manifest_ids("r") == [8, 9, 10]
+    assert [k.split("/")[2] for k in store.storage.list("r/snapshots/")] == ["000000000008", "000000000009",
+                                                                            "000000000010"]
