@@ -71,9 +71,9 @@ def retention_forgets_parts() -> Iterator[None]:
 
     real_retain = CheckpointStore.retain
 
-    def retain(self, run_id, keep):
+    def retain(self, run_id, keep, attempt=None):
         with patched(CheckpointStore, "load_manifest", load_manifest):
-            real_retain(self, run_id, keep)
+            real_retain(self, run_id, keep, attempt)
 
     with patched(CheckpointStore, "retain", retain):
         yield
