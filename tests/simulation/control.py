@@ -101,6 +101,10 @@ class SimCoordinator:
         self.run, self.world, self.options = run, run.world, options
         self.proc = Proc(f"{run.run_id}:coordinator{run.trace.coordinators}")
         self.blocking = blocking_for(self.world, self.proc)
+        # The Checkpointer's storage calls: in a coordinator cut off from the cluster they go
+        # on after Ray reported it dead and the driver replaced it (faults.py, `cut_off`).
+        self.io = Proc(f"{self.proc.name}:io")
+        self.io_blocking = blocking_for(self.world, self.io, hold=lambda fn: run.scenario.cut_off(self, fn))
         self.attempt = 0
         self.subtasks: list[SimSubtask] = []
         self.checkpointer: Checkpointer | None = None
@@ -126,6 +130,11 @@ class SimCoordinator:
                 s.stop_source.remote()
 
     def kill(self) -> None:
+        self.io.alive = False
+        self.cut_off()
+
+    def cut_off(self) -> None:
+        """Ray reports this coordinator dead; its Checkpointer's storage calls go on (`io`)."""
         self.proc.alive = False
         for s in self.subtasks:  # Ray ends actors with their owner
             s.kill()
@@ -181,7 +190,7 @@ class SimCoordinator:
                 faults=Injector((), attempt=self.attempt, coordinator=True),
                 max_parallelism=run.scenario.max_parallelism,
                 state_steps=[s.step_id for s in run.outputs.steps()], clock=lambda: self.world.now,
-                blocking=self.blocking, first_after=0.1 if self.attempt > 1 else None)  # C1, as after a failure
+                blocking=self.io_blocking, first_after=0.1 if self.attempt > 1 else None)  # C1, as after a failure
             self.checkpointer.start_snapshot_calls()
             for s in self.subtasks:
                 s.start()
@@ -271,7 +280,10 @@ def watch_restore_choices(trace: Trace) -> Any:
                 continue
             if not store.is_void(m, points):
                 own.append(checkpoint_id)
-        chosen = real(store, run_id, refused, **kwargs)
+        try:
+            chosen = real(store, run_id, refused, **kwargs)
+        finally:
+            trace.choices[run_id] = trace.choices.get(run_id, 0) + 1
         if chosen is not None and chosen.run_id != run_id and own:
             trace.rewinds.append(f"run {run_id} restored its origin {chosen.run_id}/{chosen.checkpoint_id} "
                                  f"although it has checkpoints of its own that count: {own}")

@@ -9,7 +9,9 @@ compaction runs and the run restores that checkpoint, which commits those files 
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import random
+from typing import Any, Awaitable
 
 from raystream.connectors.files import compaction
 
@@ -29,6 +31,52 @@ class Faults:
     _outage_landed: bool  # a manifest landed after the outage
     _after_outage: tuple[str, int] | None  # that manifest's run and checkpoint id, until compacted
     _calm_over: bool
+    cut_offs: random.Random | None  # coordinators cut off from the cluster with a manifest write on its way
+
+    def draw_cut_offs(self, seed: int) -> None:
+        """A quarter of the schedules cut coordinators off as they write a manifest (`cut_off`),
+        and keep one or two checkpoints (`retain`): a replaced coordinator's retention is then
+        all that stands between the new attempt and the checkpoint it restored (C7). Draws of
+        their own: the other schedules stay what they were."""
+        draws = random.Random(seed ^ 0xC07)
+        self.cut_offs = draws if draws.random() < 0.25 else None
+        if self.cut_offs is not None:
+            self.config = dataclasses.replace(self.config, retain=draws.choice([1, 1, 2]))
+
+    def cut_off(self, coord: Any, fn: Any) -> Awaitable[None] | None:
+        """A coordinator cut off from the cluster (a partitioned node) as its manifest write
+        (C5) goes out: Ray reports it dead, the driver starts another and its subtasks die
+        with it, but its process goes on. The write lands once the next attempt has
+        claimed, or more often once it has recorded its restore (R3), and the coordinator
+        carries on as `Checkpointer._complete` does: C6 reaches no one, then C7."""
+        draws, run = self.cut_offs, coord.run
+        if draws is None or getattr(fn, "__name__", "") != "commit" or getattr(fn, "__self__", None) is not self.store:
+            return None
+        if not coord.proc.alive or run.coordinator is not coord or run.outcome or self.trace.crashes >= 4 \
+                or (self.calm and not self._calm_over) or draws.random() >= 0.4:
+            return None
+        self.trace.crashes += 1
+        after = draws.choice(["restore", "restore", "choice"])
+        run.log(f"{coord.proc.name} is cut off with a manifest write on its way; it lands after the next "
+                f"attempt's {after}")
+        coord.cut_off()
+        run.coordinator_died()
+        return self._after_newer(run.run_id, coord.attempt, after, coord.io)
+
+    async def _after_newer(self, run_id: str, attempt: int, after: str, io: Any) -> None:
+        """Until an attempt of the run newer than `attempt` has recorded its restore (read
+        from the storage), or has chosen what to restore (before it records: then the
+        manifest is not among what it chose from, and retention may read the restore
+        records before that attempt writes its own)."""
+        choices, deadline = self.trace.choices.get(run_id, 0), self.world.now + 20.0
+        while self.world.now < deadline:
+            if after == "choice" and self.trace.choices.get(run_id, 0) > choices:
+                return
+            claimed = {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/attempts/")}
+            found = {int(k.rsplit("/", 1)[1]) for k in self.storage.list(f"{run_id}/restores/")} & claimed
+            if after == "restore" and any(n > attempt for n in found):
+                return
+            await self.world.sleep(0.01, io)
 
     def _maybe_crash_after_manifest(self, key: str) -> None:
         """Bias toward the rare schedules: a crash right after a durable manifest write.

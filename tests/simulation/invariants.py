@@ -55,6 +55,7 @@ class Invariants:
                             ("a run went back to its origin", t.rewinds),
                             ("a snapshot read back through its parts held other keyed state than it captured (I5)",
                              t.state_mismatches),
+                            ("retention deleted what a checkpoint that counts needs (C7, I6)", t.retention),
                             ("a record came behind the watermark (event time)", t.late),
                             ("a subtask went idle before sending its records' watermark", t.idle),
                             ("a source held a barrier past its current batch (C1)", t.held),

@@ -79,10 +79,42 @@ def retention_forgets_parts() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def retention_by_a_replaced_coordinator() -> Iterator[None]:
+    """C7: a coordinator runs retention after its attempt was replaced (it counts its own
+    late manifest, void, and deletes what the new attempt restored)."""
+    real = CheckpointStore.retain
+
+    def retain(self, run_id, keep, attempt=None):
+        real(self, run_id, keep)
+
+    with patched(CheckpointStore, "retain", retain):
+        yield
+
+
+@contextlib.contextmanager
+def retention_counts_void_manifests() -> Iterator[None]:
+    """C7: retention counts void manifests among the kept ones (it reads no restore record)."""
+    real = CheckpointStore.retain
+
+    def retain(self, run_id, keep, attempt=None):
+        self.restore_points = lambda run_id: {}
+        try:
+            real(self, run_id, keep, attempt)
+        finally:
+            del self.restore_points
+
+    with patched(CheckpointStore, "retain", retain):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "changes_left_out": ("I2: an incremental snapshot leaves out a step's changed keys", changes_left_out),
     "parts_applied_newest_first": ("I5: a restore applies the parts newest first", parts_applied_newest_first),
     "late_merge_replaces_parts": ("I4: a merge that finished after its parts were replaced is taken",
                                   late_merge_replaces_parts),
     "retention_forgets_parts": ("I6: retention deletes parts that kept snapshots build on", retention_forgets_parts),
+    "retention_by_a_replaced_coordinator": ("C7: a replaced coordinator's retention deletes what the new attempt "
+                                            "restored", retention_by_a_replaced_coordinator),
+    "retention_counts_void_manifests": ("C7: void manifests take retain places", retention_counts_void_manifests),
 }

@@ -37,7 +37,10 @@ a subtask builds them, their state in the same snapshots and restore merge:
 
 Only the edges are simulated (world.py, fake_s3.py, fake_pg.py), all decided by one seed:
 time, checkpoint storage (latency, lost responses, failed snapshot uploads), messages,
-process deaths (often right after a manifest lands or while stopping), a storage outage
+process deaths (often right after a manifest lands or while stopping), coordinators cut
+off from the cluster as their manifest goes out (replaced, they go on: the manifest lands
+late, then their retention runs; a quarter of the schedules, keeping one or two
+checkpoints), a storage outage
 that aborts checkpoints in a row, a damaged snapshot (sometimes every retained one), S3,
 and a PostgreSQL server with prepared transactions, row locks, a prepared-transaction
 limit and a commit log it truncates. faults.py decides when; a calm schedule holds every
@@ -70,7 +73,9 @@ per line, each (key, window) has one first result then updates of strictly growi
 counts (a window that fired never fires again with what it had), and a finished line's
 last row of each is the count and sum of its records less those committed as late.
 Keyed state: each snapshot of a manifest, read whole through its parts, holds the keyed
-state its capture held, when the manifest lands and when a restore reads it.
+state its capture held, when the manifest lands and when a restore reads it. Retention
+(retention.py): after each by a current coordinator, the newest checkpoints that count are
+there with every part they name.
 """
 from __future__ import annotations
 
@@ -99,6 +104,7 @@ from raystream.connectors.postgres.sink import PostgresSink, prepared_at_once
 from raystream.sinks import FileSink
 
 from .control import SimRun, watch_restore_choices
+from .retention import watch_retention
 from .fake_s3 import FakeS3Client
 from .faults import Faults
 from .forks import Forks
@@ -157,6 +163,7 @@ class Scenario(Faults, Forks):
         state = random.Random(seed ^ 0x57A7E)
         self.config = dataclasses.replace(self.config, incremental=state.random() < 0.5,
                                           base_every=state.randint(1, 4), compact_above=state.choice([0, 300, 3000]))
+        self.draw_cut_offs(seed)  # replaced coordinators that go on (faults.py)
         if rolling.random() < 0.4:  # Parquet rolled as FileSink does by default (segments, merged at a roll)
             self.kinds.append("parquet_rolled")
         self.roll_interval = rolling.choice([None, 0.15, 0.5])  # simulated seconds; None: by size only
@@ -418,11 +425,13 @@ def play_schedule(scenario: Scenario) -> Scenario:
     seed = scenario.seed
     loop = scenario.world.new_loop()
     saved = (recovery.choose_checkpoint, _part_files.PART_SIZE, getattr(_files._clients, "s3", None),
-             compaction._checkpoint_store, uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time)
+             compaction._checkpoint_store, uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time,
+             CheckpointStore.retain)
     _rolling_writer._clock = lambda: scenario.world.now  # roll_interval on the simulated clock
     # idleness and the watermark interval on the simulated clock
     _watermarks.time = _chain_clock.time = types.SimpleNamespace(monotonic=lambda: scenario.world.now)
     recovery.choose_checkpoint = watch_restore_choices(scenario.trace)
+    CheckpointStore.retain = watch_retention(scenario)  # C7's oracle
     uuid.uuid4 = _seeded_uuid4(random.Random(seed), saved[4])
     _part_files.PART_SIZE = 40  # tiny S3 parts: uploads of several parts, and tails
     _files._clients.s3 = scenario.s3
@@ -438,7 +447,7 @@ def play_schedule(scenario: Scenario) -> Scenario:
                          + "\n".join(scenario.world.log[-80:])) from None
     finally:
         (recovery.choose_checkpoint, _part_files.PART_SIZE, _files._clients.s3, compaction._checkpoint_store,
-         uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time) = saved
+         uuid.uuid4, _rolling_writer._clock, _watermarks.time, _chain_clock.time, CheckpointStore.retain) = saved
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))

@@ -19,6 +19,8 @@ class Trace:
     rewinds: list[str] = field(default_factory=list)  # restores that went back to a run's origin past its own
     captured: dict[str, dict[str, Any]] = field(default_factory=dict)  # snapshot key -> the keyed state it captured
     state_mismatches: list[str] = field(default_factory=list)  # snapshots that read back other state than captured
+    retention: list[str] = field(default_factory=list)  # checkpoints that count, deleted by a current retention (C7)
+    choices: dict[str, int] = field(default_factory=dict)  # run -> restore choices made (R3)
     coordinators: int = 0
     attempts: int = 0
     crashes: int = 0

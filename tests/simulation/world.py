@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from raystream._storage import Storage
 
@@ -192,12 +192,17 @@ class SimStorage(Storage):
         return f"sim://{key}"
 
 
-def blocking_for(world: World, owner: Proc) -> Callable[..., Any]:
+def blocking_for(world: World, owner: Proc,
+                 hold: Callable[[Callable[..., Any]], Awaitable[None] | None] | None = None) -> Callable[..., Any]:
     """Storage I/O of `owner`: the call lands after one delay and answers after another.
-    A write of a process that died meanwhile still lands; its answer goes nowhere."""
+    A write of a process that died meanwhile still lands; its answer goes nowhere.
+    `hold(fn)`: what the call waits for on its way, if anything (faults.py, `cut_off`)."""
 
     async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
         await world.sleep(world.delay())
+        held = hold(fn) if hold is not None else None
+        if held is not None:
+            await held
         try:
             result, error = fn(*args), None
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below

@@ -86,6 +86,14 @@ def choose_checkpoint(store: CheckpointStore, run_id: str, refused: set[int], *,
             "checkpoint the run started from, would repeat output that is already committed. See why with "
             f"`raystream checkpoints ls`, or start a new run without resume")
     origin = store.origin(run_id)
+    gone = {attempt: point for attempt, point in points.items()
+            if 0 < point < MAX_CHECKPOINT_ID and (origin is None or point != origin.checkpoint_id)}
+    if gone:  # a checkpoint of its own was restored, so its output is committed: never start before it
+        attempt, point = max(gone.items())
+        raise RestoreError(
+            f"checkpoint {point} of run {run_id}, which its attempt {attempt} restored, is gone, and no checkpoint of "
+            "the run that counts is left; starting over, or from the checkpoint the run started from, would repeat "
+            "output that is already committed. Start a new run without resume")
     if origin is not None:
         if origin.checkpoint_id in refused:
             raise RestoreError(

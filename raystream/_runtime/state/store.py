@@ -181,19 +181,25 @@ class CheckpointStore(Fence):
         manifest keeps the run's ids from being used again.
 
         `attempt`: the caller's. Retention runs only while it is the newest attempt of the
-        run, read after the caller's manifest landed: a coordinator replaced while that
-        manifest was in flight (its node cut off) must not delete what the new attempt
-        restored, and any attempt that chose without seeing that manifest claimed its
-        number before it looked (F1, R3), so the read sees it. None: the caller runs no
-        attempt (a test, a tool)."""
+        run, read after the caller's manifest landed and after the manifests are listed: a
+        coordinator replaced while its manifest was in flight (its node cut off) must not
+        delete what the new attempt restored. Any attempt that chose without seeing that
+        manifest claimed its number before it looked (F1, R3), so the read sees it; and an
+        attempt that claims after the read lists every manifest listed here, so it chooses
+        none older than what is kept (a manifest that lands meanwhile is not counted here).
+        None: the caller runs no attempt (a test, a tool)."""
+        ids = self.manifest_ids(run_id)
         if attempt is not None and not self.is_current(run_id, attempt):
             logger.info("retention skipped: attempt %d of run %s was replaced", attempt, run_id)
             return
-        ids = self.manifest_ids(run_id)
         if len(ids) <= keep:
             return
         refused = self.refused(run_id)  # never restored: it needs nothing (a planted one must not stop retention)
-        points = self.restore_points(run_id)
+        try:
+            points = self.restore_points(run_id)
+        except RestoreError as exc:  # the next restore stops on it; until then the tree stays bounded
+            logger.error("retention counts void manifests too: %s", exc)
+            points = {}
         kept: list[int] = []
         needed: set[str] = set()
         for checkpoint_id in reversed(ids):

@@ -175,3 +175,18 @@ def test_an_origin_deleted_by_its_runs_retention_is_named_not_a_raw_file_error(t
     store.storage.delete([store.manifest_key("run", 5)])  # the running job's retention took it
     with pytest.raises(RestoreError, match=r"checkpoint 5 of run run, which run new started from, is gone"):
         choose_checkpoint(store, "new", set(), max_parallelism=128, keyed=True)
+
+
+def test_a_run_whose_restored_checkpoint_is_gone_fails_instead_of_starting_over(tmp_path):
+    """R5: an attempt restored checkpoint 6, so its output is committed; when 6 is gone and
+    nothing of the run counts (only a void 7 is left), starting from nothing would write
+    it again."""
+    from raystream._runtime.checkpointing.recovery import choose_checkpoint
+
+    store = stored(tmp_path, [])
+    store.record_restore("run", 1, 0)
+    store.claim_attempt("run")
+    store.record_restore("run", 2, 6)  # 6 was deleted after this (by a raystream before 0.7.3, say)
+    own_checkpoint(store, "run", 7, attempt=1)  # attempt 1's late manifest: void
+    with pytest.raises(RestoreError, match="checkpoint 6 of run run, which its attempt 2 restored, is gone"):
+        choose_checkpoint(store, "run", set(), max_parallelism=128, keyed=True)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from raystream._runtime.state.store import CheckpointStore
-from raystream._runtime.state.manifest import Manifest
+from raystream._runtime.state.manifest import Manifest, versions
 from raystream._runtime.state.snapshot import SnapshotMeta, decode, encode
 from raystream._storage import LocalStorage
 from raystream._runtime.state.signing import Key
@@ -191,7 +191,7 @@ def land(store: CheckpointStore, n: int, attempt: int, parts: tuple[str, ...] = 
     key = CheckpointStore.snapshot_key("r", n, attempt, "c", 0)
     store.storage.put(key, b"s")
     assert store.commit(Manifest("j", "r", n, attempt, "exactly_once", 0.0, {"c": 1},
-                                 [SnapshotMeta("c", 0, key, "0" * 64, 1, parts=parts)]))
+                                 [SnapshotMeta("c", 0, key, "0" * 64, 1, parts=parts)], versions=versions()))
 
 
 def test_a_replaced_coordinator_deletes_nothing_the_new_attempt_restored(tmp_path):
@@ -241,3 +241,58 @@ def test_retention_counts_only_checkpoints_a_restore_could_choose(tmp_path):
     assert store.manifest_ids("r") == [8, 9, 10]
     assert [k.split("/")[2] for k in store.storage.list("r/snapshots/")] == ["000000000008", "000000000009",
                                                                             "000000000010"]
+
+
+def test_a_manifest_that_lands_after_retention_read_the_fence_is_not_counted(tmp_path):
+    """Retention of checkpoint 5 reads that attempt 1 is current; then attempt 2 claims
+    and chooses 5, and attempt 1's checkpoint 6 (past its own fence read, F3) lands. The
+    retention must not count 6 and delete 5: it lists the manifests before the fence read
+    (review 45)."""
+    from raystream._runtime.checkpointing.recovery import choose_checkpoint
+
+    class Hooked(LocalStorage):
+        after_attempts_listed = None
+
+        def list(self, prefix):
+            found = super().list(prefix)
+            if self.after_attempts_listed is not None and prefix.endswith("/attempts/"):
+                hook, self.after_attempts_listed = self.after_attempts_listed, None
+                hook()
+            return found
+
+    store = CheckpointStore(str(tmp_path / "j"), Hooked(str(tmp_path / "j")))
+    store.claim_attempt("r")
+    store.record_restore("r", 1, 0)
+    for n in range(1, 6):
+        land(store, n, 1)
+    store.retain("r", 1, attempt=1)
+    chosen = []
+
+    def meanwhile():
+        store.claim_attempt("r")
+        chosen.append(choose_checkpoint(store, "r", set(), max_parallelism=128, keyed=True).checkpoint_id)
+        land(store, 6, 1)
+
+    store.storage.after_attempts_listed = meanwhile
+    store.retain("r", 1, attempt=1)
+    assert chosen == [5]
+    assert 5 in store.manifest_ids("r")
+    store.record_restore("r", 2, 5)
+    assert choose_checkpoint(store, "r", set(), max_parallelism=128, keyed=True).checkpoint_id == 5
+
+
+def test_a_restore_record_that_does_not_verify_leaves_retention_bounded(tmp_path, caplog):
+    """A damaged record stops the next restore (docs/security.md); until then retention
+    goes on, counting void manifests too, and says why at ERROR."""
+    store = CheckpointStore(str(tmp_path / "j"))
+    store._key = Key(b"k" * 32, "test")
+    store.claim_attempt("r")
+    store.record_restore("r", 1, 0)
+    store.claim_attempt("r")
+    store.record_restore("r", 2, 0)
+    store.storage.put("r/restores/000001", b'{"checkpoint": 0}')  # damaged: no signature
+    for n in range(1, 10):
+        land(store, n, 2)
+        store.retain("r", 1, attempt=2)
+    assert store.manifest_ids("r") == [9]
+    assert "retention counts void manifests too" in caplog.text
