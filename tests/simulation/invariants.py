@@ -39,6 +39,7 @@ from raystream.errors import CorruptCheckpointError
 from raystream.sinks import read_files, read_table
 
 from .control import SimRun
+from .retention import reused_ids
 from .source import record_ids
 from .world import SimFailure
 
@@ -56,6 +57,7 @@ class Invariants:
                             ("a snapshot read back through its parts held other keyed state than it captured (I5)",
                              t.state_mismatches),
                             ("retention deleted what a checkpoint that counts needs (C7, I6)", t.retention),
+                            ("a checkpoint id was used twice (C1)", reused_ids(self.s)),
                             ("a record came behind the watermark (event time)", t.late),
                             ("a subtask went idle before sending its records' watermark", t.idle),
                             ("a source held a barrier past its current batch (C1)", t.held),
@@ -98,13 +100,13 @@ class Invariants:
         """R5: a run fails when every checkpoint of its own that counts is refused, which
         only damage does here. A run from a checkpoint with another run's S3 part file
         open is refused (connectors/files/parts.py, 5)."""
-        if bool(self.s.damaged) and "can be restored" in run.outcome:
-            return True
+        if "can be restored" in run.outcome and any(r == run.run_id for r, _ in self.s.damaged):
+            return True  # a checkpoint of its own was damaged (a snapshot deleted is refused alike: not this)
         if "started from, was refused" in run.outcome and any(r == "r1" for r, _ in self.s.damaged):
             return True  # the checkpoint it started from was damaged
         if "going back past it would retract output run" in run.outcome and any(r == run.run_id for r, _ in self.s.damaged):
             return True  # a checkpoint another run started from was damaged: no fall-back past it (R5)
-        if run.run_id in self.s.origins and "is gone" in run.outcome:
+        if run.run_id in self.s.origins and f"which run {run.run_id} started from, is gone" in run.outcome:
             return True  # its origin was a checkpoint of a run that goes on, whose retention deleted it
         return run.run_id in self.s.origins and "s3_rolled" in self.s.kinds and "start from a savepoint" in run.outcome
 

@@ -1,7 +1,8 @@
 """C7's oracle in the simulation: after each retention by a coordinator whose attempt is
 still the newest, the run's newest `retain` checkpoints that a restore could choose
 (neither void nor refused), judged from every manifest that ever landed rather than from
-a listing, are still there with every snapshot and part they name.
+a listing, are still there with every snapshot and part they name, and no older manifest
+is (the tree stays bounded). And no id of a run lands twice.
 
 A replaced coordinator's retention (faults.py, `cut_off`) is not judged here: it must
 delete nothing, and the restores after it show what it deleted."""
@@ -38,5 +39,24 @@ def watch_retention(scenario: Any) -> Callable[..., None]:
                     f"retention by attempt {attempt} of {run_id} (retain={keep}) left checkpoint {n}, which counts, "
                     f"without {gone[0]}")
                 return
+        if len(counting) >= keep:  # bounded: nothing older than the kept ones is left
+            older = [n for n in self.manifest_ids(run_id) if n < counting[keep - 1]]
+            if older:
+                scenario.trace.retention.append(
+                    f"retention by attempt {attempt} of {run_id} (retain={keep}) left manifest {older[0]}, older "
+                    f"than the {keep} newest that count")
+
+
+def reused_ids(scenario: Any) -> list[str]:
+    """Manifests that landed under an id of their run that an earlier one had (C1: ids are
+    never reused, also after retention deleted the manifest that had it)."""
+    seen: set[tuple[str, int]] = set()
+    found = []
+    for data in scenario.storage.published:
+        m = Manifest.from_json(data, scenario.store._key)
+        if (m.run_id, m.checkpoint_id) in seen:
+            found.append(f"checkpoint {m.checkpoint_id} of {m.run_id} landed twice (the second by attempt {m.attempt})")
+        seen.add((m.run_id, m.checkpoint_id))
+    return found
 
     return retain

@@ -197,9 +197,9 @@ class CheckpointStore(Fence):
         refused = self.refused(run_id)  # never restored: it needs nothing (a planted one must not stop retention)
         try:
             points = self.restore_points(run_id)
-        except RestoreError as exc:  # the next restore stops on it; until then the tree stays bounded
-            logger.error("retention counts void manifests too: %s", exc)
-            points = {}
+        except RestoreError as exc:  # which manifests count is unknown: the next restore stops on it too
+            logger.error("retention deletes nothing: %s", exc)
+            return
         kept: list[int] = []
         needed: set[str] = set()
         for checkpoint_id in reversed(ids):

@@ -281,18 +281,22 @@ def test_a_manifest_that_lands_after_retention_read_the_fence_is_not_counted(tmp
     assert choose_checkpoint(store, "r", set(), max_parallelism=128, keyed=True).checkpoint_id == 5
 
 
-def test_a_restore_record_that_does_not_verify_leaves_retention_bounded(tmp_path, caplog):
-    """A damaged record stops the next restore (docs/security.md); until then retention
-    goes on, counting void manifests too, and says why at ERROR."""
+def test_a_restore_record_that_does_not_verify_stops_retention(tmp_path, caplog):
+    """A damaged record stops the next restore (docs/security.md). Which manifests it made
+    void is unknown, so retention deletes nothing until then, and says why at ERROR: counting
+    void ones could keep a late void manifest alone and delete what the current attempt
+    restored (review 45b)."""
     store = CheckpointStore(str(tmp_path / "j"))
     store._key = Key(b"k" * 32, "test")
     store.claim_attempt("r")
     store.record_restore("r", 1, 0)
+    for n in range(1, 6):
+        land(store, n, 1)
     store.claim_attempt("r")
-    store.record_restore("r", 2, 0)
+    store.record_restore("r", 2, 5)
+    land(store, 8, 1)  # attempt 1's late manifest, void by attempt 2's record
+    land(store, 6, 2)
     store.storage.put("r/restores/000001", b'{"checkpoint": 0}')  # damaged: no signature
-    for n in range(1, 10):
-        land(store, n, 2)
-        store.retain("r", 1, attempt=2)
-    assert store.manifest_ids("r") == [9]
-    assert "retention counts void manifests too" in caplog.text
+    store.retain("r", 1, attempt=2)
+    assert store.manifest_ids("r") == [1, 2, 3, 4, 5, 6, 8]
+    assert "retention deletes nothing" in caplog.text
