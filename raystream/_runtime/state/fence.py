@@ -29,6 +29,7 @@ class Fence(SignedRecords):
     def __init__(self, root: str, storage: Storage | None = None):
         super().__init__(root, storage)
         self._claims: dict[str, bool] = {}  # a claim is never rewritten: what one read showed is kept
+        self._restores: dict[str, int] = {}  # nor is a restore record that verified (retention reads them often)
 
     # --- attempts -----------------------------------------------------------------------
 
@@ -117,6 +118,9 @@ class Fence(SignedRecords):
         claimed = set(self._claimed(run_id))
         for attempt in self._numbered(f"{run_id}/restores/", 6):
             key = f"{run_id}/restores/{attempt:06d}"
+            if key in self._restores:
+                points[attempt] = self._restores[key]
+                continue
             if attempt not in claimed:
                 logger.warning("%s ignored: no attempt %d of run %s was claimed", self.storage.uri(key), attempt,
                                run_id)
@@ -129,7 +133,7 @@ class Fence(SignedRecords):
                         "verify: without it, checkpoints it voided could be restored. It was changed, or written by a "
                         f"raystream before signing (then resume once with {signing.UNSIGNED_ENV}=1)")
                 continue
-            points[attempt] = body["checkpoint"]
+            points[attempt] = self._restores[key] = body["checkpoint"]
         return points
 
     @staticmethod
