@@ -20,7 +20,11 @@ def watch_retention(scenario: Any) -> Callable[..., None]:
     landed: list[Manifest] = []  # storage.published, read once each
 
     def retain(self: CheckpointStore, run_id: str, keep: int, attempt: int | None = None) -> None:
-        real(self, run_id, keep, attempt)
+        try:
+            real(self, run_id, keep, attempt)
+        except Exception as exc:  # the Checkpointer logs it and goes on: nothing here makes it fail
+            scenario.trace.retention.append(f"retention by attempt {attempt} of {run_id} failed: {exc!r}")
+            raise
         storage = scenario.storage
         if attempt is None or self is not scenario.store:
             return
@@ -46,6 +50,8 @@ def watch_retention(scenario: Any) -> Callable[..., None]:
                     f"retention by attempt {attempt} of {run_id} (retain={keep}) left manifest {older[0]}, older "
                     f"than the {keep} newest that count")
 
+    return retain
+
 
 def reused_ids(scenario: Any) -> list[str]:
     """Manifests that landed under an id of their run that an earlier one had (C1: ids are
@@ -58,5 +64,3 @@ def reused_ids(scenario: Any) -> list[str]:
             found.append(f"checkpoint {m.checkpoint_id} of {m.run_id} landed twice (the second by attempt {m.attempt})")
         seen.add((m.run_id, m.checkpoint_id))
     return found
-
-    return retain
