@@ -38,7 +38,8 @@ class Faults:
         and keep one or two checkpoints (`retain`): a replaced coordinator's retention is then
         all that stands between the new attempt and the checkpoint it restored (C7). Draws of
         their own: the other schedules stay what they were."""
-        draws = random.Random(seed ^ 0xC0B)  # the salt spares seeds 1, 41, 60, 96, 1267 and 1510, which recorded mutants need
+        # The salt spares seeds 1, 41, 60, 96, 1267 and 1510: recorded mutants need them as they were.
+        draws = random.Random(seed ^ 0xC0B)
         self.cut_offs = draws if draws.random() < 0.25 else None
         if self.cut_offs is not None:
             self.config = dataclasses.replace(self.config, retain=draws.choice([1, 1, 2]))
@@ -47,8 +48,9 @@ class Faults:
         """A coordinator cut off from the cluster (a partitioned node) as its manifest write
         (C5) goes out: Ray reports it dead, the driver starts another and its subtasks die
         with it, but its process goes on. The write lands once the next attempt has
-        claimed, or more often once it has recorded its restore (R3), and the coordinator
-        carries on as `Checkpointer._complete` does: C6 reaches no one, then C7."""
+        recorded its restore (R3), or (a third of the time) once it has chosen and before it
+        records, and the coordinator carries on as `Checkpointer._complete` does: C6
+        reaches no one, then C7."""
         draws, run = self.cut_offs, coord.run
         if draws is None or getattr(fn, "__name__", "") != "commit" or getattr(fn, "__self__", None) is not self.store:
             return None
