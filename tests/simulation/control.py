@@ -27,6 +27,7 @@ from raystream.result import CheckpointStats
 from .job import JOB, Outputs, SimSubtask
 from .trace import Trace
 from .keyed_state import logical_state
+from .retention import breaks_kept
 from .source import SimSource
 from .world import Proc, Remote, SimFailure, SimStorage, World, blocking_for
 
@@ -174,6 +175,9 @@ class SimCoordinator:
             except (CorruptCheckpointError, StagedDataMissingError, FileNotFoundError) as exc:
                 if isinstance(exc, StagedDataMissingError):
                     run.trace.missing_staged.append(str(exc))
+                elif manifest.run_id == run.run_id and (why := breaks_kept(manifest, exc, run.scenario.damaged)):
+                    # I6: its own checkpoints keep what they build on (an origin's is another run's to keep)
+                    run.trace.unrestorable.append(f"{run.run_id}/{manifest.checkpoint_id} refused: {why}")
                 run.trace.refused.append((run.run_id, manifest.checkpoint_id))
                 await self.blocking(store.refuse, run.run_id, manifest.checkpoint_id, str(exc))
                 self.refused.add(manifest.checkpoint_id)

@@ -17,6 +17,11 @@
 - a sink committed for checkpoint n only when its own attempt published n, never for a
   void manifest; an attempt recorded as voiding nothing (closed) started no subtask; every checkpoint a restore could still choose lists only staged files
   that exist or were committed;
+- keyed state (keyed_state.py, retention.py): a snapshot reads back what it captured (I5)
+  and builds on no part whose upload had failed (I3); retention keeps the newest
+  checkpoints that count and nothing older (C7); each checkpoint that counts reads back
+  whole through its parts, and no restore refuses one of its own run's for its keyed
+  state, unless damaged on purpose (I6);
 - a run failed only as R5 says it must (every checkpoint of its own refused, or a fall-back
   past a damaged checkpoint another run started from), or, for a run from another run's
   checkpoint, when that checkpoint is gone or holds an S3 part file it cannot read.
@@ -39,7 +44,7 @@ from raystream.errors import CorruptCheckpointError
 from raystream.sinks import read_files, read_table
 
 from .control import SimRun
-from .retention import reused_ids
+from .retention import reused_ids, unreadable_at_end
 from .source import record_ids
 from .world import SimFailure
 
@@ -58,6 +63,12 @@ class Invariants:
                              t.state_mismatches),
                             ("retention deleted what a checkpoint that counts needs (C7, I6)", t.retention),
                             ("a checkpoint id was used twice (C1)", reused_ids(self.s)),
+                            ("a restore refused a checkpoint of its own run for its keyed state (I6)",
+                             t.unrestorable),
+                            ("a checkpoint that counts did not read back through its parts at the end (I6)",
+                             unreadable_at_end(self.s)),
+                            ("a snapshot was captured over a part whose upload was known to have failed (I3)",
+                             t.over_failed),
                             ("a record came behind the watermark (event time)", t.late),
                             ("a subtask went idle before sending its records' watermark", t.idle),
                             ("a source held a barrier past its current batch (C1)", t.held),

@@ -50,7 +50,7 @@ from raystream.sinks import SinkContext
 
 from .columnar import AGG_SINK, Columns
 from .event_time import Lateness
-from .keyed_state import SimMerger, Sums, logical_state
+from .keyed_state import SimMerger, Sums, capture
 from .windowed import WIN_SINK, WINDOW_STEP, Windowing
 from .fake_pg import SimPgServer
 from .world import Proc, Remote, World, blocking_for
@@ -355,8 +355,7 @@ class SimSubtask:
         ops = [self.sums, *(op for op in self.chain_ops if isinstance(op, KeyedOp))]
         key = CheckpointStore.snapshot_key(self.run.run_id, checkpoint_id, self.attempt, self.run.outputs.chain(),
                                            self.index)
-        self.run.trace.captured[key] = logical_state({op.step_id: op.state for op in ops})  # what a restore must read
-        keyed, changelog, parts = self.checkpoints.changelog.capture(ops)  # I2
+        keyed, changelog, parts = capture(self.checkpoints.changelog, ops, key, self.run.trace)  # I2, and the oracles'
         return SubtaskState(checkpoint_id, self.run.outputs.chain(), self.index, self.parallelism,
                             source_offsets=self.reader.offsets(), keyed=keyed, changelog=changelog, parts=parts,
                             watermarks={op.step_id: op.watermark for op in self.chain_ops

@@ -1,6 +1,8 @@
 """Incremental keyed state in the simulation (docs/protocol.md, I1-I6): the running sums
 as a keyed step that reports its changed keys, the merge task (I4) with its faults, and
-what a restore must read back of a snapshot (the oracle control.py checks at R4).
+the oracles at a capture: what a restore must read back of a snapshot (checked when its
+manifest lands and at R4, control.py), and that no snapshot builds on a part whose upload
+failed (I3). What retention leaves of kept checkpoints is retention.py's (I6).
 
 The merge is where incremental state can go wrong without any output showing it at
 once: a merge that ends after its parts were replaced must be dropped (I4). Such a merge
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raystream._runtime.state.changelog import materialize, merge_parts
+from raystream._runtime.state.changelog import StateChangelog, materialize, merge_parts
 from raystream._runtime.state.manifest import Manifest
 from raystream._runtime.state.snapshot import PartRef
 from raystream._runtime.state.store import CheckpointStore
@@ -50,6 +52,21 @@ def check_landed(store: CheckpointStore, key: str, captured: dict[str, dict[str,
         if logical_state(state.keyed) != captured[meta.key]:
             mismatches.append(f"{meta.key} (landed): reads {logical_state(state.keyed)}, captured "
                               f"{captured[meta.key]}")
+
+
+def capture(changelog: StateChangelog, ops: list[Any], key: str,
+            trace: Any) -> tuple[dict[str, Any], bool, list[PartRef]]:
+    """C3's keyed state for snapshot `key`, through the real changelog (I2), and what the
+    oracles keep of it: the state a restore must read back (I5, above), and I3's: once a
+    subtask knows an upload failed, no snapshot it captures builds on that part (the next
+    one is full; one over the failed part would be declined, and every one after it, until
+    the job restarts: checkpoints stop, and no output shows it)."""
+    trace.captured[key] = logical_state({op.step_id: op.state for op in ops})
+    keyed, is_changes, parts = changelog.capture(ops)
+    failed = [p.key for p in parts if p.key in changelog._failed]
+    if failed:
+        trace.over_failed.append(f"{key} builds on {failed[0]}, whose upload had failed")
+    return keyed, is_changes, parts
 
 
 class Sums:

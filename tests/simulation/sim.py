@@ -73,9 +73,12 @@ per line, each (key, window) has one first result then updates of strictly growi
 counts (a window that fired never fires again with what it had), and a finished line's
 last row of each is the count and sum of its records less those committed as late.
 Keyed state: each snapshot of a manifest, read whole through its parts, holds the keyed
-state its capture held, when the manifest lands and when a restore reads it. Retention
-(retention.py): after each by a current coordinator, the newest checkpoints that count are
-there with every part they name.
+state its capture held, when the manifest lands and when a restore reads it; no snapshot
+builds on a part whose upload its subtask knew had failed (I3). Retention (retention.py):
+after each by a current coordinator, the newest checkpoints that count are there; after
+every one, and at the end, each checkpoint that counts reads back whole through its parts,
+and no restore refuses one of its own run's for its keyed state, unless the schedule
+damaged it (I6).
 """
 from __future__ import annotations
 

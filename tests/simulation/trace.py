@@ -21,6 +21,8 @@ class Trace:
     state_mismatches: list[str] = field(default_factory=list)  # snapshots that read back other state than captured
     retention: list[str] = field(default_factory=list)  # checkpoints that count, deleted by a current retention (C7)
     choices: dict[str, int] = field(default_factory=dict)  # run -> restore choices made (R3)
+    over_failed: list[str] = field(default_factory=list)  # snapshots captured over a part known failed (I3)
+    unrestorable: list[str] = field(default_factory=list)  # own checkpoints refused for their keyed state (I6)
     coordinators: int = 0
     attempts: int = 0
     crashes: int = 0
