@@ -108,6 +108,47 @@ def retention_counts_void_manifests() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def upload_failed_keeps_parts() -> Iterator[None]:
+    """I3: a failed upload is remembered but the parts stay, so the next snapshot is not
+    full: it and every one after it build on the failed part and are declined, and
+    checkpoints abort until the job restarts (review 44)."""
+    def upload_failed(self, part):
+        self._failed.add(part.key)
+
+    with patched(StateChangelog, "upload_failed", upload_failed):
+        yield
+
+
+@contextlib.contextmanager
+def retention_newest_only() -> Iterator[None]:
+    """I6: retention keeps the parts of the newest checkpoint it keeps only, not those of
+    the older kept ones (review 44): a restore that falls back to one of those finds a
+    part gone."""
+    real_retain, real_void = CheckpointStore.retain, CheckpointStore.is_void
+
+    def retain(self, run_id, keep, attempt=None):
+        kept = []
+
+        def is_void(manifest, points):  # retention reads a kept manifest's parts after this
+            void = real_void(manifest, points)
+            if not void:
+                kept.append(manifest.checkpoint_id)
+                if len(kept) > 1:
+                    for meta in manifest.snapshots:
+                        object.__setattr__(meta, "parts", ())
+            return void
+
+        self.is_void = is_void  # on the store, as retention_counts_void_manifests does (a staticmethod)
+        try:
+            real_retain(self, run_id, keep, attempt)
+        finally:
+            del self.is_void
+
+    with patched(CheckpointStore, "retain", retain):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "changes_left_out": ("I2: an incremental snapshot leaves out a step's changed keys", changes_left_out),
     "parts_applied_newest_first": ("I5: a restore applies the parts newest first", parts_applied_newest_first),
@@ -117,4 +158,10 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "retention_by_a_replaced_coordinator": ("C7: a replaced coordinator's retention deletes what the new attempt "
                                             "restored", retention_by_a_replaced_coordinator),
     "retention_counts_void_manifests": ("C7: void manifests take retain places", retention_counts_void_manifests),
+    # review 44's: first failing seeds 8 (only I3's oracle sees it, keyed_state.capture: output
+    # stays exactly-once) and 1 (the retention oracle, retention.py)
+    "upload_failed_keeps_parts": ("I3: a failed upload does not make the next snapshot full",
+                                  upload_failed_keeps_parts),
+    "retention_newest_only": ("I6: retention keeps the parts of its newest kept checkpoint only",
+                              retention_newest_only),
 }
