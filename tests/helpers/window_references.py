@@ -40,6 +40,7 @@ from raystream._runtime.operators.columnar_lifetimes import LifetimeWindowOp
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.windows import JoinOp, WindowOp
 from raystream._runtime.state.snapshot import SubtaskState
+from raystream._runtime.state.window_entries import per_key
 from raystream._runtime.time.watermarks import MAX_TIME
 from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, untimed
 from raystream._runtime.transport.keys import groups_of_subtask, key_group
@@ -293,7 +294,7 @@ def run(seed: int, kinds: list[str] = KINDS, shift: int = 0) -> list[str]:
                         op.settle()
                     changed, deleted = op.changed_state()
                     base = pickle.loads(pickle.dumps(bases[i]))
-                    base.update(pickle.loads(pickle.dumps(changed)))
+                    base.update(per_key(pickle.loads(pickle.dumps(changed))))
                     for k in deleted:
                         base.pop(k, None)
                     full, st = K.snapshot(op, i, p)

@@ -41,6 +41,7 @@ import pyarrow as pa
 from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import Folds, Groups, arrow_keyed_input, unused_name
 from raystream._runtime.operators.window_tables import Updates, WindowTables, columnar_folds
+from raystream._runtime.state.window_entries import WindowEntries
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_array, python_holds,
@@ -96,14 +97,15 @@ class ArrowWindowOp(TimedWindows):
         """The keys held, without making the per-key state from the tables."""
         return self._tables.keys() if self._tables is not None else len(self._state)
 
-    def changed_state(self) -> tuple[dict[Any, Any], list[Any]]:
-        """The changed keys' state picked from the window-major tables in Arrow, without
-        making the whole per-key state (one key column; otherwise as every keyed step)."""
-        tables = self._tables
-        picked = tables.state_of(self.changed) if tables is not None else None
-        if picked is None:
-            return super().changed_state()
-        return picked, [k for k in self.changed if k not in picked]
+    def whole_state(self) -> dict[Any, Any] | WindowEntries:
+        """A full snapshot's state (I2): window-major, the tables' rows as they are."""
+        return self._tables.entries() if self._tables is not None else self._state
+
+    def changed_state(self) -> tuple[dict[Any, Any] | WindowEntries, list[Any]]:
+        """An incremental snapshot's (I2): window-major, the changed keys' rows picked in
+        Arrow (one key column; otherwise as every keyed step)."""
+        picked = self._tables.changed_entries(self.changed) if self._tables is not None else None
+        return super().changed_state() if picked is None else picked
 
     @state.setter
     def state(self, value: dict[Any, Any]) -> None:  # KeyedOp.__init__, restore: the dict

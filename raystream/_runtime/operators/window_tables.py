@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
+from raystream._runtime.state.window_entries import WindowEntries, python_keys
 from raystream.aggregates import Count, First, Last, Max, Min, Sum
 
 #: How Arrow merges each partial over the tables of a window.
@@ -280,9 +281,7 @@ class WindowTables:
 
     def python_keys(self, table: pa.Table) -> list[Any]:
         """Each row's key as the per-record path has it: a value, or the tuple of several."""
-        if len(self.key_columns) == 1:
-            return python_values(table.column(0))
-        return list(zip(*(python_values(table.column(i)) for i in range(len(self.key_columns)))))
+        return python_keys(table, len(self.key_columns))
 
     def keys(self) -> int:
         """How many distinct keys the windows hold (Arrow: one group-by over their keys)."""
@@ -298,49 +297,41 @@ class WindowTables:
         """The state in the per-key layout: `{key: {(start, end): [state, emitted]}}`, the
         state a tuple with one value per aggregate, as the per-key fold makes it; emitted
         is whether the window fired."""
-        if self._dict is not None:
-            return self._dict
-        state: dict[Any, Any] = {}
-        starts = sorted(self.windows)
-        if starts:
-            self._add_rows(state, starts, self.merged_all(starts))
-        self._dict = state
-        return state
+        if self._dict is None:
+            self._dict = self.entries().as_dict()
+        return self._dict
 
-    def state_of(self, keys: set[Any]) -> dict[Any, Any] | None:
-        """`as_dict()` of `keys` only (those with state), picked in Arrow: Python runs per
-        key picked, not per key held. None where it cannot pick (several key columns,
-        keys not of the column's type): take them from `as_dict()`."""
-        if self._dict is not None or len(self.key_columns) != 1 or self.types is None:
+    def entries(self) -> WindowEntries:
+        """Every (key, window)'s row, as a snapshot holds the state (state/window_entries.py)."""
+        return self._entries(None)
+
+    def changed_entries(self, keys: set[Any]) -> tuple[WindowEntries, list[Any]] | None:
+        """The rows of `keys` (those with state) and the keys of `keys` without any, picked
+        in Arrow: Python runs per key asked for, not per key held. None where it cannot
+        pick (several key columns, keys not of the column's type): take the per-key layout."""
+        if len(self.key_columns) != 1 or self.types is None:
             return None
+        asked = list(keys)
         try:
-            wanted = pa.array(list(keys), type=self.types[0])
+            wanted = pa.array(asked, type=self.types[0])
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return None
-        state: dict[Any, Any] = {}
-        starts = sorted(self.windows)
-        if starts:
-            self._add_rows(state, starts, self.merged_all(starts), wanted)
-        return state
+        picked = self._entries(wanted)
+        held = pc.is_in(wanted, value_set=picked.table.column(0)).to_numpy(zero_copy_only=False)
+        return picked, [k for k, h in zip(asked, held.tolist()) if not h]
 
-    def _add_rows(self, state: dict[Any, Any], starts: list[int], tables: list[pa.Table],
-                  wanted: pa.Array | None = None) -> None:
-        """The per-key entries of windows `starts` (their merged `tables`) into `state`:
-        of every key, or of the keys of one key column in `wanted`."""
-        table = pa.concat_tables(tables)
+    def _entries(self, wanted: pa.Array | None) -> WindowEntries:
+        """The rows of every window: of every key, or of the keys of one key column in `wanted`."""
+        starts = sorted(self.windows)
+        tables = self.merged_all(starts) if starts else []
+        table = pa.concat_tables(tables) if tables else pa.table(
+            [pa.array([], kind) for kind in self.types or [pa.null()] * len(self.names)], names=self.names)
         at = np.repeat(np.array(starts, dtype=np.int64), [t.num_rows for t in tables])
-        if wanted is not None:
+        if wanted is not None and table.num_rows:
             picked = pc.is_in(table.column(0), value_set=wanted)
             table, at = table.filter(picked), at[picked.to_numpy(zero_copy_only=False)]
-        n = len(self.key_columns)
-        partials = [python_values(table.column(n + i)) for i in range(len(self.folds.partials))]
-        values = [partials[slot[0]] for slot in self.folds.slots]  # each aggregate has one partial
-        size, fired = self.size, self.fired
-        for key, start, states in zip(self.python_keys(table), at.tolist(), zip(*values)):
-            windows = state.get(key)
-            if windows is None:
-                windows = state[key] = {}
-            windows[(start, start + size)] = [states, start in fired]
+        return WindowEntries(table, at, np.isin(at, np.fromiter(self.fired, dtype=np.int64, count=len(self.fired))),
+                             self.size, len(self.key_columns), tuple(slot[0] for slot in self.folds.slots))
 
     def load(self, state: dict[Any, Any], watermark: int, types: list[pa.DataType]) -> list[Any] | None:
         """Take the per-key state (restored) into empty tables of `types`: the keys of

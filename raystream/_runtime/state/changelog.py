@@ -17,6 +17,7 @@ from typing import Any, Iterable, Protocol
 import ray
 
 from raystream._runtime.state.snapshot import PartRef, SubtaskState, decode, encode, read_exact
+from raystream._runtime.state.window_entries import per_key
 from raystream._storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,15 @@ def part_checkpoint(key: str) -> int:
 
 
 def apply_part(tables: dict[str, dict[Any, Any]], keyed: dict[str, Any], full: bool) -> None:
-    """Apply one part's tables (a base) or changes to `tables`, in place."""
+    """Apply one part's tables (a base) or changes to `tables`, in place, each in the
+    per-key layout (window state written as Arrow comes back per key: window_entries.py)."""
     if full:
         for step_id, table in keyed.items():
-            tables[step_id] = table
+            tables[step_id] = per_key(table)
         return
     for step_id, (updates, deleted) in keyed.items():
         table = tables.setdefault(step_id, {})
-        table.update(updates)
+        table.update(per_key(updates))
         for key in deleted:
             table.pop(key, None)
 
@@ -81,8 +83,10 @@ def read_part(storage: Any, part: PartRef) -> tuple[dict[str, Any], bool]:
 
 
 def materialize(storage: Any, state: SubtaskState) -> SubtaskState:
-    """I5: `state` with full tables, read from its parts when it holds changes."""
+    """I5: `state` with full tables in the per-key layout, read from its parts when it
+    holds changes."""
     if not state.changelog:
+        state.keyed = {step_id: per_key(table) for step_id, table in state.keyed.items()}
         return state
     tables: dict[str, dict[Any, Any]] = {}
     for part in state.parts:
@@ -148,7 +152,8 @@ class StateChangelog:
                 settle()
             written = getattr(op, "written", None)
             if full:
-                keyed[op.step_id] = op.state
+                whole = getattr(op, "whole_state", None)  # the step picks it (columnar windows: Arrow rows)
+                keyed[op.step_id] = whole() if whole is not None else op.state
             elif written is not None:  # the new values are at hand: no lookup in the table
                 deleted = [k for k, v in written.items() if v is DELETED] if getattr(op, "deletes", 1) else []
                 for k in deleted:

@@ -85,8 +85,10 @@ def json_dumps(raw: dict[str, Any]) -> bytes:
 #: 0.2 the same state by today's names (a CSV partition's offset of 0.2 is converted where
 #: it is read: connectors/files/source.py); 0.4's snapshots lack `step_meta`, which
 #: columnar steps then take as saying nothing; 0.5's are 0.6's without TTL state; 0.6's
-#: mark a fired session True where 0.7 marks it with its end (operators/windows.py).
-READS = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6")
+#: mark a fired session True where 0.7 marks it with its end (operators/windows.py); 0.7's
+#: hold window-major window state per key, where 0.8 holds it as Arrow rows (the reader
+#: makes the per-key layout of either: state/window_entries.py).
+READS = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7")
 
 
 def versions() -> dict[str, str]:

@@ -20,6 +20,7 @@ from raystream._runtime.operators.columnar_windows import ArrowWindowOp
 from raystream._runtime.operators.windows import WindowOp
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.state.snapshot import PartRef, SubtaskState
+from raystream._runtime.state import window_entries
 from raystream._runtime.time.watermarks import MAX_TIME
 from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, untimed
 from raystream.graph import Step, StepKind, WindowSpec
@@ -105,6 +106,7 @@ def replay(op, script, restored_by=None):
             out.append("restored")
         keys = op.state_keys()  # counted without making the per-key state
         changed, deleted = op.changed_state()  # picked without making it
+        changed = window_entries.per_key(pickle.loads(pickle.dumps(changed)))  # as a restore reads it
         out.append(pickle.loads(pickle.dumps(op.state)))
         assert keys == len(op.state)
         assert changed == {k: op.state[k] for k in op.changed if k in op.state}
@@ -175,7 +177,7 @@ def test_window_major_fires_what_the_per_record_window_step_fires(name, script):
 
 
 def test_a_snapshot_in_the_per_key_layout_restores_and_fires():
-    """The layout raystream wrote before window-major tables (and still writes): per key,
+    """The layout raystream wrote before window-major tables (and reads back into): per key,
     per window, [state tuple, emitted]."""
     old = {"a": {(0, 10): [(2, 2, 3, 7, 7, 3, 7), False], (10, 20): [(1, 0, None, None, None, None, None), False]},
            "b": {(0, 10): [(1, 1, -4, -4, -4, -4, -4), False]}}
@@ -258,7 +260,9 @@ def test_incremental_snapshots_hold_the_keys_a_batch_or_a_fire_changed():
     op.on_watermark(9)  # fires a's window: a changes too
     keyed, is_changes, _ = changelog.capture([op])
     assert is_changes and op._tables is not None
-    updates, deleted = keyed["w"]
+    entries, deleted = keyed["w"]
+    assert isinstance(entries, window_entries.WindowEntries) and len(entries) == 1  # Arrow rows: no Python per window
+    updates = window_entries.per_key(pickle.loads(pickle.dumps(entries)))
     assert set(updates) == {"c"} and updates["c"] == {(10, 20): [(1, 1, 3, 3, 3, 3, 3), False]} and deleted == ["a"]
 
 

@@ -80,9 +80,9 @@ def test_snapshots_of_other_versions_are_refused_with_what_to_do():
     assert incompatibility(dict(here, cloudpickle="1.0.0")).startswith("it was written by cloudpickle 1.0.0")
     patch = here["python"].rsplit(".", 1)[0] + ".99"
     assert incompatibility(dict(here, python=patch)) is None  # a patch release reads the same pickles
-    for older in ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.6.2"):  # 0.7 reads what 0.1 to 0.6 wrote
+    for older in ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.6.2", "0.7.3"):  # 0.8 reads 0.1 to 0.7's
         assert incompatibility(dict(here, raystream=older)) is None
-    assert "restore it with raystream 0.8" in incompatibility(dict(here, raystream="0.8.0"))
+    assert "restore it with raystream 0.9" in incompatibility(dict(here, raystream="0.9.0"))
     assert "restore it with raystream 0.0" in incompatibility(dict(here, raystream="0.0.9"))
 
 
