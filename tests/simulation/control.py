@@ -227,9 +227,8 @@ class SimCoordinator:
             for index in range(run.parallelism):  # I5, as load_state: the subtask's own snapshot of a source chain
                 parts[index] = recovery.continued_parts(states, list(manifest.snapshots), True, steps, index,
                                                         run.parallelism)
-            for meta, state in zip(manifest.snapshots, states):  # changes over earlier parts (I5): read like snapshots
-                if state.changelog:
-                    await self.blocking(materialize, store.storage, state)
+            for meta, state in zip(manifest.snapshots, states):  # I5, as recovery.py: changes over earlier
+                await self.blocking(materialize, store.storage, state)  # parts, and window rows, per key
                 captured = run.trace.captured.get(meta.key)
                 if captured is not None and logical_state(state.keyed) != captured:
                     run.trace.state_mismatches.append(f"{meta.key}: restored {logical_state(state.keyed)}, "
