@@ -26,10 +26,11 @@ held before: their rows are updates (`update=True`), the others' first results, 
 per-key layout's `emitted` says. So every key of a fired window has been emitted, and no
 key of a window that has not fired.
 
-Snapshots, incremental snapshots and rescaling see the per-key state: `as_dict()` makes
-it from the tables when the state is read (once per snapshot, cached until the next
-change), so snapshots keep the per-key layout, key groups and all, and `load` takes that
-layout back (a restore).
+Snapshots hold the tables' rows as Arrow (`entries`, `changed_entries`:
+state/window_entries.py), and whoever reads a snapshot back gets the per-key layout made
+from them, key groups and all; `load` takes that layout back (a restore). `as_dict()`
+makes it from the tables for whatever reads the state itself (cached until the next
+change).
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream._arrow_values import python_values
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
 from raystream._runtime.state.window_entries import WindowEntries, python_keys
 from raystream.aggregates import Count, First, Last, Max, Min, Sum
