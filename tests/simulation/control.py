@@ -227,8 +227,11 @@ class SimCoordinator:
             for index in range(run.parallelism):  # I5, as load_state: the subtask's own snapshot of a source chain
                 parts[index] = recovery.continued_parts(states, list(manifest.snapshots), True, steps, index,
                                                         run.parallelism)
-            for meta, state in zip(manifest.snapshots, states):  # I5, as recovery.py: changes over earlier
-                await self.blocking(materialize, store.storage, state)  # parts, and window rows, per key
+            for meta, state in zip(manifest.snapshots, states):  # I5, as recovery.py: per key
+                if state.changelog:  # changes over earlier parts: storage reads
+                    await self.blocking(materialize, store.storage, state)
+                else:  # window rows (0.8): no read, so no blocking call to shift the schedule's draws
+                    materialize(store.storage, state)
                 captured = run.trace.captured.get(meta.key)
                 if captured is not None and logical_state(state.keyed) != captured:
                     run.trace.state_mismatches.append(f"{meta.key}: restored {logical_state(state.keyed)}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
+from raystream._runtime.operators.window_tables import WindowTables
 from raystream._runtime.state import changelog
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.state.store import CheckpointStore
@@ -35,7 +36,7 @@ def parts_applied_newest_first() -> Iterator[None]:
     """I5: a restore applies the parts in the wrong order, so older values win."""
     def materialize(storage, state):
         if not state.changelog:
-            return state
+            return changelog.materialize(storage, state)
         tables: dict[str, dict[Any, Any]] = {}
         changelog.apply_part(tables, state.keyed, False)
         for part in reversed(state.parts):
@@ -44,6 +45,21 @@ def parts_applied_newest_first() -> Iterator[None]:
         return state
 
     with patched(control, "materialize", materialize):  # the name the simulated restore calls
+        yield
+
+
+@contextlib.contextmanager
+def window_rows_forget_deleted_keys() -> Iterator[None]:
+    """I2: a window step's incremental snapshot (Arrow rows, state/window_entries.py) lists
+    no key deleted since the last one, so a restore brings back windows that had fired
+    and gone, or keys whose windows all closed."""
+    real = WindowTables.changed_entries
+
+    def changed_entries(self, keys):
+        picked = real(self, keys)
+        return None if picked is None else (picked[0], [])
+
+    with patched(WindowTables, "changed_entries", changed_entries):
         yield
 
 
@@ -162,6 +178,8 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     # stays exactly-once) and 1 (the retention oracle, retention.py)
     "upload_failed_keeps_parts": ("I3: a failed upload does not make the next snapshot full",
                                   upload_failed_keeps_parts),
+    "window_rows_forget_deleted_keys": ("I2: a window step's Arrow rows list no deleted key",
+                                        window_rows_forget_deleted_keys),
     "retention_newest_only": ("I6: retention keeps the parts of its newest kept checkpoint only",
                               retention_newest_only),
 }
