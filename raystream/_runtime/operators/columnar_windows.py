@@ -20,7 +20,8 @@ What differs is how a batch gets in, which runs per batch instead of per record:
    sum (of integers), min, max, first or last hold the state window-major instead
    (operators/window_tables.py): the partials are appended to each window's Arrow tables
    and merged by Arrow when it fires, with no Python and no timer per (key, window);
-   `state` is the per-key dict made from them when read (snapshots);
+   snapshots hold their rows as Arrow (state/window_entries.py), and `state` is the
+   per-key dict made from them when read;
 4. a window that has fired and takes rows within the allowed lateness emits its new
    value at once, with update=True: once per batch, where the per-record step emits once
    per record (the last of those equals this one).

@@ -34,6 +34,7 @@ change).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -44,6 +45,9 @@ import pyarrow.compute as pc
 from raystream._runtime.operators.aggregate import _KEYS_FIRST, Folds, unused_name
 from raystream._runtime.state.window_entries import WindowEntries, python_keys
 from raystream.aggregates import Count, First, Last, Max, Min, Sum
+
+#: Zones without summer time, whose clock times order as their instants do.
+_FIXED_ZONE = re.compile(r"UTC|Etc/UTC|Z|[+-]\d\d:\d\d")
 
 #: How Arrow merges each partial over the tables of a window.
 _MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "min": "min", "max": "max", "first": "first",
@@ -69,6 +73,13 @@ def _exact_order(kind: pa.DataType) -> bool:
             or pa.types.is_date32(kind))  # date64 may hold milliseconds a Python date drops
 
 
+def _summer_time(kind: pa.DataType) -> bool:
+    """Timestamps of a zone that may have summer time: Python orders two times of one zone
+    by the clock, not the instant, so in the hour the clocks go back Arrow's min and max
+    are not Python's (review 46)."""
+    return pa.types.is_timestamp(kind) and kind.tz is not None and not _FIXED_ZONE.fullmatch(kind.tz)
+
+
 def fits_columnar(folds: Folds, key_types: Sequence[pa.DataType], partial_types: Sequence[pa.DataType]) -> bool:
     """Whether partials of these types merge in Arrow as in Python: keys and the values of
     min and max of `_exact_order` types; first and last also of floats."""
@@ -77,7 +88,7 @@ def fits_columnar(folds: Folds, key_types: Sequence[pa.DataType], partial_types:
     for partial, kind in zip(folds.partials, partial_types):
         if partial.function == "sum" and not pa.types.is_integer(kind):
             return False  # a float sum's order and -0.0 are Python's only in the per-key fold
-        if partial.function in ("min", "max") and not _exact_order(kind):
+        if partial.function in ("min", "max") and (not _exact_order(kind) or _summer_time(kind)):
             return False
         if partial.function in ("first", "last") and not (_exact_order(kind) or pa.types.is_floating(kind)):
             return False
@@ -317,8 +328,9 @@ class WindowTables:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return None
         picked = self._entries(wanted)
-        held = pc.is_in(wanted, value_set=picked.table.column(0)).to_numpy(zero_copy_only=False)
-        return picked, [k for k, h in zip(asked, held.tolist()) if not h]
+        # by the Python keys, not by Arrow's is_in: b"a" asked of a string column is "a" there
+        held = set(python_keys(picked.table, 1))
+        return picked, [k for k in asked if k not in held]
 
     def _entries(self, wanted: pa.Array | None) -> WindowEntries:
         """The rows of every window: of every key, or of the keys of one key column in `wanted`."""
@@ -330,8 +342,9 @@ class WindowTables:
         if wanted is not None and table.num_rows:
             picked = pc.is_in(table.column(0), value_set=wanted)
             table, at = table.filter(picked), at[picked.to_numpy(zero_copy_only=False)]
-        return WindowEntries(table, at, np.isin(at, np.fromiter(self.fired, dtype=np.int64, count=len(self.fired))),
-                             self.size, len(self.key_columns), tuple(slot[0] for slot in self.folds.slots))
+        emitted = np.isin(at, np.fromiter(self.fired, dtype=np.int64, count=len(self.fired)))
+        return WindowEntries(table, pa.array(at, pa.int64()), pa.array(emitted, pa.bool_()), self.size,
+                             len(self.key_columns), tuple(slot[0] for slot in self.folds.slots))
 
     def load(self, state: dict[Any, Any], watermark: int, types: list[pa.DataType]) -> list[Any] | None:
         """Take the per-key state (restored) into empty tables of `types`: the keys of
@@ -362,6 +375,8 @@ class WindowTables:
             for start, (keys, values) in per_window.items():
                 key_values = [keys] if n == 1 else [list(c) for c in zip(*keys)]
                 arrays = [pa.array(v, type=t) for v, t in zip(key_values, types[:n])]
+                if python_keys(pa.table(arrays, names=self.key_columns), n) != keys:
+                    return None  # keys Arrow would make one (b"a" and "a" in a string column): per key
                 by_aggregate = list(zip(*values))
                 for i, kind in enumerate(types[n:]):
                     j = next(j for j, slot in enumerate(self.folds.slots) if i in slot)

@@ -95,7 +95,9 @@ class SubtaskState:
     subtask: int
     parallelism: int
     source_offsets: dict[str, Any] = field(default_factory=dict)  # partition key -> offset
-    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)  # step id -> {key: state}
+    # step id -> {key: state}; or its changes (I2); window-major windows: Arrow rows
+    # (state/window_entries.py) that `materialize` makes per key
+    keyed: dict[str, Any] = field(default_factory=dict)
     sinks: dict[str, SinkState] = field(default_factory=dict)  # step id -> sink state
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # step id -> (in, out)
     audit: dict[str, tuple[int, int]] = field(default_factory=dict)  # "source:<step>"/"sink:<step>" -> (count, digest)

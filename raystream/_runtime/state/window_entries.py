@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from raystream._arrow_values import python_values
@@ -27,8 +26,8 @@ class WindowEntries:
     row's window start (`starts`) and whether that window fired (`emitted`)."""
 
     table: pa.Table
-    starts: np.ndarray  # int64, a row's window start (ms)
-    emitted: np.ndarray  # bool, a row's window fired
+    starts: pa.Array  # int64, a row's window start (ms)
+    emitted: pa.Array  # bool, a row's window fired (Arrow, not numpy: a snapshot names no numpy internals)
     size: int  # every window's length (ms)
     key_columns: int
     slots: tuple[int, ...]  # per aggregate, the column (among the partials) of its partial
@@ -42,8 +41,8 @@ class WindowEntries:
         partials = [python_values(self.table.column(n + i)) for i in range(self.table.num_columns - n)]
         values = [partials[slot] for slot in self.slots]
         size = self.size
-        for key, start, emitted, states in zip(python_keys(self.table, n), self.starts.tolist(), self.emitted.tolist(),
-                                               zip(*values)):
+        for key, start, emitted, states in zip(python_keys(self.table, n), self.starts.to_numpy().tolist(),
+                                               self.emitted.to_pylist(), zip(*values)):
             windows = state.get(key)
             if windows is None:
                 windows = state[key] = {}

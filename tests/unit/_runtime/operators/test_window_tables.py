@@ -5,6 +5,7 @@ per-record window step fires, keep the per-key state in snapshots (so snapshots 
 before them restore), and move to the per-key layout when a batch does not fit."""
 from __future__ import annotations
 
+import datetime
 import operator
 import pickle
 
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 from raystream import aggregates as agg
 from raystream._runtime.checkpointing.rescale import merge_states
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
+from raystream._runtime.operators.window_tables import fits_columnar
 from raystream._runtime.operators.windows import WindowOp
-from raystream._runtime.state.changelog import StateChangelog
+from raystream._arrow_values import python_values
+from raystream._runtime.state.changelog import StateChangelog, apply_part
 from raystream._runtime.state.snapshot import PartRef, SubtaskState
 from raystream._runtime.state import window_entries
 from raystream._runtime.time.watermarks import MAX_TIME
@@ -396,3 +399,68 @@ def test_a_sum_past_int64_fires_in_a_type_that_holds_it(per_key):
     op.process(rows_batch([("a", 2 ** 62, 3), ("b", -2 ** 62, 4), ("b", -2 ** 62, 5), ("b", -2 ** 62, 6)]))
     out = untimed(op.on_watermark(MAX_TIME))[0]
     assert out.column("total").to_pylist() == [2 ** 63, -3 * 2 ** 62 - 3]
+
+
+def _count_of() -> ArrowWindowOp:
+    return window(Tumbling(0.010), aggregates=(("n", agg.count()),))
+
+
+def _keys_batch(keys, kind, times) -> Timed:
+    return Timed(ArrowKeyed(pa.RecordBatch.from_arrays([pa.array(keys, kind)], names=["k"]), ("k",)),
+                 np.array(times, dtype=np.int64))
+
+
+def test_keys_arrow_would_make_one_are_not_taken_back_into_tables():
+    """Review 46: "a" and b"a" (a key column of strings in some batches, binary in others)
+    are two keys per key; a restore's state taken back into a string column made them one,
+    and the restored step fired one merged row where the unbroken step fired two."""
+    op = _count_of()
+    op.process(_keys_batch(["a"], pa.string(), [1]))
+    op.process(_keys_batch([b"a"], pa.binary(), [2]))  # another type: per key from now on
+    restored = _count_of()
+    restored.restore(pickle.loads(pickle.dumps(op.snapshot())), op.watermark)
+    for step in (op, restored):
+        step.process(_keys_batch(["z"], pa.string(), [3]))
+    assert restored._tables is None  # stays per key: its keys do not fit one column
+    assert sorted(map(repr, fired(restored.on_watermark(MAX_TIME)))) == \
+        sorted(map(repr, fired(op.on_watermark(MAX_TIME))))
+
+
+def test_a_changed_key_arrow_reads_as_a_held_one_is_still_written_deleted():
+    """Review 46: the deleted keys of an incremental snapshot were found with Arrow's is_in
+    over the changed keys made into the key column's type, where b"a" is "a": a changed
+    b"a" whose windows were gone counted as held while "a" was, and came back on restore."""
+    op = _count_of()
+    op.process(_keys_batch(["a"], pa.string(), [25]))
+    op.restore({b"a": {(0, 10): [(1,), True]}, "a": {(20, 30): [(1,), False]}}, 19)
+    op.process(_keys_batch(["a"], pa.string(), [26]))  # back into tables: b"a"'s window is past, dropped
+    assert op._tables is not None and b"a" in op.changed
+    changelog = StateChangelog(incremental=True, base_every=10, compact_above=0)
+    changelog.added(PartRef("run/snapshots/1/x.snap", "0" * 64, 1, 1, True))
+    keyed, _, _ = changelog.capture([op])
+    assert keyed["w"][1] == [b"a"]
+    read_back = {"w": {b"a": {(0, 10): [(1,), True]}, "a": {(20, 30): [(1,), False]}}}
+    apply_part(read_back, pickle.loads(pickle.dumps(keyed)), False)
+    assert read_back["w"] == op.state
+
+
+def test_min_and_max_of_a_zone_with_summer_time_are_python_s_in_the_hour_the_clocks_go_back():
+    """Review 46: Python orders two times of one zone by the clock (PEP 495), Arrow by the
+    instant; in Paris's repeated hour 02:15 CET is later than 02:30 CEST but compares
+    smaller. Such min and max stay per key, so every layout gives the per-record result."""
+    zone = pa.timestamp("ms", tz="Europe/Paris")
+    utc = datetime.timezone.utc
+    early = int(datetime.datetime(2026, 10, 25, 0, 30, tzinfo=utc).timestamp() * 1000)  # 02:30 CEST
+    late = int(datetime.datetime(2026, 10, 25, 1, 15, tzinfo=utc).timestamp() * 1000)  # 02:15 CET, later
+    values = python_values(pa.array([early, late], zone))
+    outputs = []
+    for per_key in (False, True):
+        op = window(Tumbling(10.0), per_key=per_key, aggregates=(("latest", agg.max("t")), ("earliest", agg.min("t"))))
+        for t in (early, late):  # a batch each: the layouts merge their partials, Arrow or Python
+            rows = pa.RecordBatch.from_arrays([pa.array(["a"]), pa.array([t], zone)], names=["k", "t"])
+            op.process(Timed(ArrowKeyed(rows, ("k",)), np.array([1], dtype=np.int64)))
+        outputs.append(fired(op.on_watermark(MAX_TIME)))
+    assert outputs[0] == outputs[1]
+    inner = outputs[0][0]
+    assert max(values) in inner and min(values) in inner
+    assert fits_columnar(window(Tumbling(10.0)).folds, [pa.string()], [pa.timestamp("ms", tz="+02:00")])
