@@ -19,7 +19,7 @@ from raystream._runtime.state.snapshot import SubtaskState, decode
 from raystream._runtime.checkpointing.subtask_side import SubtaskCheckpoints
 from raystream.errors import ConfigError, CorruptCheckpointError
 from raystream.windows import Sliding, Tumbling
-from tests.unit._runtime.operators.test_window_tables import rows_batch, window
+from tests.helpers.window_ops import rows_batch, window
 
 RUN = "run"
 
