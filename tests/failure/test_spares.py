@@ -7,12 +7,12 @@ import ray
 
 import raystream as rs
 from raystream._runtime.control import driver
-from raystream.sinks import CollectSink
+from raystream.sinks import CollectSink, read_files
 from raystream.sources import SequenceSource
 
 from tests.helpers.support import wait_until
 
-from .harness import kill, load_billing, running
+from .harness import kill, load_billing, running, verify_stopped
 
 
 def small_job() -> rs.Job:
@@ -35,9 +35,9 @@ def test_the_next_job_runs_on_the_spare_coordinator_and_its_spare_subtasks():
 
 
 def test_a_recovery_restarts_every_subtask_on_a_spare(monkeypatch, tmp_path):
-    # 12 s of events: on a loaded machine the four spares took about 5 s to come up, and the
-    # kill below must come while the job still runs (a 6 s job had ended once).
-    ns = load_billing(monkeypatch, events=36_000, rate=3_000, out=str(tmp_path / "out"))
+    # Endless events: on a loaded machine the four spares took about 5 s to come up, and
+    # the kill below must come while the job still runs; it is stopped after the recovery.
+    ns = load_billing(monkeypatch, events=10**9, rate=3_000, out=str(tmp_path / "out"))
     job = ns["job"]
     handle = job.with_options(checkpoint=rs.CheckpointConfig(interval=0.3),
                               runtime=dataclasses.replace(job.runtime, recovery_spares=1.0)).start()
@@ -53,6 +53,10 @@ def test_a_recovery_restarts_every_subtask_on_a_spare(monkeypatch, tmp_path):
     kill(status.pids[sorted(status.pids)[0]])
     after = wait_until(lambda: running(handle, attempt=status.attempt + 1), "the next attempt")
     assert set(after.pids.values()) == ready
+    completed = after.checkpoints.completed
+    wait_until(lambda: handle.status().checkpoints.completed > completed, "a checkpoint of the next attempt")
+    handle.stop()
     result = handle.wait()
-    assert ns["verify"]().ok, ns["verify"]()
+    events, lost, duplicated = verify_stopped(read_files(str(tmp_path / "out")), ns["usage_event"], partitions=4)
+    assert (lost, duplicated) == (0, 0) and events > 0
     assert result.restarts == 1 and result.recoveries

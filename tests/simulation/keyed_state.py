@@ -27,10 +27,23 @@ MERGE_PATIENCE = 3.0
 TALLY_SPAN = 64  # record ids a tally counts (Sums)
 
 
-def logical_state(keyed: dict[str, dict[Any, Any]]) -> dict[str, Any]:
-    """What a restore must give back of full keyed state: the running sums exactly, and
-    each step's keys (their values may be Arrow, numpy or windows)."""
-    return {step: dict(table) if step == "sum" else set(table) for step, table in keyed.items()}
+def logical_state(keyed: dict[str, dict[Any, Any]]) -> dict[str, dict[Any, Any]]:
+    """What a restore must give back of full keyed state: each step's keys and values (a
+    window step's windows, their partials and emitted flags), with NaN equal to itself so
+    that a NaN partial read back is the one captured."""
+    return {step: {key: _canonical(value) for key, value in table.items()} for step, table in keyed.items()}
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as comparable plain data: a float by its bits (so -0.0 is not 0.0, and a NaN
+    is equal to a NaN), containers by their items."""
+    if isinstance(value, float):
+        return ("float", "nan" if value != value else value.hex())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(map(_canonical, value)))
+    if isinstance(value, dict):
+        return ("dict", frozenset((_canonical(k), _canonical(v)) for k, v in value.items()))
+    return value
 
 
 def check_landed(store: CheckpointStore, key: str, captured: dict[str, dict[str, Any]], mismatches: list[str]) -> None:

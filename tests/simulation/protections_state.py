@@ -6,7 +6,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from raystream._runtime.operators.window_tables import WindowTables
-from raystream._runtime.state import changelog
+from raystream._runtime.state import changelog, window_entries
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.state.store import CheckpointStore
 
@@ -60,6 +60,25 @@ def window_rows_forget_deleted_keys() -> Iterator[None]:
         return None if picked is None else (picked[0], [])
 
     with patched(WindowTables, "changed_entries", changed_entries):
+        yield
+
+
+@contextlib.contextmanager
+def window_rows_read_unfired() -> Iterator[None]:
+    """I5: whoever reads a window step's Arrow rows back (a restore, a merge, the checkpoint
+    reader: changelog.py) takes every window as not fired, so a restored step fires windows
+    again. The snapshot is right; only what is read from it is not."""
+    real = changelog.per_key
+
+    def per_key(table):
+        state = real(table)
+        if isinstance(table, window_entries.WindowEntries):
+            for windows in state.values():
+                for entry in windows.values():
+                    entry[1] = False
+        return state
+
+    with patched(changelog, "per_key", per_key):
         yield
 
 
@@ -180,6 +199,8 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                   upload_failed_keeps_parts),
     "window_rows_forget_deleted_keys": ("I2: a window step's Arrow rows list no deleted key",
                                         window_rows_forget_deleted_keys),
+    "window_rows_read_unfired": ("I5: a window step's Arrow rows are read back as windows that never fired",
+                                 window_rows_read_unfired),
     "retention_newest_only": ("I6: retention keeps the parts of its newest kept checkpoint only",
                               retention_newest_only),
 }
