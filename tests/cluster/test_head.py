@@ -36,8 +36,8 @@ def job_file(tmp_path, *, n: int | None, rate: float) -> str:
                      storage={str(tmp_path / "chk")!r}))
         (job.source("nums", SequenceSource({n}, partitions=2, rate={rate}))
             .map("row", lambda i: {{"id": i}})
-            .sink("out", FileSink({str(tmp_path / "out")!r})))
-    """))
+            .sink("out", FileSink({str(tmp_path / "out")!r}, roll_interval=1.0)))
+    """))  # files roll each second: by FileSink's default (60 s) each submission's output waited a minute
     return str(folder / "count_job.py")
 
 
