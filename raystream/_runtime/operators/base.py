@@ -24,6 +24,7 @@ import pyarrow as pa
 from raystream._runtime.transport.batch import (KeyedBatch, Timed, Times, as_keyed, as_records, batch_len, time_list,
                                                 to_arrow, untimed)
 from raystream._runtime.plan.failure import RecordFailure
+from raystream.errors import RestoreError
 from raystream.graph import Step
 
 
@@ -219,9 +220,19 @@ class KeyedOp(Operator):
         return None
 
     def restore_meta(self, metas: list[Any]) -> None:
-        """After `restore`: the `state_meta` of each old subtask the state came from (none
+        """Before `restore`: the `state_meta` of each old subtask the state came from (none
         from a snapshot of raystream before it). Raises RestoreError when the state does
-        not fit this step."""
+        not fit this step. Here, for steps that keep no meta: state a columnar step wrote
+        (its meta names the kind, "op") is refused, since its values are that step's
+        partials, not this step's (a per-record window would fire a Lifetime window's
+        partials as its own). Columnar steps check their own kinds."""
+        for meta in metas:
+            if isinstance(meta, dict) and meta.get("op"):
+                windows = f" of {meta['windows']} windows" if meta.get("windows") else ""
+                raise RestoreError(
+                    f"step {self.step_id!r}: the checkpoint's state for this step id was written by a columnar "
+                    f"{meta['op']} step{windows}, and this job's step is of another kind ({type(self).__name__}); "
+                    "restore with the job that wrote it, give this step another id, or start without resume")
 
 
 def run_chain(ops: list[Operator], batch: Any) -> Any:

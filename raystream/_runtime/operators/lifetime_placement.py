@@ -32,8 +32,8 @@ def end_millis(column: Any) -> tuple[np.ndarray, np.ndarray]:
         values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     if pa.types.is_timestamp(kind):
         divisor = TIMESTAMP_DIVISORS[kind.unit]
-        if divisor < 0:
-            values = np.clip(values, MIN_TIME // -divisor, MAX_END // -divisor) * -divisor
+        if divisor < 0:  # the lower bound rounded up: MIN_TIME // 1000 floored, times 1000, wraps past int64
+            values = np.clip(values, -(-MIN_TIME // -divisor), MAX_END // -divisor) * -divisor
         else:
             values = values // divisor  # floored, as event times from a timestamp column are
     return np.minimum(values, MAX_END), has

@@ -20,7 +20,7 @@ from raystream._runtime.time.watermarks import MAX_TIME
 from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
 from raystream._runtime.transport.keys import groups_of_subtask, key_group
 from raystream.graph import Step, StepKind, WindowSpec
-from raystream.windows import Tumbling
+from raystream.windows import ArrowJoin, Tumbling
 
 TYPED = (("n", agg.count()), ("low", agg.min("v")), ("total", agg.sum("v")))
 
@@ -113,6 +113,40 @@ def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id(
     snapshot = SubtaskState(5, "w", 0, 1, keyed={"w": before.snapshot()}, step_meta={"w": before.state_meta()})
     with pytest.raises(RestoreError, match="written by a columnar aggregate, and this job's step is a columnar window"):
         restored_window([pickle.loads(pickle.dumps(snapshot))])
+
+
+def test_a_lifetime_windows_state_is_refused_by_a_step_of_another_kind_of_the_same_id():
+    """Review 47: the per-record window step (and the columnar join) checked no meta, so a
+    Lifetime window's state was taken as windows of its own and fired its partials as the
+    reduce's values; with waiting rows the restore crashed instead of naming the step."""
+    from raystream._runtime.operators.columnar_join import ArrowJoinOp
+    from raystream._runtime.operators.windows import WindowOp
+    from raystream.errors import RestoreError
+    from tests.helpers.lifetimes import lifetime
+
+    op = lifetime()
+    meta = pickle.loads(pickle.dumps(op.state_meta()))
+    reduce_step = Step("w", StepKind.WINDOW, ("in",), fn=lambda a, b: a + b,
+                       window=WindowSpec(Tumbling(0.010), 0, "reduce"))
+    join_step = Step("w", StepKind.JOIN, ("l", "r"), key_columns=("k",), arrow=ArrowJoin(("k",), ("k",)),
+                     window=WindowSpec(Tumbling(0.010), 0, "columnar"))
+    for other in (WindowOp(reduce_step), ArrowJoinOp(join_step)):
+        with pytest.raises(RestoreError, match="written by a columnar window step of lifetime windows"):
+            other.restore_meta([meta])
+
+
+def test_a_window_state_keyed_by_other_columns_is_refused():
+    """Review 47: a checkpoint of the step keyed by "k" restored into the step keyed by
+    ("k", "k2") was taken: a restored key "ab" fired as k="a", k2="b"."""
+    from raystream.errors import RestoreError
+
+    before = typed_window()
+    before.process(Timed(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)), np.array([1])))
+    meta = pickle.loads(pickle.dumps(before.state_meta()))
+    after = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k", "k2"), arrow=TYPED,
+                               window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+    with pytest.raises(RestoreError, match=r"keyed by \['k'\], and this step keys by \['k', 'k2'\]"):
+        after.restore_meta([meta])
 
 
 _KEY_TYPES = [(pa.int8(), 100), (pa.int16(), 30_000), (pa.int32(), 2**31 - 1), (pa.int64(), 2**40 + 8),
