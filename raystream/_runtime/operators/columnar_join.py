@@ -131,6 +131,15 @@ class ArrowJoinOp(TimedWindows):
         # restore, when it is found from the rows restored)
         self.schemas: list[pa.Schema | None] = [None, None]
 
+    def state_meta(self) -> dict[str, Any]:
+        """Says a columnar join wrote the state, so that no step of another kind takes it."""
+        return {"op": "join"}
+
+    def restore_meta(self, metas: list[Any]) -> None:
+        """Refuse a columnar step's state of another kind (a join's own checkpoints from
+        before 0.8.1 hold no meta and are taken)."""
+        super().restore_meta([m for m in metas if not (isinstance(m, dict) and m.get("op") == "join")])
+
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)
         self.schemas = [None, None]

@@ -29,6 +29,17 @@ from raystream.graph import Step, StepKind
 TIMESTAMP_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
 
 
+def _scaled(ints: np.ndarray, factor: int, column: str) -> np.ndarray:
+    """`ints` times `factor`, refused where the product would not fit int64 (it would wrap
+    to some other time: review 47; seconds past about 292 million years from 1970)."""
+    if factor != 1 and len(ints):
+        bound = np.iinfo(np.int64).max // factor
+        if ints.max() > bound or ints.min() < -bound:
+            raise ValueError(f"event time column {column!r} holds a time about 292 million years or more from 1970, "
+                             "which raystream cannot hold in milliseconds")
+    return ints * factor
+
+
 def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(milliseconds per row, the rows that have a time, or None for all) of `column`:
     integers or floats in `unit`, or an Arrow timestamp in its own unit (UTC)."""
@@ -40,11 +51,11 @@ def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndar
     if pa.types.is_timestamp(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         divisor = TIMESTAMP_DIVISORS[kind.unit]
-        return (ints * -divisor if divisor < 0 else ints // divisor), valid
+        return (_scaled(ints, -divisor, column) if divisor < 0 else ints // divisor), valid
     if pa.types.is_integer(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         if unit in ("s", "ms"):
-            return ints * int(UNITS[unit]), valid
+            return _scaled(ints, int(UNITS[unit]), column), valid
         return ints // round(1 / UNITS[unit]), valid  # floor, as a datetime's microseconds are
     if pa.types.is_floating(kind):
         floats = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)

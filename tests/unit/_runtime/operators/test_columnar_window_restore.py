@@ -135,6 +135,29 @@ def test_a_lifetime_windows_state_is_refused_by_a_step_of_another_kind_of_the_sa
             other.restore_meta([meta])
 
 
+def test_a_columnar_joins_state_and_a_windows_are_refused_by_each_other_and_by_per_record_steps():
+    """Review 47: the columnar join kept no meta, so its state went into any step of its id,
+    and it took any columnar window's (a join's own checkpoints from before hold none: taken)."""
+    from raystream._runtime.operators.columnar_join import ArrowJoinOp
+    from raystream._runtime.operators.windows import JoinOp
+    from raystream.errors import RestoreError
+
+    def join() -> ArrowJoinOp:
+        return ArrowJoinOp(Step("w", StepKind.JOIN, ("l", "r"), key_columns=("k",), arrow=ArrowJoin(("k",), ("k",)),
+                                window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+
+    join_meta = pickle.loads(pickle.dumps(join().state_meta()))
+    with pytest.raises(RestoreError, match="written by a columnar join, and this job's step is a columnar window"):
+        typed_window().restore_meta([join_meta])
+    per_record = JoinOp(Step("w", StepKind.JOIN, ("l", "r"), fn=lambda a, b: (a, b),
+                             window=WindowSpec(Tumbling(0.010), 0, "join")))
+    with pytest.raises(RestoreError, match="written by a columnar join step"):
+        per_record.restore_meta([join_meta])
+    with pytest.raises(RestoreError, match="written by a columnar window step"):
+        join().restore_meta([typed_window().state_meta()])
+    join().restore_meta([join_meta, {}, None])  # its own, and a join's from before 0.8.1 (no meta)
+
+
 def test_a_window_state_keyed_by_other_columns_is_refused():
     """Review 47: a checkpoint of the step keyed by "k" restored into the step keyed by
     ("k", "k2") was taken: a restored key "ab" fired as k="a", k2="b"."""

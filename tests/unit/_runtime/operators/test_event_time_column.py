@@ -153,3 +153,17 @@ def test_a_time_function_keeps_an_arrow_batch_as_it_is_and_only_reads_its_rows()
     keyed = op.process(ArrowKeyed(batch.filter(pa.array([True, False, True])), ("d",)))
     assert isinstance(keyed.batch, ArrowKeyed) and keyed.batch.key_columns == ("d",)
     assert keyed.batch.batch.schema == batch.schema and keyed.times.tolist() == [1_000, 3_000]
+
+
+def test_a_time_in_seconds_too_far_for_milliseconds_is_refused_not_wrapped():
+    """Review 47: seconds times 1000 wrapped past int64 to another time (a row about 292
+    million years before 1970 came out far after it); such a batch fails with its column named."""
+    far = pa.RecordBatch.from_pydict({"t": pa.array([1, -(2 ** 60)], pa.timestamp("s"))})
+    with pytest.raises(ValueError, match="event time column 't' holds a time about 292 million years"):
+        column_millis(far, "t", "ms")
+    ints = pa.RecordBatch.from_pydict({"t": pa.array([1, 2 ** 60], pa.int64())})
+    with pytest.raises(ValueError, match="292 million years"):
+        column_millis(ints, "t", "s")
+    near, _ = column_millis(pa.RecordBatch.from_pydict({"t": pa.array([-(2 ** 53), 2 ** 53], pa.timestamp("s"))}),
+                            "t", "ms")
+    assert near.tolist() == [-(2 ** 53) * 1000, 2 ** 53 * 1000]
