@@ -134,10 +134,17 @@ class Folds:
                 raise RestoreError(
                     f"step {step_id!r}: the checkpoint's state for this step id was written by another kind of step "
                     f"(a per-record step, say), not a columnar {op}, and it cannot be read as one: {what}")
-            if meta.get("op", op) != op:
+            # a meta of aggregates without a kind: a columnar step of 0.4.0's first form, taken as this one
+            kind = meta.get("op", op if "aggregates" in meta else None)
+            if kind is None:  # a per-record step's (its TTL's clock, say: review 47)
+                raise RestoreError(
+                    f"step {step_id!r}: the checkpoint's state for this step id was written by another kind of step "
+                    f"(a per-record step with a time-to-live, say), not a columnar {op}, and it cannot be read as one: "
+                    f"{what}")
+            if kind != op:
                 raise RestoreError(
                     f"step {step_id!r}: the checkpoint's state for this step id was written by a columnar "
-                    f"{meta['op']}, and this job's step is a columnar {op}; their states differ: {what}")
+                    f"{kind}, and this job's step is a columnar {op}; their states differ: {what}")
             before = meta.get("aggregates")
             if before is None or [kind for _, _, kind in before] == [kind for _, _, kind in now]:
                 continue

@@ -176,13 +176,14 @@ class ArrowWindowOp(TimedWindows):
             if data is None:
                 continue
             schema = pa.ipc.read_schema(pa.py_buffer(data))
-            if len(schema) != n + len(self.result_types):  # the aggregates are this step's (above): other keys
-                before = schema.names[:max(0, len(schema) - len(self.result_types))]
+            before = schema.names[:max(0, len(schema) - len(self.result_types))]  # the aggregates are this step's
+            # other key columns: another number, or these in another order (renamed ones cannot be told apart)
+            if len(before) != n or (before != self.key_columns and sorted(before) == sorted(self.key_columns)):
                 raise RestoreError(
                     f"step {self.step_id!r}: the checkpoint's state was keyed by {before}, and this step keys by "
-                    f"{self.key_columns}: a key of one column is a value, of several a tuple, and the state's keys "
-                    "would not be this step's; restore with the job's original key_by, give this step another id, "
-                    "or start without resume")
+                    f"{self.key_columns}: a key of one column is a value, of several a tuple in their order, and the "
+                    "state's keys would not be this step's; restore with the job's original key_by, give this step "
+                    "another id, or start without resume")
             for i, f in enumerate(schema):
                 known = self.key_types if i < n else self.result_types
                 j = i if i < n else i - n

@@ -29,15 +29,22 @@ from raystream.graph import Step, StepKind
 TIMESTAMP_DIVISORS = {"s": -1000, "ms": 1, "us": 1000, "ns": 1_000_000}  # -n: multiply by n
 
 
-def _scaled(ints: np.ndarray, factor: int, column: str) -> np.ndarray:
-    """`ints` times `factor`, refused where the product would not fit int64 (it would wrap
-    to some other time: review 47; seconds past about 292 million years from 1970)."""
-    if factor != 1 and len(ints):
-        bound = np.iinfo(np.int64).max // factor
-        if ints.max() > bound or ints.min() < -bound:
-            raise ValueError(f"event time column {column!r} holds a time about 292 million years or more from 1970, "
-                             "which raystream cannot hold in milliseconds")
-    return ints * factor
+#: The furthest time from 1970 in milliseconds that a row may have (about 292 million
+#: years): a time in seconds past it would wrap int64 (review 47) into some other time.
+_FURTHEST_MS = np.iinfo(np.int64).max // 1000 * 1000
+
+
+def _scaled(ints: np.ndarray, factor: int, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`ints` times `factor`; rows too far from 1970 for that (they would wrap) are not
+    valid: they fail on their own, as a row without a time does."""
+    if factor == 1 or not len(ints):
+        return ints, valid
+    bound = _FURTHEST_MS // factor
+    near = (ints <= bound) & (ints >= -bound)
+    if not near.all():
+        valid = near if valid is None else valid & near
+        ints = np.where(near, ints, 0)
+    return ints * factor, valid
 
 
 def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -51,19 +58,25 @@ def column_millis(rows: pa.RecordBatch, column: str, unit: str) -> tuple[np.ndar
     if pa.types.is_timestamp(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         divisor = TIMESTAMP_DIVISORS[kind.unit]
-        return (_scaled(ints, -divisor, column) if divisor < 0 else ints // divisor), valid
+        if divisor > 0:
+            return ints // divisor, valid
+        millis, near = _scaled(ints, -divisor, None)
+        if near is not None:  # such a row has no Python value either: its batch fails, as other such values do
+            raise ValueError(f"the event time column {column!r} holds a time about 292 million years or more from "
+                             "1970, which has no Python datetime nor int64 milliseconds")
+        return millis, valid
     if pa.types.is_integer(kind):
         ints = array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         if unit in ("s", "ms"):
-            return _scaled(ints, int(UNITS[unit]), column), valid
+            return _scaled(ints, int(UNITS[unit]), valid)
         return ints // round(1 / UNITS[unit]), valid  # floor, as a datetime's microseconds are
     if pa.types.is_floating(kind):
-        floats = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-        finite = np.isfinite(floats)
-        if not finite.all():
-            valid = finite if valid is None else valid & finite
-            floats = np.where(finite, floats, 0.0)
-        return np.rint(floats * UNITS[unit]).astype(np.int64), valid  # half to even, as round()
+        floats = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False) * UNITS[unit]
+        near = np.abs(floats) <= _FURTHEST_MS  # False for NaN and infinities too; no int64 wrap
+        if not near.all():
+            valid = near if valid is None else valid & near
+            floats = np.where(near, floats, 0.0)
+        return np.rint(floats).astype(np.int64), valid  # half to even, as round()
     raise TypeError(f"the event time column {column!r} is {kind}; it takes integers or floats in {unit} since the "
                     "epoch, or an Arrow timestamp")
 
@@ -159,9 +172,10 @@ class AssignTimeOp(Operator):
         taken: Any = ArrowKeyed(batch.batch.take(indices), batch.key_columns) if isinstance(batch, ArrowKeyed) \
             else batch.take(indices)
         name = self.column.column
-        values = (taken.batch if isinstance(taken, ArrowKeyed) else taken).column(name).to_pylist()
-        for record, value in zip(as_records(taken), values):
-            self.failed(record, TypeError(f"the event time column {name!r} holds {value!r}, not a time"))
+        column = (taken.batch if isinstance(taken, ArrowKeyed) else taken).column(name)
+        for record, value in zip(as_records(taken), column.to_pylist()):
+            self.failed(record, TypeError(f"the event time column {name!r} holds {value!r}, not a time within about "
+                                          "292 million years of 1970"))
 
     def _stamp_one_by_one(self, records: list[Any]) -> tuple[list[Any], list[int]]:
         kept, times = [], []

@@ -170,6 +170,31 @@ def test_a_window_state_keyed_by_other_columns_is_refused():
                                window=WindowSpec(Tumbling(0.010), 0, "columnar")))
     with pytest.raises(RestoreError, match=r"keyed by \['k'\], and this step keys by \['k', 'k2'\]"):
         after.restore_meta([meta])
+    # review 47b: the same columns in another order, ("a", "x") fired as k2="a", k="x"
+    two = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k", "k2"), arrow=TYPED,
+                             window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+    swapped = ArrowWindowOp(Step("w", StepKind.WINDOW, ("in",), key_columns=("k2", "k"), arrow=TYPED,
+                                 window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+    with pytest.raises(RestoreError, match=r"keyed by \['k', 'k2'\], and this step keys by \['k2', 'k'\]"):
+        swapped.restore_meta([pickle.loads(pickle.dumps(two.state_meta()))])
+    two.restore_meta([two.state_meta()])  # its own
+
+
+def test_a_per_record_steps_state_kept_with_a_ttl_is_refused_by_columnar_steps():
+    """Review 47b: a TTL's meta names no kind, and the columnar steps took a meta without
+    one as their own: they would read the TTL's entries as their partials."""
+    from raystream._runtime.operators.aggregate_op import AggregateOp
+    from raystream._runtime.operators.columnar_join import ArrowJoinOp
+    from raystream._runtime.time.expiry import TTL_META
+    from raystream.errors import RestoreError
+
+    ttl_meta = {TTL_META: "event", "ttl_ms": 1000}
+    join = ArrowJoinOp(Step("w", StepKind.JOIN, ("l", "r"), key_columns=("k",), arrow=ArrowJoin(("k",), ("k",)),
+                            window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+    for op in (typed_window(), AggregateOp(Step("w", "aggregate", ("in",), key_columns=("k",), arrow=TYPED)), join):
+        with pytest.raises(RestoreError, match="per-record step with a time-to-live"):
+            op.restore_meta([ttl_meta])
+    typed_window().restore_meta([{"aggregates": typed_window().state_meta()["aggregates"]}])  # 0.4.0's first form
 
 
 _KEY_TYPES = [(pa.int8(), 100), (pa.int16(), 30_000), (pa.int32(), 2**31 - 1), (pa.int64(), 2**40 + 8),

@@ -155,15 +155,27 @@ def test_a_time_function_keeps_an_arrow_batch_as_it_is_and_only_reads_its_rows()
     assert keyed.batch.batch.schema == batch.schema and keyed.times.tolist() == [1_000, 3_000]
 
 
-def test_a_time_in_seconds_too_far_for_milliseconds_is_refused_not_wrapped():
-    """Review 47: seconds times 1000 wrapped past int64 to another time (a row about 292
-    million years before 1970 came out far after it); such a batch fails with its column named."""
+def test_a_time_too_far_from_1970_for_milliseconds_is_a_row_without_a_time_not_wrapped():
+    """Review 47: seconds times 1000 wrapped past int64 to another time (about 292 million
+    years before 1970 came out far after it; a float came out as the watermark's minimum).
+    Such a row fails on its own, as a row without a time does; the others go on."""
+    cases = [(pa.array([1, 2 ** 60, 2], pa.int64()), "s"),
+             (pa.array([1.0, 1e17, 2.0], pa.float64()), "s"), (pa.array([1.0, -1e19, 2.0], pa.float64()), "ms")]
+    for array, unit in cases:
+        times, valid = column_millis(pa.RecordBatch.from_pydict({"t": array}), "t", unit)
+        assert valid.tolist() == [True, False, True], (array.type, unit)
+        assert times[0] in (1, 1000) and times[2] in (2, 2000)
+    near, valid = column_millis(pa.RecordBatch.from_pydict({"t": pa.array([-(2 ** 53), 2 ** 53], pa.timestamp("s"))}),
+                                "t", "ms")
+    assert valid is None and near.tolist() == [-(2 ** 53) * 1000, 2 ** 53 * 1000]
+    # in a step: the far row fails on its own, the others go on
+    op = stamper(rs.EventTime.column("t", unit="s"))
+    failed = []
+    op.on_error = lambda step, record, exc: failed.append((record, str(exc)))
+    out = op.process(pa.RecordBatch.from_pydict({"k": ["a", "b", "c"], "t": pa.array([1, -(2 ** 60), 2])}))
+    assert out.batch.column("k").to_pylist() == ["a", "c"] and out.times.tolist() == [1_000, 2_000]
+    assert [r["k"] for r, _ in failed] == ["b"] and "not a time within about 292 million years" in failed[0][1]
+    # a timestamp that far has no Python value either: its batch fails, as such values do elsewhere
     far = pa.RecordBatch.from_pydict({"t": pa.array([1, -(2 ** 60)], pa.timestamp("s"))})
-    with pytest.raises(ValueError, match="event time column 't' holds a time about 292 million years"):
+    with pytest.raises(ValueError, match="about 292 million years or more from 1970"):
         column_millis(far, "t", "ms")
-    ints = pa.RecordBatch.from_pydict({"t": pa.array([1, 2 ** 60], pa.int64())})
-    with pytest.raises(ValueError, match="292 million years"):
-        column_millis(ints, "t", "s")
-    near, _ = column_millis(pa.RecordBatch.from_pydict({"t": pa.array([-(2 ** 53), 2 ** 53], pa.timestamp("s"))}),
-                            "t", "ms")
-    assert near.tolist() == [-(2 ** 53) * 1000, 2 ** 53 * 1000]
