@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from raystream import aggregates as agg
 from raystream._runtime.operators.columnar_windows import ArrowWindowOp
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Batches, Timed, untimed
 from raystream.graph import Step, StepKind, WindowSpec
 
 AGGREGATES = (("n", agg.count()), ("values", agg.count("v")), ("low", agg.min("v")), ("high", agg.max("v")),
@@ -41,8 +41,10 @@ def rows_batch(rows, value_type=pa.int64(), keys=("k",)) -> Timed:
 
 
 def fired(batch) -> list[tuple]:
-    """Every output row, in order, with its time."""
+    """Every output row, in order, with its time (of each batch in turn, if several)."""
     if not len(batch):
         return []
+    if isinstance(batch, Batches):
+        return [row for part in batch.parts for row in fired(part)]
     inner, times = untimed(batch)
     return [tuple(r.values()) + (int(t),) for r, t in zip(inner.to_pylist(), times)]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import collections
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 import raystream as rs
 from raystream import aggregates as agg
 from raystream.connectors import nexmark as nx
-from raystream.sinks import FileSink, read_files
+from raystream.sinks import CollectSink, FileSink, read_files
 from raystream.windows import Sliding, Tumbling
 from tests.helpers.nexmark import all_events, bid_windows, window_rows
 
@@ -70,3 +72,23 @@ def test_a_tumbling_window_join_of_sellers_and_their_auctions_equals_a_nested_lo
             if p["id"] == a["seller"] and a["date_time"] - a["date_time"] % 10_000 == window:
                 want[(p["id"], window, p["name"], a["id"])] += 1
     assert got == want and sum(want.values()) > 10
+
+
+def test_windows_of_keys_in_columns_of_types_no_one_column_holds_fire_and_flow_on(tmp_path):
+    """Review 47: keys "5" (a string column in one file) and 5 (an int column in another)
+    fired at one watermark failed the subtask there, and again after every restore. Each
+    kind now fires as a batch of its own through the step after the window to the sink."""
+    from raystream.sources import FileSource
+    for name, keys in (("strings", pa.array(["5", "5", "x"])), ("ints", pa.array([5, 5, 7]))):
+        pq.write_table(pa.table({"k": keys, "t": pa.array([1_000, 2_000, 3_000])}), tmp_path / f"{name}.parquet")
+    job = rs.Job("mixed-keys", parallelism=1, checkpoint=rs.CheckpointConfig(interval=0.5))
+    (job.source("rows", FileSource(str(tmp_path / "*.parquet"), format="parquet", columnar=True),
+                event_time=rs.EventTime.column("t", unit="ms"))
+     .key_by("by_k", "k")
+     .window(Tumbling(10)).aggregate("per_k", n=agg.count())
+     .map_batches("doubled", lambda b: b.append_column("twice", pc.multiply(b.column("n"), 2)))
+     .sink("out", CollectSink()))
+    result = job.run()
+    assert result.state == "finished"
+    got = sorted(((r["k"], r["n"], r["twice"]) for r in result.outputs["out"]), key=repr)
+    assert got == sorted([("5", 2, 4), ("x", 1, 2), (5, 2, 4), (7, 1, 2)], key=repr)

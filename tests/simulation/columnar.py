@@ -24,7 +24,7 @@ import pyarrow as pa
 
 import raystream as rs
 from raystream import aggregates as agg
-from raystream._runtime.transport.batch import untimed
+from raystream._runtime.transport.batch import Batches, untimed
 from raystream._runtime.transport.keys import key_group
 from raystream.graph import Step
 from raystream.sinks import read_files
@@ -39,15 +39,17 @@ _NAN = "NaN"  # how a NaN is written (FileSink's JSON writes NaN as null, which 
 _MASK = (1 << 64) - 1
 
 
-def keys_of(partition: int, n: int, max_parallelism: int) -> list[int]:
+def keys_of(partition: int, n: int, max_parallelism: int, kind: type = int) -> list[Any]:
     """`n` aggregate keys in the key group of `partition`: a key's state then lives where
     its partition is read at every parallelism (no exchange needed), and a rescale moves
-    both together, as it moves a partition's offset and its running sum."""
+    both together, as it moves a partition's offset and its running sum. `kind` str: the
+    keys are strings of digits (a key column of strings)."""
     group = key_group(partition, max_parallelism)
-    keys, k = [partition], 10_000 * (partition + 1)  # apart from every other partition's keys
+    keys: list[Any] = [partition] if kind is int else []
+    k = 10_000 * (partition + 1)  # apart from every other partition's keys
     while len(keys) < n:
-        if key_group(k, max_parallelism) == group:
-            keys.append(k)
+        if key_group(kind(k), max_parallelism) == group:
+            keys.append(kind(k))
         k += 1
     return keys
 
@@ -59,7 +61,16 @@ class Columns:
     def __init__(self, seed: int, partitions: int, max_parallelism: int):
         rng = random.Random(seed ^ 0xC0117)  # its own draws: the rest of the schedule stays what it was
         self.seed, self.partitions = seed, partitions
-        self.keys = {p: keys_of(p, rng.randint(1, 3), max_parallelism) for p in range(partitions)}
+        # In a third of the schedules some partitions' keys are strings (a key column of
+        # strings in their batches, of ints in the others'): a subtask that reads both, or a
+        # rescale that merges them, holds keys no one Arrow column holds (review 47). Drawn
+        # apart, so the draws below stay what they were.
+        kinds = random.Random(seed ^ 0x57121)
+        strings = set(kinds.sample(range(partitions), kinds.randint(1, partitions - 1))) \
+            if partitions > 1 and kinds.random() < 1 / 3 else set()
+        self.key_types = {p: pa.string() if p in strings else pa.int64() for p in range(partitions)}
+        self.keys = {p: keys_of(p, rng.randint(1, 3), max_parallelism, str if p in strings else int)
+                     for p in range(partitions)}
         self.nan_rate = rng.choice([0.15, 0.3])  # often enough that a key's first batch is all NaN
         self.null_rate = rng.choice([0.0, 0.1])
         self.sizes = rng.choice([(1, 2, 3), (1, 4, 9), (2, 5, 13), (1, 1, 6, 20)])  # rows per batch
@@ -77,7 +88,7 @@ class Columns:
         x = ((x ^ (x >> 31)) * 0x94D049BB133111EB) & _MASK
         return (x ^ (x >> 29)) / 2.0 ** 64
 
-    def key(self, record: int) -> int:
+    def key(self, record: int) -> Any:
         keys = self.keys[record % self.partitions]
         return keys[int(self._mix(record, 1) * len(keys))]
 
@@ -95,7 +106,8 @@ class Columns:
 
     def batch(self, ids: list[int], rng: random.Random, times: list[int] | None) -> pa.RecordBatch:
         kind = pa.float32() if rng.random() < self.narrow_rate else pa.float64()
-        arrays = [pa.array(ids, pa.int64()), pa.array([self.key(i) for i in ids], pa.int64()),
+        key_type = self.key_types[ids[0] % self.partitions]  # a batch is of one partition
+        arrays = [pa.array(ids, pa.int64()), pa.array([self.key(i) for i in ids], key_type),
                   pa.array([self.value(i) for i in ids], kind)]
         names = ["id", "k", "v"]
         if times is not None:
@@ -113,6 +125,8 @@ class Columns:
     @staticmethod
     def rows(out: Any, run_id: str) -> list[dict]:
         """The aggregate's output batch as the rows its sink writes, NaN spelled out."""
+        if isinstance(out, Batches):
+            return [row for part in out.parts for row in Columns.rows(part, run_id)]
         batch, _ = untimed(out)
         if not isinstance(batch, pa.RecordBatch):
             return []
@@ -121,13 +135,13 @@ class Columns:
 
     # --- the invariant ---------------------------------------------------------------------
 
-    def partition_of(self, key: int) -> int:
+    def partition_of(self, key: Any) -> int:
         found = [p for p, keys in self.keys.items() if key in keys]
         if not found:
             raise SimFailure(f"aggregate (columnar): a row of key {key!r}, which no record has")
         return found[0]
 
-    def _values(self, key: int, n: int) -> list[Any]:
+    def _values(self, key: Any, n: int) -> list[Any]:
         """The key's first `n` values, in its partition's order (scanned once, as far as asked)."""
         p = self.partition_of(key)
         have = self._prefixes.setdefault(key, [])
@@ -139,7 +153,7 @@ class Columns:
         self._scanned[key] = (record - p) // self.partitions
         return have[:n]
 
-    def expected(self, key: int, n: int) -> dict[str, Any]:
+    def expected(self, key: Any, n: int) -> dict[str, Any]:
         values = self._values(key, n)
         present = [v for v in values if v is not None]
         numbers = [v for v in present if v == v]
@@ -149,7 +163,7 @@ class Columns:
                 "lo": min(numbers) if numbers else math.nan if present else None,
                 "hi": max(numbers) if numbers else math.nan if present else None}
 
-    def total_rows(self, key: int, records: int) -> int:
+    def total_rows(self, key: Any, records: int) -> int:
         """How many rows of `key` a partition of `records` records holds."""
         p = self.partition_of(key)
         return sum(self.key(p + self.partitions * i) == key for i in range(records))
@@ -178,7 +192,7 @@ def check_aggregates(scenario: Any) -> None:
                                  f"{row['run']}: {'; '.join(wrong)} (min and max skip NaN; the cuts of the batches "
                                  f"must not matter)")
             seen[(row["run"], row["k"], row["n"])] += 1
-        twice = sorted(k for k, c in seen.items() if c > 1)
+        twice = sorted((k for k, c in seen.items() if c > 1), key=repr)
         if twice:
             raise SimFailure(f"aggregate (columnar): rows committed twice (run, key, count): {twice[:5]}")
     for line in scenario.lines:

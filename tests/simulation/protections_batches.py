@@ -4,7 +4,8 @@ across batches (columnar.py's schedules), a source partition's idleness counted 
 its empty polls, the watermark sent before IDLE, and barriers after the current batch
 (event_time.py's, whose slow batches make rounds long); a window that fired on a subtask
 whose watermark was ahead not firing again after a rescale, and one it had dropped not
-opening again (windowed.py's). Each mutant
+opening again, and windows of keys no one Arrow column holds firing together
+(windowed.py's). Each mutant
 is the code as it was before the fix.
 """
 from __future__ import annotations
@@ -149,6 +150,21 @@ def group_watermarks_forgotten() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def fired_keys_in_one_column() -> Iterator[None]:
+    """Windows fired together make one batch whatever their keys (before review 47's fix):
+    a string key and an int key (a partition whose key column is strings, another's ints,
+    on one subtask or merged by a rescale) fail the output's key column, and the subtask
+    at that watermark, after every restore too."""
+    from raystream._runtime.operators import columnar_windows, window_rows
+
+    def key_columns(keys: list[Any], kinds: list[Any]) -> list[tuple[Any, list[Any]]]:
+        return [(None, window_rows._key_columns(keys, kinds))]
+
+    with mock.patch.object(columnar_windows, "key_columns", key_columns):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "nan_state_kept_in_columns": ("review of stop 34: columnar min/max stuck at NaN when a batch is cut after a "
                                   "NaN", nan_state_kept_in_columns),
@@ -166,6 +182,9 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "group_watermarks_forgotten": ("96e1187: after a rescale a window that a subtask ahead had dropped opened again "
                                    "for a replayed record late there, and fired twice (update=False)",
                                    group_watermarks_forgotten),
+    "fired_keys_in_one_column": ("review 47: windows of keys no one Arrow column holds (\"5\" and 5) fired at one "
+                                 "watermark failed the subtask there, after every restore too",
+                                 fired_keys_in_one_column),
     "barriers_after_the_round": ("simulation of stop 35: a source subtask's barrier waits for a batch of each of "
                                  "its partitions, not the current one (C1)", barriers_after_the_round),
 }

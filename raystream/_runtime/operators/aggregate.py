@@ -39,6 +39,7 @@ from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys, may_split_keys
 from raystream._runtime.transport.batch import ArrowKeyed, Times, untimed
 from raystream.aggregates import Aggregate, Partial
+from raystream._runtime.operators.state_kinds import UNSAID, meta_kind, refused
 from raystream.errors import RestoreError
 
 logger = logging.getLogger(__name__)
@@ -123,38 +124,26 @@ class Folds:
         `op` ("aggregate", "window") with these aggregates, in this order: a state is one
         value per aggregate, by position, and other aggregates would take another's values
         silently. Renaming one is fine. State of a snapshot that does not say (raystream
-        before it) is taken as it is."""
+        before it) is taken as it is; so is a meta of aggregates that names no kind (the
+        first form of metas)."""
         now = self.describe()
-        what = "give the step a new id to start it afresh (and keep the old one's state out with " \
-               "allow_non_restored_state)"
         for meta in metas:
-            if not isinstance(meta, dict):
+            kind = meta_kind(meta)
+            if kind is None:
                 continue
-            if not meta:  # rescale.NO_META: a step that keeps no meta wrote it
-                raise RestoreError(
-                    f"step {step_id!r}: the checkpoint's state for this step id was written by another kind of step "
-                    f"(a per-record step, say), not a columnar {op}, and it cannot be read as one: {what}")
-            # a meta of aggregates without a kind: a columnar step of 0.4.0's first form, taken as this one
-            kind = meta.get("op", op if "aggregates" in meta else None)
-            if kind is None:  # a per-record step's (its TTL's clock, say: review 47)
-                raise RestoreError(
-                    f"step {step_id!r}: the checkpoint's state for this step id was written by another kind of step "
-                    f"(a per-record step with a time-to-live, say), not a columnar {op}, and it cannot be read as one: "
-                    f"{what}")
-            if kind != op:
-                raise RestoreError(
-                    f"step {step_id!r}: the checkpoint's state for this step id was written by a columnar "
-                    f"{kind}, and this job's step is a columnar {op}; their states differ: {what}")
+            if kind not in (op, UNSAID):
+                raise refused(step_id, meta, f"a columnar {op} step")
             before = meta.get("aggregates")
-            if before is None or [kind for _, _, kind in before] == [kind for _, _, kind in now]:
+            if before is None or [k for _, _, k in before] == [k for _, _, k in now]:
                 continue
             def listed(described: list[tuple[str, str, Any]]) -> str:
                 return ", ".join(f"{name}={text}" for name, text, _ in described) or "none"
             raise RestoreError(
                 f"step {step_id!r}: the checkpoint's state was made by the aggregates {listed(before)}, and this "
                 f"job's step has {listed(now)}. A key's state holds one value per aggregate, in order, so it cannot "
-                f"be restored into other aggregates (or the same in another order): {what}, or restore with the "
-                "step's original aggregates")
+                "be restored into other aggregates (or the same in another order): restore with the step's original "
+                "aggregates, or give the step another id to start it afresh (allow_non_restored_state keeps the old "
+                "state out)")
 
     def columns(self) -> list[str]:
         """The value columns the partials read."""

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from raystream._runtime.transport.batch import (KeyedBatch, Timed, Times, as_keyed, as_records, batch_len, time_list,
-                                                to_arrow, untimed)
+from raystream._runtime.transport.batch import (Batches, KeyedBatch, Timed, Times, as_keyed, as_records, batch_len,
+                                                parts, time_list, to_arrow, untimed)
 from raystream._runtime.plan.failure import RecordFailure
-from raystream.errors import RestoreError
+from raystream._runtime.operators.state_kinds import COLUMNAR, meta_kind, refused
 from raystream.graph import Step
 
 
@@ -223,22 +223,21 @@ class KeyedOp(Operator):
         """Before `restore`: the `state_meta` of each old subtask the state came from (none
         from a snapshot of raystream before it). Raises RestoreError when the state does
         not fit this step. Here, for steps that keep no meta: state a columnar step wrote
-        (its meta names the kind, "op") is refused, since its values are that step's
-        partials, not this step's (a per-record window would fire a Lifetime window's
-        partials as its own). Columnar steps check their own kinds."""
+        is refused, since its values are that step's partials, not this step's (a
+        per-record window would fire a Lifetime window's partials as its own). Columnar
+        steps check their own kinds."""
         for meta in metas:
-            if isinstance(meta, dict) and meta.get("op"):
-                windows = f" of {meta['windows']} windows" if meta.get("windows") else ""
-                raise RestoreError(
-                    f"step {self.step_id!r}: the checkpoint's state for this step id was written by a columnar "
-                    f"{meta['op']} step{windows}, and this job's step is of another kind ({type(self).__name__}); "
-                    "restore with the job that wrote it, give this step another id, or start without resume")
+            if meta_kind(meta) in COLUMNAR:
+                raise refused(self.step_id, meta, f"of another kind ({type(self).__name__})")
 
 
 def run_chain(ops: list[Operator], batch: Any) -> Any:
-    """Push one batch through the chain; returns the tail's output."""
-    for op in ops:
+    """Push one batch through the chain; returns the tail's output (`Batches` if a step
+    put out several: each goes through the steps after it on its own)."""
+    for i, op in enumerate(ops):
         if not batch_len(batch):
             return batch
+        if isinstance(batch, Batches):
+            return Batches([out for part in batch.parts for out in parts(run_chain(ops[i:], part)) if batch_len(out)])
         batch = op.process(batch)
     return batch

@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.columnar import explained
+from raystream._runtime.operators.state_kinds import PER_RECORD, meta_kind, refused
 from raystream._runtime.operators.window_rows import Fired, LateRows, assign
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys
 from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array, untimed
-from raystream.errors import RestoreError
 from raystream.graph import Step
 from raystream.windows import ArrowJoin, join_column_names
 
@@ -137,18 +137,13 @@ class ArrowJoinOp(TimedWindows):
         return {"op": "join"}
 
     def restore_meta(self, metas: list[Any]) -> None:
-        """Refuse the state of a step of another kind: a columnar one's (its meta names its
-        kind), or a per-record step's kept with a TTL. A join's own checkpoints from before
-        0.8.1 hold no meta and are taken (as is a per-record step's without a TTL, which
-        cannot be told from them)."""
+        """Refuse the state of a step of another kind: a columnar one's, or a per-record
+        step's kept with a TTL. A join's own checkpoints from before 0.8.1 hold no meta
+        and are taken (as is a per-record step's without a TTL, which cannot be told from
+        them)."""
         for meta in metas:
-            if isinstance(meta, dict) and meta and meta.get("op") != "join":
-                if meta.get("op"):
-                    super().restore_meta([meta])  # says which kind wrote it
-                raise RestoreError(
-                    f"step {self.step_id!r}: the checkpoint's state for this step id was written by a per-record step "
-                    "with a time-to-live, not a columnar join; restore with the job that wrote it, give this step "
-                    "another id, or start without resume")
+            if meta_kind(meta) not in (None, PER_RECORD, "join"):
+                raise refused(self.step_id, meta, "a columnar join step")
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)

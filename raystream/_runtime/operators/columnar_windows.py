@@ -45,12 +45,12 @@ from raystream._runtime.operators.window_tables import Updates, WindowTables, co
 from raystream._runtime.state.window_entries import WindowEntries
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
-from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_array, python_holds,
+from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_columns, python_holds,
                                                       unified)
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import GroupedTimers, now_ms
-from raystream._runtime.transport.batch import Timed, time_array, untimed
+from raystream._runtime.transport.batch import Batches, Timed, time_array, untimed
 from raystream.errors import RestoreError
 from raystream.graph import Step
 from raystream.windows import WINDOW_COLUMNS
@@ -393,11 +393,12 @@ class ArrowWindowOp(TimedWindows):
     def _fired(self, out: Fired) -> Any:
         if not out.keys:
             return []
-        if len(self.key_columns) == 1:
-            arrays = [key_array(out.keys, self.key_types[0])]
-        else:
-            arrays = [key_array(list(values), kind) for values, kind in zip(zip(*out.keys), self.key_types)]
-        arrays += out.window_columns()
+        made = [self._fired_batch(out if rows is None else out.picked(rows), keys)
+                for rows, keys in key_columns(out.keys, self.key_types)]
+        return made[0] if len(made) == 1 else Batches(made)
+
+    def _fired_batch(self, out: Fired, keys: list[pa.Array]) -> Any:
+        arrays = keys + out.window_columns()
         arrays += self.folds.results([list(states) for states in zip(*out.entries)], self.result_types, widen=True)
         arrays.append(pa.array(out.updates, type=pa.bool_()))
         batch = pa.RecordBatch.from_arrays(

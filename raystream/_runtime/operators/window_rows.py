@@ -59,6 +59,12 @@ class Fired:
         self.entries.append(held)
         self.updates.append(update)
 
+    def picked(self, rows: np.ndarray) -> Fired:
+        """The windows at `rows`, in their order."""
+        take = rows.tolist()
+        return Fired(*([column[i] for i in take] for column in (self.keys, self.starts, self.ends, self.entries,
+                                                                 self.updates)))
+
     def window_columns(self, repeats: np.ndarray | None = None) -> list[pa.Array]:
         """window_start and window_end, each row's repeated `repeats[i]` times if given."""
         starts, ends = np.asarray(self.starts, dtype=np.int64), np.asarray(self.ends, dtype=np.int64)
@@ -114,6 +120,38 @@ def key_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
         if kind is None:
             raise
         return typed_array(values, None)
+
+
+def key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[tuple[np.ndarray | None, list[pa.Array]]]:
+    """The key columns of fired windows (`keys`: a key column's values, or tuples of
+    several's), as `kinds` or as the values say: [(None, the columns)] when one batch
+    holds them all. Keys that came in columns of types no one column holds ("5" and 5:
+    a step takes either, review 37) make a batch per kind of key: [(its rows, its
+    columns)], each kind in the order it first fired."""
+    try:
+        return [(None, _key_columns(keys, kinds))]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    one = len(kinds) == 1
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(_key_kind(key) if one else tuple(map(_key_kind, key)), []).append(i)
+    out = []
+    for rows in groups.values():
+        out.append((np.asarray(rows, dtype=np.int64), _key_columns([keys[i] for i in rows], kinds)))
+    return out
+
+
+def _key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[pa.Array]:
+    if len(kinds) == 1:
+        return [key_array(keys, kinds[0])]
+    return [key_array(list(values), kind) for values, kind in zip(zip(*keys), kinds)]
+
+
+def _key_kind(value: Any) -> tuple[type, bool]:
+    """Which keys one Arrow column can hold together: values of one Python type, and of
+    ints, those of one sign (no integer type holds both -1 and 2**63)."""
+    return type(value), isinstance(value, int) and value < 0
 
 
 def unified(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:

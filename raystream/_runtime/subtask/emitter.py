@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from raystream._runtime.transport.batch import batch_len
+from raystream._runtime.transport.batch import batch_len, parts
 from raystream._runtime.transport.channel import BATCH, WATERMARK, OutputChannel, OutputEdge
 from raystream._runtime.subtask.clock import ChainClock, Message
 from raystream._runtime.transport.keys import UnsupportedKeyError
@@ -57,7 +57,7 @@ class Emitter:
             return
         try:
             for edge in self.edges:
-                for batch in late if edge.late else [out]:
+                for batch in late if edge.late else parts(out):
                     if batch_len(batch):
                         await edge.emit(batch)
         except UnsupportedKeyError as exc:  # the key function's fault: blame its step

@@ -15,6 +15,10 @@ A micro-batch is one of:
   them as a list (`time_list`). Records of a stream with event time
   (docs/event_time.md) travel this way, and each step keeps the time of the record an
   output came from.
+
+A step's call may also put out `Batches`: several of the above that cannot be one (see
+there). They never cross actors: `run_chain` pushes each through the steps after, and
+the emitter sends each.
 """
 from __future__ import annotations
 
@@ -81,6 +85,25 @@ class Timed:
 
     def __reduce__(self):
         return (Timed, (self.batch, self.times))
+
+
+class Batches:
+    """Several batches one call of a step put out together, since one could not hold
+    them: windows fired at once whose keys came in key columns of types no one Arrow
+    column holds ("5" and 5; -1 and 2**63), a batch per kind of key."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Any]):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(batch_len(part) for part in self.parts)
+
+
+def parts(batch: Any) -> list[Any]:
+    """The batches in `batch`: its parts if it is `Batches`, else itself."""
+    return batch.parts if isinstance(batch, Batches) else [batch]
 
 
 def timed(batch: Any, times: Times | None) -> Any:

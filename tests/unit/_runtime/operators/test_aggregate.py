@@ -327,7 +327,7 @@ def test_a_restore_into_other_aggregates_is_refused_naming_them():
                     (("a", agg.sum("v")),), (("a", agg.sum("v")), ("b", agg.count()), ("c", agg.max("v")))]:
         step = Step("stats", "aggregate", ("by_k",), key_columns=("k",), arrow=changed)
         with pytest.raises(RestoreError, match=r"step 'stats': the checkpoint's state was made by the aggregates "
-                                               r"a=sum\('v'\), b=count\(\), and this job's step has .*new id") as info:
+                                               r"a=sum\('v'\), b=count\(\), and this job's step has .*another id") as info:
             restored_into(step, [snapshot])
         assert isinstance(info.value, RaystreamError)
     renamed = Step("stats", "aggregate", ("by_k",), key_columns=("k",), arrow=(("total", agg.sum("v")),

@@ -8,7 +8,7 @@ import pytest
 from raystream._runtime.operators.base import run_chain
 from raystream._runtime.operators.plain import build_operator
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, as_keyed, as_records
+from raystream._runtime.transport.batch import ArrowKeyed, Batches, Timed, as_keyed, as_records, batch_len, parts
 from raystream.graph import Step
 
 ROWS = [{"auction": 1, "price": 50}, {"auction": 2, "price": 150}, {"auction": 1, "price": None},
@@ -106,3 +106,19 @@ def test_dict_records_become_a_column_per_key_of_any_record_null_where_one_lacks
     assert records == [{"v": 2}, {"k": "a", "v": 1}, {"k": "b", "v": 3, "extra": 1.5}]  # the records are left alone
     same = [{"k": "a", "v": 1}, {"v": 2, "k": "b"}]  # the same keys in another order: the first record's order
     assert key_by("k").process(same).batch.schema.names == ["k", "v"]
+
+
+def test_a_step_that_puts_out_several_batches_sends_each_through_the_rest_of_the_chain():
+    """A window fires keys no one column holds as `Batches`; the steps after it take each
+    on its own, never a batch of mixed columns."""
+    class Fires:
+        def process(self, batch):
+            return Batches([pa.RecordBatch.from_pydict({"k": ["5"], "price": [70]}),
+                            pa.RecordBatch.from_pydict({"k": [5, 6], "price": [50, 80]})])
+
+    ops = [Fires(), where(pc.field("price") > 60), select(("k", "k"))]
+    out = run_chain(ops, ROWS)
+    assert isinstance(out, Batches)
+    assert [part.to_pylist() for part in out.parts] == [[{"k": "5"}], [{"k": 6}]]
+    assert [(op.records_in, op.records_out) for op in ops[1:]] == [(3, 2), (2, 2)]
+    assert batch_len(out) == 2 and parts(ROWS) == [ROWS]

@@ -20,7 +20,7 @@ from raystream._runtime.operators.lifetime_waiting import WaitingRows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.state.changelog import StateChangelog
 from raystream._runtime.time.watermarks import MAX_TIME
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Batches, Timed, untimed
 from raystream.errors import RestoreError
 from raystream.graph import Step, StepKind, WindowSpec
 from raystream.process import KeyState
@@ -39,6 +39,8 @@ def fired(batch) -> list[tuple]:
     """(key, start, end, (n, top, first, last), update) per row, sorted."""
     if not len(batch):
         return []
+    if isinstance(batch, Batches):  # keys no one column holds: a batch per kind
+        return sorted((row for part in batch.parts for row in fired(part)), key=repr)
     inner, _ = untimed(batch)
     bounds = [inner.column(c).cast(pa.int64()).to_pylist() for c in ("window_start", "window_end")]
     rows = inner.select(["k", "n", "top", "first", "last", "update"]).to_pylist()
@@ -272,6 +274,22 @@ def test_waiting_rows_of_other_types_than_the_next_batch_meet_it_by_their_python
         op = restored(op, 0)
     op.process(opener)
     assert fired(op.on_watermark(MAX_TIME)) == want
+
+
+@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize("k1, t1, k2, t2", [("5", pa.string(), 5, pa.int64()), (-1, pa.int8(), 2 ** 63, pa.uint64())])
+def test_windows_of_keys_no_one_column_holds_fire_together_as_a_batch_per_kind(k1, t1, k2, t2, restart):
+    """Review 47: they could not fire at one watermark (the output's key column failed),
+    and the subtask failed there after every restore."""
+    op = lifetime()
+    op.process(typed_rows([k1], [1], [10], [30], key_type=t1, value_type=pa.int64()))
+    op.process(typed_rows([k2], [2], [10], [30], key_type=t2, value_type=pa.int64()))
+    if restart:
+        op = restored(op, 0)
+    out = op.on_watermark(100)
+    assert isinstance(out, Batches) and len(out.parts) == 2
+    assert fired(out) == sorted([(k1, 10, 31, (1, 1, 1, 1), False), (k2, 10, 31, (1, 2, 2, 2), False)], key=repr)
+    assert op.state == {}
 
 
 @pytest.mark.parametrize("unit, end", [("us", 30_000_500), ("ns", 30_000_500_000)])

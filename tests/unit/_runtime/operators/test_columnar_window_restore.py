@@ -111,7 +111,7 @@ def test_a_columnar_aggregates_state_is_refused_by_a_window_step_of_the_same_id(
     before = AggregateOp(Step("w", "aggregate", ("in",), key_columns=("k",), arrow=TYPED))
     before.process(ArrowKeyed(pa.RecordBatch.from_pydict({"k": [1], "v": [2]}), ("k",)))
     snapshot = SubtaskState(5, "w", 0, 1, keyed={"w": before.snapshot()}, step_meta={"w": before.state_meta()})
-    with pytest.raises(RestoreError, match="written by a columnar aggregate, and this job's step is a columnar window"):
+    with pytest.raises(RestoreError, match="written by a columnar aggregate step, and this job's step is a columnar window step"):
         restored_window([pickle.loads(pickle.dumps(snapshot))])
 
 
@@ -147,7 +147,7 @@ def test_a_columnar_joins_state_and_a_windows_are_refused_by_each_other_and_by_p
                                 window=WindowSpec(Tumbling(0.010), 0, "columnar")))
 
     join_meta = pickle.loads(pickle.dumps(join().state_meta()))
-    with pytest.raises(RestoreError, match="written by a columnar join, and this job's step is a columnar window"):
+    with pytest.raises(RestoreError, match="written by a columnar join step, and this job's step is a columnar window step"):
         typed_window().restore_meta([join_meta])
     per_record = JoinOp(Step("w", StepKind.JOIN, ("l", "r"), fn=lambda a, b: (a, b),
                              window=WindowSpec(Tumbling(0.010), 0, "join")))
