@@ -1,7 +1,8 @@
 """Columnar schedules of the simulation (sim.py): the source emits Arrow record batches
 cut at sizes drawn per run, attempt, subtask and partition (a replay after a restore cuts
 its rows elsewhere, as rates and restarts do in a real job), with float values that
-include NaN and nulls, through the real `key_by` on columns and `aggregate` operators
+include NaN and nulls (and, in a third of the schedules, some partitions keyed by
+strings, the others by ints), through the real `key_by` on columns and `aggregate` operators
 (KeyColumnsOp, AggregateOp with its numpy columns and its per-key layout, built from
 the steps by `assembly.build_operators` as a subtask builds them), whose keyed state
 goes through the same snapshots, merge by key group and restores as the running sums.

@@ -51,6 +51,10 @@ class SimRun:
         self.outcome = ""  # "finished", "stopped", "failed: ..." once it ends
         self.abandoned = False  # the whole program went away: no coordinator is started again
         self._task: asyncio.Future | None = None
+        # a run into a changed job (changed.py): (the changed step's id, how), and the steps
+        # its restores gave keyed state; it ends once a restore is through
+        self.changed: tuple[str, str] | None = None
+        self.restored_steps: set[str] = set()
 
     def log(self, text: str) -> None:
         self.world.log.append(f"{self.world.now:.3f} [{self.label}] {text}")
@@ -161,6 +165,12 @@ class SimCoordinator:
             self.subtasks = []  # filled as they start: a coordinator that dies takes them along
             try:
                 await self._restore(manifest)
+                if run.changed:  # it must not write into the line's sinks (changed.py)
+                    run.outcome = "restored"
+                    run.log(f"{self.proc.name} restored into the changed job: ends")
+                    for s in self.subtasks:
+                        s.kill()
+                    return
             except _SubtaskDied:  # R1: the attempt ends; the next one restores again
                 for s in self.subtasks:
                     s.kill()
@@ -242,6 +252,7 @@ class SimCoordinator:
                 if manifest is not None else None
             if merged is not None:
                 merged.parts = parts[index]
+                run.restored_steps.update(step_id for step_id, table in merged.keyed.items() if len(table))
             subtask = SimSubtask(run, self, index, run.parallelism, self.attempt, merged)
             self.subtasks.append(subtask)
             if manifest is not None or self.attempt > 1:

@@ -110,7 +110,10 @@ class Invariants:
     def _failure_expected(self, run: SimRun) -> bool:
         """R5: a run fails when every checkpoint of its own that counts is refused, which
         only damage does here. A run from a checkpoint with another run's S3 part file
-        open is refused (connectors/files/parts.py, 5)."""
+        open is refused (connectors/files/parts.py, 5). A run into a changed job is
+        checked on its own (changed.py)."""
+        if run.changed:
+            return True
         if "can be restored" in run.outcome and any(r == run.run_id for r, _ in self.s.damaged):
             return True  # a checkpoint of its own was damaged (a snapshot deleted is refused alike: not this)
         if "started from, was refused" in run.outcome and any(r == "r1" for r, _ in self.s.damaged):

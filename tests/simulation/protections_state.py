@@ -1,5 +1,6 @@
-"""Incremental keyed state (docs/protocol.md, I1-I6), each protection removed: the
-simulation must find every one of these in some schedule (test_protections.py)."""
+"""Incremental keyed state (docs/protocol.md, I1-I6), and steps refusing state they would
+misread (changed.py), each protection removed: the simulation must find every one of
+these in some schedule (test_protections.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -184,6 +185,31 @@ def retention_newest_only() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def per_record_steps_take_columnar_state() -> Iterator[None]:
+    """A per-record step takes whatever state a checkpoint holds under its id (before
+    review 47): a reduce restored from a columnar aggregate's or window's state."""
+    from raystream._runtime.operators.base import KeyedOp
+
+    with patched(KeyedOp, "restore_meta", lambda self, metas: None):
+        yield
+
+
+@contextlib.contextmanager
+def other_key_columns_taken() -> Iterator[None]:
+    """A columnar step keyed by other columns than its checkpoint's takes its state (before
+    review 47 for windows; aggregates and joins before the simulation's changed runs)."""
+    from raystream._runtime.operators import aggregate_op, columnar_join, columnar_windows
+
+    def check_key_columns(step_id: str, before: Any, now: Any) -> None:
+        return None
+
+    with patched(columnar_windows, "check_key_columns", check_key_columns), \
+            patched(aggregate_op, "check_key_columns", check_key_columns), \
+            patched(columnar_join, "check_key_columns", check_key_columns):
+        yield
+
+
 MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
     "changes_left_out": ("I2: an incremental snapshot leaves out a step's changed keys", changes_left_out),
     "parts_applied_newest_first": ("I5: a restore applies the parts newest first", parts_applied_newest_first),
@@ -201,6 +227,10 @@ MUTANTS: dict[str, tuple[str, Callable[[], Any]]] = {
                                         window_rows_forget_deleted_keys),
     "window_rows_read_unfired": ("I5: a window step's Arrow rows are read back as windows that never fired",
                                  window_rows_read_unfired),
+    "per_record_steps_take_columnar_state": ("review 47: a per-record step took a columnar step's state under its id",
+                                             per_record_steps_take_columnar_state),
+    "other_key_columns_taken": ("review 47: a columnar step keyed by other columns took its checkpoint's state",
+                                other_key_columns_taken),
     "retention_newest_only": ("I6: retention keeps the parts of its newest kept checkpoint only",
                               retention_newest_only),
 }

@@ -50,7 +50,9 @@ restores it.
 Each schedule plays one story of runs (`Scenario.STORIES`, stories.py):
 - single: one run to its end;
 - savepoint: a run stopped with a savepoint, and a new run from it at another
-  parallelism;
+  parallelism (before it, in half the schedules with the aggregate or the window, a run
+  from the savepoint into a job whose stateful step changed, which must refuse the
+  state it would misread: changed.py);
 - two_runs: a run stopped with a savepoint, and two runs from it at once;
 - fork: a run started from a retained (not final) checkpoint of a run that goes on, and is
   stopped later;
@@ -114,6 +116,7 @@ from .stories import Stories
 from .invariants import Invariants
 from .columnar import AGG_SINK, Columns, check_aggregates, operator_steps
 from .event_time import Timing
+from .changed import check_changed
 from .windowed import WIN_SINK, Windowing, check_windows
 from .fake_pg import SimPgServer, SimPostgresSink
 from .job import JOB, MAX_PARALLELISM, Outputs
@@ -282,6 +285,9 @@ class Scenario(Faults, Stories):
             check_aggregates(self)
         if self.windows is not None:
             check_windows(self, lambda line: invariants.line_rows("files", line))
+        for run in self.runs:
+            if run.changed:
+                check_changed(run)
 
 
 class _OneSinkJob:

@@ -4,11 +4,13 @@ the fork (forks.py). Each keeps the lines of runs whose outputs continue each ot
 the invariants."""
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from raystream._runtime.plan.specs import RunOptions
 from raystream._runtime.state.store import CheckpointRef
 
+from .changed import CHANGES, changed_steps
 from .control import SimRun
 from .forks import Forks
 from .source import SimSource
@@ -28,6 +30,12 @@ class Stories(Forks):
     compact: Any
     compact_rolled: Any
     damage: Any
+    seed: int
+    partitions: int
+    records: int
+    config: Any
+    columns: Any
+    windows: Any
 
     async def play(self) -> None:
         rng = self.world.rng
@@ -81,6 +89,11 @@ class Stories(Forks):
             self.compact_rolled()  # between the stop and the runs from its savepoint, which commit it again
         if rng.random() < 0.5 and self.pg is not None:
             self.pg.truncate_log()  # started long after: the savepoint's transactions are forgotten
+        # Before them, now and then, a run into a changed job (changed.py); drawn apart, so the
+        # draws below stay what they were
+        changes = random.Random(self.seed ^ 0xC1A6)
+        if (self.columns is not None or self.windows is not None) and changes.random() < 0.5:
+            await self._changed_run(savepoint, changes)
         place = "-r2" if rng.random() < 0.5 else ""  # a new run may write elsewhere
         b = self.new_run("r2", parallelism=rng.randint(1, 3), present=everything, options=RunOptions(resume=True),
                          outputs=self.outputs(place=place))
@@ -98,6 +111,23 @@ class Stories(Forks):
                 self.world.at(rng.uniform(0.3, 2.0), lambda r=run: self.damage(r, every=rng.random() < 0.5))
             run.start()
         await self.until(lambda: all(r.outcome for r in branches))
+
+    async def _changed_run(self, savepoint: Any, rng: random.Random) -> None:
+        """A run from the savepoint into the job with its stateful step changed; it ends
+        once restored, or fails (checked in `check`: changed.py)."""
+        how = rng.choice(CHANGES)
+        step_id, steps = changed_steps(self, how)
+        outputs = self.outputs(upsert_table="totals_x", place="-x")
+        outputs.operators = steps
+        everything = list(range(self.partitions))
+        run = SimRun(self, "r2x", parallelism=rng.randint(1, 3),
+                     source=SimSource(self.partitions, self.records, everything, self.batches, self.timing),
+                     outputs=outputs, options=RunOptions(resume=True), config=self.config, label=f"r2x-{how}")
+        run.changed = (step_id, how)
+        self.runs.append(run)
+        self.store.record_origin("r2x", savepoint)
+        run.start()
+        await self.until(lambda: run.outcome)
 
     def abandon(self, run: SimRun) -> None:
         run.abandoned = True

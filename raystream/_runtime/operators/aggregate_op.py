@@ -15,6 +15,7 @@ from raystream._runtime.operators.aggregate_columns import (AggregateColumns, Fo
                                                             vectorized_folds)
 from raystream._runtime.operators.base import KeyedOp
 from raystream._runtime.operators.columnar import explained
+from raystream._runtime.operators.state_kinds import check_key_columns
 from raystream._runtime.transport.arrow_keys import may_split_keys
 from raystream._runtime.transport.batch import Times, timed
 from raystream.graph import Step
@@ -195,10 +196,15 @@ class AggregateOp(KeyedOp):
         return Fold(results, commit)
 
     def state_meta(self) -> dict[str, Any]:
-        return {"op": "aggregate", "aggregates": self.folds.describe()}
+        return {"op": "aggregate", "aggregates": self.folds.describe(), "keys": self.key_columns}
 
     def restore_meta(self, metas: list[Any]) -> None:
+        """Refuse the state of another kind of step, of other aggregates, or keyed by
+        other columns (metas before 0.8.2 do not say which)."""
         self.folds.check_restored(self.step_id, metas, "aggregate")
+        for meta in metas:
+            if isinstance(meta, dict):
+                check_key_columns(self.step_id, meta.get("keys"), self.key_columns)
 
     def _group(self, rows: pa.RecordBatch, times: Times | None) -> Groups:
         """Per key of the batch: the partials, in the order of `self.folds.partials` (and the newest time)."""

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.operators.columnar import explained
-from raystream._runtime.operators.state_kinds import PER_RECORD, meta_kind, refused
+from raystream._runtime.operators.state_kinds import PER_RECORD, check_key_columns, meta_kind, refused
 from raystream._runtime.operators.window_rows import Fired, LateRows, assign
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
@@ -133,8 +133,9 @@ class ArrowJoinOp(TimedWindows):
         self.schemas: list[pa.Schema | None] = [None, None]
 
     def state_meta(self) -> dict[str, Any]:
-        """Says a columnar join wrote the state, so that no step of another kind takes it."""
-        return {"op": "join"}
+        """Says a columnar join wrote the state, so that no step of another kind takes it,
+        and its keys (the left side's key columns: a key is their value, or tuple)."""
+        return {"op": "join", "keys": list(self.spec.left_keys)}
 
     def restore_meta(self, metas: list[Any]) -> None:
         """Refuse the state of a step of another kind: a columnar one's, or a per-record
@@ -144,6 +145,8 @@ class ArrowJoinOp(TimedWindows):
         for meta in metas:
             if meta_kind(meta) not in (None, PER_RECORD, "join"):
                 raise refused(self.step_id, meta, "a columnar join step")
+            if isinstance(meta, dict):  # keyed by other columns: metas before 0.8.2 do not say
+                check_key_columns(self.step_id, meta.get("keys"), list(self.spec.left_keys))
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)

@@ -45,6 +45,7 @@ from raystream._runtime.operators.window_tables import Updates, WindowTables, co
 from raystream._runtime.state.window_entries import WindowEntries
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
+from raystream._runtime.operators.state_kinds import check_key_columns
 from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_columns, python_holds,
                                                       unified)
 from raystream._runtime.operators.windows import TimedWindows
@@ -176,14 +177,9 @@ class ArrowWindowOp(TimedWindows):
             if data is None:
                 continue
             schema = pa.ipc.read_schema(pa.py_buffer(data))
-            before = schema.names[:max(0, len(schema) - len(self.result_types))]  # the aggregates are this step's
-            # other key columns: another number, or these in another order (renamed ones cannot be told apart)
-            if len(before) != n or (before != self.key_columns and sorted(before) == sorted(self.key_columns)):
-                raise RestoreError(
-                    f"step {self.step_id!r}: the checkpoint's state was keyed by {before}, and this step keys by "
-                    f"{self.key_columns}: a key of one column is a value, of several a tuple in their order, and the "
-                    "state's keys would not be this step's; restore with the job's original key_by, give this step "
-                    "another id, or start without resume")
+            # the key columns, before the aggregates (this step's: checked above)
+            check_key_columns(self.step_id, schema.names[:max(0, len(schema) - len(self.result_types))],
+                              self.key_columns)
             for i, f in enumerate(schema):
                 known = self.key_types if i < n else self.result_types
                 j = i if i < n else i - n

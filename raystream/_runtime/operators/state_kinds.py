@@ -51,3 +51,19 @@ def refused(step_id: str, meta: Any, this: str) -> RestoreError:
         f"step {step_id!r}: the checkpoint's state for this step id was written by {written_by(meta)}, and this "
         f"job's step is {this}; it cannot read that state: restore with the job that wrote it, or give this step "
         "another id to start it afresh (allow_non_restored_state keeps the old state out), or start without resume")
+
+
+def check_key_columns(step_id: str, before: list[str] | None, now: list[str]) -> None:
+    """Refuse a state keyed by other key columns than `now` (`before`: the checkpoint's,
+    None when it does not say): another number of them, or these in another order. A key
+    of one column is its value, of several the tuple of theirs in order, so the state's
+    keys would not be this step's keys (a window fired a key "ab" as k="a", k2="b"; an
+    aggregate's running values were left behind, its keys never met again). Columns
+    renamed upstream cannot be told from other columns, and are taken."""
+    if before is None:
+        return
+    if len(before) != len(now) or (before != now and sorted(before) == sorted(now)):
+        raise RestoreError(
+            f"step {step_id!r}: the checkpoint's state was keyed by {before}, and this step keys by {now}: a key of "
+            "one column is a value, of several a tuple in their order, and the state's keys would not be this "
+            "step's; restore with the job's original key_by, give this step another id, or start without resume")

@@ -346,7 +346,7 @@ def test_a_snapshot_from_before_step_meta_restores_as_it_is():
     more = ArrowKeyed(rows_batch([("x", 2)]), ("k",))
     assert op.process(more).to_pylist() == old.process(more).to_pylist() and op.state == old.state
     assert op.state_meta() == {"op": "aggregate", "aggregates": [(name, repr(a), (type(a).__qualname__, tuple(
-        (p.function, p.column, None) for p in a.partials()))) for name, a in AGGREGATES]}  # the next snapshot has it
+        (p.function, p.column, None) for p in a.partials()))) for name, a in AGGREGATES], "keys": ["k"]}  # the next has it
 
 
 def test_state_of_a_per_record_step_of_the_same_id_is_refused():

@@ -272,3 +272,31 @@ def test_a_window_fired_on_a_subtask_ahead_does_not_fire_again_after_a_rescale(p
     assert fired(op.process(rows([keys[0]], [5], [200]))) == [(keys[0], 8, True)]  # within the lateness: an update
     assert fired(op.on_watermark(7_000)) == []
     assert op.state == {}
+
+
+def test_an_aggregate_or_join_state_keyed_by_other_columns_is_refused():
+    """The simulation's runs into a changed job (tests/simulation/changed.py): a columnar
+    aggregate keyed by ("k", "id") took the state of the step keyed by "k", and left its
+    running values behind (its keys, values, never met the new keys, tuples). The joins
+    did alike. Metas from before 0.8.2 do not say which columns, and are taken."""
+    from raystream._runtime.operators.aggregate_op import AggregateOp
+    from raystream._runtime.operators.columnar_join import ArrowJoinOp
+    from raystream.errors import RestoreError
+
+    def aggregate(keys) -> AggregateOp:
+        return AggregateOp(Step("w", "aggregate", ("in",), key_columns=keys, arrow=TYPED))
+
+    def join(keys) -> ArrowJoinOp:
+        return ArrowJoinOp(Step("w", StepKind.JOIN, ("l", "r"), key_columns=keys, arrow=ArrowJoin(keys, keys),
+                                window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+
+    for make in (aggregate, join):
+        one, two = pickle.loads(pickle.dumps(make(("k",)).state_meta())), make(("k", "id")).state_meta()
+        with pytest.raises(RestoreError, match=r"keyed by \['k'\], and this step keys by \['k', 'id'\]"):
+            make(("k", "id")).restore_meta([one])
+        with pytest.raises(RestoreError, match=r"keyed by \['k', 'id'\], and this step keys by \['id', 'k'\]"):
+            make(("id", "k")).restore_meta([two])
+        make(("k", "id")).restore_meta([two])  # its own
+        make(("renamed",)).restore_meta([one])  # columns renamed upstream cannot be told apart
+        old = {key: value for key, value in one.items() if key != "keys"}  # 0.8.1's meta
+        make(("k", "id")).restore_meta([old])
