@@ -24,7 +24,7 @@ import pyarrow as pa
 from raystream._runtime.transport.batch import (Batches, KeyedBatch, Timed, Times, as_keyed, as_records, batch_len,
                                                 parts, time_list, to_arrow, untimed)
 from raystream._runtime.plan.failure import RecordFailure
-from raystream._runtime.operators.state_kinds import COLUMNAR, meta_kind, refused
+from raystream._runtime.operators.state_kinds import PER_RECORD, TTL, meta_kind, refused
 from raystream.graph import Step
 
 
@@ -227,7 +227,7 @@ class KeyedOp(Operator):
         per-record window would fire a Lifetime window's partials as its own). Columnar
         steps check their own kinds."""
         for meta in metas:
-            if meta_kind(meta) in COLUMNAR:
+            if meta_kind(meta) not in (None, PER_RECORD, TTL):  # TTL: the step kept with a time-to-live
                 raise refused(self.step_id, meta, f"of another kind ({type(self).__name__})")
 
 

@@ -15,7 +15,6 @@ from raystream.errors import RestoreError
 PER_RECORD = "per-record"  # a step that keeps no meta: the rescale's NO_META (an empty dict)
 TTL = "ttl"  # a per-record step's state kept with a time-to-live: its meta names no kind
 UNSAID = "columnar"  # a columnar step's of the first form (aggregates, no kind): taken as the step's own
-COLUMNAR = ("aggregate", "window", "join", UNSAID)
 
 
 def meta_kind(meta: Any) -> str | None:
