@@ -77,6 +77,34 @@ def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parqu
     return buf.getvalue()
 
 
+def parquet_files(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> list[bytes]:
+    """Micro-batches as Parquet files: one, or, when no one table holds their rows, one
+    per run of Arrow batches of one schema (`schema_runs`)."""
+    try:
+        return [parquet_bytes(parts, where)]
+    except SinkError:
+        runs = schema_runs(parts)
+        if len(runs) == 1:
+            raise
+        return [parquet_bytes(run, where) for run in runs]
+
+
+def schema_runs(parts: list[list[Any] | pa.RecordBatch]) -> list[list[list[Any] | pa.RecordBatch]]:
+    """The micro-batches cut where an Arrow batch's schema changes (lists of rows go with
+    each other): a window step fires windows whose keys came in key columns of types no
+    one column holds as a batch per kind of key ("5" and 5), which one table cannot hold
+    but a file each can."""
+    runs: list[list[list[Any] | pa.RecordBatch]] = []
+    last: pa.Schema | None = None
+    for part in parts:
+        schema = part.schema if isinstance(part, pa.RecordBatch) else None  # None: rows
+        if not runs or (schema is None) != (last is None) or (schema is not None and not schema.equals(last)):
+            runs.append([])
+        runs[-1].append(part)
+        last = schema
+    return runs
+
+
 class ParquetPartWriter:
     """One open Parquet part (steps 1-3); the same interface as `parts.PartWriter`, `size`
     counting the bytes of its segments."""
@@ -108,11 +136,21 @@ class ParquetPartWriter:
         if not self._buffered or self.carry:
             return
         name = f"{self._stem}-s{len(self._segments):06d}.parquet"
-        table = parquet_table(self._buffer, self._where)  # SinkError now if these rows make no one table
+        try:
+            table = parquet_table(self._buffer, self._where)  # SinkError now if these rows make no one table
+        except SinkError:
+            runs = schema_runs(self._buffer)
+            if len(runs) == 1:
+                raise
+            # batches of schemas that make no one table: the first run's rows are this
+            # part's, the rest start the next (a part of a schema of its own)
+            table = parquet_table(runs[0], self._where)
+            self.carry = [b for run in runs[1:] for b in parquet_table(run, self._where).to_batches()]
+            self._buffered = table.num_rows
         if self._schema is not None and not table.schema.equals(self._schema):
             # Widening across segments could fail only at the merge, after the checkpoint
             # that recorded them completed: another schema is another part.
-            self.carry, self._buffer, self._buffered = table.to_batches(), [], 0
+            self.carry, self._buffer, self._buffered = table.to_batches() + self.carry, [], 0
             return
         schema = table.schema
         buf = io.BytesIO()

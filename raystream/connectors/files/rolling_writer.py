@@ -78,7 +78,7 @@ class RollingWriter(SinkWriter):
         """A Parquet part's rows of another schema than its segments' (`carry`) start a
         new part, and the part rolls without them: no merge ever casts (it could fail
         after the checkpoint that recorded the rows completed)."""
-        if isinstance(self._open, ParquetPartWriter) and self._open.carry:
+        while isinstance(self._open, ParquetPartWriter) and self._open.carry:  # each roll writes a run at least
             self._roll()
 
     def _write(self, data: bytes | list[Any] | pa.RecordBatch) -> None:
@@ -111,7 +111,7 @@ class RollingWriter(SinkWriter):
             self._roll()
         if self._open is not None:  # on S3 its tail travels in the snapshot (connectors/files/parts.py, 2)
             self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
-            if isinstance(self._open, ParquetPartWriter) and self._open.carry:
+            while isinstance(self._open, ParquetPartWriter) and self._open.carry:  # runs of several schemas
                 self._roll_at_new_schema()
                 self._persisted = self._guard(lambda: self._open.persist(checkpoint_id))
         self._checkpoint = checkpoint_id + 1
@@ -198,8 +198,11 @@ class RollingWriter(SinkWriter):
         if self._ctx.transactional and (self._rolled or (
                 self._open is not None and not self._open.covers(self._persisted))):
             raise SinkError(f"FileSink {self._tag} closed with data that no checkpoint covered")
-        if self._open is not None:  # covered by the last checkpoint, which is complete
+        while self._open is not None:  # covered by the last checkpoint, which is complete
             part = self._guard(self._open.close)
+            carry = self._open.carry if isinstance(self._open, ParquetPartWriter) else []  # not transactional only
             self._open = None
             self._commit(part)
+            for batch in carry:  # rows of other schemas: parts of their own
+                self._write(batch)
         return {"files": self.files_committed}

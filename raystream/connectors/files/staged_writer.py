@@ -11,7 +11,7 @@ from raystream._storage import Storage, open_storage
 from raystream.connectors.files.commits import FileTxn, SinkSettings, json_lines, promote
 from raystream.connectors.files.names import SEP as _SEP
 from raystream.connectors.files.names import writer_fields
-from raystream.connectors.files.parquet_parts import parquet_bytes
+from raystream.connectors.files.parquet_parts import parquet_files
 from raystream.connectors.files.rolling_writer import RollingWriter
 from raystream.errors import SinkError
 from raystream.sink_api import SinkContext, SinkWriter
@@ -46,17 +46,20 @@ class FileWriter(SinkWriter):
         """Write the buffer: staged under `_pending-` (transactional) or final at once."""
         if not self._rows:
             return
-        stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
-        self._seq += 1
-        data = b"".join(self._parts) if self._sink.format == "jsonl" else parquet_bytes(self._parts, f"sink step {self._ctx.step_id!r}")
+        # Parquet: a file each for rows no one table holds (windows fired per kind of key)
+        datas = [b"".join(self._parts)] if self._sink.format == "jsonl" else \
+            parquet_files(self._parts, f"sink step {self._ctx.step_id!r}")
         self._parts, self._rows = [], 0
-        if self._ctx.transactional:
-            name = f"_pending-{self._tag}{self._attempt}{stem}"
-            self._put(name, data)
-            self._txn.files.append((name, stem))
-        else:
-            self._put(f"part-{self._tag}direct{_SEP}{stem}", data)
-            self.files_committed += 1
+        for data in datas:
+            stem = f"{self._token}-{self._seq:06d}.{self._sink.format}"
+            self._seq += 1
+            if self._ctx.transactional:
+                name = f"_pending-{self._tag}{self._attempt}{stem}"
+                self._put(name, data)
+                self._txn.files.append((name, stem))
+            else:
+                self._put(f"part-{self._tag}direct{_SEP}{stem}", data)
+                self.files_committed += 1
 
     def _put(self, name: str, data: bytes) -> None:
         try:

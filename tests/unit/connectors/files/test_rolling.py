@@ -209,6 +209,25 @@ def test_parquet_rows_that_make_no_table_are_refused_before_a_checkpoint_covers_
         w.pre_commit(1)
 
 
+@pytest.mark.parametrize("options", [{}, {"rows_per_file": 2}, {"roll": "checkpoint"}], ids=repr)
+def test_arrow_batches_of_schemas_no_table_holds_go_to_parquet_files_of_their_own(tmp_path, clock, options):
+    """Review 48: a window fires windows of keys no one column holds ("5" and 5) as a batch
+    per kind of key, and a Parquet sink made one table of its buffer: SinkError, and the
+    job failed there after every restore. Each run of one schema is a file of its own."""
+    keys = [("5", pa.string()), (5, pa.int64()), ("6", pa.string()), (-1, pa.int8()), (2**63, pa.uint64())]
+    w = writer(tmp_path, format="parquet", **options)
+    for i, (key, kind) in enumerate(keys):
+        w.write_batch(pa.RecordBatch.from_pydict({"id": [i], "k": [key]},
+                                                 schema=pa.schema([("id", pa.int64()), ("k", kind)])))
+    clock.now += 61
+    txn = w.pre_commit(1)
+    state = w.snapshot()
+    w.commit(txn)
+    writer(tmp_path, format="parquet", attempt=2, state=state, **options).recover([txn], 1)
+    rows = [r for n in names(tmp_path) for r in pq.read_table(tmp_path / n).to_pylist()]
+    assert hidden(tmp_path) == [] and sorted((r["id"], r["k"]) for r in rows) == [(i, k) for i, (k, _) in enumerate(keys)]
+
+
 _TYPED = {  # an Arrow type and a value of it that another type may not hold
     "int64": (pa.int64(), 2**62 + 1), "uint64": (pa.uint64(), 2**64 - 1), "double": (pa.float64(), 0.5),
     "int32": (pa.int32(), 7), "string": (pa.string(), "a"), "bool": (pa.bool_(), True),
@@ -343,3 +362,16 @@ def test_a_restore_removes_the_temp_file_of_a_merge_its_subtask_died_in_and_no_o
     writer(tmp_path, format="parquet", attempt=2, parallelism=2).recover([txn], 2)  # subtask 1 is another's
     assert ids(tmp_path, "parquet") == list(range(100))
     assert sorted(n for n in names(tmp_path) if n.startswith(".")) == sorted(others) and dead not in names(tmp_path)
+
+
+def test_a_direct_parquet_writer_closed_with_rows_of_several_schemas_writes_them_all(tmp_path, clock):
+    """Not transactional (at-least-once): the rows of another schema than the open part's,
+    left over when it closed at the end of the input, were never written."""
+    w = FileSink(str(tmp_path), format="parquet").build_writer(
+        SinkContext("out", 0, 1, transactional=False, run_id="r1", attempt=1))
+    for i, (key, kind) in enumerate([("5", pa.string()), (5, pa.int64()), ("6", pa.string())]):
+        w.write_batch(pa.RecordBatch.from_pydict({"id": [i], "k": [key]},
+                                                 schema=pa.schema([("id", pa.int64()), ("k", kind)])))
+    w.close()
+    assert sorted((r["id"], r["k"]) for n in names(tmp_path) for r in pq.read_table(tmp_path / n).to_pylist()) == \
+        [(0, "5"), (1, 5), (2, "6")]
