@@ -156,10 +156,10 @@ def fired_keys_in_one_column() -> Iterator[None]:
     a string key and an int key (a partition whose key column is strings, another's ints,
     on one subtask or merged by a rescale) fail the output's key column, and the subtask
     at that watermark, after every restore too."""
-    from raystream._runtime.operators import columnar_windows, window_rows
+    from raystream._runtime.operators import columnar_windows, fired_keys
 
     def key_columns(keys: list[Any], kinds: list[Any]) -> list[tuple[Any, list[Any]]]:
-        return [(None, window_rows._key_columns(keys, kinds))]
+        return [(None, fired_keys._columns(keys, kinds, len(kinds) == 1))]
 
     with mock.patch.object(columnar_windows, "key_columns", key_columns):
         yield

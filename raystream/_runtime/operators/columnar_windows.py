@@ -46,8 +46,8 @@ from raystream._runtime.state.window_entries import WindowEntries
 from raystream._runtime.operators.columnar import explained
 from raystream._runtime.operators.columnar_sessions import sessions
 from raystream._runtime.operators.state_kinds import check_key_columns
-from raystream._runtime.operators.window_rows import (WINDOW_TIME, Fired, LateRows, assign, key_columns, python_holds,
-                                                      unified)
+from raystream._runtime.operators.fired_keys import key_columns
+from raystream._runtime.operators.window_rows import WINDOW_TIME, Fired, LateRows, assign, python_holds, unified
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.time.timers import GroupedTimers, now_ms

@@ -1,7 +1,8 @@
 """The rows into and out of a window step over Arrow, shared by the window steps
 (operators/columnar_windows.py) and the window joins (operators/columnar_join.py): which
 windows each row of a batch is in, the rows found late, the fired windows as columns, and
-the Arrow types of the key columns they are emitted with."""
+the types that restored output types unify to (the key columns fired:
+operators/fired_keys.py)."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream._runtime.operators.aggregate import typed_array
 from raystream._runtime.operators.columnar import as_batch
 from raystream._runtime.transport.batch import ArrowKeyed, Timed
 from raystream.windows import Sliding
@@ -109,49 +109,6 @@ def python_holds(column: pa.ChunkedArray) -> None:
     storage = pa.int32() if kind.bit_width == 32 else pa.int64()
     bounds = pc.min_max(column.cast(storage))
     pa.array([bounds["min"].as_py(), bounds["max"].as_py()], storage).cast(kind).to_pylist()
-
-
-def key_array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
-    """A key column as `kind`; keys that do not fit it (restored from old subtasks that saw
-    other types: an int8 and a uint64 key unify to int64) as their values say."""
-    try:
-        return typed_array(values, kind)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        if kind is None:
-            raise
-        return typed_array(values, None)
-
-
-def key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[tuple[np.ndarray | None, list[pa.Array]]]:
-    """The key columns of fired windows (`keys`: a key column's values, or tuples of
-    several's), as `kinds` or as the values say: [(None, the columns)] when one batch
-    holds them all. Keys that came in columns of types no one column holds ("5" and 5:
-    a step takes either, review 37) make a batch per kind of key: [(its rows, its
-    columns)], each kind in the order it first fired."""
-    try:
-        return [(None, _key_columns(keys, kinds))]
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass
-    one = len(kinds) == 1
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(_key_kind(key) if one else tuple(map(_key_kind, key)), []).append(i)
-    out = []
-    for rows in groups.values():
-        out.append((np.asarray(rows, dtype=np.int64), _key_columns([keys[i] for i in rows], kinds)))
-    return out
-
-
-def _key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[pa.Array]:
-    if len(kinds) == 1:
-        return [key_array(keys, kinds[0])]
-    return [key_array(list(values), kind) for values, kind in zip(zip(*keys), kinds)]
-
-
-def _key_kind(value: Any) -> tuple[type, bool]:
-    """Which keys one Arrow column can hold together: values of one Python type, and of
-    ints, those of one sign (no integer type holds both -1 and 2**63)."""
-    return type(value), isinstance(value, int) and value < 0
 
 
 def unified(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
