@@ -39,7 +39,7 @@ from raystream._runtime.operators.window_rows import Fired, LateRows, assign
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys
-from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Batches, Timed, time_array, untimed
 from raystream.graph import Step
 from raystream.windows import ArrowJoin, join_column_names
 
@@ -195,27 +195,38 @@ class ArrowJoinOp(TimedWindows):
             self.late_records += self.late_rows.add(keyed, times, late)
         return self._fired(now)
 
-    def _unified(self, keyed: ArrowKeyed, side: int) -> tuple[ArrowKeyed, pa.Schema, list[tuple[Any, list, Rows]]]:
-        """(the batch in the side's schema, that schema, and (key, entry, its rows of the
-        side in it) for each window whose rows must be cast to it). Nothing changes yet."""
+    def _unified(self, keyed: ArrowKeyed, side: int
+                 ) -> tuple[ArrowKeyed, pa.Schema | None, list[tuple[Any, list, Rows]]]:
+        """(the batch in the side's schema, that schema (None: the side holds rows of
+        several), and (key, entry, its rows of the side in it) for each window whose rows
+        must be cast to it). Nothing changes yet."""
         known = self.schemas[side]
         buffered = [known] if known is not None else list({
             held.parts[0].schema: None for _, _, held in self._held(side)})  # after a restore: what it holds
         schema = keyed.batch.schema
         if buffered == [schema] or not buffered:
             return keyed, schema, []
+        mixed = False
         try:
             unified = pa.unify_schemas(buffered + [schema], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise TypeError(f"its schema does not unify with the schema of the rows the side holds "
-                            f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
+            # After a rescale the side may hold rows of schemas that do not unify (keys of
+            # another type, from another old subtask): the batch takes on those it unifies
+            # with, and the side's schema stays unknown until those rows are gone.
+            fitting = [b for b in buffered if _unifies(b, schema)]
+            if len(buffered) == 1 or not fitting or _unifies_all(buffered):
+                raise TypeError(f"its schema does not unify with the schema of the rows the side holds "
+                                f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
+            unified, buffered, mixed = pa.unify_schemas(fitting + [schema], promote_options="permissive"), fitting, True
         if schema != unified:
             keyed = ArrowKeyed(_conform(keyed.batch, unified), keyed.key_columns)
+        known_after = None if mixed else unified
         if all(b == unified for b in buffered):  # the side's rows have it already: no need to look
-            return keyed, unified, []
+            return keyed, known_after, []
         recast = [(key, entry, Rows([_conform(p, unified) for p in held.parts]))
-                  for key, entry, held in self._held(side) if held.parts[0].schema != unified]
-        return keyed, unified, recast
+                  for key, entry, held in self._held(side)
+                  if held.parts[0].schema != unified and held.parts[0].schema in buffered]
+        return keyed, known_after, recast
 
     def _held(self, side: int) -> Any:
         """(key, entry, the side's Rows) of every window holding rows of the side."""
@@ -260,6 +271,21 @@ class ArrowJoinOp(TimedWindows):
     def _fired(self, out: Fired) -> Any:
         if not out.keys:
             return []
+        try:
+            return self._pairs(out)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        # After a rescale the windows may hold rows of schemas that no one table holds (keys
+        # of another type, joined on another old subtask): a batch per pair of schemas.
+        groups: dict[tuple[pa.Schema, pa.Schema], list[int]] = {}
+        for i, (left, right) in enumerate(out.entries):
+            groups.setdefault((left.schema, right.schema), []).append(i)
+        if len(groups) == 1:
+            return self._pairs(out)  # raises as it did
+        return Batches([self._pairs(out.picked(np.asarray(rows, dtype=np.int64))) for rows in groups.values()])
+
+    def _pairs(self, out: Fired) -> Any:
+        """Every pair of the fired windows' rows, left-major per window, as one batch."""
         lefts = [held[0] for held in out.entries]
         rights = [held[1] for held in out.entries]
         n_left = np.array([b.num_rows for b in lefts], dtype=np.int64)
@@ -290,6 +316,18 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
     """One table of a side's rows of several windows. They have the side's schema; rows
     restored from a checkpoint of raystream before that may not, and are unified here."""
     return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
+
+
+def _unifies(a: pa.Schema, b: pa.Schema) -> bool:
+    return _unifies_all([a, b])
+
+
+def _unifies_all(schemas: list[pa.Schema]) -> bool:
+    try:
+        pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -189,3 +189,43 @@ def test_rows_restored_with_another_schema_per_window_fire_and_take_new_batches(
                              for held in windows.values())} == {pa.int64()}
     schema, rows = fired_rows(restored)
     assert schema.field("price").type == pa.int64() and rows == [[1, 1, "vase"], [1, 3, "vase"], [2, 2, "lamp"]]
+
+
+def test_a_join_rescaled_from_subtasks_that_held_keys_of_other_types_fires_both_and_takes_either():
+    """Review 48: one old subtask held rows keyed by a string column ("a"), the other by an
+    int column (5); merged by a rescale, the join failed building the output at every
+    restore (the sides' rows do not concat), and refused every later batch of either."""
+    from raystream._runtime.checkpointing.rescale import merge_states
+    from raystream._runtime.state.snapshot import SubtaskState
+    from raystream._runtime.transport.batch import Batches
+    from raystream._runtime.transport.keys import groups_of_subtask, key_group
+
+    def side(key, kind, column, t):
+        batch = pa.RecordBatch.from_pydict({"k": pa.array([key], kind), column: pa.array([t])})
+        return Timed(ArrowKeyed(batch, ("k",)), np.array([t], dtype=np.int64))
+
+    def rows(out) -> list[tuple]:
+        return sorted(((r["k"], r["l"], r["r"]) for part in (out.parts if isinstance(out, Batches) else [out])
+                       for r in untimed(part)[0].to_pylist()), key=repr)
+
+    assigner = Tumbling(0.010)
+    assigner.check("j")
+    step = Step("j", StepKind.JOIN, ("l", "r"), key_columns=("k",), arrow=ArrowJoin(("k",), ("k",)),
+                window=WindowSpec(assigner, 0, "columnar"))
+    owner = {k: next(s for s in range(2) if key_group(k, 128) in groups_of_subtask(s, 2, 128)) for k in ("a", 5)}
+    assert owner["a"] != owner[5]  # the keys' old subtasks differ
+    old = [ArrowJoinOp(step), ArrowJoinOp(step)]
+    for key, kind in (("a", pa.string()), (5, pa.int64())):
+        old[owner[key]].process_side(side(key, kind, "l", 1), 0)
+        old[owner[key]].process_side(side(key, kind, "r", 2), 1)
+    states = [pickle.loads(pickle.dumps(SubtaskState(3, "j", i, 2, keyed={step.step_id: op.snapshot()},
+                                                     watermarks={step.step_id: op.watermark},
+                                                     step_meta={step.step_id: op.state_meta()})))
+              for i, op in enumerate(old)]
+    merged = merge_states(states, [step], 0, 1, 128)
+    new = ArrowJoinOp(step)
+    new.restore_meta(merged.step_meta.get(step.step_id, []))
+    new.restore(merged.keyed[step.step_id], merged.watermarks.get(step.step_id))
+    later = [new.process_side(side("a", pa.string(), "l", 3), 0), new.process_side(side(5, pa.int64(), "r", 4), 1)]
+    assert all(not len(out) for out in later)  # taken, not failed: their windows have not fired
+    assert rows(new.on_watermark(MAX_TIME)) == sorted([("a", 1, 2), ("a", 3, 2), (5, 1, 2), (5, 1, 4)], key=repr)
