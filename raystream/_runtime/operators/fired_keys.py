@@ -31,6 +31,8 @@ def key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[tuple[
     batch holds them all, else [(its rows, its columns)] a batch per kind of key, each
     kind in the order it first fired."""
     one = len(kinds) == 1
+    if one and len(set(map(type, keys)) - {type(None)}) <= 1:  # one kind: the common case, at C speed
+        return _built(keys, None, kinds, one)
     signatures = [_kind(key) if one else tuple(map(_kind, key)) for key in keys]
     groups = _grouped(signatures)
     if len(groups) == 1:
