@@ -39,7 +39,8 @@ from raystream._runtime.operators.window_rows import Fired, LateRows, assign
 from raystream._runtime.operators.windows import TimedWindows
 from raystream._runtime.plan.failure import RecordFailure
 from raystream._runtime.transport.arrow_keys import distinct_keys
-from raystream._runtime.transport.batch import ArrowKeyed, Batches, Timed, time_array, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Timed, time_array, untimed
+from raystream.errors import RestoreError
 from raystream.graph import Step
 from raystream.windows import ArrowJoin, join_column_names
 
@@ -126,6 +127,7 @@ class ArrowJoinOp(TimedWindows):
         super().__init__(step)
         spec: ArrowJoin = step.arrow
         self.spec = spec
+        self.sides = list(step.inputs)  # the left input's step id, then the right's
         self.what = f"window join on {', '.join(spec.left_keys)} = {', '.join(spec.right_keys)}"
         self.late_rows = LateRows()
         # each side's schema, that of every row it buffers (None: not known yet, or after a
@@ -133,9 +135,10 @@ class ArrowJoinOp(TimedWindows):
         self.schemas: list[pa.Schema | None] = [None, None]
 
     def state_meta(self) -> dict[str, Any]:
-        """Says a columnar join wrote the state, so that no step of another kind takes it,
-        and its keys (the left side's key columns: a key is their value, or tuple)."""
-        return {"op": "join", "keys": list(self.spec.left_keys)}
+        """Says a columnar join wrote the state, so that no step of another kind takes it;
+        its sides' key columns (a key is their value, or tuple) and inputs, in order."""
+        return {"op": "join", "keys": list(self.spec.left_keys), "right_keys": list(self.spec.right_keys),
+                "sides": list(self.sides)}
 
     def restore_meta(self, metas: list[Any]) -> None:
         """Refuse the state of a step of another kind: a columnar one's, or a per-record
@@ -145,12 +148,32 @@ class ArrowJoinOp(TimedWindows):
         for meta in metas:
             if meta_kind(meta) not in (None, PER_RECORD, "join"):
                 raise refused(self.step_id, meta, "a columnar join step")
-            if isinstance(meta, dict):  # keyed by other columns: metas before 0.8.2 do not say
-                check_key_columns(self.step_id, meta.get("keys"), list(self.spec.left_keys))
+            if not isinstance(meta, dict):
+                continue
+            # keyed by other columns, or the sides swapped: metas before 0.8.2 do not say
+            check_key_columns(self.step_id, meta.get("keys"), list(self.spec.left_keys))
+            check_key_columns(self.step_id, meta.get("right_keys"), list(self.spec.right_keys))
+            sides = meta.get("sides")
+            if sides is not None and sides != self.sides and sides == self.sides[::-1]:
+                raise RestoreError(
+                    f"step {self.step_id!r}: the checkpoint's state joined {sides[0]!r} (left) with {sides[1]!r} "
+                    f"(right), and this step joins them the other way round; a window holds each side's rows as "
+                    "that side's: restore with the join's original sides, give this step another id, or start "
+                    "without resume")
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)
         self.schemas = [None, None]
+        for side in (0, 1):  # merged by a rescale, a side's rows must still make one schema
+            held = list({rows.parts[0].schema: None for _, _, rows in self._held(side)})
+            if len(held) > 1 and not _unifies(held):
+                raise RestoreError(
+                    f"step {self.step_id!r}: the old subtasks merged into this one held rows of the "
+                    f"{('left', 'right')[side]} side whose columns no one schema holds ("
+                    f"{'; '.join(', '.join(f'{f.name}: {f.type}' for f in h) for h in held)}); a side keeps "
+                    "one schema (each old subtask did, its keys reaching it in columns of one type): restore at "
+                    "the parallelism the checkpoint was taken at, or cast the columns to one type before the join "
+                    "and start without resume")
 
     def _process(self, batch: Any) -> Any:
         raise AssertionError("a join takes batches with their side (process_side)")
@@ -195,38 +218,27 @@ class ArrowJoinOp(TimedWindows):
             self.late_records += self.late_rows.add(keyed, times, late)
         return self._fired(now)
 
-    def _unified(self, keyed: ArrowKeyed, side: int
-                 ) -> tuple[ArrowKeyed, pa.Schema | None, list[tuple[Any, list, Rows]]]:
-        """(the batch in the side's schema, that schema (None: the side holds rows of
-        several), and (key, entry, its rows of the side in it) for each window whose rows
-        must be cast to it). Nothing changes yet."""
+    def _unified(self, keyed: ArrowKeyed, side: int) -> tuple[ArrowKeyed, pa.Schema, list[tuple[Any, list, Rows]]]:
+        """(the batch in the side's schema, that schema, and (key, entry, its rows of the
+        side in it) for each window whose rows must be cast to it). Nothing changes yet."""
         known = self.schemas[side]
         buffered = [known] if known is not None else list({
             held.parts[0].schema: None for _, _, held in self._held(side)})  # after a restore: what it holds
         schema = keyed.batch.schema
         if buffered == [schema] or not buffered:
             return keyed, schema, []
-        mixed = False
         try:
             unified = pa.unify_schemas(buffered + [schema], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            # After a rescale the side may hold rows of schemas that do not unify (keys of
-            # another type, from another old subtask): the batch takes on those it unifies
-            # with, and the side's schema stays unknown until those rows are gone.
-            fitting = [b for b in buffered if _unifies(b, schema)]
-            if len(buffered) == 1 or not fitting or _unifies_all(buffered):
-                raise TypeError(f"its schema does not unify with the schema of the rows the side holds "
-                                f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
-            unified, buffered, mixed = pa.unify_schemas(fitting + [schema], promote_options="permissive"), fitting, True
+            raise TypeError(f"its schema does not unify with the schema of the rows the side holds "
+                            f"({', '.join(f'{f.name}: {f.type}' for f in buffered[0])}): {exc}") from exc
         if schema != unified:
             keyed = ArrowKeyed(_conform(keyed.batch, unified), keyed.key_columns)
-        known_after = None if mixed else unified
         if all(b == unified for b in buffered):  # the side's rows have it already: no need to look
-            return keyed, known_after, []
+            return keyed, unified, []
         recast = [(key, entry, Rows([_conform(p, unified) for p in held.parts]))
-                  for key, entry, held in self._held(side)
-                  if held.parts[0].schema != unified and held.parts[0].schema in buffered]
-        return keyed, known_after, recast
+                  for key, entry, held in self._held(side) if held.parts[0].schema != unified]
+        return keyed, unified, recast
 
     def _held(self, side: int) -> Any:
         """(key, entry, the side's Rows) of every window holding rows of the side."""
@@ -271,21 +283,6 @@ class ArrowJoinOp(TimedWindows):
     def _fired(self, out: Fired) -> Any:
         if not out.keys:
             return []
-        try:
-            return self._pairs(out)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass
-        # After a rescale the windows may hold rows of schemas that no one table holds (keys
-        # of another type, joined on another old subtask): a batch per pair of schemas.
-        groups: dict[tuple[pa.Schema, pa.Schema], list[int]] = {}
-        for i, (left, right) in enumerate(out.entries):
-            groups.setdefault((left.schema, right.schema), []).append(i)
-        if len(groups) == 1:
-            return self._pairs(out)  # raises as it did
-        return Batches([self._pairs(out.picked(np.asarray(rows, dtype=np.int64))) for rows in groups.values()])
-
-    def _pairs(self, out: Fired) -> Any:
-        """Every pair of the fired windows' rows, left-major per window, as one batch."""
         lefts = [held[0] for held in out.entries]
         rights = [held[1] for held in out.entries]
         n_left = np.array([b.num_rows for b in lefts], dtype=np.int64)
@@ -318,11 +315,7 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
     return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
 
 
-def _unifies(a: pa.Schema, b: pa.Schema) -> bool:
-    return _unifies_all([a, b])
-
-
-def _unifies_all(schemas: list[pa.Schema]) -> bool:
+def _unifies(schemas: list[pa.Schema]) -> bool:
     try:
         pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):

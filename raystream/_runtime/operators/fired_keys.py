@@ -9,7 +9,8 @@ per-record path tells them apart. Fired together, they must come out as themselv
   its values as they are: Arrow coerces what it is given (1.5 into an int column is 1,
   b"a" into a string column "a", 0.1 into a float32 one 0.100000001), so any other kind
   is typed as its values say;
-- ints of both signs that no integer type holds together (-1 and 2**63) are split by sign.
+- ints of both signs that no integer type holds together (-1 and 2**63) are split by
+  the signs of each column's ints.
 """
 from __future__ import annotations
 
@@ -45,15 +46,18 @@ def key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[tuple[
 
 def _built(keys: list[Any], rows: np.ndarray | None, kinds: list[pa.DataType | None],
            one: bool) -> list[tuple[np.ndarray | None, list[pa.Array]]]:
-    """The columns of keys of one kind; ints no integer type holds together, by sign."""
+    """The columns of keys of one kind; ints no integer type holds together (-1 and
+    2**63), split by the signs of each column's ints."""
     try:
         return [(rows, _columns(keys, kinds, one))]
     except _FAILS:
-        below = np.array([any(isinstance(v, int) and v < 0 for v in ((key,) if one else key)) for key in keys])
-        if below.all() or not below.any():
+        signs: dict[tuple[bool, ...], list[int]] = {}
+        for i, key in enumerate(keys):
+            signs.setdefault(tuple(isinstance(v, int) and v < 0 for v in ((key,) if one else key)), []).append(i)
+        if len(signs) == 1:
             raise
     at = np.arange(len(keys)) if rows is None else rows
-    return [(at[part], _columns([keys[i] for i in np.flatnonzero(part)], kinds, one)) for part in (below, ~below)]
+    return [(at[np.asarray(part)], _columns([keys[i] for i in part], kinds, one)) for part in signs.values()]
 
 
 def _columns(keys: list[Any], kinds: list[pa.DataType | None], one: bool) -> list[pa.Array]:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from raystream._runtime.transport.arrow_keys import distinct_keys, take_rows
-from raystream._runtime.transport.batch import ArrowKeyed, KeyedBatch, Timed, as_keyed, batch_len, untimed
+from raystream._runtime.transport.batch import ArrowKeyed, Batches, KeyedBatch, Timed, as_keyed, batch_len, parts, untimed
 from raystream._runtime.transport.keys import key_group
 
 
@@ -66,14 +66,18 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
 
 
 def joined(outputs: list[Any]) -> Any:
-    """The outputs of a batch's parts as one batch (of one kind: the step's output)."""
-    outputs = [o for o in outputs if batch_len(o)]
+    """The outputs of a batch's parts as one batch (of one kind: the step's output), or
+    as `Batches` where Arrow rows make no one table (keys of several kinds)."""
+    outputs = [p for o in outputs for p in parts(o) if batch_len(p)]
     if len(outputs) <= 1:
         return outputs[0] if outputs else []
     inners, times = zip(*map(untimed, outputs))
     first = inners[0]
     if isinstance(first, pa.RecordBatch):
-        table = pa.concat_tables([pa.Table.from_batches([b]) for b in inners], promote_options="permissive")
+        try:
+            table = pa.concat_tables([pa.Table.from_batches([b]) for b in inners], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return Batches(outputs)
         inner: Any = table.combine_chunks().to_batches()[0]
     elif isinstance(first, KeyedBatch):
         inner = KeyedBatch([k for b in inners for k in b.keys], [v for b in inners for v in b.values])

@@ -191,22 +191,21 @@ def test_rows_restored_with_another_schema_per_window_fire_and_take_new_batches(
     assert schema.field("price").type == pa.int64() and rows == [[1, 1, "vase"], [1, 3, "vase"], [2, 2, "lamp"]]
 
 
-def test_a_join_rescaled_from_subtasks_that_held_keys_of_other_types_fires_both_and_takes_either():
+def test_a_join_rescaled_from_subtasks_that_held_keys_of_other_types_is_refused_at_the_restore():
     """Review 48: one old subtask held rows keyed by a string column ("a"), the other by an
     int column (5); merged by a rescale, the join failed building the output at every
-    restore (the sides' rows do not concat), and refused every later batch of either."""
+    restore (the sides' rows do not concat), and refused every later batch of either. A
+    side keeps one schema (review 48b found a batch taken into a window of the other, and
+    every batch rescanning the state, when it held two): such a rescale is refused, with
+    what to do, and the restore at the old parallelism is taken."""
     from raystream._runtime.checkpointing.rescale import merge_states
     from raystream._runtime.state.snapshot import SubtaskState
-    from raystream._runtime.transport.batch import Batches
     from raystream._runtime.transport.keys import groups_of_subtask, key_group
+    from raystream.errors import RestoreError
 
     def side(key, kind, column, t):
         batch = pa.RecordBatch.from_pydict({"k": pa.array([key], kind), column: pa.array([t])})
         return Timed(ArrowKeyed(batch, ("k",)), np.array([t], dtype=np.int64))
-
-    def rows(out) -> list[tuple]:
-        return sorted(((r["k"], r["l"], r["r"]) for part in (out.parts if isinstance(out, Batches) else [out])
-                       for r in untimed(part)[0].to_pylist()), key=repr)
 
     assigner = Tumbling(0.010)
     assigner.check("j")
@@ -225,7 +224,27 @@ def test_a_join_rescaled_from_subtasks_that_held_keys_of_other_types_fires_both_
     merged = merge_states(states, [step], 0, 1, 128)
     new = ArrowJoinOp(step)
     new.restore_meta(merged.step_meta.get(step.step_id, []))
-    new.restore(merged.keyed[step.step_id], merged.watermarks.get(step.step_id))
-    later = [new.process_side(side("a", pa.string(), "l", 3), 0), new.process_side(side(5, pa.int64(), "r", 4), 1)]
-    assert all(not len(out) for out in later)  # taken, not failed: their windows have not fired
-    assert rows(new.on_watermark(MAX_TIME)) == sorted([("a", 1, 2), ("a", 3, 2), (5, 1, 2), (5, 1, 4)], key=repr)
+    with pytest.raises(RestoreError, match=r"held rows of the left side whose columns no one schema holds "
+                                           r"\(k: .*\); .*restore at the parallelism the checkpoint was taken at"):
+        new.restore(merged.keyed[step.step_id], merged.watermarks.get(step.step_id))
+    for i in range(2):  # at the old parallelism each subtask takes its own
+        same = merge_states(states, [step], i, 2, 128)
+        ArrowJoinOp(step).restore(same.keyed[step.step_id], same.watermarks.get(step.step_id))
+
+
+def test_a_join_restored_with_its_sides_swapped_is_refused():
+    """Review 48b: persons.join(auctions) on id = seller restored into auctions.join(persons)
+    on seller = id took the state: auctions were paired with auctions."""
+    from raystream.errors import RestoreError
+
+    def join_of(left, right, left_key, right_key) -> ArrowJoinOp:
+        return ArrowJoinOp(Step("j", StepKind.JOIN, (left, right), key_columns=(left_key,),
+                                arrow=ArrowJoin((left_key,), (right_key,)),
+                                window=WindowSpec(Tumbling(0.010), 0, "columnar")))
+
+    meta = pickle.loads(pickle.dumps(join_of("persons", "auctions", "id", "seller").state_meta()))
+    with pytest.raises(RestoreError, match="joined 'persons' .left. with 'auctions' .right., and this step joins "
+                                           "them the other way round"):
+        join_of("auctions", "persons", "seller", "id").restore_meta([meta])
+    join_of("persons", "auctions", "id", "seller").restore_meta([meta])  # its own
+    join_of("people", "auctions", "id", "seller").restore_meta([meta])  # an input renamed: cannot be told

@@ -219,3 +219,18 @@ def test_a_subtask_builds_its_window_step_with_the_key_groups_watermarks_of_its_
     (op,) = build_operators(spec, merge_states(states, [step], 0, 1, spec.runtime.max_parallelism))
     assert op.watermark == BEHIND and op.max_parallelism == spec.runtime.max_parallelism
     assert op.group_watermarks == {g: AHEAD for g in groups_of_subtask(1, 2, spec.runtime.max_parallelism)}
+
+
+def test_parts_whose_arrow_rows_make_no_one_table_are_joined_as_batches():
+    """Review 48b: a batch's parts (one per key group watermark) whose outputs are Arrow
+    rows of schemas that do not unify (keys of several kinds) failed the concat, an
+    exception rather than a batch failure; a part's own `Batches` are taken apart too."""
+    from raystream._runtime.transport.batch import Batches
+
+    strings = Timed(pa.RecordBatch.from_pydict({"k": ["5"]}), np.array([1]))
+    ints = Timed(pa.RecordBatch.from_pydict({"k": [5]}), np.array([2]))
+    more = Timed(pa.RecordBatch.from_pydict({"k": [6]}), np.array([3]))
+    out = joined([strings, Batches([ints, more])])
+    assert isinstance(out, Batches) and [untimed(p)[0].column("k").to_pylist() for p in out.parts] == [["5"], [5], [6]]
+    same = joined([ints, Batches([more])])  # of one schema: one batch, as before
+    assert untimed(same)[0].column("k").to_pylist() == [5, 6] and untimed(same)[1].tolist() == [2, 3]
