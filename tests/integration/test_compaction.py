@@ -181,3 +181,18 @@ def test_a_manifest_deleted_by_retention_while_compaction_reads_is_read_again(di
     left = sorted(committed_checkpoint(k) or 0 for k in compaction.visible_files(directory))
     assert left == [0, 5, 6, 7]  # the merged file, and what 8 may commit again
     assert sorted(r["id"] for r in read_files(directory, format="parquet")) == list(range(1, 8))
+
+
+def test_files_whose_schemas_make_no_one_table_are_compacted_apart(tmp_path):
+    """Review 48b: a window fires keys that came as strings and as ints as a batch each,
+    which a Parquet sink writes as a file each; compacting them all at once failed (their
+    rows make no one table). Files of each class of schemas that unify are merged apart."""
+    directory = str(tmp_path / "out")
+    storage = open_storage(directory)
+    for f in range(6):
+        key = str(f) if f % 2 else f  # strings and ints, alternating
+        storage.put(f"part-mixed-{f:03d}.parquet", parquet_bytes([[{"id": f, "k": key}]]))
+    done = compact_files(directory)
+    assert (done.files_in, done.files_out, done.rows) == (6, 2, 6)
+    assert sorted((r["id"], r["k"]) for r in read_files(directory, format="parquet")) == \
+        [(f, str(f) if f % 2 else f) for f in range(6)]

@@ -116,15 +116,16 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     keep_from = _keep_from(checkpoints, runs) if runs else {}
     candidates = [k for k in visible if committed_checkpoint(k) is None
                   or committed_checkpoint(k) < keep_from.get(_run(k), 0)]
-    groups: list[list[tuple[str, bytes]]] = [[]]
-    size = 0
-    for key in candidates:
-        data = storage.get(key)
-        if size >= target_size or len(groups[-1]) >= _MAX_INPUTS:
-            groups.append([])
-            size = 0
-        groups[-1].append((key, data))
-        size += len(data)
+    groups: list[list[tuple[str, bytes]]] = []
+    for alike in _alike([(key, storage.get(key)) for key in candidates]):
+        groups.append([])
+        size = 0
+        for key, data in alike:
+            if size >= target_size or len(groups[-1]) >= _MAX_INPUTS:
+                groups.append([])
+                size = 0
+            groups[-1].append((key, data))
+            size += len(data)
     done = Compaction(0, 0, 0)
     for group in groups:
         if len(group) >= min_files:
@@ -199,6 +200,25 @@ def _needs(store, run: str, checkpoint_id: int) -> int | None:
                        checkpoint_id, exc)
         return 0
     return min([checkpoint_id] + [s.sink_from for s in manifest.snapshots if s.sink_from])
+
+
+def _alike(files: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """The files by schemas that unify (each file with the first such class, in order):
+    files whose schemas make no one table (a window's keys that came as strings and as
+    ints, a file each) are compacted apart, not refused."""
+    classes: list[tuple[pa.Schema, list[tuple[str, bytes]]]] = []
+    for key, data in files:
+        schema = pq.read_schema(pa.BufferReader(data))
+        for i, (known, members) in enumerate(classes):
+            try:
+                classes[i] = (pa.unify_schemas([known, schema], promote_options="permissive"), members)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                continue
+            members.append((key, data))
+            break
+        else:
+            classes.append((schema, [(key, data)]))
+    return [members for _, members in classes]
 
 
 def _merge(storage: Storage, group: list[tuple[str, bytes]], key: Any = _NO_KEY) -> int:

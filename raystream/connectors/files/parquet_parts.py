@@ -79,30 +79,25 @@ def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parqu
 
 def parquet_files(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> list[bytes]:
     """Micro-batches as Parquet files: one, or, when no one table holds their rows, one
-    per run of Arrow batches of one schema (`schema_runs`)."""
+    per schema (`schema_groups`)."""
     try:
         return [parquet_bytes(parts, where)]
     except SinkError:
-        runs = schema_runs(parts)
-        if len(runs) == 1:
+        groups = schema_groups(parts)
+        if len(groups) == 1:
             raise
-        return [parquet_bytes(run, where) for run in runs]
+        return [parquet_bytes(group, where) for group in groups]
 
 
-def schema_runs(parts: list[list[Any] | pa.RecordBatch]) -> list[list[list[Any] | pa.RecordBatch]]:
-    """The micro-batches cut where an Arrow batch's schema changes (lists of rows go with
-    each other): a window step fires windows whose keys came in key columns of types no
-    one column holds as a batch per kind of key ("5" and 5), which one table cannot hold
-    but a file each can."""
-    runs: list[list[list[Any] | pa.RecordBatch]] = []
-    last: pa.Schema | None = None
+def schema_groups(parts: list[list[Any] | pa.RecordBatch]) -> list[list[list[Any] | pa.RecordBatch]]:
+    """The micro-batches by schema, in order within each, each schema in the order it first
+    came (lists of rows all together): a window step fires windows whose keys came in key
+    columns of types no one column holds as a batch per kind of key ("5" and 5), which one
+    table cannot hold but a file per schema can, however often they alternate."""
+    groups: dict[Any, list[list[Any] | pa.RecordBatch]] = {}
     for part in parts:
-        schema = part.schema if isinstance(part, pa.RecordBatch) else None  # None: rows
-        if not runs or (schema is None) != (last is None) or (schema is not None and not schema.equals(last)):
-            runs.append([])
-        runs[-1].append(part)
-        last = schema
-    return runs
+        groups.setdefault(part.schema if isinstance(part, pa.RecordBatch) else None, []).append(part)
+    return list(groups.values())
 
 
 class ParquetPartWriter:
@@ -139,13 +134,15 @@ class ParquetPartWriter:
         try:
             table = parquet_table(self._buffer, self._where)  # SinkError now if these rows make no one table
         except SinkError:
-            runs = schema_runs(self._buffer)
-            if len(runs) == 1:
+            groups = schema_groups(self._buffer)
+            if len(groups) == 1:
                 raise
-            # batches of schemas that make no one table: the first run's rows are this
-            # part's, the rest start the next (a part of a schema of its own)
-            table = parquet_table(runs[0], self._where)
-            self.carry = [b for run in runs[1:] for b in parquet_table(run, self._where).to_batches()]
+            # batches of schemas that make no one table: the rows of the segments' schema
+            # (or the first) are this part's, the others start the next parts, a schema each
+            tables = [parquet_table(group, self._where) for group in groups]
+            mine = next((i for i, t in enumerate(tables) if self._schema is not None and t.schema.equals(self._schema)), 0)
+            table = tables[mine]
+            self.carry = [b for i, t in enumerate(tables) if i != mine for b in t.to_batches()]
             self._buffered = table.num_rows
         if self._schema is not None and not table.schema.equals(self._schema):
             # Widening across segments could fail only at the merge, after the checkpoint
