@@ -122,6 +122,9 @@ class ParquetPartWriter:
         self.carry: list[pa.RecordBatch] = []
 
     def write(self, batch: list[Any] | pa.RecordBatch) -> None:
+        if self.carry:  # the part rolls before it takes more: later rows follow the carried ones
+            self.carry.extend(parquet_table([batch], self._where).to_batches())
+            return
         self._buffer.append(batch)
         self._buffered += batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
         if self._buffered >= self._rows_per_file:

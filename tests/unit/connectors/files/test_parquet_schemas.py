@@ -6,6 +6,7 @@ found these rows failing the sink, and a file per fire."""
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 
 import pyarrow as pa
@@ -16,11 +17,14 @@ from hypothesis import strategies as st
 from raystream.connectors.files import rolling_writer
 from raystream.sinks import FileSink, SinkContext
 
-KINDS = [(pa.string(), str), (pa.int64(), int), (pa.float64(), lambda i: i + 0.5), (pa.binary(), lambda i: b"%d" % i)]
+#: four types no two of which unify (review 48c: two that do made the test miss a row lost
+#: when a part took more rows while it carried others)
+KINDS = [(pa.string(), str), (pa.int64(), int), (pa.bool_(), lambda i: i % 2 == 0),
+         (pa.date32(), lambda i: datetime.date(2020, 1, 1) + datetime.timedelta(days=i))]
 
-OPTIONS = st.sampled_from([{}, {"rows_per_file": 3}, {"roll": "checkpoint"}, {"roll": "checkpoint", "rows_per_file": 2},
-                           {"roll_size": 600}, {"roll_interval": 5.0}])
-WRITE = st.tuples(st.just("write"), st.integers(0, len(KINDS) - 1), st.integers(1, 4))
+OPTIONS = st.sampled_from([{}, {"rows_per_file": 3}, {"rows_per_file": 5}, {"roll": "checkpoint"},
+                           {"roll": "checkpoint", "rows_per_file": 2}, {"roll_size": 600}, {"roll_interval": 5.0}])
+WRITE = st.tuples(st.just("write"), st.integers(0, len(KINDS) - 1), st.integers(1, 6))
 STEPS = st.lists(st.one_of(WRITE, WRITE, WRITE, st.tuples(st.just("checkpoint"), st.booleans()),  # crash before commit?
                            st.just(("crash",)), st.just(("tick",))), max_size=40)
 
@@ -95,3 +99,19 @@ def _restored(directory: str, options: dict, attempt: int, done: tuple, since: l
     for kind, ids in since:
         w.write_batch(_batch(kind, ids))
     return w
+
+
+def test_rows_written_while_a_part_carries_others_are_not_lost(tmp_path):
+    """Review 48c: a carried batch written into a new part filled it (rows_per_file), the
+    part carried what came after, and the batches after that went into its buffer, which
+    it never flushed while it carried: row 3 was never written, without an error."""
+    w = _writer(str(tmp_path), {"rows_per_file": 5}, 1)
+    next_id = 0
+    for kind, n in [(0, 1), (1, 1), (2, 1), (3, 1), (2, 5)]:
+        w.write_batch(_batch(kind, list(range(next_id, next_id + n))))
+        next_id += n
+    w.commit(w.pre_commit(1))
+    w.close()
+    ids = sorted(r["id"] for name in os.listdir(tmp_path) if name.startswith("part-")
+                 for r in pq.read_table(tmp_path / name).to_pylist())
+    assert ids == list(range(next_id))
