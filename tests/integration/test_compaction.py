@@ -196,3 +196,22 @@ def test_files_whose_schemas_make_no_one_table_are_compacted_apart(tmp_path):
     assert (done.files_in, done.files_out, done.rows) == (6, 2, 6)
     assert sorted((r["id"], r["k"]) for r in read_files(directory, format="parquet")) == \
         [(f, str(f) if f % 2 else f) for f in range(6)]
+
+
+def test_files_whose_schemas_unify_but_values_do_not_fit_are_left_and_the_rest_compacted(tmp_path):
+    """Review 48c: an int64 file and a uint64 one holding 2**63 (a window's keys -1 and
+    2**63, split by sign) unify but do not concat: the compaction failed at every call and
+    compacted nothing else. They are compacted apart."""
+    directory = str(tmp_path / "out")
+    storage = open_storage(directory)
+    tables = [pa.table({"k": pa.array([-1], pa.int64())}), pa.table({"k": pa.array([2**63], pa.uint64())}),
+              pa.table({"s": ["a"]}), pa.table({"s": ["b"]})]
+    for f, table in enumerate(tables):
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        storage.put(f"part-mixed-{f:03d}.parquet", buf.getvalue().to_pybytes())
+    done = compact_files(directory)
+    assert (done.files_in, done.files_out) == (3, 1)  # the uint64 file apart: the others make one table
+    rows = read_files(directory, format="parquet")
+    assert sorted(map(repr, (r["s"] if r.get("s") is not None else r["k"] for r in rows))) == \
+        sorted(map(repr, [-1, 2**63, "a", "b"]))

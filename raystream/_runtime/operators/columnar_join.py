@@ -127,7 +127,9 @@ class ArrowJoinOp(TimedWindows):
         super().__init__(step)
         spec: ArrowJoin = step.arrow
         self.spec = spec
-        self.sides = list(step.inputs)  # the left input's step id, then the right's
+        # the inputs of each side (a side may be a union of several), by step id
+        sides = step.sides or (0, 1)
+        self.sides = ([i for i, s in zip(step.inputs, sides) if s == 0], [i for i, s in zip(step.inputs, sides) if s == 1])
         self.what = f"window join on {', '.join(spec.left_keys)} = {', '.join(spec.right_keys)}"
         self.late_rows = LateRows()
         # each side's schema, that of every row it buffers (None: not known yet, or after a
@@ -138,7 +140,7 @@ class ArrowJoinOp(TimedWindows):
         """Says a columnar join wrote the state, so that no step of another kind takes it;
         its sides' key columns (a key is their value, or tuple) and inputs, in order."""
         return {"op": "join", "keys": list(self.spec.left_keys), "right_keys": list(self.spec.right_keys),
-                "sides": list(self.sides)}
+                "left": self.sides[0], "right": self.sides[1]}
 
     def restore_meta(self, metas: list[Any]) -> None:
         """Refuse the state of a step of another kind: a columnar one's, or a per-record
@@ -153,20 +155,21 @@ class ArrowJoinOp(TimedWindows):
             # keyed by other columns, or the sides swapped: metas before 0.8.2 do not say
             check_key_columns(self.step_id, meta.get("keys"), list(self.spec.left_keys))
             check_key_columns(self.step_id, meta.get("right_keys"), list(self.spec.right_keys))
-            sides = meta.get("sides")
-            if sides is not None and sides != self.sides and sides == self.sides[::-1]:
+            left, right = meta.get("left") or [], meta.get("right") or []
+            if set(left) & set(self.sides[1]) or set(right) & set(self.sides[0]):
                 raise RestoreError(
-                    f"step {self.step_id!r}: the checkpoint's state joined {sides[0]!r} (left) with {sides[1]!r} "
-                    f"(right), and this step joins them the other way round; a window holds each side's rows as "
-                    "that side's: restore with the join's original sides, give this step another id, or start "
-                    "without resume")
+                    f"step {self.step_id!r}: the checkpoint's state joined {left} (left) with {right} (right), and "
+                    f"this step joins {self.sides[0]} with {self.sides[1]}: an input changed sides, and a window "
+                    "holds each side's rows as that side's; restore with the join's original sides, give this step "
+                    "another id, or start without resume")
 
     def restore(self, state: dict[Any, Any], watermark: int | None) -> None:
         super().restore(state, watermark)
         self.schemas = [None, None]
-        for side in (0, 1):  # merged by a rescale, a side's rows must still make one schema
-            held = list({rows.parts[0].schema: None for _, _, rows in self._held(side)})
-            if len(held) > 1 and not _unifies(held):
+        for side in (0, 1):  # merged by a rescale, a side's rows must still make one table, as a fire makes
+            rows = [held for _, _, held in self._held(side)]
+            held = list({r.parts[0].schema: None for r in rows})
+            if len(held) > 1 and not _one_table([b for r in rows for b in r.parts]):
                 raise RestoreError(
                     f"step {self.step_id!r}: the old subtasks merged into this one held rows of the "
                     f"{('left', 'right')[side]} side whose columns no one schema holds ("
@@ -315,9 +318,11 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
     return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
 
 
-def _unifies(schemas: list[pa.Schema]) -> bool:
+def _one_table(batches: list[pa.RecordBatch]) -> bool:
+    """Whether the rows make one table as `_concat` makes it: the schemas unify and every
+    value fits (an int64 column and a uint64 one holding 2**63 unify, but do not concat)."""
     try:
-        pa.unify_schemas(schemas, promote_options="permissive")
+        _concat(batches)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return False
     return True

@@ -32,8 +32,10 @@ def key_columns(keys: list[Any], kinds: list[pa.DataType | None]) -> list[tuple[
     batch holds them all, else [(its rows, its columns)] a batch per kind of key, each
     kind in the order it first fired."""
     one = len(kinds) == 1
-    if one and len(set(map(type, keys)) - {type(None)}) <= 1:  # one kind: the common case, at C speed
-        return _built(keys, None, kinds, one)
+    if one:  # keys of one type (not datetimes, whose zones part them): the common case, at C speed
+        types = set(map(type, keys)) - {type(None)}
+        if len(types) <= 1 and not any(issubclass(t, datetime.datetime) for t in types):
+            return _built(keys, None, kinds, one)
     signatures = [_kind(key) if one else tuple(map(_kind, key)) for key in keys]
     groups = _grouped(signatures)
     if len(groups) == 1:
@@ -66,9 +68,14 @@ def _columns(keys: list[Any], kinds: list[pa.DataType | None], one: bool) -> lis
     return [key_array(list(values), kind) for values, kind in zip(zip(*keys), kinds)]
 
 
-def _kind(value: Any) -> type | None:
-    """A key column value's kind: its Python type (None goes with any)."""
-    return None if value is None else type(value)
+def _kind(value: Any) -> Any:
+    """A key column value's kind: its Python type, and for a datetime whether it has a
+    zone (a naive one and a zoned one are two keys; None goes with any)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return type(value), value.tzinfo is None
+    return type(value)
 
 
 def _grouped(signatures: list[Any]) -> list[list[int]]:

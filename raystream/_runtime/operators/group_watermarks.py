@@ -67,17 +67,18 @@ def by_watermark(batch: Any, groups: dict[int, int], watermark: int,
 
 def joined(outputs: list[Any]) -> Any:
     """The outputs of a batch's parts as one batch (of one kind: the step's output), or
-    as `Batches` where Arrow rows make no one table (keys of several kinds)."""
+    as `Batches` where their Arrow rows differ in schema."""
     outputs = [p for o in outputs for p in parts(o) if batch_len(p)]
     if len(outputs) <= 1:
         return outputs[0] if outputs else []
     inners, times = zip(*map(untimed, outputs))
     first = inners[0]
     if isinstance(first, pa.RecordBatch):
-        try:
-            table = pa.concat_tables([pa.Table.from_batches([b]) for b in inners], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if any(not b.schema.equals(first.schema) for b in inners[1:]):
+            # kept apart, never cast into one: a window's batches per kind of key would merge
+            # keys (an int key into a float column, a str into a binary one: review 48c)
             return Batches(outputs)
+        table = pa.Table.from_batches(list(inners))
         inner: Any = table.combine_chunks().to_batches()[0]
     elif isinstance(first, KeyedBatch):
         inner = KeyedBatch([k for b in inners for k in b.keys], [v for b in inners for v in b.values])

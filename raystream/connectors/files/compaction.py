@@ -55,7 +55,7 @@ from raystream.connectors.files.compaction_manifests import (  # noqa: F401 (MAX
 from raystream.connectors.files.names import SEP, committed_checkpoint, rolled_part
 from raystream._storage import Storage, open_storage
 from raystream.connectors.files.rows import concat
-from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError
+from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError, SinkError
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,11 @@ def compact_files(directory: str, *, checkpoints: str | None = None, target_size
     done = Compaction(0, 0, 0)
     for group in groups:
         if len(group) >= min_files:
-            rows = _merge(storage, group, signer)
+            try:
+                rows = _merge(storage, group, signer)
+            except SinkError as exc:  # schemas that unify, values that do not fit (2**63 in int64): left as they are
+                logger.warning("compaction left %d files of %s as they are: %s", len(group), directory, exc)
+                continue
             done = Compaction(done.files_in + len(group), done.files_out + 1, done.rows + rows)
     logger.info("compacted %d files of %s into %d (%d rows)", done.files_in, directory, done.files_out, done.rows)
     return done
@@ -203,21 +207,22 @@ def _needs(store, run: str, checkpoint_id: int) -> int | None:
 
 
 def _alike(files: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    """The files by schemas that unify (each file with the first such class, in order):
-    files whose schemas make no one table (a window's keys that came as strings and as
-    ints, a file each) are compacted apart, not refused."""
-    classes: list[tuple[pa.Schema, list[tuple[str, bytes]]]] = []
+    """The files by classes that make one table (each file with the first class whose
+    first file it concatenates with, in order): files whose rows make no one table (a
+    window's keys that came as strings and as ints, or -1 and 2**63, a file each) are
+    compacted apart, not refused."""
+    classes: list[tuple[pa.Table, list[tuple[str, bytes]]]] = []
     for key, data in files:
-        schema = pq.read_schema(pa.BufferReader(data))
-        for i, (known, members) in enumerate(classes):
+        table = pq.read_table(pa.BufferReader(data))
+        for first, members in classes:
             try:
-                classes[i] = (pa.unify_schemas([known, schema], promote_options="permissive"), members)
+                pa.concat_tables([first, table], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
                 continue
             members.append((key, data))
             break
         else:
-            classes.append((schema, [(key, data)]))
+            classes.append((table, [(key, data)]))
     return [members for _, members in classes]
 
 

@@ -94,6 +94,15 @@ def test_a_key_the_learned_type_would_change_is_typed_as_its_value_says(value, k
     assert _same(column.to_pylist()[0], value)
 
 
+def test_a_naive_and_a_zoned_datetime_are_two_kinds():
+    """Review 48c: both came out as one naive value, whatever the type learned."""
+    naive, zoned = datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    for kind in (None, pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+        batches = _out([naive, zoned], [kind])
+        assert len(batches) == 2 and all(_same(a, b) for a, b in zip(sorted(itertools.chain(*batches), key=repr),
+                                                                      sorted([naive, zoned], key=repr)))
+
+
 def test_every_pair_of_kinds_comes_out_as_itself():
     """Review 48's matrix: no pair of keys under any learned type is changed or raises."""
     values = ["5", "a", b"a", b"\xff", 5, -1, 2**63, 1.5, 0.1, True, None]

@@ -167,8 +167,10 @@ def test_a_batch_splits_by_its_rows_watermarks_keeping_each_keys_rows_in_order()
 def test_the_parts_outputs_join_into_one_batch_of_their_kind():
     narrow = pa.RecordBatch.from_pydict({"k": pa.array(["a"]), "n": pa.array([1], pa.int32())})
     wide = pa.RecordBatch.from_pydict({"k": pa.array(["b"]), "n": pa.array([2], pa.int64())})
-    out = joined([Timed(narrow, np.array([5])), [], Timed(wide, np.array([6]))])
-    assert out.batch.column("n").to_pylist() == [1, 2] and out.times.tolist() == [5, 6]
+    out = joined([Timed(narrow, np.array([5])), [], Timed(wide, np.array([6]))])  # two schemas: kept apart
+    assert [(p.batch.column("n").type, p.times.tolist()) for p in out.parts] == [(pa.int32(), [5]), (pa.int64(), [6])]
+    out = joined([Timed(narrow, np.array([5])), Timed(narrow, np.array([7]))])
+    assert out.batch.column("n").to_pylist() == [1, 1] and out.times.tolist() == [5, 7]
     out = joined([Timed(KeyedBatch(["a"], [1]), [5]), Timed(KeyedBatch(["b"], [2]), [6])])
     assert (out.batch.keys, out.batch.values, out.times) == (["a", "b"], [1, 2], [5, 6])
     assert joined([[], []]) == []
@@ -234,3 +236,6 @@ def test_parts_whose_arrow_rows_make_no_one_table_are_joined_as_batches():
     assert isinstance(out, Batches) and [untimed(p)[0].column("k").to_pylist() for p in out.parts] == [["5"], [5], [6]]
     same = joined([ints, Batches([more])])  # of one schema: one batch, as before
     assert untimed(same)[0].column("k").to_pylist() == [5, 6] and untimed(same)[1].tolist() == [2, 3]
+    floats = Timed(pa.RecordBatch.from_pydict({"k": [1.5]}), np.array([4]))
+    apart = joined([ints, floats])  # review 48c: concatenated, the key 5 became 5.0
+    assert [untimed(p)[0].column("k").to_pylist() for p in apart.parts] == [[5], [1.5]]
