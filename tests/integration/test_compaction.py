@@ -215,3 +215,21 @@ def test_files_whose_schemas_unify_but_values_do_not_fit_are_left_and_the_rest_c
     rows = read_files(directory, format="parquet")
     assert sorted(map(repr, (r["s"] if r.get("s") is not None else r["k"] for r in rows))) == \
         sorted(map(repr, [-1, 2**63, "a", "b"]))
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]])
+def test_compaction_never_changes_a_values_type_whatever_the_files_order(tmp_path, order):
+    """Review 48d: classed by the first file alone, a file of nulls first took every file
+    into one class, which failed to merge at every call; merged permissively, a string "a"
+    and a binary b"a" both became b"a", and 5 became 5.0."""
+    directory = str(tmp_path / "out")
+    storage = open_storage(directory)
+    tables = [pa.table({"k": pa.array([None], pa.null())}), pa.table({"k": pa.array(["a"])}),
+              pa.table({"k": pa.array([b"a"])}), pa.table({"k": pa.array([5])}), pa.table({"k": pa.array([1.5])})]
+    for f, i in enumerate(order):
+        buf = pa.BufferOutputStream()
+        pq.write_table(tables[i], buf)
+        storage.put(f"part-typed-{f:03d}.parquet", buf.getvalue().to_pybytes())
+    before = sorted(map(repr, (r["k"] for r in read_files(directory, format="parquet"))))
+    done = compact_files(directory, min_files=1)
+    assert done.files_in == 5 and before == sorted(map(repr, (r["k"] for r in read_files(directory, format="parquet"))))

@@ -54,7 +54,7 @@ from raystream.connectors.files.compaction_manifests import (  # noqa: F401 (MAX
 )
 from raystream.connectors.files.names import SEP, committed_checkpoint, rolled_part
 from raystream._storage import Storage, open_storage
-from raystream.connectors.files.rows import concat
+from raystream.connectors.files.rows import concat, joined_schema
 from raystream.errors import CorruptCheckpointError, JobDefinitionError, RestoreError, SinkError
 
 logger = logging.getLogger(__name__)
@@ -207,22 +207,21 @@ def _needs(store, run: str, checkpoint_id: int) -> int | None:
 
 
 def _alike(files: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    """The files by classes that make one table (each file with the first class whose
-    first file it concatenates with, in order): files whose rows make no one table (a
-    window's keys that came as strings and as ints, or -1 and 2**63, a file each) are
-    compacted apart, not refused."""
-    classes: list[tuple[pa.Table, list[tuple[str, bytes]]]] = []
+    """The files in classes that make one table where no value changes type
+    (`rows.joined_schema`: each file with the first class it joins, in order). Files a
+    window step wrote a kind of key each ("a" and b"a", 5 and 1.5, -1 and 2**63) are
+    compacted apart, never cast into one."""
+    classes: list[tuple[pa.Schema, list[tuple[str, bytes]]]] = []
     for key, data in files:
-        table = pq.read_table(pa.BufferReader(data))
-        for first, members in classes:
-            try:
-                pa.concat_tables([first, table], promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                continue
-            members.append((key, data))
-            break
+        schema = pq.read_schema(pa.BufferReader(data))
+        for i, (known, members) in enumerate(classes):
+            joined = joined_schema(known, schema)
+            if joined is not None:
+                classes[i] = (joined, members)
+                members.append((key, data))
+                break
         else:
-            classes.append((table, [(key, data)]))
+            classes.append((schema, [(key, data)]))
     return [members for _, members in classes]
 
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from raystream._storage import LocalStorage, Storage
 from raystream.connectors.files.names import ROLLED_PARQUET
-from raystream.connectors.files.rows import arrow_row, concat, table_of
+from raystream.connectors.files.rows import arrow_row, concat, joined_schema, table_of
 from raystream.errors import SinkError
 
 _HINT = "give every record the same fields and types"
@@ -78,26 +78,34 @@ def parquet_bytes(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parqu
 
 
 def parquet_files(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parquet file") -> list[bytes]:
-    """Micro-batches as Parquet files: one, or, when no one table holds their rows, one
-    per schema (`schema_groups`)."""
-    try:
-        return [parquet_bytes(parts, where)]
-    except SinkError:
-        groups = schema_groups(parts)
-        if len(groups) == 1:
-            raise
-        return [parquet_bytes(group, where) for group in groups]
+    """Micro-batches as Parquet files: one per group of `schema_groups`."""
+    return [parquet_bytes(group, where) for group in schema_groups(parts)]
 
 
 def schema_groups(parts: list[list[Any] | pa.RecordBatch]) -> list[list[list[Any] | pa.RecordBatch]]:
-    """The micro-batches by schema, in order within each, each schema in the order it first
-    came (lists of rows all together): a window step fires windows whose keys came in key
-    columns of types no one column holds as a batch per kind of key ("5" and 5), which one
-    table cannot hold but a file per schema can, however often they alternate."""
-    groups: dict[Any, list[list[Any] | pa.RecordBatch]] = {}
+    """The micro-batches in groups that make one table where no value changes type
+    (`rows.joined_schema`), in order within each, each group in the order it first came:
+    Arrow batches with the first group they join, lists of rows with the first group
+    (their types are found from the values, permissively, as ever). A window step fires windows whose keys came in key
+    columns of other types as a batch per kind of key ("5" and 5, "a" and b"a"), which
+    one table would merge or refuse, and a file each keeps apart."""
+    groups: list[tuple[pa.Schema | None, list[list[Any] | pa.RecordBatch]]] = []
     for part in parts:
-        groups.setdefault(part.schema if isinstance(part, pa.RecordBatch) else None, []).append(part)
-    return list(groups.values())
+        if not isinstance(part, pa.RecordBatch):  # with the first group, as before
+            if groups:
+                groups[0][1].append(part)
+            else:
+                groups.append((None, [part]))
+            continue
+        for i, (schema, group) in enumerate(groups):
+            joined = part.schema if schema is None else joined_schema(schema, part.schema)
+            if joined is not None:
+                groups[i] = (joined, group)
+                group.append(part)
+                break
+        else:
+            groups.append((part.schema, [part]))
+    return [group for _, group in groups]
 
 
 class ParquetPartWriter:
@@ -134,14 +142,12 @@ class ParquetPartWriter:
         if not self._buffered or self.carry:
             return
         name = f"{self._stem}-s{len(self._segments):06d}.parquet"
-        try:
+        groups = schema_groups(self._buffer)
+        if len(groups) == 1:
             table = parquet_table(self._buffer, self._where)  # SinkError now if these rows make no one table
-        except SinkError:
-            groups = schema_groups(self._buffer)
-            if len(groups) == 1:
-                raise
-            # batches of schemas that make no one table: the rows of the segments' schema
-            # (or the first) are this part's, the others start the next parts, a schema each
+        else:
+            # batches no one table holds as they are: the rows of the segments' schema (or
+            # the first group's) are this part's, the others start the next parts
             tables = [parquet_table(group, self._where) for group in groups]
             mine = next((i for i, t in enumerate(tables) if self._schema is not None and t.schema.equals(self._schema)), 0)
             table = tables[mine]

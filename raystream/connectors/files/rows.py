@@ -111,3 +111,18 @@ def json_default(value: Any) -> Any:
         return value.isoformat()
     raise TypeError(f"a {type(value).__name__} cannot be written as JSON; map records to dicts, lists, "
                     "strings and numbers before the sink")
+
+
+def joined_schema(a: pa.Schema, b: pa.Schema) -> pa.Schema | None:
+    """The schema of `a`'s and `b`'s rows in one table where no value changes type: their
+    columns, each column they share of one type (a column of nulls takes the other's), or
+    None. Arrow's permissive promotion would merge what a step kept apart: a string key
+    and a binary one ("a" and b"a"), an int and a float (5 and 5.0)."""
+    fields = {f.name: f for f in a}
+    for f in b:
+        known = fields.get(f.name)
+        if known is None or pa.types.is_null(known.type):
+            fields[f.name] = f
+        elif known.type != f.type and not pa.types.is_null(f.type):
+            return None
+    return pa.schema(list(fields.values()))
