@@ -84,27 +84,33 @@ def parquet_files(parts: list[list[Any] | pa.RecordBatch], where: str = "a Parqu
 
 def schema_groups(parts: list[list[Any] | pa.RecordBatch]) -> list[list[list[Any] | pa.RecordBatch]]:
     """The micro-batches in groups that make one table where no value changes type
-    (`rows.joined_schema`), in order within each, each group in the order it first came:
-    Arrow batches with the first group they join, lists of rows with the first group
-    (their types are found from the values, permissively, as ever). A window step fires windows whose keys came in key
-    columns of other types as a batch per kind of key ("5" and 5, "a" and b"a"), which
-    one table would merge or refuse, and a file each keeps apart."""
-    groups: list[tuple[pa.Schema | None, list[list[Any] | pa.RecordBatch]]] = []
-    for part in parts:
-        if not isinstance(part, pa.RecordBatch):  # with the first group, as before
-            if groups:
-                groups[0][1].append(part)
-            else:
-                groups.append((None, [part]))
-            continue
+    (`rows.joined_schema`), in order within each, each group in the order it first came.
+    A window step fires windows whose keys came in key columns of other types as a batch
+    per kind of key ("5" and 5, "a" and b"a"), which one table would merge or refuse, and
+    a file each keeps apart. Lists of rows stay together (their types are found from all
+    their values, permissively, as ever) and join the first Arrow group their table
+    joins, else make a group of their own."""
+    arrow = [p for p in parts if isinstance(p, pa.RecordBatch)]
+    if len(arrow) == len(parts) and len({b.schema for b in arrow}) <= 1 or not arrow:
+        return [parts]  # one schema, or rows only: one table, as ever
+    groups: list[tuple[pa.Schema, list[list[Any] | pa.RecordBatch]]] = []
+    for batch in arrow:
         for i, (schema, group) in enumerate(groups):
-            joined = part.schema if schema is None else joined_schema(schema, part.schema)
+            joined = joined_schema(schema, batch.schema)
             if joined is not None:
                 groups[i] = (joined, group)
-                group.append(part)
+                group.append(batch)
                 break
         else:
-            groups.append((part.schema, [part]))
+            groups.append((batch.schema, [batch]))
+    rows = [p for p in parts if not isinstance(p, pa.RecordBatch)]
+    if rows:
+        schema = parquet_table(rows).schema  # SinkError, as ever, for rows no table holds
+        home = next((g for s, g in groups if joined_schema(s, schema) is not None), None)
+        if home is None:
+            groups.insert(0, (schema, rows))
+        else:
+            home[:] = [p for p in parts if any(p is q for q in home) or any(p is r for r in rows)]
     return [group for _, group in groups]
 
 

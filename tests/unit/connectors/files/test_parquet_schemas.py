@@ -132,3 +132,23 @@ def test_keys_arrow_would_cast_into_one_column_stay_themselves(tmp_path_factory)
         got = [(r["id"], r["k"]) for name in sorted(os.listdir(directory)) if name.startswith("part-")
                for r in pq.read_table(os.path.join(directory, name)).to_pylist()]
         assert sorted(map(repr, got)) == sorted(map(repr, [(i, k) for i, (k, _) in enumerate(keys)])), options
+
+
+def test_lists_of_rows_beside_arrow_batches_of_other_types_are_files_apart(tmp_path_factory):
+    """Review 48e: lists of rows joined the first group unchecked, so an Arrow batch of
+    string keys after a list of int ones failed the sink (and the checkpoint, after every
+    restore), and an Arrow 5 beside a list's 1.5 became 5.0."""
+    for first, second in [([{"id": 0, "k": 7}], pa.RecordBatch.from_pydict({"id": [1], "k": ["a"]})),
+                          ([{"id": 0, "k": 1.5}], pa.RecordBatch.from_pydict({"id": [1], "k": [5]}))]:
+        for parts in ([first, second], [second, first]):
+            for options in ({}, {"roll": "checkpoint"}):
+                directory = str(tmp_path_factory.mktemp("out"))
+                w = _writer(directory, options, 1)
+                for part in parts:
+                    w.write_batch(part)
+                w.commit(w.pre_commit(1))
+                w.close()
+                got = sorted(((r["id"], r["k"]) for name in os.listdir(directory) if name.startswith("part-")
+                              for r in pq.read_table(os.path.join(directory, name)).to_pylist()), key=repr)
+                want = sorted([(0, first[0]["k"]), (1, second.column("k")[0].as_py())], key=repr)
+                assert list(map(repr, got)) == list(map(repr, want)), (parts, options)
